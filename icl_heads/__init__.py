@@ -1,0 +1,30 @@
+"""icl_heads: find, explain and use the components that carry in-context learning.
+
+>>> import icl_heads as ih
+>>> task = ih.organism_task()
+>>> prompts = task.prompts(n=8, shots=4, seed=0)
+>>> len(prompts)
+8
+"""
+
+from icl_heads import testing
+from icl_heads._version import __version__
+from icl_heads.accuracy import AccuracyResult, icl_accuracy
+from icl_heads.models import ModelAccess, load_model
+from icl_heads.organism import organism_task
+from icl_heads.prompts import ICLPrompts, ICLTask, LabelTokenError, PromptTooLongError, TokenizedPrompts
+
+__all__ = [
+    "AccuracyResult",
+    "ICLPrompts",
+    "ICLTask",
+    "LabelTokenError",
+    "ModelAccess",
+    "PromptTooLongError",
+    "TokenizedPrompts",
+    "__version__",
+    "testing",
+    "icl_accuracy",
+    "load_model",
+    "organism_task",
+]

@@ -1,0 +1,103 @@
+"""Tokenize text prompts and locate each label token from the tokenizer's character offsets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from icl_heads.prompts import ICLPrompts, LabelTokenError, TokenizedPrompts, render
+
+if TYPE_CHECKING:
+    from icl_heads.prompts import ICLTask
+
+
+def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; icl_heads needs character offsets. "
+            "Load the tokenizer with AutoTokenizer.from_pretrained(..., use_fast=True)"
+        )
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _token_at(offsets: list[tuple[int, int]], span: tuple[int, int]) -> list[int]:
+    """Indices of the tokens that overlap the character span."""
+    start, end = span
+    return [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+
+
+def label_token_ids(task: ICLTask, tokenizer, *, first_token: bool = False) -> tuple[int, ...]:
+    """The token each label word is in context (e.g. ``' foo'`` for GPT-2).
+
+    Raises:
+        LabelTokenError: a label word splits into several tokens (unless ``first_token``).
+    """
+    ids = []
+    before, after = task.template.split("{label}")
+    head = before.format(text="x")
+    for word in task.label_words:
+        text = head + word + after
+        tokens, offsets = _encode(tokenizer, text)
+        hit = _token_at(offsets, (len(head), len(head) + len(word)))
+        pieces = [tokenizer.convert_ids_to_tokens(tokens[i]) for i in hit]
+        if len(hit) != 1 and not first_token:
+            raise LabelTokenError(
+                f"label word {word!r} is {len(hit)} tokens {pieces} in context {text!r}; choose single-token "
+                "label words (e.g. 'foo'/'bar') or pass first_token=True to use the first token"
+            )
+        if not hit:
+            raise LabelTokenError(f"label word {word!r} produced no token in context {text!r}")
+        if not first_token and tokenizer.decode([tokens[hit[0]]]).strip() != word:
+            raise LabelTokenError(
+                f"label word {word!r} merges with the template around it into token {pieces[0]!r} in {text!r}; "
+                "change the template so the label stands apart (e.g. a space or newline after it)"
+            )
+        ids.append(tokens[hit[0]])
+    if len(set(ids)) != len(ids):
+        raise LabelTokenError(
+            f"label words {task.label_words} share the first token; choose words that differ at the start"
+        )
+    return tuple(ids)
+
+
+def tokenize_prompts(
+    prompts: ICLPrompts, tokenizer, *, prepend_bos: bool = True, first_token: bool = False
+) -> TokenizedPrompts:
+    """See :meth:`icl_heads.prompts.ICLPrompts.tokenize`."""
+    task = prompts.task
+    labels = label_token_ids(task, tokenizer, first_token=first_token)
+    bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
+    all_tokens, all_pos, all_demo = [], [], []
+    for p in prompts.prompts:
+        text, spans, query = render(p, task)
+        tokens, offsets = _encode(tokenizer, text)
+        positions = []
+        for (_, y), span in zip(p.demos, spans, strict=True):
+            hit = _token_at(offsets, span)
+            if not hit or tokens[hit[0]] != labels[y]:
+                got = tokenizer.convert_ids_to_tokens(tokens[hit[0]]) if hit else None
+                raise LabelTokenError(
+                    f"label {task.label_words[y]!r} became token {got!r} inside the prompt, not the expected "
+                    f"{tokenizer.convert_ids_to_tokens(labels[y])!r}; the template's text around the label merges with it"
+                )
+            positions.append(len(bos) + hit[0])
+        # the label the model must predict is the token it would read after the query
+        before, after = task.template.split("{label}")
+        full_text = text[: len(text) - len(query)] + before.format(text=p.query) + task.label_words[p.gold] + after
+        full, _ = _encode(tokenizer, full_text)
+        if full[: len(tokens)] != tokens or full[len(tokens)] != labels[p.gold]:
+            raise LabelTokenError(
+                f"after the query {query!r} the gold label does not tokenize as "
+                f"{tokenizer.convert_ids_to_tokens(labels[p.gold])!r}; check the template's spacing before {{label}}"
+            )
+        all_tokens.append(tuple(bos + tokens))
+        all_pos.append(tuple(positions))
+        all_demo.append(tuple(y for _, y in p.demos))
+    return TokenizedPrompts(
+        tokens=tuple(all_tokens),
+        label_positions=tuple(all_pos),
+        demo_labels=tuple(all_demo),
+        golds=tuple(p.gold for p in prompts.prompts),
+        label_token_ids=labels,
+        prompts=prompts,
+    )

@@ -1,0 +1,175 @@
+"""ICL accuracy over the label set and over the whole vocabulary, with bootstrap intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_heads._stats import bootstrap_ci
+from icl_heads.models import HookFn, ModelAccess
+from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.results import Result, provenance
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-prompt outputs of one evaluation pass."""
+
+    label_logits: Float[Tensor, "prompt label"]
+    strict_correct: Int[Tensor, " prompt"]
+    golds: Int[Tensor, " prompt"]
+
+    @property
+    def predicted(self) -> Int[Tensor, " prompt"]:
+        return self.label_logits.argmax(-1)
+
+    @property
+    def correct(self) -> Int[Tensor, " prompt"]:
+        return (self.predicted == self.golds).long()
+
+    @property
+    def gold_logprob(self) -> Float[Tensor, " prompt"]:
+        """Log-probability of the gold label, normalised over the label set."""
+        return self.label_logits.log_softmax(-1).gather(1, self.golds[:, None])[:, 0]
+
+
+def predict(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    *,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    batch_size: int = 32,
+    padding_side: str = "right",
+    progress: bool = False,
+) -> Predictions:
+    """Label-set logits and whole-vocabulary correctness at every prompt's final position.
+
+    Raises:
+        TypeError, ValueError: see :class:`~icl_heads.models.ModelAccess`.
+    """
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    label_ids = torch.tensor(tp.label_token_ids)
+    logits, strict = [], []
+    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="evaluating", disable=not progress):
+        final, _ = access.run(batch, hooks=hooks)
+        logits.append(final[:, label_ids.to(final.device)].cpu())
+        gold_ids = label_ids[batch.golds]
+        strict.append((final.argmax(-1).cpu() == gold_ids).long())
+    return Predictions(torch.cat(logits), torch.cat(strict), torch.tensor(tp.golds))
+
+
+@dataclass(frozen=True, repr=False)
+class AccuracyResult(Result):
+    """Accuracy of a model on ICL prompts.
+
+    Attributes:
+        df: one row per scope (``all`` and each gold label) with ``accuracy``,
+            ``strict_accuracy``, their 95% bootstrap intervals and ``n``.
+        label_logits: ``[prompt, label]`` logits of the label tokens.
+        golds: gold class per prompt.
+        strict_correct: 1 where the whole-vocabulary argmax is the gold token.
+    """
+
+    df: pd.DataFrame
+    label_logits: Tensor
+    golds: Tensor
+    strict_correct: Tensor
+    provenance: dict = field(default_factory=dict)
+    _title = "ICL accuracy"
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.df.loc[self.df.scope == "all", "accuracy"].iloc[0])
+
+    @property
+    def strict_accuracy(self) -> float:
+        return float(self.df.loc[self.df.scope == "all", "strict_accuracy"].iloc[0])
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        row = self.df.loc[self.df.scope == "all"].iloc[0]
+        return float(row.ci_low), float(row.ci_high)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "95% CI": self.ci,
+            "strict_accuracy": self.strict_accuracy,
+            "n": len(self.golds),
+        }
+
+
+def accuracy_table(pred: Predictions, label_words: Sequence[str], *, seed: int = 0) -> pd.DataFrame:
+    """Accuracy, strict accuracy and bootstrap intervals overall and per gold label."""
+    rows = []
+    correct, strict, golds = pred.correct.float(), pred.strict_correct.float(), pred.golds
+    scopes = [("all", torch.ones_like(golds, dtype=torch.bool))]
+    scopes += [(f"gold={w}", golds == i) for i, w in enumerate(label_words)]
+    for scope, mask in scopes:
+        if not mask.any():
+            continue
+        c, s = correct[mask], strict[mask]
+        lo, hi = bootstrap_ci(c.numpy(), seed=seed)
+        slo, shi = bootstrap_ci(s.numpy(), seed=seed)
+        rows.append(
+            {
+                "scope": scope,
+                "accuracy": c.mean().item(),
+                "ci_low": lo,
+                "ci_high": hi,
+                "strict_accuracy": s.mean().item(),
+                "strict_ci_low": slo,
+                "strict_ci_high": shi,
+                "n": int(mask.sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def icl_accuracy(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    *,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    batch_size: int = 32,
+    padding_side: str = "right",
+    progress: bool = False,
+) -> AccuracyResult:
+    """ICL accuracy over the label set and strict accuracy over the whole vocabulary.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
+        hooks: forward hooks to apply (e.g. from :func:`~icl_heads.interventions.ablate_hooks`).
+        batch_size: prompts per forward pass (does not change the result).
+        padding_side: ``"right"`` or ``"left"`` (does not change the result).
+        progress: show a progress bar.
+
+    Returns:
+        An :class:`AccuracyResult` with overall and per-gold-label rows.
+
+    Raises:
+        TypeError: an unsupported model or prompts object.
+        ValueError: empty prompts, bad batch size or padding side.
+        PromptTooLongError: a prompt longer than the model's context.
+        LabelTokenError: a label word that is not one token.
+    """
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    pred = predict(access, tp, hooks=hooks, batch_size=batch_size, padding_side=padding_side, progress=progress)
+    df = accuracy_table(pred, tp.prompts.task.label_words)
+    return AccuracyResult(
+        df=df,
+        label_logits=pred.label_logits,
+        golds=pred.golds,
+        strict_correct=pred.strict_correct,
+        provenance=provenance(access.name, tp),
+    )

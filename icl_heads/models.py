@@ -1,0 +1,355 @@
+"""Model access: the one place that knows TransformerLens 3 ``HookedTransformer`` from 4 ``TransformerBridge``.
+
+:func:`load_model` returns a ready model for the installed TransformerLens.
+:class:`ModelAccess` wraps any supported model object and gives the rest of the
+package hook names, weights, the frozen final norm, tokenization and a forward pass
+that captures only what an analysis asks for, at the final position.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_heads.prompts import ICLPrompts, PromptBatch, PromptTooLongError, TokenizedPrompts
+
+logger = logging.getLogger(__name__)
+
+Head = tuple[int, int]
+HookFn = Callable[[Tensor, Any], Tensor | None]
+
+
+def transformer_lens_major() -> int:
+    """Major version of the installed TransformerLens."""
+    return int(version("transformer-lens").split(".")[0])
+
+
+def _is_local_dir(name: str | Path) -> bool:
+    return Path(name).is_dir() and (Path(name) / "config.json").exists()
+
+
+def load_model(name_or_path: str | Path = "organism", *, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a model ready for analysis, for the installed TransformerLens.
+
+    On TransformerLens 4.x this is a ``TransformerBridge`` booted from a hub name or a
+    local Hugging Face folder with compatibility mode enabled (``center_unembed=False``
+    so logits match Hugging Face's). On 3.x it is a ``HookedTransformer``
+    (``from_pretrained`` for hub names; a local Llama or GPT-2 folder is converted with
+    TransformerLens' own weight converters).
+
+    Args:
+        name_or_path: ``"organism"`` (the bundled model, offline), a hub name, or a
+            local folder with ``config.json``, weights and a tokenizer.
+        device: e.g. ``"cpu"`` or ``"cuda"``; default CPU for local folders.
+        dtype: e.g. ``torch.bfloat16``; default the checkpoint's (float32 here).
+
+    Returns:
+        A ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3).
+
+    Raises:
+        FileNotFoundError: ``"organism"`` requested but its checkpoint is missing.
+        ValueError: a local folder of an architecture TL 3 loading does not support.
+    """
+    if str(name_or_path) == "organism":
+        from icl_heads.organism import CHECKPOINT_DIR
+
+        if not (CHECKPOINT_DIR / "config.json").exists():
+            raise FileNotFoundError(
+                f"the organism checkpoint is missing from {CHECKPOINT_DIR}; reinstall icl-heads or retrain it with "
+                "`python -m icl_heads.organism.train --out DIR` and load_model(DIR)"
+            )
+        name_or_path = CHECKPOINT_DIR
+    if transformer_lens_major() >= 4:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        kw: dict[str, Any] = {"device": device or "cpu"}
+        if dtype is not None:
+            kw["dtype"] = dtype
+        model = TransformerBridge.boot_transformers(str(name_or_path), **kw)
+        model.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+        return model.eval()
+    return _load_hooked(name_or_path, device=device, dtype=dtype)
+
+
+def _load_hooked(name_or_path: str | Path, *, device: str | None, dtype: torch.dtype | None):
+    from transformer_lens import HookedTransformer
+
+    if not _is_local_dir(name_or_path):
+        kw: dict[str, Any] = {"center_unembed": False, "device": device}
+        if dtype is not None:
+            kw["dtype"] = dtype
+        return HookedTransformer.from_pretrained(str(name_or_path), **kw).eval()
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights, convert_llama_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(str(name_or_path), attn_implementation="eager").eval()
+    c = hf.config
+    arch = (c.architectures or [type(hf).__name__])[0]
+    if arch == "LlamaForCausalLM":
+        kv = c.num_key_value_heads
+        rope = getattr(c, "rope_parameters", None) or {}
+        fields = dict(
+            d_model=c.hidden_size, d_head=c.hidden_size // c.num_attention_heads, n_heads=c.num_attention_heads,
+            d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
+            eps=c.rms_norm_eps, d_vocab=c.vocab_size, act_fn=c.hidden_act,
+            n_key_value_heads=kv if kv != c.num_attention_heads else None, normalization_type="RMSPre",
+            positional_embedding_type="rotary", rotary_adjacent_pairs=False,
+            rotary_dim=c.hidden_size // c.num_attention_heads,
+            rotary_base=rope.get("rope_theta", getattr(c, "rope_theta", 10000.0)), final_rms=True, gated_mlp=True,
+        )  # fmt: skip
+        convert = convert_llama_weights
+    elif arch == "GPT2LMHeadModel":
+        fields = dict(
+            d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+            n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
+            act_fn=c.activation_function, normalization_type="LNPre", positional_embedding_type="standard",
+            scale_attn_by_inverse_layer_idx=c.scale_attn_by_inverse_layer_idx,
+        )  # fmt: skip
+        convert = convert_gpt2_weights
+    else:
+        raise ValueError(
+            f"loading a local {arch} folder needs TransformerLens 4 (TransformerBridge); on TransformerLens 3 "
+            "local folders of LlamaForCausalLM and GPT2LMHeadModel are supported"
+        )
+    cfg = HookedTransformerConfig(
+        **fields,
+        original_architecture=arch,
+        device=device or "cpu",
+        default_prepend_bos=True,
+        dtype=dtype or torch.float32,
+    )
+    model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(str(name_or_path)))
+    model.load_and_process_state_dict(
+        convert(hf, cfg), fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+    )
+    return model.eval()
+
+
+def _supported_classes() -> tuple[type, ...]:
+    classes: list[type] = []
+    try:
+        from transformer_lens import HookedTransformer
+
+        classes.append(HookedTransformer)
+    except ImportError:
+        pass
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        classes.append(TransformerBridge)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A request to keep one hook's activation at each prompt's final position (or label positions)."""
+
+    name: str
+    where: str = "final"  # "final": act[b, final]; "pattern_final": pattern[b, :, final, :]; "all": whole act
+
+
+class ModelAccess:
+    """Uniform access to a TransformerLens 3 ``HookedTransformer`` or 4 ``TransformerBridge``.
+
+    Raises:
+        TypeError: the object is not a supported model.
+        ValueError: a ``TransformerBridge`` without TransformerLens hook names (call
+            ``enable_compatibility_mode()`` first).
+    """
+
+    def __init__(self, model: Any):
+        if isinstance(model, ModelAccess):
+            model = model.model
+        classes = _supported_classes()
+        if not isinstance(model, classes):
+            names = ", ".join(c.__name__ for c in classes)
+            raise TypeError(
+                f"expected a TransformerLens model ({names}), got {type(model).__name__}; "
+                "load one with icl_heads.load_model(name_or_path)"
+            )
+        self.model = model
+        self.kind = (
+            "hooked" if type(model).__name__ == "HookedTransformer" or not hasattr(model, "adapter") else "bridge"
+        )
+        if "blocks.0.attn.hook_z" not in model.hook_dict:
+            raise ValueError(
+                "this TransformerBridge has no TransformerLens hook names (blocks.0.attn.hook_z); "
+                "call model.enable_compatibility_mode(center_unembed=False) first, or use icl_heads.load_model"
+            )
+        cfg = model.cfg
+        self.cfg = cfg
+        self.n_layers: int = cfg.n_layers
+        self.n_heads: int = cfg.n_heads
+        self.d_model: int = cfg.d_model
+        self.d_head: int = cfg.d_head
+        self.n_ctx: int = cfg.n_ctx
+        self.rotary: bool = cfg.positional_embedding_type == "rotary"
+        self.centred_norm: bool = str(cfg.normalization_type).startswith("LN")
+        self.name: str = str(getattr(cfg, "model_name", None) or type(model).__name__)
+        self._tok_cache: dict[tuple, TokenizedPrompts] = {}
+
+    # ---- weights -------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self.model.tokenizer is None:
+            raise ValueError("the model has no tokenizer; pass one when loading the model")
+        return self.model.tokenizer
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.model.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        b = getattr(self.model, "b_U", None)
+        return b if b is not None else torch.zeros(self.W_U.shape[1], device=self.W_U.device, dtype=self.W_U.dtype)
+
+    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        return self.model.blocks[layer].attn.W_O
+
+    def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
+        attn = self.model.blocks[layer].attn
+        try:
+            b = attn.b_O
+        except AttributeError:
+            b = None
+        if b is None:
+            w = self.W_O(layer)
+            return torch.zeros(self.d_model, device=w.device, dtype=w.dtype)
+        return b
+
+    def _ln_final_param(self, name: str) -> Tensor | None:
+        ln = self.model.ln_final
+        try:
+            p = getattr(ln, name)
+        except AttributeError:
+            return None
+        return p if isinstance(p, Tensor) else None
+
+    def final_norm(
+        self, x: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"]
+    ) -> Float[Tensor, "... d_model"]:
+        """The final norm's linear part with its scale frozen: ``center(x) / scale * w``."""
+        x = x.float()
+        if self.centred_norm:
+            x = x - x.mean(-1, keepdim=True)
+        x = x / scale.float()
+        w = self._ln_final_param("w")
+        return x * w.float().to(x.device) if w is not None else x
+
+    def final_norm_bias(self) -> Float[Tensor, " d_model"]:
+        """The final norm's additive bias (zeros for RMSNorm or folded norms)."""
+        b = self._ln_final_param("b")
+        return b.float() if b is not None else torch.zeros(self.d_model, device=self.W_U.device)
+
+    def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """``x @ W_U`` in float32 on ``W_U``'s device (no bias)."""
+        return x.float().to(self.W_U.device) @ self.W_U.float()
+
+    # ---- hook names ------------------------------------------------------------------
+    @staticmethod
+    def hook(layer: int | None, name: str) -> str:
+        if layer is None:
+            return name
+        if name in ("z", "pattern", "attn_scores", "q", "k", "v", "rot_q", "rot_k"):
+            return f"blocks.{layer}.attn.hook_{name}"
+        return f"blocks.{layer}.hook_{name}"
+
+    def q_k_hooks(self, rotated: bool = True) -> tuple[str, str]:
+        """Hook names (format with layer) of the queries and keys that form the scores."""
+        if self.rotary and rotated:
+            return "rot_q", "rot_k"
+        return "q", "k"
+
+    # ---- prompts ---------------------------------------------------------------------
+    def tokenize(self, prompts: ICLPrompts | TokenizedPrompts, *, first_token: bool = False) -> TokenizedPrompts:
+        """Tokenize (memoised) and check every prompt fits the context.
+
+        Raises:
+            TypeError: ``prompts`` is not a prompt set.
+            ValueError: no prompts.
+            PromptTooLongError: a prompt is longer than the model's context.
+        """
+        if isinstance(prompts, TokenizedPrompts):
+            tp = prompts
+        elif isinstance(prompts, ICLPrompts):
+            key = (id(prompts), first_token)
+            if key not in self._tok_cache:
+                prepend = bool(getattr(self.cfg, "default_prepend_bos", True))
+                self._tok_cache[key] = prompts.tokenize(self.tokenizer, prepend_bos=prepend, first_token=first_token)
+            tp = self._tok_cache[key]
+        else:
+            raise TypeError(
+                f"expected prompts from ICLTask.prompts(...), got {type(prompts).__name__}; "
+                "build them with icl_heads.ICLTask.from_pairs(texts, labels).prompts(n, shots)"
+            )
+        if len(tp) == 0:
+            raise ValueError("no prompts given; sample some with task.prompts(n=..., shots=...)")
+        longest = max(map(len, tp.tokens))
+        if longest > self.n_ctx:
+            raise PromptTooLongError(
+                f"a prompt has {longest} tokens but the model's context is {self.n_ctx}; use fewer shots or shorter texts"
+            )
+        return tp
+
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    def batches(self, tp: TokenizedPrompts, batch_size: int, padding_side: str = "right") -> Iterable[PromptBatch]:
+        return tp.batches(batch_size, padding_side, self.pad_id())
+
+    # ---- running ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    def run(
+        self,
+        batch: PromptBatch,
+        *,
+        hooks: Sequence[tuple[str, HookFn]] = (),
+        capture: Sequence[Capture] = (),
+    ) -> tuple[Float[Tensor, "batch d_vocab"], dict[str, Tensor]]:
+        """One forward pass: final-position logits (float32) and the captured activations.
+
+        ``hooks`` are extra forward hooks (interventions) that run before captures.
+        """
+        stored: dict[str, Tensor] = {}
+        rows = torch.arange(len(batch.golds))
+        finals = batch.final_positions
+
+        def make(c: Capture) -> HookFn:
+            def fn(act: Tensor, hook: Any) -> None:
+                if c.where == "final":
+                    stored[c.name] = act[rows.to(act.device), finals.to(act.device)].detach().float()
+                elif c.where == "pattern_final":
+                    stored[c.name] = act[rows.to(act.device), :, finals.to(act.device)].detach().float()
+                else:
+                    stored[c.name] = act.detach().float()
+
+            return fn
+
+        fwd = [*hooks, *((c.name, make(c)) for c in capture)]
+        tokens = batch.tokens.to(self.device)
+        kw: dict[str, Any] = {}
+        if batch.has_padding:
+            kw["attention_mask"] = batch.attention_mask.to(self.device)
+        with torch.inference_mode():
+            logits = self.model.run_with_hooks(tokens, fwd_hooks=fwd, **kw) if fwd else self.model(tokens, **kw)
+        final_logits = logits[rows.to(logits.device), finals.to(logits.device)].float()
+        return final_logits, stored

@@ -1,0 +1,411 @@
+"""Few-shot classification tasks and prompts whose label positions are known exactly.
+
+An :class:`ICLTask` holds labelled sentences, the label words the prompts show for
+each class (default ``("foo", "bar")``) and a template. :meth:`ICLTask.prompts`
+samples an :class:`ICLPrompts` set: demonstrations and a query per prompt, in text.
+:meth:`ICLPrompts.tokenize` turns them into :class:`TokenizedPrompts` for one
+tokenizer, where every prompt knows its token ids, each demonstration's label
+position and label, the gold label and the final position.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+DEFAULT_TEMPLATE = "{text} : {label}\n"
+ORDERS = ("random", "blocked", "blocked_reversed", "alternating")
+
+
+class LabelTokenError(ValueError):
+    """A label word is not exactly one token in context for this tokenizer."""
+
+
+class PromptTooLongError(ValueError):
+    """A prompt has more tokens than the model's context."""
+
+
+def _check_template(template: str) -> None:
+    if not isinstance(template, str) or template.count("{text}") != 1 or template.count("{label}") != 1:
+        raise ValueError(
+            f"template must contain '{{text}}' and '{{label}}' exactly once each, got {template!r}; "
+            f"for example {DEFAULT_TEMPLATE!r}"
+        )
+    if template.index("{text}") > template.index("{label}"):
+        raise ValueError(f"template must put '{{text}}' before '{{label}}', got {template!r}")
+    try:
+        template.format(text="x", label="y")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"template {template!r} has braces other than {{text}} and {{label}} ({err}); double them as '{{{{'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ICLPrompt:
+    """One prompt in text: demonstrations ``(text, class)`` then a query."""
+
+    demos: tuple[tuple[str, int], ...]
+    query: str
+    gold: int
+
+
+@dataclass(frozen=True)
+class ICLTask:
+    """A sentence-classification task for in-context learning.
+
+    Args:
+        texts: the sentences.
+        labels: the class of each sentence (any hashable; sorted to fix the order of
+            ``classes`` unless ``classes`` is given).
+        label_words: the word shown for each class, in the order of ``classes``.
+        template: how one demonstration is rendered; must contain ``{text}`` then
+            ``{label}``. The query is the template cut before ``{label}``, with trailing
+            spaces removed (so BPE tokenizers predict the label with its leading space).
+        classes: the class order (defaults to the sorted distinct labels).
+        name: a name for reports.
+
+    Raises:
+        ValueError: empty data, texts and labels of different lengths, a bad
+            template, or label words that do not match the classes.
+
+    >>> task = ICLTask.from_pairs(["goal", "soup", "team", "bread"], ["sport", "food", "sport", "food"])
+    >>> task.classes, task.label_words
+    (('food', 'sport'), ('foo', 'bar'))
+    """
+
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[Any, ...]
+    label_words: tuple[str, ...] = ("foo", "bar")
+    template: str = DEFAULT_TEMPLATE
+    name: str = "task"
+
+    def __post_init__(self) -> None:
+        if len(self.texts) == 0:
+            raise ValueError("the task has no examples; pass at least one (text, label) pair per class")
+        if len(self.texts) != len(self.labels):
+            raise ValueError(f"got {len(self.texts)} texts but {len(self.labels)} labels; they must pair up")
+        if len(self.classes) < 2:
+            raise ValueError(f"a classification task needs at least 2 classes, got {list(self.classes)}")
+        if len(self.label_words) != len(self.classes):
+            raise ValueError(
+                f"label_words {self.label_words} has {len(self.label_words)} words for "
+                f"{len(self.classes)} classes {list(self.classes)}; give one word per class"
+            )
+        if len(set(self.label_words)) != len(self.label_words) or any(not w.strip() for w in self.label_words):
+            raise ValueError(f"label_words must be distinct non-empty words, got {self.label_words}")
+        _check_template(self.template)
+
+    @classmethod
+    def from_pairs(
+        cls,
+        texts: Sequence[str],
+        labels: Sequence[Any],
+        *,
+        label_words: Sequence[str] = ("foo", "bar"),
+        template: str = DEFAULT_TEMPLATE,
+        classes: Sequence[Any] | None = None,
+        name: str = "task",
+    ) -> ICLTask:
+        """Build a task from parallel lists of texts and labels.
+
+        Raises:
+            ValueError: a label outside ``classes``, or the checks of :class:`ICLTask`.
+        """
+        texts = tuple(str(t) for t in texts)
+        labels = list(labels)
+        found = sorted(set(labels), key=str)
+        classes = tuple(classes) if classes is not None else tuple(found)
+        unknown = [y for y in found if y not in classes]
+        if unknown:
+            raise ValueError(f"labels {unknown} are not among the task's classes {list(classes)}")
+        index = {c: i for i, c in enumerate(classes)}
+        return cls(
+            texts=texts,
+            labels=tuple(index[y] for y in labels),
+            classes=classes,
+            label_words=tuple(label_words),
+            template=template,
+            name=name,
+        )
+
+    @classmethod
+    def from_dataframe(cls, df, text_col: str = "text", label_col: str = "label", **kw: Any) -> ICLTask:
+        """Build a task from a pandas DataFrame's text and label columns.
+
+        Raises:
+            ValueError: a missing column, or the checks of :meth:`from_pairs`.
+        """
+        missing = [c for c in (text_col, label_col) if c not in df.columns]
+        if missing:
+            raise ValueError(f"columns {missing} not in the data; it has {list(df.columns)}")
+        return cls.from_pairs(df[text_col].tolist(), df[label_col].tolist(), **kw)
+
+    @classmethod
+    def from_file(cls, path: str | Path, text_col: str = "text", label_col: str = "label", **kw: Any) -> ICLTask:
+        """Build a task from a ``.csv`` or ``.jsonl`` file.
+
+        Raises:
+            ValueError: an unknown file type, or the checks of :meth:`from_dataframe`.
+        """
+        import pandas as pd
+
+        path = Path(path)
+        if path.suffix == ".csv":
+            df = pd.read_csv(path)
+        elif path.suffix in (".jsonl", ".json"):
+            df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        else:
+            raise ValueError(f"cannot read {path}: use a .csv or .jsonl file")
+        kw.setdefault("name", path.stem)
+        return cls.from_dataframe(df, text_col, label_col, **kw)
+
+    def with_label_words(self, label_words: Sequence[str]) -> ICLTask:
+        """The same task showing other label words."""
+        return replace(self, label_words=tuple(label_words))
+
+    def with_template(self, template: str) -> ICLTask:
+        """The same task rendered with another template."""
+        return replace(self, template=template)
+
+    def prompts(
+        self,
+        n: int,
+        shots: int,
+        seed: int = 0,
+        counts: Sequence[int] | None = None,
+        order: str | Sequence[int] = "random",
+        gold: int | None = None,
+    ) -> ICLPrompts:
+        """Sample ``n`` prompts of ``shots`` demonstrations and one query each.
+
+        Args:
+            n: number of prompts.
+            shots: demonstrations per prompt.
+            seed: random seed; the same seed gives the same prompts.
+            counts: demonstrations per class (sums to ``shots``); default balanced
+                (an odd remainder goes to a random class per prompt).
+            order: ``"random"``, ``"blocked"`` (class 0 first), ``"blocked_reversed"``,
+                ``"alternating"``, or an explicit sequence of class indices.
+            gold: fix every query's class; default alternates classes over prompts.
+
+        Returns:
+            The prompts, in text, with their task.
+
+        Raises:
+            ValueError: ``n < 1``, negative ``shots``, counts that do not sum to
+                ``shots``, too few examples of a class, or an unknown order.
+        """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if shots < 0:
+            raise ValueError(f"shots must be >= 0, got {shots}")
+        k = len(self.classes)
+        if counts is not None:
+            counts = tuple(int(c) for c in counts)
+            if len(counts) != k or sum(counts) != shots or min(counts) < 0:
+                raise ValueError(
+                    f"counts {counts} must give one non-negative count per class {list(self.classes)} summing to shots={shots}"
+                )
+        if isinstance(order, str) and order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS} or a sequence of class indices, got {order!r}")
+        if not isinstance(order, str):
+            order = tuple(int(c) for c in order)
+            if len(order) != shots or any(not 0 <= c < k for c in order):
+                raise ValueError(f"explicit order {order} must list {shots} class indices in [0, {k})")
+        if gold is not None and not 0 <= gold < k:
+            raise ValueError(f"gold must be a class index in [0, {k}), got {gold}")
+        by_class = [np.flatnonzero(np.asarray(self.labels) == c) for c in range(k)]
+        rng = np.random.default_rng(seed)
+        golds = np.full(n, gold) if gold is not None else rng.permutation(np.arange(n) % k)
+        out = []
+        for q in golds:
+            demo_classes = self._demo_classes(rng, shots, counts, order)
+            need = np.bincount(np.append(demo_classes, q).astype(int), minlength=k)
+            for c in range(k):
+                if need[c] > len(by_class[c]):
+                    raise ValueError(
+                        f"class {self.classes[c]!r} has {len(by_class[c])} examples but a prompt needs {need[c]} "
+                        f"(demonstrations plus query); add examples or lower shots"
+                    )
+            picks = {c: list(rng.choice(by_class[c], need[c], replace=False)) for c in range(k)}
+            query = picks[int(q)].pop()
+            demos = tuple((self.texts[picks[int(c)].pop()], int(c)) for c in demo_classes)
+            out.append(ICLPrompt(demos=demos, query=self.texts[query], gold=int(q)))
+        config = {"n": n, "shots": shots, "seed": seed, "counts": counts, "order": order, "gold": gold}
+        return ICLPrompts(prompts=tuple(out), task=self, config=config)
+
+    def _demo_classes(self, rng: np.random.Generator, shots: int, counts, order) -> np.ndarray:
+        k = len(self.classes)
+        if not isinstance(order, str):
+            return np.asarray(order)
+        if counts is None:
+            base = np.full(k, shots // k)
+            base[rng.choice(k, shots % k, replace=False)] += 1
+        else:
+            base = np.asarray(counts)
+        classes = np.repeat(np.arange(k), base)
+        if order == "random":
+            rng.shuffle(classes)
+        elif order == "blocked_reversed":
+            classes = classes[::-1]
+        elif order == "alternating":
+            classes = np.array([c for i in range(max(base, default=0)) for c in range(k) if i < base[c]], dtype=int)
+        return classes
+
+
+@dataclass(frozen=True)
+class ICLPrompts:
+    """A set of prompts in text, tied to their task. Tokenize with :meth:`tokenize`."""
+
+    prompts: tuple[ICLPrompt, ...]
+    task: ICLTask
+    config: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, item: int | slice) -> ICLPrompts:
+        picked = self.prompts[item] if isinstance(item, slice) else (self.prompts[item],)
+        return replace(self, prompts=picked)
+
+    def texts(self) -> list[str]:
+        """The rendered prompt strings (without a beginning-of-sequence token)."""
+        return [render(p, self.task)[0] for p in self.prompts]
+
+    @property
+    def golds(self) -> Int[Tensor, " prompt"]:
+        """Gold class index of every prompt."""
+        return torch.tensor([p.gold for p in self.prompts])
+
+    def tokenize(self, tokenizer, *, prepend_bos: bool = True, first_token: bool = False) -> TokenizedPrompts:
+        """Token ids, label positions and final positions for ``tokenizer``.
+
+        Args:
+            tokenizer: a Hugging Face fast tokenizer (``model.tokenizer``).
+            prepend_bos: put the tokenizer's beginning-of-sequence token first.
+            first_token: accept label words of several tokens and use their first
+                token (off by default: such labels raise :class:`LabelTokenError`).
+
+        Raises:
+            LabelTokenError: a label word is not one token in context.
+            TypeError: the tokenizer cannot report character offsets.
+        """
+        from icl_heads._tokenize import tokenize_prompts
+
+        return tokenize_prompts(self, tokenizer, prepend_bos=prepend_bos, first_token=first_token)
+
+
+def render(prompt: ICLPrompt, task: ICLTask) -> tuple[str, list[tuple[int, int]], str]:
+    """The prompt string, the character span of every demonstration label, the query prefix."""
+    before, after = task.template.split("{label}")
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    offset = 0
+    for text, y in prompt.demos:
+        head = before.format(text=text)
+        word = task.label_words[y]
+        spans.append((offset + len(head), offset + len(head) + len(word)))
+        piece = head + word + after
+        parts.append(piece)
+        offset += len(piece)
+    query = before.format(text=prompt.query).rstrip(" ")
+    return "".join(parts) + query, spans, query
+
+
+@dataclass(frozen=True)
+class TokenizedPrompts:
+    """Prompts as token ids for one tokenizer, with every position the analyses need.
+
+    Attributes:
+        tokens: token ids of each prompt, unpadded.
+        label_positions: position of each demonstration's label token, per prompt.
+        demo_labels: class of each demonstration, per prompt.
+        golds: gold class per prompt.
+        label_token_ids: the token the model must predict for each class.
+        prompts: the text prompts these came from.
+    """
+
+    tokens: tuple[tuple[int, ...], ...]
+    label_positions: tuple[tuple[int, ...], ...]
+    demo_labels: tuple[tuple[int, ...], ...]
+    golds: tuple[int, ...]
+    label_token_ids: tuple[int, ...]
+    prompts: ICLPrompts
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def final_positions(self) -> tuple[int, ...]:
+        return tuple(len(t) - 1 for t in self.tokens)
+
+    def batches(self, batch_size: int = 32, padding_side: str = "right", pad_id: int = 0) -> Iterator[PromptBatch]:
+        """Padded batches in prompt order.
+
+        Raises:
+            ValueError: ``batch_size < 1`` or an unknown ``padding_side``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        for start in range(0, len(self), batch_size):
+            yield PromptBatch.build(self, range(start, min(start + batch_size, len(self))), padding_side, pad_id)
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """One padded batch: ``tokens`` and ``attention_mask`` ``[batch, pos]``, positions shifted for padding."""
+
+    index: Int[Tensor, " batch"]
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    final_positions: Int[Tensor, " batch"]
+    label_positions: Int[Tensor, "batch demo"]
+    demo_labels: Int[Tensor, "batch demo"]
+    golds: Int[Tensor, " batch"]
+    padding_side: str
+
+    @property
+    def has_padding(self) -> bool:
+        return bool((self.attention_mask == 0).any())
+
+    @classmethod
+    def build(cls, tp: TokenizedPrompts, index: range, padding_side: str, pad_id: int) -> PromptBatch:
+        rows = [tp.tokens[i] for i in index]
+        width = max(map(len, rows))
+        n_demo = max((len(tp.label_positions[i]) for i in index), default=0)
+        tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        label_pos = torch.full((len(rows), n_demo), -1, dtype=torch.long)
+        demo_labels = torch.full((len(rows), n_demo), -1, dtype=torch.long)
+        finals = torch.zeros(len(rows), dtype=torch.long)
+        for b, i in enumerate(index):
+            ids = tp.tokens[i]
+            shift = width - len(ids) if padding_side == "left" else 0
+            tokens[b, shift : shift + len(ids)] = torch.tensor(ids)
+            mask[b, shift : shift + len(ids)] = 1
+            finals[b] = shift + len(ids) - 1
+            m = len(tp.label_positions[i])
+            label_pos[b, :m] = torch.tensor(tp.label_positions[i], dtype=torch.long) + shift
+            demo_labels[b, :m] = torch.tensor(tp.demo_labels[i], dtype=torch.long)
+        return cls(
+            index=torch.tensor(list(index)),
+            tokens=tokens,
+            attention_mask=mask,
+            final_positions=finals,
+            label_positions=label_pos,
+            demo_labels=demo_labels,
+            golds=torch.tensor([tp.golds[i] for i in index]),
+            padding_side=padding_side,
+        )

@@ -1,0 +1,158 @@
+"""The base of every result object: frozen, tidy, saved and reloaded as a folder.
+
+A result is a frozen dataclass whose fields are tensors, pandas DataFrames and plain
+JSON values (numbers, strings, lists, dicts). ``save(path)`` writes tensors to
+``tensors.safetensors``, each DataFrame to ``<field>.csv`` and the rest to
+``meta.json``; ``load(path)`` rebuilds the object. ``_repr_html_`` shows a summary
+and the main table in Jupyter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import html
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from icl_heads._version import __version__
+
+R = TypeVar("R", bound="Result")
+
+
+def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, Any]:
+    """Where a result came from: model, prompts, versions and time."""
+    try:
+        tl = version("transformer-lens")
+    except PackageNotFoundError:  # pragma: no cover
+        tl = "unknown"
+    out: dict[str, Any] = {
+        "model": model_name,
+        "icl_heads": __version__,
+        "transformer_lens": tl,
+        "torch": torch.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if prompts is not None:
+        cfg = getattr(getattr(prompts, "prompts", prompts), "config", {}) or {}
+        task = getattr(getattr(prompts, "prompts", prompts), "task", None)
+        out.update(n_prompts=len(prompts), prompt_config=_jsonable(cfg))
+        if task is not None:
+            out.update(task=task.name, label_words=list(task.label_words), template=task.template)
+    out.update(_jsonable(extra))
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if hasattr(x, "item") and callable(x.item):
+        return x.item()
+    return x
+
+
+def _tuplify(x: Any) -> Any:
+    if isinstance(x, list):
+        return tuple(_tuplify(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _tuplify(v) for k, v in x.items()}
+    return x
+
+
+class Result:
+    """Mixin for frozen dataclass results: ``save``, ``load`` and a notebook repr."""
+
+    _title: ClassVar[str] = "Result"
+    _main_table: ClassVar[str] = "df"
+
+    def summary(self) -> dict[str, Any]:
+        """A few headline numbers (overridden by each result)."""
+        return {}
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the result to the folder ``path``.
+
+        Raises:
+            FileExistsError: ``path`` exists and is not empty, unless ``overwrite``.
+        """
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True or choose a new folder")
+        path.mkdir(parents=True, exist_ok=True)
+        tensors, meta = {}, {"__class__": type(self).__name__, "fields": {}}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                tensors[f.name] = value.detach().cpu().contiguous()
+            elif isinstance(value, pd.DataFrame):
+                value.to_csv(path / f"{f.name}.csv", index=False)
+            elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+                for k, v in value.items():
+                    tensors[f"{f.name}::{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta["fields"][f.name] = _jsonable(value)
+        if tensors:
+            save_file(tensors, str(path / "tensors.safetensors"))
+        (path / "meta.json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls: type[R], path: str | Path) -> R:
+        """Read a result written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no saved result at ``path``.
+            ValueError: the folder holds a different kind of result.
+        """
+        path = Path(path)
+        if not (path / "meta.json").exists():
+            raise FileNotFoundError(f"no saved result in {path} (meta.json missing)")
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("__class__") != cls.__name__:
+            raise ValueError(f"{path} holds a {meta.get('__class__')}, not a {cls.__name__}; load it with that class")
+        tensors = load_file(str(path / "tensors.safetensors")) if (path / "tensors.safetensors").exists() else {}
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in tensors:
+                kwargs[f.name] = tensors[f.name]
+            elif (path / f"{f.name}.csv").exists():
+                kwargs[f.name] = pd.read_csv(path / f"{f.name}.csv")
+            elif any(k.startswith(f"{f.name}::") for k in tensors):
+                kwargs[f.name] = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{f.name}::")}
+            elif f.name in meta["fields"]:
+                kwargs[f.name] = _tuplify(meta["fields"][f.name]) if f.name != "config" else meta["fields"][f.name]
+        return cls(**kwargs)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in self.summary().items()
+        )
+        table = getattr(self, self._main_table, None)
+        body = (
+            table.head(12).to_html(index=False, float_format=lambda v: f"{v:.4g}")
+            if isinstance(table, pd.DataFrame)
+            else ""
+        )
+        return f"<div><b>{html.escape(self._title)}</b><table>{rows}</table>{body}</div>"
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={_fmt(v)}" for k, v in self.summary().items())
+        return f"{type(self).__name__}({items})"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, float) for x in v):
+        return f"[{v[0]:.4g}, {v[1]:.4g}]"
+    return str(v)

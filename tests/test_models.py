@@ -1,0 +1,62 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import icl_heads as ih
+from icl_heads.models import ModelAccess
+from tests.conftest import TL_MAJOR
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_load_model_matches_hugging_face(kind, model_dirs, models):
+    hf = AutoModelForCausalLM.from_pretrained(model_dirs[kind], attn_implementation="eager").eval()
+    tokens = torch.tensor([[1, 5, 9, 22, 40, 7, 3, 11]])
+    with torch.inference_mode():
+        ref = hf(tokens).logits
+        ours = models[kind](tokens)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+def test_model_kind_matches_transformer_lens_version(models):
+    kinds = {type(m).__name__ for k, m in models.items() if k in ("gpt2", "llama")}
+    assert kinds == ({"TransformerBridge"} if TL_MAJOR >= 4 else {"HookedTransformer"})
+
+
+def test_unsupported_model_object_is_refused(model_dirs):
+    hf = AutoModelForCausalLM.from_pretrained(model_dirs["llama"])
+    with pytest.raises(TypeError, match="expected a TransformerLens model"):
+        ih.icl_accuracy(hf, ih.testing.toy_task().prompts(2, 2))
+    with pytest.raises(TypeError, match="load_model"):
+        ModelAccess("gpt2")
+
+
+def test_final_norm_reproduces_logits(any_model, task):
+    access = ModelAccess(any_model)
+    tp = access.tokenize(task.prompts(6, 3, seed=1))
+    batch = next(access.batches(tp, 6))
+    last = f"blocks.{access.n_layers - 1}.hook_resid_post"
+    from icl_heads.models import Capture
+
+    logits, got = access.run(batch, capture=[Capture(last), Capture("ln_final.hook_scale")])
+    rebuilt = (
+        access.unembed(access.final_norm(got[last], got["ln_final.hook_scale"]) + access.final_norm_bias()) + access.b_U
+    )
+    torch.testing.assert_close(rebuilt, logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.tl4
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_bridge_booted_by_the_user_without_compatibility_mode(kind, model_dirs, task):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from icl_heads.models import Capture
+
+    raw = TransformerBridge.boot_transformers(str(model_dirs[kind]), device="cpu")
+    access = ModelAccess(raw)
+    batch = next(access.batches(access.tokenize(task.prompts(4, 2, seed=2)), 4))
+    last = f"blocks.{access.n_layers - 1}.hook_resid_post"
+    logits, got = access.run(batch, capture=[Capture(last), Capture("ln_final.hook_scale")])
+    rebuilt = (
+        access.unembed(access.final_norm(got[last], got["ln_final.hook_scale"]) + access.final_norm_bias()) + access.b_U
+    )
+    torch.testing.assert_close(rebuilt, logits, atol=1e-4, rtol=1e-4)
