@@ -23,8 +23,8 @@ __all__ = [
     "PromptTooLongError",
     "TokenizedPrompts",
     "__version__",
-    "testing",
     "icl_accuracy",
     "load_model",
     "organism_task",
+    "testing",
 ]
