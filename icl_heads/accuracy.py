@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._stats import bootstrap_ci
-from icl_heads.models import HookFn, ModelAccess
+from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
 
@@ -44,7 +44,7 @@ def predict(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
     *,
-    hooks: Sequence[tuple[str, HookFn]] = (),
+    hooks: Hooks = (),
     batch_size: int = 32,
     padding_side: str = "right",
     progress: bool = False,
@@ -138,7 +138,7 @@ def icl_accuracy(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
     *,
-    hooks: Sequence[tuple[str, HookFn]] = (),
+    hooks: Hooks = (),
     batch_size: int = 32,
     padding_side: str = "right",
     progress: bool = False,

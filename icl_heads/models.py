@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 Head = tuple[int, int]
 HookFn = Callable[[Tensor, Any], Tensor | None]
+#: Forward hooks: a list of ``(hook_name, fn)``, or a callable building them for a ``PromptBatch``.
+Hooks = Sequence[tuple[str, HookFn]] | Callable[[PromptBatch], Sequence[tuple[str, HookFn]]]
 
 
 def transformer_lens_major() -> int:
@@ -322,13 +324,16 @@ class ModelAccess:
         self,
         batch: PromptBatch,
         *,
-        hooks: Sequence[tuple[str, HookFn]] = (),
+        hooks: Hooks = (),
         capture: Sequence[Capture] = (),
     ) -> tuple[Float[Tensor, "batch d_vocab"], dict[str, Tensor]]:
         """One forward pass: final-position logits (float32) and the captured activations.
 
-        ``hooks`` are extra forward hooks (interventions) that run before captures.
+        ``hooks`` are extra forward hooks (interventions) that run before captures: a
+        list of ``(hook_name, fn)`` or a callable that builds them for this batch.
         """
+        if callable(hooks):
+            hooks = hooks(batch)
         stored: dict[str, Tensor] = {}
         rows = torch.arange(len(batch.golds))
         finals = batch.final_positions

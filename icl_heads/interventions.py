@@ -1,0 +1,189 @@
+"""Interventions on attention heads: zero- or mean-ablation, as hook lists or context managers.
+
+Every intervention here is a :class:`HeadAblation`. Call it with a
+:class:`~icl_heads.prompts.PromptBatch` to get forward hooks for that batch (this is
+what the package's own functions do, so "final position" means each prompt's own
+final token), use :meth:`HeadAblation.hooks` for a raw forward pass, or use the
+:func:`ablate` context manager around any forward pass of the model.
+
+>>> import icl_heads as ih  # doctest: +SKIP
+>>> with ih.ablate(model, [(1, 3)]):  # doctest: +SKIP
+...     logits = model(tokens)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_heads.models import Head, HookFn, Hooks, ModelAccess
+from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
+
+HOWS = ("zero", "mean")
+WHERE = ("all", "final")
+
+
+def check_heads(access: ModelAccess, heads: Iterable[Sequence[int]]) -> tuple[Head, ...]:
+    """Validate ``(layer, head)`` pairs against the model.
+
+    Raises:
+        ValueError: a pair outside the model's layers or heads, or not a pair.
+    """
+    out = []
+    for h in heads:
+        try:
+            layer, head = (int(v) for v in h)
+        except (TypeError, ValueError):
+            raise ValueError(f"heads must be (layer, head) pairs, got {h!r}") from None
+        if not (0 <= layer < access.n_layers and 0 <= head < access.n_heads):
+            raise ValueError(
+                f"head ({layer}, {head}) is outside the model: layers 0..{access.n_layers - 1}, heads 0..{access.n_heads - 1}"
+            )
+        out.append((layer, head))
+    return tuple(dict.fromkeys(out))
+
+
+def head_means(
+    model: Any, prompts: ICLPrompts | TokenizedPrompts, *, where: str = "all", batch_size: int = 32
+) -> Float[Tensor, "layer head d_head"]:
+    """Mean of every head's ``hook_z`` over reference prompts (all real tokens, or final positions)."""
+    from icl_heads.models import Capture
+
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    total = torch.zeros(access.n_layers, access.n_heads, access.d_head)
+    count = 0
+    for batch in access.batches(tp, batch_size):
+        caps = [
+            Capture(access.hook(layer, "z"), "final" if where == "final" else "all") for layer in range(access.n_layers)
+        ]
+        _, got = access.run(batch, capture=caps)
+        mask = batch.attention_mask.bool()
+        for layer in range(access.n_layers):
+            z = got[access.hook(layer, "z")].cpu()
+            total[layer] += z.sum(0) if where == "final" else z[mask].sum(0)
+        count += len(batch.golds) if where == "final" else int(mask.sum())
+    return total / count
+
+
+@dataclass(frozen=True)
+class HeadAblation:
+    """Replace chosen heads' outputs (``hook_z``) by zero or by a mean, at all or final positions.
+
+    Attributes:
+        heads: the ``(layer, head)`` pairs.
+        how: ``"zero"`` or ``"mean"``.
+        where: ``"all"`` positions or only each prompt's ``"final"`` position.
+        means: ``[layer, head, d_head]`` means for ``how="mean"`` (see :func:`head_means`).
+    """
+
+    heads: tuple[Head, ...]
+    how: str = "zero"
+    where: str = "all"
+    means: Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.how not in HOWS:
+            raise ValueError(f"how must be one of {HOWS}, got {self.how!r}")
+        if self.where not in WHERE:
+            raise ValueError(f"where must be one of {WHERE}, got {self.where!r}")
+        if self.how == "mean" and self.means is None:
+            raise ValueError("mean-ablation needs means: pass reference prompts to ablation(...) or head_means(...)")
+
+    def hooks(self, positions: Tensor | None = None) -> list[tuple[str, HookFn]]:
+        """Forward hooks; ``positions`` ``[batch]`` limits the ablation to one position per row (-1: last)."""
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in self.heads:
+            by_layer.setdefault(layer, []).append(head)
+        return [(ModelAccess.hook(layer, "z"), self._fn(layer, heads, positions)) for layer, heads in by_layer.items()]
+
+    def _fn(self, layer: int, heads: list[int], positions: Tensor | None) -> HookFn:
+        idx = torch.tensor(heads)
+
+        def fn(z: Tensor, hook: Any) -> Tensor:
+            z = z.clone()
+            value = (
+                torch.zeros(len(heads), z.shape[-1], dtype=z.dtype, device=z.device)
+                if self.how == "zero"
+                else self.means[layer, idx].to(z.device, z.dtype)  # type: ignore[index]
+            )
+            h = idx.to(z.device)
+            if positions is None:
+                z[:, :, h] = value
+            else:
+                rows = torch.arange(z.shape[0], device=z.device)
+                pos = positions.to(z.device) % z.shape[1]
+                z[rows[:, None], pos[:, None], h[None, :]] = value
+            return z
+
+        return fn
+
+    def __call__(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+        return self.hooks(batch.final_positions if self.where == "final" else None)
+
+
+def ablation(
+    model: Any,
+    heads: Iterable[Sequence[int]],
+    *,
+    how: str = "zero",
+    where: str = "all",
+    reference: ICLPrompts | TokenizedPrompts | None = None,
+) -> HeadAblation:
+    """Build a :class:`HeadAblation` for ``model`` (mean-ablation needs ``reference`` prompts).
+
+    Raises:
+        ValueError: heads outside the model, an unknown ``how``/``where``, or
+            ``how="mean"`` without ``reference``.
+    """
+    access = ModelAccess(model)
+    heads = check_heads(access, heads)
+    means = None
+    if how == "mean":
+        if reference is None:
+            raise ValueError("how='mean' needs reference prompts to average over: ablation(..., reference=prompts)")
+        means = head_means(access, reference, where=where)
+    return HeadAblation(heads=heads, how=how, where=where, means=means)
+
+
+@contextmanager
+def ablate(
+    model: Any,
+    heads: Iterable[Sequence[int]],
+    *,
+    how: str = "zero",
+    where: str = "all",
+    reference: ICLPrompts | TokenizedPrompts | None = None,
+) -> Iterator[HeadAblation]:
+    """Context manager: every forward pass of ``model`` inside runs with the heads ablated.
+
+    With ``where="final"`` the last position of each row is ablated (left-pad batches).
+
+    Raises:
+        ValueError: as :func:`ablation`.
+    """
+    abl = ablation(model, heads, how=how, where=where, reference=reference)
+    with model.hooks(fwd_hooks=abl.hooks(torch.tensor([-1]) if where == "final" else None)):
+        yield abl
+
+
+def resolve_hooks(hooks: Hooks, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+    """Turn a static hook list or a batch-aware hook provider into hooks for ``batch``."""
+    if callable(hooks):
+        return list(hooks(batch))
+    return list(hooks)
+
+
+def combine(*providers: Hooks) -> Callable[[PromptBatch], list[tuple[str, HookFn]]]:
+    """One batch-aware hook provider from several."""
+
+    def provider(batch: PromptBatch) -> list[tuple[str, HookFn]]:
+        return [h for p in providers for h in resolve_hooks(p, batch)]
+
+    return provider
