@@ -10,21 +10,31 @@
 from icl_heads import testing
 from icl_heads._version import __version__
 from icl_heads.accuracy import AccuracyResult, icl_accuracy
+from icl_heads.heads import InContextHeads, ablation_curve, find_in_context_heads
+from icl_heads.interventions import HeadAblation, ablate, ablation
 from icl_heads.models import ModelAccess, load_model
 from icl_heads.organism import organism_task
 from icl_heads.prompts import ICLPrompts, ICLTask, LabelTokenError, PromptTooLongError, TokenizedPrompts
+from icl_heads.scoring import score_heads
 
 __all__ = [
     "AccuracyResult",
+    "HeadAblation",
     "ICLPrompts",
     "ICLTask",
+    "InContextHeads",
     "LabelTokenError",
     "ModelAccess",
     "PromptTooLongError",
     "TokenizedPrompts",
     "__version__",
+    "ablate",
+    "ablation",
+    "ablation_curve",
+    "find_in_context_heads",
     "icl_accuracy",
     "load_model",
     "organism_task",
+    "score_heads",
     "testing",
 ]

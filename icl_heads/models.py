@@ -210,15 +210,15 @@ class ModelAccess:
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        return self.model.W_U
+        return self.model.W_U.detach()
 
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         b = getattr(self.model, "b_U", None)
-        return b if b is not None else torch.zeros(self.W_U.shape[1], device=self.W_U.device, dtype=self.W_U.dtype)
+        return b.detach() if b is not None else torch.zeros(self.W_U.shape[1], device=self.W_U.device, dtype=self.W_U.dtype)
 
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
-        return self.model.blocks[layer].attn.W_O
+        return self.model.blocks[layer].attn.W_O.detach()
 
     def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
         attn = self.model.blocks[layer].attn
@@ -229,7 +229,7 @@ class ModelAccess:
         if b is None:
             w = self.W_O(layer)
             return torch.zeros(self.d_model, device=w.device, dtype=w.dtype)
-        return b
+        return b.detach()
 
     def _ln_final_param(self, name: str) -> Tensor | None:
         ln = self.model.ln_final
@@ -237,7 +237,7 @@ class ModelAccess:
             p = getattr(ln, name)
         except AttributeError:
             return None
-        return p if isinstance(p, Tensor) else None
+        return p.detach() if isinstance(p, Tensor) else None
 
     def final_norm(
         self, x: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"]

@@ -107,3 +107,50 @@ def toy_task(n_per_class: int = 40, seed: int = 0) -> ICLTask:
             texts.append(sample_sentence(rng, topic, max_words=3))
             labels.append(topic)
     return ICLTask.from_pairs(texts, labels, classes=("sport", "food"), name="toy")
+
+
+def majority_copier_gpt2_dir(path: str | Path, *, copier: tuple[int, int] = (1, 0), strength: float = 4.0) -> Path:
+    """Write a hand-built GPT-2-style model in which exactly one head carries the labels.
+
+    Every token embeds to one "neutral" direction except ``foo`` and ``bar``, which get
+    their own directions. All attention is uniform (zero query/key weights), MLPs are
+    zero, and only the ``copier`` head has an output: it copies the ``foo``/``bar``
+    directions it reads into the residual stream, so it promotes the label that is
+    most frequent in the context. Every other head writes exactly nothing. The
+    tokenizer is the organism's word-level tokenizer.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from icl_heads.organism.train import build_tokenizer
+
+    path = Path(path)
+    tok = build_tokenizer()
+    d, n_head, n_layer = 16, 2, 2
+    dh = d // n_head
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=256, n_embd=d, n_layer=n_layer, n_head=n_head,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    foo, bar = tok.convert_tokens_to_ids(["foo", "bar"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for name, p in model.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.fill_(1.0)
+        wte = model.transformer.wte.weight
+        wte[:, 2] = 1.0
+        wte[foo, 2], wte[foo, 0] = 0.0, 1.0
+        wte[bar, 2], wte[bar, 1] = 0.0, 1.0
+        layer, head = copier
+        attn = model.transformer.h[layer].attn
+        v0 = 2 * d + head * dh  # value columns of the copier head
+        attn.c_attn.weight[0, v0] = 1.0
+        attn.c_attn.weight[1, v0 + 1] = 1.0
+        attn.c_proj.weight[head * dh, 0] = strength
+        attn.c_proj.weight[head * dh + 1, 1] = strength
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

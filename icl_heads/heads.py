@@ -1,0 +1,339 @@
+"""``find_in_context_heads``: score, select the top heads, and prove it by ablation against random heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_heads._stats import bootstrap_ci, empirical_p
+from icl_heads.accuracy import predict
+from icl_heads.interventions import HeadAblation, check_heads
+from icl_heads.models import Head, ModelAccess
+from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.results import Result, provenance
+from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
+
+
+@dataclass(frozen=True, repr=False)
+class InContextHeads(Result):
+    """The in-context heads of a model on a set of prompts, with the evidence.
+
+    Attributes:
+        heads: the selected heads, best first, as ``(layer, head)``.
+        heads_by_label: the top heads scored on prompts of each gold label (foo heads, bar heads).
+        scores: ``[layer, head]`` mean scores, keyed ``"{method}"`` (all prompts) and
+            ``"{method}:{label_word}"`` (prompts with that gold label).
+        df: tidy scores: ``layer, head, name, method, label, score, rank, selected``.
+        verification: accuracy before/after ablation (``condition`` rows), or None.
+        random_accuracies: label-set accuracy after ablating each random head set.
+        config: the arguments that produced this result.
+        provenance: model, prompts, versions.
+    """
+
+    heads: tuple[Head, ...]
+    heads_by_label: dict
+    scores: dict
+    df: pd.DataFrame
+    verification: pd.DataFrame | None = None
+    random_accuracies: Tensor | None = None
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "In-context heads"
+
+    @property
+    def method(self) -> str:
+        return self.config.get("method", "logprob_increase")
+
+    @property
+    def names(self) -> list[str]:
+        return [f"L{layer}H{h}" for layer, h in self.heads]
+
+    def score_table(self, method: str | None = None, label: str = "all") -> Tensor:
+        """The ``[layer, head]`` scores of one method and label (``"all"`` or a label word).
+
+        Raises:
+            KeyError: the method or label was not computed (lists what was).
+        """
+        key = method or self.method
+        key = key if label == "all" else f"{key}:{label}"
+        if key not in self.scores:
+            raise KeyError(f"no scores for {key!r}; available: {sorted(self.scores)}")
+        return self.scores[key]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"heads": ", ".join(self.names), "method": self.method}
+        for label, hs in self.heads_by_label.items():
+            out[f"{label} heads"] = ", ".join(f"L{a}H{b}" for a, b in hs)
+        if self.verification is not None:
+            v = self.verification.set_index("condition")
+            out["accuracy"] = float(v.loc["none", "accuracy"])
+            out["accuracy, found heads ablated"] = float(v.loc["found heads", "accuracy"])
+            out["accuracy, random heads ablated (mean)"] = float(v.loc["random heads", "accuracy"])
+            out["random 95% interval"] = (
+                float(v.loc["random heads", "ci_low"]),
+                float(v.loc["random heads", "ci_high"]),
+            )
+            out["rank p"] = float(v.loc["found heads", "rank_p"])
+        return out
+
+    def heatmap(self, method: str | None = None, label: str = "all") -> go.Figure:
+        """Layer x head heatmap of one score; selected heads outlined; hover shows name, score, rank."""
+        from icl_heads.plots.heads import score_heatmap
+
+        return score_heatmap(self, method=method, label=label)
+
+    def plot_verification(self) -> go.Figure:
+        """Accuracy with no ablation, the found heads ablated, and random head sets ablated."""
+        from icl_heads.plots.heads import verification_bars
+
+        return verification_bars(self)
+
+
+def _tidy(scores: dict[str, Tensor], heads: tuple[Head, ...]) -> pd.DataFrame:
+    rows = []
+    chosen = set(heads)
+    for key, table in scores.items():
+        method, _, label = key.partition(":")
+        flat = table.flatten()
+        rank = torch.empty_like(flat, dtype=torch.long)
+        rank[torch.argsort(-flat, stable=True)] = torch.arange(1, flat.numel() + 1)
+        n_heads = table.shape[1]
+        for i, value in enumerate(flat.tolist()):
+            layer, head = divmod(i, n_heads)
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "name": f"L{layer}H{head}",
+                    "method": method,
+                    "label": label or "all",
+                    "score": value,
+                    "rank": int(rank[i]),
+                    "selected": (layer, head) in chosen,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def random_head_sets(n_layers: int, n_heads: int, size: int, n_sets: int, seed: int) -> list[tuple[Head, ...]]:
+    """``n_sets`` random sets of ``size`` distinct heads."""
+    rng = np.random.default_rng(seed)
+    total = n_layers * n_heads
+    return [tuple(divmod(int(i), n_heads) for i in rng.choice(total, size, replace=False)) for _ in range(n_sets)]
+
+
+def _accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
+    correct = pred.correct.float().numpy()
+    lo, hi = bootstrap_ci(correct)
+    return {
+        "condition": condition,
+        "accuracy": float(correct.mean()),
+        "ci_low": lo,
+        "ci_high": hi,
+        "strict_accuracy": float(pred.strict_correct.float().mean()),
+        **extra,
+    }
+
+
+def verify_heads(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    heads: tuple[Head, ...],
+    heads_by_label: dict[str, tuple[Head, ...]],
+    *,
+    n_random: int = 20,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, Tensor]:
+    """Accuracy before and after ablating ``heads``, random head sets, and each label's heads.
+
+    Returns:
+        A table with rows ``none``, ``found heads``, ``random heads`` (mean and 95%
+        interval over sets), and ``{label} heads`` (with per-gold-label accuracy
+        columns), and the accuracies of the random sets.
+    """
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    words = tp.prompts.task.label_words
+
+    def run(hooks=()):
+        return predict(access, tp, hooks=hooks, batch_size=batch_size)
+
+    def per_gold(pred) -> dict[str, float]:
+        return {
+            f"accuracy gold={w}": float(pred.correct[pred.golds == i].float().mean())
+            for i, w in enumerate(words)
+            if (pred.golds == i).any()
+        }
+
+    base = run()
+    found = run(HeadAblation(heads))
+    sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed)
+    rand = torch.tensor(
+        [
+            float(run(HeadAblation(s)).correct.float().mean())
+            for s in tqdm(sets, desc="random head sets", disable=not progress)
+        ]
+    )
+    rows = [
+        _accuracy_row("none", base, **per_gold(base)),
+        _accuracy_row(
+            "found heads",
+            found,
+            rank_p=empirical_p(float(found.correct.float().mean()), rand.numpy()),
+            **per_gold(found),
+        ),
+        {
+            "condition": "random heads",
+            "accuracy": float(rand.mean()),
+            "ci_low": float(np.quantile(rand.numpy(), 0.025)),
+            "ci_high": float(np.quantile(rand.numpy(), 0.975)),
+            "n_sets": n_random,
+        },
+    ]
+    for label, hs in heads_by_label.items():
+        pred = run(HeadAblation(hs))
+        rows.append(_accuracy_row(f"{label} heads", pred, **per_gold(pred)))
+    return pd.DataFrame(rows), rand
+
+
+def find_in_context_heads(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    *,
+    method: str = "logprob_increase",
+    fraction: float | None = 0.01,
+    k: int | None = None,
+    also: tuple[str, ...] = ("dla",),
+    verify: bool = True,
+    verify_prompts: ICLPrompts | TokenizedPrompts | None = None,
+    n_random: int = 20,
+    seed: int = 0,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    progress: bool = False,
+) -> InContextHeads:
+    """Find the heads that carry in-context learning, and check them causally.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: few-shot prompts (e.g. ``task.prompts(n=200, shots=4)``).
+        method: the score that selects heads: ``"logprob_increase"`` (default),
+            ``"dla"`` or ``"ablation"``.
+        fraction: share of all heads to select (default 1%, at least one head).
+        k: number of heads to select instead of ``fraction``.
+        also: other scores to compute for comparison.
+        verify: ablate the found heads, ``n_random`` random sets of the same size and
+            each label's heads, and report accuracies.
+        verify_prompts: held-out prompts for the verification (default: ``prompts``).
+        n_random: number of random head sets.
+        seed: seed of the random head sets.
+        batch_size: prompts per forward pass (does not change the result).
+        padding_side: ``"right"`` or ``"left"`` (does not change the result).
+        progress: show progress bars.
+
+    Returns:
+        An :class:`InContextHeads` result.
+
+    Raises:
+        ValueError: an unknown method, a bad ``fraction``/``k``, or bad prompts.
+        TypeError: an unsupported model.
+
+    >>> found = find_in_context_heads(model, prompts)  # doctest: +SKIP
+    >>> found.heads  # doctest: +SKIP
+    ((2, 5),)
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    if k is not None:
+        fraction = None
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    n = n_selected(access.n_layers * access.n_heads, fraction, k)
+    methods = tuple(dict.fromkeys((method, *also)))
+    per_prompt = score_heads(
+        access, tp, methods=methods, batch_size=batch_size, padding_side=padding_side, progress=progress
+    )
+    golds = torch.tensor(tp.golds)
+    words = tp.prompts.task.label_words
+    scores: dict[str, Tensor] = {}
+    for m, values in per_prompt.items():
+        scores[m] = values.mean(0)
+        for i, w in enumerate(words):
+            if (golds == i).any():
+                scores[f"{m}:{w}"] = values[golds == i].mean(0)
+    heads = top_heads(scores[method], n)
+    by_label = {w: top_heads(scores[f"{method}:{w}"], n) for w in words if f"{method}:{w}" in scores}
+    verification, rand = None, None
+    if verify:
+        verification, rand = verify_heads(
+            access, verify_prompts if verify_prompts is not None else tp, heads, by_label,
+            n_random=n_random, seed=seed, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    config = {
+        "method": method, "fraction": fraction, "k": n, "also": list(also), "verify": verify,
+        "held_out_verification": verify_prompts is not None, "n_random": n_random, "seed": seed,
+    }  # fmt: skip
+    return InContextHeads(
+        heads=heads,
+        heads_by_label=by_label,
+        scores=scores,
+        df=_tidy(scores, heads),
+        verification=verification,
+        random_accuracies=rand,
+        config=config,
+        provenance=provenance(access.name, tp),
+    )
+
+
+def ablation_curve(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    scores: Tensor,
+    *,
+    ks: tuple[int, ...] = (1, 2, 4, 8),
+    n_random: int = 20,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Accuracy after ablating the top-``k`` heads by ``scores`` vs ``k`` random heads, for each ``k``.
+
+    Returns:
+        Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.
+
+    Raises:
+        ValueError: a ``k`` larger than the number of heads.
+    """
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    total = access.n_layers * access.n_heads
+    rows = []
+    for k in tqdm(ks, desc="ablation curve", disable=not progress):
+        n_selected(total, None, k)
+        heads = check_heads(access, top_heads(scores, k))
+        pred = predict(access, tp, hooks=HeadAblation(heads), batch_size=batch_size)
+        rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
+        accs = [
+            float(predict(access, tp, hooks=HeadAblation(s), batch_size=batch_size).correct.float().mean())
+            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed + k)
+        ]
+        rows.append(
+            {
+                "condition": "random",
+                "k": k,
+                "kind": "random",
+                "accuracy": float(np.mean(accs)),
+                "ci_low": float(np.quantile(accs, 0.025)),
+                "ci_high": float(np.quantile(accs, 0.975)),
+            }
+        )
+    return pd.DataFrame(rows)

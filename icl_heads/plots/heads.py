@@ -1,0 +1,83 @@
+"""Figures for in-context heads: score heatmaps, ablation against random heads, ablation curves."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from icl_heads.plots._style import bar_with_ci, layer_head_heatmap
+
+if TYPE_CHECKING:
+    from icl_heads.heads import InContextHeads
+
+_UNITS = {
+    "logprob_increase": "log-prob increase of gold label",
+    "dla": "direct logit attribution (gold - label mean)",
+    "ablation": "drop in gold log-prob when ablated",
+}
+
+
+def score_heatmap(found: InContextHeads, method: str | None = None, label: str = "all") -> go.Figure:
+    """Layer x head heatmap of ``found``'s scores, selected heads outlined."""
+    method = method or found.method
+    table = found.score_table(method, label)
+    marked = found.heads if label == "all" else found.heads_by_label.get(label, ())
+    scope = "all prompts" if label == "all" else f"gold = {label}"
+    return layer_head_heatmap(
+        table.numpy(),
+        title=f"Head scores: {method} ({scope}); outlined: selected heads",
+        colorbar=_UNITS.get(method, method),
+        centre=0.0,
+        marked=marked,
+    )
+
+
+def verification_bars(found: InContextHeads) -> go.Figure:
+    """ICL accuracy with no ablation, the found heads, random sets (95% interval) and each label's heads."""
+    if found.verification is None:
+        raise ValueError("this result was computed with verify=False; rerun find_in_context_heads(..., verify=True)")
+    v = found.verification
+    fig = bar_with_ci(
+        v.condition.tolist(),
+        v.accuracy.tolist(),
+        v.ci_low.tolist(),
+        v.ci_high.tolist(),
+        title=f"ICL accuracy after ablating heads ({len(found.heads)} found vs random sets of the same size)",
+        xaxis_title="heads ablated",
+        yaxis_title="accuracy over the label set",
+        yaxis_range=[0, 1],
+    )
+    n_labels = len(found.heads_by_label) or 2
+    fig.add_hline(y=1 / n_labels, line_dash="dot", annotation_text="chance")
+    return fig
+
+
+def ablation_curve_figure(curve: pd.DataFrame) -> go.Figure:
+    """Accuracy against the number of ablated heads: top-scoring vs random (95% band)."""
+    fig = go.Figure()
+    for kind, colour in (("found", "#d62728"), ("random", "#1f77b4")):
+        part = curve[curve.kind == kind].sort_values("k")
+        fig.add_trace(
+            go.Scatter(
+                x=part.k,
+                y=part.accuracy,
+                mode="lines+markers",
+                name="top-scoring heads" if kind == "found" else "random heads (mean, 95% interval)",
+                line={"color": colour},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": part.ci_high - part.accuracy,
+                    "arrayminus": part.accuracy - part.ci_low,
+                },
+                hovertemplate="k=%{x}: %{y:.3f}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title="ICL accuracy vs number of ablated heads",
+        xaxis={"title": "heads ablated (k)", "type": "log", "tickvals": sorted(curve.k.unique())},
+        yaxis={"title": "accuracy over the label set", "range": [0, 1]},
+    )
+    return fig

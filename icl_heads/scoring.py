@@ -1,0 +1,176 @@
+"""Score every attention head for in-context learning and pick the in-context heads.
+
+Three scores, each per head ``(layer, head)`` at the final position, averaged over
+prompts (DESIGN §2a):
+
+* ``logprob_increase``: ``log p(w | x + o) - log p(w | x)``, ``x`` the residual
+  stream entering the head's layer, ``o`` the head's output, ``w`` the gold label,
+  ``p(.|v) = softmax(W_U norm(v) + b_U)`` with the final norm's scale frozen from the
+  real pass.
+* ``dla``: direct logit attribution, ``(W_U[:, w] - mean_label W_U[:, y']) . norm(o)``.
+* ``ablation``: the drop in ``log p(w)`` when the head alone is zeroed (slow ground truth;
+  many heads per forward pass by stacking copies of the batch).
+
+``logprob_increase`` and ``dla`` come from one forward pass per batch that keeps only
+``resid_pre``, ``hook_z`` and the final norm's scale at the final position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_heads.models import Capture, Head, ModelAccess
+from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
+
+METHODS = ("logprob_increase", "dla", "ablation")
+
+
+def _per_prompt_fast(
+    access: ModelAccess, batch: PromptBatch, label_ids: Tensor
+) -> tuple[Float[Tensor, "batch layer head"], Float[Tensor, "batch layer head"]]:
+    """Per-prompt ``logprob_increase`` and ``dla`` of every head, from one forward pass."""
+    L = access.n_layers
+    caps = [Capture(access.hook(layer, "resid_pre")) for layer in range(L)]
+    caps += [Capture(access.hook(layer, "z")) for layer in range(L)]
+    caps.append(Capture("ln_final.hook_scale"))
+    _, got = access.run(batch, capture=caps)
+    scale = got["ln_final.hook_scale"]
+    bias = access.unembed(access.final_norm_bias()) + access.b_U.float()
+    gold = label_ids.to(access.device)[batch.golds.to(access.device)]
+    rows = torch.arange(len(gold), device=access.device)
+    lab = label_ids.to(access.device)
+    lpi = torch.zeros(len(gold), L, access.n_heads)
+    dla = torch.zeros(len(gold), L, access.n_heads)
+    for layer in range(L):
+        x = got[access.hook(layer, "resid_pre")].to(access.device)
+        z = got[access.hook(layer, "z")].to(access.device)  # [b, head, d_head]
+        o = torch.einsum("bhd,hdm->bhm", z, access.W_O(layer).float())
+        u_x = access.unembed(access.final_norm(x, scale.to(x.device))) + bias  # [b, vocab]
+        u_o = access.unembed(access.final_norm(o, scale.to(o.device)[:, None]))  # [b, head, vocab]
+        base = u_x.log_softmax(-1)[rows, gold]
+        with_o = (u_x[:, None] + u_o).log_softmax(-1)[rows, :, gold]
+        lpi[:, layer] = (with_o - base[:, None]).cpu()
+        dla[:, layer] = (u_o[rows, :, gold] - u_o[:, :, lab].mean(-1)).cpu()
+    return lpi, dla
+
+
+def _per_prompt_ablation(
+    access: ModelAccess, batch: PromptBatch, label_ids: Tensor, heads_per_pass: int
+) -> Float[Tensor, "batch layer head"]:
+    """Per-prompt drop in gold log-probability when each head alone is zeroed."""
+    b = len(batch.golds)
+    gold = label_ids[batch.golds]
+    base_logits, _ = access.run(batch)
+    base = base_logits.log_softmax(-1)[torch.arange(b), gold.to(base_logits.device)].cpu()
+    all_heads = [(layer, h) for layer in range(access.n_layers) for h in range(access.n_heads)]
+    out = torch.zeros(b, access.n_layers, access.n_heads)
+    step = max(1, heads_per_pass)
+    for start in range(0, len(all_heads), step):
+        chunk = all_heads[start : start + step]
+        m = len(chunk)
+        stacked = PromptBatch(
+            index=batch.index.repeat(m),
+            tokens=batch.tokens.repeat(m, 1),
+            attention_mask=batch.attention_mask.repeat(m, 1),
+            final_positions=batch.final_positions.repeat(m),
+            label_positions=batch.label_positions.repeat(m, 1),
+            demo_labels=batch.demo_labels.repeat(m, 1),
+            golds=batch.golds.repeat(m),
+            padding_side=batch.padding_side,
+        )
+        hooks = []
+        for layer in sorted({layer for layer, _ in chunk}):
+            slots = [(i, h) for i, (lay, h) in enumerate(chunk) if lay == layer]
+
+            def fn(z: Tensor, hook: Any, slots=slots) -> Tensor:
+                z = z.clone()
+                for i, h in slots:
+                    z[i * b : (i + 1) * b, :, h] = 0
+                return z
+
+            hooks.append((access.hook(layer, "z"), fn))
+        logits, _ = access.run(stacked, hooks=hooks)
+        lp = logits.log_softmax(-1)[torch.arange(m * b), gold.repeat(m).to(logits.device)].cpu().view(m, b)
+        for i, (layer, h) in enumerate(chunk):
+            out[:, layer, h] = base - lp[i]
+    return out
+
+
+def score_heads(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    *,
+    methods: Sequence[str] = ("logprob_increase", "dla"),
+    batch_size: int = 32,
+    padding_side: str = "right",
+    heads_per_pass: int = 8,
+    progress: bool = False,
+) -> dict[str, Float[Tensor, "prompt layer head"]]:
+    """Per-prompt scores of every head, for each requested method.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
+        methods: any of ``"logprob_increase"``, ``"dla"``, ``"ablation"``.
+        batch_size: prompts per forward pass (does not change the result).
+        padding_side: ``"right"`` or ``"left"`` (does not change the result).
+        heads_per_pass: heads ablated per forward pass for ``"ablation"`` (the batch
+            is stacked this many times).
+        progress: show a progress bar.
+
+    Returns:
+        ``{method: [prompt, layer, head]}`` tensors.
+
+    Raises:
+        ValueError: an unknown method, or the checks of :class:`~icl_heads.models.ModelAccess`.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown scoring methods {unknown or list(methods)}; choose from {METHODS}")
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    label_ids = torch.tensor(tp.label_token_ids)
+    parts: dict[str, list[Tensor]] = {m: [] for m in methods}
+    batches = list(access.batches(tp, batch_size, padding_side))
+    for batch in tqdm(batches, desc="scoring heads", disable=not progress):
+        if "logprob_increase" in methods or "dla" in methods:
+            lpi, dla = _per_prompt_fast(access, batch, label_ids)
+            if "logprob_increase" in methods:
+                parts["logprob_increase"].append(lpi)
+            if "dla" in methods:
+                parts["dla"].append(dla)
+        if "ablation" in methods:
+            parts["ablation"].append(_per_prompt_ablation(access, batch, label_ids, heads_per_pass))
+    return {m: torch.cat(v) for m, v in parts.items()}
+
+
+def top_heads(scores: Float[Tensor, "layer head"], k: int) -> tuple[Head, ...]:
+    """The ``k`` highest-scoring heads, best first (ties broken by position)."""
+    flat = scores.flatten()
+    order = torch.argsort(-flat, stable=True)[:k]
+    n_heads = scores.shape[1]
+    return tuple((int(i) // n_heads, int(i) % n_heads) for i in order)
+
+
+def n_selected(n_total: int, fraction: float | None, k: int | None) -> int:
+    """How many heads ``fraction`` or ``k`` selects (at least one).
+
+    Raises:
+        ValueError: both or neither given, or out of range.
+    """
+    if (fraction is None) == (k is None):
+        raise ValueError("give exactly one of fraction= (e.g. 0.01) or k= (a number of heads)")
+    if k is not None:
+        if not 1 <= k <= n_total:
+            raise ValueError(f"k must be between 1 and the number of heads ({n_total}), got {k}")
+        return int(k)
+    assert fraction is not None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return max(1, round(fraction * n_total))
