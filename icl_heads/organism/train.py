@@ -64,6 +64,7 @@ class TrainConfig:
     induction_mix: float = 0.5
     induction_mix_final: float = 0.25
     recall_mix: float = 0.0
+    head_sparsity: float = 0.0
     d_model: int = 96
     n_layers: int = 3
     n_heads: int = 8
@@ -250,6 +251,20 @@ def build_model(cfg: TrainConfig):
     return LlamaForCausalLM(config)
 
 
+def head_group_norm(model, cfg: TrainConfig) -> torch.Tensor:
+    """Sum over heads of the Frobenius norm of each head's output weights (a group-lasso penalty).
+
+    It pushes the model to write through few heads, so that in-context learning is
+    carried by a handful of heads, as in large models, rather than spread over many.
+    """
+    d_head = cfg.d_model // cfg.n_heads
+    total = torch.zeros(())
+    for layer in model.model.layers:
+        w = layer.self_attn.o_proj.weight.view(cfg.d_model, cfg.n_heads, d_head)
+        total = total + w.pow(2).sum((0, 2)).add(1e-8).sqrt().sum()
+    return total
+
+
 def train(cfg: TrainConfig, out: Path) -> dict:
     """Train the organism with ``cfg`` and write the checkpoint and metrics to ``out``."""
     torch.manual_seed(cfg.seed)
@@ -269,6 +284,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         mix = cfg.induction_mix if frac < 0.4 else cfg.induction_mix_final
         tokens, labels = sampler.batch(cfg.batch_size, mix, cfg.recall_mix)
         loss = model(tokens, labels=labels).loss
+        if cfg.head_sparsity > 0:
+            loss = loss + cfg.head_sparsity * head_group_norm(model, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

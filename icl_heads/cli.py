@@ -1,0 +1,200 @@
+"""The ``icl-heads`` command: run the whole analysis and write an HTML report, CSV tables and a JSON summary.
+
+Examples::
+
+    icl-heads analyze --model organism --task organism --out results/organism
+    icl-heads analyze --model gpt2 --data reviews.csv --text-col text --label-col label --out results/gpt2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("icl_heads")
+
+
+@dataclass
+class Context:
+    """Everything the analysis sections share."""
+
+    args: argparse.Namespace
+    model: Any
+    task: Any
+    prompts: Any
+    held_out: Any
+    out: Path
+    summary: dict
+    progress: bool
+    found: Any = None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="icl-heads",
+        description="Find, explain and use the components that carry in-context learning in a language model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    a = sub.add_parser(
+        "analyze",
+        help="run the whole analysis and write report.html, results/*.csv and summary.json",
+        description=(
+            "Run the whole pipeline on a model and task: in-context heads with ablation against random heads, "
+            "OV/QK mechanism, majority and recency bias with corrections, component decomposition and "
+            "component reweighting. Writes DIR/report.html (self-contained), DIR/results/*.csv and DIR/summary.json."
+        ),
+    )
+    a.add_argument("--model", default="organism", help="'organism' (bundled, offline), a hub name, or a local folder")
+    a.add_argument("--task", default="organism", help="'organism' (the organism's topic task); ignored with --data")
+    a.add_argument("--data", type=Path, help="a .csv or .jsonl file of labelled texts (instead of --task)")
+    a.add_argument("--text-col", default="text", help="text column of --data (default: text)")
+    a.add_argument("--label-col", default="label", help="label column of --data (default: label)")
+    a.add_argument(
+        "--label-words", default="foo,bar", help="comma-separated label words, one per class (default: foo,bar)"
+    )
+    a.add_argument("--shots", type=int, default=4, help="demonstrations per prompt (default: 4)")
+    a.add_argument("--n-prompts", type=int, default=200, help="prompts per measurement (default: 200)")
+    a.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cpu)")
+    a.add_argument("--seed", type=int, default=0, help="random seed for prompts and baselines (default: 0)")
+    a.add_argument("--out", type=Path, required=True, help="output folder (must be empty or new, unless --force)")
+    a.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--skip", default="", help="comma-separated sections to skip: mechanism,bias,components")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    import icl_heads as ih
+
+    model = ih.load_model(args.model, device=args.device)
+    words = tuple(w.strip() for w in args.label_words.split(",") if w.strip())
+    if args.data is not None:
+        task = ih.ICLTask.from_file(args.data, args.text_col, args.label_col, label_words=words)
+    elif args.task == "organism":
+        task = ih.organism_task(label_words=words, seed=args.seed)
+    else:
+        raise SystemExit(f"icl-heads: unknown --task {args.task!r}; use 'organism' or give --data FILE.csv|.jsonl")
+    return model, task
+
+
+def records(df) -> list[dict]:
+    """DataFrame rows as JSON-ready dicts, leaving out missing (NaN) cells."""
+    return [{k: v for k, v in row.items() if v == v} for row in df.to_dict(orient="records")]
+
+
+def section_accuracy(ctx: Context, report) -> None:
+    import icl_heads as ih
+
+    parts = report.section("ICL accuracy")
+    acc = ih.icl_accuracy(ctx.model, ctx.held_out, progress=ctx.progress)
+    report.text(parts, f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
+    report.table(parts, acc.df)
+    acc.df.to_csv(ctx.out / "results" / "accuracy.csv", index=False)
+    ctx.summary["accuracy"] = acc.accuracy
+    ctx.summary["accuracy_95ci"] = list(acc.ci)
+    ctx.summary["strict_accuracy"] = acc.strict_accuracy
+
+
+def section_heads(ctx: Context, report) -> None:
+    import icl_heads as ih
+    from icl_heads.plots.heads import ablation_curve_figure
+
+    parts = report.section("In-context heads")
+    found = ih.find_in_context_heads(
+        ctx.model, ctx.prompts, also=("dla",), verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
+    )
+    ctx.found = found
+    report.numbers(parts, found.summary())
+    report.figure(parts, found.heatmap())
+    report.figure(parts, found.heatmap(method="dla"))
+    for word in found.heads_by_label:
+        report.figure(parts, found.heatmap(label=word))
+    report.figure(parts, found.plot_verification())
+    report.table(parts, found.verification)
+    total = ih.ModelAccess(ctx.model).n_layers * ih.ModelAccess(ctx.model).n_heads
+    ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
+    curve = ih.ablation_curve(ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=10, seed=ctx.args.seed)
+    report.figure(parts, ablation_curve_figure(curve))
+    found.df.to_csv(ctx.out / "results" / "head_scores.csv", index=False)
+    found.verification.to_csv(ctx.out / "results" / "head_verification.csv", index=False)
+    curve.to_csv(ctx.out / "results" / "ablation_curve.csv", index=False)
+    ctx.summary["in_context_heads"] = found.names
+    ctx.summary["heads_by_label"] = {w: [f"L{a}H{b}" for a, b in hs] for w, hs in found.heads_by_label.items()}
+    ctx.summary["head_verification"] = records(found.verification)
+
+
+SECTIONS: list[tuple[str, Callable[[Context, Any], None]]] = [
+    ("accuracy", section_accuracy),
+    ("heads", section_heads),
+]
+
+
+def analyze(args: argparse.Namespace) -> int:
+    import torch
+
+    import icl_heads as ih
+    from icl_heads.report import Report
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"icl-heads: --out {out} is a file; give a folder")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise SystemExit(
+            f"icl-heads: --out {out} is not empty; choose a new folder or pass --force to replace its files"
+        )
+    if args.shots < 1 or args.n_prompts < 8:
+        raise SystemExit("icl-heads: use --shots >= 1 and --n-prompts >= 8")
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    start = time.time()
+    model, task = _load(args)
+    ctx = Context(
+        args=args,
+        model=model,
+        task=task,
+        prompts=task.prompts(args.n_prompts, args.shots, seed=args.seed),
+        held_out=task.prompts(args.n_prompts, args.shots, seed=args.seed + 1),
+        out=out,
+        summary={"model": args.model, "task": task.name, "shots": args.shots, "n_prompts": args.n_prompts},
+        progress=not args.quiet,
+    )
+    report = Report(
+        title=f"icl-heads report: {args.model} on {task.name}",
+        intro=(
+            f"{args.shots}-shot prompts, label words {', '.join(task.label_words)}; heads are scored on "
+            f"{args.n_prompts} prompts and every check runs on {args.n_prompts} other prompts."
+        ),
+    )
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    for name, fn in SECTIONS:
+        if name in skip:
+            continue
+        t = time.time()
+        logger.info("section %s", name)
+        fn(ctx, report)
+        ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
+    ctx.summary["total_seconds"] = round(time.time() - start, 2)
+    ctx.summary["icl_heads_version"] = ih.__version__
+    ctx.summary["n_figures"] = report.n_figures
+    report.write(out / "report.html")
+    (out / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.command == "analyze":
+        return analyze(args)
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

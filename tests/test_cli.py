@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from icl_heads.cli import main
+from icl_heads.testing import tiny_llama_dir, toy_task
+
+
+@pytest.fixture(scope="module")
+def data_and_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    task = toy_task(n_per_class=30)
+    lines = [
+        json.dumps({"sentence": t, "topic": task.classes[y]}) for t, y in zip(task.texts, task.labels, strict=True)
+    ]
+    (root / "data.jsonl").write_text("\n".join(lines))
+    return root / "data.jsonl", tiny_llama_dir(root / "model")
+
+
+def test_help_is_clear(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--model",
+        "--task",
+        "--data",
+        "--text-col",
+        "--label-col",
+        "--shots",
+        "--n-prompts",
+        "--device",
+        "--seed",
+        "--force",
+    ):
+        assert flag in out
+
+
+def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
+    data, model = data_and_model
+    out = tmp_path / "run"
+    args = ["analyze", "--model", str(model), "--data", str(data), "--text-col", "sentence", "--label-col", "topic"]
+    args += ["--n-prompts", "16", "--shots", "2", "--out", str(out), "--quiet", "--skip", "mechanism,bias,components"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_prompts"] == 16 and 0 <= summary["accuracy"] <= 1
+    assert len(summary["in_context_heads"]) == 1
+    html = (out / "report.html").read_text()
+    assert html.count("Plotly.newPlot") == summary["n_figures"] > 0
+    assert "<script src=" not in html and "<script type='text/javascript'>" in html
+    assert {p.name for p in (out / "results").iterdir()} >= {"accuracy.csv", "head_scores.csv", "head_verification.csv"}
+
+
+def test_refuses_to_overwrite_without_force(data_and_model, tmp_path):
+    data, model = data_and_model
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    base = ["analyze", "--model", str(model), "--data", str(data), "--text-col", "sentence", "--label-col", "topic"]
+    with pytest.raises(SystemExit, match="--force"):
+        main([*base, "--out", str(out)])
+    assert (out / "mine.txt").read_text() == "keep me"
+
+
+def test_unknown_task_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="unknown --task"):
+        main(["analyze", "--task", "imdb", "--out", str(tmp_path / "x")])
