@@ -215,7 +215,11 @@ class ModelAccess:
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         b = getattr(self.model, "b_U", None)
-        return b.detach() if b is not None else torch.zeros(self.W_U.shape[1], device=self.W_U.device, dtype=self.W_U.dtype)
+        return (
+            b.detach()
+            if b is not None
+            else torch.zeros(self.W_U.shape[1], device=self.W_U.device, dtype=self.W_U.dtype)
+        )
 
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
         return self.model.blocks[layer].attn.W_O.detach()
