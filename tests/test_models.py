@@ -3,8 +3,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
-from icl_heads.models import ModelAccess
-from tests.conftest import TL_MAJOR
+from icl_heads.models import ModelAccess, transformer_lens_major
+
+TL_MAJOR = transformer_lens_major()
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
