@@ -9,6 +9,7 @@ from icl_heads.models import load_model, transformer_lens_major
 from icl_heads.testing import tiny_gpt2_dir, tiny_llama_dir, toy_task
 
 TL_MAJOR = transformer_lens_major()
+torch.set_num_threads(1)  # tiny models: one thread is as fast and leaves the other core free
 
 
 def pytest_collection_modifyitems(config, items):

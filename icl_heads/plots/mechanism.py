@@ -1,0 +1,183 @@
+"""Figures for the mechanism of in-context heads: label attention, OV label logits, two-tower AUCs, flips."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import plotly.graph_objects as go
+
+from icl_heads.plots._style import SEQUENTIAL, head_name, layer_head_heatmap
+
+if TYPE_CHECKING:
+    from icl_heads.mechanism import FlipAnalysis, OVLabelFeatures, QKLabelAttention, TwoTowerTest
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def _pick(available: Sequence[tuple[int, int]], heads) -> list[tuple[int, int]]:
+    if heads is None:
+        return list(available)
+    chosen = [tuple(int(v) for v in h) for h in heads]
+    missing = [h for h in chosen if h not in available]
+    if missing:
+        raise ValueError(f"heads {missing} were not analysed; available: {list(available)}")
+    return chosen
+
+
+def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] | None = None) -> go.Figure:
+    """Heatmap of attention from the final position of one prompt to every token (x), per head (y).
+
+    Label positions are bold on the token axis and named with their label in the hover.
+
+    Raises:
+        ValueError: heads that were not analysed.
+    """
+    available = [tuple(h) for h in qk.heads]
+    chosen = _pick(available, heads)
+    z = qk.example_pattern.numpy()[[available.index(h) for h in chosen]]
+    ex = qk.example
+    labels = dict(zip(ex["label_positions"], ex["demo_labels"], strict=True))
+    shown = [tok.replace("\n", "\\n").strip() or "␣" for tok in qk.example_tokens]
+    ticks = [f"<b>{tok}</b>" if i in labels else tok for i, tok in enumerate(shown)]
+    names = [head_name(*h) for h in chosen]
+    hover = [
+        [
+            f"{name}<br>pos {i}: {qk.example_tokens[i]!r}"
+            + (f" (label of a {labels[i]} demonstration)" if i in labels else "")
+            + f"<br>attention: {z[r, i]:.3f}"
+            for i in range(z.shape[1])
+        ]
+        for r, name in enumerate(names)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(range(z.shape[1])),
+            y=names,
+            text=hover,
+            hoverinfo="text",
+            colorscale=SEQUENTIAL,
+            zmin=0,
+            colorbar={"title": {"text": "attention from final position"}},
+        )
+    )
+    fig.update_layout(
+        title=f"Attention from the final position, prompt {ex['index']} (gold {ex['gold']}, predicted {ex['prediction']});"
+        " bold: label positions",
+        xaxis={"title": "token", "tickmode": "array", "tickvals": list(range(z.shape[1])), "ticktext": ticks},
+        yaxis={"title": "head", "autorange": "reversed"},
+    )
+    return fig
+
+
+def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None) -> go.Figure:
+    """Box plot of the OV vectors' label logit difference at each demonstration slot, by the label there.
+
+    With two labels the y axis is ``logit(first) - logit(second)`` (e.g. foo - bar), so
+    positions showing the first label should sit above zero and the second below; with
+    more labels it is the label shown there minus the mean of the others. Control
+    positions are drawn in grey.
+
+    Raises:
+        ValueError: a head that was not analysed.
+    """
+    available = [tuple(h) for h in ov.heads]
+    layer, h = _pick(available, None if head is None else [head])[0]
+    part = ov.positions[(ov.positions.layer == layer) & (ov.positions["head"] == h)]
+    words = list(ov.label_words)
+    two = len(words) == 2
+    if two:
+        y_all = part[f"logit_{words[0]}"] - part[f"logit_{words[1]}"]
+        y_title = f"logit({words[0]}) - logit({words[1]}) of v_p W_O"
+    else:
+        y_all = part.logit_diff
+        y_title = "logit(label shown) - mean logit(other labels) of v_p W_O"
+    fig = go.Figure()
+    for kind, colours in (("label", _PALETTE), ("control", ("#7f7f7f", "#bcbcbc", "#5f5f5f", "#a0a0a0"))):
+        for i, word in enumerate(words):
+            sel = (part.kind == kind) & (part.label == word)
+            if not sel.any():
+                continue
+            fig.add_trace(
+                go.Box(
+                    x=[f"demo {d + 1}" for d in part.demo[sel]],
+                    y=y_all[sel],
+                    name=f"{word} position" if kind == "label" else f"control ({word} demo)",
+                    marker_color=colours[i % len(colours)],
+                    boxpoints="outliers",
+                    hovertemplate=f"{head_name(layer, h)} {kind} {word}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+                )
+            )
+    fig.add_hline(y=0, line_dash="dot")
+    fig.update_layout(
+        title=f"{head_name(layer, h)}: label logits of the value-output vector at each demonstration",
+        xaxis={"title": "demonstration slot"},
+        yaxis={"title": y_title},
+        boxmode="group",
+    )
+    return fig
+
+
+def plot_auc_heatmap(tt: TwoTowerTest, column: str = "auc_score") -> go.Figure:
+    """Layer x head heatmap of a two-tower AUC (0.5 = chance), the baseline's AUC in the hover.
+
+    Raises:
+        KeyError: an unknown column.
+    """
+    values = tt.table(column)
+    extra = {}
+    for other in ("auc_score", "auc_score_within", "auc_cosine"):
+        if other != column:
+            extra[other] = tt.table(other, *values.shape)
+    what = "QK score" if "score" in column else "residual cosine (baseline)"
+    scope = "within prompts" if column.endswith("within") else "pooled over prompts"
+    return layer_head_heatmap(
+        values,
+        title=f"Same-class vs other-class demonstrations: ROC AUC of the {what} at label positions ({scope})",
+        colorbar="ROC AUC (0.5 = chance)",
+        centre=0.5,
+        extra=extra,
+    )
+
+
+def plot_flip(flip: FlipAnalysis, heads: Sequence[tuple[int, int]] | None = None) -> go.Figure:
+    """Grouped bars per head: attention on the old and the new predicted label's positions, before and after.
+
+    Raises:
+        ValueError: heads that were not analysed.
+    """
+    available = [(int(r.layer), int(r.head)) for r in flip.df.itertuples()]
+    chosen = _pick(available, heads)
+    df = flip.df.set_index(["layer", "head"]).loc[chosen]
+    names = [head_name(*h) for h in chosen]
+    fig = go.Figure()
+    bars = (
+        ("old_label_before", "old label, before", "#1f77b4", ""),
+        ("old_label_after", "old label, after", "#1f77b4", "/"),
+        ("new_label_before", "new label, before", "#d62728", ""),
+        ("new_label_after", "new label, after", "#d62728", "/"),
+    )
+    for column, name, colour, pattern in bars:
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=df[column].to_numpy(),
+                name=name,
+                marker={"color": colour, "pattern": {"shape": pattern}},
+                customdata=np.stack([df.attention_rel_change, df.ov_rel_change], -1),
+                hovertemplate=(
+                    f"%{{x}} {name}: %{{y:.3f}}<br>relative change: attention %{{customdata[0]:.3f}}, "
+                    "OV %{customdata[1]:.3f}<extra></extra>"
+                ),
+            )
+        )
+    n = int(flip.pairs.flipped.sum())
+    fig.update_layout(
+        title=f"Attention on each label's positions before and after the prediction flips ({n} pairs)",
+        xaxis={"title": "head"},
+        yaxis={"title": "attention from final position (summed)"},
+        barmode="group",
+    )
+    return fig
