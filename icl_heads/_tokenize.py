@@ -38,7 +38,8 @@ def label_token_ids(task: ICLTask, tokenizer, *, first_token: bool = False) -> t
     for word in task.label_words:
         text = head + word + after
         tokens, offsets = _encode(tokenizer, text)
-        hit = _token_at(offsets, (len(head), len(head) + len(word)))
+        # include the spaces before the label: a tokenizer may make them a token of their own
+        hit = _token_at(offsets, (len(head.rstrip(" ")), len(head) + len(word)))
         pieces = [tokenizer.convert_ids_to_tokens(tokens[i]) for i in hit]
         if len(hit) != 1 and not first_token:
             raise LabelTokenError(
@@ -47,7 +48,19 @@ def label_token_ids(task: ICLTask, tokenizer, *, first_token: bool = False) -> t
             )
         if not hit:
             raise LabelTokenError(f"label word {word!r} produced no token in context {text!r}")
-        if not first_token and tokenizer.decode([tokens[hit[0]]]).strip() != word:
+        unk = tokenizer.unk_token_id
+        if unk is not None and tokens[hit[0]] == unk and unk in _encode(tokenizer, word)[0]:
+            raise LabelTokenError(
+                f"label word {word!r} is not in the tokenizer's vocabulary (it becomes {pieces[0]!r}); "
+                "choose label words the tokenizer knows"
+            )
+        piece = tokenizer.decode([tokens[hit[0]]]).strip()
+        if first_token and len(hit) > 1 and not piece:
+            raise LabelTokenError(
+                f"label word {word!r} starts with the whitespace token {pieces[0]!r} in {text!r}, which does not "
+                "identify the label; choose a label word whose first token carries its text"
+            )
+        if (piece != word and not first_token) or not piece or not word.startswith(piece) or tokens[hit[0]] == unk:
             raise LabelTokenError(
                 f"label word {word!r} merges with the template around it into token {pieces[0]!r} in {text!r}; "
                 "change the template so the label stands apart (e.g. a space or newline after it)"

@@ -48,14 +48,18 @@ def predict(
     batch_size: int = 32,
     padding_side: str = "right",
     progress: bool = False,
+    first_token: bool = False,
 ) -> Predictions:
     """Label-set logits and whole-vocabulary correctness at every prompt's final position.
+
+    ``first_token=True`` accepts label words of several tokens and scores their first
+    token (see :meth:`~icl_heads.prompts.ICLPrompts.tokenize`).
 
     Raises:
         TypeError, ValueError: see :class:`~icl_heads.models.ModelAccess`.
     """
     access = ModelAccess(model)
-    tp = access.tokenize(prompts)
+    tp = access.tokenize(prompts, first_token=first_token)
     label_ids = torch.tensor(tp.label_token_ids)
     logits, strict = [], []
     for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="evaluating", disable=not progress):
@@ -142,6 +146,7 @@ def icl_accuracy(
     batch_size: int = 32,
     padding_side: str = "right",
     progress: bool = False,
+    first_token: bool = False,
 ) -> AccuracyResult:
     """ICL accuracy over the label set and strict accuracy over the whole vocabulary.
 
@@ -152,6 +157,8 @@ def icl_accuracy(
         batch_size: prompts per forward pass (does not change the result).
         padding_side: ``"right"`` or ``"left"`` (does not change the result).
         progress: show a progress bar.
+        first_token: accept label words of several tokens and score their first
+            token (off by default: such label words raise ``LabelTokenError``).
 
     Returns:
         An :class:`AccuracyResult` with overall and per-gold-label rows.
@@ -160,10 +167,10 @@ def icl_accuracy(
         TypeError: an unsupported model or prompts object.
         ValueError: empty prompts, bad batch size or padding side.
         PromptTooLongError: a prompt longer than the model's context.
-        LabelTokenError: a label word that is not one token.
+        LabelTokenError: a label word that is not one token (unless ``first_token``).
     """
     access = ModelAccess(model)
-    tp = access.tokenize(prompts)
+    tp = access.tokenize(prompts, first_token=first_token)
     pred = predict(access, tp, hooks=hooks, batch_size=batch_size, padding_side=padding_side, progress=progress)
     df = accuracy_table(pred, tp.prompts.task.label_words)
     return AccuracyResult(
@@ -171,5 +178,5 @@ def icl_accuracy(
         label_logits=pred.label_logits,
         golds=pred.golds,
         strict_correct=pred.strict_correct,
-        provenance=provenance(access.name, tp),
+        provenance=provenance(access.name, tp, first_token=first_token),
     )

@@ -130,9 +130,49 @@ def section_heads(ctx: Context, report) -> None:
     ctx.summary["head_verification"] = records(found.verification)
 
 
+def section_mechanism(ctx: Context, report) -> None:
+    import icl_heads as ih
+    from icl_heads.plots.mechanism import plot_auc_heatmap
+
+    parts = report.section("Mechanism: OV label features and QK two towers")
+    heads = ctx.found.heads if ctx.found is not None else None
+    ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, progress=ctx.progress)
+    qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, progress=ctx.progress)
+    towers = ih.two_tower_test(ctx.model, ctx.held_out, progress=ctx.progress)
+    try:
+        flip = ih.flip_analysis(ctx.model, ctx.held_out, heads=heads, resample_demos=True, seed=ctx.args.seed)
+    except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
+        flip = None
+        logger.warning("flip analysis skipped: %s", err)
+    report.text(parts, "OV: what each in-context head writes from every demonstration's label position.")
+    report.numbers(parts, ov.summary())
+    report.figure(parts, ov.plot())
+    report.text(
+        parts, "QK: attention from the final position to label positions of the query's class and the other class."
+    )
+    report.numbers(parts, qk.summary())
+    report.figure(parts, qk.plot())
+    report.figure(parts, plot_auc_heatmap(towers))
+    if flip is None:
+        report.text(
+            parts,
+            "Flip analysis: no prediction flipped when the query's class changed, so there is nothing to compare.",
+        )
+    else:
+        report.text(parts, "Flip: prompts with a query of the other class; how much attention and OV vectors change.")
+        report.numbers(parts, flip.summary())
+        report.figure(parts, flip.plot())
+    results = {"ov_label_features": ov, "qk_label_attention": qk, "two_tower": towers, "flip": flip}
+    for name, result in results.items():
+        if result is not None:
+            result.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
+    ctx.summary["mechanism"] = {name: r.summary() for name, r in results.items() if r is not None}
+
+
 SECTIONS: list[tuple[str, Callable[[Context, Any], None]]] = [
     ("accuracy", section_accuracy),
     ("heads", section_heads),
+    ("mechanism", section_mechanism),
 ]
 
 

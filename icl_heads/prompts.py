@@ -103,6 +103,17 @@ class ICLTask:
             )
         if len(set(self.label_words)) != len(self.label_words) or any(not w.strip() for w in self.label_words):
             raise ValueError(f"label_words must be distinct non-empty words, got {self.label_words}")
+        if any(w != w.strip() for w in self.label_words):
+            raise ValueError(
+                f"label_words {self.label_words} start or end with whitespace; give bare words "
+                "(the template supplies the spacing)"
+            )
+        bad = [y for y in self.labels if not (isinstance(y, (int, np.integer)) and 0 <= y < len(self.classes))]
+        if bad:
+            raise ValueError(
+                f"labels {bad[:5]} are not class indices in [0, {len(self.classes)}); "
+                "use ICLTask.from_pairs(texts, labels) to build a task from label names"
+            )
         _check_template(self.template)
 
     @classmethod
@@ -222,6 +233,12 @@ class ICLTask:
             order = tuple(int(c) for c in order)
             if len(order) != shots or any(not 0 <= c < k for c in order):
                 raise ValueError(f"explicit order {order} must list {shots} class indices in [0, {k})")
+            in_order = tuple(int(c) for c in np.bincount(np.asarray(order, dtype=int), minlength=k))
+            if counts is not None and in_order != counts:
+                raise ValueError(
+                    f"explicit order {order} has {in_order} demonstrations per class but counts={counts}; "
+                    "drop counts or make them agree"
+                )
         if gold is not None and not 0 <= gold < k:
             raise ValueError(f"gold must be a class index in [0, {k}), got {gold}")
         by_class = [np.flatnonzero(np.asarray(self.labels) == c) for c in range(k)]

@@ -1,0 +1,119 @@
+"""Shared code that runs the model: one forward pass that keeps attention rows, values and residuals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_heads.interventions import check_heads
+from icl_heads.models import Capture, Head, ModelAccess
+from icl_heads.prompts import PromptBatch
+
+
+def _heads(access: ModelAccess, heads: Any) -> tuple[Head, ...]:
+    """``None``: every head; an object with ``.heads`` (e.g. InContextHeads); or (layer, head) pairs."""
+    if heads is None:
+        return tuple((layer, h) for layer in range(access.n_layers) for h in range(access.n_heads))
+    heads = getattr(heads, "heads", heads)
+    out = check_heads(access, heads)
+    if not out:
+        raise ValueError("no heads given; pass (layer, head) pairs, found.heads, or None for every head")
+    return out
+
+
+def _rows_at(act: Tensor, positions: Tensor) -> Tensor:
+    """``act[b, positions[b, i]]`` for an activation ``[batch, pos, ...]``."""
+    dev = act.device
+    rows = torch.arange(act.shape[0], device=dev)[:, None]
+    return act[rows, positions.clamp(min=0).to(dev)].detach().float()
+
+
+def _gather(
+    access: ModelAccess,
+    batch: PromptBatch,
+    layers: Sequence[int],
+    positions: Tensor,
+    *,
+    values: bool = False,
+    scores: bool = False,
+    resid: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One forward pass keeping, per layer, the final row of the pattern (and scores), and ``v``/``resid_pre`` at ``positions``."""
+    store: dict[str, Tensor] = {}
+
+    def at(key: str):
+        def fn(act: Tensor, hook: Any) -> None:
+            store[key] = _rows_at(act, positions)
+
+        return fn
+
+    hooks, caps = [], [Capture("ln_final.hook_scale")]
+    for layer in layers:
+        caps.append(Capture(access.hook(layer, "pattern"), "pattern_final"))
+        if scores:
+            caps.append(Capture(access.hook(layer, "attn_scores"), "pattern_final"))
+        if values:
+            hooks.append((access.hook(layer, "v"), at(access.hook(layer, "v"))))
+        if resid:
+            hooks.append((access.hook(layer, "resid_pre"), at(access.hook(layer, "resid_pre"))))
+            caps.append(Capture(access.hook(layer, "resid_pre"), "final"))
+    logits, got = access.run(batch, hooks=hooks, capture=caps)
+    out = dict(got)
+    for key, v in store.items():
+        out["at:" + key] = v
+    return logits, out
+
+
+def _at_keys(row: Float[Tensor, "batch head key"], positions: Tensor) -> Float[Tensor, "batch head n"]:
+    idx = positions.clamp(min=0).to(row.device)[:, None, :].expand(-1, row.shape[1], -1)
+    return row.gather(2, idx)
+
+
+def _ov_at(access: ModelAccess, got: dict[str, Tensor], layer: int, h: int) -> Tensor:
+    """Per-position value-output vectors ``v_p W_O`` of head ``(layer, h)`` from ``_gather(..., values=True)``.
+
+    With grouped-query attention head ``h`` reads key/value head ``h // (n_heads / n_kv)``.
+    """
+    v = got["at:" + access.hook(layer, "v")]  # [b, n, kv, d_head]
+    kv = h // (access.n_heads // v.shape[2])
+    return v[:, :, kv] @ access.W_O(layer)[h].float().to(v.device)
+
+
+def _label_and_control(batch: PromptBatch, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Positions ``[b, 2*demo]`` (labels, then label + offset), their kind (0 label, 1 control) and validity."""
+    lp = batch.label_positions
+    ctrl = lp + offset
+    mask = batch.attention_mask.bool()
+    real = torch.zeros_like(ctrl, dtype=torch.bool)
+    inside = (lp >= 0) & (ctrl >= 0) & (ctrl <= batch.final_positions[:, None])
+    real[inside] = mask[torch.arange(len(lp))[:, None].expand_as(ctrl)[inside], ctrl[inside]]
+    is_label = (ctrl[:, :, None] == lp[:, None, :]).any(-1)
+    valid = torch.cat([lp >= 0, real & ~is_label], 1)
+    kind = torch.cat([torch.zeros_like(lp), torch.ones_like(lp)], 1)
+    return torch.cat([lp, ctrl], 1), kind, valid
+
+
+def _shift(batch: PromptBatch) -> Tensor:
+    """Left-padding offset of each prompt (0 for right padding)."""
+    return batch.attention_mask.argmax(1)
+
+
+def _token_str(tokenizer, i: int) -> str:
+    return tokenizer.decode([i]) or str(tokenizer.convert_ids_to_tokens(i))
+
+
+def _decode(tokenizer, ids) -> dict[int, str]:
+    return {int(i): _token_str(tokenizer, int(i)) for i in np.unique(np.asarray(ids))}
+
+
+def _label_word_columns(words: Sequence[str], values: Tensor, prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}{w}": values[:, i].cpu().numpy() for i, w in enumerate(words)}
+
+
+def _predictions(logits: Tensor, label_ids: Tensor) -> Tensor:
+    return logits[:, label_ids.to(logits.device)].argmax(-1).cpu()

@@ -1,0 +1,251 @@
+"""Prompt pairs whose prediction flips: how much each head's attention and OV vectors at label positions change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from tqdm.auto import tqdm
+
+from icl_heads.mechanism._maths import _ratio
+from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions
+from icl_heads.models import Head, ModelAccess
+from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
+from icl_heads.results import Result, provenance
+
+
+def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool = False, seed: int = 0) -> ICLPrompts:
+    """A twin of every prompt whose query has another class, so the prediction should flip.
+
+    Args:
+        prompts: the original prompts.
+        resample_demos: also replace every demonstration's text by another text of the
+            same class (the label sequence stays). With ``False`` the demonstrations are
+            identical, so by causality the vectors ``v_p W_O`` at label positions cannot
+            change; with ``True`` they can.
+        seed: random seed.
+
+    Returns:
+        Prompts aligned with ``prompts`` (same demonstration labels, new query and gold).
+
+    Raises:
+        TypeError: ``prompts`` is not a prompt set.
+        ValueError: a class has too few unused texts to draw from.
+    """
+    if isinstance(prompts, TokenizedPrompts):
+        prompts = prompts.prompts
+    if not isinstance(prompts, ICLPrompts):
+        raise TypeError(f"expected prompts from ICLTask.prompts(...), got {type(prompts).__name__}")
+    task = prompts.task
+    by_class = [[t for t, y in zip(task.texts, task.labels, strict=True) if y == c] for c in range(len(task.classes))]
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in prompts.prompts:
+        used = {p.query, *(t for t, _ in p.demos)}
+        others = [c for c in range(len(task.classes)) if c != p.gold]
+        gold = others[int(rng.integers(len(others)))]
+        demos = tuple((_draw(rng, by_class, y, used, task), y) for _, y in p.demos) if resample_demos else p.demos
+        out.append(ICLPrompt(demos=demos, query=_draw(rng, by_class, gold, used, task), gold=gold))
+    config = {**prompts.config, "flipped": {"resample_demos": resample_demos, "seed": seed}}
+    return ICLPrompts(prompts=tuple(out), task=task, config=config)
+
+
+def _draw(rng: np.random.Generator, by_class: list[list[str]], c: int, used: set[str], task: Any) -> str:
+    """A random text of class ``c`` not in ``used`` (then added to it)."""
+    free = [t for t in by_class[c] if t not in used]
+    if not free:
+        raise ValueError(
+            f"class {task.classes[c]!r} has no unused text left for a flipped prompt; "
+            "add examples to the task or use fewer shots"
+        )
+    pick = free[int(rng.integers(len(free)))]
+    used.add(pick)
+    return pick
+
+
+@dataclass(frozen=True, repr=False)
+class FlipAnalysis(Result):
+    """Across prompt pairs whose prediction flips, how much each head's attention and OV vectors change.
+
+    "Old" is the label predicted before the flip, "new" the label predicted after.
+
+    Attributes:
+        heads: the analysed heads.
+        df: one row per head: ``n_pairs``; mean attention summed over the old label's
+            positions before/after (``old_label_before``, ``old_label_after``) and over the
+            new label's (``new_label_before``, ``new_label_after``); ``attention_rel_change``
+            (``sum ||a_after - a_before|| / sum ||a_before||`` over pairs, ``a`` the
+            attention at label positions), ``ov_rel_change`` (the same for the vectors
+            ``v_p W_O`` at label positions, Frobenius norms) and ``weighted_ov_rel_change``
+            (for ``A[t, p] v_p W_O``). 0/0 counts as no change.
+        per_pair: one row per flipped pair and head with the quantities before summing.
+        pairs: every pair: ``prompt``, gold and prediction before and after, ``flipped``.
+        config: the arguments that produced this result.
+        provenance: model, prompts, versions.
+    """
+
+    heads: tuple
+    df: pd.DataFrame
+    per_pair: pd.DataFrame
+    pairs: pd.DataFrame
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "Attention and OV change across prediction flips"
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"flipped pairs": int(self.pairs.flipped.sum()), "pairs": len(self.pairs)}
+        for row in self.df.head(4).itertuples():
+            out[f"{row.name}: relative change attention / OV"] = (
+                f"{row.attention_rel_change:.3g} / {row.ov_rel_change:.3g}"
+            )
+        return out
+
+    def plot(self, heads: Sequence[Head] | None = None) -> go.Figure:
+        """Attention on the old and new label's positions before and after the flip, per head."""
+        from icl_heads.plots.mechanism import plot_flip
+
+        return plot_flip(self, heads)
+
+
+def flip_analysis(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    flipped: ICLPrompts | TokenizedPrompts | None = None,
+    heads: Any = None,
+    *,
+    resample_demos: bool = False,
+    seed: int = 0,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    progress: bool = False,
+) -> FlipAnalysis:
+    """Compare attention and OV vectors at label positions across pairs whose prediction flips.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts before the flip.
+        flipped: prompts aligned with ``prompts`` (same number of demonstrations with the
+            same labels); default :func:`flip_prompts` (a query of another class).
+        heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
+        resample_demos: passed to :func:`flip_prompts` when ``flipped`` is None.
+        seed: passed to :func:`flip_prompts` when ``flipped`` is None.
+        batch_size: prompts per forward pass (does not change the result).
+        padding_side: ``"right"`` or ``"left"`` (does not change the result).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`FlipAnalysis` result (only pairs whose predicted label differs are analysed).
+
+    Raises:
+        ValueError: misaligned prompt sets, or no pair whose prediction flips.
+        TypeError: an unsupported model.
+    """
+    access = ModelAccess(model)
+    tp_a = access.tokenize(prompts)
+    own_flipped = flipped is not None
+    if flipped is None:
+        flipped = flip_prompts(tp_a.prompts, resample_demos=resample_demos, seed=seed)
+    tp_b = access.tokenize(flipped)
+    if len(tp_a) != len(tp_b) or any(a != b for a, b in zip(tp_a.demo_labels, tp_b.demo_labels, strict=True)):
+        raise ValueError(
+            "flipped must align with prompts: the same number of prompts, each with the same demonstration labels; "
+            "build it with flip_prompts(prompts)"
+        )
+    heads = _heads(access, heads)
+    words = tuple(tp_a.prompts.task.label_words)
+    label_ids = torch.tensor(tp_a.label_token_ids)
+    layers = sorted({layer for layer, _ in heads})
+    frames, pair_frames = [], []
+    pairs = zip(
+        access.batches(tp_a, batch_size, padding_side), access.batches(tp_b, batch_size, padding_side), strict=True
+    )
+    for ba, bb in tqdm(list(pairs), desc="flips", disable=not progress):
+        runs = []
+        for batch in (ba, bb):
+            logits, got = _gather(access, batch, layers, batch.label_positions, values=True)
+            runs.append((_predictions(logits, label_ids), got))
+        (pa, ga), (pb, gb) = runs
+        flip = pa != pb
+        pair_frames.append(
+            pd.DataFrame(
+                {
+                    "prompt": ba.index.numpy(),
+                    "gold_before": np.asarray(words, dtype=object)[ba.golds.numpy()],
+                    "gold_after": np.asarray(words, dtype=object)[bb.golds.numpy()],
+                    "prediction_before": np.asarray(words, dtype=object)[pa.numpy()],
+                    "prediction_after": np.asarray(words, dtype=object)[pb.numpy()],
+                    "flipped": flip.numpy(),
+                }
+            )
+        )
+        if not flip.any():
+            continue
+        valid = (ba.label_positions >= 0).float()
+        dl = ba.demo_labels
+        old, new = (dl == pa[:, None]).float() * valid, (dl == pb[:, None]).float() * valid
+        for layer, h in heads:
+            attn, ov = [], []
+            for batch, got in ((ba, ga), (bb, gb)):
+                ov.append(_ov_at(access, got, layer, h).cpu() * valid[..., None])
+                attn.append(_at_keys(got[access.hook(layer, "pattern")], batch.label_positions)[:, h].cpu() * valid)
+            w = [a[..., None] * o for a, o in zip(attn, ov, strict=True)]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "prompt": ba.index[flip].numpy(),
+                        "layer": layer,
+                        "head": h,
+                        "name": f"L{layer}H{h}",
+                        "old_label": np.asarray(words, dtype=object)[pa[flip].numpy()],
+                        "new_label": np.asarray(words, dtype=object)[pb[flip].numpy()],
+                        "old_label_before": (attn[0] * old).sum(1)[flip].numpy(),
+                        "old_label_after": (attn[1] * old).sum(1)[flip].numpy(),
+                        "new_label_before": (attn[0] * new).sum(1)[flip].numpy(),
+                        "new_label_after": (attn[1] * new).sum(1)[flip].numpy(),
+                        "attention_change": (attn[1] - attn[0]).norm(dim=1)[flip].numpy(),
+                        "attention_norm": attn[0].norm(dim=1)[flip].numpy(),
+                        "ov_change": (ov[1] - ov[0]).flatten(1).norm(dim=1)[flip].numpy(),
+                        "ov_norm": ov[0].flatten(1).norm(dim=1)[flip].numpy(),
+                        "weighted_ov_change": (w[1] - w[0]).flatten(1).norm(dim=1)[flip].numpy(),
+                        "weighted_ov_norm": w[0].flatten(1).norm(dim=1)[flip].numpy(),
+                    }
+                )
+            )
+    pairs_df = pd.concat(pair_frames, ignore_index=True)
+    if not frames:
+        raise ValueError(
+            f"no prediction flipped in {len(pairs_df)} pairs, so there is nothing to compare; "
+            "use prompts the model solves (more shots) or pass your own flipped prompts"
+        )
+    per_pair = pd.concat(frames, ignore_index=True).sort_values(["layer", "head", "prompt"], ignore_index=True)
+    rows = []
+    for (layer, head, name), part in per_pair.groupby(["layer", "head", "name"], sort=True):
+        rows.append(
+            {
+                "layer": layer,
+                "head": head,
+                "name": name,
+                "n_pairs": len(part),
+                **{
+                    c: float(part[c].mean())
+                    for c in ("old_label_before", "old_label_after", "new_label_before", "new_label_after")
+                },
+                "attention_rel_change": _ratio(part.attention_change.sum(), part.attention_norm.sum()),
+                "ov_rel_change": _ratio(part.ov_change.sum(), part.ov_norm.sum()),
+                "weighted_ov_rel_change": _ratio(part.weighted_ov_change.sum(), part.weighted_ov_norm.sum()),
+            }
+        )
+    config = {"resample_demos": resample_demos, "seed": seed, "own_flipped_prompts": own_flipped}
+    return FlipAnalysis(
+        heads=heads,
+        df=pd.DataFrame(rows),
+        per_pair=per_pair,
+        pairs=pairs_df,
+        config=config,
+        provenance=provenance(access.name, tp_a, heads=[list(h) for h in heads]),
+    )
