@@ -58,8 +58,18 @@ def evaluate_organism(
     out["spearman_vs_ablation"] = {
         m: float(spearmanr(found.scores[m].flatten().numpy(), abl).statistic) for m in ("logprob_increase", "dla")
     }
-    curve = ih.ablation_curve(model, held_out, found.scores["logprob_increase"], ks=(1, 2, 4, 8), n_random=20)
-    out["ablation_curve"] = curve.to_dict(orient="records")
+    curves = {
+        m: ih.ablation_curve(model, held_out, found.scores[m], ks=(1, 2, 3, 4, 8), n_random=20).to_dict(orient="records")
+        for m in ("logprob_increase", "ablation")
+    }
+    out["ablation_curve"] = curves
+    by_ablation = ih.find_in_context_heads(
+        model, scoring, method="ablation", also=(), k=1, verify_prompts=held_out, n_random=30
+    )
+    out["bottleneck_head"] = {
+        "heads": by_ablation.names,
+        "verification": by_ablation.verification.to_dict(orient="records"),
+    }
     return out
 
 

@@ -56,7 +56,7 @@ _SPLIT = re.compile(r"\n|[^\s]+")
 class TrainConfig:
     """Hyperparameters of the organism and its training run."""
 
-    steps: int = 6000
+    steps: int = 8000
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 200
