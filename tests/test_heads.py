@@ -140,3 +140,29 @@ def test_mean_ablation_needs_reference_and_uses_it(copier, majority_prompts):
     assert abl.means.shape == (2, 2, 8) and abl.means[1, 0].abs().sum() > 0
     acc = ih.icl_accuracy(copier, majority_prompts, hooks=abl).accuracy
     assert acc <= 0.75
+
+
+@pytest.mark.slow
+def test_organism_heads_carry_icl(organism):
+    task = ih.organism_task(seed=21)
+    scoring, held_out = task.prompts(200, 4, seed=22), task.prompts(300, 4, seed=23)
+    base = ih.icl_accuracy(organism, held_out).accuracy
+    assert base >= 0.95
+    # a few heads carry ICL: one head's ablation brings accuracy near chance, the median head costs nothing
+    access = ih.ModelAccess(organism)
+    drops = sorted(
+        base - ih.icl_accuracy(organism, held_out, hooks=ih.HeadAblation(((layer, head),))).accuracy
+        for layer in range(access.n_layers)
+        for head in range(access.n_heads)
+    )
+    assert drops[-1] >= 0.3 and drops[len(drops) // 2] <= 0.02
+    # the ablation score's top heads hurt far more than random heads of the same number
+    found = ih.find_in_context_heads(organism, scoring, method="ablation", k=2, also=(), verify_prompts=held_out)
+    v = found.verification.set_index("condition")
+    assert v.loc["found heads", "accuracy"] <= 0.8
+    assert v.loc["found heads", "accuracy"] < v.loc["random heads", "ci_low"]
+    # the label writers found by logprob_increase are redundant: together they bring accuracy to chance
+    writers = ih.find_in_context_heads(organism, scoring, k=8, verify_prompts=held_out, n_random=20)
+    w = writers.verification.set_index("condition")
+    assert w.loc["found heads", "accuracy"] <= 0.6 < w.loc["random heads", "accuracy"]
+    assert {layer for layer, _ in writers.heads} == {1}
