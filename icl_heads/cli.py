@@ -169,10 +169,87 @@ def section_mechanism(ctx: Context, report) -> None:
     ctx.summary["mechanism"] = {name: r.summary() for name, r in results.items() if r is not None}
 
 
+def section_bias(ctx: Context, report) -> None:
+    from icl_heads.bias import majority_bias, recency_bias
+    from icl_heads.debias import correct_majority_bias, correct_recency_bias
+
+    parts = report.section("Majority-label and recency bias, and their corrections")
+    n, seed = ctx.args.n_prompts, ctx.args.seed
+    heads = ctx.found.heads if ctx.found is not None else None
+    major = majority_bias(ctx.model, ctx.task, shots=ctx.args.shots, n=n, seed=seed + 10, progress=ctx.progress)
+    recent = recency_bias(ctx.model, ctx.task, shots=ctx.args.shots, n=n, seed=seed + 11, heads=heads)
+    report.numbers(parts, major.summary())
+    report.figure(parts, major.plot())
+    report.numbers(parts, recent.summary())
+    report.figure(parts, recent.plot())
+    fixes = {
+        "majority (count normalisation)": correct_majority_bias(
+            ctx.model,
+            ctx.task,
+            heads=heads,
+            shots=ctx.args.shots,
+            n=n,
+            seed=seed + 12,
+            tune_n=n // 2,
+            tune_seed=seed + 13,
+        ),
+        "recency (positional prior)": correct_recency_bias(
+            ctx.model, ctx.task, heads=heads, n=n, seed=seed + 14, tune_n=n // 2, tune_seed=seed + 15
+        ),
+    }
+    report.text(parts, "Corrections: hyperparameters tuned on held-out prompts, measured on other prompts.")
+    for name, fix in fixes.items():
+        report.text(parts, name)
+        report.numbers(parts, fix.summary())
+        report.figure(parts, fix.plot())
+    major.df.to_csv(ctx.out / "results" / "majority_bias.csv", index=False)
+    recent.df.to_csv(ctx.out / "results" / "recency_bias.csv", index=False)
+    for name, fix in zip(("majority_correction", "recency_correction"), fixes.values(), strict=True):
+        fix.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
+    ctx.summary["bias"] = {
+        "majority": major.summary(),
+        "recency": recent.summary(),
+        **{name: fix.summary() for name, fix in fixes.items()},
+    }
+
+
+def section_components(ctx: Context, report) -> None:
+    from icl_heads.decomposition import component_stability, decompose
+    from icl_heads.reweighting import compare_reweighting
+
+    parts = report.section("Components: decomposition, component kinds, stability, reweighting")
+    dec = decompose(ctx.model, ctx.held_out, progress=ctx.progress)
+    report.numbers(parts, dec.summary())
+    report.figure(parts, dec.heatmap())
+    report.figure(parts, dec.plot_accuracy())
+    kinds = dec.kinds()
+    report.table(parts, kinds.sort_values("accuracy", ascending=False), max_rows=15)
+    stability = component_stability(
+        ctx.model, ctx.task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
+    )
+    report.numbers(parts, stability.summary())
+    if hasattr(stability, "plot"):
+        report.figure(parts, stability.plot())
+    comparison = compare_reweighting(ctx.model, ctx.task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8))
+    report.numbers(parts, comparison.summary())
+    report.figure(parts, comparison.plot())
+    report.table(parts, comparison.df)
+    kinds.to_csv(ctx.out / "results" / "components.csv", index=False)
+    stability.df.to_csv(ctx.out / "results" / "component_stability.csv", index=False)
+    comparison.df.to_csv(ctx.out / "results" / "reweighting.csv", index=False)
+    ctx.summary["components"] = {
+        "decomposition": dec.summary(),
+        "stability": stability.summary(),
+        "reweighting": comparison.summary(),
+    }
+
+
 SECTIONS: list[tuple[str, Callable[[Context, Any], None]]] = [
     ("accuracy", section_accuracy),
     ("heads", section_heads),
     ("mechanism", section_mechanism),
+    ("bias", section_bias),
+    ("components", section_components),
 ]
 
 

@@ -59,7 +59,9 @@ def evaluate_organism(
         m: float(spearmanr(found.scores[m].flatten().numpy(), abl).statistic) for m in ("logprob_increase", "dla")
     }
     curves = {
-        m: ih.ablation_curve(model, held_out, found.scores[m], ks=(1, 2, 3, 4, 8), n_random=20).to_dict(orient="records")
+        m: ih.ablation_curve(model, held_out, found.scores[m], ks=(1, 2, 3, 4, 8), n_random=20).to_dict(
+            orient="records"
+        )
         for m in ("logprob_increase", "ablation")
     }
     out["ablation_curve"] = curves

@@ -1,0 +1,623 @@
+"""Measure majority-label bias and recency bias of in-context learning (DESIGN §2a).
+
+Both measurements are *paired*: every condition reuses the same queries and the
+same demonstrations, so a difference between conditions is the effect of the label
+counts (majority) or of the order (recency), not of different sentences.
+
+* :func:`majority_bias` draws a pool of demonstrations per prompt and keeps nested
+  subsets of it: balanced counts, balanced minus one of a label (that label becomes
+  the minority), and skewed counts (e.g. 3:1 and 5:1, both ways round). Its bias
+  number is the excess rate of predicting a majority label over the balanced prompts
+  with the same queries.
+* :func:`recency_bias` shows the same demonstrations in several orders (original,
+  reversed, label blocks AABB and BBAA, random). Its bias number is the spread of
+  accuracy over orders beyond chance (:func:`order_spread`); it also reports the raw
+  spread with a permutation test, the excess rate of predicting the last
+  demonstration's label, and the attention each demonstration slot gets in the
+  in-context heads.
+
+Both take ``hooks=`` (e.g. a correction from :mod:`icl_heads.corrections`) so the
+same measurement runs before and after an intervention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_heads._stats import bootstrap_ci
+from icl_heads.accuracy import predict
+from icl_heads.interventions import check_heads
+from icl_heads.models import Capture, Head, Hooks, ModelAccess
+from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
+from icl_heads.results import Result, provenance
+
+
+def default_heads(model: Any, prompts: ICLPrompts) -> tuple[Head, ...]:
+    """The in-context heads of ``model`` on ``prompts``: the top heads plus each label's top heads.
+
+    Calls :func:`~icl_heads.heads.find_in_context_heads` with ``verify=False``; the
+    union of its ``heads`` and ``heads_by_label`` follows the paper, whose in-context
+    heads are the foo heads together with the bar heads.
+    """
+    from icl_heads.heads import find_in_context_heads
+
+    found = find_in_context_heads(model, prompts, verify=False)
+    return tuple(dict.fromkeys([*found.heads, *(h for hs in found.heads_by_label.values() for h in hs)]))
+
+
+def resolve_heads(model: Any, heads: Sequence[Sequence[int]] | None, prompts: ICLPrompts) -> tuple[Head, ...]:
+    """``heads`` checked against the model, or :func:`default_heads` on ``prompts`` when None.
+
+    Raises:
+        ValueError: a head outside the model, or an empty list of heads.
+    """
+    if heads is None:
+        return default_heads(model, prompts)
+    out = check_heads(ModelAccess(model), heads)
+    if not out:
+        raise ValueError("heads is empty; pass (layer, head) pairs or None to find the in-context heads")
+    return out
+
+
+def _check_task(task: Any) -> ICLTask:
+    if not isinstance(task, ICLTask):
+        raise TypeError(
+            f"expected an ICLTask (the measurement samples its own prompt conditions), got {type(task).__name__}; "
+            "build one with icl_heads.ICLTask.from_pairs(texts, labels) or icl_heads.organism_task()"
+        )
+    return task
+
+
+def _with_demos(base: ICLPrompts, demos: Sequence[Sequence[tuple[str, int]]], name: str) -> ICLPrompts:
+    """``base`` with each prompt's demonstrations replaced (queries and golds kept)."""
+    prompts = tuple(
+        ICLPrompt(demos=tuple(d), query=p.query, gold=p.gold) for p, d in zip(base.prompts, demos, strict=True)
+    )
+    return replace(base, prompts=prompts, config={**base.config, "condition": name})
+
+
+# ---- majority-label bias ------------------------------------------------------------------------
+
+
+def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """Label counts of every condition: balanced first, then minus-one and skewed, each label as majority.
+
+    Raises:
+        ValueError: ``shots`` not a positive multiple of the number of classes, or a bad skew.
+    """
+    if shots < n_classes or shots % n_classes:
+        raise ValueError(
+            f"shots={shots} must be a positive multiple of the {n_classes} classes so the balanced prompts are balanced"
+        )
+    b = shots // n_classes
+    out: list[tuple[int, ...]] = [(b,) * n_classes]
+    if b > 1:
+        out += [tuple(b - 1 if j == c else b for j in range(n_classes)) for c in range(n_classes)]
+    for skew in skews:
+        major, minor = (int(v) for v in skew)
+        if not major > minor >= 1:
+            raise ValueError(f"a skew is (majority count, minority count) with majority > minority >= 1, got {skew}")
+        out += [tuple(major if j == c else minor for j in range(n_classes)) for c in range(n_classes)]
+    return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True, repr=False)
+class MajorityBias(Result):
+    """Majority-label bias: accuracy and predictions under balanced and imbalanced label counts.
+
+    Attributes:
+        df: one row per condition and gold label (``gold`` is ``"all"`` or a label
+            word): ``condition, counts, majority, gold, n, accuracy, shift,
+            shift_ci_low, shift_ci_high`` (``shift`` = accuracy minus accuracy on the
+            balanced prompts with the same queries).
+        conditions: one row per imbalanced condition: ``majority_rate`` (how often a
+            majority label is predicted when the gold label is a minority label),
+            ``majority_rate_balanced`` (the same queries with balanced counts), and
+            ``excess`` (increase in predicting a majority label, all queries) with its interval.
+        bias: the excess rate of predicting a majority label, averaged over imbalanced
+            conditions (0: no bias).
+        bias_ci: its 95% bootstrap interval over prompts.
+        prob_bias: the same in label-set probability of the majority labels.
+        prob_bias_ci: its interval.
+        label_logits: ``[condition, prompt, label]`` label logits.
+        counts: ``[condition, label]`` demonstrations per label of each condition.
+        golds: ``[prompt]`` gold labels.
+        per_prompt: ``[prompt]`` each prompt's excess (the values ``bias`` averages).
+        config, provenance: arguments and origin.
+    """
+
+    df: pd.DataFrame
+    conditions: pd.DataFrame
+    bias: float
+    bias_ci: tuple
+    prob_bias: float
+    prob_bias_ci: tuple
+    label_logits: Tensor
+    counts: Tensor
+    golds: Tensor
+    per_prompt: Tensor
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "Majority-label bias"
+
+    def summary(self) -> dict[str, Any]:
+        bal = self.df[(self.df.condition == "balanced") & (self.df.gold == "all")]
+        return {
+            "majority bias (excess majority predictions)": self.bias,
+            "95% CI": tuple(self.bias_ci),
+            "probability bias": self.prob_bias,
+            "probability 95% CI": tuple(self.prob_bias_ci),
+            "balanced accuracy": float(bal.accuracy.iloc[0]),
+            "n prompts": len(self.golds),
+        }
+
+    def plot(self) -> go.Figure:
+        """Accuracy shift per gold label in each condition, with 95% intervals."""
+        from icl_heads.plots.bias import majority_bias_figure
+
+        return majority_bias_figure(self)
+
+
+def _condition_name(counts: Sequence[int], words: Sequence[str]) -> str:
+    if len(set(counts)) == 1:
+        return "balanced"
+    return ":".join(str(c) for c in counts) + f" ({'/'.join(words)})"
+
+
+def majority_prompts(
+    task: ICLTask, *, shots: int = 4, n: int = 200, seed: int = 0, skews: Sequence[tuple[int, int]] = ((3, 1), (5, 1))
+) -> dict[str, ICLPrompts]:
+    """The paired prompt sets of :func:`majority_bias`, by condition name (``"balanced"`` first).
+
+    Every set has the same queries; each prompt's demonstrations are the first
+    ``count`` demonstrations of each label from one shared pool, in pool order. Each
+    set's ``config["counts"]`` gives its counts per label.
+
+    Raises:
+        TypeError: ``task`` is not an ICLTask.
+        ValueError: bad ``shots``/``skews``, or too few examples per class.
+    """
+    task = _check_task(task)
+    k = len(task.classes)
+    conds = majority_conditions(k, shots, skews)
+    pool = max(max(c) for c in conds)
+    base = task.prompts(n, shots=pool * k, seed=seed, counts=(pool,) * k, order="random")
+    out = {}
+    for counts in conds:
+        demos = []
+        for p in base.prompts:
+            rank = [sum(1 for _, y2 in p.demos[:i] if y2 == y) for i, (_, y) in enumerate(p.demos)]
+            demos.append([d for d, r in zip(p.demos, rank, strict=True) if r < counts[d[1]]])
+        name = _condition_name(counts, task.label_words)
+        prompts = _with_demos(base, demos, name)
+        out[name] = replace(prompts, config={**prompts.config, "shots": sum(counts), "counts": list(counts)})
+    return out
+
+
+def majority_bias(
+    model: Any,
+    task: ICLTask,
+    *,
+    shots: int = 4,
+    n: int = 200,
+    seed: int = 0,
+    skews: Sequence[tuple[int, int]] = ((3, 1), (5, 1)),
+    hooks: Hooks = (),
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    progress: bool = False,
+) -> MajorityBias:
+    """Measure majority-label bias with paired balanced and imbalanced demonstrations.
+
+    Each prompt gets a pool of demonstrations per label (in random order) and a query;
+    every condition keeps the first ``count`` demonstrations of each label from that
+    pool, in pool order. Conditions: balanced (``shots`` in all), balanced minus one
+    demonstration of each label in turn, and each skew ``(a, b)`` with each label in
+    turn having ``a`` and the others ``b``.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        task: the task to sample prompts from.
+        shots: demonstrations of the balanced prompts (a multiple of the number of classes).
+        n: number of prompts (queries).
+        seed: prompt seed.
+        skews: ``(majority count, minority count)`` pairs.
+        hooks: forward hooks applied in every condition (e.g. a correction).
+        batch_size: prompts per forward pass (does not change the result).
+        n_boot: bootstrap resamples for the intervals.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`MajorityBias`.
+
+    Raises:
+        TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
+        ValueError: bad ``shots``/``skews``, or too few examples per class.
+
+    >>> mb = majority_bias(model, task, shots=4, n=200)  # doctest: +SKIP
+    >>> mb.bias, mb.bias_ci  # doctest: +SKIP
+    """
+    task = _check_task(task)
+    if n < len(task.classes):
+        raise ValueError(
+            f"n={n} prompts cannot cover all {len(task.classes)} gold labels; use n >= {len(task.classes)}"
+        )
+    conditions = majority_prompts(task, shots=shots, n=n, seed=seed, skews=skews)
+    access = ModelAccess(model)
+    logits = [
+        predict(access, prompts, hooks=hooks, batch_size=batch_size).label_logits
+        for prompts in tqdm(conditions.values(), desc="majority-bias conditions", disable=not progress)
+    ]
+    base = next(iter(conditions.values()))
+    names = list(conditions)
+    conds = [tuple(int(v) for v in p.config["counts"]) for p in conditions.values()]
+    label_logits = torch.stack(logits)  # [condition, prompt, label]
+    golds = base.golds
+    tables = _majority_tables(label_logits, torch.tensor(conds), golds, names, task.label_words, n_boot, seed)
+    df, cond_df, per_prompt, per_prompt_prob = tables
+    config = {"shots": shots, "n": n, "seed": seed, "skews": [list(s) for s in skews], "hooked": bool(hooks)}
+    return MajorityBias(
+        df=df,
+        conditions=cond_df,
+        bias=float(per_prompt.mean()),
+        bias_ci=bootstrap_ci(per_prompt.numpy(), n_boot=n_boot, seed=seed),
+        prob_bias=float(per_prompt_prob.mean()),
+        prob_bias_ci=bootstrap_ci(per_prompt_prob.numpy(), n_boot=n_boot, seed=seed),
+        label_logits=label_logits,
+        counts=torch.tensor(conds),
+        golds=golds,
+        per_prompt=per_prompt,
+        config=config,
+        provenance=provenance(access.name, base, **config),
+    )
+
+
+def _majority_tables(
+    label_logits: Float[Tensor, "condition prompt label"],
+    counts: Tensor,
+    golds: Tensor,
+    names: list[str],
+    words: Sequence[str],
+    n_boot: int,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, Tensor, Tensor]:
+    pred = label_logits.argmax(-1)  # [condition, prompt]
+    probs = label_logits.softmax(-1)
+    correct = (pred == golds[None]).float()
+    rows, cond_rows, excess, excess_p = [], [], [], []
+    for c, name in enumerate(names):
+        major = counts[c] == counts[c].max()
+        is_bal = bool(major.all())
+        majority = "-" if is_bal else "/".join(w for w, m in zip(words, major.tolist(), strict=True) if m)
+        scopes = [("all", torch.ones_like(golds, dtype=torch.bool))]
+        scopes += [(w, golds == i) for i, w in enumerate(words)]
+        for gold, mask in scopes:
+            if not mask.any():
+                continue
+            diff = (correct[c, mask] - correct[0, mask]).numpy()
+            lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+            rows.append(
+                {
+                    "condition": name, "counts": ":".join(map(str, counts[c].tolist())), "majority": majority,
+                    "gold": gold, "n": int(mask.sum()), "accuracy": float(correct[c, mask].mean()),
+                    "shift": float(diff.mean()), "shift_ci_low": lo, "shift_ci_high": hi,
+                }
+            )  # fmt: skip
+        if is_bal:
+            continue
+        in_major = major[pred].float()  # [condition, prompt]: predicted label is a majority label
+        p_major = probs[:, :, major].sum(-1)
+        ex = in_major[c] - in_major[0]
+        ex_p = p_major[c] - p_major[0]
+        excess.append(ex)
+        excess_p.append(ex_p)
+        minority_gold = ~major[golds]
+        lo, hi = bootstrap_ci(ex.numpy(), n_boot=n_boot, seed=seed)
+        cond_rows.append(
+            {
+                "condition": name, "counts": ":".join(map(str, counts[c].tolist())), "majority": majority,
+                "n_minority_gold": int(minority_gold.sum()),
+                "majority_rate": float(in_major[c, minority_gold].mean()),
+                "majority_rate_balanced": float(in_major[0, minority_gold].mean()),
+                "excess": float(ex.mean()), "excess_ci_low": lo, "excess_ci_high": hi,
+                "prob_excess": float(ex_p.mean()),
+            }
+        )  # fmt: skip
+    if not excess:
+        raise ValueError("no imbalanced condition to measure; use shots >= 2 per class or give skews")
+    return pd.DataFrame(rows), pd.DataFrame(cond_rows), torch.stack(excess).mean(0), torch.stack(excess_p).mean(0)
+
+
+# ---- recency bias ---------------------------------------------------------------------------
+
+
+def demo_orders(labels: Sequence[int], n_random: int, rng: np.random.Generator) -> dict[str, list[int]]:
+    """Permutations of one prompt's demonstrations: original, reversed, label blocks both ways, random."""
+    idx = list(range(len(labels)))
+    blocked = sorted(idx, key=lambda i: (labels[i], i))
+    out = {
+        "original": idx,
+        "reversed": idx[::-1],
+        "blocked": blocked,
+        "blocked_reversed": sorted(idx, key=lambda i: (-labels[i], i)),
+    }
+    for r in range(n_random):
+        out[f"random_{r}"] = [int(i) for i in rng.permutation(len(idx))]
+    return out
+
+
+def recency_prompts(
+    task: ICLTask, *, shots: int = 4, n: int = 200, seed: int = 0, n_random_orders: int = 4
+) -> dict[str, ICLPrompts]:
+    """The prompt sets of :func:`recency_bias`, by order name (``"original"`` first).
+
+    Every set has the same queries and, per prompt, the same balanced demonstrations,
+    permuted by :func:`demo_orders`.
+
+    Raises:
+        TypeError: ``task`` is not an ICLTask.
+        ValueError: ``shots < 2`` or too few examples per class.
+    """
+    task = _check_task(task)
+    if shots < 2:
+        raise ValueError(f"recency needs at least 2 demonstrations to reorder, got shots={shots}")
+    base = task.prompts(n, shots=shots, seed=seed, order="random")
+    rng = np.random.default_rng(seed)
+    perms = [demo_orders([y for _, y in p.demos], n_random_orders, rng) for p in base.prompts]
+    return {
+        name: _with_demos(
+            base, [[p.demos[i] for i in perm[name]] for p, perm in zip(base.prompts, perms, strict=True)], name
+        )
+        for name in perms[0]
+    }
+
+
+@dataclass(frozen=True, repr=False)
+class RecencyBias(Result):
+    """Recency bias: the same demonstrations in several orders.
+
+    Attributes:
+        df: one row per order: ``order, accuracy, ci_low, ci_high, last_label_rate``
+            (how often the last demonstration's label is predicted) and ``last_label_gold``
+            (how often it is gold).
+        attention: one row per in-context head and demonstration slot: ``layer, head,
+            name, slot, attention`` (mean attention from the final position to that
+            slot's label token, over prompts and orders) with its interval, and
+            ``share`` (its share of the head's attention on all label tokens).
+        bias: the spread (standard deviation) of accuracy over orders beyond chance, with
+            the prompts' sampling noise removed (see :func:`order_spread`; 0: accuracy
+            does not depend on the order). The headline recency bias.
+        bias_ci: its 95% bootstrap interval over prompts.
+        order_std: the raw standard deviation of accuracy over orders; ``order_std_ci``
+            its interval; ``order_p`` its permutation p-value against shuffling each
+            prompt's results over orders (small: accuracy depends on the order).
+        last_label_excess: excess rate of predicting the last demonstration's label
+            (predicted minus gold rate, 0: none); ``last_label_excess_ci`` its interval.
+        last_label_pull: a label's probability when it is last minus when it is not
+            (same query and demonstrations), averaged over labels and prompts;
+            ``last_label_pull_ci`` its interval.
+        sensitivity: mean over prompts of the standard deviation over orders of the
+            gold label's probability; ``sensitivity_ci`` its interval.
+        label_logits: ``[order, prompt, label]``; ``last_labels``: ``[order, prompt]``.
+        golds: ``[prompt]`` gold labels.
+        heads: the heads whose attention is reported.
+        config, provenance: arguments and origin.
+    """
+
+    df: pd.DataFrame
+    attention: pd.DataFrame
+    bias: float
+    bias_ci: tuple
+    order_std: float
+    order_std_ci: tuple
+    order_p: float
+    last_label_excess: float
+    last_label_excess_ci: tuple
+    last_label_pull: float
+    last_label_pull_ci: tuple
+    sensitivity: float
+    sensitivity_ci: tuple
+    label_logits: Tensor
+    last_labels: Tensor
+    golds: Tensor
+    heads: tuple = ()
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "Recency bias"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "recency bias (accuracy spread over orders beyond chance)": self.bias,
+            "95% CI": tuple(self.bias_ci),
+            "accuracy std over orders": self.order_std,
+            "std 95% CI": tuple(self.order_std_ci),
+            "order permutation p": self.order_p,
+            "excess last-label predictions": self.last_label_excess,
+            "last-label 95% CI": tuple(self.last_label_excess_ci),
+            "last-label probability pull": self.last_label_pull,
+            "pull 95% CI": tuple(self.last_label_pull_ci),
+            "n prompts": len(self.golds),
+        }
+
+    def plot(self) -> go.Figure:
+        """Accuracy per order with intervals, and attention per demonstration slot."""
+        from icl_heads.plots.bias import recency_bias_figure
+
+        return recency_bias_figure(self)
+
+
+def recency_bias(
+    model: Any,
+    task: ICLTask,
+    *,
+    shots: int = 4,
+    n: int = 200,
+    seed: int = 0,
+    n_random_orders: int = 4,
+    heads: Sequence[Sequence[int]] | None = None,
+    hooks: Hooks = (),
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    progress: bool = False,
+) -> RecencyBias:
+    """Measure recency bias: the same balanced demonstrations shown in different orders.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        task: the task to sample prompts from.
+        shots: demonstrations per prompt (balanced counts).
+        n: number of prompts.
+        seed: seed of the prompts and of the random orders.
+        n_random_orders: random orders besides original, reversed and the two label blocks.
+        heads: heads whose attention per slot is reported (default: the in-context
+            heads found on the original-order prompts).
+        hooks: forward hooks applied in every order (e.g. a correction).
+        batch_size: prompts per forward pass (does not change the result).
+        n_boot: bootstrap resamples for the intervals.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`RecencyBias`.
+
+    Raises:
+        TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
+        ValueError: ``shots < 2``, bad heads, or too few examples per class.
+    """
+    orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
+    base = orders["original"]
+    access = ModelAccess(model)
+    heads = resolve_heads(access, heads, base)
+    layers = sorted({layer for layer, _ in heads})
+    logits, lasts = [], []
+    slot_att = torch.zeros(len(orders), n, len(heads), shots)
+    for o, prompts in enumerate(tqdm(orders.values(), desc="recency orders", disable=not progress)):
+        lasts.append(torch.tensor([p.demos[-1][1] for p in prompts.prompts]))
+        tp = access.tokenize(prompts)
+        label_ids = torch.tensor(tp.label_token_ids)
+        part = []
+        for batch in access.batches(tp, batch_size):
+            caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
+            final, got = access.run(batch, hooks=hooks, capture=caps)
+            part.append(final[:, label_ids.to(final.device)].cpu())
+            for j, (layer, h) in enumerate(heads):
+                pat = got[access.hook(layer, "pattern")][:, h].cpu()  # [batch, key]
+                slot_att[o, batch.index, j] = pat.gather(1, batch.label_positions)
+        logits.append(torch.cat(part))
+    order_names = list(orders)
+    label_logits, last_labels, golds = torch.stack(logits), torch.stack(lasts), base.golds
+    pred = label_logits.argmax(-1)
+    correct = (pred == golds[None]).float()
+    per_prompt = ((pred == last_labels).float() - (golds[None] == last_labels).float()).mean(0)
+    per_prompt_prob = _last_label_prob_pull(label_logits.softmax(-1), last_labels)
+    accs = correct.mean(1)
+    boot = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    resampled = correct.numpy()[:, boot]  # [order, boot, prompt]
+    stds, spreads = resampled.mean(-1).std(0, ddof=1), order_spread(resampled)
+    p_gold = label_logits.softmax(-1).gather(2, golds[None, :, None].expand(len(order_names), -1, 1))[..., 0]
+    per_prompt_sens = p_gold.std(0)
+    rows = []
+    for o, name in enumerate(order_names):
+        lo, hi = bootstrap_ci(correct[o].numpy(), n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "order": name, "accuracy": float(accs[o]), "ci_low": lo, "ci_high": hi,
+                "last_label_rate": float((pred[o] == last_labels[o]).float().mean()),
+                "last_label_gold": float((golds == last_labels[o]).float().mean()),
+            }
+        )  # fmt: skip
+    config = {"shots": shots, "n": n, "seed": seed, "n_random_orders": n_random_orders, "hooked": bool(hooks)}
+    return RecencyBias(
+        df=pd.DataFrame(rows),
+        attention=_slot_table(slot_att, heads, n_boot, seed),
+        bias=float(order_spread(correct.numpy())),
+        bias_ci=(float(np.quantile(spreads, 0.025)), float(np.quantile(spreads, 0.975))),
+        order_std=float(accs.std()),
+        order_std_ci=(float(np.quantile(stds, 0.025)), float(np.quantile(stds, 0.975))),
+        order_p=order_permutation_p(correct.numpy(), n_perm=n_boot, seed=seed),
+        last_label_excess=float(per_prompt.mean()),
+        last_label_excess_ci=bootstrap_ci(per_prompt.numpy(), n_boot=n_boot, seed=seed),
+        last_label_pull=float(per_prompt_prob.mean()),
+        last_label_pull_ci=bootstrap_ci(per_prompt_prob.numpy(), n_boot=n_boot, seed=seed),
+        sensitivity=float(per_prompt_sens.mean()),
+        sensitivity_ci=bootstrap_ci(per_prompt_sens.numpy(), n_boot=n_boot, seed=seed),
+        label_logits=label_logits,
+        last_labels=last_labels,
+        golds=golds,
+        heads=heads,
+        config=config,
+        provenance=provenance(access.name, base, heads=[list(h) for h in heads], **config),
+    )
+
+
+def order_spread(correct: np.ndarray) -> np.ndarray | np.floating:
+    """Standard deviation of accuracy over orders with the sampling noise of the prompts removed.
+
+    ``correct`` is ``[order, ..., prompt]`` (0/1). With ``a_o`` the accuracy of order
+    ``o``, ``S2`` their variance over orders and ``s2_i`` the variance of prompt ``i``'s
+    correctness over orders, ``(S2 - sum_i s2_i / n**2) / (1 - 1/n)`` is an unbiased
+    estimate of the variance over orders of the expected accuracy (prompts drawn
+    independently); the spread is its square root, clipped at 0. Reduces over the first
+    and last axes.
+    """
+    c = np.asarray(correct, dtype=float)
+    n = c.shape[-1]
+    if c.shape[0] < 2 or n < 2:
+        raise ValueError(f"the spread over orders needs at least 2 orders and 2 prompts, got {c.shape[0]} and {n}")
+    total = c.mean(-1).var(0, ddof=1)
+    noise = c.var(0, ddof=1).sum(-1) / n**2
+    return np.sqrt(np.clip((total - noise) / (1 - 1 / n), 0, None))
+
+
+def order_permutation_p(correct: np.ndarray, *, n_perm: int = 1000, seed: int = 0) -> float:
+    """P-value of the std of accuracy over orders when each prompt's ``[order, prompt]`` results are shuffled over orders."""
+    c = np.asarray(correct, dtype=float)
+    observed = c.mean(-1).std(ddof=1)
+    keys = np.random.default_rng(seed).random((n_perm, *c.shape)).argsort(1)
+    null = np.take_along_axis(np.broadcast_to(c, keys.shape), keys, 1).mean(-1).std(1, ddof=1)
+    return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm))
+
+
+def _last_label_prob_pull(
+    probs: Float[Tensor, "order prompt label"], last: Int[Tensor, "order prompt"]
+) -> Float[Tensor, " prompt"]:
+    """Per prompt: mean over labels of p(label | it is last) - p(label | it is not), over that prompt's orders."""
+    n_labels = probs.shape[-1]
+    out = torch.zeros(probs.shape[1])
+    used = torch.zeros(probs.shape[1])
+    for c in range(n_labels):
+        is_last = (last == c).float()
+        n_last, n_not = is_last.sum(0), (1 - is_last).sum(0)
+        ok = (n_last > 0) & (n_not > 0)
+        p = probs[..., c]
+        diff = (p * is_last).sum(0) / n_last.clamp(min=1) - (p * (1 - is_last)).sum(0) / n_not.clamp(min=1)
+        out += torch.where(ok, diff, torch.zeros_like(diff))
+        used += ok.float()
+    return out / used.clamp(min=1)
+
+
+def _slot_table(slot_att: Tensor, heads: tuple[Head, ...], n_boot: int, seed: int) -> pd.DataFrame:
+    """Tidy attention per head and slot from ``[order, prompt, head, slot]``."""
+    per_prompt = slot_att.mean(0)  # [prompt, head, slot]
+    share = (slot_att / slot_att.sum(-1, keepdim=True).clamp(min=1e-12)).mean((0, 1))
+    rows = []
+    for j, (layer, h) in enumerate(heads):
+        for s in range(slot_att.shape[-1]):
+            lo, hi = bootstrap_ci(per_prompt[:, j, s].numpy(), n_boot=n_boot, seed=seed)
+            rows.append(
+                {
+                    "layer": layer, "head": h, "name": f"L{layer}H{h}", "slot": s,
+                    "attention": float(per_prompt[:, j, s].mean()), "ci_low": lo, "ci_high": hi,
+                    "share": float(share[j, s]),
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)

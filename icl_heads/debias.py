@@ -1,0 +1,430 @@
+"""Correct majority-label and recency bias and measure the effect on held-out prompts.
+
+:func:`correct_majority_bias` and :func:`correct_recency_bias` (1) pick the heads (the
+in-context heads by default, found on the tuning prompts), (2) choose the correction's
+hyperparameter with :func:`tune_correction` on prompts drawn with ``tune_seed``, never
+on the test prompts, and (3) measure the bias and the accuracy on balanced prompts
+before and after the correction on prompts drawn with ``seed``. The result reports the
+bias with 95% bootstrap intervals, the relative reduction (with a paired bootstrap
+interval) and the balanced accuracy before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from tqdm.auto import tqdm
+
+from icl_heads._stats import bootstrap_ci
+from icl_heads.accuracy import icl_accuracy
+from icl_heads.bias import (
+    MajorityBias,
+    RecencyBias,
+    _check_task,
+    majority_bias,
+    order_spread,
+    recency_bias,
+    resolve_heads,
+)
+from icl_heads.corrections import count_normalisation, ov_compensation_hooks, positional_prior, unrotated_attention
+from icl_heads.models import Hooks, ModelAccess
+from icl_heads.prompts import ICLTask
+from icl_heads.results import Result, provenance
+
+MAJORITY_METHODS = {
+    "count": ("strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)),
+    "ov": ("a_c", (0.0, 0.03, 0.1, 0.3, 1.0, 2.0, 3.0, 5.0)),
+}
+RECENCY_METHODS = {
+    "prior": ("strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)),
+    "unrotated": ("mix", (0.0, 0.25, 0.5, 0.75, 1.0)),
+}
+
+
+@dataclass(frozen=True, repr=False)
+class BiasCorrection(Result):
+    """A bias correction evaluated on held-out prompts.
+
+    Attributes:
+        df: one row per metric (the headline ``bias`` first, then secondary bias
+            measures, the accuracy where the bias acts (``imbalanced_accuracy`` or
+            ``accuracy_over_orders``) and ``balanced_accuracy``): ``metric, before,
+            before_ci_low, before_ci_high, after, after_ci_low, after_ci_high, change``.
+        tuning: the hyperparameter search on the tuning prompts: ``value, bias,
+            balanced_accuracy, accuracy_drop, allowed, chosen``.
+        kind: ``"majority"`` or ``"recency"``.
+        method: the correction (``"count"``, ``"ov"``, ``"prior"``, ``"unrotated"``).
+        parameter: the tuned hyperparameter's name; ``value``: its chosen value.
+        heads: the corrected heads.
+        reduction: relative reduction of the headline bias, in percent.
+        reduction_ci: its 95% paired bootstrap interval over test prompts.
+        accuracy_change: balanced accuracy after minus before (same prompts);
+            ``accuracy_change_ci`` its paired 95% interval.
+        config, provenance: arguments and origin.
+    """
+
+    df: pd.DataFrame
+    tuning: pd.DataFrame
+    kind: str
+    method: str
+    parameter: str
+    value: float
+    heads: tuple
+    reduction: float
+    reduction_ci: tuple
+    accuracy_change: float
+    accuracy_change_ci: tuple
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "Bias correction"
+
+    def _row(self, metric: str) -> pd.Series:
+        return self.df.set_index("metric").loc[metric]
+
+    def summary(self) -> dict[str, Any]:
+        b, a = self._row("bias"), self._row("balanced_accuracy")
+        return {
+            "bias": f"{self.kind} ({self.config.get('headline', '')})",
+            "correction": f"{self.method} ({self.parameter}={self.value:g})",
+            "heads": ", ".join(f"L{x}H{y}" for x, y in self.heads),
+            "bias before": float(b.before),
+            "before 95% CI": (float(b.before_ci_low), float(b.before_ci_high)),
+            "bias after": float(b.after),
+            "after 95% CI": (float(b.after_ci_low), float(b.after_ci_high)),
+            "reduction %": self.reduction,
+            "reduction 95% CI": tuple(self.reduction_ci),
+            "balanced accuracy before": float(a.before),
+            "balanced accuracy after": float(a.after),
+            "accuracy change 95% CI": tuple(self.accuracy_change_ci),
+        }
+
+    def plot(self) -> go.Figure:
+        """Bias and balanced accuracy before and after, with 95% intervals."""
+        from icl_heads.plots.bias import correction_figure
+
+        return correction_figure(self)
+
+
+def _measure(kind: str, model: Any, task: ICLTask, hooks: Hooks, **kw: Any) -> MajorityBias | RecencyBias:
+    if kind == "majority":
+        kw.pop("heads", None)
+        return majority_bias(model, task, hooks=hooks, **kw)
+    return recency_bias(model, task, hooks=hooks, **kw)
+
+
+def tune_correction(
+    model: Any,
+    task: ICLTask,
+    build: Callable[[float], Hooks],
+    grid: Sequence[float],
+    *,
+    kind: str,
+    shots: int,
+    n: int = 200,
+    seed: int = 1,
+    max_accuracy_drop: float = 0.01,
+    progress: bool = False,
+    **measure: Any,
+) -> tuple[float, pd.DataFrame]:
+    """Choose a correction's hyperparameter on tuning prompts (never the test prompts).
+
+    For each value, measures the headline bias (majority: excess majority predictions;
+    recency: accuracy spread over orders beyond chance) and the accuracy on balanced prompts, both on
+    prompts drawn with ``seed``; picks the value with the smallest absolute bias among
+    those whose balanced accuracy drops by at most ``max_accuracy_drop``.
+
+    Args:
+        model: the model.
+        task: the task to sample tuning prompts from.
+        build: maps a hyperparameter value to hooks (a correction).
+        grid: values to try (include the no-op value so "no correction" can win).
+        kind: ``"majority"`` or ``"recency"``.
+        shots: demonstrations per prompt.
+        n: tuning prompts.
+        seed: seed of the tuning prompts (use one you do not test on).
+        max_accuracy_drop: largest allowed drop of balanced accuracy (0.01 = 1 point).
+        progress: show a progress bar.
+        **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
+            :func:`~icl_heads.bias.recency_bias`.
+
+    Returns:
+        The chosen value and the table of the search.
+
+    Raises:
+        ValueError: an unknown ``kind`` or an empty grid.
+    """
+    if kind not in ("majority", "recency"):
+        raise ValueError(f"kind must be 'majority' or 'recency', got {kind!r}")
+    if not len(grid):
+        raise ValueError("grid is empty; give hyperparameter values to try")
+    balanced = task.prompts(n, shots, seed=seed)
+    base_acc = icl_accuracy(model, balanced).accuracy
+    rows = []
+    for value in tqdm(list(grid), desc=f"tuning {kind} correction", disable=not progress):
+        hooks = build(float(value))
+        result = _measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, **measure)
+        acc = icl_accuracy(model, balanced, hooks=hooks).accuracy
+        rows.append(
+            {
+                "value": float(value),
+                "bias": result.bias,
+                "balanced_accuracy": acc,
+                "accuracy_drop": base_acc - acc,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["allowed"] = table.accuracy_drop <= max_accuracy_drop + 1e-9
+    pool = table[table.allowed] if table.allowed.any() else table.nsmallest(1, "accuracy_drop")
+    best = float(pool.loc[pool.bias.abs().idxmin(), "value"])
+    table["chosen"] = table.value == best
+    return best, table
+
+
+def _ratio_ci(
+    before: np.ndarray, after: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int
+) -> tuple[float, float]:
+    """Percentile interval of ``100 * (1 - stat(after) / stat(before))`` resampling prompts (last axis) jointly."""
+    n = before.shape[-1]
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    b, a = stat(before[..., idx]), stat(after[..., idx])
+    red = 100 * (1 - a / np.where(b == 0, np.nan, b))
+    red = red[np.isfinite(red)]
+    if red.size == 0:
+        raise ValueError("the bias before correction is zero in every resample; there is nothing to reduce")
+    return float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))
+
+
+def _evaluate(
+    kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks], grid, heads,
+    *, shots: int, n: int, seed: int, tune_n: int, tune_seed: int, max_accuracy_drop: float, n_boot: int,
+    batch_size: int, progress: bool, measure: dict,
+) -> BiasCorrection:  # fmt: skip
+    value, tuning = tune_correction(
+        model, task, build, grid, kind=kind, shots=shots, n=tune_n, seed=tune_seed,
+        max_accuracy_drop=max_accuracy_drop, progress=progress, batch_size=batch_size, **measure,
+    )  # fmt: skip
+    hooks = build(value)
+    kw = dict(shots=shots, n=n, seed=seed, batch_size=batch_size, n_boot=n_boot, **measure)
+    before = _measure(kind, model, task, (), **kw)
+    if before.bias == 0:
+        raise ValueError(
+            f"no {kind} bias to reduce: its measure is exactly 0 on the {n} test prompts "
+            "(use more prompts n, more shots, or harder prompts)"
+        )
+    after = _measure(kind, model, task, hooks, **kw)
+    balanced = task.prompts(n, shots, seed=seed)
+    acc_b, acc_a = (
+        icl_accuracy(model, balanced, batch_size=batch_size),
+        icl_accuracy(model, balanced, hooks=hooks, batch_size=batch_size),
+    )
+    metrics: list[tuple[str, float, tuple, float, tuple]] = [
+        ("bias", before.bias, before.bias_ci, after.bias, after.bias_ci)
+    ]
+    if isinstance(before, MajorityBias) and isinstance(after, MajorityBias):
+        headline = "excess majority-label predictions"
+        metrics.append(("probability_bias", before.prob_bias, before.prob_bias_ci, after.prob_bias, after.prob_bias_ci))
+        stat_b, stat_a, stat = before.per_prompt.numpy(), after.per_prompt.numpy(), lambda x: x.mean(-1)
+    else:
+        assert isinstance(before, RecencyBias) and isinstance(after, RecencyBias)
+        headline = "accuracy spread over orders beyond chance"
+        for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull"):
+            metrics.append(
+                (m, getattr(before, m), getattr(before, f"{m}_ci"), getattr(after, m), getattr(after, f"{m}_ci"))
+            )
+        stat_b = (before.label_logits.argmax(-1) == before.golds[None]).float().numpy()
+        stat_a = (after.label_logits.argmax(-1) == after.golds[None]).float().numpy()
+        stat = order_spread
+    # accuracy where the bias acts: imbalanced conditions (majority) or all orders (recency)
+    cond = slice(1, None) if kind == "majority" else slice(None)
+    acc_biased = [(r.label_logits[cond].argmax(-1) == r.golds[None]).float().mean(0).numpy() for r in (before, after)]
+    ci = [bootstrap_ci(a, n_boot=n_boot, seed=seed) for a in acc_biased]
+    name = "imbalanced_accuracy" if kind == "majority" else "accuracy_over_orders"
+    metrics.append((name, float(acc_biased[0].mean()), ci[0], float(acc_biased[1].mean()), ci[1]))
+    metrics.append(("balanced_accuracy", acc_b.accuracy, acc_b.ci, acc_a.accuracy, acc_a.ci))
+    df = pd.DataFrame(
+        [
+            {"metric": m, "before": b, "before_ci_low": bci[0], "before_ci_high": bci[1], "after": a,
+             "after_ci_low": aci[0], "after_ci_high": aci[1], "change": a - b}
+            for m, b, bci, a, aci in metrics
+        ]
+    )  # fmt: skip
+    diff = (acc_a.label_logits.argmax(-1) == acc_a.golds).float() - (
+        acc_b.label_logits.argmax(-1) == acc_b.golds
+    ).float()
+    b0 = float(stat(stat_b))
+    config = {
+        "headline": headline, "shots": shots, "n": n, "seed": seed, "tune_n": tune_n, "tune_seed": tune_seed,
+        "max_accuracy_drop": max_accuracy_drop, "grid": [float(g) for g in grid], **measure,
+    }  # fmt: skip
+    return BiasCorrection(
+        df=df,
+        tuning=tuning,
+        kind=kind,
+        method=method,
+        parameter=parameter,
+        value=value,
+        heads=tuple(heads),
+        reduction=100 * (1 - float(stat(stat_a)) / b0),
+        reduction_ci=_ratio_ci(stat_b, stat_a, stat, n_boot, seed),
+        accuracy_change=float(diff.mean()),
+        accuracy_change_ci=bootstrap_ci(diff.numpy(), n_boot=n_boot, seed=seed),
+        config=config,
+        provenance=provenance(ModelAccess(model).name, balanced, heads=[list(h) for h in heads], method=method),
+    )
+
+
+def _check_common(task: Any, seed: int, tune_seed: int, method: str, methods: dict) -> ICLTask:
+    task = _check_task(task)
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(methods)}")
+    if seed == tune_seed:
+        raise ValueError(
+            f"seed and tune_seed are both {seed}; hyperparameters must be chosen on prompts other than the test prompts"
+        )
+    return task
+
+
+def correct_majority_bias(
+    model: Any,
+    task: ICLTask,
+    *,
+    method: str = "count",
+    heads: Sequence[Sequence[int]] | None = None,
+    shots: int = 4,
+    n: int = 300,
+    seed: int = 0,
+    tune_n: int = 200,
+    tune_seed: int = 1,
+    grid: Sequence[float] | None = None,
+    skews: Sequence[tuple[int, int]] = ((3, 1), (5, 1)),
+    max_accuracy_drop: float = 0.01,
+    n_boot: int = 1000,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> BiasCorrection:
+    """Tune a majority-bias correction on held-out prompts and measure it on test prompts.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        task: the task.
+        method: ``"count"`` (attention count-normalisation at label positions,
+            hyperparameter ``strength``) or ``"ov"`` (the paper's OV compensation,
+            hyperparameter ``a_c``).
+        heads: heads to correct (default: the in-context heads found on the tuning prompts).
+        shots: demonstrations of the balanced prompts.
+        n: test prompts (drawn with ``seed``).
+        seed: seed of the test prompts.
+        tune_n: tuning prompts (drawn with ``tune_seed``).
+        tune_seed: seed of the tuning prompts; must differ from ``seed``.
+        grid: hyperparameter values to try (default per method).
+        skews: skewed counts measured besides minus-one (see :func:`~icl_heads.bias.majority_bias`).
+        max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
+        n_boot: bootstrap resamples.
+        batch_size: prompts per forward pass.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`BiasCorrection`.
+
+    Raises:
+        TypeError: ``task`` is not an ICLTask.
+        ValueError: an unknown method, ``seed == tune_seed``, bad heads, or no bias to reduce.
+
+    >>> res = correct_majority_bias(model, task, method="count")  # doctest: +SKIP
+    >>> res.reduction, res.reduction_ci  # doctest: +SKIP
+    """
+    task = _check_common(task, seed, tune_seed, method, MAJORITY_METHODS)
+    parameter, default_grid = MAJORITY_METHODS[method]
+    heads = resolve_heads(model, heads, task.prompts(tune_n, shots, seed=tune_seed))
+    make = count_normalisation if method == "count" else ov_compensation_hooks
+
+    def build(value: float) -> Hooks:
+        return make(model, heads, value)
+
+    return _evaluate(
+        "majority", method, parameter, model, task, build, grid or default_grid, heads, shots=shots, n=n, seed=seed,
+        tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
+        batch_size=batch_size, progress=progress, measure={"skews": [tuple(s) for s in skews]},
+    )  # fmt: skip
+
+
+def correct_recency_bias(
+    model: Any,
+    task: ICLTask,
+    *,
+    method: str = "prior",
+    heads: Sequence[Sequence[int]] | None = None,
+    shots: int = 8,
+    n: int = 300,
+    seed: int = 0,
+    tune_n: int = 200,
+    tune_seed: int = 1,
+    grid: Sequence[float] | None = None,
+    n_random_orders: int = 4,
+    max_accuracy_drop: float = 0.01,
+    n_boot: int = 1000,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> BiasCorrection:
+    """Tune a recency-bias correction on held-out prompts and measure it on test prompts.
+
+    The headline recency bias is the spread (standard deviation) of accuracy over
+    demonstration orders beyond chance (:func:`~icl_heads.bias.order_spread`); the raw
+    spread, the per-prompt order sensitivity, the excess rate of predicting the last
+    demonstration's label and the probability pull of the last label are reported too.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        task: the task.
+        method: ``"prior"`` (divide each slot's attention by its positional prior from
+            content-shuffled tuning prompts; any model; hyperparameter ``strength``) or
+            ``"unrotated"`` (scores at label keys from un-rotated q and k; rotary models
+            only; hyperparameter ``mix``).
+        heads: heads to correct (default: the in-context heads found on the tuning prompts).
+        shots: demonstrations per prompt.
+        n: test prompts (drawn with ``seed``).
+        seed: seed of the test prompts.
+        tune_n: tuning prompts (drawn with ``tune_seed``; the prior is fitted on
+            prompts drawn with ``tune_seed + 1``).
+        tune_seed: seed of the tuning prompts; must differ from ``seed``.
+        grid: hyperparameter values to try (default per method).
+        n_random_orders: random orders besides original, reversed and the label blocks.
+        max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
+        n_boot: bootstrap resamples.
+        batch_size: prompts per forward pass.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`BiasCorrection`.
+
+    Raises:
+        TypeError: ``task`` is not an ICLTask.
+        ValueError: an unknown method, ``"unrotated"`` on a model without rotary
+            embeddings, ``seed == tune_seed``, bad heads, or no bias to reduce.
+    """
+    task = _check_common(task, seed, tune_seed, method, RECENCY_METHODS)
+    if seed == tune_seed + 1:
+        raise ValueError(f"seed={seed} is the positional prior's reference seed (tune_seed + 1); choose another seed")
+    parameter, default_grid = RECENCY_METHODS[method]
+    heads = resolve_heads(model, heads, task.prompts(tune_n, shots, seed=tune_seed))
+    if method == "unrotated":
+        base = unrotated_attention(model, heads)
+
+        def build(value: float) -> Hooks:
+            return replace(base, mix=value)
+    else:
+        fitted = positional_prior(model, heads, task.prompts(tune_n, shots, seed=tune_seed + 1), batch_size=batch_size)
+
+        def build(value: float) -> Hooks:
+            return replace(fitted, strength=value)
+
+    return _evaluate(
+        "recency", method, parameter, model, task, build, grid or default_grid, heads, shots=shots, n=n, seed=seed,
+        tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
+        batch_size=batch_size, progress=progress, measure={"n_random_orders": n_random_orders, "heads": list(heads)},
+    )  # fmt: skip

@@ -1,0 +1,169 @@
+"""Figures for majority-label and recency bias and their corrections."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from icl_heads.plots._style import SEQUENTIAL
+
+if TYPE_CHECKING:
+    from icl_heads.bias import MajorityBias, RecencyBias
+    from icl_heads.debias import BiasCorrection
+
+
+def _error(df, value: str, low: str, high: str) -> dict:
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": (df[high] - df[value]).to_numpy(),
+        "arrayminus": (df[value] - df[low]).to_numpy(),
+    }
+
+
+def majority_bias_figure(result: MajorityBias) -> go.Figure:
+    """Accuracy shift (vs balanced, same queries) per gold label in each imbalanced condition, 95% intervals."""
+    df = result.df[result.df.condition != "balanced"]
+    fig = go.Figure()
+    for gold in df.gold.unique():
+        part = df[df.gold == gold]
+        fig.add_trace(
+            go.Bar(
+                x=part.condition,
+                y=part["shift"],
+                name=f"gold = {gold}",
+                error_y=_error(part, "shift", "shift_ci_low", "shift_ci_high"),
+                customdata=np.stack([part.majority, part.accuracy, part.n], axis=-1),
+                hovertemplate="%{x}<br>majority: %{customdata[0]}<br>accuracy shift: %{y:.3f}"
+                "<br>accuracy: %{customdata[1]:.3f} (n=%{customdata[2]})<extra>" + f"gold = {gold}</extra>",
+            )
+        )
+    lo, hi = result.bias_ci
+    fig.update_layout(
+        title=f"Majority-label bias: accuracy shift vs balanced demonstrations (bias {result.bias:.3f}, "
+        f"95% CI [{lo:.3f}, {hi:.3f}])",
+        xaxis_title="demonstration counts per label",
+        yaxis_title="accuracy minus balanced accuracy (same queries)",
+        barmode="group",
+    )
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    return fig
+
+
+def recency_bias_figure(result: RecencyBias) -> go.Figure:
+    """Left: accuracy per demonstration order (95% intervals). Right: attention per head and demonstration slot."""
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.45, 0.55],
+        subplot_titles=("accuracy per order", "attention from the final position to each label token"),
+    )
+    df = result.df
+    fig.add_trace(
+        go.Bar(
+            x=df.order,
+            y=df.accuracy,
+            error_y=_error(df, "accuracy", "ci_low", "ci_high"),
+            customdata=np.stack([df.last_label_rate, df.last_label_gold], axis=-1),
+            hovertemplate="%{x}: accuracy %{y:.3f}<br>last label predicted: %{customdata[0]:.3f}"
+            "<br>last label gold: %{customdata[1]:.3f}<extra></extra>",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    att = result.attention
+    if len(att):
+        names = list(dict.fromkeys(att.name))
+        slots = sorted(att.slot.unique())
+        z = att.pivot(index="name", columns="slot", values="attention").loc[names, slots].to_numpy()
+        share = att.pivot(index="name", columns="slot", values="share").loc[names, slots].to_numpy()
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=[f"slot {s}" for s in slots],
+                y=names,
+                customdata=share,
+                colorscale=SEQUENTIAL,
+                colorbar={"title": {"text": "attention"}},
+                hovertemplate="%{y}, %{x}<br>attention: %{z:.3f}<br>share of label attention: %{customdata:.3f}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    lo, hi = result.bias_ci
+    fig.update_layout(
+        title=f"Recency bias: accuracy spread over orders beyond chance {result.bias:.3f} (95% CI [{lo:.3f}, "
+        f"{hi:.3f}]; raw std {result.order_std:.3f}, permutation p {result.order_p:.3g}); excess last-label "
+        f"predictions {result.last_label_excess:.3f}"
+    )
+    fig.update_xaxes(title_text="demonstration order", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy over the label set", range=[0, 1], row=1, col=1)
+    fig.update_xaxes(title_text="demonstration slot (0 = first)", row=1, col=2)
+    fig.update_yaxes(title_text="head", autorange="reversed", row=1, col=2)
+    return fig
+
+
+def correction_figure(result: BiasCorrection) -> go.Figure:
+    """Bias and balanced accuracy before and after the correction, 95% intervals; tuning curve."""
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            f"{result.kind} bias ({result.config.get('headline', '')})",
+            "accuracy on balanced prompts",
+            f"tuning ({result.parameter}, tuning prompts)",
+        ),
+    )
+    df = result.df.set_index("metric")
+    for col, metric in ((1, "bias"), (2, "balanced_accuracy")):
+        row = df.loc[metric]
+        for stage, colour in (("before", "#7f7f7f"), ("after", "#d62728")):
+            v = float(row[stage])
+            fig.add_trace(
+                go.Bar(
+                    x=[stage],
+                    y=[v],
+                    marker_color=colour,
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [float(row[f"{stage}_ci_high"]) - v],
+                        "arrayminus": [v - float(row[f"{stage}_ci_low"])],
+                    },
+                    hovertemplate=f"{metric} {stage}: %{{y:.4f}}<extra></extra>",
+                    showlegend=False,
+                ),
+                row=1,
+                col=col,
+            )
+    tune = result.tuning
+    fig.add_trace(
+        go.Scatter(
+            x=tune.value,
+            y=tune.bias,
+            mode="lines+markers",
+            marker={"color": np.where(tune.chosen, "#d62728", np.where(tune.allowed, "#1f77b4", "#bbbbbb"))},
+            customdata=tune.accuracy_drop,
+            hovertemplate=f"{result.parameter}=%{{x:g}}<br>bias: %{{y:.4f}}<br>balanced accuracy drop: "
+            "%{customdata:.3f}<extra></extra>",
+            showlegend=False,
+        ),
+        row=1,
+        col=3,
+    )
+    lo, hi = result.reduction_ci
+    fig.update_layout(
+        title=f"{result.method} correction of {result.kind} bias on held-out prompts: "
+        f"{result.reduction:.0f}% reduction (95% CI [{lo:.0f}, {hi:.0f}])"
+    )
+    fig.update_yaxes(title_text="bias (0 = none)", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=2)
+    fig.update_xaxes(title_text=result.parameter, row=1, col=3)
+    fig.update_yaxes(title_text="bias on tuning prompts", row=1, col=3)
+    fig.add_hline(y=0, line_color="black", line_width=1, row=1, col=3)
+    return fig

@@ -1,0 +1,142 @@
+"""Figures for component decomposition: accuracy heatmaps and bars, stability scatter, reweighting results."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from icl_heads.plots._style import layer_head_heatmap
+
+if TYPE_CHECKING:
+    from icl_heads.decomposition import ComponentStability, Decomposition
+    from icl_heads.reweighting import ReweightingComparison
+
+KIND_COLOURS = {"good": "#2ca02c", "bad": "#d62728", "label-biased": "#ff7f0e", "other": "#7f7f7f"}
+
+
+def accuracy_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
+    """Layer x head heatmap of each head's accuracy alone, diverging around chance; good heads outlined.
+
+    Args:
+        dec: a decomposition.
+        **kinds_kw: passed to :meth:`~icl_heads.decomposition.Decomposition.kinds`.
+    """
+    df = dec.kinds(**kinds_kw)
+    heads = df[df.type == "head"]
+    acc = np.full((dec.n_layers, dec.n_heads), np.nan)
+    share = np.full_like(acc, np.nan)
+    acc[heads["layer"], heads["head"]] = heads.accuracy
+    share[heads["layer"], heads["head"]] = heads.top_label_share
+    good = [(int(r.layer), int(r.head)) for r in heads.itertuples() if r.good]
+    return layer_head_heatmap(
+        acc,
+        title=(
+            f"Accuracy of each head alone (full model {dec.full_accuracy:.3f}, chance {dec.chance:.2f}, "
+            f"{dec.n_prompts} prompts); outlined: heads better than the full model"
+        ),
+        colorbar="accuracy alone",
+        centre=dec.chance,
+        marked=good,
+        extra={"share of most predicted label": share},
+    )
+
+
+def accuracy_bars(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
+    """Every component's accuracy alone, sorted, coloured by kind, with the full model and chance as lines."""
+    df = dec.kinds(**kinds_kw).sort_values("accuracy", ascending=False, kind="stable")
+    fig = go.Figure()
+    for kind, colour in KIND_COLOURS.items():
+        part = df[df.kind == kind]
+        fig.add_trace(
+            go.Bar(
+                x=part.component,
+                y=part.accuracy,
+                name=kind,
+                marker_color=colour,
+                customdata=np.stack([part.top_label_share, part.p_below_chance], -1) if len(part) else None,
+                hovertemplate=(
+                    "<b>%{x}</b><br>accuracy: %{y:.3f}<br>share of most predicted label: %{customdata[0]:.2f}"
+                    "<br>p (below chance): %{customdata[1]:.2g}<extra>" + kind + "</extra>"
+                ),
+            )
+        )
+    fig.add_hline(y=dec.full_accuracy, line_dash="dash", annotation_text=f"full model {dec.full_accuracy:.3f}")
+    fig.add_hline(y=dec.chance, line_dash="dot", annotation_text="chance")
+    fig.update_layout(
+        title=f"Accuracy of each component alone ({dec.n_prompts} prompts)",
+        xaxis={"title": "component", "categoryorder": "array", "categoryarray": df.component.tolist()},
+        yaxis={"title": "accuracy over the label set", "range": [0, 1]},
+        legend={"title": "kind", "orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def stability_scatter(stab: ComponentStability, axis: str = "demo set", pair: int = 0) -> go.Figure:
+    """Accuracy of every component in run ``a`` against run ``b`` of one pair along ``axis``.
+
+    Raises:
+        ValueError: an unknown axis or a pair index out of range.
+    """
+    part = stab.df[stab.df.axis == axis].reset_index(drop=True)
+    if axis not in ("demo set", "template") or not 0 <= pair < len(part):
+        raise ValueError(f"axis must be 'demo set' or 'template' with pair in [0, {len(part)}); got {axis!r}, {pair}")
+    row = part.iloc[pair]
+    templates = list(stab.templates)
+    if axis == "demo set":
+        t = templates.index(row.fixed)
+        x, y = stab.accuracies[t, int(row.a)], stab.accuracies[t, int(row.b)]
+        xlab, ylab = f"demo set {row.a}", f"demo set {row.b}"
+    else:
+        d = int(row.fixed)
+        x, y = stab.accuracies[templates.index(row.a), d], stab.accuracies[templates.index(row.b), d]
+        xlab, ylab = f"template {row.a!r}", f"template {row.b!r}"
+    fig = go.Figure(
+        go.Scatter(
+            x=x.numpy(),
+            y=y.numpy(),
+            mode="markers",
+            text=list(stab.names),
+            name="components",
+            hovertemplate="<b>%{text}</b><br>" + xlab + ": %{x:.3f}<br>" + ylab + ": %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[row.full_accuracy_a],
+            y=[row.full_accuracy_b],
+            mode="markers",
+            marker={"symbol": "star", "size": 16, "color": "black"},
+            name="full model",
+            hovertemplate="<b>full model</b><br>%{x:.3f} vs %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="y = x"))
+    fig.update_layout(
+        title=f"Component accuracy across {axis}s: Pearson r = {row.pearson:.2f}, top-{stab.config.get('top', 5)} IoU = {row.top_iou:.2f}",
+        xaxis={"title": f"accuracy alone, {xlab}", "range": [0, 1]},
+        yaxis={"title": f"accuracy alone, {ylab}", "range": [0, 1]},
+    )
+    return fig
+
+
+def comparison_bars(result: ReweightingComparison) -> go.Figure:
+    """Test accuracy of each method, mean ± std over seeds and templates."""
+    table = result.table()
+    fig = go.Figure(
+        go.Bar(
+            x=table.method,
+            y=table["mean"],
+            error_y={"type": "data", "array": table["std"]},
+            customdata=table["runs"],
+            hovertemplate="%{x}: %{y:.3f} ± %{error_y.array:.3f} (%{customdata} runs)<extra></extra>",
+        )
+    )
+    fig.add_hline(y=1 / len(result.label_words), line_dash="dot", annotation_text="chance")
+    fig.update_layout(
+        title=f"Test accuracy with K={result.config['k']} labelled examples (mean ± std over seeds and templates)",
+        xaxis_title="method",
+        yaxis={"title": "accuracy over the label set", "range": [0, 1]},
+    )
+    return fig
