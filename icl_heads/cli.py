@@ -182,34 +182,55 @@ def section_bias(ctx: Context, report) -> None:
     report.figure(parts, major.plot())
     report.numbers(parts, recent.summary())
     report.figure(parts, recent.plot())
+
+    def attempt(name: str, run: Callable[[], Any]) -> Any:
+        try:
+            return run()
+        except ValueError as err:  # e.g. no bias to reduce on these prompts
+            logger.warning("%s correction skipped: %s", name, err)
+            skipped[name] = str(err)
+            return None
+
+    skipped: dict[str, str] = {}
     fixes = {
-        "majority (count normalisation)": correct_majority_bias(
-            ctx.model,
-            ctx.task,
-            heads=heads,
-            shots=ctx.args.shots,
-            n=n,
-            seed=seed + 12,
-            tune_n=n // 2,
-            tune_seed=seed + 13,
+        "majority (count normalisation)": attempt(
+            "majority",
+            lambda: correct_majority_bias(
+                ctx.model,
+                ctx.task,
+                heads=heads,
+                shots=ctx.args.shots,
+                n=n,
+                seed=seed + 12,
+                tune_n=n // 2,
+                tune_seed=seed + 13,
+            ),
         ),
-        "recency (positional prior)": correct_recency_bias(
-            ctx.model, ctx.task, heads=heads, n=n, seed=seed + 14, tune_n=n // 2, tune_seed=seed + 15
+        "recency (positional prior)": attempt(
+            "recency",
+            lambda: correct_recency_bias(
+                ctx.model, ctx.task, heads=heads, n=n, seed=seed + 14, tune_n=n // 2, tune_seed=seed + 15
+            ),
         ),
     }
     report.text(parts, "Corrections: hyperparameters tuned on held-out prompts, measured on other prompts.")
-    for name, fix in fixes.items():
+    for (name, fix), kind in zip(fixes.items(), ("majority", "recency"), strict=True):
         report.text(parts, name)
+        if fix is None:
+            report.text(parts, f"Not applicable on these prompts: {skipped[kind]}.")
+            continue
         report.numbers(parts, fix.summary())
         report.figure(parts, fix.plot())
     major.df.to_csv(ctx.out / "results" / "majority_bias.csv", index=False)
     recent.df.to_csv(ctx.out / "results" / "recency_bias.csv", index=False)
     for name, fix in zip(("majority_correction", "recency_correction"), fixes.values(), strict=True):
-        fix.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
+        if fix is not None:
+            fix.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
     ctx.summary["bias"] = {
         "majority": major.summary(),
         "recency": recent.summary(),
-        **{name: fix.summary() for name, fix in fixes.items()},
+        **{name: fix.summary() for name, fix in fixes.items() if fix is not None},
+        **({"corrections_skipped": skipped} if skipped else {}),
     }
 
 
@@ -230,7 +251,9 @@ def section_components(ctx: Context, report) -> None:
     report.numbers(parts, stability.summary())
     if hasattr(stability, "plot"):
         report.figure(parts, stability.plot())
-    comparison = compare_reweighting(ctx.model, ctx.task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8))
+    comparison = compare_reweighting(
+        ctx.model, ctx.task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
+    )
     report.numbers(parts, comparison.summary())
     report.figure(parts, comparison.plot())
     report.table(parts, comparison.df)

@@ -78,7 +78,7 @@ def count_normalise(
     return torch.where(balanced, attention, new)
 
 
-def ov_compensation(
+def ov_compensation_delta(
     attention: Float[Tensor, "batch head demo"],
     values: Float[Tensor, "batch head demo d_head"],
     demo_labels: Int[Tensor, "batch demo"],
@@ -285,7 +285,7 @@ class OVCompensation(_Correction):
             rows = torch.arange(z.shape[0], device=dev)
             pos = lp.to(dev).clamp(min=0)
             vals = v[rows[:, None, None], pos[:, None, :], kv[None, :, None]].float()  # [b, head, demo, d]
-            delta = ov_compensation(att * (lp.to(dev) >= 0)[:, None], vals, dl.to(dev), self.a_c)
+            delta = ov_compensation_delta(att * (lp.to(dev) >= 0)[:, None], vals, dl.to(dev), self.a_c)
             z = z.clone()
             final = fp.to(dev) % z.shape[1]
             h = torch.tensor(heads, device=dev)
@@ -373,7 +373,7 @@ def count_normalisation(model: Any, heads: Sequence[Sequence[int]], strength: fl
     return CountNormalisation(check_heads(ModelAccess(model), heads), strength=float(strength))
 
 
-def ov_compensation_hooks(model: Any, heads: Sequence[Sequence[int]], a_c: float = 0.03) -> OVCompensation:
+def ov_compensation(model: Any, heads: Sequence[Sequence[int]], a_c: float = 0.03) -> OVCompensation:
     """An :class:`OVCompensation` for ``model`` (checks the heads).
 
     Raises:

@@ -31,7 +31,7 @@ from icl_heads.bias import (
     recency_bias,
     resolve_heads,
 )
-from icl_heads.corrections import count_normalisation, ov_compensation_hooks, positional_prior, unrotated_attention
+from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
 from icl_heads.results import Result, provenance
@@ -61,7 +61,9 @@ class BiasCorrection(Result):
         method: the correction (``"count"``, ``"ov"``, ``"prior"``, ``"unrotated"``).
         parameter: the tuned hyperparameter's name; ``value``: its chosen value.
         heads: the corrected heads.
-        reduction: relative reduction of the headline bias, in percent.
+        reduction: how much of the headline bias's size is removed, in percent:
+            ``100 * (1 - |after| / |before|)`` (a correction that overshoots to the
+            opposite bias counts the overshoot as remaining bias).
         reduction_ci: its 95% paired bootstrap interval over test prompts.
         accuracy_change: balanced accuracy after minus before (same prompts);
             ``accuracy_change_ci`` its paired 95% interval.
@@ -188,11 +190,11 @@ def tune_correction(
 def _ratio_ci(
     before: np.ndarray, after: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int
 ) -> tuple[float, float]:
-    """Percentile interval of ``100 * (1 - stat(after) / stat(before))`` resampling prompts (last axis) jointly."""
+    """Percentile interval of ``100 * (1 - |stat(after)| / |stat(before)|)``, resampling prompts (last axis) jointly."""
     n = before.shape[-1]
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     b, a = stat(before[..., idx]), stat(after[..., idx])
-    red = 100 * (1 - a / np.where(b == 0, np.nan, b))
+    red = 100 * (1 - np.abs(a) / np.where(b == 0, np.nan, np.abs(b)))
     red = red[np.isfinite(red)]
     if red.size == 0:
         raise ValueError("the bias before correction is zero in every resample; there is nothing to reduce")
@@ -269,7 +271,7 @@ def _evaluate(
         parameter=parameter,
         value=value,
         heads=tuple(heads),
-        reduction=100 * (1 - float(stat(stat_a)) / b0),
+        reduction=100 * (1 - abs(float(stat(stat_a))) / abs(b0)),
         reduction_ci=_ratio_ci(stat_b, stat_a, stat, n_boot, seed),
         accuracy_change=float(diff.mean()),
         accuracy_change_ci=bootstrap_ci(diff.numpy(), n_boot=n_boot, seed=seed),
@@ -341,7 +343,7 @@ def correct_majority_bias(
     task = _check_common(task, seed, tune_seed, method, MAJORITY_METHODS)
     parameter, default_grid = MAJORITY_METHODS[method]
     heads = resolve_heads(model, heads, task.prompts(tune_n, shots, seed=tune_seed))
-    make = count_normalisation if method == "count" else ov_compensation_hooks
+    make = count_normalisation if method == "count" else ov_compensation
 
     def build(value: float) -> Hooks:
         return make(model, heads, value)

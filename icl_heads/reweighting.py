@@ -14,6 +14,7 @@ examples, compared on a test set with ``K``-shot ICL and Calib+.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -28,8 +29,10 @@ from tqdm.auto import tqdm
 from icl_heads.accuracy import predict
 from icl_heads.decomposition import Decomposition, balanced_sample, decompose, fixed_demo_prompts
 from icl_heads.models import ModelAccess
-from icl_heads.prompts import ICLTask
+from icl_heads.prompts import ICLTask, PromptTooLongError
 from icl_heads.results import Result, provenance
+
+logger = logging.getLogger("icl_heads")
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -404,7 +407,7 @@ class ReweightingComparison(Result):
         Raises:
             KeyError: an unknown method.
         """
-        baseline = baseline or f"ICL-{self.config['k']}"
+        baseline = baseline or self.baseline
         wide = self.df.pivot_table(index=["seed", "template"], columns="method", values="accuracy")
         for m in (method, baseline):
             if m not in wide:
@@ -412,10 +415,18 @@ class ReweightingComparison(Result):
         diff = (wide[method] - wide[baseline]).to_numpy()
         return float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
 
+    @property
+    def baseline(self) -> str:
+        """``ICL-{k}``, or ``ICL-{k_demo}`` when the ``k``-shot prompts did not fit the context."""
+        k = self.config["k"] if f"ICL-{self.config['k']}" in set(self.df.method) else self.config["k_demo"]
+        return f"ICL-{k}"
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {r.method: f"{r.mean:.3f} ± {r.std:.3f}" for r in self.table().itertuples()}
+        if skipped := self.config.get("icl_k_skipped"):
+            out[f"ICL-{self.config['k']}"] = f"not run: {skipped}"
         m, s = self.margin()
-        out[f"reweighting - ICL-{self.config['k']}"] = f"{m:+.3f} ± {s:.3f}"
+        out[f"reweighting - {self.baseline}"] = f"{m:+.3f} ± {s:.3f}"
         return out
 
     def plot(self) -> go.Figure:
@@ -435,6 +446,7 @@ def compare_reweighting(
     templates: Sequence[str] | None = None,
     n_test: int = 200,
     reweighting: dict[str, Any] | None = None,
+    icl_k: bool | None = True,
     batch_size: int = 32,
     progress: bool = False,
 ) -> ReweightingComparison:
@@ -456,6 +468,10 @@ def compare_reweighting(
         templates: templates to run.
         n_test: test queries.
         reweighting: hyperparameters for :class:`ComponentReweighting` (``random_state`` defaults to the seed).
+        icl_k: run the ``ICL-{k}`` baseline: True (its prompts must fit the
+            context), False (skip it), or None (run it where its prompts fit the
+            context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and
+            compare against ``ICL-{k_demo}``).
         batch_size: prompts per forward pass.
         progress: show a progress bar.
 
@@ -464,7 +480,8 @@ def compare_reweighting(
 
     Raises:
         ValueError: ``k_demo`` not in ``[1, k)`` or too few examples.
-        PromptTooLongError: ``k`` demonstrations do not fit the model's context.
+        PromptTooLongError: ``k`` demonstrations do not fit the model's context
+            and ``icl_k`` is True.
     """
     if not 1 <= k_demo < k:
         raise ValueError(f"need 1 <= k_demo < k to leave training examples, got k={k}, k_demo={k_demo}")
@@ -473,7 +490,7 @@ def compare_reweighting(
     templates = tuple(templates) if templates is not None else (task.template,)
     labels = np.asarray(task.labels)
     access = ModelAccess(model)
-    rows, weights, names = [], [], ()
+    rows, weights, names, skipped = [], [], (), None
     for seed in tqdm(list(seeds), desc="reweighting runs", disable=not progress):
         rng = np.random.default_rng(seed)
         test = balanced_sample(labels, n_test, rng)
@@ -486,17 +503,29 @@ def compare_reweighting(
             dec_test = decompose(access, fixed_demo_prompts(t_task, demos, test), batch_size=batch_size)
             rw = ComponentReweighting(**{"random_state": seed, **(reweighting or {})}).fit(dec_train)
             cal = CalibPlus().fit(dec_train)
-            icl_k = predict(access, fixed_demo_prompts(t_task, labelled, test), batch_size=batch_size)
             base = {"seed": seed, "template": template}
+            rows.append({**base, "method": f"ICL-{k_demo}", "accuracy": dec_test.full_accuracy})
+            if icl_k is not False and skipped is None:
+                try:
+                    many = predict(access, fixed_demo_prompts(t_task, labelled, test), batch_size=batch_size)
+                    rows.append({**base, "method": f"ICL-{k}", "accuracy": float(many.correct.float().mean())})
+                except PromptTooLongError as err:
+                    if icl_k:
+                        raise
+                    skipped = str(err)
+                    logger.warning("ICL-%d baseline skipped: %s", k, err)
+                    rows = [r for r in rows if r["method"] != f"ICL-{k}"]
             rows += [
-                {**base, "method": f"ICL-{k_demo}", "accuracy": dec_test.full_accuracy},
-                {**base, "method": f"ICL-{k}", "accuracy": float(icl_k.correct.float().mean())},
                 {**base, "method": "Calib+", "accuracy": cal.score(dec_test)},
                 {**base, "method": "reweighting", "accuracy": rw.score(dec_test), "kept": len(rw.kept_components_)},
             ]
             weights.append(torch.tensor(rw.weights_, dtype=torch.float32))
             names = dec_test.names
     config = {"k": k, "k_demo": k_demo, "seeds": list(seeds), "n_test": n_test, "reweighting": reweighting or {}}
+    if icl_k is False:
+        skipped = "not requested (icl_k=False)"
+    if skipped is not None:
+        config["icl_k_skipped"] = skipped
     return ReweightingComparison(
         df=pd.DataFrame(rows),
         weights=torch.stack(weights),

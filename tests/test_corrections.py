@@ -1,3 +1,4 @@
+import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -12,7 +13,7 @@ from icl_heads.corrections import (
     count_normalisation,
     count_normalise,
     ov_compensation,
-    ov_compensation_hooks,
+    ov_compensation_delta,
     positional_prior,
     rescore_row,
     slot_reweight,
@@ -42,14 +43,14 @@ def test_count_normalise_and_ov_compensation_do_nothing_when_balanced():
     labels = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 1, 0, 0, -1, -1], [2, 0, 1, 2, 1, 0]])
     assert torch.equal(count_normalise(att, labels, strength=2.5), att)
     values = torch.randn(3, 4, 6, 5)
-    assert torch.equal(ov_compensation(att, values, labels, a_c=0.7), torch.zeros(3, 4, 5))
+    assert torch.equal(ov_compensation_delta(att, values, labels, a_c=0.7), torch.zeros(3, 4, 5))
 
 
 def test_ov_compensation_adds_scaled_minority_values():
     att = torch.tensor([[[0.1, 0.2, 0.3, 0.4]]])
     values = torch.arange(8.0).view(1, 1, 4, 2)
     labels = torch.tensor([[0, 0, 0, 1]])  # label 1 is the minority, 3:1
-    got = ov_compensation(att, values, labels, a_c=0.5)
+    got = ov_compensation_delta(att, values, labels, a_c=0.5)
     torch.testing.assert_close(got, (0.5 * 3 / 1 * 0.4 * values[0, 0, 3])[None, None])
 
 
@@ -82,7 +83,7 @@ def _run(access, batch, hooks=(), layers=None):
 
 
 def _corrections(model, heads, prompts):
-    out = [count_normalisation(model, heads, 1.5), ov_compensation_hooks(model, heads, 0.8)]
+    out = [count_normalisation(model, heads, 1.5), ov_compensation(model, heads, 0.8)]
     out.append(positional_prior(model, heads, prompts, strength=2.0))
     if ModelAccess(model).rotary and "native" not in type(model).__name__.lower():
         try:
@@ -98,7 +99,7 @@ def test_majority_corrections_change_nothing_with_balanced_counts(any_model, tas
     base, _ = access.run(batch)
     for corr in (
         count_normalisation(any_model, [(0, 1), (1, 2)], 3.0),
-        ov_compensation_hooks(any_model, [(1, 0)], 2.0),
+        ov_compensation(any_model, [(1, 0)], 2.0),
     ):
         got, _ = access.run(batch, hooks=corr)
         torch.testing.assert_close(got, base, atol=1e-6, rtol=0)
@@ -107,7 +108,7 @@ def test_majority_corrections_change_nothing_with_balanced_counts(any_model, tas
     base, _ = access.run(batch)
     for corr in (
         count_normalisation(any_model, [(0, 1), (1, 2)], 3.0),
-        ov_compensation_hooks(any_model, [(1, 0)], 2.0),
+        ov_compensation(any_model, [(1, 0)], 2.0),
     ):
         assert (access.run(batch, hooks=corr)[0] - base).abs().max() > 1e-4
 
@@ -272,7 +273,7 @@ def test_count_normalisation_and_ov_remove_a_label_counters_bias(copier):
     assert (before[:, 0] > before[:, 1] + 0.1).all()  # the counter prefers the majority
     # uniform attention: count normalisation gives each label equal mass; the OV compensation adds the
     # minority's values a_c * 3 / 1 times, which makes up the 3:1 difference when 1 + 3 a_c = 3
-    for corr in (count_normalisation(copier, [(1, 0)], 1.0), ov_compensation_hooks(copier, [(1, 0)], 2 / 3)):
+    for corr in (count_normalisation(copier, [(1, 0)], 1.0), ov_compensation(copier, [(1, 0)], 2 / 3)):
         after = ih.icl_accuracy(copier, prompts, hooks=corr).label_logits
         torch.testing.assert_close(after[:, 0], after[:, 1], atol=1e-5, rtol=1e-5)
 
@@ -304,6 +305,14 @@ def test_tuning_and_evaluation_on_a_label_counter(copier, tmp_path):
     fig = res.plot()
     assert isinstance(fig, go.Figure) and "reduction" in fig.layout.title.text
     assert "reduction %" in res.summary()
+
+
+def test_reduction_counts_overshoot_as_remaining_bias():
+    from icl_heads.debias import _ratio_ci
+
+    before, after = np.full(50, 0.2), np.full(50, -0.05)  # overshoot to a quarter of the bias, reversed
+    lo, hi = _ratio_ci(before, after, lambda x: x.mean(-1), n_boot=50, seed=0)
+    assert lo == pytest.approx(75) and hi == pytest.approx(75)
 
 
 def test_tuning_respects_the_accuracy_limit(models, task):

@@ -160,6 +160,20 @@ def test_compare_reweighting_on_tiny_model(models, task, tmp_path):
         compare_reweighting(models["gpt2"], task, k=4, k_demo=4)
 
 
+def test_compare_reweighting_when_k_shot_prompts_do_not_fit(models, task):
+    from icl_heads.prompts import PromptTooLongError
+
+    with pytest.raises(PromptTooLongError):
+        compare_reweighting(models["gpt2"], task, k=40, k_demo=2, seeds=(0,), n_test=6)
+    for icl_k in (None, False):
+        res = compare_reweighting(models["gpt2"], task, k=40, k_demo=2, seeds=(0, 1), n_test=6, icl_k=icl_k)
+        assert list(res.table().method) == ["ICL-2", "Calib+", "reweighting"]
+        assert res.baseline == "ICL-2"
+        summary = res.summary()
+        assert summary["ICL-40"].startswith("not run") and "reweighting - ICL-2" in summary
+        assert ("context" if icl_k is None else "icl_k=False") in res.config["icl_k_skipped"]
+
+
 @pytest.mark.slow
 def test_organism_reweighting_beats_24_shot_icl(organism):
     task = organism_task(max_words=6, noise_rate=0.2, seed=31)
