@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--n-prompts", type=int, default=200, help="prompts per measurement (default: 200)")
     a.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cpu)")
     a.add_argument("--seed", type=int, default=0, help="random seed for prompts and baselines (default: 0)")
+    a.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 is fastest for the small organism on a busy machine)",
+    )
     a.add_argument("--out", type=Path, required=True, help="output folder (must be empty or new, unless --force)")
     a.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -249,8 +255,7 @@ def section_components(ctx: Context, report) -> None:
         ctx.model, ctx.task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
     )
     report.numbers(parts, stability.summary())
-    if hasattr(stability, "plot"):
-        report.figure(parts, stability.plot())
+    report.figure(parts, stability.scatter("demo set"))
     comparison = compare_reweighting(
         ctx.model, ctx.task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
     )
@@ -291,6 +296,10 @@ def analyze(args: argparse.Namespace) -> int:
         )
     if args.shots < 1 or args.n_prompts < 8:
         raise SystemExit("icl-heads: use --shots >= 1 and --n-prompts >= 8")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("icl-heads: use --threads >= 1")
+        torch.set_num_threads(args.threads)
     (out / "results").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.time()

@@ -199,7 +199,8 @@ class ModelAccess:
         self.rotary: bool = cfg.positional_embedding_type == "rotary"
         self.centred_norm: bool = str(cfg.normalization_type).startswith("LN")
         self.name: str = str(getattr(cfg, "model_name", None) or type(model).__name__)
-        self._tok_cache: dict[tuple, TokenizedPrompts] = {}
+        # keyed by id(prompts); each entry holds its prompts so that the id cannot be reused while cached
+        self._tok_cache: dict[tuple, tuple[ICLPrompts, TokenizedPrompts]] = {}
 
     # ---- weights -------------------------------------------------------------------
     @property
@@ -293,8 +294,9 @@ class ModelAccess:
             key = (id(prompts), first_token)
             if key not in self._tok_cache:
                 prepend = bool(getattr(self.cfg, "default_prepend_bos", True))
-                self._tok_cache[key] = prompts.tokenize(self.tokenizer, prepend_bos=prepend, first_token=first_token)
-            tp = self._tok_cache[key]
+                tokenized = prompts.tokenize(self.tokenizer, prepend_bos=prepend, first_token=first_token)
+                self._tok_cache[key] = (prompts, tokenized)
+            tp = self._tok_cache[key][1]
         else:
             raise TypeError(
                 f"expected prompts from ICLTask.prompts(...), got {type(prompts).__name__}; "

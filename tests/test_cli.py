@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from icl_heads.cli import main
 from icl_heads.testing import tiny_llama_dir, toy_task
@@ -42,7 +43,12 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
     out = tmp_path / "run"
     args = ["analyze", "--model", str(model), "--data", str(data), "--text-col", "sentence", "--label-col", "topic"]
     args += ["--n-prompts", "16", "--shots", "2", "--out", str(out), "--quiet", "--skip", "mechanism,bias,components"]
-    assert main(args) == 0
+    before = torch.get_num_threads()
+    try:
+        assert main([*args, "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_prompts"] == 16 and 0 <= summary["accuracy"] <= 1
     assert len(summary["in_context_heads"]) == 1
@@ -61,6 +67,11 @@ def test_refuses_to_overwrite_without_force(data_and_model, tmp_path):
     with pytest.raises(SystemExit, match="--force"):
         main([*base, "--out", str(out)])
     assert (out / "mine.txt").read_text() == "keep me"
+
+
+def test_bad_thread_count_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="--threads >= 1"):
+        main(["analyze", "--threads", "0", "--out", str(tmp_path / "x")])
 
 
 def test_unknown_task_is_a_clear_error(tmp_path):
