@@ -4,8 +4,9 @@ Run::
 
     python benchmarks/bench_find_heads.py [--model organism|gpt2-small-shaped] [--n 256] [--threads 1]
 
-Each measurement runs in a fresh subprocess so that its peak memory (max RSS above
-the process's state after loading the model and tokenizing) is its own. Times are
+Each measurement runs in a fresh subprocess; its peak memory is the largest resident
+set size, sampled every 2 ms, above the process's state after loading the model,
+tokenizing and one single-prompt warm-up pass. Times are
 wall-clock seconds of one run; the ratios are what to read (machines are noisy).
 The per-head ablation sweep is timed on ``--sweep-n`` prompts and scaled linearly to
 ``--n`` prompts (its cost is linear in prompts: one forward pass per head).
@@ -19,12 +20,43 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class _PeakRSS:
+    """Sample the resident set size every few milliseconds: the peak above the starting point.
+
+    The kernel's high-water mark (``ru_maxrss``) is already set by loading the model,
+    whose temporary copies are freed before the measurement starts, so it cannot see a
+    pass that needs less than loading did.
+    """
+
+    def __enter__(self) -> _PeakRSS:
+        self.start = self.peak = _current_rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _current_rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _current_rss_mb())
+
+    @property
+    def mb(self) -> float:
+        return max(self.peak - self.start, 0.0)
 
 
 def _model(kind: str, tmp: Path):
@@ -60,29 +92,29 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
     access = ih.ModelAccess(model)
     tp = access.tokenize(organism_task(seed=5).prompts(n, 4, seed=5))
     batches = list(access.batches(tp, batch_size))
-    with torch.inference_mode():  # warm up kernels and allocator on one full batch
+    with torch.inference_mode():  # warm up kernels on one prompt: a full batch would set the peak RSS
         for _ in range(2):
-            model(batches[0].tokens)
-    before = _rss_mb()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        if what == "forward":
-            for b in batches:
-                model(b.tokens)
-        elif what == "run_with_cache":
-            for b in batches:
-                _, cache = model.run_with_cache(b.tokens)
-                del cache
-        elif what in ("dla", "logprob_increase"):
-            ih.score_heads(model, tp, methods=(what,), batch_size=batch_size)
-        elif what == "ablation_sweep":
-            for layer in range(access.n_layers):
-                for head in range(access.n_heads):
-                    ih.accuracy.predict(access, tp, hooks=ih.HeadAblation(((layer, head),)), batch_size=batch_size)
-        elif what == "ablation_batched":
-            ih.score_heads(model, tp, methods=("ablation",), batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    return {"what": what, "seconds": seconds, "peak_mb": max(_rss_mb() - before, 0.0), "n": n}
+            model(batches[0].tokens[:1])
+    with _PeakRSS() as rss:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if what == "forward":
+                for b in batches:
+                    model(b.tokens)
+            elif what == "run_with_cache":
+                for b in batches:
+                    _, cache = model.run_with_cache(b.tokens)
+                    del cache
+            elif what in ("dla", "logprob_increase"):
+                ih.score_heads(model, tp, methods=(what,), batch_size=batch_size)
+            elif what == "ablation_sweep":
+                for layer in range(access.n_layers):
+                    for head in range(access.n_heads):
+                        ih.accuracy.predict(access, tp, hooks=ih.HeadAblation(((layer, head),)), batch_size=batch_size)
+            elif what == "ablation_batched":
+                ih.score_heads(model, tp, methods=("ablation",), batch_size=batch_size)
+        seconds = time.perf_counter() - start
+    return {"what": what, "seconds": seconds, "peak_mb": rss.mb, "n": n}
 
 
 def main() -> None:
@@ -113,17 +145,21 @@ def main() -> None:
     base = next(r for r in rows if r["what"] == "forward")
     cache = next(r for r in rows if r["what"] == "run_with_cache")
     sweep = next(r for r in rows if r["what"] == "ablation_sweep")
-    print(f"model={args.model} prompts={args.n} batch={args.batch_size} threads={args.threads}")
-    print(
-        f"{'method':<18}{'s (n prompts)':>14}{'peak MB':>10}{'time/fwd':>10}{'mem/fwd':>9}{'cache mem/x':>12}{'sweep/x':>9}"
-    )
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b > 0.5 else "n/a"  # below 0.5 MB the sampled RSS is noise
+
+    print(f"model `{args.model}`, {args.n} prompts (4-shot organism task), batch {args.batch_size}, "
+          f"{args.threads} thread(s); sweep timed on {args.sweep_n} prompts and scaled")  # fmt: skip
+    print()
+    print("| pass | seconds | peak MB | time / forward | memory / forward | run_with_cache memory / this | "
+          "sweep time / this |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        t = r["seconds_per_n"]
-        mem = r["peak_mb"]
+        t, mem = r["seconds_per_n"], r["peak_mb"]
         print(
-            f"{r['what']:<18}{t:>14.2f}{mem:>10.1f}{t / base['seconds_per_n']:>10.2f}"
-            f"{mem / max(base['peak_mb'], 1e-9):>9.2f}{cache['peak_mb'] / max(mem, 1e-9):>12.1f}"
-            f"{sweep['seconds_per_n'] / t:>9.1f}"
+            f"| {r['what']} | {t:.2f} | {mem:.1f} | {t / base['seconds_per_n']:.2f} | {ratio(mem, base['peak_mb'])} "
+            f"| {ratio(cache['peak_mb'], mem) if mem > 0.5 else 'n/a'} | {sweep['seconds_per_n'] / t:.1f} |"
         )
 
 

@@ -11,6 +11,7 @@ interval) and the balanced accuracy before and after.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -44,6 +45,8 @@ RECENCY_METHODS = {
     "prior": ("strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)),
     "unrotated": ("mix", (0.0, 0.25, 0.5, 0.75, 1.0)),
 }
+
+logger = logging.getLogger("icl_heads")
 
 
 @dataclass(frozen=True, repr=False)
@@ -184,6 +187,12 @@ def tune_correction(
     pool = table[table.allowed] if table.allowed.any() else table.nsmallest(1, "accuracy_drop")
     best = float(pool.loc[pool.bias.abs().idxmin(), "value"])
     table["chosen"] = table.value == best
+    if (table.bias == 0).all():
+        logger.warning(
+            "the %s bias is 0 on the %d tuning prompts at every value tried, so there is nothing to tune and %g "
+            "was chosen; use more tuning prompts (tune_n) or a setting where the bias shows",
+            kind, n, best,
+        )  # fmt: skip
     return best, table
 
 

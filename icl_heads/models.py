@@ -260,9 +260,15 @@ class ModelAccess:
         b = self._ln_final_param("b")
         return b.float() if b is not None else torch.zeros(self.d_model, device=self.W_U.device)
 
-    def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-        """``x @ W_U`` in float32 on ``W_U``'s device (no bias)."""
-        return x.float().to(self.W_U.device) @ self.W_U.float()
+    def unembed(self, x: Float[Tensor, "... d_model"], tokens: Tensor | None = None) -> Float[Tensor, "... d_vocab"]:
+        """``x @ W_U`` in float32 on ``W_U``'s device (no bias); only the ``tokens`` columns if given.
+
+        ``x`` is made contiguous first: a strided ``x`` (e.g. an einsum's output) makes
+        the matrix product several times slower on CPU.
+        """
+        w = self.W_U if tokens is None else self.W_U[:, tokens.to(self.W_U.device)]
+        x = x.float().to(w.device).contiguous()
+        return (x.reshape(-1, x.shape[-1]) @ w.float()).reshape(*x.shape[:-1], w.shape[-1])
 
     # ---- hook names ------------------------------------------------------------------
     @staticmethod

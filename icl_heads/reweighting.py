@@ -425,8 +425,11 @@ class ReweightingComparison(Result):
         out: dict[str, Any] = {r.method: f"{r.mean:.3f} ± {r.std:.3f}" for r in self.table().itertuples()}
         if skipped := self.config.get("icl_k_skipped"):
             out[f"ICL-{self.config['k']}"] = f"not run: {skipped}"
-        m, s = self.margin()
-        out[f"reweighting - {self.baseline}"] = f"{m:+.3f} ± {s:.3f}"
+        methods = set(self.df.method)
+        for baseline in dict.fromkeys((self.baseline, f"ICL-{self.config['k_demo']}", "Calib+")):
+            if baseline in methods:
+                m, s = self.margin(baseline=baseline)
+                out[f"reweighting - {baseline}"] = f"{m:+.3f} ± {s:.3f}"
         return out
 
     def plot(self) -> go.Figure:

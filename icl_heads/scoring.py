@@ -12,7 +12,8 @@ prompts (DESIGN §2a):
   many heads per forward pass by stacking copies of the batch).
 
 ``logprob_increase`` and ``dla`` come from one forward pass per batch that keeps only
-``resid_pre``, ``hook_z`` and the final norm's scale at the final position.
+``hook_z`` (and ``resid_pre`` for ``logprob_increase``) and the final norm's scale at
+the final position.
 """
 
 from __future__ import annotations
@@ -32,31 +33,43 @@ METHODS = ("logprob_increase", "dla", "ablation")
 
 
 def _per_prompt_fast(
-    access: ModelAccess, batch: PromptBatch, label_ids: Tensor
-) -> tuple[Float[Tensor, "batch layer head"], Float[Tensor, "batch layer head"]]:
-    """Per-prompt ``logprob_increase`` and ``dla`` of every head, from one forward pass."""
+    access: ModelAccess, batch: PromptBatch, label_ids: Tensor, logprob: bool = True
+) -> tuple[Float[Tensor, "batch layer head"] | None, Float[Tensor, "batch layer head"]]:
+    """Per-prompt ``logprob_increase`` (if ``logprob``) and ``dla`` of every head, from one forward pass.
+
+    ``dla`` needs only the label tokens' columns of ``W_U``; ``logprob_increase`` needs
+    the whole vocabulary (one ``[batch, head, vocab]`` product per layer).
+    """
     L = access.n_layers
-    caps = [Capture(access.hook(layer, "resid_pre")) for layer in range(L)]
-    caps += [Capture(access.hook(layer, "z")) for layer in range(L)]
+    caps = [Capture(access.hook(layer, "z")) for layer in range(L)]
+    if logprob:
+        caps += [Capture(access.hook(layer, "resid_pre")) for layer in range(L)]
     caps.append(Capture("ln_final.hook_scale"))
     _, got = access.run(batch, capture=caps)
-    scale = got["ln_final.hook_scale"]
-    bias = access.unembed(access.final_norm_bias()) + access.b_U.float()
-    gold = label_ids.to(access.device)[batch.golds.to(access.device)]
-    rows = torch.arange(len(gold), device=access.device)
+    scale = got["ln_final.hook_scale"].to(access.device)
     lab = label_ids.to(access.device)
-    lpi = torch.zeros(len(gold), L, access.n_heads)
+    golds = batch.golds.to(access.device)
+    gold = lab[golds]
+    rows = torch.arange(len(gold), device=access.device)
+    if logprob:
+        bias = access.unembed(access.final_norm_bias()) + access.b_U.float()
+    lpi = torch.zeros(len(gold), L, access.n_heads) if logprob else None
     dla = torch.zeros(len(gold), L, access.n_heads)
     for layer in range(L):
-        x = got[access.hook(layer, "resid_pre")].to(access.device)
         z = got[access.hook(layer, "z")].to(access.device)  # [b, head, d_head]
-        o = torch.einsum("bhd,hdm->bhm", z, access.W_O(layer).float())
-        u_x = access.unembed(access.final_norm(x, scale.to(x.device))) + bias  # [b, vocab]
-        u_o = access.unembed(access.final_norm(o, scale.to(o.device)[:, None]))  # [b, head, vocab]
-        base = u_x.log_softmax(-1)[rows, gold]
-        with_o = (u_x[:, None] + u_o).log_softmax(-1)[rows, :, gold]
-        lpi[:, layer] = (with_o - base[:, None]).cpu()
-        dla[:, layer] = (u_o[rows, :, gold] - u_o[:, :, lab].mean(-1)).cpu()
+        o = access.final_norm(torch.einsum("bhd,hdm->bhm", z, access.W_O(layer).float()), scale[:, None])
+        if logprob:
+            assert lpi is not None
+            x = got[access.hook(layer, "resid_pre")].to(access.device)
+            u_x = access.unembed(access.final_norm(x, scale.to(x.device))) + bias  # [b, vocab]
+            u_o = access.unembed(o)  # [b, head, vocab]
+            base = u_x.log_softmax(-1)[rows, gold]
+            with_o = (u_x[:, None] + u_o).log_softmax(-1)[rows, :, gold]
+            lpi[:, layer] = (with_o - base[:, None]).cpu()
+            u_lab = u_o[:, :, lab.to(u_o.device)]
+        else:
+            u_lab = access.unembed(o, lab)  # [b, head, label]
+        dla[:, layer] = (u_lab[rows, :, golds.to(u_lab.device)] - u_lab.mean(-1)).cpu()
     return lpi, dla
 
 
@@ -140,8 +153,8 @@ def score_heads(
     batches = list(access.batches(tp, batch_size, padding_side))
     for batch in tqdm(batches, desc="scoring heads", disable=not progress):
         if "logprob_increase" in methods or "dla" in methods:
-            lpi, dla = _per_prompt_fast(access, batch, label_ids)
-            if "logprob_increase" in methods:
+            lpi, dla = _per_prompt_fast(access, batch, label_ids, logprob="logprob_increase" in methods)
+            if lpi is not None:
                 parts["logprob_increase"].append(lpi)
             if "dla" in methods:
                 parts["dla"].append(dla)

@@ -26,48 +26,62 @@ from icl_heads.plots.mechanism import plot_auc_heatmap
 OUT = Path(__file__).resolve().parent.parent / "docs" / "figures"
 
 
-def save(fig, name: str) -> None:
+def save(fig, name: str, result=None) -> None:
+    """Write ``fig`` as ``docs/figures/{name}.png``; print ``result``'s summary (the numbers the figure shows)."""
     fig.write_image(OUT / f"{name}.png", width=900, height=520, scale=1.5)
     print(f"  wrote docs/figures/{name}.png")
+    if result is not None:
+        for key, value in result.summary().items():
+            print(f"    {key}: {value}")
+
+
+def show(result, name: str):
+    """Save ``result.plot()`` as ``name`` and print its summary; returns ``result``."""
+    save(result.plot(), name, result)
+    return result
 
 
 def heads(model, n: int) -> tuple:
     task = ih.organism_task()
     prompts, held_out = task.prompts(n, 4, seed=0), task.prompts(n, 4, seed=1)
     found = ih.find_in_context_heads(model, prompts, also=("dla", "ablation"), verify_prompts=held_out)
-    save(found.heatmap(), "heads_logprob_increase")
+    save(found.heatmap(), "heads_logprob_increase", found)
     save(found.heatmap(method="ablation"), "heads_ablation")
     save(found.plot_verification(), "heads_verification")
     curve = ih.ablation_curve(model, held_out, found.score_table("ablation"), ks=(1, 2, 4, 8), n_random=10)
     save(ablation_curve_figure(curve), "heads_ablation_curve")
+    print(curve.to_string(index=False))
     return found, held_out
 
 
 def mechanism(model, found, held_out) -> None:
-    save(ih.ov_label_features(model, held_out, found.heads).plot(), "mechanism_ov")
-    save(ih.qk_label_attention(model, held_out, found.heads).plot(), "mechanism_qk")
-    save(plot_auc_heatmap(ih.two_tower_test(model, held_out)), "mechanism_two_tower_auc")
-    save(ih.flip_analysis(model, held_out, heads=found.heads, resample_demos=True).plot(), "mechanism_flip")
+    show(ih.ov_label_features(model, held_out, found.heads), "mechanism_ov")
+    show(ih.qk_label_attention(model, held_out, found.heads), "mechanism_qk")
+    towers = ih.two_tower_test(model, held_out)
+    save(plot_auc_heatmap(towers), "mechanism_two_tower_auc", towers)
+    show(ih.flip_analysis(model, held_out, heads=found.heads, resample_demos=True), "mechanism_flip")
 
 
-def bias(model, n: int) -> None:
+def bias(model) -> None:
+    """The settings of docs/organism.md: 1,000 test prompts, 400 tuning prompts (the recency spread needs them)."""
     task = ih.organism_task(template=HELDOUT_TEMPLATES[1], max_words=6, noise_rate=0.3)
-    save(ih.majority_bias(model, task, n=n, seed=100).plot(), "bias_majority")
-    save(ih.recency_bias(model, task, n=n, seed=101).plot(), "bias_recency")
-    kw = {"n": n, "seed": 100, "tune_n": n // 2, "tune_seed": 200}
-    save(ih.correct_majority_bias(model, task, method="count", **kw).plot(), "bias_majority_corrected")
-    save(ih.correct_recency_bias(model, task, method="prior", **kw).plot(), "bias_recency_corrected")
+    show(ih.majority_bias(model, task, n=1000, seed=100), "bias_majority")
+    show(ih.recency_bias(model, task, shots=8, n=1000, seed=100), "bias_recency")
+    kw = {"n": 1000, "seed": 100, "tune_n": 400, "tune_seed": 200}
+    show(ih.correct_majority_bias(model, task, method="count", **kw), "bias_majority_corrected")
+    show(ih.correct_majority_bias(model, task, method="ov", **kw), "bias_majority_ov")
+    show(ih.correct_recency_bias(model, task, method="prior", **kw), "bias_recency_corrected")
+    show(ih.correct_recency_bias(model, task, method="unrotated", **kw), "bias_recency_unrotated")
 
 
 def components(model, n: int) -> None:
     task = ih.organism_task(max_words=6, noise_rate=0.2, seed=1000).with_template(HELDOUT_TEMPLATES[0])
     dec = ih.decompose(model, task.prompts(n, 4, seed=1000))
-    save(dec.heatmap(), "components_heatmap")
+    save(dec.heatmap(), "components_heatmap", dec)
     save(dec.plot_accuracy(), "components_accuracy")
     stability = ih.component_stability(model, task, templates=HELDOUT_TEMPLATES, n=n // 2)
-    save(stability.scatter("template"), "components_stability")
-    cmp = ih.compare_reweighting(model, task, seeds=(1000, 1001, 1002), n_test=n // 2)
-    save(cmp.plot(), "components_reweighting")
+    save(stability.scatter("template"), "components_stability", stability)
+    show(ih.compare_reweighting(model, task, seeds=(1000, 1001, 1002), n_test=n // 2), "components_reweighting")
 
 
 def main() -> None:
@@ -86,7 +100,7 @@ def main() -> None:
         if "mechanism" in parts:
             mechanism(model, found, held_out)
     if "bias" in parts:
-        bias(model, args.n)
+        bias(model)
     if "components" in parts:
         components(model, args.n)
     print(f"done in {time.time() - start:.0f} s")

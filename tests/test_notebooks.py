@@ -23,4 +23,10 @@ def test_notebook_runs(path, tmp_path):
 
 def test_there_are_notebooks():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_find_in_context_heads", "05_bring_your_own_model"} <= names
+    assert {
+        "01_find_in_context_heads",
+        "02_ov_qk_mechanism",
+        "03_bias_and_corrections",
+        "04_components_and_reweighting",
+        "05_bring_your_own_model",
+    } <= names

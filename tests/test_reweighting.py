@@ -149,6 +149,9 @@ def test_compare_reweighting_on_tiny_model(models, task, tmp_path):
     assert (table.runs == 2).all() and table["mean"].between(0, 1).all()
     assert res.weights.shape == (2, len(res.names))
     m, s = res.margin()
+    summary = res.summary()
+    assert {"reweighting - ICL-6", "reweighting - ICL-2", "reweighting - Calib+"} <= set(summary)
+    assert summary["reweighting - ICL-6"] == f"{m:+.3f} ± {s:.3f}"
     wide = res.df.pivot_table(index="seed", columns="method", values="accuracy")
     assert m == pytest.approx((wide["reweighting"] - wide["ICL-6"]).mean())
     assert s == pytest.approx((wide["reweighting"] - wide["ICL-6"]).std(ddof=1))

@@ -113,11 +113,8 @@ def correction_figure(result: BiasCorrection) -> go.Figure:
     fig = make_subplots(
         rows=1,
         cols=3,
-        subplot_titles=(
-            f"{result.kind} bias ({result.config.get('headline', '')})",
-            "accuracy on balanced prompts",
-            f"tuning ({result.parameter}, tuning prompts)",
-        ),
+        horizontal_spacing=0.12,
+        subplot_titles=(f"{result.kind} bias", "accuracy on balanced prompts", f"tuning {result.parameter}"),
     )
     df = result.df.set_index("metric")
     for col, metric in ((1, "bias"), (2, "balanced_accuracy")):
@@ -161,7 +158,8 @@ def correction_figure(result: BiasCorrection) -> go.Figure:
         title=f"{result.method} correction of {result.kind} bias on held-out prompts: "
         f"{result.reduction:.0f}% reduction (95% CI [{lo:.0f}, {hi:.0f}])"
     )
-    fig.update_yaxes(title_text="bias (0 = none)", row=1, col=1)
+    headline = result.config.get("headline", "")
+    fig.update_yaxes(title_text=f"{headline}<br>(0 = no bias)" if headline else "bias (0 = none)", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=2)
     fig.update_xaxes(title_text=result.parameter, row=1, col=3)
     fig.update_yaxes(title_text="bias on tuning prompts", row=1, col=3)
