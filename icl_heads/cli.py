@@ -95,6 +95,31 @@ def records(df) -> list[dict]:
     return [{k: v for k, v in row.items() if v == v} for row in df.to_dict(orient="records")]
 
 
+def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
+    """The task a section runs on: the user's as it is; on the organism, the harder setting where the effect shows.
+
+    The default organism task is nearly solved and unbiased, so the bias section uses a
+    held-out template with longer, noisier sentences (majority and recency bias appear)
+    and the components section the same with a held-out template (the full model is
+    imperfect), as in docs/organism.md.
+    """
+    if ctx.args.data is not None or ctx.args.task != "organism":
+        return ctx.task, None
+    from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
+
+    words, seed = ctx.task.label_words, ctx.args.seed
+    if kind == "bias":
+        task = organism_task(label_words=words, template=HELDOUT_TEMPLATES[1], max_words=6, noise_rate=0.3, seed=seed)
+        note = "sentences of up to 6 words with 30% noise words"
+    else:
+        task = organism_task(label_words=words, template=HELDOUT_TEMPLATES[0], max_words=6, noise_rate=0.2, seed=seed)
+        note = "sentences of up to 6 words with 20% noise words"
+    return task, (
+        f"On the organism this section uses a harder setting than the rest of the report, so that the effect "
+        f"shows: the held-out template {task.template!r} (never seen in training), {note}."
+    )
+
+
 def section_accuracy(ctx: Context, report) -> None:
     import icl_heads as ih
 
@@ -180,10 +205,15 @@ def section_bias(ctx: Context, report) -> None:
     from icl_heads.debias import correct_majority_bias, correct_recency_bias
 
     parts = report.section("Majority-label and recency bias, and their corrections")
+    task, note = _organism_variant(ctx, "bias")
+    if note:
+        report.text(parts, note)
     n, seed = ctx.args.n_prompts, ctx.args.seed
+    # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
+    recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
     heads = ctx.found.heads if ctx.found is not None else None
-    major = majority_bias(ctx.model, ctx.task, shots=ctx.args.shots, n=n, seed=seed + 10, progress=ctx.progress)
-    recent = recency_bias(ctx.model, ctx.task, shots=ctx.args.shots, n=n, seed=seed + 11, heads=heads)
+    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 10, progress=ctx.progress)
+    recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 11, heads=heads)
     report.numbers(parts, major.summary())
     report.figure(parts, major.plot())
     report.numbers(parts, recent.summary())
@@ -203,7 +233,7 @@ def section_bias(ctx: Context, report) -> None:
             "majority",
             lambda: correct_majority_bias(
                 ctx.model,
-                ctx.task,
+                task,
                 heads=heads,
                 shots=ctx.args.shots,
                 n=n,
@@ -215,7 +245,14 @@ def section_bias(ctx: Context, report) -> None:
         "recency (positional prior)": attempt(
             "recency",
             lambda: correct_recency_bias(
-                ctx.model, ctx.task, heads=heads, n=n, seed=seed + 14, tune_n=n // 2, tune_seed=seed + 15
+                ctx.model,
+                task,
+                heads=heads,
+                shots=recency_shots,
+                n=n,
+                seed=seed + 14,
+                tune_n=recency_tune,
+                tune_seed=seed + 15,
             ),
         ),
     }
@@ -245,19 +282,23 @@ def section_components(ctx: Context, report) -> None:
     from icl_heads.reweighting import compare_reweighting
 
     parts = report.section("Components: decomposition, component kinds, stability, reweighting")
-    dec = decompose(ctx.model, ctx.held_out, progress=ctx.progress)
+    task, note = _organism_variant(ctx, "components")
+    if note:
+        report.text(parts, note)
+    held_out = task.prompts(ctx.args.n_prompts, ctx.args.shots, seed=ctx.args.seed + 1) if note else ctx.held_out
+    dec = decompose(ctx.model, held_out, progress=ctx.progress)
     report.numbers(parts, dec.summary())
     report.figure(parts, dec.heatmap())
     report.figure(parts, dec.plot_accuracy())
     kinds = dec.kinds()
     report.table(parts, kinds.sort_values("accuracy", ascending=False), max_rows=15)
     stability = component_stability(
-        ctx.model, ctx.task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
+        ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
     )
     report.numbers(parts, stability.summary())
     report.figure(parts, stability.scatter("demo set"))
     comparison = compare_reweighting(
-        ctx.model, ctx.task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
+        ctx.model, task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
     )
     report.numbers(parts, comparison.summary())
     report.figure(parts, comparison.plot())

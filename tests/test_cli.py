@@ -77,3 +77,22 @@ def test_bad_thread_count_is_a_clear_error(tmp_path):
 def test_unknown_task_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="unknown --task"):
         main(["analyze", "--task", "imdb", "--out", str(tmp_path / "x")])
+
+
+def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(tmp_path):
+    import argparse
+
+    from icl_heads.cli import Context, _organism_variant
+    from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
+
+    task = organism_task()
+    args = argparse.Namespace(data=None, task="organism", seed=3)
+    ctx = Context(
+        args=args, model=None, task=task, prompts=None, held_out=None, out=tmp_path, summary={}, progress=False
+    )
+    for kind, template in (("bias", HELDOUT_TEMPLATES[1]), ("components", HELDOUT_TEMPLATES[0])):
+        harder, note = _organism_variant(ctx, kind)
+        assert harder.template == template and template not in task.template and repr(template) in note
+        assert harder.label_words == task.label_words and harder.classes == task.classes
+    ctx.args = argparse.Namespace(data=tmp_path / "mine.csv", task="organism", seed=3)
+    assert _organism_variant(ctx, "bias") == (task, None)
