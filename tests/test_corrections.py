@@ -332,6 +332,18 @@ def test_tuning_respects_the_accuracy_limit(models, task):
         tune_correction(models["llama"], task, build, [0.0], kind="other", shots=2)
 
 
+def test_tuning_warns_when_there_is_no_bias_to_tune(models, task, monkeypatch, caplog):
+    import types
+
+    import icl_heads.debias as debias
+
+    monkeypatch.setattr(debias, "_measure", lambda *a, **k: types.SimpleNamespace(bias=0.0))
+    with caplog.at_level("WARNING", logger="icl_heads"):
+        value, table = tune_correction(models["gpt2"], task, lambda v: (), [0.0, 2.0], kind="majority", shots=2, n=6)
+    assert value == 0.0 and (table.bias == 0).all()
+    assert "nothing to tune" in caplog.text and "tune_n" in caplog.text
+
+
 def test_evaluation_refuses_tuning_on_test_prompts(models, task):
     with pytest.raises(ValueError, match="tune_seed"):
         correct_majority_bias(models["gpt2"], task, heads=[(0, 0)], seed=3, tune_seed=3)
