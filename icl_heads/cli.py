@@ -21,6 +21,9 @@ from typing import Any
 logger = logging.getLogger("icl_heads")
 
 
+MAX_HEADS_FOR_ABLATION = 512
+
+
 @dataclass
 class Context:
     """Everything the analysis sections share."""
@@ -138,8 +141,12 @@ def section_heads(ctx: Context, report) -> None:
     from icl_heads.plots.heads import ablation_curve_figure
 
     parts = report.section("In-context heads")
+    access = ih.ModelAccess(ctx.model)
+    total = access.n_layers * access.n_heads
+    # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
+    also = ("dla", "ablation") if total <= MAX_HEADS_FOR_ABLATION else ("dla",)
     found = ih.find_in_context_heads(
-        ctx.model, ctx.prompts, also=("dla",), verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
+        ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
     )
     ctx.found = found
     report.numbers(parts, found.summary())
@@ -149,10 +156,29 @@ def section_heads(ctx: Context, report) -> None:
         report.figure(parts, found.heatmap(label=word))
     report.figure(parts, found.plot_verification())
     report.table(parts, found.verification)
-    total = ih.ModelAccess(ctx.model).n_layers * ih.ModelAccess(ctx.model).n_heads
     ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
     curve = ih.ablation_curve(ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=10, seed=ctx.args.seed)
-    report.figure(parts, ablation_curve_figure(curve))
+    report.text(parts, f"Ablating the top heads by {found.method} against random heads of the same number:")
+    report.figure(parts, ablation_curve_figure(curve, by=found.method))
+    if "ablation" in found.scores:
+        report.text(
+            parts,
+            "The ablation score (the drop in the gold label's log-probability when one head is zeroed) finds the "
+            "heads the model cannot do without; where the label writers are redundant these differ from the heads "
+            "with the largest direct effect:",
+        )
+        report.figure(parts, found.heatmap(method="ablation"))
+        by_ablation = ih.ablation_curve(
+            ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=10, seed=ctx.args.seed
+        )
+        report.figure(parts, ablation_curve_figure(by_ablation, by="ablation"))
+        by_ablation.to_csv(ctx.out / "results" / "ablation_curve_by_ablation_score.csv", index=False)
+    else:
+        report.text(
+            parts,
+            f"Ablation scores skipped: the model has {total} heads (more than {MAX_HEADS_FOR_ABLATION}) and they "
+            "cost one forward pass per head; compute them with find_in_context_heads(..., also=('ablation',)).",
+        )
     found.df.to_csv(ctx.out / "results" / "head_scores.csv", index=False)
     found.verification.to_csv(ctx.out / "results" / "head_verification.csv", index=False)
     curve.to_csv(ctx.out / "results" / "ablation_curve.csv", index=False)

@@ -55,7 +55,14 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("Plotly.newPlot") == summary["n_figures"] > 0
     assert "<script src=" not in html and "<script type='text/javascript'>" in html
-    assert {p.name for p in (out / "results").iterdir()} >= {"accuracy.csv", "head_scores.csv", "head_verification.csv"}
+    assert {p.name for p in (out / "results").iterdir()} >= {
+        "accuracy.csv",
+        "head_scores.csv",
+        "head_verification.csv",
+        "ablation_curve.csv",
+        "ablation_curve_by_ablation_score.csv",
+    }
+    assert "top heads by ablation vs random" in html
 
 
 def test_refuses_to_overwrite_without_force(data_and_model, tmp_path):

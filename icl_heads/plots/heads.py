@@ -54,8 +54,8 @@ def verification_bars(found: InContextHeads) -> go.Figure:
     return fig
 
 
-def ablation_curve_figure(curve: pd.DataFrame) -> go.Figure:
-    """Accuracy against the number of ablated heads: top-scoring vs random (95% band)."""
+def ablation_curve_figure(curve: pd.DataFrame, by: str | None = None) -> go.Figure:
+    """Accuracy against the number of ablated heads: top-scoring (by the score ``by``) vs random (95% band)."""
     fig = go.Figure()
     for kind, colour in (("found", "#d62728"), ("random", "#1f77b4")):
         part = curve[curve.kind == kind].sort_values("k")
@@ -76,7 +76,7 @@ def ablation_curve_figure(curve: pd.DataFrame) -> go.Figure:
             )
         )
     fig.update_layout(
-        title="ICL accuracy vs number of ablated heads",
+        title="ICL accuracy vs number of ablated heads" + (f": top heads by {by} vs random" if by else ""),
         xaxis={"title": "heads ablated (k)", "type": "log", "tickvals": sorted(curve.k.unique())},
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
     )
