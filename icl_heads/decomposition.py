@@ -338,8 +338,11 @@ def decompose(
         RuntimeError: the components do not add up to the model's logits (a model
             whose residual stream has terms outside heads, MLPs, embeddings and biases).
 
-    >>> dec = decompose(model, task.prompts(n=64, shots=4))  # doctest: +SKIP
-    >>> better = dec.kinds().query("good").component.tolist()  # beat the whole model  # doctest: +SKIP
+    >>> import icl_heads as ih
+    >>> dec = decompose(ih.load_model("organism"), ih.organism_task().prompts(n=32, shots=4))
+    >>> dec.names[:3], len(dec.names)
+    (('embed', 'L0H0', 'L0H1'), 29)
+    >>> better = dec.kinds().query("good").component.tolist()  # components that beat the whole model
     """
     access = ModelAccess(model)
     tp = access.tokenize(prompts)

@@ -247,9 +247,11 @@ def find_in_context_heads(
         ValueError: an unknown method, a bad ``fraction``/``k``, or bad prompts.
         TypeError: an unsupported model.
 
-    >>> found = find_in_context_heads(model, prompts)  # doctest: +SKIP
-    >>> found.heads  # doctest: +SKIP
-    ((2, 5),)
+    >>> import icl_heads as ih
+    >>> prompts = ih.organism_task().prompts(n=64, shots=4, seed=0)
+    >>> found = find_in_context_heads(ih.load_model("organism"), prompts, verify=False)
+    >>> found.heads, found.names
+    (((1, 1),), ['L1H1'])
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")

@@ -6,9 +6,13 @@ what the package's own functions do, so "final position" means each prompt's own
 final token), use :meth:`HeadAblation.hooks` for a raw forward pass, or use the
 :func:`ablate` context manager around any forward pass of the model.
 
->>> import icl_heads as ih  # doctest: +SKIP
->>> with ih.ablate(model, [(1, 3)]):  # doctest: +SKIP
+>>> import icl_heads as ih
+>>> model = ih.load_model("organism")
+>>> tokens = model.to_tokens(ih.organism_task().prompts(n=2, shots=4).texts(), padding_side="left")
+>>> with ih.ablate(model, [(1, 3)]):
 ...     logits = model(tokens)
+>>> logits.shape[0]
+2
 """
 
 from __future__ import annotations

@@ -144,8 +144,13 @@ class ComponentReweighting(_Estimator):
         n_epochs_: epochs run.
         loss_curve_: training loss per epoch.
 
-    >>> rw = ComponentReweighting(random_state=0).fit(dec_train)  # doctest: +SKIP
-    >>> accuracy, kept = rw.score(dec_test), rw.kept_components_  # doctest: +SKIP
+    >>> import icl_heads as ih
+    >>> model, task = ih.load_model("organism"), ih.organism_task(max_words=6, noise_rate=0.2)
+    >>> dec_train, dec_test = ih.decompose(model, task.prompts(20, 4, seed=1)), ih.decompose(model, task.prompts(60, 4, seed=2))
+    >>> rw = ComponentReweighting(random_state=0).fit(dec_train)
+    >>> accuracy, kept = rw.score(dec_test), rw.kept_components_
+    >>> 0 <= accuracy <= 1 and set(kept) <= set(dec_test.names)
+    True
     """
 
     def __init__(

@@ -166,8 +166,11 @@ def ov_label_features(
         ValueError: ``control_offset == 0``, ``top_k``/``top_rank`` below 1, bad heads or prompts.
         TypeError: an unsupported model.
 
-    >>> ov = ov_label_features(model, prompts, found.heads)  # doctest: +SKIP
-    >>> ov.share("label")  # doctest: +SKIP
+    >>> import icl_heads as ih
+    >>> model, prompts = ih.load_model("organism"), ih.organism_task().prompts(n=32, shots=4)
+    >>> ov = ov_label_features(model, prompts, [(1, 1)])
+    >>> bool(ov.share("label")["L1H1"] > 0.9)  # label positions promote their own label
+    True
     """
     if control_offset == 0:
         raise ValueError("control_offset must not be 0 (that is the label position); use e.g. -1 for the separator")
