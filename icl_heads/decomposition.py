@@ -395,7 +395,9 @@ def decompose(
     )
 
 
-def fixed_demo_prompts(task: ICLTask, demos: Sequence[int], queries: Sequence[int]) -> ICLPrompts:
+def fixed_demo_prompts(
+    task: ICLTask, demos: Sequence[int | np.integer] | np.ndarray, queries: Sequence[int | np.integer] | np.ndarray
+) -> ICLPrompts:
     """Prompts that share one demonstration set: ``demos`` then each query, in order.
 
     Args:
@@ -423,7 +425,9 @@ def fixed_demo_prompts(task: ICLTask, demos: Sequence[int], queries: Sequence[in
     return ICLPrompts(prompts=out, task=task, config=config)
 
 
-def balanced_sample(labels: np.ndarray, n: int, rng: np.random.Generator, exclude: Sequence[int] = ()) -> np.ndarray:
+def balanced_sample(
+    labels: np.ndarray, n: int, rng: np.random.Generator, exclude: Sequence[int | np.integer] | np.ndarray = ()
+) -> np.ndarray:
     """``n`` example indices, as balanced over classes as possible, in random order.
 
     Raises:

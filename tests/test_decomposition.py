@@ -162,7 +162,9 @@ def test_kinds_on_hand_made_components():
 
 def test_from_tensors_checks_shapes():
     with pytest.raises(ValueError, match="components"):
-        Decomposition.from_tensors(torch.zeros(3, 5, 2), torch.zeros(3, 2), torch.zeros(3), n_layers=1, n_heads=4)
+        Decomposition.from_tensors(
+            torch.zeros(3, 5, 2), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), n_layers=1, n_heads=4
+        )
 
 
 def test_figures_and_round_trip(tmp_path):

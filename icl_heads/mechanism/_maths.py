@@ -178,7 +178,7 @@ def _mean(values: pd.Series, mask: np.ndarray, what: str) -> float:
     return float(values[mask].mean())
 
 
-def _ratio(num: float, den: float) -> float:
+def _ratio(num: float | np.floating, den: float | np.floating) -> float:
     if den == 0:
         return 0.0 if num == 0 else float("inf")
-    return num / den
+    return float(num / den)
