@@ -110,16 +110,14 @@ def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
         return ctx.task, None
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
 
-    words, seed = ctx.task.label_words, ctx.args.seed
-    if kind == "bias":
-        task = organism_task(label_words=words, template=HELDOUT_TEMPLATES[1], max_words=6, noise_rate=0.3, seed=seed)
-        note = "sentences of up to 6 words with 30% noise words"
-    else:
-        task = organism_task(label_words=words, template=HELDOUT_TEMPLATES[0], max_words=6, noise_rate=0.2, seed=seed)
-        note = "sentences of up to 6 words with 20% noise words"
+    template, noise = (HELDOUT_TEMPLATES[1], 0.3) if kind == "bias" else (HELDOUT_TEMPLATES[0], 0.2)
+    task = organism_task(
+        label_words=ctx.task.label_words, template=template, max_words=6, noise_rate=noise, seed=ctx.args.seed
+    )
     return task, (
         f"On the organism this section uses a harder setting than the rest of the report, so that the effect "
-        f"shows: the held-out template {task.template!r} (never seen in training), {note}."
+        f"shows: the held-out template {template!r} (never seen in training), sentences of up to 6 words with "
+        f"{noise:.0%} noise words."
     )
 
 
@@ -249,14 +247,14 @@ def section_bias(ctx: Context, report) -> None:
         try:
             return run()
         except ValueError as err:  # e.g. no bias to reduce on these prompts
-            logger.warning("%s correction skipped: %s", name, err)
+            logger.warning("%s skipped: %s", name, err)
             skipped[name] = str(err)
             return None
 
     skipped: dict[str, str] = {}
     fixes = {
         "majority (count normalisation)": attempt(
-            "majority",
+            "majority (count normalisation)",
             lambda: correct_majority_bias(
                 ctx.model,
                 task,
@@ -269,7 +267,7 @@ def section_bias(ctx: Context, report) -> None:
             ),
         ),
         "recency (positional prior)": attempt(
-            "recency",
+            "recency (positional prior)",
             lambda: correct_recency_bias(
                 ctx.model,
                 task,
@@ -283,10 +281,10 @@ def section_bias(ctx: Context, report) -> None:
         ),
     }
     report.text(parts, "Corrections: hyperparameters tuned on held-out prompts, measured on other prompts.")
-    for (name, fix), kind in zip(fixes.items(), ("majority", "recency"), strict=True):
+    for name, fix in fixes.items():
         report.text(parts, name)
         if fix is None:
-            report.text(parts, f"Not applicable on these prompts: {skipped[kind]}.")
+            report.text(parts, f"Not applicable on these prompts: {skipped[name]}.")
             continue
         report.numbers(parts, fix.summary())
         report.figure(parts, fix.plot())
