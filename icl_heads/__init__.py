@@ -26,6 +26,7 @@ from icl_heads.decomposition import (
     decompose,
     fixed_demo_prompts,
 )
+from icl_heads.faithfulness import Faithfulness, UnfaithfulModelError, check_faithfulness
 from icl_heads.heads import InContextHeads, ablation_curve, find_in_context_heads
 from icl_heads.interventions import HeadAblation, ablate, ablation
 from icl_heads.mechanism import (
@@ -58,6 +59,7 @@ __all__ = [
     "ComponentReweighting",
     "ComponentStability",
     "Decomposition",
+    "Faithfulness",
     "FlipAnalysis",
     "HeadAblation",
     "ICLPrompts",
@@ -74,10 +76,12 @@ __all__ = [
     "ReweightingComparison",
     "TokenizedPrompts",
     "TwoTowerTest",
+    "UnfaithfulModelError",
     "__version__",
     "ablate",
     "ablation",
     "ablation_curve",
+    "check_faithfulness",
     "compare_reweighting",
     "component_stability",
     "correct_majority_bias",

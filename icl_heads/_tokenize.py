@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import weakref
 from typing import TYPE_CHECKING
 
 from icl_heads.prompts import ICLPrompts, LabelTokenError, TokenizedPrompts, render
@@ -41,13 +45,17 @@ def label_token_ids(task: ICLTask, tokenizer, *, first_token: bool = False) -> t
         # include the spaces before the label: a tokenizer may make them a token of their own
         hit = _token_at(offsets, (len(head.rstrip(" ")), len(head) + len(word)))
         pieces = [tokenizer.convert_ids_to_tokens(tokens[i]) for i in hit]
+        if not hit:
+            raise LabelTokenError(
+                f"label word {word!r} produced no token in context {text!r} with {type(tokenizer).__name__}: the "
+                "tokenizer drops it, so no label word works with it; check that model.tokenizer is the one the model "
+                "was trained with (a folder's tokenizer.json can be loaded with PreTrainedTokenizerFast(tokenizer_file=...))"
+            )
         if len(hit) != 1 and not first_token:
             raise LabelTokenError(
                 f"label word {word!r} is {len(hit)} tokens {pieces} in context {text!r}; choose single-token "
                 "label words (e.g. 'foo'/'bar') or pass first_token=True to use the first token"
             )
-        if not hit:
-            raise LabelTokenError(f"label word {word!r} produced no token in context {text!r}")
         unk = tokenizer.unk_token_id
         if unk is not None and tokens[hit[0]] == unk and unk in _encode(tokenizer, word)[0]:
             raise LabelTokenError(
@@ -113,4 +121,23 @@ def tokenize_prompts(
         golds=tuple(p.gold for p in prompts.prompts),
         label_token_ids=labels,
         prompts=prompts,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of the tokenizer's full definition (vocabulary, merges, normalisation), memoised per object."""
+    try:
+        return _FINGERPRINTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id])
+    digest = hashlib.sha256((type(tokenizer).__name__ + special + spec).encode()).hexdigest()[:16]
+    with contextlib.suppress(TypeError):
+        _FINGERPRINTS[tokenizer] = digest
+    return digest

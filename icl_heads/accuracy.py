@@ -58,7 +58,7 @@ def predict(
     Raises:
         TypeError, ValueError: see :class:`~icl_heads.models.ModelAccess`.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts, first_token=first_token)
     label_ids = torch.tensor(tp.label_token_ids)
     logits, strict = [], []
@@ -169,7 +169,7 @@ def icl_accuracy(
         PromptTooLongError: a prompt longer than the model's context.
         LabelTokenError: a label word that is not one token (unless ``first_token``).
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts, first_token=first_token)
     pred = predict(access, tp, hooks=hooks, batch_size=batch_size, padding_side=padding_side, progress=progress)
     df = accuracy_table(pred, tp.prompts.task.label_words)

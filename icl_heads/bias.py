@@ -63,7 +63,7 @@ def resolve_heads(model: Any, heads: Sequence[Sequence[int]] | None, prompts: IC
     """
     if heads is None:
         return default_heads(model, prompts)
-    out = check_heads(ModelAccess(model), heads)
+    out = check_heads(ModelAccess(model, analysis="resolve_heads"), heads)
     if not out:
         raise ValueError("heads is empty; pass (layer, head) pairs or None to find the in-context heads")
     return out
@@ -255,7 +255,7 @@ def majority_bias(
             f"n={n} prompts cannot cover all {len(task.classes)} gold labels; use n >= {len(task.classes)}"
         )
     conditions = majority_prompts(task, shots=shots, n=n, seed=seed, skews=skews)
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="majority_bias")
     logits = [
         predict(access, prompts, hooks=hooks, batch_size=batch_size).label_logits
         for prompts in tqdm(conditions.values(), desc="majority-bias conditions", disable=not progress)
@@ -497,7 +497,7 @@ def recency_bias(
     """
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     base = orders["original"]
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="recency_bias")
     heads = resolve_heads(access, heads, base)
     layers = sorted({layer for layer, _ in heads})
     logits, lasts = [], []

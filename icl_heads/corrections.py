@@ -370,7 +370,9 @@ def count_normalisation(model: Any, heads: Sequence[Sequence[int]], strength: fl
     Raises:
         ValueError: heads outside the model or none.
     """
-    return CountNormalisation(check_heads(ModelAccess(model), heads), strength=float(strength))
+    return CountNormalisation(
+        check_heads(ModelAccess(model, analysis="count_normalisation"), heads), strength=float(strength)
+    )
 
 
 def ov_compensation(model: Any, heads: Sequence[Sequence[int]], a_c: float = 0.03) -> OVCompensation:
@@ -379,7 +381,7 @@ def ov_compensation(model: Any, heads: Sequence[Sequence[int]], a_c: float = 0.0
     Raises:
         ValueError: heads outside the model or none.
     """
-    return OVCompensation(check_heads(ModelAccess(model), heads), a_c=float(a_c))
+    return OVCompensation(check_heads(ModelAccess(model, analysis="ov_compensation"), heads), a_c=float(a_c))
 
 
 def unrotated_attention(model: Any, heads: Sequence[Sequence[int]], mix: float = 1.0) -> UnrotatedAttention:
@@ -389,7 +391,7 @@ def unrotated_attention(model: Any, heads: Sequence[Sequence[int]], mix: float =
         ValueError: the model has no rotary embeddings (use :func:`positional_prior`),
             or heads outside the model.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="unrotated_attention")
     if not access.rotary:
         raise ValueError(
             f"the un-rotated attention correction needs rotary position embeddings, but {access.name} uses "
@@ -429,7 +431,7 @@ def positional_prior(
     Raises:
         ValueError: heads outside the model, or the checks of :class:`~icl_heads.models.ModelAccess`.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="positional_prior")
     heads = check_heads(access, heads)
     tp = access.tokenize(prompts)
     layers = sorted({layer for layer, _ in heads})

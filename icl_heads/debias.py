@@ -285,7 +285,9 @@ def _evaluate(
         accuracy_change=float(diff.mean()),
         accuracy_change_ci=bootstrap_ci(diff.numpy(), n_boot=n_boot, seed=seed),
         config=config,
-        provenance=provenance(ModelAccess(model).name, balanced, heads=[list(h) for h in heads], method=method),
+        provenance=provenance(
+            ModelAccess(model, check=False).name, balanced, heads=[list(h) for h in heads], method=method
+        ),
     )
 
 

@@ -36,6 +36,7 @@ from scipy.stats import binom
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads.faithfulness import tolerance_for
 from icl_heads.models import Capture, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask, TokenizedPrompts
 from icl_heads.results import Result, provenance
@@ -273,6 +274,11 @@ class Decomposition(Result):
             "worst component": f"{worst.component} ({worst.accuracy:.3f})",
             "good / bad / label-biased": f"{int(df.good.sum())} / {int(df.bad.sum())} / {int(df.label_biased.sum())}",
             "reconstruction error": self.reconstruction_error,
+            **(
+                {"logits": f"before the final soft cap at {self.config['logit_soft_cap']:g} (same predictions)"}
+                if self.config.get("logit_soft_cap")
+                else {}
+            ),
         }
 
     def heatmap(self, **kinds_kw: Any) -> go.Figure:
@@ -301,9 +307,15 @@ def _readout(access: ModelAccess, label_ids: Tensor) -> tuple[Tensor, Tensor]:
     return readout, const
 
 
+def _written_W_O(access: ModelAccess, layer: int) -> Float[Tensor, "head d_head d_model"]:
+    """``W_O`` of layer ``layer`` times the weight of its post-attention norm, if it has one (scale 1)."""
+    W = access.W_O(layer).float()
+    norm = access.post_attn_norm(layer)
+    return W if norm is None else norm.linear(W, torch.ones(1, device=W.device))
+
+
 def _default_atol(dtype: torch.dtype, scale: float) -> float:
-    rel = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
-    return rel * max(1.0, scale)
+    return tolerance_for(dtype) * max(1.0, scale)
 
 
 def decompose(
@@ -325,8 +337,9 @@ def decompose(
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts` or :func:`fixed_demo_prompts`.
         batch_size: prompts per forward pass (does not change the result).
         padding_side: ``"right"`` or ``"left"`` (does not change the result).
-        atol: largest accepted ``|sum_j g_j - model label logits|``; default
-            ``1e-4 * max(1, |logits|)`` in float32 (``3e-2`` relative in half precision).
+        atol: largest accepted ``|sum_j g_j - model label logits|``; default the
+            identities' tolerance for the model's dtype times ``max(1, |logits|)``
+            (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16; docs/models.md).
         progress: show a progress bar.
 
     Returns:
@@ -335,8 +348,9 @@ def decompose(
     Raises:
         TypeError: an unsupported model or prompts object.
         ValueError: bad prompts, batch size or padding side.
-        RuntimeError: the components do not add up to the model's logits (a model
-            whose residual stream has terms outside heads, MLPs, embeddings and biases).
+        UnfaithfulModelError: the model breaks an identity the decomposition rests on
+            (:func:`~icl_heads.faithfulness.check_faithfulness`).
+        RuntimeError: the components do not add up to the model's logits on these prompts.
 
     >>> import icl_heads as ih
     >>> dec = decompose(ih.load_model("organism"), ih.organism_task().prompts(n=32, shots=4))
@@ -344,44 +358,47 @@ def decompose(
     (('embed', 'L0H0', 'L0H1'), 29)
     >>> better = dec.kinds().query("good").component.tolist()  # components that beat the whole model
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="decompose")
     tp = access.tokenize(prompts)
     L, H = access.n_layers, access.n_heads
     meta = component_table(L, H)
     label_ids = torch.tensor(tp.label_token_ids, device=access.device)
     readout, const = _readout(access, label_ids)  # [d_model, label], [label]
-    # each head's readout through its W_O: [head, d_head, label], so z never expands to d_model
-    head_readout = [torch.einsum("hdm,ml->hdl", access.W_O(layer).float(), readout) for layer in range(L)]
-    bias_logits = sum((access.b_O(layer).float() for layer in range(L)), torch.zeros_like(readout[:, 0])) @ readout
-    learned_pos = str(access.cfg.positional_embedding_type) == "standard"
+    # each head's readout through its W_O (and a post-attention norm's weight): [head, d_head, label],
+    # so z never expands to d_model
+    head_readout = [torch.einsum("hdm,ml->hdl", _written_W_O(access, layer), readout) for layer in range(L)]
     caps = [Capture(access.hook(layer, name)) for layer in range(L) for name in ("z", "mlp_out")]
-    caps += [Capture("hook_embed"), Capture("ln_final.hook_scale")]
-    if learned_pos:
-        caps.append(Capture("hook_pos_embed"))
+    caps += [Capture("blocks.0.hook_resid_pre"), Capture("ln_final.hook_scale")]
+    caps += [Capture(name) for name in access.write_captures()]
     parts, fulls = [], []
     for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="decomposing", disable=not progress):
         logits, got = access.run(batch, capture=caps)
         got = {k: v.to(readout.device) for k, v in got.items()}
         scale = got["ln_final.hook_scale"]  # [b, 1]
         g = torch.empty(len(batch.golds), len(meta), len(label_ids), device=readout.device)
-        embed = got["hook_embed"] + (got["hook_pos_embed"] if learned_pos else 0)
-        g[:, 0] = embed @ readout / scale
+        # the embeddings as they enter the first block (learned positions, embedding norms and scales included)
+        g[:, 0] = got["blocks.0.hook_resid_pre"] @ readout / scale
+        bias = torch.zeros(len(batch.golds), access.d_model, device=readout.device)
         for layer in range(L):
             start = 1 + layer * (H + 1)
             z = got[access.hook(layer, "z")]  # [b, head, d_head]
-            g[:, start : start + H] = torch.einsum("bhd,hdl->bhl", z, head_readout[layer]) / scale[:, None]
+            heads = torch.einsum("bhd,hdl->bhl", z, head_readout[layer]) / scale[:, None]
+            post = access.post_attn_scale(layer, got)
+            g[:, start : start + H] = heads if post is None else heads / post[:, None]
             g[:, start + H] = got[access.hook(layer, "mlp_out")] @ readout / scale
-        g[:, -1] = bias_logits / scale + const
+            bias = bias + access.bias_write(layer, got).to(readout.device)
+        g[:, -1] = bias @ readout / scale + const
         parts.append(g.cpu())
-        fulls.append(logits[:, label_ids.to(logits.device)].cpu())
+        fulls.append(access.uncap(logits[:, label_ids.to(logits.device)]).cpu())
     g_all, full = torch.cat(parts), torch.cat(fulls)
     error = float((g_all.sum(1) - full).abs().max())
     tol = atol if atol is not None else _default_atol(access.W_U.dtype, float(full.abs().max()))
     if error > tol:
         raise RuntimeError(
-            f"the components add up to the model's label logits only within {error:.3g} (> {tol:.3g}); this model's "
-            "residual stream has terms outside heads, MLPs, embeddings and biases, so the decomposition does not apply "
-            "(raise atol= to accept it anyway)"
+            f"decompose refuses: on this {access.architecture} model the components add up to the label logits only "
+            f"within {error:.3g} (tolerance {tol:.3g}) on these prompts, although the identities hold on a random "
+            "probe (ih.check_faithfulness(model)); the per-component numbers would be wrong. Check the prompts' "
+            "padding and the model's dtype (half-precision tolerances are in docs/models.md)"
         )
     return Decomposition.from_tensors(
         g_all,
@@ -390,8 +407,8 @@ def decompose(
         n_layers=L,
         n_heads=H,
         label_words=tp.prompts.task.label_words,
-        config={"batch_size": batch_size, "padding_side": padding_side},
-        provenance=provenance(access.name, tp),
+        config={"batch_size": batch_size, "padding_side": padding_side, "logit_soft_cap": access.logit_soft_cap},
+        provenance=provenance(access.name, tp, architecture=access.architecture),
     )
 
 
@@ -581,7 +598,7 @@ def component_stability(
             pairs.append(
                 _pair("template", d, templates[t1], templates[t2], a[t1, d], a[t2, d], full[t1, d], full[t2, d], top)
             )
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="component_stability")
     return ComponentStability(
         df=pd.DataFrame(pairs),
         runs=pd.DataFrame(rows),

@@ -160,7 +160,7 @@ def verify_heads(
         interval over sets), and ``{label} heads`` (with per-gold-label accuracy
         columns), and the accuracies of the random sets.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="verify_heads")
     tp = access.tokenize(prompts)
     words = tp.prompts.task.label_words
 
@@ -257,7 +257,7 @@ def find_in_context_heads(
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if k is not None:
         fraction = None
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="find_in_context_heads")
     tp = access.tokenize(prompts)
     n = n_selected(access.n_layers * access.n_heads, fraction, k)
     methods = tuple(dict.fromkeys((method, *also)))
@@ -315,7 +315,7 @@ def ablation_curve(
     Raises:
         ValueError: a ``k`` larger than the number of heads.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="ablation_curve")
     tp = access.tokenize(prompts)
     total = access.n_layers * access.n_heads
     rows = []

@@ -59,7 +59,7 @@ def head_means(
     """Mean of every head's ``hook_z`` over reference prompts (all real tokens, or final positions)."""
     from icl_heads.models import Capture
 
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="head_means")
     tp = access.tokenize(prompts)
     total = torch.zeros(access.n_layers, access.n_heads, access.d_head)
     count = 0
@@ -146,7 +146,7 @@ def ablation(
         ValueError: heads outside the model, an unknown ``how``/``where``, or
             ``how="mean"`` without ``reference``.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="ablation")
     heads = check_heads(access, heads)
     means = None
     if how == "mean":

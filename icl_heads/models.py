@@ -9,6 +9,7 @@ that captures only what an analysis asks for, at the final position.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -19,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads._norms import NormMap, fit_norm
 from icl_heads.prompts import ICLPrompts, PromptBatch, PromptTooLongError, TokenizedPrompts
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,44 @@ def _is_local_dir(name: str | Path) -> bool:
     return Path(name).is_dir() and (Path(name) / "config.json").exists()
 
 
-def load_model(name_or_path: str | Path = "organism", *, device: str | None = None, dtype: torch.dtype | None = None):
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+}  # fmt: skip
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A ``torch.dtype`` from a dtype or its name (``"bfloat16"``, ``"float16"``, ``"float32"``, ...).
+
+    Raises:
+        ValueError: an unknown name (lists the valid ones).
+        TypeError: neither a name nor a ``torch.dtype``.
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a torch.dtype or a name such as 'bfloat16', got {type(dtype).__name__}")
+    key = dtype.lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(set(DTYPES)))}")
+    return DTYPES[key]
+
+
+# TransformerLens warns that it cannot fold some norms; the faithfulness check measures what matters instead
+_NOT_APPLICABLE = r".*does not support fold_ln.*"
+
+
+def load_model(
+    name_or_path: str | Path = "organism",
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
+    max_memory: dict[Any, Any] | None = None,
+):
     """Load a model ready for analysis, for the installed TransformerLens.
 
     On TransformerLens 4.x this is a ``TransformerBridge`` booted from a hub name or a
@@ -51,15 +90,22 @@ def load_model(name_or_path: str | Path = "organism", *, device: str | None = No
         name_or_path: ``"organism"`` (the bundled model, offline), a hub name, or a
             local folder with ``config.json``, weights and a tokenizer.
         device: e.g. ``"cpu"`` or ``"cuda"``; default CPU for local folders.
-        dtype: e.g. ``torch.bfloat16``; default the checkpoint's (float32 here).
+        dtype: a ``torch.dtype`` or its name: ``"bfloat16"``, ``"float16"``,
+            ``"float32"``; default the checkpoint's (float32 here).
+        device_map: TransformerLens 4 only: an accelerate device map (``"auto"`` or a
+            dict from module names to devices) to split a model over several GPUs.
+        n_devices: number of GPUs to split the layers over (TransformerLens 3 and 4).
+        max_memory: TransformerLens 4 only: memory per device for ``device_map="auto"``.
 
     Returns:
         A ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3).
 
     Raises:
         FileNotFoundError: ``"organism"`` requested but its checkpoint is missing.
-        ValueError: a local folder of an architecture TL 3 loading does not support.
+        ValueError: an unknown dtype name, options the installed TransformerLens does
+            not support, or a local folder of an architecture TL 3 loading does not support.
     """
+    torch_dtype = resolve_dtype(dtype)
     if str(name_or_path) == "organism":
         from icl_heads.organism import CHECKPOINT_DIR
 
@@ -72,22 +118,34 @@ def load_model(name_or_path: str | Path = "organism", *, device: str | None = No
     if transformer_lens_major() >= 4:
         from transformer_lens.model_bridge import TransformerBridge
 
-        kw: dict[str, Any] = {"device": device or "cpu"}
-        if dtype is not None:
-            kw["dtype"] = dtype
-        model = TransformerBridge.boot_transformers(str(name_or_path), **kw)
-        model.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
+        kw: dict[str, Any] = {"device": device or ("cpu" if device_map is None and n_devices is None else None)}
+        if torch_dtype is not None:
+            kw["dtype"] = torch_dtype
+        for key, value in (("device_map", device_map), ("n_devices", n_devices), ("max_memory", max_memory)):
+            if value is not None:
+                kw[key] = value
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NOT_APPLICABLE)
+            model = TransformerBridge.boot_transformers(str(name_or_path), **kw)
+            model.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
         return model.eval()
-    return _load_hooked(name_or_path, device=device, dtype=dtype)
+    if device_map is not None or max_memory is not None:
+        raise ValueError(
+            "device_map and max_memory need TransformerLens 4 (TransformerBridge); on TransformerLens 3 split a "
+            "model over GPUs with n_devices="
+        )
+    return _load_hooked(name_or_path, device=device, dtype=torch_dtype, n_devices=n_devices)
 
 
-def _load_hooked(name_or_path: str | Path, *, device: str | None, dtype: torch.dtype | None):
+def _load_hooked(name_or_path: str | Path, *, device: str | None, dtype: torch.dtype | None, n_devices: int | None):
     from transformer_lens import HookedTransformer
 
     if not _is_local_dir(name_or_path):
         kw: dict[str, Any] = {"center_unembed": False, "device": device}
         if dtype is not None:
             kw["dtype"] = dtype
+        if n_devices is not None:
+            kw["n_devices"] = n_devices
         return HookedTransformer.from_pretrained(str(name_or_path), **kw).eval()
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights, convert_llama_weights
@@ -128,6 +186,7 @@ def _load_hooked(name_or_path: str | Path, *, device: str | None, dtype: torch.d
         device=device or "cpu",
         default_prepend_bos=True,
         dtype=dtype or torch.float32,
+        n_devices=n_devices or 1,
     )
     model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(str(name_or_path)))
     model.load_and_process_state_dict(
@@ -164,13 +223,22 @@ class Capture:
 class ModelAccess:
     """Uniform access to a TransformerLens 3 ``HookedTransformer`` or 4 ``TransformerBridge``.
 
+    Args:
+        model: the model (or another ``ModelAccess``).
+        check: check the linear identities the analyses rely on
+            (:func:`~icl_heads.faithfulness.check_faithfulness`, once per model) and
+            refuse a model that breaks one. Only code that reads nothing but the
+            model's logits (accuracy) passes ``False``.
+        analysis: the analysis's name, for the refusal message.
+
     Raises:
         TypeError: the object is not a supported model.
         ValueError: a ``TransformerBridge`` without TransformerLens hook names (call
             ``enable_compatibility_mode()`` first).
+        UnfaithfulModelError: ``check`` and the model breaks an identity.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, *, check: bool = True, analysis: str = "this analysis"):
         if isinstance(model, ModelAccess):
             model = model.model
         classes = _supported_classes()
@@ -199,8 +267,16 @@ class ModelAccess:
         self.rotary: bool = cfg.positional_embedding_type == "rotary"
         self.centred_norm: bool = str(cfg.normalization_type).startswith("LN")
         self.name: str = str(getattr(cfg, "model_name", None) or type(model).__name__)
+        self.architecture: str = str(
+            getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or type(model).__name__
+        )
+        self._norms: dict[str, NormMap] = {}
         # keyed by id(prompts); each entry holds its prompts so that the id cannot be reused while cached
         self._tok_cache: dict[tuple, tuple[ICLPrompts, TokenizedPrompts]] = {}
+        if check:
+            from icl_heads.faithfulness import require_faithful
+
+            require_faithful(self, analysis)
 
     # ---- weights -------------------------------------------------------------------
     @property
@@ -236,29 +312,89 @@ class ModelAccess:
             return torch.zeros(self.d_model, device=w.device, dtype=w.dtype)
         return b.detach()
 
-    def _ln_final_param(self, name: str) -> Tensor | None:
-        ln = self.model.ln_final
-        try:
-            p = getattr(ln, name)
-        except AttributeError:
-            return None
-        return p.detach() if isinstance(p, Tensor) else None
+    # ---- norms and what each component writes -----------------------------------------
+    def _norm_map(self, key: str, module: Any, centred: bool) -> NormMap:
+        if key not in self._norms:
+            self._norms[key] = fit_norm(module, self.d_model, centred=centred, device=self.device, dtype=self.W_U.dtype)
+        return self._norms[key]
+
+    @property
+    def final_norm_map(self) -> NormMap:
+        """The final norm's affine map, read off the layer (Gemma's ``1 + w`` included)."""
+        return self._norm_map("ln_final", self.model.ln_final, self.centred_norm)
 
     def final_norm(
         self, x: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"]
     ) -> Float[Tensor, "... d_model"]:
         """The final norm's linear part with its scale frozen: ``center(x) / scale * w``."""
-        x = x.float()
-        if self.centred_norm:
-            x = x - x.mean(-1, keepdim=True)
-        x = x / scale.float()
-        w = self._ln_final_param("w")
-        return x * w.float().to(x.device) if w is not None else x
+        return self.final_norm_map.linear(x, scale)
 
     def final_norm_bias(self) -> Float[Tensor, " d_model"]:
         """The final norm's additive bias (zeros for RMSNorm or folded norms)."""
-        b = self._ln_final_param("b")
-        return b.float() if b is not None else torch.zeros(self.d_model, device=self.W_U.device)
+        return self.final_norm_map.bias.to(self.W_U.device)
+
+    def post_attn_norm(self, layer: int) -> NormMap | None:
+        """The norm applied to layer ``layer``'s attention output before it joins the residual stream, if any.
+
+        Gemma-2/3 and OLMo-2 have one: the layer writes ``w * attn_out / rms(attn_out)``.
+        """
+        if f"blocks.{layer}.ln1_post.hook_scale" not in self.model.hook_dict:
+            return None
+        return self._norm_map(f"ln1_post.{layer}", self.model.blocks[layer].ln1_post, centred=False)
+
+    def write_captures(self) -> list[str]:
+        """Hooks whose values (at the positions analysed) turn ``z W_O`` into what each layer writes."""
+        return [f"blocks.{layer}.ln1_post.hook_scale" for layer in range(self.n_layers) if self.post_attn_norm(layer)]
+
+    def post_attn_scale(self, layer: int, got: dict[str, Tensor]) -> Tensor | None:
+        """The post-attention norm's scale of layer ``layer`` from captured activations (``None`` without one)."""
+        if self.post_attn_norm(layer) is None:
+            return None
+        return got[f"blocks.{layer}.ln1_post.hook_scale"]
+
+    def head_write(
+        self, layer: int, out: Float[Tensor, "... d_model"], got: dict[str, Tensor], *, expand: int = 0
+    ) -> Float[Tensor, "... d_model"]:
+        """Turn head outputs ``z W_O`` of layer ``layer`` into what they add to the residual stream.
+
+        The identity for models without a post-attention norm. With one, the
+        contribution is ``w * (z_h W_O^h) / scale``, exact because ``scale`` (from
+        ``got``, captured at the same positions through :meth:`write_captures`) is the
+        one of the real sum. ``expand`` inserts that many axes after the batch axis of
+        the scale (e.g. 1 for ``[batch, head, d_model]`` outputs).
+        """
+        norm = self.post_attn_norm(layer)
+        if norm is None:
+            return out.float()
+        scale = got[f"blocks.{layer}.ln1_post.hook_scale"].to(out.device)
+        return norm.linear(out, scale.reshape(scale.shape[0], *([1] * expand), *scale.shape[1:]))
+
+    def bias_write(self, layer: int, got: dict[str, Tensor]) -> Float[Tensor, "*batch d_model"]:
+        """What layer ``layer``'s attention bias ``b_O`` (and a post-attention norm's bias) adds to the residual stream."""
+        b = self.b_O(layer).float()
+        norm = self.post_attn_norm(layer)
+        if norm is None:
+            return b
+        scale = got[f"blocks.{layer}.ln1_post.hook_scale"].to(b.device)
+        return norm.linear(b.expand(*scale.shape[:-1], -1), scale) + norm.bias.to(b.device)
+
+    @property
+    def logit_soft_cap(self) -> float:
+        """Final-logit soft cap ``c`` (logits are ``c tanh(x / c)``; Gemma-2), or 0 when there is none."""
+        cap = getattr(self.cfg, "output_logits_soft_cap", None) or 0.0
+        return float(cap) if cap > 0 else 0.0
+
+    def uncap(self, logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
+        """The pre-cap logits ``c atanh(logits / c)`` (computed in float64); the logits themselves without a cap."""
+        cap = self.logit_soft_cap
+        if not cap:
+            return logits
+        return (cap * torch.atanh((logits.double() / cap).clamp(-1 + 1e-15, 1 - 1e-15))).to(logits.dtype)
+
+    def cap(self, logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
+        """Apply the model's final-logit soft cap (identity without one)."""
+        c = self.logit_soft_cap
+        return c * torch.tanh(logits / c) if c else logits
 
     def unembed(self, x: Float[Tensor, "... d_model"], tokens: Tensor | None = None) -> Float[Tensor, "... d_vocab"]:
         """``x @ W_U`` in float32 on ``W_U``'s device (no bias); only the ``tokens`` columns if given.
@@ -296,6 +432,7 @@ class ModelAccess:
         """
         if isinstance(prompts, TokenizedPrompts):
             tp = prompts
+            self._check_tokenizer(tp)
         elif isinstance(prompts, ICLPrompts):
             key = (id(prompts), first_token)
             if key not in self._tok_cache:
@@ -316,6 +453,24 @@ class ModelAccess:
                 f"a prompt has {longest} tokens but the model's context is {self.n_ctx}; use fewer shots or shorter texts"
             )
         return tp
+
+    def _check_tokenizer(self, tp: TokenizedPrompts) -> None:
+        from icl_heads._tokenize import tokenizer_fingerprint
+
+        ours = tokenizer_fingerprint(self.tokenizer)
+        if tp.tokenizer_fingerprint and tp.tokenizer_fingerprint != ours:
+            raise ValueError(
+                f"these TokenizedPrompts were made by another tokenizer (fingerprint {tp.tokenizer_fingerprint}) than "
+                f"this model's {type(self.tokenizer).__name__} ({ours}), so their token ids mean other words here; "
+                "pass the text prompts (task.prompts(...)) and each model tokenizes them itself"
+            )
+        vocab = int(self.W_U.shape[1])
+        top = max((max(t) for t in tp.tokens if t), default=0)
+        if top >= vocab:
+            raise ValueError(
+                f"token id {top} is outside this model's vocabulary of {vocab}; these prompts were tokenized for "
+                "another model: pass the text prompts (task.prompts(...)) instead"
+            )
 
     def pad_id(self) -> int:
         tok = self.tokenizer

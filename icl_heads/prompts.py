@@ -350,6 +350,8 @@ class TokenizedPrompts:
         golds: gold class per prompt.
         label_token_ids: the token the model must predict for each class.
         prompts: the text prompts these came from.
+        tokenizer_fingerprint: a hash of the tokenizer that made the ids; a model with
+            another tokenizer refuses them.
     """
 
     tokens: tuple[tuple[int, ...], ...]
@@ -358,6 +360,7 @@ class TokenizedPrompts:
     golds: tuple[int, ...]
     label_token_ids: tuple[int, ...]
     prompts: ICLPrompts
+    tokenizer_fingerprint: str = ""
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -497,7 +497,7 @@ def compare_reweighting(
         raise ValueError("give at least one seed")
     templates = tuple(templates) if templates is not None else (task.template,)
     labels = np.asarray(task.labels)
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="compare_reweighting")
     rows, weights, names, skipped = [], [], (), None
     for seed in tqdm(list(seeds), desc="reweighting runs", disable=not progress):
         rng = np.random.default_rng(seed)

@@ -45,6 +45,7 @@ def _per_prompt_fast(
     if logprob:
         caps += [Capture(access.hook(layer, "resid_pre")) for layer in range(L)]
     caps.append(Capture("ln_final.hook_scale"))
+    caps += [Capture(name) for name in access.write_captures()]
     _, got = access.run(batch, capture=caps)
     scale = got["ln_final.hook_scale"].to(access.device)
     lab = label_ids.to(access.device)
@@ -57,14 +58,17 @@ def _per_prompt_fast(
     dla = torch.zeros(len(gold), L, access.n_heads)
     for layer in range(L):
         z = got[access.hook(layer, "z")].to(access.device)  # [b, head, d_head]
-        o = access.final_norm(torch.einsum("bhd,hdm->bhm", z, access.W_O(layer).float()), scale[:, None])
+        # what each head adds to the residual stream (through a post-attention norm where there is one)
+        written = access.head_write(layer, torch.einsum("bhd,hdm->bhm", z, access.W_O(layer).float()), got, expand=1)
+        o = access.final_norm(written, scale[:, None])
         if logprob:
             assert lpi is not None
             x = got[access.hook(layer, "resid_pre")].to(access.device)
             u_x = access.unembed(access.final_norm(x, scale.to(x.device))) + bias  # [b, vocab]
             u_o = access.unembed(o)  # [b, head, vocab]
-            base = u_x.log_softmax(-1)[rows, gold]
-            with_o = (u_x[:, None] + u_o).log_softmax(-1)[rows, :, gold]
+            # p(. | v) applies the model's final soft cap, if any, like the real forward pass
+            base = access.cap(u_x).log_softmax(-1)[rows, gold]
+            with_o = access.cap(u_x[:, None] + u_o).log_softmax(-1)[rows, :, gold]
             lpi[:, layer] = (with_o - base[:, None]).cpu()
             u_lab = u_o[:, :, lab.to(u_o.device)]
         else:
@@ -146,7 +150,7 @@ def score_heads(
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown scoring methods {unknown or list(methods)}; choose from {METHODS}")
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="score_heads")
     tp = access.tokenize(prompts)
     label_ids = torch.tensor(tp.label_token_ids)
     parts: dict[str, list[Tensor]] = {m: [] for m in methods}

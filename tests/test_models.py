@@ -61,3 +61,49 @@ def test_bridge_booted_by_the_user_without_compatibility_mode(kind, model_dirs, 
         access.unembed(access.final_norm(got[last], got["ln_final.hook_scale"]) + access.final_norm_bias()) + access.b_U
     )
     torch.testing.assert_close(rebuilt, logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.tl4
+def test_device_map_options_reach_transformer_lens(monkeypatch, model_dirs):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    seen = {}
+    real = TransformerBridge.boot_transformers
+
+    def spy(name, **kw):
+        seen.update(kw)
+        return real(name, **{k: v for k, v in kw.items() if k not in ("n_devices", "max_memory")})
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", spy)
+    ih.load_model(model_dirs["llama"], device_map={"": "cpu"}, n_devices=1, max_memory={"cpu": "4GiB"}, dtype="float32")
+    assert seen["device_map"] == {"": "cpu"} and seen["n_devices"] == 1 and seen["max_memory"] == {"cpu": "4GiB"}
+    assert seen["dtype"] is torch.float32 and seen["device"] is None
+
+
+@pytest.mark.tl4
+def test_a_model_dispatched_block_by_block_gives_the_same_numbers(model_dirs, models, task):
+    """As far as a CPU machine can: accelerate places every block by an explicit device map."""
+    blocks = {f"model.layers.{i}": "cpu" for i in range(2)}
+    device_map = {
+        "model.embed_tokens": "cpu",
+        **blocks,
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    split = ih.load_model(model_dirs["llama"], device_map=device_map)
+    prompts = task.prompts(6, 4, seed=2)
+    a, b = ih.decompose(models["llama"], prompts), ih.decompose(split, prompts)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-6, rtol=0)
+    sa = ih.score_heads(models["llama"], prompts)["dla"]
+    sb = ih.score_heads(split, prompts)["dla"]
+    torch.testing.assert_close(sa, sb, atol=1e-6, rtol=0)
+
+
+def test_transformer_lens_fold_warning_does_not_reach_the_user(tmp_path, recwarn):
+    if TL_MAJOR < 4:
+        pytest.skip("the warning comes from TransformerBridge")
+    from icl_heads._families import tiny_family_dir
+
+    ih.load_model(tiny_family_dir("olmo2", tmp_path / "olmo2"))
+    assert not [w for w in recwarn if "fold_ln" in str(w.message)]

@@ -52,7 +52,7 @@ def _gather(
 
         return fn
 
-    hooks, caps = [], [Capture("ln_final.hook_scale")]
+    hooks, caps = [], [Capture("ln_final.hook_scale"), *(Capture(name) for name in access.write_captures())]
     for layer in layers:
         caps.append(Capture(access.hook(layer, "pattern"), "pattern_final"))
         if scores:
@@ -78,10 +78,12 @@ def _ov_at(access: ModelAccess, got: dict[str, Tensor], layer: int, h: int) -> T
     """Per-position value-output vectors ``v_p W_O`` of head ``(layer, h)`` from ``_gather(..., values=True)``.
 
     With grouped-query attention head ``h`` reads key/value head ``h // (n_heads / n_kv)``.
+    Where the layer has a post-attention norm the vectors go through it with the final
+    position's scale, so that ``sum_p A[t, p] vec_p`` is exactly what the head writes at ``t``.
     """
     v = got["at:" + access.hook(layer, "v")]  # [b, n, kv, d_head]
     kv = h // (access.n_heads // v.shape[2])
-    return v[:, :, kv] @ access.W_O(layer)[h].float().to(v.device)
+    return access.head_write(layer, v[:, :, kv] @ access.W_O(layer)[h].float().to(v.device), got, expand=1)
 
 
 def _label_and_control(batch: PromptBatch, offset: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -145,7 +145,7 @@ def flip_analysis(
         ValueError: misaligned prompt sets, or no pair whose prediction flips.
         TypeError: an unsupported model.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="flip_analysis")
     tp_a = access.tokenize(prompts)
     own_flipped = flipped is not None
     if flipped is None:

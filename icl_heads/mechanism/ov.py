@@ -60,7 +60,7 @@ def per_position_ov(
     Raises:
         ValueError: heads outside the model.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="per_position_ov")
     heads = check_heads(access, heads)
     layers = sorted({layer for layer, _ in heads})
     _, got = _gather(access, batch, layers, positions, values=True)
@@ -176,7 +176,7 @@ def ov_label_features(
         raise ValueError("control_offset must not be 0 (that is the label position); use e.g. -1 for the separator")
     if top_k < 1 or top_rank < 1:
         raise ValueError(f"top_k and top_rank must be at least 1, got {top_k} and {top_rank}")
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="ov_label_features")
     tp = access.tokenize(prompts)
     heads = _heads(access, heads)
     words = tuple(tp.prompts.task.label_words)

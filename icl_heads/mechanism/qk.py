@@ -105,7 +105,7 @@ def qk_label_attention(
             others (the comparisons need both); bad heads or prompts.
         TypeError: an unsupported model.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="qk_label_attention")
     tp = access.tokenize(prompts)
     heads = _heads(access, heads)
     if not 0 <= example < len(tp):
@@ -311,7 +311,7 @@ def two_tower_test(
             setting or fewer than 4 prompts for the probe; bad heads or prompts.
         TypeError: an unsupported model.
     """
-    access = ModelAccess(model)
+    access = ModelAccess(model, analysis="two_tower_test")
     tp = access.tokenize(prompts)
     heads = _heads(access, heads)
     layers = sorted({layer for layer, _ in heads})

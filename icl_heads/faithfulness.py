@@ -1,0 +1,258 @@
+"""The linear identities every analysis rests on, checked once per model.
+
+Head scores, the OV analysis and the decomposition all read a head's contribution
+to the logits as ``W_U . norm(write_h)``, with ``write_h`` what the head adds to the
+residual stream and the final norm's scale frozen from the real pass. That is only
+right when, on this model:
+
+* **final norm**: ``W_U . norm(resid_final) + b`` reproduces the (pre-cap) logits;
+* **heads sum to attention output**: the heads' writes (``z_h W_O^h``, through a
+  post-attention norm where the model has one) plus the bias terms equal what the
+  attention layer adds to the residual stream (``hook_attn_out``), at every layer;
+* **residual stream adds up**: the final residual stream is the embeddings plus every
+  attention and MLP output;
+* **components sum to logits**: the three together, read through the unembedding.
+
+:func:`check_faithfulness` measures each identity on a short random probe the first
+time a model is analysed (cached per model until its weights change);
+:class:`~icl_heads.models.ModelAccess` calls it, so every analysis refuses a model
+whose identities fail with an :class:`UnfaithfulModelError` naming the architecture,
+the identity and its size.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from icl_heads.results import Result, provenance
+
+__all__ = ["Faithfulness", "UnfaithfulModelError", "check_faithfulness", "tolerance_for"]
+
+IDENTITIES = (
+    "final norm",
+    "heads sum to attention output",
+    "residual stream adds up",
+    "components sum to logits",
+)
+_EXPLAIN = {
+    "final norm": "the final norm applied by hand does not reproduce the model's logits",
+    "heads sum to attention output": "the heads' outputs (z W_O plus biases) do not add up to what the attention "
+    "layer writes into the residual stream",
+    "residual stream adds up": "the residual stream holds terms other than the embeddings, attention and MLP outputs",
+    "components sum to logits": "the components read through the final norm and unembedding do not add up to the "
+    "logits",
+}
+#: relative tolerance of every identity, by the dtype of the model's weights
+TOLERANCES = {torch.float64: 1e-6, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+def tolerance_for(dtype: torch.dtype) -> float:
+    """Relative tolerance of the identities for weights of ``dtype`` (documented in docs/models.md)."""
+    return TOLERANCES.get(dtype, 1e-4)
+
+
+class UnfaithfulModelError(RuntimeError):
+    """The model breaks an identity the analyses rely on, so they refuse to return numbers."""
+
+
+@dataclass(frozen=True, repr=False)
+class Faithfulness(Result):
+    """How well the identities the analyses rely on hold on one model.
+
+    Attributes:
+        df: one row per identity (and layer): ``identity, layer, error, scale,
+            relative_error, tolerance, passed``.
+        architecture: the model's architecture (e.g. ``Gemma2ForCausalLM``).
+        notes: what the library models specially on this architecture (e.g. a
+            post-attention norm, a final-logit soft cap).
+        config: the probe's shape and seed.
+        provenance: model and versions.
+    """
+
+    df: pd.DataFrame
+    architecture: str
+    notes: tuple[str, ...] = ()
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "Faithfulness of the linear identities"
+
+    @property
+    def passed(self) -> bool:
+        """Whether every identity holds within its tolerance."""
+        return bool(self.df.passed.all())
+
+    def worst(self) -> pd.Series:
+        """The row of the identity that fails by most (relative to its tolerance)."""
+        ratio = self.df.relative_error / self.df.tolerance
+        return self.df.loc[ratio.idxmax()]
+
+    def summary(self) -> dict[str, Any]:
+        w = self.worst()
+        return {
+            "architecture": self.architecture,
+            "passed": self.passed,
+            "worst identity": w.identity + (f" (layer {int(w.layer)})" if w.layer >= 0 else ""),
+            "worst relative error": float(w.relative_error),
+            "notes": "; ".join(self.notes) or "none",
+        }
+
+    def raise_if_failed(self, analysis: str = "this analysis") -> None:
+        """Raise :class:`UnfaithfulModelError` if an identity fails.
+
+        Raises:
+            UnfaithfulModelError: naming the architecture, the identity and its size.
+        """
+        if self.passed:
+            return
+        w = self.worst()
+        where = f" at layer {int(w.layer)}" if w.layer >= 0 else ""
+        raise UnfaithfulModelError(
+            f"{analysis} refuses this {self.architecture} model: the identity '{w.identity}' fails{where} by "
+            f"{w.relative_error:.3g} relative (tolerance {w.tolerance:.3g}): {_EXPLAIN[w.identity]}. Head scores, OV "
+            "features and the decomposition would be wrong on it. ih.check_faithfulness(model).df lists every "
+            "identity; if the model carries hooks of your own (model.add_hook), remove them with model.reset_hooks()"
+        )
+
+
+# model -> (weights key, report): the probe runs once per model until its weights change
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: torch.nn.Module) -> tuple:
+    """Changes when a weight is modified in place or a permanent hook is added or removed."""
+    params = list(model.parameters())
+    permanent = sum(
+        sum(bool(getattr(h, "is_permanent", False)) for h in getattr(hp, "fwd_hooks", ()))
+        for hp in getattr(model, "hook_dict", {}).values()
+    )
+    return (len(params), sum(p._version for p in params), permanent)
+
+
+def _probe_tokens(access: Any, n_prompts: int, n_tokens: int, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    tok = access.model.tokenizer
+    vocab = min(int(access.W_U.shape[1]), len(tok)) if tok is not None else int(access.W_U.shape[1])
+    tokens = torch.randint(0, vocab, (n_prompts, n_tokens), generator=gen)
+    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    if bos is not None and getattr(access.cfg, "default_prepend_bos", True):
+        tokens[:, 0] = bos
+    return tokens
+
+
+def _rel(a: Tensor, b: Tensor) -> tuple[float, float]:
+    err = float((a.double() - b.double()).abs().max())
+    scale = max(1.0, float(b.abs().max()))
+    return err, scale
+
+
+def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, seed: int = 0) -> Faithfulness:
+    """Measure the identities the analyses rely on, on a short random probe.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        n_prompts: probe sequences.
+        n_tokens: tokens per probe sequence (capped at the model's context).
+        seed: seed of the probe's random tokens.
+
+    Returns:
+        A :class:`Faithfulness` report: one row per identity and layer.
+
+    Raises:
+        TypeError: an unsupported model object.
+
+    >>> import icl_heads as ih
+    >>> ih.check_faithfulness(ih.load_model("organism")).passed
+    True
+    """
+    from icl_heads.models import ModelAccess
+
+    access = model if isinstance(model, ModelAccess) else ModelAccess(model, check=False)
+    L = access.n_layers
+    tokens = _probe_tokens(access, n_prompts, min(n_tokens, access.n_ctx), seed).to(access.device)
+    names = {
+        "blocks.0.hook_resid_pre",
+        access.hook(L - 1, "resid_post"),
+        "ln_final.hook_scale",
+        *access.write_captures(),
+    }
+    for layer in range(L):
+        names |= {access.hook(layer, "z"), access.hook(layer, "attn_out"), access.hook(layer, "mlp_out")}
+    got: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def fn(act: Tensor, hook: Any) -> None:
+            got[name] = act.detach().float()
+
+        return fn
+
+    with torch.inference_mode():
+        logits = access.model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)])
+    logits = access.uncap(logits.float())
+    rows: list[dict[str, Any]] = []
+    tol = tolerance_for(access.W_U.dtype)
+
+    def add(identity: str, layer: int, ours: Tensor, ref: Tensor) -> None:
+        err, scale = _rel(ours, ref)
+        rows.append(dict(identity=identity, layer=layer, error=err, scale=scale, relative_error=err / scale,
+                         tolerance=tol, passed=err / scale <= tol))  # fmt: skip
+
+    dev = access.device
+    scale = got["ln_final.hook_scale"].to(dev)
+    const = access.unembed(access.final_norm_bias()) + access.b_U.float()
+
+    def read(x: Tensor) -> Tensor:
+        return access.unembed(access.final_norm(x.to(dev), scale)) + const
+
+    add("final norm", -1, read(got[access.hook(L - 1, "resid_post")]), logits)
+    total = got["blocks.0.hook_resid_pre"].to(dev)
+    from_parts = total.clone()
+    for layer in range(L):
+        z = got[access.hook(layer, "z")].to(dev)
+        heads = torch.einsum("bphd,hdm->bpm", z, access.W_O(layer).float().to(dev))
+        written = access.head_write(layer, heads, got) + access.bias_write(layer, got).to(dev)
+        attn_out = got[access.hook(layer, "attn_out")].to(dev)
+        add("heads sum to attention output", layer, written, attn_out)
+        mlp = got[access.hook(layer, "mlp_out")].to(dev)
+        total = total + attn_out + mlp
+        from_parts = from_parts + written + mlp
+    add("residual stream adds up", -1, total, got[access.hook(L - 1, "resid_post")].to(dev))
+    add("components sum to logits", -1, read(from_parts), logits)
+    notes = []
+    if any(access.post_attn_norm(layer) for layer in range(L)):
+        notes.append("post-attention norm: a head writes w * z_h W_O^h / rms(attention output)")
+    if access.logit_soft_cap:
+        notes.append(f"final logits soft-capped at {access.logit_soft_cap:g}: logits are decomposed before the cap")
+    w, raw = access.final_norm_map.weight, getattr(access.model.ln_final, "w", None)
+    if isinstance(raw, Tensor) and raw.shape == w.shape and not torch.allclose(raw.float().to(w.device), w, atol=1e-3):
+        notes.append("the final norm scales by a weight other than its stored parameter (e.g. Gemma's 1 + w)")
+    return Faithfulness(
+        df=pd.DataFrame(rows),
+        architecture=access.architecture,
+        notes=tuple(notes),
+        config={"n_prompts": n_prompts, "n_tokens": int(tokens.shape[1]), "seed": seed},
+        provenance=provenance(access.name, architecture=access.architecture),
+    )
+
+
+def require_faithful(access: Any, analysis: str = "this analysis") -> Faithfulness:
+    """The cached :func:`check_faithfulness` report of ``access``'s model, raising if an identity fails.
+
+    Raises:
+        UnfaithfulModelError: an identity fails on this model.
+    """
+    model = access.model
+    key = _weights_key(model)
+    hit = _CACHE.get(model)
+    if hit is None or hit[0] != key:
+        report = check_faithfulness(access)
+        _CACHE[model] = (key, report)
+    else:
+        report = hit[1]
+    report.raise_if_failed(analysis)
+    return report
