@@ -29,12 +29,13 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_heads.faithfulness import require_pattern_edits
 from icl_heads.interventions import check_heads
 from icl_heads.models import Capture, Head, HookFn, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
@@ -138,6 +139,8 @@ class _Correction:
     """Base: chosen heads, final position only; subclasses build hooks for one batch."""
 
     heads: tuple[Head, ...]
+    #: whether the correction edits ``hook_pattern`` (some models discard such edits: checked before use)
+    edits_pattern: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not self.heads:
@@ -260,6 +263,7 @@ class OVCompensation(_Correction):
     """
 
     a_c: float = 0.03
+    edits_pattern: ClassVar[bool] = False
 
     def _layer_hooks(self, layer, heads, lp, dl, fp):
         store: dict[str, Tensor] = {}
@@ -279,6 +283,14 @@ class OVCompensation(_Correction):
             store["n_heads"] = torch.tensor(pattern.shape[1])
 
         def add(z: Tensor, hook: Any) -> Tensor:
+            if "att" not in store or "v" not in store:
+                from icl_heads.faithfulness import UnfaithfulModelError
+
+                raise UnfaithfulModelError(
+                    f"OVCompensation cannot run on this model: layer {layer}'s attention pattern and values reach "
+                    "their hooks only after hook_z (TransformerLens 4 lets the Hugging Face module compute this "
+                    "attention), so the attention the correction needs is not known when it must edit z"
+                )
             dev = z.device
             v, att = store["v"], store["att"].float()
             kv = torch.tensor(_kv_index(heads, int(store["n_heads"]), v.shape[2]), device=dev)
@@ -369,10 +381,12 @@ def count_normalisation(model: Any, heads: Sequence[Sequence[int]], strength: fl
 
     Raises:
         ValueError: heads outside the model or none.
+        UnfaithfulModelError: the model discards edits of attention patterns (TransformerLens 4
+            on GPT-J, GPT-Neo, OPT), so this correction would change nothing.
     """
-    return CountNormalisation(
-        check_heads(ModelAccess(model, analysis="count_normalisation"), heads), strength=float(strength)
-    )
+    access = ModelAccess(model, analysis="count_normalisation")
+    require_pattern_edits(access, "count_normalisation")
+    return CountNormalisation(check_heads(access, heads), strength=float(strength))
 
 
 def ov_compensation(model: Any, heads: Sequence[Sequence[int]], a_c: float = 0.03) -> OVCompensation:
@@ -392,6 +406,7 @@ def unrotated_attention(model: Any, heads: Sequence[Sequence[int]], mix: float =
             or heads outside the model.
     """
     access = ModelAccess(model, analysis="unrotated_attention")
+    require_pattern_edits(access, "unrotated_attention")
     if not access.rotary:
         raise ValueError(
             f"the un-rotated attention correction needs rotary position embeddings, but {access.name} uses "
@@ -432,6 +447,7 @@ def positional_prior(
         ValueError: heads outside the model, or the checks of :class:`~icl_heads.models.ModelAccess`.
     """
     access = ModelAccess(model, analysis="positional_prior")
+    require_pattern_edits(access, "positional_prior")
     heads = check_heads(access, heads)
     tp = access.tokenize(prompts)
     layers = sorted({layer for layer, _ in heads})
@@ -474,6 +490,9 @@ def correcting(
 
     Raises:
         ValueError: shapes that do not match.
+        UnfaithfulModelError: a correction that edits attention patterns, on a model that discards such edits.
     """
+    if correction.edits_pattern:
+        require_pattern_edits(ModelAccess(model, analysis="correcting"), type(correction).__name__)
     with model.hooks(fwd_hooks=correction.hooks(label_positions, demo_labels, final_positions)):
         yield correction

@@ -22,6 +22,7 @@ the identity and its size.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -32,7 +33,14 @@ from torch import Tensor
 
 from icl_heads.results import Result, provenance
 
-__all__ = ["Faithfulness", "UnfaithfulModelError", "check_faithfulness", "tolerance_for"]
+__all__ = [
+    "Faithfulness",
+    "UnfaithfulModelError",
+    "check_faithfulness",
+    "pattern_edits_apply",
+    "require_pattern_edits",
+    "tolerance_for",
+]
 
 IDENTITIES = (
     "final norm",
@@ -122,6 +130,7 @@ class Faithfulness(Result):
 
 # model -> (weights key, report): the probe runs once per model until its weights change
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PATTERN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _weights_key(model: torch.nn.Module) -> tuple:
@@ -228,6 +237,11 @@ def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, se
         notes.append("post-attention norm: a head writes w * z_h W_O^h / rms(attention output)")
     if access.logit_soft_cap:
         notes.append(f"final logits soft-capped at {access.logit_soft_cap:g}: logits are decomposed before the cap")
+    if not pattern_edits_apply(access):
+        notes.append(
+            "attention is computed inside the Hugging Face module: edits of hook_pattern are discarded, so "
+            "the bias corrections refuse this model"
+        )
     w, raw = access.final_norm_map.weight, getattr(access.model.ln_final, "w", None)
     if isinstance(raw, Tensor) and raw.shape == w.shape and not torch.allclose(raw.float().to(w.device), w, atol=1e-3):
         notes.append("the final norm scales by a weight other than its stored parameter (e.g. Gemma's 1 + w)")
@@ -238,6 +252,53 @@ def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, se
         config={"n_prompts": n_prompts, "n_tokens": int(tokens.shape[1]), "seed": seed},
         provenance=provenance(access.name, architecture=access.architecture),
     )
+
+
+def pattern_edits_apply(access: Any) -> bool:
+    """Whether editing ``hook_pattern`` changes what the heads read, measured on the first and last layer.
+
+    TransformerLens 4 reimplements attention for most families, but for some (GPT-J,
+    GPT-Neo, OPT) it delegates to the Hugging Face module and discards edits of the
+    pattern; a correction that rescales attention would then silently do nothing.
+    """
+    model = access.model
+    key = _weights_key(model)
+    hit = _PATTERN_CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    tokens = _probe_tokens(access, 1, min(12, access.n_ctx), seed=1).to(access.device)
+    ok = True
+    for layer in sorted({0, access.n_layers - 1}):
+        z_name, p_name = access.hook(layer, "z"), access.hook(layer, "pattern")
+        got: dict[str, Tensor] = {}
+
+        def keep(act: Tensor, hook: Any, key: str = "", got: dict[str, Tensor] = got) -> None:
+            got[key] = act.detach().float().clone()
+
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            access.model.run_with_hooks(tokens, fwd_hooks=[(z_name, lambda a, hook: keep(a, hook, "clean"))])
+            access.model.run_with_hooks(
+                tokens,
+                fwd_hooks=[(p_name, lambda a, hook: a * 0.5), (z_name, lambda a, hook: keep(a, hook, "edited"))],
+            )
+        ok = ok and not torch.allclose(got["clean"], got["edited"])
+    _PATTERN_CACHE[model] = (key, ok)
+    return ok
+
+
+def require_pattern_edits(access: Any, analysis: str = "this correction") -> None:
+    """Refuse to build or run a correction that edits attention patterns on a model that discards such edits.
+
+    Raises:
+        UnfaithfulModelError: edits of ``hook_pattern`` do not change the heads' outputs.
+    """
+    if not pattern_edits_apply(access):
+        raise UnfaithfulModelError(
+            f"{analysis} refuses this {access.architecture} model: its attention is computed inside the Hugging Face "
+            "module, which discards edits of hook_pattern, so a correction that rescales attention would silently "
+            "change nothing. Use the OV-compensation correction (method='ov'), which edits hook_z and works here"
+        )
 
 
 def require_faithful(access: Any, analysis: str = "this analysis") -> Faithfulness:

@@ -499,6 +499,10 @@ class ModelAccess:
         ``hooks`` are extra forward hooks (interventions) that run before captures: a
         list of ``(hook_name, fn)`` or a callable that builds them for this batch.
         """
+        if getattr(hooks, "edits_pattern", False):
+            from icl_heads.faithfulness import require_pattern_edits
+
+            require_pattern_edits(self, type(hooks).__name__)
         if callable(hooks):
             hooks = hooks(batch)
         stored: dict[str, Tensor] = {}

@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM
 import icl_heads as ih
 from icl_heads._families import FAMILIES, tiny_family_dir
 from icl_heads.accuracy import predict
-from icl_heads.corrections import count_normalisation
+from icl_heads.corrections import count_normalisation, ov_compensation
+from icl_heads.faithfulness import pattern_edits_apply
 from icl_heads.mechanism.ov import per_position_ov
 from icl_heads.models import ModelAccess, transformer_lens_major
 from icl_heads.scoring import score_heads
@@ -26,6 +27,8 @@ from icl_heads.scoring import score_heads
 TL_MAJOR = transformer_lens_major()
 # TransformerLens 3 loads local folders of these two families (hub names of many more)
 MATRIX = FAMILIES if TL_MAJOR >= 4 else ("gpt2", "llama")
+# TransformerLens 4 lets Hugging Face compute these families' attention and discards edits of the pattern
+PATTERN_EDITS_DISCARDED = {"gpt_neo", "gptj", "opt"} if TL_MAJOR >= 4 else set()
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +96,21 @@ def test_family_is_analysed_exactly(family, family_root, task):
     qk = ih.qk_label_attention(model, prompts, found.heads, batch_size=4)
     assert len(qk.df) > 0
     bias = ih.majority_bias(model, task, n=16, shots=4, skews=((3, 1),), n_boot=50)
-    corrected = ih.majority_bias(
-        model, task, n=16, shots=4, skews=((3, 1),), n_boot=50, hooks=count_normalisation(model, found.heads)
-    )
-    assert 0 <= bias.summary()["balanced accuracy"] <= 1 and 0 <= corrected.summary()["balanced accuracy"] <= 1
+    assert 0 <= bias.summary()["balanced accuracy"] <= 1
+    # a correction runs where attention edits take effect, and is refused (not silently a no-op) where they do not
+    if family in PATTERN_EDITS_DISCARDED:
+        assert not pattern_edits_apply(access)
+        with pytest.raises(ih.UnfaithfulModelError, match="discards edits of hook_pattern"):
+            count_normalisation(model, found.heads)
+        with pytest.raises(ih.UnfaithfulModelError, match="OVCompensation cannot run"):
+            ih.majority_bias(model, task, n=8, shots=4, n_boot=10, hooks=ov_compensation(model, found.heads))
+        return
+    assert pattern_edits_apply(access)
+    for correction in (count_normalisation(model, found.heads), ov_compensation(model, found.heads, a_c=0.5)):
+        corrected = ih.majority_bias(model, task, n=16, shots=4, skews=((3, 1),), n_boot=50, hooks=correction)
+        assert 0 <= corrected.summary()["balanced accuracy"] <= 1
+        # the correction acts: the corrected label logits differ from the uncorrected ones
+        assert not torch.allclose(corrected.label_logits, bias.label_logits)
 
 
 def test_docs_table_lists_every_family_as_exact():

@@ -17,6 +17,8 @@ from torch import Tensor
 def roc_auc(values, positive) -> float:
     """ROC AUC of ``values`` for telling ``positive`` from the rest (Mann-Whitney, ties count 1/2).
 
+    NaN values (positions the head cannot see, e.g. outside a sliding window) are left out.
+
     Raises:
         ValueError: lengths differ, or one of the two groups is empty.
     """
@@ -24,6 +26,8 @@ def roc_auc(values, positive) -> float:
     y = np.asarray(positive, dtype=bool).ravel()
     if x.shape != y.shape:
         raise ValueError(f"values ({x.size}) and positive ({y.size}) must have the same length")
+    seen = ~np.isnan(x)
+    x, y = x[seen], y[seen]
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(
@@ -48,6 +52,8 @@ def paired_auc(values, positive, groups) -> float:
     g = np.asarray(groups).ravel()
     if not x.shape == y.shape == g.shape:
         raise ValueError("values, positive and groups must have the same length")
+    seen = ~np.isnan(x)
+    x, y, g = x[seen], y[seen], g[seen]
     wins, pairs = 0.0, 0
     order = np.argsort(g, kind="stable")
     x, y, g = x[order], y[order], g[order]
@@ -175,7 +181,12 @@ def _mean(values: pd.Series, mask: np.ndarray, what: str) -> float:
             f"no demonstration {what} in any prompt, so that mean is undefined; "
             "use prompts with demonstrations of several classes"
         )
-    return float(values[mask].mean())
+    return float(values[mask].mean())  # pandas skips NaN: positions the head cannot see
+
+
+def visible_scores(scores: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
+    """Attention scores with masked positions (``-inf`` or the dtype's minimum, e.g. outside a sliding window) as NaN."""
+    return torch.where(torch.isfinite(scores) & (scores > -1e30), scores, torch.full_like(scores, float("nan")))
 
 
 def _ratio(num: float | np.floating, den: float | np.floating) -> float:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features
+from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _predictions, _shift, _token_str
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
@@ -136,7 +136,7 @@ def qk_label_attention(
         for layer, h in heads:
             row = got[access.hook(layer, "pattern")]
             attn = _at_keys(row, lp)[:, h].cpu()
-            score = _at_keys(got[access.hook(layer, "attn_scores")], lp)[:, h].cpu()
+            score = visible_scores(_at_keys(got[access.hook(layer, "attn_scores")], lp)[:, h].cpu())
             share = (attn * (lp >= 0)).sum(1)
             frames.append(
                 pd.DataFrame(
@@ -336,7 +336,7 @@ def two_tower_test(
                 feats[layer][0].append(q)
                 feats[layer][1].append(k)
         for layer, h in heads:
-            score = _at_keys(got[access.hook(layer, "attn_scores")], lp)[:, h].cpu()
+            score = visible_scores(_at_keys(got[access.hook(layer, "attn_scores")], lp)[:, h].cpu())
             frames.append(
                 pd.DataFrame(
                     {
