@@ -53,7 +53,11 @@ class LabelledData:
 
 def _lines(lines: list[int], limit: int = 8) -> str:
     shown = ", ".join(str(i) for i in lines[:limit])
-    return ("line " if len(lines) == 1 else "lines ") + shown + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+    return (
+        ("line " if len(lines) == 1 else "lines ")
+        + shown
+        + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+    )
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -88,7 +92,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(obj, dict):
-            raise DataError(f"{path}: line {number} is a JSON {type(obj).__name__}, not an object like {{\"text\": ...}}")
+            raise DataError(f'{path}: line {number} is a JSON {type(obj).__name__}, not an object like {{"text": ...}}')
         rows.append((number, obj))
     return rows
 
@@ -99,7 +103,7 @@ def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
-        raise DataError(f"{path}: a .json file must hold a list of objects like [{{\"text\": ...}}]; use JSON lines")
+        raise DataError(f'{path}: a .json file must hold a list of objects like [{{"text": ...}}]; use JSON lines')
     return [(i + 1, o) for i, o in enumerate(objs)]  # item numbers: a JSON array has no meaningful line per item
 
 
@@ -217,12 +221,14 @@ def read_labelled_file(
     first: dict[str, int] = {}
     for n, y in zip(lines, labels, strict=True):
         if isinstance(y, (dict, list)):
-            raise DataError(f"{path}: the {label_col!r} of line {n} is a JSON {type(y).__name__}; use a string or number")
+            raise DataError(
+                f"{path}: the {label_col!r} of line {n} is a JSON {type(y).__name__}; use a string or number"
+            )
         first.setdefault(_kind(y), n)
     if len(first) > 1:
         kinds = ", ".join(f"{kind}s (line {n})" for kind, n in first.items())
         raise DataError(
-            f"{path}: the {label_col!r} column mixes {kinds}; a label 1 and a label \"1\" would be two classes. "
+            f'{path}: the {label_col!r} column mixes {kinds}; a label 1 and a label "1" would be two classes. '
             "Write every label the same way"
         )
     return LabelledData(tuple(texts), tuple(labels), tuple(lines), tuple(bad if dropna else ()), fmt)
