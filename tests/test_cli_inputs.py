@@ -33,7 +33,7 @@ GOOD = _csv(_rows())
 BLANK_TEXT = "\n".join(",sport" if i == 2 else " ,food" if i == 4 else row for i, row in enumerate(GOOD.splitlines()))
 THREE = _csv([(t, y) for t, y in _rows(classes=("a", "b"))] + [(t, "c") for t, _ in _rows(6)])
 NON_UTF8 = GOOD.encode() + "goal caf\xe9,sport\n".encode("latin-1")
-BAD_JSONL = "\n".join(_jsonl(_rows()).splitlines()[:10] + ['{"text": "goal", "label": sport}']) + "\n"
+BAD_JSONL = "\n".join([*_jsonl(_rows()).splitlines()[:10], '{"text": "goal", "label": sport}']) + "\n"
 MIXED = _jsonl(_rows()).replace('"label": "sport"', '"label": 1', 1).replace('"label": "food"', '"label": "1"')
 
 
