@@ -44,7 +44,12 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, 
         task = getattr(getattr(prompts, "prompts", prompts), "task", None)
         out.update(n_prompts=len(prompts), prompt_config=_jsonable(cfg))
         if task is not None:
-            out.update(task=task.name, label_words=list(task.label_words), template=task.template)
+            out.update(
+                task=task.name,
+                label_words=list(task.label_words),
+                template=task.template,
+                classes={str(c): w for c, w in zip(task.classes, task.label_words, strict=True)},
+            )
     out.update(_jsonable(extra))
     return out
 
