@@ -4,6 +4,13 @@ Examples::
 
     icl-heads analyze --model organism --task organism --out results/organism
     icl-heads analyze --model gpt2 --data reviews.csv --text-col text --label-col label --out results/gpt2
+
+Every input is checked before the model loads (:mod:`icl_heads._cli_inputs`); a bad one
+ends the command with a one-line message and exit code 2 (``--debug`` shows the
+traceback). Results are written beside ``--out`` and moved into place only when the
+run succeeds (:mod:`icl_heads._cli_output`). A section is a function
+``section_NAME(ctx, report)`` listed in :data:`SECTIONS`, with an optional check in
+:data:`SECTION_CHECKS` that runs before the model loads.
 """
 
 from __future__ import annotations
@@ -11,12 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
+from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises
+from icl_heads._version import __version__
 
 logger = logging.getLogger("icl_heads")
 
@@ -39,12 +51,20 @@ class Context:
     found: Any = None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2, like every other bad input of the command."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="icl-heads",
         description="Find, explain and use the components that carry in-context learning in a language model.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"icl-heads {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     a = sub.add_parser(
         "analyze",
         help="run the whole analysis and write report.html, results/*.csv and summary.json",
@@ -60,9 +80,25 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--text-col", default="text", help="text column of --data (default: text)")
     a.add_argument("--label-col", default="label", help="label column of --data (default: label)")
     a.add_argument(
-        "--label-words", default="foo,bar", help="comma-separated label words, one per class (default: foo,bar)"
+        "--label-words",
+        default=None,
+        help="comma-separated label words, one per class in class order (default: foo,bar for 2 classes)",
     )
-    a.add_argument("--shots", type=int, default=4, help="demonstrations per prompt (default: 4)")
+    a.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class order (default: numeric order for numbers, else order of first appearance; "
+        "with --task organism: the topics)",
+    )
+    a.add_argument(
+        "--dropna", action="store_true", help="drop rows of --data with a missing text or label (default: refuse them)"
+    )
+    a.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="demonstrations per prompt (default: the smallest multiple of the number of classes >= 4)",
+    )
     a.add_argument("--n-prompts", type=int, default=200, help="prompts per measurement (default: 200)")
     a.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cpu)")
     a.add_argument("--seed", type=int, default=0, help="random seed for prompts and baselines (default: 0)")
@@ -73,24 +109,18 @@ def _parser() -> argparse.ArgumentParser:
         help="CPU threads for torch (default: torch's choice; 1 is fastest for the small organism on a busy machine)",
     )
     a.add_argument("--out", type=Path, required=True, help="output folder (must be empty or new, unless --force)")
-    a.add_argument("--force", action="store_true", help="write into a non-empty --out folder, replacing its files")
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results of an earlier run in --out (the files listed in its manifest.json; "
+        "your own files are never touched)",
+    )
     a.add_argument("--quiet", action="store_true", help="no progress bars")
-    a.add_argument("--skip", default="", help="comma-separated sections to skip: mechanism,bias,components")
+    a.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    a.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: " + ",".join(name for name, _ in SECTIONS)
+    )
     return parser
-
-
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    import icl_heads as ih
-
-    model = ih.load_model(args.model, device=args.device)
-    words = tuple(w.strip() for w in args.label_words.split(",") if w.strip())
-    if args.data is not None:
-        task = ih.ICLTask.from_file(args.data, args.text_col, args.label_col, label_words=words)
-    elif args.task == "organism":
-        task = ih.organism_task(label_words=words, seed=args.seed)
-    else:
-        raise SystemExit(f"icl-heads: unknown --task {args.task!r}; use 'organism' or give --data FILE.csv|.jsonl")
-    return model, task
 
 
 def records(df) -> list[dict]:
@@ -106,13 +136,17 @@ def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
     and the components section the same with a held-out template (the full model is
     imperfect), as in docs/organism.md.
     """
-    if ctx.args.data is not None or ctx.args.task != "organism":
-        return ctx.task, None
+    return _variant(ctx.args, ctx.task, kind)
+
+
+def _variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str | None]:
+    if args.data is not None or args.task != "organism":
+        return task, None
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
 
     template, noise = (HELDOUT_TEMPLATES[1], 0.3) if kind == "bias" else (HELDOUT_TEMPLATES[0], 0.2)
     task = organism_task(
-        label_words=ctx.task.label_words, template=template, max_words=6, noise_rate=noise, seed=ctx.args.seed
+        task.classes, label_words=task.label_words, template=template, max_words=6, noise_rate=noise, seed=args.seed
     )
     return task, (
         f"On the organism this section uses a harder setting than the rest of the report, so that the effect "
@@ -346,68 +380,153 @@ SECTIONS: list[tuple[str, Callable[[Context, Any], None]]] = [
 ]
 
 
-def analyze(args: argparse.Namespace) -> int:
+def check_bias(plan: Plan) -> None:
+    """Before the model loads: the bias section's balanced and skewed prompts can be drawn."""
+    from icl_heads.bias import majority_prompts
+
+    k = len(plan.task.classes)
+    if plan.shots % k:
+        raise UsageError(
+            f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
+            f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
+        )
+    task, _ = _variant(plan.args, plan.task, "bias")
+    try:
+        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 10)
+    except ValueError as err:
+        raise UsageError(
+            f"--shots {plan.shots}: the bias section cannot draw its prompts ({err}); or --skip bias"
+        ) from None
+
+
+def check_components(plan: Plan) -> None:
+    """Before the model loads: each class has the examples the reweighting protocol draws (test queries + 24)."""
+    task, _ = _variant(plan.args, plan.task, "components")
+    k, n_test, labelled = len(task.classes), max(plan.args.n_prompts // 2, 8), 24
+    need = math.ceil(n_test / k) + math.ceil(labelled / k)
+    for c, word in enumerate(task.classes):
+        have = task.labels.count(c)
+        if have < need:
+            raise UsageError(
+                f"the components section needs {need} examples of each class ({n_test} test queries and {labelled} "
+                f"labelled examples for reweighting) but class {word!r} has {have}; add examples, lower --n-prompts "
+                "or --skip components"
+            )
+
+
+#: checks that run before the model loads, for the sections that need more of the data than the shared prompts
+SECTION_CHECKS: dict[str, Callable[[Plan], None]] = {"bias": check_bias, "components": check_components}
+
+
+def _intro(plan: Plan) -> str:
+    mapping = ", ".join(f"{row['class']} → {row['label_word']}" for row in plan.classes)
+    return (
+        f"{plan.shots}-shot prompts; classes and their label words: {mapping}. Heads are scored on "
+        f"{plan.args.n_prompts} prompts and every check runs on {plan.args.n_prompts} other prompts."
+    )
+
+
+def _data_section(plan: Plan, report) -> None:
+    import pandas as pd
+
+    parts = report.section("Task and data")
+    report.text(parts, f"Task {plan.task.name}: template {plan.task.template!r}.")
+    report.table(parts, pd.DataFrame(plan.classes))
+    for note in plan.notes:
+        report.text(parts, f"Note: {note}")
+
+
+def run(plan: Plan, argv: list[str]) -> dict:
+    """Load the model and run every section into a temporary folder, moved to ``--out`` on success."""
     import torch
 
     import icl_heads as ih
     from icl_heads.report import Report
 
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"icl-heads: --out {out} is a file; give a folder")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise SystemExit(
-            f"icl-heads: --out {out} is not empty; choose a new folder or pass --force to replace its files"
-        )
-    if args.shots < 1 or args.n_prompts < 8:
-        raise SystemExit("icl-heads: use --shots >= 1 and --n-prompts >= 8")
+    args = plan.args
+    args.shots = plan.shots
     if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit("icl-heads: use --threads >= 1")
         torch.set_num_threads(args.threads)
-    (out / "results").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     start = time.time()
-    model, task = _load(args)
-    ctx = Context(
-        args=args,
-        model=model,
-        task=task,
-        prompts=task.prompts(args.n_prompts, args.shots, seed=args.seed),
-        held_out=task.prompts(args.n_prompts, args.shots, seed=args.seed + 1),
-        out=out,
-        summary={"model": args.model, "task": task.name, "shots": args.shots, "n_prompts": args.n_prompts},
-        progress=not args.quiet,
-    )
-    report = Report(
-        title=f"icl-heads report: {args.model} on {task.name}",
-        intro=(
-            f"{args.shots}-shot prompts, label words {', '.join(task.label_words)}; heads are scored on "
-            f"{args.n_prompts} prompts and every check runs on {args.n_prompts} other prompts."
-        ),
-    )
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    for name, fn in SECTIONS:
-        if name in skip:
-            continue
-        t = time.time()
-        logger.info("section %s", name)
-        fn(ctx, report)
-        ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
-    ctx.summary["total_seconds"] = round(time.time() - start, 2)
-    ctx.summary["icl_heads_version"] = ih.__version__
-    ctx.summary["n_figures"] = report.n_figures
-    report.write(out / "report.html")
-    (out / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
-    return 0
+    folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
+    with sigterm_raises(), folder as tmp:
+        try:
+            model = ih.load_model(plan.model, device=plan.device)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
+        ctx = Context(
+            args=args,
+            model=model,
+            task=plan.task,
+            prompts=plan.prompts,
+            held_out=plan.held_out,
+            out=tmp,
+            summary={
+                "model": args.model,
+                "task": plan.task.name,
+                "shots": plan.shots,
+                "n_prompts": args.n_prompts,
+                "classes": summary_of_classes(plan),
+                "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
+                "unknown_token_share": plan.unknown_token_share,
+                "notes": plan.notes,
+            },
+            progress=not args.quiet,
+        )
+        report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
+        _data_section(plan, report)
+        for name, fn in SECTIONS:
+            if name in plan.skip:
+                continue
+            t = time.time()
+            logger.info("section %s", name)
+            fn(ctx, report)
+            ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
+        ctx.summary["total_seconds"] = round(time.time() - start, 2)
+        ctx.summary["icl_heads_version"] = ih.__version__
+        ctx.summary["n_figures"] = report.n_figures
+        report.write(tmp / "report.html")
+        (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
+        folder.commit()
+    return ctx.summary
+
+
+def headline(summary: dict, out: Path) -> list[str]:
+    """The lines printed at the end of a run: where the report is and the headline numbers."""
+    lines = [f"report: {out / 'report.html'}", f"tables: {out / 'results'}/ and {out / 'summary.json'}"]
+    if "accuracy" in summary:
+        lo, hi = summary["accuracy_95ci"]
+        lines.append(f"{summary['shots']}-shot accuracy: {summary['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
+    if "in_context_heads" in summary:
+        lines.append(f"in-context heads: {', '.join(summary['in_context_heads'])}")
+    if summary.get("unknown_token_share"):
+        lines.append(f"warning: {summary['unknown_token_share']:.1%} of the data's tokens are unknown to the tokenizer")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code (0 success, 2 bad input, 130/143 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.command == "analyze":
-        return analyze(args)
-    return 2  # pragma: no cover
+    try:
+        plan = validate(args, [name for name, _ in SECTIONS], SECTION_CHECKS)
+        summary = run(plan, argv)
+    except UsageError as err:
+        if args.debug:
+            raise
+        print(f"icl-heads: error: {err}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated) as err:
+        if args.debug:
+            raise
+        why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
+        print(f"icl-heads: {why}; no results written ({args.out} is unchanged)", file=sys.stderr)
+        return 130 if isinstance(err, KeyboardInterrupt) else 143
+    for line in headline(summary, args.out):
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":

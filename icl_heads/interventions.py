@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads import _checks
 from icl_heads.models import Head, HookFn, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
@@ -33,24 +34,41 @@ HOWS = ("zero", "mean")
 WHERE = ("all", "final")
 
 
+def head_pairs(heads: Iterable[Sequence[int]]) -> tuple[Head, ...]:
+    """``(layer, head)`` pairs of non-negative integers, in order, without repeats (no model needed).
+
+    Raises:
+        TypeError: ``heads`` is not a sequence of pairs.
+        ValueError: a pair that is not two non-negative integers (``(1.7, 1)`` is refused, not truncated).
+    """
+    if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+        raise TypeError(f"heads must be a sequence of (layer, head) pairs, got {heads!r}")
+    out = []
+    for h in heads:
+        if isinstance(h, (str, bytes)) or not isinstance(h, Iterable) or len(h := tuple(h)) != 2:
+            raise ValueError(f"heads must be (layer, head) pairs, got {h!r}")
+        try:
+            layer, head = (_checks.check_int("layer and head", v, minimum=0) for v in h)
+        except (TypeError, ValueError):
+            raise ValueError(f"heads must be (layer, head) pairs of non-negative integers, got {tuple(h)!r}") from None
+        out.append((layer, head))
+    return tuple(dict.fromkeys(out))
+
+
 def check_heads(access: ModelAccess, heads: Iterable[Sequence[int]]) -> tuple[Head, ...]:
     """Validate ``(layer, head)`` pairs against the model.
 
     Raises:
-        ValueError: a pair outside the model's layers or heads, or not a pair.
+        ValueError: a pair outside the model's layers or heads, or not a pair of integers.
     """
     out = []
-    for h in heads:
-        try:
-            layer, head = (int(v) for v in h)
-        except (TypeError, ValueError):
-            raise ValueError(f"heads must be (layer, head) pairs, got {h!r}") from None
-        if not (0 <= layer < access.n_layers and 0 <= head < access.n_heads):
+    for layer, head in head_pairs(heads):
+        if not (layer < access.n_layers and head < access.n_heads):
             raise ValueError(
                 f"head ({layer}, {head}) is outside the model: layers 0..{access.n_layers - 1}, heads 0..{access.n_heads - 1}"
             )
         out.append((layer, head))
-    return tuple(dict.fromkeys(out))
+    return tuple(out)
 
 
 def head_means(
@@ -85,6 +103,12 @@ class HeadAblation:
         how: ``"zero"`` or ``"mean"``.
         where: ``"all"`` positions or only each prompt's ``"final"`` position.
         means: ``[layer, head, d_head]`` means for ``how="mean"`` (see :func:`head_means`).
+
+    Raises:
+        ValueError: no heads, a head that is not a pair of non-negative integers, an
+            unknown ``how``/``where``, or mean-ablation without means (or heads outside them).
+            Heads beyond the model's heads are refused when the hooks run; build with
+            :func:`ablation` to check them against the model up front.
     """
 
     heads: tuple[Head, ...]
@@ -93,12 +117,21 @@ class HeadAblation:
     means: Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", head_pairs(self.heads))
+        if not self.heads:
+            raise ValueError("no heads to ablate; pass at least one (layer, head) pair")
         if self.how not in HOWS:
             raise ValueError(f"how must be one of {HOWS}, got {self.how!r}")
         if self.where not in WHERE:
             raise ValueError(f"where must be one of {WHERE}, got {self.where!r}")
         if self.how == "mean" and self.means is None:
             raise ValueError("mean-ablation needs means: pass reference prompts to ablation(...) or head_means(...)")
+        if self.means is not None:
+            outside = [h for h in self.heads if not (h[0] < self.means.shape[0] and h[1] < self.means.shape[1])]
+            if outside:
+                raise ValueError(
+                    f"heads {outside} are outside the means' {self.means.shape[0]} layers and {self.means.shape[1]} heads"
+                )
 
     def hooks(self, positions: Tensor | None = None) -> list[tuple[str, HookFn]]:
         """Forward hooks; ``positions`` ``[batch]`` limits the ablation to one position per row (-1: last)."""
@@ -111,6 +144,10 @@ class HeadAblation:
         idx = torch.tensor(heads)
 
         def fn(z: Tensor, hook: Any) -> Tensor:
+            if max(heads) >= z.shape[2]:
+                raise ValueError(
+                    f"head ({layer}, {max(heads)}) is outside the model: it has {z.shape[2]} heads per layer"
+                )
             z = z.clone()
             value = (
                 torch.zeros(len(heads), z.shape[-1], dtype=z.dtype, device=z.device)
@@ -143,11 +180,13 @@ def ablation(
     """Build a :class:`HeadAblation` for ``model`` (mean-ablation needs ``reference`` prompts).
 
     Raises:
-        ValueError: heads outside the model, an unknown ``how``/``where``, or
-            ``how="mean"`` without ``reference``.
+        ValueError: no heads, heads outside the model or not integer pairs, an unknown
+            ``how``/``where``, or ``how="mean"`` without ``reference``.
     """
     access = ModelAccess(model, analysis="ablation")
     heads = check_heads(access, heads)
+    if not heads:
+        raise ValueError("no heads to ablate; pass at least one (layer, head) pair, e.g. found.heads")
     means = None
     if how == "mean":
         if reference is None:

@@ -10,7 +10,6 @@ position and label, the gold label and the final position.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+from icl_heads import _checks
 
 DEFAULT_TEMPLATE = "{text} : {label}\n"
 ORDERS = ("random", "blocked", "blocked_reversed", "alternating")
@@ -64,22 +65,23 @@ class ICLTask:
 
     Args:
         texts: the sentences.
-        labels: the class of each sentence (any hashable; sorted to fix the order of
-            ``classes`` unless ``classes`` is given).
+        labels: the class index of each sentence, in ``[0, len(classes))``
+            (:meth:`from_pairs` builds a task from label names).
         label_words: the word shown for each class, in the order of ``classes``.
         template: how one demonstration is rendered; must contain ``{text}`` then
             ``{label}``. The query is the template cut before ``{label}``, with trailing
             spaces removed (so BPE tokenizers predict the label with its leading space).
-        classes: the class order (defaults to the sorted distinct labels).
+        classes: the class names, in order.
         name: a name for reports.
 
     Raises:
-        ValueError: empty data, texts and labels of different lengths, a bad
-            template, or label words that do not match the classes.
+        ValueError: empty data, a missing or empty text, texts and labels of different
+            lengths, a bad template, or label words that do not match the classes.
+        TypeError: a string where a sequence is expected, or a text that is not a string.
 
     >>> task = ICLTask.from_pairs(["goal", "soup", "team", "bread"], ["sport", "food", "sport", "food"])
     >>> task.classes, task.label_words
-    (('food', 'sport'), ('foo', 'bar'))
+    (('sport', 'food'), ('foo', 'bar'))
     """
 
     texts: tuple[str, ...]
@@ -90,6 +92,9 @@ class ICLTask:
     name: str = "task"
 
     def __post_init__(self) -> None:
+        _checks.check_texts(self.texts)
+        for name in ("labels", "classes", "label_words"):
+            _checks.check_sequence(name, getattr(self, name))
         if len(self.texts) == 0:
             raise ValueError("the task has no examples; pass at least one (text, label) pair per class")
         if len(self.texts) != len(self.labels):
@@ -101,6 +106,10 @@ class ICLTask:
                 f"label_words {self.label_words} has {len(self.label_words)} words for "
                 f"{len(self.classes)} classes {list(self.classes)}; give one word per class"
             )
+        if any(not isinstance(w, str) for w in self.label_words):
+            raise TypeError(f"label_words must be strings, got {self.label_words}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes {list(self.classes)} repeat a class; list each class once")
         if len(set(self.label_words)) != len(self.label_words) or any(not w.strip() for w in self.label_words):
             raise ValueError(f"label_words must be distinct non-empty words, got {self.label_words}")
         if any(w != w.strip() for w in self.label_words):
@@ -129,13 +138,30 @@ class ICLTask:
     ) -> ICLTask:
         """Build a task from parallel lists of texts and labels.
 
+        Args:
+            texts: the sentences (strings).
+            labels: the label of each sentence: numbers, or strings, or other hashable
+                values of one kind.
+            label_words: the word shown for each class, in the order of ``classes``.
+            template: how one demonstration is rendered (see :class:`ICLTask`).
+            classes: the class order; default the labels' natural order: numeric
+                order for numbers, order of first appearance otherwise.
+            name: a name for reports.
+
+        Returns:
+            The task.
+
         Raises:
-            ValueError: a label outside ``classes``, or the checks of :class:`ICLTask`.
+            TypeError: a string where a sequence is expected, or a text that is not a string.
+            ValueError: a missing (None/NaN) or empty text or label, labels of mixed
+                kinds (``1`` and ``"1"``), a label outside ``classes``, or the checks
+                of :class:`ICLTask`.
         """
-        texts = tuple(str(t) for t in texts)
-        labels = list(labels)
-        found = sorted(set(labels), key=str)
-        classes = tuple(classes) if classes is not None else tuple(found)
+        texts = _checks.check_texts(texts)
+        labels = _checks.check_labels(labels)
+        found = _checks.natural_order(labels)
+        classes = tuple(_checks.check_sequence("classes", classes)) if classes is not None else found
+        label_words = _checks.check_sequence("label_words", label_words)
         unknown = [y for y in found if y not in classes]
         if unknown:
             raise ValueError(f"labels {unknown} are not among the task's classes {list(classes)}")
@@ -162,23 +188,31 @@ class ICLTask:
         return cls.from_pairs(df[text_col].tolist(), df[label_col].tolist(), **kw)
 
     @classmethod
-    def from_file(cls, path: str | Path, text_col: str = "text", label_col: str = "label", **kw: Any) -> ICLTask:
-        """Build a task from a ``.csv`` or ``.jsonl`` file.
+    def from_file(
+        cls, path: str | Path, text_col: str = "text", label_col: str = "label", *, dropna: bool = False, **kw: Any
+    ) -> ICLTask:
+        """Build a task from a ``.csv`` or ``.jsonl`` file (the format is read from the content).
+
+        Args:
+            path: the file; see :func:`icl_heads.data.read_labelled_file`.
+            text_col: the column holding the texts.
+            label_col: the column holding the labels.
+            dropna: drop rows with a missing text or label (logged with a count) instead of refusing them.
+            **kw: passed to :meth:`from_pairs` (``label_words``, ``template``, ``classes``, ``name``).
+
+        Returns:
+            The task, named after the file unless ``name`` is given.
 
         Raises:
-            ValueError: an unknown file type, or the checks of :meth:`from_dataframe`.
+            icl_heads.data.DataError: a missing, unreadable, empty or malformed file, a
+                missing column or cell, each naming the file and line (a ``ValueError``).
+            ValueError: the checks of :meth:`from_pairs`.
         """
-        import pandas as pd
+        from icl_heads.data import read_labelled_file
 
-        path = Path(path)
-        if path.suffix == ".csv":
-            df = pd.read_csv(path)
-        elif path.suffix in (".jsonl", ".json"):
-            df = pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
-        else:
-            raise ValueError(f"cannot read {path}: use a .csv or .jsonl file")
-        kw.setdefault("name", path.stem)
-        return cls.from_dataframe(df, text_col, label_col, **kw)
+        data = read_labelled_file(path, text_col, label_col, dropna=dropna)
+        kw.setdefault("name", Path(path).stem)
+        return cls.from_pairs(data.texts, data.labels, **kw)
 
     def with_label_words(self, label_words: Sequence[str]) -> ICLTask:
         """The same task showing other label words."""
@@ -213,16 +247,20 @@ class ICLTask:
             The prompts, in text, with their task.
 
         Raises:
-            ValueError: ``n < 1``, negative ``shots``, counts that do not sum to
+            TypeError: ``n``, ``shots``, ``seed``, ``gold``, counts or order that are not integers.
+            ValueError: ``n < 1``, negative ``shots`` or ``seed``, counts that do not sum to
                 ``shots``, too few examples of a class, or an unknown order.
         """
+        n, shots = _checks.check_int("n", n), _checks.check_int("shots", shots)
+        seed = _checks.check_int("seed", seed, minimum=0)
+        gold = None if gold is None else _checks.check_int("gold", gold)
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         if shots < 0:
             raise ValueError(f"shots must be >= 0, got {shots}")
         k = len(self.classes)
         if counts is not None:
-            counts = tuple(int(c) for c in counts)
+            counts = tuple(_checks.check_int("counts[i]", c) for c in _checks.check_sequence("counts", counts))
             if len(counts) != k or sum(counts) != shots or min(counts) < 0:
                 raise ValueError(
                     f"counts {counts} must give one non-negative count per class {list(self.classes)} summing to shots={shots}"
@@ -230,7 +268,7 @@ class ICLTask:
         if isinstance(order, str) and order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS} or a sequence of class indices, got {order!r}")
         if not isinstance(order, str):
-            order = tuple(int(c) for c in order)
+            order = tuple(_checks.check_int("order[i]", c) for c in _checks.check_sequence("order", order))
             if len(order) != shots or any(not 0 <= c < k for c in order):
                 raise ValueError(f"explicit order {order} must list {shots} class indices in [0, {k})")
             in_order = tuple(int(c) for c in np.bincount(np.asarray(order, dtype=int), minlength=k))

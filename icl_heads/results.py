@@ -44,7 +44,12 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, 
         task = getattr(getattr(prompts, "prompts", prompts), "task", None)
         out.update(n_prompts=len(prompts), prompt_config=_jsonable(cfg))
         if task is not None:
-            out.update(task=task.name, label_words=list(task.label_words), template=task.template)
+            out.update(
+                task=task.name,
+                label_words=list(task.label_words),
+                template=task.template,
+                classes={str(c): w for c, w in zip(task.classes, task.label_words, strict=True)},
+            )
     out.update(_jsonable(extra))
     return out
 
@@ -82,6 +87,9 @@ class Result:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the result to the folder ``path``.
 
+        Every DataFrame's columns and dtypes are recorded in ``meta.json`` so that
+        :meth:`load` rebuilds them exactly (a float32 column stays float32).
+
         Raises:
             FileExistsError: ``path`` exists and is not empty, unless ``overwrite``.
         """
@@ -89,18 +97,21 @@ class Result:
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True or choose a new folder")
         path.mkdir(parents=True, exist_ok=True)
-        tensors, meta = {}, {"__class__": type(self).__name__, "fields": {}}
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {"__class__": type(self).__name__, "fields": {}, "tables": {}}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
                 tensors[f.name] = value.detach().cpu().contiguous()
             elif isinstance(value, pd.DataFrame):
                 value.to_csv(path / f"{f.name}.csv", index=False)
+                meta["tables"][f.name] = {str(c): str(t) for c, t in value.dtypes.items()}
             elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
                 for k, v in value.items():
                     tensors[f"{f.name}::{k}"] = v.detach().cpu().contiguous()
             else:
                 meta["fields"][f.name] = _jsonable(value)
+        meta["tensors"] = sorted(tensors)
         if tensors:
             save_file(tensors, str(path / "tensors.safetensors"))
         (path / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -111,27 +122,42 @@ class Result:
         """Read a result written by :meth:`save`.
 
         Raises:
-            FileNotFoundError: no saved result at ``path``.
-            ValueError: the folder holds a different kind of result.
+            FileNotFoundError: no saved result at ``path``, or a file the result needs is missing (named).
+            ValueError: the folder holds a different kind of result, or a file is
+                corrupt or does not match what was saved (the file is named).
         """
         path = Path(path)
-        if not (path / "meta.json").exists():
-            raise FileNotFoundError(f"no saved result in {path} (meta.json missing)")
-        meta = json.loads((path / "meta.json").read_text())
+        meta = _read_meta(path)
         if meta.get("__class__") != cls.__name__:
             raise ValueError(f"{path} holds a {meta.get('__class__')}, not a {cls.__name__}; load it with that class")
-        tensors = load_file(str(path / "tensors.safetensors")) if (path / "tensors.safetensors").exists() else {}
+        tensors = _read_tensors(path, meta)
+        tables = meta.get("tables")
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in tensors:
                 kwargs[f.name] = tensors[f.name]
-            elif (path / f"{f.name}.csv").exists():
+            elif tables is not None and f.name in tables:
+                kwargs[f.name] = _read_table(path / f"{f.name}.csv", tables[f.name])
+            elif tables is None and (path / f"{f.name}.csv").exists():  # saved before dtypes were recorded
                 kwargs[f.name] = pd.read_csv(path / f"{f.name}.csv")
             elif any(k.startswith(f"{f.name}::") for k in tensors):
                 kwargs[f.name] = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{f.name}::")}
             elif f.name in meta["fields"]:
                 kwargs[f.name] = _tuplify(meta["fields"][f.name]) if f.name != "config" else meta["fields"][f.name]
-        return cls(**kwargs)
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ValueError(
+                f"{path} is incomplete: {cls.__name__} needs {missing}, found in none of meta.json, "
+                f"tensors.safetensors or {', '.join(m + '.csv' for m in missing)}; save the result again"
+            )
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError, AttributeError, KeyError) as err:
+            raise ValueError(f"{path} does not hold a valid {cls.__name__} ({err}); save the result again") from err
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -148,6 +174,58 @@ class Result:
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={_fmt(v)}" for k, v in self.summary().items())
         return f"{type(self).__name__}({items})"
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not (path / "meta.json").exists():
+        raise FileNotFoundError(f"no saved result in {path} (meta.json missing)")
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / 'meta.json'} is corrupt ({err}); save the result again") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("fields"), dict):
+        raise ValueError(f"{path / 'meta.json'} is not the metadata of a saved result; save the result again")
+    return meta
+
+
+def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    file = path / "tensors.safetensors"
+    expected = meta.get("tensors")
+    if not file.exists():
+        if expected:
+            raise FileNotFoundError(f"{file} is missing; it should hold {expected}")
+        return {}
+    try:
+        tensors = load_file(str(file))
+    except Exception as err:  # safetensors raises its own error types for a truncated or garbled file
+        raise ValueError(f"{file} is corrupt ({type(err).__name__}: {err}); save the result again") from None
+    absent = sorted(set(expected or ()) - set(tensors))
+    if absent:
+        raise ValueError(f"{file} lacks the tensors {absent}; save the result again")
+    return tensors
+
+
+def _read_table(file: Path, dtypes: dict[str, str]) -> pd.DataFrame:
+    """A DataFrame written by ``to_csv``, with the columns and dtypes recorded when it was saved."""
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is missing; it holds the table {file.stem!r} of the result")
+    try:
+        df = pd.read_csv(file, dtype={c: str for c, t in dtypes.items() if t == "object"}, keep_default_na=False,
+                         na_values={c: [""] for c in dtypes})  # fmt: skip
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        if not dtypes and isinstance(err, pd.errors.EmptyDataError):
+            return pd.DataFrame()
+        raise ValueError(f"{file} cannot be read as CSV ({err}); save the result again") from None
+    if list(df.columns) != list(dtypes):
+        raise ValueError(f"{file} has columns {list(df.columns)} but the result saved {list(dtypes)}; save it again")
+    for column, dtype in dtypes.items():
+        if str(df[column].dtype) == dtype:
+            continue
+        try:
+            df[column] = df[column].astype(dtype)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{file}: column {column!r} does not hold {dtype} values ({err}); save it again") from None
+    return df
 
 
 def _fmt(v: Any) -> str:

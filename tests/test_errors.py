@@ -156,7 +156,7 @@ def test_missing_columns_and_unknown_files(tmp_path):
 
 def test_fewer_examples_than_shots():
     task = ICLTask.from_pairs(TEXTS, LABELS)
-    with pytest.raises(ValueError, match=r"class 'food' has 3 examples but a prompt needs 4.*lower shots"):
+    with pytest.raises(ValueError, match=r"class 'sport' has 3 examples but a prompt needs 4.*lower shots"):
         task.prompts(2, 6, counts=(3, 3), gold=0)
     with pytest.raises(ValueError, match="has 3 examples but a prompt needs"):
         task.prompts(2, 8)

@@ -86,8 +86,8 @@ def test_task_from_lists_dataframe_csv_jsonl_agree(tmp_path):
     from_jsonl = ICLTask.from_file(tmp_path / "demo.jsonl")
     for task in (from_df, from_csv, from_jsonl):
         assert task == from_lists
-    assert from_lists.classes == ("food", "sport")
-    assert from_lists.labels == (1, 0, 0, 1, 0, 1)
+    assert from_lists.classes == ("sport", "food")  # order of first appearance
+    assert from_lists.labels == (0, 1, 1, 0, 1, 0)
     assert from_csv.name == "demo"
 
 

@@ -1,0 +1,329 @@
+"""Everything the command checks before it loads a model: numbers, sections, output, device, model, data, prompts.
+
+:func:`validate` turns parsed arguments into a :class:`Plan` or raises a
+:class:`UsageError` whose one-line message names the option at fault and the fix.
+It loads only the model's tokenizer and configuration (seconds), never its weights,
+so that a bad input never costs a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from icl_heads._cli_output import UsageError, check_out
+
+logger = logging.getLogger("icl_heads")
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class Plan:
+    """A validated run: what to load, the task, the prompts, and what the report should say about the data."""
+
+    args: argparse.Namespace
+    model: str
+    device: str
+    task: Any
+    prompts: Any
+    held_out: Any
+    shots: int
+    skip: set[str]
+    classes: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    unknown_token_share: float | None = None
+
+
+def default_shots(n_classes: int, at_least: int = 4) -> int:
+    """The smallest multiple of the number of classes that is at least ``at_least``."""
+    return n_classes * math.ceil(at_least / n_classes)
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    for flag, value, low in (
+        ("--n-prompts", args.n_prompts, 8),
+        ("--seed", args.seed, 0),
+        ("--threads", args.threads, 1),
+        ("--shots", args.shots, 1),
+    ):
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
+
+
+def check_skip(value: str, sections: list[str]) -> set[str]:
+    skip = set(_split(value))
+    for name in sorted(skip - set(sections)):
+        close = difflib.get_close_matches(name, sections, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"--skip: unknown section {name!r}; {hint}sections: {', '.join(sections)}")
+    return skip
+
+
+def check_device(device: str | None) -> str:
+    import torch
+
+    name = device or "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return name
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+        return name
+    backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+    if backend is None or not backend.is_available():
+        raise UsageError(f"--device {name}: {dev.type} is not available on this machine; use --device cpu")
+    return name
+
+
+def _path_like(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or ref.endswith("/")
+
+
+def resolve_model(ref: str) -> tuple[str, Any, int | None]:
+    """The model reference to load, its tokenizer and its context length, without loading weights.
+
+    Raises:
+        UsageError: a missing folder, a folder without ``config.json``, a malformed hub
+            name, or a hub model that cannot be fetched (offline).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    if ref == "organism":
+        from icl_heads.organism import CHECKPOINT_DIR
+
+        folder: Path | None = CHECKPOINT_DIR
+    else:
+        path = Path(ref).expanduser()
+        folder = path if path.exists() or _path_like(ref) else None
+    if folder is not None:
+        if not folder.exists():
+            raise UsageError(
+                f"--model {ref}: no such folder; give a local model folder (with config.json) or a hub name"
+            )
+        if not (folder / "config.json").is_file():
+            raise UsageError(f"--model {ref}: the folder has no config.json; give a Hugging Face model folder")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            config = AutoConfig.from_pretrained(str(folder))
+        except (OSError, ValueError, KeyError) as err:
+            raise UsageError(f"--model {ref}: cannot read its tokenizer or config ({_first_line(err)})") from None
+        return str(folder) if ref != "organism" else ref, tokenizer, _context(config)
+    if not _HUB_NAME.match(ref):
+        raise UsageError(f"--model {ref!r} is neither a local folder nor a hub name like 'gpt2' or 'org/name'")
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=offline)
+        config = AutoConfig.from_pretrained(ref, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        why = "offline (HF_HUB_OFFLINE is set) and it is not in the local cache" if offline else _first_line(err)
+        raise UsageError(
+            f"--model {ref}: cannot fetch it from the Hugging Face hub: {why}; give a local folder"
+        ) from None
+    return ref, tokenizer, _context(config)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _context(config: Any) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The task from ``--data`` (or the organism's), with its classes and label words checked."""
+    from icl_heads.data import DataError, read_labelled_file
+    from icl_heads.prompts import ICLTask
+
+    notes: list[str] = []
+    classes = _split(args.classes) or None
+    if args.data is None:
+        if args.task != "organism":
+            raise UsageError(f"unknown --task {args.task!r}; use 'organism' or give --data FILE.csv|.jsonl")
+        from icl_heads.organism import TOPICS, organism_task
+
+        topics = classes or ["sport", "food"]
+        unknown = [t for t in topics if t not in TOPICS]
+        if unknown:
+            raise UsageError(
+                f"--classes: the organism has no topic {unknown[0]!r}; topics: {', '.join(sorted(TOPICS))}"
+            )
+        words = _label_words(args.label_words, topics)
+        return organism_task(tuple(topics), label_words=words, seed=args.seed), notes
+    try:
+        data = read_labelled_file(
+            args.data,
+            args.text_col,
+            args.label_col,
+            dropna=args.dropna,
+            options=("--text-col", "--label-col", "--dropna"),
+        )
+    except DataError as err:
+        raise UsageError(f"--data {err}") from None
+    if data.dropped:
+        notes.append(
+            f"{len(data.dropped)} rows of {args.data} had a missing text or label and were dropped (--dropna)."
+        )
+    found = _natural(data.labels)
+    if classes is not None:
+        by_name = {str(c): c for c in found}
+        unknown = [c for c in classes if c not in by_name]
+        if unknown:
+            raise UsageError(
+                f"--classes: {unknown[0]!r} is not a label in {args.data}; its labels: {', '.join(map(str, found))}"
+            )
+        left = [c for c in found if str(c) not in classes]
+        if left:
+            raise UsageError(f"--classes leaves out the label {left[0]!r} of {args.data}; list every class once")
+        order = tuple(by_name[c] for c in classes)
+    else:
+        order = found
+    if len(order) < 2:
+        raise UsageError(
+            f"--data {args.data}: every row has the label {order[0]!r}; a classification task needs 2+ classes"
+        )
+    words = _label_words(args.label_words, list(order))
+    try:
+        task = ICLTask.from_pairs(data.texts, data.labels, label_words=words, classes=order, name=Path(args.data).stem)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--data {args.data}: {err}") from None
+    return task, notes
+
+
+def _natural(labels: Any) -> tuple[Any, ...]:
+    from icl_heads._checks import natural_order
+
+    return natural_order(labels)
+
+
+def _label_words(value: str | None, classes: list[Any]) -> tuple[str, ...]:
+    words = _split(value) if value is not None else (["foo", "bar"] if len(classes) == 2 else [])
+    if len(words) != len(classes):
+        names = ", ".join(map(str, classes))
+        given = f"{len(words)} ({', '.join(words)})" if words else "none (the default foo,bar is for 2 classes)"
+        raise UsageError(f"--label-words: {len(classes)} classes ({names}) need one word each, got {given}")
+    if len(set(words)) != len(words):
+        raise UsageError(f"--label-words {value}: the words must differ")
+    return tuple(words)
+
+
+def check_prompts(plan: Plan, tokenizer: Any, n_ctx: int | None) -> None:
+    """Tokenize the prompts with the model's tokenizer: label words, template, context length, unknown words."""
+    from icl_heads.prompts import LabelTokenError
+
+    for prompts in (plan.prompts, plan.held_out):
+        try:
+            tp = prompts.tokenize(tokenizer)
+        except LabelTokenError as err:
+            message = (
+                str(err)
+                .replace("or pass first_token=True to use the first token", "with --label-words")
+                .replace("choose label words the tokenizer knows", "choose words it knows with --label-words")
+            )
+            raise UsageError(f"--label-words: {message}") from None
+        longest = max(map(len, tp.tokens))
+        if n_ctx is not None and longest > n_ctx:
+            raise UsageError(
+                f"--shots {plan.shots}: a prompt has {longest} tokens but the model's context is {n_ctx}; "
+                "use fewer --shots or shorter texts"
+            )
+    share, words = unknown_tokens(plan.task.texts, tokenizer)
+    plan.unknown_token_share = share
+    if share:
+        note = (
+            f"{share:.1%} of the data's tokens are unknown to the model's tokenizer and reach the model as "
+            f"{tokenizer.unk_token!r} (e.g. {', '.join(map(repr, words))}): those words carry no information."
+        )
+        logger.warning("warning: %s", note)
+        plan.notes.append(note)
+
+
+def unknown_tokens(texts: Any, tokenizer: Any, n_examples: int = 5) -> tuple[float, list[str]]:
+    """Share of the texts' tokens that the tokenizer maps to its unknown token, and some such words."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return 0.0, []
+    total, unknown, words = 0, 0, {}
+    for text in texts:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        total += len(enc["input_ids"])
+        for tok, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+            if tok == unk:
+                unknown += 1
+                if len(words) < n_examples:
+                    words.setdefault(text[a:b], None)
+    return (unknown / total if total else 0.0), list(words)
+
+
+def validate(args: argparse.Namespace, sections: list[str], checks: dict[str, Callable[[Plan], None]]) -> Plan:
+    """Check every input of ``analyze`` without loading the model.
+
+    Args:
+        args: the parsed arguments.
+        sections: the names of all sections, in order.
+        checks: for some sections, a function that raises :class:`UsageError` when the
+            plan cannot run that section (e.g. too few examples for its prompts).
+
+    Returns:
+        The plan to run.
+
+    Raises:
+        UsageError: the first problem found, in one line naming the option.
+    """
+    check_numbers(args)
+    skip = check_skip(args.skip, sections)
+    check_out(args.out, args.force)
+    device = check_device(args.device)
+    model, tokenizer, n_ctx = resolve_model(args.model)
+    task, notes = load_task(args)
+    k = len(task.classes)
+    shots = args.shots if args.shots is not None else default_shots(k)
+    counts = [task.labels.count(c) for c in range(k)]
+    classes = [
+        {"class": c, "label_word": w, "examples": n}
+        for c, w, n in zip(task.classes, task.label_words, counts, strict=True)
+    ]
+    try:
+        prompts = task.prompts(args.n_prompts, shots, seed=args.seed)
+        held_out = task.prompts(args.n_prompts, shots, seed=args.seed + 1)
+    except ValueError as err:
+        raise UsageError(f"--shots {shots}: {err}") from None
+    plan = Plan(args, model, device, task, prompts, held_out, shots, skip, classes, notes)
+    for name in sections:
+        if name not in skip and name in checks:
+            checks[name](plan)
+    check_prompts(plan, tokenizer, n_ctx)
+    return plan
+
+
+def summary_of_classes(plan: Plan) -> list[dict[str, Any]]:
+    """The class ↔ label-word table, JSON-ready."""
+    return json.loads(json.dumps(plan.classes, default=str))

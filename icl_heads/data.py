@@ -1,0 +1,234 @@
+"""Read labelled texts from a CSV or JSON-lines file, with errors that name the file and the line.
+
+:func:`read_labelled_file` decides the format from the content (a first character
+``{`` means JSON lines, ``[`` a JSON array of objects, anything else CSV), accepts any
+case of the suffix, reads UTF-8 (with or without a byte-order mark) and checks every
+row: the columns exist, no text or label is missing (or, with ``dropna``, rows with
+a missing cell are dropped and counted), texts are strings and labels are of one
+kind. Every error says which line of the file is at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from icl_heads._checks import _kind, is_missing
+
+logger = logging.getLogger(__name__)
+
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as labelled texts; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Texts and labels read from a file.
+
+    Attributes:
+        texts: the texts, in file order.
+        labels: the labels (numbers when every label in the file is a number, else strings).
+        lines: the file line of each example (1-based; for CSV the header is line 1).
+        dropped: lines dropped for a missing text or label (only with ``dropna``).
+        format: ``"csv"``, ``"tsv"``, ``"jsonl"`` or ``"json"``.
+    """
+
+    texts: tuple[str, ...]
+    labels: tuple[Any, ...]
+    lines: tuple[int, ...]
+    dropped: tuple[int, ...]
+    format: str
+
+
+def _lines(lines: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(i) for i in lines[:limit])
+    return (
+        ("line " if len(lines) == 1 else "lines ")
+        + shown
+        + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+    )
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _sniff(path: Path, text: str) -> str:
+    first = text.lstrip()[:1]
+    fmt = "jsonl" if first == "{" else "json" if first == "[" else "tsv" if path.suffix.lower() == ".tsv" else "csv"
+    by_suffix = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+    expected = by_suffix[path.suffix.lower()]
+    if {fmt, expected} - {"json", "jsonl"} and fmt != expected:
+        logger.warning("%s holds %s, not what its suffix says; reading it as %s", path, fmt.upper(), fmt.upper())
+    return fmt
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f'{path}: line {number} is a JSON {type(obj).__name__}, not an object like {{"text": ...}}')
+        rows.append((number, obj))
+    return rows
+
+
+def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
+    try:
+        objs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
+        raise DataError(f'{path}: a .json file must hold a list of objects like [{{"text": ...}}]; use JSON lines')
+    return [(i + 1, o) for i, o in enumerate(objs)]  # item numbers: a JSON array has no meaningful line per item
+
+
+def _read_csv(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        while header is not None and not any(cell.strip() for cell in header):
+            header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path} is empty: it has no header line and no rows")
+        rows, start = [], reader.line_num + 1
+        for cells in reader:
+            if any(cell.strip() for cell in cells):
+                if len(cells) != len(header):
+                    raise DataError(
+                        f"{path}: line {start} has {len(cells)} fields but the header has {len(header)}; "
+                        "quote texts that contain the delimiter"
+                    )
+                rows.append((start, dict(zip(header, cells, strict=True))))
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise DataError(f"{path}: line {reader.line_num} cannot be read as CSV ({err})") from None
+    return rows
+
+
+def _typed_labels(values: list[str]) -> list[Any]:
+    """CSV cells hold text: labels become numbers when every one of them is a number."""
+    if all(_INT.match(v.strip()) for v in values):
+        return [int(v) for v in values]
+    if all(_FLOAT.match(v.strip()) for v in values):
+        return [float(v) for v in values]
+    return values
+
+
+def read_labelled_file(
+    path: str | Path,
+    text_col: str = "text",
+    label_col: str = "label",
+    *,
+    dropna: bool = False,
+    options: tuple[str, str, str] = ("text_col=", "label_col=", "dropna=True"),
+) -> LabelledData:
+    """Read texts and labels from a ``.csv``/``.tsv`` or ``.jsonl``/``.json`` file.
+
+    Args:
+        path: the file (any case of the suffix).
+        text_col: the column (key) holding the texts.
+        label_col: the column (key) holding the labels.
+        dropna: drop rows whose text or label is missing (logged with a count and
+            their lines) instead of refusing them.
+        options: how the caller names the text column, label column and drop
+            options, for the hints in error messages.
+
+    Returns:
+        The texts, labels and the line of each.
+
+    Raises:
+        DataError: the file is missing, unreadable, empty, not UTF-8, malformed (the
+            line is named), lacks a column, has missing cells (without ``dropna``),
+            non-string texts or labels of mixed kinds.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a .csv or .jsonl file")
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"cannot read {path}: use a .csv or .jsonl file (got suffix {path.suffix!r})")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path} cannot be read: {err.strerror or err}") from None
+    text = _decode(path, raw)
+    if not text.strip():
+        raise DataError(f"{path} is empty")
+    fmt = _sniff(path, text)
+    if fmt == "jsonl":
+        rows = _read_jsonl(path, text)
+    elif fmt == "json":
+        rows = _read_json(path, text)
+    else:
+        rows = _read_csv(path, text, "\t" if fmt == "tsv" else ",")
+    if not rows:
+        raise DataError(f"{path} has a header but no rows")
+    columns = list(dict.fromkeys(k for _, row in rows for k in row))
+    missing_cols = [c for c in (text_col, label_col) if c not in columns]
+    if missing_cols:
+        raise DataError(
+            f"{path} has no column {', '.join(map(repr, missing_cols))}; its columns are {columns}. "
+            f"Choose them with {options[0]} and {options[1]}"
+        )
+
+    def blank(v: Any) -> bool:
+        return is_missing(v) or (isinstance(v, str) and not v.strip())
+
+    bad = [n for n, row in rows if blank(row.get(text_col)) or blank(row.get(label_col))]
+    if bad and not dropna:
+        raise DataError(
+            f"{path}: {len(bad)} rows have a missing text or label ({_lines(bad)}); fill them in, "
+            f"or drop them with {options[2]}"
+        )
+    if bad:
+        logger.warning("dropped %d rows with a missing text or label from %s (%s)", len(bad), path, _lines(bad))
+        rows = [(n, row) for n, row in rows if n not in set(bad)]
+        if not rows:
+            raise DataError(f"{path}: every row has a missing text or label")
+    lines = [n for n, _ in rows]
+    texts = [row[text_col] for _, row in rows]
+    not_text = [n for n, t in zip(lines, texts, strict=True) if not isinstance(t, str)]
+    if not_text:
+        raise DataError(f"{path}: the {text_col!r} of {_lines(not_text)} is not a string (quote it in the file)")
+    labels = [row[label_col] for _, row in rows]
+    labels = _typed_labels(labels) if fmt in ("csv", "tsv") else labels
+    first: dict[str, int] = {}
+    for n, y in zip(lines, labels, strict=True):
+        if isinstance(y, (dict, list)):
+            raise DataError(
+                f"{path}: the {label_col!r} of line {n} is a JSON {type(y).__name__}; use a string or number"
+            )
+        first.setdefault(_kind(y), n)
+    if len(first) > 1:
+        kinds = ", ".join(f"{kind}s (line {n})" for kind, n in first.items())
+        raise DataError(
+            f'{path}: the {label_col!r} column mixes {kinds}; a label 1 and a label "1" would be two classes. '
+            "Write every label the same way"
+        )
+    return LabelledData(tuple(texts), tuple(labels), tuple(lines), tuple(bad if dropna else ()), fmt)
