@@ -71,7 +71,7 @@ def test_natural_class_order():
 )
 def test_bad_sampling_types(kwargs, error, match):
     if error is TypeError:  # our message, or under the test suite's runtime type checks the checker's
-        match += "|typechecking parameter '" + match.split()[0].split("\\")[0] + "'"
+        match += "|typechecking parameter '" + match.split()[0].split("\\")[0] + "'|Type-check error"
     with pytest.raises(error, match=match):
         ICLTask.from_pairs(TEXTS, LABELS).prompts(**kwargs)
 
@@ -98,7 +98,8 @@ def test_integer_check_accepts_numpy_and_torch_integers_only():
     ],
 )
 def test_bad_heads_to_ablate(models, heads, match):
-    checker = "|typechecking parameter 'heads'"  # the test suite's runtime type checks may speak first
+    # the test suite's runtime type checks may speak first
+    checker = "|typechecking parameter 'heads'|Type-check error"
     with pytest.raises((ValueError, TypeError), match=match + checker), ih.ablate(models["llama"], heads):
         pass
 
