@@ -142,8 +142,11 @@ def per_prompt_attribution(
         ]  # fmt: skip
         return torch.cat(parts)
     model, n_layers = access.model, access.n_layers
-    rows = torch.arange(len(batch.golds))
-    finals = batch.final_positions
+    with torch.inference_mode(False):  # index tensors that autograd may save: never inference tensors
+        rows = torch.arange(len(batch.golds))
+        finals = batch.final_positions.clone()
+        gold = label_ids[batch.golds].clone()
+        tokens, mask = batch.tokens.clone().to(access.device), batch.attention_mask.clone().to(access.device)
     leaves: dict[int, tuple[Tensor, Tensor]] = {}
     got: dict[str, Tensor] = {}
 
@@ -161,15 +164,14 @@ def per_prompt_attribution(
 
     hooks = [(access.hook(layer, "z"), leaf(layer)) for layer in range(n_layers)]
     hooks.append((access.hook(n_layers - 1, "resid_post"), stop))
-    kw: dict[str, Any] = {"attention_mask": batch.attention_mask.to(access.device)} if batch.has_padding else {}
+    kw: dict[str, Any] = {"attention_mask": mask} if batch.has_padding else {}
     with torch.inference_mode(False), torch.enable_grad(), _frozen_parameters(model):
         with suppress(_Stop):
-            model.run_with_hooks(batch.tokens.to(access.device), fwd_hooks=hooks, **kw)
+            model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
         if "resid" not in got or len(leaves) != n_layers:
             raise RuntimeError("the forward pass did not reach every hook_z and the last block's hook_resid_post")
         logits = _final_logits(access, got.pop("resid"))
-        gold = label_ids[batch.golds].to(logits.device)
-        metric = logits.log_softmax(-1)[rows.to(logits.device), gold].sum()
+        metric = logits.log_softmax(-1)[rows.to(logits.device), gold.to(logits.device)].sum()
         grads = torch.autograd.grad(metric, [leaves[layer][0] for layer in range(n_layers)])
     if check:
         _check_rebuilt_logits(access, batch, logits)
