@@ -10,6 +10,7 @@
 from icl_heads import testing
 from icl_heads._version import __version__
 from icl_heads.accuracy import AccuracyResult, icl_accuracy
+from icl_heads.agreement import ScoreAgreement, compare_head_scores
 from icl_heads.bias import MajorityBias, RecencyBias, majority_bias, recency_bias
 from icl_heads.corrections import (
     correcting,
@@ -74,6 +75,7 @@ __all__ = [
     "QKLabelAttention",
     "RecencyBias",
     "ReweightingComparison",
+    "ScoreAgreement",
     "TokenizedPrompts",
     "TwoTowerTest",
     "UnfaithfulModelError",
@@ -82,6 +84,7 @@ __all__ = [
     "ablation",
     "ablation_curve",
     "check_faithfulness",
+    "compare_head_scores",
     "compare_reweighting",
     "component_stability",
     "correct_majority_bias",

@@ -219,6 +219,7 @@ def find_in_context_heads(
     seed: int = 0,
     batch_size: int = 32,
     padding_side: str = "right",
+    rescore: int | None = None,
     progress: bool = False,
 ) -> InContextHeads:
     """Find the heads that carry in-context learning, and check them causally.
@@ -227,7 +228,8 @@ def find_in_context_heads(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: few-shot prompts (e.g. ``task.prompts(n=200, shots=4)``).
         method: the score that selects heads: ``"logprob_increase"`` (default),
-            ``"dla"`` or ``"ablation"``.
+            ``"dla"``, ``"ablation"`` (exact, one pass per head) or ``"attribution"``
+            (its first-order estimate from one forward and one backward pass).
         fraction: share of all heads to select (default 1%, at least one head).
         k: number of heads to select instead of ``fraction``.
         also: other scores to compute for comparison.
@@ -238,6 +240,8 @@ def find_in_context_heads(
         seed: seed of the random head sets.
         batch_size: prompts per forward pass (does not change the result).
         padding_side: ``"right"`` or ``"left"`` (does not change the result).
+        rescore: for ``"attribution"``, the heads with the largest ``|estimate|`` that are
+            re-scored exactly (default: four times the number selected, at least 4).
         progress: show progress bars.
 
     Returns:
@@ -261,9 +265,11 @@ def find_in_context_heads(
     tp = access.tokenize(prompts)
     n = n_selected(access.n_layers * access.n_heads, fraction, k)
     methods = tuple(dict.fromkeys((method, *also)))
+    rescore = max(4, 4 * n) if rescore is None and "attribution" in methods else rescore or 0
     per_prompt = score_heads(
-        access, tp, methods=methods, batch_size=batch_size, padding_side=padding_side, progress=progress
-    )
+        access, tp, methods=methods, batch_size=batch_size, padding_side=padding_side, rescore=rescore,
+        progress=progress,
+    )  # fmt: skip
     golds = torch.tensor(tp.golds)
     words = tp.prompts.task.label_words
     scores: dict[str, Tensor] = {}
@@ -283,6 +289,7 @@ def find_in_context_heads(
     config = {
         "method": method, "fraction": fraction, "k": n, "also": list(also), "verify": verify,
         "held_out_verification": verify_prompts is not None, "n_random": n_random, "seed": seed,
+        "rescore": rescore,
     }  # fmt: skip
     return InContextHeads(
         heads=heads,

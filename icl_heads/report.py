@@ -7,11 +7,14 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
+if TYPE_CHECKING:
+    from icl_heads.agreement import ScoreAgreement
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -79,3 +82,21 @@ def _fmt(v: Any) -> str:
     if isinstance(v, dict):
         return json.dumps(v, default=str)
     return str(v)
+
+
+def agreement_section(report: Report, agreement: ScoreAgreement) -> None:
+    """Add a section showing how a cheap head score agrees with the exact ablation score on a sample of heads.
+
+    Args:
+        report: the report to extend.
+        agreement: from :func:`icl_heads.compare_head_scores`.
+    """
+    parts = report.section(f"{agreement.method} score vs exact ablation ({len(agreement.heads)} heads)")
+    Report.text(
+        parts,
+        f"The {agreement.method} score against the exact ablation effect (the drop in the gold label's "
+        f"log-probability when one head is ablated) on {len(agreement.heads)} heads. A Spearman correlation "
+        "well below 0.9 or a different top head means the cheap score should not replace the exact one here.",
+    )
+    Report.numbers(parts, agreement.summary())
+    report.figure(parts, agreement.plot())

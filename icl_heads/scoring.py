@@ -10,6 +10,11 @@ prompts (DESIGN §2a):
 * ``dla``: direct logit attribution, ``(W_U[:, w] - mean_label W_U[:, y']) . norm(o)``.
 * ``ablation``: the drop in ``log p(w)`` when the head alone is zeroed (slow ground truth;
   many heads per forward pass by stacking copies of the batch).
+* ``attribution``: a first-order estimate of ``ablation`` for every head from one forward
+  and one backward pass (attribution patching, :mod:`icl_heads.attribution`).
+
+``ablation`` and ``attribution`` zero the head (``how="zero"``) or replace it by its mean
+(``how="mean"``), at every position (``where="all"``) or only the final one.
 
 ``logprob_increase`` and ``dla`` come from one forward pass per batch that keeps only
 ``hook_z`` (and ``resid_pre`` for ``logprob_increase``) and the final norm's scale at
@@ -26,10 +31,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads.attribution import largest_heads, per_prompt_attribution
+from icl_heads.interventions import HOWS, WHERE, head_means
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
-METHODS = ("logprob_increase", "dla", "ablation")
+METHODS = ("logprob_increase", "dla", "ablation", "attribution")
 
 
 def _per_prompt_fast(
@@ -78,15 +85,25 @@ def _per_prompt_fast(
 
 
 def _per_prompt_ablation(
-    access: ModelAccess, batch: PromptBatch, label_ids: Tensor, heads_per_pass: int
+    access: ModelAccess,
+    batch: PromptBatch,
+    label_ids: Tensor,
+    heads_per_pass: int,
+    *,
+    heads: Sequence[Head] | None = None,
+    how: str = "zero",
+    where: str = "all",
+    means: Tensor | None = None,
 ) -> Float[Tensor, "batch layer head"]:
-    """Per-prompt drop in gold log-probability when each head alone is zeroed."""
+    """Per-prompt drop in gold log-probability when each head alone is ablated (only ``heads`` if given; NaN elsewhere)."""
     b = len(batch.golds)
     gold = label_ids[batch.golds]
     base_logits, _ = access.run(batch)
     base = base_logits.log_softmax(-1)[torch.arange(b), gold.to(base_logits.device)].cpu()
-    all_heads = [(layer, h) for layer in range(access.n_layers) for h in range(access.n_heads)]
-    out = torch.zeros(b, access.n_layers, access.n_heads)
+    all_heads = (
+        list(heads) if heads is not None else [(la, h) for la in range(access.n_layers) for h in range(access.n_heads)]
+    )
+    out = torch.full((b, access.n_layers, access.n_heads), float("nan") if heads is not None else 0.0)
     step = max(1, heads_per_pass)
     for start in range(0, len(all_heads), step):
         chunk = all_heads[start : start + step]
@@ -105,10 +122,14 @@ def _per_prompt_ablation(
         for layer in sorted({layer for layer, _ in chunk}):
             slots = [(i, h) for i, (lay, h) in enumerate(chunk) if lay == layer]
 
-            def fn(z: Tensor, hook: Any, slots=slots) -> Tensor:
+            def fn(z: Tensor, hook: Any, slots=slots, layer=layer) -> Tensor:
                 z = z.clone()
                 for i, h in slots:
-                    z[i * b : (i + 1) * b, :, h] = 0
+                    value = 0.0 if how == "zero" else means[layer, h].to(z.device, z.dtype)  # type: ignore[index]
+                    if where == "all":
+                        z[i * b : (i + 1) * b, :, h] = value
+                    else:
+                        z[torch.arange(i * b, (i + 1) * b), batch.final_positions.to(z.device), h] = value
                 return z
 
             hooks.append((access.hook(layer, "z"), fn))
@@ -127,6 +148,10 @@ def score_heads(
     batch_size: int = 32,
     padding_side: str = "right",
     heads_per_pass: int = 8,
+    how: str = "zero",
+    where: str = "all",
+    reference: ICLPrompts | TokenizedPrompts | None = None,
+    rescore: int = 0,
     progress: bool = False,
 ) -> dict[str, Float[Tensor, "prompt layer head"]]:
     """Per-prompt scores of every head, for each requested method.
@@ -134,11 +159,17 @@ def score_heads(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
-        methods: any of ``"logprob_increase"``, ``"dla"``, ``"ablation"``.
+        methods: any of ``"logprob_increase"``, ``"dla"``, ``"ablation"``, ``"attribution"``.
         batch_size: prompts per forward pass (does not change the result).
         padding_side: ``"right"`` or ``"left"`` (does not change the result).
         heads_per_pass: heads ablated per forward pass for ``"ablation"`` (the batch
             is stacked this many times).
+        how: ``"ablation"`` and ``"attribution"`` replace the head by ``"zero"`` or by its ``"mean"``.
+        where: ... at ``"all"`` positions or only the ``"final"`` one.
+        reference: prompts whose mean ``hook_z`` replaces the head for ``how="mean"``
+            (default: ``prompts``).
+        rescore: for ``"attribution"``, re-score this many heads with the largest
+            ``|estimate|`` exactly (one ablation per head; see :mod:`icl_heads.attribution`).
         progress: show a progress bar.
 
     Returns:
@@ -150,9 +181,11 @@ def score_heads(
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown scoring methods {unknown or list(methods)}; choose from {METHODS}")
+    check_ablation_args(how, where, rescore)
     access = ModelAccess(model, analysis="score_heads")
     tp = access.tokenize(prompts)
     label_ids = torch.tensor(tp.label_token_ids)
+    means = ablation_means(access, tp, how, where, reference) if {"ablation", "attribution"} & set(methods) else None
     parts: dict[str, list[Tensor]] = {m: [] for m in methods}
     batches = list(access.batches(tp, batch_size, padding_side))
     for batch in tqdm(batches, desc="scoring heads", disable=not progress):
@@ -163,8 +196,56 @@ def score_heads(
             if "dla" in methods:
                 parts["dla"].append(dla)
         if "ablation" in methods:
-            parts["ablation"].append(_per_prompt_ablation(access, batch, label_ids, heads_per_pass))
-    return {m: torch.cat(v) for m, v in parts.items()}
+            parts["ablation"].append(
+                _per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
+            )
+        if "attribution" in methods:
+            parts["attribution"].append(
+                per_prompt_attribution(
+                    access, batch, label_ids, how=how, where=where, means=means, check=not parts["attribution"]
+                )
+            )
+    out = {m: torch.cat(v) for m, v in parts.items()}
+    if "attribution" in methods and rescore:
+        chosen = largest_heads(out["attribution"].mean(0), min(rescore, access.n_layers * access.n_heads))
+        exact = torch.cat(
+            [
+                _per_prompt_ablation(
+                    access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
+                )
+                for batch in batches
+            ]
+        )
+        for layer, h in chosen:
+            out["attribution"][:, layer, h] = exact[:, layer, h]
+    return out
+
+
+def check_ablation_args(how: str, where: str, rescore: int = 0) -> None:
+    """Refuse an unknown ablation (``how``/``where``) or a negative ``rescore`` before any work.
+
+    Raises:
+        ValueError: naming the valid choices.
+    """
+    if how not in HOWS:
+        raise ValueError(f"how must be one of {HOWS}, got {how!r}")
+    if where not in WHERE:
+        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+    if isinstance(rescore, bool) or not isinstance(rescore, int) or rescore < 0:
+        raise ValueError(f"rescore must be a number of heads >= 0, got {rescore!r}")
+
+
+def ablation_means(
+    access: ModelAccess,
+    tp: TokenizedPrompts,
+    how: str,
+    where: str,
+    reference: ICLPrompts | TokenizedPrompts | None,
+) -> Tensor | None:
+    """The ``[layer, head, d_head]`` means that replace heads for ``how="mean"`` (None for zero-ablation)."""
+    if how != "mean":
+        return None
+    return head_means(access, reference if reference is not None else tp, where=where)
 
 
 def top_heads(scores: Float[Tensor, "layer head"], k: int) -> tuple[Head, ...]:

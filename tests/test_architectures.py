@@ -68,7 +68,7 @@ def test_family_is_analysed_exactly(family, family_root, task):
     torch.testing.assert_close(dec.total(), access.uncap(hf), atol=1e-4 * max(1.0, float(hf.abs().max())), rtol=0)
 
     # DLA head scores are the decomposition's per-head terms: g[gold] - mean over labels of g
-    scores = score_heads(model, prompts, methods=("dla", "logprob_increase"), batch_size=5)
+    scores = score_heads(model, prompts, methods=("dla", "logprob_increase", "attribution"), batch_size=5)
     dla = scores["dla"]  # [prompt, layer, head]
     L, H = access.n_layers, access.n_heads
     head_cols = [dec.names.index(f"L{layer}H{h}") for layer in range(L) for h in range(H)]
