@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class Context:
     summary: dict
     progress: bool
     found: Any = None
+    #: result objects by name, read by :func:`icl_heads.verdicts.collect_verdicts`
+    results: dict = field(default_factory=dict)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--n-prompts", type=int, default=200, help="prompts per measurement (default: 200)")
     a.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cpu)")
+    a.add_argument(
+        "--dtype",
+        default=None,
+        help="weights' dtype: float32, bfloat16, float16, ... (default: the checkpoint's; bfloat16 halves a "
+        "large model's memory on a GPU)",
+    )
     a.add_argument("--seed", type=int, default=0, help="random seed for prompts and baselines (default: 0)")
     a.add_argument(
         "--threads",
@@ -170,7 +178,7 @@ def section_accuracy(ctx: Context, report) -> None:
 
 def section_heads(ctx: Context, report) -> None:
     import icl_heads as ih
-    from icl_heads.plots.heads import ablation_curve_figure
+    from icl_heads.plots.heads import ablation_curve_figure, score_selector_figure
 
     parts = report.section("In-context heads")
     access = ih.ModelAccess(ctx.model)
@@ -181,15 +189,21 @@ def section_heads(ctx: Context, report) -> None:
         ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
     )
     ctx.found = found
+    ctx.results["heads"] = found
+    report.text(
+        parts,
+        f"Setting: the default task, heads scored on {len(ctx.prompts)} prompts, every ablation measured on "
+        f"{len(ctx.held_out)} other prompts.",
+    )
     report.numbers(parts, found.summary())
-    report.figure(parts, found.heatmap())
-    report.figure(parts, found.heatmap(method="dla"))
-    for word in found.heads_by_label:
-        report.figure(parts, found.heatmap(label=word))
+    report.figure(parts, score_selector_figure(found))
     report.figure(parts, found.plot_verification())
     report.table(parts, found.verification)
     ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
-    curve = ih.ablation_curve(ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=10, seed=ctx.args.seed)
+    n_random = found.config.get("n_random", 20)  # the verification's random sets, so k = len(heads) repeats them
+    curve = ih.ablation_curve(
+        ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=n_random, seed=ctx.args.seed
+    )
     report.text(parts, f"Ablating the top heads by {found.method} against random heads of the same number:")
     report.figure(parts, ablation_curve_figure(curve, by=found.method))
     if "ablation" in found.scores:
@@ -199,9 +213,8 @@ def section_heads(ctx: Context, report) -> None:
             "heads the model cannot do without; where the label writers are redundant these differ from the heads "
             "with the largest direct effect:",
         )
-        report.figure(parts, found.heatmap(method="ablation"))
         by_ablation = ih.ablation_curve(
-            ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=10, seed=ctx.args.seed
+            ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=n_random, seed=ctx.args.seed
         )
         report.figure(parts, ablation_curve_figure(by_ablation, by="ablation"))
         by_ablation.to_csv(ctx.out / "results" / "ablation_curve_by_ablation_score.csv", index=False)
@@ -251,6 +264,7 @@ def section_mechanism(ctx: Context, report) -> None:
         report.text(parts, "Flip: prompts with a query of the other class; how much attention and OV vectors change.")
         report.numbers(parts, flip.summary())
         report.figure(parts, flip.plot())
+    ctx.results.update(ov=ov, qk=qk)
     results = {"ov_label_features": ov, "qk_label_attention": qk, "two_tower": towers, "flip": flip}
     for name, result in results.items():
         if result is not None:
@@ -270,8 +284,10 @@ def section_bias(ctx: Context, report) -> None:
     # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
     recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
     heads = ctx.found.heads if ctx.found is not None else None
-    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 10, progress=ctx.progress)
-    recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 11, heads=heads)
+    # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
+    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, progress=ctx.progress)
+    recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads)
+    ctx.results.update(majority=major, recency=recent)
     report.numbers(parts, major.summary())
     report.figure(parts, major.plot())
     report.numbers(parts, recent.summary())
@@ -314,7 +330,13 @@ def section_bias(ctx: Context, report) -> None:
             ),
         ),
     }
-    report.text(parts, "Corrections: hyperparameters tuned on held-out prompts, measured on other prompts.")
+    report.text(
+        parts,
+        "Corrections: hyperparameters tuned on held-out prompts, measured on the same test prompts as the biases "
+        "above (so 'bias before' repeats them).",
+    )
+    for key, fix in zip(("majority_correction", "recency_correction"), fixes.items(), strict=True):
+        ctx.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])
     for name, fix in fixes.items():
         report.text(parts, name)
         if fix is None:
@@ -350,6 +372,7 @@ def section_components(ctx: Context, report) -> None:
     report.figure(parts, dec.plot_accuracy())
     kinds = dec.kinds()
     report.table(parts, kinds.sort_values("accuracy", ascending=False), max_rows=15)
+    ctx.results["decomposition"] = dec
     stability = component_stability(
         ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
     )
@@ -358,6 +381,7 @@ def section_components(ctx: Context, report) -> None:
     comparison = compare_reweighting(
         ctx.model, task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
     )
+    ctx.results["reweighting"] = comparison
     report.numbers(parts, comparison.summary())
     report.figure(parts, comparison.plot())
     report.table(parts, comparison.df)
@@ -392,7 +416,7 @@ def check_bias(plan: Plan) -> None:
         )
     task, _ = _variant(plan.args, plan.task, "bias")
     try:
-        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 10)
+        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
     except ValueError as err:
         raise UsageError(
             f"--shots {plan.shots}: the bias section cannot draw its prompts ({err}); or --skip bias"
@@ -436,12 +460,26 @@ def _data_section(plan: Plan, report) -> None:
         report.text(parts, f"Note: {note}")
 
 
+def _seeds(seed: int) -> dict[str, int]:
+    """The seed of every random draw of a run, derived from ``--seed``."""
+    return {
+        "--seed (scored prompts, random heads, torch)": seed,
+        "held-out prompts": seed + 1,
+        "majority bias and its correction's test prompts": seed + 12,
+        "majority correction tuning prompts": seed + 13,
+        "recency bias and its correction's test prompts": seed + 14,
+        "recency correction tuning prompts": seed + 15,
+    }
+
+
 def run(plan: Plan, argv: list[str]) -> dict:
     """Load the model and run every section into a temporary folder, moved to ``--out`` on success."""
     import torch
 
     import icl_heads as ih
+    from icl_heads._provenance import run_provenance
     from icl_heads.report import Report
+    from icl_heads.verdicts import collect_verdicts, verdict_table
 
     args = plan.args
     args.shots = plan.shots
@@ -452,9 +490,10 @@ def run(plan: Plan, argv: list[str]) -> dict:
     folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
     with sigterm_raises(), folder as tmp:
         try:
-            model = ih.load_model(plan.model, device=plan.device)
+            model = ih.load_model(plan.model, device=plan.device, dtype=args.dtype)
         except (OSError, ValueError) as err:
             raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
+        faithfulness = ih.check_faithfulness(model)
         ctx = Context(
             args=args,
             model=model,
@@ -474,6 +513,12 @@ def run(plan: Plan, argv: list[str]) -> dict:
             },
             progress=not args.quiet,
         )
+        ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
+        prov = run_provenance(
+            argv=argv, model=model, reference=args.model, architecture=faithfulness.architecture, task=plan.task,
+            data=args.data,
+            seeds=_seeds(args.seed), threads=args.threads,
+        )  # fmt: skip
         report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
         _data_section(plan, report)
         for name, fn in SECTIONS:
@@ -485,6 +530,15 @@ def run(plan: Plan, argv: list[str]) -> dict:
             ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
         ctx.summary["total_seconds"] = round(time.time() - start, 2)
         ctx.summary["icl_heads_version"] = ih.__version__
+        verdicts = collect_verdicts(ctx.results)
+        ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
+        prov["cost"] = {
+            "seconds per section": ctx.summary.get("seconds", {}),
+            "total seconds": ctx.summary["total_seconds"],
+        }
+        ctx.summary["provenance"] = prov
+        ctx.summary["faithfulness"] = faithfulness.summary()
+        report.verdicts, report.provenance = verdicts, prov
         ctx.summary["n_figures"] = report.n_figures
         report.write(tmp / "report.html")
         (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
@@ -495,6 +549,8 @@ def run(plan: Plan, argv: list[str]) -> dict:
 def headline(summary: dict, out: Path) -> list[str]:
     """The lines printed at the end of a run: where the report is and the headline numbers."""
     lines = [f"report: {out / 'report.html'}", f"tables: {out / 'results'}/ and {out / 'summary.json'}"]
+    for v in summary.get("verdicts", []):
+        lines.append(f"{v['claim']}: {v['state']} ({v['detail']})")
     if "accuracy" in summary:
         lo, hi = summary["accuracy_95ci"]
         lines.append(f"{summary['shots']}-shot accuracy: {summary['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})")

@@ -11,6 +11,48 @@ DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
 
 
+def wrap(text: str, width: int) -> str:
+    """Break ``text`` into lines of at most ``width`` characters with ``<br>`` (existing breaks are kept)."""
+    out = []
+    for para in text.split("<br>"):
+        line = ""
+        for word in para.split(" "):
+            if line and len(line) + 1 + len(word) > width:
+                out.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        out.append(line)
+    return "<br>".join(out)
+
+
+#: characters per title line: fits a figure 700 px wide at plotly's default title size
+TITLE_WIDTH = 70
+
+
+def fit_titles(fig: go.Figure, width: int = TITLE_WIDTH) -> go.Figure:
+    """Wrap the figure's title and subplot titles so that they fit at narrow widths; grow the top margin to match.
+
+    Returns the same figure (changed in place).
+    """
+    title = fig.layout.title.text
+    lines = 0
+    if title:
+        wrapped = wrap(title, width)
+        lines = wrapped.count("<br>") + 1
+        fig.update_layout(title={"text": wrapped, "x": 0.02, "xanchor": "left"})
+    n_cols = max(1, len({a.xref for a in fig.layout.annotations if a.xref}) or 1)
+    sub_lines = 0
+    for ann in fig.layout.annotations:
+        if ann.text and ann.yref == "paper" and ann.yanchor == "bottom":  # subplot titles
+            ann.text = wrap(ann.text, max(20, width // n_cols))
+            sub_lines = max(sub_lines, ann.text.count("<br>") + 1)
+    top = 40 + 22 * lines + 16 * max(0, sub_lines - 1)
+    if fig.layout.margin.t is None or fig.layout.margin.t < top:
+        fig.update_layout(margin={"t": top})
+    return fig
+
+
 def head_name(layer: int, head: int) -> str:
     """``"L{layer}H{head}"``."""
     return f"L{layer}H{head}"

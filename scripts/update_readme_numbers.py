@@ -1,0 +1,39 @@
+"""Write the verdicts of a run into README.md between the ``verdicts`` markers (numbers generated, never copied).
+
+Usage::
+
+    icl-heads analyze --model organism --task organism --out results/organism --threads 1
+    python scripts/update_readme_numbers.py results/organism/summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
+
+
+def block(summary: dict) -> str:
+    """The Markdown list of verdicts, with the command and versions that produced them."""
+    prov = summary.get("provenance", {})
+    lines = [f"- **{v['claim']}**: {v['state']} ({v['detail']})" for v in summary["verdicts"]]
+    versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    cost = prov.get("cost", {}).get("total seconds")
+    lines.append("")
+    lines.append(f"From `{prov.get('command', 'icl-heads analyze')}` ({versions}; {cost} s).")
+    return "\n".join(lines)
+
+
+def main(path: str) -> None:
+    summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    text = README.read_text(encoding="utf-8")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{block(summary)}\n{END}{tail}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
