@@ -1,4 +1,6 @@
-"""Write the verdicts of a run into README.md between the ``verdicts`` markers (numbers generated, never copied).
+"""Write the verdicts of a run into README.md and docs/reproducing.md between the ``verdicts`` markers.
+
+The numbers are generated from a run's ``summary.json``, never copied by hand.
 
 Usage::
 
@@ -12,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+FILES = (ROOT / "README.md", ROOT / "docs" / "reproducing.md")
 START, END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 
 
@@ -29,10 +32,11 @@ def block(summary: dict) -> str:
 
 def main(path: str) -> None:
     summary = json.loads(Path(path).read_text(encoding="utf-8"))
-    text = README.read_text(encoding="utf-8")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{block(summary)}\n{END}{tail}", encoding="utf-8")
+    for file in FILES:
+        text = file.read_text(encoding="utf-8")
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        file.write_text(f"{head}{START}\n{block(summary)}\n{END}{tail}", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import plotly.graph_objects as go
 
-from icl_heads.plots._style import bar_with_ci, layer_head_heatmap
+from icl_heads.plots._style import bar_with_ci, fit_titles, layer_head_heatmap
 
 if TYPE_CHECKING:
     from icl_heads.heads import InContextHeads
@@ -49,6 +49,7 @@ def score_selector_figure(found: InContextHeads) -> go.Figure:
     fig = go.Figure()
     n_traces = []
     for _, sub in choices:
+        fit_titles(sub)  # each choice brings its own title: wrapped like every other title
         n_traces.append(len(sub.data))
         for trace in sub.data:
             fig.add_trace(trace)
@@ -66,8 +67,9 @@ def score_selector_figure(found: InContextHeads) -> go.Figure:
         xaxis=first.layout.xaxis,
         yaxis=first.layout.yaxis,
         legend=first.layout.legend,
-        updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right", "y": 1.12,
-                      "yanchor": "bottom", "showactive": True}],
+        updatemenus=[{"buttons": buttons, "direction": "up", "x": 1.0, "xanchor": "right", "y": -0.08,
+                      "yanchor": "top", "showactive": True}],
+        margin=first.layout.margin,
     )  # fmt: skip
     return fig
 
