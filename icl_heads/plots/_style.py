@@ -40,13 +40,15 @@ def fit_titles(fig: go.Figure, width: int = TITLE_WIDTH) -> go.Figure:
     if title:
         wrapped = wrap(title, width)
         lines = wrapped.count("<br>") + 1
-        fig.update_layout(title={"text": wrapped, "x": 0.02, "xanchor": "left"})
-    n_cols = max(1, len({a.xref for a in fig.layout.annotations if a.xref}) or 1)
+        fig.update_layout(
+            title={"text": wrapped, "x": 0.02, "xanchor": "left", "y": 0.98, "yanchor": "top", "yref": "container"}
+        )
+    subplot_titles = [a for a in fig.layout.annotations if a.text and a.yref == "paper" and a.yanchor == "bottom"]
+    n_cols = max(1, len({round(a.x or 0, 3) for a in subplot_titles}))
     sub_lines = 0
-    for ann in fig.layout.annotations:
-        if ann.text and ann.yref == "paper" and ann.yanchor == "bottom":  # subplot titles
-            ann.text = wrap(ann.text, max(20, width // n_cols))
-            sub_lines = max(sub_lines, ann.text.count("<br>") + 1)
+    for ann in subplot_titles:
+        ann.text = wrap(ann.text, max(20, int(width * 0.85) // n_cols))
+        sub_lines = max(sub_lines, ann.text.count("<br>") + 1)
     top = 40 + 22 * lines + 16 * max(0, sub_lines - 1)
     if fig.layout.margin.t is None or fig.layout.margin.t < top:
         fig.update_layout(margin={"t": top})
