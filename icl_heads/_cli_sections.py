@@ -243,7 +243,8 @@ def section_bias(ctx: Context, report) -> None:
     report.text(
         parts,
         "Corrections: hyperparameters tuned on held-out prompts, measured on the same test prompts as the biases "
-        "above (so 'bias before' repeats them).",
+        "above (so 'bias before' repeats them). Their 'balanced accuracy' is measured on balanced prompts drawn "
+        "for the correction, a different sample from the majority measurement's balanced condition.",
     )
     for key, fix in zip(("majority_correction", "recency_correction"), fixes.items(), strict=True):
         ctx.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])

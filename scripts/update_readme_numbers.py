@@ -11,6 +11,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,7 +27,10 @@ def block(summary: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
     cost = prov.get("cost", {}).get("total seconds")
     lines.append("")
-    lines.append(f"From `{prov.get('command', 'icl-heads analyze')}` ({versions}; {cost} s).")
+    words = shlex.split(prov.get("command", "icl-heads analyze"))
+    if "--out" in words:  # the run's own folder says nothing to a reader
+        words[words.index("--out") + 1] = "OUT"
+    lines.append(f"From `{shlex.join(words)}` ({versions}; {cost} s on 2 busy CPU cores).")
     return "\n".join(lines)
 
 
