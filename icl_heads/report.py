@@ -27,6 +27,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
 .note { color: #555; font-size: 0.9em; } .figure { margin: 1em 0; }
 #verdicts, #provenance { border: 1px solid #bbb; border-radius: 4px; padding: 0.5em 1em; margin: 1em 0; }
+#verdicts h2, #provenance h2 { margin-top: 0.3em; }
 #verdicts li { margin: 0.3em 0; text-align: left; } .state { font-weight: bold; }
 .state-holds { color: #1a7f37; } .state-fails { color: #b42318; } .state-ns { color: #9a6700; }
 .state-na { color: #666; }

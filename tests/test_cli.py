@@ -68,7 +68,7 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
     assert verdicts[0]["claim"] == "the linear identities hold" and verdicts[0]["state"] == "holds"
     assert verdicts[1]["claim"] == "a few heads carry ICL"
     assert {v["state"] for v in verdicts[2:]} == {"not applicable"}
-    assert html.index('id="verdicts"') < html.index("<h2>Task and data</h2>") < html.index('id="provenance"')
+    assert html.index("id='verdicts'") < html.index("<h2>Task and data</h2>") < html.index("id='provenance'")
     prov = summary["provenance"]
     assert prov["command"].startswith("icl-heads analyze --model ") and "--threads 2" in prov["command"]
     assert set(prov["versions"]) >= {"python", "torch", "transformer-lens", "transformers", "icl_heads"}
