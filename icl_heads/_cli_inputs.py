@@ -73,6 +73,18 @@ def check_skip(value: str, sections: list[str]) -> set[str]:
     return skip
 
 
+def check_dtype(dtype: str | None) -> None:
+    """``--dtype`` names a floating dtype that :func:`icl_heads.load_model` accepts."""
+    from icl_heads.models import resolve_dtype
+
+    if dtype is None:
+        return
+    try:
+        resolve_dtype(dtype)
+    except ValueError as err:
+        raise UsageError(f"--dtype: {err}") from None
+
+
 def check_device(device: str | None) -> str:
     import torch
 
@@ -302,6 +314,7 @@ def validate(args: argparse.Namespace, sections: list[str], checks: dict[str, Ca
     skip = check_skip(args.skip, sections)
     check_out(args.out, args.force)
     device = check_device(args.device)
+    check_dtype(getattr(args, "dtype", None))
     model, tokenizer, n_ctx = resolve_model(args.model)
     task, notes = load_task(args)
     k = len(task.classes)

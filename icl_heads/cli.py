@@ -22,33 +22,24 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
 from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises
+from icl_heads._cli_sections import (
+    Context,
+    _organism_variant,  # noqa: F401  (re-exported: tests and users import it from here)
+    _variant,
+    section_accuracy,
+    section_bias,
+    section_components,
+    section_heads,
+    section_mechanism,
+)
 from icl_heads._version import __version__
 
 logger = logging.getLogger("icl_heads")
-
-
-MAX_HEADS_FOR_ABLATION = 512
-
-
-@dataclass
-class Context:
-    """Everything the analysis sections share."""
-
-    args: argparse.Namespace
-    model: Any
-    task: Any
-    prompts: Any
-    held_out: Any
-    out: Path
-    summary: dict
-    progress: bool
-    found: Any = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--n-prompts", type=int, default=200, help="prompts per measurement (default: 200)")
     a.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cpu)")
+    a.add_argument(
+        "--dtype",
+        default=None,
+        help="weights' dtype: float32, bfloat16, float16, ... (default: the checkpoint's; bfloat16 halves a "
+        "large model's memory on a GPU)",
+    )
     a.add_argument("--seed", type=int, default=0, help="random seed for prompts and baselines (default: 0)")
     a.add_argument(
         "--threads",
@@ -121,254 +118,6 @@ def _parser() -> argparse.ArgumentParser:
         "--skip", default="", help="comma-separated sections to skip: " + ",".join(name for name, _ in SECTIONS)
     )
     return parser
-
-
-def records(df) -> list[dict]:
-    """DataFrame rows as JSON-ready dicts, leaving out missing (NaN) cells."""
-    return [{k: v for k, v in row.items() if v == v} for row in df.to_dict(orient="records")]
-
-
-def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
-    """The task a section runs on: the user's as it is; on the organism, the harder setting where the effect shows.
-
-    The default organism task is nearly solved and unbiased, so the bias section uses a
-    held-out template with longer, noisier sentences (majority and recency bias appear)
-    and the components section the same with a held-out template (the full model is
-    imperfect), as in docs/organism.md.
-    """
-    return _variant(ctx.args, ctx.task, kind)
-
-
-def _variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str | None]:
-    if args.data is not None or args.task != "organism":
-        return task, None
-    from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
-
-    template, noise = (HELDOUT_TEMPLATES[1], 0.3) if kind == "bias" else (HELDOUT_TEMPLATES[0], 0.2)
-    task = organism_task(
-        task.classes, label_words=task.label_words, template=template, max_words=6, noise_rate=noise, seed=args.seed
-    )
-    return task, (
-        f"On the organism this section uses a harder setting than the rest of the report, so that the effect "
-        f"shows: the held-out template {template!r} (never seen in training), sentences of up to 6 words with "
-        f"{noise:.0%} noise words."
-    )
-
-
-def section_accuracy(ctx: Context, report) -> None:
-    import icl_heads as ih
-
-    parts = report.section("ICL accuracy")
-    acc = ih.icl_accuracy(ctx.model, ctx.held_out, progress=ctx.progress)
-    report.text(parts, f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
-    report.table(parts, acc.df)
-    acc.df.to_csv(ctx.out / "results" / "accuracy.csv", index=False)
-    ctx.summary["accuracy"] = acc.accuracy
-    ctx.summary["accuracy_95ci"] = list(acc.ci)
-    ctx.summary["strict_accuracy"] = acc.strict_accuracy
-
-
-def section_heads(ctx: Context, report) -> None:
-    import icl_heads as ih
-    from icl_heads.plots.heads import ablation_curve_figure
-
-    parts = report.section("In-context heads")
-    access = ih.ModelAccess(ctx.model)
-    total = access.n_layers * access.n_heads
-    # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
-    also = ("dla", "ablation") if total <= MAX_HEADS_FOR_ABLATION else ("dla",)
-    found = ih.find_in_context_heads(
-        ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
-    )
-    ctx.found = found
-    report.numbers(parts, found.summary())
-    report.figure(parts, found.heatmap())
-    report.figure(parts, found.heatmap(method="dla"))
-    for word in found.heads_by_label:
-        report.figure(parts, found.heatmap(label=word))
-    report.figure(parts, found.plot_verification())
-    report.table(parts, found.verification)
-    ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
-    curve = ih.ablation_curve(ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=10, seed=ctx.args.seed)
-    report.text(parts, f"Ablating the top heads by {found.method} against random heads of the same number:")
-    report.figure(parts, ablation_curve_figure(curve, by=found.method))
-    if "ablation" in found.scores:
-        report.text(
-            parts,
-            "The ablation score (the drop in the gold label's log-probability when one head is zeroed) finds the "
-            "heads the model cannot do without; where the label writers are redundant these differ from the heads "
-            "with the largest direct effect:",
-        )
-        report.figure(parts, found.heatmap(method="ablation"))
-        by_ablation = ih.ablation_curve(
-            ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=10, seed=ctx.args.seed
-        )
-        report.figure(parts, ablation_curve_figure(by_ablation, by="ablation"))
-        by_ablation.to_csv(ctx.out / "results" / "ablation_curve_by_ablation_score.csv", index=False)
-    else:
-        report.text(
-            parts,
-            f"Ablation scores skipped: the model has {total} heads (more than {MAX_HEADS_FOR_ABLATION}) and they "
-            "cost one forward pass per head; compute them with find_in_context_heads(..., also=('ablation',)).",
-        )
-    found.df.to_csv(ctx.out / "results" / "head_scores.csv", index=False)
-    found.verification.to_csv(ctx.out / "results" / "head_verification.csv", index=False)
-    curve.to_csv(ctx.out / "results" / "ablation_curve.csv", index=False)
-    ctx.summary["in_context_heads"] = found.names
-    ctx.summary["heads_by_label"] = {w: [f"L{a}H{b}" for a, b in hs] for w, hs in found.heads_by_label.items()}
-    ctx.summary["head_verification"] = records(found.verification)
-
-
-def section_mechanism(ctx: Context, report) -> None:
-    import icl_heads as ih
-    from icl_heads.plots.mechanism import plot_auc_heatmap
-
-    parts = report.section("Mechanism: OV label features and QK two towers")
-    heads = ctx.found.heads if ctx.found is not None else None
-    ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, progress=ctx.progress)
-    qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, progress=ctx.progress)
-    towers = ih.two_tower_test(ctx.model, ctx.held_out, progress=ctx.progress)
-    try:
-        flip = ih.flip_analysis(ctx.model, ctx.held_out, heads=heads, resample_demos=True, seed=ctx.args.seed)
-    except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
-        flip = None
-        logger.warning("flip analysis skipped: %s", err)
-    report.text(parts, "OV: what each in-context head writes from every demonstration's label position.")
-    report.numbers(parts, ov.summary())
-    report.figure(parts, ov.plot())
-    report.text(
-        parts, "QK: attention from the final position to label positions of the query's class and the other class."
-    )
-    report.numbers(parts, qk.summary())
-    report.figure(parts, qk.plot())
-    report.figure(parts, plot_auc_heatmap(towers))
-    if flip is None:
-        report.text(
-            parts,
-            "Flip analysis: no prediction flipped when the query's class changed, so there is nothing to compare.",
-        )
-    else:
-        report.text(parts, "Flip: prompts with a query of the other class; how much attention and OV vectors change.")
-        report.numbers(parts, flip.summary())
-        report.figure(parts, flip.plot())
-    results = {"ov_label_features": ov, "qk_label_attention": qk, "two_tower": towers, "flip": flip}
-    for name, result in results.items():
-        if result is not None:
-            result.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
-    ctx.summary["mechanism"] = {name: r.summary() for name, r in results.items() if r is not None}
-
-
-def section_bias(ctx: Context, report) -> None:
-    from icl_heads.bias import majority_bias, recency_bias
-    from icl_heads.debias import correct_majority_bias, correct_recency_bias
-
-    parts = report.section("Majority-label and recency bias, and their corrections")
-    task, note = _organism_variant(ctx, "bias")
-    if note:
-        report.text(parts, note)
-    n, seed = ctx.args.n_prompts, ctx.args.seed
-    # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
-    recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
-    heads = ctx.found.heads if ctx.found is not None else None
-    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 10, progress=ctx.progress)
-    recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 11, heads=heads)
-    report.numbers(parts, major.summary())
-    report.figure(parts, major.plot())
-    report.numbers(parts, recent.summary())
-    report.figure(parts, recent.plot())
-
-    def attempt(name: str, run: Callable[[], Any]) -> Any:
-        try:
-            return run()
-        except ValueError as err:  # e.g. no bias to reduce on these prompts
-            logger.warning("%s skipped: %s", name, err)
-            skipped[name] = str(err)
-            return None
-
-    skipped: dict[str, str] = {}
-    fixes = {
-        "majority (count normalisation)": attempt(
-            "majority (count normalisation)",
-            lambda: correct_majority_bias(
-                ctx.model,
-                task,
-                heads=heads,
-                shots=ctx.args.shots,
-                n=n,
-                seed=seed + 12,
-                tune_n=n // 2,
-                tune_seed=seed + 13,
-            ),
-        ),
-        "recency (positional prior)": attempt(
-            "recency (positional prior)",
-            lambda: correct_recency_bias(
-                ctx.model,
-                task,
-                heads=heads,
-                shots=recency_shots,
-                n=n,
-                seed=seed + 14,
-                tune_n=recency_tune,
-                tune_seed=seed + 15,
-            ),
-        ),
-    }
-    report.text(parts, "Corrections: hyperparameters tuned on held-out prompts, measured on other prompts.")
-    for name, fix in fixes.items():
-        report.text(parts, name)
-        if fix is None:
-            report.text(parts, f"Not applicable on these prompts: {skipped[name]}.")
-            continue
-        report.numbers(parts, fix.summary())
-        report.figure(parts, fix.plot())
-    major.df.to_csv(ctx.out / "results" / "majority_bias.csv", index=False)
-    recent.df.to_csv(ctx.out / "results" / "recency_bias.csv", index=False)
-    for name, fix in zip(("majority_correction", "recency_correction"), fixes.values(), strict=True):
-        if fix is not None:
-            fix.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
-    ctx.summary["bias"] = {
-        "majority": major.summary(),
-        "recency": recent.summary(),
-        **{name: fix.summary() for name, fix in fixes.items() if fix is not None},
-        **({"corrections_skipped": skipped} if skipped else {}),
-    }
-
-
-def section_components(ctx: Context, report) -> None:
-    from icl_heads.decomposition import component_stability, decompose
-    from icl_heads.reweighting import compare_reweighting
-
-    parts = report.section("Components: decomposition, component kinds, stability, reweighting")
-    task, note = _organism_variant(ctx, "components")
-    if note:
-        report.text(parts, note)
-    held_out = task.prompts(ctx.args.n_prompts, ctx.args.shots, seed=ctx.args.seed + 1) if note else ctx.held_out
-    dec = decompose(ctx.model, held_out, progress=ctx.progress)
-    report.numbers(parts, dec.summary())
-    report.figure(parts, dec.heatmap())
-    report.figure(parts, dec.plot_accuracy())
-    kinds = dec.kinds()
-    report.table(parts, kinds.sort_values("accuracy", ascending=False), max_rows=15)
-    stability = component_stability(
-        ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
-    )
-    report.numbers(parts, stability.summary())
-    report.figure(parts, stability.scatter("demo set"))
-    comparison = compare_reweighting(
-        ctx.model, task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
-    )
-    report.numbers(parts, comparison.summary())
-    report.figure(parts, comparison.plot())
-    report.table(parts, comparison.df)
-    kinds.to_csv(ctx.out / "results" / "components.csv", index=False)
-    stability.df.to_csv(ctx.out / "results" / "component_stability.csv", index=False)
-    comparison.df.to_csv(ctx.out / "results" / "reweighting.csv", index=False)
-    ctx.summary["components"] = {
-        "decomposition": dec.summary(),
-        "stability": stability.summary(),
-        "reweighting": comparison.summary(),
-    }
 
 
 SECTIONS: list[tuple[str, Callable[[Context, Any], None]]] = [
@@ -392,7 +141,7 @@ def check_bias(plan: Plan) -> None:
         )
     task, _ = _variant(plan.args, plan.task, "bias")
     try:
-        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 10)
+        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
     except ValueError as err:
         raise UsageError(
             f"--shots {plan.shots}: the bias section cannot draw its prompts ({err}); or --skip bias"
@@ -436,12 +185,26 @@ def _data_section(plan: Plan, report) -> None:
         report.text(parts, f"Note: {note}")
 
 
+def _seeds(seed: int) -> dict[str, int]:
+    """The seed of every random draw of a run, derived from ``--seed``."""
+    return {
+        "--seed (scored prompts, random heads, torch)": seed,
+        "held-out prompts": seed + 1,
+        "majority bias and its correction's test prompts": seed + 12,
+        "majority correction tuning prompts": seed + 13,
+        "recency bias and its correction's test prompts": seed + 14,
+        "recency correction tuning prompts": seed + 15,
+    }
+
+
 def run(plan: Plan, argv: list[str]) -> dict:
     """Load the model and run every section into a temporary folder, moved to ``--out`` on success."""
     import torch
 
     import icl_heads as ih
+    from icl_heads._provenance import run_provenance
     from icl_heads.report import Report
+    from icl_heads.verdicts import collect_verdicts, verdict_table
 
     args = plan.args
     args.shots = plan.shots
@@ -452,9 +215,10 @@ def run(plan: Plan, argv: list[str]) -> dict:
     folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
     with sigterm_raises(), folder as tmp:
         try:
-            model = ih.load_model(plan.model, device=plan.device)
+            model = ih.load_model(plan.model, device=plan.device, dtype=args.dtype)
         except (OSError, ValueError) as err:
             raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
+        faithfulness = ih.check_faithfulness(model)
         ctx = Context(
             args=args,
             model=model,
@@ -474,6 +238,12 @@ def run(plan: Plan, argv: list[str]) -> dict:
             },
             progress=not args.quiet,
         )
+        ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
+        prov = run_provenance(
+            argv=argv, model=model, reference=args.model, architecture=faithfulness.architecture, task=plan.task,
+            data=args.data,
+            seeds=_seeds(args.seed), threads=args.threads,
+        )  # fmt: skip
         report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
         _data_section(plan, report)
         for name, fn in SECTIONS:
@@ -485,6 +255,15 @@ def run(plan: Plan, argv: list[str]) -> dict:
             ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
         ctx.summary["total_seconds"] = round(time.time() - start, 2)
         ctx.summary["icl_heads_version"] = ih.__version__
+        verdicts = collect_verdicts(ctx.results)
+        ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
+        prov["cost"] = {
+            "seconds per section": ctx.summary.get("seconds", {}),
+            "total seconds": ctx.summary["total_seconds"],
+        }
+        ctx.summary["provenance"] = prov
+        ctx.summary["faithfulness"] = faithfulness.summary()
+        report.verdicts, report.provenance = verdicts, prov
         ctx.summary["n_figures"] = report.n_figures
         report.write(tmp / "report.html")
         (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
@@ -495,6 +274,8 @@ def run(plan: Plan, argv: list[str]) -> dict:
 def headline(summary: dict, out: Path) -> list[str]:
     """The lines printed at the end of a run: where the report is and the headline numbers."""
     lines = [f"report: {out / 'report.html'}", f"tables: {out / 'results'}/ and {out / 'summary.json'}"]
+    for v in summary.get("verdicts", []):
+        lines.append(f"{v['claim']}: {v['state']} ({v['detail']})")
     if "accuracy" in summary:
         lo, hi = summary["accuracy_95ci"]
         lines.append(f"{summary['shots']}-shot accuracy: {summary['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})")

@@ -316,6 +316,10 @@ def ablation_curve(
 ) -> pd.DataFrame:
     """Accuracy after ablating the top-``k`` heads by ``scores`` vs ``k`` random heads, for each ``k``.
 
+    The random sets of every ``k`` are drawn with ``seed``, as :func:`verify_heads` draws
+    them: with the same ``seed``, ``n_random`` and prompts, the curve at ``k`` = the
+    number of found heads repeats the verification's random sets and accuracy.
+
     Returns:
         Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.
 
@@ -333,7 +337,7 @@ def ablation_curve(
         rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
         accs = [
             float(predict(access, tp, hooks=HeadAblation(s), batch_size=batch_size).correct.float().mean())
-            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed + k)
+            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)
         ]
         rows.append(
             {

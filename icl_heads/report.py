@@ -1,4 +1,7 @@
-"""A self-contained HTML report: plotly figures inline (plotly.js embedded once), tables, and headline numbers."""
+"""A self-contained HTML report: verdicts first, then sections of figures and tables, then provenance.
+
+Plotly.js is embedded once; every number goes through :func:`icl_heads._format.fmt`.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +16,52 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from icl_heads._format import fmt
+from icl_heads.plots._style import fit_titles
+
 if TYPE_CHECKING:
     from icl_heads.agreement import ScoreAgreement
 
 _CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { max-width: 100%; display: block; overflow-x: auto; } td { word-break: break-word; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
 .note { color: #555; font-size: 0.9em; } .figure { margin: 1em 0; }
+#verdicts, #provenance { border: 1px solid #bbb; border-radius: 4px; padding: 0.5em 1em; margin: 1em 0; }
+#verdicts h2, #provenance h2 { margin-top: 0.3em; }
+#verdicts li { margin: 0.3em 0; text-align: left; } .state { font-weight: bold; }
+.state-holds { color: #1a7f37; } .state-fails { color: #b42318; } .state-ns { color: #9a6700; }
+.state-na { color: #666; }
+#provenance td, #provenance th { text-align: left; }
 """
+
+# after plotly has drawn: record titles wider than their figure and a page wider than the window,
+# so that a browser (or the test suite) can read the layout's health off the DOM
+_LAYOUT_CHECK = """
+window.addEventListener('load', function () { setTimeout(function () {
+  var bad = [];
+  document.querySelectorAll('.js-plotly-plot').forEach(function (p) {
+    var box = p.getBoundingClientRect();
+    p.querySelectorAll('.gtitle, .annotation-text').forEach(function (t) {
+      var r = t.getBoundingClientRect();
+      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1)) { bad.push(p.id + ': ' + t.textContent); }
+    });
+  });
+  document.body.setAttribute('data-overflowing-titles', JSON.stringify(bad));
+  document.body.setAttribute('data-page-overflow',
+    String(document.documentElement.scrollWidth > document.documentElement.clientWidth + 1));
+  document.body.setAttribute('data-layout-checked', String(window.innerWidth));
+}, 500); });
+"""
+
+_STATE_CLASS = {
+    "holds": "state-holds",
+    "does not hold on this model": "state-fails",
+    "not significant": "state-ns",
+    "not applicable": "state-na",
+}
 
 
 @dataclass
@@ -33,6 +72,8 @@ class Report:
     intro: str = ""
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
     n_figures: int = 0
+    verdicts: list[Any] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def section(self, heading: str) -> list[str]:
         parts: list[str] = []
@@ -41,12 +82,13 @@ class Report:
 
     def figure(self, parts: list[str], fig: go.Figure) -> None:
         self.n_figures += 1
+        fit_titles(fig)
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{self.n_figures}")
         parts.append(f'<div class="figure">{div}</div>')
 
     @staticmethod
     def table(parts: list[str], df: pd.DataFrame, max_rows: int = 30) -> None:
-        parts.append(df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+        parts.append(df.head(max_rows).to_html(index=False, float_format=fmt, border=0))
 
     @staticmethod
     def text(parts: list[str], text: str) -> None:
@@ -59,26 +101,63 @@ class Report:
         )
         parts.append(f"<table>{rows}</table>")
 
+    def _verdict_block(self) -> str:
+        if not self.verdicts:
+            return ""
+        items = "".join(
+            f"<li data-state='{html.escape(v.state)}'><b>{html.escape(v.claim)}</b>: <span class='state "
+            f"{_STATE_CLASS[v.state]}'>{html.escape(v.state)}</span> ({html.escape(v.detail)})</li>"
+            for v in self.verdicts
+        )
+        return (
+            "<section id='verdicts'><h2>Verdicts on this model</h2><p class='note'>Each claim of the two papers, "
+            "judged from the numbers below: <i>holds</i> when its 95% interval excludes no effect, <i>not "
+            "significant</i> when the interval crosses it.</p>"
+            f"<ul>{items}</ul></section>"
+        )
+
+    def _provenance_block(self) -> str:
+        if not self.provenance:
+            return ""
+        rows = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in _flatten(self.provenance).items()
+        )
+        return f"<section id='provenance'><h2>Provenance</h2><table>{rows}</table></section>"
+
     def write(self, path: str | Path) -> Path:
         path = Path(path)
-        body = "".join(f"<h2>{html.escape(h)}</h2>{''.join(parts)}" for h, parts in self.sections)
+        body = self._verdict_block() + "".join(
+            f"<h2>{html.escape(h)}</h2>{''.join(parts)}" for h, parts in self.sections
+        )
+        body += self._provenance_block()
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         page = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(self.title)}</title><style>{_CSS}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             f"<h1>{html.escape(self.title)}</h1><p class='note'>{html.escape(self.intro)} Generated {stamp}.</p>"
-            f"{body}</body></html>"
+            f"{body}<script>{_LAYOUT_CHECK}</script></body></html>"
         )
         path.write_text(page, encoding="utf-8")
         return path
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and len(v) > 1:
+            out.update(_flatten(v, f"{prefix}{k}: "))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return fmt(v)
     if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
-        return "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
+        return "[" + ", ".join(fmt(x) for x in v) + "]"
     if isinstance(v, dict):
         return json.dumps(v, default=str)
     return str(v)

@@ -62,7 +62,24 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
         "ablation_curve.csv",
         "ablation_curve_by_ablation_score.csv",
     }
-    assert "top heads by ablation vs random" in html
+    assert "top heads by ablation" in html
+    # verdicts first (faithfulness check, then the heads; skipped sections are "not applicable")
+    verdicts = summary["verdicts"]
+    assert verdicts[0]["claim"] == "the linear identities hold" and verdicts[0]["state"] == "holds"
+    assert verdicts[1]["claim"] == "a few heads carry ICL"
+    assert {v["state"] for v in verdicts[2:]} == {"not applicable"}
+    assert html.index("id='verdicts'") < html.index("<h2>Task and data</h2>") < html.index("id='provenance'")
+    prov = summary["provenance"]
+    assert prov["command"].startswith("icl-heads analyze --model ") and "--threads 2" in prov["command"]
+    assert set(prov["versions"]) >= {"python", "torch", "transformer-lens", "transformers", "icl_heads"}
+    assert prov["model"]["device"] == "cpu" and prov["model"]["dtype"] == "float32"
+    assert prov["task"]["data_sha256"] and set(prov["cost"]["seconds per section"]) == {"accuracy", "heads"}
+
+
+def test_bad_dtype_is_a_clear_error(tmp_path, capsys):
+    assert main(["analyze", "--dtype", "float12", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--dtype" in err and "bfloat16" in err and not (tmp_path / "x").exists()
 
 
 def test_refuses_to_overwrite_without_force(data_and_model, tmp_path, capsys):

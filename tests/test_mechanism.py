@@ -367,7 +367,9 @@ def test_ov_figure(two_tower, word_prompts):
     names = [t.name for t in fig.data]
     assert names == ["foo position", "bar position", "control (foo demo)", "control (bar demo)"]
     assert min(fig.data[0].y) > 0 > max(fig.data[1].y)  # foo - bar: above zero at foo, below at bar
-    assert "foo" in fig.layout.yaxis.title.text and fig.layout.xaxis.title.text == "demonstration slot"
+    assert "foo" in fig.layout.yaxis.title.text and fig.layout.xaxis.title.text == "demonstration slot (1 = first)"
+    slots = list(fig.layout.xaxis.categoryarray)  # slots in order, numbered from 1, whatever order the traces hold
+    assert slots == sorted(slots, key=lambda s: int(s.split()[1])) and slots[0] == "demo 1"
     with pytest.raises(ValueError, match="not analysed"):
         ov.plot((1, 1))
 

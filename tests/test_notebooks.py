@@ -1,5 +1,12 @@
-"""Every notebook runs top to bottom offline; an error in any cell fails the test."""
+"""Every notebook runs top to bottom offline; an error in any cell fails the test.
 
+With ``ICL_HEADS_EXECUTED_NOTEBOOKS`` set to a folder, the executed notebooks (with
+their outputs and figures) are saved there, so that the docs can show them without
+running them a second time.
+"""
+
+import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +26,12 @@ def test_notebook_runs(path, tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    if importlib.util.find_spec("ipywidgets") is not None:  # progress bars draw as widgets, without a warning
+        stderr = [o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+        assert not any("IProgress not found" in t for t in stderr)
+    if folder := os.environ.get("ICL_HEADS_EXECUTED_NOTEBOOKS"):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, Path(folder) / path.name)
 
 
 def test_there_are_notebooks():

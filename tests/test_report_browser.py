@@ -27,16 +27,25 @@ def _chromium() -> str:
     pytest.skip("Chromium is not installed (apt-get install chromium)")
 
 
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory) -> Path:
+    """One run of the command on a tiny random model, shared by the tests of this module."""
+    _chromium()
+    tmp = tmp_path_factory.mktemp("browser")
+    out = tmp / "report"
+    model = tiny_llama_dir(tmp / "model")
+    argv = ["analyze", "--model", str(model), "--n-prompts", "16", "--shots", "2", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    return out
+
+
 @pytest.mark.browser
 @pytest.mark.slow
-def test_report_renders_in_a_browser(tmp_path):
-    browser = _chromium()
-    out = tmp_path / "report"
-    model = tiny_llama_dir(tmp_path / "model")
-    assert (
-        main(["analyze", "--model", str(model), "--n-prompts", "16", "--shots", "2", "--out", str(out), "--quiet"]) == 0
-    )
+def test_report_renders_in_a_browser(tmp_path, report_dir):
     import json
+
+    browser = _chromium()
+    out = report_dir
 
     n_figures = json.loads((out / "summary.json").read_text())["n_figures"]
     profile = tmp_path / "profile"
@@ -60,3 +69,41 @@ def test_report_renders_in_a_browser(tmp_path):
         capture_output=True, timeout=180, check=True,
     )  # fmt: skip
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def _dom(browser: str, profile: Path, url: str, width: int) -> str:
+    dom = subprocess.run(
+        [browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},2000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_report_layout_verdicts_and_provenance(tmp_path, report_dir):
+    """The verdicts come first, provenance is there, and no title or table overflows at a wide and a narrow window."""
+    import html
+    import json
+
+    browser = _chromium()
+    out = report_dir
+    summary = json.loads((out / "summary.json").read_text())
+    url = (out / "report.html").as_uri()
+    for width in (1400, 800):
+        page = _dom(browser, tmp_path / f"profile{width}", url, width)
+        body = re.search(r"<body([^>]*)>", page).group(1)
+        assert f'data-layout-checked="{width}"' in body, body  # the layout check ran at this width
+        overflowing = json.loads(html.unescape(re.search(r'data-overflowing-titles="([^"]*)"', body).group(1)))
+        assert overflowing == [], f"titles wider than their figure at {width} px: {overflowing}"
+        assert 'data-page-overflow="false"' in body, f"the page is wider than a {width} px window"
+        verdicts = page.index('id="verdicts"')
+        assert verdicts < page.index("<h2>Task and data</h2>")  # at the top, before every section
+        states = re.findall(r'data-state="([^"]+)"', page)
+        assert states == [v["state"] for v in summary["verdicts"]] and len(states) >= 8
+        assert "the linear identities hold" in page[verdicts : verdicts + 2000]
+        prov = page[page.index('id="provenance"') :]
+        for key in ("versions: torch", "versions: transformer-lens", "versions: transformers", "command", "seeds"):
+            assert key in prov, key
+        assert html.escape(summary["provenance"]["command"], quote=False) in prov

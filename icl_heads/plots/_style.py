@@ -11,6 +11,50 @@ DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
 
 
+def wrap(text: str, width: int) -> str:
+    """Break ``text`` into lines of at most ``width`` characters with ``<br>`` (existing breaks are kept)."""
+    out = []
+    for para in text.split("<br>"):
+        line = ""
+        for word in para.split(" "):
+            if line and len(line) + 1 + len(word) > width:
+                out.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        out.append(line)
+    return "<br>".join(out)
+
+
+#: characters per title line: fits a figure 700 px wide at plotly's default title size
+TITLE_WIDTH = 70
+
+
+def fit_titles(fig: go.Figure, width: int = TITLE_WIDTH) -> go.Figure:
+    """Wrap the figure's title and subplot titles so that they fit at narrow widths; grow the top margin to match.
+
+    Returns the same figure (changed in place).
+    """
+    title = fig.layout.title.text
+    lines = 0
+    if title:
+        wrapped = wrap(title, width)
+        lines = wrapped.count("<br>") + 1
+        fig.update_layout(
+            title={"text": wrapped, "x": 0.02, "xanchor": "left", "y": 0.98, "yanchor": "top", "yref": "container"}
+        )
+    subplot_titles = [a for a in fig.layout.annotations if a.text and a.yref == "paper" and a.yanchor == "bottom"]
+    n_cols = max(1, len({round(a.x or 0, 3) for a in subplot_titles}))
+    sub_lines = 0
+    for ann in subplot_titles:
+        ann.text = wrap(ann.text, max(20, int(width * 0.85) // n_cols))
+        sub_lines = max(sub_lines, ann.text.count("<br>") + 1)
+    top = 40 + 22 * lines + 16 * max(0, sub_lines - 1)
+    if fig.layout.margin.t is None or fig.layout.margin.t < top:
+        fig.update_layout(margin={"t": top})
+    return fig
+
+
 def head_name(layer: int, head: int) -> str:
     """``"L{layer}H{head}"``."""
     return f"L{layer}H{head}"

@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from icl_heads._format import fmt, fmt_ci
 from icl_heads.plots._style import SEQUENTIAL
 
 if TYPE_CHECKING:
@@ -43,8 +44,8 @@ def majority_bias_figure(result: MajorityBias) -> go.Figure:
         )
     lo, hi = result.bias_ci
     fig.update_layout(
-        title=f"Majority-label bias: accuracy shift vs balanced demonstrations (bias {result.bias:.3f}, "
-        f"95% CI [{lo:.3f}, {hi:.3f}])",
+        title=f"Majority-label bias: accuracy shift vs balanced demonstrations (bias {fmt(result.bias)}, "
+        f"95% CI {fmt_ci((lo, hi))})",
         xaxis_title="demonstration counts per label",
         yaxis_title="accuracy minus balanced accuracy (same queries)",
         barmode="group",
@@ -79,12 +80,13 @@ def recency_bias_figure(result: RecencyBias) -> go.Figure:
     if len(att):
         names = list(dict.fromkeys(att.name))
         slots = sorted(att.slot.unique())
+        first = 1 - int(min(slots))  # slots are shown numbered from 1 in every figure
         z = att.pivot(index="name", columns="slot", values="attention").loc[names, slots].to_numpy()
         share = att.pivot(index="name", columns="slot", values="share").loc[names, slots].to_numpy()
         fig.add_trace(
             go.Heatmap(
                 z=z,
-                x=[f"slot {s}" for s in slots],
+                x=[f"demo {s + first}" for s in slots],
                 y=names,
                 customdata=share,
                 colorscale=SEQUENTIAL,
@@ -97,13 +99,13 @@ def recency_bias_figure(result: RecencyBias) -> go.Figure:
         )
     lo, hi = result.bias_ci
     fig.update_layout(
-        title=f"Recency bias: accuracy spread over orders beyond chance {result.bias:.3f} (95% CI [{lo:.3f}, "
-        f"{hi:.3f}]; raw std {result.order_std:.3f}, permutation p {result.order_p:.3g}); excess last-label "
-        f"predictions {result.last_label_excess:.3f}"
+        title=f"Recency bias: accuracy spread over orders beyond chance {fmt(result.bias)}, 95% CI "
+        f"{fmt_ci((lo, hi))}<br><sup>raw std {fmt(result.order_std)}, permutation p {fmt(result.order_p)}; excess "
+        f"last-label predictions {fmt(result.last_label_excess)}</sup>"
     )
     fig.update_xaxes(title_text="demonstration order", row=1, col=1)
     fig.update_yaxes(title_text="accuracy over the label set", range=[0, 1], row=1, col=1)
-    fig.update_xaxes(title_text="demonstration slot (0 = first)", row=1, col=2)
+    fig.update_xaxes(title_text="demonstration slot (1 = first)", row=1, col=2)
     fig.update_yaxes(title_text="head", autorange="reversed", row=1, col=2)
     return fig
 
@@ -156,7 +158,11 @@ def correction_figure(result: BiasCorrection) -> go.Figure:
     lo, hi = result.reduction_ci
     fig.update_layout(
         title=f"{result.method} correction of {result.kind} bias on held-out prompts: "
-        f"{result.reduction:.0f}% reduction (95% CI [{lo:.0f}, {hi:.0f}])"
+        + (
+            f"{result.reduction:.0f}% reduction (95% CI [{lo:.0f}, {hi:.0f}])"
+            if lo > 0
+            else f"no significant reduction ({result.reduction:.0f}%, 95% CI [{lo:.0f}, {hi:.0f}] includes 0)"
+        )
     )
     headline = result.config.get("headline", "")
     fig.update_yaxes(title_text=f"{headline}<br>(0 = no bias)" if headline else "bias (0 = none)", row=1, col=1)

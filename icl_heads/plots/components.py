@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
+from icl_heads._format import fmt
 from icl_heads.plots._style import layer_head_heatmap
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def accuracy_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     return layer_head_heatmap(
         acc,
         title=(
-            f"Accuracy of each head alone (full model {dec.full_accuracy:.3f}, chance {dec.chance:.2f}, "
+            f"Accuracy of each head alone (full model {fmt(dec.full_accuracy)}, chance {fmt(dec.chance)}, "
             f"{dec.n_prompts} prompts); outlined: heads better than the full model"
         ),
         colorbar="accuracy alone",
@@ -114,7 +115,8 @@ def stability_scatter(stab: ComponentStability, axis: str = "demo set", pair: in
     )
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="y = x"))
     fig.update_layout(
-        title=f"Component accuracy across {axis}s: Pearson r = {row.pearson:.2f}, top-{stab.config.get('top', 5)} IoU = {row.top_iou:.2f}",
+        title=f"Component accuracy, {xlab} vs {ylab}: Pearson r = {fmt(row.pearson)}, top-{stab.config.get('top', 5)} "
+        f"IoU = {fmt(row.top_iou)}<br><sup>one pair of {axis}s; the summary's r is the mean over all pairs</sup>",
         xaxis={"title": f"accuracy alone, {xlab}", "range": [0, 1]},
         yaxis={"title": f"accuracy alone, {ylab}", "range": [0, 1]},
     )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import plotly.graph_objects as go
 
-from icl_heads.plots._style import bar_with_ci, layer_head_heatmap
+from icl_heads.plots._style import bar_with_ci, fit_titles, layer_head_heatmap
 
 if TYPE_CHECKING:
     from icl_heads.heads import InContextHeads
@@ -32,6 +32,46 @@ def score_heatmap(found: InContextHeads, method: str | None = None, label: str =
         centre=0.0,
         marked=marked,
     )
+
+
+def score_selector_figure(found: InContextHeads) -> go.Figure:
+    """Every head score of ``found`` in one layer x head heatmap, with a dropdown to choose the score.
+
+    The choices are each score over all prompts (``logprob_increase``, ``dla``,
+    ``ablation``: whichever were computed) and the main score per gold label; each keeps
+    its own zero-centred colour scale, and the selected heads stay outlined.
+    """
+    choices: list[tuple[str, go.Figure]] = []
+    for method in dict.fromkeys([found.method, *(k for k in found.scores if ":" not in k)]):
+        choices.append((f"{method} (all prompts)", score_heatmap(found, method=method)))
+    for word in found.heads_by_label:
+        choices.append((f"{found.method} (gold = {word})", score_heatmap(found, label=word)))
+    fig = go.Figure()
+    n_traces = []
+    for _, sub in choices:
+        fit_titles(sub)  # each choice brings its own title: wrapped like every other title
+        n_traces.append(len(sub.data))
+        for trace in sub.data:
+            fig.add_trace(trace)
+    buttons = []
+    start = 0
+    for (name, sub), n in zip(choices, n_traces, strict=True):
+        visible = [start <= i < start + n for i in range(len(fig.data))]
+        buttons.append({"label": name, "method": "update", "args": [{"visible": visible}, {"title": sub.layout.title}]})
+        start += n
+    for i, trace in enumerate(fig.data):
+        trace.visible = i < n_traces[0]
+    first = choices[0][1]
+    fig.update_layout(
+        title=first.layout.title,
+        xaxis=first.layout.xaxis,
+        yaxis=first.layout.yaxis,
+        legend=first.layout.legend,
+        updatemenus=[{"buttons": buttons, "direction": "up", "x": 1.0, "xanchor": "right", "y": -0.08,
+                      "yanchor": "top", "showactive": True}],
+        margin=first.layout.margin,
+    )  # fmt: skip
+    return fig
 
 
 def verification_bars(found: InContextHeads) -> go.Figure:

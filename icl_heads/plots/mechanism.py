@@ -111,9 +111,10 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
                 )
             )
     fig.add_hline(y=0, line_dash="dot")
+    slots = [f"demo {d + 1}" for d in sorted(part.demo.unique())]
     fig.update_layout(
         title=f"{head_name(layer, h)}: label logits of the value-output vector at each demonstration",
-        xaxis={"title": "demonstration slot"},
+        xaxis={"title": "demonstration slot (1 = first)", "categoryorder": "array", "categoryarray": slots},
         yaxis={"title": y_title},
         boxmode="group",
     )

@@ -1,0 +1,312 @@
+"""The analysis sections of the ``icl-heads analyze`` report: one function ``section_NAME(ctx, report)`` each.
+
+Each section runs its analyses, adds its figures, tables and settings to the report,
+writes its CSV tables, stores its numbers in the summary and its result objects in
+``ctx.results`` (from which :func:`icl_heads.verdicts.collect_verdicts` judges the claims).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("icl_heads")
+
+
+MAX_HEADS_FOR_ABLATION = 512
+
+
+@dataclass
+class Context:
+    """Everything the analysis sections share."""
+
+    args: argparse.Namespace
+    model: Any
+    task: Any
+    prompts: Any
+    held_out: Any
+    out: Path
+    summary: dict
+    progress: bool
+    found: Any = None
+    #: result objects by name, read by :func:`icl_heads.verdicts.collect_verdicts`
+    results: dict = field(default_factory=dict)
+
+
+def records(df) -> list[dict]:
+    """DataFrame rows as JSON-ready dicts, leaving out missing (NaN) cells."""
+    return [{k: v for k, v in row.items() if v == v} for row in df.to_dict(orient="records")]
+
+
+def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
+    """The task a section runs on: the user's as it is; on the organism, the harder setting where the effect shows.
+
+    The default organism task is nearly solved and unbiased, so the bias section uses a
+    held-out template with longer, noisier sentences (majority and recency bias appear)
+    and the components section the same with a held-out template (the full model is
+    imperfect), as in docs/organism.md.
+    """
+    return _variant(ctx.args, ctx.task, kind)
+
+
+def _variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str | None]:
+    if args.data is not None or args.task != "organism":
+        return task, None
+    from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
+
+    template, noise = (HELDOUT_TEMPLATES[1], 0.3) if kind == "bias" else (HELDOUT_TEMPLATES[0], 0.2)
+    task = organism_task(
+        task.classes, label_words=task.label_words, template=template, max_words=6, noise_rate=noise, seed=args.seed
+    )
+    return task, (
+        f"On the organism this section uses a harder setting than the rest of the report, so that the effect "
+        f"shows: the held-out template {template!r} (never seen in training), sentences of up to 6 words with "
+        f"{noise:.0%} noise words."
+    )
+
+
+def section_accuracy(ctx: Context, report) -> None:
+    import icl_heads as ih
+
+    parts = report.section("ICL accuracy")
+    acc = ih.icl_accuracy(ctx.model, ctx.held_out, progress=ctx.progress)
+    report.text(parts, f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
+    report.table(parts, acc.df)
+    acc.df.to_csv(ctx.out / "results" / "accuracy.csv", index=False)
+    ctx.summary["accuracy"] = acc.accuracy
+    ctx.summary["accuracy_95ci"] = list(acc.ci)
+    ctx.summary["strict_accuracy"] = acc.strict_accuracy
+
+
+def section_heads(ctx: Context, report) -> None:
+    import icl_heads as ih
+    from icl_heads.plots.heads import ablation_curve_figure, score_selector_figure
+    from icl_heads.report import agreement_section
+
+    parts = report.section("In-context heads")
+    access = ih.ModelAccess(ctx.model)
+    total = access.n_layers * access.n_heads
+    # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
+    also = ("dla", "ablation") if total <= MAX_HEADS_FOR_ABLATION else ("dla",)
+    found = ih.find_in_context_heads(
+        ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
+    )
+    ctx.found = found
+    ctx.results["heads"] = found
+    report.text(
+        parts,
+        f"Setting: the default task, heads scored on {len(ctx.prompts)} prompts, every ablation measured on "
+        f"{len(ctx.held_out)} other prompts.",
+    )
+    report.numbers(parts, found.summary())
+    report.figure(parts, score_selector_figure(found))
+    report.figure(parts, found.plot_verification())
+    report.table(parts, found.verification)
+    ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
+    n_random = found.config.get("n_random", 20)  # the verification's random sets, so k = len(heads) repeats them
+    curve = ih.ablation_curve(
+        ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=n_random, seed=ctx.args.seed
+    )
+    report.text(parts, f"Ablating the top heads by {found.method} against random heads of the same number:")
+    report.figure(parts, ablation_curve_figure(curve, by=found.method))
+    if "ablation" in found.scores:
+        report.text(
+            parts,
+            "The ablation score (the drop in the gold label's log-probability when one head is zeroed) finds the "
+            "heads the model cannot do without; where the label writers are redundant these differ from the heads "
+            "with the largest direct effect:",
+        )
+        by_ablation = ih.ablation_curve(
+            ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=n_random, seed=ctx.args.seed
+        )
+        report.figure(parts, ablation_curve_figure(by_ablation, by="ablation"))
+        by_ablation.to_csv(ctx.out / "results" / "ablation_curve_by_ablation_score.csv", index=False)
+    else:
+        report.text(
+            parts,
+            f"Ablation scores skipped: the model has {total} heads (more than {MAX_HEADS_FOR_ABLATION}) and they "
+            "cost one forward pass per head; compute them with find_in_context_heads(..., also=('ablation',)).",
+        )
+    # the one-backward-pass estimate of the ablation score, checked against the exact score on a sample of heads
+    agreement = ih.compare_head_scores(ctx.model, ctx.held_out, sample=min(total, 40), seed=ctx.args.seed)
+    agreement_section(report, agreement)
+    agreement.df.to_csv(ctx.out / "results" / "attribution_agreement.csv", index=False)
+    ctx.summary["attribution_agreement"] = agreement.summary()
+    found.df.to_csv(ctx.out / "results" / "head_scores.csv", index=False)
+    found.verification.to_csv(ctx.out / "results" / "head_verification.csv", index=False)
+    curve.to_csv(ctx.out / "results" / "ablation_curve.csv", index=False)
+    ctx.summary["in_context_heads"] = found.names
+    ctx.summary["heads_by_label"] = {w: [f"L{a}H{b}" for a, b in hs] for w, hs in found.heads_by_label.items()}
+    ctx.summary["head_verification"] = records(found.verification)
+
+
+def section_mechanism(ctx: Context, report) -> None:
+    import icl_heads as ih
+    from icl_heads.plots.mechanism import plot_auc_heatmap
+
+    parts = report.section("Mechanism: OV label features and QK two towers")
+    heads = ctx.found.heads if ctx.found is not None else None
+    ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, progress=ctx.progress)
+    qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, progress=ctx.progress)
+    towers = ih.two_tower_test(ctx.model, ctx.held_out, progress=ctx.progress)
+    try:
+        flip = ih.flip_analysis(ctx.model, ctx.held_out, heads=heads, resample_demos=True, seed=ctx.args.seed)
+    except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
+        flip = None
+        logger.warning("flip analysis skipped: %s", err)
+    report.text(
+        parts,
+        f"Setting: the default task, the {len(ctx.held_out)} held-out prompts, the in-context heads found above.",
+    )
+    report.text(parts, "OV: what each in-context head writes from every demonstration's label position.")
+    report.numbers(parts, ov.summary())
+    report.figure(parts, ov.plot())
+    report.text(
+        parts, "QK: attention from the final position to label positions of the query's class and the other class."
+    )
+    report.numbers(parts, qk.summary())
+    report.figure(parts, qk.plot())
+    report.figure(parts, plot_auc_heatmap(towers))
+    if flip is None:
+        report.text(
+            parts,
+            "Flip analysis: no prediction flipped when the query's class changed, so there is nothing to compare.",
+        )
+    else:
+        report.text(parts, "Flip: prompts with a query of the other class; how much attention and OV vectors change.")
+        report.numbers(parts, flip.summary())
+        report.figure(parts, flip.plot())
+    ctx.results.update(ov=ov, qk=qk)
+    results = {"ov_label_features": ov, "qk_label_attention": qk, "two_tower": towers, "flip": flip}
+    for name, result in results.items():
+        if result is not None:
+            result.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
+    ctx.summary["mechanism"] = {name: r.summary() for name, r in results.items() if r is not None}
+
+
+def section_bias(ctx: Context, report) -> None:
+    from icl_heads.bias import majority_bias, recency_bias
+    from icl_heads.debias import correct_majority_bias, correct_recency_bias
+
+    parts = report.section("Majority-label and recency bias, and their corrections")
+    task, note = _organism_variant(ctx, "bias")
+    if note:
+        report.text(parts, note)
+    n, seed = ctx.args.n_prompts, ctx.args.seed
+    # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
+    recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
+    heads = ctx.found.heads if ctx.found is not None else None
+    # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
+    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, progress=ctx.progress)
+    recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads)
+    ctx.results.update(majority=major, recency=recent)
+    report.numbers(parts, major.summary())
+    report.figure(parts, major.plot())
+    report.numbers(parts, recent.summary())
+    report.figure(parts, recent.plot())
+
+    def attempt(name: str, run: Callable[[], Any]) -> Any:
+        try:
+            return run()
+        except ValueError as err:  # e.g. no bias to reduce on these prompts
+            logger.warning("%s skipped: %s", name, err)
+            skipped[name] = str(err)
+            return None
+
+    skipped: dict[str, str] = {}
+    fixes = {
+        "majority (count normalisation)": attempt(
+            "majority (count normalisation)",
+            lambda: correct_majority_bias(
+                ctx.model,
+                task,
+                heads=heads,
+                shots=ctx.args.shots,
+                n=n,
+                seed=seed + 12,
+                tune_n=n // 2,
+                tune_seed=seed + 13,
+            ),
+        ),
+        "recency (positional prior)": attempt(
+            "recency (positional prior)",
+            lambda: correct_recency_bias(
+                ctx.model,
+                task,
+                heads=heads,
+                shots=recency_shots,
+                n=n,
+                seed=seed + 14,
+                tune_n=recency_tune,
+                tune_seed=seed + 15,
+            ),
+        ),
+    }
+    report.text(
+        parts,
+        "Corrections: hyperparameters tuned on held-out prompts, measured on the same test prompts as the biases "
+        "above (so 'bias before' repeats them). Their 'balanced accuracy' is measured on balanced prompts drawn "
+        "for the correction, a different sample from the majority measurement's balanced condition.",
+    )
+    for key, fix in zip(("majority_correction", "recency_correction"), fixes.items(), strict=True):
+        ctx.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])
+    for name, fix in fixes.items():
+        report.text(parts, name)
+        if fix is None:
+            report.text(parts, f"Not applicable on these prompts: {skipped[name]}.")
+            continue
+        report.numbers(parts, fix.summary())
+        report.figure(parts, fix.plot())
+    major.df.to_csv(ctx.out / "results" / "majority_bias.csv", index=False)
+    recent.df.to_csv(ctx.out / "results" / "recency_bias.csv", index=False)
+    for name, fix in zip(("majority_correction", "recency_correction"), fixes.values(), strict=True):
+        if fix is not None:
+            fix.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
+    ctx.summary["bias"] = {
+        "majority": major.summary(),
+        "recency": recent.summary(),
+        **{name: fix.summary() for name, fix in fixes.items() if fix is not None},
+        **({"corrections_skipped": skipped} if skipped else {}),
+    }
+
+
+def section_components(ctx: Context, report) -> None:
+    from icl_heads.decomposition import component_stability, decompose
+    from icl_heads.reweighting import compare_reweighting
+
+    parts = report.section("Components: decomposition, component kinds, stability, reweighting")
+    task, note = _organism_variant(ctx, "components")
+    if note:
+        report.text(parts, note)
+    held_out = task.prompts(ctx.args.n_prompts, ctx.args.shots, seed=ctx.args.seed + 1) if note else ctx.held_out
+    dec = decompose(ctx.model, held_out, progress=ctx.progress)
+    report.numbers(parts, dec.summary())
+    report.figure(parts, dec.heatmap())
+    report.figure(parts, dec.plot_accuracy())
+    kinds = dec.kinds()
+    report.table(parts, kinds.sort_values("accuracy", ascending=False), max_rows=15)
+    ctx.results["decomposition"] = dec
+    stability = component_stability(
+        ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
+    )
+    report.numbers(parts, stability.summary())
+    report.figure(parts, stability.scatter("demo set"))
+    comparison = compare_reweighting(
+        ctx.model, task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
+    )
+    ctx.results["reweighting"] = comparison
+    report.numbers(parts, comparison.summary())
+    report.figure(parts, comparison.plot())
+    report.table(parts, comparison.df)
+    kinds.to_csv(ctx.out / "results" / "components.csv", index=False)
+    stability.df.to_csv(ctx.out / "results" / "component_stability.csv", index=False)
+    comparison.df.to_csv(ctx.out / "results" / "reweighting.csv", index=False)
+    ctx.summary["components"] = {
+        "decomposition": dec.summary(),
+        "stability": stability.summary(),
+        "reweighting": comparison.summary(),
+    }

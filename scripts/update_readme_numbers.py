@@ -1,0 +1,47 @@
+"""Write the verdicts of a run into README.md and docs/reproducing.md between the ``verdicts`` markers.
+
+The numbers are generated from a run's ``summary.json``, never copied by hand.
+
+Usage::
+
+    icl-heads analyze --model organism --task organism --out results/organism --threads 1
+    python scripts/update_readme_numbers.py results/organism/summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = (ROOT / "README.md", ROOT / "docs" / "reproducing.md")
+START, END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
+
+
+def block(summary: dict) -> str:
+    """The Markdown list of verdicts, with the command and versions that produced them."""
+    prov = summary.get("provenance", {})
+    lines = [f"- **{v['claim']}**: {v['state']} ({v['detail']})" for v in summary["verdicts"]]
+    versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+    cost = prov.get("cost", {}).get("total seconds")
+    lines.append("")
+    words = shlex.split(prov.get("command", "icl-heads analyze"))
+    if "--out" in words:  # the run's own folder says nothing to a reader
+        words[words.index("--out") + 1] = "OUT"
+    lines.append(f"From `{shlex.join(words)}` ({versions}; {cost} s on 2 busy CPU cores).")
+    return "\n".join(lines)
+
+
+def main(path: str) -> None:
+    summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    for file in FILES:
+        text = file.read_text(encoding="utf-8")
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        file.write_text(f"{head}{START}\n{block(summary)}\n{END}{tail}", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
