@@ -176,8 +176,8 @@ def test_captured_attention_scores_and_ov_logits_match_a_cached_pass(any_model, 
     access = ModelAccess(any_model)
     prompts = task.prompts(4, 3, seed=2)
     heads = [(0, 1), (access.n_layers - 1, access.n_heads - 1)]
-    qk = mech.qk_label_attention(any_model, prompts, heads, batch_size=3)
-    ov = mech.ov_label_features(any_model, prompts, heads, batch_size=3)
+    qk = mech.qk_label_attention(any_model, prompts, heads, batch_size=3, read_at="label")
+    ov = mech.ov_label_features(any_model, prompts, heads, batch_size=3, read_at="label")
     tp = access.tokenize(prompts)
     for i in (0, 3):
         tokens = torch.tensor([tp.tokens[i]])
@@ -237,7 +237,8 @@ def test_hand_built_model_solves_the_task(two_tower, word_prompts):
 
 
 def test_ov_features_on_hand_built_model(two_tower, word_prompts):
-    ov = mech.ov_label_features(two_tower, word_prompts, heads=None)
+    ov = mech.ov_label_features(two_tower, word_prompts, heads=None, read_at="label")
+    assert ov.config["read_at"] == "label"
     copier = ov.positions[(ov.positions.name == "L0H0") & (ov.positions.kind == "label")]
     # at every label position the copier's vector promotes that label, ranked first in the vocabulary
     assert copier.promotes.all() and (copier.own_rank == 1).all()
@@ -257,7 +258,7 @@ def test_ov_features_on_hand_built_model(two_tower, word_prompts):
 
 
 def test_qk_attention_on_hand_built_model(two_tower, word_prompts):
-    qk = mech.qk_label_attention(two_tower, word_prompts)
+    qk = mech.qk_label_attention(two_tower, word_prompts, read_at="label")
     df = qk.df.set_index("name")
     copier = df.loc["L0H0"]
     assert copier.attention_same > 10 * copier.attention_other
