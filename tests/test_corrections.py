@@ -382,9 +382,10 @@ def test_positional_prior_reduces_order_dependence_on_the_organism(organism, org
     df = res.df.set_index("metric")
     assert res.value == 2.0 and res.reduction > 0, res.summary()
     assert list(df.index) == [
-        "bias", "order_std", "sensitivity", "last_label_excess", "last_label_pull", "accuracy_over_orders",
-        "balanced_accuracy",
+        "bias", "order_spread", "order_std", "sensitivity", "last_label_excess", "last_label_pull",
+        "accuracy_over_orders", "balanced_accuracy",
     ]  # fmt: skip
+    assert res.config["read_at"] in ("label", "slot", "after_label") and res.config["read_at_requested"] == "auto"
     # the per-prompt order sensitivity falls with a clear margin
     assert df.loc["sensitivity", "after_ci_high"] < df.loc["sensitivity", "before"]
     assert df.loc["balanced_accuracy", "after"] >= df.loc["balanced_accuracy", "before"] - 0.01
