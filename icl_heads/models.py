@@ -48,7 +48,8 @@ def load_model(name_or_path: str | Path = "organism", *, device: str | None = No
     TransformerLens' own weight converters).
 
     Args:
-        name_or_path: ``"organism"`` (the bundled model, offline), a hub name, or a
+        name_or_path: ``"organism"`` or ``"organism-slot"`` (the bundled models, offline;
+            see ``docs/organism.md``), a hub name, or a
             local folder with ``config.json``, weights and a tokenizer.
         device: e.g. ``"cpu"`` or ``"cuda"``; default CPU for local folders.
         dtype: e.g. ``torch.bfloat16``; default the checkpoint's (float32 here).
@@ -60,15 +61,16 @@ def load_model(name_or_path: str | Path = "organism", *, device: str | None = No
         FileNotFoundError: ``"organism"`` requested but its checkpoint is missing.
         ValueError: a local folder of an architecture TL 3 loading does not support.
     """
-    if str(name_or_path) == "organism":
-        from icl_heads.organism import CHECKPOINT_DIR
+    from icl_heads.organism import BUNDLED
 
-        if not (CHECKPOINT_DIR / "config.json").exists():
+    if str(name_or_path) in BUNDLED:
+        folder = BUNDLED[str(name_or_path)]
+        if not (folder / "config.json").exists():
             raise FileNotFoundError(
-                f"the organism checkpoint is missing from {CHECKPOINT_DIR}; reinstall icl-heads or retrain it with "
+                f"the {name_or_path} checkpoint is missing from {folder}; reinstall icl-heads or retrain it with "
                 "`python -m icl_heads.organism.train --out DIR` and load_model(DIR)"
             )
-        name_or_path = CHECKPOINT_DIR
+        name_or_path = folder
     if transformer_lens_major() >= 4:
         from transformer_lens.model_bridge import TransformerBridge
 
