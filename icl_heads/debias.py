@@ -34,8 +34,9 @@ from icl_heads.bias import (
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
-from icl_heads.reading import MIN_READ_SHARE, resolve_read_at
+from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.results import Result, provenance
+from icl_heads.tuning_checks import no_change_reason, read_at_for
 
 MAJORITY_METHODS = {
     "count": ("strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)),
@@ -287,7 +288,7 @@ def _evaluate(
         "headline": headline, "shots": shots, "n": n, "seed": seed, "tune_n": tune_n, "tune_seed": tune_seed,
         "max_accuracy_drop": max_accuracy_drop, "grid": [float(g) for g in grid], **measure, **reading[1],
     }  # fmt: skip
-    warnings = (*reading[2], *_no_change(tuning, value, parameter, max_accuracy_drop, reading[2]))
+    warnings = (*reading[2], *no_change_reason(tuning, value, parameter, max_accuracy_drop, reading[2]))
     for w in warnings[len(reading[2]) :]:
         logger.warning(w)
     return BiasCorrection(
@@ -306,33 +307,6 @@ def _evaluate(
         provenance=provenance(ModelAccess(model).name, balanced, heads=[list(h) for h in heads], method=method),
         warnings=warnings,
     )
-
-
-def _no_change(tuning: pd.DataFrame, value: float, parameter: str, max_drop: float, read_warnings) -> tuple[str, ...]:
-    """Why the tuning chose the no-op value (0), or nothing when it chose a real correction."""
-    if value != 0:
-        return ()
-    base = tuning[tuning.value == 0]
-    others = tuning[tuning.value != 0]
-    if base.empty or others.empty:
-        return (f"NO CHANGE: {parameter}=0 was chosen because the grid holds no other value to try",)
-    b0 = float(base.bias.abs().iloc[0])
-    allowed = others[others.allowed]
-    if allowed.empty:
-        best = others.loc[others.accuracy_drop.idxmin()]
-        why = (
-            f"every other value lowered balanced accuracy on the tuning prompts by more than {max_drop:g} "
-            f"(the smallest drop is {best.accuracy_drop:.3g} at {parameter}={best.value:g})"
-        )
-    else:
-        best = allowed.loc[allowed.bias.abs().idxmin()]
-        why = (
-            f"no allowed value reduced the bias on the tuning prompts (|bias| {b0:.3g} uncorrected, "
-            f"{abs(best.bias):.3g} at best, {parameter}={best.value:g})"
-        )
-    if read_warnings:
-        why += "; the corrected heads do not read the positions it changes (see the other warning)"
-    return (f"NO CHANGE: the correction was tuned to {parameter}=0 (no correction) because {why}",)
 
 
 def _check_common(task: Any, seed: int, tune_seed: int, method: str, methods: dict) -> ICLTask:
@@ -410,7 +384,7 @@ def correct_majority_bias(
     parameter, default_grid = MAJORITY_METHODS[method]
     tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
     heads = resolve_heads(model, heads, tune_prompts)
-    reading = _read_at(model, tune_prompts, heads, read_at, min_read_share)
+    reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     make = count_normalisation if method == "count" else ov_compensation
 
     def build(value: float) -> Hooks:
@@ -492,7 +466,7 @@ def correct_recency_bias(
     parameter, default_grid = RECENCY_METHODS[method]
     tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
     heads = resolve_heads(model, heads, tune_prompts)
-    reading = _read_at(model, tune_prompts, heads, read_at, min_read_share)
+    reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     if method == "unrotated":
         base = unrotated_attention(model, heads, read_at=reading[0])
 
@@ -511,8 +485,3 @@ def correct_recency_bias(
         batch_size=batch_size, progress=progress, measure={"n_random_orders": n_random_orders, "heads": list(heads)},
         reading=reading,
     )  # fmt: skip
-
-
-def _read_at(model: Any, prompts: Any, heads, read_at: str, min_read_share: float) -> tuple:
-    access = ModelAccess(model)
-    return resolve_read_at(access, access.tokenize(prompts), list(heads), read_at, min_share=min_read_share)

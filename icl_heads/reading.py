@@ -179,7 +179,7 @@ def reading_roles(
     >>> import icl_heads as ih
     >>> model = ih.load_model("organism")
     >>> rr = reading_roles(model, ih.organism_task().prompts(n=16, shots=4))
-    >>> rr.reads([(1, 1)]).read_at.item()
+    >>> rr.reads([(1, 7)]).read_at.item()
     'label'
     """
     access = ModelAccess(model)

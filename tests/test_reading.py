@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.debias import _no_change
 from icl_heads.models import ModelAccess
 from icl_heads.recency import block_gaps, block_table
 from icl_heads.slots import ROLES, read_positions
+from icl_heads.tuning_checks import no_change_reason
 
 TEMPLATES = ["{text} : {label}\n", "{text} {label}\n", "input {text} output {label}\n", "{text} ; {label} ,\n"]
 
@@ -123,11 +123,11 @@ def test_no_change_says_why():
         return t
 
     drop = table([(0.0, 0.2, 0.9, 0.0), (2.0, 0.0, 0.5, 0.4)])
-    (msg,) = _no_change(drop, 0.0, "strength", 0.01, ())
+    (msg,) = no_change_reason(drop, 0.0, "strength", 0.01, ())
     assert msg.startswith("NO CHANGE") and "lowered balanced accuracy" in msg and "0.4" in msg
-    (msg,) = _no_change(table([(0.0, 0.2, 0.9, 0.0), (2.0, 0.3, 0.9, 0.0)]), 0.0, "a_c", 0.01, ("NOT READ",))
+    (msg,) = no_change_reason(table([(0.0, 0.2, 0.9, 0.0), (2.0, 0.3, 0.9, 0.0)]), 0.0, "a_c", 0.01, ("NOT READ",))
     assert "no allowed value reduced the bias" in msg and "do not read" in msg
-    assert _no_change(drop, 2.0, "strength", 0.01, ()) == ()
+    assert no_change_reason(drop, 2.0, "strength", 0.01, ()) == ()
 
 
 def test_heads_needed_on_a_tiny_model(models, task):
