@@ -39,14 +39,14 @@ def reading_card(model: Any = "organism", *, n: int = 300, tune_n: int = 150, me
     acc = ih.icl_accuracy(model, clean.prompts(n, 4, seed=104))
     out["accuracy_4shot"] = {"accuracy": acc.accuracy, "ci": list(acc.ci)}
     found = ih.find_in_context_heads(
-        model, clean.prompts(200, 4, seed=160), verify_prompts=clean.prompts(200, 4, seed=161), n_random=20
+        model, clean.prompts(200, 4, seed=160), verify_prompts=clean.prompts(200, 4, seed=161), n_random=10
     )
     out["in_context_heads"] = found.names
     rr = ih.reading_roles(model, clean.prompts(200, 4, seed=162))
     reads = rr.reads()
     out["reads"] = reads.to_dict(orient="records")
     out["reading_df"] = rr.df.to_dict(orient="records")
-    count = ih.heads_needed(model, clean.prompts(200, 4, seed=163), found, margin=0.05, n_random=20)
+    count = ih.heads_needed(model, clean.prompts(100, 4, seed=163), found, margin=0.05, max_k=10, n_random=10)
     out["heads_needed"] = {**{k: v for k, v in count.summary().items()}, "df": count.df.to_dict(orient="records")}
     heads = found.heads
     out["corrections"] = {}
@@ -63,7 +63,7 @@ def reading_card(model: Any = "organism", *, n: int = 300, tune_n: int = 150, me
             "df": res.df.to_dict(orient="records"),
             "tuning": res.tuning.to_dict(orient="records"),
         }
-        for read_at in ("label",) if kind == "majority" and method == "count" else ():
+        for read_at in ("label",) if kind == "majority" and method == "count" and layout == "slot" else ():
             forced = fn(
                 model, hard, method=method, heads=heads, shots=shots, n=n, tune_n=tune_n, grid=grid, seed=0,
                 tune_seed=1, read_at=read_at,
