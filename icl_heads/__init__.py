@@ -28,6 +28,7 @@ from icl_heads.decomposition import (
     fixed_demo_prompts,
 )
 from icl_heads.faithfulness import Faithfulness, UnfaithfulModelError, check_faithfulness
+from icl_heads.head_count import HeadCount, heads_needed
 from icl_heads.heads import InContextHeads, ablation_curve, find_in_context_heads
 from icl_heads.interventions import HeadAblation, ablate, ablation
 from icl_heads.mechanism import (
@@ -44,6 +45,7 @@ from icl_heads.mechanism import (
 from icl_heads.models import ModelAccess, load_model
 from icl_heads.organism import organism_task
 from icl_heads.prompts import ICLPrompts, ICLTask, LabelTokenError, PromptTooLongError, TokenizedPrompts
+from icl_heads.reading import ReadingRoles, reading_roles
 from icl_heads.reweighting import (
     CalibPlus,
     ComponentReweighting,
@@ -63,6 +65,7 @@ __all__ = [
     "Faithfulness",
     "FlipAnalysis",
     "HeadAblation",
+    "HeadCount",
     "ICLPrompts",
     "ICLTask",
     "InContextHeads",
@@ -73,6 +76,7 @@ __all__ = [
     "OVLabelFeatures",
     "PromptTooLongError",
     "QKLabelAttention",
+    "ReadingRoles",
     "RecencyBias",
     "ReweightingComparison",
     "ScoreAgreement",
@@ -96,6 +100,7 @@ __all__ = [
     "fixed_demo_prompts",
     "flip_analysis",
     "flip_prompts",
+    "heads_needed",
     "icl_accuracy",
     "load_model",
     "majority_bias",
@@ -104,6 +109,7 @@ __all__ = [
     "ov_label_features",
     "positional_prior",
     "qk_label_attention",
+    "reading_roles",
     "recency_bias",
     "score_heads",
     "testing",

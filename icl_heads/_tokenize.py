@@ -9,6 +9,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from icl_heads.prompts import ICLPrompts, LabelTokenError, TokenizedPrompts, render
+from icl_heads.slots import BOS, char_roles, token_roles
 
 if TYPE_CHECKING:
     from icl_heads.prompts import ICLTask
@@ -88,13 +89,14 @@ def tokenize_prompts(
     task = prompts.task
     labels = label_token_ids(task, tokenizer, first_token=first_token)
     bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
-    all_tokens, all_pos, all_demo = [], [], []
+    all_tokens, all_pos, all_demo, all_roles, all_index = [], [], [], [], []
     for p in prompts.prompts:
         text, spans, query = render(p, task)
         tokens, offsets = _encode(tokenizer, text)
-        positions = []
+        positions, hits = [], []
         for (_, y), span in zip(p.demos, spans, strict=True):
             hit = _token_at(offsets, span)
+            hits.append(hit)
             if not hit or tokens[hit[0]] != labels[y]:
                 got = tokenizer.convert_ids_to_tokens(tokens[hit[0]]) if hit else None
                 raise LabelTokenError(
@@ -111,6 +113,14 @@ def tokenize_prompts(
                 f"after the query {query!r} the gold label does not tokenize as "
                 f"{tokenizer.convert_ids_to_tokens(labels[p.gold])!r}; check the template's spacing before {{label}}"
             )
+        char_role, char_demo, rendered = char_roles(
+            task.template, [(t, task.label_words[y]) for t, y in p.demos], p.query
+        )
+        if rendered != text:  # pragma: no cover - render and char_roles build the same string
+            raise RuntimeError(f"internal error: token roles were computed for {rendered!r}, not {text!r}")
+        roles, demo_index = token_roles(char_role, char_demo, offsets, hits)
+        all_roles.append((BOS,) * len(bos) + roles)
+        all_index.append((-1,) * len(bos) + demo_index)
         all_tokens.append(tuple(bos + tokens))
         all_pos.append(tuple(positions))
         all_demo.append(tuple(y for _, y in p.demos))
@@ -122,6 +132,8 @@ def tokenize_prompts(
         label_token_ids=labels,
         prompts=prompts,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        roles=tuple(all_roles),
+        demo_index=tuple(all_index),
     )
 
 

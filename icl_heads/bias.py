@@ -39,6 +39,7 @@ from icl_heads.accuracy import predict
 from icl_heads.interventions import check_heads
 from icl_heads.models import Capture, Head, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
+from icl_heads.recency import block_gaps, block_table
 from icl_heads.results import Result, provenance
 
 
@@ -410,6 +411,12 @@ class RecencyBias(Result):
             ``last_label_pull_ci`` its interval.
         sensitivity: mean over prompts of the standard deviation over orders of the
             gold label's probability; ``sensitivity_ci`` its interval.
+        block_gap: accuracy when the query's class forms the last block of
+            demonstrations minus when it forms the first (same query and demonstrations;
+            see :mod:`icl_heads.recency`). Unlike ``bias`` it does not cancel over query
+            classes: the recency headline that corrections are tuned and judged on.
+            ``block_gap_ci`` its interval, ``block_gaps`` the per-prompt gaps, ``blocks``
+            the gap per query label (``query_label, n, block_gap, ci_low, ci_high``).
         label_logits: ``[order, prompt, label]``; ``last_labels``: ``[order, prompt]``.
         golds: ``[prompt]`` gold labels.
         heads: the heads whose attention is reported.
@@ -435,10 +442,16 @@ class RecencyBias(Result):
     heads: tuple = ()
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    block_gap: float = float("nan")
+    block_gap_ci: tuple = (float("nan"), float("nan"))
+    block_gaps: Tensor | None = None
+    blocks: pd.DataFrame | None = None
     _title: ClassVar[str] = "Recency bias"
 
     def summary(self) -> dict[str, Any]:
         return {
+            "block gap (accuracy, query's class block last minus first)": self.block_gap,
+            "block gap 95% CI": tuple(self.block_gap_ci),
             "recency bias (accuracy spread over orders beyond chance)": self.bias,
             "95% CI": tuple(self.bias_ci),
             "accuracy std over orders": self.order_std,
@@ -538,7 +551,13 @@ def recency_bias(
             }
         )  # fmt: skip
     config = {"shots": shots, "n": n, "seed": seed, "n_random_orders": n_random_orders, "hooked": bool(hooks)}
+    gaps, gap_gold = block_gaps(label_logits, golds, [[y for _, y in p.demos] for p in base.prompts], order_names)
+    blocks = block_table(gaps, gap_gold, base.task.label_words, n_boot=n_boot, seed=seed)
     return RecencyBias(
+        block_gap=float(gaps.mean()),
+        block_gap_ci=bootstrap_ci(gaps, n_boot=n_boot, seed=seed),
+        block_gaps=torch.as_tensor(gaps, dtype=torch.float32),
+        blocks=blocks,
         df=pd.DataFrame(rows),
         attention=_slot_table(slot_att, heads, n_boot, seed),
         bias=float(order_spread(correct.numpy())),

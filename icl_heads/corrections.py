@@ -20,6 +20,9 @@ final query position; every other head, query position and layer is untouched.
 Each is a batch-aware hook provider: ``correction(batch)`` gives forward hooks, so it
 plugs into ``icl_accuracy(model, prompts, hooks=correction)``. For a forward pass of
 your own, use :func:`correcting` with the label positions and demonstration labels.
+``read_at`` (``"label"``, ``"after_label"`` or ``"slot"``, see :mod:`icl_heads.slots`)
+says which tokens of each demonstration a correction acts on: the model's reading
+position, not necessarily the label token.
 The maths on attention rows lives in module-level functions tested on hand-made tensors.
 """
 
@@ -39,6 +42,7 @@ from icl_heads.faithfulness import require_pattern_edits
 from icl_heads.interventions import check_heads
 from icl_heads.models import Capture, Head, HookFn, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
+from icl_heads.slots import positions_with_labels
 
 # ---- pure maths on the final attention row ---------------------------------------------------
 
@@ -136,19 +140,31 @@ def _kv_index(heads: list[int], n_heads: int, n_kv: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Correction:
-    """Base: chosen heads, final position only; subclasses build hooks for one batch."""
+    """Base: chosen heads, final position only; subclasses build hooks for one batch.
+
+    ``read_at`` picks the positions of each demonstration the correction acts on when
+    called on a batch: ``"label"`` (label tokens), ``"after_label"`` (the last template
+    token after each label) or ``"slot"`` (all of them).
+    """
 
     heads: tuple[Head, ...]
     #: whether the correction edits ``hook_pattern`` (some models discard such edits: checked before use)
     edits_pattern: ClassVar[bool] = True
+    read_at: str = field(default="label", kw_only=True)
 
     def __post_init__(self) -> None:
         if not self.heads:
             raise ValueError("a correction needs at least one (layer, head); pass the in-context heads")
+        if self.read_at not in ("label", "after_label", "slot"):
+            raise ValueError(
+                f"read_at must be 'label', 'after_label' or 'slot', got {self.read_at!r}; resolve 'auto' with "
+                "icl_heads.reading.resolve_read_at or let correct_majority_bias/correct_recency_bias do it"
+            )
         object.__setattr__(self, "heads", tuple((int(a), int(b)) for a, b in self.heads))
 
     def __call__(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
-        return self.hooks(batch.label_positions, batch.demo_labels, batch.final_positions)
+        positions, labels = positions_with_labels(batch, self.read_at)
+        return self.hooks(positions, labels, batch.final_positions)
 
     def hooks(
         self,
@@ -376,29 +392,37 @@ def attention_scales(access: ModelAccess) -> tuple[float, ...]:
     return tuple(base * (layer + 1 if by_layer else 1) for layer in range(access.n_layers))
 
 
-def count_normalisation(model: Any, heads: Sequence[Sequence[int]], strength: float = 1.0) -> CountNormalisation:
+def count_normalisation(
+    model: Any, heads: Sequence[Sequence[int]], strength: float = 1.0, *, read_at: str = "label"
+) -> CountNormalisation:
     """A :class:`CountNormalisation` for ``model`` (checks the heads).
 
     Raises:
-        ValueError: heads outside the model or none.
+        ValueError: heads outside the model or none, or a bad ``read_at``.
         UnfaithfulModelError: the model discards edits of attention patterns (TransformerLens 4
             on GPT-J, GPT-Neo, OPT), so this correction would change nothing.
     """
     access = ModelAccess(model, analysis="count_normalisation")
     require_pattern_edits(access, "count_normalisation")
-    return CountNormalisation(check_heads(access, heads), strength=float(strength))
+    return CountNormalisation(check_heads(access, heads), strength=float(strength), read_at=read_at)
 
 
-def ov_compensation(model: Any, heads: Sequence[Sequence[int]], a_c: float = 0.03) -> OVCompensation:
+def ov_compensation(
+    model: Any, heads: Sequence[Sequence[int]], a_c: float = 0.03, *, read_at: str = "label"
+) -> OVCompensation:
     """An :class:`OVCompensation` for ``model`` (checks the heads).
 
     Raises:
-        ValueError: heads outside the model or none.
+        ValueError: heads outside the model or none, or a bad ``read_at``.
     """
-    return OVCompensation(check_heads(ModelAccess(model, analysis="ov_compensation"), heads), a_c=float(a_c))
+    return OVCompensation(
+        check_heads(ModelAccess(model, analysis="ov_compensation"), heads), a_c=float(a_c), read_at=read_at
+    )
 
 
-def unrotated_attention(model: Any, heads: Sequence[Sequence[int]], mix: float = 1.0) -> UnrotatedAttention:
+def unrotated_attention(
+    model: Any, heads: Sequence[Sequence[int]], mix: float = 1.0, *, read_at: str = "label"
+) -> UnrotatedAttention:
     """An :class:`UnrotatedAttention` for a rotary ``model``.
 
     Raises:
@@ -425,7 +449,7 @@ def unrotated_attention(model: Any, heads: Sequence[Sequence[int]], mix: float =
             "rotated scores are not available when the pattern is formed (e.g. a TransformerBridge built with "
             "boot_native); use the positional-prior correction (method='prior'), which works for any model"
         )
-    return UnrotatedAttention(heads, attn_scale=attention_scales(access), mix=float(mix))
+    return UnrotatedAttention(heads, attn_scale=attention_scales(access), mix=float(mix), read_at=read_at)
 
 
 def positional_prior(
@@ -434,6 +458,7 @@ def positional_prior(
     prompts: ICLPrompts | TokenizedPrompts,
     *,
     strength: float = 1.0,
+    read_at: str = "label",
     batch_size: int = 32,
 ) -> PositionalPrior:
     """Fit each head's positional prior on content-shuffled prompts and return the correction.
@@ -442,6 +467,9 @@ def positional_prior(
     final-position attention on label tokens that falls on the ``i``-th label token,
     scaled so its mean over slots is 1. Use random-order prompts from a seed you do not
     test on: their content is independent of the slot, so only position remains.
+
+    With ``read_at="slot"`` every slot token is a slot of its own; ``"after_label"`` uses
+    the token after each label.
 
     Raises:
         ValueError: heads outside the model, or the checks of :class:`~icl_heads.models.ModelAccess`.
@@ -456,11 +484,12 @@ def positional_prior(
     for batch in access.batches(tp, batch_size):
         caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
         _, got = access.run(batch, capture=caps)
-        n_demo = (batch.label_positions >= 0).sum(1)
+        read, _ = positions_with_labels(batch, read_at)
+        n_demo = (read >= 0).sum(1)
         for b, d in enumerate(n_demo.tolist()):
             if d == 0:
                 continue
-            pos = batch.label_positions[b, :d]
+            pos = read[b, :d]
             att = torch.stack([got[access.hook(ly, "pattern")][b, h].cpu()[pos] for ly, h in heads])
             share = att / att.sum(-1, keepdim=True).clamp(min=1e-12)
             sums[d] = sums.get(d, torch.zeros(len(heads), d)) + share
@@ -468,7 +497,7 @@ def positional_prior(
     if not sums:
         raise ValueError("the reference prompts have no demonstrations; sample them with shots >= 1")
     prior = {d: (s / counts[d]) * d for d, s in sums.items()}
-    return PositionalPrior(heads, prior=prior, strength=float(strength))
+    return PositionalPrior(heads, prior=prior, strength=float(strength), read_at=read_at)
 
 
 @contextmanager

@@ -28,14 +28,15 @@ from icl_heads.bias import (
     RecencyBias,
     _check_task,
     majority_bias,
-    order_spread,
     recency_bias,
     resolve_heads,
 )
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
+from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.results import Result, provenance
+from icl_heads.tuning_checks import no_change_reason, read_at_for
 
 MAJORITY_METHODS = {
     "count": ("strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)),
@@ -70,7 +71,10 @@ class BiasCorrection(Result):
         reduction_ci: its 95% paired bootstrap interval over test prompts.
         accuracy_change: balanced accuracy after minus before (same prompts);
             ``accuracy_change_ci`` its paired 95% interval.
-        config, provenance: arguments and origin.
+        config, provenance: arguments and origin; ``config["read_at"]`` is where the
+            correction acted (label tokens, the tokens after them, or whole slots).
+        warnings: why the result may not mean what it seems: the heads do not read the
+            corrected positions, or the tuning chose "no change" (and why).
     """
 
     df: pd.DataFrame
@@ -86,6 +90,7 @@ class BiasCorrection(Result):
     accuracy_change_ci: tuple
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    warnings: tuple = ()
     _title: ClassVar[str] = "Bias correction"
 
     def _row(self, metric: str) -> pd.Series:
@@ -94,7 +99,9 @@ class BiasCorrection(Result):
     def summary(self) -> dict[str, Any]:
         b, a = self._row("bias"), self._row("balanced_accuracy")
         return {
+            **self._warning_summary(),
             "bias": f"{self.kind} ({self.config.get('headline', '')})",
+            "read at": self.config.get("read_at", "label"),
             "correction": f"{self.method} ({self.parameter}={self.value:g})",
             "heads": ", ".join(f"L{x}H{y}" for x, y in self.heads),
             "bias before": float(b.before),
@@ -113,6 +120,11 @@ class BiasCorrection(Result):
         from icl_heads.plots.bias import correction_figure
 
         return correction_figure(self)
+
+
+def headline_bias(result: Any) -> float:
+    """The bias a correction is tuned and judged on: ``bias`` (majority) or ``block_gap`` (recency)."""
+    return float(result.block_gap) if isinstance(result, RecencyBias) else float(result.bias)
 
 
 def _measure(kind: str, model: Any, task: ICLTask, hooks: Hooks, **kw: Any) -> MajorityBias | RecencyBias:
@@ -139,7 +151,7 @@ def tune_correction(
     """Choose a correction's hyperparameter on tuning prompts (never the test prompts).
 
     For each value, measures the headline bias (majority: excess majority predictions;
-    recency: accuracy spread over orders beyond chance) and the accuracy on balanced prompts, both on
+    recency: the block gap, accuracy when the query's class block is last minus first) and the accuracy on balanced prompts, both on
     prompts drawn with ``seed``; picks the value with the smallest absolute bias among
     those whose balanced accuracy drops by at most ``max_accuracy_drop``.
 
@@ -177,7 +189,7 @@ def tune_correction(
         rows.append(
             {
                 "value": float(value),
-                "bias": result.bias,
+                "bias": headline_bias(result),
                 "balanced_accuracy": acc,
                 "accuracy_drop": base_acc - acc,
             }
@@ -213,7 +225,7 @@ def _ratio_ci(
 def _evaluate(
     kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks], grid, heads,
     *, shots: int, n: int, seed: int, tune_n: int, tune_seed: int, max_accuracy_drop: float, n_boot: int,
-    batch_size: int, progress: bool, measure: dict,
+    batch_size: int, progress: bool, measure: dict, reading: tuple = ("label", {}, ()),
 ) -> BiasCorrection:  # fmt: skip
     value, tuning = tune_correction(
         model, task, build, grid, kind=kind, shots=shots, n=tune_n, seed=tune_seed,
@@ -222,7 +234,7 @@ def _evaluate(
     hooks = build(value)
     kw = dict(shots=shots, n=n, seed=seed, batch_size=batch_size, n_boot=n_boot, **measure)
     before = _measure(kind, model, task, (), **kw)
-    if before.bias == 0:
+    if headline_bias(before) == 0:
         raise ValueError(
             f"no {kind} bias to reduce: its measure is exactly 0 on the {n} test prompts "
             "(use more prompts n, more shots, or harder prompts)"
@@ -233,23 +245,27 @@ def _evaluate(
         icl_accuracy(model, balanced, batch_size=batch_size),
         icl_accuracy(model, balanced, hooks=hooks, batch_size=batch_size),
     )
-    metrics: list[tuple[str, float, tuple, float, tuple]] = [
-        ("bias", before.bias, before.bias_ci, after.bias, after.bias_ci)
-    ]
+    metrics: list[tuple[str, float, tuple, float, tuple]] = []
     if isinstance(before, MajorityBias) and isinstance(after, MajorityBias):
         headline = "excess majority-label predictions"
+        metrics.append(("bias", before.bias, before.bias_ci, after.bias, after.bias_ci))
         metrics.append(("probability_bias", before.prob_bias, before.prob_bias_ci, after.prob_bias, after.prob_bias_ci))
         stat_b, stat_a, stat = before.per_prompt.numpy(), after.per_prompt.numpy(), lambda x: x.mean(-1)
     else:
         assert isinstance(before, RecencyBias) and isinstance(after, RecencyBias)
-        headline = "accuracy spread over orders beyond chance"
+        headline = "block gap: accuracy when the query's class block is last minus first"
+        metrics.append(("bias", before.block_gap, before.block_gap_ci, after.block_gap, after.block_gap_ci))
+        metrics.append(("order_spread", before.bias, before.bias_ci, after.bias, after.bias_ci))
         for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull"):
             metrics.append(
                 (m, getattr(before, m), getattr(before, f"{m}_ci"), getattr(after, m), getattr(after, f"{m}_ci"))
             )
-        stat_b = (before.label_logits.argmax(-1) == before.golds[None]).float().numpy()
-        stat_a = (after.label_logits.argmax(-1) == after.golds[None]).float().numpy()
-        stat = order_spread
+        assert before.block_gaps is not None and after.block_gaps is not None
+        stat_b, stat_a = before.block_gaps.numpy(), after.block_gaps.numpy()
+
+        def stat(x: np.ndarray) -> Any:
+            return x.mean(-1)
+
     # accuracy where the bias acts: imbalanced conditions (majority) or all orders (recency)
     cond = slice(1, None) if kind == "majority" else slice(None)
     acc_biased = [(r.label_logits[cond].argmax(-1) == r.golds[None]).float().mean(0).numpy() for r in (before, after)]
@@ -270,8 +286,11 @@ def _evaluate(
     b0 = float(stat(stat_b))
     config = {
         "headline": headline, "shots": shots, "n": n, "seed": seed, "tune_n": tune_n, "tune_seed": tune_seed,
-        "max_accuracy_drop": max_accuracy_drop, "grid": [float(g) for g in grid], **measure,
+        "max_accuracy_drop": max_accuracy_drop, "grid": [float(g) for g in grid], **measure, **reading[1],
     }  # fmt: skip
+    warnings = (*reading[2], *no_change_reason(tuning, value, parameter, max_accuracy_drop, reading[2]))
+    for w in warnings[len(reading[2]) :]:
+        logger.warning(w)
     return BiasCorrection(
         df=df,
         tuning=tuning,
@@ -288,6 +307,7 @@ def _evaluate(
         provenance=provenance(
             ModelAccess(model, check=False).name, balanced, heads=[list(h) for h in heads], method=method
         ),
+        warnings=warnings,
     )
 
 
@@ -316,6 +336,8 @@ def correct_majority_bias(
     grid: Sequence[float] | None = None,
     skews: Sequence[tuple[int, int]] = ((3, 1), (5, 1)),
     max_accuracy_drop: float = 0.01,
+    read_at: str = "auto",
+    min_read_share: float = MIN_READ_SHARE,
     n_boot: int = 1000,
     batch_size: int = 32,
     progress: bool = False,
@@ -337,6 +359,11 @@ def correct_majority_bias(
         grid: hyperparameter values to try (default per method).
         skews: skewed counts measured besides minus-one (see :func:`~icl_heads.bias.majority_bias`).
         max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
+        read_at: the positions of each demonstration the correction acts on:
+            ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (where the heads put
+            their attention on the tuning prompts; see :func:`~icl_heads.reading.resolve_read_at`).
+        min_read_share: below this share of the heads' attention (outside the first
+            token) on those positions, the result carries a warning.
         n_boot: bootstrap resamples.
         batch_size: prompts per forward pass.
         progress: show progress bars.
@@ -357,16 +384,18 @@ def correct_majority_bias(
     """
     task = _check_common(task, seed, tune_seed, method, MAJORITY_METHODS)
     parameter, default_grid = MAJORITY_METHODS[method]
-    heads = resolve_heads(model, heads, task.prompts(tune_n, shots, seed=tune_seed))
+    tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
+    heads = resolve_heads(model, heads, tune_prompts)
+    reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     make = count_normalisation if method == "count" else ov_compensation
 
     def build(value: float) -> Hooks:
-        return make(model, heads, value)
+        return make(model, heads, value, read_at=reading[0])
 
     return _evaluate(
         "majority", method, parameter, model, task, build, grid or default_grid, heads, shots=shots, n=n, seed=seed,
         tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
-        batch_size=batch_size, progress=progress, measure={"skews": [tuple(s) for s in skews]},
+        batch_size=batch_size, progress=progress, measure={"skews": [tuple(s) for s in skews]}, reading=reading,
     )  # fmt: skip
 
 
@@ -384,14 +413,18 @@ def correct_recency_bias(
     grid: Sequence[float] | None = None,
     n_random_orders: int = 4,
     max_accuracy_drop: float = 0.01,
+    read_at: str = "auto",
+    min_read_share: float = MIN_READ_SHARE,
     n_boot: int = 1000,
     batch_size: int = 32,
     progress: bool = False,
 ) -> BiasCorrection:
     """Tune a recency-bias correction on held-out prompts and measure it on test prompts.
 
-    The headline recency bias is the spread (standard deviation) of accuracy over
-    demonstration orders beyond chance (:func:`~icl_heads.bias.order_spread`); the raw
+    The headline recency bias is the block gap (accuracy when the query's class forms
+    the last block of demonstrations minus when it forms the first; it does not cancel
+    over query classes, see :mod:`icl_heads.recency`); the spread of accuracy over
+    orders beyond chance (:func:`~icl_heads.bias.order_spread`), the raw
     spread, the per-prompt order sensitivity, the excess rate of predicting the last
     demonstration's label and the probability pull of the last label are reported too.
 
@@ -412,6 +445,11 @@ def correct_recency_bias(
         grid: hyperparameter values to try (default per method).
         n_random_orders: random orders besides original, reversed and the label blocks.
         max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
+        read_at: the positions of each demonstration the correction acts on:
+            ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (where the heads put
+            their attention on the tuning prompts; see :func:`~icl_heads.reading.resolve_read_at`).
+        min_read_share: below this share of the heads' attention (outside the first
+            token) on those positions, the result carries a warning.
         n_boot: bootstrap resamples.
         batch_size: prompts per forward pass.
         progress: show progress bars.
@@ -428,14 +466,17 @@ def correct_recency_bias(
     if seed == tune_seed + 1:
         raise ValueError(f"seed={seed} is the positional prior's reference seed (tune_seed + 1); choose another seed")
     parameter, default_grid = RECENCY_METHODS[method]
-    heads = resolve_heads(model, heads, task.prompts(tune_n, shots, seed=tune_seed))
+    tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
+    heads = resolve_heads(model, heads, tune_prompts)
+    reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     if method == "unrotated":
-        base = unrotated_attention(model, heads)
+        base = unrotated_attention(model, heads, read_at=reading[0])
 
         def build(value: float) -> Hooks:
             return replace(base, mix=value)
     else:
-        fitted = positional_prior(model, heads, task.prompts(tune_n, shots, seed=tune_seed + 1), batch_size=batch_size)
+        reference = task.prompts(tune_n, shots, seed=tune_seed + 1)
+        fitted = positional_prior(model, heads, reference, read_at=reading[0], batch_size=batch_size)
 
         def build(value: float) -> Hooks:
             return replace(fitted, strength=value)
@@ -444,4 +485,5 @@ def correct_recency_bias(
         "recency", method, parameter, model, task, build, grid or default_grid, heads, shots=shots, n=n, seed=seed,
         tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
         batch_size=batch_size, progress=progress, measure={"n_random_orders": n_random_orders, "heads": list(heads)},
+        reading=reading,
     )  # fmt: skip

@@ -33,6 +33,8 @@ class InContextHeads(Result):
         df: tidy scores: ``layer, head, name, method, label, score, rank, selected``.
         verification: accuracy before/after ablation (``condition`` rows), or None.
         random_accuracies: label-set accuracy after ablating each random head set.
+        reading: where every head reads (final-position attention by token role with
+            intervals, see :func:`~icl_heads.reading.reading_roles`), or None.
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
     """
@@ -43,6 +45,7 @@ class InContextHeads(Result):
     df: pd.DataFrame
     verification: pd.DataFrame | None = None
     random_accuracies: Tensor | None = None
+    reading: pd.DataFrame | None = None
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     _title: ClassVar[str] = "In-context heads"
@@ -81,6 +84,10 @@ class InContextHeads(Result):
                 float(v.loc["random heads", "ci_high"]),
             )
             out["rank p"] = float(v.loc["found heads", "rank_p"])
+        if self.reading is not None:
+            r = self.reading[self.reading.name.isin(self.names) & (self.reading.role != "bos")]
+            top = r.loc[r.groupby("name").attention.idxmax()].set_index("name")
+            out["found heads read at"] = ", ".join(f"{n}: {top.loc[n, 'role']}" for n in self.names if n in top.index)
         return out
 
     def heatmap(self, method: str | None = None, label: str = "all") -> go.Figure:
@@ -280,6 +287,9 @@ def find_in_context_heads(
                 scores[f"{m}:{w}"] = values[golds == i].mean(0)
     heads = top_heads(scores[method], n)
     by_label = {w: top_heads(scores[f"{method}:{w}"], n) for w in words if f"{method}:{w}" in scores}
+    from icl_heads.reading import reading_roles
+
+    reading = reading_roles(access, tp, batch_size=batch_size, padding_side=padding_side).df
     verification, rand = None, None
     if verify:
         verification, rand = verify_heads(
@@ -298,6 +308,7 @@ def find_in_context_heads(
         df=_tidy(scores, heads),
         verification=verification,
         random_accuracies=rand,
+        reading=reading,
         config=config,
         provenance=provenance(access.name, tp),
     )

@@ -87,7 +87,8 @@ def load_model(
     TransformerLens' own weight converters).
 
     Args:
-        name_or_path: ``"organism"`` (the bundled model, offline), a hub name, or a
+        name_or_path: ``"organism"`` or ``"organism-slot"`` (the bundled models, offline;
+            see ``docs/organism.md``), a hub name, or a
             local folder with ``config.json``, weights and a tokenizer.
         device: e.g. ``"cpu"`` or ``"cuda"``; default CPU for local folders.
         dtype: a ``torch.dtype`` or its name: ``"bfloat16"``, ``"float16"``,
@@ -106,15 +107,16 @@ def load_model(
             not support, or a local folder of an architecture TL 3 loading does not support.
     """
     torch_dtype = resolve_dtype(dtype)
-    if str(name_or_path) == "organism":
-        from icl_heads.organism import CHECKPOINT_DIR
+    from icl_heads.organism import BUNDLED
 
-        if not (CHECKPOINT_DIR / "config.json").exists():
+    if str(name_or_path) in BUNDLED:
+        folder = BUNDLED[str(name_or_path)]
+        if not (folder / "config.json").exists():
             raise FileNotFoundError(
-                f"the organism checkpoint is missing from {CHECKPOINT_DIR}; reinstall icl-heads or retrain it with "
+                f"the {name_or_path} checkpoint is missing from {folder}; reinstall icl-heads or retrain it with "
                 "`python -m icl_heads.organism.train --out DIR` and load_model(DIR)"
             )
-        name_or_path = CHECKPOINT_DIR
+        name_or_path = folder
     if transformer_lens_major() >= 4:
         from transformer_lens.model_bridge import TransformerBridge
 

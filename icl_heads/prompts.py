@@ -390,6 +390,8 @@ class TokenizedPrompts:
         prompts: the text prompts these came from.
         tokenizer_fingerprint: a hash of the tokenizer that made the ids; a model with
             another tokenizer refuses them.
+        roles: role code of every token (:data:`icl_heads.slots.ROLES`), per prompt.
+        demo_index: demonstration each token belongs to (``-1`` outside demonstrations), per prompt.
     """
 
     tokens: tuple[tuple[int, ...], ...]
@@ -399,9 +401,25 @@ class TokenizedPrompts:
     label_token_ids: tuple[int, ...]
     prompts: ICLPrompts
     tokenizer_fingerprint: str = ""
+    roles: tuple[tuple[int, ...], ...] = ()
+    demo_index: tuple[tuple[int, ...], ...] = ()
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def slot_positions(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """Positions of each demonstration's slot (label tokens and template tokens after them), per prompt."""
+        from icl_heads.slots import AFTER_LABEL, LABEL
+
+        out = []
+        for roles, index, labels in zip(self.roles, self.demo_index, self.label_positions, strict=True):
+            slots: list[list[int]] = [[] for _ in labels]
+            for pos, (r, d) in enumerate(zip(roles, index, strict=True)):
+                if r in (LABEL, AFTER_LABEL) and d >= 0:
+                    slots[d].append(pos)
+            out.append(tuple(tuple(s) for s in slots))
+        return tuple(out)
 
     @property
     def final_positions(self) -> tuple[int, ...]:
@@ -423,7 +441,11 @@ class TokenizedPrompts:
 
 @dataclass(frozen=True)
 class PromptBatch:
-    """One padded batch: ``tokens`` and ``attention_mask`` ``[batch, pos]``, positions shifted for padding."""
+    """One padded batch: ``tokens`` and ``attention_mask`` ``[batch, pos]``, positions shifted for padding.
+
+    ``roles`` and ``demo_index`` (``[batch, pos]``, ``-1`` at padding) give each token's
+    role and demonstration (see :mod:`icl_heads.slots`); None when the prompts carry no roles.
+    """
 
     index: Int[Tensor, " batch"]
     tokens: Int[Tensor, "batch pos"]
@@ -433,6 +455,8 @@ class PromptBatch:
     demo_labels: Int[Tensor, "batch demo"]
     golds: Int[Tensor, " batch"]
     padding_side: str
+    roles: Int[Tensor, "batch pos"] | None = None
+    demo_index: Int[Tensor, "batch pos"] | None = None
 
     @property
     def has_padding(self) -> bool:
@@ -448,6 +472,9 @@ class PromptBatch:
         label_pos = torch.full((len(rows), n_demo), -1, dtype=torch.long)
         demo_labels = torch.full((len(rows), n_demo), -1, dtype=torch.long)
         finals = torch.zeros(len(rows), dtype=torch.long)
+        has_roles = len(tp.roles) == len(tp.tokens)
+        roles = torch.full((len(rows), width), -1, dtype=torch.long)
+        demo_index = torch.full((len(rows), width), -1, dtype=torch.long)
         for b, i in enumerate(index):
             ids = tp.tokens[i]
             shift = width - len(ids) if padding_side == "left" else 0
@@ -457,6 +484,9 @@ class PromptBatch:
             m = len(tp.label_positions[i])
             label_pos[b, :m] = torch.tensor(tp.label_positions[i], dtype=torch.long) + shift
             demo_labels[b, :m] = torch.tensor(tp.demo_labels[i], dtype=torch.long)
+            if has_roles:
+                roles[b, shift : shift + len(ids)] = torch.tensor(tp.roles[i], dtype=torch.long)
+                demo_index[b, shift : shift + len(ids)] = torch.tensor(tp.demo_index[i], dtype=torch.long)
         return cls(
             index=torch.tensor(list(index)),
             tokens=tokens,
@@ -466,4 +496,6 @@ class PromptBatch:
             demo_labels=demo_labels,
             golds=torch.tensor([tp.golds[i] for i in index]),
             padding_side=padding_side,
+            roles=roles if has_roles else None,
+            demo_index=demo_index if has_roles else None,
         )

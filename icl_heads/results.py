@@ -82,7 +82,14 @@ class Result:
 
     def summary(self) -> dict[str, Any]:
         """A few headline numbers (overridden by each result)."""
-        return {}
+        return self._warning_summary()
+
+    def _warning_summary(self) -> dict[str, Any]:
+        """``{"WARNING": ...}`` entries for the result's ``warnings`` field (empty without warnings)."""
+        warns = tuple(getattr(self, "warnings", ()) or ())
+        if len(warns) == 1:
+            return {"WARNING": warns[0]}
+        return {f"WARNING {i + 1}": w for i, w in enumerate(warns)}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the result to the folder ``path``.
@@ -169,7 +176,11 @@ class Result:
             if isinstance(table, pd.DataFrame)
             else ""
         )
-        return f"<div><b>{html.escape(self._title)}</b><table>{rows}</table>{body}</div>"
+        warns = "".join(
+            f'<p style="color:#b00020;font-weight:bold">&#9888; {html.escape(str(w))}</p>'
+            for w in tuple(getattr(self, "warnings", ()) or ())
+        )
+        return f"<div><b>{html.escape(self._title)}</b>{warns}<table>{rows}</table>{body}</div>"
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={_fmt(v)}" for k, v in self.summary().items())

@@ -382,9 +382,36 @@ def test_positional_prior_reduces_order_dependence_on_the_organism(organism, org
     df = res.df.set_index("metric")
     assert res.value == 2.0 and res.reduction > 0, res.summary()
     assert list(df.index) == [
-        "bias", "order_std", "sensitivity", "last_label_excess", "last_label_pull", "accuracy_over_orders",
-        "balanced_accuracy",
+        "bias", "order_spread", "order_std", "sensitivity", "last_label_excess", "last_label_pull",
+        "accuracy_over_orders", "balanced_accuracy",
     ]  # fmt: skip
+    assert res.config["read_at"] in ("label", "slot", "after_label") and res.config["read_at_requested"] == "auto"
     # the per-prompt order sensitivity falls with a clear margin
     assert df.loc["sensitivity", "after_ci_high"] < df.loc["sensitivity", "before"]
     assert df.loc["balanced_accuracy", "after"] >= df.loc["balanced_accuracy", "before"] - 0.01
+
+
+@pytest.mark.parametrize("read_at", ["after_label", "slot"])
+def test_count_normalisation_acts_at_the_reading_position(models, task, read_at):
+    from icl_heads.slots import positions_with_labels
+
+    model = models["llama"]
+    access, batch = _batch(model, task.with_template("{text} ; {label} ,\n").prompts(4, 4, seed=3, counts=(3, 1)))
+    _, ref = _run(access, batch, layers=[1])
+    _, got = _run(access, batch, hooks=CountNormalisation(((1, 2),), strength=1.0, read_at=read_at), layers=[1])
+    rows, f = torch.arange(4), batch.final_positions
+    pos, labels = positions_with_labels(batch, read_at)
+    before = ref[access.hook(1, "pattern")][rows[:, None], 2, f[:, None], pos.clamp(min=0)]
+    after = got[access.hook(1, "pattern")][rows[:, None], 2, f[:, None], pos.clamp(min=0)]
+    valid = pos >= 0
+    want = count_normalise(torch.where(valid, before, 0.0)[:, None], labels)[:, 0]
+    torch.testing.assert_close(after[valid], want[valid])
+    # the label tokens themselves are untouched when the correction acts after them
+    if read_at == "after_label":
+        lp = batch.label_positions
+        torch.testing.assert_close(
+            got[access.hook(1, "pattern")][rows[:, None], 2, f[:, None], lp],
+            ref[access.hook(1, "pattern")][rows[:, None], 2, f[:, None], lp],
+        )
+    with pytest.raises(ValueError, match="read_at"):
+        CountNormalisation(((1, 2),), read_at="auto")

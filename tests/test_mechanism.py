@@ -176,8 +176,8 @@ def test_captured_attention_scores_and_ov_logits_match_a_cached_pass(any_model, 
     access = ModelAccess(any_model)
     prompts = task.prompts(4, 3, seed=2)
     heads = [(0, 1), (access.n_layers - 1, access.n_heads - 1)]
-    qk = mech.qk_label_attention(any_model, prompts, heads, batch_size=3)
-    ov = mech.ov_label_features(any_model, prompts, heads, batch_size=3)
+    qk = mech.qk_label_attention(any_model, prompts, heads, batch_size=3, read_at="label")
+    ov = mech.ov_label_features(any_model, prompts, heads, batch_size=3, read_at="label")
     tp = access.tokenize(prompts)
     for i in (0, 3):
         tokens = torch.tensor([tp.tokens[i]])
@@ -237,7 +237,8 @@ def test_hand_built_model_solves_the_task(two_tower, word_prompts):
 
 
 def test_ov_features_on_hand_built_model(two_tower, word_prompts):
-    ov = mech.ov_label_features(two_tower, word_prompts, heads=None)
+    ov = mech.ov_label_features(two_tower, word_prompts, heads=None, read_at="label")
+    assert ov.config["read_at"] == "label"
     copier = ov.positions[(ov.positions.name == "L0H0") & (ov.positions.kind == "label")]
     # at every label position the copier's vector promotes that label, ranked first in the vocabulary
     assert copier.promotes.all() and (copier.own_rank == 1).all()
@@ -257,7 +258,7 @@ def test_ov_features_on_hand_built_model(two_tower, word_prompts):
 
 
 def test_qk_attention_on_hand_built_model(two_tower, word_prompts):
-    qk = mech.qk_label_attention(two_tower, word_prompts)
+    qk = mech.qk_label_attention(two_tower, word_prompts, read_at="label")
     df = qk.df.set_index("name")
     copier = df.loc["L0H0"]
     assert copier.attention_same > 10 * copier.attention_other
@@ -402,3 +403,47 @@ def test_organism_in_context_heads_copy_labels_and_look_at_same_class_demos(orga
     flip = mech.flip_analysis(organism, prompts, heads=found.heads, resample_demos=True).df
     assert (flip.attention_rel_change > 2 * flip.ov_rel_change).all()
     assert (flip.new_label_after > flip.new_label_before).all() and (flip.old_label_after < flip.old_label_before).all()
+
+
+# ---- reading position: auto choice and the loud warning -------------------------------------
+
+
+def test_auto_reads_at_the_label_for_a_label_reading_head(two_tower, word_prompts):
+    ov = mech.ov_label_features(two_tower, word_prompts, [(0, 0)])
+    assert ov.config["read_at_requested"] == "auto" and ov.config["read_at"] == "label"
+    assert ov.warnings == () and ov.share("label")["L0H0"] == 1.0
+
+
+def test_analyses_warn_loudly_where_the_head_does_not_read(two_tower, word_prompts, caplog):
+    # L0H0 reads label tokens only; the newline after each label gets (almost) none of its attention
+    with caplog.at_level("WARNING"):
+        ov = mech.ov_label_features(two_tower, word_prompts, [(0, 0)], read_at="after_label")
+    assert ov.config["read_at"] == "after_label"
+    assert len(ov.warnings) == 1 and ov.warnings[0].startswith("NOT READ") and "'label'" in ov.warnings[0]
+    assert any("NOT READ" in r.message for r in caplog.records)
+    assert ov.summary()["WARNING"] == ov.warnings[0]
+    assert "NOT READ" in ov._repr_html_() and "NOT READ" in repr(ov)
+    share = ov.config["share_at_read_positions"]["L0H0"]
+    assert share < ov.config["min_read_share"]
+    assert (ov.positions[ov.positions.kind == "label"].role == "after_label").all()
+    qk = mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="after_label")
+    assert qk.warnings and qk.df.set_index("name").loc["L0H0", "label_share"] == pytest.approx(share, abs=0.05)
+    flips = mech.flip_analysis(two_tower, word_prompts, heads=[(0, 0)], read_at="after_label")
+    assert flips.warnings and flips.config["read_at"] == "after_label"
+    # the same head analysed where it reads carries no warning
+    assert mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="label").warnings == ()
+
+
+def test_slot_reading_sums_attention_over_the_slot(two_tower, word_prompts):
+    qk = mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="slot")
+    lab = mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="label")
+    after = mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="after_label")
+    np.testing.assert_allclose(
+        qk.positions.attention.to_numpy(),
+        lab.positions.attention.to_numpy() + after.positions.attention.to_numpy(),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    # the slot's score is the log-sum-exp of its tokens' scores
+    both = np.logaddexp(lab.positions.score.to_numpy(), after.positions.score.to_numpy())
+    np.testing.assert_allclose(qk.positions.score.to_numpy(), both, rtol=1e-5, atol=1e-5)

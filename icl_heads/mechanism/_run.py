@@ -86,9 +86,9 @@ def _ov_at(access: ModelAccess, got: dict[str, Tensor], layer: int, h: int) -> T
     return access.head_write(layer, v[:, :, kv] @ access.W_O(layer)[h].float().to(v.device), got, expand=1)
 
 
-def _label_and_control(batch: PromptBatch, offset: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Positions ``[b, 2*demo]`` (labels, then label + offset), their kind (0 label, 1 control) and validity."""
-    lp = batch.label_positions
+def _label_and_control(batch: PromptBatch, offset: int, lp: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Positions ``[b, 2*n]`` (read positions ``lp``, default the labels, then each + offset), kind (0 read, 1 control), validity."""
+    lp = batch.label_positions if lp is None else lp
     ctrl = lp + offset
     mask = batch.attention_mask.bool()
     real = torch.zeros_like(ctrl, dtype=torch.bool)
@@ -98,6 +98,30 @@ def _label_and_control(batch: PromptBatch, offset: int) -> tuple[Tensor, Tensor,
     valid = torch.cat([lp >= 0, real & ~is_label], 1)
     kind = torch.cat([torch.zeros_like(lp), torch.ones_like(lp)], 1)
     return torch.cat([lp, ctrl], 1), kind, valid
+
+
+def _reading(
+    access: ModelAccess, tp: Any, heads: Sequence[Head], read_at: str, min_read_share: float
+) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+    """Resolve ``read_at`` for ``heads`` (see :func:`icl_heads.reading.resolve_read_at`)."""
+    from icl_heads.reading import resolve_read_at
+
+    return resolve_read_at(access, tp, list(heads), read_at, min_share=min_read_share)
+
+
+def _per_demo(values: Tensor, demo: Tensor, n_demo: int, how: str = "sum") -> Tensor:
+    """Combine per-position ``values [b, h, n]`` into ``[b, h, demo]`` (``sum``, or ``lse`` for scores).
+
+    ``demo [b, n]`` is each position's demonstration (``-1``: ignore). A demonstration with no
+    position gets 0 (``sum``) or ``-inf`` (``lse``).
+    """
+    b, h, _ = values.shape
+    onehot = torch.nn.functional.one_hot(demo.clamp(min=0), n_demo).bool() & (demo >= 0)[..., None]  # b n d
+    onehot = onehot.to(values.device)[:, None].expand(b, h, -1, -1)
+    v = values.float()[..., None].expand(-1, -1, -1, n_demo)
+    if how == "sum":
+        return torch.where(onehot, v, 0.0).sum(2)
+    return torch.where(onehot, v, float("-inf")).logsumexp(2)
 
 
 def _shift(batch: PromptBatch) -> Tensor:

@@ -13,10 +13,12 @@ import torch
 from tqdm.auto import tqdm
 
 from icl_heads.mechanism._maths import _ratio
-from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions
+from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions, _reading
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
+from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.results import Result, provenance
+from icl_heads.slots import positions_with_labels
 
 
 def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool = False, seed: int = 0) -> ICLPrompts:
@@ -85,8 +87,10 @@ class FlipAnalysis(Result):
             (for ``A[t, p] v_p W_O``). 0/0 counts as no change.
         per_pair: one row per flipped pair and head with the quantities before summing.
         pairs: every pair: ``prompt``, gold and prediction before and after, ``flipped``.
-        config: the arguments that produced this result.
+        config: the arguments that produced this result, with ``read_at`` (the positions
+            compared: label tokens, the tokens after them, or whole slots).
         provenance: model, prompts, versions.
+        warnings: why these numbers may not describe what the heads read (empty when fine).
     """
 
     heads: tuple
@@ -95,10 +99,16 @@ class FlipAnalysis(Result):
     pairs: pd.DataFrame
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    warnings: tuple = ()
     _title: ClassVar[str] = "Attention and OV change across prediction flips"
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"flipped pairs": int(self.pairs.flipped.sum()), "pairs": len(self.pairs)}
+        out: dict[str, Any] = {
+            **self._warning_summary(),
+            "read at": self.config.get("read_at", "label"),
+            "flipped pairs": int(self.pairs.flipped.sum()),
+            "pairs": len(self.pairs),
+        }
         for row in self.df.head(4).itertuples():
             out[f"{row.name}: relative change attention / OV"] = (
                 f"{row.attention_rel_change:.3g} / {row.ov_rel_change:.3g}"
@@ -120,6 +130,8 @@ def flip_analysis(
     *,
     resample_demos: bool = False,
     seed: int = 0,
+    read_at: str = "auto",
+    min_read_share: float = MIN_READ_SHARE,
     batch_size: int = 32,
     padding_side: str = "right",
     progress: bool = False,
@@ -134,6 +146,10 @@ def flip_analysis(
         heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
         resample_demos: passed to :func:`flip_prompts` when ``flipped`` is None.
         seed: passed to :func:`flip_prompts` when ``flipped`` is None.
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see
+            :func:`~icl_heads.mechanism.ov_label_features`).
+        min_read_share: below this share of the heads' attention (outside the first
+            token) on the positions read, the result carries a warning.
         batch_size: prompts per forward pass (does not change the result).
         padding_side: ``"right"`` or ``"left"`` (does not change the result).
         progress: show a progress bar.
@@ -157,6 +173,7 @@ def flip_analysis(
             "build it with flip_prompts(prompts)"
         )
     heads = _heads(access, heads)
+    used, info, warnings = _reading(access, tp_a, heads, read_at, min_read_share)
     words = tuple(tp_a.prompts.task.label_words)
     label_ids = torch.tensor(tp_a.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
@@ -165,10 +182,12 @@ def flip_analysis(
         access.batches(tp_a, batch_size, padding_side), access.batches(tp_b, batch_size, padding_side), strict=True
     )
     for ba, bb in tqdm(list(pairs), desc="flips", disable=not progress):
-        runs = []
+        runs, reads = [], []
         for batch in (ba, bb):
-            logits, got = _gather(access, batch, layers, batch.label_positions, values=True)
+            read, read_labels = positions_with_labels(batch, used)
+            logits, got = _gather(access, batch, layers, read, values=True)
             runs.append((_predictions(logits, label_ids), got))
+            reads.append(read)
         (pa, ga), (pb, gb) = runs
         flip = pa != pb
         pair_frames.append(
@@ -185,14 +204,14 @@ def flip_analysis(
         )
         if not flip.any():
             continue
-        valid = (ba.label_positions >= 0).float()
-        dl = ba.demo_labels
+        valid = ((reads[0] >= 0) & (reads[1] >= 0)).float()
+        dl = read_labels
         old, new = (dl == pa[:, None]).float() * valid, (dl == pb[:, None]).float() * valid
         for layer, h in heads:
             attn, ov = [], []
-            for batch, got in ((ba, ga), (bb, gb)):
+            for read, got in zip(reads, (ga, gb), strict=True):
                 ov.append(_ov_at(access, got, layer, h).cpu() * valid[..., None])
-                attn.append(_at_keys(got[access.hook(layer, "pattern")], batch.label_positions)[:, h].cpu() * valid)
+                attn.append(_at_keys(got[access.hook(layer, "pattern")], read)[:, h].cpu() * valid)
             w = [a[..., None] * o for a, o in zip(attn, ov, strict=True)]
             frames.append(
                 pd.DataFrame(
@@ -240,7 +259,7 @@ def flip_analysis(
                 "weighted_ov_rel_change": _ratio(part.weighted_ov_change.sum(), part.weighted_ov_norm.sum()),
             }
         )
-    config = {"resample_demos": resample_demos, "seed": seed, "own_flipped_prompts": own_flipped}
+    config = {"resample_demos": resample_demos, "seed": seed, "own_flipped_prompts": own_flipped, **info}
     return FlipAnalysis(
         heads=heads,
         df=pd.DataFrame(rows),
@@ -248,4 +267,5 @@ def flip_analysis(
         pairs=pairs_df,
         config=config,
         provenance=provenance(access.name, tp_a, heads=[list(h) for h in heads]),
+        warnings=warnings,
     )

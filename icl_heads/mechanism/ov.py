@@ -33,12 +33,15 @@ from icl_heads.mechanism._run import (
     _label_and_control,
     _label_word_columns,
     _ov_at,
+    _reading,
     _shift,
     _token_str,
 )
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
+from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.results import Result, provenance
+from icl_heads.slots import ROLES, positions_with_labels, read_positions
 
 
 def per_position_ov(
@@ -75,6 +78,10 @@ def per_position_ov(
 class OVLabelFeatures(Result):
     """What each head's value-output vector at label (and control) positions promotes.
 
+    The ``"label"`` positions are where each demonstration's label is read, by
+    ``config["read_at"]``: its label token, the template token after it (e.g. the newline)
+    or its whole slot; the ``role`` column of ``positions`` says which token each is.
+
     Attributes:
         heads: the analysed heads.
         df: one row per head, position ``kind`` (``"label"``, ``"control"``) and
@@ -90,8 +97,10 @@ class OVLabelFeatures(Result):
             word, the differences, ``promotes``, ``own_rank`` and ``top_tokens``. Ranks and
             top tokens do not depend on the attention weight, which only scales the vector.
         label_words: the task's label words.
-        config: the arguments that produced this result.
+        config: the arguments that produced this result, with ``read_at`` (the position
+            used) and what the heads' attention showed.
         provenance: model, prompts, versions.
+        warnings: why these numbers may not describe what the heads read (empty when fine).
     """
 
     heads: tuple
@@ -100,6 +109,7 @@ class OVLabelFeatures(Result):
     label_words: tuple
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    warnings: tuple = ()
     _title: ClassVar[str] = "OV label features"
 
     def share(self, kind: str = "label") -> pd.Series:
@@ -108,7 +118,7 @@ class OVLabelFeatures(Result):
         return rows.set_index("name")["share_promoting"]
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {**self._warning_summary(), "read at": self.config.get("read_at", "label")}
         label, control = self.share("label"), self.share("control")
         for name in list(label.index)[:4]:
             out[f"{name}: label positions promoting their label"] = float(label[name])
@@ -135,6 +145,8 @@ def ov_label_features(
     control_offset: int = -1,
     top_k: int = 5,
     top_rank: int = 5,
+    read_at: str = "auto",
+    min_read_share: float = MIN_READ_SHARE,
     batch_size: int = 32,
     padding_side: str = "right",
     progress: bool = False,
@@ -155,6 +167,12 @@ def ov_label_features(
         control_offset: where the control position sits relative to each label position.
         top_k: how many top tokens to list.
         top_rank: a label "ranks in the top" when its rank is at most this.
+        read_at: where each demonstration's label is read: ``"label"`` (its label token),
+            ``"after_label"`` (the last template token after it), ``"slot"`` (all of its
+            slot's tokens) or ``"auto"`` (where the heads put their attention, see
+            :func:`~icl_heads.reading.resolve_read_at`).
+        min_read_share: below this share of the heads' attention (outside the first
+            token) on the positions read, the result carries a warning.
         batch_size: prompts per forward pass (does not change the result).
         padding_side: ``"right"`` or ``"left"`` (does not change the result).
         progress: show a progress bar.
@@ -163,12 +181,13 @@ def ov_label_features(
         An :class:`OVLabelFeatures` result.
 
     Raises:
-        ValueError: ``control_offset == 0``, ``top_k``/``top_rank`` below 1, bad heads or prompts.
+        ValueError: ``control_offset == 0``, ``top_k``/``top_rank`` below 1, an unknown
+            ``read_at``, bad heads or prompts.
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih
     >>> model, prompts = ih.load_model("organism"), ih.organism_task().prompts(n=32, shots=4)
-    >>> ov = ov_label_features(model, prompts, [(1, 1)])
+    >>> ov = ov_label_features(model, prompts, [(1, 1)], read_at="label")
     >>> bool(ov.share("label")["L1H1"] > 0.9)  # label positions promote their own label
     True
     """
@@ -179,6 +198,7 @@ def ov_label_features(
     access = ModelAccess(model, analysis="ov_label_features")
     tp = access.tokenize(prompts)
     heads = _heads(access, heads)
+    used, info, warnings = _reading(access, tp, heads, read_at, min_read_share)
     words = tuple(tp.prompts.task.label_words)
     label_ids = torch.tensor(tp.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
@@ -187,8 +207,11 @@ def ov_label_features(
     counts = torch.zeros(len(heads), 2, len(words))
     frames = []
     for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="OV features", disable=not progress):
-        positions, kind, valid = _label_and_control(batch, control_offset)
-        own = batch.demo_labels.repeat(1, 2)
+        read, read_labels = positions_with_labels(batch, used)
+        _, read_demo = read_positions(batch, used)
+        positions, kind, valid = _label_and_control(batch, control_offset, read)
+        own = read_labels.repeat(1, 2)
+        demo_of = read_demo.repeat(1, 2)
         _, got = _gather(access, batch, layers, positions, values=True)
         scale = got["ln_final.hook_scale"]
         bi, ni = valid.nonzero(as_tuple=True)
@@ -196,7 +219,10 @@ def ov_label_features(
         strings = _decode(access.tokenizer, tok_ids)
         base = {
             "prompt": batch.index[bi].numpy(),
-            "demo": (ni % batch.label_positions.shape[1]).numpy(),
+            "demo": demo_of[bi, ni].numpy(),
+            "role": np.asarray(ROLES, dtype=object)[batch.roles[bi, positions[bi, ni]].clamp(min=0).numpy()]
+            if batch.roles is not None
+            else "label",
             "position": (positions[bi, ni] - _shift(batch)[bi]).numpy(),
             "kind": np.where(kind[bi, ni].numpy() == 0, "label", "control"),
             "label": np.asarray(words, dtype=object)[own[bi, ni].numpy()],
@@ -240,7 +266,7 @@ def ov_label_features(
         ["layer", "head", "prompt", "kind", "demo"], kind="stable", ignore_index=True
     )
     df = _aggregate_ov(positions_df, sums, counts, heads, words, top_k, top_rank, access.tokenizer)
-    config = {"control_offset": control_offset, "top_k": top_k, "top_rank": top_rank}
+    config = {"control_offset": control_offset, "top_k": top_k, "top_rank": top_rank, **info}
     return OVLabelFeatures(
         heads=heads,
         df=df,
@@ -248,6 +274,7 @@ def ov_label_features(
         label_words=words,
         config=config,
         provenance=provenance(access.name, tp, heads=[list(h) for h in heads]),
+        warnings=warnings,
     )
 
 

@@ -20,10 +20,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features, visible_scores
-from icl_heads.mechanism._run import _at_keys, _gather, _heads, _predictions, _shift, _token_str
+from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _predictions, _reading, _shift, _token_str
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.results import Result, provenance
+from icl_heads.slots import read_positions
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,8 +48,11 @@ class QKLabelAttention(Result):
         example_tokens: the example prompt's tokens.
         example: index, gold, prediction, label positions and demonstration labels of the example.
         label_words: the task's label words.
-        config: the arguments that produced this result.
+        config: the arguments that produced this result, with ``read_at`` (where each
+            demonstration's label is read: label token, the token after it, or the whole
+            slot, whose attention is summed and whose score is the log-sum-exp of its scores).
         provenance: model, prompts, versions.
+        warnings: why these numbers may not describe what the heads read (empty when fine).
     """
 
     heads: tuple
@@ -59,10 +64,11 @@ class QKLabelAttention(Result):
     label_words: tuple
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    warnings: tuple = ()
     _title: ClassVar[str] = "QK label attention"
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {**self._warning_summary(), "read at": self.config.get("read_at", "label")}
         for row in self.df.head(4).itertuples():
             out[f"{row.name}: attention same / other class"] = f"{row.attention_same:.3g} / {row.attention_other:.3g}"
             out[f"{row.name}: score AUC (pooled, within prompts)"] = f"{row.auc_score:.3g}, {row.auc_score_within:.3g}"
@@ -82,6 +88,8 @@ def qk_label_attention(
     heads: Any = None,
     *,
     example: int = 0,
+    read_at: str = "auto",
+    min_read_share: float = MIN_READ_SHARE,
     batch_size: int = 32,
     padding_side: str = "right",
     progress: bool = False,
@@ -93,6 +101,10 @@ def qk_label_attention(
         prompts: few-shot prompts with demonstrations of several classes.
         heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
         example: index of the prompt whose full attention row is kept for plotting.
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see
+            :func:`~icl_heads.mechanism.ov_label_features`).
+        min_read_share: below this share of the heads' attention (outside the first
+            token) on the positions read, the result carries a warning.
         batch_size: prompts per forward pass (does not change the result).
         padding_side: ``"right"`` or ``"left"`` (does not change the result).
         progress: show a progress bar.
@@ -110,16 +122,19 @@ def qk_label_attention(
     heads = _heads(access, heads)
     if not 0 <= example < len(tp):
         raise ValueError(f"example must index a prompt in [0, {len(tp)}), got {example}")
+    used, info, warnings = _reading(access, tp, heads, read_at, min_read_share)
     words = tuple(tp.prompts.task.label_words)
     label_ids = torch.tensor(tp.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
     frames, ex_pattern, ex_pred = [], None, None
     for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="QK attention", disable=not progress):
         lp = batch.label_positions
-        logits, got = _gather(access, batch, layers, lp, scores=True)
+        read, demo = read_positions(batch, used)
+        logits, got = _gather(access, batch, layers, read, scores=True)
         pred = _predictions(logits, label_ids)
         shift = _shift(batch)
-        bi, di = (lp >= 0).nonzero(as_tuple=True)
+        has = _per_demo((read >= 0)[:, None].float(), demo, lp.shape[1])[:, 0] > 0
+        bi, di = has.nonzero(as_tuple=True)
         n_real = (batch.final_positions - shift + 1).float()
         dl, gold = batch.demo_labels[bi, di], batch.golds[bi]
         base = {
@@ -131,13 +146,14 @@ def qk_label_attention(
             "prediction": np.asarray(words, dtype=object)[pred[bi].numpy()],
             "same_as_gold": (dl == gold).numpy(),
             "same_as_prediction": (dl == pred[bi]).numpy(),
-            "uniform_share": ((lp >= 0).sum(1) / n_real)[bi].numpy(),
+            "uniform_share": ((read >= 0).sum(1) / n_real)[bi].numpy(),
         }
         for layer, h in heads:
             row = got[access.hook(layer, "pattern")]
-            attn = _at_keys(row, lp)[:, h].cpu()
-            score = visible_scores(_at_keys(got[access.hook(layer, "attn_scores")], lp)[:, h].cpu())
-            share = (attn * (lp >= 0)).sum(1)
+            attn = _per_demo(_at_keys(row, read), demo, lp.shape[1])[:, h].cpu()
+            score = _per_demo(_at_keys(got[access.hook(layer, "attn_scores")], read), demo, lp.shape[1], "lse")[:, h]
+            score = visible_scores(score.cpu())
+            share = (attn * has).sum(1)
             frames.append(
                 pd.DataFrame(
                     {
@@ -176,8 +192,9 @@ def qk_label_attention(
         example_tokens=tuple(_token_str(access.tokenizer, i) for i in ids),
         example=ex,
         label_words=words,
-        config={"example": example},
+        config={"example": example, **info},
         provenance=provenance(access.name, tp, heads=[list(h) for h in heads]),
+        warnings=warnings,
     )
 
 

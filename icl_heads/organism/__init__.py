@@ -2,6 +2,9 @@
 
 ``load_model("organism")`` loads its checkpoint (shipped in this folder);
 :func:`organism_task` builds the topic-classification task it was trained for.
+``load_model("organism-slot")`` loads its sibling trained on the *slot* layout
+``{text} {label}\n`` (no separator before the label), which reads each demonstration
+at the newline after its label; ``organism_task(layout="slot")`` builds its task.
 See ``docs/organism.md`` for the model card and :mod:`icl_heads.organism.train`
 for the training recipe.
 """
@@ -13,12 +16,33 @@ from pathlib import Path
 
 import numpy as np
 
-from icl_heads.organism.vocab import HELDOUT_TEMPLATES, TOPICS, TRAIN_TEMPLATES, sample_sentence
+from icl_heads.organism.vocab import (
+    HELDOUT_SLOT_TEMPLATES,
+    HELDOUT_TEMPLATES,
+    LAYOUTS,
+    SLOT_TEMPLATES,
+    TOPICS,
+    TRAIN_TEMPLATES,
+    sample_sentence,
+)
 from icl_heads.prompts import ICLTask
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
+CHECKPOINT_SLOT_DIR = Path(__file__).parent / "checkpoint_slot"
+#: Bundled models by name (``load_model(name)``).
+BUNDLED: dict[str, Path] = {"organism": CHECKPOINT_DIR, "organism-slot": CHECKPOINT_SLOT_DIR}
 
-__all__ = ["CHECKPOINT_DIR", "HELDOUT_TEMPLATES", "TOPICS", "TRAIN_TEMPLATES", "organism_task"]
+__all__ = [
+    "BUNDLED",
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_SLOT_DIR",
+    "HELDOUT_SLOT_TEMPLATES",
+    "HELDOUT_TEMPLATES",
+    "SLOT_TEMPLATES",
+    "TOPICS",
+    "TRAIN_TEMPLATES",
+    "organism_task",
+]
 
 
 def organism_task(
@@ -26,10 +50,11 @@ def organism_task(
     *,
     n_per_class: int = 500,
     label_words: Sequence[str] = ("foo", "bar"),
-    template: str = TRAIN_TEMPLATES[0],
+    template: str | None = None,
     max_words: int = 5,
     noise_rate: float = 0.1,
     seed: int = 0,
+    layout: str = "separator",
 ) -> ICLTask:
     """The organism's topic-classification task, with fresh sentences.
 
@@ -37,22 +62,28 @@ def organism_task(
         topics: the classes, as keys of :data:`TOPICS` (at least two).
         n_per_class: sentences generated per class.
         label_words: the word shown for each topic, in the order of ``topics``.
-        template: a demonstration template; :data:`HELDOUT_TEMPLATES` were never
+        template: a demonstration template (default: the layout's first training
+            template); :data:`HELDOUT_TEMPLATES` (:data:`HELDOUT_SLOT_TEMPLATES`) were never
             seen in training.
         max_words: longest sentence, in words (shorter sentences are easier).
         noise_rate: probability that a word comes from another topic.
         seed: random seed for the sentences.
+        layout: ``"separator"`` (``{text} : {label}\n``, the ``organism`` model) or
+            ``"slot"`` (``{text} {label}\n``, the ``organism-slot`` model).
 
     Returns:
         An :class:`~icl_heads.prompts.ICLTask` with ``classes == tuple(topics)``.
 
     Raises:
-        ValueError: an unknown topic, or fewer than two topics.
+        ValueError: an unknown topic or layout, or fewer than two topics.
 
     >>> task = organism_task()
     >>> task.classes, task.label_words, len(task.texts)
     (('sport', 'food'), ('foo', 'bar'), 1000)
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+    template = LAYOUTS[layout][0] if template is None else template
     unknown = [t for t in topics if t not in TOPICS]
     if unknown:
         raise ValueError(f"unknown topics {unknown}; choose from {sorted(TOPICS)}")
@@ -70,5 +101,5 @@ def organism_task(
         label_words=label_words,
         template=template,
         classes=tuple(topics),
-        name="organism:" + "-vs-".join(topics),
+        name=("organism-slot:" if layout == "slot" else "organism:") + "-vs-".join(topics),
     )

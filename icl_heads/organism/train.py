@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m icl_heads.organism.train --out DIR [--steps N] [--seed S]
+    python -m icl_heads.organism.train --out DIR [--steps N] [--seed S] [--layout separator|slot]
 
 The organism is a small Llama-style causal language model (RMSNorm, rotary
 positions, gated MLP, grouped-query attention) with a word-level tokenizer. It is
@@ -15,6 +15,9 @@ trained on two kinds of sequences, mixed in every batch:
   already appeared earlier in the episode. Episodes vary in the number of
   demonstrations (0-9 before the last), in balance (balanced, i.i.d. or in blocks),
   in the number of classes (2 or 3), in sentence length and noise, and in template.
+  ``--layout`` picks the templates: ``separator`` (the default, ``{text} : {label}\n``
+  and kin, the bundled ``organism``) or ``slot`` (``{text} {label}\n`` and kin, no
+  separator before the label: the ``organism-slot`` model).
 * **Repeated random sequences** ``<bos> s s`` with the loss on the second copy. They
   give a dense induction signal, which lets a small model leave the plateau where it
   only learns "answer with one of the labels in context".
@@ -40,9 +43,9 @@ import torch
 
 from icl_heads.organism.vocab import (
     LABEL_WORDS,
+    LAYOUTS,
     SPECIAL_TOKENS,
     TOPICS,
-    TRAIN_TEMPLATES,
     sample_sentence,
     vocabulary,
 )
@@ -74,6 +77,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 250
     threads: int = 1
+    layout: str = "separator"
 
 
 def build_tokenizer():
@@ -106,7 +110,8 @@ def build_tokenizer():
 class EpisodeSampler:
     """Builds token-id training sequences without calling the tokenizer (fast)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, layout: str = "separator"):
+        self.templates = LAYOUTS[layout]
         self.rng = np.random.default_rng(seed)
         self.words = vocabulary()
         self.ids = {w: i for i, w in enumerate(self.words)}
@@ -139,7 +144,8 @@ class EpisodeSampler:
             ys = np.sort(rng.integers(0, n_classes, n_items))
             if rng.random() < 0.5:
                 ys = ys[::-1]
-        template = TRAIN_TEMPLATES[0] if rng.random() < 0.5 else TRAIN_TEMPLATES[rng.integers(len(TRAIN_TEMPLATES))]
+        templates = self.templates
+        template = templates[0] if rng.random() < 0.5 else templates[rng.integers(len(templates))]
         max_words = int(rng.choice([1, 3, 6]))
         noise = float(rng.choice([0.0, 0.1, 0.2]))
         ids, targets, seen = [self.bos], [], set()
@@ -160,7 +166,7 @@ class EpisodeSampler:
             " ".join(self.words[i] for i in rng.choice(self.ordinary, int(rng.integers(1, 4)))) for _ in range(n_keys)
         ]
         values = rng.choice(LABEL_WORDS, n_keys, replace=False)
-        template = TRAIN_TEMPLATES[rng.integers(len(TRAIN_TEMPLATES))]
+        template = self.templates[rng.integers(len(self.templates))]
         ids, targets, seen = [self.bos], [], set()
         for k in rng.integers(0, n_keys, int(rng.integers(3, 11))):
             piece, at = self.render(template, keys[k], str(values[k]))
@@ -192,7 +198,7 @@ class EpisodeSampler:
 
 
 def eval_episodes(
-    seed: int, n: int = 400, shots: int = 4, label_words=("foo", "bar"), template: str = TRAIN_TEMPLATES[0]
+    seed: int, n: int = 400, shots: int = 4, label_words=("foo", "bar"), template: str = LAYOUTS["separator"][0]
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor]:
     """Held-out balanced binary prompts: tokens, final positions, gold ids, label-set ids."""
     sampler = EpisodeSampler(seed)
@@ -270,8 +276,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     model = build_model(cfg)
-    sampler = EpisodeSampler(cfg.seed)
-    episodes = eval_episodes(seed=10_000 + cfg.seed)
+    sampler = EpisodeSampler(cfg.seed, cfg.layout)
+    episodes = eval_episodes(seed=10_000 + cfg.seed, template=LAYOUTS[cfg.layout][0])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -339,11 +345,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--eval-every", type=int, default=TrainConfig.eval_every)
+    parser.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        default=TrainConfig.layout,
+        help="prompt layout: 'separator' ({text} : {label}) or 'slot' ({text} {label}, no separator)",
+    )
+    parser.add_argument("--recall-mix", type=float, default=TrainConfig.recall_mix)
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"--out {args.out} is not empty; choose a new folder so nothing is overwritten")
     logging.basicConfig(level=logging.INFO)
-    train(TrainConfig(steps=args.steps, seed=args.seed, threads=args.threads, eval_every=args.eval_every), args.out)
+    cfg = TrainConfig(
+        steps=args.steps,
+        seed=args.seed,
+        threads=args.threads,
+        eval_every=args.eval_every,
+        layout=args.layout,
+        recall_mix=args.recall_mix,
+    )
+    train(cfg, args.out)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,21 @@ HELDOUT_TEMPLATES: tuple[str, ...] = (
     "review {text} answer {label}\n",
     "{text} ; {label} ,\n",
 )
+#: Templates of the *slot* layout (the ``organism-slot`` model): no separator before the
+#: label, so the label directly follows the sentence, and template tokens after it.
+SLOT_TEMPLATES: tuple[str, ...] = (
+    "{text} {label}\n",
+    "input {text} {label}\n",
+    "{text} {label} ,\n",
+    "{text} {label} ;\n",
+)
+#: Slot-layout templates never used in training.
+HELDOUT_SLOT_TEMPLATES: tuple[str, ...] = (
+    "review {text} {label}\n",
+    "{text} {label} |\n",
+)
+#: Training templates of each prompt layout.
+LAYOUTS: dict[str, tuple[str, ...]] = {"separator": TRAIN_TEMPLATES, "slot": SLOT_TEMPLATES}
 _TEMPLATE_WORDS = (":", "->", "=", "|", ";", ",", "input", "output", "review", "answer", "\n")
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")

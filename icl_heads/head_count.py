@@ -1,0 +1,184 @@
+"""How many heads carry in-context learning: the smallest set whose ablation brings accuracy near chance.
+
+The paper's top 1% can miss redundant copies: when several heads write the label,
+ablating one leaves the others. :func:`heads_needed` finds the smallest set whose
+ablation brings accuracy on held-out prompts to within ``margin`` of chance, two ways:
+
+* **in score order**: the top-``k`` heads by a score, for growing ``k``;
+* **greedy**: repeatedly add the head whose ablation (with those already chosen) lowers
+  held-out accuracy the most.
+
+Each set is compared with random sets of the same size (mean and 95% interval over sets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_heads._stats import bootstrap_ci
+from icl_heads.accuracy import predict
+from icl_heads.heads import random_head_sets
+from icl_heads.interventions import HeadAblation
+from icl_heads.models import Head, ModelAccess
+from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.results import Result, provenance
+from icl_heads.scoring import top_heads
+
+
+@dataclass(frozen=True, repr=False)
+class HeadCount(Result):
+    """The smallest head sets whose ablation brings accuracy to within ``margin`` of chance.
+
+    Attributes:
+        df: one row per search (``"score order"``, ``"greedy"``) and size ``k``:
+            ``search, k, heads, accuracy, ci_low, ci_high`` (held-out accuracy after
+            ablating that set, bootstrap over prompts) and ``random_accuracy,
+            random_ci_low, random_ci_high`` (random sets of the same size).
+        k_score: smallest ``k`` in score order reaching the target (None: not within ``max_k``).
+        k_greedy: the same for the greedy search.
+        greedy_heads: the greedy set, in the order chosen.
+        chance: chance accuracy (the most frequent gold label's share).
+        target: ``chance + margin``.
+        warnings: when a search never reached the target.
+        config, provenance: arguments and origin.
+    """
+
+    df: pd.DataFrame
+    k_score: int | None
+    k_greedy: int | None
+    greedy_heads: tuple
+    chance: float
+    target: float
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    warnings: tuple = ()
+    _title: ClassVar[str] = "How many heads carry in-context learning"
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self._warning_summary(), "chance": self.chance, "target accuracy": self.target}
+        for search, k in (("score order", self.k_score), ("greedy", self.k_greedy)):
+            out[f"heads needed ({search})"] = k if k is not None else f"> {self.config.get('max_k')}"
+            if k is not None:
+                row = self.df[(self.df.search == search) & (self.df.k == k)].iloc[0]
+                out[f"{search}: ablated / random accuracy"] = f"{row.accuracy:.3g} / {row.random_accuracy:.3g}"
+                out[f"{search}: random 95% CI"] = (float(row.random_ci_low), float(row.random_ci_high))
+        return out
+
+
+def heads_needed(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    scores: Float[Tensor, "layer head"] | Any,
+    *,
+    margin: float = 0.05,
+    max_k: int | None = None,
+    greedy: bool = True,
+    n_random: int = 20,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> HeadCount:
+    """The smallest head sets (score order and greedy) whose ablation brings accuracy within ``margin`` of chance.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: held-out prompts (not those the scores were computed on).
+        scores: ``[layer, head]`` scores, or an ``InContextHeads`` result (its main score).
+        margin: accuracy within this of chance counts as "collapsed".
+        max_k: largest set tried (default: every head in score order, at most 16 greedy steps).
+        greedy: also run the greedy search (``n_heads`` ablations per step).
+        n_random: random sets per size.
+        seed: seed of the random sets.
+        batch_size: prompts per forward pass.
+        progress: show progress bars.
+
+    Returns:
+        A :class:`HeadCount`.
+
+    Raises:
+        ValueError: ``margin`` outside (0, 1), scores of the wrong shape, or ``max_k`` below 1.
+    """
+    access = ModelAccess(model, analysis="heads_needed")
+    tp = access.tokenize(prompts)
+    if hasattr(scores, "score_table"):
+        scores = scores.score_table()
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    total = access.n_layers * access.n_heads
+    if scores.shape != (access.n_layers, access.n_heads):
+        raise ValueError(
+            f"scores must be [layer, head] = {(access.n_layers, access.n_heads)}, got {tuple(scores.shape)}"
+        )
+    if not 0 < margin < 1:
+        raise ValueError(f"margin must be in (0, 1), got {margin}")
+    max_k = total if max_k is None else int(max_k)
+    if max_k < 1:
+        raise ValueError(f"max_k must be at least 1, got {max_k}")
+    golds = torch.tensor(tp.golds)
+    chance = float(torch.bincount(golds).max()) / len(golds)
+    target = chance + margin
+
+    def acc(heads: tuple[Head, ...]) -> np.ndarray:
+        pred = predict(access, tp, hooks=HeadAblation(heads) if heads else (), batch_size=batch_size)
+        return pred.correct.float().numpy()
+
+    rows: list[dict[str, Any]] = []
+
+    def record(search: str, heads: tuple[Head, ...], correct: np.ndarray) -> None:
+        lo, hi = bootstrap_ci(correct, seed=seed)
+        sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed + len(heads))
+        rand = np.array([acc(s).mean() for s in sets])
+        rows.append(
+            {
+                "search": search, "k": len(heads), "heads": ",".join(f"L{a}H{b}" for a, b in heads),
+                "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,
+                "random_accuracy": float(rand.mean()), "random_ci_low": float(np.quantile(rand, 0.025)),
+                "random_ci_high": float(np.quantile(rand, 0.975)),
+            }
+        )  # fmt: skip
+
+    order = top_heads(scores, total)
+    k_score = None
+    for k in tqdm(range(1, min(max_k, total) + 1), desc="score order", disable=not progress):
+        correct = acc(tuple(order[:k]))
+        record("score order", tuple(order[:k]), correct)
+        if correct.mean() <= target:
+            k_score = k
+            break
+    chosen: list[Head] = []
+    k_greedy = None
+    if greedy:
+        all_heads = [(a, b) for a in range(access.n_layers) for b in range(access.n_heads)]
+        for _ in tqdm(range(min(max_k, 16, total)), desc="greedy", disable=not progress):
+            trials = {h: acc((*chosen, h)) for h in all_heads if h not in chosen}
+            best = min(trials, key=lambda h: (trials[h].mean(), all_heads.index(h)))
+            chosen.append(best)
+            record("greedy", tuple(chosen), trials[best])
+            if trials[best].mean() <= target:
+                k_greedy = len(chosen)
+                break
+    warnings = tuple(
+        f"NOT REACHED: ablating up to {max_k if s == 'score order' else min(max_k, 16, total)} heads in {s} never "
+        f"brought accuracy within {margin:g} of chance ({chance:.3g}); more heads (or other components) carry it"
+        for s, k in (("score order", k_score), ("greedy", k_greedy if greedy else 0))
+        if k is None
+    )
+    config = {"margin": margin, "max_k": max_k, "greedy": greedy, "n_random": n_random, "seed": seed}
+    return HeadCount(
+        df=pd.DataFrame(rows),
+        k_score=k_score,
+        k_greedy=k_greedy,
+        greedy_heads=tuple(chosen),
+        chance=chance,
+        target=target,
+        config=config,
+        provenance=provenance(access.name, tp),
+        warnings=warnings,
+    )

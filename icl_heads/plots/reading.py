@@ -1,0 +1,47 @@
+"""Figure of where heads read: final-position attention by token role."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import plotly.graph_objects as go
+
+from icl_heads.plots._style import SEQUENTIAL
+
+if TYPE_CHECKING:
+    from icl_heads.reading import ReadingRoles
+
+
+def plot_reading_roles(result: ReadingRoles) -> go.Figure:
+    """Heatmap: heads (rows, ``L{layer}H{head}``) by token roles (columns), mean attention from the final position.
+
+    The hover shows the 95% bootstrap interval over prompts.
+    """
+    df = result.df
+    roles = list(dict.fromkeys(df.role))
+    names = list(dict.fromkeys(df.name))
+    table = df.pivot(index="name", columns="role", values="attention").loc[names, roles]
+    lo = df.pivot(index="name", columns="role", values="ci_low").loc[names, roles].to_numpy()
+    hi = df.pivot(index="name", columns="role", values="ci_high").loc[names, roles].to_numpy()
+    text = np.vectorize(lambda a, b: f"[{a:.3f}, {b:.3f}]")(lo, hi)
+    fig = go.Figure(
+        go.Heatmap(
+            z=table.to_numpy(),
+            x=roles,
+            y=names,
+            zmin=0,
+            zmax=1,
+            colorscale=SEQUENTIAL,
+            customdata=text,
+            hovertemplate="%{y} reads %{x}: %{z:.3f} (95%% CI %{customdata})<extra></extra>",
+            colorbar={"title": "attention"},
+        )
+    )
+    fig.update_layout(
+        title="Where each head reads: attention from the final position, by token role",
+        xaxis_title="token role",
+        yaxis={"title": "head", "autorange": "reversed"},
+        height=max(300, 18 * len(names) + 120),
+    )
+    return fig

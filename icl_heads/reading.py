@@ -1,0 +1,309 @@
+"""Where heads read: final-position attention by token role, with bootstrap intervals.
+
+For every head, the attention from each prompt's final position is summed over the
+tokens of each role (:data:`~icl_heads.slots.ROLES`: the first token, demonstration
+text, the separator before each label, the label tokens, the template tokens after each
+label, and the query). Means over prompts carry percentile-bootstrap intervals.
+
+* :func:`reading_roles` measures it (one forward pass per batch, final attention rows only).
+* :meth:`ReadingRoles.reads` picks, per head, the role it reads and the reading position
+  (``"label"``, ``"after_label"`` or ``"slot"``) an analysis of that head should use.
+* :func:`resolve_read_at` turns ``read_at="auto"`` into a position for a set of heads and
+  states, as a warning, when those heads put little attention there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_heads._stats import bootstrap_ci
+from icl_heads.models import Capture, Head, ModelAccess
+from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.results import Result, provenance
+from icl_heads.slots import AFTER_LABEL, BOS, LABEL, ROLES, check_read_at
+
+logger = logging.getLogger(__name__)
+
+#: Below this share of a head's attention (outside the first token) on the positions an
+#: analysis reads, its results carry a warning.
+MIN_READ_SHARE = 0.2
+#: ``read_at="auto"`` picks ``"label"`` (``"after_label"``) when that role holds at least
+#: this share of the heads' attention on label and after-label tokens, else ``"slot"``.
+AUTO_DOMINANCE = 0.8
+
+
+def role_shares(
+    pattern_final: Float[Tensor, "batch head key"], roles: Tensor, n_roles: int = len(ROLES)
+) -> Float[Tensor, "batch head role"]:
+    """Attention summed over the keys of each role (``roles [batch, key]``, ``-1`` padding)."""
+    onehot = torch.nn.functional.one_hot(roles.clamp(min=0), n_roles).float() * (roles >= 0)[..., None]
+    return torch.einsum("bhk,bkr->bhr", pattern_final.float(), onehot.to(pattern_final.device)).cpu()
+
+
+@dataclass(frozen=True, repr=False)
+class ReadingRoles(Result):
+    """Final-position attention of every head, by token role.
+
+    Attributes:
+        shares: ``[prompt, layer, head, role]`` attention summed over each role's tokens.
+        df: one row per head and role: ``layer, head, name, role, attention`` (mean over
+            prompts), ``ci_low, ci_high`` (bootstrap over prompts) and
+            ``share_outside_bos`` (the mean as a share of the attention not on the first token).
+        config: the arguments that produced this result.
+        provenance: model, prompts, versions.
+    """
+
+    shares: Tensor
+    df: pd.DataFrame
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "Where heads read (final-position attention by token role)"
+
+    def table(self, role: str) -> Float[Tensor, "layer head"]:
+        """Mean attention on ``role`` per head.
+
+        Raises:
+            ValueError: an unknown role.
+        """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        return self.shares[..., ROLES.index(role)].mean(0)
+
+    def reads(self, heads: Any = None) -> pd.DataFrame:
+        """Per head: the role it reads most (outside the first token) and the reading position to analyse.
+
+        Args:
+            heads: ``(layer, head)`` pairs or a result with ``.heads``; None for every head.
+
+        Returns:
+            One row per head: ``name, role`` (largest mean attention outside the first
+            token), ``role_share`` (its share of the attention outside the first token),
+            ``label``, ``after_label`` (mean attention), ``read_at`` (``"label"``,
+            ``"after_label"`` or ``"slot"``, by :data:`AUTO_DOMINANCE`) and ``slot_share``
+            (share of the attention outside the first token on label and after-label tokens).
+        """
+        chosen = _head_list(self.shares, heads)
+        mean = self.shares.mean(0)
+        rows = []
+        for layer, h in chosen:
+            m = mean[layer, h]
+            outside = float(m.sum() - m[BOS]) or 1e-12
+            no_bos = m.clone()
+            no_bos[BOS] = -1
+            r = int(no_bos.argmax())
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": h,
+                    "name": f"L{layer}H{h}",
+                    "role": ROLES[r],
+                    "role_share": float(m[r]) / outside,
+                    "label": float(m[LABEL]),
+                    "after_label": float(m[AFTER_LABEL]),
+                    "read_at": pick_read_at(float(m[LABEL]), float(m[AFTER_LABEL])),
+                    "slot_share": float(m[LABEL] + m[AFTER_LABEL]) / outside,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict[str, Any]:
+        reads = self.reads()
+        out: dict[str, Any] = {"prompts": int(self.shares.shape[0])}
+        for role, n in reads.role.value_counts().items():
+            out[f"heads reading mostly {role}"] = int(n)
+        return out
+
+    def heatmap(self) -> go.Figure:
+        """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
+        from icl_heads.plots.reading import plot_reading_roles
+
+        return plot_reading_roles(self)
+
+
+def _head_list(shares: Tensor, heads: Any) -> list[Head]:
+    if heads is None:
+        return [(a, b) for a in range(shares.shape[1]) for b in range(shares.shape[2])]
+    return [(int(a), int(b)) for a, b in getattr(heads, "heads", heads)]
+
+
+def pick_read_at(label: float, after_label: float) -> str:
+    """``"label"``, ``"after_label"`` or ``"slot"`` from the attention on each (see :data:`AUTO_DOMINANCE`)."""
+    total = label + after_label
+    if total <= 0 or label >= AUTO_DOMINANCE * total:
+        return "label"
+    if after_label >= AUTO_DOMINANCE * total:
+        return "after_label"
+    return "slot"
+
+
+@torch.inference_mode()
+def reading_roles(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    progress: bool = False,
+) -> ReadingRoles:
+    """Measure where every head reads from the final position, by token role.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: few-shot prompts.
+        n_boot: bootstrap resamples of the prompts for the intervals.
+        seed: seed of the bootstrap.
+        batch_size: prompts per forward pass (does not change the result).
+        padding_side: ``"right"`` or ``"left"`` (does not change the result).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`ReadingRoles` result.
+
+    Raises:
+        ValueError: no prompts, prompts without token roles, or the checks of
+            :class:`~icl_heads.models.ModelAccess`.
+        TypeError: an unsupported model.
+
+    >>> import icl_heads as ih
+    >>> model = ih.load_model("organism")
+    >>> rr = reading_roles(model, ih.organism_task().prompts(n=16, shots=4))
+    >>> rr.reads([(1, 7)]).read_at.item()
+    'label'
+    """
+    access = ModelAccess(model, analysis="reading_roles")
+    tp = access.tokenize(prompts)
+    shares = _shares(access, tp, range(access.n_layers), batch_size, padding_side, progress)
+    df = _tidy(shares, n_boot, seed)
+    return ReadingRoles(
+        shares=shares,
+        df=df,
+        config={"n_boot": n_boot, "seed": seed},
+        provenance=provenance(access.name, tp),
+    )
+
+
+def _shares(access: ModelAccess, tp: TokenizedPrompts, layers, batch_size: int, padding_side: str, progress: bool):
+    if len(tp.roles) != len(tp):
+        raise ValueError("these prompts carry no token roles; tokenize them with ICLPrompts.tokenize")
+    layers = list(layers)
+    out = torch.zeros(len(tp), access.n_layers, access.n_heads, len(ROLES))
+    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="reading roles", disable=not progress):
+        caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
+        _, got = access.run(batch, capture=caps)
+        for ly in layers:
+            out[batch.index, ly] = role_shares(got[access.hook(ly, "pattern")], batch.roles)
+    return out
+
+
+def _tidy(shares: Tensor, n_boot: int, seed: int) -> pd.DataFrame:
+    rows = []
+    x = shares.numpy()
+    outside = x.sum(-1) - x[..., BOS]
+    for layer in range(x.shape[1]):
+        for h in range(x.shape[2]):
+            denom = max(float(outside[:, layer, h].mean()), 1e-12)
+            for r, role in enumerate(ROLES):
+                v = x[:, layer, h, r]
+                lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+                rows.append(
+                    {
+                        "layer": layer,
+                        "head": h,
+                        "name": f"L{layer}H{h}",
+                        "role": role,
+                        "attention": float(v.mean()),
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "share_outside_bos": float(v.mean()) / denom if role != "bos" else np.nan,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def resolve_read_at(
+    access: ModelAccess,
+    tp: TokenizedPrompts,
+    heads: list[Head],
+    read_at: str,
+    *,
+    min_share: float = MIN_READ_SHARE,
+    n_prompts: int = 64,
+    batch_size: int = 32,
+) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+    """The reading position to use for ``heads``, what was measured, and warnings.
+
+    ``"auto"`` picks the position where the heads (pooled) put their attention. Whatever
+    the position, when the heads put less than ``min_share`` of their attention outside the
+    first token on it, a warning says so (and is logged).
+
+    Returns:
+        ``(read_at, info, warnings)``: the position, a JSON-ready dict (requested position,
+        attention per role and the share at the position used) and warning strings.
+
+    Raises:
+        ValueError: an unknown ``read_at``.
+    """
+    check_read_at(read_at)
+    sub = _subset(tp, n_prompts)
+    shares = _shares(access, sub, sorted({a for a, _ in heads}), batch_size, "right", False)
+    per_head = torch.stack([shares[:, a, b] for a, b in heads], 1).mean(0)  # [head, role]
+    pooled = per_head.mean(0)
+    used = pick_read_at(float(pooled[LABEL]), float(pooled[AFTER_LABEL])) if read_at == "auto" else read_at
+    roles = {"label": (LABEL,), "after_label": (AFTER_LABEL,), "slot": (LABEL, AFTER_LABEL)}[used]
+    outside = (per_head.sum(-1) - per_head[:, BOS]).clamp(min=1e-12)
+    at = per_head[:, list(roles)].sum(-1) / outside
+    names = [f"L{a}H{b}" for a, b in heads]
+    info = {
+        "read_at_requested": read_at,
+        "read_at": used,
+        "attention_by_role": {r: float(pooled[i]) for i, r in enumerate(ROLES)},
+        "share_at_read_positions": {n: float(s) for n, s in zip(names, at, strict=True)},
+        "min_read_share": min_share,
+    }
+    warnings = []
+    low = [f"{n} {float(s):.3g}" for n, s in zip(names, at, strict=True) if s < min_share]
+    if low:
+        no_bos = pooled.clone()
+        no_bos[BOS] = -1
+        best = ROLES[int(no_bos.argmax())]
+        hint = (
+            f"pass read_at='{best}' or 'auto'"
+            if best in ("label", "after_label")
+            else "they do not read the demonstrations' labels, so this analysis does not describe them"
+        )
+        warnings.append(
+            f"NOT READ: the analysed heads put less than {min_share:.0%} of their attention (outside the first token) "
+            f"on the '{used}' positions this result reads ({', '.join(low)}); its numbers describe positions these "
+            f"heads do not read. They read mostly at '{best}' (mean attention {float(pooled[ROLES.index(best)]):.3g}); "
+            f"{hint}"
+        )
+        logger.warning(warnings[-1])
+    return used, info, tuple(warnings)
+
+
+def _subset(tp: TokenizedPrompts, n: int) -> TokenizedPrompts:
+    from dataclasses import replace
+
+    if len(tp) <= n:
+        return tp
+    return replace(
+        tp,
+        tokens=tp.tokens[:n],
+        label_positions=tp.label_positions[:n],
+        demo_labels=tp.demo_labels[:n],
+        golds=tp.golds[:n],
+        roles=tp.roles[:n],
+        demo_index=tp.demo_index[:n],
+    )

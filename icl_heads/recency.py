@@ -1,0 +1,83 @@
+"""A recency measure that does not cancel over query classes: the query's class block first vs last.
+
+Averaging accuracy over query classes hides a bias toward whichever label came last: in
+a prompt whose demonstrations come in label blocks, the query whose class forms the last
+block is helped and the one whose class forms the first block is hurt, so the two cancel
+in the mean accuracy of an order. Comparing, for the same query and demonstrations, the
+order where the query's class block comes **last** with the order where it comes
+**first** sees it: the *block gap* (accuracy when last minus when first; 0: no recency
+bias; positive: the most recent label is favoured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from icl_heads._stats import bootstrap_ci
+
+
+def block_gaps(
+    label_logits: Float[Tensor, "order prompt label"],
+    golds: Int[Tensor, " prompt"],
+    demo_labels: Sequence[Sequence[int]],
+    order_names: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: correct when the query's class block is last minus when it is first.
+
+    Args:
+        label_logits: label logits of every order (must include ``"blocked"`` and
+            ``"blocked_reversed"``, the label blocks in ascending and descending class order).
+        golds: gold class per prompt.
+        demo_labels: the classes of each prompt's demonstrations (any order).
+        order_names: names of the orders, in the order of ``label_logits``.
+
+    Returns:
+        ``(gap, gold)``: the gap (-1, 0 or 1) of every prompt whose query class is the
+        first or last block, and those prompts' gold classes.
+
+    Raises:
+        ValueError: the two blocked orders are missing.
+    """
+    names = list(order_names)
+    if "blocked" not in names or "blocked_reversed" not in names:
+        raise ValueError(f"the block gap needs the orders 'blocked' and 'blocked_reversed', got {names}")
+    correct = (label_logits.argmax(-1) == golds[None]).float().numpy()
+    up, down = correct[names.index("blocked")], correct[names.index("blocked_reversed")]
+    gaps, kept = [], []
+    for i, (g, labels) in enumerate(zip(golds.tolist(), demo_labels, strict=True)):
+        present = sorted(set(labels))
+        if g == present[-1] and g != present[0]:  # last block in "blocked", first in reversed
+            gaps.append(up[i] - down[i])
+        elif g == present[0] and g != present[-1]:
+            gaps.append(down[i] - up[i])
+        else:
+            continue
+        kept.append(g)
+    return np.asarray(gaps, dtype=float), np.asarray(kept, dtype=int)
+
+
+def block_table(
+    gap: np.ndarray, gold: np.ndarray, words: Sequence[str], *, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Block gap per query class and over all prompts, with bootstrap intervals.
+
+    Raises:
+        ValueError: no prompt whose query class is a first or last block.
+    """
+    if gap.size == 0:
+        raise ValueError("no prompt has its query's class as the first or last block; use 2 or more classes")
+    rows = []
+    for c, word in [*enumerate(words), (-1, "all")]:
+        sel = gold == c if c >= 0 else np.ones_like(gold, dtype=bool)
+        if not sel.any():
+            continue
+        lo, hi = bootstrap_ci(gap[sel], n_boot=n_boot, seed=seed)
+        rows.append(
+            {"query_label": word, "n": int(sel.sum()), "block_gap": float(gap[sel].mean()), "ci_low": lo, "ci_high": hi}
+        )
+    return pd.DataFrame(rows)
