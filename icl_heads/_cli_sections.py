@@ -131,6 +131,22 @@ def section_heads(ctx: Context, report) -> None:
             f"Ablation scores skipped: the model has {total} heads (more than {MAX_HEADS_FOR_ABLATION}) and they "
             "cost one forward pass per head; compute them with find_in_context_heads(..., also=('ablation',)).",
         )
+    # where the heads read (token roles at the final position) and how many heads it takes to collapse ICL
+    reading = ih.reading_roles(ctx.model, ctx.held_out)
+    report.text(parts, "Where each head reads: its final-position attention by token role (mean over prompts).")
+    report.figure(parts, reading.heatmap())
+    report.table(parts, reading.reads(found.heads))
+    count = ih.heads_needed(ctx.model, ctx.held_out, found, greedy=False, n_random=10, max_k=min(total, 16))
+    report.text(
+        parts,
+        f"How many heads carry ICL: the smallest set, in {found.method} order, whose ablation brings accuracy to "
+        "within the margin of chance, against random sets of the same size.",
+    )
+    report.warnings(parts, count)
+    report.numbers(parts, count.summary())
+    reading.df.to_csv(ctx.out / "results" / "reading_roles.csv", index=False)
+    count.df.to_csv(ctx.out / "results" / "heads_needed.csv", index=False)
+    ctx.summary["heads_needed"] = count.summary()
     # the one-backward-pass estimate of the ablation score, checked against the exact score on a sample of heads
     agreement = ih.compare_head_scores(ctx.model, ctx.held_out, sample=min(total, 40), seed=ctx.args.seed)
     agreement_section(report, agreement)
@@ -163,11 +179,13 @@ def section_mechanism(ctx: Context, report) -> None:
         f"Setting: the default task, the {len(ctx.held_out)} held-out prompts, the in-context heads found above.",
     )
     report.text(parts, "OV: what each in-context head writes from every demonstration's label position.")
+    report.warnings(parts, ov)
     report.numbers(parts, ov.summary())
     report.figure(parts, ov.plot())
     report.text(
         parts, "QK: attention from the final position to label positions of the query's class and the other class."
     )
+    report.warnings(parts, qk)
     report.numbers(parts, qk.summary())
     report.figure(parts, qk.plot())
     report.figure(parts, plot_auc_heatmap(towers))
@@ -178,6 +196,7 @@ def section_mechanism(ctx: Context, report) -> None:
         )
     else:
         report.text(parts, "Flip: prompts with a query of the other class; how much attention and OV vectors change.")
+        report.warnings(parts, flip)
         report.numbers(parts, flip.summary())
         report.figure(parts, flip.plot())
     ctx.results.update(ov=ov, qk=qk)
@@ -259,6 +278,7 @@ def section_bias(ctx: Context, report) -> None:
         if fix is None:
             report.text(parts, f"Not applicable on these prompts: {skipped[name]}.")
             continue
+        report.warnings(parts, fix)
         report.numbers(parts, fix.summary())
         report.figure(parts, fix.plot())
     major.df.to_csv(ctx.out / "results" / "majority_bias.csv", index=False)

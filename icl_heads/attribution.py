@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -92,12 +91,7 @@ def _final_logits(access: ModelAccess, resid: Float[Tensor, "batch d_model"]) ->
 
 
 def _rows(batch: PromptBatch, start: int, stop: int) -> PromptBatch:
-    sl = slice(start, stop)
-    return replace(
-        batch, index=batch.index[sl], tokens=batch.tokens[sl], attention_mask=batch.attention_mask[sl],
-        final_positions=batch.final_positions[sl], label_positions=batch.label_positions[sl],
-        demo_labels=batch.demo_labels[sl], golds=batch.golds[sl],
-    )  # fmt: skip
+    return batch.rows(start, stop)
 
 
 def _check_rebuilt_logits(access: ModelAccess, batch: PromptBatch, rebuilt: Tensor) -> None:

@@ -11,7 +11,7 @@ position and label, the gold label and the final position.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -461,6 +461,14 @@ class PromptBatch:
     @property
     def has_padding(self) -> bool:
         return bool((self.attention_mask == 0).any())
+
+    def rows(self, start: int, stop: int) -> PromptBatch:
+        """The prompts ``start:stop`` of this batch, every per-prompt tensor sliced alike (padding kept)."""
+        sl = slice(start, stop)
+        return replace(
+            self,
+            **{f.name: getattr(self, f.name)[sl] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)},
+        )
 
     @classmethod
     def build(cls, tp: TokenizedPrompts, index: range, padding_side: str, pad_id: int) -> PromptBatch:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { max-width: 100%; display: block; overflow-x: auto; } td { word-break: break-word; }
+.warning { background: #fff4e5; border-left: 4px solid #e67e22; padding: 0.5em 1em; margin: 1em 0; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
@@ -89,6 +90,12 @@ class Report:
     @staticmethod
     def table(parts: list[str], df: pd.DataFrame, max_rows: int = 30) -> None:
         parts.append(df.head(max_rows).to_html(index=False, float_format=fmt, border=0))
+
+    @staticmethod
+    def warnings(parts: list[str], result: Any) -> None:
+        """Each of a result's warnings (``result.warnings``) in a box the reader cannot miss."""
+        for warning in getattr(result, "warnings", ()) or ():
+            parts.append(f'<div class="warning"><b>Warning:</b> {html.escape(str(warning))}</div>')
 
     @staticmethod
     def text(parts: list[str], text: str) -> None:
