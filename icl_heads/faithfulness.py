@@ -269,20 +269,27 @@ def pattern_edits_apply(access: Any) -> bool:
     tokens = _probe_tokens(access, 1, min(12, access.n_ctx), seed=1).to(access.device)
     ok = True
     for layer in sorted({0, access.n_layers - 1}):
-        z_name, p_name = access.hook(layer, "z"), access.hook(layer, "pattern")
+        names = {k: access.hook(layer, k) for k in ("v", "pattern", "z")}
         got: dict[str, Tensor] = {}
 
         def keep(act: Tensor, hook: Any, key: str = "", got: dict[str, Tensor] = got) -> None:
             got[key] = act.detach().float().clone()
 
+        def first_only(pattern: Tensor, hook: Any) -> Tensor:
+            # every query attends to the first position only: z must then equal that position's value
+            edited = torch.zeros_like(pattern)
+            edited[..., 0] = 1
+            return edited
+
+        fwd = [(names["v"], lambda a, hook: keep(a, hook, "v")), (names["pattern"], first_only),
+               (names["z"], lambda a, hook: keep(a, hook, "z"))]  # fmt: skip
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            access.model.run_with_hooks(tokens, fwd_hooks=[(z_name, lambda a, hook: keep(a, hook, "clean"))])
-            access.model.run_with_hooks(
-                tokens,
-                fwd_hooks=[(p_name, lambda a, hook: a * 0.5), (z_name, lambda a, hook: keep(a, hook, "edited"))],
-            )
-        ok = ok and not torch.allclose(got["clean"], got["edited"])
+            access.model.run_with_hooks(tokens, fwd_hooks=fwd)
+        v, z = got["v"], got["z"]  # [batch, pos, kv, d_head], [batch, pos, head, d_head]
+        kv = torch.arange(z.shape[2], device=v.device) // (z.shape[2] // v.shape[2])
+        expected = v[:, :1, kv].expand_as(z)
+        ok = ok and torch.allclose(z, expected, atol=1e-4 * max(1.0, float(v.abs().max())), rtol=1e-3)
     _PATTERN_CACHE[model] = (key, ok)
     return ok
 

@@ -135,3 +135,12 @@ def test_tokenized_prompts_are_refused_by_a_model_with_another_tokenizer(models,
     # the text prompts work with both, and a model's own TokenizedPrompts too
     assert len(ih.icl_accuracy(organism, organism_tp).golds) == 4
     assert len(ih.icl_accuracy(models["gpt2"], prompts).golds) == 4
+
+
+def test_pattern_edits_are_detected_even_where_a_layer_writes_nothing(tmp_path):
+    """The hand-built copier has all-zero values in layer 0: halving its pattern changes nothing, editing it applies."""
+    from icl_heads.faithfulness import pattern_edits_apply
+    from icl_heads.testing import majority_copier_gpt2_dir
+
+    model = ih.load_model(majority_copier_gpt2_dir(tmp_path / "copier"))
+    assert pattern_edits_apply(ModelAccess(model, check=False))
