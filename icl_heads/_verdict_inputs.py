@@ -165,7 +165,7 @@ def extract(results: Mapping[str, Any]) -> list[Verdict]:
     add("ov", _ov)
     add("qk", _qk)
     for kind in ("majority", "recency"):
-        add(kind, lambda b, kind=kind: bias_verdict(kind, float(b.bias), tuple(b.bias_ci), _MEASURES[kind]))
+        add(kind, lambda b, kind=kind: bias_verdict(kind, *_bias_numbers(kind, b)))
         fix = results.get(f"{kind}_correction")
         out.append(_correction(kind, fix) if kind in results else _missing(f"{kind}_correction"))
     add("decomposition", _components)
@@ -178,3 +178,11 @@ _MEASURES = {
     "majority": "excess majority predictions",
     "recency": "accuracy spread over orders beyond chance",
 }
+
+
+def _bias_numbers(kind: str, b: Any) -> tuple[float, tuple[float, float], str]:
+    """The headline of a bias: recency's block gap (which does not cancel over query classes) when measured."""
+    gap = float(getattr(b, "block_gap", float("nan")))
+    if kind == "recency" and gap == gap:
+        return gap, tuple(b.block_gap_ci), "accuracy gap, query's class block last minus first"
+    return float(b.bias), tuple(b.bias_ci), _MEASURES[kind]
