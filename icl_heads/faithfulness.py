@@ -143,6 +143,16 @@ def _weights_key(model: torch.nn.Module) -> tuple:
     return (len(params), sum(p._version for p in params), permanent)
 
 
+def _memo(cache: weakref.WeakKeyDictionary, model: torch.nn.Module, compute: Any) -> Any:
+    """``compute()`` once per model, again only when its weights or permanent hooks change."""
+    key = _weights_key(model)
+    hit = cache.get(model)
+    if hit is None or hit[0] != key:
+        hit = (key, compute())
+        cache[model] = hit
+    return hit[1]
+
+
 def _probe_tokens(access: Any, n_prompts: int, n_tokens: int, seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     tok = access.model.tokenizer
@@ -261,11 +271,10 @@ def pattern_edits_apply(access: Any) -> bool:
     GPT-Neo, OPT) it delegates to the Hugging Face module and discards edits of the
     pattern; a correction that rescales attention would then silently do nothing.
     """
-    model = access.model
-    key = _weights_key(model)
-    hit = _PATTERN_CACHE.get(model)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    return _memo(_PATTERN_CACHE, access.model, lambda: _probe_pattern_edits(access))
+
+
+def _probe_pattern_edits(access: Any) -> bool:
     tokens = _probe_tokens(access, 1, min(12, access.n_ctx), seed=1).to(access.device)
     ok = True
     for layer in sorted({0, access.n_layers - 1}):
@@ -290,7 +299,6 @@ def pattern_edits_apply(access: Any) -> bool:
         kv = torch.arange(z.shape[2], device=v.device) // (z.shape[2] // v.shape[2])
         expected = v[:, :1, kv].expand_as(z)
         ok = ok and torch.allclose(z, expected, atol=1e-4 * max(1.0, float(v.abs().max())), rtol=1e-3)
-    _PATTERN_CACHE[model] = (key, ok)
     return ok
 
 
@@ -314,13 +322,6 @@ def require_faithful(access: Any, analysis: str = "this analysis") -> Faithfulne
     Raises:
         UnfaithfulModelError: an identity fails on this model.
     """
-    model = access.model
-    key = _weights_key(model)
-    hit = _CACHE.get(model)
-    if hit is None or hit[0] != key:
-        report = check_faithfulness(access)
-        _CACHE[model] = (key, report)
-    else:
-        report = hit[1]
+    report = _memo(_CACHE, access.model, lambda: check_faithfulness(access))
     report.raise_if_failed(analysis)
     return report

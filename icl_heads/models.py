@@ -65,6 +65,9 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[key]
 
 
+# the scale of the norm a post-norm layer (Gemma-2/3, OLMo-2) applies to its attention output
+_POST_ATTN_SCALE = "blocks.{layer}.ln1_post.hook_scale"
+
 # TransformerLens warns that it cannot fold some norms; the faithfulness check measures what matters instead
 _NOT_APPLICABLE = r".*does not support fold_ln.*"
 
@@ -340,19 +343,19 @@ class ModelAccess:
 
         Gemma-2/3 and OLMo-2 have one: the layer writes ``w * attn_out / rms(attn_out)``.
         """
-        if f"blocks.{layer}.ln1_post.hook_scale" not in self.model.hook_dict:
+        if _POST_ATTN_SCALE.format(layer=layer) not in self.model.hook_dict:
             return None
         return self._norm_map(f"ln1_post.{layer}", self.model.blocks[layer].ln1_post, centred=False)
 
     def write_captures(self) -> list[str]:
         """Hooks whose values (at the positions analysed) turn ``z W_O`` into what each layer writes."""
-        return [f"blocks.{layer}.ln1_post.hook_scale" for layer in range(self.n_layers) if self.post_attn_norm(layer)]
+        return [_POST_ATTN_SCALE.format(layer=layer) for layer in range(self.n_layers) if self.post_attn_norm(layer)]
 
     def post_attn_scale(self, layer: int, got: dict[str, Tensor]) -> Tensor | None:
         """The post-attention norm's scale of layer ``layer`` from captured activations (``None`` without one)."""
         if self.post_attn_norm(layer) is None:
             return None
-        return got[f"blocks.{layer}.ln1_post.hook_scale"]
+        return got[_POST_ATTN_SCALE.format(layer=layer)]
 
     def head_write(
         self, layer: int, out: Float[Tensor, "... d_model"], got: dict[str, Tensor], *, expand: int = 0
@@ -365,19 +368,19 @@ class ModelAccess:
         one of the real sum. ``expand`` inserts that many axes after the batch axis of
         the scale (e.g. 1 for ``[batch, head, d_model]`` outputs).
         """
-        norm = self.post_attn_norm(layer)
-        if norm is None:
+        norm, scale = self.post_attn_norm(layer), self.post_attn_scale(layer, got)
+        if norm is None or scale is None:
             return out.float()
-        scale = got[f"blocks.{layer}.ln1_post.hook_scale"].to(out.device)
+        scale = scale.to(out.device)
         return norm.linear(out, scale.reshape(scale.shape[0], *([1] * expand), *scale.shape[1:]))
 
     def bias_write(self, layer: int, got: dict[str, Tensor]) -> Float[Tensor, "*batch d_model"]:
         """What layer ``layer``'s attention bias ``b_O`` (and a post-attention norm's bias) adds to the residual stream."""
         b = self.b_O(layer).float()
-        norm = self.post_attn_norm(layer)
-        if norm is None:
+        norm, scale = self.post_attn_norm(layer), self.post_attn_scale(layer, got)
+        if norm is None or scale is None:
             return b
-        scale = got[f"blocks.{layer}.ln1_post.hook_scale"].to(b.device)
+        scale = scale.to(b.device)
         return norm.linear(b.expand(*scale.shape[:-1], -1), scale) + norm.bias.to(b.device)
 
     @property
