@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from icl_heads._stats import bootstrap_ci
+from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
@@ -62,7 +62,7 @@ def predict(
     tp = access.tokenize(prompts, first_token=first_token)
     label_ids = torch.tensor(tp.label_token_ids)
     logits, strict = [], []
-    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="evaluating", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="evaluating"):
         final, _ = access.run(batch, hooks=hooks)
         logits.append(final[:, label_ids.to(final.device)].cpu())
         gold_ids = label_ids[batch.golds]

@@ -17,8 +17,8 @@ import plotly.graph_objects as go
 import torch
 from scipy.stats import spearmanr
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
@@ -164,7 +164,7 @@ def compare_head_scores(
     means = ablation_means(access, tp, how, where, reference)
     label_ids = torch.tensor(tp.label_token_ids)
     per_batch: list[Tensor] = []
-    for batch in tqdm(list(access.batches(tp, batch_size)), desc="exact ablation", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, progress=progress), desc="exact ablation"):
         per_batch.append(
             _per_prompt_ablation(
                 access, batch, label_ids, heads_per_pass, heads=heads, how=how, where=where, means=means

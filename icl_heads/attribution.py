@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_heads.engine import record_pass
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import PromptBatch
 
@@ -159,6 +160,8 @@ def per_prompt_attribution(
     hooks = [(access.hook(layer, "z"), leaf(layer)) for layer in range(n_layers)]
     hooks.append((access.hook(n_layers - 1, "resid_post"), stop))
     kw: dict[str, Any] = {"attention_mask": mask} if batch.has_padding else {}
+    # a backward pass costs about two forward passes: the ledger counts the work of three
+    record_pass(len(rows), int(tokens.numel()), 3 * n_layers)
     with torch.inference_mode(False), torch.enable_grad(), _frozen_parameters(model):
         with suppress(_Stop):
             model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from icl_heads._stats import bootstrap_ci
 from icl_heads.accuracy import predict
+from icl_heads.engine import RunOptions, batches
 from icl_heads.interventions import check_heads
 from icl_heads.models import Capture, Head, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
@@ -520,7 +521,7 @@ def recency_bias(
         tp = access.tokenize(prompts)
         label_ids = torch.tensor(tp.label_token_ids)
         part = []
-        for batch in access.batches(tp, batch_size):
+        for batch in batches(access, tp, RunOptions(batch_size)):
             caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
             final, got = access.run(batch, hooks=hooks, capture=caps)
             part.append(final[:, label_ids.to(final.device)].cpu())

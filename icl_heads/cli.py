@@ -38,6 +38,7 @@ from icl_heads._cli_sections import (
     section_mechanism,
 )
 from icl_heads._version import __version__
+from icl_heads.engine import CostLedger, count_cost
 
 logger = logging.getLogger("icl_heads")
 
@@ -246,24 +247,29 @@ def run(plan: Plan, argv: list[str]) -> dict:
         )  # fmt: skip
         report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
         _data_section(plan, report)
+        ledger = CostLedger()
         for name, fn in SECTIONS:
             if name in plan.skip:
                 continue
             t = time.time()
             logger.info("section %s", name)
-            fn(ctx, report)
+            with count_cost(ledger), ledger.section(name):
+                fn(ctx, report)
             ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
         ctx.summary["total_seconds"] = round(time.time() - start, 2)
         ctx.summary["icl_heads_version"] = ih.__version__
         verdicts = collect_verdicts(ctx.results)
         ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
+        ctx.summary["cost"] = ledger.as_dict()
         prov["cost"] = {
             "seconds per section": ctx.summary.get("seconds", {}),
             "total seconds": ctx.summary["total_seconds"],
+            "forward passes": ledger.total.passes,
+            "layer x token evaluations": ledger.total.layer_tokens,
         }
         ctx.summary["provenance"] = prov
         ctx.summary["faithfulness"] = faithfulness.summary()
-        report.verdicts, report.provenance = verdicts, prov
+        report.verdicts, report.provenance, report.cost = verdicts, prov, ledger.df
         ctx.summary["n_figures"] = report.n_figures
         report.write(tmp / "report.html")
         (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))

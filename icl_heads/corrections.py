@@ -38,6 +38,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_heads.engine import RunOptions, batches
 from icl_heads.faithfulness import require_pattern_edits
 from icl_heads.interventions import check_heads
 from icl_heads.models import Capture, Head, HookFn, ModelAccess
@@ -481,7 +482,7 @@ def positional_prior(
     layers = sorted({layer for layer, _ in heads})
     sums: dict[int, Tensor] = {}
     counts: dict[int, int] = {}
-    for batch in access.batches(tp, batch_size):
+    for batch in batches(access, tp, RunOptions(batch_size)):
         caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
         _, got = access.run(batch, capture=caps)
         read, _ = positions_with_labels(batch, read_at)

@@ -36,6 +36,7 @@ from scipy.stats import binom
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads.engine import RunOptions, batches
 from icl_heads.faithfulness import tolerance_for
 from icl_heads.models import Capture, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask, TokenizedPrompts
@@ -371,7 +372,7 @@ def decompose(
     caps += [Capture("blocks.0.hook_resid_pre"), Capture("ln_final.hook_scale")]
     caps += [Capture(name) for name in access.write_captures()]
     parts, fulls = [], []
-    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="decomposing", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="decomposing"):
         logits, got = access.run(batch, capture=caps)
         got = {k: v.to(readout.device) for k, v in got.items()}
         scale = got["ln_final.hook_scale"]  # [b, 1]

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads import _checks
+from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Head, HookFn, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
@@ -81,7 +82,7 @@ def head_means(
     tp = access.tokenize(prompts)
     total = torch.zeros(access.n_layers, access.n_heads, access.d_head)
     count = 0
-    for batch in access.batches(tp, batch_size):
+    for batch in batches(access, tp, RunOptions(batch_size)):
         caps = [
             Capture(access.hook(layer, "z"), "final" if where == "final" else "all") for layer in range(access.n_layers)
         ]

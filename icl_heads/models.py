@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads._norms import NormMap, fit_norm
+from icl_heads.engine import record_pass
 from icl_heads.prompts import ICLPrompts, PromptBatch, PromptTooLongError, TokenizedPrompts
 
 logger = logging.getLogger(__name__)
@@ -530,6 +531,7 @@ class ModelAccess:
         kw: dict[str, Any] = {}
         if batch.has_padding:
             kw["attention_mask"] = batch.attention_mask.to(self.device)
+        record_pass(int(tokens.shape[0]), int(tokens.numel()), self.n_layers)
         with torch.inference_mode():
             logits = self.model.run_with_hooks(tokens, fwd_hooks=fwd, **kw) if fwd else self.model(tokens, **kw)
         final_logits = logits[rows.to(logits.device), finals.to(logits.device)].float()

@@ -24,9 +24,9 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from icl_heads._stats import bootstrap_ci
+from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
@@ -199,7 +199,7 @@ def _shares(access: ModelAccess, tp: TokenizedPrompts, layers, batch_size: int, 
         raise ValueError("these prompts carry no token roles; tokenize them with ICLPrompts.tokenize")
     layers = list(layers)
     out = torch.zeros(len(tp), access.n_layers, access.n_heads, len(ROLES))
-    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="reading roles", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="reading roles"):
         caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
         _, got = access.run(batch, capture=caps)
         for ly in layers:

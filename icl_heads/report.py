@@ -75,6 +75,7 @@ class Report:
     n_figures: int = 0
     verdicts: list[Any] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    cost: pd.DataFrame | None = None
 
     def section(self, heading: str) -> list[str]:
         parts: list[str] = []
@@ -132,12 +133,23 @@ class Report:
         )
         return f"<section id='provenance'><h2>Provenance</h2><table>{rows}</table></section>"
 
+    def _cost_block(self) -> str:
+        if self.cost is None or self.cost.empty:
+            return ""
+        table = self.cost.to_html(index=False, border=0, float_format=fmt)
+        return (
+            "<section id='cost'><h2>Cost</h2><p class='note'>The model work of each section: forward passes, "
+            "prompt rows, padded tokens, and layer×token evaluations (padded tokens times the layers a pass runs; "
+            "a backward pass counts as two).</p>"
+            f"{table}</section>"
+        )
+
     def write(self, path: str | Path) -> Path:
         path = Path(path)
         body = self._verdict_block() + "".join(
             f"<h2>{html.escape(h)}</h2>{''.join(parts)}" for h, parts in self.sections
         )
-        body += self._provenance_block()
+        body += self._provenance_block() + self._cost_block()
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         page = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"

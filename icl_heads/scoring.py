@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from icl_heads.attribution import largest_heads, per_prompt_attribution
+from icl_heads.engine import RunOptions, batches
 from icl_heads.interventions import HOWS, WHERE, head_means
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
@@ -187,8 +187,7 @@ def score_heads(
     label_ids = torch.tensor(tp.label_token_ids)
     means = ablation_means(access, tp, how, where, reference) if {"ablation", "attribution"} & set(methods) else None
     parts: dict[str, list[Tensor]] = {m: [] for m in methods}
-    batches = list(access.batches(tp, batch_size, padding_side))
-    for batch in tqdm(batches, desc="scoring heads", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="scoring heads"):
         if "logprob_increase" in methods or "dla" in methods:
             lpi, dla = _per_prompt_fast(access, batch, label_ids, logprob="logprob_increase" in methods)
             if lpi is not None:
@@ -213,7 +212,7 @@ def score_heads(
                 _per_prompt_ablation(
                     access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
                 )
-                for batch in batches
+                for batch in batches(access, tp, RunOptions(batch_size, padding_side))
             ]
         )
         for layer, h in chosen:

@@ -74,6 +74,15 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
     assert set(prov["versions"]) >= {"python", "torch", "transformer-lens", "transformers", "icl_heads"}
     assert prov["model"]["device"] == "cpu" and prov["model"]["dtype"] == "float32"
     assert prov["task"]["data_sha256"] and set(prov["cost"]["seconds per section"]) == {"accuracy", "heads"}
+    # the cost ledger: every section's model work, adding up to the total, also in the report
+    cost = summary["cost"]
+    assert set(cost) == {"accuracy", "heads", "total"}
+    assert cost["accuracy"]["rows"] == 16 and cost["accuracy"]["passes"] >= 1
+    for key in ("passes", "rows", "tokens", "layer_tokens"):
+        assert cost["total"][key] == cost["accuracy"][key] + cost["heads"][key]
+    assert cost["total"]["layer_tokens"] >= cost["total"]["tokens"] * 2  # the tiny model has two layers
+    assert prov["cost"]["forward passes"] == cost["total"]["passes"]
+    assert html.index("id='provenance'") < html.index("id='cost'")
 
 
 def test_bad_dtype_is_a_clear_error(tmp_path, capsys):

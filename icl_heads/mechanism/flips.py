@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from tqdm.auto import tqdm
 
+from icl_heads.engine import RunOptions, batches
 from icl_heads.mechanism._maths import _ratio
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions, _reading
 from icl_heads.models import Head, ModelAccess
@@ -179,9 +179,11 @@ def flip_analysis(
     layers = sorted({layer for layer, _ in heads})
     frames, pair_frames = [], []
     pairs = zip(
-        access.batches(tp_a, batch_size, padding_side), access.batches(tp_b, batch_size, padding_side), strict=True
+        batches(access, tp_a, RunOptions(batch_size, padding_side, progress), desc="flips"),
+        batches(access, tp_b, RunOptions(batch_size, padding_side)),
+        strict=True,
     )
-    for ba, bb in tqdm(list(pairs), desc="flips", disable=not progress):
+    for ba, bb in pairs:
         runs, reads = [], []
         for batch in (ba, bb):
             read, read_labels = positions_with_labels(batch, used)

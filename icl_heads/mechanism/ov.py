@@ -21,8 +21,8 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from icl_heads.engine import RunOptions, batches
 from icl_heads.interventions import check_heads
 from icl_heads.mechanism._maths import label_metrics, own_vs_rest
 from icl_heads.mechanism._run import (
@@ -51,7 +51,7 @@ def per_position_ov(
 
     Args:
         model: a TransformerLens model or :class:`~icl_heads.models.ModelAccess`.
-        batch: one batch from ``access.batches(...)``.
+        batch: one batch from :func:`icl_heads.engine.batches`.
         heads: ``(layer, head)`` pairs.
         positions: source positions per prompt (in the batch's padded coordinates).
 
@@ -206,7 +206,7 @@ def ov_label_features(
     sums = torch.zeros(len(heads), 2, len(words), n_vocab)
     counts = torch.zeros(len(heads), 2, len(words))
     frames = []
-    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="OV features", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="OV features"):
         read, read_labels = positions_with_labels(batch, used)
         _, read_demo = read_positions(batch, used)
         positions, kind, valid = _label_and_control(batch, control_offset, read)

@@ -17,8 +17,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from icl_heads.engine import RunOptions, batches
 from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _predictions, _reading, _shift, _token_str
 from icl_heads.models import Head, ModelAccess
@@ -127,7 +127,7 @@ def qk_label_attention(
     label_ids = torch.tensor(tp.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
     frames, ex_pattern, ex_pred = [], None, None
-    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="QK attention", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="QK attention"):
         lp = batch.label_positions
         read, demo = read_positions(batch, used)
         logits, got = _gather(access, batch, layers, read, scores=True)
@@ -334,7 +334,7 @@ def two_tower_test(
     layers = sorted({layer for layer, _ in heads})
     frames, feats = [], {layer: ([], []) for layer in layers}
     groups = []
-    for batch in tqdm(list(access.batches(tp, batch_size, padding_side)), desc="two towers", disable=not progress):
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="two towers"):
         lp = batch.label_positions
         _, got = _gather(access, batch, layers, lp, scores=True, resid=True)
         bi, di = (lp >= 0).nonzero(as_tuple=True)
