@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_heads._stats import bootstrap_ci
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, intervention_key, memoised, prompt_key
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
@@ -61,13 +61,18 @@ def predict(
     access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts, first_token=first_token)
     label_ids = torch.tensor(tp.label_token_ids)
-    logits, strict = [], []
-    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="evaluating"):
-        final, _ = access.run(batch, hooks=hooks)
-        logits.append(final[:, label_ids.to(final.device)].cpu())
-        gold_ids = label_ids[batch.golds]
-        strict.append((final.argmax(-1).cpu() == gold_ids).long())
-    return Predictions(torch.cat(logits), torch.cat(strict), torch.tensor(tp.golds))
+
+    def compute() -> Predictions:
+        logits, strict = [], []
+        for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="evaluating"):
+            final, _ = access.run(batch, hooks=hooks)
+            logits.append(final[:, label_ids.to(final.device)].cpu())
+            gold_ids = label_ids[batch.golds]
+            strict.append((final.argmax(-1).cpu() == gold_ids).long())
+        return Predictions(torch.cat(logits), torch.cat(strict), torch.tensor(tp.golds))
+
+    # the same prompts under the same intervention (e.g. a random head set drawn again) are run once
+    return memoised(access.model, ("predict", prompt_key(tp), intervention_key(hooks)), compute)
 
 
 @dataclass(frozen=True, repr=False)

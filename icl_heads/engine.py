@@ -12,14 +12,18 @@ tokens times the layers it runs). Open a ledger with :func:`count_cost`::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Iterator
+import hashlib
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from icl_heads.prompts import PromptBatch, TokenizedPrompts
 
 PADDING_SIDES = ("right", "left")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,3 +156,113 @@ def record_pass(rows: int, tokens: int, layers: int) -> None:
     cost = Cost(passes=1, rows=rows, tokens=tokens, layer_tokens=tokens * layers)
     for ledger in ledgers:
         ledger.record(cost)
+
+
+# ---- results shared between analyses -------------------------------------------------------------
+
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+MEMO_ENTRIES = 4096
+
+
+def _digest(value: Any, h: Any) -> None:
+    """Feed ``value`` (tensors, numbers, strings, and containers of them) into the hash ``h``."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for k in sorted(value, key=repr):
+            _digest(k, h)
+            _digest(value[k], h)
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"(")
+        for v in value:
+            _digest(v, h)
+        h.update(b")")
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        h.update(repr(value).encode() + b";")
+    else:
+        raise TypeError(type(value).__name__)
+
+
+def digest(*values: Any) -> str | None:
+    """A content hash of ``values``; ``None`` when one of them cannot be hashed by content."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        for v in values:
+            _digest(v, h)
+    except TypeError:
+        return None
+    return h.hexdigest()
+
+
+def intervention_key(hooks: Any) -> str | None:
+    """A content key of an intervention (``"clean"`` for none); ``None`` when it has no stable identity.
+
+    Frozen dataclasses (head ablation, every correction) are keyed by their type and
+    fields; raw hook lists and functions are not keyed, so their results are never reused.
+    """
+    if isinstance(hooks, (list, tuple)) and not hooks:
+        return "clean"
+    own = getattr(hooks, "cache_key", None)
+    if callable(own):
+        return own()
+    params = getattr(hooks, "__dataclass_params__", None)
+    if params is None or not params.frozen:
+        return None
+    fields = {f.name: getattr(hooks, f.name) for f in dataclasses.fields(hooks)}
+    return digest(type(hooks).__module__, type(hooks).__qualname__, fields)
+
+
+def _model_state(model: Any) -> tuple | None:
+    """Weights and permanent hooks of ``model``; ``None`` while temporary hooks are attached (nothing is reused)."""
+    permanent = []
+    for name, hp in getattr(model, "hook_dict", {}).items():
+        for hook in getattr(hp, "fwd_hooks", ()):
+            if not getattr(hook, "is_permanent", False):
+                return None
+            permanent.append((name, id(hook)))
+    params = list(model.parameters())
+    return (len(params), sum(p._version for p in params), tuple(permanent))
+
+
+_PROMPT_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def prompt_key(tp: TokenizedPrompts) -> str | None:
+    """A content key of tokenized prompts: their tokens and every position and label the analyses read."""
+    try:
+        return _PROMPT_KEYS[tp]
+    except (KeyError, TypeError):
+        pass
+    key = digest(tp.tokens, tp.label_positions, tp.demo_labels, tp.golds, tp.label_token_ids, tp.roles, tp.demo_index)
+    with contextlib.suppress(TypeError):
+        _PROMPT_KEYS[tp] = key
+    return key
+
+
+def memoised(model: Any, key: tuple[str | None, ...], compute: Callable[[], T]) -> T:
+    """``compute()``, or its earlier value for the same model state and ``key``.
+
+    Nothing is reused when a part of ``key`` is ``None`` (no stable identity) or the
+    model carries temporary hooks (e.g. inside ``ablate(...)``), whose effect the key
+    cannot see. Entries are dropped when the weights change in place.
+    """
+    state = _model_state(model)
+    if state is None or any(k is None for k in key):
+        return compute()
+    table = _MEMO.get(model)
+    if table is None or table[0] != state:
+        table = (state, collections.OrderedDict())
+        _MEMO[model] = table
+    entries = table[1]
+    if key in entries:
+        entries.move_to_end(key)
+        return entries[key]
+    value = compute()
+    entries[key] = value
+    if len(entries) > MEMO_ENTRIES:
+        entries.popitem(last=False)
+    return value

@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads import _checks
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, digest
 from icl_heads.models import Head, HookFn, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
@@ -168,6 +168,10 @@ class HeadAblation:
 
     def __call__(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
         return self.hooks(batch.final_positions if self.where == "final" else None)
+
+    def cache_key(self) -> str | None:
+        """Content key of the ablation (the order of the heads does not matter)."""
+        return digest("HeadAblation", tuple(sorted(self.heads)), self.how, self.where, self.means)
 
 
 def ablation(

@@ -21,7 +21,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads._norms import NormMap, fit_norm
-from icl_heads.engine import record_pass
 from icl_heads.prompts import ICLPrompts, PromptBatch, PromptTooLongError, TokenizedPrompts
 
 logger = logging.getLogger(__name__)
@@ -509,6 +508,8 @@ class ModelAccess:
             from icl_heads.faithfulness import require_pattern_edits
 
             require_pattern_edits(self, type(hooks).__name__)
+        from icl_heads._resume import forward as resume_forward
+
         if callable(hooks):
             hooks = hooks(batch)
         stored: dict[str, Tensor] = {}
@@ -531,8 +532,6 @@ class ModelAccess:
         kw: dict[str, Any] = {}
         if batch.has_padding:
             kw["attention_mask"] = batch.attention_mask.to(self.device)
-        record_pass(int(tokens.shape[0]), int(tokens.numel()), self.n_layers)
-        with torch.inference_mode():
-            logits = self.model.run_with_hooks(tokens, fwd_hooks=fwd, **kw) if fwd else self.model(tokens, **kw)
+        logits = resume_forward(self, tokens, fwd, kw)
         final_logits = logits[rows.to(logits.device), finals.to(logits.device)].float()
         return final_logits, stored

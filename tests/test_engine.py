@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 import icl_heads as ih
 from icl_heads.engine import CostLedger, RunOptions, count_cost, run_options
-from icl_heads.models import ModelAccess
+from icl_heads.models import ModelAccess, transformer_lens_major
 from icl_heads.testing import toy_task
+
+MODEL_KINDS = ["gpt2", "llama"] + (["native"] if transformer_lens_major() >= 4 else [])
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def test_run_options_refuse_bad_values():
 @pytest.mark.parametrize("batch_size", [3, 8])
 def test_ledger_counts_every_pass_row_token_and_layer(models, task, batch_size):
     model = models["gpt2"]
-    prompts = task.prompts(10, 2, seed=0)
+    prompts = task.prompts(10, 2, seed=100 + batch_size)  # fresh prompts: nothing to reuse
     access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts)
     with count_cost() as ledger:
@@ -54,7 +57,7 @@ def test_ledgers_nest_and_split_by_section(models, task):
         with outer.section("first"):
             ih.icl_accuracy(model, prompts, batch_size=6)
         with count_cost() as inner, outer.section("second"):
-            ih.icl_accuracy(model, prompts, batch_size=3)
+            ih.icl_accuracy(model, task.prompts(6, 2, seed=11), batch_size=3)
     assert outer.sections["first"].passes == 1
     assert outer.sections["second"].passes == 2
     assert inner.total.passes == 2 and inner.total.rows == 6
@@ -68,3 +71,91 @@ def test_no_ledger_no_cost(models, task):
         pass
     ih.icl_accuracy(models["gpt2"], task.prompts(4, 2, seed=2))
     assert ledger.total.passes == 0
+
+
+def test_same_prompts_and_intervention_run_once(models, task):
+    """A random head set drawn again, or a clean run repeated, reuses the earlier predictions exactly."""
+    model = models["gpt2"]
+    heads = [(1, 0), (0, 2)]
+    with count_cost() as ledger:
+        a = ih.icl_accuracy(model, task.prompts(12, 2, seed=3), hooks=ih.ablation(model, heads), batch_size=4)
+        b = ih.icl_accuracy(model, task.prompts(12, 2, seed=3), hooks=ih.ablation(model, heads[::-1]), batch_size=6)
+    assert ledger.total.passes == 3  # the second call (same heads, other order and batch size) ran nothing
+    assert torch.equal(a.label_logits, b.label_logits)
+    with count_cost() as ledger:
+        ih.icl_accuracy(model, task.prompts(12, 2, seed=3), hooks=ih.ablation(model, heads[:1]), batch_size=4)
+        ih.icl_accuracy(model, task.prompts(12, 2, seed=4), hooks=ih.ablation(model, heads), batch_size=4)
+    assert ledger.total.passes == 6  # another intervention, other prompts: both run
+
+
+def test_nothing_is_reused_under_temporary_hooks_or_after_weights_change(models, task):
+    model = models["llama"]
+    prompts = task.prompts(8, 2, seed=5)
+    clean = ih.icl_accuracy(model, prompts).label_logits
+    with ih.ablate(model, [(0, 0), (0, 1), (1, 0), (1, 1)]):
+        ablated = ih.icl_accuracy(model, prompts).label_logits
+    assert not torch.allclose(clean, ablated)
+    hooks = ih.ablation(model, [(0, 0)])
+    first = ih.icl_accuracy(model, prompts, hooks=hooks).label_logits
+    w = model.blocks[1].mlp.W_out if hasattr(model.blocks[1].mlp, "W_out") else None
+    param = next(model.parameters()) if w is None else w
+    with torch.no_grad():
+        param.mul_(1.5)
+    try:
+        changed = ih.icl_accuracy(model, prompts, hooks=hooks).label_logits
+    finally:
+        with torch.no_grad():
+            param.div_(1.5)
+    assert not torch.allclose(first, changed)
+    assert torch.allclose(ih.icl_accuracy(model, prompts, hooks=hooks).label_logits, first, atol=1e-5)
+
+
+def _no_keeping(monkeypatch):
+    import icl_heads._resume as resume
+
+    monkeypatch.setattr(resume, "CACHE_BYTES", 0)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_a_pass_resumes_at_its_first_hooked_layer_with_the_same_logits(models, task, kind, monkeypatch):
+    """After a clean pass, ablating a layer-1 head runs only the layers from 1 on, and gives the same logits."""
+    model = models[kind]
+    prompts = task.prompts(10, 2, seed=21)
+    hooks = ih.ablation(model, [(1, 0), (1, 2)])
+    with count_cost() as ledger:
+        ih.icl_accuracy(model, prompts, batch_size=4)  # clean: keeps the residual entering every block
+        resumed = ih.icl_accuracy(model, prompts, hooks=hooks, batch_size=4).label_logits
+    n_layers, tokens = model.cfg.n_layers, ledger.total.tokens // 2  # each call runs the same padded tokens
+    assert ledger.total.layer_tokens == tokens * n_layers + tokens * (n_layers - 1)
+    _no_keeping(monkeypatch)
+    other = task.prompts(10, 2, seed=21)  # the same prompts, a new object: nothing memoised under this key
+    with count_cost() as full_ledger:
+        full = ih.icl_accuracy(model, other, hooks=ih.ablation(model, [(1, 2), (1, 0), (1, 0)]), batch_size=5)
+    torch.testing.assert_close(resumed, full.label_logits, atol=1e-5, rtol=1e-5)
+    assert full_ledger.total.layer_tokens == full_ledger.total.tokens * model.cfg.n_layers  # nothing kept: in full
+
+
+def test_nothing_is_kept_under_temporary_hooks(models, task):
+
+    model = models["llama"]
+    prompts = task.prompts(6, 2, seed=22)
+    with ih.ablate(model, [(0, 0)]):
+        ih.icl_accuracy(model, prompts)
+    with count_cost() as ledger:
+        ih.icl_accuracy(model, prompts, hooks=ih.ablation(model, [(1, 1)]))
+    assert ledger.total.layer_tokens == ledger.total.tokens * model.cfg.n_layers  # ran in full
+
+
+@pytest.mark.tl4
+def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task):
+    """Bloom's embedding LayerNorm is applied to a resumed residual too: the probe sees it and nothing is skipped."""
+    from icl_heads._families import tiny_family_dir
+    from icl_heads._resume import support
+
+    model = ih.load_model(tiny_family_dir("bloom", tmp_path / "bloom"))
+    assert not support(ModelAccess(model, check=False)).resume
+    prompts = task.prompts(6, 2, seed=23)
+    with count_cost() as ledger:
+        ih.icl_accuracy(model, prompts, batch_size=6)
+        ih.icl_accuracy(model, prompts, hooks=ih.ablation(model, [(1, 0)]), batch_size=6)
+    assert ledger.total.layer_tokens == ledger.total.tokens * model.cfg.n_layers
