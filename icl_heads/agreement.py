@@ -4,6 +4,12 @@
 ablation effect for a random sample of heads (one ablation per sampled head), and
 reports their Spearman rank correlation and top-``k`` overlap over the sample, so a
 user can see whether the cheap score can stand in for the exact one on their own model.
+
+It also reports how far the exact score itself is reproducible on these prompts: its
+split-half self-agreement (the Spearman correlation of the exact effects measured on two
+random halves of the prompts) and which heads' exact effects are resolved from zero
+(more than two standard errors over prompts). Rank agreement beyond the exact score's
+own reproducibility is agreement with the sampling noise of these prompts.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from jaxtyping import Float
 from scipy.stats import spearmanr
 from torch import Tensor
 
@@ -38,7 +45,15 @@ class ScoreAgreement(Result):
         top_k_overlap: share of the exact score's top ``k`` heads (in the sample) that the
             cheap score also ranks in its top ``k``.
         k: the ``k`` of ``top_k_overlap``.
-        df: one row per sampled head: ``layer, head, name, estimate, exact, rank_estimate, rank_exact``.
+        df: one row per sampled head: ``layer, head, name, estimate, exact, exact_se, resolved,
+            rank_estimate, rank_exact`` (``exact_se``: standard error of the exact effect over
+            prompts; ``resolved``: ``|exact| > 2 exact_se``).
+        exact_self_spearman: the exact score's split-half self-agreement (mean over random
+            halves of the prompts of the Spearman correlation between the two halves' exact
+            effects); NaN with fewer than 4 prompts.
+        spearman_resolved: the Spearman correlation over the resolved heads only (NaN when
+            fewer than 3 are resolved).
+        warnings: plain statements of where the comparison is limited by noise.
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
     """
@@ -49,6 +64,9 @@ class ScoreAgreement(Result):
     top_k_overlap: float
     k: int
     df: pd.DataFrame
+    exact_self_spearman: float = float("nan")
+    spearman_resolved: float = float("nan")
+    warnings: tuple[str, ...] = ()
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     _title: ClassVar[str] = "Agreement with the exact ablation score"
@@ -68,6 +86,9 @@ class ScoreAgreement(Result):
             "spearman": self.spearman,
             f"top-{self.k} overlap": self.top_k_overlap,
             "same top head": self.same_top_head,
+            "exact split-half self-agreement": self.exact_self_spearman,
+            "heads resolved from zero": int(self.df.resolved.sum()),
+            "spearman over resolved heads": self.spearman_resolved,
         }
 
     def plot(self) -> go.Figure:
@@ -89,6 +110,59 @@ class ScoreAgreement(Result):
             showlegend=False,
         )
         return fig
+
+
+def split_half_spearman(per_prompt: Float[Tensor, "prompt head"], n_splits: int = 20, seed: int = 0) -> float:
+    """The exact score's reproducibility: mean Spearman between the head means of two random halves of the prompts.
+
+    Args:
+        per_prompt: one score per prompt and head.
+        n_splits: random splits averaged.
+        seed: seed of the splits.
+
+    Returns:
+        The mean correlation (NaN with fewer than 4 prompts or when a half is constant).
+    """
+    values = per_prompt.double().cpu().numpy()
+    n = len(values)
+    if n < 4:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(n_splits):
+        order = rng.permutation(n)
+        rhos.append(spearmanr(values[order[: n // 2]].mean(0), values[order[n // 2 :]].mean(0)).statistic)
+    return float(np.mean(rhos))
+
+
+def resolved_from_zero(per_prompt: Float[Tensor, "prompt head"]) -> tuple[np.ndarray, np.ndarray]:
+    """Standard error over prompts of each head's mean score, and whether the mean exceeds two of them.
+
+    Args:
+        per_prompt: one score per prompt and head (at least 2 prompts).
+
+    Returns:
+        ``(se, resolved)``, one entry per head.
+    """
+    values = per_prompt.double().cpu().numpy()
+    se = values.std(0, ddof=1) / np.sqrt(len(values))
+    return se, np.abs(values.mean(0)) > 2 * se
+
+
+def _noise_warnings(self_rho: float, spearman: float, n_resolved: int, n_heads: int) -> tuple[str, ...]:
+    notes = []
+    if np.isfinite(self_rho) and self_rho < spearman:
+        notes.append(
+            f"the exact score agrees with itself at Spearman {self_rho:.2f} between halves of the prompts, below "
+            f"the agreement measured ({spearman:.2f}): part of that agreement is with these prompts' sampling noise"
+        )
+    if n_resolved < n_heads:
+        notes.append(
+            f"only {n_resolved} of {n_heads} heads have an exact effect resolved from zero (> 2 standard errors); "
+            "the others' ranks are sampling noise, so the Spearman over all heads is bounded by the exact score's "
+            "self-agreement; read spearman_resolved and the top-k overlap, or use more prompts"
+        )
+    return tuple(notes)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -170,9 +244,11 @@ def compare_head_scores(
                 access, batch, label_ids, heads_per_pass, heads=heads, how=how, where=where, means=means
             )
         )
-    exact = torch.cat(per_batch).mean(0)
+    per_prompt = torch.cat(per_batch)[:, [layer for layer, _ in heads], [h for _, h in heads]]  # [prompt, head]
     est = np.array([float(cheap[layer, h]) for layer, h in heads])
-    ex = np.array([float(exact[layer, h]) for layer, h in heads])
+    ex = per_prompt.double().mean(0).numpy()
+    se, resolved = resolved_from_zero(per_prompt) if len(per_prompt) > 1 else (np.full(n, np.nan), np.zeros(n, bool))
+    self_rho = split_half_spearman(per_prompt, seed=seed)
     rank_est, rank_ex = _ranks(est), _ranks(ex)
     rho = float(spearmanr(est, ex).statistic)
     if not np.isfinite(rho):
@@ -181,6 +257,7 @@ def compare_head_scores(
             "sample more heads or use more prompts"
         )
     overlap = len(set(np.flatnonzero(rank_est <= k)) & set(np.flatnonzero(rank_ex <= k))) / k
+    rho_resolved = float(spearmanr(est[resolved], ex[resolved]).statistic) if resolved.sum() >= 3 else float("nan")
     df = pd.DataFrame(
         {
             "layer": [layer for layer, _ in heads],
@@ -188,6 +265,8 @@ def compare_head_scores(
             "name": [f"L{layer}H{h}" for layer, h in heads],
             "estimate": est,
             "exact": ex,
+            "exact_se": se,
+            "resolved": resolved,
             "rank_estimate": rank_est,
             "rank_exact": rank_ex,
         }
@@ -197,6 +276,7 @@ def compare_head_scores(
         "mean_reference": reference is not None, "rescore": rescore,
     }  # fmt: skip
     return ScoreAgreement(
-        method=method, heads=heads, spearman=rho, top_k_overlap=overlap, k=k, df=df, config=config,
+        method=method, heads=heads, spearman=rho, top_k_overlap=overlap, k=k, df=df, exact_self_spearman=self_rho,
+        spearman_resolved=rho_resolved, warnings=_noise_warnings(self_rho, rho, int(resolved.sum()), n), config=config,
         provenance=provenance(access.name, tp),
     )  # fmt: skip

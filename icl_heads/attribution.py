@@ -14,13 +14,13 @@ forward pass stops after the last block: the final-position logits are rebuilt f
 the last residual stream with the model's own ``ln_final`` and ``unembed`` (checked
 against the model's logits on the first prompt).
 
-Refinement (``rescore=k``): the linear estimate fails when ablating a head is a large
-perturbation that later layers answer nonlinearly. On the bundled organism the two
-heads that matter most (layer 0) act through layer-1 attention patterns, yet even the
-exact change of those patterns, pushed linearly to ``M``, recovers under 5% of the
-effect, so the AtP* fix for attention saturation (exact softmax, linear in the pattern)
-cannot help there; what does is AtP's use as a screen: the ``k`` heads with the largest
-``|estimate|`` are re-scored exactly (``k`` extra forward passes). See ``docs/methods.md``.
+Refinement (``rescore=k``): the ``k`` heads with the largest ``|estimate|`` are re-scored
+exactly (``k`` extra forward passes), AtP's use as a screen. Its limits, measured on both
+bundled organisms (``docs/methods.md``): the heads that matter there act through two
+layers of saturated attention, so their gradient is near zero and the screen misses them
+on most prompt samples; neither the AtP* fix for one saturated softmax nor integrated
+gradients along the ablation path recovers them. Check the estimate with
+:func:`~icl_heads.compare_head_scores` before trusting it.
 """
 
 from __future__ import annotations

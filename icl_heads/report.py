@@ -196,5 +196,6 @@ def agreement_section(report: Report, agreement: ScoreAgreement) -> None:
         f"log-probability when one head is ablated) on {len(agreement.heads)} heads. A Spearman correlation "
         "well below 0.9 or a different top head means the cheap score should not replace the exact one here.",
     )
+    Report.warnings(parts, agreement)
     Report.numbers(parts, agreement.summary())
     report.figure(parts, agreement.plot())
