@@ -386,6 +386,36 @@ def recency_prompts(
     }
 
 
+def recency_block_gap(
+    model: Any,
+    task: ICLTask,
+    *,
+    shots: int = 4,
+    n: int = 200,
+    seed: int = 0,
+    n_random_orders: int = 4,
+    hooks: Hooks = (),
+    batch_size: int = 32,
+) -> float:
+    """The block gap of :func:`recency_bias` alone, from the two blocked orders only.
+
+    Equal to ``recency_bias(...).block_gap`` with the same arguments (the same prompts),
+    at a quarter of its passes with the default four random orders: what tuning a
+    correction needs for every value it tries.
+
+    Raises:
+        TypeError, ValueError: see :func:`recency_prompts`.
+    """
+    from icl_heads.accuracy import predict
+
+    orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
+    names = ["blocked", "blocked_reversed"]
+    logits = torch.stack([predict(model, orders[k], hooks=hooks, batch_size=batch_size).label_logits for k in names])
+    base = orders["original"]
+    gaps, _ = block_gaps(logits, base.golds, [[y for _, y in p.demos] for p in base.prompts], names)
+    return float(gaps.mean())
+
+
 @dataclass(frozen=True, repr=False)
 class RecencyBias(Result):
     """Recency bias: the same demonstrations in several orders.

@@ -29,6 +29,7 @@ from icl_heads.bias import (
     _check_task,
     majority_bias,
     recency_bias,
+    recency_block_gap,
     resolve_heads,
 )
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
@@ -180,16 +181,23 @@ def tune_correction(
     if not len(grid):
         raise ValueError("grid is empty; give hyperparameter values to try")
     balanced = task.prompts(n, shots, seed=seed)
-    base_acc = icl_accuracy(model, balanced).accuracy
+    batch_size = measure.get("batch_size", 32)
+    base_acc = icl_accuracy(model, balanced, batch_size=batch_size).accuracy
     rows = []
     for value in tqdm(list(grid), desc=f"tuning {kind} correction", disable=not progress):
         hooks = build(float(value))
-        result = _measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, **measure)
-        acc = icl_accuracy(model, balanced, hooks=hooks).accuracy
+        if kind == "recency":  # the block gap alone: its two orders, not every order recency_bias reports
+            keep = ("n_random_orders", "batch_size")
+            bias = recency_block_gap(
+                model, task, hooks=hooks, shots=shots, n=n, seed=seed, **{k: measure[k] for k in keep if k in measure}
+            )
+        else:
+            bias = headline_bias(_measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, **measure))
+        acc = icl_accuracy(model, balanced, hooks=hooks, batch_size=batch_size).accuracy
         rows.append(
             {
                 "value": float(value),
-                "bias": headline_bias(result),
+                "bias": bias,
                 "balanced_accuracy": acc,
                 "accuracy_drop": base_acc - acc,
             }

@@ -195,3 +195,22 @@ def test_organism_has_order_dependence(organism):
     att = rb.attention.groupby("slot").share.mean()
     # the in-context heads' attention depends strongly on the slot: the positional prior to correct
     assert att.max() > 3 * att.min()
+
+
+def test_block_gap_alone_equals_the_full_recency_measure():
+    """Tuning measures only the two blocked orders: the same block gap as recency_bias, a quarter of the passes."""
+    from icl_heads.bias import recency_block_gap
+    from icl_heads.engine import count_cost
+    from icl_heads.organism import HELDOUT_TEMPLATES
+
+    model = ih.load_model("organism")
+    task = ih.organism_task(template=HELDOUT_TEMPLATES[1], max_words=6, noise_rate=0.3)
+    hooks = ih.ablation(model, [(1, 1), (1, 3)])
+    for h, seed in (((), 3), (hooks, 3), (hooks, 4)):
+        with count_cost() as full_cost:
+            full = ih.recency_bias(model, task, shots=4, n=60, seed=seed, hooks=h, heads=[(1, 1)], n_boot=50)
+        with count_cost() as alone_cost:
+            alone = recency_block_gap(model, task, shots=4, n=60, seed=seed, hooks=h, batch_size=7)
+        assert alone == full.block_gap
+        assert alone_cost.total.rows == full_cost.total.rows // 4
+    assert full.block_gap != 0  # a setting where there is a gap to get right
