@@ -243,6 +243,37 @@ def prompt_key(tp: TokenizedPrompts) -> str | None:
     return key
 
 
+def _memo_table(model: Any, key: tuple) -> collections.OrderedDict | None:
+    """The model's table of reusable results, or ``None`` when ``key`` or the model's state rules reuse out."""
+    state = _model_state(model)
+    if state is None or any(k is None for k in key):
+        return None
+    table = _MEMO.get(model)
+    if table is None or table[0] != state:
+        table = (state, collections.OrderedDict())
+        _MEMO[model] = table
+    return table[1]
+
+
+def memo_get(model: Any, key: tuple) -> Any:
+    """An earlier result stored under ``key`` for this model state (``None`` if there is none)."""
+    entries = _memo_table(model, key)
+    if entries is None or key not in entries:
+        return None
+    entries.move_to_end(key)
+    return entries[key]
+
+
+def memo_put(model: Any, key: tuple, value: Any) -> None:
+    """Store ``value`` under ``key`` for this model state (nothing is stored when reuse is ruled out)."""
+    entries = _memo_table(model, key)
+    if entries is None:
+        return
+    entries[key] = value
+    if len(entries) > MEMO_ENTRIES:
+        entries.popitem(last=False)
+
+
 def memoised(model: Any, key: tuple[str | None, ...], compute: Callable[[], T]) -> T:
     """``compute()``, or its earlier value for the same model state and ``key``.
 
@@ -250,19 +281,9 @@ def memoised(model: Any, key: tuple[str | None, ...], compute: Callable[[], T]) 
     model carries temporary hooks (e.g. inside ``ablate(...)``), whose effect the key
     cannot see. Entries are dropped when the weights change in place.
     """
-    state = _model_state(model)
-    if state is None or any(k is None for k in key):
-        return compute()
-    table = _MEMO.get(model)
-    if table is None or table[0] != state:
-        table = (state, collections.OrderedDict())
-        _MEMO[model] = table
-    entries = table[1]
-    if key in entries:
-        entries.move_to_end(key)
-        return entries[key]
+    hit = memo_get(model, key)
+    if hit is not None:
+        return hit
     value = compute()
-    entries[key] = value
-    if len(entries) > MEMO_ENTRIES:
-        entries.popitem(last=False)
+    memo_put(model, key, value)
     return value

@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads.attribution import largest_heads, per_prompt_attribution
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, digest, memo_get, memo_put
 from icl_heads.interventions import HOWS, WHERE, head_means
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
@@ -95,15 +95,30 @@ def _per_prompt_ablation(
     where: str = "all",
     means: Tensor | None = None,
 ) -> Float[Tensor, "batch layer head"]:
-    """Per-prompt drop in gold log-probability when each head alone is ablated (only ``heads`` if given; NaN elsewhere)."""
+    """Per-prompt drop in gold log-probability when each head alone is ablated (only ``heads`` if given; NaN elsewhere).
+
+    Drops computed before for the same batch and ablation (e.g. by the head search,
+    then by :func:`~icl_heads.agreement.compare_head_scores`) are read back.
+    """
     b = len(batch.golds)
     gold = label_ids[batch.golds]
-    base_logits, _ = access.run(batch)
-    base = base_logits.log_softmax(-1)[torch.arange(b), gold.to(base_logits.device)].cpu()
     all_heads = (
         list(heads) if heads is not None else [(la, h) for la in range(access.n_layers) for h in range(access.n_heads)]
     )
     out = torch.full((b, access.n_layers, access.n_heads), float("nan") if heads is not None else 0.0)
+    key = ("ablation_drop", digest(batch.tokens, batch.attention_mask, gold), how, where, digest(means))
+    todo = []
+    for layer, h in all_heads:
+        hit = memo_get(access.model, (*key, layer, h))
+        if hit is None:
+            todo.append((layer, h))
+        else:
+            out[:, layer, h] = hit
+    if not todo:
+        return out
+    all_heads = todo
+    base_logits, _ = access.run(batch)
+    base = base_logits.log_softmax(-1)[torch.arange(b), gold.to(base_logits.device)].cpu()
     step = max(1, heads_per_pass)
     for start in range(0, len(all_heads), step):
         chunk = all_heads[start : start + step]
@@ -137,6 +152,7 @@ def _per_prompt_ablation(
         lp = logits.log_softmax(-1)[torch.arange(m * b), gold.repeat(m).to(logits.device)].cpu().view(m, b)
         for i, (layer, h) in enumerate(chunk):
             out[:, layer, h] = base - lp[i]
+            memo_put(access.model, (*key, layer, h), out[:, layer, h].clone())
     return out
 
 

@@ -159,3 +159,14 @@ def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task
         ih.icl_accuracy(model, prompts, batch_size=6)
         ih.icl_accuracy(model, prompts, hooks=ih.ablation(model, [(1, 0)]), batch_size=6)
     assert ledger.total.layer_tokens == ledger.total.tokens * model.cfg.n_layers
+
+
+def test_ablation_drops_are_computed_once_per_batch_and_head(models, task):
+    model = models["gpt2"]
+    prompts = task.prompts(8, 2, seed=31)
+    with count_cost() as first:
+        a = ih.score_heads(model, prompts, methods=("ablation",), batch_size=4)
+    with count_cost() as again:
+        b = ih.score_heads(model, task.prompts(8, 2, seed=31), methods=("ablation",), batch_size=4)
+    assert first.total.passes > 0 and again.total.passes == 0
+    assert torch.equal(a["ablation"], b["ablation"])
