@@ -168,7 +168,8 @@ def section_mechanism(ctx: Context, report) -> None:
     heads = ctx.found.heads if ctx.found is not None else None
     ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, progress=ctx.progress)
     qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, progress=ctx.progress)
-    towers = ih.two_tower_test(ctx.model, ctx.held_out, progress=ctx.progress)
+    # every head, read where the in-context heads read (heads that read elsewhere are named in its warning)
+    towers = ih.two_tower_test(ctx.model, ctx.held_out, read_at=qk.config["read_at"], progress=ctx.progress)
     try:
         flip = ih.flip_analysis(ctx.model, ctx.held_out, heads=heads, resample_demos=True, seed=ctx.args.seed)
     except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
@@ -188,6 +189,12 @@ def section_mechanism(ctx: Context, report) -> None:
     report.warnings(parts, qk)
     report.numbers(parts, qk.summary())
     report.figure(parts, qk.plot())
+    report.text(
+        parts,
+        f"Two towers: every head's QK score at the '{towers.config['read_at']}' positions as a "
+        "classifier of same-class demonstrations (ROC AUC; 0.5 = chance).",
+    )
+    report.warnings(parts, towers)
     report.figure(parts, plot_auc_heatmap(towers))
     if flip is None:
         report.text(

@@ -434,6 +434,32 @@ def test_analyses_warn_loudly_where_the_head_does_not_read(two_tower, word_promp
     assert mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="label").warnings == ()
 
 
+def test_two_tower_test_follows_read_at_and_warns_where_the_head_does_not_read(
+    two_tower, word_prompts, caplog, tmp_path
+):
+    # L0H0 reads label tokens only; the newline after each label carries no label and gets no attention
+    auto = mech.two_tower_test(two_tower, word_prompts, [(0, 0)])
+    assert auto.config["read_at_requested"] == "auto" and auto.config["read_at"] == "label" and auto.warnings == ()
+    lab = mech.two_tower_test(two_tower, word_prompts, [(0, 0)], read_at="label")
+    assert lab.warnings == () and lab.df.auc_score.item() == 1.0
+    with caplog.at_level("WARNING"):
+        after = mech.two_tower_test(two_tower, word_prompts, [(0, 0)], read_at="after_label")
+    assert after.config["read_at"] == "after_label"
+    assert len(after.warnings) == 1 and after.warnings[0].startswith("NOT READ") and "'label'" in after.warnings[0]
+    assert any("NOT READ" in r.message for r in caplog.records)
+    assert after.summary()["WARNING"] == after.warnings[0] and "NOT READ" in after._repr_html_()
+    assert after.config["share_at_read_positions"]["L0H0"] < after.config["min_read_share"]
+    assert mech.TwoTowerTest.load(after.save(tmp_path / "tt")).warnings == after.warnings
+    # the newline's key holds no label, so its score cannot separate the classes
+    assert after.df.auc_score.item() == CHANCE
+    # a slot's score is the log-sum-exp of its tokens' scores, its cosine their mean
+    slot = mech.two_tower_test(two_tower, word_prompts, [(0, 0)], read_at="slot")
+    lab_s, after_s = lab.positions.score.to_numpy(), after.positions.score.to_numpy()
+    np.testing.assert_allclose(slot.positions.score, np.logaddexp(lab_s, after_s), rtol=1e-5, atol=1e-5)
+    mean_cos = (lab.positions.cosine.to_numpy() + after.positions.cosine.to_numpy()) / 2
+    np.testing.assert_allclose(slot.positions.cosine, mean_cos, atol=1e-6)
+
+
 def test_slot_reading_sums_attention_over_the_slot(two_tower, word_prompts):
     qk = mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="slot")
     lab = mech.qk_label_attention(two_tower, word_prompts, [(0, 0)], read_at="label")

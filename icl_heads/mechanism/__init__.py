@@ -9,7 +9,7 @@ output ``z_t W_O^{l,h}``.
   vocabulary and top tokens of the vectors at label positions and at control (non-label) positions.
 * :func:`qk_label_attention` (:mod:`.qk`): attention and pre-softmax scores from ``t`` to
   each label position, by whether the demonstration's label is the gold label or the prediction.
-* :func:`two_tower_test` (:mod:`.qk`): how well the score separates same-class
+* :func:`two_tower_test` (:mod:`.towers`): how well the score separates same-class
   demonstrations (ROC AUC) next to the cosine of the residual streams, and an optional
   low-rank bilinear probe.
 * :func:`flip_analysis` (:mod:`.flips`): prompt pairs whose prediction flips; how much
@@ -29,7 +29,8 @@ from icl_heads.mechanism._maths import (
 )
 from icl_heads.mechanism.flips import FlipAnalysis, flip_analysis, flip_prompts
 from icl_heads.mechanism.ov import OVLabelFeatures, ov_label_features, per_position_ov
-from icl_heads.mechanism.qk import QKLabelAttention, TwoTowerTest, qk_label_attention, two_tower_test
+from icl_heads.mechanism.qk import QKLabelAttention, qk_label_attention
+from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
 
 __all__ = [
     "FlipAnalysis",
