@@ -136,7 +136,9 @@ def section_heads(ctx: Context, report) -> None:
     report.text(parts, "Where each head reads: its final-position attention by token role (mean over prompts).")
     report.figure(parts, reading.heatmap())
     report.table(parts, reading.reads(found.heads))
-    count = ih.heads_needed(ctx.model, ctx.held_out, found, greedy=False, n_random=10, max_k=min(total, 16))
+    count = ih.heads_needed(
+        ctx.model, ctx.held_out, found, greedy=False, n_random=10, max_k=min(total, 16), seed=ctx.args.seed
+    )
     report.text(
         parts,
         f"How many heads carry ICL: the smallest set, in {found.method} order, whose ablation brings accuracy to "
@@ -148,7 +150,8 @@ def section_heads(ctx: Context, report) -> None:
     count.df.to_csv(ctx.out / "results" / "heads_needed.csv", index=False)
     ctx.summary["heads_needed"] = count.summary()
     # the one-backward-pass estimate of the ablation score, checked against the exact score on a sample of heads
-    agreement = ih.compare_head_scores(ctx.model, ctx.held_out, sample=min(total, 40), seed=ctx.args.seed)
+    # on the prompts the heads were scored on: the exact ablation score computed there is read back
+    agreement = ih.compare_head_scores(ctx.model, ctx.prompts, sample=min(total, 40), seed=ctx.args.seed)
     agreement_section(report, agreement)
     agreement.df.to_csv(ctx.out / "results" / "attribution_agreement.csv", index=False)
     ctx.summary["attribution_agreement"] = agreement.summary()

@@ -63,13 +63,14 @@ def predict(
     label_ids = torch.tensor(tp.label_token_ids)
 
     def compute() -> Predictions:
-        logits, strict = [], []
-        for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="evaluating"):
+        logits = torch.zeros(len(tp), len(label_ids))
+        strict = torch.zeros(len(tp), dtype=torch.long)
+        options = RunOptions(batch_size, padding_side, progress)
+        for batch in batches(access, tp, options, desc="evaluating", by_length=True):
             final, _ = access.run(batch, hooks=hooks)
-            logits.append(final[:, label_ids.to(final.device)].cpu())
-            gold_ids = label_ids[batch.golds]
-            strict.append((final.argmax(-1).cpu() == gold_ids).long())
-        return Predictions(torch.cat(logits), torch.cat(strict), torch.tensor(tp.golds))
+            logits[batch.index] = final[:, label_ids.to(final.device)].cpu()
+            strict[batch.index] = (final.argmax(-1).cpu() == label_ids[batch.golds]).long()
+        return Predictions(logits, strict, torch.tensor(tp.golds))
 
     # the same prompts under the same intervention (e.g. a random head set drawn again) are run once
     return memoised(access.model, ("predict", prompt_key(tp), intervention_key(hooks)), compute)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from icl_heads._stats import bootstrap_ci
 from icl_heads.accuracy import predict
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised
 from icl_heads.interventions import check_heads
 from icl_heads.models import Capture, Head, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
@@ -406,8 +406,6 @@ def recency_block_gap(
     Raises:
         TypeError, ValueError: see :func:`recency_prompts`.
     """
-    from icl_heads.accuracy import predict
-
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     names = ["blocked", "blocked_reversed"]
     logits = torch.stack([predict(model, orders[k], hooks=hooks, batch_size=batch_size).label_logits for k in names])
@@ -539,9 +537,33 @@ def recency_bias(
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
         ValueError: ``shots < 2``, bad heads, or too few examples per class.
     """
+    access = ModelAccess(model, analysis="recency_bias")
+    # the same measurement asked for again (e.g. the bias before a correction) is read back
+    key = (
+        "recency_bias",
+        intervention_key(task),
+        shots,
+        n,
+        seed,
+        n_random_orders,
+        digest(heads),
+        intervention_key(hooks),
+    )
+    return memoised(
+        access.model,
+        (*key, n_boot),
+        lambda: _recency_bias(
+            access, task, shots, n, seed, n_random_orders, heads, hooks, batch_size, n_boot, progress
+        ),
+    )
+
+
+def _recency_bias(
+    access: ModelAccess, task: ICLTask, shots: int, n: int, seed: int, n_random_orders: int,
+    heads: Sequence[Sequence[int]] | None, hooks: Hooks, batch_size: int, n_boot: int, progress: bool,
+) -> RecencyBias:  # fmt: skip
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     base = orders["original"]
-    access = ModelAccess(model, analysis="recency_bias")
     heads = resolve_heads(access, heads, base)
     layers = sorted({layer for layer, _ in heads})
     logits, lasts = [], []
@@ -550,15 +572,15 @@ def recency_bias(
         lasts.append(torch.tensor([p.demos[-1][1] for p in prompts.prompts]))
         tp = access.tokenize(prompts)
         label_ids = torch.tensor(tp.label_token_ids)
-        part = []
-        for batch in batches(access, tp, RunOptions(batch_size)):
+        part = torch.zeros(len(tp), len(label_ids))
+        for batch in batches(access, tp, RunOptions(batch_size), by_length=True):
             caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
             final, got = access.run(batch, hooks=hooks, capture=caps)
-            part.append(final[:, label_ids.to(final.device)].cpu())
+            part[batch.index] = final[:, label_ids.to(final.device)].cpu()
             for j, (layer, h) in enumerate(heads):
                 pat = got[access.hook(layer, "pattern")][:, h].cpu()  # [batch, key]
                 slot_att[o, batch.index, j] = pat.gather(1, batch.label_positions)
-        logits.append(torch.cat(part))
+        logits.append(part)
     order_names = list(orders)
     label_logits, last_labels, golds = torch.stack(logits), torch.stack(lasts), base.golds
     pred = label_logits.argmax(-1)

@@ -147,6 +147,7 @@ def tune_correction(
     seed: int = 1,
     max_accuracy_drop: float = 0.01,
     progress: bool = False,
+    noop: float | None = None,
     **measure: Any,
 ) -> tuple[float, pd.DataFrame]:
     """Choose a correction's hyperparameter on tuning prompts (never the test prompts).
@@ -167,6 +168,8 @@ def tune_correction(
         seed: seed of the tuning prompts (use one you do not test on).
         max_accuracy_drop: largest allowed drop of balanced accuracy (0.01 = 1 point).
         progress: show a progress bar.
+        noop: the value at which ``build`` changes nothing (every built-in correction: 0);
+            that value is measured on the uncorrected model.
         **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
             :func:`~icl_heads.bias.recency_bias`.
 
@@ -185,7 +188,8 @@ def tune_correction(
     base_acc = icl_accuracy(model, balanced, batch_size=batch_size).accuracy
     rows = []
     for value in tqdm(list(grid), desc=f"tuning {kind} correction", disable=not progress):
-        hooks = build(float(value))
+        # the no-op value is the uncorrected model itself: its measurements are the clean ones
+        hooks = () if noop is not None and float(value) == noop else build(float(value))
         if kind == "recency":  # the block gap alone: its two orders, not every order recency_bias reports
             keep = ("n_random_orders", "batch_size")
             bias = recency_block_gap(
@@ -237,7 +241,7 @@ def _evaluate(
 ) -> BiasCorrection:  # fmt: skip
     value, tuning = tune_correction(
         model, task, build, grid, kind=kind, shots=shots, n=tune_n, seed=tune_seed,
-        max_accuracy_drop=max_accuracy_drop, progress=progress, batch_size=batch_size, **measure,
+        max_accuracy_drop=max_accuracy_drop, progress=progress, batch_size=batch_size, noop=0.0, **measure,
     )  # fmt: skip
     hooks = build(value)
     kw = dict(shots=shots, n=n, seed=seed, batch_size=batch_size, n_boot=n_boot, **measure)

@@ -63,14 +63,31 @@ def run_options(options: RunOptions | None = None, **overrides: Any) -> RunOptio
 
 
 def batches(
-    access: ModelAccess, tp: TokenizedPrompts, options: RunOptions | None = None, *, desc: str = "running"
+    access: ModelAccess,
+    tp: TokenizedPrompts,
+    options: RunOptions | None = None,
+    *,
+    desc: str = "running",
+    by_length: bool = False,
 ) -> Iterator[PromptBatch]:
     """The batches of ``tp`` under ``options``, with a progress bar named ``desc`` when asked for.
 
     This is the one loop over prompts: analyses map their per-batch work over it.
+    ``by_length`` groups prompts of similar length (less padding, the same results):
+    batches then come in length order, and each batch's ``index`` says which prompts it
+    holds, so the caller must place per-prompt results by ``batch.index``.
     """
     options = options or RunOptions()
-    parts = list(access.batches(tp, options.batch_size, options.padding_side))
+    if by_length:
+        from icl_heads.prompts import PromptBatch
+
+        order = sorted(range(len(tp)), key=lambda i: len(tp.tokens[i]))
+        size, pad = options.batch_size, access.pad_id()
+        parts = [
+            PromptBatch.build(tp, order[s : s + size], options.padding_side, pad) for s in range(0, len(order), size)
+        ]
+    else:
+        parts = list(access.batches(tp, options.batch_size, options.padding_side))
     yield from tqdm(parts, desc=desc, disable=not options.progress)
 
 
@@ -243,8 +260,32 @@ def prompt_key(tp: TokenizedPrompts) -> str | None:
     return key
 
 
+_REUSE: contextvars.ContextVar[bool] = contextvars.ContextVar("icl_heads_reuse", default=True)
+
+
+@contextlib.contextmanager
+def no_reuse() -> Iterator[None]:
+    """Inside the block every result is computed afresh: nothing earlier is read back, nothing is kept.
+
+    For checking that reuse changes nothing, and for tests that compare two runs of the
+    same analysis (batch sizes, padding) which would otherwise read the first one back.
+    """
+    token = _REUSE.set(False)
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
+
+
+def reuse_allowed() -> bool:
+    """Whether results may be read back and kept (see :func:`no_reuse`)."""
+    return _REUSE.get()
+
+
 def _memo_table(model: Any, key: tuple) -> collections.OrderedDict | None:
     """The model's table of reusable results, or ``None`` when ``key`` or the model's state rules reuse out."""
+    if not _REUSE.get():
+        return None
     state = _model_state(model)
     if state is None or any(k is None for k in key):
         return None
@@ -274,7 +315,7 @@ def memo_put(model: Any, key: tuple, value: Any) -> None:
         entries.popitem(last=False)
 
 
-def memoised(model: Any, key: tuple[str | None, ...], compute: Callable[[], T]) -> T:
+def memoised(model: Any, key: tuple, compute: Callable[[], T]) -> T:
     """``compute()``, or its earlier value for the same model state and ``key``.
 
     Nothing is reused when a part of ``key`` is ``None`` (no stable identity) or the

@@ -133,7 +133,9 @@ def heads_needed(
 
     def record(search: str, heads: tuple[Head, ...], correct: np.ndarray) -> None:
         lo, hi = bootstrap_ci(correct, seed=seed)
-        sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed + len(heads))
+        # drawn as ablation_curve and verify_heads draw them (one seed for every size): with the same seed and
+        # prompts, the sets they share are run once (the first n_random of a larger draw are the same sets)
+        sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed)
         rand = np.array([acc(s).mean() for s in sets])
         rows.append(
             {

@@ -471,7 +471,7 @@ class PromptBatch:
         )
 
     @classmethod
-    def build(cls, tp: TokenizedPrompts, index: range, padding_side: str, pad_id: int) -> PromptBatch:
+    def build(cls, tp: TokenizedPrompts, index: Sequence[int], padding_side: str, pad_id: int) -> PromptBatch:
         rows = [tp.tokens[i] for i in index]
         width = max(map(len, rows))
         n_demo = max((len(tp.label_positions[i]) for i in index), default=0)

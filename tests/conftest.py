@@ -68,3 +68,12 @@ def task():
 @pytest.fixture(scope="session")
 def organism():
     return load_model("organism")
+
+
+@pytest.fixture
+def fresh():
+    """Compute every result afresh in this test: runs compared for invariance must not read each other back."""
+    from icl_heads.engine import no_reuse
+
+    with no_reuse():
+        yield

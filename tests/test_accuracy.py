@@ -39,7 +39,7 @@ def assert_same_result(a, b):
     assert torch.equal(a.strict_correct, b.strict_correct) and torch.equal(a.golds, b.golds)
 
 
-def test_padding_and_batch_size_do_not_change_results(any_model, task):
+def test_padding_and_batch_size_do_not_change_results(any_model, task, fresh):
     prompts = task.prompts(32, 5, seed=3)
     access = ModelAccess(any_model)
     tp = access.tokenize(prompts)
@@ -161,7 +161,7 @@ def test_result_round_trips(models, task, tmp_path):
 
 
 @pytest.mark.slow
-def test_organism_learns_in_context_and_is_batch_invariant(organism):
+def test_organism_learns_in_context_and_is_batch_invariant(organism, fresh):
     prompts = organism_task(seed=2024).prompts(64, 4, seed=4049)
     ref = ih.icl_accuracy(organism, prompts)
     assert ref.accuracy >= 0.9 and ref.ci[0] >= 0.8

@@ -110,7 +110,7 @@ def test_exact_variants_match_the_intervention_module(any_model, task):
             assert torch.isnan(got[:, 0, 0]).all()  # heads not asked for are not scored
 
 
-def test_attribution_does_not_depend_on_batch_size_or_padding(any_model, task):
+def test_attribution_does_not_depend_on_batch_size_or_padding(any_model, task, fresh):
     prompts = task.prompts(10, 3, seed=14)
     ref = ih.score_heads(any_model, prompts, methods=("attribution",), batch_size=10)["attribution"]
     for bs, side in [(1, "right"), (4, "left")]:

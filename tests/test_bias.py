@@ -114,7 +114,7 @@ def test_majority_bias_of_a_label_counter(copier):
     assert set(mb.df.gold) == {"all", "foo", "bar"}
 
 
-def test_measurements_do_not_depend_on_batch_size(any_model, task):
+def test_measurements_do_not_depend_on_batch_size(any_model, task, fresh):
     a = majority_bias(any_model, task, shots=2, n=8, skews=[(2, 1)], batch_size=8, n_boot=50)
     b = majority_bias(any_model, task, shots=2, n=8, skews=[(2, 1)], batch_size=3, n_boot=50)
     torch.testing.assert_close(a.label_logits, b.label_logits, atol=1e-4, rtol=1e-4)

@@ -80,7 +80,8 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
     assert cost["accuracy"]["rows"] == 16 and cost["accuracy"]["passes"] >= 1
     for key in ("passes", "rows", "tokens", "layer_tokens"):
         assert cost["total"][key] == cost["accuracy"][key] + cost["heads"][key]
-    assert cost["total"]["layer_tokens"] >= cost["total"]["tokens"] * 2  # the tiny model has two layers
+    # the tiny model has two layers; passes resumed at layer 1 run one of them
+    assert cost["total"]["tokens"] < cost["total"]["layer_tokens"] <= cost["total"]["tokens"] * 2
     assert prov["cost"]["forward passes"] == cost["total"]["passes"]
     assert html.index("id='provenance'") < html.index("id='cost'")
 

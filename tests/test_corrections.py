@@ -237,7 +237,7 @@ def _concat(*sets):
     return ih.ICLPrompts(prompts=sum((p.prompts for p in sets), ()), task=sets[0].task)
 
 
-def test_corrected_accuracy_does_not_depend_on_batch_or_padding(any_model, task):
+def test_corrected_accuracy_does_not_depend_on_batch_or_padding(any_model, task, fresh):
     # prompts with 3 and 4 demonstrations share batches: padded label slots must not leak in
     prompts = _concat(task.prompts(6, 4, seed=6, counts=(3, 1)), task.prompts(5, 3, seed=7))
     reference = _concat(task.prompts(10, 4, seed=12), task.prompts(10, 3, seed=13))

@@ -95,7 +95,7 @@ def test_hand_built_copier_is_the_only_head_with_logits(copier):
     assert kinds.loc["MLP0", "kind"] == "label-biased"
 
 
-def test_decomposition_does_not_depend_on_batch_or_padding(any_model, task):
+def test_decomposition_does_not_depend_on_batch_or_padding(any_model, task, fresh):
     prompts = task.prompts(9, 3, seed=6)
     ref = decompose(any_model, prompts, batch_size=9)
     for bs, side in [(1, "right"), (4, "left")]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -31,7 +33,7 @@ def test_run_options_refuse_bad_values():
 
 
 @pytest.mark.parametrize("batch_size", [3, 8])
-def test_ledger_counts_every_pass_row_token_and_layer(models, task, batch_size):
+def test_ledger_counts_every_pass_row_token_and_layer(models, task, batch_size, fresh):
     model = models["gpt2"]
     prompts = task.prompts(10, 2, seed=100 + batch_size)  # fresh prompts: nothing to reuse
     access = ModelAccess(model, check=False)
@@ -41,23 +43,25 @@ def test_ledger_counts_every_pass_row_token_and_layer(models, task, batch_size):
     total = ledger.total
     assert total.passes == math.ceil(10 / batch_size)
     assert total.rows == 10
-    expected_tokens = sum(
-        len(b.tokens) * b.tokens.shape[1] for b in access.batches(tp, batch_size, "right")
-    )  # padded: each batch is as long as its longest prompt
+    # prompts are batched by length; a batch is padded to its longest prompt
+    lengths = sorted(map(len, tp.tokens))
+    chunks = [lengths[s : s + batch_size] for s in range(0, len(lengths), batch_size)]
+    expected_tokens = sum(len(c) * max(c) for c in chunks)
     assert total.tokens == expected_tokens
+    assert expected_tokens <= sum(len(b.tokens) * b.tokens.shape[1] for b in access.batches(tp, batch_size, "right"))
     assert total.layer_tokens == expected_tokens * model.cfg.n_layers
     assert list(ledger.df.section) == ["total"]
 
 
-def test_ledgers_nest_and_split_by_section(models, task):
+def test_ledgers_nest_and_split_by_section(models, task, fresh):
     model = models["gpt2"]
-    prompts = task.prompts(6, 2, seed=1)
+    prompts = task.prompts(6, 2, seed=9001)
     outer = CostLedger()
     with count_cost(outer):
         with outer.section("first"):
             ih.icl_accuracy(model, prompts, batch_size=6)
         with count_cost() as inner, outer.section("second"):
-            ih.icl_accuracy(model, task.prompts(6, 2, seed=11), batch_size=3)
+            ih.icl_accuracy(model, task.prompts(6, 2, seed=9011), batch_size=3)
     assert outer.sections["first"].passes == 1
     assert outer.sections["second"].passes == 2
     assert inner.total.passes == 2 and inner.total.rows == 6
@@ -69,7 +73,7 @@ def test_ledgers_nest_and_split_by_section(models, task):
 def test_no_ledger_no_cost(models, task):
     with count_cost() as ledger:
         pass
-    ih.icl_accuracy(models["gpt2"], task.prompts(4, 2, seed=2))
+    ih.icl_accuracy(models["gpt2"], task.prompts(4, 2, seed=9002))
     assert ledger.total.passes == 0
 
 
@@ -78,19 +82,19 @@ def test_same_prompts_and_intervention_run_once(models, task):
     model = models["gpt2"]
     heads = [(1, 0), (0, 2)]
     with count_cost() as ledger:
-        a = ih.icl_accuracy(model, task.prompts(12, 2, seed=3), hooks=ih.ablation(model, heads), batch_size=4)
-        b = ih.icl_accuracy(model, task.prompts(12, 2, seed=3), hooks=ih.ablation(model, heads[::-1]), batch_size=6)
+        a = ih.icl_accuracy(model, task.prompts(12, 2, seed=9003), hooks=ih.ablation(model, heads), batch_size=4)
+        b = ih.icl_accuracy(model, task.prompts(12, 2, seed=9003), hooks=ih.ablation(model, heads[::-1]), batch_size=6)
     assert ledger.total.passes == 3  # the second call (same heads, other order and batch size) ran nothing
     assert torch.equal(a.label_logits, b.label_logits)
     with count_cost() as ledger:
-        ih.icl_accuracy(model, task.prompts(12, 2, seed=3), hooks=ih.ablation(model, heads[:1]), batch_size=4)
-        ih.icl_accuracy(model, task.prompts(12, 2, seed=4), hooks=ih.ablation(model, heads), batch_size=4)
+        ih.icl_accuracy(model, task.prompts(12, 2, seed=9003), hooks=ih.ablation(model, heads[:1]), batch_size=4)
+        ih.icl_accuracy(model, task.prompts(12, 2, seed=9004), hooks=ih.ablation(model, heads), batch_size=4)
     assert ledger.total.passes == 6  # another intervention, other prompts: both run
 
 
 def test_nothing_is_reused_under_temporary_hooks_or_after_weights_change(models, task):
     model = models["llama"]
-    prompts = task.prompts(8, 2, seed=5)
+    prompts = task.prompts(8, 2, seed=9005)
     clean = ih.icl_accuracy(model, prompts).label_logits
     with ih.ablate(model, [(0, 0), (0, 1), (1, 0), (1, 1)]):
         ablated = ih.icl_accuracy(model, prompts).label_logits
@@ -110,35 +114,30 @@ def test_nothing_is_reused_under_temporary_hooks_or_after_weights_change(models,
     assert torch.allclose(ih.icl_accuracy(model, prompts, hooks=hooks).label_logits, first, atol=1e-5)
 
 
-def _no_keeping(monkeypatch):
-    import icl_heads._resume as resume
-
-    monkeypatch.setattr(resume, "CACHE_BYTES", 0)
-
-
 @pytest.mark.parametrize("kind", MODEL_KINDS)
-def test_a_pass_resumes_at_its_first_hooked_layer_with_the_same_logits(models, task, kind, monkeypatch):
+def test_a_pass_resumes_at_its_first_hooked_layer_with_the_same_logits(models, task, kind):
     """After a clean pass, ablating a layer-1 head runs only the layers from 1 on, and gives the same logits."""
+    from icl_heads.engine import no_reuse
+
     model = models[kind]
-    prompts = task.prompts(10, 2, seed=21)
+    prompts = task.prompts(10, 2, seed=9021)
     hooks = ih.ablation(model, [(1, 0), (1, 2)])
     with count_cost() as ledger:
         ih.icl_accuracy(model, prompts, batch_size=4)  # clean: keeps the residual entering every block
         resumed = ih.icl_accuracy(model, prompts, hooks=hooks, batch_size=4).label_logits
     n_layers, tokens = model.cfg.n_layers, ledger.total.tokens // 2  # each call runs the same padded tokens
     assert ledger.total.layer_tokens == tokens * n_layers + tokens * (n_layers - 1)
-    _no_keeping(monkeypatch)
-    other = task.prompts(10, 2, seed=21)  # the same prompts, a new object: nothing memoised under this key
-    with count_cost() as full_ledger:
-        full = ih.icl_accuracy(model, other, hooks=ih.ablation(model, [(1, 2), (1, 0), (1, 0)]), batch_size=5)
+    with no_reuse(), count_cost() as full_ledger:  # computed afresh, every pass in full
+        full = ih.icl_accuracy(model, prompts, hooks=hooks, batch_size=5)
+    assert full_ledger.total.passes == 2 and full_ledger.total.layer_tokens == full_ledger.total.tokens * n_layers
     torch.testing.assert_close(resumed, full.label_logits, atol=1e-5, rtol=1e-5)
-    assert full_ledger.total.layer_tokens == full_ledger.total.tokens * model.cfg.n_layers  # nothing kept: in full
+    assert (resumed - ih.icl_accuracy(model, prompts, batch_size=4).label_logits).abs().max() > 1e-3  # it ablates
 
 
 def test_nothing_is_kept_under_temporary_hooks(models, task):
 
     model = models["llama"]
-    prompts = task.prompts(6, 2, seed=22)
+    prompts = task.prompts(6, 2, seed=9022)
     with ih.ablate(model, [(0, 0)]):
         ih.icl_accuracy(model, prompts)
     with count_cost() as ledger:
@@ -154,7 +153,7 @@ def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task
 
     model = ih.load_model(tiny_family_dir("bloom", tmp_path / "bloom"))
     assert not support(ModelAccess(model, check=False)).resume
-    prompts = task.prompts(6, 2, seed=23)
+    prompts = task.prompts(6, 2, seed=9023)
     with count_cost() as ledger:
         ih.icl_accuracy(model, prompts, batch_size=6)
         ih.icl_accuracy(model, prompts, hooks=ih.ablation(model, [(1, 0)]), batch_size=6)
@@ -163,10 +162,31 @@ def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task
 
 def test_ablation_drops_are_computed_once_per_batch_and_head(models, task):
     model = models["gpt2"]
-    prompts = task.prompts(8, 2, seed=31)
+    prompts = task.prompts(8, 2, seed=9031)
     with count_cost() as first:
         a = ih.score_heads(model, prompts, methods=("ablation",), batch_size=4)
     with count_cost() as again:
-        b = ih.score_heads(model, task.prompts(8, 2, seed=31), methods=("ablation",), batch_size=4)
+        b = ih.score_heads(model, task.prompts(8, 2, seed=9031), methods=("ablation",), batch_size=4)
     assert first.total.passes > 0 and again.total.passes == 0
     assert torch.equal(a["ablation"], b["ablation"])
+
+
+def test_reuse_changes_no_result(models, task):
+    """Analyses read back and resumed give what they give computed afresh."""
+    from icl_heads.engine import no_reuse
+
+    model = models["llama"]
+    prompts = task.prompts(10, 2, seed=9041)
+    runs = []
+    for fresh in (True, False, False):
+        ctx = no_reuse() if fresh else contextlib.nullcontext()
+        with ctx, count_cost() as ledger:
+            curve = ih.ablation_curve(model, prompts, torch.arange(8.0).view(2, 4), ks=(1, 2), n_random=3, seed=9000)
+            scores = ih.score_heads(model, prompts, methods=("ablation",), batch_size=5)["ablation"]
+        runs.append((curve, scores, ledger.total.layer_tokens))
+    (c0, s0, cost0), (c1, s1, cost1), (c2, s2, cost2) = runs
+    pd.testing.assert_frame_equal(c0, c1, atol=1e-6)
+    pd.testing.assert_frame_equal(c0, c2, atol=1e-6)
+    torch.testing.assert_close(s0, s1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s0, s2)
+    assert cost2 == 0 < cost1 <= cost0  # the third run reads everything back

@@ -52,7 +52,7 @@ def test_find_and_verify_on_hand_built_model(copier, majority_prompts):
     assert len(found.random_accuracies) == 12
 
 
-def test_scores_do_not_depend_on_batch_size_or_padding(any_model, task):
+def test_scores_do_not_depend_on_batch_size_or_padding(any_model, task, fresh):
     prompts = task.prompts(14, 3, seed=5)
     ref = ih.score_heads(any_model, prompts, batch_size=14)
     for bs, side in [(1, "right"), (7, "left"), (4, "left")]:
@@ -61,7 +61,7 @@ def test_scores_do_not_depend_on_batch_size_or_padding(any_model, task):
             torch.testing.assert_close(got[m], ref[m], atol=1e-5, rtol=1e-5)
 
 
-def test_ablation_scores_do_not_depend_on_heads_per_pass(any_model, task):
+def test_ablation_scores_do_not_depend_on_heads_per_pass(any_model, task, fresh):
     prompts = task.prompts(6, 2, seed=6)
     one = ih.score_heads(any_model, prompts, methods=("ablation",), heads_per_pass=1)["ablation"]
     many = ih.score_heads(any_model, prompts, methods=("ablation",), heads_per_pass=5)["ablation"]

@@ -208,7 +208,7 @@ def test_captured_attention_scores_and_ov_logits_match_a_cached_pass(any_model, 
             assert part.position.tolist() == lp
 
 
-def test_results_do_not_depend_on_batch_size_or_padding(any_model, task):
+def test_results_do_not_depend_on_batch_size_or_padding(any_model, task, fresh):
     prompts = task.prompts(7, 3, seed=4)
     heads = [(0, 0), (1, 2)]
     ref_ov = mech.ov_label_features(any_model, prompts, heads, batch_size=7)
