@@ -82,6 +82,7 @@ def heads_needed(
     max_k: int | None = None,
     greedy: bool = True,
     n_random: int = 20,
+    random_for: str = "every",
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = False,
@@ -96,6 +97,9 @@ def heads_needed(
         max_k: largest set tried (default: every head in score order, at most 16 greedy steps).
         greedy: also run the greedy search (``n_heads`` ablations per step).
         n_random: random sets per size.
+        random_for: compare ``"every"`` set tried with random sets of its size, or only the
+            ``"last"`` set of each search (the answer; a fraction of the passes when the
+            random sets of every size are already on an ablation curve).
         seed: seed of the random sets.
         batch_size: prompts per forward pass.
         progress: show progress bars.
@@ -121,6 +125,8 @@ def heads_needed(
     max_k = total if max_k is None else int(max_k)
     if max_k < 1:
         raise ValueError(f"max_k must be at least 1, got {max_k}")
+    if random_for not in ("every", "last"):
+        raise ValueError(f"random_for must be 'every' or 'last', got {random_for!r}")
     golds = torch.tensor(tp.golds)
     chance = float(torch.bincount(golds).max()) / len(golds)
     target = chance + margin
@@ -131,20 +137,33 @@ def heads_needed(
 
     rows: list[dict[str, Any]] = []
 
-    def record(search: str, heads: tuple[Head, ...], correct: np.ndarray) -> None:
-        lo, hi = bootstrap_ci(correct, seed=seed)
+    def with_random(row: dict[str, Any]) -> None:
         # drawn as ablation_curve and verify_heads draw them (one seed for every size): with the same seed and
         # prompts, the sets they share are run once (the first n_random of a larger draw are the same sets)
-        sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed)
+        sets = random_head_sets(access.n_layers, access.n_heads, row["k"], n_random, seed)
         rand = np.array([acc(s).mean() for s in sets])
-        rows.append(
-            {
-                "search": search, "k": len(heads), "heads": ",".join(f"L{a}H{b}" for a, b in heads),
-                "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,
-                "random_accuracy": float(rand.mean()), "random_ci_low": float(np.quantile(rand, 0.025)),
-                "random_ci_high": float(np.quantile(rand, 0.975)),
-            }
-        )  # fmt: skip
+        row.update(
+            random_accuracy=float(rand.mean()),
+            random_ci_low=float(np.quantile(rand, 0.025)),
+            random_ci_high=float(np.quantile(rand, 0.975)),
+        )
+
+    def record(search: str, heads: tuple[Head, ...], correct: np.ndarray) -> None:
+        lo, hi = bootstrap_ci(correct, seed=seed)
+        row = {
+            "search": search, "k": len(heads), "heads": ",".join(f"L{a}H{b}" for a, b in heads),
+            "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,
+            "random_accuracy": float("nan"), "random_ci_low": float("nan"), "random_ci_high": float("nan"),
+        }  # fmt: skip
+        if random_for == "every":
+            with_random(row)
+        rows.append(row)
+
+    def close(search: str) -> None:
+        """With ``random_for="last"``: the random comparison of the search's last set."""
+        last = [r for r in rows if r["search"] == search]
+        if random_for == "last" and last:
+            with_random(last[-1])
 
     order = top_heads(scores, total)
     k_score = None
@@ -154,6 +173,7 @@ def heads_needed(
         if correct.mean() <= target:
             k_score = k
             break
+    close("score order")
     chosen: list[Head] = []
     k_greedy = None
     if greedy:
@@ -166,13 +186,17 @@ def heads_needed(
             if trials[best].mean() <= target:
                 k_greedy = len(chosen)
                 break
+        close("greedy")
     warnings = tuple(
         f"NOT REACHED: ablating up to {max_k if s == 'score order' else min(max_k, 16, total)} heads in {s} never "
         f"brought accuracy within {margin:g} of chance ({chance:.3g}); more heads (or other components) carry it"
         for s, k in (("score order", k_score), ("greedy", k_greedy if greedy else 0))
         if k is None
     )
-    config = {"margin": margin, "max_k": max_k, "greedy": greedy, "n_random": n_random, "seed": seed}
+    config = {
+        "margin": margin, "max_k": max_k, "greedy": greedy, "n_random": n_random, "random_for": random_for,
+        "seed": seed,
+    }  # fmt: skip
     return HeadCount(
         df=pd.DataFrame(rows),
         k_score=k_score,

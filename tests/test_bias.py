@@ -7,7 +7,6 @@ import icl_heads as ih
 from icl_heads.bias import (
     MajorityBias,
     RecencyBias,
-    _last_label_prob_pull,
     demo_orders,
     majority_bias,
     majority_conditions,
@@ -17,6 +16,7 @@ from icl_heads.bias import (
     recency_bias,
     recency_prompts,
 )
+from icl_heads.order_bias import _last_label_prob_pull
 from icl_heads.organism import HELDOUT_TEMPLATES
 from icl_heads.testing import majority_copier_gpt2_dir, toy_task
 

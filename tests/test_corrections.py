@@ -102,7 +102,8 @@ def test_majority_corrections_change_nothing_with_balanced_counts(any_model, tas
         ov_compensation(any_model, [(1, 0)], 2.0),
     ):
         got, _ = access.run(batch, hooks=corr)
-        torch.testing.assert_close(got, base, atol=1e-6, rtol=0)
+        # exactly: tuning relies on it (balanced_noop) and reuses the uncorrected balanced accuracy
+        assert corr.balanced_noop and torch.equal(got, base)
     # but they do act on imbalanced prompts
     access, batch = _batch(any_model, task.prompts(6, 4, seed=1, counts=(3, 1)))
     base, _ = access.run(batch)

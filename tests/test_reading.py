@@ -150,5 +150,15 @@ def test_heads_needed_on_a_tiny_model(models, task):
     tight = ih.heads_needed(model, prompts, scores, margin=1e-6, max_k=2, greedy=False, n_random=2)
     if tight.k_score is None:
         assert tight.warnings and tight.warnings[0].startswith("NOT REACHED")
+    # random sets only for the answer: the same numbers there, none elsewhere
+    every = ih.heads_needed(model, prompts, scores, margin=1e-6, max_k=3, greedy=False, n_random=3)
+    last = ih.heads_needed(model, prompts, scores, margin=1e-6, max_k=3, greedy=False, n_random=3, random_for="last")
+    assert list(every.df.k) == list(last.df.k) and len(every.df) >= 2
+    cols = ["random_accuracy", "random_ci_low", "random_ci_high"]
+    assert every.df[cols].notna().all().all()
+    assert last.df[cols].iloc[:-1].isna().all().all()
+    pd.testing.assert_series_equal(last.df[cols].iloc[-1], every.df[cols].iloc[-1])
+    with pytest.raises(ValueError, match="random_for"):
+        ih.heads_needed(model, prompts, scores, random_for="some")
     with pytest.raises(ValueError, match="margin"):
         ih.heads_needed(model, prompts, scores, margin=0)

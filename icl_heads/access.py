@@ -1,0 +1,367 @@
+"""Model access: the one place that knows TransformerLens 3 ``HookedTransformer`` from 4 ``TransformerBridge``.
+
+:class:`ModelAccess` wraps any supported model object and gives the rest of the
+package hook names, weights, the frozen final norm, tokenization and a forward pass
+that captures only what an analysis asks for, at the final position. Every forward
+pass of every analysis goes through :meth:`ModelAccess.run`, so the cost ledger
+(:mod:`icl_heads.engine`) sees it and a pass can resume at its first hooked layer
+(:mod:`icl_heads._resume`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_heads._norms import NormMap, fit_norm
+from icl_heads.prompts import ICLPrompts, PromptBatch, PromptTooLongError, TokenizedPrompts
+
+Head = tuple[int, int]
+HookFn = Callable[[Tensor, Any], Tensor | None]
+#: Forward hooks: a list of ``(hook_name, fn)``, or a callable building them for a ``PromptBatch``.
+Hooks = Sequence[tuple[str, HookFn]] | Callable[[PromptBatch], Sequence[tuple[str, HookFn]]]
+
+# the scale of the norm a post-norm layer (Gemma-2/3, OLMo-2) applies to its attention output
+_POST_ATTN_SCALE = "blocks.{layer}.ln1_post.hook_scale"
+
+
+def _supported_classes() -> tuple[type, ...]:
+    classes: list[type] = []
+    try:
+        from transformer_lens import HookedTransformer
+
+        classes.append(HookedTransformer)
+    except ImportError:
+        pass
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        classes.append(TransformerBridge)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A request to keep one hook's activation at each prompt's final position (or label positions)."""
+
+    name: str
+    where: str = "final"  # "final": act[b, final]; "pattern_final": pattern[b, :, final, :]; "all": whole act
+
+
+class ModelAccess:
+    """Uniform access to a TransformerLens 3 ``HookedTransformer`` or 4 ``TransformerBridge``.
+
+    Args:
+        model: the model (or another ``ModelAccess``).
+        check: check the linear identities the analyses rely on
+            (:func:`~icl_heads.faithfulness.check_faithfulness`, once per model) and
+            refuse a model that breaks one. Only code that reads nothing but the
+            model's logits (accuracy) passes ``False``.
+        analysis: the analysis's name, for the refusal message.
+
+    Raises:
+        TypeError: the object is not a supported model.
+        ValueError: a ``TransformerBridge`` without TransformerLens hook names (call
+            ``enable_compatibility_mode()`` first).
+        UnfaithfulModelError: ``check`` and the model breaks an identity.
+    """
+
+    def __init__(self, model: Any, *, check: bool = True, analysis: str = "this analysis"):
+        if isinstance(model, ModelAccess):
+            model = model.model
+        classes = _supported_classes()
+        if not isinstance(model, classes):
+            names = ", ".join(c.__name__ for c in classes)
+            raise TypeError(
+                f"expected a TransformerLens model ({names}), got {type(model).__name__}; "
+                "load one with icl_heads.load_model(name_or_path)"
+            )
+        self.model = model
+        self.kind = (
+            "hooked" if type(model).__name__ == "HookedTransformer" or not hasattr(model, "adapter") else "bridge"
+        )
+        if "blocks.0.attn.hook_z" not in model.hook_dict:
+            raise ValueError(
+                "this TransformerBridge has no TransformerLens hook names (blocks.0.attn.hook_z); "
+                "call model.enable_compatibility_mode(center_unembed=False) first, or use icl_heads.load_model"
+            )
+        cfg = model.cfg
+        self.cfg = cfg
+        self.n_layers: int = cfg.n_layers
+        self.n_heads: int = cfg.n_heads
+        self.d_model: int = cfg.d_model
+        self.d_head: int = cfg.d_head
+        self.n_ctx: int = cfg.n_ctx
+        self.rotary: bool = cfg.positional_embedding_type == "rotary"
+        self.centred_norm: bool = str(cfg.normalization_type).startswith("LN")
+        self.name: str = str(getattr(cfg, "model_name", None) or type(model).__name__)
+        self.architecture: str = str(
+            getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or type(model).__name__
+        )
+        self._norms: dict[str, NormMap] = {}
+        # keyed by id(prompts); each entry holds its prompts so that the id cannot be reused while cached
+        self._tok_cache: dict[tuple, tuple[ICLPrompts, TokenizedPrompts]] = {}
+        if check:
+            from icl_heads.faithfulness import require_faithful
+
+            require_faithful(self, analysis)
+
+    # ---- weights -------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self.model.tokenizer is None:
+            raise ValueError("the model has no tokenizer; pass one when loading the model")
+        return self.model.tokenizer
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.model.W_U.detach()
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        b = getattr(self.model, "b_U", None)
+        return (
+            b.detach()
+            if b is not None
+            else torch.zeros(self.W_U.shape[1], device=self.W_U.device, dtype=self.W_U.dtype)
+        )
+
+    def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        return self.model.blocks[layer].attn.W_O.detach()
+
+    def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
+        attn = self.model.blocks[layer].attn
+        try:
+            b = attn.b_O
+        except AttributeError:
+            b = None
+        if b is None:
+            w = self.W_O(layer)
+            return torch.zeros(self.d_model, device=w.device, dtype=w.dtype)
+        return b.detach()
+
+    # ---- norms and what each component writes -----------------------------------------
+    def _norm_map(self, key: str, module: Any, centred: bool) -> NormMap:
+        if key not in self._norms:
+            self._norms[key] = fit_norm(module, self.d_model, centred=centred, device=self.device, dtype=self.W_U.dtype)
+        return self._norms[key]
+
+    @property
+    def final_norm_map(self) -> NormMap:
+        """The final norm's affine map, read off the layer (Gemma's ``1 + w`` included)."""
+        return self._norm_map("ln_final", self.model.ln_final, self.centred_norm)
+
+    def final_norm(
+        self, x: Float[Tensor, "... d_model"], scale: Float[Tensor, "... 1"]
+    ) -> Float[Tensor, "... d_model"]:
+        """The final norm's linear part with its scale frozen: ``center(x) / scale * w``."""
+        return self.final_norm_map.linear(x, scale)
+
+    def final_norm_bias(self) -> Float[Tensor, " d_model"]:
+        """The final norm's additive bias (zeros for RMSNorm or folded norms)."""
+        return self.final_norm_map.bias.to(self.W_U.device)
+
+    def post_attn_norm(self, layer: int) -> NormMap | None:
+        """The norm applied to layer ``layer``'s attention output before it joins the residual stream, if any.
+
+        Gemma-2/3 and OLMo-2 have one: the layer writes ``w * attn_out / rms(attn_out)``.
+        """
+        if _POST_ATTN_SCALE.format(layer=layer) not in self.model.hook_dict:
+            return None
+        return self._norm_map(f"ln1_post.{layer}", self.model.blocks[layer].ln1_post, centred=False)
+
+    def write_captures(self) -> list[str]:
+        """Hooks whose values (at the positions analysed) turn ``z W_O`` into what each layer writes."""
+        return [_POST_ATTN_SCALE.format(layer=layer) for layer in range(self.n_layers) if self.post_attn_norm(layer)]
+
+    def post_attn_scale(self, layer: int, got: dict[str, Tensor]) -> Tensor | None:
+        """The post-attention norm's scale of layer ``layer`` from captured activations (``None`` without one)."""
+        if self.post_attn_norm(layer) is None:
+            return None
+        return got[_POST_ATTN_SCALE.format(layer=layer)]
+
+    def head_write(
+        self, layer: int, out: Float[Tensor, "... d_model"], got: dict[str, Tensor], *, expand: int = 0
+    ) -> Float[Tensor, "... d_model"]:
+        """Turn head outputs ``z W_O`` of layer ``layer`` into what they add to the residual stream.
+
+        The identity for models without a post-attention norm. With one, the
+        contribution is ``w * (z_h W_O^h) / scale``, exact because ``scale`` (from
+        ``got``, captured at the same positions through :meth:`write_captures`) is the
+        one of the real sum. ``expand`` inserts that many axes after the batch axis of
+        the scale (e.g. 1 for ``[batch, head, d_model]`` outputs).
+        """
+        norm, scale = self.post_attn_norm(layer), self.post_attn_scale(layer, got)
+        if norm is None or scale is None:
+            return out.float()
+        scale = scale.to(out.device)
+        return norm.linear(out, scale.reshape(scale.shape[0], *([1] * expand), *scale.shape[1:]))
+
+    def bias_write(self, layer: int, got: dict[str, Tensor]) -> Float[Tensor, "*batch d_model"]:
+        """What layer ``layer``'s attention bias ``b_O`` (and a post-attention norm's bias) adds to the residual stream."""
+        b = self.b_O(layer).float()
+        norm, scale = self.post_attn_norm(layer), self.post_attn_scale(layer, got)
+        if norm is None or scale is None:
+            return b
+        scale = scale.to(b.device)
+        return norm.linear(b.expand(*scale.shape[:-1], -1), scale) + norm.bias.to(b.device)
+
+    @property
+    def logit_soft_cap(self) -> float:
+        """Final-logit soft cap ``c`` (logits are ``c tanh(x / c)``; Gemma-2), or 0 when there is none."""
+        cap = getattr(self.cfg, "output_logits_soft_cap", None) or 0.0
+        return float(cap) if cap > 0 else 0.0
+
+    def uncap(self, logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
+        """The pre-cap logits ``c atanh(logits / c)`` (computed in float64); the logits themselves without a cap."""
+        cap = self.logit_soft_cap
+        if not cap:
+            return logits
+        return (cap * torch.atanh((logits.double() / cap).clamp(-1 + 1e-15, 1 - 1e-15))).to(logits.dtype)
+
+    def cap(self, logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
+        """Apply the model's final-logit soft cap (identity without one)."""
+        c = self.logit_soft_cap
+        return c * torch.tanh(logits / c) if c else logits
+
+    def unembed(self, x: Float[Tensor, "... d_model"], tokens: Tensor | None = None) -> Float[Tensor, "... d_vocab"]:
+        """``x @ W_U`` in float32 on ``W_U``'s device (no bias); only the ``tokens`` columns if given.
+
+        ``x`` is made contiguous first: a strided ``x`` (e.g. an einsum's output) makes
+        the matrix product several times slower on CPU.
+        """
+        w = self.W_U if tokens is None else self.W_U[:, tokens.to(self.W_U.device)]
+        x = x.float().to(w.device).contiguous()
+        return (x.reshape(-1, x.shape[-1]) @ w.float()).reshape(*x.shape[:-1], w.shape[-1])
+
+    # ---- hook names ------------------------------------------------------------------
+    @staticmethod
+    def hook(layer: int | None, name: str) -> str:
+        if layer is None:
+            return name
+        if name in ("z", "pattern", "attn_scores", "q", "k", "v", "rot_q", "rot_k"):
+            return f"blocks.{layer}.attn.hook_{name}"
+        return f"blocks.{layer}.hook_{name}"
+
+    def q_k_hooks(self, rotated: bool = True) -> tuple[str, str]:
+        """Hook names (format with layer) of the queries and keys that form the scores."""
+        if self.rotary and rotated:
+            return "rot_q", "rot_k"
+        return "q", "k"
+
+    # ---- prompts ---------------------------------------------------------------------
+    def tokenize(self, prompts: ICLPrompts | TokenizedPrompts, *, first_token: bool = False) -> TokenizedPrompts:
+        """Tokenize (memoised) and check every prompt fits the context.
+
+        Raises:
+            TypeError: ``prompts`` is not a prompt set.
+            ValueError: no prompts.
+            PromptTooLongError: a prompt is longer than the model's context.
+        """
+        if isinstance(prompts, TokenizedPrompts):
+            tp = prompts
+            self._check_tokenizer(tp)
+        elif isinstance(prompts, ICLPrompts):
+            key = (id(prompts), first_token)
+            if key not in self._tok_cache:
+                prepend = bool(getattr(self.cfg, "default_prepend_bos", True))
+                tokenized = prompts.tokenize(self.tokenizer, prepend_bos=prepend, first_token=first_token)
+                self._tok_cache[key] = (prompts, tokenized)
+            tp = self._tok_cache[key][1]
+        else:
+            raise TypeError(
+                f"expected prompts from ICLTask.prompts(...), got {type(prompts).__name__}; "
+                "build them with icl_heads.ICLTask.from_pairs(texts, labels).prompts(n, shots)"
+            )
+        if len(tp) == 0:
+            raise ValueError("no prompts given; sample some with task.prompts(n=..., shots=...)")
+        longest = max(map(len, tp.tokens))
+        if longest > self.n_ctx:
+            raise PromptTooLongError(
+                f"a prompt has {longest} tokens but the model's context is {self.n_ctx}; use fewer shots or shorter texts"
+            )
+        return tp
+
+    def _check_tokenizer(self, tp: TokenizedPrompts) -> None:
+        from icl_heads._tokenize import tokenizer_fingerprint
+
+        ours = tokenizer_fingerprint(self.tokenizer)
+        if tp.tokenizer_fingerprint and tp.tokenizer_fingerprint != ours:
+            raise ValueError(
+                f"these TokenizedPrompts were made by another tokenizer (fingerprint {tp.tokenizer_fingerprint}) than "
+                f"this model's {type(self.tokenizer).__name__} ({ours}), so their token ids mean other words here; "
+                "pass the text prompts (task.prompts(...)) and each model tokenizes them itself"
+            )
+        vocab = int(self.W_U.shape[1])
+        top = max((max(t) for t in tp.tokens if t), default=0)
+        if top >= vocab:
+            raise ValueError(
+                f"token id {top} is outside this model's vocabulary of {vocab}; these prompts were tokenized for "
+                "another model: pass the text prompts (task.prompts(...)) instead"
+            )
+
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    def batches(self, tp: TokenizedPrompts, batch_size: int, padding_side: str = "right") -> Iterable[PromptBatch]:
+        return tp.batches(batch_size, padding_side, self.pad_id())
+
+    # ---- running ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    def run(
+        self,
+        batch: PromptBatch,
+        *,
+        hooks: Hooks = (),
+        capture: Sequence[Capture] = (),
+    ) -> tuple[Float[Tensor, "batch d_vocab"], dict[str, Tensor]]:
+        """One forward pass: final-position logits (float32) and the captured activations.
+
+        ``hooks`` are extra forward hooks (interventions) that run before captures: a
+        list of ``(hook_name, fn)`` or a callable that builds them for this batch.
+        """
+        if getattr(hooks, "edits_pattern", False):
+            from icl_heads.faithfulness import require_pattern_edits
+
+            require_pattern_edits(self, type(hooks).__name__)
+        from icl_heads._resume import forward as resume_forward
+
+        if callable(hooks):
+            hooks = hooks(batch)
+        stored: dict[str, Tensor] = {}
+        rows = torch.arange(len(batch.golds))
+        finals = batch.final_positions
+
+        def make(c: Capture) -> HookFn:
+            def fn(act: Tensor, hook: Any) -> None:
+                if c.where == "final":
+                    stored[c.name] = act[rows.to(act.device), finals.to(act.device)].detach().float()
+                elif c.where == "pattern_final":
+                    stored[c.name] = act[rows.to(act.device), :, finals.to(act.device)].detach().float()
+                else:
+                    stored[c.name] = act.detach().float()
+
+            return fn
+
+        fwd = [*hooks, *((c.name, make(c)) for c in capture)]
+        tokens = batch.tokens.to(self.device)
+        kw: dict[str, Any] = {}
+        if batch.has_padding:
+            kw["attention_mask"] = batch.attention_mask.to(self.device)
+        logits = resume_forward(self, tokens, fwd, kw)
+        final_logits = logits[rows.to(logits.device), finals.to(logits.device)].float()
+        return final_logits, stored

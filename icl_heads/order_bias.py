@@ -1,0 +1,381 @@
+"""Recency bias: the same balanced demonstrations in several orders (see :mod:`icl_heads.bias`).
+
+:func:`recency_bias` shows the same demonstrations in several orders (original,
+reversed, label blocks AABB and BBAA, random); :func:`recency_block_gap` measures
+its headline, the block gap, alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from icl_heads._bias_common import _check_task, _with_demos, resolve_heads
+from icl_heads._stats import bootstrap_ci
+from icl_heads.accuracy import predict
+from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised
+from icl_heads.models import Capture, Head, Hooks, ModelAccess
+from icl_heads.prompts import ICLPrompts, ICLTask
+from icl_heads.recency import block_gaps, block_table
+from icl_heads.results import Result, provenance
+
+
+def demo_orders(labels: Sequence[int], n_random: int, rng: np.random.Generator) -> dict[str, list[int]]:
+    """Permutations of one prompt's demonstrations: original, reversed, label blocks both ways, random."""
+    idx = list(range(len(labels)))
+    blocked = sorted(idx, key=lambda i: (labels[i], i))
+    out = {
+        "original": idx,
+        "reversed": idx[::-1],
+        "blocked": blocked,
+        "blocked_reversed": sorted(idx, key=lambda i: (-labels[i], i)),
+    }
+    for r in range(n_random):
+        out[f"random_{r}"] = [int(i) for i in rng.permutation(len(idx))]
+    return out
+
+
+def recency_prompts(
+    task: ICLTask, *, shots: int = 4, n: int = 200, seed: int = 0, n_random_orders: int = 4
+) -> dict[str, ICLPrompts]:
+    """The prompt sets of :func:`recency_bias`, by order name (``"original"`` first).
+
+    Every set has the same queries and, per prompt, the same balanced demonstrations,
+    permuted by :func:`demo_orders`.
+
+    Raises:
+        TypeError: ``task`` is not an ICLTask.
+        ValueError: ``shots < 2`` or too few examples per class.
+    """
+    task = _check_task(task)
+    if shots < 2:
+        raise ValueError(f"recency needs at least 2 demonstrations to reorder, got shots={shots}")
+    base = task.prompts(n, shots=shots, seed=seed, order="random")
+    rng = np.random.default_rng(seed)
+    perms = [demo_orders([y for _, y in p.demos], n_random_orders, rng) for p in base.prompts]
+    return {
+        name: _with_demos(
+            base, [[p.demos[i] for i in perm[name]] for p, perm in zip(base.prompts, perms, strict=True)], name
+        )
+        for name in perms[0]
+    }
+
+
+def recency_block_gap(
+    model: Any,
+    task: ICLTask,
+    *,
+    shots: int = 4,
+    n: int = 200,
+    seed: int = 0,
+    n_random_orders: int = 4,
+    hooks: Hooks = (),
+    batch_size: int = 32,
+) -> float:
+    """The block gap of :func:`recency_bias` alone, from the two blocked orders only.
+
+    Equal to ``recency_bias(...).block_gap`` with the same arguments (the same prompts),
+    at a quarter of its passes with the default four random orders: what tuning a
+    correction needs for every value it tries.
+
+    Raises:
+        TypeError, ValueError: see :func:`recency_prompts`.
+    """
+    orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
+    names = ["blocked", "blocked_reversed"]
+    logits = torch.stack([predict(model, orders[k], hooks=hooks, batch_size=batch_size).label_logits for k in names])
+    base = orders["original"]
+    gaps, _ = block_gaps(logits, base.golds, [[y for _, y in p.demos] for p in base.prompts], names)
+    return float(gaps.mean())
+
+
+@dataclass(frozen=True, repr=False)
+class RecencyBias(Result):
+    """Recency bias: the same demonstrations in several orders.
+
+    Attributes:
+        df: one row per order: ``order, accuracy, ci_low, ci_high, last_label_rate``
+            (how often the last demonstration's label is predicted) and ``last_label_gold``
+            (how often it is gold).
+        attention: one row per in-context head and demonstration slot: ``layer, head,
+            name, slot, attention`` (mean attention from the final position to that
+            slot's label token, over prompts and orders) with its interval, and
+            ``share`` (its share of the head's attention on all label tokens).
+        bias: the spread (standard deviation) of accuracy over orders beyond chance, with
+            the prompts' sampling noise removed (see :func:`order_spread`; 0: accuracy
+            does not depend on the order). The headline recency bias.
+        bias_ci: its 95% bootstrap interval over prompts.
+        order_std: the raw standard deviation of accuracy over orders; ``order_std_ci``
+            its interval; ``order_p`` its permutation p-value against shuffling each
+            prompt's results over orders (small: accuracy depends on the order).
+        last_label_excess: excess rate of predicting the last demonstration's label
+            (predicted minus gold rate, 0: none); ``last_label_excess_ci`` its interval.
+        last_label_pull: a label's probability when it is last minus when it is not
+            (same query and demonstrations), averaged over labels and prompts;
+            ``last_label_pull_ci`` its interval.
+        sensitivity: mean over prompts of the standard deviation over orders of the
+            gold label's probability; ``sensitivity_ci`` its interval.
+        block_gap: accuracy when the query's class forms the last block of
+            demonstrations minus when it forms the first (same query and demonstrations;
+            see :mod:`icl_heads.recency`). Unlike ``bias`` it does not cancel over query
+            classes: the recency headline that corrections are tuned and judged on.
+            ``block_gap_ci`` its interval, ``block_gaps`` the per-prompt gaps, ``blocks``
+            the gap per query label (``query_label, n, block_gap, ci_low, ci_high``).
+        label_logits: ``[order, prompt, label]``; ``last_labels``: ``[order, prompt]``.
+        golds: ``[prompt]`` gold labels.
+        heads: the heads whose attention is reported.
+        config, provenance: arguments and origin.
+    """
+
+    df: pd.DataFrame
+    attention: pd.DataFrame
+    bias: float
+    bias_ci: tuple
+    order_std: float
+    order_std_ci: tuple
+    order_p: float
+    last_label_excess: float
+    last_label_excess_ci: tuple
+    last_label_pull: float
+    last_label_pull_ci: tuple
+    sensitivity: float
+    sensitivity_ci: tuple
+    label_logits: Tensor
+    last_labels: Tensor
+    golds: Tensor
+    heads: tuple = ()
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    block_gap: float = float("nan")
+    block_gap_ci: tuple = (float("nan"), float("nan"))
+    block_gaps: Tensor | None = None
+    blocks: pd.DataFrame | None = None
+    _title: ClassVar[str] = "Recency bias"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "block gap (accuracy, query's class block last minus first)": self.block_gap,
+            "block gap 95% CI": tuple(self.block_gap_ci),
+            "recency bias (accuracy spread over orders beyond chance)": self.bias,
+            "95% CI": tuple(self.bias_ci),
+            "accuracy std over orders": self.order_std,
+            "std 95% CI": tuple(self.order_std_ci),
+            "order permutation p": self.order_p,
+            "excess last-label predictions": self.last_label_excess,
+            "last-label 95% CI": tuple(self.last_label_excess_ci),
+            "last-label probability pull": self.last_label_pull,
+            "pull 95% CI": tuple(self.last_label_pull_ci),
+            "n prompts": len(self.golds),
+        }
+
+    def plot(self) -> go.Figure:
+        """Accuracy per order with intervals, and attention per demonstration slot."""
+        from icl_heads.plots.bias import recency_bias_figure
+
+        return recency_bias_figure(self)
+
+
+def recency_bias(
+    model: Any,
+    task: ICLTask,
+    *,
+    shots: int = 4,
+    n: int = 200,
+    seed: int = 0,
+    n_random_orders: int = 4,
+    heads: Sequence[Sequence[int]] | None = None,
+    hooks: Hooks = (),
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    progress: bool = False,
+) -> RecencyBias:
+    """Measure recency bias: the same balanced demonstrations shown in different orders.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        task: the task to sample prompts from.
+        shots: demonstrations per prompt (balanced counts).
+        n: number of prompts.
+        seed: seed of the prompts and of the random orders.
+        n_random_orders: random orders besides original, reversed and the two label blocks.
+        heads: heads whose attention per slot is reported (default: the in-context
+            heads found on the original-order prompts).
+        hooks: forward hooks applied in every order (e.g. a correction).
+        batch_size: prompts per forward pass (does not change the result).
+        n_boot: bootstrap resamples for the intervals.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`RecencyBias`.
+
+    Raises:
+        TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
+        ValueError: ``shots < 2``, bad heads, or too few examples per class.
+    """
+    access = ModelAccess(model, analysis="recency_bias")
+    # the same measurement asked for again (e.g. the bias before a correction) is read back
+    key = (
+        "recency_bias",
+        intervention_key(task),
+        shots,
+        n,
+        seed,
+        n_random_orders,
+        digest(heads),
+        intervention_key(hooks),
+    )
+    return memoised(
+        access.model,
+        (*key, n_boot),
+        lambda: _recency_bias(
+            access, task, shots, n, seed, n_random_orders, heads, hooks, batch_size, n_boot, progress
+        ),
+    )
+
+
+def _recency_bias(
+    access: ModelAccess, task: ICLTask, shots: int, n: int, seed: int, n_random_orders: int,
+    heads: Sequence[Sequence[int]] | None, hooks: Hooks, batch_size: int, n_boot: int, progress: bool,
+) -> RecencyBias:  # fmt: skip
+    orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
+    base = orders["original"]
+    heads = resolve_heads(access, heads, base)
+    layers = sorted({layer for layer, _ in heads})
+    logits, lasts = [], []
+    slot_att = torch.zeros(len(orders), n, len(heads), shots)
+    for o, prompts in enumerate(tqdm(orders.values(), desc="recency orders", disable=not progress)):
+        lasts.append(torch.tensor([p.demos[-1][1] for p in prompts.prompts]))
+        tp = access.tokenize(prompts)
+        label_ids = torch.tensor(tp.label_token_ids)
+        part = torch.zeros(len(tp), len(label_ids))
+        for batch in batches(access, tp, RunOptions(batch_size), by_length=True):
+            caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
+            final, got = access.run(batch, hooks=hooks, capture=caps)
+            part[batch.index] = final[:, label_ids.to(final.device)].cpu()
+            for j, (layer, h) in enumerate(heads):
+                pat = got[access.hook(layer, "pattern")][:, h].cpu()  # [batch, key]
+                slot_att[o, batch.index, j] = pat.gather(1, batch.label_positions)
+        logits.append(part)
+    order_names = list(orders)
+    label_logits, last_labels, golds = torch.stack(logits), torch.stack(lasts), base.golds
+    pred = label_logits.argmax(-1)
+    correct = (pred == golds[None]).float()
+    per_prompt = ((pred == last_labels).float() - (golds[None] == last_labels).float()).mean(0)
+    per_prompt_prob = _last_label_prob_pull(label_logits.softmax(-1), last_labels)
+    accs = correct.mean(1)
+    boot = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    resampled = correct.numpy()[:, boot]  # [order, boot, prompt]
+    stds, spreads = resampled.mean(-1).std(0, ddof=1), order_spread(resampled)
+    p_gold = label_logits.softmax(-1).gather(2, golds[None, :, None].expand(len(order_names), -1, 1))[..., 0]
+    per_prompt_sens = p_gold.std(0)
+    rows = []
+    for o, name in enumerate(order_names):
+        lo, hi = bootstrap_ci(correct[o].numpy(), n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                "order": name, "accuracy": float(accs[o]), "ci_low": lo, "ci_high": hi,
+                "last_label_rate": float((pred[o] == last_labels[o]).float().mean()),
+                "last_label_gold": float((golds == last_labels[o]).float().mean()),
+            }
+        )  # fmt: skip
+    config = {"shots": shots, "n": n, "seed": seed, "n_random_orders": n_random_orders, "hooked": bool(hooks)}
+    gaps, gap_gold = block_gaps(label_logits, golds, [[y for _, y in p.demos] for p in base.prompts], order_names)
+    blocks = block_table(gaps, gap_gold, base.task.label_words, n_boot=n_boot, seed=seed)
+    return RecencyBias(
+        block_gap=float(gaps.mean()),
+        block_gap_ci=bootstrap_ci(gaps, n_boot=n_boot, seed=seed),
+        block_gaps=torch.as_tensor(gaps, dtype=torch.float32),
+        blocks=blocks,
+        df=pd.DataFrame(rows),
+        attention=_slot_table(slot_att, heads, n_boot, seed),
+        bias=float(order_spread(correct.numpy())),
+        bias_ci=(float(np.quantile(spreads, 0.025)), float(np.quantile(spreads, 0.975))),
+        order_std=float(accs.std()),
+        order_std_ci=(float(np.quantile(stds, 0.025)), float(np.quantile(stds, 0.975))),
+        order_p=order_permutation_p(correct.numpy(), n_perm=n_boot, seed=seed),
+        last_label_excess=float(per_prompt.mean()),
+        last_label_excess_ci=bootstrap_ci(per_prompt.numpy(), n_boot=n_boot, seed=seed),
+        last_label_pull=float(per_prompt_prob.mean()),
+        last_label_pull_ci=bootstrap_ci(per_prompt_prob.numpy(), n_boot=n_boot, seed=seed),
+        sensitivity=float(per_prompt_sens.mean()),
+        sensitivity_ci=bootstrap_ci(per_prompt_sens.numpy(), n_boot=n_boot, seed=seed),
+        label_logits=label_logits,
+        last_labels=last_labels,
+        golds=golds,
+        heads=heads,
+        config=config,
+        provenance=provenance(access.name, base, heads=[list(h) for h in heads], **config),
+    )
+
+
+def order_spread(correct: np.ndarray) -> np.ndarray | np.floating:
+    """Standard deviation of accuracy over orders with the sampling noise of the prompts removed.
+
+    ``correct`` is ``[order, ..., prompt]`` (0/1). With ``a_o`` the accuracy of order
+    ``o``, ``S2`` their variance over orders and ``s2_i`` the variance of prompt ``i``'s
+    correctness over orders, ``(S2 - sum_i s2_i / n**2) / (1 - 1/n)`` is an unbiased
+    estimate of the variance over orders of the expected accuracy (prompts drawn
+    independently); the spread is its square root, clipped at 0. Reduces over the first
+    and last axes.
+    """
+    c = np.asarray(correct, dtype=float)
+    n = c.shape[-1]
+    if c.shape[0] < 2 or n < 2:
+        raise ValueError(f"the spread over orders needs at least 2 orders and 2 prompts, got {c.shape[0]} and {n}")
+    total = c.mean(-1).var(0, ddof=1)
+    noise = c.var(0, ddof=1).sum(-1) / n**2
+    return np.sqrt(np.clip((total - noise) / (1 - 1 / n), 0, None))
+
+
+def order_permutation_p(correct: np.ndarray, *, n_perm: int = 1000, seed: int = 0) -> float:
+    """P-value of the std of accuracy over orders when each prompt's ``[order, prompt]`` results are shuffled over orders."""
+    c = np.asarray(correct, dtype=float)
+    observed = c.mean(-1).std(ddof=1)
+    keys = np.random.default_rng(seed).random((n_perm, *c.shape)).argsort(1)
+    null = np.take_along_axis(np.broadcast_to(c, keys.shape), keys, 1).mean(-1).std(1, ddof=1)
+    return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm))
+
+
+def _last_label_prob_pull(
+    probs: Float[Tensor, "order prompt label"], last: Int[Tensor, "order prompt"]
+) -> Float[Tensor, " prompt"]:
+    """Per prompt: mean over labels of p(label | it is last) - p(label | it is not), over that prompt's orders."""
+    n_labels = probs.shape[-1]
+    out = torch.zeros(probs.shape[1])
+    used = torch.zeros(probs.shape[1])
+    for c in range(n_labels):
+        is_last = (last == c).float()
+        n_last, n_not = is_last.sum(0), (1 - is_last).sum(0)
+        ok = (n_last > 0) & (n_not > 0)
+        p = probs[..., c]
+        diff = (p * is_last).sum(0) / n_last.clamp(min=1) - (p * (1 - is_last)).sum(0) / n_not.clamp(min=1)
+        out += torch.where(ok, diff, torch.zeros_like(diff))
+        used += ok.float()
+    return out / used.clamp(min=1)
+
+
+def _slot_table(slot_att: Tensor, heads: tuple[Head, ...], n_boot: int, seed: int) -> pd.DataFrame:
+    """Tidy attention per head and slot from ``[order, prompt, head, slot]``."""
+    per_prompt = slot_att.mean(0)  # [prompt, head, slot]
+    share = (slot_att / slot_att.sum(-1, keepdim=True).clamp(min=1e-12)).mean((0, 1))
+    rows = []
+    for j, (layer, h) in enumerate(heads):
+        for s in range(slot_att.shape[-1]):
+            lo, hi = bootstrap_ci(per_prompt[:, j, s].numpy(), n_boot=n_boot, seed=seed)
+            rows.append(
+                {
+                    "layer": layer, "head": h, "name": f"L{layer}H{h}", "slot": s,
+                    "attention": float(per_prompt[:, j, s].mean()), "ci_low": lo, "ci_high": hi,
+                    "share": float(share[j, s]),
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)
