@@ -290,7 +290,7 @@ class ModelAccess:
         return tp
 
     def _check_tokenizer(self, tp: TokenizedPrompts) -> None:
-        from icl_heads._tokenize import tokenizer_fingerprint
+        from icl_heads.prompts.tokenization import tokenizer_fingerprint
 
         ours = tokenizer_fingerprint(self.tokenizer)
         if tp.tokenizer_fingerprint and tp.tokenizer_fingerprint != ours:

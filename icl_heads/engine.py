@@ -49,10 +49,12 @@ class RunOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
+            raise ValueError(f"batch_size must be an integer of at least 1, got {self.batch_size!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
 
 
 def run_options(options: RunOptions | None = None, **overrides: Any) -> RunOptions:

@@ -1,17 +1,9 @@
-"""Few-shot classification tasks and prompts whose label positions are known exactly.
-
-An :class:`ICLTask` holds labelled sentences, the label words the prompts show for
-each class (default ``("foo", "bar")``) and a template. :meth:`ICLTask.prompts`
-samples an :class:`ICLPrompts` set: demonstrations and a query per prompt, in text.
-:meth:`ICLPrompts.tokenize` turns them into :class:`TokenizedPrompts` for one
-tokenizer, where every prompt knows its token ids, each demonstration's label
-position and label, the gold label and the final position.
-"""
+"""Few-shot classification tasks and how their prompts are sampled (counts, orders, gold labels)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +13,11 @@ from jaxtyping import Int
 from torch import Tensor
 
 from icl_heads import _checks
+from icl_heads.prompts.batch import TokenizedPrompts
+from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, check_template, render
+from icl_heads.prompts.tokenization import tokenize_prompts
 
-DEFAULT_TEMPLATE = "{text} : {label}\n"
 ORDERS = ("random", "blocked", "blocked_reversed", "alternating")
-
-
-class LabelTokenError(ValueError):
-    """A label word is not exactly one token in context for this tokenizer."""
-
-
-class PromptTooLongError(ValueError):
-    """A prompt has more tokens than the model's context."""
-
-
-def _check_template(template: str) -> None:
-    if not isinstance(template, str) or template.count("{text}") != 1 or template.count("{label}") != 1:
-        raise ValueError(
-            f"template must contain '{{text}}' and '{{label}}' exactly once each, got {template!r}; "
-            f"for example {DEFAULT_TEMPLATE!r}"
-        )
-    if template.index("{text}") > template.index("{label}"):
-        raise ValueError(f"template must put '{{text}}' before '{{label}}', got {template!r}")
-    try:
-        template.format(text="x", label="y")
-    except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(
-            f"template {template!r} has braces other than {{text}} and {{label}} ({err}); double them as '{{{{'"
-        ) from None
-
-
-@dataclass(frozen=True)
-class ICLPrompt:
-    """One prompt in text: demonstrations ``(text, class)`` then a query."""
-
-    demos: tuple[tuple[str, int], ...]
-    query: str
-    gold: int
 
 
 @dataclass(frozen=True)
@@ -123,7 +84,7 @@ class ICLTask:
                 f"labels {bad[:5]} are not class indices in [0, {len(self.classes)}); "
                 "use ICLTask.from_pairs(texts, labels) to build a task from label names"
             )
-        _check_template(self.template)
+        check_template(self.template)
 
     @classmethod
     def from_pairs(
@@ -355,155 +316,4 @@ class ICLPrompts:
             LabelTokenError: a label word is not one token in context.
             TypeError: the tokenizer cannot report character offsets.
         """
-        from icl_heads._tokenize import tokenize_prompts
-
         return tokenize_prompts(self, tokenizer, prepend_bos=prepend_bos, first_token=first_token)
-
-
-def render(prompt: ICLPrompt, task: ICLTask) -> tuple[str, list[tuple[int, int]], str]:
-    """The prompt string, the character span of every demonstration label, the query prefix."""
-    before, after = task.template.split("{label}")
-    parts: list[str] = []
-    spans: list[tuple[int, int]] = []
-    offset = 0
-    for text, y in prompt.demos:
-        head = before.format(text=text)
-        word = task.label_words[y]
-        spans.append((offset + len(head), offset + len(head) + len(word)))
-        piece = head + word + after
-        parts.append(piece)
-        offset += len(piece)
-    query = before.format(text=prompt.query).rstrip(" ")
-    return "".join(parts) + query, spans, query
-
-
-@dataclass(frozen=True)
-class TokenizedPrompts:
-    """Prompts as token ids for one tokenizer, with every position the analyses need.
-
-    Attributes:
-        tokens: token ids of each prompt, unpadded.
-        label_positions: position of each demonstration's label token, per prompt.
-        demo_labels: class of each demonstration, per prompt.
-        golds: gold class per prompt.
-        label_token_ids: the token the model must predict for each class.
-        prompts: the text prompts these came from.
-        tokenizer_fingerprint: a hash of the tokenizer that made the ids; a model with
-            another tokenizer refuses them.
-        roles: role code of every token (:data:`icl_heads.slots.ROLES`), per prompt.
-        demo_index: demonstration each token belongs to (``-1`` outside demonstrations), per prompt.
-    """
-
-    tokens: tuple[tuple[int, ...], ...]
-    label_positions: tuple[tuple[int, ...], ...]
-    demo_labels: tuple[tuple[int, ...], ...]
-    golds: tuple[int, ...]
-    label_token_ids: tuple[int, ...]
-    prompts: ICLPrompts
-    tokenizer_fingerprint: str = ""
-    roles: tuple[tuple[int, ...], ...] = ()
-    demo_index: tuple[tuple[int, ...], ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def slot_positions(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
-        """Positions of each demonstration's slot (label tokens and template tokens after them), per prompt."""
-        from icl_heads.slots import AFTER_LABEL, LABEL
-
-        out = []
-        for roles, index, labels in zip(self.roles, self.demo_index, self.label_positions, strict=True):
-            slots: list[list[int]] = [[] for _ in labels]
-            for pos, (r, d) in enumerate(zip(roles, index, strict=True)):
-                if r in (LABEL, AFTER_LABEL) and d >= 0:
-                    slots[d].append(pos)
-            out.append(tuple(tuple(s) for s in slots))
-        return tuple(out)
-
-    @property
-    def final_positions(self) -> tuple[int, ...]:
-        return tuple(len(t) - 1 for t in self.tokens)
-
-    def batches(self, batch_size: int = 32, padding_side: str = "right", pad_id: int = 0) -> Iterator[PromptBatch]:
-        """Padded batches in prompt order.
-
-        Raises:
-            ValueError: ``batch_size < 1`` or an unknown ``padding_side``.
-        """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        for start in range(0, len(self), batch_size):
-            yield PromptBatch.build(self, range(start, min(start + batch_size, len(self))), padding_side, pad_id)
-
-
-@dataclass(frozen=True)
-class PromptBatch:
-    """One padded batch: ``tokens`` and ``attention_mask`` ``[batch, pos]``, positions shifted for padding.
-
-    ``roles`` and ``demo_index`` (``[batch, pos]``, ``-1`` at padding) give each token's
-    role and demonstration (see :mod:`icl_heads.slots`); None when the prompts carry no roles.
-    """
-
-    index: Int[Tensor, " batch"]
-    tokens: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]
-    final_positions: Int[Tensor, " batch"]
-    label_positions: Int[Tensor, "batch demo"]
-    demo_labels: Int[Tensor, "batch demo"]
-    golds: Int[Tensor, " batch"]
-    padding_side: str
-    roles: Int[Tensor, "batch pos"] | None = None
-    demo_index: Int[Tensor, "batch pos"] | None = None
-
-    @property
-    def has_padding(self) -> bool:
-        return bool((self.attention_mask == 0).any())
-
-    def rows(self, start: int, stop: int) -> PromptBatch:
-        """The prompts ``start:stop`` of this batch, every per-prompt tensor sliced alike (padding kept)."""
-        sl = slice(start, stop)
-        return replace(
-            self,
-            **{f.name: getattr(self, f.name)[sl] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)},
-        )
-
-    @classmethod
-    def build(cls, tp: TokenizedPrompts, index: Sequence[int], padding_side: str, pad_id: int) -> PromptBatch:
-        rows = [tp.tokens[i] for i in index]
-        width = max(map(len, rows))
-        n_demo = max((len(tp.label_positions[i]) for i in index), default=0)
-        tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        label_pos = torch.full((len(rows), n_demo), -1, dtype=torch.long)
-        demo_labels = torch.full((len(rows), n_demo), -1, dtype=torch.long)
-        finals = torch.zeros(len(rows), dtype=torch.long)
-        has_roles = len(tp.roles) == len(tp.tokens)
-        roles = torch.full((len(rows), width), -1, dtype=torch.long)
-        demo_index = torch.full((len(rows), width), -1, dtype=torch.long)
-        for b, i in enumerate(index):
-            ids = tp.tokens[i]
-            shift = width - len(ids) if padding_side == "left" else 0
-            tokens[b, shift : shift + len(ids)] = torch.tensor(ids)
-            mask[b, shift : shift + len(ids)] = 1
-            finals[b] = shift + len(ids) - 1
-            m = len(tp.label_positions[i])
-            label_pos[b, :m] = torch.tensor(tp.label_positions[i], dtype=torch.long) + shift
-            demo_labels[b, :m] = torch.tensor(tp.demo_labels[i], dtype=torch.long)
-            if has_roles:
-                roles[b, shift : shift + len(ids)] = torch.tensor(tp.roles[i], dtype=torch.long)
-                demo_index[b, shift : shift + len(ids)] = torch.tensor(tp.demo_index[i], dtype=torch.long)
-        return cls(
-            index=torch.tensor(list(index)),
-            tokens=tokens,
-            attention_mask=mask,
-            final_positions=finals,
-            label_positions=label_pos,
-            demo_labels=demo_labels,
-            golds=torch.tensor([tp.golds[i] for i in index]),
-            padding_side=padding_side,
-            roles=roles if has_roles else None,
-            demo_index=demo_index if has_roles else None,
-        )

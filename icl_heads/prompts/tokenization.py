@@ -8,11 +8,16 @@ import json
 import weakref
 from typing import TYPE_CHECKING
 
-from icl_heads.prompts import ICLPrompts, LabelTokenError, TokenizedPrompts, render
+from icl_heads.prompts.batch import TokenizedPrompts
+from icl_heads.prompts.text import render
 from icl_heads.slots import BOS, char_roles, token_roles
 
 if TYPE_CHECKING:
-    from icl_heads.prompts import ICLTask
+    from icl_heads.prompts.task import ICLPrompts, ICLTask
+
+
+class LabelTokenError(ValueError):
+    """A label word is not exactly one token in context for this tokenizer."""
 
 
 def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:

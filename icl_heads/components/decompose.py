@@ -1,0 +1,153 @@
+"""Decompose the label logits into every head, MLP, the embeddings and the bias terms.
+
+With the final norm's scale frozen from the real forward pass (``ln_final.hook_scale``
+at the final position) the map from the residual stream to the logits is linear, so
+the label logits at the final position are exactly the sum over components ``j`` of
+
+``g_j = W_U[:, labels] . norm(c_j)``
+
+where ``c_j`` is a head's output ``z W_O`` (from ``hook_z``), an MLP's output
+(``hook_mlp_out``), the embeddings (``hook_embed`` plus ``hook_pos_embed`` for learned
+positions) or the bias terms (every layer's ``b_O``; the final norm's bias and ``b_U``
+are added to this component's logits). Both sides use the model's own ``W_U``, so
+the identity is exact even for a centred unembedding (which shifts all of a
+prompt's logits by one constant relative to the uncentred model, changing neither
+the label-set argmax nor the label-set softmax). Each component alone is a classifier (argmax
+of ``g_j``); :meth:`Decomposition.kinds` sorts them into good (better than the whole
+model), bad (significantly below chance) and label-biased (almost always one label).
+:func:`component_stability` compares component accuracies across demonstration sets
+and templates (Chang, Thomason & Jia, 2024).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_heads.components.result import Decomposition, component_table
+from icl_heads.engine import RunOptions, batches
+from icl_heads.faithfulness import tolerance_for
+from icl_heads.models import Capture, ModelAccess
+from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.results import provenance
+
+
+def _readout(access: ModelAccess, label_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """The frozen final norm and unembedding at scale 1 as one matrix, and the constant logits.
+
+    ``final_norm(x, s) @ W_U[:, labels] == (x @ readout) / s`` for any ``x`` (the norm is
+    linear once its scale is frozen); ``const`` is the final norm's bias and ``b_U``.
+    """
+    W_UL = access.W_U[:, label_ids].float()
+    eye = torch.eye(access.d_model, device=W_UL.device)
+    readout = access.final_norm(eye, torch.ones(access.d_model, 1, device=W_UL.device)) @ W_UL
+    const = access.final_norm_bias().to(W_UL.device) @ W_UL + access.b_U[label_ids].float()
+    return readout, const
+
+
+def _written_W_O(access: ModelAccess, layer: int) -> Float[Tensor, "head d_head d_model"]:
+    """``W_O`` of layer ``layer`` times the weight of its post-attention norm, if it has one (scale 1)."""
+    W = access.W_O(layer).float()
+    norm = access.post_attn_norm(layer)
+    return W if norm is None else norm.linear(W, torch.ones(1, device=W.device))
+
+
+def _default_atol(dtype: torch.dtype, scale: float) -> float:
+    return tolerance_for(dtype) * max(1.0, scale)
+
+
+def decompose(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    *,
+    batch_size: int = 32,
+    padding_side: str = "right",
+    atol: float | None = None,
+    progress: bool = False,
+) -> Decomposition:
+    """Label logits of every head, MLP, the embeddings and the bias terms at each prompt's final position.
+
+    One forward pass per batch keeps only ``hook_z`` and ``hook_mlp_out`` of every
+    layer, the embeddings and ``ln_final.hook_scale``, at the final position.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts` or :func:`fixed_demo_prompts`.
+        batch_size: prompts per forward pass (does not change the result).
+        padding_side: ``"right"`` or ``"left"`` (does not change the result).
+        atol: largest accepted ``|sum_j g_j - model label logits|``; default the
+            identities' tolerance for the model's dtype times ``max(1, |logits|)``
+            (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16; docs/models.md).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`Decomposition`.
+
+    Raises:
+        TypeError: an unsupported model or prompts object.
+        ValueError: bad prompts, batch size or padding side.
+        UnfaithfulModelError: the model breaks an identity the decomposition rests on
+            (:func:`~icl_heads.faithfulness.check_faithfulness`).
+        RuntimeError: the components do not add up to the model's logits on these prompts.
+
+    >>> import icl_heads as ih
+    >>> dec = decompose(ih.load_model("organism"), ih.organism_task().prompts(n=32, shots=4))
+    >>> dec.names[:3], len(dec.names)
+    (('embed', 'L0H0', 'L0H1'), 29)
+    >>> better = dec.kinds().query("good").component.tolist()  # components that beat the whole model
+    """
+    access = ModelAccess(model, analysis="decompose")
+    tp = access.tokenize(prompts)
+    L, H = access.n_layers, access.n_heads
+    meta = component_table(L, H)
+    label_ids = torch.tensor(tp.label_token_ids, device=access.device)
+    readout, const = _readout(access, label_ids)  # [d_model, label], [label]
+    # each head's readout through its W_O (and a post-attention norm's weight): [head, d_head, label],
+    # so z never expands to d_model
+    head_readout = [torch.einsum("hdm,ml->hdl", _written_W_O(access, layer), readout) for layer in range(L)]
+    caps = [Capture(access.hook(layer, name)) for layer in range(L) for name in ("z", "mlp_out")]
+    caps += [Capture("blocks.0.hook_resid_pre"), Capture("ln_final.hook_scale")]
+    caps += [Capture(name) for name in access.write_captures()]
+    parts, fulls = [], []
+    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="decomposing"):
+        logits, got = access.run(batch, capture=caps)
+        got = {k: v.to(readout.device) for k, v in got.items()}
+        scale = got["ln_final.hook_scale"]  # [b, 1]
+        g = torch.empty(len(batch.golds), len(meta), len(label_ids), device=readout.device)
+        # the embeddings as they enter the first block (learned positions, embedding norms and scales included)
+        g[:, 0] = got["blocks.0.hook_resid_pre"] @ readout / scale
+        bias = torch.zeros(len(batch.golds), access.d_model, device=readout.device)
+        for layer in range(L):
+            start = 1 + layer * (H + 1)
+            z = got[access.hook(layer, "z")]  # [b, head, d_head]
+            heads = torch.einsum("bhd,hdl->bhl", z, head_readout[layer]) / scale[:, None]
+            post = access.post_attn_scale(layer, got)
+            g[:, start : start + H] = heads if post is None else heads / post[:, None]
+            g[:, start + H] = got[access.hook(layer, "mlp_out")] @ readout / scale
+            bias = bias + access.bias_write(layer, got).to(readout.device)
+        g[:, -1] = bias @ readout / scale + const
+        parts.append(g.cpu())
+        fulls.append(access.uncap(logits[:, label_ids.to(logits.device)]).cpu())
+    g_all, full = torch.cat(parts), torch.cat(fulls)
+    error = float((g_all.sum(1) - full).abs().max())
+    tol = atol if atol is not None else _default_atol(access.W_U.dtype, float(full.abs().max()))
+    if error > tol:
+        raise RuntimeError(
+            f"decompose refuses: on this {access.architecture} model the components add up to the label logits only "
+            f"within {error:.3g} (tolerance {tol:.3g}) on these prompts, although the identities hold on a random "
+            "probe (ih.check_faithfulness(model)); the per-component numbers would be wrong. Check the prompts' "
+            "padding and the model's dtype (half-precision tolerances are in docs/models.md)"
+        )
+    return Decomposition.from_tensors(
+        g_all,
+        full,
+        torch.tensor(tp.golds),
+        n_layers=L,
+        n_heads=H,
+        label_words=tp.prompts.task.label_words,
+        config={"batch_size": batch_size, "padding_side": padding_side, "logit_soft_cap": access.logit_soft_cap},
+        provenance=provenance(access.name, tp, architecture=access.architecture),
+    )

@@ -1,0 +1,196 @@
+"""The reweighting protocol: component reweighting against K-shot ICL and Calib+ over seeds and templates.
+
+:func:`compare_reweighting` splits ``K`` labelled examples into ``K'`` balanced
+demonstrations and ``K - K'`` training examples, fits
+:class:`~icl_heads.components.estimators.ComponentReweighting` and
+:class:`~icl_heads.components.estimators.CalibPlus` on the training examples'
+decomposition, and compares them on a test set with ``K'``-shot and ``K``-shot ICL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from tqdm.auto import tqdm
+
+from icl_heads.accuracy import predict
+from icl_heads.components.decompose import decompose
+from icl_heads.components.estimators import CalibPlus, ComponentReweighting
+from icl_heads.models import ModelAccess
+from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
+from icl_heads.results import Result, provenance
+
+logger = logging.getLogger("icl_heads")
+
+
+@dataclass(frozen=True, repr=False)
+class ReweightingComparison(Result):
+    """Reweighting against K-shot ICL and Calib+ over seeds and templates.
+
+    Attributes:
+        df: one row per run and method: ``seed, template, method, accuracy`` (and
+            ``kept`` components for reweighting).
+        weights: ``[run, component]`` learned weights of each run (runs in ``df`` order).
+        names: component names.
+        label_words: the label words.
+        config: the arguments that produced this result.
+        provenance: model, versions.
+    """
+
+    df: pd.DataFrame
+    weights: torch.Tensor
+    names: tuple[str, ...]
+    label_words: tuple[str, ...]
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    _title: ClassVar[str] = "Component reweighting vs ICL and Calib+"
+
+    def table(self) -> pd.DataFrame:
+        """``method, mean, std, runs``: test accuracy over all runs (std with ``ddof=1``)."""
+        g = self.df.groupby("method", sort=False).accuracy
+        out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "runs": g.size()})
+        return out.reset_index()
+
+    def margin(self, method: str = "reweighting", baseline: str | None = None) -> tuple[float, float]:
+        """Mean and std over runs of ``accuracy(method) - accuracy(baseline)`` (default baseline ``ICL-{k}``).
+
+        Raises:
+            KeyError: an unknown method.
+        """
+        baseline = baseline or self.baseline
+        wide = self.df.pivot_table(index=["seed", "template"], columns="method", values="accuracy")
+        for m in (method, baseline):
+            if m not in wide:
+                raise KeyError(f"no method {m!r}; methods are {list(wide.columns)}")
+        diff = (wide[method] - wide[baseline]).to_numpy()
+        return float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+
+    @property
+    def baseline(self) -> str:
+        """``ICL-{k}``, or ``ICL-{k_demo}`` when the ``k``-shot prompts did not fit the context."""
+        k = self.config["k"] if f"ICL-{self.config['k']}" in set(self.df.method) else self.config["k_demo"]
+        return f"ICL-{k}"
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {r.method: f"{r.mean:.3f} ± {r.std:.3f}" for r in self.table().itertuples()}
+        if skipped := self.config.get("icl_k_skipped"):
+            out[f"ICL-{self.config['k']}"] = f"not run: {skipped}"
+        methods = set(self.df.method)
+        for baseline in dict.fromkeys((self.baseline, f"ICL-{self.config['k_demo']}", "Calib+")):
+            if baseline in methods:
+                m, s = self.margin(baseline=baseline)
+                out[f"reweighting - {baseline}"] = f"{m:+.3f} ± {s:.3f}"
+        return out
+
+    def plot(self) -> go.Figure:
+        """Bars of test accuracy per method, mean ± std."""
+        from icl_heads.plots.components import comparison_bars
+
+        return comparison_bars(self)
+
+
+def compare_reweighting(
+    model: Any,
+    task: ICLTask,
+    *,
+    k: int = 24,
+    k_demo: int = 4,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    templates: Sequence[str] | None = None,
+    n_test: int = 200,
+    reweighting: dict[str, Any] | None = None,
+    icl_k: bool | None = True,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> ReweightingComparison:
+    """Run the reweighting protocol and its baselines over seeds and templates.
+
+    For each seed: ``n_test`` balanced test queries and ``k`` balanced labelled
+    examples (disjoint); ``k_demo`` balanced labelled examples become the
+    demonstrations and the other ``k - k_demo`` train the reweighting (and Calib+).
+    For each template, the test accuracy of ``ICL-{k_demo}`` (the demonstrations
+    alone), ``ICL-{k}`` (all ``k`` labelled examples as demonstrations), ``Calib+``
+    and ``reweighting``.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        task: the task (its template is used when ``templates`` is None).
+        k: labelled examples per run.
+        k_demo: of which demonstrations.
+        seeds: one run per seed and template.
+        templates: templates to run.
+        n_test: test queries.
+        reweighting: hyperparameters for :class:`ComponentReweighting` (``random_state`` defaults to the seed).
+        icl_k: run the ``ICL-{k}`` baseline: True (its prompts must fit the
+            context), False (skip it), or None (run it where its prompts fit the
+            context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and
+            compare against ``ICL-{k_demo}``).
+        batch_size: prompts per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`ReweightingComparison`.
+
+    Raises:
+        ValueError: ``k_demo`` not in ``[1, k)`` or too few examples.
+        PromptTooLongError: ``k`` demonstrations do not fit the model's context
+            and ``icl_k`` is True.
+    """
+    if not 1 <= k_demo < k:
+        raise ValueError(f"need 1 <= k_demo < k to leave training examples, got k={k}, k_demo={k_demo}")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    templates = tuple(templates) if templates is not None else (task.template,)
+    labels = np.asarray(task.labels)
+    access = ModelAccess(model, analysis="compare_reweighting")
+    rows, weights, names, skipped = [], [], (), None
+    for seed in tqdm(list(seeds), desc="reweighting runs", disable=not progress):
+        rng = np.random.default_rng(seed)
+        test = balanced_sample(labels, n_test, rng)
+        labelled = balanced_sample(labels, k, rng, exclude=test)
+        demos = balanced_sample(labels, k_demo, rng, exclude=np.setdiff1d(np.arange(len(labels)), labelled))
+        train = np.setdiff1d(labelled, demos, assume_unique=True)  # keeps the order of labelled
+        for template in templates:
+            t_task = task.with_template(template)
+            dec_train = decompose(access, fixed_demo_prompts(t_task, demos, train), batch_size=batch_size)
+            dec_test = decompose(access, fixed_demo_prompts(t_task, demos, test), batch_size=batch_size)
+            rw = ComponentReweighting(**{"random_state": seed, **(reweighting or {})}).fit(dec_train)
+            cal = CalibPlus().fit(dec_train)
+            base = {"seed": seed, "template": template}
+            rows.append({**base, "method": f"ICL-{k_demo}", "accuracy": dec_test.full_accuracy})
+            if icl_k is not False and skipped is None:
+                try:
+                    many = predict(access, fixed_demo_prompts(t_task, labelled, test), batch_size=batch_size)
+                    rows.append({**base, "method": f"ICL-{k}", "accuracy": float(many.correct.float().mean())})
+                except PromptTooLongError as err:
+                    if icl_k:
+                        raise
+                    skipped = str(err)
+                    logger.warning("ICL-%d baseline skipped: %s", k, err)
+                    rows = [r for r in rows if r["method"] != f"ICL-{k}"]
+            rows += [
+                {**base, "method": "Calib+", "accuracy": cal.score(dec_test)},
+                {**base, "method": "reweighting", "accuracy": rw.score(dec_test), "kept": len(rw.kept_components_)},
+            ]
+            weights.append(torch.tensor(rw.weights_, dtype=torch.float32))
+            names = dec_test.names
+    config = {"k": k, "k_demo": k_demo, "seeds": list(seeds), "n_test": n_test, "reweighting": reweighting or {}}
+    if icl_k is False:
+        skipped = "not requested (icl_k=False)"
+    if skipped is not None:
+        config["icl_k_skipped"] = skipped
+    return ReweightingComparison(
+        df=pd.DataFrame(rows),
+        weights=torch.stack(weights),
+        names=tuple(names),
+        label_words=tuple(task.label_words),
+        config=config,
+        provenance=provenance(access.name, None, task=task.name, templates=list(templates)),
+    )
