@@ -30,7 +30,7 @@ from icl_heads.decomposition import (
 from icl_heads.faithfulness import Faithfulness, UnfaithfulModelError, check_faithfulness
 from icl_heads.head_count import HeadCount, heads_needed
 from icl_heads.heads import InContextHeads, ablation_curve, find_in_context_heads
-from icl_heads.interventions import HeadAblation, ablate, ablation
+from icl_heads.interventions import HeadAblation, ablate, ablation, combine, intervening
 from icl_heads.mechanism import (
     FlipAnalysis,
     OVLabelFeatures,
@@ -88,6 +88,7 @@ __all__ = [
     "ablation",
     "ablation_curve",
     "check_faithfulness",
+    "combine",
     "compare_head_scores",
     "compare_reweighting",
     "component_stability",
@@ -102,6 +103,7 @@ __all__ = [
     "flip_prompts",
     "heads_needed",
     "icl_accuracy",
+    "intervening",
     "load_model",
     "majority_bias",
     "organism_task",

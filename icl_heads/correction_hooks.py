@@ -139,9 +139,12 @@ class _Correction:
             )
         object.__setattr__(self, "heads", tuple((int(a), int(b)) for a, b in self.heads))
 
-    def __call__(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+    def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+        """Forward hooks for ``batch``: its reading positions, demonstration labels and final positions."""
         positions, labels = positions_with_labels(batch, self.read_at)
         return self.hooks(positions, labels, batch.final_positions)
+
+    __call__ = hooks_for
 
     def hooks(
         self,

@@ -1,10 +1,12 @@
-"""Interventions on attention heads: zero- or mean-ablation, as hook lists or context managers.
+"""Interventions on attention heads: head ablation, and the protocol every intervention follows.
 
-Every intervention here is a :class:`HeadAblation`. Call it with a
-:class:`~icl_heads.prompts.PromptBatch` to get forward hooks for that batch (this is
-what the package's own functions do, so "final position" means each prompt's own
-final token), use :meth:`HeadAblation.hooks` for a raw forward pass, or use the
-:func:`ablate` context manager around any forward pass of the model.
+Every intervention (a :class:`HeadAblation` here, each correction of
+:mod:`icl_heads.corrections`, or :func:`combine` of several) implements
+``hooks_for(batch)``: the forward hooks for one :class:`~icl_heads.prompts.PromptBatch`
+(this is what the package's own functions call, so "final position" means each prompt's
+own final token). Pass one as ``hooks=`` to any analysis, or apply any number at once
+around a forward pass of your own with :func:`intervening`. :func:`ablate` is the
+shorthand for ablating heads around any forward pass, with no batch needed.
 
 >>> import icl_heads as ih
 >>> model = ih.load_model("organism")
@@ -17,10 +19,10 @@ final token), use :meth:`HeadAblation.hooks` for a raw forward pass, or use the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from jaxtyping import Float
@@ -166,8 +168,11 @@ class HeadAblation:
 
         return fn
 
-    def __call__(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+    def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+        """Forward hooks for ``batch`` (its own final positions with ``where="final"``)."""
         return self.hooks(batch.final_positions if self.where == "final" else None)
+
+    __call__ = hooks_for
 
     def cache_key(self) -> str | None:
         """Content key of the ablation (the order of the heads does not matter)."""
@@ -228,10 +233,66 @@ def resolve_hooks(hooks: Hooks, batch: PromptBatch) -> list[tuple[str, HookFn]]:
     return list(hooks)
 
 
-def combine(*providers: Hooks) -> Callable[[PromptBatch], list[tuple[str, HookFn]]]:
-    """One batch-aware hook provider from several."""
+class Intervention(Protocol):
+    """What every intervention implements (head ablation and every correction): its hooks for one batch."""
 
-    def provider(batch: PromptBatch) -> list[tuple[str, HookFn]]:
-        return [h for p in providers for h in resolve_hooks(p, batch)]
+    def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]: ...
 
-    return provider
+
+class Combined:
+    """Several interventions (or hook lists) applied together, in order: itself an intervention.
+
+    Its results are reused like its parts' (its key is made of theirs) and it refuses
+    models that discard attention-pattern edits when one of its parts edits patterns.
+    """
+
+    def __init__(self, *providers: Hooks) -> None:
+        self.providers = providers
+        self.edits_pattern = any(getattr(p, "edits_pattern", False) for p in providers)
+
+    def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+        return [h for p in self.providers for h in resolve_hooks(p, batch)]
+
+    __call__ = hooks_for
+
+    def cache_key(self) -> str | None:
+        from icl_heads.engine import intervention_key
+
+        keys = [intervention_key(p) for p in self.providers]
+        return None if any(k is None for k in keys) else digest("Combined", keys)
+
+
+def combine(*providers: Hooks) -> Combined:
+    """One batch-aware intervention from several (e.g. an ablation and a correction at once)."""
+    return Combined(*providers)
+
+
+@contextmanager
+def intervening(model: Any, *interventions: Any, batch: PromptBatch) -> Iterator[None]:
+    """Context manager: forward passes of ``model`` inside run with every intervention applied, for ``batch``.
+
+    The one way to apply any intervention to a forward pass of your own, composable:
+    ``intervening(model, ablation, correction, batch=batch)`` ablates and corrects at
+    once. Run ``model(batch.tokens, attention_mask=batch.attention_mask)`` inside.
+
+    Raises:
+        ValueError: no interventions.
+        TypeError: an object without ``hooks_for``.
+        UnfaithfulModelError: a correction that edits attention patterns, on a model that discards such edits.
+    """
+    from icl_heads.faithfulness import require_pattern_edits
+
+    if not interventions:
+        raise ValueError("no interventions given; pass e.g. ih.ablation(model, heads) or a correction")
+    hooks: list[tuple[str, HookFn]] = []
+    for iv in interventions:
+        if not hasattr(iv, "hooks_for"):
+            raise TypeError(
+                f"{type(iv).__name__} is not an intervention (it has no hooks_for(batch)); pass a HeadAblation, a "
+                "correction or combine(...) of them"
+            )
+        if getattr(iv, "edits_pattern", False):
+            require_pattern_edits(ModelAccess(model, check=False), type(iv).__name__)
+        hooks += iv.hooks_for(batch)
+    with model.hooks(fwd_hooks=hooks):
+        yield

@@ -31,6 +31,12 @@ def block(summary: dict) -> str:
     if "--out" in words:  # the run's own folder says nothing to a reader
         words[words.index("--out") + 1] = "OUT"
     lines.append(f"From `{shlex.join(words)}` ({versions}; {cost} s on 2 busy CPU cores).")
+    work = summary.get("cost", {}).get("total")
+    if work:
+        lines.append(
+            f"Model work (the cost ledger in `summary.json`): {work['passes']:,} forward passes over "
+            f"{work['rows']:,} prompt rows, {work['layer_tokens']:,} layer×token evaluations."
+        )
     return "\n".join(lines)
 
 

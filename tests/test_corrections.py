@@ -416,3 +416,25 @@ def test_count_normalisation_acts_at_the_reading_position(models, task, read_at)
         )
     with pytest.raises(ValueError, match="read_at"):
         CountNormalisation(((1, 2),), read_at="auto")
+
+
+def test_ablate_and_correct_at_once(models, task):
+    """One protocol (hooks_for) and one context manager for every intervention, composable."""
+    model = models["llama"]
+    prompts = task.prompts(6, 4, seed=8, counts=(3, 1))
+    access, batch = _batch(model, prompts)
+    abl = ih.ablation(model, [(0, 1)])
+    corr = count_normalisation(model, [(1, 2)], 3.0)
+    both, _ = access.run(batch, hooks=ih.combine(abl, corr))
+    with ih.intervening(model, abl, corr, batch=batch):
+        own = model(batch.tokens, attention_mask=batch.attention_mask)[torch.arange(6), batch.final_positions]
+    torch.testing.assert_close(own.float(), both, atol=1e-5, rtol=1e-5)
+    alone = [access.run(batch, hooks=h)[0] for h in (abl, corr)]
+    assert all((both - a).abs().max() > 1e-4 for a in alone)  # each part does something
+    assert ih.combine(abl, corr).edits_pattern and not ih.combine(abl).edits_pattern
+    with pytest.raises(TypeError, match="hooks_for"):
+        with ih.intervening(model, [("blocks.0.hook_resid_pre", lambda x, hook: x)], batch=batch):
+            pass
+    with pytest.raises(ValueError, match="no interventions"):
+        with ih.intervening(model, batch=batch):
+            pass
