@@ -336,9 +336,9 @@ def test_tuning_respects_the_accuracy_limit(models, task):
 def test_tuning_warns_when_there_is_no_bias_to_tune(models, task, monkeypatch, caplog):
     import types
 
-    import icl_heads.debias as debias
+    import icl_heads.tuning as tuning
 
-    monkeypatch.setattr(debias, "_measure", lambda *a, **k: types.SimpleNamespace(bias=0.0))
+    monkeypatch.setattr(tuning, "_measure", lambda *a, **k: types.SimpleNamespace(bias=0.0))
     with caplog.at_level("WARNING", logger="icl_heads"):
         value, table = tune_correction(models["gpt2"], task, lambda v: (), [0.0, 2.0], kind="majority", shots=2, n=6)
     assert value == 0.0 and (table.bias == 0).all()
