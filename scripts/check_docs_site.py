@@ -11,7 +11,8 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
-_FIGURE = re.compile(r'<div id="([^"]+)" class="plotly-graph-div"')
+_FIGURE_DIV = re.compile(r'<div [^>]*class="plotly-graph-div"[^>]*>')
+_ID = re.compile(r'id="([^"]+)"')
 _SCRIPT = re.compile(r'<script src="([^"]*plotly[^"]*\.js)"></script>')
 
 
@@ -33,7 +34,7 @@ def site_problems(site: Path, names: list[str] | None = None) -> list[str]:
             problems.append(f"{name}: no page ({page.relative_to(site)})")
             continue
         html = page.read_text(encoding="utf-8")
-        figures = _FIGURE.findall(html)
+        figures = [m.group(1) for div in _FIGURE_DIV.findall(html) if (m := _ID.search(div))]
         drawn = [f for f in figures if re.search(rf'Plotly\.newPlot\(\s*"{re.escape(f)}"', html)]
         if not figures or len(drawn) != len(figures):
             problems.append(f"{name}: {len(figures)} plotly figure divs, {len(drawn)} drawn by Plotly.newPlot")
