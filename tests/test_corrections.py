@@ -432,9 +432,8 @@ def test_ablate_and_correct_at_once(models, task):
     alone = [access.run(batch, hooks=h)[0] for h in (abl, corr)]
     assert all((both - a).abs().max() > 1e-4 for a in alone)  # each part does something
     assert ih.combine(abl, corr).edits_pattern and not ih.combine(abl).edits_pattern
-    with pytest.raises(TypeError, match="hooks_for"):
-        with ih.intervening(model, [("blocks.0.hook_resid_pre", lambda x, hook: x)], batch=batch):
-            pass
-    with pytest.raises(ValueError, match="no interventions"):
-        with ih.intervening(model, batch=batch):
-            pass
+    raw = [("blocks.0.hook_resid_pre", lambda x, hook: x)]
+    with pytest.raises(TypeError, match="hooks_for"), ih.intervening(model, raw, batch=batch):
+        pass
+    with pytest.raises(ValueError, match="no interventions"), ih.intervening(model, batch=batch):
+        pass
