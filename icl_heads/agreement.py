@@ -237,14 +237,14 @@ def compare_head_scores(
     )[method].mean(0)  # fmt: skip
     means = ablation_means(access, tp, how, where, reference)
     label_ids = torch.tensor(tp.label_token_ids)
-    per_batch: list[Tensor] = []
-    for batch in batches(access, tp, RunOptions(batch_size, progress=progress), desc="exact ablation"):
-        per_batch.append(
-            _per_prompt_ablation(
-                access, batch, label_ids, heads_per_pass, heads=heads, how=how, where=where, means=means
-            )
+    drops = torch.zeros(len(tp), access.n_layers, access.n_heads)
+    # batched by length as score_heads batches them, so drops it computed on these prompts are read back
+    options = RunOptions(batch_size, progress=progress)
+    for batch in batches(access, tp, options, desc="exact ablation", by_length=True):
+        drops[batch.index] = _per_prompt_ablation(
+            access, batch, label_ids, heads_per_pass, heads=heads, how=how, where=where, means=means
         )
-    per_prompt = torch.cat(per_batch)[:, [layer for layer, _ in heads], [h for _, h in heads]]  # [prompt, head]
+    per_prompt = drops[:, [layer for layer, _ in heads], [h for _, h in heads]]  # [prompt, head]
     est = np.array([float(cheap[layer, h]) for layer, h in heads])
     ex = per_prompt.double().mean(0).numpy()
     se, resolved = resolved_from_zero(per_prompt) if len(per_prompt) > 1 else (np.full(n, np.nan), np.zeros(n, bool))

@@ -202,35 +202,37 @@ def score_heads(
     tp = access.tokenize(prompts)
     label_ids = torch.tensor(tp.label_token_ids)
     means = ablation_means(access, tp, how, where, reference) if {"ablation", "attribution"} & set(methods) else None
-    parts: dict[str, list[Tensor]] = {m: [] for m in methods}
-    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="scoring heads"):
+    out: dict[str, Tensor] = {}
+
+    def put(method: str, batch: PromptBatch, value: Tensor) -> None:
+        # batches come grouped by length: each prompt's scores go to its own row
+        if method not in out:
+            out[method] = torch.zeros(len(tp), *value.shape[1:], dtype=value.dtype)
+        out[method][batch.index] = value
+
+    options = RunOptions(batch_size, padding_side, progress)
+    for batch in batches(access, tp, options, desc="scoring heads", by_length=True):
         if "logprob_increase" in methods or "dla" in methods:
             lpi, dla = _per_prompt_fast(access, batch, label_ids, logprob="logprob_increase" in methods)
             if lpi is not None:
-                parts["logprob_increase"].append(lpi)
+                put("logprob_increase", batch, lpi)
             if "dla" in methods:
-                parts["dla"].append(dla)
+                put("dla", batch, dla)
         if "ablation" in methods:
-            parts["ablation"].append(
-                _per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
-            )
+            drop = _per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
+            put("ablation", batch, drop)
         if "attribution" in methods:
-            parts["attribution"].append(
-                per_prompt_attribution(
-                    access, batch, label_ids, how=how, where=where, means=means, check=not parts["attribution"]
-                )
-            )
-    out = {m: torch.cat(v) for m, v in parts.items()}
+            first = "attribution" not in out
+            est = per_prompt_attribution(access, batch, label_ids, how=how, where=where, means=means, check=first)
+            put("attribution", batch, est)
+    out = {m: out[m] for m in methods}
     if "attribution" in methods and rescore:
         chosen = largest_heads(out["attribution"].mean(0), min(rescore, access.n_layers * access.n_heads))
-        exact = torch.cat(
-            [
-                _per_prompt_ablation(
-                    access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
-                )
-                for batch in batches(access, tp, RunOptions(batch_size, padding_side))
-            ]
-        )
+        exact = torch.zeros_like(out["attribution"])
+        for batch in batches(access, tp, RunOptions(batch_size, padding_side), by_length=True):
+            exact[batch.index] = _per_prompt_ablation(
+                access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
+            )
         for layer, h in chosen:
             out["attribution"][:, layer, h] = exact[:, layer, h]
     return out
