@@ -162,3 +162,20 @@ def test_heads_needed_on_a_tiny_model(models, task):
         ih.heads_needed(model, prompts, scores, random_for="some")
     with pytest.raises(ValueError, match="margin"):
         ih.heads_needed(model, prompts, scores, margin=0)
+
+
+@pytest.mark.parametrize("name, layout", [("organism", "separator"), ("organism-slot", "slot")])
+def test_reading_roles_of_both_organisms_match_attention_computed_directly(name, layout):
+    model = ih.load_model(name)
+    prompts = ih.organism_task(layout=layout).prompts(8, 4, seed=11)
+    rr = ih.reading_roles(model, prompts, batch_size=3, n_boot=20)
+    access = ModelAccess(model)
+    tp = access.tokenize(prompts)
+    for i in range(8):
+        with torch.inference_mode():
+            _, cache = model.run_with_cache(torch.tensor([tp.tokens[i]]))
+        roles = np.asarray(tp.roles[i])
+        for layer in range(access.n_layers):
+            pattern = cache[access.hook(layer, "pattern")][0, :, -1].float().numpy()  # [head, key]
+            direct = np.stack([pattern[:, roles == r].sum(-1) for r in range(len(ROLES))], -1)
+            np.testing.assert_allclose(rr.shares[i, layer].numpy(), direct, atol=1e-5)
