@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from icl_heads.engine import _model_state, digest, record_pass, reuse_allowed
+from icl_heads.engine import _model_state, digest, per_model, record_pass, reuse_allowed
 
 logger = logging.getLogger(__name__)
 
 #: most bytes of kept residuals per model (least recently used are dropped first)
 CACHE_BYTES = 1 << 30
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
-_BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_embed.", "hook_tokens")
+_BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_embed.")
 
 
 def layer_of(name: str, n_layers: int) -> int:
@@ -150,15 +150,14 @@ def _probe(access: Any) -> Support:
 
 def support(access: Any) -> Support:
     """Whether ``access``'s model resumes exactly (probed once per model and weights)."""
-    state = _model_state(access.model)
-    hit = _SUPPORT.get(access.model)
-    if hit is not None and hit[0] == state:
-        return hit[1]
-    result = _probe(access)
-    if not result.resume:
-        logger.info("passes of %s always run in full: %s", access.name, result.reason)
-    _SUPPORT[access.model] = (state, result)
-    return result
+
+    def probe() -> Support:
+        result = _probe(access)
+        if not result.resume:
+            logger.info("passes of %s always run in full: %s", access.name, result.reason)
+        return result
+
+    return per_model(_SUPPORT, access.model, probe)
 
 
 class _Kept:

@@ -314,8 +314,10 @@ class ModelAccess:
                 return int(cand)
         return 0
 
-    def batches(self, tp: TokenizedPrompts, batch_size: int, padding_side: str = "right") -> Iterable[PromptBatch]:
-        return tp.batches(batch_size, padding_side, self.pad_id())
+    def batches(
+        self, tp: TokenizedPrompts, batch_size: int, padding_side: str = "right", *, by_length: bool = False
+    ) -> Iterable[PromptBatch]:
+        return tp.batches(batch_size, padding_side, self.pad_id(), by_length=by_length)
 
     # ---- running ---------------------------------------------------------------------
     @property

@@ -80,16 +80,7 @@ def batches(
     holds, so the caller must place per-prompt results by ``batch.index``.
     """
     options = options or RunOptions()
-    if by_length:
-        from icl_heads.prompts import PromptBatch
-
-        order = sorted(range(len(tp)), key=lambda i: len(tp.tokens[i]))
-        size, pad = options.batch_size, access.pad_id()
-        parts = [
-            PromptBatch.build(tp, order[s : s + size], options.padding_side, pad) for s in range(0, len(order), size)
-        ]
-    else:
-        parts = list(access.batches(tp, options.batch_size, options.padding_side))
+    parts = list(access.batches(tp, options.batch_size, options.padding_side, by_length=by_length))
     yield from tqdm(parts, desc=desc, disable=not options.progress)
 
 
@@ -235,16 +226,32 @@ def intervention_key(hooks: Any) -> str | None:
     return digest(type(hooks).__module__, type(hooks).__qualname__, fields)
 
 
+def _forward_hooks(model: Any) -> list[tuple[str, Any]]:
+    return [(name, h) for name, hp in getattr(model, "hook_dict", {}).items() for h in getattr(hp, "fwd_hooks", ())]
+
+
+def weights_key(model: Any) -> tuple:
+    """Changes when a weight is modified in place or a permanent hook is added or removed."""
+    params = list(model.parameters())
+    permanent = tuple((name, id(h)) for name, h in _forward_hooks(model) if getattr(h, "is_permanent", False))
+    return (len(params), sum(p._version for p in params), permanent)
+
+
+def per_model(cache: weakref.WeakKeyDictionary, model: Any, compute: Callable[[], T]) -> T:
+    """``compute()`` once per model, again only when its weights or permanent hooks change (see :func:`weights_key`)."""
+    key = weights_key(model)
+    hit = cache.get(model)
+    if hit is None or hit[0] != key:
+        hit = (key, compute())
+        cache[model] = hit
+    return hit[1]
+
+
 def _model_state(model: Any) -> tuple | None:
     """Weights and permanent hooks of ``model``; ``None`` while temporary hooks are attached (nothing is reused)."""
-    permanent = []
-    for name, hp in getattr(model, "hook_dict", {}).items():
-        for hook in getattr(hp, "fwd_hooks", ()):
-            if not getattr(hook, "is_permanent", False):
-                return None
-            permanent.append((name, id(hook)))
-    params = list(model.parameters())
-    return (len(params), sum(p._version for p in params), tuple(permanent))
+    if any(not getattr(h, "is_permanent", False) for _, h in _forward_hooks(model)):
+        return None
+    return weights_key(model)
 
 
 _PROMPT_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

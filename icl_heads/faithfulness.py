@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from icl_heads.engine import per_model
 from icl_heads.results import Result, provenance
 
 __all__ = [
@@ -131,26 +132,6 @@ class Faithfulness(Result):
 # model -> (weights key, report): the probe runs once per model until its weights change
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PATTERN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _weights_key(model: torch.nn.Module) -> tuple:
-    """Changes when a weight is modified in place or a permanent hook is added or removed."""
-    params = list(model.parameters())
-    permanent = sum(
-        sum(bool(getattr(h, "is_permanent", False)) for h in getattr(hp, "fwd_hooks", ()))
-        for hp in getattr(model, "hook_dict", {}).values()
-    )
-    return (len(params), sum(p._version for p in params), permanent)
-
-
-def _memo(cache: weakref.WeakKeyDictionary, model: torch.nn.Module, compute: Any) -> Any:
-    """``compute()`` once per model, again only when its weights or permanent hooks change."""
-    key = _weights_key(model)
-    hit = cache.get(model)
-    if hit is None or hit[0] != key:
-        hit = (key, compute())
-        cache[model] = hit
-    return hit[1]
 
 
 def _probe_tokens(access: Any, n_prompts: int, n_tokens: int, seed: int) -> Tensor:
@@ -271,7 +252,7 @@ def pattern_edits_apply(access: Any) -> bool:
     GPT-Neo, OPT) it delegates to the Hugging Face module and discards edits of the
     pattern; a correction that rescales attention would then silently do nothing.
     """
-    return _memo(_PATTERN_CACHE, access.model, lambda: _probe_pattern_edits(access))
+    return per_model(_PATTERN_CACHE, access.model, lambda: _probe_pattern_edits(access))
 
 
 def _probe_pattern_edits(access: Any) -> bool:
@@ -322,6 +303,6 @@ def require_faithful(access: Any, analysis: str = "this analysis") -> Faithfulne
     Raises:
         UnfaithfulModelError: an identity fails on this model.
     """
-    report = _memo(_CACHE, access.model, lambda: check_faithfulness(access))
+    report = per_model(_CACHE, access.model, lambda: check_faithfulness(access))
     report.raise_if_failed(analysis)
     return report

@@ -66,8 +66,13 @@ class TokenizedPrompts:
     def final_positions(self) -> tuple[int, ...]:
         return tuple(len(t) - 1 for t in self.tokens)
 
-    def batches(self, batch_size: int = 32, padding_side: str = "right", pad_id: int = 0) -> Iterator[PromptBatch]:
-        """Padded batches in prompt order.
+    def batches(
+        self, batch_size: int = 32, padding_side: str = "right", pad_id: int = 0, *, by_length: bool = False
+    ) -> Iterator[PromptBatch]:
+        """Padded batches in prompt order, or (``by_length``) of prompts of similar length, shortest first.
+
+        With ``by_length`` each batch's ``index`` says which prompts it holds: place
+        per-prompt results by it.
 
         Raises:
             ValueError: ``batch_size < 1`` or an unknown ``padding_side``.
@@ -76,8 +81,9 @@ class TokenizedPrompts:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        order = sorted(range(len(self)), key=lambda i: len(self.tokens[i])) if by_length else range(len(self))
         for start in range(0, len(self), batch_size):
-            yield PromptBatch.build(self, range(start, min(start + batch_size, len(self))), padding_side, pad_id)
+            yield PromptBatch.build(self, order[start : start + batch_size], padding_side, pad_id)
 
 
 @dataclass(frozen=True)
