@@ -11,11 +11,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads._stats import bootstrap_ci
 from icl_heads.engine import RunOptions, batches, intervention_key, memoised, prompt_key
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
+from icl_heads.stats import bootstrap_ci
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import _check_task, _with_demos, default_heads, resolve_heads  # noqa: F401
-from icl_heads._stats import bootstrap_ci
 from icl_heads.accuracy import predict
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here as before
@@ -48,6 +47,7 @@ from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here
 )
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.results import Result, provenance
+from icl_heads.stats import bootstrap_ci
 
 
 def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from icl_heads._stats import bootstrap_ci
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.bias import (
     MajorityBias,
@@ -33,6 +32,7 @@ from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.results import Result, provenance
+from icl_heads.stats import bootstrap_ci
 from icl_heads.tuning import _measure, _ratio_ci, headline_bias, tune_correction
 from icl_heads.tuning_checks import no_change_reason, read_at_for
 

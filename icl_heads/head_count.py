@@ -23,7 +23,6 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._stats import bootstrap_ci
 from icl_heads.accuracy import predict
 from icl_heads.heads import random_head_sets
 from icl_heads.interventions import HeadAblation
@@ -31,6 +30,7 @@ from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
 from icl_heads.scoring import top_heads
+from icl_heads.stats import bootstrap_ci
 
 
 @dataclass(frozen=True, repr=False)

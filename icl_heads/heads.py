@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._stats import bootstrap_ci, empirical_p
 from icl_heads.accuracy import predict
 from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
 from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
+from icl_heads.stats import bootstrap_ci, empirical_p
 
 
 @dataclass(frozen=True, repr=False)

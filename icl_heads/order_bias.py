@@ -20,13 +20,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import _check_task, _with_demos, resolve_heads
-from icl_heads._stats import bootstrap_ci
 from icl_heads.accuracy import predict
 from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised
 from icl_heads.models import Capture, Head, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import block_gaps, block_table
 from icl_heads.results import Result, provenance
+from icl_heads.stats import bootstrap_ci
 
 
 def demo_orders(labels: Sequence[int], n_random: int, rng: np.random.Generator) -> dict[str, list[int]]:

@@ -25,12 +25,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_heads._stats import bootstrap_ci
 from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import Result, provenance
 from icl_heads.slots import AFTER_LABEL, BOS, LABEL, ROLES, check_read_at
+from icl_heads.stats import bootstrap_ci
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads._stats import bootstrap_ci
+from icl_heads.stats import bootstrap_ci
 
 
 def block_gaps(

@@ -22,8 +22,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from icl_heads._version import __version__
+from icl_heads.stats import Estimate
 
 R = TypeVar("R", bound="Result")
+T = TypeVar("T")
+
+#: typed values kept in ``meta.json`` as ``{"__type__": name, "data": value.to_dict()}``, rebuilt with ``from_dict``
+JSON_TYPES: dict[str, Any] = {"Estimate": Estimate}
+
+
+def json_type(cls: type[T]) -> type[T]:
+    """Class decorator: instances of ``cls`` (with ``to_dict``/``from_dict``) are saved and loaded typed."""
+    JSON_TYPES[cls.__name__] = cls
+    return cls
 
 
 def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, Any]:
@@ -55,6 +66,8 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, 
 
 
 def _jsonable(x: Any) -> Any:
+    if type(x).__name__ in JSON_TYPES and hasattr(x, "to_dict"):
+        return {"__type__": type(x).__name__, "data": _jsonable(x.to_dict())}
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -66,7 +79,20 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _decode(x: Any) -> Any:
+    """Rebuild the typed values :func:`_jsonable` tagged (see :data:`JSON_TYPES`)."""
+    if isinstance(x, dict):
+        if set(x) == {"__type__", "data"} and x["__type__"] in JSON_TYPES:
+            return JSON_TYPES[x["__type__"]].from_dict(_decode(x["data"]))
+        return {k: _decode(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode(v) for v in x]
+    return x
+
+
 def _tuplify(x: Any) -> Any:
+    if type(x).__name__ in JSON_TYPES:
+        return x
     if isinstance(x, list):
         return tuple(_tuplify(v) for v in x)
     if isinstance(x, dict):
@@ -150,7 +176,8 @@ class Result:
             elif any(k.startswith(f"{f.name}::") for k in tensors):
                 kwargs[f.name] = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{f.name}::")}
             elif f.name in meta["fields"]:
-                kwargs[f.name] = _tuplify(meta["fields"][f.name]) if f.name != "config" else meta["fields"][f.name]
+                value = _decode(meta["fields"][f.name])
+                kwargs[f.name] = _tuplify(value) if f.name != "config" else value
         missing = [
             f.name
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]
@@ -240,6 +267,8 @@ def _read_table(file: Path, dtypes: dict[str, str]) -> pd.DataFrame:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, Estimate) and v.low == v.low:  # an interval (not NaN)
+        return f"{v:.4g} [{v.low:.4g}, {v.high:.4g}]"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, float) for x in v):

@@ -1,0 +1,244 @@
+"""One statistics module: the :class:`Estimate` type and every interval the package reports.
+
+An :class:`Estimate` is a number that carries its uncertainty: it *is* a ``float``
+(arithmetic, comparisons, formatting and pandas treat it as its value) and also
+holds ``low``, ``high``, ``n`` and ``method``::
+
+    >>> from icl_heads.stats import bootstrap_mean, wilson
+    >>> e = wilson(40, 50)
+    >>> round(float(e), 2), e.n, e.method
+    (0.8, 50, 'wilson')
+    >>> e.excludes(0.5)
+    True
+
+Intervals are 95% unless asked otherwise. The ways they are computed:
+
+- :func:`bootstrap_mean`: percentile bootstrap of a mean over prompts;
+- :func:`bootstrap`: percentile bootstrap of any statistic of resampled rows (paired
+  designs resample the same rows for every column);
+- :func:`wilson`: Wilson score interval of a proportion (vectorised :func:`wilson_interval`);
+- :func:`from_samples`: the central interval of a set of samples (random head sets,
+  resampled statistics computed elsewhere).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+#: how each kind of interval was computed, as written in ``Estimate.method``
+METHODS = ("bootstrap", "paired bootstrap", "wilson", "samples", "point")
+
+
+class Estimate(float):
+    """A number with its interval: ``value`` (the float itself), ``low``, ``high``, ``n`` and ``method``.
+
+    Arithmetic on an estimate gives a plain ``float`` (a derived number has no interval
+    of its own). Two estimates compare equal when their values are equal.
+
+    Args:
+        value: the point estimate.
+        low: lower end of the interval (NaN when there is none).
+        high: upper end of the interval.
+        n: the number of independent units it rests on (prompts, trials, samples).
+        method: how the interval was computed, one of :data:`METHODS`.
+        level: the interval's coverage (default 0.95).
+
+    Raises:
+        ValueError: ``method`` is unknown, ``n`` is negative, or ``low > high``.
+    """
+
+    __slots__ = ("high", "level", "low", "method", "n")
+    low: float
+    high: float
+    n: int
+    method: str
+    level: float
+
+    def __new__(
+        cls,
+        value: float,
+        low: float = math.nan,
+        high: float = math.nan,
+        n: int = 0,
+        method: str = "point",
+        level: float = 0.95,
+    ) -> Estimate:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if int(n) < 0:
+            raise ValueError(f"n must be a count of at least 0, got {n}")
+        low, high = float(low), float(high)
+        if low > high:
+            raise ValueError(f"the interval's low end {low} is above its high end {high}")
+        self = super().__new__(cls, float(value))
+        for name, v in (("low", low), ("high", high), ("n", int(n)), ("method", method), ("level", float(level))):
+            object.__setattr__(self, name, v)
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"an Estimate is immutable; build a new one instead of setting {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Estimate, (float(self), self.low, self.high, self.n, self.method, self.level))
+
+    @property
+    def value(self) -> float:
+        """The point estimate as a plain float."""
+        return float(self)
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """``(low, high)``."""
+        return (self.low, self.high)
+
+    def excludes(self, x: float = 0.0) -> bool:
+        """True when the interval lies entirely above or entirely below ``x`` (False without an interval)."""
+        return bool(self.low > x or self.high < x)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain values (``value, low, high, n, method, level``)."""
+        return {
+            "value": float(self),
+            "low": self.low,
+            "high": self.high,
+            "n": self.n,
+            "method": self.method,
+            "level": self.level,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Estimate:
+        """Inverse of :meth:`to_dict`."""
+        return cls(d["value"], d.get("low", math.nan), d.get("high", math.nan), d.get("n", 0), d.get("method", "point"),
+                   d.get("level", 0.95))  # fmt: skip
+
+    def __repr__(self) -> str:
+        if math.isnan(self.low):
+            return f"Estimate({float(self):.4g}, n={self.n})"
+        return f"Estimate({float(self):.4g} [{self.low:.4g}, {self.high:.4g}], n={self.n}, {self.method})"
+
+    __str__ = float.__repr__
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
+        p.text(repr(self))
+
+
+def as_estimate(x: Any) -> Estimate:
+    """``x`` as an :class:`Estimate` (a plain number becomes a point estimate without interval)."""
+    return x if isinstance(x, Estimate) else Estimate(float(x))
+
+
+def _check_level(level: float) -> float:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1 (e.g. 0.95), got {level}")
+    return (1 - level) / 2
+
+
+def bootstrap_mean(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """The mean of ``values`` with its percentile bootstrap interval.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    x = np.asarray(values, dtype=float).ravel()
+    if x.size == 0:
+        raise ValueError("cannot bootstrap an empty set of values")
+    alpha = _check_level(level)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    return Estimate(x.mean(), np.quantile(means, alpha), np.quantile(means, 1 - alpha), x.size, "bootstrap", level)
+
+
+def bootstrap_ci(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (the interval of :func:`bootstrap_mean`).
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    return bootstrap_mean(values, n_boot=n_boot, level=level, seed=seed).ci
+
+
+def resamples(n: int, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_boot, n]`` row indices drawn with replacement: one bootstrap resample per row.
+
+    Use the same indices for every quantity of a paired design.
+    """
+    if n < 1:
+        raise ValueError("cannot bootstrap an empty set of values")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    paired: bool = False,
+) -> Estimate:
+    """``statistic(index)`` on all ``n`` rows, with the percentile interval of its value on bootstrap resamples.
+
+    ``statistic`` receives an integer array of row indices (all rows in order for the point
+    estimate) and returns a number; resamples where it is not finite are dropped.
+
+    Raises:
+        ValueError: ``n`` is not positive, or the statistic is never finite.
+    """
+    alpha = _check_level(level)
+    value = float(statistic(np.arange(n)))
+    samples = np.array([statistic(idx) for idx in resamples(n, n_boot=n_boot, seed=seed)], dtype=float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        raise ValueError("the statistic is not finite on any bootstrap resample")
+    return Estimate(value, np.quantile(samples, alpha), np.quantile(samples, 1 - alpha), n,
+                    "paired bootstrap" if paired else "bootstrap", level)  # fmt: skip
+
+
+def from_samples(value: float, samples: Any, *, n: int | None = None, level: float = 0.95) -> Estimate:
+    """``value`` with the central ``level`` interval of ``samples`` (e.g. random head sets, resampled statistics).
+
+    Raises:
+        ValueError: ``samples`` is empty.
+    """
+    s = np.asarray(samples, dtype=float).ravel()
+    if s.size == 0:
+        raise ValueError("need at least one sample for an interval")
+    alpha = _check_level(level)
+    return Estimate(value, np.quantile(s, alpha), np.quantile(s, 1 - alpha), s.size if n is None else n, "samples",
+                    level)  # fmt: skip
+
+
+def wilson_interval(k: Any, n: int, z: float = 1.96) -> tuple[Any, Any]:
+    """Wilson 95% interval of a proportion ``k / n`` (vectorised over ``k``; clipped to [0, 1]).
+
+    Raises:
+        ValueError: ``n`` is not positive.
+    """
+    if n <= 0:
+        raise ValueError(f"need at least one trial, got n={n}")
+    p = np.asarray(k, dtype=float) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def wilson(successes: float, n: int) -> Estimate:
+    """The proportion ``successes / n`` with its 95% Wilson score interval.
+
+    Raises:
+        ValueError: ``n`` is not positive.
+    """
+    lo, hi = wilson_interval(successes, n)
+    return Estimate(successes / n, float(lo), float(hi), n, "wilson")
+
+
+def empirical_p(observed: float, baseline: Sequence[float] | np.ndarray, *, lower_is_extreme: bool = True) -> float:
+    """(1 + #baseline at least as extreme as ``observed``) / (1 + #baseline)."""
+    b = np.asarray(baseline, dtype=float).ravel()
+    extreme = (b <= observed) if lower_is_extreme else (b >= observed)
+    return float((1 + extreme.sum()) / (1 + b.size))

@@ -1,0 +1,92 @@
+"""The Estimate type and the intervals of icl_heads.stats."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icl_heads.results import Result
+from icl_heads.stats import Estimate, bootstrap, bootstrap_mean, from_samples, wilson, wilson_interval
+
+
+def test_estimate_is_its_value_and_keeps_its_interval():
+    e = Estimate(0.25, 0.1, 0.4, n=20, method="bootstrap")
+    assert e == 0.25 and e > 0.2 and f"{e:.2f}" == "0.25" and str(e) == "0.25"
+    assert type(e + 1) is float and e + 1 == 1.25
+    assert e.ci == (0.1, 0.4) and e.n == 20 and e.excludes(0) and not e.excludes(0.3)
+    assert pd.Series([e]).dtype == np.float64
+    for copied in (pickle.loads(pickle.dumps(e)), copy.deepcopy(e), Estimate.from_dict(e.to_dict())):
+        assert copied.to_dict() == e.to_dict()
+    with pytest.raises(AttributeError, match="immutable"):
+        e.low = 0.0  # type: ignore[misc]
+    assert "[0.1, 0.4]" in repr(e)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"method": "guess"}, "method must be one of"), ({"n": -1}, "n must be"), ({"low": 0.5, "high": 0.1}, "above")],
+)
+def test_estimate_rejects_bad_fields(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Estimate(0.3, **kwargs)
+
+
+def test_point_estimate_has_no_interval():
+    e = Estimate(1.5)
+    assert math.isnan(e.low) and not e.excludes(0) and "n=0" in repr(e)
+
+
+def test_bootstrap_mean_covers_the_mean_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    small, big = rng.normal(1, 1, 30), rng.normal(1, 1, 3000)
+    e_small, e_big = bootstrap_mean(small), bootstrap_mean(big)
+    assert e_small.low < small.mean() < e_small.high and e_big.low < 1 < e_big.high
+    assert (e_big.high - e_big.low) < (e_small.high - e_small.low) / 5
+    assert e_small.n == 30 and e_small.method == "bootstrap" and float(e_small) == pytest.approx(small.mean())
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_mean([])
+
+
+def test_paired_bootstrap_resamples_rows_together():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, 200)
+    b = a + 0.1  # perfectly paired: the difference never varies
+    e = bootstrap(lambda i: float((b[i] - a[i]).mean()), 200, paired=True)
+    assert e.method == "paired bootstrap" and e.high - e.low < 1e-9 and e == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="not finite"):
+        bootstrap(lambda i: float("nan"), 10)
+
+
+def test_wilson_matches_the_formula_and_stays_in_unit_interval():
+    e = wilson(40, 50)
+    assert e.n == 50 and e.method == "wilson" and e == 0.8
+    assert e.low == pytest.approx(0.6696, abs=1e-4) and e.high == pytest.approx(0.8876, abs=1e-4)
+    lo, hi = wilson_interval(np.array([0, 50]), 50)
+    assert lo[0] == 0.0 and hi[1] == 1.0 and (lo >= 0).all() and (hi <= 1).all()
+    with pytest.raises(ValueError, match="at least one trial"):
+        wilson(0, 0)
+
+
+def test_from_samples_takes_central_quantiles():
+    e = from_samples(0.5, np.arange(1001) / 1000)
+    assert e.low == pytest.approx(0.025) and e.high == pytest.approx(0.975) and e.n == 1001 and e == 0.5
+
+
+@dataclass(frozen=True)
+class _Holder(Result):
+    score: Estimate
+    nested: dict
+
+
+def test_results_save_and_load_estimates_typed(tmp_path):
+    held = _Holder(score=Estimate(0.3, 0.2, 0.4, 10, "wilson"), nested={"gap": Estimate(1.0, 0.5, 1.5, 7, "bootstrap")})
+    back = _Holder.load(held.save(tmp_path / "r"))
+    assert isinstance(back.score, Estimate) and back.score.to_dict() == held.score.to_dict()
+    assert isinstance(back.nested["gap"], Estimate) and back.nested["gap"].ci == (0.5, 1.5)
+    assert "0.3 [0.2, 0.4]" in repr(back)
