@@ -34,7 +34,7 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
     from icl_heads.organism import organism_task
 
     model = _model(kind, Path(tmp))
-    access = ih.ModelAccess(model)
+    access = ih.models.ModelAccess(model)
     tp = access.tokenize(organism_task(seed=5).prompts(n, 4, seed=5))
     batches = list(access.batches(tp, batch_size))
     with torch.inference_mode():  # warm up kernels on one prompt: a full batch would set the peak RSS

@@ -91,7 +91,7 @@ def _setup(kind: str, n: int, threads: int, tmp: str):
     from icl_heads.organism import organism_task
 
     model = _model(kind, Path(tmp))
-    access = ih.ModelAccess(model)
+    access = ih.models.ModelAccess(model)
     tp = access.tokenize(organism_task(seed=5).prompts(n, 4, seed=5))
     tiny = access.tokenize(organism_task(seed=5).prompts(1, 4, seed=6))
     return model, access, tp, tiny
@@ -215,7 +215,7 @@ def organism_results(seeds: tuple[int, ...], n: int) -> str:
 
     model = ih.load_model("organism")
     task = organism_task(max_words=6, noise_rate=0.2, seed=seeds[0])
-    tok = ih.ModelAccess(model).tokenizer
+    tok = ih.models.ModelAccess(model).tokenizer
     longest = max(  # 24 demonstrations and a query of 6 words each, plus BOS
         1 + len(tok(t.format(text=" ".join(["goal"] * 6), label="foo") * 24 + t.split(" {label}")[0].format(
             text=" ".join(["goal"] * 6)), add_special_tokens=False)["input_ids"])

@@ -89,7 +89,7 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
     from icl_heads.organism import organism_task
 
     model = _model(kind, Path(tmp))
-    access = ih.ModelAccess(model)
+    access = ih.models.ModelAccess(model)
     tp = access.tokenize(organism_task(seed=5).prompts(n, 4, seed=5))
     batches = list(access.batches(tp, batch_size))
     with torch.inference_mode():  # warm up kernels on one prompt: a full batch would set the peak RSS
@@ -110,7 +110,9 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
             elif what == "ablation_sweep":
                 for layer in range(access.n_layers):
                     for head in range(access.n_heads):
-                        ih.accuracy.predict(access, tp, hooks=ih.HeadAblation(((layer, head),)), batch_size=batch_size)
+                        ih.accuracy.predict(
+                            access, tp, hooks=ih.interventions.HeadAblation(((layer, head),)), batch_size=batch_size
+                        )
             elif what == "ablation_batched":
                 ih.score_heads(model, tp, methods=("ablation",), batch_size=batch_size)
         seconds = time.perf_counter() - start

@@ -83,11 +83,11 @@ def main() -> None:
     for r in range(args.repeats):
         prompts = task.prompts(args.n, 4, seed=r)  # new prompts each repeat: nothing memoised
         run(labels[0], prompts, ())
-        run(labels[1], prompts, ih.ablation(model, [(la, r % 8) for la in at]))
+        run(labels[1], prompts, ih.interventions.ablation(model, [(la, r % 8) for la in at]))
         resume._CACHE.clear()
         resume.CACHE_BYTES = 0
         try:
-            run(labels[2], prompts, ih.ablation(model, [(la, (r + 4) % 8) for la in at]))
+            run(labels[2], prompts, ih.interventions.ablation(model, [(la, (r + 4) % 8) for la in at]))
         finally:
             resume.CACHE_BYTES = keep
     rows = [(k, statistics.median(v), layer_tokens[k]) for k, v in seconds.items()]
@@ -96,7 +96,7 @@ def main() -> None:
         f"model: random Llama shape, {args.layers} layers x 8 heads, d_model {args.d_model}; {args.n} prompts "
         f"(4-shot), batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}"
     )
-    print(f"resumes exactly: {resume.support(ih.ModelAccess(model, check=False))}")
+    print(f"resumes exactly: {resume.support(ih.models.ModelAccess(model, check=False))}")
     print()
     print("| pass | seconds | time / forward | layer×token evaluations / forward |")
     print("|---|---:|---:|---:|")

@@ -1,5 +1,12 @@
 """icl_heads: find, explain and use the components that carry in-context learning.
 
+The top-level namespace holds the workflow: load a model, build prompts, find the
+in-context heads, explain them, measure and correct the biases they cause, decompose
+the logits into components and reweight them. Result classes, interventions,
+corrections and plotting functions live in their modules (``icl_heads.heads``,
+``icl_heads.interventions``, ``icl_heads.corrections``, ``icl_heads.plots``, ...);
+:func:`load_result` reads back any saved result.
+
 >>> import icl_heads as ih
 >>> task = ih.organism_task()
 >>> prompts = task.prompts(n=8, shots=4, seed=0)
@@ -7,115 +14,119 @@
 8
 """
 
+import importlib as _importlib
+import warnings as _warnings
+
 from icl_heads import testing
 from icl_heads._version import __version__
-from icl_heads.accuracy import AccuracyResult, icl_accuracy
-from icl_heads.agreement import ScoreAgreement, compare_head_scores
-from icl_heads.bias import MajorityBias, RecencyBias, majority_bias, recency_bias
-from icl_heads.corrections import (
-    correcting,
-    count_normalisation,
-    ov_compensation,
-    positional_prior,
-    unrotated_attention,
-)
-from icl_heads.debias import BiasCorrection, correct_majority_bias, correct_recency_bias, tune_correction
-from icl_heads.decomposition import (
-    ComponentStability,
-    Decomposition,
-    component_stability,
-    decompose,
-    fixed_demo_prompts,
-)
-from icl_heads.faithfulness import Faithfulness, UnfaithfulModelError, check_faithfulness
-from icl_heads.head_count import HeadCount, heads_needed
-from icl_heads.heads import InContextHeads, ablation_curve, find_in_context_heads
-from icl_heads.interventions import HeadAblation, ablate, ablation, combine, intervening
-from icl_heads.mechanism import (
-    FlipAnalysis,
-    OVLabelFeatures,
-    QKLabelAttention,
-    TwoTowerTest,
-    flip_analysis,
-    flip_prompts,
-    ov_label_features,
-    qk_label_attention,
-    two_tower_test,
-)
-from icl_heads.models import ModelAccess, load_model
+from icl_heads.accuracy import icl_accuracy
+from icl_heads.agreement import compare_head_scores
+from icl_heads.bias import majority_bias, recency_bias
+from icl_heads.debias import correct_majority_bias, correct_recency_bias
+from icl_heads.decomposition import component_stability, decompose
+from icl_heads.engine import RunOptions
+from icl_heads.faithfulness import UnfaithfulModelError, check_faithfulness
+from icl_heads.head_count import heads_needed
+from icl_heads.heads import ablation_curve, find_in_context_heads
+from icl_heads.interventions import ablate, intervening
+from icl_heads.mechanism import flip_analysis, ov_label_features, qk_label_attention, two_tower_test
+from icl_heads.models import load_model
 from icl_heads.organism import organism_task
-from icl_heads.prompts import ICLPrompts, ICLTask, LabelTokenError, PromptTooLongError, TokenizedPrompts
-from icl_heads.reading import ReadingRoles, reading_roles
-from icl_heads.reweighting import (
-    CalibPlus,
-    ComponentReweighting,
-    NotFittedError,
-    ReweightingComparison,
-    compare_reweighting,
-)
+from icl_heads.prompts import ICLPrompts, ICLTask, LabelTokenError, PromptTooLongError
+from icl_heads.reading import reading_roles
+from icl_heads.results import load_result
+from icl_heads.reweighting import CalibPlus, ComponentReweighting, NotFittedError, compare_reweighting
 from icl_heads.scoring import score_heads
+from icl_heads.stats import Estimate
 
-__all__ = [
-    "AccuracyResult",
-    "BiasCorrection",
-    "CalibPlus",
-    "ComponentReweighting",
-    "ComponentStability",
-    "Decomposition",
-    "Faithfulness",
-    "FlipAnalysis",
-    "HeadAblation",
-    "HeadCount",
-    "ICLPrompts",
+__all__ = [  # noqa: RUF022 - grouped by step of the workflow
+    # models, tasks and prompts
+    "load_model",
+    "organism_task",
     "ICLTask",
-    "InContextHeads",
-    "LabelTokenError",
-    "MajorityBias",
-    "ModelAccess",
-    "NotFittedError",
-    "OVLabelFeatures",
-    "PromptTooLongError",
-    "QKLabelAttention",
-    "ReadingRoles",
-    "RecencyBias",
-    "ReweightingComparison",
-    "ScoreAgreement",
-    "TokenizedPrompts",
-    "TwoTowerTest",
-    "UnfaithfulModelError",
-    "__version__",
-    "ablate",
-    "ablation",
+    "ICLPrompts",
+    "RunOptions",
+    # in-context heads: find, count, check
+    "find_in_context_heads",
+    "score_heads",
     "ablation_curve",
-    "check_faithfulness",
-    "combine",
+    "heads_needed",
     "compare_head_scores",
-    "compare_reweighting",
-    "component_stability",
+    "reading_roles",
+    "icl_accuracy",
+    "check_faithfulness",
+    # interventions
+    "ablate",
+    "intervening",
+    # mechanism
+    "ov_label_features",
+    "qk_label_attention",
+    "two_tower_test",
+    "flip_analysis",
+    # biases and their corrections
+    "majority_bias",
+    "recency_bias",
     "correct_majority_bias",
     "correct_recency_bias",
-    "correcting",
-    "count_normalisation",
+    # components
     "decompose",
-    "find_in_context_heads",
-    "fixed_demo_prompts",
-    "flip_analysis",
-    "flip_prompts",
-    "heads_needed",
-    "icl_accuracy",
-    "intervening",
-    "load_model",
-    "majority_bias",
-    "organism_task",
-    "ov_compensation",
-    "ov_label_features",
-    "positional_prior",
-    "qk_label_attention",
-    "reading_roles",
-    "recency_bias",
-    "score_heads",
+    "component_stability",
+    "ComponentReweighting",
+    "CalibPlus",
+    "compare_reweighting",
+    # results and numbers
+    "Estimate",
+    "load_result",
+    # errors
+    "LabelTokenError",
+    "PromptTooLongError",
+    "NotFittedError",
+    "UnfaithfulModelError",
     "testing",
-    "tune_correction",
-    "two_tower_test",
-    "unrotated_attention",
+    "__version__",
 ]
+
+#: names that left the top-level namespace, and the module each now lives in
+MOVED = {
+    "AccuracyResult": "icl_heads.accuracy",
+    "BiasCorrection": "icl_heads.debias",
+    "ComponentStability": "icl_heads.decomposition",
+    "Decomposition": "icl_heads.decomposition",
+    "Faithfulness": "icl_heads.faithfulness",
+    "FlipAnalysis": "icl_heads.mechanism",
+    "HeadAblation": "icl_heads.interventions",
+    "HeadCount": "icl_heads.head_count",
+    "InContextHeads": "icl_heads.heads",
+    "MajorityBias": "icl_heads.bias",
+    "ModelAccess": "icl_heads.models",
+    "OVLabelFeatures": "icl_heads.mechanism",
+    "QKLabelAttention": "icl_heads.mechanism",
+    "ReadingRoles": "icl_heads.reading",
+    "RecencyBias": "icl_heads.bias",
+    "ReweightingComparison": "icl_heads.reweighting",
+    "ScoreAgreement": "icl_heads.agreement",
+    "TokenizedPrompts": "icl_heads.prompts",
+    "TwoTowerTest": "icl_heads.mechanism",
+    "ablation": "icl_heads.interventions",
+    "combine": "icl_heads.interventions",
+    "correcting": "icl_heads.corrections",
+    "count_normalisation": "icl_heads.corrections",
+    "fixed_demo_prompts": "icl_heads.decomposition",
+    "flip_prompts": "icl_heads.mechanism",
+    "ov_compensation": "icl_heads.corrections",
+    "positional_prior": "icl_heads.corrections",
+    "tune_correction": "icl_heads.debias",
+    "unrotated_attention": "icl_heads.corrections",
+}
+
+
+def __getattr__(name: str):
+    """Names that moved to their modules still resolve, with a ``DeprecationWarning`` naming the new import."""
+    if name in MOVED:
+        _warnings.warn(
+            f"icl_heads.{name} left the top-level namespace; use `from {MOVED[name]} import {name}`",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(_importlib.import_module(MOVED[name]), name)
+    raise AttributeError(f"module 'icl_heads' has no attribute {name!r}")

@@ -84,11 +84,11 @@ def section_accuracy(ctx: Context, report) -> None:
 
 def section_heads(ctx: Context, report) -> None:
     import icl_heads as ih
-    from icl_heads.plots.heads import ablation_curve_figure, score_selector_figure
+    from icl_heads.plots.heads import plot_ablation_curve, plot_head_score_selector
     from icl_heads.report import agreement_section
 
     parts = report.section("In-context heads")
-    access = ih.ModelAccess(ctx.model)
+    access = ih.models.ModelAccess(ctx.model)
     total = access.n_layers * access.n_heads
     # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
     also = ("dla", "ablation") if total <= MAX_HEADS_FOR_ABLATION else ("dla",)
@@ -103,7 +103,7 @@ def section_heads(ctx: Context, report) -> None:
         f"{len(ctx.held_out)} other prompts.",
     )
     report.numbers(parts, found.summary())
-    report.figure(parts, score_selector_figure(found))
+    report.figure(parts, plot_head_score_selector(found))
     report.figure(parts, found.plot_verification())
     report.table(parts, found.verification)
     ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
@@ -112,7 +112,7 @@ def section_heads(ctx: Context, report) -> None:
         ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=n_random, seed=ctx.args.seed
     )
     report.text(parts, f"Ablating the top heads by {found.method} against random heads of the same number:")
-    report.figure(parts, ablation_curve_figure(curve, by=found.method))
+    report.figure(parts, plot_ablation_curve(curve, by=found.method))
     if "ablation" in found.scores:
         report.text(
             parts,
@@ -123,7 +123,7 @@ def section_heads(ctx: Context, report) -> None:
         by_ablation = ih.ablation_curve(
             ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=n_random, seed=ctx.args.seed
         )
-        report.figure(parts, ablation_curve_figure(by_ablation, by="ablation"))
+        report.figure(parts, plot_ablation_curve(by_ablation, by="ablation"))
         by_ablation.to_csv(ctx.out / "results" / "ablation_curve_by_ablation_score.csv", index=False)
     else:
         report.text(
@@ -134,7 +134,7 @@ def section_heads(ctx: Context, report) -> None:
     # where the heads read (token roles at the final position) and how many heads it takes to collapse ICL
     reading = ih.reading_roles(ctx.model, ctx.held_out)
     report.text(parts, "Where each head reads: its final-position attention by token role (mean over prompts).")
-    report.figure(parts, reading.heatmap())
+    report.figure(parts, reading.plot())
     report.table(parts, reading.reads(found.heads))
     count = ih.heads_needed(
         ctx.model, ctx.held_out, found, greedy=False, n_random=10, max_k=min(total, 16), seed=ctx.args.seed,
@@ -325,7 +325,7 @@ def section_components(ctx: Context, report) -> None:
         ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
     )
     report.numbers(parts, stability.summary())
-    report.figure(parts, stability.scatter("demo set"))
+    report.figure(parts, stability.plot("demo set"))
     comparison = compare_reweighting(
         ctx.model, task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
     )

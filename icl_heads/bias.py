@@ -124,9 +124,9 @@ class MajorityBias(Result):
 
     def plot(self) -> go.Figure:
         """Accuracy shift per gold label in each condition, with 95% intervals."""
-        from icl_heads.plots.bias import majority_bias_figure
+        from icl_heads.plots.bias import plot_majority_bias
 
-        return majority_bias_figure(self)
+        return plot_majority_bias(self)
 
 
 def _condition_name(counts: Sequence[int], words: Sequence[str]) -> str:

@@ -115,9 +115,9 @@ class BiasCorrection(Result):
 
     def plot(self) -> go.Figure:
         """Bias and balanced accuracy before and after, with 95% intervals."""
-        from icl_heads.plots.bias import correction_figure
+        from icl_heads.plots.bias import plot_correction
 
-        return correction_figure(self)
+        return plot_correction(self)
 
 
 def _evaluate(

@@ -92,15 +92,19 @@ class InContextHeads(Result):
 
     def heatmap(self, method: str | None = None, label: str = "all") -> go.Figure:
         """Layer x head heatmap of one score; selected heads outlined; hover shows name, score, rank."""
-        from icl_heads.plots.heads import score_heatmap
+        from icl_heads.plots.heads import plot_head_scores
 
-        return score_heatmap(self, method=method, label=label)
+        return plot_head_scores(self, method=method, label=label)
+
+    def plot(self, method: str | None = None, label: str = "all") -> go.Figure:
+        """The main figure: the layer x head heatmap of :meth:`heatmap`."""
+        return self.heatmap(method=method, label=label)
 
     def plot_verification(self) -> go.Figure:
         """Accuracy with no ablation, the found heads ablated, and random head sets ablated."""
-        from icl_heads.plots.heads import verification_bars
+        from icl_heads.plots.heads import plot_verification
 
-        return verification_bars(self)
+        return plot_verification(self)
 
 
 def _tidy(scores: dict[str, Tensor], heads: tuple[Head, ...]) -> pd.DataFrame:

@@ -283,7 +283,7 @@ def intervening(model: Any, *interventions: Any, batch: PromptBatch) -> Iterator
     from icl_heads.faithfulness import require_pattern_edits
 
     if not interventions:
-        raise ValueError("no interventions given; pass e.g. ih.ablation(model, heads) or a correction")
+        raise ValueError("no interventions given; pass e.g. ih.interventions.ablation(model, heads) or a correction")
     hooks: list[tuple[str, HookFn]] = []
     for iv in interventions:
         if not hasattr(iv, "hooks_for"):

@@ -179,9 +179,9 @@ class RecencyBias(Result):
 
     def plot(self) -> go.Figure:
         """Accuracy per order with intervals, and attention per demonstration slot."""
-        from icl_heads.plots.bias import recency_bias_figure
+        from icl_heads.plots.bias import plot_recency_bias
 
-        return recency_bias_figure(self)
+        return plot_recency_bias(self)
 
 
 def recency_bias(

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads._deprecation import renamed
 from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
@@ -123,11 +124,13 @@ class ReadingRoles(Result):
             out[f"heads reading mostly {role}"] = int(n)
         return out
 
-    def heatmap(self) -> go.Figure:
+    def plot(self) -> go.Figure:
         """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
         from icl_heads.plots.reading import plot_reading_roles
 
         return plot_reading_roles(self)
+
+    heatmap = renamed(plot, "heatmap")
 
 
 def _head_list(shares: Tensor, heads: Any) -> list[Head]:

@@ -100,11 +100,40 @@ def _tuplify(x: Any) -> Any:
     return x
 
 
+#: every result class by name, so that :func:`load_result` can rebuild any saved result
+RESULT_TYPES: dict[str, type[Result]] = {}
+
+
+def load_result(path: str | Path) -> Result:
+    """Read any result written by ``save``, whatever its kind (the folder records its class).
+
+    ``ih.load_result("runs/heads")`` gives back the ``InContextHeads`` (or any other result)
+    saved there, without naming its class.
+
+    Raises:
+        FileNotFoundError: no saved result at ``path``.
+        ValueError: the folder names a result class this version does not know, or is corrupt.
+    """
+    path = Path(path)
+    name = _read_meta(path).get("__class__")
+    if name not in RESULT_TYPES:
+        raise ValueError(
+            f"{path} holds a {name!r}, which is not a result of this version of icl_heads; known results: "
+            f"{sorted(RESULT_TYPES)}"
+        )
+    return RESULT_TYPES[name].load(path)
+
+
 class Result:
     """Mixin for frozen dataclass results: ``save``, ``load`` and a notebook repr."""
 
     _title: ClassVar[str] = "Result"
     _main_table: ClassVar[str] = "df"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            RESULT_TYPES[cls.__name__] = cls
 
     def summary(self) -> dict[str, Any]:
         """A few headline numbers (overridden by each result)."""

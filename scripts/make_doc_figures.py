@@ -20,7 +20,7 @@ import torch
 
 import icl_heads as ih
 from icl_heads.organism import HELDOUT_TEMPLATES
-from icl_heads.plots.heads import ablation_curve_figure
+from icl_heads.plots.heads import plot_ablation_curve
 from icl_heads.plots.mechanism import plot_auc_heatmap
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "figures"
@@ -49,7 +49,7 @@ def heads(model, n: int) -> tuple:
     save(found.heatmap(method="ablation"), "heads_ablation")
     save(found.plot_verification(), "heads_verification")
     curve = ih.ablation_curve(model, held_out, found.score_table("ablation"), ks=(1, 2, 4, 8), n_random=10)
-    save(ablation_curve_figure(curve), "heads_ablation_curve")
+    save(plot_ablation_curve(curve), "heads_ablation_curve")
     print(curve.to_string(index=False))
     return found, held_out
 
@@ -80,7 +80,7 @@ def components(model, n: int) -> None:
     save(dec.heatmap(), "components_heatmap", dec)
     save(dec.plot_accuracy(), "components_accuracy")
     stability = ih.component_stability(model, task, templates=HELDOUT_TEMPLATES, n=n // 2)
-    save(stability.scatter("template"), "components_stability", stability)
+    save(stability.plot("template"), "components_stability", stability)
     show(ih.compare_reweighting(model, task, seeds=(1000, 1001, 1002), n_test=n // 2), "components_reweighting")
 
 

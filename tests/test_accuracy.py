@@ -154,7 +154,7 @@ def test_first_token_end_to_end(models, task):
 
 def test_result_round_trips(models, task, tmp_path):
     result = ih.icl_accuracy(models["llama"], task.prompts(8, 2, seed=0))
-    loaded = ih.AccuracyResult.load(result.save(tmp_path / "acc"))
+    loaded = ih.accuracy.AccuracyResult.load(result.save(tmp_path / "acc"))
     pd.testing.assert_frame_equal(loaded.df, result.df)
     assert torch.equal(loaded.label_logits, result.label_logits)
     assert "ICL accuracy" in result._repr_html_()

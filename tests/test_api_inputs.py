@@ -111,11 +111,11 @@ def test_bad_heads_to_ablate(models, heads, match):
 def test_head_ablation_built_directly_checks_heads(heads, match):
     checker = "|parameter 'heads'|HeadAblation.__init__"  # the test suite's runtime type checks may speak first
     with pytest.raises((ValueError, TypeError), match=match + checker):
-        ih.HeadAblation(heads)
+        ih.interventions.HeadAblation(heads)
 
 
 def test_head_ablation_beyond_the_models_heads_fails_when_it_runs(models, task):
-    abl = ih.HeadAblation(((0, 9),))
+    abl = ih.interventions.HeadAblation(((0, 9),))
     with pytest.raises(ValueError, match=r"head \(0, 9\) is outside the model: it has 4 heads per layer"):
         ih.icl_accuracy(models["llama"], task.prompts(2, 2), hooks=abl)
 

@@ -56,7 +56,7 @@ def _scaled_effects(access, batch, label_ids, eps):
 
 def test_estimate_is_the_first_order_effect_of_every_head(any_model, task):
     # zero-ablation estimate = g . z; scaling z by (1 - eps) changes log p by eps * g . z to first order
-    access = ih.ModelAccess(any_model)
+    access = ih.models.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(6, 3, seed=11))
     label_ids = torch.tensor(tp.label_token_ids)
     batch = next(access.batches(tp, 6, "left"))
@@ -70,7 +70,7 @@ def test_estimate_is_the_first_order_effect_of_every_head(any_model, task):
 
 def test_final_position_mean_ablation_estimate_is_exact_to_first_order(any_model, task):
     # one prompt, replacement = its own final-position z plus a small step: the exact effect is linear in the step
-    access = ih.ModelAccess(any_model)
+    access = ih.models.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(1, 3, seed=12))
     label_ids = torch.tensor(tp.label_token_ids)
     batch = next(access.batches(tp, 1))
@@ -89,7 +89,7 @@ def test_final_position_mean_ablation_estimate_is_exact_to_first_order(any_model
 
 
 def test_exact_variants_match_the_intervention_module(any_model, task):
-    access = ih.ModelAccess(any_model)
+    access = ih.models.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(5, 2, seed=13))
     label_ids = torch.tensor(tp.label_token_ids)
     batch = next(access.batches(tp, 5, "left"))
@@ -142,7 +142,7 @@ def test_rescore_replaces_the_largest_estimates_by_the_exact_effect(any_model, t
 
 def test_rescoring_every_head_agrees_perfectly(models, task):
     model = models["gpt2"]
-    total = ih.ModelAccess(model).n_layers * ih.ModelAccess(model).n_heads
+    total = ih.models.ModelAccess(model).n_layers * ih.models.ModelAccess(model).n_heads
     agreement = ih.compare_head_scores(model, task.prompts(6, 2, seed=17), rescore=total, k=3)
     assert agreement.spearman == pytest.approx(1.0) and agreement.top_k_overlap == 1.0 and agreement.same_top_head
     torch.testing.assert_close(
@@ -157,7 +157,7 @@ def test_agreement_on_a_sample_round_trips_and_plots(models, task, tmp_path):
     assert set(agreement.df.rank_exact) == set(range(1, 6))
     again = ih.compare_head_scores(model, task.prompts(6, 2, seed=18), method="dla", sample=5, seed=3, k=2)
     assert again.heads == agreement.heads
-    back = ih.ScoreAgreement.load(agreement.save(tmp_path / "agreement"))
+    back = ih.agreement.ScoreAgreement.load(agreement.save(tmp_path / "agreement"))
     assert back.heads == agreement.heads and back.spearman == agreement.spearman
     fig = agreement.plot()
     assert list(fig.data[0].text) == agreement.df.name.tolist()

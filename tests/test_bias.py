@@ -205,7 +205,7 @@ def test_block_gap_alone_equals_the_full_recency_measure():
 
     model = ih.load_model("organism")
     task = ih.organism_task(template=HELDOUT_TEMPLATES[1], max_words=6, noise_rate=0.3)
-    hooks = ih.ablation(model, [(1, 1), (1, 3)])
+    hooks = ih.interventions.ablation(model, [(1, 1), (1, 3)])
     for h, seed in (((), 3), (hooks, 3), (hooks, 4)):
         with count_cost() as full_cost:
             full = ih.recency_bias(model, task, shots=4, n=60, seed=seed, hooks=h, heads=[(1, 1)], n_boot=50)

@@ -321,7 +321,7 @@ def test_tuning_respects_the_accuracy_limit(models, task):
 
     def build(value):
         calls.append(value)
-        return ih.ablation(models["llama"], [(1, h) for h in range(4)]) if value else ()
+        return ih.interventions.ablation(models["llama"], [(1, h) for h in range(4)]) if value else ()
 
     value, table = tune_correction(
         models["llama"], task, build, [0.0, 1.0], kind="majority", shots=2, n=6, seed=3, skews=[(2, 1)]
@@ -423,15 +423,15 @@ def test_ablate_and_correct_at_once(models, task):
     model = models["llama"]
     prompts = task.prompts(6, 4, seed=8, counts=(3, 1))
     access, batch = _batch(model, prompts)
-    abl = ih.ablation(model, [(0, 1)])
+    abl = ih.interventions.ablation(model, [(0, 1)])
     corr = count_normalisation(model, [(1, 2)], 3.0)
-    both, _ = access.run(batch, hooks=ih.combine(abl, corr))
+    both, _ = access.run(batch, hooks=ih.interventions.combine(abl, corr))
     with ih.intervening(model, abl, corr, batch=batch):
         own = model(batch.tokens, attention_mask=batch.attention_mask)[torch.arange(6), batch.final_positions]
     torch.testing.assert_close(own.float(), both, atol=1e-5, rtol=1e-5)
     alone = [access.run(batch, hooks=h)[0] for h in (abl, corr)]
     assert all((both - a).abs().max() > 1e-4 for a in alone)  # each part does something
-    assert ih.combine(abl, corr).edits_pattern and not ih.combine(abl).edits_pattern
+    assert ih.interventions.combine(abl, corr).edits_pattern and not ih.interventions.combine(abl).edits_pattern
     raw = [("blocks.0.hook_resid_pre", lambda x, hook: x)]
     with pytest.raises(TypeError, match="hooks_for"), ih.intervening(model, raw, batch=batch):
         pass

@@ -219,10 +219,10 @@ def test_stability_on_tiny_model(models, task):
     demo = stab.df[stab.df.axis == "demo set"]
     assert demo.pearson.between(-1, 1).all() and demo.top_iou.between(0, 1).all()
     assert stab.accuracies.shape == (2, 3, len(stab.names))
-    fig = stab.scatter("demo set", 1)
+    fig = stab.plot("demo set", 1)
     assert fig.data[0].text[1] == "L0H0" and "Pearson" in fig.layout.title.text
     with pytest.raises(ValueError, match="axis"):
-        stab.scatter("seed")
+        stab.plot("seed")
     with pytest.raises(ValueError, match="two"):
         component_stability(models["gpt2"], task, n_demo_sets=1)
 

@@ -82,13 +82,21 @@ def test_same_prompts_and_intervention_run_once(models, task):
     model = models["gpt2"]
     heads = [(1, 0), (0, 2)]
     with count_cost() as ledger:
-        a = ih.icl_accuracy(model, task.prompts(12, 2, seed=9003), hooks=ih.ablation(model, heads), batch_size=4)
-        b = ih.icl_accuracy(model, task.prompts(12, 2, seed=9003), hooks=ih.ablation(model, heads[::-1]), batch_size=6)
+        a = ih.icl_accuracy(
+            model, task.prompts(12, 2, seed=9003), hooks=ih.interventions.ablation(model, heads), batch_size=4
+        )
+        b = ih.icl_accuracy(
+            model, task.prompts(12, 2, seed=9003), hooks=ih.interventions.ablation(model, heads[::-1]), batch_size=6
+        )
     assert ledger.total.passes == 3  # the second call (same heads, other order and batch size) ran nothing
     assert torch.equal(a.label_logits, b.label_logits)
     with count_cost() as ledger:
-        ih.icl_accuracy(model, task.prompts(12, 2, seed=9003), hooks=ih.ablation(model, heads[:1]), batch_size=4)
-        ih.icl_accuracy(model, task.prompts(12, 2, seed=9004), hooks=ih.ablation(model, heads), batch_size=4)
+        ih.icl_accuracy(
+            model, task.prompts(12, 2, seed=9003), hooks=ih.interventions.ablation(model, heads[:1]), batch_size=4
+        )
+        ih.icl_accuracy(
+            model, task.prompts(12, 2, seed=9004), hooks=ih.interventions.ablation(model, heads), batch_size=4
+        )
     assert ledger.total.passes == 6  # another intervention, other prompts: both run
 
 
@@ -99,7 +107,7 @@ def test_nothing_is_reused_under_temporary_hooks_or_after_weights_change(models,
     with ih.ablate(model, [(0, 0), (0, 1), (1, 0), (1, 1)]):
         ablated = ih.icl_accuracy(model, prompts).label_logits
     assert not torch.allclose(clean, ablated)
-    hooks = ih.ablation(model, [(0, 0)])
+    hooks = ih.interventions.ablation(model, [(0, 0)])
     first = ih.icl_accuracy(model, prompts, hooks=hooks).label_logits
     w = model.blocks[1].mlp.W_out if hasattr(model.blocks[1].mlp, "W_out") else None
     param = next(model.parameters()) if w is None else w
@@ -121,7 +129,7 @@ def test_a_pass_resumes_at_its_first_hooked_layer_with_the_same_logits(models, t
 
     model = models[kind]
     prompts = task.prompts(10, 2, seed=9021)
-    hooks = ih.ablation(model, [(1, 0), (1, 2)])
+    hooks = ih.interventions.ablation(model, [(1, 0), (1, 2)])
     with count_cost() as ledger:
         ih.icl_accuracy(model, prompts, batch_size=4)  # clean: keeps the residual entering every block
         resumed = ih.icl_accuracy(model, prompts, hooks=hooks, batch_size=4).label_logits
@@ -141,7 +149,7 @@ def test_nothing_is_kept_under_temporary_hooks(models, task):
     with ih.ablate(model, [(0, 0)]):
         ih.icl_accuracy(model, prompts)
     with count_cost() as ledger:
-        ih.icl_accuracy(model, prompts, hooks=ih.ablation(model, [(1, 1)]))
+        ih.icl_accuracy(model, prompts, hooks=ih.interventions.ablation(model, [(1, 1)]))
     assert ledger.total.layer_tokens == ledger.total.tokens * model.cfg.n_layers  # ran in full
 
 
@@ -156,7 +164,7 @@ def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task
     prompts = task.prompts(6, 2, seed=9023)
     with count_cost() as ledger:
         ih.icl_accuracy(model, prompts, batch_size=6)
-        ih.icl_accuracy(model, prompts, hooks=ih.ablation(model, [(1, 0)]), batch_size=6)
+        ih.icl_accuracy(model, prompts, hooks=ih.interventions.ablation(model, [(1, 0)]), batch_size=6)
     assert ledger.total.layer_tokens == ledger.total.tokens * model.cfg.n_layers
 
 

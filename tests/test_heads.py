@@ -71,7 +71,7 @@ def test_ablation_scores_do_not_depend_on_heads_per_pass(any_model, task, fresh)
 def test_result_round_trip_and_figures(copier, majority_prompts, tmp_path):
     found = ih.find_in_context_heads(copier, majority_prompts, k=1, n_random=4, also=("dla", "ablation"))
     path = found.save(tmp_path / "found")
-    back = ih.InContextHeads.load(path)
+    back = ih.heads.InContextHeads.load(path)
     assert back.heads == found.heads and back.heads_by_label == found.heads_by_label
     torch.testing.assert_close(back.scores["dla:foo"], found.scores["dla:foo"])
     assert back.df.equals(found.df) or (back.df.values == found.df.values).all()
@@ -104,26 +104,28 @@ def test_unknown_method_is_refused(copier, majority_prompts):
 
 
 def test_ablate_context_manager_matches_hooks(any_model, task):
-    access = ih.ModelAccess(any_model)
+    access = ih.models.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(4, 2, seed=7))
     batch = next(access.batches(tp, 4, "left"))
     heads = [(0, 1), (1, 2)]
     with torch.inference_mode(), ih.ablate(any_model, heads):
         inside = any_model(batch.tokens, attention_mask=batch.attention_mask)[:, -1]
-    via_hooks, _ = access.run(batch, hooks=ih.ablation(any_model, heads))
+    via_hooks, _ = access.run(batch, hooks=ih.interventions.ablation(any_model, heads))
     torch.testing.assert_close(inside.float(), via_hooks, atol=1e-5, rtol=1e-5)
     plain, _ = access.run(batch)
     assert not torch.allclose(plain, via_hooks)
 
 
 def test_final_position_ablation_only_touches_the_final_position(copier, majority_prompts):
-    access = ih.ModelAccess(copier)
+    access = ih.models.ModelAccess(copier)
     batch = next(access.batches(access.tokenize(majority_prompts), 8))
     from icl_heads.models import Capture
 
     name = access.hook(1, "z")
     _, plain = access.run(batch, capture=[Capture(name, "all")])
-    _, ablated = access.run(batch, hooks=ih.ablation(copier, [(1, 0)], where="final"), capture=[Capture(name, "all")])
+    _, ablated = access.run(
+        batch, hooks=ih.interventions.ablation(copier, [(1, 0)], where="final"), capture=[Capture(name, "all")]
+    )
     rows = torch.arange(8)
     assert (ablated[name][rows, batch.final_positions, 0] == 0).all()
     keep = torch.ones_like(ablated[name][..., 0], dtype=torch.bool)
@@ -133,10 +135,10 @@ def test_final_position_ablation_only_touches_the_final_position(copier, majorit
 
 def test_mean_ablation_needs_reference_and_uses_it(copier, majority_prompts):
     with pytest.raises(ValueError, match="reference"):
-        ih.ablation(copier, [(1, 0)], how="mean")
+        ih.interventions.ablation(copier, [(1, 0)], how="mean")
     with pytest.raises(ValueError, match="outside the model"):
-        ih.ablation(copier, [(5, 0)])
-    abl = ih.ablation(copier, [(1, 0)], how="mean", reference=majority_prompts)
+        ih.interventions.ablation(copier, [(5, 0)])
+    abl = ih.interventions.ablation(copier, [(1, 0)], how="mean", reference=majority_prompts)
     assert abl.means.shape == (2, 2, 8) and abl.means[1, 0].abs().sum() > 0
     acc = ih.icl_accuracy(copier, majority_prompts, hooks=abl).accuracy
     assert acc <= 0.75
@@ -149,9 +151,9 @@ def test_organism_heads_carry_icl(organism):
     base = ih.icl_accuracy(organism, held_out).accuracy
     assert base >= 0.95
     # a few heads carry ICL: one head's ablation brings accuracy near chance, the median head costs nothing
-    access = ih.ModelAccess(organism)
+    access = ih.models.ModelAccess(organism)
     drops = sorted(
-        base - ih.icl_accuracy(organism, held_out, hooks=ih.HeadAblation(((layer, head),))).accuracy
+        base - ih.icl_accuracy(organism, held_out, hooks=ih.interventions.HeadAblation(((layer, head),))).accuracy
         for layer in range(access.n_layers)
         for head in range(access.n_heads)
     )

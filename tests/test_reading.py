@@ -79,7 +79,7 @@ def test_reading_roles_match_attention_computed_directly(any_model, task):
     assert row.ci_low <= row.attention <= row.ci_high
     reads = rr.reads()
     assert set(reads.read_at) <= {"label", "after_label", "slot"} and len(reads) == access.n_layers * access.n_heads
-    assert rr.heatmap().data[0].z.shape == (access.n_layers * access.n_heads, len(ROLES))
+    assert rr.plot().data[0].z.shape == (access.n_layers * access.n_heads, len(ROLES))
 
 
 def test_reading_roles_of_the_organism(organism):
@@ -142,7 +142,7 @@ def test_heads_needed_on_a_tiny_model(models, task):
     assert first.heads == f"L{access.n_layers - 1}H{access.n_heads - 1}"
     # the greedy head is the single ablation that hurts most
     accs = {
-        (a, b): ih.icl_accuracy(model, prompts, hooks=ih.HeadAblation(((a, b),))).accuracy
+        (a, b): ih.icl_accuracy(model, prompts, hooks=ih.interventions.HeadAblation(((a, b),))).accuracy
         for a in range(access.n_layers)
         for b in range(access.n_heads)
     }

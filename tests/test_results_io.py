@@ -89,7 +89,7 @@ def _drop_field(path):
 def test_damaged_folder_names_the_file(saved, damage, error, match):
     damage(saved)
     with pytest.raises(error, match=match):
-        ih.QKLabelAttention.load(saved)
+        ih.mechanism.QKLabelAttention.load(saved)
 
 
 def test_string_cells_that_look_missing_stay_strings(tmp_path):

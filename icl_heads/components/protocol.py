@@ -91,9 +91,9 @@ class ReweightingComparison(Result):
 
     def plot(self) -> go.Figure:
         """Bars of test accuracy per method, mean ± std."""
-        from icl_heads.plots.components import comparison_bars
+        from icl_heads.plots.components import plot_reweighting
 
-        return comparison_bars(self)
+        return plot_reweighting(self)
 
 
 def compare_reweighting(

@@ -262,12 +262,16 @@ class Decomposition(Result):
 
     def heatmap(self, **kinds_kw: Any) -> go.Figure:
         """Layer x head heatmap of each head's accuracy alone, centred at chance; good heads outlined."""
-        from icl_heads.plots.components import accuracy_heatmap
+        from icl_heads.plots.components import plot_component_heatmap
 
-        return accuracy_heatmap(self, **kinds_kw)
+        return plot_component_heatmap(self, **kinds_kw)
+
+    def plot(self, **kinds_kw: Any) -> go.Figure:
+        """The main figure: the layer x head heatmap of :meth:`heatmap`."""
+        return self.heatmap(**kinds_kw)
 
     def plot_accuracy(self, **kinds_kw: Any) -> go.Figure:
         """All components sorted by accuracy, coloured by kind, with the whole model and chance marked."""
-        from icl_heads.plots.components import accuracy_bars
+        from icl_heads.plots.components import plot_component_accuracy
 
-        return accuracy_bars(self, **kinds_kw)
+        return plot_component_accuracy(self, **kinds_kw)

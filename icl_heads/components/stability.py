@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads._deprecation import renamed
 from icl_heads.components.decompose import decompose
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
@@ -75,11 +76,13 @@ class ComponentStability(Result):
             out["component accuracy std across templates"] = float(self.accuracies.std(0, correction=0).mean())
         return out
 
-    def scatter(self, axis: str = "demo set", pair: int = 0) -> go.Figure:
+    def plot(self, axis: str = "demo set", pair: int = 0) -> go.Figure:
         """Component accuracy in one run against another (one pair of ``axis``), names on hover."""
-        from icl_heads.plots.components import stability_scatter
+        from icl_heads.plots.components import plot_stability
 
-        return stability_scatter(self, axis=axis, pair=pair)
+        return plot_stability(self, axis=axis, pair=pair)
+
+    scatter = renamed(plot, "scatter")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:

@@ -89,6 +89,10 @@ class TwoTowerTest(Result):
 
         return plot_auc_heatmap(self, column)
 
+    def plot(self, column: str = "auc_score") -> go.Figure:
+        """The main figure: the layer x head heatmap of :meth:`heatmap`."""
+        return self.heatmap(column)
+
 
 def demo_means(values: Float[Tensor, "batch n d"], demo: Tensor, n_demo: int) -> Float[Tensor, "batch demo d"]:
     """Mean of per-position vectors over each demonstration's positions (0 for one with none).

@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from icl_heads._deprecation import renamed
 from icl_heads._format import fmt, fmt_ci
 from icl_heads.plots._style import SEQUENTIAL
 
@@ -25,7 +26,7 @@ def _error(df, value: str, low: str, high: str) -> dict:
     }
 
 
-def majority_bias_figure(result: MajorityBias) -> go.Figure:
+def plot_majority_bias(result: MajorityBias) -> go.Figure:
     """Accuracy shift (vs balanced, same queries) per gold label in each imbalanced condition, 95% intervals."""
     df = result.df[result.df.condition != "balanced"]
     fig = go.Figure()
@@ -54,7 +55,7 @@ def majority_bias_figure(result: MajorityBias) -> go.Figure:
     return fig
 
 
-def recency_bias_figure(result: RecencyBias) -> go.Figure:
+def plot_recency_bias(result: RecencyBias) -> go.Figure:
     """Left: accuracy per demonstration order (95% intervals). Right: attention per head and demonstration slot."""
     fig = make_subplots(
         rows=1,
@@ -110,7 +111,7 @@ def recency_bias_figure(result: RecencyBias) -> go.Figure:
     return fig
 
 
-def correction_figure(result: BiasCorrection) -> go.Figure:
+def plot_correction(result: BiasCorrection) -> go.Figure:
     """Bias and balanced accuracy before and after the correction, 95% intervals; tuning curve."""
     fig = make_subplots(
         rows=1,
@@ -171,3 +172,9 @@ def correction_figure(result: BiasCorrection) -> go.Figure:
     fig.update_yaxes(title_text="bias on tuning prompts", row=1, col=3)
     fig.add_hline(y=0, line_color="black", line_width=1, row=1, col=3)
     return fig
+
+
+# the old names, deprecated
+majority_bias_figure = renamed(plot_majority_bias, "majority_bias_figure")
+recency_bias_figure = renamed(plot_recency_bias, "recency_bias_figure")
+correction_figure = renamed(plot_correction, "correction_figure")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
+from icl_heads._deprecation import renamed
 from icl_heads._format import fmt
 from icl_heads.plots._style import layer_head_heatmap
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 KIND_COLOURS = {"good": "#2ca02c", "bad": "#d62728", "label-biased": "#ff7f0e", "other": "#7f7f7f"}
 
 
-def accuracy_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
+def plot_component_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     """Layer x head heatmap of each head's accuracy alone, diverging around chance; good heads outlined.
 
     Args:
@@ -44,7 +45,7 @@ def accuracy_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     )
 
 
-def accuracy_bars(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
+def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     """Every component's accuracy alone, sorted, coloured by kind, with the full model and chance as lines."""
     df = dec.kinds(**kinds_kw).sort_values("accuracy", ascending=False, kind="stable")
     fig = go.Figure()
@@ -74,7 +75,7 @@ def accuracy_bars(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     return fig
 
 
-def stability_scatter(stab: ComponentStability, axis: str = "demo set", pair: int = 0) -> go.Figure:
+def plot_stability(stab: ComponentStability, axis: str = "demo set", pair: int = 0) -> go.Figure:
     """Accuracy of every component in run ``a`` against run ``b`` of one pair along ``axis``.
 
     Raises:
@@ -123,7 +124,7 @@ def stability_scatter(stab: ComponentStability, axis: str = "demo set", pair: in
     return fig
 
 
-def comparison_bars(result: ReweightingComparison) -> go.Figure:
+def plot_reweighting(result: ReweightingComparison) -> go.Figure:
     """Test accuracy of each method, mean ± std over seeds and templates."""
     table = result.table()
     fig = go.Figure(
@@ -142,3 +143,10 @@ def comparison_bars(result: ReweightingComparison) -> go.Figure:
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
     )
     return fig
+
+
+# the old names, deprecated
+accuracy_heatmap = renamed(plot_component_heatmap, "accuracy_heatmap")
+accuracy_bars = renamed(plot_component_accuracy, "accuracy_bars")
+stability_scatter = renamed(plot_stability, "stability_scatter")
+comparison_bars = renamed(plot_reweighting, "comparison_bars")

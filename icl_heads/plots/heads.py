@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import plotly.graph_objects as go
 
+from icl_heads._deprecation import renamed
 from icl_heads.plots._style import bar_with_ci, fit_titles, layer_head_heatmap
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ _UNITS = {
 }
 
 
-def score_heatmap(found: InContextHeads, method: str | None = None, label: str = "all") -> go.Figure:
+def plot_head_scores(found: InContextHeads, method: str | None = None, label: str = "all") -> go.Figure:
     """Layer x head heatmap of ``found``'s scores, selected heads outlined."""
     method = method or found.method
     table = found.score_table(method, label)
@@ -34,7 +35,7 @@ def score_heatmap(found: InContextHeads, method: str | None = None, label: str =
     )
 
 
-def score_selector_figure(found: InContextHeads) -> go.Figure:
+def plot_head_score_selector(found: InContextHeads) -> go.Figure:
     """Every head score of ``found`` in one layer x head heatmap, with a dropdown to choose the score.
 
     The choices are each score over all prompts (``logprob_increase``, ``dla``,
@@ -43,9 +44,9 @@ def score_selector_figure(found: InContextHeads) -> go.Figure:
     """
     choices: list[tuple[str, go.Figure]] = []
     for method in dict.fromkeys([found.method, *(k for k in found.scores if ":" not in k)]):
-        choices.append((f"{method} (all prompts)", score_heatmap(found, method=method)))
+        choices.append((f"{method} (all prompts)", plot_head_scores(found, method=method)))
     for word in found.heads_by_label:
-        choices.append((f"{found.method} (gold = {word})", score_heatmap(found, label=word)))
+        choices.append((f"{found.method} (gold = {word})", plot_head_scores(found, label=word)))
     fig = go.Figure()
     n_traces = []
     for _, sub in choices:
@@ -74,7 +75,7 @@ def score_selector_figure(found: InContextHeads) -> go.Figure:
     return fig
 
 
-def verification_bars(found: InContextHeads) -> go.Figure:
+def plot_verification(found: InContextHeads) -> go.Figure:
     """ICL accuracy with no ablation, the found heads, random sets (95% interval) and each label's heads."""
     if found.verification is None:
         raise ValueError("this result was computed with verify=False; rerun find_in_context_heads(..., verify=True)")
@@ -94,7 +95,7 @@ def verification_bars(found: InContextHeads) -> go.Figure:
     return fig
 
 
-def ablation_curve_figure(curve: pd.DataFrame, by: str | None = None) -> go.Figure:
+def plot_ablation_curve(curve: pd.DataFrame, by: str | None = None) -> go.Figure:
     """Accuracy against the number of ablated heads: top-scoring (by the score ``by``) vs random (95% band)."""
     fig = go.Figure()
     for kind, colour in (("found", "#d62728"), ("random", "#1f77b4")):
@@ -121,3 +122,10 @@ def ablation_curve_figure(curve: pd.DataFrame, by: str | None = None) -> go.Figu
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
     )
     return fig
+
+
+# the old names, deprecated
+score_heatmap = renamed(plot_head_scores, "score_heatmap")
+score_selector_figure = renamed(plot_head_score_selector, "score_selector_figure")
+verification_bars = renamed(plot_verification, "verification_bars")
+ablation_curve_figure = renamed(plot_ablation_curve, "ablation_curve_figure")
