@@ -1,4 +1,8 @@
-"""The command's output folder: written beside ``--out``, moved into place only when the run succeeds.
+"""The command's output: the one writer of the report's sections, and the output folder.
+
+:func:`write_sections` renders the sections the analyses return into the report and
+writes their CSV tables, summary entries and results. The output folder is written
+beside ``--out`` and moved into place only when the run succeeds.
 
 A run writes into ``OUT.incomplete`` (a folder beside ``OUT`` holding an
 ``INCOMPLETE`` marker). On success the files move into ``OUT`` together with
@@ -18,14 +22,37 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icl_heads._version import __version__
+
+if TYPE_CHECKING:
+    from icl_heads.report import Report, Section
 
 MANIFEST = "manifest.json"
 MARKER = "INCOMPLETE"
 #: files at the top of ``OUT`` that every run writes (results go under ``results/``)
 TOP_FILES = ("report.html", "summary.json", MANIFEST)
+
+
+def write_sections(sections: list[Section], report: Report, out: Path, summary: dict, results: dict) -> None:
+    """Render each section into ``report``; write its tables to ``out/results/<name>.csv``; keep its numbers.
+
+    Raises:
+        ValueError: two sections write the same table or the same summary entry.
+    """
+    for section in sections:
+        report.add(section)
+        for name, df in section.csv.items():
+            file = out / "results" / f"{name}.csv"
+            if file.exists():
+                raise ValueError(f"two sections write the table {file.name}; give one of them another name")
+            df.to_csv(file, index=False)
+        clash = sorted(set(section.summary) & set(summary))
+        if clash:
+            raise ValueError(f"section {section.heading!r} writes summary entries another section wrote: {clash}")
+        summary.update(section.summary)
+        results.update(section.results)
 
 
 class UsageError(ValueError):

@@ -1,8 +1,10 @@
-"""The analysis sections of the ``icl-heads analyze`` report: one function ``section_NAME(ctx, report)`` each.
+"""The analysis sections of the ``icl-heads analyze`` report: one function ``section_NAME(ctx)`` each.
 
-Each section runs its analyses, adds its figures, tables and settings to the report,
-writes its CSV tables, stores its numbers in the summary and its result objects in
-``ctx.results`` (from which :func:`icl_heads.verdicts.collect_verdicts` judges the claims).
+Each section runs its analyses and returns what they produced as data: one or more
+:class:`~icl_heads.report.Section` (its text, numbers, figures and tables in reading
+order, its CSV tables, its summary entries and its result objects, from which
+:func:`icl_heads.verdicts.collect_verdicts` judges the claims). It draws no HTML and
+writes no file: one writer (:func:`icl_heads._cli_output.write_sections`) does both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
 
@@ -69,25 +73,26 @@ def _variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str |
     )
 
 
-def section_accuracy(ctx: Context, report) -> None:
+def section_accuracy(ctx: Context) -> list[Section]:
     import icl_heads as ih
 
-    parts = report.section("ICL accuracy")
+    sec = Section("ICL accuracy")
     acc = ih.icl_accuracy(ctx.model, ctx.held_out, progress=ctx.progress)
-    report.text(parts, f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
-    report.table(parts, acc.df)
-    acc.df.to_csv(ctx.out / "results" / "accuracy.csv", index=False)
-    ctx.summary["accuracy"] = acc.accuracy
-    ctx.summary["accuracy_95ci"] = list(acc.ci)
-    ctx.summary["strict_accuracy"] = acc.strict_accuracy
+    sec.text(f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
+    sec.table(acc.df)
+    sec.csv["accuracy"] = acc.df
+    sec.summary["accuracy"] = acc.accuracy
+    sec.summary["accuracy_95ci"] = list(acc.ci)
+    sec.summary["strict_accuracy"] = acc.strict_accuracy
+    return [sec]
 
 
-def section_heads(ctx: Context, report) -> None:
+def section_heads(ctx: Context) -> list[Section]:
     import icl_heads as ih
     from icl_heads.plots.heads import plot_ablation_curve, plot_head_score_selector
-    from icl_heads.report import agreement_section
+    from icl_heads.report import agreement_part
 
-    parts = report.section("In-context heads")
+    sec = Section("In-context heads")
     access = ih.models.ModelAccess(ctx.model)
     total = access.n_layers * access.n_heads
     # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
@@ -96,26 +101,24 @@ def section_heads(ctx: Context, report) -> None:
         ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
     )
     ctx.found = found
-    ctx.results["heads"] = found
-    report.text(
-        parts,
+    sec.results["heads"] = found
+    sec.text(
         f"Setting: the default task, heads scored on {len(ctx.prompts)} prompts, every ablation measured on "
         f"{len(ctx.held_out)} other prompts.",
     )
-    report.numbers(parts, found.summary())
-    report.figure(parts, plot_head_score_selector(found))
-    report.figure(parts, found.plot_verification())
-    report.table(parts, found.verification)
+    sec.numbers(found.summary())
+    sec.figure(plot_head_score_selector(found))
+    sec.figure(found.plot_verification())
+    sec.table(found.verification)
     ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
     n_random = found.config.get("n_random", 20)  # the verification's random sets, so k = len(heads) repeats them
     curve = ih.ablation_curve(
         ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=n_random, seed=ctx.args.seed
     )
-    report.text(parts, f"Ablating the top heads by {found.method} against random heads of the same number:")
-    report.figure(parts, plot_ablation_curve(curve, by=found.method))
+    sec.text(f"Ablating the top heads by {found.method} against random heads of the same number:")
+    sec.figure(plot_ablation_curve(curve, by=found.method))
     if "ablation" in found.scores:
-        report.text(
-            parts,
+        sec.text(
             "The ablation score (the drop in the gold label's log-probability when one head is zeroed) finds the "
             "heads the model cannot do without; where the label writers are redundant these differ from the heads "
             "with the largest direct effect:",
@@ -123,52 +126,51 @@ def section_heads(ctx: Context, report) -> None:
         by_ablation = ih.ablation_curve(
             ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=n_random, seed=ctx.args.seed
         )
-        report.figure(parts, plot_ablation_curve(by_ablation, by="ablation"))
-        by_ablation.to_csv(ctx.out / "results" / "ablation_curve_by_ablation_score.csv", index=False)
+        sec.figure(plot_ablation_curve(by_ablation, by="ablation"))
+        sec.csv["ablation_curve_by_ablation_score"] = by_ablation
     else:
-        report.text(
-            parts,
+        sec.text(
             f"Ablation scores skipped: the model has {total} heads (more than {MAX_HEADS_FOR_ABLATION}) and they "
             "cost one forward pass per head; compute them with find_in_context_heads(..., also=('ablation',)).",
         )
     # where the heads read (token roles at the final position) and how many heads it takes to collapse ICL
     reading = ih.reading_roles(ctx.model, ctx.held_out)
-    report.text(parts, "Where each head reads: its final-position attention by token role (mean over prompts).")
-    report.figure(parts, reading.plot())
-    report.table(parts, reading.reads(found.heads))
+    sec.text("Where each head reads: its final-position attention by token role (mean over prompts).")
+    sec.figure(reading.plot())
+    sec.table(reading.reads(found.heads))
     count = ih.heads_needed(
         ctx.model, ctx.held_out, found, greedy=False, n_random=10, max_k=min(total, 16), seed=ctx.args.seed,
         random_for="last",  # the random sets of other sizes are on the ablation curve above
     )  # fmt: skip
-    report.text(
-        parts,
+    sec.text(
         f"How many heads carry ICL: the smallest set, in {found.method} order, whose ablation brings accuracy to "
         "within the margin of chance, against random sets of the same size.",
     )
-    report.warnings(parts, count)
-    report.numbers(parts, count.summary())
-    reading.df.to_csv(ctx.out / "results" / "reading_roles.csv", index=False)
-    count.df.to_csv(ctx.out / "results" / "heads_needed.csv", index=False)
-    ctx.summary["heads_needed"] = count.summary()
+    sec.warnings(count)
+    sec.numbers(count.summary())
+    sec.csv["reading_roles"] = reading.df
+    sec.csv["heads_needed"] = count.df
+    sec.summary["heads_needed"] = count.summary()
     # the one-backward-pass estimate of the ablation score, checked against the exact score on a sample of heads
     # on the prompts the heads were scored on: the exact ablation score computed there is read back
     agreement = ih.compare_head_scores(ctx.model, ctx.prompts, sample=min(total, 40), seed=ctx.args.seed)
-    agreement_section(report, agreement)
-    agreement.df.to_csv(ctx.out / "results" / "attribution_agreement.csv", index=False)
-    ctx.summary["attribution_agreement"] = agreement.summary()
-    found.df.to_csv(ctx.out / "results" / "head_scores.csv", index=False)
-    found.verification.to_csv(ctx.out / "results" / "head_verification.csv", index=False)
-    curve.to_csv(ctx.out / "results" / "ablation_curve.csv", index=False)
-    ctx.summary["in_context_heads"] = found.names
-    ctx.summary["heads_by_label"] = {w: [f"L{a}H{b}" for a, b in hs] for w, hs in found.heads_by_label.items()}
-    ctx.summary["head_verification"] = records(found.verification)
+    agreement_sec = agreement_part(agreement)
+    sec.csv["attribution_agreement"] = agreement.df
+    sec.summary["attribution_agreement"] = agreement.summary()
+    sec.csv["head_scores"] = found.df
+    sec.csv["head_verification"] = found.verification
+    sec.csv["ablation_curve"] = curve
+    sec.summary["in_context_heads"] = found.names
+    sec.summary["heads_by_label"] = {w: [f"L{a}H{b}" for a, b in hs] for w, hs in found.heads_by_label.items()}
+    sec.summary["head_verification"] = records(found.verification)
+    return [sec, agreement_sec]
 
 
-def section_mechanism(ctx: Context, report) -> None:
+def section_mechanism(ctx: Context) -> list[Section]:
     import icl_heads as ih
     from icl_heads.plots.mechanism import plot_auc_heatmap
 
-    parts = report.section("Mechanism: OV label features and QK two towers")
+    sec = Section("Mechanism: OV label features and QK two towers")
     heads = ctx.found.heads if ctx.found is not None else None
     ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, progress=ctx.progress)
     qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, progress=ctx.progress)
@@ -179,53 +181,49 @@ def section_mechanism(ctx: Context, report) -> None:
     except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
         flip = None
         logger.warning("flip analysis skipped: %s", err)
-    report.text(
-        parts,
+    sec.text(
         f"Setting: the default task, the {len(ctx.held_out)} held-out prompts, the in-context heads found above.",
     )
-    report.text(parts, "OV: what each in-context head writes from every demonstration's label position.")
-    report.warnings(parts, ov)
-    report.numbers(parts, ov.summary())
-    report.figure(parts, ov.plot())
-    report.text(
-        parts, "QK: attention from the final position to label positions of the query's class and the other class."
-    )
-    report.warnings(parts, qk)
-    report.numbers(parts, qk.summary())
-    report.figure(parts, qk.plot())
-    report.text(
-        parts,
+    sec.text("OV: what each in-context head writes from every demonstration's label position.")
+    sec.warnings(ov)
+    sec.numbers(ov.summary())
+    sec.figure(ov.plot())
+    sec.text("QK: attention from the final position to label positions of the query's class and the other class.")
+    sec.warnings(qk)
+    sec.numbers(qk.summary())
+    sec.figure(qk.plot())
+    sec.text(
         f"Two towers: every head's QK score at the '{towers.config['read_at']}' positions as a "
         "classifier of same-class demonstrations (ROC AUC; 0.5 = chance).",
     )
-    report.warnings(parts, towers)
-    report.figure(parts, plot_auc_heatmap(towers))
+    sec.warnings(towers)
+    sec.figure(plot_auc_heatmap(towers))
     if flip is None:
-        report.text(
-            parts,
+        sec.text(
             "Flip analysis: no prediction flipped when the query's class changed, so there is nothing to compare.",
         )
     else:
-        report.text(parts, "Flip: prompts with a query of the other class; how much attention and OV vectors change.")
-        report.warnings(parts, flip)
-        report.numbers(parts, flip.summary())
-        report.figure(parts, flip.plot())
-    ctx.results.update(ov=ov, qk=qk)
+        sec.text("Flip: prompts with a query of the other class; how much attention and OV vectors change.")
+        sec.warnings(flip)
+        sec.numbers(flip.summary())
+        sec.figure(flip.plot())
+    sec.results.update(ov=ov, qk=qk)
     results = {"ov_label_features": ov, "qk_label_attention": qk, "two_tower": towers, "flip": flip}
     for name, result in results.items():
         if result is not None:
-            result.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
-    ctx.summary["mechanism"] = {name: r.summary() for name, r in results.items() if r is not None}
+            sec.csv[f"{name}"] = result.df
+    sec.summary["mechanism"] = {name: r.summary() for name, r in results.items() if r is not None}
+    return [sec]
 
 
-def section_bias(ctx: Context, report) -> None:
+def section_bias(ctx: Context) -> list[Section]:
     from icl_heads.bias import majority_bias, recency_bias
     from icl_heads.debias import correct_majority_bias, correct_recency_bias
 
-    parts = report.section("Majority-label and recency bias, and their corrections")
+    sec = Section("Majority-label and recency bias, and their corrections")
     task, note = _organism_variant(ctx, "bias")
     if note:
-        report.text(parts, note)
+        sec.text(note)
     n, seed = ctx.args.n_prompts, ctx.args.seed
     # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
     recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
@@ -233,11 +231,11 @@ def section_bias(ctx: Context, report) -> None:
     # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
     major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, progress=ctx.progress)
     recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads)
-    ctx.results.update(majority=major, recency=recent)
-    report.numbers(parts, major.summary())
-    report.figure(parts, major.plot())
-    report.numbers(parts, recent.summary())
-    report.figure(parts, recent.plot())
+    sec.results.update(majority=major, recency=recent)
+    sec.numbers(major.summary())
+    sec.figure(major.plot())
+    sec.numbers(recent.summary())
+    sec.figure(recent.plot())
 
     def attempt(name: str, run: Callable[[], Any]) -> Any:
         try:
@@ -276,68 +274,69 @@ def section_bias(ctx: Context, report) -> None:
             ),
         ),
     }
-    report.text(
-        parts,
+    sec.text(
         "Corrections: hyperparameters tuned on held-out prompts, measured on the same test prompts as the biases "
         "above (so 'bias before' repeats them). Their 'balanced accuracy' is measured on balanced prompts drawn "
         "for the correction, a different sample from the majority measurement's balanced condition.",
     )
     for key, fix in zip(("majority_correction", "recency_correction"), fixes.items(), strict=True):
-        ctx.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])
+        sec.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])
     for name, fix in fixes.items():
-        report.text(parts, name)
+        sec.text(name)
         if fix is None:
-            report.text(parts, f"Not applicable on these prompts: {skipped[name]}.")
+            sec.text(f"Not applicable on these prompts: {skipped[name]}.")
             continue
-        report.warnings(parts, fix)
-        report.numbers(parts, fix.summary())
-        report.figure(parts, fix.plot())
-    major.df.to_csv(ctx.out / "results" / "majority_bias.csv", index=False)
-    recent.df.to_csv(ctx.out / "results" / "recency_bias.csv", index=False)
+        sec.warnings(fix)
+        sec.numbers(fix.summary())
+        sec.figure(fix.plot())
+    sec.csv["majority_bias"] = major.df
+    sec.csv["recency_bias"] = recent.df
     for name, fix in zip(("majority_correction", "recency_correction"), fixes.values(), strict=True):
         if fix is not None:
-            fix.df.to_csv(ctx.out / "results" / f"{name}.csv", index=False)
-    ctx.summary["bias"] = {
+            sec.csv[f"{name}"] = fix.df
+    sec.summary["bias"] = {
         "majority": major.summary(),
         "recency": recent.summary(),
         **{name: fix.summary() for name, fix in fixes.items() if fix is not None},
         **({"corrections_skipped": skipped} if skipped else {}),
     }
+    return [sec]
 
 
-def section_components(ctx: Context, report) -> None:
+def section_components(ctx: Context) -> list[Section]:
     from icl_heads.decomposition import component_stability, decompose
     from icl_heads.reweighting import compare_reweighting
 
-    parts = report.section("Components: decomposition, component kinds, stability, reweighting")
+    sec = Section("Components: decomposition, component kinds, stability, reweighting")
     task, note = _organism_variant(ctx, "components")
     if note:
-        report.text(parts, note)
+        sec.text(note)
     held_out = task.prompts(ctx.args.n_prompts, ctx.args.shots, seed=ctx.args.seed + 1) if note else ctx.held_out
     dec = decompose(ctx.model, held_out, progress=ctx.progress)
-    report.numbers(parts, dec.summary())
-    report.figure(parts, dec.heatmap())
-    report.figure(parts, dec.plot_accuracy())
+    sec.numbers(dec.summary())
+    sec.figure(dec.heatmap())
+    sec.figure(dec.plot_accuracy())
     kinds = dec.kinds()
-    report.table(parts, kinds.sort_values("accuracy", ascending=False), max_rows=15)
-    ctx.results["decomposition"] = dec
+    sec.table(kinds.sort_values("accuracy", ascending=False), max_rows=15)
+    sec.results["decomposition"] = dec
     stability = component_stability(
         ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
     )
-    report.numbers(parts, stability.summary())
-    report.figure(parts, stability.plot("demo set"))
+    sec.numbers(stability.summary())
+    sec.figure(stability.plot("demo set"))
     comparison = compare_reweighting(
         ctx.model, task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
     )
-    ctx.results["reweighting"] = comparison
-    report.numbers(parts, comparison.summary())
-    report.figure(parts, comparison.plot())
-    report.table(parts, comparison.df)
-    kinds.to_csv(ctx.out / "results" / "components.csv", index=False)
-    stability.df.to_csv(ctx.out / "results" / "component_stability.csv", index=False)
-    comparison.df.to_csv(ctx.out / "results" / "reweighting.csv", index=False)
-    ctx.summary["components"] = {
+    sec.results["reweighting"] = comparison
+    sec.numbers(comparison.summary())
+    sec.figure(comparison.plot())
+    sec.table(comparison.df)
+    sec.csv["components"] = kinds
+    sec.csv["component_stability"] = stability.df
+    sec.csv["reweighting"] = comparison.df
+    sec.summary["components"] = {
         "decomposition": dec.summary(),
         "stability": stability.summary(),
         "reweighting": comparison.summary(),
     }
+    return [sec]

@@ -8,9 +8,12 @@ Examples::
 Every input is checked before the model loads (:mod:`icl_heads._cli_inputs`); a bad one
 ends the command with a one-line message and exit code 2 (``--debug`` shows the
 traceback). Results are written beside ``--out`` and moved into place only when the
-run succeeds (:mod:`icl_heads._cli_output`). A section is a function
-``section_NAME(ctx, report)`` listed in :data:`SECTIONS`, with an optional check in
-:data:`SECTION_CHECKS` that runs before the model loads.
+run succeeds (:mod:`icl_heads._cli_output`). The command is argument parsing plus a
+pipeline: a section is a function ``section_NAME(ctx)`` listed in :data:`SECTIONS` (with
+an optional check in :data:`SECTION_CHECKS` that runs before the model loads); it
+returns its results as :class:`~icl_heads.report.Section` data, and one writer
+(:func:`~icl_heads._cli_output.write_sections`) renders them into the report, the CSV
+tables and the summary.
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
-from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises
+from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises, write_sections
 from icl_heads._cli_sections import (
     Context,
     _organism_variant,  # noqa: F401  (re-exported: tests and users import it from here)
@@ -39,6 +41,7 @@ from icl_heads._cli_sections import (
 )
 from icl_heads._version import __version__
 from icl_heads.engine import CostLedger, count_cost
+from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
 
@@ -121,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-SECTIONS: list[tuple[str, Callable[[Context, Any], None]]] = [
+SECTIONS: list[tuple[str, Callable[[Context], list[Section]]]] = [
     ("accuracy", section_accuracy),
     ("heads", section_heads),
     ("mechanism", section_mechanism),
@@ -176,14 +179,15 @@ def _intro(plan: Plan) -> str:
     )
 
 
-def _data_section(plan: Plan, report) -> None:
+def _data_section(plan: Plan) -> Section:
     import pandas as pd
 
-    parts = report.section("Task and data")
-    report.text(parts, f"Task {plan.task.name}: template {plan.task.template!r}.")
-    report.table(parts, pd.DataFrame(plan.classes))
+    sec = Section("Task and data")
+    sec.text(f"Task {plan.task.name}: template {plan.task.template!r}.")
+    sec.table(pd.DataFrame(plan.classes))
     for note in plan.notes:
-        report.text(parts, f"Note: {note}")
+        sec.text(f"Note: {note}")
+    return sec
 
 
 def _seeds(seed: int) -> dict[str, int]:
@@ -246,7 +250,7 @@ def run(plan: Plan, argv: list[str]) -> dict:
             seeds=_seeds(args.seed), threads=args.threads,
         )  # fmt: skip
         report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
-        _data_section(plan, report)
+        report.add(_data_section(plan))
         ledger = CostLedger()
         for name, fn in SECTIONS:
             if name in plan.skip:
@@ -254,7 +258,7 @@ def run(plan: Plan, argv: list[str]) -> dict:
             t = time.time()
             logger.info("section %s", name)
             with count_cost(ledger), ledger.section(name):
-                fn(ctx, report)
+                write_sections(fn(ctx), report, ctx.out, ctx.summary, ctx.results)
             ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
         ctx.summary["total_seconds"] = round(time.time() - start, 2)
         ctx.summary["icl_heads_version"] = ih.__version__

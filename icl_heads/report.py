@@ -66,6 +66,39 @@ _STATE_CLASS = {
 
 
 @dataclass
+class Section:
+    """One section of the report as data, built by an analysis and rendered by :meth:`Report.add`.
+
+    Its ``blocks`` are what the reader sees, in order (text, numbers, warnings, figures,
+    tables); ``csv`` the tables written next to the report (``results/<name>.csv``);
+    ``summary`` its entries in ``summary.json``; ``results`` the result objects the
+    verdicts are judged from. Building a section neither draws HTML nor writes files.
+    """
+
+    heading: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+    csv: dict[str, pd.DataFrame] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("text", text))
+
+    def numbers(self, values: dict[str, Any]) -> None:
+        self.blocks.append(("numbers", dict(values)))
+
+    def warnings(self, result: Any) -> None:
+        """Each of a result's warnings (``result.warnings``), in a box the reader cannot miss."""
+        self.blocks.append(("warnings", result))
+
+    def figure(self, fig: go.Figure) -> None:
+        self.blocks.append(("figure", fig))
+
+    def table(self, df: pd.DataFrame, max_rows: int = 30) -> None:
+        self.blocks.append(("table", (df, max_rows)))
+
+
+@dataclass
 class Report:
     """Collects sections of figures, tables and text; writes one HTML file that needs no network."""
 
@@ -76,6 +109,17 @@ class Report:
     verdicts: list[Any] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
     cost: pd.DataFrame | None = None
+
+    def add(self, section: Section) -> None:
+        """Render a :class:`Section`'s blocks, in order, as a new section of the page."""
+        parts = self.section(section.heading)
+        for kind, payload in section.blocks:
+            if kind == "figure":
+                self.figure(parts, payload)
+            elif kind == "table":
+                self.table(parts, *payload)
+            else:
+                getattr(self, kind)(parts, payload)
 
     def section(self, heading: str) -> list[str]:
         parts: list[str] = []
@@ -182,20 +226,24 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def agreement_section(report: Report, agreement: ScoreAgreement) -> None:
-    """Add a section showing how a cheap head score agrees with the exact ablation score on a sample of heads.
+def agreement_part(agreement: ScoreAgreement) -> Section:
+    """The section showing how a cheap head score agrees with the exact ablation score on a sample of heads.
 
     Args:
-        report: the report to extend.
         agreement: from :func:`icl_heads.compare_head_scores`.
     """
-    parts = report.section(f"{agreement.method} score vs exact ablation ({len(agreement.heads)} heads)")
-    Report.text(
-        parts,
+    sec = Section(f"{agreement.method} score vs exact ablation ({len(agreement.heads)} heads)")
+    sec.text(
         f"The {agreement.method} score against the exact ablation effect (the drop in the gold label's "
         f"log-probability when one head is ablated) on {len(agreement.heads)} heads. A Spearman correlation "
-        "well below 0.9 or a different top head means the cheap score should not replace the exact one here.",
+        "well below 0.9 or a different top head means the cheap score should not replace the exact one here."
     )
-    Report.warnings(parts, agreement)
-    Report.numbers(parts, agreement.summary())
-    report.figure(parts, agreement.plot())
+    sec.warnings(agreement)
+    sec.numbers(agreement.summary())
+    sec.figure(agreement.plot())
+    return sec
+
+
+def agreement_section(report: Report, agreement: ScoreAgreement) -> None:
+    """Add :func:`agreement_part` to ``report``."""
+    report.add(agreement_part(agreement))

@@ -130,3 +130,35 @@ def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(t
         assert harder.label_words == task.label_words and harder.classes == task.classes
     ctx.args = argparse.Namespace(data=tmp_path / "mine.csv", task="organism", seed=3)
     assert _organism_variant(ctx, "bias") == (task, None)
+
+
+def test_one_writer_renders_sections_and_refuses_clashes(tmp_path):
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from icl_heads._cli_output import write_sections
+    from icl_heads.report import Report, Section
+
+    (tmp_path / "results").mkdir()
+    first = Section("First")
+    first.text("hello")
+    first.figure(go.Figure(go.Bar(y=[1, 2])))
+    first.table(pd.DataFrame({"a": [1, 2]}))
+    first.csv["table_a"] = pd.DataFrame({"a": [1, 2]})
+    first.summary["a"] = 1
+    first.results["a"] = "result"
+    assert not any((tmp_path / "results").iterdir())  # building a section writes nothing
+    report, summary, results = Report(title="t"), {}, {}
+    write_sections([first], report, tmp_path, summary, results)
+    assert [h for h, _ in report.sections] == ["First"] and report.n_figures == 1
+    assert "<p>hello</p>" in report.sections[0][1][0] and "<table" in report.sections[0][1][2]
+    assert pd.read_csv(tmp_path / "results" / "table_a.csv").a.tolist() == [1, 2]
+    assert summary == {"a": 1} and results == {"a": "result"}
+    again = Section("Again")
+    again.csv["table_a"] = pd.DataFrame({"b": [0]})
+    with pytest.raises(ValueError, match="two sections write the table table_a.csv"):
+        write_sections([again], report, tmp_path, summary, results)
+    clash = Section("Clash")
+    clash.summary["a"] = 2
+    with pytest.raises(ValueError, match=r"summary entries another section wrote: \['a'\]"):
+        write_sections([clash], report, tmp_path, summary, results)
