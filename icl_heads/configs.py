@@ -13,7 +13,7 @@ not name are kept in ``extra``. Values are validated where a wrong one would mis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from icl_heads.records import UNSET, Record, check_choice, check_positive
 from icl_heads.results import json_type
@@ -39,6 +39,10 @@ class ReadingInfo(Record):
     attention_by_role: dict[str, float] = UNSET
     share_at_read_positions: dict[str, float] = UNSET
     min_read_share: float = UNSET
+
+    _last: ClassVar[tuple[str, ...]] = (
+        "read_at_requested", "read_at", "attention_by_role", "share_at_read_positions", "min_read_share"
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice(self, "read_at", READ_AT)

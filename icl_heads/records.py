@@ -78,9 +78,11 @@ class Record(Mapping[str, Any]):
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
 
     _nested: ClassVar[dict[str, type[Record]]] = {}  # field name -> record class, rebuilt from dicts by from_dict
+    _last: ClassVar[tuple[str, ...]] = ()  # inherited fields whose keys come after the subclass's own
 
     def _fields(self) -> Iterator[tuple[str, Any]]:
-        for f in dataclasses.fields(self):
+        fields = dataclasses.fields(self)
+        for f in sorted(fields, key=lambda f: f.name in self._last):
             value = getattr(self, f.name)
             if f.name != "extra" and value is not UNSET:
                 yield f.metadata.get("key", f.name), value
