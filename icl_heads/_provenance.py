@@ -6,9 +6,13 @@ import hashlib
 import platform
 import shlex
 import sys
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from icl_heads.records import UNSET, Record, renamed
+from icl_heads.results import json_type
 
 #: distributions whose versions a run records, by the name shown
 PACKAGES = {
@@ -47,36 +51,83 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def model_identity(model: Any, reference: str, architecture: str | None = None) -> dict[str, Any]:
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class ModelIdentity(Record):
+    """A loaded model: its reference, architecture, class (key ``"class"``), size, device and dtype."""
+
+    reference: str
+    architecture: str
+    class_: str = renamed("class")
+    n_layers: int | None = None
+    n_heads: int | None = None
+    d_model: int | None = None
+    parameters: int = 0
+    device: str = "unknown"
+    dtype: str = "unknown"
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class TaskIdentity(Record):
+    """A task: name, template, classes, label words and size; its data file and SHA-256 if it came from one."""
+
+    name: str
+    template: str
+    classes: list[str]
+    label_words: list[str]
+    examples: int
+    data: str = UNSET
+    data_sha256: str = UNSET
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class RunProvenance(Record):
+    """Everything a reader needs to reproduce a run of ``icl-heads analyze``; ``cost`` is set when it ends."""
+
+    command: str
+    versions: dict[str, str]
+    model: ModelIdentity
+    task: TaskIdentity
+    seeds: dict[str, int]
+    torch_threads: Any
+    platform: str
+    python_executable: str
+    cost: dict[str, Any] = UNSET
+
+    _nested: ClassVar[dict[str, type[Record]]] = {"model": ModelIdentity, "task": TaskIdentity}
+
+
+def model_identity(model: Any, reference: str, architecture: str | None = None) -> ModelIdentity:
     """Name, architecture, size, device and dtype of a loaded model (read off its weights)."""
     cfg = getattr(model, "cfg", None)
     params = list(model.parameters())
     first = params[0] if params else None
-    return {
-        "reference": reference,
-        "architecture": architecture or getattr(cfg, "original_architecture", None) or type(model).__name__,
-        "class": type(model).__name__,
-        "n_layers": getattr(cfg, "n_layers", None),
-        "n_heads": getattr(cfg, "n_heads", None),
-        "d_model": getattr(cfg, "d_model", None),
-        "parameters": int(sum(p.numel() for p in params)),
-        "device": str(first.device) if first is not None else "unknown",
-        "dtype": str(first.dtype).removeprefix("torch.") if first is not None else "unknown",
-    }
+    return ModelIdentity(
+        reference=reference,
+        architecture=architecture or getattr(cfg, "original_architecture", None) or type(model).__name__,
+        class_=type(model).__name__,
+        n_layers=getattr(cfg, "n_layers", None),
+        n_heads=getattr(cfg, "n_heads", None),
+        d_model=getattr(cfg, "d_model", None),
+        parameters=int(sum(p.numel() for p in params)),
+        device=str(first.device) if first is not None else "unknown",
+        dtype=str(first.dtype).removeprefix("torch.") if first is not None else "unknown",
+    )
 
 
-def task_identity(task: Any, data: Path | None) -> dict[str, Any]:
+def task_identity(task: Any, data: Path | None) -> TaskIdentity:
     """Name, template, classes and size of the task; the data file and its SHA-256 when it came from one."""
-    out: dict[str, Any] = {
-        "name": task.name,
-        "template": task.template,
-        "classes": [str(c) for c in task.classes],
-        "label_words": list(task.label_words),
-        "examples": len(task.labels),
-    }
-    if data is not None:
-        out.update(data=str(data), data_sha256=sha256(data))
-    return out
+    source = {} if data is None else {"data": str(data), "data_sha256": sha256(data)}
+    return TaskIdentity(
+        name=task.name,
+        template=task.template,
+        classes=[str(c) for c in task.classes],
+        label_words=list(task.label_words),
+        examples=len(task.labels),
+        **source,
+    )
 
 
 def run_provenance(
@@ -89,17 +140,17 @@ def run_provenance(
     data: Path | None,
     seeds: dict[str, int],
     threads: Any,
-) -> dict[str, Any]:
-    """Everything a reader needs to reproduce the run (the cost is added when it ends)."""
+) -> RunProvenance:
+    """Everything a reader needs to reproduce the run (the cost is added when it ends, with ``replace``)."""
     import torch
 
-    return {
-        "command": command_line(argv),
-        "versions": versions(),
-        "model": model_identity(model, reference, architecture),
-        "task": task_identity(task, data),
-        "seeds": seeds,
-        "torch_threads": threads if threads is not None else torch.get_num_threads(),
-        "platform": f"{platform.system()} {platform.machine()}",
-        "python_executable": sys.executable,
-    }
+    return RunProvenance(
+        command=command_line(argv),
+        versions=versions(),
+        model=model_identity(model, reference, architecture),
+        task=task_identity(task, data),
+        seeds=seeds,
+        torch_threads=threads if threads is not None else torch.get_num_threads(),
+        platform=f"{platform.system()} {platform.machine()}",
+        python_executable=sys.executable,
+    )

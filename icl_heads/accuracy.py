@@ -14,6 +14,7 @@ from torch import Tensor
 from icl_heads.engine import RunOptions, batches, intervention_key, memoised, prompt_key
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.stats import bootstrap_ci
 
@@ -92,7 +93,7 @@ class AccuracyResult(Result):
     label_logits: Tensor
     golds: Tensor
     strict_correct: Tensor
-    provenance: dict = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
     _title = "ICL accuracy"
 
     @property

@@ -25,9 +25,11 @@ from jaxtyping import Float
 from scipy.stats import spearmanr
 from torch import Tensor
 
+from icl_heads.configs import ScoreAgreementConfig
 from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.scoring import METHODS, _per_prompt_ablation, ablation_means, check_ablation_args, score_heads
 
@@ -67,8 +69,8 @@ class ScoreAgreement(Result):
     exact_self_spearman: float = float("nan")
     spearman_resolved: float = float("nan")
     warnings: tuple[str, ...] = ()
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: ScoreAgreementConfig = field(default_factory=ScoreAgreementConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Agreement with the exact ablation score"
 
     @property
@@ -271,10 +273,10 @@ def compare_head_scores(
             "rank_exact": rank_ex,
         }
     )
-    config = {
-        "method": method, "sample": n, "seed": seed, "k": k, "how": how, "where": where,
-        "mean_reference": reference is not None, "rescore": rescore,
-    }  # fmt: skip
+    config = ScoreAgreementConfig(
+        method=method, sample=n, seed=seed, k=k, how=how, where=where,
+        mean_reference=reference is not None, rescore=rescore,
+    )  # fmt: skip
     return ScoreAgreement(
         method=method, heads=heads, spearman=rho, top_k_overlap=overlap, k=k, df=df, exact_self_spearman=self_rho,
         spearman_resolved=rho_resolved, warnings=_noise_warnings(self_rho, rho, int(resolved.sum()), n), config=config,

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from icl_heads._bias_common import _check_task, _with_demos, default_heads, resolve_heads  # noqa: F401
 from icl_heads.accuracy import predict
+from icl_heads.configs import MajorityBiasConfig
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here as before
     RecencyBias,
@@ -46,6 +47,7 @@ from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here
     recency_prompts,
 )
 from icl_heads.prompts import ICLPrompts, ICLTask
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.stats import bootstrap_ci
 
@@ -107,8 +109,8 @@ class MajorityBias(Result):
     counts: Tensor
     golds: Tensor
     per_prompt: Tensor
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: MajorityBiasConfig = field(default_factory=MajorityBiasConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Majority-label bias"
 
     def summary(self) -> dict[str, Any]:
@@ -228,7 +230,7 @@ def majority_bias(
     golds = base.golds
     tables = _majority_tables(label_logits, torch.tensor(conds), golds, names, task.label_words, n_boot, seed)
     df, cond_df, per_prompt, per_prompt_prob = tables
-    config = {"shots": shots, "n": n, "seed": seed, "skews": [list(s) for s in skews], "hooked": bool(hooks)}
+    config = MajorityBiasConfig(shots=shots, n=n, seed=seed, skews=[list(s) for s in skews], hooked=bool(hooks))
     return MajorityBias(
         df=df,
         conditions=cond_df,

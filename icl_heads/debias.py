@@ -27,10 +27,12 @@ from icl_heads.bias import (
     _check_task,
     resolve_heads,
 )
+from icl_heads.configs import BiasCorrectionConfig
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.stats import bootstrap_ci
 from icl_heads.tuning import _measure, _ratio_ci, headline_bias, tune_correction
@@ -86,8 +88,8 @@ class BiasCorrection(Result):
     reduction_ci: tuple
     accuracy_change: float
     accuracy_change_ci: tuple
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: BiasCorrectionConfig = field(default_factory=BiasCorrectionConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "Bias correction"
 
@@ -182,10 +184,10 @@ def _evaluate(
         acc_b.label_logits.argmax(-1) == acc_b.golds
     ).float()
     b0 = float(stat(stat_b))
-    config = {
-        "headline": headline, "shots": shots, "n": n, "seed": seed, "tune_n": tune_n, "tune_seed": tune_seed,
-        "max_accuracy_drop": max_accuracy_drop, "grid": [float(g) for g in grid], **measure, **reading[1],
-    }  # fmt: skip
+    config = BiasCorrectionConfig(
+        headline=headline, shots=shots, n=n, seed=seed, tune_n=tune_n, tune_seed=tune_seed,
+        max_accuracy_drop=max_accuracy_drop, grid=[float(g) for g in grid], **measure, **reading[1],
+    )  # fmt: skip
     warnings = (*reading[2], *no_change_reason(tuning, value, parameter, max_accuracy_drop, reading[2]))
     for w in warnings[len(reading[2]) :]:
         logger.warning(w)

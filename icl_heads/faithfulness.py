@@ -31,7 +31,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from icl_heads.configs import FaithfulnessConfig
 from icl_heads.engine import per_model
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 
 __all__ = [
@@ -87,8 +89,8 @@ class Faithfulness(Result):
     df: pd.DataFrame
     architecture: str
     notes: tuple[str, ...] = ()
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: FaithfulnessConfig = field(default_factory=FaithfulnessConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Faithfulness of the linear identities"
 
     @property
@@ -240,7 +242,7 @@ def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, se
         df=pd.DataFrame(rows),
         architecture=access.architecture,
         notes=tuple(notes),
-        config={"n_prompts": n_prompts, "n_tokens": int(tokens.shape[1]), "seed": seed},
+        config=FaithfulnessConfig(n_prompts=n_prompts, n_tokens=int(tokens.shape[1]), seed=seed),
         provenance=provenance(access.name, architecture=access.architecture),
     )
 

@@ -24,10 +24,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads.accuracy import predict
+from icl_heads.configs import HeadCountConfig
 from icl_heads.heads import random_head_sets
 from icl_heads.interventions import HeadAblation
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.scoring import top_heads
 from icl_heads.stats import bootstrap_ci
@@ -57,8 +59,8 @@ class HeadCount(Result):
     greedy_heads: tuple
     chance: float
     target: float
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: HeadCountConfig = field(default_factory=HeadCountConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "How many heads carry in-context learning"
 
@@ -193,10 +195,10 @@ def heads_needed(
         for s, k in (("score order", k_score), ("greedy", k_greedy if greedy else 0))
         if k is None
     )
-    config = {
-        "margin": margin, "max_k": max_k, "greedy": greedy, "n_random": n_random, "random_for": random_for,
-        "seed": seed,
-    }  # fmt: skip
+    config = HeadCountConfig(
+        margin=margin, max_k=max_k, greedy=greedy, n_random=n_random, random_for=random_for,
+        seed=seed,
+    )  # fmt: skip
     return HeadCount(
         df=pd.DataFrame(rows),
         k_score=k_score,

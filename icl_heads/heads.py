@@ -13,9 +13,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads.accuracy import predict
+from icl_heads.configs import InContextHeadsConfig
 from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
 from icl_heads.stats import bootstrap_ci, empirical_p
@@ -46,8 +48,8 @@ class InContextHeads(Result):
     verification: pd.DataFrame | None = None
     random_accuracies: Tensor | None = None
     reading: pd.DataFrame | None = None
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: InContextHeadsConfig = field(default_factory=InContextHeadsConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "In-context heads"
 
     @property
@@ -300,11 +302,11 @@ def find_in_context_heads(
             access, verify_prompts if verify_prompts is not None else tp, heads, by_label,
             n_random=n_random, seed=seed, batch_size=batch_size, progress=progress,
         )  # fmt: skip
-    config = {
-        "method": method, "fraction": fraction, "k": n, "also": list(also), "verify": verify,
-        "held_out_verification": verify_prompts is not None, "n_random": n_random, "seed": seed,
-        "rescore": rescore,
-    }  # fmt: skip
+    config = InContextHeadsConfig(
+        method=method, fraction=fraction, k=n, also=list(also), verify=verify,
+        held_out_verification=verify_prompts is not None, n_random=n_random, seed=seed,
+        rescore=rescore,
+    )  # fmt: skip
     return InContextHeads(
         heads=heads,
         heads_by_label=by_label,

@@ -21,10 +21,12 @@ from tqdm.auto import tqdm
 
 from icl_heads._bias_common import _check_task, _with_demos, resolve_heads
 from icl_heads.accuracy import predict
+from icl_heads.configs import RecencyBiasConfig
 from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised
 from icl_heads.models import Capture, Head, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import block_gaps, block_table
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.stats import bootstrap_ci
 
@@ -153,8 +155,8 @@ class RecencyBias(Result):
     last_labels: Tensor
     golds: Tensor
     heads: tuple = ()
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: RecencyBiasConfig = field(default_factory=RecencyBiasConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     block_gap: float = float("nan")
     block_gap_ci: tuple = (float("nan"), float("nan"))
     block_gaps: Tensor | None = None
@@ -287,7 +289,7 @@ def _recency_bias(
                 "last_label_gold": float((golds == last_labels[o]).float().mean()),
             }
         )  # fmt: skip
-    config = {"shots": shots, "n": n, "seed": seed, "n_random_orders": n_random_orders, "hooked": bool(hooks)}
+    config = RecencyBiasConfig(shots=shots, n=n, seed=seed, n_random_orders=n_random_orders, hooked=bool(hooks))
     gaps, gap_gold = block_gaps(label_logits, golds, [[y for _, y in p.demos] for p in base.prompts], order_names)
     blocks = block_table(gaps, gap_gold, base.task.label_words, n_boot=n_boot, seed=seed)
     return RecencyBias(

@@ -26,9 +26,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads._deprecation import renamed
+from icl_heads.configs import ReadingRolesConfig
 from icl_heads.engine import RunOptions, batches
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.slots import AFTER_LABEL, BOS, LABEL, ROLES, check_read_at
 from icl_heads.stats import bootstrap_ci
@@ -66,8 +68,8 @@ class ReadingRoles(Result):
 
     shares: Tensor
     df: pd.DataFrame
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: ReadingRolesConfig = field(default_factory=ReadingRolesConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Where heads read (final-position attention by token role)"
 
     def table(self, role: str) -> Float[Tensor, "layer head"]:
@@ -192,7 +194,7 @@ def reading_roles(
     return ReadingRoles(
         shares=shares,
         df=df,
-        config={"n_boot": n_boot, "seed": seed},
+        config=ReadingRolesConfig(n_boot=n_boot, seed=seed),
         provenance=provenance(access.name, tp),
     )
 

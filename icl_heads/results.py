@@ -22,13 +22,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from icl_heads._version import __version__
+from icl_heads.records import Provenance, Record
 from icl_heads.stats import Estimate
 
 R = TypeVar("R", bound="Result")
 T = TypeVar("T")
 
 #: typed values kept in ``meta.json`` as ``{"__type__": name, "data": value.to_dict()}``, rebuilt with ``from_dict``
-JSON_TYPES: dict[str, Any] = {"Estimate": Estimate}
+JSON_TYPES: dict[str, Any] = {"Estimate": Estimate, "Provenance": Provenance}
 
 
 def json_type(cls: type[T]) -> type[T]:
@@ -37,8 +38,8 @@ def json_type(cls: type[T]) -> type[T]:
     return cls
 
 
-def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, Any]:
-    """Where a result came from: model, prompts, versions and time."""
+def provenance(model_name: str, prompts: Any = None, **extra: Any) -> Provenance:
+    """Where a result came from: model, prompts, versions and time (keyword extras are kept too)."""
     try:
         tl = version("transformer-lens")
     except PackageNotFoundError:  # pragma: no cover
@@ -51,7 +52,7 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if prompts is not None:
-        cfg = getattr(getattr(prompts, "prompts", prompts), "config", {}) or {}
+        cfg = dict(getattr(getattr(prompts, "prompts", prompts), "config", {}) or {})
         task = getattr(getattr(prompts, "prompts", prompts), "task", None)
         out.update(n_prompts=len(prompts), prompt_config=_jsonable(cfg))
         if task is not None:
@@ -62,7 +63,7 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> dict[str, 
                 classes={str(c): w for c, w in zip(task.classes, task.label_words, strict=True)},
             )
     out.update(_jsonable(extra))
-    return out
+    return Provenance.from_dict(out)
 
 
 def _jsonable(x: Any) -> Any:
@@ -207,6 +208,9 @@ class Result:
             elif f.name in meta["fields"]:
                 value = _decode(meta["fields"][f.name])
                 kwargs[f.name] = _tuplify(value) if f.name != "config" else value
+                record = f.default_factory  # a plain-dict config or provenance, saved before they were typed
+                if isinstance(record, type) and issubclass(record, Record) and not isinstance(value, Record):
+                    kwargs[f.name] = record.from_dict(value)
         missing = [
             f.name
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]

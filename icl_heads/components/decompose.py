@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads.components.result import Decomposition, component_table
+from icl_heads.configs import DecompositionConfig
 from icl_heads.engine import RunOptions, batches
 from icl_heads.faithfulness import tolerance_for
 from icl_heads.models import Capture, ModelAccess
@@ -148,6 +149,8 @@ def decompose(
         n_layers=L,
         n_heads=H,
         label_words=tp.prompts.task.label_words,
-        config={"batch_size": batch_size, "padding_side": padding_side, "logit_soft_cap": access.logit_soft_cap},
+        config=DecompositionConfig(
+            batch_size=batch_size, padding_side=padding_side, logit_soft_cap=access.logit_soft_cap
+        ),
         provenance=provenance(access.name, tp, architecture=access.architecture),
     )

@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 from icl_heads.accuracy import predict
 from icl_heads.components.decompose import decompose
 from icl_heads.components.estimators import CalibPlus, ComponentReweighting
+from icl_heads.configs import ReweightingComparisonConfig
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 
 logger = logging.getLogger("icl_heads")
@@ -48,8 +50,8 @@ class ReweightingComparison(Result):
     weights: torch.Tensor
     names: tuple[str, ...]
     label_words: tuple[str, ...]
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: ReweightingComparisonConfig = field(default_factory=ReweightingComparisonConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Component reweighting vs ICL and Calib+"
 
     def table(self) -> pd.DataFrame:
@@ -191,6 +193,6 @@ def compare_reweighting(
         weights=torch.stack(weights),
         names=tuple(names),
         label_words=tuple(task.label_words),
-        config=config,
+        config=ReweightingComparisonConfig.from_dict(config),
         provenance=provenance(access.name, None, task=task.name, templates=list(templates)),
     )

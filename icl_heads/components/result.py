@@ -8,7 +8,7 @@ and whose kind (good, bad, label-biased, other) :meth:`Decomposition.kinds` deci
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +20,8 @@ from jaxtyping import Float, Int
 from scipy.stats import binom
 from torch import Tensor
 
+from icl_heads.configs import DecompositionConfig
+from icl_heads.records import Provenance
 from icl_heads.results import Result
 
 KINDS = ("label-biased", "good", "bad", "other")
@@ -96,8 +98,8 @@ class Decomposition(Result):
     n_heads: int
     reconstruction_error: float
     df: pd.DataFrame
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: DecompositionConfig = field(default_factory=DecompositionConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Component decomposition"
 
     @classmethod
@@ -110,8 +112,8 @@ class Decomposition(Result):
         n_layers: int,
         n_heads: int,
         label_words: Sequence[str] | None = None,
-        config: dict | None = None,
-        provenance: dict | None = None,
+        config: Mapping[str, Any] | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> Decomposition:
         """Build a decomposition from component logits (in :func:`component_table` order).
 
@@ -137,8 +139,8 @@ class Decomposition(Result):
             n_heads=n_heads,
             reconstruction_error=float((logits.sum(1) - full_logits).abs().max()),
             df=component_accuracy_table(logits, golds, meta),
-            config=dict(config or {}),
-            provenance=dict(provenance or {}),
+            config=DecompositionConfig.from_dict(config or {}),
+            provenance=Provenance.from_dict(provenance or {}),
         )
 
     @property

@@ -24,8 +24,10 @@ from tqdm.auto import tqdm
 
 from icl_heads._deprecation import renamed
 from icl_heads.components.decompose import decompose
+from icl_heads.configs import ComponentStabilityConfig
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 
 logger = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ class ComponentStability(Result):
     accuracies: Float[Tensor, "template demo_set component"]
     names: tuple[str, ...]
     templates: tuple[str, ...]
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: ComponentStabilityConfig = field(default_factory=ComponentStabilityConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Component stability"
 
     def summary(self) -> dict[str, Any]:
@@ -175,7 +177,7 @@ def component_stability(
         accuracies=torch.tensor(a, dtype=torch.float32),
         names=tuple(names),
         templates=templates,
-        config={"n_demo_sets": n_demo_sets, "shots": shots, "n": n, "top": top, "seed": seed},
+        config=ComponentStabilityConfig(n_demo_sets=n_demo_sets, shots=shots, n=n, top=top, seed=seed),
         provenance=provenance(access.name, None, task=task.name, n_queries=n),
     )
 

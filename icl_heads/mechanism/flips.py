@@ -11,12 +11,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from icl_heads.configs import FlipAnalysisConfig
 from icl_heads.engine import RunOptions, batches
 from icl_heads.mechanism._maths import _ratio
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions, _reading
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.slots import positions_with_labels
 
@@ -97,8 +99,8 @@ class FlipAnalysis(Result):
     df: pd.DataFrame
     per_pair: pd.DataFrame
     pairs: pd.DataFrame
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: FlipAnalysisConfig = field(default_factory=FlipAnalysisConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "Attention and OV change across prediction flips"
 
@@ -261,7 +263,7 @@ def flip_analysis(
                 "weighted_ov_rel_change": _ratio(part.weighted_ov_change.sum(), part.weighted_ov_norm.sum()),
             }
         )
-    config = {"resample_demos": resample_demos, "seed": seed, "own_flipped_prompts": own_flipped, **info}
+    config = FlipAnalysisConfig(resample_demos=resample_demos, seed=seed, own_flipped_prompts=own_flipped, **info)
     return FlipAnalysis(
         heads=heads,
         df=pd.DataFrame(rows),

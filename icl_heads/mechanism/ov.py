@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_heads.configs import OVLabelFeaturesConfig
 from icl_heads.engine import RunOptions, batches
 from icl_heads.interventions import check_heads
 from icl_heads.mechanism._maths import label_metrics, own_vs_rest
@@ -40,6 +41,7 @@ from icl_heads.mechanism._run import (
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.slots import ROLES, positions_with_labels, read_positions
 
@@ -107,8 +109,8 @@ class OVLabelFeatures(Result):
     df: pd.DataFrame
     positions: pd.DataFrame
     label_words: tuple
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: OVLabelFeaturesConfig = field(default_factory=OVLabelFeaturesConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "OV label features"
 
@@ -266,7 +268,7 @@ def ov_label_features(
         ["layer", "head", "prompt", "kind", "demo"], kind="stable", ignore_index=True
     )
     df = _aggregate_ov(positions_df, sums, counts, heads, words, top_k, top_rank, access.tokenizer)
-    config = {"control_offset": control_offset, "top_k": top_k, "top_rank": top_rank, **info}
+    config = OVLabelFeaturesConfig(control_offset=control_offset, top_k=top_k, top_rank=top_rank, **info)
     return OVLabelFeatures(
         heads=heads,
         df=df,

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from icl_heads.configs import QKLabelAttentionConfig
 from icl_heads.engine import RunOptions, batches
 from icl_heads.mechanism._maths import _mean, paired_auc, roc_auc, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _predictions, _reading, _shift, _token_str
@@ -26,6 +27,7 @@ from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.slots import read_positions
 
@@ -66,8 +68,8 @@ class QKLabelAttention(Result):
     example_tokens: tuple
     example: dict
     label_words: tuple
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: QKLabelAttentionConfig = field(default_factory=QKLabelAttentionConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "QK label attention"
 
@@ -196,7 +198,7 @@ def qk_label_attention(
         example_tokens=tuple(_token_str(access.tokenizer, i) for i in ids),
         example=ex,
         label_words=words,
-        config={"example": example, **info},
+        config=QKLabelAttentionConfig(example=example, **info),
         provenance=provenance(access.name, tp, heads=[list(h) for h in heads]),
         warnings=warnings,
     )

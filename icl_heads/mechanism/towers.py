@@ -19,12 +19,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads.configs import TwoTowerTestConfig
 from icl_heads.engine import RunOptions, batches
 from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _reading
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
+from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.slots import read_positions
 
@@ -55,8 +57,8 @@ class TwoTowerTest(Result):
     heads: tuple
     df: pd.DataFrame
     positions: pd.DataFrame
-    config: dict = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    config: TwoTowerTestConfig = field(default_factory=TwoTowerTestConfig)
+    provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "Two-tower test of QK scores"
 
@@ -202,10 +204,10 @@ def two_tower_test(
     df = _tower_table(pos)
     if probe_rank is not None:
         df["probe_r2"] = _probe_r2(df, pos, feats, torch.cat(groups), probe_rank, probe_components, probe_ridge, seed)
-    config = {
-        "probe_rank": probe_rank, "probe_components": probe_components, "probe_ridge": probe_ridge, "seed": seed,
+    config = TwoTowerTestConfig(
+        probe_rank=probe_rank, probe_components=probe_components, probe_ridge=probe_ridge, seed=seed,
         **info,
-    }  # fmt: skip
+    )  # fmt: skip
     return TwoTowerTest(
         heads=heads,
         df=df,

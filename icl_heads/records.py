@@ -1,0 +1,202 @@
+"""Typed records: the config and provenance of every result, as frozen dataclasses that read like dicts.
+
+A :class:`Record` is a frozen dataclass that is also a read-only mapping, so
+``result.config["read_at"]``, ``"seed" in result.config``, ``result.config.get("top", 5)``
+and ``dict(result.provenance)`` work as they did when these were plain dicts. Its keys
+are its fields (a field whose default is :data:`UNSET` only once it is set) and then the
+keys of its ``extra`` mapping, which holds whatever the class does not name.
+
+``to_dict()`` gives the JSON-ready dict; ``from_dict()`` rebuilds the record, keeps
+unknown keys in ``extra`` (so results saved by an older or newer version still load)
+and lets missing keys take their defaults.
+
+>>> from dataclasses import dataclass
+>>> @dataclass(frozen=True, eq=False, repr=False)
+... class Demo(Record):
+...     seed: int = 0
+>>> r = Demo.from_dict({"seed": 3, "note": "kept"})
+>>> r["seed"], r["note"], dict(r)
+(3, 'kept', {'seed': 3, 'note': 'kept'})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+RecordT = TypeVar("RecordT", bound="Record")
+
+
+class _Unset:
+    """The default of an optional field: its key is absent (from the mapping and the JSON) until it is set."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Any = _Unset()
+
+
+def renamed(key: str, **kwargs: Any) -> Any:
+    """A field shown under ``key`` (for keys that are not Python names, such as ``"class"``)."""
+    return field(metadata={"key": key}, **kwargs)
+
+
+def _plain(x: Any) -> Any:
+    """``x`` with records as dicts, tuples as lists and tensor or numpy scalars as numbers (JSON-ready)."""
+    if isinstance(x, Record):
+        return x.to_dict()
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if hasattr(x, "item") and callable(x.item):
+        return x.item()
+    return x
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Record(Mapping[str, Any]):
+    """Base of typed config and provenance records: a frozen dataclass that reads like a read-only dict.
+
+    Subclasses are ``@dataclass(frozen=True, eq=False, repr=False)`` (equality and repr are the mapping's: a
+    record equals a dict with the same items) and may validate in ``__post_init__``.
+
+    Attributes:
+        extra: keys the class does not name (an older or newer version's, or an analysis's extras).
+    """
+
+    extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
+
+    _nested: ClassVar[dict[str, type[Record]]] = {}  # field name -> record class, rebuilt from dicts by from_dict
+    _last: ClassVar[tuple[str, ...]] = ()  # inherited fields whose keys come after the subclass's own
+
+    def _fields(self) -> Iterator[tuple[str, Any]]:
+        fields = dataclasses.fields(self)
+        for f in sorted(fields, key=lambda f: f.name in self._last):
+            value = getattr(self, f.name)
+            if f.name != "extra" and value is not UNSET:
+                yield f.metadata.get("key", f.name), value
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._fields():
+            if k == key:
+                return v
+        return self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (k for k, _ in self._fields())
+        yield from (k for k in self.extra if k not in self._names())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def _names(self) -> set[str]:
+        return {k for k, _ in self._fields()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict with the same keys (nested records become dicts)."""
+        return {k: _plain(v) for k, v in self.items()}
+
+    @classmethod
+    def from_dict(cls: type[RecordT], data: Mapping[str, Any]) -> RecordT:
+        """Rebuild a record from :meth:`to_dict`'s output (or an old plain-dict config or provenance).
+
+        Keys the class does not name are kept in ``extra``; missing keys take the fields' defaults.
+
+        Raises:
+            TypeError: ``data`` is not a mapping.
+            ValueError: a required key is missing, or a value fails the class's validation.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"{cls.__name__}.from_dict needs a mapping of keys to values, got {type(data).__name__}")
+        by_key = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra = dict(data.get("extra", {})) if "extra" not in by_key and isinstance(data.get("extra"), Mapping) else {}
+        for key, value in data.items():
+            if key in by_key:
+                nested = cls._nested.get(by_key[key].name)
+                is_dict = nested is not None and isinstance(value, Mapping) and not isinstance(value, Record)
+                kwargs[by_key[key].name] = nested.from_dict(value) if is_dict else value  # type: ignore[union-attr]
+            elif key != "extra":
+                extra[key] = value
+        required = [
+            k
+            for k, f in by_key.items()
+            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if required:
+            raise ValueError(f"{cls.__name__}.from_dict: missing the keys {required}; give them (found {list(data)})")
+        return cls(**kwargs, extra=extra)
+
+
+def check_positive(record: Record, *names: str) -> None:
+    """Raise a ``ValueError`` naming the first of ``names`` that is set to a number below 1.
+
+    Raises:
+        ValueError: a named field holds a number below 1.
+    """
+    for name in names:
+        value = getattr(record, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
+            raise ValueError(f"{type(record).__name__}: {name} must be at least 1, got {value!r}")
+
+
+def check_choice(record: Record, name: str, choices: tuple[Any, ...]) -> None:
+    """Raise a ``ValueError`` if the field ``name`` is set to a value outside ``choices``.
+
+    Raises:
+        ValueError: the field holds a value not in ``choices``; the message lists the valid ones.
+    """
+    value = getattr(record, name)
+    if value is not UNSET and value not in choices:
+        raise ValueError(f"{type(record).__name__}: {name} must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Provenance(Record):
+    """Where a result came from: model, versions, time, and the prompts and task it ran on.
+
+    Built by :func:`icl_heads.results.provenance`. Every key is optional (absent when not
+    known, e.g. the prompt keys of a result computed without prompts); an analysis's own
+    extras (``n_queries``, ``templates``, ...) are kept in ``extra``.
+
+    Attributes:
+        model: the model's name.
+        icl_heads, transformer_lens, torch: package versions.
+        created: UTC time, ISO 8601.
+        n_prompts, prompt_config: the number of prompts and how they were sampled.
+        task, label_words, template, classes: the task (``classes`` maps each class to its label word).
+        heads: the heads the analysis looked at, as ``[layer, head]`` pairs.
+        architecture: the model's architecture.
+        first_token: whether multi-token label words were scored by their first token.
+        method: the correction method.
+    """
+
+    model: str = UNSET
+    icl_heads: str = UNSET
+    transformer_lens: str = UNSET
+    torch: str = UNSET
+    created: str = UNSET
+    n_prompts: int = UNSET
+    prompt_config: dict[str, Any] = UNSET
+    task: str = UNSET
+    label_words: list[str] = UNSET
+    template: str = UNSET
+    classes: dict[str, str] = UNSET
+    heads: list[list[int]] = UNSET
+    architecture: str | None = UNSET
+    first_token: bool = UNSET
+    method: str = UNSET
