@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from icl_heads.stats import from_samples, resamples
 from icl_heads.verdicts import (
     NOT_APPLICABLE,
     MethodScore,
@@ -66,10 +67,9 @@ def within_prompt_auc_ci(
     if not pairs:
         raise ValueError("no prompt has demonstrations of both the query's class and another class")
     w, n = np.asarray(list(wins.values())), np.asarray([pairs[p] for p in wins], dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(w), size=(n_boot, len(w)))
-    boot = w[idx].sum(1) / n[idx].sum(1)
-    return float(w.sum() / n.sum()), (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
+    idx = resamples(len(w), n_boot=n_boot, seed=seed)
+    auc = from_samples(float(w.sum() / n.sum()), w[idx].sum(1) / n[idx].sum(1), n=len(w), method="bootstrap")
+    return auc.value, auc.ci
 
 
 def _missing(name: str, why: str = "section skipped") -> Verdict:
@@ -86,12 +86,13 @@ def _heads(found: Any) -> Verdict:
     if found.verification is None:
         return _missing("heads", "not verified by ablation")
     v = found.verification.set_index("condition")
+    random = found.random_ablated_accuracy
     return heads_verdict(
         found.names,
-        float(v.loc["none", "accuracy"]),
-        float(v.loc["found heads", "accuracy"]),
-        float(v.loc["random heads", "accuracy"]),
-        (float(v.loc["random heads", "ci_low"]), float(v.loc["random heads", "ci_high"])),
+        found.accuracy.value,
+        found.ablated_accuracy.value,
+        random.value,
+        random.ci,
         float(v.loc["found heads", "rank_p"]),
     )
 
@@ -120,8 +121,8 @@ def _correction(kind: str, fix: Any) -> Verdict:
         kind,
         fix.method,
         sign_state(s["before 95% CI"], s["bias before"]),
-        reduction=float(fix.reduction),
-        ci=tuple(fix.reduction_ci),
+        reduction=fix.reduction.value,
+        ci=fix.reduction.ci,
         before=s["bias before"],
         after=s["bias after"],
         at_grid_edge=bool(grid) and fix.value >= max(grid) and fix.value > 0,
@@ -184,5 +185,5 @@ def _bias_numbers(kind: str, b: Any) -> tuple[float, tuple[float, float], str]:
     """The headline of a bias: recency's block gap (which does not cancel over query classes) when measured."""
     gap = float(getattr(b, "block_gap", float("nan")))
     if kind == "recency" and gap == gap:
-        return gap, tuple(b.block_gap_ci), "accuracy gap, query's class block last minus first"
-    return float(b.bias), tuple(b.bias_ci), _MEASURES[kind]
+        return gap, b.block_gap.ci, "accuracy gap, query's class block last minus first"
+    return float(b.bias), b.bias.ci, _MEASURES[kind]

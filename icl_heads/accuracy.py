@@ -16,7 +16,7 @@ from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import bootstrap_ci
+from icl_heads.stats import Estimate, bootstrap_mean
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,16 @@ class AccuracyResult(Result):
     _title = "ICL accuracy"
 
     @property
-    def accuracy(self) -> float:
-        return float(self.df.loc[self.df.scope == "all", "accuracy"].iloc[0])
+    def accuracy(self) -> Estimate:
+        """Label-set accuracy over all prompts, with its 95% bootstrap interval."""
+        row = self.df.loc[self.df.scope == "all"].iloc[0]
+        return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n), "bootstrap")
 
     @property
-    def strict_accuracy(self) -> float:
-        return float(self.df.loc[self.df.scope == "all", "strict_accuracy"].iloc[0])
+    def strict_accuracy(self) -> Estimate:
+        """Whole-vocabulary accuracy over all prompts, with its 95% bootstrap interval."""
+        row = self.df.loc[self.df.scope == "all"].iloc[0]
+        return Estimate(row.strict_accuracy, row.strict_ci_low, row.strict_ci_high, int(row.n), "bootstrap")
 
     @property
     def ci(self) -> tuple[float, float]:
@@ -128,17 +132,17 @@ def accuracy_table(pred: Predictions, label_words: Sequence[str], *, seed: int =
         if not mask.any():
             continue
         c, s = correct[mask], strict[mask]
-        lo, hi = bootstrap_ci(c.numpy(), seed=seed)
-        slo, shi = bootstrap_ci(s.numpy(), seed=seed)
+        acc = bootstrap_mean(c.numpy(), seed=seed, value=c.mean().item())
+        strict_acc = bootstrap_mean(s.numpy(), seed=seed, value=s.mean().item())
         rows.append(
             {
                 "scope": scope,
-                "accuracy": c.mean().item(),
-                "ci_low": lo,
-                "ci_high": hi,
-                "strict_accuracy": s.mean().item(),
-                "strict_ci_low": slo,
-                "strict_ci_high": shi,
+                "accuracy": acc.value,
+                "ci_low": acc.low,
+                "ci_high": acc.high,
+                "strict_accuracy": strict_acc.value,
+                "strict_ci_low": strict_acc.low,
+                "strict_ci_high": strict_acc.high,
                 "n": int(mask.sum()),
             }
         )

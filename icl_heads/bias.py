@@ -49,7 +49,7 @@ from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import bootstrap_ci
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
 
 
 def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
@@ -88,10 +88,11 @@ class MajorityBias(Result):
             ``majority_rate_balanced`` (the same queries with balanced counts), and
             ``excess`` (increase in predicting a majority label, all queries) with its interval.
         bias: the excess rate of predicting a majority label, averaged over imbalanced
-            conditions (0: no bias).
-        bias_ci: its 95% bootstrap interval over prompts.
-        prob_bias: the same in label-set probability of the majority labels.
-        prob_bias_ci: its interval.
+            conditions (0: no bias), an :class:`~icl_heads.stats.Estimate` with its 95%
+            bootstrap interval over prompts (``bias.low, bias.high``; ``bias_ci`` is
+            ``(bias.low, bias.high)``).
+        prob_bias: the same in label-set probability of the majority labels, with its
+            interval (``prob_bias_ci``).
         label_logits: ``[condition, prompt, label]`` label logits.
         counts: ``[condition, label]`` demonstrations per label of each condition.
         golds: ``[prompt]`` gold labels.
@@ -101,10 +102,8 @@ class MajorityBias(Result):
 
     df: pd.DataFrame
     conditions: pd.DataFrame
-    bias: float
-    bias_ci: tuple
-    prob_bias: float
-    prob_bias_ci: tuple
+    bias: Estimate
+    prob_bias: Estimate
     label_logits: Tensor
     counts: Tensor
     golds: Tensor
@@ -112,6 +111,16 @@ class MajorityBias(Result):
     config: MajorityBiasConfig = field(default_factory=MajorityBiasConfig)
     provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Majority-label bias"
+
+    @property
+    def bias_ci(self) -> tuple[float, float]:
+        """``(bias.low, bias.high)``: the 95% bootstrap interval of :attr:`bias`."""
+        return self.bias.ci
+
+    @property
+    def prob_bias_ci(self) -> tuple[float, float]:
+        """``(prob_bias.low, prob_bias.high)``."""
+        return self.prob_bias.ci
 
     def summary(self) -> dict[str, Any]:
         bal = self.df[(self.df.condition == "balanced") & (self.df.gold == "all")]
@@ -234,10 +243,10 @@ def majority_bias(
     return MajorityBias(
         df=df,
         conditions=cond_df,
-        bias=float(per_prompt.mean()),
-        bias_ci=bootstrap_ci(per_prompt.numpy(), n_boot=n_boot, seed=seed),
-        prob_bias=float(per_prompt_prob.mean()),
-        prob_bias_ci=bootstrap_ci(per_prompt_prob.numpy(), n_boot=n_boot, seed=seed),
+        bias=bootstrap_mean(per_prompt.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt.mean())),
+        prob_bias=bootstrap_mean(
+            per_prompt_prob.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt_prob.mean())
+        ),
         label_logits=label_logits,
         counts=torch.tensor(conds),
         golds=golds,

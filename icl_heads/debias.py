@@ -34,8 +34,8 @@ from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import bootstrap_ci
-from icl_heads.tuning import _measure, _ratio_ci, headline_bias, tune_correction
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
+from icl_heads.tuning import _measure, _reduction, headline_bias, tune_correction
 from icl_heads.tuning_checks import no_change_reason, read_at_for
 
 MAJORITY_METHODS = {
@@ -67,10 +67,11 @@ class BiasCorrection(Result):
         heads: the corrected heads.
         reduction: how much of the headline bias's size is removed, in percent:
             ``100 * (1 - |after| / |before|)`` (a correction that overshoots to the
-            opposite bias counts the overshoot as remaining bias).
-        reduction_ci: its 95% paired bootstrap interval over test prompts.
-        accuracy_change: balanced accuracy after minus before (same prompts);
-            ``accuracy_change_ci`` its paired 95% interval.
+            opposite bias counts the overshoot as remaining bias); an
+            :class:`~icl_heads.stats.Estimate` with its 95% paired bootstrap interval over
+            test prompts (``reduction_ci`` is ``(reduction.low, reduction.high)``).
+        accuracy_change: balanced accuracy after minus before (same prompts), with its
+            paired 95% interval (``accuracy_change_ci``).
         config, provenance: arguments and origin; ``config["read_at"]`` is where the
             correction acted (label tokens, the tokens after them, or whole slots).
         warnings: why the result may not mean what it seems: the heads do not read the
@@ -84,14 +85,23 @@ class BiasCorrection(Result):
     parameter: str
     value: float
     heads: tuple
-    reduction: float
-    reduction_ci: tuple
-    accuracy_change: float
-    accuracy_change_ci: tuple
+    reduction: Estimate
+    accuracy_change: Estimate
     config: BiasCorrectionConfig = field(default_factory=BiasCorrectionConfig)
     provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "Bias correction"
+    _legacy_methods: ClassVar[dict[str, str]] = {"reduction": "paired bootstrap", "accuracy_change": "paired bootstrap"}
+
+    @property
+    def reduction_ci(self) -> tuple[float, float]:
+        """``(reduction.low, reduction.high)``: the 95% paired bootstrap interval of :attr:`reduction`."""
+        return self.reduction.ci
+
+    @property
+    def accuracy_change_ci(self) -> tuple[float, float]:
+        """``(accuracy_change.low, accuracy_change.high)``."""
+        return self.accuracy_change.ci
 
     def _row(self, metric: str) -> pd.Series:
         return self.df.set_index("metric").loc[metric]
@@ -183,7 +193,6 @@ def _evaluate(
     diff = (acc_a.label_logits.argmax(-1) == acc_a.golds).float() - (
         acc_b.label_logits.argmax(-1) == acc_b.golds
     ).float()
-    b0 = float(stat(stat_b))
     config = BiasCorrectionConfig(
         headline=headline, shots=shots, n=n, seed=seed, tune_n=tune_n, tune_seed=tune_seed,
         max_accuracy_drop=max_accuracy_drop, grid=[float(g) for g in grid], **measure, **reading[1],
@@ -199,10 +208,8 @@ def _evaluate(
         parameter=parameter,
         value=value,
         heads=tuple(heads),
-        reduction=100 * (1 - abs(float(stat(stat_a))) / abs(b0)),
-        reduction_ci=_ratio_ci(stat_b, stat_a, stat, n_boot, seed),
-        accuracy_change=float(diff.mean()),
-        accuracy_change_ci=bootstrap_ci(diff.numpy(), n_boot=n_boot, seed=seed),
+        reduction=_reduction(stat_b, stat_a, stat, n_boot, seed),
+        accuracy_change=bootstrap_mean(diff.numpy(), n_boot=n_boot, seed=seed, value=float(diff.mean()), paired=True),
         config=config,
         provenance=provenance(
             ModelAccess(model, check=False).name, balanced, heads=[list(h) for h in heads], method=method

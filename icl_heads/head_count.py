@@ -32,7 +32,7 @@ from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.scoring import top_heads
-from icl_heads.stats import bootstrap_ci
+from icl_heads.stats import bootstrap_mean, from_samples
 
 
 @dataclass(frozen=True, repr=False)
@@ -144,17 +144,14 @@ def heads_needed(
         # prompts, the sets they share are run once (the first n_random of a larger draw are the same sets)
         sets = random_head_sets(access.n_layers, access.n_heads, row["k"], n_random, seed)
         rand = np.array([acc(s).mean() for s in sets])
-        row.update(
-            random_accuracy=float(rand.mean()),
-            random_ci_low=float(np.quantile(rand, 0.025)),
-            random_ci_high=float(np.quantile(rand, 0.975)),
-        )
+        random_acc = from_samples(float(rand.mean()), rand)
+        row.update(random_accuracy=random_acc.value, random_ci_low=random_acc.low, random_ci_high=random_acc.high)
 
     def record(search: str, heads: tuple[Head, ...], correct: np.ndarray) -> None:
-        lo, hi = bootstrap_ci(correct, seed=seed)
+        accuracy = bootstrap_mean(correct, seed=seed, value=float(correct.mean()))
         row = {
             "search": search, "k": len(heads), "heads": ",".join(f"L{a}H{b}" for a, b in heads),
-            "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,
+            "accuracy": accuracy.value, "ci_low": accuracy.low, "ci_high": accuracy.high,
             "random_accuracy": float("nan"), "random_ci_low": float("nan"), "random_ci_high": float("nan"),
         }  # fmt: skip
         if random_for == "every":

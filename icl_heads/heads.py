@@ -18,9 +18,9 @@ from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Result, n_prompts, provenance
 from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
-from icl_heads.stats import bootstrap_ci, empirical_p
+from icl_heads.stats import Estimate, bootstrap_mean, empirical_p, from_samples
 
 
 @dataclass(frozen=True, repr=False)
@@ -51,6 +51,41 @@ class InContextHeads(Result):
     config: InContextHeadsConfig = field(default_factory=InContextHeadsConfig)
     provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "In-context heads"
+
+    def _verified(self, condition: str) -> Estimate:
+        if self.verification is None:
+            raise ValueError("the heads were not verified; run find_in_context_heads with verify=True")
+        row = self.verification.set_index("condition").loc[condition]
+        if condition == "random heads":
+            return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n_sets), "samples")
+        return Estimate(row.accuracy, row.ci_low, row.ci_high, n_prompts(self.provenance), "bootstrap")
+
+    @property
+    def accuracy(self) -> Estimate:
+        """Label-set accuracy without ablation, with its 95% bootstrap interval over prompts.
+
+        Raises:
+            ValueError: the heads were not verified.
+        """
+        return self._verified("none")
+
+    @property
+    def ablated_accuracy(self) -> Estimate:
+        """Accuracy with the found heads ablated, with its 95% bootstrap interval over prompts.
+
+        Raises:
+            ValueError: the heads were not verified.
+        """
+        return self._verified("found heads")
+
+    @property
+    def random_ablated_accuracy(self) -> Estimate:
+        """Mean accuracy with random head sets of the same size ablated; the interval holds 95% of the sets.
+
+        Raises:
+            ValueError: the heads were not verified.
+        """
+        return self._verified("random heads")
 
     @property
     def method(self) -> str:
@@ -144,12 +179,12 @@ def random_head_sets(n_layers: int, n_heads: int, size: int, n_sets: int, seed: 
 
 def _accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
     correct = pred.correct.float().numpy()
-    lo, hi = bootstrap_ci(correct)
+    acc = bootstrap_mean(correct, value=float(correct.mean()))
     return {
         "condition": condition,
-        "accuracy": float(correct.mean()),
-        "ci_low": lo,
-        "ci_high": hi,
+        "accuracy": acc.value,
+        "ci_low": acc.low,
+        "ci_high": acc.high,
         "strict_accuracy": float(pred.strict_correct.float().mean()),
         **extra,
     }
@@ -196,6 +231,7 @@ def verify_heads(
             for s in tqdm(sets, desc="random head sets", disable=not progress)
         ]
     )
+    random_acc = from_samples(float(rand.mean()), rand.numpy())
     rows = [
         _accuracy_row("none", base, **per_gold(base)),
         _accuracy_row(
@@ -206,9 +242,9 @@ def verify_heads(
         ),
         {
             "condition": "random heads",
-            "accuracy": float(rand.mean()),
-            "ci_low": float(np.quantile(rand.numpy(), 0.025)),
-            "ci_high": float(np.quantile(rand.numpy(), 0.975)),
+            "accuracy": random_acc.value,
+            "ci_low": random_acc.low,
+            "ci_high": random_acc.high,
             "n_sets": n_random,
         },
     ]
@@ -356,14 +392,15 @@ def ablation_curve(
             float(predict(access, tp, hooks=HeadAblation(s), batch_size=batch_size).correct.float().mean())
             for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)
         ]
+        random_acc = from_samples(float(np.mean(accs)), accs)
         rows.append(
             {
                 "condition": "random",
                 "k": k,
                 "kind": "random",
-                "accuracy": float(np.mean(accs)),
-                "ci_low": float(np.quantile(accs, 0.025)),
-                "ci_high": float(np.quantile(accs, 0.975)),
+                "accuracy": random_acc.value,
+                "ci_low": random_acc.low,
+                "ci_high": random_acc.high,
             }
         )
     return pd.DataFrame(rows)

@@ -28,7 +28,10 @@ from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import block_gaps, block_table
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import bootstrap_ci
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
+
+#: the block gap of a result saved before it was measured
+_NO_GAP = Estimate(float("nan"))
 
 
 def demo_orders(labels: Sequence[int], n_random: int, rng: np.random.Generator) -> dict[str, list[int]]:
@@ -115,22 +118,23 @@ class RecencyBias(Result):
         bias: the spread (standard deviation) of accuracy over orders beyond chance, with
             the prompts' sampling noise removed (see :func:`order_spread`; 0: accuracy
             does not depend on the order). The headline recency bias.
-        bias_ci: its 95% bootstrap interval over prompts.
-        order_std: the raw standard deviation of accuracy over orders; ``order_std_ci``
-            its interval; ``order_p`` its permutation p-value against shuffling each
-            prompt's results over orders (small: accuracy depends on the order).
+            Every headline number here is an :class:`~icl_heads.stats.Estimate` carrying
+            its 95% bootstrap interval over prompts (``bias.low, bias.high``); ``bias_ci``
+            and the other ``*_ci`` properties give ``(low, high)``.
+        order_std: the raw standard deviation of accuracy over orders; ``order_p`` its
+            permutation p-value against shuffling each prompt's results over orders
+            (small: accuracy depends on the order).
         last_label_excess: excess rate of predicting the last demonstration's label
-            (predicted minus gold rate, 0: none); ``last_label_excess_ci`` its interval.
+            (predicted minus gold rate, 0: none).
         last_label_pull: a label's probability when it is last minus when it is not
-            (same query and demonstrations), averaged over labels and prompts;
-            ``last_label_pull_ci`` its interval.
+            (same query and demonstrations), averaged over labels and prompts.
         sensitivity: mean over prompts of the standard deviation over orders of the
-            gold label's probability; ``sensitivity_ci`` its interval.
+            gold label's probability.
         block_gap: accuracy when the query's class forms the last block of
             demonstrations minus when it forms the first (same query and demonstrations;
             see :mod:`icl_heads.recency`). Unlike ``bias`` it does not cancel over query
             classes: the recency headline that corrections are tuned and judged on.
-            ``block_gap_ci`` its interval, ``block_gaps`` the per-prompt gaps, ``blocks``
+            ``block_gaps`` the per-prompt gaps, ``blocks``
             the gap per query label (``query_label, n, block_gap, ci_low, ci_high``).
         label_logits: ``[order, prompt, label]``; ``last_labels``: ``[order, prompt]``.
         golds: ``[prompt]`` gold labels.
@@ -140,28 +144,52 @@ class RecencyBias(Result):
 
     df: pd.DataFrame
     attention: pd.DataFrame
-    bias: float
-    bias_ci: tuple
-    order_std: float
-    order_std_ci: tuple
+    bias: Estimate
+    order_std: Estimate
     order_p: float
-    last_label_excess: float
-    last_label_excess_ci: tuple
-    last_label_pull: float
-    last_label_pull_ci: tuple
-    sensitivity: float
-    sensitivity_ci: tuple
+    last_label_excess: Estimate
+    last_label_pull: Estimate
+    sensitivity: Estimate
     label_logits: Tensor
     last_labels: Tensor
     golds: Tensor
     heads: tuple = ()
     config: RecencyBiasConfig = field(default_factory=RecencyBiasConfig)
     provenance: Provenance = field(default_factory=Provenance)
-    block_gap: float = float("nan")
-    block_gap_ci: tuple = (float("nan"), float("nan"))
+    block_gap: Estimate = _NO_GAP
     block_gaps: Tensor | None = None
     blocks: pd.DataFrame | None = None
     _title: ClassVar[str] = "Recency bias"
+
+    @property
+    def bias_ci(self) -> tuple[float, float]:
+        """``(bias.low, bias.high)``: the 95% bootstrap interval of :attr:`bias`."""
+        return self.bias.ci
+
+    @property
+    def order_std_ci(self) -> tuple[float, float]:
+        """``(order_std.low, order_std.high)``."""
+        return self.order_std.ci
+
+    @property
+    def last_label_excess_ci(self) -> tuple[float, float]:
+        """``(last_label_excess.low, last_label_excess.high)``."""
+        return self.last_label_excess.ci
+
+    @property
+    def last_label_pull_ci(self) -> tuple[float, float]:
+        """``(last_label_pull.low, last_label_pull.high)``."""
+        return self.last_label_pull.ci
+
+    @property
+    def sensitivity_ci(self) -> tuple[float, float]:
+        """``(sensitivity.low, sensitivity.high)``."""
+        return self.sensitivity.ci
+
+    @property
+    def block_gap_ci(self) -> tuple[float, float]:
+        """``(block_gap.low, block_gap.high)``."""
+        return self.block_gap.ci
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -274,7 +302,7 @@ def _recency_bias(
     per_prompt = ((pred == last_labels).float() - (golds[None] == last_labels).float()).mean(0)
     per_prompt_prob = _last_label_prob_pull(label_logits.softmax(-1), last_labels)
     accs = correct.mean(1)
-    boot = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boot = resamples(n, n_boot=n_boot, seed=seed)
     resampled = correct.numpy()[:, boot]  # [order, boot, prompt]
     stds, spreads = resampled.mean(-1).std(0, ddof=1), order_spread(resampled)
     p_gold = label_logits.softmax(-1).gather(2, golds[None, :, None].expand(len(order_names), -1, 1))[..., 0]
@@ -293,23 +321,21 @@ def _recency_bias(
     gaps, gap_gold = block_gaps(label_logits, golds, [[y for _, y in p.demos] for p in base.prompts], order_names)
     blocks = block_table(gaps, gap_gold, base.task.label_words, n_boot=n_boot, seed=seed)
     return RecencyBias(
-        block_gap=float(gaps.mean()),
-        block_gap_ci=bootstrap_ci(gaps, n_boot=n_boot, seed=seed),
+        block_gap=bootstrap_mean(gaps, n_boot=n_boot, seed=seed, value=float(gaps.mean())),
         block_gaps=torch.as_tensor(gaps, dtype=torch.float32),
         blocks=blocks,
         df=pd.DataFrame(rows),
         attention=_slot_table(slot_att, heads, n_boot, seed),
-        bias=float(order_spread(correct.numpy())),
-        bias_ci=(float(np.quantile(spreads, 0.025)), float(np.quantile(spreads, 0.975))),
-        order_std=float(accs.std()),
-        order_std_ci=(float(np.quantile(stds, 0.025)), float(np.quantile(stds, 0.975))),
+        bias=from_samples(float(order_spread(correct.numpy())), spreads, n=n, method="bootstrap"),
+        order_std=from_samples(float(accs.std()), stds, n=n, method="bootstrap"),
         order_p=order_permutation_p(correct.numpy(), n_perm=n_boot, seed=seed),
-        last_label_excess=float(per_prompt.mean()),
-        last_label_excess_ci=bootstrap_ci(per_prompt.numpy(), n_boot=n_boot, seed=seed),
-        last_label_pull=float(per_prompt_prob.mean()),
-        last_label_pull_ci=bootstrap_ci(per_prompt_prob.numpy(), n_boot=n_boot, seed=seed),
-        sensitivity=float(per_prompt_sens.mean()),
-        sensitivity_ci=bootstrap_ci(per_prompt_sens.numpy(), n_boot=n_boot, seed=seed),
+        last_label_excess=bootstrap_mean(per_prompt.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt.mean())),
+        last_label_pull=bootstrap_mean(
+            per_prompt_prob.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt_prob.mean())
+        ),
+        sensitivity=bootstrap_mean(
+            per_prompt_sens.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt_sens.mean())
+        ),
         label_logits=label_logits,
         last_labels=last_labels,
         golds=golds,

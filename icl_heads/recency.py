@@ -18,7 +18,7 @@ import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.stats import bootstrap_ci
+from icl_heads.stats import bootstrap_mean
 
 
 def block_gaps(
@@ -76,8 +76,6 @@ def block_table(
         sel = gold == c if c >= 0 else np.ones_like(gold, dtype=bool)
         if not sel.any():
             continue
-        lo, hi = bootstrap_ci(gap[sel], n_boot=n_boot, seed=seed)
-        rows.append(
-            {"query_label": word, "n": int(sel.sum()), "block_gap": float(gap[sel].mean()), "ci_low": lo, "ci_high": hi}
-        )
+        e = bootstrap_mean(gap[sel], n_boot=n_boot, seed=seed)
+        rows.append({"query_label": word, "n": e.n, "block_gap": e.value, "ci_low": e.low, "ci_high": e.high})
     return pd.DataFrame(rows)

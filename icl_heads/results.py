@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from icl_heads._version import __version__
 from icl_heads.records import Provenance, Record
-from icl_heads.stats import Estimate
+from icl_heads.stats import Estimate, as_estimate
 
 R = TypeVar("R", bound="Result")
 T = TypeVar("T")
@@ -211,6 +211,8 @@ class Result:
                 record = f.default_factory  # a plain-dict config or provenance, saved before they were typed
                 if isinstance(record, type) and issubclass(record, Record) and not isinstance(value, Record):
                     kwargs[f.name] = record.from_dict(value)
+                if _is_estimate_field(f) and not isinstance(value, Estimate):
+                    kwargs[f.name] = cls._legacy_estimate(f.name, value, meta["fields"])
         missing = [
             f.name
             for f in dataclasses.fields(cls)  # type: ignore[arg-type]
@@ -225,6 +227,25 @@ class Result:
             return cls(**kwargs)
         except (TypeError, ValueError, AttributeError, KeyError) as err:
             raise ValueError(f"{path} does not hold a valid {cls.__name__} ({err}); save the result again") from err
+
+    #: how the interval of each :class:`~icl_heads.stats.Estimate` field was computed, for
+    #: results saved before the field was an Estimate (default ``"bootstrap"``)
+    _legacy_methods: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def _legacy_estimate(cls, name: str, value: Any, fields: dict[str, Any]) -> Any:
+        """An Estimate field saved as a plain number, rebuilt from it and its old ``<name>_ci`` pair.
+
+        ``n`` is the provenance's ``n_prompts`` when recorded; without a ``<name>_ci`` the
+        number becomes a point estimate.
+        """
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return value
+        ci = fields.get(f"{name}_ci")
+        if not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
+            return as_estimate(value)
+        n = n_prompts(_decode(fields.get("provenance")))
+        return Estimate(value, ci[0], ci[1], n, cls._legacy_methods.get(name, "bootstrap"))
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -245,6 +266,17 @@ class Result:
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={_fmt(v)}" for k, v in self.summary().items())
         return f"{type(self).__name__}({items})"
+
+
+def n_prompts(prov: Any) -> int:
+    """The number of prompts a provenance records (a dict or an object with ``n_prompts``), 0 when it records none."""
+    n = prov.get("n_prompts") if isinstance(prov, dict) else getattr(prov, "n_prompts", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) else 0
+
+
+def _is_estimate_field(f: dataclasses.Field) -> bool:
+    """The field is annotated as an :class:`~icl_heads.stats.Estimate` (annotations may be strings)."""
+    return f.type is Estimate or (isinstance(f.type, str) and f.type.split("|")[0].strip() == "Estimate")
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -138,8 +138,21 @@ def _check_level(level: float) -> float:
     return (1 - level) / 2
 
 
-def bootstrap_mean(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
+def bootstrap_mean(
+    values: Any,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    value: float | None = None,
+    paired: bool = False,
+) -> Estimate:
     """The mean of ``values`` with its percentile bootstrap interval.
+
+    ``value`` replaces the point estimate when the caller computed the mean already (e.g.
+    in float32 from a tensor) and must report exactly that number; the interval is the same.
+    ``paired`` marks ``values`` as per-unit differences of a paired design (same prompts
+    before and after): the method reads ``"paired bootstrap"``.
 
     Raises:
         ValueError: ``values`` is empty.
@@ -150,7 +163,9 @@ def bootstrap_mean(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed
     alpha = _check_level(level)
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    return Estimate(x.mean(), np.quantile(means, alpha), np.quantile(means, 1 - alpha), x.size, "bootstrap", level)
+    point = x.mean() if value is None else value
+    return Estimate(point, np.quantile(means, alpha), np.quantile(means, 1 - alpha), x.size,
+                    "paired bootstrap" if paired else "bootstrap", level)  # fmt: skip
 
 
 def bootstrap_ci(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -199,18 +214,26 @@ def bootstrap(
                     "paired bootstrap" if paired else "bootstrap", level)  # fmt: skip
 
 
-def from_samples(value: float, samples: Any, *, n: int | None = None, level: float = 0.95) -> Estimate:
+def from_samples(
+    value: float, samples: Any, *, n: int | None = None, level: float = 0.95, method: str = "samples"
+) -> Estimate:
     """``value`` with the central ``level`` interval of ``samples`` (e.g. random head sets, resampled statistics).
+
+    ``n`` is the number of independent units (default: the number of samples); ``method``
+    names how the samples were drawn (``"bootstrap"`` or ``"paired bootstrap"`` when they
+    are statistics of :func:`resamples` computed by the caller).
 
     Raises:
         ValueError: ``samples`` is empty.
     """
-    s = np.asarray(samples, dtype=float).ravel()
+    s = np.asarray(samples).ravel()
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(float)  # float32 samples keep their precision, as np.quantile treats them
     if s.size == 0:
         raise ValueError("need at least one sample for an interval")
     alpha = _check_level(level)
-    return Estimate(value, np.quantile(s, alpha), np.quantile(s, 1 - alpha), s.size if n is None else n, "samples",
-                    level)  # fmt: skip
+    lo, hi = float(np.quantile(s, alpha)), float(np.quantile(s, 1 - alpha))
+    return Estimate(value, lo, hi, s.size if n is None else n, method, level)
 
 
 def wilson_interval(k: Any, n: int, z: float = 1.96) -> tuple[Any, Any]:

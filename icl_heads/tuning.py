@@ -21,6 +21,7 @@ from icl_heads.bias import (
 )
 from icl_heads.models import Hooks
 from icl_heads.prompts import ICLTask
+from icl_heads.stats import Estimate, from_samples, resamples
 
 logger = logging.getLogger("icl_heads")
 
@@ -126,15 +127,20 @@ def tune_correction(
     return best, table
 
 
-def _ratio_ci(
+def _reduction(
     before: np.ndarray, after: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int
-) -> tuple[float, float]:
-    """Percentile interval of ``100 * (1 - |stat(after)| / |stat(before)|)``, resampling prompts (last axis) jointly."""
+) -> Estimate:
+    """``100 * (1 - |stat(after)| / |stat(before)|)`` with its paired bootstrap interval (prompts on the last axis).
+
+    Raises:
+        ValueError: the bias before is zero in every resample.
+    """
     n = before.shape[-1]
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    idx = resamples(n, n_boot=n_boot, seed=seed)
     b, a = stat(before[..., idx]), stat(after[..., idx])
     red = 100 * (1 - np.abs(a) / np.where(b == 0, np.nan, np.abs(b)))
     red = red[np.isfinite(red)]
     if red.size == 0:
         raise ValueError("the bias before correction is zero in every resample; there is nothing to reduce")
-    return float(np.quantile(red, 0.025)), float(np.quantile(red, 0.975))
+    value = 100 * (1 - abs(float(stat(after))) / abs(float(stat(before))))
+    return from_samples(value, red, n=n, method="paired bootstrap")

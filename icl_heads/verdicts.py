@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from icl_heads._format import fmt, fmt_ci
+from icl_heads.stats import wilson_interval
 
 HOLDS = "holds"
 FAILS = "does not hold on this model"
@@ -67,17 +68,13 @@ def sign_state(ci: Sequence[float], estimate: float) -> str:
 
 
 def wilson_ci(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion.
+    """95% Wilson score interval of a proportion (:func:`icl_heads.stats.wilson_interval`).
 
     Raises:
         ValueError: ``n`` is not positive.
     """
-    if n <= 0:
-        raise ValueError(f"need at least one trial, got n={n}")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo, hi = wilson_interval(successes, n, z)
+    return float(lo), float(hi)
 
 
 def faithfulness_verdict(worst_relative_error: float, tolerance: float, worst_identity: str) -> Verdict:

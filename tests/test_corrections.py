@@ -309,11 +309,12 @@ def test_tuning_and_evaluation_on_a_label_counter(copier, tmp_path):
 
 
 def test_reduction_counts_overshoot_as_remaining_bias():
-    from icl_heads.debias import _ratio_ci
+    from icl_heads.tuning import _reduction
 
     before, after = np.full(50, 0.2), np.full(50, -0.05)  # overshoot to a quarter of the bias, reversed
-    lo, hi = _ratio_ci(before, after, lambda x: x.mean(-1), n_boot=50, seed=0)
-    assert lo == pytest.approx(75) and hi == pytest.approx(75)
+    red = _reduction(before, after, lambda x: x.mean(-1), n_boot=50, seed=0)
+    assert red == pytest.approx(75) and red.low == pytest.approx(75) and red.high == pytest.approx(75)
+    assert red.n == 50 and red.method == "paired bootstrap"
 
 
 def test_tuning_respects_the_accuracy_limit(models, task):

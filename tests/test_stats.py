@@ -90,3 +90,18 @@ def test_results_save_and_load_estimates_typed(tmp_path):
     assert isinstance(back.score, Estimate) and back.score.to_dict() == held.score.to_dict()
     assert isinstance(back.nested["gap"], Estimate) and back.nested["gap"].ci == (0.5, 1.5)
     assert "0.3 [0.2, 0.4]" in repr(back)
+
+
+def test_bootstrap_mean_reports_the_callers_value_and_paired_method():
+    x = np.random.default_rng(2).random(50).astype(np.float32)
+    plain = bootstrap_mean(x, seed=3)
+    given = bootstrap_mean(x, seed=3, value=float(x.mean()), paired=True)
+    assert float(given) == float(x.mean()) and given.ci == plain.ci  # same resamples, same interval
+    assert given.method == "paired bootstrap" and plain.method == "bootstrap"
+
+
+def test_from_samples_keeps_float32_quantiles_and_names_its_method():
+    s = np.random.default_rng(4).random(21).astype(np.float32)
+    e = from_samples(0.5, s, n=7, method="bootstrap")
+    assert e.low == float(np.quantile(s, 0.025)) and e.high == float(np.quantile(s, 0.975))
+    assert e.n == 7 and e.method == "bootstrap"

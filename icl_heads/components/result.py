@@ -23,6 +23,7 @@ from torch import Tensor
 from icl_heads.configs import DecompositionConfig
 from icl_heads.records import Provenance
 from icl_heads.results import Result
+from icl_heads.stats import Estimate, wilson, wilson_interval  # wilson_interval re-exported by decomposition
 
 KINDS = ("label-biased", "good", "bad", "other")
 
@@ -39,14 +40,6 @@ def component_table(n_layers: int, n_heads: int) -> pd.DataFrame:
         rows.append({"component": f"MLP{layer}", "type": "mlp", "layer": layer, "head": -1})
     rows.append({"component": "bias", "type": "bias", "layer": -1, "head": -1})
     return pd.DataFrame(rows)
-
-
-def wilson_interval(k: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson 95% interval of a proportion ``k / n`` (vectorised over ``k``)."""
-    p = np.asarray(k, dtype=float) / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def component_accuracy_table(
@@ -157,9 +150,9 @@ class Decomposition(Result):
         return 1.0 / self.n_labels
 
     @property
-    def full_accuracy(self) -> float:
-        """Label-set accuracy of the whole model."""
-        return int((self.full_logits.argmax(-1) == self.golds).sum()) / self.n_prompts
+    def full_accuracy(self) -> Estimate:
+        """Label-set accuracy of the whole model, with its 95% Wilson interval."""
+        return wilson(int((self.full_logits.argmax(-1) == self.golds).sum()), self.n_prompts)
 
     def total(self) -> Float[Tensor, "prompt label"]:
         """Sum of all components: equals :attr:`full_logits` up to float error."""

@@ -1,0 +1,153 @@
+"""Every result's headline number with an interval is an Estimate, and results saved before still load."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import pytest
+
+import icl_heads as ih
+from icl_heads.bias import MajorityBias, RecencyBias
+from icl_heads.debias import BiasCorrection
+from icl_heads.organism import HELDOUT_TEMPLATES
+from icl_heads.results import Result
+from icl_heads.stats import Estimate
+
+
+def _check(e, n, method, *, covers=True):
+    assert isinstance(e, Estimate), type(e)
+    assert e.n == n and e.method == method, (e.n, e.method)
+    assert e.low <= e.high
+    if covers:
+        assert e.low <= e <= e.high, repr(e)
+
+
+@pytest.fixture(scope="module")
+def hard_task():
+    return ih.organism_task(max_words=6, noise_rate=0.3, template=HELDOUT_TEMPLATES[1], seed=3)
+
+
+@pytest.fixture(scope="module")
+def majority(organism):
+    return ih.majority_bias(organism, ih.organism_task(), shots=4, n=40, n_boot=200)
+
+
+@pytest.fixture(scope="module")
+def recency(organism):
+    return ih.recency_bias(organism, ih.organism_task(), shots=4, n=40, n_random_orders=2, n_boot=200)
+
+
+def test_majority_bias_headlines_are_estimates(majority):
+    n = len(majority.golds)
+    for name in ("bias", "prob_bias"):
+        e = getattr(majority, name)
+        _check(e, n, "bootstrap")
+        assert getattr(majority, f"{name}_ci") == (e.low, e.high)
+    assert float(majority.bias) == float(majority.per_prompt.mean())  # the reported number, exactly
+
+
+def test_recency_bias_headlines_are_estimates(recency):
+    n = len(recency.golds)
+    for name in ("last_label_excess", "last_label_pull", "sensitivity"):
+        _check(getattr(recency, name), n, "bootstrap")
+    # spreads over orders: a bootstrap of a standard deviation need not cover the estimate
+    for name in ("bias", "order_std"):
+        _check(getattr(recency, name), n, "bootstrap", covers=False)
+    assert recency.block_gaps is not None
+    _check(recency.block_gap, len(recency.block_gaps), "bootstrap")
+    for name in ("bias", "order_std", "last_label_excess", "last_label_pull", "sensitivity", "block_gap"):
+        e = getattr(recency, name)
+        assert getattr(recency, f"{name}_ci") == (e.low, e.high)
+
+
+def test_correction_reduction_is_a_paired_estimate(organism, hard_task, tmp_path):
+    res = ih.correct_majority_bias(
+        organism, hard_task, heads=[(1, 1), (1, 7)], n=60, tune_n=30, seed=21, tune_seed=22, grid=[0.0, 3.0],
+        skews=[(3, 1)], n_boot=200,
+    )  # fmt: skip
+    _check(res.reduction, 60, "paired bootstrap")
+    _check(res.accuracy_change, 60, "paired bootstrap")
+    assert res.reduction_ci == res.reduction.ci and res.accuracy_change_ci == res.accuracy_change.ci
+    back = BiasCorrection.load(res.save(tmp_path / "fix"))
+    assert back.reduction.to_dict() == res.reduction.to_dict()
+
+
+def test_accuracy_heads_and_decomposition_estimates(organism):
+    task = ih.organism_task()
+    prompts = task.prompts(40, 4, seed=0)
+    acc = ih.icl_accuracy(organism, prompts)
+    _check(acc.accuracy, 40, "bootstrap")
+    _check(acc.strict_accuracy, 40, "bootstrap")
+    assert acc.ci == acc.accuracy.ci
+    found = ih.find_in_context_heads(organism, prompts, n_random=6)
+    _check(found.accuracy, 40, "bootstrap")
+    _check(found.ablated_accuracy, 40, "bootstrap")
+    _check(found.random_ablated_accuracy, 6, "samples")
+    v = found.verification.set_index("condition")
+    assert found.ablated_accuracy == v.loc["found heads", "accuracy"]
+    dec = ih.decompose(organism, prompts)
+    _check(dec.full_accuracy, 40, "wilson")
+    assert dec.full_accuracy.low >= 0 and dec.full_accuracy.high <= 1
+
+
+def test_majority_bias_saved_before_estimates_loads(majority, tmp_path):
+    """A result written before the headline was an Estimate: ``bias`` a number beside ``bias_ci``."""
+    path = majority.save(tmp_path / "new")
+    meta = json.loads((path / "meta.json").read_text())
+    for name in ("bias", "prob_bias"):
+        e = getattr(majority, name)
+        meta["fields"][name] = float(e)
+        meta["fields"][f"{name}_ci"] = [e.low, e.high]
+    (path / "meta.json").write_text(json.dumps(meta))
+    old = MajorityBias.load(path)
+    for name in ("bias", "prob_bias"):
+        got, want = getattr(old, name), getattr(majority, name)
+        assert isinstance(got, Estimate) and got.ci == want.ci and float(got) == float(want)
+        assert got.n == majority.provenance["n_prompts"] and got.method == "bootstrap"
+
+
+@dataclass(frozen=True, repr=False)
+class _Scored(Result):
+    score: Estimate
+    gap: Estimate = Estimate(math.nan)  # noqa: RUF009
+    note: str = ""
+    provenance: dict = field(default_factory=dict)
+
+
+def test_hand_written_old_meta_rebuilds_estimates(tmp_path):
+    (tmp_path / "meta.json").write_text(
+        json.dumps(
+            {
+                "__class__": "_Scored",
+                "fields": {
+                    "score": 0.2,
+                    "score_ci": [0.1, 0.3],
+                    "gap": 1.5,  # no interval was saved: a point estimate
+                    "note": "old",
+                    "provenance": {"model": "m", "n_prompts": 12},
+                },
+                "tables": {},
+                "tensors": [],
+            }
+        )
+    )
+    old = _Scored.load(tmp_path)
+    assert old.score.to_dict() == Estimate(0.2, 0.1, 0.3, 12, "bootstrap").to_dict()
+    assert old.gap == 1.5 and math.isnan(old.gap.low) and old.gap.method == "point"
+    assert old.note == "old"
+
+
+def test_recency_bias_saved_before_estimates_loads(recency, tmp_path):
+    path = recency.save(tmp_path / "r")
+    meta = json.loads((path / "meta.json").read_text())
+    names = ("bias", "order_std", "last_label_excess", "last_label_pull", "sensitivity", "block_gap")
+    for name in names:
+        e = getattr(recency, name)
+        meta["fields"][name], meta["fields"][f"{name}_ci"] = float(e), [e.low, e.high]
+    (path / "meta.json").write_text(json.dumps(meta))
+    old = RecencyBias.load(path)
+    for name in names:
+        assert getattr(old, f"{name}_ci") == getattr(recency, f"{name}_ci")
+        assert float(getattr(old, name)) == float(getattr(recency, name))
