@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icl_heads.engine import RunOptions
+
 logger = logging.getLogger("icl_heads")
 
 
@@ -31,7 +33,8 @@ class Context:
     held_out: Any
     out: Path
     summary: dict
-    progress: bool
+    #: how every analysis runs its prompts (the ``--quiet`` flag turns the progress bars off)
+    options: RunOptions
     found: Any = None
     #: result objects by name, read by :func:`icl_heads.verdicts.collect_verdicts`
     results: dict = field(default_factory=dict)
@@ -73,7 +76,7 @@ def section_accuracy(ctx: Context, report) -> None:
     import icl_heads as ih
 
     parts = report.section("ICL accuracy")
-    acc = ih.icl_accuracy(ctx.model, ctx.held_out, progress=ctx.progress)
+    acc = ih.icl_accuracy(ctx.model, ctx.held_out, options=ctx.options)
     report.text(parts, f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
     report.table(parts, acc.df)
     acc.df.to_csv(ctx.out / "results" / "accuracy.csv", index=False)
@@ -93,7 +96,7 @@ def section_heads(ctx: Context, report) -> None:
     # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
     also = ("dla", "ablation") if total <= MAX_HEADS_FOR_ABLATION else ("dla",)
     found = ih.find_in_context_heads(
-        ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
+        ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, options=ctx.options
     )
     ctx.found = found
     ctx.results["heads"] = found
@@ -170,10 +173,10 @@ def section_mechanism(ctx: Context, report) -> None:
 
     parts = report.section("Mechanism: OV label features and QK two towers")
     heads = ctx.found.heads if ctx.found is not None else None
-    ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, progress=ctx.progress)
-    qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, progress=ctx.progress)
+    ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, options=ctx.options)
+    qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, options=ctx.options)
     # every head, read where the in-context heads read (heads that read elsewhere are named in its warning)
-    towers = ih.two_tower_test(ctx.model, ctx.held_out, read_at=qk.config["read_at"], progress=ctx.progress)
+    towers = ih.two_tower_test(ctx.model, ctx.held_out, read_at=qk.config["read_at"], options=ctx.options)
     try:
         flip = ih.flip_analysis(ctx.model, ctx.held_out, heads=heads, resample_demos=True, seed=ctx.args.seed)
     except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
@@ -231,7 +234,7 @@ def section_bias(ctx: Context, report) -> None:
     recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
     heads = ctx.found.heads if ctx.found is not None else None
     # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
-    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, progress=ctx.progress)
+    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, options=ctx.options)
     recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads)
     ctx.results.update(majority=major, recency=recent)
     report.numbers(parts, major.summary())
@@ -314,7 +317,7 @@ def section_components(ctx: Context, report) -> None:
     if note:
         report.text(parts, note)
     held_out = task.prompts(ctx.args.n_prompts, ctx.args.shots, seed=ctx.args.seed + 1) if note else ctx.held_out
-    dec = decompose(ctx.model, held_out, progress=ctx.progress)
+    dec = decompose(ctx.model, held_out, options=ctx.options)
     report.numbers(parts, dec.summary())
     report.figure(parts, dec.heatmap())
     report.figure(parts, dec.plot_accuracy())
