@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from icl_heads.engine import RunOptions
+from icl_heads.engine import RunOptions, takes_run_options
 from icl_heads.interventions import check_heads
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
@@ -32,12 +32,19 @@ def check_heads_choice(heads: Any) -> Any:
     return heads
 
 
-def default_heads(model: Any, prompts: ICLPrompts, options: RunOptions | None = None) -> tuple[Head, ...]:
+@takes_run_options
+def default_heads(model: Any, prompts: ICLPrompts, *, options: RunOptions | None = None) -> tuple[Head, ...]:
     """The in-context heads of ``model`` on ``prompts``: the top heads plus each label's top heads.
 
     Calls :func:`~icl_heads.heads.find_in_context_heads` with ``verify=False``; the
     union of its ``heads`` and ``heads_by_label`` follows the paper, whose in-context
     heads are the foo heads together with the bar heads.
+
+    Args:
+        model: the model.
+        prompts: the prompts the heads are found on.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
     """
     from icl_heads.heads import find_in_context_heads
 
@@ -45,7 +52,9 @@ def default_heads(model: Any, prompts: ICLPrompts, options: RunOptions | None = 
     return tuple(dict.fromkeys([*found.heads, *(h for hs in found.heads_by_label.values() for h in hs)]))
 
 
-def resolve_heads(model: Any, heads: Any, prompts: ICLPrompts, options: RunOptions | None = None) -> tuple[Head, ...]:
+def resolve_heads(
+    model: Any, heads: Any, prompts: ICLPrompts, *, options: RunOptions | None = None
+) -> tuple[Head, ...]:
     """``heads`` checked against the model: ``"found"`` is :func:`default_heads` on ``prompts``.
 
     ``heads`` is ``"found"``, ``(layer, head)`` pairs, or a result with ``.heads``
@@ -56,7 +65,7 @@ def resolve_heads(model: Any, heads: Any, prompts: ICLPrompts, options: RunOptio
             outside the model, or an empty list of heads.
     """
     if isinstance(check_heads_choice(heads), str):  # "found"
-        return default_heads(model, prompts, options)
+        return default_heads(model, prompts, options=options)
     out = check_heads(ModelAccess(model, analysis="resolve_heads"), getattr(heads, "heads", heads))
     if not out:
         raise ValueError('heads is empty; pass (layer, head) pairs or "found" to find the in-context heads')

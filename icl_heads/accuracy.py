@@ -54,6 +54,14 @@ def predict(
     ``first_token=True`` accepts label words of several tokens and scores their first
     token (see :meth:`~icl_heads.prompts.ICLPrompts.tokenize`).
 
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts.
+        hooks: forward hooks to apply (e.g. a head ablation or a correction).
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+        first_token: score the first token of label words of several tokens.
+
     Raises:
         TypeError, ValueError: see :class:`~icl_heads.models.ModelAccess`.
     """

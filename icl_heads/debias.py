@@ -288,7 +288,7 @@ def correct_majority_bias(
     task = _check_common(task, seed, tune_seed, method, MAJORITY_METHODS)
     parameter, default_grid = MAJORITY_METHODS[method]
     tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
-    heads = resolve_heads(model, heads, tune_prompts, run_options(options, progress=False))
+    heads = resolve_heads(model, heads, tune_prompts, options=run_options(options, progress=False))
     reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     make = count_normalisation if method == "count" else ov_compensation
 
@@ -373,7 +373,7 @@ def correct_recency_bias(
         raise ValueError(f"seed={seed} is the positional prior's reference seed (tune_seed + 1); choose another seed")
     parameter, default_grid = RECENCY_METHODS[method]
     tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
-    heads = resolve_heads(model, heads, tune_prompts, run_options(options, progress=False))
+    heads = resolve_heads(model, heads, tune_prompts, options=run_options(options, progress=False))
     reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     if method == "unrotated":
         base = unrotated_attention(model, heads, read_at=reading[0])

@@ -258,7 +258,7 @@ def _recency_bias(
 ) -> RecencyBias:  # fmt: skip
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     base = orders["original"]
-    heads = resolve_heads(access, heads, base, run_options(options, progress=False))
+    heads = resolve_heads(access, heads, base, options=run_options(options, progress=False))
     layers = sorted({layer for layer, _ in heads})
     logits, lasts = [], []
     slot_att = torch.zeros(len(orders), n, len(heads), shots)
