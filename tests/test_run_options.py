@@ -139,7 +139,8 @@ def test_found_heads_and_a_result_are_accepted(models, task):
     found = recency_bias(model, task, **kw)  # heads="found": the in-context heads on the original-order prompts
     base = ih.bias.recency_prompts(task, shots=2, n=6, seed=3, n_random_orders=1)["original"]
     heads = ih.bias.default_heads(model, base)
-    assert list(zip(found.attention["layer"], found.attention["head"], strict=True)) == [h for h in heads for _ in range(2)]
+    slots = list(zip(found.attention["layer"], found.attention["head"], strict=True))
+    assert slots == [h for h in heads for _ in range(2)]  # two slots per head
     result = ih.find_in_context_heads(model, base, verify=False)
     by_result = recency_bias(model, task, heads=result, **kw)
     assert set(zip(by_result.attention["layer"], by_result.attention["head"], strict=True)) == set(result.heads)
