@@ -232,7 +232,7 @@ def section_bias(ctx: Context, report) -> None:
     n, seed = ctx.args.n_prompts, ctx.args.seed
     # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
     recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
-    heads = ctx.found.heads if ctx.found is not None else None
+    heads = ctx.found.heads if ctx.found is not None else "found"
     # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
     major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, options=ctx.options)
     recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads)
