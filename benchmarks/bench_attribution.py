@@ -47,11 +47,13 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
                 for b in batches:
                     model(b.tokens)
         elif what == "attribution":
-            ih.score_heads(model, tp, methods=("attribution",), batch_size=batch_size)
+            ih.score_heads(model, tp, methods=("attribution",), options=ih.engine.RunOptions(batch_size=batch_size))
         elif what == "attribution_rescore4":
-            ih.score_heads(model, tp, methods=("attribution",), batch_size=batch_size, rescore=4)
+            ih.score_heads(
+                model, tp, methods=("attribution",), rescore=4, options=ih.engine.RunOptions(batch_size=batch_size)
+            )
         elif what == "ablation":
-            ih.score_heads(model, tp, methods=("ablation",), batch_size=batch_size)
+            ih.score_heads(model, tp, methods=("ablation",), options=ih.engine.RunOptions(batch_size=batch_size))
         seconds = time.perf_counter() - start
     return {"what": what, "seconds": seconds, "peak_mb": rss.mb, "n": n}
 

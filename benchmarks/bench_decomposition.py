@@ -101,13 +101,14 @@ def _pass(what: str, model, access, tp, batch_size: int) -> None:
     import torch
 
     from icl_heads.decomposition import decompose
+    from icl_heads.engine import RunOptions
 
     with torch.inference_mode():
         if what == "forward":
             for b in access.batches(tp, batch_size):
                 access.run(b)
         elif what == "decompose":
-            decompose(access, tp, batch_size=batch_size)
+            decompose(access, tp, options=RunOptions(batch_size=batch_size))
         else:
             for b in access.batches(tp, batch_size):
                 kw = {"attention_mask": b.attention_mask} if b.has_padding else {}

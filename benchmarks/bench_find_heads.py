@@ -106,15 +106,18 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
                     _, cache = model.run_with_cache(b.tokens)
                     del cache
             elif what in ("dla", "logprob_increase"):
-                ih.score_heads(model, tp, methods=(what,), batch_size=batch_size)
+                ih.score_heads(model, tp, methods=(what,), options=ih.engine.RunOptions(batch_size=batch_size))
             elif what == "ablation_sweep":
                 for layer in range(access.n_layers):
                     for head in range(access.n_heads):
                         ih.accuracy.predict(
-                            access, tp, hooks=ih.interventions.HeadAblation(((layer, head),)), batch_size=batch_size
+                            access,
+                            tp,
+                            hooks=ih.interventions.HeadAblation(((layer, head),)),
+                            options=ih.engine.RunOptions(batch_size=batch_size),
                         )
             elif what == "ablation_batched":
-                ih.score_heads(model, tp, methods=("ablation",), batch_size=batch_size)
+                ih.score_heads(model, tp, methods=("ablation",), options=ih.engine.RunOptions(batch_size=batch_size))
         seconds = time.perf_counter() - start
     return {"what": what, "seconds": seconds, "peak_mb": rss.mb, "n": n}
 

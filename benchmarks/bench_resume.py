@@ -74,11 +74,12 @@ def main() -> None:
     def run(label: str, prompts, hooks) -> None:
         with count_cost() as ledger:
             start = time.perf_counter()
-            ih.icl_accuracy(model, prompts, hooks=hooks, batch_size=args.batch_size)
+            ih.icl_accuracy(model, prompts, hooks=hooks, options=ih.engine.RunOptions(batch_size=args.batch_size))
             seconds[label].append(time.perf_counter() - start)
         layer_tokens[label] = ledger.total.layer_tokens
 
-    ih.icl_accuracy(model, task.prompts(4, 4, seed=99), batch_size=args.batch_size)  # warm-up and the probe
+    options = ih.engine.RunOptions(batch_size=args.batch_size)
+    ih.icl_accuracy(model, task.prompts(4, 4, seed=99), options=options)  # warm-up and the probe
     keep = resume.CACHE_BYTES
     for r in range(args.repeats):
         prompts = task.prompts(args.n, 4, seed=r)  # new prompts each repeat: nothing memoised

@@ -6,35 +6,69 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from icl_heads.engine import RunOptions, takes_run_options
 from icl_heads.interventions import check_heads
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
 
+#: ``heads="found"``: run the head finder on the prompts and use its heads (the bias functions' default).
+FOUND = "found"
 
-def default_heads(model: Any, prompts: ICLPrompts) -> tuple[Head, ...]:
+
+def check_heads_choice(heads: Any) -> Any:
+    """Refuse ``heads=None`` and unknown strings before any work (the bias and correction functions).
+
+    Raises:
+        ValueError: ``None`` (which means every head elsewhere) or a string other than ``"found"``.
+    """
+    if heads is None:
+        raise ValueError(
+            "heads=None means every head elsewhere in icl_heads, but this measurement or correction acts on the "
+            'in-context heads: pass heads="found" (run find_in_context_heads on the prompts, the default), '
+            "a list of (layer, head) pairs, or an InContextHeads result"
+        )
+    if isinstance(heads, str) and heads != FOUND:
+        raise ValueError(f'heads must be "found", (layer, head) pairs or an InContextHeads result, got {heads!r}')
+    return heads
+
+
+@takes_run_options
+def default_heads(model: Any, prompts: ICLPrompts, *, options: RunOptions | None = None) -> tuple[Head, ...]:
     """The in-context heads of ``model`` on ``prompts``: the top heads plus each label's top heads.
 
     Calls :func:`~icl_heads.heads.find_in_context_heads` with ``verify=False``; the
     union of its ``heads`` and ``heads_by_label`` follows the paper, whose in-context
     heads are the foo heads together with the bar heads.
+
+    Args:
+        model: the model.
+        prompts: the prompts the heads are found on.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
     """
     from icl_heads.heads import find_in_context_heads
 
-    found = find_in_context_heads(model, prompts, verify=False)
+    found = find_in_context_heads(model, prompts, verify=False, options=options)
     return tuple(dict.fromkeys([*found.heads, *(h for hs in found.heads_by_label.values() for h in hs)]))
 
 
-def resolve_heads(model: Any, heads: Sequence[Sequence[int]] | None, prompts: ICLPrompts) -> tuple[Head, ...]:
-    """``heads`` checked against the model, or :func:`default_heads` on ``prompts`` when None.
+def resolve_heads(
+    model: Any, heads: Any, prompts: ICLPrompts, *, options: RunOptions | None = None
+) -> tuple[Head, ...]:
+    """``heads`` checked against the model: ``"found"`` is :func:`default_heads` on ``prompts``.
+
+    ``heads`` is ``"found"``, ``(layer, head)`` pairs, or a result with ``.heads``
+    (e.g. an ``InContextHeads``).
 
     Raises:
-        ValueError: a head outside the model, or an empty list of heads.
+        ValueError: ``None`` or an unknown string (see :func:`check_heads_choice`), a head
+            outside the model, or an empty list of heads.
     """
-    if heads is None:
-        return default_heads(model, prompts)
-    out = check_heads(ModelAccess(model, analysis="resolve_heads"), heads)
+    if isinstance(check_heads_choice(heads), str):  # "found"
+        return default_heads(model, prompts, options=options)
+    out = check_heads(ModelAccess(model, analysis="resolve_heads"), getattr(heads, "heads", heads))
     if not out:
-        raise ValueError("heads is empty; pass (layer, head) pairs or None to find the in-context heads")
+        raise ValueError('heads is empty; pass (layer, head) pairs or "found" to find the in-context heads')
     return out
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icl_heads.engine import RunOptions
 from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
@@ -35,7 +36,8 @@ class Context:
     held_out: Any
     out: Path
     summary: dict
-    progress: bool
+    #: how every analysis runs its prompts (the ``--quiet`` flag turns the progress bars off)
+    options: RunOptions
     found: Any = None
     #: result objects by name, read by :func:`icl_heads.verdicts.collect_verdicts`
     results: dict = field(default_factory=dict)
@@ -77,7 +79,7 @@ def section_accuracy(ctx: Context) -> list[Section]:
     import icl_heads as ih
 
     sec = Section("ICL accuracy")
-    acc = ih.icl_accuracy(ctx.model, ctx.held_out, progress=ctx.progress)
+    acc = ih.icl_accuracy(ctx.model, ctx.held_out, options=ctx.options)
     sec.text(f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
     sec.table(acc.df)
     sec.csv["accuracy"] = acc.df
@@ -98,7 +100,7 @@ def section_heads(ctx: Context) -> list[Section]:
     # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
     also = ("dla", "ablation") if total <= MAX_HEADS_FOR_ABLATION else ("dla",)
     found = ih.find_in_context_heads(
-        ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, progress=ctx.progress
+        ctx.model, ctx.prompts, also=also, verify_prompts=ctx.held_out, seed=ctx.args.seed, options=ctx.options
     )
     ctx.found = found
     sec.results["heads"] = found
@@ -172,10 +174,10 @@ def section_mechanism(ctx: Context) -> list[Section]:
 
     sec = Section("Mechanism: OV label features and QK two towers")
     heads = ctx.found.heads if ctx.found is not None else None
-    ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, progress=ctx.progress)
-    qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, progress=ctx.progress)
+    ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, options=ctx.options)
+    qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, options=ctx.options)
     # every head, read where the in-context heads read (heads that read elsewhere are named in its warning)
-    towers = ih.two_tower_test(ctx.model, ctx.held_out, read_at=qk.config["read_at"], progress=ctx.progress)
+    towers = ih.two_tower_test(ctx.model, ctx.held_out, read_at=qk.config["read_at"], options=ctx.options)
     try:
         flip = ih.flip_analysis(ctx.model, ctx.held_out, heads=heads, resample_demos=True, seed=ctx.args.seed)
     except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
@@ -227,9 +229,9 @@ def section_bias(ctx: Context) -> list[Section]:
     n, seed = ctx.args.n_prompts, ctx.args.seed
     # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
     recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
-    heads = ctx.found.heads if ctx.found is not None else None
+    heads = ctx.found.heads if ctx.found is not None else "found"
     # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
-    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, progress=ctx.progress)
+    major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, options=ctx.options)
     recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads)
     sec.results.update(majority=major, recency=recent)
     sec.numbers(major.summary())
@@ -312,7 +314,7 @@ def section_components(ctx: Context) -> list[Section]:
     if note:
         sec.text(note)
     held_out = task.prompts(ctx.args.n_prompts, ctx.args.shots, seed=ctx.args.seed + 1) if note else ctx.held_out
-    dec = decompose(ctx.model, held_out, progress=ctx.progress)
+    dec = decompose(ctx.model, held_out, options=ctx.options)
     sec.numbers(dec.summary())
     sec.figure(dec.heatmap())
     sec.figure(dec.plot_accuracy())

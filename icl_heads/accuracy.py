@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.engine import RunOptions, batches, intervention_key, memoised, prompt_key
+from icl_heads.engine import RunOptions, batches, intervention_key, memoised, prompt_key, takes_run_options
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
@@ -41,20 +41,27 @@ class Predictions:
         return self.label_logits.log_softmax(-1).gather(1, self.golds[:, None])[:, 0]
 
 
+@takes_run_options
 def predict(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
     *,
     hooks: Hooks = (),
-    batch_size: int = 32,
-    padding_side: str = "right",
-    progress: bool = False,
+    options: RunOptions | None = None,
     first_token: bool = False,
 ) -> Predictions:
     """Label-set logits and whole-vocabulary correctness at every prompt's final position.
 
     ``first_token=True`` accepts label words of several tokens and scores their first
     token (see :meth:`~icl_heads.prompts.ICLPrompts.tokenize`).
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts.
+        hooks: forward hooks to apply (e.g. a head ablation or a correction).
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+        first_token: score the first token of label words of several tokens.
 
     Raises:
         TypeError, ValueError: see :class:`~icl_heads.models.ModelAccess`.
@@ -66,7 +73,6 @@ def predict(
     def compute() -> Predictions:
         logits = torch.zeros(len(tp), len(label_ids))
         strict = torch.zeros(len(tp), dtype=torch.long)
-        options = RunOptions(batch_size, padding_side, progress)
         for batch in batches(access, tp, options, desc="evaluating", by_length=True):
             final, _ = access.run(batch, hooks=hooks)
             logits[batch.index] = final[:, label_ids.to(final.device)].cpu()
@@ -149,14 +155,13 @@ def accuracy_table(pred: Predictions, label_words: Sequence[str], *, seed: int =
     return pd.DataFrame(rows)
 
 
+@takes_run_options
 def icl_accuracy(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
     *,
     hooks: Hooks = (),
-    batch_size: int = 32,
-    padding_side: str = "right",
-    progress: bool = False,
+    options: RunOptions | None = None,
     first_token: bool = False,
 ) -> AccuracyResult:
     """ICL accuracy over the label set and strict accuracy over the whole vocabulary.
@@ -165,9 +170,8 @@ def icl_accuracy(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
         hooks: forward hooks to apply (e.g. from :func:`~icl_heads.interventions.ablate_hooks`).
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
         first_token: accept label words of several tokens and score their first
             token (off by default: such label words raise ``LabelTokenError``).
 
@@ -182,7 +186,7 @@ def icl_accuracy(
     """
     access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts, first_token=first_token)
-    pred = predict(access, tp, hooks=hooks, batch_size=batch_size, padding_side=padding_side, progress=progress)
+    pred = predict(access, tp, hooks=hooks, options=options)
     df = accuracy_table(pred, tp.prompts.task.label_words)
     return AccuracyResult(
         df=df,

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from torch import Tensor
 
 from icl_heads.configs import ScoreAgreementConfig
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
@@ -174,6 +174,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+@takes_run_options
 def compare_head_scores(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -186,9 +187,8 @@ def compare_head_scores(
     where: str = "all",
     reference: ICLPrompts | TokenizedPrompts | None = None,
     rescore: int = 0,
-    batch_size: int = 32,
     heads_per_pass: int = 8,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> ScoreAgreement:
     """Compare a cheap head score with the exact ``ablation`` score on a random sample of heads.
 
@@ -203,9 +203,9 @@ def compare_head_scores(
         where: ablate at ``"all"`` positions or the ``"final"`` one.
         reference: prompts for the means of ``how="mean"`` (default: ``prompts``).
         rescore: for ``"attribution"``, heads re-scored exactly (see :func:`~icl_heads.score_heads`).
-        batch_size: prompts per forward pass.
         heads_per_pass: heads ablated per forward pass for the exact score.
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`ScoreAgreement`.
@@ -234,14 +234,13 @@ def compare_head_scores(
     rng = np.random.default_rng(seed)
     heads = tuple(divmod(int(i), access.n_heads) for i in np.sort(rng.choice(total, n, replace=False)))
     cheap = score_heads(
-        access, tp, methods=(method,), batch_size=batch_size, how=how, where=where, reference=reference,
-        rescore=rescore, heads_per_pass=heads_per_pass,
+        access, tp, methods=(method,), how=how, where=where, reference=reference,
+        rescore=rescore, heads_per_pass=heads_per_pass, options=run_options(options, progress=False),
     )[method].mean(0)  # fmt: skip
     means = ablation_means(access, tp, how, where, reference)
     label_ids = torch.tensor(tp.label_token_ids)
     drops = torch.zeros(len(tp), access.n_layers, access.n_heads)
     # batched by length as score_heads batches them, so drops it computed on these prompts are read back
-    options = RunOptions(batch_size, progress=progress)
     for batch in batches(access, tp, options, desc="exact ablation", by_length=True):
         drops[batch.index] = _per_prompt_ablation(
             access, batch, label_ids, heads_per_pass, heads=heads, how=how, where=where, means=means

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from icl_heads._bias_common import _check_task, _with_demos, default_heads, resolve_heads  # noqa: F401
 from icl_heads.accuracy import predict
 from icl_heads.configs import MajorityBiasConfig
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here as before
     RecencyBias,
@@ -176,6 +177,7 @@ def majority_prompts(
     return out
 
 
+@takes_run_options
 def majority_bias(
     model: Any,
     task: ICLTask,
@@ -185,9 +187,8 @@ def majority_bias(
     seed: int = 0,
     skews: Sequence[tuple[int, int]] = ((3, 1), (5, 1)),
     hooks: Hooks = (),
-    batch_size: int = 32,
     n_boot: int = 1000,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> MajorityBias:
     """Measure majority-label bias with paired balanced and imbalanced demonstrations.
 
@@ -205,9 +206,9 @@ def majority_bias(
         seed: prompt seed.
         skews: ``(majority count, minority count)`` pairs.
         hooks: forward hooks applied in every condition (e.g. a correction).
-        batch_size: prompts per forward pass (does not change the result).
         n_boot: bootstrap resamples for the intervals.
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`MajorityBias`.
@@ -229,8 +230,8 @@ def majority_bias(
     conditions = majority_prompts(task, shots=shots, n=n, seed=seed, skews=skews)
     access = ModelAccess(model, analysis="majority_bias")
     logits = [
-        predict(access, prompts, hooks=hooks, batch_size=batch_size).label_logits
-        for prompts in tqdm(conditions.values(), desc="majority-bias conditions", disable=not progress)
+        predict(access, prompts, hooks=hooks, options=run_options(options, progress=False)).label_logits
+        for prompts in tqdm(conditions.values(), desc="majority-bias conditions", disable=not options.progress)
     ]
     base = next(iter(conditions.values()))
     names = list(conditions)

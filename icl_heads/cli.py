@@ -41,7 +41,7 @@ from icl_heads._cli_sections import (
     section_mechanism,
 )
 from icl_heads._version import __version__
-from icl_heads.engine import CostLedger, count_cost
+from icl_heads.engine import CostLedger, RunOptions, count_cost
 from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
@@ -242,7 +242,7 @@ def run(plan: Plan, argv: list[str]) -> dict:
                 "unknown_token_share": plan.unknown_token_share,
                 "notes": plan.notes,
             },
-            progress=not args.quiet,
+            options=RunOptions(progress=not args.quiet),
         )
         ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
         prov = run_provenance(

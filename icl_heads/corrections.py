@@ -49,7 +49,7 @@ from icl_heads.correction_hooks import (  # noqa: F401 - the hooks and their mat
     rescore_row,
     slot_reweight,
 )
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, takes_run_options
 from icl_heads.faithfulness import require_pattern_edits
 from icl_heads.interventions import check_heads
 from icl_heads.models import Capture, ModelAccess
@@ -130,6 +130,7 @@ def unrotated_attention(
     return UnrotatedAttention(heads, attn_scale=attention_scales(access), mix=float(mix), read_at=read_at)
 
 
+@takes_run_options
 def positional_prior(
     model: Any,
     heads: Sequence[Sequence[int]],
@@ -137,7 +138,7 @@ def positional_prior(
     *,
     strength: float = 1.0,
     read_at: str = "label",
-    batch_size: int = 32,
+    options: RunOptions | None = None,
 ) -> PositionalPrior:
     """Fit each head's positional prior on content-shuffled prompts and return the correction.
 
@@ -149,6 +150,15 @@ def positional_prior(
     With ``read_at="slot"`` every slot token is a slot of its own; ``"after_label"`` uses
     the token after each label.
 
+    Args:
+        model: the model.
+        heads: the heads to correct.
+        prompts: content-shuffled reference prompts.
+        strength: the correction's strength (0: no change).
+        read_at: ``"label"``, ``"after_label"`` or ``"slot"``.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+
     Raises:
         ValueError: heads outside the model, or the checks of :class:`~icl_heads.models.ModelAccess`.
     """
@@ -159,7 +169,7 @@ def positional_prior(
     layers = sorted({layer for layer, _ in heads})
     sums: dict[int, Tensor] = {}
     counts: dict[int, int] = {}
-    for batch in batches(access, tp, RunOptions(batch_size)):
+    for batch in batches(access, tp, options, desc="positional prior"):
         caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
         _, got = access.run(batch, capture=caps)
         read, _ = positions_with_labels(batch, read_at)

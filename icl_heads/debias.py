@@ -29,6 +29,7 @@ from icl_heads.bias import (
 )
 from icl_heads.configs import BiasCorrectionConfig
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
@@ -135,14 +136,15 @@ class BiasCorrection(Result):
 def _evaluate(
     kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks], grid, heads,
     *, shots: int, n: int, seed: int, tune_n: int, tune_seed: int, max_accuracy_drop: float, n_boot: int,
-    batch_size: int, progress: bool, measure: dict, reading: tuple = ("label", {}, ()),
+    options: RunOptions, measure: dict, reading: tuple = ("label", {}, ()),
 ) -> BiasCorrection:  # fmt: skip
     value, tuning = tune_correction(
         model, task, build, grid, kind=kind, shots=shots, n=tune_n, seed=tune_seed,
-        max_accuracy_drop=max_accuracy_drop, progress=progress, batch_size=batch_size, noop=0.0, **measure,
+        max_accuracy_drop=max_accuracy_drop, options=options, noop=0.0, **measure,
     )  # fmt: skip
     hooks = build(value)
-    kw = dict(shots=shots, n=n, seed=seed, batch_size=batch_size, n_boot=n_boot, **measure)
+    quiet = run_options(options, progress=False)
+    kw = dict(shots=shots, n=n, seed=seed, options=quiet, n_boot=n_boot, **measure)
     before = _measure(kind, model, task, (), **kw)
     if headline_bias(before) == 0:
         raise ValueError(
@@ -152,8 +154,8 @@ def _evaluate(
     after = _measure(kind, model, task, hooks, **kw)
     balanced = task.prompts(n, shots, seed=seed)
     acc_b, acc_a = (
-        icl_accuracy(model, balanced, batch_size=batch_size),
-        icl_accuracy(model, balanced, hooks=hooks, batch_size=batch_size),
+        icl_accuracy(model, balanced, options=quiet),
+        icl_accuracy(model, balanced, hooks=hooks, options=quiet),
     )
     metrics: list[tuple[str, float, tuple, float, tuple]] = []
     if isinstance(before, MajorityBias) and isinstance(after, MajorityBias):
@@ -229,12 +231,13 @@ def _check_common(task: Any, seed: int, tune_seed: int, method: str, methods: di
     return task
 
 
+@takes_run_options
 def correct_majority_bias(
     model: Any,
     task: ICLTask,
     *,
     method: str = "count",
-    heads: Sequence[Sequence[int]] | None = None,
+    heads: Any = "found",
     shots: int = 4,
     n: int = 300,
     seed: int = 0,
@@ -246,8 +249,7 @@ def correct_majority_bias(
     read_at: str = "auto",
     min_read_share: float = MIN_READ_SHARE,
     n_boot: int = 1000,
-    batch_size: int = 32,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> BiasCorrection:
     """Tune a majority-bias correction on held-out prompts and measure it on test prompts.
 
@@ -257,7 +259,10 @@ def correct_majority_bias(
         method: ``"count"`` (attention count-normalisation at label positions,
             hyperparameter ``strength``) or ``"ov"`` (the paper's OV compensation,
             hyperparameter ``a_c``).
-        heads: heads to correct (default: the in-context heads found on the tuning prompts).
+        heads: heads to correct: ``"found"`` (default: run
+            :func:`~icl_heads.heads.find_in_context_heads` on the tuning prompts and use
+            its heads), ``(layer, head)`` pairs, or an ``InContextHeads`` result (its
+            ``heads``). ``None`` is refused: elsewhere it means every head.
         shots: demonstrations of the balanced prompts.
         n: test prompts (drawn with ``seed``).
         seed: seed of the test prompts.
@@ -272,8 +277,8 @@ def correct_majority_bias(
         min_read_share: below this share of the heads' attention (outside the first
             token) on those positions, the result carries a warning.
         n_boot: bootstrap resamples.
-        batch_size: prompts per forward pass.
-        progress: show progress bars.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -292,7 +297,7 @@ def correct_majority_bias(
     task = _check_common(task, seed, tune_seed, method, MAJORITY_METHODS)
     parameter, default_grid = MAJORITY_METHODS[method]
     tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
-    heads = resolve_heads(model, heads, tune_prompts)
+    heads = resolve_heads(model, heads, tune_prompts, options=run_options(options, progress=False))
     reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     make = count_normalisation if method == "count" else ov_compensation
 
@@ -302,16 +307,17 @@ def correct_majority_bias(
     return _evaluate(
         "majority", method, parameter, model, task, build, grid or default_grid, heads, shots=shots, n=n, seed=seed,
         tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
-        batch_size=batch_size, progress=progress, measure={"skews": [tuple(s) for s in skews]}, reading=reading,
+        options=options, measure={"skews": [tuple(s) for s in skews]}, reading=reading,
     )  # fmt: skip
 
 
+@takes_run_options
 def correct_recency_bias(
     model: Any,
     task: ICLTask,
     *,
     method: str = "prior",
-    heads: Sequence[Sequence[int]] | None = None,
+    heads: Any = "found",
     shots: int = 8,
     n: int = 300,
     seed: int = 0,
@@ -323,8 +329,7 @@ def correct_recency_bias(
     read_at: str = "auto",
     min_read_share: float = MIN_READ_SHARE,
     n_boot: int = 1000,
-    batch_size: int = 32,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> BiasCorrection:
     """Tune a recency-bias correction on held-out prompts and measure it on test prompts.
 
@@ -342,7 +347,10 @@ def correct_recency_bias(
             content-shuffled tuning prompts; any model; hyperparameter ``strength``) or
             ``"unrotated"`` (scores at label keys from un-rotated q and k; rotary models
             only; hyperparameter ``mix``).
-        heads: heads to correct (default: the in-context heads found on the tuning prompts).
+        heads: heads to correct: ``"found"`` (default: run
+            :func:`~icl_heads.heads.find_in_context_heads` on the tuning prompts and use
+            its heads), ``(layer, head)`` pairs, or an ``InContextHeads`` result (its
+            ``heads``). ``None`` is refused: elsewhere it means every head.
         shots: demonstrations per prompt.
         n: test prompts (drawn with ``seed``).
         seed: seed of the test prompts.
@@ -358,8 +366,8 @@ def correct_recency_bias(
         min_read_share: below this share of the heads' attention (outside the first
             token) on those positions, the result carries a warning.
         n_boot: bootstrap resamples.
-        batch_size: prompts per forward pass.
-        progress: show progress bars.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -374,7 +382,7 @@ def correct_recency_bias(
         raise ValueError(f"seed={seed} is the positional prior's reference seed (tune_seed + 1); choose another seed")
     parameter, default_grid = RECENCY_METHODS[method]
     tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
-    heads = resolve_heads(model, heads, tune_prompts)
+    heads = resolve_heads(model, heads, tune_prompts, options=run_options(options, progress=False))
     reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     if method == "unrotated":
         base = unrotated_attention(model, heads, read_at=reading[0])
@@ -383,7 +391,9 @@ def correct_recency_bias(
             return replace(base, mix=value)
     else:
         reference = task.prompts(tune_n, shots, seed=tune_seed + 1)
-        fitted = positional_prior(model, heads, reference, read_at=reading[0], batch_size=batch_size)
+        fitted = positional_prior(
+            model, heads, reference, read_at=reading[0], options=run_options(options, progress=False)
+        )
 
         def build(value: float) -> Hooks:
             return replace(fitted, strength=value)
@@ -391,6 +401,6 @@ def correct_recency_bias(
     return _evaluate(
         "recency", method, parameter, model, task, build, grid or default_grid, heads, shots=shots, n=n, seed=seed,
         tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
-        batch_size=batch_size, progress=progress, measure={"n_random_orders": n_random_orders, "heads": list(heads)},
+        options=options, measure={"n_random_orders": n_random_orders, "heads": list(heads)},
         reading=reading,
     )  # fmt: skip

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from icl_heads.accuracy import predict
 from icl_heads.configs import HeadCountConfig
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.heads import random_head_sets
 from icl_heads.interventions import HeadAblation
 from icl_heads.models import Head, ModelAccess
@@ -75,6 +76,7 @@ class HeadCount(Result):
         return out
 
 
+@takes_run_options
 def heads_needed(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -86,8 +88,7 @@ def heads_needed(
     n_random: int = 20,
     random_for: str = "every",
     seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> HeadCount:
     """The smallest head sets (score order and greedy) whose ablation brings accuracy within ``margin`` of chance.
 
@@ -103,8 +104,8 @@ def heads_needed(
             ``"last"`` set of each search (the answer; a fraction of the passes when the
             random sets of every size are already on an ablation curve).
         seed: seed of the random sets.
-        batch_size: prompts per forward pass.
-        progress: show progress bars.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`HeadCount`.
@@ -132,9 +133,10 @@ def heads_needed(
     golds = torch.tensor(tp.golds)
     chance = float(torch.bincount(golds).max()) / len(golds)
     target = chance + margin
+    quiet = run_options(options, progress=False)
 
     def acc(heads: tuple[Head, ...]) -> np.ndarray:
-        pred = predict(access, tp, hooks=HeadAblation(heads) if heads else (), batch_size=batch_size)
+        pred = predict(access, tp, hooks=HeadAblation(heads) if heads else (), options=quiet)
         return pred.correct.float().numpy()
 
     rows: list[dict[str, Any]] = []
@@ -166,7 +168,7 @@ def heads_needed(
 
     order = top_heads(scores, total)
     k_score = None
-    for k in tqdm(range(1, min(max_k, total) + 1), desc="score order", disable=not progress):
+    for k in tqdm(range(1, min(max_k, total) + 1), desc="score order", disable=not options.progress):
         correct = acc(tuple(order[:k]))
         record("score order", tuple(order[:k]), correct)
         if correct.mean() <= target:
@@ -177,7 +179,7 @@ def heads_needed(
     k_greedy = None
     if greedy:
         all_heads = [(a, b) for a in range(access.n_layers) for b in range(access.n_heads)]
-        for _ in tqdm(range(min(max_k, 16, total)), desc="greedy", disable=not progress):
+        for _ in tqdm(range(min(max_k, 16, total)), desc="greedy", disable=not options.progress):
             trials = {h: acc((*chosen, h)) for h in all_heads if h not in chosen}
             best = min(trials, key=lambda h: (trials[h].mean(), all_heads.index(h)))
             chosen.append(best)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from icl_heads.accuracy import predict
 from icl_heads.configs import InContextHeadsConfig
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
@@ -190,6 +191,7 @@ def _accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
     }
 
 
+@takes_run_options
 def verify_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -198,10 +200,13 @@ def verify_heads(
     *,
     n_random: int = 20,
     seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> tuple[pd.DataFrame, Tensor]:
     """Accuracy before and after ablating ``heads``, random head sets, and each label's heads.
+
+    Args:
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A table with rows ``none``, ``found heads``, ``random heads`` (mean and 95%
@@ -211,9 +216,10 @@ def verify_heads(
     access = ModelAccess(model, analysis="verify_heads")
     tp = access.tokenize(prompts)
     words = tp.prompts.task.label_words
+    quiet = run_options(options, progress=False)
 
     def run(hooks=()):
-        return predict(access, tp, hooks=hooks, batch_size=batch_size)
+        return predict(access, tp, hooks=hooks, options=quiet)
 
     def per_gold(pred) -> dict[str, float]:
         return {
@@ -228,7 +234,7 @@ def verify_heads(
     rand = torch.tensor(
         [
             float(run(HeadAblation(s)).correct.float().mean())
-            for s in tqdm(sets, desc="random head sets", disable=not progress)
+            for s in tqdm(sets, desc="random head sets", disable=not options.progress)
         ]
     )
     random_acc = from_samples(float(rand.mean()), rand.numpy())
@@ -254,6 +260,7 @@ def verify_heads(
     return pd.DataFrame(rows), rand
 
 
+@takes_run_options
 def find_in_context_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -266,10 +273,8 @@ def find_in_context_heads(
     verify_prompts: ICLPrompts | TokenizedPrompts | None = None,
     n_random: int = 20,
     seed: int = 0,
-    batch_size: int = 32,
-    padding_side: str = "right",
     rescore: int | None = None,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> InContextHeads:
     """Find the heads that carry in-context learning, and check them causally.
 
@@ -287,11 +292,10 @@ def find_in_context_heads(
         verify_prompts: held-out prompts for the verification (default: ``prompts``).
         n_random: number of random head sets.
         seed: seed of the random head sets.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
         rescore: for ``"attribution"``, the heads with the largest ``|estimate|`` that are
             re-scored exactly (default: four times the number selected, at least 4).
-        progress: show progress bars.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         An :class:`InContextHeads` result.
@@ -316,8 +320,7 @@ def find_in_context_heads(
     methods = tuple(dict.fromkeys((method, *also)))
     rescore = max(4, 4 * n) if rescore is None and "attribution" in methods else rescore or 0
     per_prompt = score_heads(
-        access, tp, methods=methods, batch_size=batch_size, padding_side=padding_side, rescore=rescore,
-        progress=progress,
+        access, tp, methods=methods, rescore=rescore, options=options
     )  # fmt: skip
     golds = torch.tensor(tp.golds)
     words = tp.prompts.task.label_words
@@ -331,12 +334,12 @@ def find_in_context_heads(
     by_label = {w: top_heads(scores[f"{method}:{w}"], n) for w in words if f"{method}:{w}" in scores}
     from icl_heads.reading import reading_roles
 
-    reading = reading_roles(access, tp, batch_size=batch_size, padding_side=padding_side).df
+    reading = reading_roles(access, tp, options=run_options(options, progress=False)).df
     verification, rand = None, None
     if verify:
         verification, rand = verify_heads(
             access, verify_prompts if verify_prompts is not None else tp, heads, by_label,
-            n_random=n_random, seed=seed, batch_size=batch_size, progress=progress,
+            n_random=n_random, seed=seed, options=options,
         )  # fmt: skip
     config = InContextHeadsConfig(
         method=method, fraction=fraction, k=n, also=list(also), verify=verify,
@@ -356,6 +359,7 @@ def find_in_context_heads(
     )
 
 
+@takes_run_options
 def ablation_curve(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -364,14 +368,17 @@ def ablation_curve(
     ks: tuple[int, ...] = (1, 2, 4, 8),
     n_random: int = 20,
     seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> pd.DataFrame:
     """Accuracy after ablating the top-``k`` heads by ``scores`` vs ``k`` random heads, for each ``k``.
 
     The random sets of every ``k`` are drawn with ``seed``, as :func:`verify_heads` draws
     them: with the same ``seed``, ``n_random`` and prompts, the curve at ``k`` = the
     number of found heads repeats the verification's random sets and accuracy.
+
+    Args:
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.
@@ -382,14 +389,14 @@ def ablation_curve(
     access = ModelAccess(model, analysis="ablation_curve")
     tp = access.tokenize(prompts)
     total = access.n_layers * access.n_heads
-    rows = []
-    for k in tqdm(ks, desc="ablation curve", disable=not progress):
+    rows, quiet = [], run_options(options, progress=False)
+    for k in tqdm(ks, desc="ablation curve", disable=not options.progress):
         n_selected(total, None, k)
         heads = check_heads(access, top_heads(scores, k))
-        pred = predict(access, tp, hooks=HeadAblation(heads), batch_size=batch_size)
+        pred = predict(access, tp, hooks=HeadAblation(heads), options=quiet)
         rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
         accs = [
-            float(predict(access, tp, hooks=HeadAblation(s), batch_size=batch_size).correct.float().mean())
+            float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
             for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)
         ]
         random_acc = from_samples(float(np.mean(accs)), accs)

@@ -29,7 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads import _checks
-from icl_heads.engine import RunOptions, batches, digest
+from icl_heads.engine import RunOptions, batches, digest, takes_run_options
 from icl_heads.models import Head, HookFn, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
@@ -74,17 +74,26 @@ def check_heads(access: ModelAccess, heads: Iterable[Sequence[int]]) -> tuple[He
     return tuple(out)
 
 
+@takes_run_options
 def head_means(
-    model: Any, prompts: ICLPrompts | TokenizedPrompts, *, where: str = "all", batch_size: int = 32
+    model: Any, prompts: ICLPrompts | TokenizedPrompts, *, where: str = "all", options: RunOptions | None = None
 ) -> Float[Tensor, "layer head d_head"]:
-    """Mean of every head's ``hook_z`` over reference prompts (all real tokens, or final positions)."""
+    """Mean of every head's ``hook_z`` over reference prompts (all real tokens, or final positions).
+
+    Args:
+        model: the model.
+        prompts: the reference prompts.
+        where: ``"all"`` real tokens or the ``"final"`` positions.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+    """
     from icl_heads.models import Capture
 
     access = ModelAccess(model, analysis="head_means")
     tp = access.tokenize(prompts)
     total = torch.zeros(access.n_layers, access.n_heads, access.d_head)
     count = 0
-    for batch in batches(access, tp, RunOptions(batch_size)):
+    for batch in batches(access, tp, options):
         caps = [
             Capture(access.hook(layer, "z"), "final" if where == "final" else "all") for layer in range(access.n_layers)
         ]

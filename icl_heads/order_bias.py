@@ -19,10 +19,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._bias_common import _check_task, _with_demos, resolve_heads
+from icl_heads._bias_common import _check_task, _with_demos, check_heads_choice, resolve_heads
 from icl_heads.accuracy import predict
 from icl_heads.configs import RecencyBiasConfig
-from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised
+from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised, run_options, takes_run_options
 from icl_heads.models import Capture, Head, Hooks, ModelAccess
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import block_gaps, block_table
@@ -75,6 +75,7 @@ def recency_prompts(
     }
 
 
+@takes_run_options
 def recency_block_gap(
     model: Any,
     task: ICLTask,
@@ -84,7 +85,7 @@ def recency_block_gap(
     seed: int = 0,
     n_random_orders: int = 4,
     hooks: Hooks = (),
-    batch_size: int = 32,
+    options: RunOptions | None = None,
 ) -> float:
     """The block gap of :func:`recency_bias` alone, from the two blocked orders only.
 
@@ -92,12 +93,20 @@ def recency_block_gap(
     at a quarter of its passes with the default four random orders: what tuning a
     correction needs for every value it tries.
 
+    Args:
+        model: the model.
+        task: the task to sample prompts from.
+        shots, n, seed, n_random_orders: as for :func:`recency_bias`.
+        hooks: forward hooks applied in both orders (e.g. a correction).
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+
     Raises:
         TypeError, ValueError: see :func:`recency_prompts`.
     """
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     names = ["blocked", "blocked_reversed"]
-    logits = torch.stack([predict(model, orders[k], hooks=hooks, batch_size=batch_size).label_logits for k in names])
+    logits = torch.stack([predict(model, orders[k], hooks=hooks, options=options).label_logits for k in names])
     base = orders["original"]
     gaps, _ = block_gaps(logits, base.golds, [[y for _, y in p.demos] for p in base.prompts], names)
     return float(gaps.mean())
@@ -214,6 +223,7 @@ class RecencyBias(Result):
         return plot_recency_bias(self)
 
 
+@takes_run_options
 def recency_bias(
     model: Any,
     task: ICLTask,
@@ -222,11 +232,10 @@ def recency_bias(
     n: int = 200,
     seed: int = 0,
     n_random_orders: int = 4,
-    heads: Sequence[Sequence[int]] | None = None,
+    heads: Any = "found",
     hooks: Hooks = (),
-    batch_size: int = 32,
     n_boot: int = 1000,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> RecencyBias:
     """Measure recency bias: the same balanced demonstrations shown in different orders.
 
@@ -237,20 +246,23 @@ def recency_bias(
         n: number of prompts.
         seed: seed of the prompts and of the random orders.
         n_random_orders: random orders besides original, reversed and the two label blocks.
-        heads: heads whose attention per slot is reported (default: the in-context
-            heads found on the original-order prompts).
+        heads: heads whose attention per slot is reported: ``"found"`` (default: run
+            :func:`~icl_heads.heads.find_in_context_heads` on the original-order prompts
+            and use its heads), ``(layer, head)`` pairs, or an ``InContextHeads`` result
+            (its ``heads``). ``None`` is refused: elsewhere it means every head.
         hooks: forward hooks applied in every order (e.g. a correction).
-        batch_size: prompts per forward pass (does not change the result).
         n_boot: bootstrap resamples for the intervals.
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`RecencyBias`.
 
     Raises:
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
-        ValueError: ``shots < 2``, bad heads, or too few examples per class.
+        ValueError: ``shots < 2``, bad heads (``None`` included), or too few examples per class.
     """
+    check_heads_choice(heads)
     access = ModelAccess(model, analysis="recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back
     key = (
@@ -266,28 +278,26 @@ def recency_bias(
     return memoised(
         access.model,
         (*key, n_boot),
-        lambda: _recency_bias(
-            access, task, shots, n, seed, n_random_orders, heads, hooks, batch_size, n_boot, progress
-        ),
+        lambda: _recency_bias(access, task, shots, n, seed, n_random_orders, heads, hooks, n_boot, options),
     )
 
 
 def _recency_bias(
     access: ModelAccess, task: ICLTask, shots: int, n: int, seed: int, n_random_orders: int,
-    heads: Sequence[Sequence[int]] | None, hooks: Hooks, batch_size: int, n_boot: int, progress: bool,
+    heads: Any, hooks: Hooks, n_boot: int, options: RunOptions,
 ) -> RecencyBias:  # fmt: skip
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     base = orders["original"]
-    heads = resolve_heads(access, heads, base)
+    heads = resolve_heads(access, heads, base, options=run_options(options, progress=False))
     layers = sorted({layer for layer, _ in heads})
     logits, lasts = [], []
     slot_att = torch.zeros(len(orders), n, len(heads), shots)
-    for o, prompts in enumerate(tqdm(orders.values(), desc="recency orders", disable=not progress)):
+    for o, prompts in enumerate(tqdm(orders.values(), desc="recency orders", disable=not options.progress)):
         lasts.append(torch.tensor([p.demos[-1][1] for p in prompts.prompts]))
         tp = access.tokenize(prompts)
         label_ids = torch.tensor(tp.label_token_ids)
         part = torch.zeros(len(tp), len(label_ids))
-        for batch in batches(access, tp, RunOptions(batch_size), by_length=True):
+        for batch in batches(access, tp, run_options(options, progress=False), by_length=True):
             caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
             final, got = access.run(batch, hooks=hooks, capture=caps)
             part[batch.index] = final[:, label_ids.to(final.device)].cpu()

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from icl_heads._deprecation import renamed
 from icl_heads.configs import ReadingRolesConfig
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
@@ -151,6 +151,7 @@ def pick_read_at(label: float, after_label: float) -> str:
     return "slot"
 
 
+@takes_run_options
 @torch.inference_mode()
 def reading_roles(
     model: Any,
@@ -158,9 +159,7 @@ def reading_roles(
     *,
     n_boot: int = 1000,
     seed: int = 0,
-    batch_size: int = 32,
-    padding_side: str = "right",
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> ReadingRoles:
     """Measure where every head reads from the final position, by token role.
 
@@ -169,9 +168,8 @@ def reading_roles(
         prompts: few-shot prompts.
         n_boot: bootstrap resamples of the prompts for the intervals.
         seed: seed of the bootstrap.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`ReadingRoles` result.
@@ -189,7 +187,7 @@ def reading_roles(
     """
     access = ModelAccess(model, analysis="reading_roles")
     tp = access.tokenize(prompts)
-    shares = _shares(access, tp, range(access.n_layers), batch_size, padding_side, progress)
+    shares = _shares(access, tp, range(access.n_layers), options)
     df = _tidy(shares, n_boot, seed)
     return ReadingRoles(
         shares=shares,
@@ -199,12 +197,12 @@ def reading_roles(
     )
 
 
-def _shares(access: ModelAccess, tp: TokenizedPrompts, layers, batch_size: int, padding_side: str, progress: bool):
+def _shares(access: ModelAccess, tp: TokenizedPrompts, layers, options: RunOptions | None):
     if len(tp.roles) != len(tp):
         raise ValueError("these prompts carry no token roles; tokenize them with ICLPrompts.tokenize")
     layers = list(layers)
     out = torch.zeros(len(tp), access.n_layers, access.n_heads, len(ROLES))
-    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="reading roles"):
+    for batch in batches(access, tp, options, desc="reading roles"):
         caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
         _, got = access.run(batch, capture=caps)
         for ly in layers:
@@ -237,6 +235,7 @@ def _tidy(shares: Tensor, n_boot: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@takes_run_options
 def resolve_read_at(
     access: ModelAccess,
     tp: TokenizedPrompts,
@@ -245,13 +244,23 @@ def resolve_read_at(
     *,
     min_share: float = MIN_READ_SHARE,
     n_prompts: int = 64,
-    batch_size: int = 32,
+    options: RunOptions | None = None,
 ) -> tuple[str, dict[str, Any], tuple[str, ...]]:
     """The reading position to use for ``heads``, what was measured, and warnings.
 
     ``"auto"`` picks the position where the heads (pooled) put their attention. Whatever
     the position, when the heads put less than ``min_share`` of their attention outside the
     first token on it, a warning says so (and is logged).
+
+    Args:
+        access: the model.
+        tp: tokenized prompts (the first ``n_prompts`` are measured).
+        heads: the heads, pooled.
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"``.
+        min_share: below this share of attention outside the first token, a warning.
+        n_prompts: prompts measured.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         ``(read_at, info, warnings)``: the position, a JSON-ready dict (requested position,
@@ -262,7 +271,7 @@ def resolve_read_at(
     """
     check_read_at(read_at)
     sub = _subset(tp, n_prompts)
-    shares = _shares(access, sub, sorted({a for a, _ in heads}), batch_size, "right", False)
+    shares = _shares(access, sub, sorted({a for a, _ in heads}), run_options(options, progress=False))
     per_head = torch.stack([shares[:, a, b] for a, b in heads], 1).mean(0)  # [head, role]
     pooled = per_head.mean(0)
     used = pick_read_at(float(pooled[LABEL]), float(pooled[AFTER_LABEL])) if read_at == "auto" else read_at

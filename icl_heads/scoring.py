@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads.attribution import largest_heads, per_prompt_attribution
-from icl_heads.engine import RunOptions, batches, digest, memo_get, memo_put
+from icl_heads.engine import RunOptions, batches, digest, memo_get, memo_put, run_options, takes_run_options
 from icl_heads.interventions import HOWS, WHERE, head_means
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
@@ -156,19 +156,18 @@ def _per_prompt_ablation(
     return out
 
 
+@takes_run_options
 def score_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
     *,
     methods: Sequence[str] = ("logprob_increase", "dla"),
-    batch_size: int = 32,
-    padding_side: str = "right",
     heads_per_pass: int = 8,
     how: str = "zero",
     where: str = "all",
     reference: ICLPrompts | TokenizedPrompts | None = None,
     rescore: int = 0,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> dict[str, Float[Tensor, "prompt layer head"]]:
     """Per-prompt scores of every head, for each requested method.
 
@@ -176,8 +175,6 @@ def score_heads(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
         methods: any of ``"logprob_increase"``, ``"dla"``, ``"ablation"``, ``"attribution"``.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
         heads_per_pass: heads ablated per forward pass for ``"ablation"`` (the batch
             is stacked this many times).
         how: ``"ablation"`` and ``"attribution"`` replace the head by ``"zero"`` or by its ``"mean"``.
@@ -186,7 +183,8 @@ def score_heads(
             (default: ``prompts``).
         rescore: for ``"attribution"``, re-score this many heads with the largest
             ``|estimate|`` exactly (one ablation per head; see :mod:`icl_heads.attribution`).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         ``{method: [prompt, layer, head]}`` tensors.
@@ -210,7 +208,6 @@ def score_heads(
             out[method] = torch.zeros(len(tp), *value.shape[1:], dtype=value.dtype)
         out[method][batch.index] = value
 
-    options = RunOptions(batch_size, padding_side, progress)
     for batch in batches(access, tp, options, desc="scoring heads", by_length=True):
         if "logprob_increase" in methods or "dla" in methods:
             lpi, dla = _per_prompt_fast(access, batch, label_ids, logprob="logprob_increase" in methods)
@@ -229,7 +226,7 @@ def score_heads(
     if "attribution" in methods and rescore:
         chosen = largest_heads(out["attribution"].mean(0), min(rescore, access.n_layers * access.n_heads))
         exact = torch.zeros_like(out["attribution"])
-        for batch in batches(access, tp, RunOptions(batch_size, padding_side), by_length=True):
+        for batch in batches(access, tp, run_options(options, progress=False), by_length=True):
             exact[batch.index] = _per_prompt_ablation(
                 access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
             )

@@ -19,6 +19,7 @@ from icl_heads.bias import (
     recency_bias,
     recency_block_gap,
 )
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import Hooks
 from icl_heads.prompts import ICLTask
 from icl_heads.stats import Estimate, from_samples, resamples
@@ -38,6 +39,7 @@ def _measure(kind: str, model: Any, task: ICLTask, hooks: Hooks, **kw: Any) -> M
     return recency_bias(model, task, hooks=hooks, **kw)
 
 
+@takes_run_options
 def tune_correction(
     model: Any,
     task: ICLTask,
@@ -49,7 +51,7 @@ def tune_correction(
     n: int = 200,
     seed: int = 1,
     max_accuracy_drop: float = 0.01,
-    progress: bool = False,
+    options: RunOptions | None = None,
     noop: float | None = None,
     **measure: Any,
 ) -> tuple[float, pd.DataFrame]:
@@ -70,7 +72,8 @@ def tune_correction(
         n: tuning prompts.
         seed: seed of the tuning prompts (use one you do not test on).
         max_accuracy_drop: largest allowed drop of balanced accuracy (0.01 = 1 point).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
         noop: the value at which ``build`` changes nothing (every built-in correction: 0);
             that value is measured on the uncorrected model.
         **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
@@ -87,24 +90,27 @@ def tune_correction(
     if not len(grid):
         raise ValueError("grid is empty; give hyperparameter values to try")
     balanced = task.prompts(n, shots, seed=seed)
-    batch_size = measure.get("batch_size", 32)
-    base_acc = icl_accuracy(model, balanced, batch_size=batch_size).accuracy
+    quiet = run_options(options, progress=False)
+    base_acc = icl_accuracy(model, balanced, options=quiet).accuracy
     all_balanced = all(len(set(Counter(y for _, y in p.demos).values())) == 1 for p in balanced.prompts)
     rows = []
-    for value in tqdm(list(grid), desc=f"tuning {kind} correction", disable=not progress):
+    for value in tqdm(list(grid), desc=f"tuning {kind} correction", disable=not options.progress):
         # the no-op value is the uncorrected model itself: its measurements are the clean ones
         hooks = () if noop is not None and float(value) == noop else build(float(value))
         if kind == "recency":  # the block gap alone: its two orders, not every order recency_bias reports
-            keep = ("n_random_orders", "batch_size")
+            keep = ("n_random_orders",)
             bias = recency_block_gap(
-                model, task, hooks=hooks, shots=shots, n=n, seed=seed, **{k: measure[k] for k in keep if k in measure}
-            )
+                model, task, hooks=hooks, shots=shots, n=n, seed=seed, options=quiet,
+                **{k: measure[k] for k in keep if k in measure},
+            )  # fmt: skip
         else:
-            bias = headline_bias(_measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, **measure))
+            bias = headline_bias(
+                _measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, options=quiet, **measure)
+            )
         if not hooks or (getattr(hooks, "balanced_noop", False) and all_balanced):
             acc = base_acc  # the correction changes nothing on these prompts (exactly: see balanced_noop)
         else:
-            acc = icl_accuracy(model, balanced, hooks=hooks, batch_size=batch_size).accuracy
+            acc = icl_accuracy(model, balanced, hooks=hooks, options=quiet).accuracy
         rows.append(
             {
                 "value": float(value),

@@ -6,6 +6,7 @@ import torch
 
 import icl_heads as ih
 from icl_heads.accuracy import predict
+from icl_heads.engine import RunOptions
 from icl_heads.models import ModelAccess
 from icl_heads.organism import organism_task
 from icl_heads.prompts import LabelTokenError
@@ -46,11 +47,11 @@ def test_padding_and_batch_size_do_not_change_results(any_model, task, fresh):
     assert len({len(t) for t in tp.tokens}) > 5  # prompts of many lengths, so padding is exercised
     # one prompt per batch has no padding, so its padding side is moot and it is run once
     assert not any(b.has_padding for side in ("left", "right") for b in access.batches(tp, 1, side))
-    ref = ih.icl_accuracy(any_model, prompts, batch_size=32, padding_side="right")
+    ref = ih.icl_accuracy(any_model, prompts, options=RunOptions(batch_size=32, padding_side="right"))
     ref_logits = final_logits(any_model, tp, 32, "right")
     assert ref_logits.std() > 1e-2  # the comparison below is not between constants
     for batch_size, side in [(1, "right"), (7, "left"), (7, "right"), (32, "left")]:
-        got = ih.icl_accuracy(any_model, prompts, batch_size=batch_size, padding_side=side)
+        got = ih.icl_accuracy(any_model, prompts, options=RunOptions(batch_size=batch_size, padding_side=side))
         assert_same_result(got, ref)
         torch.testing.assert_close(final_logits(any_model, tp, batch_size, side), ref_logits, atol=1e-5, rtol=0)
 
@@ -62,7 +63,7 @@ def test_label_logits_and_strict_accuracy_from_final_logits(any_model, task):
     logits = final_logits(any_model, tp, 8, "left")
     label_ids = torch.tensor(tp.label_token_ids)
     golds = torch.tensor(tp.golds)
-    result = ih.icl_accuracy(any_model, prompts, batch_size=8)
+    result = ih.icl_accuracy(any_model, prompts, options=RunOptions(batch_size=8))
     torch.testing.assert_close(result.label_logits, logits[:, label_ids], atol=1e-5, rtol=0)
     correct = (logits[:, label_ids].argmax(-1) == golds).float()
     strict = (logits.argmax(-1) == label_ids[golds]).float()
@@ -142,7 +143,7 @@ def test_first_token_end_to_end(models, task):
     prompts = task.with_label_words(("football", "bar")).prompts(12, 4, seed=3)
     with pytest.raises(LabelTokenError, match="pass first_token=True"):
         ih.icl_accuracy(model, prompts)
-    result = ih.icl_accuracy(model, prompts, first_token=True, batch_size=5, padding_side="left")
+    result = ih.icl_accuracy(model, prompts, first_token=True, options=RunOptions(batch_size=5, padding_side="left"))
     tok = ModelAccess(model).tokenizer
     ids = tok.convert_tokens_to_ids(["Ġfoo", "Ġbar"])
     tp = ModelAccess(model).tokenize(prompts, first_token=True)
@@ -167,7 +168,9 @@ def test_organism_learns_in_context_and_is_batch_invariant(organism, fresh):
     assert ref.accuracy >= 0.9 and ref.ci[0] >= 0.8
     assert ref.strict_accuracy >= 0.9
     for batch_size, side in [(1, "right"), (7, "left"), (32, "left")]:
-        assert_same_result(ih.icl_accuracy(organism, prompts, batch_size=batch_size, padding_side=side), ref)
+        assert_same_result(
+            ih.icl_accuracy(organism, prompts, options=RunOptions(batch_size=batch_size, padding_side=side)), ref
+        )
     # with labels swapped the model follows the demonstrations, not a fixed mapping
     swapped = organism_task(seed=2024, label_words=("bar", "foo")).prompts(64, 4, seed=4049)
     assert ih.icl_accuracy(organism, swapped).accuracy >= 0.9

@@ -19,6 +19,7 @@ import icl_heads as ih
 from icl_heads._families import FAMILIES, tiny_family_dir
 from icl_heads.accuracy import predict
 from icl_heads.corrections import count_normalisation, ov_compensation
+from icl_heads.engine import RunOptions
 from icl_heads.faithfulness import pattern_edits_apply
 from icl_heads.mechanism.ov import per_position_ov
 from icl_heads.models import ModelAccess, transformer_lens_major
@@ -60,15 +61,17 @@ def test_family_is_analysed_exactly(family, family_root, task):
 
     # logits match Hugging Face's, padded batches included
     hf = _hf_label_logits(path, tp, label_ids)
-    ours = predict(model, prompts, batch_size=3).label_logits
+    ours = predict(model, prompts, options=RunOptions(batch_size=3)).label_logits
     torch.testing.assert_close(ours, hf, atol=1e-4 * max(1.0, float(hf.abs().max())), rtol=0)
 
     # the decomposition is exact against Hugging Face's pre-cap label logits
-    dec = ih.decompose(model, prompts, batch_size=3)
+    dec = ih.decompose(model, prompts, options=RunOptions(batch_size=3))
     torch.testing.assert_close(dec.total(), access.uncap(hf), atol=1e-4 * max(1.0, float(hf.abs().max())), rtol=0)
 
     # DLA head scores are the decomposition's per-head terms: g[gold] - mean over labels of g
-    scores = score_heads(model, prompts, methods=("dla", "logprob_increase", "attribution"), batch_size=5)
+    scores = score_heads(
+        model, prompts, methods=("dla", "logprob_increase", "attribution"), options=RunOptions(batch_size=5)
+    )
     dla = scores["dla"]  # [prompt, layer, head]
     L, H = access.n_layers, access.n_heads
     head_cols = [dec.names.index(f"L{layer}H{h}") for layer in range(L) for h in range(H)]
@@ -89,11 +92,11 @@ def test_family_is_analysed_exactly(family, family_root, task):
     torch.testing.assert_close(logits.cpu(), g, atol=1e-4, rtol=1e-4)
 
     # the analyses run and return finite numbers
-    found = ih.find_in_context_heads(model, prompts, k=2, n_random=3, batch_size=4)
+    found = ih.find_in_context_heads(model, prompts, k=2, n_random=3, options=RunOptions(batch_size=4))
     assert len(found.heads) == 2 and torch.isfinite(torch.tensor(found.df.select_dtypes("number").to_numpy())).all()
-    ov = ih.ov_label_features(model, prompts, found.heads, batch_size=4)
+    ov = ih.ov_label_features(model, prompts, found.heads, options=RunOptions(batch_size=4))
     assert len(ov.df) > 0
-    qk = ih.qk_label_attention(model, prompts, found.heads, batch_size=4)
+    qk = ih.qk_label_attention(model, prompts, found.heads, options=RunOptions(batch_size=4))
     assert len(qk.df) > 0
     bias = ih.majority_bias(model, task, n=16, shots=4, skews=((3, 1),), n_boot=50)
     assert 0 <= bias.summary()["balanced accuracy"] <= 1

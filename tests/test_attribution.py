@@ -6,6 +6,7 @@ import icl_heads as ih
 import icl_heads.attribution as attribution
 from icl_heads.agreement import resolved_from_zero, split_half_spearman
 from icl_heads.attribution import head_estimates, largest_heads
+from icl_heads.engine import RunOptions
 from icl_heads.interventions import HeadAblation, head_means
 
 #: bundled organisms and their tasks' layouts
@@ -112,9 +113,11 @@ def test_exact_variants_match_the_intervention_module(any_model, task):
 
 def test_attribution_does_not_depend_on_batch_size_or_padding(any_model, task, fresh):
     prompts = task.prompts(10, 3, seed=14)
-    ref = ih.score_heads(any_model, prompts, methods=("attribution",), batch_size=10)["attribution"]
+    ref = ih.score_heads(any_model, prompts, methods=("attribution",), options=RunOptions(batch_size=10))["attribution"]
     for bs, side in [(1, "right"), (4, "left")]:
-        got = ih.score_heads(any_model, prompts, methods=("attribution",), batch_size=bs, padding_side=side)
+        got = ih.score_heads(
+            any_model, prompts, methods=("attribution",), options=RunOptions(batch_size=bs, padding_side=side)
+        )
         torch.testing.assert_close(got["attribution"], ref, atol=1e-5, rtol=1e-4)
 
 

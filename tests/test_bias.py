@@ -16,6 +16,7 @@ from icl_heads.bias import (
     recency_bias,
     recency_prompts,
 )
+from icl_heads.engine import RunOptions
 from icl_heads.order_bias import _last_label_prob_pull
 from icl_heads.organism import HELDOUT_TEMPLATES
 from icl_heads.testing import majority_copier_gpt2_dir, toy_task
@@ -115,11 +116,12 @@ def test_majority_bias_of_a_label_counter(copier):
 
 
 def test_measurements_do_not_depend_on_batch_size(any_model, task, fresh):
-    a = majority_bias(any_model, task, shots=2, n=8, skews=[(2, 1)], batch_size=8, n_boot=50)
-    b = majority_bias(any_model, task, shots=2, n=8, skews=[(2, 1)], batch_size=3, n_boot=50)
+    a = majority_bias(any_model, task, shots=2, n=8, skews=[(2, 1)], options=RunOptions(batch_size=8), n_boot=50)
+    b = majority_bias(any_model, task, shots=2, n=8, skews=[(2, 1)], options=RunOptions(batch_size=3), n_boot=50)
     torch.testing.assert_close(a.label_logits, b.label_logits, atol=1e-4, rtol=1e-4)
     r1 = recency_bias(any_model, task, shots=4, n=6, heads=[(0, 1), (1, 0)], n_random_orders=1, n_boot=50)
-    r2 = recency_bias(any_model, task, shots=4, n=6, heads=[(0, 1), (1, 0)], n_random_orders=1, n_boot=50, batch_size=4)
+    four = RunOptions(batch_size=4)
+    r2 = recency_bias(any_model, task, shots=4, n=6, heads=[(0, 1), (1, 0)], n_random_orders=1, n_boot=50, options=four)
     torch.testing.assert_close(r1.label_logits, r2.label_logits, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(r1.attention.attention, r2.attention.attention, atol=1e-5)
 
@@ -210,7 +212,7 @@ def test_block_gap_alone_equals_the_full_recency_measure():
         with count_cost() as full_cost:
             full = ih.recency_bias(model, task, shots=4, n=60, seed=seed, hooks=h, heads=[(1, 1)], n_boot=50)
         with count_cost() as alone_cost:
-            alone = recency_block_gap(model, task, shots=4, n=60, seed=seed, hooks=h, batch_size=7)
+            alone = recency_block_gap(model, task, shots=4, n=60, seed=seed, hooks=h, options=RunOptions(batch_size=7))
         assert alone == full.block_gap
         assert alone_cost.total.rows == full_cost.total.rows // 4
     assert full.block_gap != 0  # a setting where there is a gap to get right

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from icl_heads.cli import main
+from icl_heads.engine import RunOptions
 from icl_heads.testing import tiny_llama_dir, toy_task
 
 
@@ -122,7 +123,7 @@ def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(t
     task = organism_task()
     args = argparse.Namespace(data=None, task="organism", seed=3)
     ctx = Context(
-        args=args, model=None, task=task, prompts=None, held_out=None, out=tmp_path, summary={}, progress=False
+        args=args, model=None, task=task, prompts=None, held_out=None, out=tmp_path, summary={}, options=RunOptions()
     )
     for kind, template in (("bias", HELDOUT_TEMPLATES[1]), ("components", HELDOUT_TEMPLATES[0])):
         harder, note = _organism_variant(ctx, kind)

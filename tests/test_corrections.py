@@ -20,6 +20,7 @@ from icl_heads.corrections import (
     unrotated_attention,
 )
 from icl_heads.debias import BiasCorrection, correct_majority_bias, correct_recency_bias, tune_correction
+from icl_heads.engine import RunOptions
 from icl_heads.models import Capture, ModelAccess
 from icl_heads.organism import HELDOUT_TEMPLATES
 from icl_heads.testing import majority_copier_gpt2_dir, toy_task
@@ -243,8 +244,8 @@ def test_corrected_accuracy_does_not_depend_on_batch_or_padding(any_model, task,
     prompts = _concat(task.prompts(6, 4, seed=6, counts=(3, 1)), task.prompts(5, 3, seed=7))
     reference = _concat(task.prompts(10, 4, seed=12), task.prompts(10, 3, seed=13))
     for corr in _corrections(any_model, [(0, 2), (1, 1)], reference):
-        a = ih.icl_accuracy(any_model, prompts, hooks=corr, batch_size=11)
-        b = ih.icl_accuracy(any_model, prompts, hooks=corr, batch_size=3, padding_side="left")
+        a = ih.icl_accuracy(any_model, prompts, hooks=corr, options=RunOptions(batch_size=11))
+        b = ih.icl_accuracy(any_model, prompts, hooks=corr, options=RunOptions(batch_size=3, padding_side="left"))
         c = torch.cat([ih.icl_accuracy(any_model, prompts[i : i + 1], hooks=corr).label_logits for i in range(11)])
         torch.testing.assert_close(a.label_logits, b.label_logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(a.label_logits, c, atol=1e-4, rtol=1e-4)

@@ -13,6 +13,7 @@ from icl_heads.decomposition import (
     decompose,
     fixed_demo_prompts,
 )
+from icl_heads.engine import RunOptions
 from icl_heads.models import ModelAccess
 from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
 from icl_heads.testing import majority_copier_gpt2_dir, tiny_gpt2_dir, toy_task
@@ -41,7 +42,7 @@ def copier(tmp_path_factory):
 
 def test_components_add_up_to_the_label_logits(any_model, task):
     prompts = task.prompts(12, 4, seed=3)
-    dec = decompose(any_model, prompts, batch_size=5)
+    dec = decompose(any_model, prompts, options=RunOptions(batch_size=5))
     access = ModelAccess(any_model)
     n_comp = access.n_layers * (access.n_heads + 1) + 2
     assert dec.logits.shape == (12, n_comp, 2)
@@ -97,9 +98,9 @@ def test_hand_built_copier_is_the_only_head_with_logits(copier):
 
 def test_decomposition_does_not_depend_on_batch_or_padding(any_model, task, fresh):
     prompts = task.prompts(9, 3, seed=6)
-    ref = decompose(any_model, prompts, batch_size=9)
+    ref = decompose(any_model, prompts, options=RunOptions(batch_size=9))
     for bs, side in [(1, "right"), (4, "left")]:
-        got = decompose(any_model, prompts, batch_size=bs, padding_side=side)
+        got = decompose(any_model, prompts, options=RunOptions(batch_size=bs, padding_side=side))
         torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=1e-5)
 
 

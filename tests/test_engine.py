@@ -39,7 +39,7 @@ def test_ledger_counts_every_pass_row_token_and_layer(models, task, batch_size, 
     access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts)
     with count_cost() as ledger:
-        ih.icl_accuracy(model, prompts, batch_size=batch_size)
+        ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=batch_size))
     total = ledger.total
     assert total.passes == math.ceil(10 / batch_size)
     assert total.rows == 10
@@ -59,9 +59,9 @@ def test_ledgers_nest_and_split_by_section(models, task, fresh):
     outer = CostLedger()
     with count_cost(outer):
         with outer.section("first"):
-            ih.icl_accuracy(model, prompts, batch_size=6)
+            ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=6))
         with count_cost() as inner, outer.section("second"):
-            ih.icl_accuracy(model, task.prompts(6, 2, seed=9011), batch_size=3)
+            ih.icl_accuracy(model, task.prompts(6, 2, seed=9011), options=RunOptions(batch_size=3))
     assert outer.sections["first"].passes == 1
     assert outer.sections["second"].passes == 2
     assert inner.total.passes == 2 and inner.total.rows == 6
@@ -83,19 +83,31 @@ def test_same_prompts_and_intervention_run_once(models, task):
     heads = [(1, 0), (0, 2)]
     with count_cost() as ledger:
         a = ih.icl_accuracy(
-            model, task.prompts(12, 2, seed=9003), hooks=ih.interventions.ablation(model, heads), batch_size=4
+            model,
+            task.prompts(12, 2, seed=9003),
+            hooks=ih.interventions.ablation(model, heads),
+            options=RunOptions(batch_size=4),
         )
         b = ih.icl_accuracy(
-            model, task.prompts(12, 2, seed=9003), hooks=ih.interventions.ablation(model, heads[::-1]), batch_size=6
+            model,
+            task.prompts(12, 2, seed=9003),
+            hooks=ih.interventions.ablation(model, heads[::-1]),
+            options=RunOptions(batch_size=6),
         )
     assert ledger.total.passes == 3  # the second call (same heads, other order and batch size) ran nothing
     assert torch.equal(a.label_logits, b.label_logits)
     with count_cost() as ledger:
         ih.icl_accuracy(
-            model, task.prompts(12, 2, seed=9003), hooks=ih.interventions.ablation(model, heads[:1]), batch_size=4
+            model,
+            task.prompts(12, 2, seed=9003),
+            hooks=ih.interventions.ablation(model, heads[:1]),
+            options=RunOptions(batch_size=4),
         )
         ih.icl_accuracy(
-            model, task.prompts(12, 2, seed=9004), hooks=ih.interventions.ablation(model, heads), batch_size=4
+            model,
+            task.prompts(12, 2, seed=9004),
+            hooks=ih.interventions.ablation(model, heads),
+            options=RunOptions(batch_size=4),
         )
     assert ledger.total.passes == 6  # another intervention, other prompts: both run
 
@@ -131,15 +143,17 @@ def test_a_pass_resumes_at_its_first_hooked_layer_with_the_same_logits(models, t
     prompts = task.prompts(10, 2, seed=9021)
     hooks = ih.interventions.ablation(model, [(1, 0), (1, 2)])
     with count_cost() as ledger:
-        ih.icl_accuracy(model, prompts, batch_size=4)  # clean: keeps the residual entering every block
-        resumed = ih.icl_accuracy(model, prompts, hooks=hooks, batch_size=4).label_logits
+        # clean: keeps the residual entering every block
+        ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=4))
+        resumed = ih.icl_accuracy(model, prompts, hooks=hooks, options=RunOptions(batch_size=4)).label_logits
     n_layers, tokens = model.cfg.n_layers, ledger.total.tokens // 2  # each call runs the same padded tokens
     assert ledger.total.layer_tokens == tokens * n_layers + tokens * (n_layers - 1)
     with no_reuse(), count_cost() as full_ledger:  # computed afresh, every pass in full
-        full = ih.icl_accuracy(model, prompts, hooks=hooks, batch_size=5)
+        full = ih.icl_accuracy(model, prompts, hooks=hooks, options=RunOptions(batch_size=5))
     assert full_ledger.total.passes == 2 and full_ledger.total.layer_tokens == full_ledger.total.tokens * n_layers
     torch.testing.assert_close(resumed, full.label_logits, atol=1e-5, rtol=1e-5)
-    assert (resumed - ih.icl_accuracy(model, prompts, batch_size=4).label_logits).abs().max() > 1e-3  # it ablates
+    clean = ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=4)).label_logits
+    assert (resumed - clean).abs().max() > 1e-3  # it ablates
 
 
 def test_nothing_is_kept_under_temporary_hooks(models, task):
@@ -163,8 +177,10 @@ def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task
     assert not support(ModelAccess(model, check=False)).resume
     prompts = task.prompts(6, 2, seed=9023)
     with count_cost() as ledger:
-        ih.icl_accuracy(model, prompts, batch_size=6)
-        ih.icl_accuracy(model, prompts, hooks=ih.interventions.ablation(model, [(1, 0)]), batch_size=6)
+        ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=6))
+        ih.icl_accuracy(
+            model, prompts, hooks=ih.interventions.ablation(model, [(1, 0)]), options=RunOptions(batch_size=6)
+        )
     assert ledger.total.layer_tokens == ledger.total.tokens * model.cfg.n_layers
 
 
@@ -172,9 +188,11 @@ def test_ablation_drops_are_computed_once_per_batch_and_head(models, task):
     model = models["gpt2"]
     prompts = task.prompts(8, 2, seed=9031)
     with count_cost() as first:
-        a = ih.score_heads(model, prompts, methods=("ablation",), batch_size=4)
+        a = ih.score_heads(model, prompts, methods=("ablation",), options=RunOptions(batch_size=4))
     with count_cost() as again:
-        b = ih.score_heads(model, task.prompts(8, 2, seed=9031), methods=("ablation",), batch_size=4)
+        b = ih.score_heads(
+            model, task.prompts(8, 2, seed=9031), methods=("ablation",), options=RunOptions(batch_size=4)
+        )
     assert first.total.passes > 0 and again.total.passes == 0
     assert torch.equal(a["ablation"], b["ablation"])
 
@@ -190,7 +208,7 @@ def test_reuse_changes_no_result(models, task):
         ctx = no_reuse() if fresh else contextlib.nullcontext()
         with ctx, count_cost() as ledger:
             curve = ih.ablation_curve(model, prompts, torch.arange(8.0).view(2, 4), ks=(1, 2), n_random=3, seed=9000)
-            scores = ih.score_heads(model, prompts, methods=("ablation",), batch_size=5)["ablation"]
+            scores = ih.score_heads(model, prompts, methods=("ablation",), options=RunOptions(batch_size=5))["ablation"]
         runs.append((curve, scores, ledger.total.layer_tokens))
     (c0, s0, cost0), (c1, s1, cost1), (c2, s2, cost2) = runs
     pd.testing.assert_frame_equal(c0, c1, atol=1e-6)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads.engine import RunOptions
 from icl_heads.heads import random_head_sets
 from icl_heads.scoring import n_selected, top_heads
 from icl_heads.testing import majority_copier_gpt2_dir, toy_task
@@ -54,9 +55,9 @@ def test_find_and_verify_on_hand_built_model(copier, majority_prompts):
 
 def test_scores_do_not_depend_on_batch_size_or_padding(any_model, task, fresh):
     prompts = task.prompts(14, 3, seed=5)
-    ref = ih.score_heads(any_model, prompts, batch_size=14)
+    ref = ih.score_heads(any_model, prompts, options=RunOptions(batch_size=14))
     for bs, side in [(1, "right"), (7, "left"), (4, "left")]:
-        got = ih.score_heads(any_model, prompts, batch_size=bs, padding_side=side)
+        got = ih.score_heads(any_model, prompts, options=RunOptions(batch_size=bs, padding_side=side))
         for m in ref:
             torch.testing.assert_close(got[m], ref[m], atol=1e-5, rtol=1e-5)
 

@@ -17,6 +17,7 @@ import torch
 
 import icl_heads as ih
 from icl_heads import mechanism as mech
+from icl_heads.engine import RunOptions
 from icl_heads.models import ModelAccess
 from icl_heads.organism.vocab import TOPICS
 from icl_heads.plots.mechanism import plot_auc_heatmap, plot_flip, plot_label_attention, plot_ov_logit_diff
@@ -176,8 +177,8 @@ def test_captured_attention_scores_and_ov_logits_match_a_cached_pass(any_model, 
     access = ModelAccess(any_model)
     prompts = task.prompts(4, 3, seed=2)
     heads = [(0, 1), (access.n_layers - 1, access.n_heads - 1)]
-    qk = mech.qk_label_attention(any_model, prompts, heads, batch_size=3, read_at="label")
-    ov = mech.ov_label_features(any_model, prompts, heads, batch_size=3, read_at="label")
+    qk = mech.qk_label_attention(any_model, prompts, heads, options=RunOptions(batch_size=3), read_at="label")
+    ov = mech.ov_label_features(any_model, prompts, heads, options=RunOptions(batch_size=3), read_at="label")
     tp = access.tokenize(prompts)
     for i in (0, 3):
         tokens = torch.tensor([tp.tokens[i]])
@@ -211,13 +212,15 @@ def test_captured_attention_scores_and_ov_logits_match_a_cached_pass(any_model, 
 def test_results_do_not_depend_on_batch_size_or_padding(any_model, task, fresh):
     prompts = task.prompts(7, 3, seed=4)
     heads = [(0, 0), (1, 2)]
-    ref_ov = mech.ov_label_features(any_model, prompts, heads, batch_size=7)
-    ref_qk = mech.qk_label_attention(any_model, prompts, heads, batch_size=7, example=5)
-    ref_tt = mech.two_tower_test(any_model, prompts, heads, batch_size=7)
+    ref_ov = mech.ov_label_features(any_model, prompts, heads, options=RunOptions(batch_size=7))
+    ref_qk = mech.qk_label_attention(any_model, prompts, heads, options=RunOptions(batch_size=7), example=5)
+    ref_tt = mech.two_tower_test(any_model, prompts, heads, options=RunOptions(batch_size=7))
     for bs, side in [(2, "left"), (3, "right")]:
-        ov = mech.ov_label_features(any_model, prompts, heads, batch_size=bs, padding_side=side)
-        qk = mech.qk_label_attention(any_model, prompts, heads, batch_size=bs, padding_side=side, example=5)
-        tt = mech.two_tower_test(any_model, prompts, heads, batch_size=bs, padding_side=side)
+        ov = mech.ov_label_features(any_model, prompts, heads, options=RunOptions(batch_size=bs, padding_side=side))
+        qk = mech.qk_label_attention(
+            any_model, prompts, heads, options=RunOptions(batch_size=bs, padding_side=side), example=5
+        )
+        tt = mech.two_tower_test(any_model, prompts, heads, options=RunOptions(batch_size=bs, padding_side=side))
         for got, ref in (
             (ov.positions, ref_ov.positions),
             (qk.positions, ref_qk.positions),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads.engine import RunOptions
 from icl_heads.models import ModelAccess
 from icl_heads.recency import block_gaps, block_table
 from icl_heads.slots import ROLES, read_positions
@@ -63,7 +64,7 @@ def test_read_positions_agree_across_padding(models, task):
 
 def test_reading_roles_match_attention_computed_directly(any_model, task):
     prompts = task.prompts(6, 3, seed=4)
-    rr = ih.reading_roles(any_model, prompts, batch_size=4, n_boot=50)
+    rr = ih.reading_roles(any_model, prompts, options=RunOptions(batch_size=4), n_boot=50)
     access = ModelAccess(any_model)
     tp = access.tokenize(prompts)
     for i in (0, 5):
@@ -168,7 +169,7 @@ def test_heads_needed_on_a_tiny_model(models, task):
 def test_reading_roles_of_both_organisms_match_attention_computed_directly(name, layout):
     model = ih.load_model(name)
     prompts = ih.organism_task(layout=layout).prompts(8, 4, seed=11)
-    rr = ih.reading_roles(model, prompts, batch_size=3, n_boot=20)
+    rr = ih.reading_roles(model, prompts, options=RunOptions(batch_size=3), n_boot=20)
     access = ModelAccess(model)
     tp = access.tokenize(prompts)
     for i in range(8):

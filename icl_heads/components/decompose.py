@@ -29,7 +29,7 @@ from torch import Tensor
 
 from icl_heads.components.result import Decomposition, component_table
 from icl_heads.configs import DecompositionConfig
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, takes_run_options
 from icl_heads.faithfulness import tolerance_for
 from icl_heads.models import Capture, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
@@ -60,14 +60,13 @@ def _default_atol(dtype: torch.dtype, scale: float) -> float:
     return tolerance_for(dtype) * max(1.0, scale)
 
 
+@takes_run_options
 def decompose(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
     *,
-    batch_size: int = 32,
-    padding_side: str = "right",
     atol: float | None = None,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> Decomposition:
     """Label logits of every head, MLP, the embeddings and the bias terms at each prompt's final position.
 
@@ -77,12 +76,11 @@ def decompose(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts` or :func:`fixed_demo_prompts`.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
         atol: largest accepted ``|sum_j g_j - model label logits|``; default the
             identities' tolerance for the model's dtype times ``max(1, |logits|)``
             (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16; docs/models.md).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`Decomposition`.
@@ -113,7 +111,7 @@ def decompose(
     caps += [Capture("blocks.0.hook_resid_pre"), Capture("ln_final.hook_scale")]
     caps += [Capture(name) for name in access.write_captures()]
     parts, fulls = [], []
-    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="decomposing"):
+    for batch in batches(access, tp, options, desc="decomposing"):
         logits, got = access.run(batch, capture=caps)
         got = {k: v.to(readout.device) for k, v in got.items()}
         scale = got["ln_final.hook_scale"]  # [b, 1]
@@ -150,7 +148,7 @@ def decompose(
         n_heads=H,
         label_words=tp.prompts.task.label_words,
         config=DecompositionConfig(
-            batch_size=batch_size, padding_side=padding_side, logit_soft_cap=access.logit_soft_cap
+            batch_size=options.batch_size, padding_side=options.padding_side, logit_soft_cap=access.logit_soft_cap
         ),
         provenance=provenance(access.name, tp, architecture=access.architecture),
     )

@@ -24,6 +24,7 @@ from icl_heads.accuracy import predict
 from icl_heads.components.decompose import decompose
 from icl_heads.components.estimators import CalibPlus, ComponentReweighting
 from icl_heads.configs import ReweightingComparisonConfig
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
 from icl_heads.records import Provenance
@@ -98,6 +99,7 @@ class ReweightingComparison(Result):
         return plot_reweighting(self)
 
 
+@takes_run_options
 def compare_reweighting(
     model: Any,
     task: ICLTask,
@@ -109,8 +111,7 @@ def compare_reweighting(
     n_test: int = 200,
     reweighting: dict[str, Any] | None = None,
     icl_k: bool | None = True,
-    batch_size: int = 32,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> ReweightingComparison:
     """Run the reweighting protocol and its baselines over seeds and templates.
 
@@ -134,8 +135,8 @@ def compare_reweighting(
             context), False (skip it), or None (run it where its prompts fit the
             context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and
             compare against ``ICL-{k_demo}``).
-        batch_size: prompts per forward pass.
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`ReweightingComparison`.
@@ -153,7 +154,8 @@ def compare_reweighting(
     labels = np.asarray(task.labels)
     access = ModelAccess(model, analysis="compare_reweighting")
     rows, weights, names, skipped = [], [], (), None
-    for seed in tqdm(list(seeds), desc="reweighting runs", disable=not progress):
+    quiet = run_options(options, progress=False)
+    for seed in tqdm(list(seeds), desc="reweighting runs", disable=not options.progress):
         rng = np.random.default_rng(seed)
         test = balanced_sample(labels, n_test, rng)
         labelled = balanced_sample(labels, k, rng, exclude=test)
@@ -161,15 +163,15 @@ def compare_reweighting(
         train = np.setdiff1d(labelled, demos, assume_unique=True)  # keeps the order of labelled
         for template in templates:
             t_task = task.with_template(template)
-            dec_train = decompose(access, fixed_demo_prompts(t_task, demos, train), batch_size=batch_size)
-            dec_test = decompose(access, fixed_demo_prompts(t_task, demos, test), batch_size=batch_size)
+            dec_train = decompose(access, fixed_demo_prompts(t_task, demos, train), options=quiet)
+            dec_test = decompose(access, fixed_demo_prompts(t_task, demos, test), options=quiet)
             rw = ComponentReweighting(**{"random_state": seed, **(reweighting or {})}).fit(dec_train)
             cal = CalibPlus().fit(dec_train)
             base = {"seed": seed, "template": template}
             rows.append({**base, "method": f"ICL-{k_demo}", "accuracy": dec_test.full_accuracy})
             if icl_k is not False and skipped is None:
                 try:
-                    many = predict(access, fixed_demo_prompts(t_task, labelled, test), batch_size=batch_size)
+                    many = predict(access, fixed_demo_prompts(t_task, labelled, test), options=quiet)
                     rows.append({**base, "method": f"ICL-{k}", "accuracy": float(many.correct.float().mean())})
                 except PromptTooLongError as err:
                     if icl_k:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from icl_heads._deprecation import renamed
 from icl_heads.components.decompose import decompose
 from icl_heads.configs import ComponentStabilityConfig
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
 from icl_heads.records import Provenance
@@ -98,6 +99,7 @@ def _top(acc: np.ndarray, k: int) -> set[int]:
     return set(np.argsort(-acc, kind="stable")[:k].tolist())
 
 
+@takes_run_options
 def component_stability(
     model: Any,
     task: ICLTask,
@@ -108,8 +110,7 @@ def component_stability(
     n: int = 200,
     top: int = 5,
     seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> ComponentStability:
     """Compare component accuracies across demonstration sets and templates.
 
@@ -125,8 +126,8 @@ def component_stability(
         n: queries.
         top: size of the top-component sets compared by IoU.
         seed: seed of the queries and demonstration sets.
-        batch_size: prompts per forward pass.
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`ComponentStability` result.
@@ -148,9 +149,11 @@ def component_stability(
     rows: list[dict[str, Any]] = []
     names: tuple[str, ...] = ()
     steps = [(t, d) for t in range(len(templates)) for d in range(n_demo_sets)]
-    for t, d in tqdm(steps, desc="component stability", disable=not progress):
+    for t, d in tqdm(steps, desc="component stability", disable=not options.progress):
         dec = decompose(
-            model, fixed_demo_prompts(task.with_template(templates[t]), demo_sets[d], queries), batch_size=batch_size
+            model,
+            fixed_demo_prompts(task.with_template(templates[t]), demo_sets[d], queries),
+            options=run_options(options, progress=False),
         )
         names = dec.names
         acc[t, d] = dec.df.accuracy.to_numpy()

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import torch
 
 from icl_heads.configs import FlipAnalysisConfig
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
 from icl_heads.mechanism._maths import _ratio
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions, _reading
 from icl_heads.models import Head, ModelAccess
@@ -124,6 +124,7 @@ class FlipAnalysis(Result):
         return plot_flip(self, heads)
 
 
+@takes_run_options
 def flip_analysis(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -134,9 +135,7 @@ def flip_analysis(
     seed: int = 0,
     read_at: str = "auto",
     min_read_share: float = MIN_READ_SHARE,
-    batch_size: int = 32,
-    padding_side: str = "right",
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> FlipAnalysis:
     """Compare attention and OV vectors at label positions across pairs whose prediction flips.
 
@@ -152,9 +151,8 @@ def flip_analysis(
             :func:`~icl_heads.mechanism.ov_label_features`).
         min_read_share: below this share of the heads' attention (outside the first
             token) on the positions read, the result carries a warning.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`FlipAnalysis` result (only pairs whose predicted label differs are analysed).
@@ -181,8 +179,8 @@ def flip_analysis(
     layers = sorted({layer for layer, _ in heads})
     frames, pair_frames = [], []
     pairs = zip(
-        batches(access, tp_a, RunOptions(batch_size, padding_side, progress), desc="flips"),
-        batches(access, tp_b, RunOptions(batch_size, padding_side)),
+        batches(access, tp_a, options, desc="flips"),
+        batches(access, tp_b, run_options(options, progress=False)),
         strict=True,
     )
     for ba, bb in pairs:

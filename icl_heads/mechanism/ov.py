@@ -23,7 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from icl_heads.configs import OVLabelFeaturesConfig
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, takes_run_options
 from icl_heads.interventions import check_heads
 from icl_heads.mechanism._maths import label_metrics, own_vs_rest
 from icl_heads.mechanism._run import (
@@ -139,6 +139,7 @@ class OVLabelFeatures(Result):
         return plot_ov_logit_diff(self, head)
 
 
+@takes_run_options
 def ov_label_features(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -149,9 +150,7 @@ def ov_label_features(
     top_rank: int = 5,
     read_at: str = "auto",
     min_read_share: float = MIN_READ_SHARE,
-    batch_size: int = 32,
-    padding_side: str = "right",
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> OVLabelFeatures:
     """Project each head's per-position value-output vectors at label positions onto the vocabulary.
 
@@ -175,9 +174,8 @@ def ov_label_features(
             :func:`~icl_heads.reading.resolve_read_at`).
         min_read_share: below this share of the heads' attention (outside the first
             token) on the positions read, the result carries a warning.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         An :class:`OVLabelFeatures` result.
@@ -208,7 +206,7 @@ def ov_label_features(
     sums = torch.zeros(len(heads), 2, len(words), n_vocab)
     counts = torch.zeros(len(heads), 2, len(words))
     frames = []
-    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="OV features"):
+    for batch in batches(access, tp, options, desc="OV features"):
         read, read_labels = positions_with_labels(batch, used)
         _, read_demo = read_positions(batch, used)
         positions, kind, valid = _label_and_control(batch, control_offset, read)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from icl_heads.configs import QKLabelAttentionConfig
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, takes_run_options
 from icl_heads.mechanism._maths import _mean, paired_auc, roc_auc, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _predictions, _reading, _shift, _token_str
 from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
@@ -88,6 +88,7 @@ class QKLabelAttention(Result):
         return plot_label_attention(self, heads)
 
 
+@takes_run_options
 def qk_label_attention(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -96,9 +97,7 @@ def qk_label_attention(
     example: int = 0,
     read_at: str = "auto",
     min_read_share: float = MIN_READ_SHARE,
-    batch_size: int = 32,
-    padding_side: str = "right",
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> QKLabelAttention:
     """Attention and pre-softmax scores from the final position to every demonstration's label.
 
@@ -111,9 +110,8 @@ def qk_label_attention(
             :func:`~icl_heads.mechanism.ov_label_features`).
         min_read_share: below this share of the heads' attention (outside the first
             token) on the positions read, the result carries a warning.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`QKLabelAttention` result.
@@ -133,7 +131,7 @@ def qk_label_attention(
     label_ids = torch.tensor(tp.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
     frames, ex_pattern, ex_pred = [], None, None
-    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="QK attention"):
+    for batch in batches(access, tp, options, desc="QK attention"):
         lp = batch.label_positions
         read, demo = read_positions(batch, used)
         logits, got = _gather(access, batch, layers, read, scores=True)

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads.configs import TwoTowerTestConfig
-from icl_heads.engine import RunOptions, batches
+from icl_heads.engine import RunOptions, batches, takes_run_options
 from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _reading
 from icl_heads.models import ModelAccess
@@ -107,6 +107,7 @@ def demo_means(values: Float[Tensor, "batch n d"], demo: Tensor, n_demo: int) ->
     return total / onehot.sum(1)[..., None].clamp(min=1.0)
 
 
+@takes_run_options
 def two_tower_test(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -118,9 +119,7 @@ def two_tower_test(
     seed: int = 0,
     read_at: str = "auto",
     min_read_share: float = MIN_READ_SHARE,
-    batch_size: int = 32,
-    padding_side: str = "right",
-    progress: bool = False,
+    options: RunOptions | None = None,
 ) -> TwoTowerTest:
     """Score each head's QK score as a classifier of "same class as the query" at the read positions.
 
@@ -143,9 +142,8 @@ def two_tower_test(
             put their attention; see :func:`~icl_heads.mechanism.ov_label_features`).
         min_read_share: below this share of the heads' attention (outside the first
             token) on the positions read, the result carries a NOT READ warning.
-        batch_size: prompts per forward pass (does not change the result).
-        padding_side: ``"right"`` or ``"left"`` (does not change the result).
-        progress: show a progress bar.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
 
     Returns:
         A :class:`TwoTowerTest` result.
@@ -163,7 +161,7 @@ def two_tower_test(
     layers = sorted({layer for layer, _ in heads})
     frames, feats = [], {layer: ([], []) for layer in layers}
     groups = []
-    for batch in batches(access, tp, RunOptions(batch_size, padding_side, progress), desc="two towers"):
+    for batch in batches(access, tp, options, desc="two towers"):
         n_demo = batch.label_positions.shape[1]
         read, demo = read_positions(batch, used)
         _, got = _gather(access, batch, layers, read, scores=True, resid=True)

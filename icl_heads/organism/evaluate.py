@@ -16,20 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import icl_heads as ih
+from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.organism import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, organism_task
 
 
+@takes_run_options
 def evaluate_organism(
-    model: Any = "organism", *, n: int = 500, seed: int = 100, progress: bool = False
+    model: Any = "organism", *, n: int = 500, seed: int = 100, options: RunOptions | None = None
 ) -> dict[str, Any]:
-    """The model-card measurements, as a JSON-ready dict."""
+    """The model-card measurements, as a JSON-ready dict.
+
+    Args:
+        model: ``"organism"``, a checkpoint folder or a loaded model.
+        n: prompts per measurement.
+        seed: seed of the prompts.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+    """
     if isinstance(model, str):
         model = ih.load_model(model)
     task = organism_task(seed=seed)
     out: dict[str, Any] = {"n_prompts": n}
 
     def acc(prompts) -> dict[str, float]:
-        r = ih.icl_accuracy(model, prompts)
+        r = ih.icl_accuracy(model, prompts, options=run_options(options, progress=False))
         lo, hi = r.ci
         return {"accuracy": r.accuracy, "ci_low": lo, "ci_high": hi, "strict_accuracy": r.strict_accuracy}
 
@@ -41,7 +51,7 @@ def evaluate_organism(
     scoring = task.prompts(n, 4, seed=seed + 60)
     held_out = task.prompts(n, 4, seed=seed + 61)
     found = ih.find_in_context_heads(
-        model, scoring, also=("dla", "ablation"), verify_prompts=held_out, n_random=30, progress=progress
+        model, scoring, also=("dla", "ablation"), verify_prompts=held_out, n_random=30, options=options
     )
     v = found.verification.set_index("condition")
     out["in_context_heads"] = {
@@ -81,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=500, help="prompts per measurement")
     parser.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
     args = parser.parse_args(argv)
-    result = json.dumps(evaluate_organism(args.model, n=args.n, progress=True), indent=2, default=str)
+    result = json.dumps(
+        evaluate_organism(args.model, n=args.n, options=RunOptions(progress=True)), indent=2, default=str
+    )
     if args.out:
         if args.out.exists():
             parser.error(f"{args.out} exists; choose a new file so nothing is overwritten")
