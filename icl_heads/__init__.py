@@ -24,13 +24,13 @@ from icl_heads.agreement import compare_head_scores
 from icl_heads.bias import majority_bias, recency_bias
 from icl_heads.debias import correct_majority_bias, correct_recency_bias
 from icl_heads.decomposition import component_stability, decompose
-from icl_heads.engine import RunOptions
 from icl_heads.faithfulness import UnfaithfulModelError, check_faithfulness
-from icl_heads.head_count import heads_needed
-from icl_heads.heads import ablation_curve, find_in_context_heads
+from icl_heads.head_count import ablation_curve, heads_needed
+from icl_heads.heads import find_in_context_heads
 from icl_heads.interventions import ablate, intervening
 from icl_heads.mechanism import flip_analysis, ov_label_features, qk_label_attention, two_tower_test
 from icl_heads.models import load_model
+from icl_heads.options import RunOptions
 from icl_heads.organism import organism_task
 from icl_heads.prompts import ICLPrompts, ICLTask, LabelTokenError, PromptTooLongError
 from icl_heads.reading import reading_roles

@@ -9,6 +9,7 @@ ablation brings accuracy on held-out prompts to within ``margin`` of chance, two
   held-out accuracy the most.
 
 Each set is compared with random sets of the same size (mean and 95% interval over sets).
+:func:`ablation_curve` draws the same comparison for a few sizes ``k`` at once.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from tqdm.auto import tqdm
 from icl_heads.accuracy import predict
 from icl_heads.configs import HeadCountConfig
 from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.heads import random_head_sets
-from icl_heads.interventions import HeadAblation
+from icl_heads.heads import _accuracy_row, random_head_sets
+from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.scoring import top_heads
+from icl_heads.scoring import n_selected, top_heads
 from icl_heads.stats import bootstrap_mean, from_samples
 
 
@@ -209,3 +210,57 @@ def heads_needed(
         provenance=provenance(access.name, tp),
         warnings=warnings,
     )
+
+
+@takes_run_options
+def ablation_curve(
+    model: Any,
+    prompts: ICLPrompts | TokenizedPrompts,
+    scores: Tensor,
+    *,
+    ks: tuple[int, ...] = (1, 2, 4, 8),
+    n_random: int = 20,
+    seed: int = 0,
+    options: RunOptions | None = None,
+) -> pd.DataFrame:
+    """Accuracy after ablating the top-``k`` heads by ``scores`` vs ``k`` random heads, for each ``k``.
+
+    The random sets of every ``k`` are drawn with ``seed``, as :func:`verify_heads` draws
+    them: with the same ``seed``, ``n_random`` and prompts, the curve at ``k`` = the
+    number of found heads repeats the verification's random sets and accuracy.
+
+    Args:
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+
+    Returns:
+        Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.
+
+    Raises:
+        ValueError: a ``k`` larger than the number of heads.
+    """
+    access = ModelAccess(model, analysis="ablation_curve")
+    tp = access.tokenize(prompts)
+    total = access.n_layers * access.n_heads
+    rows, quiet = [], run_options(options, progress=False)
+    for k in tqdm(ks, desc="ablation curve", disable=not options.progress):
+        n_selected(total, None, k)
+        heads = check_heads(access, top_heads(scores, k))
+        pred = predict(access, tp, hooks=HeadAblation(heads), options=quiet)
+        rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
+        accs = [
+            float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
+            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)
+        ]
+        random_acc = from_samples(float(np.mean(accs)), accs)
+        rows.append(
+            {
+                "condition": "random",
+                "k": k,
+                "kind": "random",
+                "accuracy": random_acc.value,
+                "ci_low": random_acc.low,
+                "ci_high": random_acc.high,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from icl_heads.accuracy import predict
 from icl_heads.configs import InContextHeadsConfig
 from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.interventions import HeadAblation, check_heads
+from icl_heads.interventions import HeadAblation
 from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
@@ -359,55 +359,10 @@ def find_in_context_heads(
     )
 
 
-@takes_run_options
-def ablation_curve(
-    model: Any,
-    prompts: ICLPrompts | TokenizedPrompts,
-    scores: Tensor,
-    *,
-    ks: tuple[int, ...] = (1, 2, 4, 8),
-    n_random: int = 20,
-    seed: int = 0,
-    options: RunOptions | None = None,
-) -> pd.DataFrame:
-    """Accuracy after ablating the top-``k`` heads by ``scores`` vs ``k`` random heads, for each ``k``.
+def __getattr__(name: str) -> Any:
+    """``ablation_curve`` lives in :mod:`icl_heads.head_count`; this old path still finds it."""
+    if name == "ablation_curve":
+        from icl_heads.head_count import ablation_curve
 
-    The random sets of every ``k`` are drawn with ``seed``, as :func:`verify_heads` draws
-    them: with the same ``seed``, ``n_random`` and prompts, the curve at ``k`` = the
-    number of found heads repeats the verification's random sets and accuracy.
-
-    Args:
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
-
-    Returns:
-        Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.
-
-    Raises:
-        ValueError: a ``k`` larger than the number of heads.
-    """
-    access = ModelAccess(model, analysis="ablation_curve")
-    tp = access.tokenize(prompts)
-    total = access.n_layers * access.n_heads
-    rows, quiet = [], run_options(options, progress=False)
-    for k in tqdm(ks, desc="ablation curve", disable=not options.progress):
-        n_selected(total, None, k)
-        heads = check_heads(access, top_heads(scores, k))
-        pred = predict(access, tp, hooks=HeadAblation(heads), options=quiet)
-        rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
-        accs = [
-            float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
-            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)
-        ]
-        random_acc = from_samples(float(np.mean(accs)), accs)
-        rows.append(
-            {
-                "condition": "random",
-                "k": k,
-                "kind": "random",
-                "accuracy": random_acc.value,
-                "ci_low": random_acc.low,
-                "ci_high": random_acc.high,
-            }
-        )
-    return pd.DataFrame(rows)
+        return ablation_curve
+    raise AttributeError(f"module 'icl_heads.heads' has no attribute {name!r}")

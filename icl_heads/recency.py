@@ -7,6 +7,10 @@ in the mean accuracy of an order. Comparing, for the same query and demonstratio
 order where the query's class block comes **last** with the order where it comes
 **first** sees it: the *block gap* (accuracy when last minus when first; 0: no recency
 bias; positive: the most recent label is favoured).
+
+Also here: the other order statistics of :func:`~icl_heads.order_bias.recency_bias`
+(the spread of accuracy over orders beyond sampling noise, its permutation p-value,
+and the probability pull toward the last demonstration's label).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -79,3 +84,49 @@ def block_table(
         e = bootstrap_mean(gap[sel], n_boot=n_boot, seed=seed)
         rows.append({"query_label": word, "n": e.n, "block_gap": e.value, "ci_low": e.low, "ci_high": e.high})
     return pd.DataFrame(rows)
+
+
+def order_spread(correct: np.ndarray) -> np.ndarray | np.floating:
+    """Standard deviation of accuracy over orders with the sampling noise of the prompts removed.
+
+    ``correct`` is ``[order, ..., prompt]`` (0/1). With ``a_o`` the accuracy of order
+    ``o``, ``S2`` their variance over orders and ``s2_i`` the variance of prompt ``i``'s
+    correctness over orders, ``(S2 - sum_i s2_i / n**2) / (1 - 1/n)`` is an unbiased
+    estimate of the variance over orders of the expected accuracy (prompts drawn
+    independently); the spread is its square root, clipped at 0. Reduces over the first
+    and last axes.
+    """
+    c = np.asarray(correct, dtype=float)
+    n = c.shape[-1]
+    if c.shape[0] < 2 or n < 2:
+        raise ValueError(f"the spread over orders needs at least 2 orders and 2 prompts, got {c.shape[0]} and {n}")
+    total = c.mean(-1).var(0, ddof=1)
+    noise = c.var(0, ddof=1).sum(-1) / n**2
+    return np.sqrt(np.clip((total - noise) / (1 - 1 / n), 0, None))
+
+
+def order_permutation_p(correct: np.ndarray, *, n_perm: int = 1000, seed: int = 0) -> float:
+    """P-value of the std of accuracy over orders when each prompt's ``[order, prompt]`` results are shuffled over orders."""
+    c = np.asarray(correct, dtype=float)
+    observed = c.mean(-1).std(ddof=1)
+    keys = np.random.default_rng(seed).random((n_perm, *c.shape)).argsort(1)
+    null = np.take_along_axis(np.broadcast_to(c, keys.shape), keys, 1).mean(-1).std(1, ddof=1)
+    return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm))
+
+
+def _last_label_prob_pull(
+    probs: Float[Tensor, "order prompt label"], last: Int[Tensor, "order prompt"]
+) -> Float[Tensor, " prompt"]:
+    """Per prompt: mean over labels of p(label | it is last) - p(label | it is not), over that prompt's orders."""
+    n_labels = probs.shape[-1]
+    out = torch.zeros(probs.shape[1])
+    used = torch.zeros(probs.shape[1])
+    for c in range(n_labels):
+        is_last = (last == c).float()
+        n_last, n_not = is_last.sum(0), (1 - is_last).sum(0)
+        ok = (n_last > 0) & (n_not > 0)
+        p = probs[..., c]
+        diff = (p * is_last).sum(0) / n_last.clamp(min=1) - (p * (1 - is_last)).sum(0) / n_not.clamp(min=1)
+        out += torch.where(ok, diff, torch.zeros_like(diff))
+        used += ok.float()
+    return out / used.clamp(min=1)

@@ -1,14 +1,21 @@
-"""Choosing a correction's hyperparameter on tuning prompts, never the test prompts (see :mod:`icl_heads.debias`)."""
+"""Tuning a correction and measuring it: the hyperparameter is chosen on tuning prompts, never the test prompts.
+
+:func:`tune_correction` picks the value; ``evaluate_correction`` measures the bias and the accuracy
+before and after on the test prompts and builds the :class:`BiasCorrection` that
+:func:`icl_heads.debias.correct_bias` returns.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from icl_heads.accuracy import icl_accuracy
@@ -19,10 +26,14 @@ from icl_heads.bias import (
     recency_bias,
     recency_block_gap,
 )
+from icl_heads.configs import BiasCorrectionConfig
 from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.models import Hooks
+from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
-from icl_heads.stats import Estimate, from_samples, resamples
+from icl_heads.records import Provenance
+from icl_heads.results import Result, provenance
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
+from icl_heads.tuning_checks import no_change_reason
 
 logger = logging.getLogger("icl_heads")
 
@@ -150,3 +161,206 @@ def _reduction(
         raise ValueError("the bias before correction is zero in every resample; there is nothing to reduce")
     value = 100 * (1 - abs(float(stat(after))) / abs(float(stat(before))))
     return from_samples(value, red, n=n, method="paired bootstrap")
+
+
+@dataclass(frozen=True, repr=False)
+class BiasCorrection(Result):
+    """A bias correction evaluated on held-out prompts.
+
+    Attributes:
+        df: one row per metric (the headline ``bias`` first, then secondary bias
+            measures, the accuracy where the bias acts (``imbalanced_accuracy`` or
+            ``accuracy_over_orders``) and ``balanced_accuracy``): ``metric, before,
+            before_ci_low, before_ci_high, after, after_ci_low, after_ci_high, change``.
+        tuning: the hyperparameter search on the tuning prompts: ``value, bias,
+            balanced_accuracy, accuracy_drop, allowed, chosen``.
+        kind: ``"majority"`` or ``"recency"``.
+        method: the correction (``"count"``, ``"ov"``, ``"prior"``, ``"unrotated"``).
+        parameter: the tuned hyperparameter's name; ``value``: its chosen value.
+        heads: the corrected heads.
+        reduction: how much of the headline bias's size is removed, in percent:
+            ``100 * (1 - |after| / |before|)`` (a correction that overshoots to the
+            opposite bias counts the overshoot as remaining bias); an
+            :class:`~icl_heads.stats.Estimate` with its 95% paired bootstrap interval over
+            test prompts (``reduction_ci`` is ``(reduction.low, reduction.high)``).
+        accuracy_change: balanced accuracy after minus before (same prompts), with its
+            paired 95% interval (``accuracy_change_ci``).
+        config, provenance: arguments and origin; ``config["read_at"]`` is where the
+            correction acted (label tokens, the tokens after them, or whole slots).
+        warnings: why the result may not mean what it seems: the heads do not read the
+            corrected positions, or the tuning chose "no change" (and why).
+    """
+
+    df: pd.DataFrame
+    tuning: pd.DataFrame
+    kind: str
+    method: str
+    parameter: str
+    value: float
+    heads: tuple
+    reduction: Estimate
+    accuracy_change: Estimate
+    config: BiasCorrectionConfig = field(default_factory=BiasCorrectionConfig)
+    provenance: Provenance = field(default_factory=Provenance)
+    warnings: tuple = ()
+    _title: ClassVar[str] = "Bias correction"
+    _legacy_methods: ClassVar[dict[str, str]] = {"reduction": "paired bootstrap", "accuracy_change": "paired bootstrap"}
+
+    @property
+    def reduction_ci(self) -> tuple[float, float]:
+        """``(reduction.low, reduction.high)``: the 95% paired bootstrap interval of :attr:`reduction`."""
+        return self.reduction.ci
+
+    @property
+    def accuracy_change_ci(self) -> tuple[float, float]:
+        """``(accuracy_change.low, accuracy_change.high)``."""
+        return self.accuracy_change.ci
+
+    def _row(self, metric: str) -> pd.Series:
+        return self.df.set_index("metric").loc[metric]
+
+    def summary(self) -> dict[str, Any]:
+        b, a = self._row("bias"), self._row("balanced_accuracy")
+        return {
+            **self._warning_summary(),
+            "bias": f"{self.kind} ({self.config.get('headline', '')})",
+            "read at": self.config.get("read_at", "label"),
+            "correction": f"{self.method} ({self.parameter}={self.value:g})",
+            "heads": ", ".join(f"L{x}H{y}" for x, y in self.heads),
+            "bias before": float(b.before),
+            "before 95% CI": (float(b.before_ci_low), float(b.before_ci_high)),
+            "bias after": float(b.after),
+            "after 95% CI": (float(b.after_ci_low), float(b.after_ci_high)),
+            "reduction %": self.reduction,
+            "reduction 95% CI": tuple(self.reduction_ci),
+            "balanced accuracy before": float(a.before),
+            "balanced accuracy after": float(a.after),
+            "accuracy change 95% CI": tuple(self.accuracy_change_ci),
+        }
+
+    def plot(self) -> go.Figure:
+        """Bias and balanced accuracy before and after, with 95% intervals."""
+        from icl_heads.plots.bias import plot_correction
+
+        return plot_correction(self)
+
+
+@takes_run_options
+def evaluate_correction(
+    kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks], grid, heads,
+    *, shots: int, n: int, seed: int, tune_n: int, tune_seed: int, max_accuracy_drop: float, n_boot: int,
+    measure: dict, reading: tuple = ("label", {}, ()), options: RunOptions | None = None,
+) -> BiasCorrection:  # fmt: skip
+    """Tune ``build``'s value over ``grid`` on tuning prompts, then measure bias and accuracy before and after.
+
+    The engine behind :func:`icl_heads.debias.correct_bias`, which checks the arguments
+    and picks the heads and where they read (``reading``: the position, its settings and
+    warnings) first.
+
+    Args:
+        kind: ``"majority"`` or ``"recency"``.
+        method: the method's name, recorded in the result.
+        parameter: the name of its hyperparameter.
+        model: the model.
+        task: the task.
+        build: the correction for a value.
+        grid: the values tried.
+        heads: the heads corrected.
+        shots: demonstrations per prompt.
+        n: test prompts (drawn with ``seed``).
+        seed: seed of the test prompts.
+        tune_n: tuning prompts (drawn with ``tune_seed``).
+        tune_seed: seed of the tuning prompts.
+        max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
+        n_boot: bootstrap resamples.
+        measure: keyword arguments of the bias measurement (skews, or random orders and heads).
+        reading: ``(read_at, its config entries, its warnings)``.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.engine.RunOptions`).
+
+    Returns:
+        A :class:`BiasCorrection`.
+
+    Raises:
+        ValueError: no bias to reduce on the test prompts.
+    """
+    value, tuning = tune_correction(
+        model, task, build, grid, kind=kind, shots=shots, n=tune_n, seed=tune_seed,
+        max_accuracy_drop=max_accuracy_drop, options=options, noop=0.0, **measure,
+    )  # fmt: skip
+    hooks = build(value)
+    quiet = run_options(options, progress=False)
+    kw = dict(shots=shots, n=n, seed=seed, options=quiet, n_boot=n_boot, **measure)
+    before = _measure(kind, model, task, (), **kw)
+    if headline_bias(before) == 0:
+        raise ValueError(
+            f"no {kind} bias to reduce: its measure is exactly 0 on the {n} test prompts "
+            "(use more prompts n, more shots, or harder prompts)"
+        )
+    after = _measure(kind, model, task, hooks, **kw)
+    balanced = task.prompts(n, shots, seed=seed)
+    acc_b, acc_a = (
+        icl_accuracy(model, balanced, options=quiet),
+        icl_accuracy(model, balanced, hooks=hooks, options=quiet),
+    )
+    metrics: list[tuple[str, float, tuple, float, tuple]] = []
+    if isinstance(before, MajorityBias) and isinstance(after, MajorityBias):
+        headline = "excess majority-label predictions"
+        metrics.append(("bias", before.bias, before.bias_ci, after.bias, after.bias_ci))
+        metrics.append(("probability_bias", before.prob_bias, before.prob_bias_ci, after.prob_bias, after.prob_bias_ci))
+        stat_b, stat_a, stat = before.per_prompt.numpy(), after.per_prompt.numpy(), lambda x: x.mean(-1)
+    else:
+        assert isinstance(before, RecencyBias) and isinstance(after, RecencyBias)
+        headline = "block gap: accuracy when the query's class block is last minus first"
+        metrics.append(("bias", before.block_gap, before.block_gap_ci, after.block_gap, after.block_gap_ci))
+        metrics.append(("order_spread", before.bias, before.bias_ci, after.bias, after.bias_ci))
+        for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull"):
+            metrics.append(
+                (m, getattr(before, m), getattr(before, f"{m}_ci"), getattr(after, m), getattr(after, f"{m}_ci"))
+            )
+        assert before.block_gaps is not None and after.block_gaps is not None
+        stat_b, stat_a = before.block_gaps.numpy(), after.block_gaps.numpy()
+
+        def stat(x: np.ndarray) -> Any:
+            return x.mean(-1)
+
+    # accuracy where the bias acts: imbalanced conditions (majority) or all orders (recency)
+    cond = slice(1, None) if kind == "majority" else slice(None)
+    acc_biased = [(r.label_logits[cond].argmax(-1) == r.golds[None]).float().mean(0).numpy() for r in (before, after)]
+    ci = [bootstrap_ci(a, n_boot=n_boot, seed=seed) for a in acc_biased]
+    name = "imbalanced_accuracy" if kind == "majority" else "accuracy_over_orders"
+    metrics.append((name, float(acc_biased[0].mean()), ci[0], float(acc_biased[1].mean()), ci[1]))
+    metrics.append(("balanced_accuracy", acc_b.accuracy, acc_b.ci, acc_a.accuracy, acc_a.ci))
+    df = pd.DataFrame(
+        [
+            {"metric": m, "before": b, "before_ci_low": bci[0], "before_ci_high": bci[1], "after": a,
+             "after_ci_low": aci[0], "after_ci_high": aci[1], "change": a - b}
+            for m, b, bci, a, aci in metrics
+        ]
+    )  # fmt: skip
+    diff = (acc_a.label_logits.argmax(-1) == acc_a.golds).float() - (
+        acc_b.label_logits.argmax(-1) == acc_b.golds
+    ).float()
+    config = BiasCorrectionConfig(
+        headline=headline, shots=shots, n=n, seed=seed, tune_n=tune_n, tune_seed=tune_seed,
+        max_accuracy_drop=max_accuracy_drop, grid=[float(g) for g in grid], **measure, **reading[1],
+    )  # fmt: skip
+    warnings = (*reading[2], *no_change_reason(tuning, value, parameter, max_accuracy_drop, reading[2]))
+    for w in warnings[len(reading[2]) :]:
+        logger.warning(w)
+    return BiasCorrection(
+        df=df,
+        tuning=tuning,
+        kind=kind,
+        method=method,
+        parameter=parameter,
+        value=value,
+        heads=tuple(heads),
+        reduction=_reduction(stat_b, stat_a, stat, n_boot, seed),
+        accuracy_change=bootstrap_mean(diff.numpy(), n_boot=n_boot, seed=seed, value=float(diff.mean()), paired=True),
+        config=config,
+        provenance=provenance(
+            ModelAccess(model, check=False).name, balanced, heads=[list(h) for h in heads], method=method
+        ),
+        warnings=warnings,
+    )

@@ -253,7 +253,7 @@ def test_unknown_words_are_counted_and_reported(workdir, model_dir):
 
 
 def _boom(exc):
-    def section(ctx, report):
+    def section(ctx):
         (ctx.out / "results" / "partial.csv").write_text("a\n1\n")
         raise exc
 
@@ -287,7 +287,7 @@ def test_sigterm_is_turned_into_cleanup(workdir, model_dir, monkeypatch):
 
     from icl_heads import cli
 
-    def killed(ctx, report):
+    def killed(ctx):
         (ctx.out / "results" / "partial.csv").write_text("a\n1\n")
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -49,7 +49,9 @@ def test_no_public_function_takes_the_legacy_keywords():
     for name in ("find_in_context_heads", "icl_accuracy", "decompose", "recency_bias", "correct_majority_bias"):
         assert f"icl_heads.{name}" in with_options
     for name, fn in with_options.items():
-        if name.startswith("icl_heads.engine.") or any(part.startswith("_") for part in name.split(".")[1:-1]):
+        if name.startswith(("icl_heads.engine.", "icl_heads.options.")) or any(
+            part.startswith("_") for part in name.split(".")[1:-1]
+        ):
             continue  # the engine's own machinery and helpers of private modules take options as they are
         param = inspect.signature(fn).parameters["options"]
         assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
