@@ -231,8 +231,8 @@ def from_samples(
         s = s.astype(float)  # float32 samples keep their precision, as np.quantile treats them
     if s.size == 0:
         raise ValueError("need at least one sample for an interval")
-    alpha = _check_level(level)
-    lo, hi = float(np.quantile(s, alpha)), float(np.quantile(s, 1 - alpha))
+    alpha = round(_check_level(level), 12)  # the quantile levels 0.025 and 0.975 exactly, not 0.025000000000000022
+    lo, hi = float(np.quantile(s, alpha)), float(np.quantile(s, round(1 - alpha, 12)))
     return Estimate(value, lo, hi, s.size if n is None else n, method, level)
 
 
