@@ -247,9 +247,25 @@ class Result:
         n = n_prompts(_decode(fields.get("provenance")))
         return Estimate(value, ci[0], ci[1], n, cls._legacy_methods.get(name, "bootstrap"))
 
+    def _shown(self) -> dict[str, Any]:
+        """The summary as shown: an ``Estimate`` carries its interval, so an interval entry repeating it is left out."""
+        out: dict[str, Any] = {}
+        previous: Any = None
+        for key, value in self.summary().items():
+            repeats = (
+                isinstance(previous, Estimate)
+                and isinstance(value, (tuple, list))
+                and len(value) == 2
+                and tuple(float(v) for v in value) == previous.ci
+            )
+            if not repeats:
+                out[key] = value
+            previous = value
+        return out
+
     def _repr_html_(self) -> str:
         rows = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in self.summary().items()
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in self._shown().items()
         )
         table = getattr(self, self._main_table, None)
         body = (
@@ -264,7 +280,7 @@ class Result:
         return f"<div><b>{html.escape(self._title)}</b>{warns}<table>{rows}</table>{body}</div>"
 
     def __repr__(self) -> str:
-        items = ", ".join(f"{k}={_fmt(v)}" for k, v in self.summary().items())
+        items = ", ".join(f"{k}={_fmt(v)}" for k, v in self._shown().items())
         return f"{type(self).__name__}({items})"
 
 

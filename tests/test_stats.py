@@ -105,3 +105,17 @@ def test_from_samples_keeps_float32_quantiles_and_names_its_method():
     e = from_samples(0.5, s, n=7, method="bootstrap")
     assert e.low == float(np.quantile(s, 0.025)) and e.high == float(np.quantile(s, 0.975))
     assert e.n == 7 and e.method == "bootstrap"
+
+
+@dataclass(frozen=True, repr=False)
+class _Summarised(Result):
+    score: Estimate
+
+    def summary(self):
+        return {"score": self.score, "95% CI": self.score.ci, "other CI": (0.0, 1.0)}
+
+
+def test_a_result_shows_an_estimate_with_its_interval_once():
+    shown = repr(_Summarised(Estimate(0.3, 0.2, 0.4, 10, "wilson")))
+    assert shown == "_Summarised(score=0.3 [0.2, 0.4], other CI=[0, 1])"
+    assert "95% CI" not in _Summarised(Estimate(0.3, 0.2, 0.4, 10, "wilson"))._repr_html_()
