@@ -44,7 +44,7 @@ def default_heads(model: Any, prompts: ICLPrompts, *, options: RunOptions | None
         model: the model.
         prompts: the prompts the heads are found on.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
     """
     from icl_heads.heads import find_in_context_heads
 

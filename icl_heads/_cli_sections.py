@@ -232,7 +232,7 @@ def section_bias(ctx: Context) -> list[Section]:
     heads = ctx.found.heads if ctx.found is not None else "found"
     # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
     major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, options=ctx.options)
-    recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads)
+    recent = recency_bias(ctx.model, task, shots=recency_shots, n=n, seed=seed + 14, heads=heads, options=ctx.options)
     sec.results.update(majority=major, recency=recent)
     sec.numbers(major.summary())
     sec.figure(major.plot())

@@ -7,15 +7,18 @@ import warnings
 from typing import Any
 
 
-def renamed(function: Any, old: str) -> Any:
+def renamed(function: Any, old: str, why: str = "") -> Any:
     """``function`` under its old name ``old``: the same result, with a ``DeprecationWarning`` naming the new one.
 
-    Works for functions and for methods (assign it in the class body).
+    Works for functions and for methods (assign it in the class body; the warning then
+    names the class). ``why`` is added to the warning.
     """
+    owner = function.__qualname__.rsplit(".", 1)[0] + "." if "." in function.__qualname__ else ""
 
     @functools.wraps(function)
     def old_name(*args: Any, **kwargs: Any) -> Any:
-        warnings.warn(f"{old} is now {function.__name__}", DeprecationWarning, stacklevel=2)
+        note = f" ({why})" if why else ""
+        warnings.warn(f"{owner}{old} is now {owner}{function.__name__}{note}", DeprecationWarning, stacklevel=2)
         return function(*args, **kwargs)
 
     old_name.__name__ = old_name.__qualname__ = old

@@ -60,7 +60,7 @@ def predict(
         prompts: the prompts.
         hooks: forward hooks to apply (e.g. a head ablation or a correction).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
         first_token: score the first token of label words of several tokens.
 
     Raises:
@@ -171,7 +171,7 @@ def icl_accuracy(
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
         hooks: forward hooks to apply (e.g. from :func:`~icl_heads.interventions.ablate_hooks`).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
         first_token: accept label words of several tokens and score their first
             token (off by default: such label words raise ``LabelTokenError``).
 

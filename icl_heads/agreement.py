@@ -205,7 +205,7 @@ def compare_head_scores(
         rescore: for ``"attribution"``, heads re-scored exactly (see :func:`~icl_heads.score_heads`).
         heads_per_pass: heads ablated per forward pass for the exact score.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`ScoreAgreement`.

@@ -208,7 +208,7 @@ def majority_bias(
         hooks: forward hooks applied in every condition (e.g. a correction).
         n_boot: bootstrap resamples for the intervals.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`MajorityBias`.

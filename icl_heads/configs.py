@@ -60,6 +60,7 @@ class InContextHeadsConfig(Record):
     also: list[str] | tuple[str, ...] = UNSET
     verify: bool = UNSET
     held_out_verification: bool = UNSET
+    n_verify: int = UNSET
     n_random: int = UNSET
     seed: int = UNSET
     rescore: Any = UNSET

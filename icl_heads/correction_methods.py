@@ -56,6 +56,9 @@ class CorrectionMethod:
         prepare: given a :class:`CorrectionSetup`, returns ``build(value) -> hooks`` (any
             intervention); fitting that depends only on the setup happens here, once.
         description: one line for listings and errors.
+        reference_seed_offset: the method fits on prompts drawn with ``tune_seed`` plus this
+            offset (the positional prior uses 1), so the test ``seed`` must differ from it;
+            ``None`` when it fits on nothing else.
 
     Raises:
         ValueError: an unknown bias, an empty name or grid, or a grid without the no-op value 0.
@@ -67,6 +70,7 @@ class CorrectionMethod:
     grid: tuple[float, ...]
     prepare: Callable[[CorrectionSetup], Callable[[float], Hooks]]
     description: str = ""
+    reference_seed_offset: int | None = None
 
     def __post_init__(self) -> None:
         if self.bias not in BIASES:
@@ -93,6 +97,17 @@ def register_correction_method(method: CorrectionMethod, *, overwrite: bool = Fa
             f"a {method.bias} correction named {method.name!r} is registered already; pass overwrite=True to replace it"
         )
     CORRECTION_METHODS[method.bias][method.name] = method
+    return method
+
+
+def unregister_correction_method(bias: str, name: str) -> CorrectionMethod:
+    """Remove a registered method (e.g. one registered for a notebook experiment) and return it.
+
+    Raises:
+        ValueError: an unknown bias or method (the valid choices are listed).
+    """
+    method = correction_method(bias, name)
+    del CORRECTION_METHODS[bias][name]
     return method
 
 
@@ -136,7 +151,8 @@ for _method in (
     CorrectionMethod("majority", "ov", "a_c", (0.0, 0.03, 0.1, 0.3, 1.0, 2.0, 3.0, 5.0), _ov,
                      "the paper's OV compensation"),
     CorrectionMethod("recency", "prior", "strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0), _prior,
-                     "divide each slot's attention by its positional prior (fitted on prompts drawn with tune_seed + 1)"),
+                     "divide each slot's attention by its positional prior (fitted on prompts drawn with tune_seed + 1)",
+                     reference_seed_offset=1),
     CorrectionMethod("recency", "unrotated", "mix", (0.0, 0.25, 0.5, 0.75, 1.0), _unrotated,
                      "scores at label keys from un-rotated q and k (rotary models only)"),
 ):  # fmt: skip

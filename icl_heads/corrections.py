@@ -157,7 +157,7 @@ def positional_prior(
         strength: the correction's strength (0: no change).
         read_at: ``"label"``, ``"after_label"`` or ``"slot"``.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
         ValueError: heads outside the model, or the checks of :class:`~icl_heads.models.ModelAccess`.

@@ -92,7 +92,7 @@ def correct_bias(
             token) on those positions, the result carries a warning.
         n_boot: bootstrap resamples.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -104,17 +104,25 @@ def correct_bias(
             prior's reference prompts), bad heads, a method the model cannot take
             (``"unrotated"`` without rotary embeddings), or no bias to reduce.
     """
+    if bias not in BIASES:
+        raise ValueError(f"bias must be one of {sorted(BIASES)}, got {bias!r}")
     for name, value in (("skews", skews), ("n_random_orders", n_random_orders)):
         if value is not None and _MEASURE_ONLY[name] != bias:
             raise ValueError(f"{name} applies to the {_MEASURE_ONLY[name]} bias only, not to bias={bias!r}")
     spec = correction_method(bias, method if method is not None else ("count" if bias == "majority" else "prior"))
+    grid = spec.grid if grid is None else tuple(float(g) for g in grid)
+    if not grid:
+        raise ValueError(f"grid is empty; pass values of {spec.parameter} to try, with 0 (no correction) among them")
     task = _check_task(task)
     if seed == tune_seed:
         raise ValueError(
             f"seed and tune_seed are both {seed}; hyperparameters must be chosen on prompts other than the test prompts"
         )
-    if bias == "recency" and seed == tune_seed + 1:
-        raise ValueError(f"seed={seed} is the positional prior's reference seed (tune_seed + 1); choose another seed")
+    offset = spec.reference_seed_offset
+    if offset is not None and seed == tune_seed + offset:
+        raise ValueError(
+            f"seed={seed} draws the prompts the {spec.name!r} method fits on (tune_seed + {offset}); choose another seed"
+        )
     shots = BIASES[bias] if shots is None else shots
     tune_prompts = task.prompts(tune_n, shots, seed=tune_seed)
     heads = resolve_heads(model, heads, tune_prompts, options=run_options(options, progress=False))
@@ -126,7 +134,7 @@ def correct_bias(
         else {"n_random_orders": 4 if n_random_orders is None else n_random_orders, "heads": list(heads)}
     )
     return evaluate_correction(
-        bias, spec.name, spec.parameter, model, task, build, grid or spec.grid, heads, shots=shots, n=n, seed=seed,
+        bias, spec.name, spec.parameter, model, task, build, grid, heads, shots=shots, n=n, seed=seed,
         tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
         options=options, measure=measure, reading=reading,
     )  # fmt: skip
@@ -169,7 +177,7 @@ def correct_majority_bias(
             ``heads``). ``None`` is refused: elsewhere it means every head.
         skews: skewed counts measured besides minus-one (see :func:`~icl_heads.bias.majority_bias`).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -237,7 +245,7 @@ def correct_recency_bias(
             ``heads``). ``None`` is refused: elsewhere it means every head.
         n_random_orders: random orders besides original, reversed and the label blocks.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.

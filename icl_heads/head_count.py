@@ -106,7 +106,7 @@ def heads_needed(
             random sets of every size are already on an ablation curve).
         seed: seed of the random sets.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`HeadCount`.
@@ -231,7 +231,7 @@ def ablation_curve(
 
     Args:
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.

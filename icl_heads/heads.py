@@ -40,6 +40,12 @@ class InContextHeads(Result):
             intervals, see :func:`~icl_heads.reading.reading_roles`), or None.
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
+
+    Properties (from the verification; they raise ``ValueError`` when ``verify=False``):
+    ``accuracy`` (no ablation), ``ablated_accuracy`` (the found heads ablated) and
+    ``random_ablated_accuracy`` (random sets of the same size), each an
+    :class:`~icl_heads.stats.Estimate` whose ``n`` counts the prompts (or random sets) it
+    rests on; ``names`` (the heads as ``"L{layer}H{head}"``).
     """
 
     heads: tuple[Head, ...]
@@ -59,7 +65,12 @@ class InContextHeads(Result):
         row = self.verification.set_index("condition").loc[condition]
         if condition == "random heads":
             return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n_sets), "samples")
-        return Estimate(row.accuracy, row.ci_low, row.ci_high, n_prompts(self.provenance), "bootstrap")
+        # the prompts the verification ran on (held out or the scored ones); 0 (unknown) for older saved
+        # results verified on held-out prompts, whose number was not recorded
+        n = self.config.get("n_verify")
+        if n is None:
+            n = 0 if self.config.get("held_out_verification") else n_prompts(self.provenance)
+        return Estimate(row.accuracy, row.ci_low, row.ci_high, n, "bootstrap")
 
     @property
     def accuracy(self) -> Estimate:
@@ -206,7 +217,7 @@ def verify_heads(
 
     Args:
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A table with rows ``none``, ``found heads``, ``random heads`` (mean and 95%
@@ -295,7 +306,7 @@ def find_in_context_heads(
         rescore: for ``"attribution"``, the heads with the largest ``|estimate|`` that are
             re-scored exactly (default: four times the number selected, at least 4).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         An :class:`InContextHeads` result.
@@ -335,16 +346,15 @@ def find_in_context_heads(
     from icl_heads.reading import reading_roles
 
     reading = reading_roles(access, tp, options=run_options(options, progress=False)).df
-    verification, rand = None, None
+    verification, rand, checked = None, None, verify_prompts if verify_prompts is not None else tp
     if verify:
         verification, rand = verify_heads(
-            access, verify_prompts if verify_prompts is not None else tp, heads, by_label,
-            n_random=n_random, seed=seed, options=options,
+            access, checked, heads, by_label, n_random=n_random, seed=seed, options=options
         )  # fmt: skip
     config = InContextHeadsConfig(
         method=method, fraction=fraction, k=n, also=list(also), verify=verify,
         held_out_verification=verify_prompts is not None, n_random=n_random, seed=seed,
-        rescore=rescore,
+        rescore=rescore, **({"n_verify": len(checked)} if verify else {}),
     )  # fmt: skip
     return InContextHeads(
         heads=heads,

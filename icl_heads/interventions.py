@@ -45,11 +45,18 @@ def head_pairs(heads: Iterable[Sequence[int]]) -> tuple[Head, ...]:
         ValueError: a pair that is not two non-negative integers (``(1.7, 1)`` is refused, not truncated).
     """
     if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
-        raise TypeError(f"heads must be a sequence of (layer, head) pairs, got {heads!r}")
+        hint = (
+            " ('found' is accepted by the bias measurements and corrections only; pass find_in_context_heads(...)"
+            " or its .heads here)"
+            if heads == "found"
+            else ""
+        )
+        raise TypeError(f"heads must be a sequence of (layer, head) pairs, got {heads!r}{hint}")
     out = []
     for h in heads:
         if isinstance(h, (str, bytes)) or not isinstance(h, Iterable) or len(h := tuple(h)) != 2:
-            raise ValueError(f"heads must be (layer, head) pairs, got {h!r}")
+            one = " (for one head pass [(layer, head)])" if isinstance(h, int) else ""
+            raise ValueError(f"heads must be (layer, head) pairs, got {h!r}{one}")
         try:
             layer, head = (_checks.check_int("layer and head", v, minimum=0) for v in h)
         except (TypeError, ValueError):
@@ -85,7 +92,7 @@ def head_means(
         prompts: the reference prompts.
         where: ``"all"`` real tokens or the ``"final"`` positions.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
     """
     from icl_heads.models import Capture
 

@@ -25,7 +25,8 @@ class RunOptions:
     Results do not depend on these (tested): they trade memory for speed.
 
     Raises:
-        ValueError: ``batch_size`` is not a positive integer or ``padding_side`` is unknown.
+        ValueError: ``batch_size`` is not a positive integer, ``padding_side`` is unknown or
+            ``progress`` is not a bool.
     """
 
     batch_size: int = 32
@@ -39,6 +40,8 @@ class RunOptions:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be True or False, got {self.progress!r}")
 
 
 def run_options(options: RunOptions | None = None, **overrides: Any) -> RunOptions:

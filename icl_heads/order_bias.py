@@ -104,7 +104,7 @@ def recency_block_gap(
         shots, n, seed, n_random_orders: as for :func:`recency_bias`.
         hooks: forward hooks applied in both orders (e.g. a correction).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
         TypeError, ValueError: see :func:`recency_prompts`.
@@ -258,7 +258,7 @@ def recency_bias(
         hooks: forward hooks applied in every order (e.g. a correction).
         n_boot: bootstrap resamples for the intervals.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`RecencyBias`.

@@ -132,7 +132,7 @@ class ReadingRoles(Result):
 
         return plot_reading_roles(self)
 
-    heatmap = renamed(plot, "heatmap")
+    heatmap = renamed(plot, "heatmap", "heads by token roles, not a layer x head grid: .heatmap() is kept for those")
 
 
 def _head_list(shares: Tensor, heads: Any) -> list[Head]:
@@ -169,7 +169,7 @@ def reading_roles(
         n_boot: bootstrap resamples of the prompts for the intervals.
         seed: seed of the bootstrap.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`ReadingRoles` result.
@@ -260,7 +260,7 @@ def resolve_read_at(
         min_share: below this share of attention outside the first token, a warning.
         n_prompts: prompts measured.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         ``(read_at, info, warnings)``: the position, a JSON-ready dict (requested position,
@@ -293,7 +293,7 @@ def resolve_read_at(
         no_bos[BOS] = -1
         best = ROLES[int(no_bos.argmax())]
         hint = (
-            f"pass read_at='{best}' or 'auto'"
+            f"pass read_at='{best}'" + ("" if read_at == "auto" else " or 'auto'")
             if best in ("label", "after_label")
             else "they do not read the demonstrations' labels, so this analysis does not describe them"
         )

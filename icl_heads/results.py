@@ -157,6 +157,8 @@ class Result:
             FileExistsError: ``path`` exists and is not empty, unless ``overwrite``.
         """
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"{path} is a file, not a folder; choose a folder to save the result in")
         if path.exists() and any(path.iterdir()) and not overwrite:
             raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True or choose a new folder")
         path.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,7 @@ def score_heads(
         rescore: for ``"attribution"``, re-score this many heads with the largest
             ``|estimate|`` exactly (one ablation per head; see :mod:`icl_heads.attribution`).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         ``{method: [prompt, layer, head]}`` tensors.

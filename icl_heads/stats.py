@@ -48,7 +48,12 @@ class Estimate(float):
         level: the interval's coverage (default 0.95).
 
     Raises:
-        ValueError: ``method`` is unknown, ``n`` is negative, or ``low > high``.
+        ValueError: ``method`` is unknown, ``n`` is not a count, ``level`` is not in (0, 1),
+            only one end of the interval is given, ``low > high``, or a ``"point"``
+            estimate has an interval.
+
+    The value need not lie inside its interval: a percentile bootstrap of a spread or a
+    ratio can exclude the point estimate.
     """
 
     __slots__ = ("high", "level", "low", "method", "n")
@@ -69,11 +74,17 @@ class Estimate(float):
     ) -> Estimate:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if int(n) < 0:
-            raise ValueError(f"n must be a count of at least 0, got {n}")
+        if isinstance(n, bool) or not float(n).is_integer() or n < 0:
+            raise ValueError(f"n must be a count of at least 0, got {n!r}")
+        if not 0 < float(level) < 1:
+            raise ValueError(f"level must be between 0 and 1 (e.g. 0.95), got {level!r}")
         low, high = float(low), float(high)
+        if math.isnan(low) != math.isnan(high):
+            raise ValueError(f"an interval needs both ends or neither (NaN), got [{low}, {high}]")
         if low > high:
             raise ValueError(f"the interval's low end {low} is above its high end {high}")
+        if method == "point" and not math.isnan(low):
+            raise ValueError("a point estimate has no interval; name the method that computed it")
         self = super().__new__(cls, float(value))
         for name, v in (("low", low), ("high", high), ("n", int(n)), ("method", method), ("level", float(level))):
             object.__setattr__(self, name, v)
@@ -119,7 +130,8 @@ class Estimate(float):
     def __repr__(self) -> str:
         if math.isnan(self.low):
             return f"Estimate({float(self):.4g}, n={self.n})"
-        return f"Estimate({float(self):.4g} [{self.low:.4g}, {self.high:.4g}], n={self.n}, {self.method})"
+        level = "" if self.level == 0.95 else f", level={self.level:g}"
+        return f"Estimate({float(self):.4g} [{self.low:.4g}, {self.high:.4g}], n={self.n}, {self.method}{level})"
 
     __str__ = float.__repr__
 

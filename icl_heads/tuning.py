@@ -84,7 +84,7 @@ def tune_correction(
         seed: seed of the tuning prompts (use one you do not test on).
         max_accuracy_drop: largest allowed drop of balanced accuracy (0.01 = 1 point).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
         noop: the value at which ``build`` changes nothing (every built-in correction: 0);
             that value is measured on the uncorrected model.
         **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
@@ -276,7 +276,7 @@ def evaluate_correction(
         measure: keyword arguments of the bias measurement (skews, or random orders and heads).
         reading: ``(read_at, its config entries, its warnings)``.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -345,7 +345,13 @@ def evaluate_correction(
         headline=headline, shots=shots, n=n, seed=seed, tune_n=tune_n, tune_seed=tune_seed,
         max_accuracy_drop=max_accuracy_drop, grid=[float(g) for g in grid], **measure, **reading[1],
     )  # fmt: skip
-    warnings = (*reading[2], *no_change_reason(tuning, value, parameter, max_accuracy_drop, reading[2]))
+    no_noop = () if 0.0 in [float(g) for g in grid] else (
+        f"the grid {[float(g) for g in grid]} lacks {parameter}=0 (no correction), so the tuning could not choose to "
+        "leave the model unchanged; add 0 to the grid",
+    )  # fmt: skip
+    warnings = (
+        *reading[2], *no_noop, *no_change_reason(tuning, value, parameter, max_accuracy_drop, reading[2])
+    )  # fmt: skip
     for w in warnings[len(reading[2]) :]:
         logger.warning(w)
     return BiasCorrection(

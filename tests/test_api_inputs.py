@@ -159,3 +159,23 @@ def test_label_token_hint_names_the_api_option(task):
 
     with pytest.raises(LabelTokenError, match="first_token=True"):
         task.with_label_words(("football", "bar")).prompts(2, 2).tokenize(bpe_tokenizer())
+
+
+def test_heads_errors_say_what_to_pass():
+    # run outside the suite's runtime type checker, which would answer first: this is what a user reads
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from icl_heads.interventions import head_pairs\n"
+        "for bad in ('found', (1, 1)):\n"
+        "    try:\n"
+        "        head_pairs(bad)\n"
+        "    except (TypeError, ValueError) as err:\n"
+        "        print(err)\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert "'found' is accepted by the bias measurements and corrections only" in out
+    assert "for one head pass [(layer, head)]" in out

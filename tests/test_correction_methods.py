@@ -10,6 +10,7 @@ from icl_heads.correction_methods import (
     CorrectionMethod,
     correction_method,
     register_correction_method,
+    unregister_correction_method,
 )
 from icl_heads.corrections import count_normalisation
 from icl_heads.debias import correct_bias, correct_majority_bias
@@ -59,7 +60,8 @@ def test_a_registered_method_is_tuned_and_measured_like_the_built_in_ones(copier
         assert mine.method == "count_half" and mine.parameter == "double_strength" and mine.value == 2.0
         assert mine.df.set_index("metric").after.equals(count.df.set_index("metric").after)  # same correction
     finally:
-        del CORRECTION_METHODS["majority"]["count_half"]
+        assert unregister_correction_method("majority", "count_half") is half
+    assert "count_half" not in CORRECTION_METHODS["majority"]
 
 
 def test_bad_choices_name_the_valid_ones(copier):
@@ -72,5 +74,19 @@ def test_bad_choices_name_the_valid_ones(copier):
         correct_bias(copier, task, bias="recency", method="nope", **KW)
     with pytest.raises(ValueError, match="skews applies to the majority bias only"):
         correct_bias(copier, task, bias="recency", skews=[(3, 1)], **KW)
+    with pytest.raises(ValueError, match="bias must be one of"):  # the bias is checked before its options
+        correct_bias(copier, task, bias="foo", skews=[(3, 1)], **KW)
+    with pytest.raises(ValueError, match="grid is empty"):
+        correct_bias(copier, task, bias="majority", grid=(), **KW)
+    with pytest.raises(ValueError, match="draws the prompts the 'prior' method fits on"):
+        correct_bias(copier, task, bias="recency", **{**KW, "seed": 6})
     with pytest.raises(ValueError, match="must hold 0.0"):
         CorrectionMethod("majority", "x", "s", (1.0, 2.0), lambda s: lambda v: ())
+
+
+def test_a_grid_without_the_no_op_value_is_flagged(copier):
+    res = correct_bias(copier, toy_task(), bias="majority", grid=[0.5, 1.0], **KW)
+    assert any("lacks strength=0 (no correction)" in w for w in res.warnings)
+    assert not any(
+        "lacks" in w for w in correct_bias(copier, toy_task(), bias="majority", grid=[0, 1.0], **KW).warnings
+    )

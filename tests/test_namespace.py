@@ -112,3 +112,13 @@ def test_load_result_reads_back_any_result(models, tmp_path):
         ih.load_result(tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="no saved result"):
         ih.load_result(tmp_path / "missing")
+
+
+def test_old_method_names_warn_naming_their_class():
+    from icl_heads.components.stability import ComponentStability
+    from icl_heads.reading import ReadingRoles
+
+    for cls, old, new in ((ReadingRoles, "heatmap", "plot"), (ComponentStability, "scatter", "plot")):
+        warned = pytest.warns(DeprecationWarning, match=rf"{cls.__name__}\.{old} is now {cls.__name__}\.{new} \(")
+        with warned, pytest.raises(AttributeError):  # reached the new method, which needs a real result
+            getattr(cls, old)(object())

@@ -88,6 +88,8 @@ def test_legacy_keywords_that_disagree_with_options_are_refused(models, task):
         ih.icl_accuracy(model, prompts, options={"batch_size": 4})
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         ih.icl_accuracy(model, prompts, batch_size=0)
+    with pytest.raises((ValueError, TypeError), match="progress"):  # the test-time type check may answer first
+        RunOptions(progress="yes")  # type: ignore[arg-type]
     with pytest.warns(DeprecationWarning):  # the same value twice is not a conflict
         ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=4), batch_size=4)
 

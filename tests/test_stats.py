@@ -119,3 +119,29 @@ def test_a_result_shows_an_estimate_with_its_interval_once():
     shown = repr(_Summarised(Estimate(0.3, 0.2, 0.4, 10, "wilson")))
     assert shown == "_Summarised(score=0.3 [0.2, 0.4], other CI=[0, 1])"
     assert "95% CI" not in _Summarised(Estimate(0.3, 0.2, 0.4, 10, "wilson"))._repr_html_()
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        ((0.5, 0.4, float("nan")), {}, "both ends or neither"),
+        ((0.5, 0.4, 0.6), {"level": 5.0}, "level must be between 0 and 1"),
+        ((0.5, 0.4, 0.6), {"n": True}, "n must be a count"),
+        ((0.5, 0.4, 0.6), {"method": "point"}, "point estimate has no interval"),
+    ],
+)
+def test_estimate_refuses_inconsistent_intervals(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Estimate(*args, **kwargs)
+
+
+def test_estimate_repr_names_a_level_other_than_95():
+    assert "level=0.9" in repr(Estimate(0.5, 0.4, 0.6, 10, "bootstrap", level=0.9))
+    assert "level" not in repr(Estimate(0.5, 0.4, 0.6, 10, "bootstrap"))
+
+
+def test_saving_onto_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        _Holder(score=Estimate(0.3), nested={}).save(tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"

@@ -80,7 +80,7 @@ def decompose(
             identities' tolerance for the model's dtype times ``max(1, |logits|)``
             (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16; docs/models.md).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`Decomposition`.

@@ -136,7 +136,7 @@ def compare_reweighting(
             context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and
             compare against ``ICL-{k_demo}``).
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`ReweightingComparison`.

@@ -85,7 +85,7 @@ class ComponentStability(Result):
 
         return plot_stability(self, axis=axis, pair=pair)
 
-    scatter = renamed(plot, "scatter")
+    scatter = renamed(plot, "scatter", ".plot() is every result's main figure")
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -127,7 +127,7 @@ def component_stability(
         top: size of the top-component sets compared by IoU.
         seed: seed of the queries and demonstration sets.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`ComponentStability` result.

@@ -111,7 +111,7 @@ def qk_label_attention(
         min_read_share: below this share of the heads' attention (outside the first
             token) on the positions read, the result carries a warning.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`QKLabelAttention` result.

@@ -143,7 +143,7 @@ def two_tower_test(
         min_read_share: below this share of the heads' attention (outside the first
             token) on the positions read, the result carries a NOT READ warning.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`TwoTowerTest` result.

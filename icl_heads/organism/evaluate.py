@@ -31,7 +31,7 @@ def evaluate_organism(
         n: prompts per measurement.
         seed: seed of the prompts.
         options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.engine.RunOptions`).
+            change the result (a :class:`~icl_heads.options.RunOptions`).
     """
     if isinstance(model, str):
         model = ih.load_model(model)
