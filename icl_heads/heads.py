@@ -24,6 +24,10 @@ from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
 from icl_heads.stats import Estimate, bootstrap_mean, empirical_p, from_samples
 
 
+class NotVerifiedError(ValueError, AttributeError):
+    """The heads were found with ``verify=False``, so there is no verification to read (``hasattr`` is False)."""
+
+
 @dataclass(frozen=True, repr=False)
 class InContextHeads(Result):
     """The in-context heads of a model on a set of prompts, with the evidence.
@@ -41,7 +45,8 @@ class InContextHeads(Result):
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
 
-    Properties (from the verification; they raise ``ValueError`` when ``verify=False``):
+    Properties (from the verification; they raise :class:`NotVerifiedError`, a ``ValueError``
+    that ``hasattr`` treats as absent, when ``verify=False``):
     ``accuracy`` (no ablation), ``ablated_accuracy`` (the found heads ablated) and
     ``random_ablated_accuracy`` (random sets of the same size), each an
     :class:`~icl_heads.stats.Estimate` whose ``n`` counts the prompts (or random sets) it
@@ -61,7 +66,7 @@ class InContextHeads(Result):
 
     def _verified(self, condition: str) -> Estimate:
         if self.verification is None:
-            raise ValueError("the heads were not verified; run find_in_context_heads with verify=True")
+            raise NotVerifiedError("the heads were not verified; run find_in_context_heads with verify=True")
         row = self.verification.set_index("condition").loc[condition]
         if condition == "random heads":
             return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n_sets), "samples")
@@ -77,7 +82,7 @@ class InContextHeads(Result):
         """Label-set accuracy without ablation, with its 95% bootstrap interval over prompts.
 
         Raises:
-            ValueError: the heads were not verified.
+            NotVerifiedError: the heads were not verified (a ``ValueError``).
         """
         return self._verified("none")
 
@@ -86,7 +91,7 @@ class InContextHeads(Result):
         """Accuracy with the found heads ablated, with its 95% bootstrap interval over prompts.
 
         Raises:
-            ValueError: the heads were not verified.
+            NotVerifiedError: the heads were not verified (a ``ValueError``).
         """
         return self._verified("found heads")
 
@@ -95,7 +100,7 @@ class InContextHeads(Result):
         """Mean accuracy with random head sets of the same size ablated; the interval holds 95% of the sets.
 
         Raises:
-            ValueError: the heads were not verified.
+            NotVerifiedError: the heads were not verified (a ``ValueError``).
         """
         return self._verified("random heads")
 

@@ -38,6 +38,23 @@ from icl_heads.tuning_checks import no_change_reason
 logger = logging.getLogger("icl_heads")
 
 
+def _built(build: Callable[[float], Hooks], value: float) -> Hooks:
+    """``build(value)``, refused with a clear error when it is not an intervention or a hook list."""
+    hooks = build(value)
+    ok = (
+        callable(hooks)
+        or hasattr(hooks, "hooks_for")
+        or (isinstance(hooks, (list, tuple)) and all(isinstance(h, tuple) and len(h) == 2 for h in hooks))
+    )
+    if not ok:
+        raise TypeError(
+            f"the correction built for the value {value:g} is a {type(hooks).__name__}, not an intervention: a "
+            "correction method's build must return a correction, a HeadAblation, combine(...) of them, or a list "
+            "of (hook name, function) pairs"
+        )
+    return hooks
+
+
 def headline_bias(result: Any) -> float:
     """The bias a correction is tuned and judged on: ``bias`` (majority) or ``block_gap`` (recency)."""
     return float(result.block_gap) if isinstance(result, RecencyBias) else float(result.bias)
@@ -107,7 +124,7 @@ def tune_correction(
     rows = []
     for value in tqdm(list(grid), desc=f"tuning {kind} correction", disable=not options.progress):
         # the no-op value is the uncorrected model itself: its measurements are the clean ones
-        hooks = () if noop is not None and float(value) == noop else build(float(value))
+        hooks = () if noop is not None and float(value) == noop else _built(build, float(value))
         if kind == "recency":  # the block gap alone: its two orders, not every order recency_bias reports
             keep = ("n_random_orders",)
             bias = recency_block_gap(

@@ -90,3 +90,13 @@ def test_a_grid_without_the_no_op_value_is_flagged(copier):
     assert not any(
         "lacks" in w for w in correct_bias(copier, toy_task(), bias="majority", grid=[0, 1.0], **KW).warnings
     )
+
+
+def test_a_method_that_builds_no_intervention_is_named_as_such(copier):
+    junk = CorrectionMethod("majority", "junk", "x", (0.0, 1.0), lambda s: lambda v: 3, "returns a number")
+    register_correction_method(junk)
+    try:
+        with pytest.raises(TypeError, match=r"built for the value 1 is a int, not an intervention"):
+            correct_bias(copier, toy_task(), bias="majority", method="junk", **KW)
+    finally:
+        unregister_correction_method("majority", "junk")

@@ -154,3 +154,13 @@ def test_recency_bias_saved_before_estimates_loads(recency, tmp_path):
     for name in names:
         assert getattr(old, f"{name}_ci") == getattr(recency, f"{name}_ci")
         assert float(getattr(old, name)) == float(getattr(recency, name))
+
+
+def test_unverified_heads_have_no_verification_numbers(organism):
+    from icl_heads.heads import NotVerifiedError
+
+    found = ih.find_in_context_heads(organism, ih.organism_task().prompts(12, 4, seed=3), verify=False)
+    assert not hasattr(found, "ablated_accuracy") and getattr(found, "accuracy", None) is None
+    with pytest.raises(ValueError, match="verify=True"):
+        found.random_ablated_accuracy  # noqa: B018
+    assert issubclass(NotVerifiedError, ValueError)
