@@ -86,7 +86,7 @@ def _with_demos(base: ICLPrompts, demos: Sequence[Sequence[tuple[str, int]]], na
     prompts = tuple(
         ICLPrompt(demos=tuple(d), query=p.query, gold=p.gold) for p, d in zip(base.prompts, demos, strict=True)
     )
-    return replace(base, prompts=prompts, config={**base.config, "condition": name})
+    return replace(base, prompts=prompts, config=base.config.updated(condition=name))
 
 
 # ---- majority-label bias ------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def majority_prompts(
             demos.append([d for d, r in zip(p.demos, rank, strict=True) if r < counts[d[1]]])
         name = _condition_name(counts, task.label_words)
         prompts = _with_demos(base, demos, name)
-        out[name] = replace(prompts, config={**prompts.config, "shots": sum(counts), "counts": list(counts)})
+        out[name] = replace(prompts, config=prompts.config.updated(shots=sum(counts), counts=list(counts)))
     return out
 
 

@@ -20,7 +20,7 @@ import contextvars
 import dataclasses
 import hashlib
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -159,7 +159,7 @@ def _digest(value: Any, h: Any) -> None:
         t = value.detach().cpu().contiguous()
         h.update(f"T{tuple(t.shape)}{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):  # dicts and typed records
         h.update(b"{")
         for k in sorted(value, key=repr):
             _digest(k, h)

@@ -54,7 +54,7 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> Provenance
     if prompts is not None:
         cfg = dict(getattr(getattr(prompts, "prompts", prompts), "config", {}) or {})
         task = getattr(getattr(prompts, "prompts", prompts), "task", None)
-        out.update(n_prompts=len(prompts), prompt_config=_jsonable(cfg))
+        out.update(n_prompts=len(prompts), prompt_config=_jsonable(dict(cfg)))
         if task is not None:
             out.update(
                 task=task.name,

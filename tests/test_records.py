@@ -158,3 +158,23 @@ def test_result_saved_with_plain_dicts_loads_typed(task, models, tmp_path):
     assert loaded.config.extra == {"dropped_since": True}
     assert type(loaded.provenance) is Provenance and loaded.provenance["n_prompts"] == 6
     assert loaded.provenance.get("task") is None
+
+
+def test_prompt_sets_carry_a_typed_config_that_reads_like_the_old_dict():
+    import icl_heads as ih
+    from icl_heads.prompts import ICLPrompts, PromptConfig
+    from icl_heads.prompts.designs import fixed_demo_prompts
+
+    task = ih.organism_task()
+    prompts = task.prompts(6, 2, seed=4, counts=(1, 1))
+    assert isinstance(prompts.config, PromptConfig)
+    assert dict(prompts.config) == {"n": 6, "shots": 2, "seed": 4, "counts": (1, 1), "order": "random", "gold": None}
+    assert prompts[:2].config is prompts.config and prompts.config["shots"] == 2
+    fixed = fixed_demo_prompts(task, [0, 1], [2, 3])
+    assert list(fixed.config) == ["n", "shots", "demos", "fixed_demos"] and fixed.config["fixed_demos"] is True
+    tagged = prompts.config.updated(condition="balanced", shots=3)
+    assert list(tagged) == ["n", "shots", "seed", "counts", "order", "gold", "condition"] and tagged["shots"] == 3
+    given = ICLPrompts(prompts.prompts, task, config={"n": 6, "note": "mine"})  # a plain dict is converted
+    assert isinstance(given.config, PromptConfig) and given.config["note"] == "mine"
+    with pytest.raises(TypeError, match="config must be a PromptConfig or a dict|parameter 'config'"):
+        ICLPrompts(prompts.prompts, task, config=[1, 2])

@@ -55,7 +55,7 @@ def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool
         gold = others[int(rng.integers(len(others)))]
         demos = tuple((_draw(rng, by_class, y, used, task), y) for _, y in p.demos) if resample_demos else p.demos
         out.append(ICLPrompt(demos=demos, query=_draw(rng, by_class, gold, used, task), gold=gold))
-    config = {**prompts.config, "flipped": {"resample_demos": resample_demos, "seed": seed}}
+    config = prompts.config.updated(flipped={"resample_demos": resample_demos, "seed": seed})
     return ICLPrompts(prompts=tuple(out), task=task, config=config)
 
 

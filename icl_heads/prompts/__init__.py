@@ -18,7 +18,7 @@ The package, in the order its modules import each other:
 
 from icl_heads.prompts.batch import PromptBatch, PromptTooLongError, TokenizedPrompts
 from icl_heads.prompts.designs import balanced_sample, fixed_demo_prompts
-from icl_heads.prompts.task import ORDERS, ICLPrompts, ICLTask
+from icl_heads.prompts.task import ORDERS, ICLPrompts, ICLTask, PromptConfig
 from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, render
 from icl_heads.prompts.tokenization import LabelTokenError, label_token_ids, tokenize_prompts, tokenizer_fingerprint
 
@@ -30,6 +30,7 @@ __all__ = [
     "ICLTask",
     "LabelTokenError",
     "PromptBatch",
+    "PromptConfig",
     "PromptTooLongError",
     "TokenizedPrompts",
     "balanced_sample",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from icl_heads.prompts.task import ICLPrompts, ICLTask
+from icl_heads.prompts.task import ICLPrompts, ICLTask, PromptConfig
 from icl_heads.prompts.text import ICLPrompt
 
 
@@ -36,7 +36,7 @@ def fixed_demo_prompts(
         raise ValueError(f"examples {sorted(set(demos) & set(queries))[:5]} are both demonstrations and queries")
     shown = tuple((task.texts[i], task.labels[i]) for i in demos)
     out = tuple(ICLPrompt(demos=shown, query=task.texts[q], gold=task.labels[q]) for q in queries)
-    config = {"n": len(queries), "shots": len(demos), "demos": demos, "fixed_demos": True}
+    config = PromptConfig(n=len(queries), shots=len(demos), demos=demos, fixed_demos=True)
     return ICLPrompts(prompts=out, task=task, config=config)
 
 

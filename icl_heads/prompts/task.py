@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from icl_heads import _checks
 from icl_heads.prompts.batch import TokenizedPrompts
 from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, check_template, render
 from icl_heads.prompts.tokenization import tokenize_prompts
+from icl_heads.records import UNSET, Record
 
 ORDERS = ("random", "blocked", "blocked_reversed", "alternating")
 
@@ -257,7 +258,7 @@ class ICLTask:
             query = picks[int(q)].pop()
             demos = tuple((self.texts[picks[int(c)].pop()], int(c)) for c in demo_classes)
             out.append(ICLPrompt(demos=demos, query=self.texts[query], gold=int(q)))
-        config = {"n": n, "shots": shots, "seed": seed, "counts": counts, "order": order, "gold": gold}
+        config = PromptConfig(n=n, shots=shots, seed=seed, counts=counts, order=order, gold=gold)
         return ICLPrompts(prompts=tuple(out), task=self, config=config)
 
     def _demo_classes(self, rng: np.random.Generator, shots: int, counts, order) -> np.ndarray:
@@ -279,13 +280,49 @@ class ICLTask:
         return classes
 
 
+@dataclass(frozen=True, eq=False, repr=False)
+class PromptConfig(Record):
+    """How a prompt set was drawn (it reads like a dict: ``prompts.config["shots"]``).
+
+    Every key is optional: a design records what defines it. Random sampling
+    (:meth:`ICLTask.prompts`) records ``n, shots, seed, counts, order, gold``; one fixed
+    demonstration set (:func:`~icl_heads.prompts.designs.fixed_demo_prompts`) ``n, shots,
+    demos, fixed_demos``; flipped queries add ``flipped``; a bias condition ``condition``.
+    Other keys are kept in ``extra``.
+    """
+
+    n: int = UNSET
+    shots: int = UNSET
+    seed: int | None = UNSET
+    counts: Any = UNSET
+    order: Any = UNSET
+    gold: Any = UNSET
+    demos: Any = UNSET
+    fixed_demos: bool = UNSET
+    flipped: Any = UNSET
+    condition: str = UNSET
+
+    def updated(self, **changes: Any) -> PromptConfig:
+        """A copy with ``changes`` set (existing keys keep their place)."""
+        return PromptConfig.from_dict({**self, **changes})
+
+
 @dataclass(frozen=True)
 class ICLPrompts:
-    """A set of prompts in text, tied to their task. Tokenize with :meth:`tokenize`."""
+    """A set of prompts in text, tied to their task. Tokenize with :meth:`tokenize`.
+
+    ``config`` says how they were drawn (a :class:`PromptConfig`; a plain dict is converted).
+    """
 
     prompts: tuple[ICLPrompt, ...]
     task: ICLTask
-    config: dict = field(default_factory=dict)
+    config: PromptConfig | Mapping[str, Any] = field(default_factory=PromptConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, PromptConfig):
+            if not isinstance(self.config, Mapping):
+                raise TypeError(f"config must be a PromptConfig or a dict, got {type(self.config).__name__}")
+            object.__setattr__(self, "config", PromptConfig.from_dict(self.config))
 
     def __len__(self) -> int:
         return len(self.prompts)
