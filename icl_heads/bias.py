@@ -50,7 +50,7 @@ from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, interval_of
 
 
 def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
@@ -113,15 +113,8 @@ class MajorityBias(Result):
     provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Majority-label bias"
 
-    @property
-    def bias_ci(self) -> tuple[float, float]:
-        """``(bias.low, bias.high)``: the 95% bootstrap interval of :attr:`bias`."""
-        return self.bias.ci
-
-    @property
-    def prob_bias_ci(self) -> tuple[float, float]:
-        """``(prob_bias.low, prob_bias.high)``."""
-        return self.prob_bias.ci
+    bias_ci = interval_of("bias")
+    prob_bias_ci = interval_of("prob_bias")
 
     def summary(self) -> dict[str, Any]:
         bal = self.df[(self.df.condition == "balanced") & (self.df.gold == "all")]

@@ -33,7 +33,7 @@ from icl_heads.recency import (
 )
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
 
 #: the block gap of a result saved before it was measured
 _NO_GAP = Estimate(float("nan"))
@@ -175,35 +175,12 @@ class RecencyBias(Result):
     blocks: pd.DataFrame | None = None
     _title: ClassVar[str] = "Recency bias"
 
-    @property
-    def bias_ci(self) -> tuple[float, float]:
-        """``(bias.low, bias.high)``: the 95% bootstrap interval of :attr:`bias`."""
-        return self.bias.ci
-
-    @property
-    def order_std_ci(self) -> tuple[float, float]:
-        """``(order_std.low, order_std.high)``."""
-        return self.order_std.ci
-
-    @property
-    def last_label_excess_ci(self) -> tuple[float, float]:
-        """``(last_label_excess.low, last_label_excess.high)``."""
-        return self.last_label_excess.ci
-
-    @property
-    def last_label_pull_ci(self) -> tuple[float, float]:
-        """``(last_label_pull.low, last_label_pull.high)``."""
-        return self.last_label_pull.ci
-
-    @property
-    def sensitivity_ci(self) -> tuple[float, float]:
-        """``(sensitivity.low, sensitivity.high)``."""
-        return self.sensitivity.ci
-
-    @property
-    def block_gap_ci(self) -> tuple[float, float]:
-        """``(block_gap.low, block_gap.high)``."""
-        return self.block_gap.ci
+    bias_ci = interval_of("bias")
+    order_std_ci = interval_of("order_std")
+    last_label_excess_ci = interval_of("last_label_excess")
+    last_label_pull_ci = interval_of("last_label_pull")
+    sensitivity_ci = interval_of("sensitivity")
+    block_gap_ci = interval_of("block_gap")
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -139,6 +139,16 @@ class Estimate(float):
         p.text(repr(self))
 
 
+def interval_of(name: str) -> property:
+    """A read-only ``<name>_ci`` property: ``(low, high)`` of the :class:`Estimate` field ``name``.
+
+    Results keep their old ``*_ci`` pairs this way (``bias_ci = interval_of("bias")``).
+    """
+    return property(
+        lambda self: getattr(self, name).ci, doc=f"``({name}.low, {name}.high)``: the interval of :attr:`{name}`."
+    )
+
+
 def as_estimate(x: Any) -> Estimate:
     """``x`` as an :class:`Estimate` (a plain number becomes a point estimate without interval)."""
     return x if isinstance(x, Estimate) else Estimate(float(x))

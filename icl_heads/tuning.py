@@ -32,7 +32,7 @@ from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
 from icl_heads.tuning_checks import no_change_reason
 
 logger = logging.getLogger("icl_heads")
@@ -223,15 +223,8 @@ class BiasCorrection(Result):
     _title: ClassVar[str] = "Bias correction"
     _legacy_methods: ClassVar[dict[str, str]] = {"reduction": "paired bootstrap", "accuracy_change": "paired bootstrap"}
 
-    @property
-    def reduction_ci(self) -> tuple[float, float]:
-        """``(reduction.low, reduction.high)``: the 95% paired bootstrap interval of :attr:`reduction`."""
-        return self.reduction.ci
-
-    @property
-    def accuracy_change_ci(self) -> tuple[float, float]:
-        """``(accuracy_change.low, accuracy_change.high)``."""
-        return self.accuracy_change.ci
+    reduction_ci = interval_of("reduction")
+    accuracy_change_ci = interval_of("accuracy_change")
 
     def _row(self, metric: str) -> pd.Series:
         return self.df.set_index("metric").loc[metric]
