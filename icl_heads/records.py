@@ -22,7 +22,7 @@ and lets missing keys take their defaults.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -49,14 +49,20 @@ def renamed(key: str, **kwargs: Any) -> Any:
     return field(metadata={"key": key}, **kwargs)
 
 
-def _plain(x: Any) -> Any:
-    """``x`` with records as dicts, tuples as lists and tensor or numpy scalars as numbers (JSON-ready)."""
+def plain(x: Any, encode: Callable[[Any], Any] | None = None) -> Any:
+    """``x`` JSON-ready: records and mappings as dicts, tuples as lists, tensor or numpy scalars as numbers.
+
+    ``encode`` may give the JSON form of a value it knows (``None`` for the others): results
+    save their typed values this way (see :func:`icl_heads.results.json_type`).
+    """
+    if encode is not None and (known := encode(x)) is not None:
+        return known
     if isinstance(x, Record):
         return x.to_dict()
     if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): plain(v, encode) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v, encode) for v in x]
     if isinstance(x, torch.Tensor):
         return x.tolist()
     if hasattr(x, "item") and callable(x.item):
@@ -108,7 +114,7 @@ class Record(Mapping[str, Any]):
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict with the same keys (nested records become dicts)."""
-        return {k: _plain(v) for k, v in self.items()}
+        return {k: plain(v) for k, v in self.items()}
 
     @classmethod
     def from_dict(cls: type[RecordT], data: Mapping[str, Any]) -> RecordT:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from icl_heads._version import __version__
-from icl_heads.records import Provenance, Record
+from icl_heads.records import Provenance, Record, plain
 from icl_heads.stats import Estimate, as_estimate
 
 R = TypeVar("R", bound="Result")
@@ -54,7 +54,7 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> Provenance
     if prompts is not None:
         cfg = dict(getattr(getattr(prompts, "prompts", prompts), "config", {}) or {})
         task = getattr(getattr(prompts, "prompts", prompts), "task", None)
-        out.update(n_prompts=len(prompts), prompt_config=_jsonable(dict(cfg)))
+        out.update(n_prompts=len(prompts), prompt_config=_jsonable(cfg))
         if task is not None:
             out.update(
                 task=task.name,
@@ -67,17 +67,14 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> Provenance
 
 
 def _jsonable(x: Any) -> Any:
+    """``x`` JSON-ready, with the values of :data:`JSON_TYPES` tagged so that :func:`_decode` rebuilds them."""
+    return plain(x, _tagged)
+
+
+def _tagged(x: Any) -> dict[str, Any] | None:
     if type(x).__name__ in JSON_TYPES and hasattr(x, "to_dict"):
         return {"__type__": type(x).__name__, "data": _jsonable(x.to_dict())}
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    if hasattr(x, "item") and callable(x.item):
-        return x.item()
-    return x
+    return None
 
 
 def _decode(x: Any) -> Any:
