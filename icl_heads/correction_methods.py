@@ -28,6 +28,8 @@ from icl_heads.prompts import ICLTask
 
 #: the biases a correction can target, with the shots their measurement uses by default
 BIASES = {"majority": 4, "recency": 8}
+#: the method :func:`~icl_heads.debias.correct_bias` uses for each bias when none is named
+DEFAULT_METHODS = {"majority": "count", "recency": "prior"}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from icl_heads.bias import (
     _check_task,
     resolve_heads,
 )
-from icl_heads.correction_methods import BIASES, CorrectionSetup, correction_method
+from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
 from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
@@ -104,12 +104,10 @@ def correct_bias(
             prior's reference prompts), bad heads, a method the model cannot take
             (``"unrotated"`` without rotary embeddings), or no bias to reduce.
     """
-    if bias not in BIASES:
-        raise ValueError(f"bias must be one of {sorted(BIASES)}, got {bias!r}")
+    spec = correction_method(bias, method if method is not None else DEFAULT_METHODS.get(bias, ""))
     for name, value in (("skews", skews), ("n_random_orders", n_random_orders)):
         if value is not None and _MEASURE_ONLY[name] != bias:
             raise ValueError(f"{name} applies to the {_MEASURE_ONLY[name]} bias only, not to bias={bias!r}")
-    spec = correction_method(bias, method if method is not None else ("count" if bias == "majority" else "prior"))
     grid = spec.grid if grid is None else tuple(float(g) for g in grid)
     if not grid:
         raise ValueError(f"grid is empty; pass values of {spec.parameter} to try, with 0 (no correction) among them")
