@@ -226,14 +226,13 @@ def bootstrap(
     Raises:
         ValueError: ``n`` is not positive, or the statistic is never finite.
     """
-    alpha = _check_level(level)
+    _check_level(level)
     value = float(statistic(np.arange(n)))
     samples = np.array([statistic(idx) for idx in resamples(n, n_boot=n_boot, seed=seed)], dtype=float)
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
         raise ValueError("the statistic is not finite on any bootstrap resample")
-    return Estimate(value, np.quantile(samples, alpha), np.quantile(samples, 1 - alpha), n,
-                    "paired bootstrap" if paired else "bootstrap", level)  # fmt: skip
+    return from_samples(value, samples, n=n, level=level, method="paired bootstrap" if paired else "bootstrap")
 
 
 def from_samples(
