@@ -66,7 +66,7 @@ def resolve_heads(
     """
     if isinstance(check_heads_choice(heads), str):  # "found"
         return default_heads(model, prompts, options=options)
-    out = check_heads(ModelAccess(model, analysis="resolve_heads"), getattr(heads, "heads", heads))
+    out = check_heads(ModelAccess(model, analysis="resolve_heads"), heads)
     if not out:
         raise ValueError('heads is empty; pass (layer, head) pairs or "found" to find the in-context heads')
     return out

@@ -37,13 +37,16 @@ HOWS = ("zero", "mean")
 WHERE = ("all", "final")
 
 
-def head_pairs(heads: Iterable[Sequence[int]]) -> tuple[Head, ...]:
+def head_pairs(heads: Iterable[Sequence[int]] | Any) -> tuple[Head, ...]:
     """``(layer, head)`` pairs of non-negative integers, in order, without repeats (no model needed).
+
+    A result with ``.heads`` (e.g. an ``InContextHeads``) stands for its heads.
 
     Raises:
         TypeError: ``heads`` is not a sequence of pairs.
         ValueError: a pair that is not two non-negative integers (``(1.7, 1)`` is refused, not truncated).
     """
+    heads = getattr(heads, "heads", heads)
     if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
         hint = (
             " ('found' is accepted by the bias measurements and corrections only; pass find_in_context_heads(...)"
@@ -65,8 +68,8 @@ def head_pairs(heads: Iterable[Sequence[int]]) -> tuple[Head, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def check_heads(access: ModelAccess, heads: Iterable[Sequence[int]]) -> tuple[Head, ...]:
-    """Validate ``(layer, head)`` pairs against the model.
+def check_heads(access: ModelAccess, heads: Iterable[Sequence[int]] | Any) -> tuple[Head, ...]:
+    """Validate ``(layer, head)`` pairs (or a result's ``.heads``) against the model.
 
     Raises:
         ValueError: a pair outside the model's layers or heads, or not a pair of integers.

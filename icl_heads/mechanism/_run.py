@@ -19,7 +19,6 @@ def _heads(access: ModelAccess, heads: Any) -> tuple[Head, ...]:
     """``None``: every head; an object with ``.heads`` (e.g. InContextHeads); or (layer, head) pairs."""
     if heads is None:
         return tuple((layer, h) for layer in range(access.n_layers) for h in range(access.n_heads))
-    heads = getattr(heads, "heads", heads)
     out = check_heads(access, heads)
     if not out:
         raise ValueError("no heads given; pass (layer, head) pairs, found.heads, or None for every head")
