@@ -221,7 +221,6 @@ class BiasCorrection(Result):
     provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "Bias correction"
-    _legacy_methods: ClassVar[dict[str, str]] = {"reduction": "paired bootstrap", "accuracy_change": "paired bootstrap"}
 
     reduction_ci = interval_of("reduction")
     accuracy_change_ci = interval_of("accuracy_change")
