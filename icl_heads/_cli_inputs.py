@@ -13,7 +13,6 @@ import difflib
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,27 +85,13 @@ def check_dtype(dtype: str | None) -> None:
 
 
 def check_device(device: str | None) -> str:
-    import torch
+    from icl_heads.models import resolve_device
 
     name = device or "cpu"
     try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cpu":
-        return name
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
-        return name
-    backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
-    if backend is None or not backend.is_available():
-        raise UsageError(f"--device {name}: {dev.type} is not available on this machine; use --device cpu")
-    return name
+        return resolve_device(name) or name
+    except ValueError as err:
+        raise UsageError(f"--device {err.args[0].removeprefix('device ')}") from None
 
 
 def _path_like(ref: str) -> bool:
@@ -144,9 +129,13 @@ def resolve_model(ref: str) -> tuple[str, Any, int | None]:
         return str(folder) if ref != "organism" else ref, tokenizer, _context(config)
     if not _HUB_NAME.match(ref):
         raise UsageError(f"--model {ref!r} is neither a local folder nor a hub name like 'gpt2' or 'org/name'")
-    offline = any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    from icl_heads.models import check_hub_name, hub_offline
+
+    try:
+        check_hub_name(ref)  # offline or unknown: fails in a second or two, not after the hub client's retries
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {ref}: {err}") from None
+    offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=offline)
         config = AutoConfig.from_pretrained(ref, local_files_only=offline)

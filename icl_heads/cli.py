@@ -203,8 +203,8 @@ def _seeds(seed: int) -> dict[str, int]:
     }
 
 
-def run(plan: Plan, argv: list[str]) -> dict:
-    """Load the model and run every section into a temporary folder, moved to ``--out`` on success."""
+def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
+    """Load the model and run every section into ``folder`` (``OUT.incomplete``), moved to ``--out`` on success."""
     import torch
 
     import icl_heads as ih
@@ -218,70 +218,69 @@ def run(plan: Plan, argv: list[str]) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.time()
-    folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
-    with sigterm_raises(), folder as tmp:
-        try:
-            model = ih.load_model(plan.model, device=plan.device, dtype=args.dtype)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
-        faithfulness = ih.check_faithfulness(model)
-        ctx = Context(
-            args=args,
-            model=model,
-            task=plan.task,
-            prompts=plan.prompts,
-            held_out=plan.held_out,
-            out=tmp,
-            summary={
-                "model": args.model,
-                "task": plan.task.name,
-                "shots": plan.shots,
-                "n_prompts": args.n_prompts,
-                "classes": summary_of_classes(plan),
-                "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
-                "unknown_token_share": plan.unknown_token_share,
-                "notes": plan.notes,
-            },
-            options=RunOptions(progress=not args.quiet),
-        )
-        ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
-        prov = run_provenance(
-            argv=argv, model=model, reference=args.model, architecture=faithfulness.architecture, task=plan.task,
-            data=args.data,
-            seeds=_seeds(args.seed), threads=args.threads,
-        )  # fmt: skip
-        report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
-        report.add(_data_section(plan))
-        ledger = CostLedger()
-        for name, fn in SECTIONS:
-            if name in plan.skip:
-                continue
-            t = time.time()
-            logger.info("section %s", name)
-            with count_cost(ledger), ledger.section(name):
-                write_sections(fn(ctx), report, ctx.out, ctx.summary, ctx.results)
-            ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
-        ctx.summary["total_seconds"] = round(time.time() - start, 2)
-        ctx.summary["icl_heads_version"] = ih.__version__
-        verdicts = collect_verdicts(ctx.results)
-        ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
-        ctx.summary["cost"] = ledger.as_dict()
-        prov = dataclasses.replace(
-            prov,
-            cost={
-                "seconds per section": ctx.summary.get("seconds", {}),
-                "total seconds": ctx.summary["total_seconds"],
-                "forward passes": ledger.total.passes,
-                "layer x token evaluations": ledger.total.layer_tokens,
-            },
-        )
-        ctx.summary["provenance"] = prov.to_dict()
-        ctx.summary["faithfulness"] = faithfulness.summary()
-        report.verdicts, report.provenance, report.cost = verdicts, prov.to_dict(), ledger.df
-        ctx.summary["n_figures"] = report.n_figures
-        report.write(tmp / "report.html")
-        (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
-        folder.commit()
+    tmp = folder.tmp
+    try:
+        model = ih.load_model(plan.model, device=plan.device, dtype=args.dtype)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
+    faithfulness = ih.check_faithfulness(model)
+    ctx = Context(
+        args=args,
+        model=model,
+        task=plan.task,
+        prompts=plan.prompts,
+        held_out=plan.held_out,
+        out=tmp,
+        summary={
+            "model": args.model,
+            "task": plan.task.name,
+            "shots": plan.shots,
+            "n_prompts": args.n_prompts,
+            "classes": summary_of_classes(plan),
+            "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
+            "unknown_token_share": plan.unknown_token_share,
+            "notes": plan.notes,
+        },
+        options=RunOptions(progress=not args.quiet),
+    )
+    ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
+    prov = run_provenance(
+        argv=argv, model=model, reference=args.model, architecture=faithfulness.architecture, task=plan.task,
+        data=args.data,
+        seeds=_seeds(args.seed), threads=args.threads,
+    )  # fmt: skip
+    report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
+    report.add(_data_section(plan))
+    ledger = CostLedger()
+    for name, fn in SECTIONS:
+        if name in plan.skip:
+            continue
+        t = time.time()
+        logger.info("section %s", name)
+        with count_cost(ledger), ledger.section(name):
+            write_sections(fn(ctx), report, ctx.out, ctx.summary, ctx.results)
+        ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
+    ctx.summary["total_seconds"] = round(time.time() - start, 2)
+    ctx.summary["icl_heads_version"] = ih.__version__
+    verdicts = collect_verdicts(ctx.results)
+    ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
+    ctx.summary["cost"] = ledger.as_dict()
+    prov = dataclasses.replace(
+        prov,
+        cost={
+            "seconds per section": ctx.summary.get("seconds", {}),
+            "total seconds": ctx.summary["total_seconds"],
+            "forward passes": ledger.total.passes,
+            "layer x token evaluations": ledger.total.layer_tokens,
+        },
+    )
+    ctx.summary["provenance"] = prov.to_dict()
+    ctx.summary["faithfulness"] = faithfulness.summary()
+    report.verdicts, report.provenance, report.cost = verdicts, prov.to_dict(), ledger.df
+    ctx.summary["n_figures"] = report.n_figures
+    report.write(tmp / "report.html")
+    (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
+    folder.commit()
     return ctx.summary
 
 
@@ -306,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
-        plan = validate(args, [name for name, _ in SECTIONS], SECTION_CHECKS)
-        summary = run(plan, argv)
+        folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
+        with sigterm_raises(), folder:  # the lock on --out comes first: two runs on one --out never race
+            plan = validate(args, [name for name, _ in SECTIONS], SECTION_CHECKS)
+            summary = run(plan, argv, folder)
     except UsageError as err:
         if args.debug:
             raise
