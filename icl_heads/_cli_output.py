@@ -286,7 +286,7 @@ class OutputFolder:
             self._lock = None
 
     def __exit__(self, *exc: object) -> None:
-        previous = _ignore_interrupts()  # a second Ctrl-C must not stop the cleanup half-way
+        previous = ignore_interrupts()  # a second Ctrl-C must not stop the cleanup half-way
         try:
             if not self.committed and self._made:
                 shutil.rmtree(self.tmp, ignore_errors=True)
@@ -296,7 +296,7 @@ class OutputFolder:
                     parent.rmdir()
             self.created = []
         finally:
-            _restore_interrupts(previous)
+            restore_interrupts(previous)
 
 
 def _write_marker(marker: Path, out: Path) -> int:
@@ -336,14 +336,16 @@ def _try_lock(fd: int, text: str) -> bool:
     return True
 
 
-def _ignore_interrupts() -> Any:
+def ignore_interrupts() -> Any:
+    """Ignore Ctrl-C (SIGINT) from now on; returns the previous handler (``None`` outside the main thread)."""
     try:
         return signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread
         return None
 
 
-def _restore_interrupts(previous: Any) -> None:
+def restore_interrupts(previous: Any) -> None:
+    """Put back the Ctrl-C handler :func:`ignore_interrupts` returned."""
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
 

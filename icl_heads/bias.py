@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import _check_task, _with_demos, default_heads, resolve_heads  # noqa: F401
+from icl_heads._checks import check_int
 from icl_heads.accuracy import predict
 from icl_heads.configs import MajorityBiasConfig
 from icl_heads.engine import RunOptions, run_options, takes_run_options
@@ -208,7 +209,7 @@ def majority_bias(
 
     Raises:
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
-        ValueError: bad ``shots``/``skews``, or too few examples per class.
+        ValueError: bad ``shots``/``skews``, ``n_boot < 10``, or too few examples per class.
 
     >>> import icl_heads as ih
     >>> mb = majority_bias(ih.load_model("organism"), ih.organism_task(), shots=4, n=40)
@@ -216,6 +217,7 @@ def majority_bias(
     True
     """
     task = _check_task(task)
+    check_int("n_boot", n_boot, minimum=10)
     if n < len(task.classes):
         raise ValueError(
             f"n={n} prompts cannot cover all {len(task.classes)} gold labels; use n >= {len(task.classes)}"

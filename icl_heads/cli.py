@@ -29,7 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
-from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises, write_sections
+from icl_heads._cli_output import (
+    OutputFolder,
+    Terminated,
+    ignore_interrupts,
+    restore_interrupts,
+    sigterm_raises,
+    write_sections,
+)
 from icl_heads._cli_sections import (
     Context,
     _organism_variant,  # noqa: F401  (re-exported: tests and users import it from here)
@@ -301,6 +308,7 @@ def headline(summary: dict, out: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 success, 2 bad input, 130/143 interrupted)."""
+    from_command = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -317,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Terminated) as err:
         if args.debug:
             raise
+        previous = ignore_interrupts()  # a second Ctrl-C while we say so must not print a traceback
         why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
         print(f"icl-heads: {why}; no results written ({args.out} is unchanged)", file=sys.stderr)
+        if not from_command:  # called from Python: give Ctrl-C back; the command keeps ignoring it until it exits
+            restore_interrupts(previous)
         return 130 if isinstance(err, KeyboardInterrupt) else 143
     for line in headline(summary, args.out):
         print(line)

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import _check_task, _with_demos, check_heads_choice, resolve_heads
+from icl_heads._checks import check_int
 from icl_heads.accuracy import predict
 from icl_heads.configs import RecencyBiasConfig
 from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised, run_options, takes_run_options
@@ -242,9 +243,10 @@ def recency_bias(
 
     Raises:
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
-        ValueError: ``shots < 2``, bad heads (``None`` included), or too few examples per class.
+        ValueError: ``shots < 2``, ``n_boot < 10``, bad heads (``None`` included), or too few examples per class.
     """
     check_heads_choice(heads)
+    check_int("n_boot", n_boot, minimum=10)
     access = ModelAccess(model, analysis="recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back
     key = (
