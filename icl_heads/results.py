@@ -317,7 +317,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
             f"format {FORMAT}); re-run the analysis to get it in this format"
         )
     if meta.get("checksum") != _meta_checksum(meta):
-        raise ValueError(f"{file} was changed after the result was saved (its checksum does not match); save it again")
+        raise ValueError(f"{file} was changed after the result was saved (its content does not match its checksum)")
     kinds = {"tables": dict, "tensors": list, "files": dict}
     if any(not isinstance(meta.get(k), t) for k, t in kinds.items()):
         raise ValueError(f"{file} is not the metadata of a saved result; save the result again")
@@ -330,9 +330,15 @@ def _check_file(file: Path, files: dict[str, Any], rows: int | None = None) -> N
     if not isinstance(saved, dict):
         raise ValueError(f"{file}: meta.json records no checksum for it; save the result again")
     if rows is not None and rows != saved.get("rows"):
-        raise ValueError(f"{file} has {rows} rows but the result saved {saved.get('rows')}; save it again")
+        raise ValueError(
+            f"{file} has {rows} rows but meta.json records {saved.get('rows')}: one of them was changed or replaced after "
+            "the result was saved; save it again"
+        )
     if _sha256(file) != saved.get("sha256"):
-        raise ValueError(f"{file} was changed after the result was saved (its checksum does not match); save it again")
+        raise ValueError(
+            f"{file} was changed after the result was saved (its checksum is not the one meta.json records); "
+            "save it again"
+        )
 
 
 def _read_tensors(path: Path, expected: list[str], files: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -340,13 +346,15 @@ def _read_tensors(path: Path, expected: list[str], files: dict[str, Any]) -> dic
     if not expected:
         return {}
     if not file.exists():
-        raise FileNotFoundError(f"{file} is missing; it should hold {expected}")
+        raise FileNotFoundError(f"{file} is missing; meta.json records the tensors {expected} in it")
     try:
         tensors = load_file(str(file))
     except Exception as err:  # safetensors raises its own error types for a truncated or garbled file
         raise ValueError(f"{file} is corrupt ({type(err).__name__}: {err}); save the result again") from None
     if sorted(tensors) != sorted(expected):
-        raise ValueError(f"{file} holds the tensors {sorted(tensors)}, not the saved {expected}; save the result again")
+        raise ValueError(
+            f"{file} holds the tensors {sorted(tensors)}, not the {expected} meta.json records; save it again"
+        )
     _check_file(file, files)
     return tensors
 
@@ -357,7 +365,7 @@ def _read_table(file: Path, dtypes: dict[str, str], files: dict[str, Any] | None
     With ``files`` (the row counts and checksums of ``meta.json``) the file must also match those.
     """
     if not file.exists():
-        raise FileNotFoundError(f"{file} is missing; it holds the table {file.stem!r} of the result")
+        raise FileNotFoundError(f"{file} is missing; meta.json records the table {file.stem!r} of the result in it")
     if not isinstance(dtypes, dict):
         raise ValueError(f"{file.parent / 'meta.json'} does not record the columns of {file.name}; save it again")
     try:
@@ -369,14 +377,16 @@ def _read_table(file: Path, dtypes: dict[str, str], files: dict[str, Any] | None
         else:
             raise ValueError(f"{file} cannot be read as CSV ({err}); save the result again") from None
     if list(df.columns) != list(dtypes):
-        raise ValueError(f"{file} has columns {list(df.columns)} but the result saved {list(dtypes)}; save it again")
+        raise ValueError(f"{file} has columns {list(df.columns)} but meta.json records {list(dtypes)}; save it again")
     for column, dtype in dtypes.items():
         if str(df[column].dtype) == dtype:
             continue
         try:
             df[column] = df[column].astype(dtype)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{file}: column {column!r} does not hold {dtype} values ({err}); save it again") from None
+            raise ValueError(
+                f"{file}: column {column!r} does not hold the {dtype} values meta.json records ({err}); save it again"
+            ) from None
     if files is not None:
         _check_file(file, files, rows=len(df))
     return df
