@@ -37,6 +37,7 @@ from icl_heads._cli_output import (
     sigterm_raises,
     write_sections,
 )
+from icl_heads._cli_progress import LONG_RUN, ProgressLedger, estimate, seconds_per_pass
 from icl_heads._cli_sections import (
     Context,
     _organism_variant,  # noqa: F401  (re-exported: tests and users import it from here)
@@ -48,7 +49,7 @@ from icl_heads._cli_sections import (
     section_mechanism,
 )
 from icl_heads._version import __version__
-from icl_heads.engine import CostLedger, RunOptions, count_cost
+from icl_heads.engine import RunOptions, count_cost
 from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
@@ -258,13 +259,15 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
     )  # fmt: skip
     report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
     report.add(_data_section(plan))
-    ledger = CostLedger()
+    expected = _announce(plan, model)
+    ledger = ProgressLedger(show=not args.quiet)
+    ctx.options = RunOptions(progress=False)  # one bar per section, in prompt passes, instead of batch bars
     for name, fn in SECTIONS:
         if name in plan.skip:
             continue
         t = time.time()
         logger.info("section %s", name)
-        with count_cost(ledger), ledger.section(name):
+        with count_cost(ledger), ledger.progress(name, expected[name]):
             write_sections(fn(ctx), report, ctx.out, ctx.summary, ctx.results)
         ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
     ctx.summary["total_seconds"] = round(time.time() - start, 2)
@@ -289,6 +292,21 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
     (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
     folder.commit()
     return ctx.summary
+
+
+def _announce(plan: Plan, model: object) -> dict[str, int]:
+    """Log an estimate of the whole run before its first section; the prompt passes expected of each section."""
+    from icl_heads.engine import no_reuse
+    from icl_heads.models import ModelAccess
+
+    access = ModelAccess(model, check=False)
+    with no_reuse():  # the timing pass is neither kept nor counted
+        per_pass = seconds_per_pass(model, plan.prompts)
+    names = [name for name, _ in SECTIONS if name not in plan.skip]
+    expected, text = estimate(names, plan.args.n_prompts, access.n_layers * access.n_heads, per_pass)
+    total = sum(expected.values()) * per_pass
+    logger.log(logging.WARNING if total > LONG_RUN else logging.INFO, "%s", text)
+    return expected
 
 
 def headline(summary: dict, out: Path) -> list[str]:

@@ -335,3 +335,43 @@ def test_ctrl_c_never_prints_a_traceback(when, workdir, model_dir):
     assert "Traceback" not in err, err
     assert code in (130, -signal.SIGINT), (code, err)
     assert sorted(p.name for p in workdir.iterdir()) == ["d.csv"]
+
+
+# ---- 12: long work shows an estimate first, then progress that moves -------------------------------------
+
+
+def test_the_estimate_scales_with_prompts_and_heads_and_says_how_to_shrink():
+    from icl_heads._cli_progress import REFERENCE_PASSES, estimate, predicted_passes
+
+    assert predicted_passes("heads", 200, 24) == REFERENCE_PASSES["heads"]
+    assert predicted_passes("heads", 40, 144) == round(REFERENCE_PASSES["heads"] * 40 / 200 * 144 / 24)
+    assert predicted_passes("bias", 100, 144) == round(REFERENCE_PASSES["bias"] / 2)  # no heads loop
+    passes, text = estimate(["accuracy", "heads"], 40, 144, per_pass=0.05)
+    assert passes == {"accuracy": 40, "heads": predicted_passes("heads", 40, 144)}
+    assert "about 25 min" in text and "--n-prompts" in text and "--skip heads" in text
+
+
+def test_each_section_bar_moves_by_the_passes_the_ledger_records():
+    from icl_heads._cli_progress import ProgressLedger
+    from icl_heads.engine import count_cost, record_pass
+
+    ledger = ProgressLedger(show=False)
+    seen = []
+    with count_cost(ledger), ledger.progress("heads", expected=10) as led:
+        for _ in range(4):
+            record_pass(rows=3, tokens=30, layers=2)
+            seen.append(led.done)
+    assert seen == [3, 6, 9, 12]  # every pass moves the bar, past the prediction too
+    assert ledger.as_dict()["heads"] == {"passes": 4, "rows": 12, "tokens": 120, "layer_tokens": 240}
+
+
+def test_the_command_logs_the_estimate_before_the_first_section(workdir, model_dir, caplog):
+    import logging
+
+    (workdir / "d.csv").write_text(GOOD)
+    argv = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", "--n-prompts", "8"]
+    with caplog.at_level(logging.INFO, logger="icl_heads"):
+        assert main([*argv, "--skip", "heads,mechanism,bias,components"]) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    first = next(i for i, m in enumerate(messages) if m.startswith("section "))
+    assert any(m.startswith("estimate: about") and "prompt passes" in m for m in messages[:first]), messages
