@@ -25,9 +25,10 @@ from jaxtyping import Float
 from scipy.stats import spearmanr
 from torch import Tensor
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import ScoreAgreementConfig
-from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
-from icl_heads.models import Head, ModelAccess
+from icl_heads.engine import batches
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
@@ -174,7 +175,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-@takes_run_options
 def compare_head_scores(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -220,6 +220,7 @@ def compare_head_scores(
     >>> len(agreement.df), -1 <= agreement.spearman <= 1
     (6, True)
     """
+    options = run_options(options)
     if method not in CHEAP_METHODS:
         raise ValueError(f"method must be a cheap score, one of {CHEAP_METHODS}; got {method!r}")
     check_ablation_args(how, where, rescore)

@@ -32,7 +32,6 @@ from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
 from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises, write_sections
 from icl_heads._cli_sections import (
     Context,
-    _organism_variant,  # noqa: F401  (re-exported: tests and users import it from here)
     _variant,
     section_accuracy,
     section_bias,
@@ -41,7 +40,8 @@ from icl_heads._cli_sections import (
     section_mechanism,
 )
 from icl_heads._version import __version__
-from icl_heads.engine import CostLedger, RunOptions, count_cost
+from icl_heads.engine import CostLedger, count_cost
+from icl_heads.options import RunOptions
 from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")

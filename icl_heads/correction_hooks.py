@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.models import Head, HookFn, ModelAccess
+from icl_heads.access import Head, HookFn, ModelAccess
 from icl_heads.prompts import PromptBatch
 from icl_heads.slots import positions_with_labels
 

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import InContextHeadsConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.interventions import HeadAblation
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, n_prompts, provenance
@@ -207,7 +207,6 @@ def _accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
     }
 
 
-@takes_run_options
 def verify_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -229,6 +228,7 @@ def verify_heads(
         interval over sets), and ``{label} heads`` (with per-gold-label accuracy
         columns), and the accuracies of the random sets.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="verify_heads")
     tp = access.tokenize(prompts)
     words = tp.prompts.task.label_words
@@ -276,7 +276,6 @@ def verify_heads(
     return pd.DataFrame(rows), rand
 
 
-@takes_run_options
 def find_in_context_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -326,6 +325,7 @@ def find_in_context_heads(
     >>> found.heads, found.names
     (((1, 1),), ['L1H1'])
     """
+    options = run_options(options)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if k is not None:

@@ -19,10 +19,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import _check_task, _with_demos, check_heads_choice, resolve_heads
+from icl_heads.access import Capture, Head, Hooks, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import RecencyBiasConfig
-from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised, run_options, takes_run_options
-from icl_heads.models import Capture, Head, Hooks, ModelAccess
+from icl_heads.engine import batches, digest, intervention_key, memoised
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import (
     _last_label_prob_pull,
@@ -33,7 +34,7 @@ from icl_heads.recency import (
 )
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 
 #: the block gap of a result saved before it was measured
 _NO_GAP = Estimate(float("nan"))
@@ -80,7 +81,6 @@ def recency_prompts(
     }
 
 
-@takes_run_options
 def recency_block_gap(
     model: Any,
     task: ICLTask,
@@ -109,6 +109,7 @@ def recency_block_gap(
     Raises:
         TypeError, ValueError: see :func:`recency_prompts`.
     """
+    options = run_options(options)
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     names = ["blocked", "blocked_reversed"]
     logits = torch.stack([predict(model, orders[k], hooks=hooks, options=options).label_logits for k in names])
@@ -133,8 +134,7 @@ class RecencyBias(Result):
             the prompts' sampling noise removed (see :func:`order_spread`; 0: accuracy
             does not depend on the order). The headline recency bias.
             Every headline number here is an :class:`~icl_heads.stats.Estimate` carrying
-            its 95% bootstrap interval over prompts (``bias.low, bias.high``); ``bias_ci``
-            and the other ``*_ci`` properties give ``(low, high)``.
+            its 95% bootstrap interval over prompts (``bias.low, bias.high``, ``bias.ci``).
         order_std: the raw standard deviation of accuracy over orders; ``order_p`` its
             permutation p-value against shuffling each prompt's results over orders
             (small: accuracy depends on the order).
@@ -175,26 +175,19 @@ class RecencyBias(Result):
     blocks: pd.DataFrame | None = None
     _title: ClassVar[str] = "Recency bias"
 
-    bias_ci = interval_of("bias")
-    order_std_ci = interval_of("order_std")
-    last_label_excess_ci = interval_of("last_label_excess")
-    last_label_pull_ci = interval_of("last_label_pull")
-    sensitivity_ci = interval_of("sensitivity")
-    block_gap_ci = interval_of("block_gap")
-
     def summary(self) -> dict[str, Any]:
         return {
             "block gap (accuracy, query's class block last minus first)": self.block_gap,
-            "block gap 95% CI": tuple(self.block_gap_ci),
+            "block gap 95% CI": self.block_gap.ci,
             "recency bias (accuracy spread over orders beyond chance)": self.bias,
-            "95% CI": tuple(self.bias_ci),
+            "95% CI": self.bias.ci,
             "accuracy std over orders": self.order_std,
-            "std 95% CI": tuple(self.order_std_ci),
+            "std 95% CI": self.order_std.ci,
             "order permutation p": self.order_p,
             "excess last-label predictions": self.last_label_excess,
-            "last-label 95% CI": tuple(self.last_label_excess_ci),
+            "last-label 95% CI": self.last_label_excess.ci,
             "last-label probability pull": self.last_label_pull,
-            "pull 95% CI": tuple(self.last_label_pull_ci),
+            "pull 95% CI": self.last_label_pull.ci,
             "n prompts": len(self.golds),
         }
 
@@ -205,7 +198,6 @@ class RecencyBias(Result):
         return plot_recency_bias(self)
 
 
-@takes_run_options
 def recency_bias(
     model: Any,
     task: ICLTask,
@@ -244,6 +236,7 @@ def recency_bias(
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
         ValueError: ``shots < 2``, bad heads (``None`` included), or too few examples per class.
     """
+    options = run_options(options)
     check_heads_choice(heads)
     access = ModelAccess(model, analysis="recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back

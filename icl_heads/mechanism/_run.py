@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads.access import Capture, Head, ModelAccess
 from icl_heads.interventions import check_heads
-from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import PromptBatch
 
 

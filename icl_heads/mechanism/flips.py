@@ -11,11 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import FlipAnalysisConfig
-from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
+from icl_heads.engine import batches
 from icl_heads.mechanism._maths import _ratio
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions, _reading
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -124,7 +125,6 @@ class FlipAnalysis(Result):
         return plot_flip(self, heads)
 
 
-@takes_run_options
 def flip_analysis(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -161,6 +161,7 @@ def flip_analysis(
         ValueError: misaligned prompt sets, or no pair whose prediction flips.
         TypeError: an unsupported model.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="flip_analysis")
     tp_a = access.tokenize(prompts)
     own_flipped = flipped is not None

@@ -22,8 +22,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import OVLabelFeaturesConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
+from icl_heads.engine import batches
 from icl_heads.interventions import check_heads
 from icl_heads.mechanism._maths import label_metrics, own_vs_rest
 from icl_heads.mechanism._run import (
@@ -38,7 +39,7 @@ from icl_heads.mechanism._run import (
     _shift,
     _token_str,
 )
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -52,7 +53,7 @@ def per_position_ov(
     """Per-position value-output vectors ``v_p W_O`` of ``heads`` and the attention ``A[t, p]`` from the final position.
 
     Args:
-        model: a TransformerLens model or :class:`~icl_heads.models.ModelAccess`.
+        model: a TransformerLens model or :class:`~icl_heads.access.ModelAccess`.
         batch: one batch from :func:`icl_heads.engine.batches`.
         heads: ``(layer, head)`` pairs.
         positions: source positions per prompt (in the batch's padded coordinates).
@@ -139,7 +140,6 @@ class OVLabelFeatures(Result):
         return plot_ov_logit_diff(self, head)
 
 
-@takes_run_options
 def ov_label_features(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -191,6 +191,7 @@ def ov_label_features(
     >>> bool(ov.share("label")["L1H1"] > 0.9)  # label positions promote their own label
     True
     """
+    options = run_options(options)
     if control_offset == 0:
         raise ValueError("control_offset must not be 0 (that is the label position); use e.g. -1 for the separator")
     if top_k < 1 or top_rank < 1:

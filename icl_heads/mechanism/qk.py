@@ -19,12 +19,13 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import QKLabelAttentionConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
+from icl_heads.engine import batches
 from icl_heads.mechanism._maths import _mean, paired_auc, roc_auc, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _predictions, _reading, _shift, _token_str
 from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -88,7 +89,6 @@ class QKLabelAttention(Result):
         return plot_label_attention(self, heads)
 
 
-@takes_run_options
 def qk_label_attention(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -121,6 +121,7 @@ def qk_label_attention(
             others (the comparisons need both); bad heads or prompts.
         TypeError: an unsupported model.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="qk_label_attention")
     tp = access.tokenize(prompts)
     heads = _heads(access, heads)

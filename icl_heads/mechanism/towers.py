@@ -19,11 +19,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads.access import ModelAccess
 from icl_heads.configs import TwoTowerTestConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
+from icl_heads.engine import batches
 from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features, visible_scores
 from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _reading
-from icl_heads.models import ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -107,7 +108,6 @@ def demo_means(values: Float[Tensor, "batch n d"], demo: Tensor, n_demo: int) ->
     return total / onehot.sum(1)[..., None].clamp(min=1.0)
 
 
-@takes_run_options
 def two_tower_test(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -154,6 +154,7 @@ def two_tower_test(
             heads or prompts.
         TypeError: an unsupported model.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="two_tower_test")
     tp = access.tokenize(prompts)
     heads = _heads(access, heads)

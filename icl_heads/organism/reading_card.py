@@ -66,10 +66,10 @@ def choose_setting(model: Any, layout: str, kind: str, *, n: int = 300) -> dict[
         seed = SELECT_SEEDS[kind]
         if kind == "majority":
             res = ih.majority_bias(model, task, shots=shots[kind], n=n, seed=seed)
-            bias, ci = res.bias, res.bias_ci
+            bias, ci = res.bias, res.bias.ci
         else:
             res = ih.recency_bias(model, task, shots=shots[kind], n=n, seed=seed)
-            bias, ci = res.block_gap, res.block_gap_ci
+            bias, ci = res.block_gap, res.block_gap.ci
         row = {"setting": name, "template": template, "max_words": max_words, "noise_rate": noise}
         screened.append({**row, "shots": shots[kind], "bias": float(bias), "ci": [float(c) for c in ci]})
         if float(ci[0]) > 0:
