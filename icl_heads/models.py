@@ -99,7 +99,7 @@ def load_model(
         if not (folder / "config.json").exists():
             raise FileNotFoundError(
                 f"the {name_or_path} checkpoint is missing from {folder}; reinstall icl-heads or retrain it with "
-                "`python -m icl_heads.organism.train --out DIR` and load_model(DIR)"
+                "`python scripts/organism/train.py --out DIR` (in the repository) and load_model(DIR)"
             )
         name_or_path = folder
     if transformer_lens_major() >= 4:

@@ -37,7 +37,7 @@ def two_tower_gpt2_dir(path: str | Path, *, sharpness: float = 1.0, strength: fl
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from icl_heads.organism.train import build_tokenizer
+    from icl_heads.organism.vocab import build_tokenizer
 
     path = Path(path)
     tok = build_tokenizer()

@@ -14,13 +14,9 @@ from icl_heads.engine import count_cost
 from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import recency_bias
 
-# organism.train's batch_size is a training hyperparameter, not how prompts are run
-NOT_ANALYSES = {"icl_heads.organism.train"}
-
 
 def _package_modules() -> list:
-    names = [m.name for m in pkgutil.walk_packages(ih.__path__, "icl_heads.")]
-    return [importlib.import_module(n) for n in names if n not in NOT_ANALYSES]
+    return [importlib.import_module(m.name) for m in pkgutil.walk_packages(ih.__path__, "icl_heads.")]
 
 
 def _public_functions() -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m icl_heads.organism.reading_card --model organism-slot --out FILE.json
+    python scripts/organism/reading_card.py --model organism-slot --out FILE.json
     python scripts/update_reading_card_docs.py FILE.json ...   # writes the numbers into docs/organism.md
 
 The bias corrections are measured in a setting where the bias exists, chosen by a rule

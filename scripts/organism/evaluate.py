@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m icl_heads.organism.evaluate [--model organism] [--n 500] [--out FILE.json]
+    python scripts/organism/evaluate.py [--model organism] [--n 500] [--out FILE.json]
 
 Every number in ``docs/organism.md`` comes from this script (prompts are freshly
 sampled with fixed seeds, none used in training).
