@@ -72,7 +72,7 @@ def resolve_heads(
     return out
 
 
-def _check_task(task: Any) -> ICLTask:
+def check_task(task: Any) -> ICLTask:
     if not isinstance(task, ICLTask):
         raise TypeError(
             f"expected an ICLTask (the measurement samples its own prompt conditions), got {type(task).__name__}; "
@@ -81,7 +81,7 @@ def _check_task(task: Any) -> ICLTask:
     return task
 
 
-def _with_demos(base: ICLPrompts, demos: Sequence[Sequence[tuple[str, int]]], name: str) -> ICLPrompts:
+def with_demos(base: ICLPrompts, demos: Sequence[Sequence[tuple[str, int]]], name: str) -> ICLPrompts:
     """``base`` with each prompt's demonstrations replaced (queries and golds kept)."""
     prompts = tuple(
         ICLPrompt(demos=tuple(d), query=p.query, gold=p.gold) for p, d in zip(base.prompts, demos, strict=True)

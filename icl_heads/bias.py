@@ -33,7 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._bias_common import _check_task, _with_demos
+from icl_heads._bias_common import check_task, with_demos
 from icl_heads.access import Hooks, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import MajorityBiasConfig
@@ -140,7 +140,7 @@ def majority_prompts(
         TypeError: ``task`` is not an ICLTask.
         ValueError: bad ``shots``/``skews``, or too few examples per class.
     """
-    task = _check_task(task)
+    task = check_task(task)
     k = len(task.classes)
     conds = majority_conditions(k, shots, skews)
     pool = max(max(c) for c in conds)
@@ -152,7 +152,7 @@ def majority_prompts(
             rank = [sum(1 for _, y2 in p.demos[:i] if y2 == y) for i, (_, y) in enumerate(p.demos)]
             demos.append([d for d, r in zip(p.demos, rank, strict=True) if r < counts[d[1]]])
         name = _condition_name(counts, task.label_words)
-        prompts = _with_demos(base, demos, name)
+        prompts = with_demos(base, demos, name)
         out[name] = replace(prompts, config=prompts.config.updated(shots=sum(counts), counts=list(counts)))
     return out
 
@@ -202,7 +202,7 @@ def majority_bias(
     True
     """
     options = run_options(options)
-    task = _check_task(task)
+    task = check_task(task)
     if n < len(task.classes):
         raise ValueError(
             f"n={n} prompts cannot cover all {len(task.classes)} gold labels; use n >= {len(task.classes)}"

@@ -39,11 +39,11 @@ from torch import Tensor
 
 from icl_heads.access import Capture, ModelAccess
 from icl_heads.correction_hooks import (
+    Correction,
     CountNormalisation,
     OVCompensation,
     PositionalPrior,
     UnrotatedAttention,
-    _Correction,
 )
 from icl_heads.engine import batches
 from icl_heads.faithfulness import require_pattern_edits
@@ -187,11 +187,11 @@ def positional_prior(
 @contextmanager
 def correcting(
     model: Any,
-    correction: _Correction,
+    correction: Correction,
     label_positions: Int[Tensor, "batch demo"],
     demo_labels: Int[Tensor, "batch demo"],
     final_positions: Int[Tensor, " batch"] | None = None,
-) -> Iterator[_Correction]:
+) -> Iterator[Correction]:
     """Context manager: forward passes of ``model`` inside run with ``correction`` applied.
 
     Args:

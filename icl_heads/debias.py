@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from icl_heads._bias_common import _check_task, resolve_heads
+from icl_heads._bias_common import check_task, resolve_heads
 from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
@@ -104,7 +104,7 @@ def correct_bias(
     grid = spec.grid if grid is None else tuple(float(g) for g in grid)
     if not grid:
         raise ValueError(f"grid is empty; pass values of {spec.parameter} to try, with 0 (no correction) among them")
-    task = _check_task(task)
+    task = check_task(task)
     if seed == tune_seed:
         raise ValueError(
             f"seed and tune_seed are both {seed}; hyperparameters must be chosen on prompts other than the test prompts"

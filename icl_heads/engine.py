@@ -220,7 +220,7 @@ def per_model(cache: weakref.WeakKeyDictionary, model: Any, compute: Callable[[]
     return hit[1]
 
 
-def _model_state(model: Any) -> tuple | None:
+def model_state(model: Any) -> tuple | None:
     """Weights and permanent hooks of ``model``; ``None`` while temporary hooks are attached (nothing is reused)."""
     if any(not getattr(h, "is_permanent", False) for _, h in _forward_hooks(model)):
         return None
@@ -268,7 +268,7 @@ def _memo_table(model: Any, key: tuple) -> collections.OrderedDict | None:
     """The model's table of reusable results, or ``None`` when ``key`` or the model's state rules reuse out."""
     if not _REUSE.get():
         return None
-    state = _model_state(model)
+    state = model_state(model)
     if state is None or any(k is None for k in key):
         return None
     table = _MEMO.get(model)

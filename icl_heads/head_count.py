@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from icl_heads.access import Head, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import HeadCountConfig
-from icl_heads.heads import _accuracy_row, random_head_sets
+from icl_heads.heads import accuracy_row, random_head_sets
 from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
@@ -247,7 +247,7 @@ def ablation_curve(
         n_selected(total, None, k)
         heads = check_heads(access, top_heads(scores, k))
         pred = predict(access, tp, hooks=HeadAblation(heads), options=quiet)
-        rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
+        rows.append(accuracy_row("found", pred) | {"k": k, "kind": "found"})
         accs = [
             float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
             for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)

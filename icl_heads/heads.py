@@ -194,7 +194,7 @@ def random_head_sets(n_layers: int, n_heads: int, size: int, n_sets: int, seed: 
     return [tuple(divmod(int(i), n_heads) for i in rng.choice(total, size, replace=False)) for _ in range(n_sets)]
 
 
-def _accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
+def accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
     correct = pred.correct.float().numpy()
     acc = bootstrap_mean(correct, value=float(correct.mean()))
     return {
@@ -255,8 +255,8 @@ def verify_heads(
     )
     random_acc = from_samples(float(rand.mean()), rand.numpy())
     rows = [
-        _accuracy_row("none", base, **per_gold(base)),
-        _accuracy_row(
+        accuracy_row("none", base, **per_gold(base)),
+        accuracy_row(
             "found heads",
             found,
             rank_p=empirical_p(float(found.correct.float().mean()), rand.numpy()),
@@ -272,7 +272,7 @@ def verify_heads(
     ]
     for label, hs in heads_by_label.items():
         pred = run(HeadAblation(hs))
-        rows.append(_accuracy_row(f"{label} heads", pred, **per_gold(pred)))
+        rows.append(accuracy_row(f"{label} heads", pred, **per_gold(pred)))
     return pd.DataFrame(rows), rand
 
 

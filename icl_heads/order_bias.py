@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._bias_common import _check_task, _with_demos, check_heads_choice, resolve_heads
+from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads, with_demos
 from icl_heads.access import Capture, Head, Hooks, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import RecencyBiasConfig
@@ -26,9 +26,9 @@ from icl_heads.engine import batches, digest, intervention_key, memoised
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import (
-    _last_label_prob_pull,
     block_gaps,
     block_table,
+    last_label_prob_pull,
     order_permutation_p,
     order_spread,
 )
@@ -67,14 +67,14 @@ def recency_prompts(
         TypeError: ``task`` is not an ICLTask.
         ValueError: ``shots < 2`` or too few examples per class.
     """
-    task = _check_task(task)
+    task = check_task(task)
     if shots < 2:
         raise ValueError(f"recency needs at least 2 demonstrations to reorder, got shots={shots}")
     base = task.prompts(n, shots=shots, seed=seed, order="random")
     rng = np.random.default_rng(seed)
     perms = [demo_orders([y for _, y in p.demos], n_random_orders, rng) for p in base.prompts]
     return {
-        name: _with_demos(
+        name: with_demos(
             base, [[p.demos[i] for i in perm[name]] for p, perm in zip(base.prompts, perms, strict=True)], name
         )
         for name in perms[0]
@@ -285,7 +285,7 @@ def _recency_bias(
     pred = label_logits.argmax(-1)
     correct = (pred == golds[None]).float()
     per_prompt = ((pred == last_labels).float() - (golds[None] == last_labels).float()).mean(0)
-    per_prompt_prob = _last_label_prob_pull(label_logits.softmax(-1), last_labels)
+    per_prompt_prob = last_label_prob_pull(label_logits.softmax(-1), last_labels)
     accs = correct.mean(1)
     boot = resamples(n, n_boot=n_boot, seed=seed)
     resampled = correct.numpy()[:, boot]  # [order, boot, prompt]

@@ -85,7 +85,7 @@ def _per_prompt_fast(
     return lpi, dla
 
 
-def _per_prompt_ablation(
+def per_prompt_ablation(
     access: ModelAccess,
     batch: PromptBatch,
     label_ids: Tensor,
@@ -217,7 +217,7 @@ def score_heads(
             if "dla" in methods:
                 put("dla", batch, dla)
         if "ablation" in methods:
-            drop = _per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
+            drop = per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
             put("ablation", batch, drop)
         if "attribution" in methods:
             first = "attribution" not in out
@@ -228,7 +228,7 @@ def score_heads(
         chosen = largest_heads(out["attribution"].mean(0), min(rescore, access.n_layers * access.n_heads))
         exact = torch.zeros_like(out["attribution"])
         for batch in batches(access, tp, run_options(options, progress=False), by_length=True):
-            exact[batch.index] = _per_prompt_ablation(
+            exact[batch.index] = per_prompt_ablation(
                 access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
             )
         for layer, h in chosen:

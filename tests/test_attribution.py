@@ -83,7 +83,7 @@ def test_final_position_mean_ablation_estimate_is_exact_to_first_order(any_model
     step = torch.randn(z.shape, generator=torch.Generator().manual_seed(0)) * 1e-2 * z.abs().mean()
     means = z + step
     est = attribution.per_prompt_attribution(access, batch, label_ids, how="mean", where="final", means=means)
-    exact = ih.scoring._per_prompt_ablation(access, batch, label_ids, 8, how="mean", where="final", means=means)
+    exact = ih.scoring.per_prompt_ablation(access, batch, label_ids, 8, how="mean", where="final", means=means)
     scale = float(exact.abs().max())
     assert scale > 0
     torch.testing.assert_close(est, exact, rtol=0.05, atol=0.05 * scale)
@@ -101,7 +101,7 @@ def test_exact_variants_match_the_intervention_module(any_model, task):
         for where in ("all", "final"):
             means = head_means(access, tp, where=where) if how == "mean" else None
             heads = ((0, 1), (1, 2))
-            got = ih.scoring._per_prompt_ablation(
+            got = ih.scoring.per_prompt_ablation(
                 access, batch, label_ids, 2, heads=heads, how=how, where=where, means=means
             )
             for head in heads:

@@ -8,8 +8,8 @@ from icl_heads.bias import MajorityBias, majority_bias, majority_conditions, maj
 from icl_heads.options import RunOptions
 from icl_heads.order_bias import (
     RecencyBias,
-    _last_label_prob_pull,
     demo_orders,
+    last_label_prob_pull,
     order_permutation_p,
     order_spread,
     recency_bias,
@@ -95,7 +95,7 @@ def test_last_label_probability_pull():
     # two orders of one prompt: label 0 last, then label 1 last; p(label 0) 0.8 then 0.4
     probs = torch.tensor([[[0.8, 0.2]], [[0.4, 0.6]]])
     last = torch.tensor([[0], [1]])
-    torch.testing.assert_close(_last_label_prob_pull(probs, last), torch.tensor([0.4]))
+    torch.testing.assert_close(last_label_prob_pull(probs, last), torch.tensor([0.4]))
 
 
 # ---- measurements on tiny models -------------------------------------------------------------
