@@ -49,7 +49,7 @@ def seconds_per_pass(model: Any, prompts: Any, n: int = 16) -> float:
     The first pass warms the model up and is not timed.
     """
     from icl_heads.accuracy import predict
-    from icl_heads.engine import RunOptions
+    from icl_heads.options import RunOptions
 
     sample = prompts[: min(n, len(prompts))]
     quiet = RunOptions(progress=False)

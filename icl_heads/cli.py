@@ -19,7 +19,6 @@ tables and the summary.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -40,7 +39,6 @@ from icl_heads._cli_output import (
 from icl_heads._cli_progress import LONG_RUN, ProgressLedger, estimate, seconds_per_pass
 from icl_heads._cli_sections import (
     Context,
-    _organism_variant,  # noqa: F401  (re-exported: tests and users import it from here)
     _variant,
     section_accuracy,
     section_bias,
@@ -49,7 +47,8 @@ from icl_heads._cli_sections import (
     section_mechanism,
 )
 from icl_heads._version import __version__
-from icl_heads.engine import RunOptions, count_cost
+from icl_heads.engine import count_cost
+from icl_heads.options import RunOptions
 from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
@@ -275,18 +274,15 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
     verdicts = collect_verdicts(ctx.results)
     ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
     ctx.summary["cost"] = ledger.as_dict()
-    prov = dataclasses.replace(
-        prov,
-        cost={
-            "seconds per section": ctx.summary.get("seconds", {}),
-            "total seconds": ctx.summary["total_seconds"],
-            "forward passes": ledger.total.passes,
-            "layer x token evaluations": ledger.total.layer_tokens,
-        },
-    )
-    ctx.summary["provenance"] = prov.to_dict()
+    cost = {
+        "seconds per section": ctx.summary.get("seconds", {}),
+        "total seconds": ctx.summary["total_seconds"],
+        "forward passes": ledger.total.passes,
+        "layer x token evaluations": ledger.total.layer_tokens,
+    }
+    ctx.summary["provenance"] = {**prov.to_dict(), "cost": cost}
     ctx.summary["faithfulness"] = faithfulness.summary()
-    report.verdicts, report.provenance, report.cost = verdicts, prov.to_dict(), ledger.df
+    report.verdicts, report.provenance, report.cost = verdicts, ctx.summary["provenance"], ledger.df
     ctx.summary["n_figures"] = report.n_figures
     report.write(tmp / "report.html")
     (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
@@ -296,10 +292,10 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
 
 def _announce(plan: Plan, model: object) -> dict[str, int]:
     """Log an estimate of the whole run before its first section; the prompt passes expected of each section."""
+    from icl_heads.access import ModelAccess
     from icl_heads.engine import no_reuse
-    from icl_heads.models import ModelAccess
 
-    access = ModelAccess(model, check=False)
+    access = ModelAccess(model)
     with no_reuse():  # the timing pass is neither kept nor counted
         per_pass = seconds_per_pass(model, plan.prompts)
     names = [name for name, _ in SECTIONS if name not in plan.skip]

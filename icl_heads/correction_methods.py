@@ -23,9 +23,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from icl_heads._checks import check_grid
+from icl_heads.access import Head
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
-from icl_heads.engine import RunOptions, run_options
-from icl_heads.models import Head, Hooks
+from icl_heads.engine import Hooks
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
 
 #: the biases a correction can target, with the shots their measurement uses by default
