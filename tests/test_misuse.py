@@ -220,6 +220,8 @@ def test_n_random_is_named_and_zero_shot_prompts_are_refused(organism):
     prompts = ih.organism_task().prompts(8, 4, seed=0)
     with pytest.raises(ValueError, match="n_random must be an integer >= 2, got 0"):
         ih.find_in_context_heads(organism, prompts, n_random=0)
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*63, got 18446744073709551616"):
+        ih.find_in_context_heads(organism, prompts, seed=2**64)
     with pytest.raises(ValueError, match="has no demonstrations.*shots >= 1"):
         ih.find_in_context_heads(organism, ih.organism_task().prompts(8, 0, seed=0), verify=False)
 
