@@ -31,7 +31,7 @@ from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
 from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises, write_sections
 from icl_heads._cli_sections import (
     Context,
-    _variant,
+    task_variant,
     section_accuracy,
     section_bias,
     section_components,
@@ -143,7 +143,7 @@ def check_bias(plan: Plan) -> None:
             f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
             f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
         )
-    task, _ = _variant(plan.args, plan.task, "bias")
+    task, _ = task_variant(plan.args, plan.task, "bias")
     try:
         majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
     except ValueError as err:
@@ -154,7 +154,7 @@ def check_bias(plan: Plan) -> None:
 
 def check_components(plan: Plan) -> None:
     """Before the model loads: each class has the examples the reweighting protocol draws (test queries + 24)."""
-    task, _ = _variant(plan.args, plan.task, "components")
+    task, _ = task_variant(plan.args, plan.task, "components")
     k, n_test, labelled = len(task.classes), max(plan.args.n_prompts // 2, 8), 24
     need = math.ceil(n_test / k) + math.ceil(labelled / k)
     for c, word in enumerate(task.classes):
