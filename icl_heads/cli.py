@@ -31,12 +31,12 @@ from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
 from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises, write_sections
 from icl_heads._cli_sections import (
     Context,
-    task_variant,
     section_accuracy,
     section_bias,
     section_components,
     section_heads,
     section_mechanism,
+    task_variant,
 )
 from icl_heads._version import __version__
 from icl_heads.engine import CostLedger, count_cost
