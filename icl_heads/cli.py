@@ -39,12 +39,12 @@ from icl_heads._cli_output import (
 from icl_heads._cli_progress import LONG_RUN, ProgressLedger, estimate, seconds_per_pass
 from icl_heads._cli_sections import (
     Context,
-    _variant,
     section_accuracy,
     section_bias,
     section_components,
     section_heads,
     section_mechanism,
+    task_variant,
 )
 from icl_heads._version import __version__
 from icl_heads.engine import count_cost
@@ -151,7 +151,7 @@ def check_bias(plan: Plan) -> None:
             f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
             f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
         )
-    task, _ = _variant(plan.args, plan.task, "bias")
+    task, _ = task_variant(plan.args, plan.task, "bias")
     try:
         majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
     except ValueError as err:
@@ -162,7 +162,7 @@ def check_bias(plan: Plan) -> None:
 
 def check_components(plan: Plan) -> None:
     """Before the model loads: each class has the examples the reweighting protocol draws (test queries + 24)."""
-    task, _ = _variant(plan.args, plan.task, "components")
+    task, _ = task_variant(plan.args, plan.task, "components")
     k, n_test, labelled = len(task.classes), max(plan.args.n_prompts // 2, 8), 24
     need = math.ceil(n_test / k) + math.ceil(labelled / k)
     for c, word in enumerate(task.classes):
