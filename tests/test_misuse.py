@@ -203,6 +203,12 @@ def test_correction_grid_values_must_be_finite_and_in_range(grid, organism):
         ih.correct_majority_bias(organism, task, heads=[(1, 1)], n=20, tune_n=10, grid=grid)
 
 
+@pytest.mark.parametrize("drop", [float("nan"), -0.1, 2.0])
+def test_max_accuracy_drop_must_be_a_share(drop, organism):
+    with pytest.raises(ValueError, match=r"max_accuracy_drop is .*finite number in \[0, 1\]"):
+        ih.correct_majority_bias(organism, ih.organism_task(), heads=[(1, 1)], n=20, tune_n=10, max_accuracy_drop=drop)
+
+
 def test_a_registered_method_grid_is_checked_too():
     from icl_heads.correction_methods import CorrectionMethod
 
