@@ -383,3 +383,16 @@ def test_the_command_logs_the_estimate_before_the_first_section(workdir, model_d
     messages = [r.getMessage() for r in caplog.records]
     first = next(i for i, m in enumerate(messages) if m.startswith("section "))
     assert any(m.startswith("estimate: about") and "prompt passes" in m for m in messages[:first]), messages
+
+
+def test_results_kept_after_a_clash_are_not_replaced_by_the_next_run(workdir, model_dir, capsys, monkeypatch):
+    (workdir / "d.csv").write_text(GOOD)
+    kept = workdir / "out.incomplete"
+    (kept / "results").mkdir(parents=True)
+    (kept / "INCOMPLETE").write_text("1\nAn icl-heads run finished but its results were not moved: out/report.html\n")
+    (kept / "report.html").write_text("finished")
+    before = _tree(workdir)
+    argv = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", *FAST]
+    code, err = _refused(argv, capsys, monkeypatch)
+    _one_line(code, err, r"out\.incomplete holds the finished results of an earlier run")
+    assert _tree(workdir) == before
