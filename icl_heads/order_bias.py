@@ -32,7 +32,7 @@ from icl_heads.recency import (
     order_permutation_p,
     order_spread,
 )
-from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.records import Provenance, Record, check_positive
 from icl_heads.results import Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 
@@ -45,11 +45,11 @@ _NO_GAP = Estimate(float("nan"))
 class RecencyBiasConfig(Record):
     """Arguments of :func:`~icl_heads.recency_bias`."""
 
-    shots: int = UNSET
-    n: int = UNSET
-    seed: int = UNSET
-    n_random_orders: int = UNSET
-    hooked: bool = UNSET
+    shots: int = 4
+    n: int = 200
+    seed: int = 0
+    n_random_orders: int = 4
+    hooked: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "shots", "n")

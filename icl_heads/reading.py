@@ -80,8 +80,8 @@ class ReadingInfo(Record):
 class ReadingRolesConfig(Record):
     """Arguments of :func:`~icl_heads.reading.reading_roles`."""
 
-    n_boot: int = UNSET
-    seed: int = UNSET
+    n_boot: int = 1000
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "n_boot")
