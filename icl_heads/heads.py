@@ -357,6 +357,8 @@ def find_in_context_heads(
         fraction = None
     if verify:
         check_int("n_random", n_random, minimum=2)  # the random-heads interval needs two sets or more
+        if check_int("seed", seed, minimum=0) >= 2**63:  # torch's generator of the random head sets takes 64 bits
+            raise ValueError(f"seed must be below 2**63, got {seed}")
     access = faithful_access(model, "find_in_context_heads")
     tp = access.tokenize(prompts)
     zero_shot = [i for i, p in enumerate(tp.prompts.prompts) if not p.demos]
