@@ -46,14 +46,17 @@ D_MODEL, N_HEADS, N_POS = 128, 32, 256
 D_HEAD = D_MODEL // N_HEADS
 #: Named directions of the residual stream (each mean zero, orthonormal).
 FEATURES = (
-    "const", "pad", "word", "label", "newline", "cls_k", "cls_q", "pol", "pos", "pos_c",
-    "m_k", "m_q", "m_pol", "answer", "relay",
+    "const", "pad", "word", "label", "newline", "cls_k", "cls_q", "cls_qc", "pol", "pos", "pos_c",
+    "m_k", "m_q", "m_qc", "m_pol", "answer", "relay",
 )  # fmt: skip
 WORDS = (TOPICS["sport"], TOPICS["food"])
 #: Word strength of a *weak* word (the first WEAK words of each class in the bias models).
-WEAK, WEAK_STRENGTH = 4, 0.025
-MATCH, BONUS, RECENCY, TOKEN_NORM, KAPPA = 20.0, 60.0, 0.3, 2.0, 7.0
-_MOVER = (((None, "word", 20.0), (None, "pos", 3.0 * N_POS)), (("cls_k", "m_k", 0.5), ("cls_q", "m_q", 0.5)))
+WEAK, WEAK_STRENGTH = 4, 0.015
+MATCH, BONUS, RECENCY, TOKEN_NORM, KAPPA = 20.0, 60.0, 0.1, 2.0, 7.0
+_MOVER = (
+    ((None, "word", 20.0), (None, "pos", 3.0 * N_POS)),
+    tuple((f"cls_{f}", f"m_{f}", 0.5) for f in ("k", "q", "qc")),
+)
 _LABEL_MOVER = (((None, "label", 20.0), (None, "pos", 3.0 * N_POS)), (("pol", "m_pol", 0.5),))
 
 
@@ -188,7 +191,9 @@ def _state(name: str, tok) -> tuple[dict[str, torch.Tensor], int]:
         for c, ws in enumerate(WORDS):
             if word in ws:
                 sign = 1.0 - 2 * c
-                vec += e["word"] + sign * e["cls_k"] + sign * (WEAK_STRENGTH if word in weak else 1.0) * e["cls_q"]
+                q = WEAK_STRENGTH if word in weak else 1.0
+                # the complement cls_qc keeps every word's norm, so layer norm scales all positions alike
+                vec += e["word"] + sign * e["cls_k"] + sign * q * e["cls_q"] + (1 - q**2) ** 0.5 * e["cls_qc"]
         if word in ("foo", "bar"):
             vec += e["label"] + (1.0 if word == "foo" else -1.0) * e["pol"]
         if word == "\n":

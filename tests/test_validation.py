@@ -137,3 +137,28 @@ def test_deep_head_acts_only_through_the_later_attention(models):
         return pattern
 
     assert _accuracy(model, tokens, golds, [_zero(l1, h1), (f"blocks.{l2}.attn.hook_pattern", frozen)]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "truth_of"),
+    [
+        # majority: a weak query whose class is the minority is answered with the majority label
+        ("majority", {"counts": (1, 3), "gold": 0}, lambda weak: 1.0 - weak),
+        ("majority", {"counts": (2, 2)}, lambda weak: torch.ones_like(weak)),
+        # recency: a weak query follows the last block of demonstrations, whatever its class
+        ("recency", {"order": "blocked", "gold": 1}, lambda weak: torch.ones_like(weak)),
+        ("recency", {"order": "blocked", "gold": 0}, lambda weak: 1.0 - weak),
+    ],
+)
+def test_planted_bias_decides_exactly_the_weak_queries(models, name, kw, truth_of):
+    """Which queries the planted bias flips, prompt by prompt; the true bias sizes follow from the weak share."""
+    model, truth = models[name], ground_truth(name)
+    prompts = validation_task(name).prompts(n=120, shots=4, seed=2, **kw)
+    golds = torch.tensor([p.gold for p in prompts.prompts])
+    weak = torch.tensor([float(p.query in truth.weak_words) for p in prompts.prompts])
+    assert 0 < weak.mean() < 1
+    correct = ((_margin(model, _tokens(model, prompts)) <= 0).long() == golds).float()
+    torch.testing.assert_close(correct, truth_of(weak))
+    share = len(truth.weak_words) / len(validation_task(name).texts)
+    true = {"majority": share / 2, "recency": share}[name]  # see GroundTruth: excess rate / block gap
+    assert (truth.majority_bias if name == "majority" else truth.recency_bias) == pytest.approx(true)
