@@ -82,6 +82,8 @@ class GroundTruth:
             (default skews and shots), or ``None`` when the model has none by construction.
         recency_bias: the true ``block_gap`` of :func:`~icl_heads.bias.recency_bias`, or ``None``.
         corrections: bias -> the correction method that inverts the planted mechanism.
+        needed: the fewest heads whose ablation brings accuracy to chance (all of them
+            are planted heads): 2 for ``redundant``, else 1.
         weak_words: the words whose class feature the query side barely sees.
         description: one line on the mechanism.
     """
@@ -94,6 +96,7 @@ class GroundTruth:
     majority_bias: float | None = None
     recency_bias: float | None = None
     corrections: dict[str, str] = field(default_factory=dict)
+    needed: int = 1
     weak_words: tuple[str, ...] = ()
     description: str = ""
 
@@ -109,7 +112,7 @@ MODELS: dict[str, tuple[GroundTruth, dict]] = {
         {(1, 17): _icl()},
     ),
     "redundant": (
-        GroundTruth("redundant", ((1, 5), (1, 22)), "label", 2, _MOVERS,
+        GroundTruth("redundant", ((1, 5), (1, 22)), "label", 2, _MOVERS, needed=2,
                     description="two identical in-context heads, each sufficient alone"),
         {(1, 5): _icl(), (1, 22): _icl()},
     ),

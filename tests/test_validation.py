@@ -162,3 +162,106 @@ def test_planted_bias_decides_exactly_the_weak_queries(models, name, kw, truth_o
     share = len(truth.weak_words) / len(validation_task(name).texts)
     true = {"majority": share / 2, "recency": share}[name]  # see GroundTruth: excess rate / block gap
     assert (truth.majority_bias if name == "majority" else truth.recency_bias) == pytest.approx(true)
+
+
+# ---- the analyses against the ground truth ---------------------------------------------------------------------
+OPTIONS = ih.RunOptions(progress=False)
+
+
+def _verdict(found) -> str:
+    from icl_heads.verdicts import collect_verdicts
+
+    return next(v.state for v in collect_verdicts({"heads": found}) if v.claim == "a few heads carry ICL")
+
+
+@pytest.mark.parametrize("method", ["ablation", "logprob_increase"])
+def test_finder_top_one_percent_is_the_planted_head_on_sparse(models, method):
+    truth = ground_truth("sparse")
+    task = validation_task("sparse")
+    found = ih.find_in_context_heads(
+        models["sparse"], task.prompts(n=48, shots=4, seed=3), method=method, also=(),
+        verify_prompts=task.prompts(n=48, shots=4, seed=4), options=OPTIONS,
+    )  # fmt: skip
+    assert found.heads == truth.heads
+    assert found.ablated_accuracy.value == pytest.approx(0.5, abs=0.05)
+    assert found.random_ablated_accuracy.value > 0.99
+    assert _verdict(found) == "holds"
+
+
+def test_heads_needed_finds_exactly_the_redundant_pair(models):
+    model, truth, task = models["redundant"], ground_truth("redundant"), validation_task("redundant")
+    found = ih.find_in_context_heads(model, task.prompts(n=48, shots=4, seed=3), also=(), options=OPTIONS)
+    assert _verdict(found) != "holds"  # one of two backup heads: ablating it changes nothing
+    count = ih.heads_needed(model, task.prompts(n=48, shots=4, seed=4), found, n_random=2, options=OPTIONS)
+    assert count.k_greedy == 2
+    assert set(count.greedy_heads) == set(truth.heads)
+
+
+def test_reading_roles_and_mechanism_read_after_the_label(models):
+    model, truth = models["after_label"], ground_truth("after_label")
+    prompts = validation_task("after_label").prompts(n=32, shots=4, seed=3)
+    reads = ih.reading_roles(model, prompts, options=OPTIONS).reads(list(truth.heads))
+    assert list(reads.read_at) == ["after_label"] == [truth.read_at]
+    assert list(reads.role) == ["after_label"]
+    ov = ih.ov_label_features(model, prompts, list(truth.heads), options=OPTIONS).summary()
+    qk = ih.qk_label_attention(model, prompts, list(truth.heads), options=OPTIONS).summary()
+    assert ov["read at"] == qk["read at"] == "after_label"
+    assert ov["L1H9: label positions promoting their label"] == 1.0
+
+
+def test_attribution_misses_the_deep_head_that_ablation_finds(models):
+    """L1H12 acts through L2H3's attention (saturated softmax): first-order attribution sees almost nothing."""
+    from icl_heads.recovery import head_recovery
+
+    truth = ground_truth("deep")
+    prompts = validation_task("deep").prompts(n=32, shots=4, seed=3)
+    scores = ih.score_heads(models["deep"], prompts, methods=("ablation", "attribution", "dla"), options=OPTIONS)
+    ablation = head_recovery(scores["ablation"].mean(0), truth.heads)
+    assert ablation["precision"] == 1.0 and ablation["auroc"] == 1.0
+    for method in ("attribution", "dla"):
+        assert head_recovery(scores[method].mean(0), truth.heads)["missed"] == ["L1H12"]
+
+
+def test_head_recovery_scores_a_hand_made_ranking():
+    from icl_heads.recovery import head_recovery
+
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.0]])
+    got = head_recovery(scores, [(0, 0), (1, 2)])
+    assert got["auroc"] == pytest.approx(4 / 8)  # of 2 x 4 pairs, (0, 0) wins all four and (1, 2) none
+    assert got["precision"] == 0.5 and got["recovered"] == ["L0H0"] and got["missed"] == ["L1H2"]
+    with pytest.raises(ValueError, match="some but not all"):
+        head_recovery(scores, [])
+
+
+@pytest.mark.parametrize("name", ["majority", "recency"])
+def test_bias_interval_covers_the_planted_bias(models, name):
+    truth, task = ground_truth(name), validation_task(name)
+    if name == "majority":
+        est, true = ih.majority_bias(models[name], task, n=120, seed=5, options=OPTIONS).bias, truth.majority_bias
+    else:
+        rb = ih.recency_bias(models[name], task, n=120, seed=5, heads=list(truth.heads), options=OPTIONS)
+        est, true = rb.block_gap, truth.recency_bias
+    assert est.low <= true <= est.high
+    assert est.high - est.low < 0.25  # informative, not merely wide
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["majority", "recency"])
+def test_targeting_correction_removes_the_planted_bias(models, name):
+    truth, task = ground_truth(name), validation_task(name)
+    kind = "majority" if truth.majority_bias is not None else "recency"
+    correct = ih.correct_majority_bias if kind == "majority" else ih.correct_recency_bias
+    fix = correct(models[name], task, method=truth.corrections[kind], heads=list(truth.heads), options=OPTIONS)
+    summary = fix.summary()
+    assert summary["reduction %"].value >= 80
+    assert summary["balanced accuracy before"] - summary["balanced accuracy after"] <= 0.01
+
+
+@pytest.mark.slow
+def test_bias_intervals_cover_the_truth_in_18_of_20_seeds():
+    from icl_heads.recovery import recovery_table
+
+    table = recovery_table(["majority", "recency"], seeds=20)
+    coverage = table[table.check.str.contains("covers")]
+    assert len(coverage) == 2
+    assert coverage.ok.all(), coverage.to_string()
