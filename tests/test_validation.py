@@ -7,6 +7,8 @@ the models do, and the analyses are then judged against it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -265,3 +267,19 @@ def test_bias_intervals_cover_the_truth_in_18_of_20_seeds():
     coverage = table[table.check.str.contains("covers")]
     assert len(coverage) == 2
     assert coverage.ok.all(), coverage.to_string()
+
+
+def test_cli_takes_a_validation_model_and_its_task():
+    import argparse
+
+    from icl_heads._cli_inputs import load_task, resolve_model
+    from icl_heads._cli_output import UsageError
+
+    ref, tokenizer, n_ctx = resolve_model("validation:sparse")
+    assert Path(ref).name.startswith("sparse-") and (Path(ref) / "config.json").exists()
+    assert tokenizer.convert_tokens_to_ids("foo") != tokenizer.unk_token_id and n_ctx == 256
+    args = argparse.Namespace(data=None, task="validation:sparse", classes=None, label_words=None, seed=0)
+    task, _ = load_task(args)
+    assert task.label_words == ("foo", "bar") and len(task.texts) == 20
+    with pytest.raises(UsageError, match="unknown validation model"):
+        load_task(argparse.Namespace(data=None, task="validation:nope", classes=None, label_words=None, seed=0))
