@@ -1,4 +1,4 @@
-"""Validation models: small transformers whose in-context mechanism is set by hand, and what the methods recover.
+"""Validation models: small transformers whose in-context mechanism is set by hand (scored in :mod:`icl_heads.recovery`).
 
 Every analysis here is exact on any model, but exact is not right: only a model whose
 mechanism is known says whether the finder finds *the* heads, whether reading roles name
@@ -22,7 +22,13 @@ words leaves it as accurate. The residual stream is a set of named mean-zero dir
 * the in-context head(s) attend from the last position to the label tokens (or the
   newline after them) whose moved class matches the query's, and write their label's
   polarity to ``answer``, which the unembedding reads as ``foo`` minus ``bar``;
+* ``deep``: the in-context head writes to ``relay`` instead, which L2H3 uses as its query
+  to pick the labels of that polarity; ``majority``/``recency``: weak query words (a
+  ``cls_q`` of strength :data:`WEAK_STRENGTH`; ``cls_qc`` keeps every word's norm) leave the
+  head's attention to label counts or to a linear positional prior;
 * every other head and every MLP writes exactly nothing.
+
+``docs/validation.md`` explains the construction and what each method recovers.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 
 from icl_heads import __version__
 from icl_heads.recovery import recovery_table
-from icl_heads.validation import MODELS, ground_truth
+from icl_heads.validation import MODELS, WEAK_STRENGTH, ground_truth
 
 INTRO = """# What the methods recover
 
@@ -47,6 +47,21 @@ named below write exactly zero.
   moved class matches the query's (a large key for "is a label", a match term for the
   class) and writes its label's polarity to an `answer` direction that the unembedding
   reads as `foo` minus `bar`. Ablated, `foo` and `bar` tie: chance.
+* **redundant**: two copies of that head, each writing the whole answer: either alone
+  is enough. (`heads_needed`'s greedy search breaks accuracy ties by the gold label's
+  probability, so it finds such a pair instead of the first head by index.)
+* **after_label**: two more movers (L0H2, L0H3) copy the previous label's polarity to
+  the newline after it; the in-context head's key is "is a newline" instead of "is a
+  label", and its value reads the moved polarity there.
+* **deep**: the in-context head L1H12 writes the label it found to a `relay` direction
+  that no unembedding row reads; L2H3 uses it as its query and attends to the labels of
+  that polarity, writing the answer. Layer 0 cannot hold the in-context head itself
+  (a label and its text meet only after a mover), so the deep head sits in layer 1,
+  one attention layer before the output.
+* **majority**, **recency**: the sparse model with 4 of the 10 words of each class
+  *weak* on the query side. For a weak query the class match barely moves the attention,
+  so it follows the label counts (majority) or, in `recency`, a linear positional prior of
+  0.1 per token added to the head's scores.
 
 | model | planted heads | mechanism |
 | --- | --- | --- |
@@ -108,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in MODELS:
         t = ground_truth(name)
         page.append(f"| `{name}` | {', '.join(f'L{a}H{b}' for a, b in t.heads)} | {t.description} |\n")
-    page.append(NOTES.format(n=args.n, n_random=20, weak=0.015))
+    page.append(NOTES.format(n=args.n, n_random=20, weak=WEAK_STRENGTH))
     scores = table[table.check == "head scores"].copy()
     for key in ("precision", "recovered", "missed"):
         scores[key] = scores.detail.str.extract(rf"{key} ([^;]+)")[0]
