@@ -24,17 +24,33 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads.access import Head
 from icl_heads.accuracy import predict
-from icl_heads.configs import HeadCountConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.heads import _accuracy_row, random_head_sets
+from icl_heads.faithfulness import faithful_access
+from icl_heads.heads import accuracy_row, random_head_sets
 from icl_heads.interventions import HeadAblation, check_heads
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_choice
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.scoring import n_selected, top_heads
 from icl_heads.stats import bootstrap_mean, from_samples
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class HeadCountConfig(Record):
+    """Arguments of :func:`~icl_heads.head_count.heads_needed`."""
+
+    margin: float = UNSET
+    max_k: int | None = UNSET
+    greedy: bool = UNSET
+    n_random: int = UNSET
+    random_for: str = UNSET
+    seed: int = UNSET
+
+    def __post_init__(self) -> None:
+        check_choice(self, "random_for", ("every", "last"))
 
 
 @dataclass(frozen=True, repr=False)
@@ -77,7 +93,6 @@ class HeadCount(Result):
         return out
 
 
-@takes_run_options
 def heads_needed(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -114,7 +129,8 @@ def heads_needed(
     Raises:
         ValueError: ``margin`` outside (0, 1), scores of the wrong shape, or ``max_k`` below 1.
     """
-    access = ModelAccess(model, analysis="heads_needed")
+    options = run_options(options)
+    access = faithful_access(model, "heads_needed")
     tp = access.tokenize(prompts)
     if hasattr(scores, "score_table"):
         scores = scores.score_table()
@@ -222,7 +238,6 @@ def _damage(pred: Any) -> tuple[float, float]:
     return float(pred.correct.float().mean()), float(pred.gold_logprob.mean())
 
 
-@takes_run_options
 def ablation_curve(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -249,7 +264,8 @@ def ablation_curve(
     Raises:
         ValueError: a ``k`` larger than the number of heads.
     """
-    access = ModelAccess(model, analysis="ablation_curve")
+    options = run_options(options)
+    access = faithful_access(model, "ablation_curve")
     tp = access.tokenize(prompts)
     total = access.n_layers * access.n_heads
     rows, quiet = [], run_options(options, progress=False)
@@ -257,7 +273,7 @@ def ablation_curve(
         n_selected(total, None, k)
         heads = check_heads(access, top_heads(scores, k))
         pred = predict(access, tp, hooks=HeadAblation(heads), options=quiet)
-        rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
+        rows.append(accuracy_row("found", pred) | {"k": k, "kind": "found"})
         accs = [
             float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
             for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)

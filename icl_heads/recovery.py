@@ -18,13 +18,14 @@ import pandas as pd
 import torch
 from scipy.stats import mannwhitneyu
 
-from icl_heads.bias import majority_bias, recency_bias
+from icl_heads.bias import majority_bias
 from icl_heads.debias import correct_majority_bias, correct_recency_bias
 from icl_heads.head_count import heads_needed
 from icl_heads.heads import find_in_context_heads
 from icl_heads.mechanism import ov_label_features, qk_label_attention
 from icl_heads.models import load_model
 from icl_heads.options import RunOptions
+from icl_heads.order_bias import recency_bias
 from icl_heads.reading import reading_roles
 from icl_heads.scoring import METHODS, score_heads, top_heads
 from icl_heads.validation import MODELS, ground_truth, validation_task

@@ -253,7 +253,7 @@ def validation_dir(name: str, root: str | Path | None = None) -> Path:
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from icl_heads.organism.train import build_tokenizer
+    from icl_heads.organism.vocab import build_tokenizer
 
     name = _check_name(name)
     spec = json.dumps([asdict(MODELS[name][0]), repr(MODELS[name][1]), D_MODEL, WEAK_STRENGTH, RECENCY, KAPPA])

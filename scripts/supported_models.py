@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
 from icl_heads._families import FAMILIES, QUIRKS, tiny_family_dir
-from icl_heads.models import ModelAccess, transformer_lens_major
+from icl_heads.access import ModelAccess
+from icl_heads.models import transformer_lens_major
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 BEGIN, END = "<!-- supported-models:begin -->", "<!-- supported-models:end -->"
@@ -35,7 +36,7 @@ def row(family: str, root: Path) -> str:
     with torch.inference_mode():
         logit_err = float((hf(tokens).logits - model(tokens)).abs().max())
     report = ih.check_faithfulness(model)
-    access = ModelAccess(model, check=False)
+    access = ModelAccess(model)
     worst = float(report.df.relative_error.max())
     notes = "; ".join(report.notes) or "—"
     status = "exact" if report.passed else "refused"

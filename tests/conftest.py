@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,7 +11,11 @@ from icl_heads.models import load_model, transformer_lens_major
 from icl_heads.testing import tiny_gpt2_dir, tiny_llama_dir, toy_task
 
 TL_MAJOR = transformer_lens_major()
-torch.set_num_threads(1)  # tiny models: one thread is as fast and leaves the other core free
+# One torch thread per process, here and in the processes the tests start (notebook kernels, the CLI):
+# tiny models gain nothing from more, and `pytest -n` runs one worker per core. Several threads per
+# process on a busy machine spin against each other (benchmarks/README.md, "Torch threads").
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,7 +37,7 @@ def _native(root):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
-    from icl_heads.organism.train import build_tokenizer
+    from icl_heads.organism.vocab import build_tokenizer
 
     # TransformerLens re-loads tokenizers by name_or_path, so give it one saved to disk
     build_tokenizer().save_pretrained(root / "native_tokenizer")

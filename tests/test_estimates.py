@@ -1,19 +1,13 @@
-"""Every result's headline number with an interval is an Estimate, and results saved before still load."""
+"""Every result's headline number with an interval is an Estimate."""
 
 from __future__ import annotations
-
-import json
-import math
-from dataclasses import dataclass, field
 
 import pytest
 
 import icl_heads as ih
-from icl_heads.bias import MajorityBias, RecencyBias
-from icl_heads.debias import BiasCorrection
 from icl_heads.organism import HELDOUT_TEMPLATES
-from icl_heads.results import Result
 from icl_heads.stats import Estimate
+from icl_heads.tuning import BiasCorrection
 
 
 def _check(e, n, method, *, covers=True):
@@ -44,7 +38,6 @@ def test_majority_bias_headlines_are_estimates(majority):
     for name in ("bias", "prob_bias"):
         e = getattr(majority, name)
         _check(e, n, "bootstrap")
-        assert getattr(majority, f"{name}_ci") == (e.low, e.high)
     assert float(majority.bias) == float(majority.per_prompt.mean())  # the reported number, exactly
 
 
@@ -57,9 +50,6 @@ def test_recency_bias_headlines_are_estimates(recency):
         _check(getattr(recency, name), n, "bootstrap", covers=False)
     assert recency.block_gaps is not None
     _check(recency.block_gap, len(recency.block_gaps), "bootstrap")
-    for name in ("bias", "order_std", "last_label_excess", "last_label_pull", "sensitivity", "block_gap"):
-        e = getattr(recency, name)
-        assert getattr(recency, f"{name}_ci") == (e.low, e.high)
 
 
 def test_correction_reduction_is_a_paired_estimate(organism, hard_task, tmp_path):
@@ -69,7 +59,6 @@ def test_correction_reduction_is_a_paired_estimate(organism, hard_task, tmp_path
     )  # fmt: skip
     _check(res.reduction, 60, "paired bootstrap")
     _check(res.accuracy_change, 60, "paired bootstrap")
-    assert res.reduction_ci == res.reduction.ci and res.accuracy_change_ci == res.accuracy_change.ci
     back = BiasCorrection.load(res.save(tmp_path / "fix"))
     assert back.reduction.to_dict() == res.reduction.to_dict()
 
@@ -93,67 +82,6 @@ def test_accuracy_heads_and_decomposition_estimates(organism):
     dec = ih.decompose(organism, prompts)
     _check(dec.full_accuracy, 40, "wilson")
     assert dec.full_accuracy.low >= 0 and dec.full_accuracy.high <= 1
-
-
-def test_majority_bias_saved_before_estimates_loads(majority, tmp_path):
-    """A result written before the headline was an Estimate: ``bias`` a number beside ``bias_ci``."""
-    path = majority.save(tmp_path / "new")
-    meta = json.loads((path / "meta.json").read_text())
-    for name in ("bias", "prob_bias"):
-        e = getattr(majority, name)
-        meta["fields"][name] = float(e)
-        meta["fields"][f"{name}_ci"] = [e.low, e.high]
-    (path / "meta.json").write_text(json.dumps(meta))
-    old = MajorityBias.load(path)
-    for name in ("bias", "prob_bias"):
-        got, want = getattr(old, name), getattr(majority, name)
-        assert isinstance(got, Estimate) and got.ci == want.ci and float(got) == float(want)
-        assert got.n == majority.provenance["n_prompts"] and got.method == "bootstrap"
-
-
-@dataclass(frozen=True, repr=False)
-class _Scored(Result):
-    score: Estimate
-    gap: Estimate = Estimate(math.nan)  # noqa: RUF009
-    note: str = ""
-    provenance: dict = field(default_factory=dict)
-
-
-def test_hand_written_old_meta_rebuilds_estimates(tmp_path):
-    (tmp_path / "meta.json").write_text(
-        json.dumps(
-            {
-                "__class__": "_Scored",
-                "fields": {
-                    "score": 0.2,
-                    "score_ci": [0.1, 0.3],
-                    "gap": 1.5,  # no interval was saved: a point estimate
-                    "note": "old",
-                    "provenance": {"model": "m", "n_prompts": 12},
-                },
-                "tables": {},
-                "tensors": [],
-            }
-        )
-    )
-    old = _Scored.load(tmp_path)
-    assert old.score.to_dict() == Estimate(0.2, 0.1, 0.3, 12, "bootstrap").to_dict()
-    assert old.gap == 1.5 and math.isnan(old.gap.low) and old.gap.method == "point"
-    assert old.note == "old"
-
-
-def test_recency_bias_saved_before_estimates_loads(recency, tmp_path):
-    path = recency.save(tmp_path / "r")
-    meta = json.loads((path / "meta.json").read_text())
-    names = ("bias", "order_std", "last_label_excess", "last_label_pull", "sensitivity", "block_gap")
-    for name in names:
-        e = getattr(recency, name)
-        meta["fields"][name], meta["fields"][f"{name}_ci"] = float(e), [e.low, e.high]
-    (path / "meta.json").write_text(json.dumps(meta))
-    old = RecencyBias.load(path)
-    for name in names:
-        assert getattr(old, f"{name}_ci") == getattr(recency, f"{name}_ci")
-        assert float(getattr(old, name)) == float(getattr(recency, name))
 
 
 def test_unverified_heads_have_no_verification_numbers(organism):

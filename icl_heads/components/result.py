@@ -20,12 +20,25 @@ from jaxtyping import Float, Int
 from scipy.stats import binom
 from torch import Tensor
 
-from icl_heads.configs import DecompositionConfig
-from icl_heads.records import Provenance
-from icl_heads.results import Result
-from icl_heads.stats import Estimate, wilson, wilson_interval  # wilson_interval re-exported by decomposition
+from icl_heads.records import UNSET, Provenance, Record, check_choice, check_positive
+from icl_heads.results import Result, json_type
+from icl_heads.stats import Estimate, wilson
 
 KINDS = ("label-biased", "good", "bad", "other")
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class DecompositionConfig(Record):
+    """How :func:`~icl_heads.decompose` ran, and the final-logit soft cap it decomposed before."""
+
+    batch_size: int = UNSET
+    padding_side: str = UNSET
+    logit_soft_cap: float | None = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "batch_size")
+        check_choice(self, "padding_side", ("left", "right"))
 
 
 def component_table(n_layers: int, n_heads: int) -> pd.DataFrame:
@@ -53,10 +66,9 @@ def component_accuracy_table(
     n, _, n_labels = logits.shape
     correct = (pred == golds[:, None]).sum(0).numpy()
     counts = torch.stack([(pred == c).sum(0) for c in range(n_labels)], -1).numpy()  # [component, label]
-    lo, hi = wilson_interval(correct, n)
     df = meta.copy()
     df["accuracy"] = correct / n
-    df["ci_low"], df["ci_high"] = lo, hi
+    df["ci_low"], df["ci_high"] = zip(*(wilson(int(c), n).ci for c in correct), strict=True)
     df["top_label"] = counts.argmax(-1)
     df["top_label_share"] = counts.max(-1) / n
     df["n"] = n

@@ -2,9 +2,7 @@
 
 * :func:`qk_label_attention`: attention and pre-softmax scores from the final position to
   each label position, by whether the demonstration's label is the gold label or the prediction.
-* :func:`two_tower_test` (defined in :mod:`.towers`, importable from here): how well the
-  score separates same-class demonstrations (ROC AUC) next to the cosine of the residual
-  streams, and an optional low-rank bilinear probe.
+The two-tower test of the same scores is :func:`~icl_heads.mechanism.towers.two_tower_test`.
 """
 
 from __future__ import annotations
@@ -19,19 +17,33 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from icl_heads.configs import QKLabelAttentionConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
-from icl_heads.mechanism._maths import _mean, paired_auc, roc_auc, visible_scores
-from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _predictions, _reading, _shift, _token_str
-from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
-from icl_heads.models import Head, ModelAccess
+from icl_heads.access import Head, batches
+from icl_heads.faithfulness import faithful_access
+from icl_heads.mechanism._maths import masked_mean, paired_auc, roc_auc, visible_scores
+from icl_heads.mechanism._run import (
+    at_keys,
+    gather_heads,
+    heads_of,
+    label_shift,
+    per_demo,
+    predicted_labels,
+    reading_positions,
+    token_str,
+)
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.records import UNSET, Provenance
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.slots import read_positions
 
-__all__ = ["QKLabelAttention", "TwoTowerTest", "qk_label_attention", "two_tower_test"]
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class QKLabelAttentionConfig(ReadingInfo):
+    """Arguments of :func:`~icl_heads.qk_label_attention`, and where it read."""
+
+    example: int = UNSET
 
 
 @dataclass(frozen=True, repr=False)
@@ -88,7 +100,6 @@ class QKLabelAttention(Result):
         return plot_label_attention(self, heads)
 
 
-@takes_run_options
 def qk_label_attention(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -121,12 +132,13 @@ def qk_label_attention(
             others (the comparisons need both); bad heads or prompts.
         TypeError: an unsupported model.
     """
-    access = ModelAccess(model, analysis="qk_label_attention")
+    options = run_options(options)
+    access = faithful_access(model, "qk_label_attention")
     tp = access.tokenize(prompts)
-    heads = _heads(access, heads)
+    heads = heads_of(access, heads)
     if not 0 <= example < len(tp):
         raise ValueError(f"example must index a prompt in [0, {len(tp)}), got {example}")
-    used, info, warnings = _reading(access, tp, heads, read_at, min_read_share)
+    used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)
     words = tuple(tp.prompts.task.label_words)
     label_ids = torch.tensor(tp.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
@@ -134,10 +146,10 @@ def qk_label_attention(
     for batch in batches(access, tp, options, desc="QK attention"):
         lp = batch.label_positions
         read, demo = read_positions(batch, used)
-        logits, got = _gather(access, batch, layers, read, scores=True)
-        pred = _predictions(logits, label_ids)
-        shift = _shift(batch)
-        has = _per_demo((read >= 0)[:, None].float(), demo, lp.shape[1])[:, 0] > 0
+        logits, got = gather_heads(access, batch, layers, read, scores=True)
+        pred = predicted_labels(logits, label_ids)
+        shift = label_shift(batch)
+        has = per_demo((read >= 0)[:, None].float(), demo, lp.shape[1])[:, 0] > 0
         bi, di = has.nonzero(as_tuple=True)
         n_real = (batch.final_positions - shift + 1).float()
         dl, gold = batch.demo_labels[bi, di], batch.golds[bi]
@@ -154,8 +166,8 @@ def qk_label_attention(
         }
         for layer, h in heads:
             row = got[access.hook(layer, "pattern")]
-            attn = _per_demo(_at_keys(row, read), demo, lp.shape[1])[:, h].cpu()
-            score = _per_demo(_at_keys(got[access.hook(layer, "attn_scores")], read), demo, lp.shape[1], "lse")[:, h]
+            attn = per_demo(at_keys(row, read), demo, lp.shape[1])[:, h].cpu()
+            score = per_demo(at_keys(got[access.hook(layer, "attn_scores")], read), demo, lp.shape[1], "lse")[:, h]
             score = visible_scores(score.cpu())
             share = (attn * has).sum(1)
             frames.append(
@@ -193,7 +205,7 @@ def qk_label_attention(
         df=df,
         positions=pos,
         example_pattern=ex_pattern,
-        example_tokens=tuple(_token_str(access.tokenizer, i) for i in ids),
+        example_tokens=tuple(token_str(access.tokenizer, i) for i in ids),
         example=ex,
         label_words=words,
         config=QKLabelAttentionConfig(example=example, **info),
@@ -212,14 +224,14 @@ def _aggregate_qk(pos: pd.DataFrame) -> pd.DataFrame:
                 "layer": layer,
                 "head": head,
                 "name": name,
-                "attention_same": _mean(part.attention, same, "with the gold label"),
-                "attention_other": _mean(part.attention, ~same, "without the gold label"),
-                "score_same": _mean(part.score, same, "with the gold label"),
-                "score_other": _mean(part.score, ~same, "without the gold label"),
-                "attention_predicted": _mean(part.attention, pred, "with the predicted label"),
-                "attention_not_predicted": _mean(part.attention, ~pred, "without the predicted label"),
-                "score_predicted": _mean(part.score, pred, "with the predicted label"),
-                "score_not_predicted": _mean(part.score, ~pred, "without the predicted label"),
+                "attention_same": masked_mean(part.attention, same, "with the gold label"),
+                "attention_other": masked_mean(part.attention, ~same, "without the gold label"),
+                "score_same": masked_mean(part.score, same, "with the gold label"),
+                "score_other": masked_mean(part.score, ~same, "without the gold label"),
+                "attention_predicted": masked_mean(part.attention, pred, "with the predicted label"),
+                "attention_not_predicted": masked_mean(part.attention, ~pred, "without the predicted label"),
+                "score_predicted": masked_mean(part.score, pred, "with the predicted label"),
+                "score_not_predicted": masked_mean(part.score, ~pred, "without the predicted label"),
                 "label_share": per_prompt.label_share.mean(),
                 "uniform_share": per_prompt.uniform_share.mean(),
                 "auc_attention": roc_auc(part.attention, same),
