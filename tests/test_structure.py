@@ -22,14 +22,14 @@ OVERSIZED: dict[str, int] = {}
 #: ``icl_heads/__init__.py``, which gathers the workflow from the layers up to the analyses).
 LAYERS: list[tuple[str, list[str]]] = [
     ("records, stats, format", ["_version", "_checks", "records", "stats", "_format", "options", "results"]),
-    ("prompts", ["prompts", "slots", "data", "organism"]),
+    ("prompts", ["prompts", "slots", "data", "organism", "validation"]),
     ("model access", ["engine", "_norms", "_resume", "access", "faithfulness", "models", "testing", "_families"]),
     ("interventions", ["interventions", "correction_hooks", "corrections", "correction_methods"]),
     ("analyses", ["", "accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "reading",
                   "mechanism", "bias", "order_bias", "_bias_common", "recency", "tuning", "tuning_checks",
                   "debias", "components"]),
     ("plots", ["plots"]),
-    ("verdicts and report", ["verdicts", "_verdict_inputs", "report"]),
+    ("verdicts and report", ["verdicts", "_verdict_inputs", "report", "recovery"]),
     ("CLI", ["cli", "_cli_inputs", "_cli_sections", "_cli_output", "_cli_progress", "_provenance"]),
 ]  # fmt: skip
 
