@@ -17,7 +17,10 @@ corrections and plotting functions live in their modules (``icl_heads.heads``,
 import importlib as _importlib
 import warnings as _warnings
 
-from icl_heads import testing
+from icl_heads import (
+    plots,  # noqa: F401 - registers the figures that result.plot() draws
+    testing,
+)
 from icl_heads._version import __version__
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.agreement import compare_head_scores

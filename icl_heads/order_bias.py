@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -32,7 +31,7 @@ from icl_heads.recency import (
     order_spread,
 )
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Figure, Result, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
 
 #: the block gap of a result saved before it was measured
@@ -198,11 +197,9 @@ class RecencyBias(Result):
             "n prompts": len(self.golds),
         }
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Accuracy per order with intervals, and attention per demonstration slot."""
-        from icl_heads.plots.bias import plot_recency_bias
-
-        return plot_recency_bias(self)
+        return self._draw("plot")
 
 
 @takes_run_options

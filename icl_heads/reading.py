@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -31,7 +30,7 @@ from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
 from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Figure, Result, provenance
 from icl_heads.slots import AFTER_LABEL, BOS, LABEL, ROLES, check_read_at
 from icl_heads.stats import bootstrap_ci
 
@@ -126,11 +125,9 @@ class ReadingRoles(Result):
             out[f"heads reading mostly {role}"] = int(n)
         return out
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
-        from icl_heads.plots.reading import plot_reading_roles
-
-        return plot_reading_roles(self)
+        return self._draw("plot")
 
     heatmap = renamed(plot, "heatmap", "heads by token roles, not a layer x head grid: .heatmap() is kept for those")
 

@@ -13,9 +13,10 @@ import dataclasses
 import datetime
 import html
 import json
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 import pandas as pd
 import torch
@@ -24,6 +25,12 @@ from safetensors.torch import load_file, save_file
 from icl_heads._version import __version__
 from icl_heads.records import Provenance, Record, plain
 from icl_heads.stats import Estimate, as_estimate
+
+if TYPE_CHECKING:
+    import plotly.graph_objects
+
+#: what figure methods return, named here so that results never import plotly (:mod:`icl_heads.plots` draws)
+Figure: TypeAlias = "plotly.graph_objects.Figure"
 
 R = TypeVar("R", bound="Result")
 T = TypeVar("T")
@@ -122,6 +129,25 @@ def load_result(path: str | Path) -> Result:
     return RESULT_TYPES[name].load(path)
 
 
+#: the figures of every result class, ``(class, view) -> function``; filled by :mod:`icl_heads.plots`
+FIGURES: dict[tuple[type, str], Callable[..., Figure]] = {}
+
+
+def draws(cls: type[Result], *views: str) -> Callable[[Callable[..., Figure]], Callable[..., Figure]]:
+    """Decorator for a figure function of :mod:`icl_heads.plots`: it draws ``views`` (default ``"plot"``) of ``cls``.
+
+    A result never imports its figures: ``result.plot()`` looks its function up here, so
+    the import goes one way only (plots import results).
+    """
+
+    def register(fn: Callable[..., Figure]) -> Callable[..., Figure]:
+        for view in views or ("plot",):
+            FIGURES[cls, view] = fn
+        return fn
+
+    return register
+
+
 class Result:
     """Mixin for frozen dataclass results: ``save``, ``load`` and a notebook repr."""
 
@@ -143,6 +169,18 @@ class Result:
         if len(warns) == 1:
             return {"WARNING": warns[0]}
         return {f"WARNING {i + 1}": w for i, w in enumerate(warns)}
+
+    def _draw(self, view: str = "plot", /, *args: Any, **kwargs: Any) -> Figure:
+        """The figure ``view`` of this result (``.plot()`` and the other figure methods call this).
+
+        Raises:
+            ValueError: no figure of that name for this result.
+        """
+        fn = FIGURES.get((type(self), view))
+        if fn is None:
+            known = sorted(v for c, v in FIGURES if c is type(self))
+            raise ValueError(f"{type(self).__name__} has no figure {view!r}; its figures: {known}")
+        return fn(self, *args, **kwargs)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the result to the folder ``path``.

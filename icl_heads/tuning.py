@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from icl_heads.accuracy import icl_accuracy
@@ -31,7 +30,7 @@ from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import Hooks, ModelAccess
 from icl_heads.prompts import ICLTask
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Figure, Result, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
 from icl_heads.tuning_checks import no_change_reason
 
@@ -248,11 +247,9 @@ class BiasCorrection(Result):
             "accuracy change 95% CI": tuple(self.accuracy_change_ci),
         }
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Bias and balanced accuracy before and after, with 95% intervals."""
-        from icl_heads.plots.bias import plot_correction
-
-        return plot_correction(self)
+        return self._draw("plot")
 
 
 @takes_run_options

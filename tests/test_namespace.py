@@ -7,7 +7,6 @@ import inspect
 import pkgutil
 import re
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
@@ -87,17 +86,6 @@ def test_every_plotting_function_is_named_plot():
             if fn.__module__ != module.__name__ or name.startswith("_") or (fn.__doc__ or "").startswith("Deprecated"):
                 continue
             assert name.startswith("plot_"), f"icl_heads.plots.{info.name}.{name} should be named plot_<what>"
-
-
-def test_old_figure_names_still_draw_with_a_warning():
-    from icl_heads.plots import components
-
-    assert components.stability_scatter.__wrapped__ is components.plot_stability
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(AttributeError):  # reached the new function, which needs a real result
-            components.stability_scatter(object())
-    assert any("stability_scatter is now plot_stability" in str(w.message) for w in caught)
 
 
 def test_load_result_reads_back_any_result(models, tmp_path):

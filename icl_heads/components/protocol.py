@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
@@ -28,7 +27,7 @@ from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Figure, Result, provenance
 
 logger = logging.getLogger("icl_heads")
 
@@ -92,11 +91,9 @@ class ReweightingComparison(Result):
                 out[f"reweighting - {baseline}"] = f"{m:+.3f} ± {s:.3f}"
         return out
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Bars of test accuracy per method, mean ± std."""
-        from icl_heads.plots.components import plot_reweighting
-
-        return plot_reweighting(self)
+        return self._draw("plot")
 
 
 @takes_run_options

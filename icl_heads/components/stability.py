@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -29,7 +28,7 @@ from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.models import ModelAccess
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Figure, Result, provenance
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +78,9 @@ class ComponentStability(Result):
             out["component accuracy std across templates"] = float(self.accuracies.std(0, correction=0).mean())
         return out
 
-    def plot(self, axis: str = "demo set", pair: int = 0) -> go.Figure:
+    def plot(self, axis: str = "demo set", pair: int = 0) -> Figure:
         """Component accuracy in one run against another (one pair of ``axis``), names on hover."""
-        from icl_heads.plots.components import plot_stability
-
-        return plot_stability(self, axis=axis, pair=pair)
+        return self._draw("plot", axis=axis, pair=pair)
 
     scatter = renamed(plot, "scatter", ".plot() is every result's main figure")
 

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 
 from icl_heads.configs import FlipAnalysisConfig
@@ -19,7 +18,7 @@ from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Figure, Result, provenance
 from icl_heads.slots import positions_with_labels
 
 
@@ -117,11 +116,9 @@ class FlipAnalysis(Result):
             )
         return out
 
-    def plot(self, heads: Sequence[Head] | None = None) -> go.Figure:
+    def plot(self, heads: Sequence[Head] | None = None) -> Figure:
         """Attention on the old and new label's positions before and after the flip, per head."""
-        from icl_heads.plots.mechanism import plot_flip
-
-        return plot_flip(self, heads)
+        return self._draw("plot", heads)
 
 
 @takes_run_options

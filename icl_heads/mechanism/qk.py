@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
@@ -28,7 +27,7 @@ from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.results import Figure, Result, provenance
 from icl_heads.slots import read_positions
 
 __all__ = ["QKLabelAttention", "TwoTowerTest", "qk_label_attention", "two_tower_test"]
@@ -81,11 +80,9 @@ class QKLabelAttention(Result):
             out[f"{row.name}: attention on label positions"] = float(row.label_share)
         return out
 
-    def plot(self, heads: Sequence[Head] | None = None) -> go.Figure:
+    def plot(self, heads: Sequence[Head] | None = None) -> Figure:
         """Attention from the final position of the example prompt to every token, per head."""
-        from icl_heads.plots.mechanism import plot_label_attention
-
-        return plot_label_attention(self, heads)
+        return self._draw("plot", heads)
 
 
 @takes_run_options
