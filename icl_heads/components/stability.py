@@ -44,13 +44,14 @@ class ComponentStability(Result):
             ``full_accuracy_a``, ``full_accuracy_b``.
         runs: one row per (template, demo set): ``template, demo_set, full_accuracy,
             best_component, best_accuracy``.
-        (:meth:`summary` gives mean Pearson and IoU per axis next to the standard
-        deviation, ``ddof=0``, of full-model and of component accuracies.)
         accuracies: ``[template, demo_set, component]`` accuracy of each component alone.
         names: component names.
         templates: the templates.
         config: the arguments that produced this result.
         provenance: model, versions.
+
+    :meth:`summary` gives the mean Pearson and IoU per axis next to the standard
+    deviation (``ddof=0``) of full-model and of component accuracies.
     """
 
     df: pd.DataFrame
