@@ -1,7 +1,7 @@
 """Redraw the figures in ``docs/figures/`` from the bundled organism.
 
-Run from the repository root (needs ``pip install kaleido`` and a Chrome or Chromium
-on the PATH for the PNG export)::
+Run from the repository root (needs ``pip install -e '.[export]'``, which installs kaleido,
+and a Chrome or Chromium on the PATH for the PNG export)::
 
     python scripts/make_doc_figures.py [--n 300] [--only heads,mechanism,bias,components]
 
