@@ -24,10 +24,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_heads._deprecation import renamed
+from icl_heads.access import Capture, Head, ModelAccess
 from icl_heads.configs import ReadingRolesConfig
-from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
-from icl_heads.models import Capture, Head, ModelAccess
+from icl_heads.engine import batches
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Figure, Result, provenance
@@ -129,8 +129,6 @@ class ReadingRoles(Result):
         """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
         return self._draw("plot")
 
-    heatmap = renamed(plot, "heatmap", "heads by token roles, not a layer x head grid: .heatmap() is kept for those")
-
 
 def _head_list(shares: Tensor, heads: Any) -> list[Head]:
     if heads is None:
@@ -148,7 +146,6 @@ def pick_read_at(label: float, after_label: float) -> str:
     return "slot"
 
 
-@takes_run_options
 @torch.inference_mode()
 def reading_roles(
     model: Any,
@@ -173,7 +170,7 @@ def reading_roles(
 
     Raises:
         ValueError: no prompts, prompts without token roles, or the checks of
-            :class:`~icl_heads.models.ModelAccess`.
+            :class:`~icl_heads.access.ModelAccess`.
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih
@@ -182,6 +179,7 @@ def reading_roles(
     >>> rr.reads([(1, 7)]).read_at.item()
     'label'
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="reading_roles")
     tp = access.tokenize(prompts)
     shares = _shares(access, tp, range(access.n_layers), options)
@@ -232,7 +230,6 @@ def _tidy(shares: Tensor, n_boot: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@takes_run_options
 def resolve_read_at(
     access: ModelAccess,
     tp: TokenizedPrompts,
@@ -266,6 +263,7 @@ def resolve_read_at(
     Raises:
         ValueError: an unknown ``read_at``.
     """
+    options = run_options(options)
     check_read_at(read_at)
     sub = _subset(tp, n_prompts)
     shares = _shares(access, sub, sorted({a for a, _ in heads}), run_options(options, progress=False))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from icl_heads._format import fmt, fmt_ci
-from icl_heads.stats import wilson_interval
+from icl_heads.stats import wilson
 
 HOLDS = "holds"
 FAILS = "does not hold on this model"
@@ -68,12 +68,12 @@ def sign_state(ci: Sequence[float], estimate: float) -> str:
 
 
 def wilson_ci(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (:func:`icl_heads.stats.wilson_interval`).
+    """95% Wilson score interval of a proportion (:func:`icl_heads.stats.wilson`).
 
     Raises:
         ValueError: ``n`` is not positive.
     """
-    lo, hi = wilson_interval(successes, n, z)
+    lo, hi = wilson(successes, n, z).ci
     return float(lo), float(hi)
 
 

@@ -33,8 +33,6 @@ def _modules():
 
 @pytest.mark.parametrize("rel,path", list(_modules()), ids=lambda x: str(x))
 def test_no_module_below_the_figures_imports_plots_or_plotly(rel, path):
-    if str(rel) == "organism/train.py":  # training curves of the organism, not a result
-        return
     imports = _imports(path)
     assert not [m for m in imports if m.startswith("icl_heads.plots")], f"{rel} imports icl_heads.plots"
     plotly = [m for m in imports if m.split(".")[0] == "plotly"]

@@ -53,7 +53,7 @@ def plot_majority_bias(result: MajorityBias) -> go.Figure:
                 "<br>accuracy: %{customdata[1]:.3f} (n=%{customdata[2]})<extra>" + f"gold = {gold}</extra>",
             )
         )
-    lo, hi = result.bias_ci
+    lo, hi = result.bias.ci
     fig.update_layout(
         title=f"Majority-label bias: accuracy shift vs balanced demonstrations (bias {fmt(result.bias)}, "
         f"95% CI {fmt_ci((lo, hi))})",
@@ -109,7 +109,7 @@ def plot_recency_bias(result: RecencyBias) -> go.Figure:
             row=1,
             col=2,
         )
-    lo, hi = result.bias_ci
+    lo, hi = result.bias.ci
     fig.update_layout(
         title=f"Recency bias: accuracy spread over orders beyond chance {fmt(result.bias)}, 95% CI "
         f"{fmt_ci((lo, hi))}<br><sup>raw std {fmt(result.order_std)}, permutation p {fmt(result.order_p)}; excess "
@@ -169,7 +169,7 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
         row=1,
         col=3,
     )
-    lo, hi = result.reduction_ci
+    lo, hi = result.reduction.ci
     fig.update_layout(
         title=f"{result.method} correction of {result.kind} bias on held-out prompts: "
         + (

@@ -23,7 +23,7 @@ def plot_component_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
 
     Args:
         dec: a decomposition.
-        **kinds_kw: passed to :meth:`~icl_heads.decomposition.Decomposition.kinds`.
+        **kinds_kw: passed to :meth:`~icl_heads.components.result.Decomposition.kinds`.
     """
     df = dec.kinds(**kinds_kw)
     heads = df[df.type == "head"]
