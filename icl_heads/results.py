@@ -177,11 +177,11 @@ class Result:
         Raises:
             ValueError: no figure of that name for this result.
         """
-        fn = FIGURES.get((type(self), view))
-        if fn is None:
-            known = sorted(v for c, v in FIGURES if c is type(self))
-            raise ValueError(f"{type(self).__name__} has no figure {view!r}; its figures: {known}")
-        return fn(self, *args, **kwargs)
+        for cls in type(self).__mro__:  # a subclass draws as the result it extends
+            if (cls, view) in FIGURES:
+                return FIGURES[cls, view](self, *args, **kwargs)
+        known = sorted({v for c, v in FIGURES if isinstance(self, c)})
+        raise ValueError(f"{type(self).__name__} has no figure {view!r}; its figures: {known}")
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the result to the folder ``path``.
