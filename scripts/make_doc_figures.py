@@ -28,7 +28,9 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "figures"
 
 def save(fig, name: str, result=None) -> None:
     """Write ``fig`` as ``docs/figures/{name}.png``; print ``result``'s summary (the numbers the figure shows)."""
-    fig.write_image(OUT / f"{name}.png", width=900, height=520, scale=1.5)
+    fig.write_image(
+        OUT / f"{name}.png", width=900, height=fig.layout.height or 520, scale=1.5
+    )  # short heatmaps stay short
     print(f"  wrote docs/figures/{name}.png")
     if result is not None:
         for key, value in result.summary().items():

@@ -39,7 +39,8 @@ def test_titles_hang_below_the_modebar_band_and_sup_lines_stay_small():
     fit_titles(fig)
     assert fig.layout.title.yref == "container" and fig.layout.title.pad.t >= MODEBAR_BAND
     small = fig.layout.title.text.split("<br>")[-2:]
-    assert all(line.startswith("<sup>") and line.endswith("</sup>") for line in small)
+    assert all(line.startswith("<span style=") and line.endswith("</span>") for line in small)
+    assert wrap(fig.layout.title.text, 70) == fig.layout.title.text  # wrapping twice changes nothing
     assert fig.layout.height == 300 + fig.layout.margin.t - 100  # a set height keeps its plot area
 
 

@@ -11,16 +11,22 @@ DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
 
 
+#: how a subtitle line is written once wrapped
+SMALL = ('<span style="font-size:12px">', "</span>")
+
+
 def wrap(text: str, width: int) -> str:
     """Break ``text`` into lines of at most ``width`` characters with ``<br>`` (existing breaks are kept).
 
-    A line in ``<sup>...</sup>`` stays small on every line it wraps onto.
+    A line in ``<sup>...</sup>`` (a subtitle) stays small on every line it wraps onto: it becomes
+    ``<span style="font-size:12px">`` lines, as plotly raises a second ``<sup>`` line out of place.
     """
     out = []
     for para in text.split("<br>"):
+        small = para.startswith(SMALL[0]) and para.endswith(SMALL[1])
         sup = para.startswith("<sup>") and para.endswith("</sup>")
-        if sup:
-            para = para[len("<sup>") : -len("</sup>")]
+        if sup or small:
+            para = para[len(SMALL[0] if small else "<sup>") : -len(SMALL[1] if small else "</sup>")]
         lines: list[str] = []
         line = ""
         for word in para.split(" "):
@@ -30,7 +36,7 @@ def wrap(text: str, width: int) -> str:
             else:
                 line = f"{line} {word}" if line else word
         lines.append(line)
-        out += [f"<sup>{line}</sup>" for line in lines] if sup else lines
+        out += [f"{SMALL[0]}{line}{SMALL[1]}" for line in lines] if sup or small else lines
     return "<br>".join(out)
 
 
