@@ -11,16 +11,38 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads.access import Head, ModelAccess
+from icl_heads.access import Head
 from icl_heads.accuracy import predict
-from icl_heads.configs import InContextHeadsConfig
+from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import HeadAblation
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.records import Provenance
-from icl_heads.results import Figure, Result, n_prompts, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Figure, Result, json_type, n_prompts, provenance
 from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
 from icl_heads.stats import Estimate, bootstrap_mean, empirical_p, from_samples
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class InContextHeadsConfig(Record):
+    """Arguments of :func:`~icl_heads.find_in_context_heads`."""
+
+    method: str = UNSET
+    fraction: float | None = UNSET
+    k: int = UNSET
+    also: list[str] | tuple[str, ...] = UNSET
+    verify: bool = UNSET
+    held_out_verification: bool = UNSET
+    n_verify: int = UNSET
+    n_random: int = UNSET
+    seed: int = UNSET
+    rescore: Any = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "k")
+        if isinstance(self.fraction, float) and not 0 < self.fraction <= 1:
+            raise ValueError(f"InContextHeadsConfig: fraction must be in (0, 1], got {self.fraction!r}")
 
 
 class NotVerifiedError(ValueError, AttributeError):
@@ -224,7 +246,7 @@ def verify_heads(
         columns), and the accuracies of the random sets.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="verify_heads")
+    access = faithful_access(model, "verify_heads")
     tp = access.tokenize(prompts)
     words = tp.prompts.task.label_words
     quiet = run_options(options, progress=False)
@@ -325,7 +347,7 @@ def find_in_context_heads(
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if k is not None:
         fraction = None
-    access = ModelAccess(model, analysis="find_in_context_heads")
+    access = faithful_access(model, "find_in_context_heads")
     tp = access.tokenize(prompts)
     n = n_selected(access.n_layers * access.n_heads, fraction, k)
     methods = tuple(dict.fromkeys((method, *also)))
@@ -367,12 +389,3 @@ def find_in_context_heads(
         config=config,
         provenance=provenance(access.name, tp),
     )
-
-
-def __getattr__(name: str) -> Any:
-    """``ablation_curve`` lives in :mod:`icl_heads.head_count`; this old path still finds it."""
-    if name == "ablation_curve":
-        from icl_heads.head_count import ablation_curve
-
-        return ablation_curve
-    raise AttributeError(f"module 'icl_heads.heads' has no attribute {name!r}")

@@ -18,10 +18,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads, with_demos
-from icl_heads.access import Capture, Head, Hooks, ModelAccess
+from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.accuracy import predict
-from icl_heads.configs import RecencyBiasConfig
-from icl_heads.engine import batches, digest, intervention_key, memoised
+from icl_heads.engine import Hooks, content_key, digest, intervention_key, memoised
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import (
@@ -31,12 +31,27 @@ from icl_heads.recency import (
     order_permutation_p,
     order_spread,
 )
-from icl_heads.records import Provenance
-from icl_heads.results import Figure, Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 
 #: the block gap of a result saved before it was measured
 _NO_GAP = Estimate(float("nan"))
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class RecencyBiasConfig(Record):
+    """Arguments of :func:`~icl_heads.recency_bias`."""
+
+    shots: int = UNSET
+    n: int = UNSET
+    seed: int = UNSET
+    n_random_orders: int = UNSET
+    hooked: bool = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "shots", "n")
 
 
 def demo_orders(labels: Sequence[int], n_random: int, rng: np.random.Generator) -> dict[str, list[int]]:
@@ -235,11 +250,11 @@ def recency_bias(
     """
     options = run_options(options)
     check_heads_choice(heads)
-    access = ModelAccess(model, analysis="recency_bias")
+    access = faithful_access(model, "recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back
     key = (
         "recency_bias",
-        intervention_key(task),
+        content_key(task),
         shots,
         n,
         seed,

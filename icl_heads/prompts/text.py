@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from icl_heads.prompts.task import ICLTask
+from typing import Any
 
 DEFAULT_TEMPLATE = "{text} : {label}\n"
 
@@ -36,7 +33,7 @@ class ICLPrompt:
     gold: int
 
 
-def render(prompt: ICLPrompt, task: ICLTask) -> tuple[str, list[tuple[int, int]], str]:
+def render(prompt: ICLPrompt, task: Any) -> tuple[str, list[tuple[int, int]], str]:
     """The prompt string, the character span of every demonstration label, the query prefix."""
     before, after = task.template.split("{label}")
     parts: list[str] = []
