@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import check_task, with_demos
+from icl_heads._checks import check_int
 from icl_heads.accuracy import predict
 from icl_heads.engine import Hooks
 from icl_heads.faithfulness import faithful_access
@@ -206,7 +207,7 @@ def majority_bias(
 
     Raises:
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
-        ValueError: bad ``shots``/``skews``, or too few examples per class.
+        ValueError: bad ``shots``/``skews``, ``n_boot < 10``, or too few examples per class.
 
     >>> import icl_heads as ih
     >>> mb = majority_bias(ih.load_model("organism"), ih.organism_task(), shots=4, n=40)
@@ -215,6 +216,7 @@ def majority_bias(
     """
     options = run_options(options)
     task = check_task(task)
+    check_int("n_boot", n_boot, minimum=10)
     if n < len(task.classes):
         raise ValueError(
             f"n={n} prompts cannot cover all {len(task.classes)} gold labels; use n >= {len(task.classes)}"

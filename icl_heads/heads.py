@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads._checks import check_int
 from icl_heads.access import Head
 from icl_heads.accuracy import predict
 from icl_heads.faithfulness import faithful_access
@@ -333,7 +334,9 @@ def find_in_context_heads(
         An :class:`InContextHeads` result.
 
     Raises:
-        ValueError: an unknown method, a bad ``fraction``/``k``, or bad prompts.
+        ValueError: an unknown method, a bad ``fraction``/``k``, ``n_random < 2`` (with
+            ``verify``), or bad prompts (0-shot prompts included: the heads are found from
+            the demonstrations).
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih
@@ -347,8 +350,16 @@ def find_in_context_heads(
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if k is not None:
         fraction = None
+    if verify:
+        check_int("n_random", n_random, minimum=2)  # the random-heads interval needs two sets or more
     access = faithful_access(model, "find_in_context_heads")
     tp = access.tokenize(prompts)
+    zero_shot = [i for i, p in enumerate(tp.prompts.prompts) if not p.demos]
+    if zero_shot:
+        raise ValueError(
+            f"prompt {zero_shot[0]} (and {len(zero_shot) - 1} more) has no demonstrations; in-context heads are found "
+            "from what the model reads in the demonstrations: give few-shot prompts (shots >= 1)"
+        )
     n = n_selected(access.n_layers * access.n_heads, fraction, k)
     methods = tuple(dict.fromkeys((method, *also)))
     rescore = max(4, 4 * n) if rescore is None and "attribution" in methods else rescore or 0

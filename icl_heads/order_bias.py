@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads, with_demos
+from icl_heads._checks import check_int
 from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.accuracy import predict
 from icl_heads.engine import Hooks, content_key, digest, intervention_key, memoised
@@ -246,10 +247,11 @@ def recency_bias(
 
     Raises:
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
-        ValueError: ``shots < 2``, bad heads (``None`` included), or too few examples per class.
+        ValueError: ``shots < 2``, ``n_boot < 10``, bad heads (``None`` included), or too few examples per class.
     """
     options = run_options(options)
     check_heads_choice(heads)
+    check_int("n_boot", n_boot, minimum=10)
     access = faithful_access(model, "recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back
     key = (

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from icl_heads._checks import check_grid
 from icl_heads.access import ModelAccess
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.bias import MajorityBias, majority_bias
@@ -123,13 +124,12 @@ def tune_correction(
         The chosen value and the table of the search.
 
     Raises:
-        ValueError: an unknown ``kind`` or an empty grid.
+        ValueError: an unknown ``kind``, an empty grid or one with a value that is not finite.
     """
     options = run_options(options)
     if kind not in ("majority", "recency"):
         raise ValueError(f"kind must be 'majority' or 'recency', got {kind!r}")
-    if not len(grid):
-        raise ValueError("grid is empty; give hyperparameter values to try")
+    grid = check_grid("grid", grid)
     balanced = task.prompts(n, shots, seed=seed)
     quiet = run_options(options, progress=False)
     base_acc = icl_accuracy(model, balanced, options=quiet).accuracy
@@ -234,7 +234,6 @@ class BiasCorrection(Result):
     provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "Bias correction"
-    _legacy_methods: ClassVar[dict[str, str]] = {"reduction": "paired bootstrap", "accuracy_change": "paired bootstrap"}
 
     def _row(self, metric: str) -> pd.Series:
         return self.df.set_index("metric").loc[metric]

@@ -165,21 +165,6 @@ def test_result_save_load_keeps_typed_records(task, models, tmp_path):
     assert type(loaded.provenance) is Provenance and loaded.provenance == result.provenance
 
 
-def test_result_saved_with_plain_dicts_loads_typed(task, models, tmp_path):
-    """A meta.json written before config and provenance were typed (plain dicts) still loads, as records."""
-    result = ih.reading_roles(models["gpt2"], task.prompts(6, 4, seed=0), n_boot=50)
-    path = result.save(tmp_path / "old")
-    meta = json.loads((path / "meta.json").read_text())
-    meta["fields"]["config"] = {"n_boot": 50, "seed": 0, "dropped_since": True}
-    meta["fields"]["provenance"] = {"model": "tiny", "n_prompts": 6, "label_words": ["foo", "bar"]}
-    (path / "meta.json").write_text(json.dumps(meta))
-    loaded = type(result).load(path)
-    assert type(loaded.config) is ReadingRolesConfig and loaded.config["n_boot"] == 50
-    assert loaded.config.extra == {"dropped_since": True}
-    assert type(loaded.provenance) is Provenance and loaded.provenance["n_prompts"] == 6
-    assert loaded.provenance.get("task") is None
-
-
 def test_prompt_sets_carry_a_typed_config_that_reads_like_the_old_dict():
     import icl_heads as ih
     from icl_heads.prompts import ICLPrompts, PromptConfig

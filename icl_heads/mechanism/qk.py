@@ -2,9 +2,7 @@
 
 * :func:`qk_label_attention`: attention and pre-softmax scores from the final position to
   each label position, by whether the demonstration's label is the gold label or the prediction.
-* :func:`two_tower_test` (defined in :mod:`.towers`, importable from here): how well the
-  score separates same-class demonstrations (ROC AUC) next to the cosine of the residual
-  streams, and an optional low-rank bilinear probe.
+The two-tower test of the same scores is :func:`~icl_heads.mechanism.towers.two_tower_test`.
 """
 
 from __future__ import annotations
@@ -31,15 +29,12 @@ from icl_heads.mechanism._run import (
     reading_positions,
     token_str,
 )
-from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
 from icl_heads.records import UNSET, Provenance
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import read_positions
-
-__all__ = ["QKLabelAttention", "TwoTowerTest", "qk_label_attention", "two_tower_test"]
 
 
 @json_type
