@@ -211,7 +211,7 @@ def load_model(
         max_memory: TransformerLens 4 only: memory per device for ``device_map="auto"``.
 
     Returns:
-        A ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3).
+        model (TransformerBridge | HookedTransformer): a ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3).
 
     Raises:
         TypeError: ``name_or_path`` is not a str or Path.

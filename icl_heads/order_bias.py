@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -34,7 +33,7 @@ from icl_heads.recency import (
     order_spread,
 )
 from icl_heads.records import Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 
 #: the block gap of a result saved before it was measured
@@ -207,11 +206,9 @@ class RecencyBias(Result):
             "n prompts": len(self.golds),
         }
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Accuracy per order with intervals, and attention per demonstration slot."""
-        from icl_heads.plots.bias import plot_recency_bias
-
-        return plot_recency_bias(self)
+        return self._draw("plot")
 
 
 def recency_bias(
