@@ -1,29 +1,36 @@
-"""Read the numbers of :mod:`icl_heads.verdicts` off the result objects of a run."""
+"""Read the plain quantities of :mod:`icl_heads.verdicts` off the result objects of a run."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from icl_heads.stats import from_samples, resamples
+from icl_heads._format import fmt, fmt_ci
 from icl_heads.verdicts import (
+    HOLDS,
+    ICL_CLAIMS,
+    MARGINS,
     NOT_APPLICABLE,
-    MethodScore,
     Verdict,
     bias_verdict,
     components_verdict,
     correction_verdict,
     faithfulness_verdict,
     heads_verdict,
+    icl_verdict,
+    judge,
+    not_applicable,
     ov_verdict,
     qk_verdict,
-    sign_state,
+    reweighting_verdict,
 )
 
 CLAIMS = {
     "faithfulness": "the linear identities hold",
+    "icl": "the model learns the task in context",
     "heads": "a few heads carry ICL",
     "ov": "OV reads labels",
     "qk": "QK compares query and demonstrations",
@@ -36,19 +43,13 @@ CLAIMS = {
 }
 
 
-def within_prompt_auc_ci(
-    scores: np.ndarray,
-    same: np.ndarray,
-    groups: np.ndarray,
-    prompts: np.ndarray,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> tuple[float, tuple[float, float]]:
-    """Within-group AUC (pairs of a same-class and an other-class position of one group) and its bootstrap interval.
+def prompt_wins(
+    scores: np.ndarray, same: np.ndarray, groups: np.ndarray, prompts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, the same-class vs other-class pairs of positions won by the same-class score, and all pairs.
 
-    A group is one prompt seen by one head; prompts are resampled (with all their
-    groups); the estimate is total wins over total pairs, as in
-    :func:`icl_heads.mechanism._maths.paired_auc`.
+    A group is one prompt seen by one head; pairs are formed within a group; ties count
+    half; a prompt's wins and pairs are summed over its groups.
 
     Raises:
         ValueError: no group has both a same-class and an other-class position.
@@ -66,14 +67,11 @@ def within_prompt_auc_ci(
             pairs[p] = pairs.get(p, 0) + diff.size
     if not pairs:
         raise ValueError("no prompt has demonstrations of both the query's class and another class")
-    w, n = np.asarray(list(wins.values())), np.asarray([pairs[p] for p in wins], dtype=float)
-    idx = resamples(len(w), n_boot=n_boot, seed=seed)
-    auc = from_samples(float(w.sum() / n.sum()), w[idx].sum(1) / n[idx].sum(1), n=len(w), method="bootstrap")
-    return auc.value, auc.ci
+    return np.asarray(list(wins.values())), np.asarray([pairs[p] for p in wins], dtype=float)
 
 
 def _missing(name: str, why: str = "section skipped") -> Verdict:
-    return Verdict(CLAIMS[name], NOT_APPLICABLE, why)
+    return not_applicable(name, CLAIMS[name], why)
 
 
 def _faithfulness(f: Any) -> Verdict:
@@ -82,97 +80,95 @@ def _faithfulness(f: Any) -> Verdict:
     return faithfulness_verdict(float(w.relative_error), float(w.tolerance), w.identity + where)
 
 
+def _icl(acc: Any, n_labels: int, shots: int | None) -> Verdict:
+    correct = acc.label_logits.argmax(-1) == acc.golds
+    return icl_verdict(int(correct.sum()), int(correct.numel()), 1 / n_labels, shots)
+
+
 def _heads(found: Any) -> Verdict:
-    if found.verification is None:
+    if found.verification is None or found.random_accuracies is None:
         return _missing("heads", "not verified by ablation")
     v = found.verification.set_index("condition")
-    random = found.random_ablated_accuracy
+    n = int(found.ablated_accuracy.n)
+    if n == 0:
+        return _missing("heads", "the number of verification prompts was not recorded")
     return heads_verdict(
         found.names,
-        found.accuracy.value,
-        found.ablated_accuracy.value,
-        random.value,
-        random.ci,
-        float(v.loc["found heads", "rank_p"]),
+        float(v.loc["none", "accuracy"]),
+        round(float(found.ablated_accuracy) * n),
+        n,
+        np.asarray(found.random_accuracies, dtype=float).ravel(),
     )
 
 
+def ov_units(ov: Any) -> dict[str, tuple[float, int]]:
+    """Per kind (``label``, ``control``): share of demonstrations promoting their label and their number.
+
+    A demonstration is one unit: a slot of two tokens counts once, with the mean of its
+    positions (pooled over the heads as head x demonstration units).
+    """
+    pos = ov.positions
+    out = {}
+    for kind in ("label", "control"):
+        per_demo = pos[pos.kind == kind].groupby(["layer", "head", "prompt", "demo"]).promotes.mean()
+        out[kind] = (float(per_demo.mean()) if len(per_demo) else math.nan, len(per_demo))
+    return out
+
+
 def _ov(ov: Any) -> Verdict:
-    rows = ov.df[(ov.df.kind == "label") & (ov.df.label == "all")]
-    n = int(rows.n.sum())
-    share = float((rows.share_promoting * rows.n).sum() / n)
-    return ov_verdict(share, n, len(ov.label_words))
+    units = ov_units(ov)
+    (label, n_label), (control, n_control) = units["label"], units["control"]
+    if n_control == 0:
+        return _missing("ov", "no control positions to compare with")
+    return ov_verdict(label, n_label, control, n_control, len(ov.label_words), [f"L{a}H{b}" for a, b in ov.heads])
 
 
 def _qk(qk: Any) -> Verdict:
     pos = qk.positions
     prompt = pos.prompt.to_numpy()
     group = prompt * 100_000 + pos.layer.to_numpy() * 1000 + pos["head"].to_numpy()
-    auc, ci = within_prompt_auc_ci(pos.score.to_numpy(float), pos.same_as_gold.to_numpy(bool), group, prompt)
-    return qk_verdict(auc, ci, list(qk.df.name))
+    wins, pairs = prompt_wins(pos.score.to_numpy(float), pos.same_as_gold.to_numpy(bool), group, prompt)
+    return qk_verdict(wins, pairs, list(qk.df.name))
 
 
 def _correction(kind: str, fix: Any) -> Verdict:
     if fix is None or isinstance(fix, str):
         return correction_verdict(kind, None, NOT_APPLICABLE, skipped=fix or "section skipped")
     s = fix.summary()
+    before = s["bias before"]
+    lo, hi = s["before 95% CI"]
     grid = fix.config.get("grid") or []
+    extra = ""
+    if kind == "majority" and "imbalanced accuracy before" in s:
+        extra = (
+            f"; accuracy on imbalanced prompts {fmt(s['imbalanced accuracy before'])} → "
+            f"{fmt(s['imbalanced accuracy after'])}, change 95% {fmt_ci(s['imbalanced accuracy change 95% CI'])}"
+        )
     return correction_verdict(
         kind,
         fix.method,
-        sign_state(s["before 95% CI"], s["bias before"]),
+        str(judge(lo, hi, MARGINS[kind])) if before == before else NOT_APPLICABLE,
         reduction=fix.reduction.value,
         ci=fix.reduction.ci,
-        before=s["bias before"],
+        before=before,
         after=s["bias after"],
         at_grid_edge=bool(grid) and fix.value >= max(grid) and fix.value > 0,
+        grid_size=len(grid),
+        extra=extra,
     )
 
 
 def _components(dec: Any) -> Verdict:
-    kinds = dec.kinds()
-    best = kinds.loc[kinds.accuracy.idxmax()]
-    return components_verdict(
-        str(best.component), float(best.accuracy), float(dec.full_accuracy), int(kinds.good.sum()), len(kinds),
-        int(dec.n_prompts),
-    )  # fmt: skip
+    golds = dec.golds
+    component_correct = (dec.logits.argmax(-1) == golds[:, None]).numpy()
+    full_correct = (dec.full_logits.argmax(-1) == golds).numpy()
+    return components_verdict(list(dec.names), component_correct, full_correct)
 
 
-def reweighting_inputs(comparison: Any) -> tuple[dict[str, MethodScore], dict[str, MethodScore]]:
-    """Accuracy per method and the paired margin of the reweighting over each other method."""
-    table = comparison.table()
-    scores = {r.method: MethodScore(float(r.mean), float(r.std), int(r.runs)) for r in table.itertuples()}
-    runs = scores.get("reweighting", MethodScore(0, 0, 1)).runs
-    margins = {}
-    for b in scores:
-        if b != "reweighting" and "reweighting" in scores:
-            m, s = comparison.margin(baseline=b)
-            margins[b] = MethodScore(m, s, runs)
-    return scores, margins
-
-
-def extract(results: Mapping[str, Any]) -> list[Verdict]:
-    """See :func:`icl_heads.verdicts.collect_verdicts`."""
-    from icl_heads.verdicts import reweighting_verdict
-
-    out = []
-
-    def add(name: str, make: Any) -> None:
-        value = results.get(name)
-        out.append(_missing(name) if value is None else make(value))
-
-    add("faithfulness", _faithfulness)
-    add("heads", _heads)
-    add("ov", _ov)
-    add("qk", _qk)
-    for kind in ("majority", "recency"):
-        add(kind, lambda b, kind=kind: bias_verdict(kind, *_bias_numbers(kind, b)))
-        fix = results.get(f"{kind}_correction")
-        out.append(_correction(kind, fix) if kind in results else _missing(f"{kind}_correction"))
-    add("decomposition", _components)
-    n_labels = int(results.get("n_labels", 2))
-    add("reweighting", lambda c: reweighting_verdict(*reweighting_inputs(c), chance=1 / n_labels))
-    return out
+def reweighting_accuracies(comparison: Any) -> dict[str, np.ndarray]:
+    """Per method, its test accuracy in each run (seed x template), runs in one order for every method."""
+    wide = comparison.df.pivot_table(index=["seed", "template"], columns="method", values="accuracy")
+    return {m: wide[m].to_numpy(float) for m in wide.columns if wide[m].notna().all()}
 
 
 _MEASURES = {
@@ -181,9 +177,46 @@ _MEASURES = {
 }
 
 
-def _bias_numbers(kind: str, b: Any) -> tuple[float, tuple[float, float], str]:
-    """The headline of a bias: recency's block gap (which does not cancel over query classes) when measured."""
+def _bias(kind: str, b: Any) -> Verdict:
+    """The headline of a bias; recency's block gap (it does not cancel over query classes) beside the classic measures."""
     gap = float(getattr(b, "block_gap", float("nan")))
     if kind == "recency" and gap == gap:
-        return gap, b.block_gap.ci, "accuracy gap, query's class block last minus first"
-    return float(b.bias), b.bias.ci, _MEASURES[kind]
+        extra = (
+            f"; classic measures: excess last-label predictions {fmt(b.last_label_excess)} "
+            f"{fmt_ci(b.last_label_excess.ci)}, accuracy spread over orders {fmt(b.bias)} {fmt_ci(b.bias.ci)}"
+        )
+        shots = getattr(b.config, "shots", None)
+        measure = "accuracy gap, query's class block last minus first"
+        if shots:
+            measure = f"{shots}-shot prompts: {measure}"
+        return bias_verdict(kind, gap, b.block_gap.ci, measure, extra)
+    return bias_verdict(kind, float(b.bias), b.bias.ci, _MEASURES[kind])
+
+
+def extract(results: Mapping[str, Any]) -> list[Verdict]:
+    """See :func:`icl_heads.verdicts.collect_verdicts`."""
+    out: dict[str, Verdict] = {}
+    n_labels = int(results.get("n_labels", 2))
+
+    def add(name: str, make: Any, source: str | None = None) -> None:
+        value = results.get(source or name)
+        out[name] = _missing(name) if value is None else make(value)
+
+    add("faithfulness", _faithfulness)
+    add("icl", lambda a: _icl(a, n_labels, results.get("shots")), "accuracy")
+    add("heads", _heads)
+    add("ov", _ov)
+    add("qk", _qk)
+    for kind in ("majority", "recency"):
+        add(kind, lambda b, kind=kind: _bias(kind, b))
+        fix = results.get(f"{kind}_correction")
+        out[f"{kind}_correction"] = _correction(kind, fix) if kind in results else _missing(f"{kind}_correction")
+    add("decomposition", _components)
+    add("reweighting", lambda c: reweighting_verdict(reweighting_accuracies(c), chance=1 / n_labels))
+    if "accuracy" in results and out["icl"].state != HOLDS:
+        icl = out["icl"]
+        for name in ICL_CLAIMS:
+            if out[name].state != NOT_APPLICABLE:
+                why = f"the model does not learn the task in context ({icl.detail}); measured: {out[name].detail}"
+                out[name] = _missing(name, why)
+    return list(out.values())
