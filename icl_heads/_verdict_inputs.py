@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from icl_heads._format import fmt, fmt_ci
 from icl_heads.verdicts import (
@@ -189,8 +190,20 @@ def _bias(kind: str, b: Any) -> Verdict:
         measure = "accuracy gap, query's class block last minus first"
         if shots:
             measure = f"{shots}-shot prompts: {measure}"
-        return bias_verdict(kind, gap, b.block_gap.ci, measure, extra)
+        return bias_verdict(kind, gap, _not_degenerate(b.block_gap.ci, len(b.golds)), measure, extra)
     return bias_verdict(kind, float(b.bias), b.bias.ci, _MEASURES[kind])
+
+
+def _not_degenerate(ci: tuple[float, float], n: int) -> tuple[float, float]:
+    """A bootstrap interval of zero width (every prompt's gap the same, e.g. all 0) widened to what n prompts allow.
+
+    A per-prompt gap lies in [-1, 1], so the mean gap is at most the share of prompts whose
+    gap is not zero; with none among ``n`` prompts, that share's Wilson upper end bounds it.
+    """
+    if ci[1] > ci[0]:
+        return ci
+    bound = float(sps.binomtest(0, n).proportion_ci(0.95, method="wilson").high)
+    return (max(ci[0] - bound, -1.0), min(ci[1] + bound, 1.0))
 
 
 def extract(results: Mapping[str, Any]) -> list[Verdict]:

@@ -24,10 +24,11 @@ from typing import Any
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
 from icl_heads.engine import RunOptions, run_options
 from icl_heads.models import Head, Hooks
+from icl_heads.order_bias import RECENCY_SHOTS
 from icl_heads.prompts import ICLTask
 
 #: the biases a correction can target, with the shots their measurement uses by default
-BIASES = {"majority": 4, "recency": 8}
+BIASES = {"majority": 4, "recency": RECENCY_SHOTS}
 #: the method :func:`~icl_heads.debias.correct_bias` uses for each bias when none is named
 DEFAULT_METHODS = {"majority": "count", "recency": "prior"}
 

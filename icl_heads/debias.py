@@ -22,6 +22,7 @@ from icl_heads.bias import (
 )
 from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
 from icl_heads.engine import RunOptions, run_options, takes_run_options
+from icl_heads.order_bias import RECENCY_SHOTS
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.tuning import (  # noqa: F401 - BiasCorrection and tune_correction: importable from here as before
@@ -205,7 +206,7 @@ def correct_recency_bias(
     *,
     method: str = "prior",
     heads: Any = "found",
-    shots: int = 8,
+    shots: int = RECENCY_SHOTS,
     n: int = 300,
     seed: int = 0,
     tune_n: int = 200,

@@ -35,6 +35,9 @@ from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
 
+#: demonstrations per prompt of a recency measurement and its correction, by default (one default for both)
+RECENCY_SHOTS = 8
+
 #: the block gap of a result saved before it was measured
 _NO_GAP = Estimate(float("nan"))
 
@@ -210,7 +213,7 @@ def recency_bias(
     model: Any,
     task: ICLTask,
     *,
-    shots: int = 4,
+    shots: int = RECENCY_SHOTS,
     n: int = 200,
     seed: int = 0,
     n_random_orders: int = 4,
@@ -224,7 +227,8 @@ def recency_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task to sample prompts from.
-        shots: demonstrations per prompt (balanced counts).
+        shots: demonstrations per prompt (balanced counts); the default, :data:`RECENCY_SHOTS`, is also
+            the recency correction's.
         n: number of prompts.
         seed: seed of the prompts and of the random orders.
         n_random_orders: random orders besides original, reversed and the two label blocks.
