@@ -138,9 +138,14 @@ def section_heads(ctx: Context) -> list[Section]:
         )
     # where the heads read (token roles at the final position) and how many heads it takes to collapse ICL
     reading = ih.reading_roles(ctx.model, ctx.held_out)
-    sec.text("Where each head reads: its final-position attention by token role (mean over prompts).")
+    sec.text(
+        "Where each head reads: its final-position attention by token role (mean over prompts). In the table, "
+        "'read_at' is the reading position every analysis of this report names the same way ('label', "
+        "'after_label' or 'slot', both tokens of a demonstration's label slot); 'most attended role' is the single "
+        "token role with the most attention.",
+    )
     sec.figure(reading.plot())
-    sec.table(reading.reads(found.heads))
+    sec.table(reading.reads(found.heads).rename(columns={"role": "most attended role"}))
     count = ih.heads_needed(
         ctx.model, ctx.held_out, found, greedy=False, n_random=10, max_k=min(total, 16), seed=ctx.args.seed,
         random_for="last",  # the random sets of other sizes are on the ablation curve above
@@ -284,7 +289,10 @@ def section_bias(ctx: Context) -> list[Section]:
     sec.text(
         "Corrections: hyperparameters tuned on held-out prompts, measured on the same test prompts as the biases "
         "above (so 'bias before' repeats them). Their 'balanced accuracy' is measured on balanced prompts drawn "
-        "for the correction, a different sample from the majority measurement's balanced condition.",
+        "for the correction, a different sample from the majority measurement's balanced condition; count "
+        "normalisation leaves balanced prompts unchanged by construction, so the majority correction is judged by "
+        "its accuracy on imbalanced prompts. Each correction's 'read at' is resolved from the corrected heads' "
+        "attention on its own prompts (this section's setting), so it can differ from the mechanism section's.",
     )
     for key, fix in zip(("majority_correction", "recency_correction"), fixes.items(), strict=True):
         sec.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])

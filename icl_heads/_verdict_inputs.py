@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from icl_heads._format import fmt, fmt_ci
 from icl_heads.verdicts import (
+    CLAIMS,
     HOLDS,
     ICL_CLAIMS,
     MARGINS,
@@ -28,20 +29,6 @@ from icl_heads.verdicts import (
     qk_verdict,
     reweighting_verdict,
 )
-
-CLAIMS = {
-    "faithfulness": "the linear identities hold",
-    "icl": "the model learns the task in context",
-    "heads": "a few heads carry ICL",
-    "ov": "OV reads labels",
-    "qk": "QK compares query and demonstrations",
-    "majority": "majority bias exists",
-    "majority_correction": "majority correction reduces the bias",
-    "recency": "recency bias exists",
-    "recency_correction": "recency correction reduces the bias",
-    "decomposition": "components beat the whole",
-    "reweighting": "reweighting beats the baselines",
-}
 
 
 def prompt_wins(

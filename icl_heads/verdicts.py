@@ -39,6 +39,21 @@ INCONCLUSIVE = "inconclusive"
 NOT_APPLICABLE = "not applicable"
 STATES = (HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_APPLICABLE)
 
+#: each claim in a few words, by key
+CLAIMS = {
+    "faithfulness": "the linear identities hold",
+    "icl": "the model learns the task in context",
+    "heads": "a few heads carry ICL",
+    "ov": "OV reads labels",
+    "qk": "QK compares query and demonstrations",
+    "majority": "majority bias exists",
+    "majority_correction": "majority correction reduces the bias",
+    "recency": "recency bias exists",
+    "recency_correction": "recency correction reduces the bias",
+    "decomposition": "components beat the whole",
+    "reweighting": "reweighting beats the baselines",
+}
+
 #: the smallest effect that counts as each claim, in the units of its effect (the legend prints them)
 MARGINS: dict[str, float] = {
     "icl": 0.10,  # accuracy above chance
@@ -407,7 +422,7 @@ def legend() -> list[str]:
         "not applicable: the analysis did not run, or what it is about is absent (the claims about how ICL works "
         "need the model to learn the task in context; a correction needs an established bias).",
     ]
-    lines += [f"margin of '{k}': {fmt(v, 2 if v < 1 else 0)} ({MARGIN_UNITS[k]})" for k, v in MARGINS.items()]
+    lines += [f"margin of '{CLAIMS[k]}': {fmt(v, 2 if v < 1 else 0)} ({MARGIN_UNITS[k]})" for k, v in MARGINS.items()]
     return lines
 
 

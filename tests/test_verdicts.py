@@ -15,6 +15,7 @@ import pytest
 from icl_heads._verdict_inputs import prompt_wins
 from icl_heads.stats import bootstrap_mean
 from icl_heads.verdicts import (
+    CLAIMS,
     CONTRADICTED,
     HOLDS,
     INCONCLUSIVE,
@@ -62,7 +63,7 @@ def test_legend_names_every_state_and_every_margin():
     for state in (HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_APPLICABLE):
         assert f"{state}:" in text
     for key in MARGINS:
-        assert f"margin of '{key}'" in text
+        assert f"margin of '{CLAIMS[key]}'" in text
 
 
 def test_faithfulness_states_and_figure():
