@@ -34,7 +34,7 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
     from icl_heads.organism import organism_task
 
     model = _model(kind, Path(tmp))
-    access = ih.models.ModelAccess(model)
+    access = ih.access.ModelAccess(model)
     tp = access.tokenize(organism_task(seed=5).prompts(n, 4, seed=5))
     batches = list(access.batches(tp, batch_size))
     with torch.inference_mode():  # warm up kernels on one prompt: a full batch would set the peak RSS
@@ -47,13 +47,11 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
                 for b in batches:
                     model(b.tokens)
         elif what == "attribution":
-            ih.score_heads(model, tp, methods=("attribution",), options=ih.engine.RunOptions(batch_size=batch_size))
+            ih.score_heads(model, tp, methods=("attribution",), options=ih.RunOptions(batch_size=batch_size))
         elif what == "attribution_rescore4":
-            ih.score_heads(
-                model, tp, methods=("attribution",), rescore=4, options=ih.engine.RunOptions(batch_size=batch_size)
-            )
+            ih.score_heads(model, tp, methods=("attribution",), rescore=4, options=ih.RunOptions(batch_size=batch_size))
         elif what == "ablation":
-            ih.score_heads(model, tp, methods=("ablation",), options=ih.engine.RunOptions(batch_size=batch_size))
+            ih.score_heads(model, tp, methods=("ablation",), options=ih.RunOptions(batch_size=batch_size))
         seconds = time.perf_counter() - start
     return {"what": what, "seconds": seconds, "peak_mb": rss.mb, "n": n}
 

@@ -91,7 +91,7 @@ def _setup(kind: str, n: int, threads: int, tmp: str):
     from icl_heads.organism import organism_task
 
     model = _model(kind, Path(tmp))
-    access = ih.models.ModelAccess(model)
+    access = ih.access.ModelAccess(model)
     tp = access.tokenize(organism_task(seed=5).prompts(n, 4, seed=5))
     tiny = access.tokenize(organism_task(seed=5).prompts(1, 4, seed=6))
     return model, access, tp, tiny
@@ -100,7 +100,7 @@ def _setup(kind: str, n: int, threads: int, tmp: str):
 def _pass(what: str, model, access, tp, batch_size: int) -> None:
     import torch
 
-    from icl_heads.decomposition import decompose
+    from icl_heads.components.decompose import decompose
     from icl_heads.engine import RunOptions
 
     with torch.inference_mode():
@@ -146,7 +146,7 @@ def _fit_time(repeats: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from icl_heads.reweighting import ComponentReweighting
+    from icl_heads.components.estimators import ComponentReweighting
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(24, 1000, 2)), rng.integers(0, 2, 24)
@@ -210,13 +210,14 @@ def organism_results(seeds: tuple[int, ...], n: int) -> str:
 
     torch.set_num_threads(1)
     import icl_heads as ih
-    from icl_heads.decomposition import component_stability, decompose
+    from icl_heads.components.decompose import decompose
+    from icl_heads.components.protocol import compare_reweighting
+    from icl_heads.components.stability import component_stability
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
-    from icl_heads.reweighting import compare_reweighting
 
     model = ih.load_model("organism")
     task = organism_task(max_words=6, noise_rate=0.2, seed=seeds[0])
-    tok = ih.models.ModelAccess(model).tokenizer
+    tok = ih.access.ModelAccess(model).tokenizer
     longest = max(  # 24 demonstrations and a query of 6 words each, plus BOS
         1 + len(tok(t.format(text=" ".join(["goal"] * 6), label="foo") * 24 + t.split(" {label}")[0].format(
             text=" ".join(["goal"] * 6)), add_special_tokens=False)["input_ids"])

@@ -89,7 +89,7 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
     from icl_heads.organism import organism_task
 
     model = _model(kind, Path(tmp))
-    access = ih.models.ModelAccess(model)
+    access = ih.access.ModelAccess(model)
     tp = access.tokenize(organism_task(seed=5).prompts(n, 4, seed=5))
     batches = list(access.batches(tp, batch_size))
     with torch.inference_mode():  # warm up kernels on one prompt: a full batch would set the peak RSS
@@ -106,7 +106,7 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
                     _, cache = model.run_with_cache(b.tokens)
                     del cache
             elif what in ("dla", "logprob_increase"):
-                ih.score_heads(model, tp, methods=(what,), options=ih.engine.RunOptions(batch_size=batch_size))
+                ih.score_heads(model, tp, methods=(what,), options=ih.RunOptions(batch_size=batch_size))
             elif what == "ablation_sweep":
                 for layer in range(access.n_layers):
                     for head in range(access.n_heads):
@@ -114,10 +114,10 @@ def _measure(kind: str, what: str, n: int, batch_size: int, threads: int, tmp: s
                             access,
                             tp,
                             hooks=ih.interventions.HeadAblation(((layer, head),)),
-                            options=ih.engine.RunOptions(batch_size=batch_size),
+                            options=ih.RunOptions(batch_size=batch_size),
                         )
             elif what == "ablation_batched":
-                ih.score_heads(model, tp, methods=("ablation",), options=ih.engine.RunOptions(batch_size=batch_size))
+                ih.score_heads(model, tp, methods=("ablation",), options=ih.RunOptions(batch_size=batch_size))
         seconds = time.perf_counter() - start
     return {"what": what, "seconds": seconds, "peak_mb": rss.mb, "n": n}
 

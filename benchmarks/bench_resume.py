@@ -74,11 +74,11 @@ def main() -> None:
     def run(label: str, prompts, hooks) -> None:
         with count_cost() as ledger:
             start = time.perf_counter()
-            ih.icl_accuracy(model, prompts, hooks=hooks, options=ih.engine.RunOptions(batch_size=args.batch_size))
+            ih.icl_accuracy(model, prompts, hooks=hooks, options=ih.RunOptions(batch_size=args.batch_size))
             seconds[label].append(time.perf_counter() - start)
         layer_tokens[label] = ledger.total.layer_tokens
 
-    options = ih.engine.RunOptions(batch_size=args.batch_size)
+    options = ih.RunOptions(batch_size=args.batch_size)
     ih.icl_accuracy(model, task.prompts(4, 4, seed=99), options=options)  # warm-up and the probe
     keep = resume.CACHE_BYTES
     for r in range(args.repeats):
@@ -97,7 +97,7 @@ def main() -> None:
         f"model: random Llama shape, {args.layers} layers x 8 heads, d_model {args.d_model}; {args.n} prompts "
         f"(4-shot), batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}"
     )
-    print(f"resumes exactly: {resume.support(ih.models.ModelAccess(model, check=False))}")
+    print(f"resumes exactly: {resume.support(ih.access.ModelAccess(model, check=False))}")
     print()
     print("| pass | seconds | time / forward | layer×token evaluations / forward |")
     print("|---|---:|---:|---:|")

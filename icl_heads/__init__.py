@@ -14,16 +14,16 @@ corrections and plotting functions live in their modules (``icl_heads.heads``,
 8
 """
 
-import importlib as _importlib
-import warnings as _warnings
-
 from icl_heads import testing
 from icl_heads._version import __version__
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.agreement import compare_head_scores
-from icl_heads.bias import majority_bias, recency_bias
+from icl_heads.bias import majority_bias
+from icl_heads.components.decompose import decompose
+from icl_heads.components.estimators import CalibPlus, ComponentReweighting, NotFittedError
+from icl_heads.components.protocol import compare_reweighting
+from icl_heads.components.stability import component_stability
 from icl_heads.debias import correct_majority_bias, correct_recency_bias
-from icl_heads.decomposition import component_stability, decompose
 from icl_heads.faithfulness import UnfaithfulModelError, check_faithfulness
 from icl_heads.head_count import ablation_curve, heads_needed
 from icl_heads.heads import find_in_context_heads
@@ -31,11 +31,11 @@ from icl_heads.interventions import ablate, intervening
 from icl_heads.mechanism import flip_analysis, ov_label_features, qk_label_attention, two_tower_test
 from icl_heads.models import load_model
 from icl_heads.options import RunOptions
+from icl_heads.order_bias import recency_bias
 from icl_heads.organism import organism_task
 from icl_heads.prompts import ICLPrompts, ICLTask, LabelTokenError, PromptTooLongError
 from icl_heads.reading import reading_roles
 from icl_heads.results import load_result
-from icl_heads.reweighting import CalibPlus, ComponentReweighting, NotFittedError, compare_reweighting
 from icl_heads.scoring import score_heads
 from icl_heads.stats import Estimate
 
@@ -85,48 +85,3 @@ __all__ = [  # noqa: RUF022 - grouped by step of the workflow
     "testing",
     "__version__",
 ]
-
-#: names that left the top-level namespace, and the module each now lives in
-MOVED = {
-    "AccuracyResult": "icl_heads.accuracy",
-    "BiasCorrection": "icl_heads.debias",
-    "ComponentStability": "icl_heads.decomposition",
-    "Decomposition": "icl_heads.decomposition",
-    "Faithfulness": "icl_heads.faithfulness",
-    "FlipAnalysis": "icl_heads.mechanism",
-    "HeadAblation": "icl_heads.interventions",
-    "HeadCount": "icl_heads.head_count",
-    "InContextHeads": "icl_heads.heads",
-    "MajorityBias": "icl_heads.bias",
-    "ModelAccess": "icl_heads.models",
-    "OVLabelFeatures": "icl_heads.mechanism",
-    "QKLabelAttention": "icl_heads.mechanism",
-    "ReadingRoles": "icl_heads.reading",
-    "RecencyBias": "icl_heads.bias",
-    "ReweightingComparison": "icl_heads.reweighting",
-    "ScoreAgreement": "icl_heads.agreement",
-    "TokenizedPrompts": "icl_heads.prompts",
-    "TwoTowerTest": "icl_heads.mechanism",
-    "ablation": "icl_heads.interventions",
-    "combine": "icl_heads.interventions",
-    "correcting": "icl_heads.corrections",
-    "count_normalisation": "icl_heads.corrections",
-    "fixed_demo_prompts": "icl_heads.decomposition",
-    "flip_prompts": "icl_heads.mechanism",
-    "ov_compensation": "icl_heads.corrections",
-    "positional_prior": "icl_heads.corrections",
-    "tune_correction": "icl_heads.debias",
-    "unrotated_attention": "icl_heads.corrections",
-}
-
-
-def __getattr__(name: str):
-    """Names that moved to their modules still resolve, with a ``DeprecationWarning`` naming the new import."""
-    if name in MOVED:
-        _warnings.warn(
-            f"icl_heads.{name} left the top-level namespace; use `from {MOVED[name]} import {name}`",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(_importlib.import_module(MOVED[name]), name)
-    raise AttributeError(f"module 'icl_heads' has no attribute {name!r}")

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from icl_heads.engine import RunOptions, takes_run_options
+from icl_heads.access import Head, ModelAccess
 from icl_heads.interventions import check_heads
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
 
 #: ``heads="found"``: run the head finder on the prompts and use its heads (the bias functions' default).
@@ -32,7 +32,6 @@ def check_heads_choice(heads: Any) -> Any:
     return heads
 
 
-@takes_run_options
 def default_heads(model: Any, prompts: ICLPrompts, *, options: RunOptions | None = None) -> tuple[Head, ...]:
     """The in-context heads of ``model`` on ``prompts``: the top heads plus each label's top heads.
 
@@ -46,6 +45,7 @@ def default_heads(model: Any, prompts: ICLPrompts, *, options: RunOptions | None
         options: how prompts are run: batch size, padding side, progress bar; does not
             change the result (a :class:`~icl_heads.options.RunOptions`).
     """
+    options = run_options(options)
     from icl_heads.heads import find_in_context_heads
 
     found = find_in_context_heads(model, prompts, verify=False, options=options)
@@ -72,7 +72,7 @@ def resolve_heads(
     return out
 
 
-def _check_task(task: Any) -> ICLTask:
+def check_task(task: Any) -> ICLTask:
     if not isinstance(task, ICLTask):
         raise TypeError(
             f"expected an ICLTask (the measurement samples its own prompt conditions), got {type(task).__name__}; "
@@ -81,7 +81,7 @@ def _check_task(task: Any) -> ICLTask:
     return task
 
 
-def _with_demos(base: ICLPrompts, demos: Sequence[Sequence[tuple[str, int]]], name: str) -> ICLPrompts:
+def with_demos(base: ICLPrompts, demos: Sequence[Sequence[tuple[str, int]]], name: str) -> ICLPrompts:
     """``base`` with each prompt's demonstrations replaced (queries and golds kept)."""
     prompts = tuple(
         ICLPrompt(demos=tuple(d), query=p.query, gold=p.gold) for p, d in zip(base.prompts, demos, strict=True)

@@ -89,7 +89,7 @@ def check_texts(texts: Any, name: str = "texts") -> tuple[str, ...]:
     return tuple(items)
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "bool"
     if isinstance(value, numbers.Number):
@@ -118,7 +118,7 @@ def check_labels(labels: Any, name: str = "labels") -> list:
         raise TypeError(f"{name}[{i}] is {items[i]!r} ({type(items[i]).__name__}); labels must be hashable values")
     first: dict[str, int] = {}
     for i, y in enumerate(items):
-        first.setdefault(_kind(y), i)
+        first.setdefault(kind_of(y), i)
     if len(first) > 1:
         examples = ", ".join(f"{items[i]!r} ({kind}, index {i})" for kind, i in first.items())
         raise ValueError(
@@ -135,6 +135,6 @@ def natural_order(labels: Sequence[Any]) -> tuple[Any, ...]:
     ((2, 10), ('sport', 'food'))
     """
     distinct = tuple(dict.fromkeys(labels))
-    if distinct and all(_kind(y) == "number" for y in distinct):
+    if distinct and all(kind_of(y) == "number" for y in distinct):
         return tuple(sorted(distinct))
     return distinct

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from icl_heads.engine import RunOptions
+from icl_heads.options import RunOptions
 from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
@@ -96,7 +96,7 @@ def section_heads(ctx: Context) -> list[Section]:
     from icl_heads.report import agreement_part
 
     sec = Section(f"In-context heads ({ctx.args.shots}-shot prompts)")
-    access = ih.models.ModelAccess(ctx.model)
+    access = ih.access.ModelAccess(ctx.model)
     total = access.n_layers * access.n_heads
     # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
     also = ("dla", "ablation") if total <= MAX_HEADS_FOR_ABLATION else ("dla",)
@@ -225,8 +225,9 @@ def section_mechanism(ctx: Context) -> list[Section]:
 
 
 def section_bias(ctx: Context) -> list[Section]:
-    from icl_heads.bias import majority_bias, recency_bias
+    from icl_heads.bias import majority_bias
     from icl_heads.debias import correct_majority_bias, correct_recency_bias
+    from icl_heads.order_bias import recency_bias
 
     task, note = _organism_variant(ctx, "bias")
     n, seed = ctx.args.n_prompts, ctx.args.seed
@@ -319,8 +320,9 @@ def section_bias(ctx: Context) -> list[Section]:
 
 
 def section_components(ctx: Context) -> list[Section]:
-    from icl_heads.decomposition import component_stability, decompose
-    from icl_heads.reweighting import compare_reweighting
+    from icl_heads.components.decompose import decompose
+    from icl_heads.components.protocol import compare_reweighting
+    from icl_heads.components.stability import component_stability
 
     sec = Section(f"Components: decomposition, component kinds, stability, reweighting ({ctx.args.shots}-shot prompts)")
     task, note = _organism_variant(ctx, "components")

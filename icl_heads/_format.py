@@ -1,9 +1,11 @@
-"""The one rounding rule of the report, the summary and the figures' titles."""
+"""The one formatter: the rounding rule of the report, the summary, the results' reprs and the figures' titles."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
@@ -22,3 +24,25 @@ def fmt(x: float | None, digits: int = 3) -> str:
 def fmt_ci(ci: Sequence[float], digits: int = 3) -> str:
     """``[lo, hi]`` with :func:`fmt`."""
     return f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def show(v: Any, digits: int = 3) -> str:
+    """Any value as the report and the results' reprs show it.
+
+    A number with an interval (an :class:`~icl_heads.stats.Estimate`) with its interval,
+    numbers with :func:`fmt`, lists of numbers in brackets, dicts as JSON, anything else as ``str``.
+
+    >>> from icl_heads.stats import wilson
+    >>> show(wilson(40, 50)), show(0.5), show((0.25, 0.75)), show({"a": 1}), show("x")
+    ('0.800 [0.670, 0.888]', '0.500', '[0.250, 0.750]', '{"a": 1}', 'x')
+    """
+    low = getattr(v, "low", math.nan)
+    if isinstance(v, float) and low == low:  # an Estimate with an interval (not NaN)
+        return f"{fmt(v, digits)} {fmt_ci((low, v.high), digits)}"
+    if isinstance(v, float):
+        return fmt(v, digits)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
+        return "[" + ", ".join(fmt(x, digits) for x in v) + "]"
+    if isinstance(v, dict):
+        return json.dumps(v, default=str)
+    return str(v)

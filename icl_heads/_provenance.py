@@ -1,4 +1,4 @@
-"""Where a run's numbers come from: versions, device and dtype, seeds, command, model and task, cost."""
+"""The provenance of a run of ``icl-heads analyze``: versions, device and dtype, seeds, command, model and task."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import hashlib
 import platform
 import shlex
 import sys
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from icl_heads.records import UNSET, Record, renamed
-from icl_heads.results import json_type
+from icl_heads.records import ModelIdentity, Provenance, TaskIdentity
 
 #: distributions whose versions a run records, by the name shown
 PACKAGES = {
@@ -49,54 +47,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@json_type
-@dataclass(frozen=True, eq=False, repr=False)
-class ModelIdentity(Record):
-    """A loaded model: its reference, architecture, class (key ``"class"``), size, device and dtype."""
-
-    reference: str
-    architecture: str
-    class_: str = renamed("class")
-    n_layers: int | None = None
-    n_heads: int | None = None
-    d_model: int | None = None
-    parameters: int = 0
-    device: str = "unknown"
-    dtype: str = "unknown"
-
-
-@json_type
-@dataclass(frozen=True, eq=False, repr=False)
-class TaskIdentity(Record):
-    """A task: name, template, classes, label words and size; its data file and SHA-256 if it came from one."""
-
-    name: str
-    template: str
-    classes: list[str]
-    label_words: list[str]
-    examples: int
-    data: str = UNSET
-    data_sha256: str = UNSET
-
-
-@json_type
-@dataclass(frozen=True, eq=False, repr=False)
-class RunProvenance(Record):
-    """Everything a reader needs to reproduce a run of ``icl-heads analyze``; ``cost`` is set when it ends."""
-
-    command: str
-    versions: dict[str, str]
-    model: ModelIdentity
-    task: TaskIdentity
-    seeds: dict[str, int]
-    torch_threads: Any
-    platform: str
-    python_executable: str
-    cost: dict[str, Any] = UNSET
-
-    _nested: ClassVar[dict[str, type[Record]]] = {"model": ModelIdentity, "task": TaskIdentity}
 
 
 def model_identity(model: Any, reference: str, architecture: str | None = None) -> ModelIdentity:
@@ -140,11 +90,11 @@ def run_provenance(
     data: Path | None,
     seeds: dict[str, int],
     threads: Any,
-) -> RunProvenance:
+) -> Provenance:
     """Everything a reader needs to reproduce the run (the cost is added when it ends, with ``replace``)."""
     import torch
 
-    return RunProvenance(
+    return Provenance(
         command=command_line(argv),
         versions=versions(),
         model=model_identity(model, reference, architecture),

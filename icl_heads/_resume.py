@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from icl_heads.engine import _model_state, digest, per_model, record_pass, reuse_allowed
+from icl_heads.engine import digest, model_state, per_model, record_pass, reuse_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class _Kept:
 def _kept(model: Any) -> _Kept | None:
     if not reuse_allowed():
         return None
-    state = _model_state(model)
+    state = model_state(model)
     if state is None:
         return None
     table = _CACHE.get(model)

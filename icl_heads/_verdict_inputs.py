@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from icl_heads._format import fmt, fmt_ci
+from icl_heads.stats import wilson
 from icl_heads.verdicts import (
     CLAIMS,
     HOLDS,
@@ -189,7 +189,7 @@ def _not_degenerate(ci: tuple[float, float], n: int) -> tuple[float, float]:
     """
     if ci[1] > ci[0]:
         return ci
-    bound = float(sps.binomtest(0, n).proportion_ci(0.95, method="wilson").high)
+    bound = wilson(0, n).high
     return (max(ci[0] - bound, -1.0), min(ci[1] + bound, 1.0))
 
 

@@ -11,8 +11,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.engine import RunOptions, batches, intervention_key, memoised, prompt_key, takes_run_options
-from icl_heads.models import Hooks, ModelAccess
+from icl_heads.access import Hooks, ModelAccess
+from icl_heads.engine import batches, intervention_key, memoised, prompt_key
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
@@ -41,7 +42,6 @@ class Predictions:
         return self.label_logits.log_softmax(-1).gather(1, self.golds[:, None])[:, 0]
 
 
-@takes_run_options
 def predict(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -64,8 +64,9 @@ def predict(
         first_token: score the first token of label words of several tokens.
 
     Raises:
-        TypeError, ValueError: see :class:`~icl_heads.models.ModelAccess`.
+        TypeError, ValueError: see :class:`~icl_heads.access.ModelAccess`.
     """
+    options = run_options(options)
     access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts, first_token=first_token)
     label_ids = torch.tensor(tp.label_token_ids)
@@ -155,7 +156,6 @@ def accuracy_table(pred: Predictions, label_words: Sequence[str], *, seed: int =
     return pd.DataFrame(rows)
 
 
-@takes_run_options
 def icl_accuracy(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -184,6 +184,7 @@ def icl_accuracy(
         PromptTooLongError: a prompt longer than the model's context.
         LabelTokenError: a label word that is not one token (unless ``first_token``).
     """
+    options = run_options(options)
     access = ModelAccess(model, check=False)
     tp = access.tokenize(prompts, first_token=first_token)
     pred = predict(access, tp, hooks=hooks, options=options)

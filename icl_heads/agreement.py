@@ -25,13 +25,14 @@ from jaxtyping import Float
 from scipy.stats import spearmanr
 from torch import Tensor
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import ScoreAgreementConfig
-from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
-from icl_heads.models import Head, ModelAccess
+from icl_heads.engine import batches
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.scoring import METHODS, _per_prompt_ablation, ablation_means, check_ablation_args, score_heads
+from icl_heads.scoring import METHODS, ablation_means, check_ablation_args, per_prompt_ablation, score_heads
 
 CHEAP_METHODS = tuple(m for m in METHODS if m != "ablation")
 
@@ -174,7 +175,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-@takes_run_options
 def compare_head_scores(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -220,6 +220,7 @@ def compare_head_scores(
     >>> len(agreement.df), -1 <= agreement.spearman <= 1
     (6, True)
     """
+    options = run_options(options)
     if method not in CHEAP_METHODS:
         raise ValueError(f"method must be a cheap score, one of {CHEAP_METHODS}; got {method!r}")
     check_ablation_args(how, where, rescore)
@@ -242,7 +243,7 @@ def compare_head_scores(
     drops = torch.zeros(len(tp), access.n_layers, access.n_heads)
     # batched by length as score_heads batches them, so drops it computed on these prompts are read back
     for batch in batches(access, tp, options, desc="exact ablation", by_length=True):
-        drops[batch.index] = _per_prompt_ablation(
+        drops[batch.index] = per_prompt_ablation(
             access, batch, label_ids, heads_per_pass, heads=heads, how=how, where=where, means=means
         )
     per_prompt = drops[:, [layer for layer, _ in heads], [h for _, h in heads]]  # [prompt, head]

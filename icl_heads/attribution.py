@@ -33,8 +33,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.engine import record_pass
-from icl_heads.models import Head, ModelAccess
 from icl_heads.prompts import PromptBatch
 
 

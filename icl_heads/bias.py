@@ -9,9 +9,9 @@ counts (majority) or of the order (recency), not of different sentences.
   the minority), and skewed counts (e.g. 3:1 and 5:1, both ways round). Its bias
   number is the excess rate of predicting a majority label over the balanced prompts
   with the same queries.
-* :func:`recency_bias` shows the same demonstrations in several orders (original,
+* :func:`~icl_heads.order_bias.recency_bias` (in :mod:`icl_heads.order_bias`) shows the same demonstrations in several orders (original,
   reversed, label blocks AABB and BBAA, random). Its bias number is the spread of
-  accuracy over orders beyond chance (:func:`order_spread`); it also reports the raw
+  accuracy over orders beyond chance (:func:`~icl_heads.order_bias.order_spread`); it also reports the raw
   spread with a permutation test, the excess rate of predicting the last
   demonstration's label, and the attention each demonstration slot gets in the
   in-context heads.
@@ -33,24 +33,15 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._bias_common import _check_task, _with_demos, default_heads, resolve_heads  # noqa: F401
+from icl_heads._bias_common import check_task, with_demos
+from icl_heads.access import Hooks, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import MajorityBiasConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.models import Hooks, ModelAccess
-from icl_heads.order_bias import (  # noqa: F401 - recency, importable from here as before
-    RecencyBias,
-    demo_orders,
-    order_permutation_p,
-    order_spread,
-    recency_bias,
-    recency_block_gap,
-    recency_prompts,
-)
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, interval_of
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
 
 
 def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
@@ -90,10 +81,9 @@ class MajorityBias(Result):
             ``excess`` (increase in predicting a majority label, all queries) with its interval.
         bias: the excess rate of predicting a majority label, averaged over imbalanced
             conditions (0: no bias), an :class:`~icl_heads.stats.Estimate` with its 95%
-            bootstrap interval over prompts (``bias.low, bias.high``; ``bias_ci`` is
-            ``(bias.low, bias.high)``).
+            bootstrap interval over prompts (``bias.ci`` is ``(bias.low, bias.high)``).
         prob_bias: the same in label-set probability of the majority labels, with its
-            interval (``prob_bias_ci``).
+            interval (``prob_bias.ci``).
         label_logits: ``[condition, prompt, label]`` label logits.
         counts: ``[condition, label]`` demonstrations per label of each condition.
         golds: ``[prompt]`` gold labels.
@@ -113,16 +103,13 @@ class MajorityBias(Result):
     provenance: Provenance = field(default_factory=Provenance)
     _title: ClassVar[str] = "Majority-label bias"
 
-    bias_ci = interval_of("bias")
-    prob_bias_ci = interval_of("prob_bias")
-
     def summary(self) -> dict[str, Any]:
         bal = self.df[(self.df.condition == "balanced") & (self.df.gold == "all")]
         return {
             "majority bias (excess majority predictions)": self.bias,
-            "95% CI": tuple(self.bias_ci),
+            "95% CI": self.bias.ci,
             "probability bias": self.prob_bias,
-            "probability 95% CI": tuple(self.prob_bias_ci),
+            "probability 95% CI": self.prob_bias.ci,
             "balanced accuracy": float(bal.accuracy.iloc[0]),
             "n prompts": len(self.golds),
         }
@@ -153,7 +140,7 @@ def majority_prompts(
         TypeError: ``task`` is not an ICLTask.
         ValueError: bad ``shots``/``skews``, or too few examples per class.
     """
-    task = _check_task(task)
+    task = check_task(task)
     k = len(task.classes)
     conds = majority_conditions(k, shots, skews)
     pool = max(max(c) for c in conds)
@@ -165,12 +152,11 @@ def majority_prompts(
             rank = [sum(1 for _, y2 in p.demos[:i] if y2 == y) for i, (_, y) in enumerate(p.demos)]
             demos.append([d for d, r in zip(p.demos, rank, strict=True) if r < counts[d[1]]])
         name = _condition_name(counts, task.label_words)
-        prompts = _with_demos(base, demos, name)
+        prompts = with_demos(base, demos, name)
         out[name] = replace(prompts, config=prompts.config.updated(shots=sum(counts), counts=list(counts)))
     return out
 
 
-@takes_run_options
 def majority_bias(
     model: Any,
     task: ICLTask,
@@ -212,10 +198,11 @@ def majority_bias(
 
     >>> import icl_heads as ih
     >>> mb = majority_bias(ih.load_model("organism"), ih.organism_task(), shots=4, n=40)
-    >>> 0 <= mb.bias_ci[0] <= mb.bias_ci[1] <= 1
+    >>> 0 <= mb.bias.ci[0] <= mb.bias.ci[1] <= 1
     True
     """
-    task = _check_task(task)
+    options = run_options(options)
+    task = check_task(task)
     if n < len(task.classes):
         raise ValueError(
             f"n={n} prompts cannot cover all {len(task.classes)} gold labels; use n >= {len(task.classes)}"

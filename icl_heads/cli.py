@@ -19,7 +19,6 @@ tables and the summary.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -32,7 +31,6 @@ from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
 from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises, write_sections
 from icl_heads._cli_sections import (
     Context,
-    _organism_variant,  # noqa: F401  (re-exported: tests and users import it from here)
     _variant,
     section_accuracy,
     section_bias,
@@ -41,7 +39,8 @@ from icl_heads._cli_sections import (
     section_mechanism,
 )
 from icl_heads._version import __version__
-from icl_heads.engine import CostLedger, RunOptions, count_cost
+from icl_heads.engine import CostLedger, count_cost
+from icl_heads.options import RunOptions
 from icl_heads.report import Section
 
 logger = logging.getLogger("icl_heads")
@@ -266,18 +265,15 @@ def run(plan: Plan, argv: list[str]) -> dict:
         verdicts = collect_verdicts(ctx.results)
         ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
         ctx.summary["cost"] = ledger.as_dict()
-        prov = dataclasses.replace(
-            prov,
-            cost={
-                "seconds per section": ctx.summary.get("seconds", {}),
-                "total seconds": ctx.summary["total_seconds"],
-                "forward passes": ledger.total.passes,
-                "layer x token evaluations": ledger.total.layer_tokens,
-            },
-        )
-        ctx.summary["provenance"] = prov.to_dict()
+        cost = {
+            "seconds per section": ctx.summary.get("seconds", {}),
+            "total seconds": ctx.summary["total_seconds"],
+            "forward passes": ledger.total.passes,
+            "layer x token evaluations": ledger.total.layer_tokens,
+        }
+        ctx.summary["provenance"] = {**prov.to_dict(), "cost": cost}
         ctx.summary["faithfulness"] = faithfulness.summary()
-        report.verdicts, report.provenance, report.cost = verdicts, prov.to_dict(), ledger.df
+        report.verdicts, report.provenance, report.cost = verdicts, ctx.summary["provenance"], ledger.df
         ctx.summary["n_figures"] = report.n_figures
         report.write(tmp / "report.html")
         (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.models import Head, HookFn, ModelAccess
+from icl_heads.access import Head, HookFn, ModelAccess
 from icl_heads.prompts import PromptBatch
 from icl_heads.slots import positions_with_labels
 
@@ -114,7 +114,7 @@ def _kv_index(heads: list[int], n_heads: int, n_kv: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class _Correction:
+class Correction:
     """Base: chosen heads, final position only; subclasses build hooks for one batch.
 
     ``read_at`` picks the positions of each demonstration the correction acts on when
@@ -195,7 +195,7 @@ def _pattern_hook(heads: list[int], lp: Tensor, fp: Tensor, change) -> HookFn:
 
 
 @dataclass(frozen=True)
-class CountNormalisation(_Correction):
+class CountNormalisation(Correction):
     """Majority-bias correction: label attention made independent of label counts (see :func:`count_normalise`).
 
     Attributes:
@@ -216,7 +216,7 @@ class CountNormalisation(_Correction):
 
 
 @dataclass(frozen=True)
-class PositionalPrior(_Correction):
+class PositionalPrior(Correction):
     """Recency-bias correction for any model: divide each slot's attention by its positional prior.
 
     Attributes:
@@ -250,7 +250,7 @@ class PositionalPrior(_Correction):
 
 
 @dataclass(frozen=True)
-class OVCompensation(_Correction):
+class OVCompensation(Correction):
     """The paper's majority-bias fix: add minority-label positions' weighted values to ``hook_z`` at the final position.
 
     Attributes:
@@ -310,7 +310,7 @@ class OVCompensation(_Correction):
 
 
 @dataclass(frozen=True)
-class UnrotatedAttention(_Correction):
+class UnrotatedAttention(Correction):
     """Recency-bias correction for rotary models: final-row scores at label keys from un-rotated q and k.
 
     Attributes:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from icl_heads.access import Head, Hooks
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
-from icl_heads.engine import RunOptions, run_options
-from icl_heads.models import Head, Hooks
+from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import RECENCY_SHOTS
 from icl_heads.prompts import ICLTask
 

@@ -37,22 +37,18 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from icl_heads.correction_hooks import (  # noqa: F401 - the hooks and their maths, importable from here as before
+from icl_heads.access import Capture, ModelAccess
+from icl_heads.correction_hooks import (
+    Correction,
     CountNormalisation,
     OVCompensation,
     PositionalPrior,
     UnrotatedAttention,
-    _Correction,
-    count_normalise,
-    label_counts,
-    ov_compensation_delta,
-    rescore_row,
-    slot_reweight,
 )
-from icl_heads.engine import RunOptions, batches, takes_run_options
+from icl_heads.engine import batches
 from icl_heads.faithfulness import require_pattern_edits
 from icl_heads.interventions import check_heads
-from icl_heads.models import Capture, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.slots import positions_with_labels
 
@@ -130,7 +126,6 @@ def unrotated_attention(
     return UnrotatedAttention(heads, attn_scale=attention_scales(access), mix=float(mix), read_at=read_at)
 
 
-@takes_run_options
 def positional_prior(
     model: Any,
     heads: Sequence[Sequence[int]],
@@ -160,8 +155,9 @@ def positional_prior(
             change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
-        ValueError: heads outside the model, or the checks of :class:`~icl_heads.models.ModelAccess`.
+        ValueError: heads outside the model, or the checks of :class:`~icl_heads.access.ModelAccess`.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="positional_prior")
     require_pattern_edits(access, "positional_prior")
     heads = check_heads(access, heads)
@@ -191,11 +187,11 @@ def positional_prior(
 @contextmanager
 def correcting(
     model: Any,
-    correction: _Correction,
+    correction: Correction,
     label_positions: Int[Tensor, "batch demo"],
     demo_labels: Int[Tensor, "batch demo"],
     final_positions: Int[Tensor, " batch"] | None = None,
-) -> Iterator[_Correction]:
+) -> Iterator[Correction]:
     """Context manager: forward passes of ``model`` inside run with ``correction`` applied.
 
     Args:

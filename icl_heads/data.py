@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icl_heads._checks import _kind, is_missing
+from icl_heads._checks import is_missing, kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def read_labelled_file(
             raise DataError(
                 f"{path}: the {label_col!r} of line {n} is a JSON {type(y).__name__}; use a string or number"
             )
-        first.setdefault(_kind(y), n)
+        first.setdefault(kind_of(y), n)
     if len(first) > 1:
         kinds = ", ".join(f"{kind}s (line {n})" for kind, n in first.items())
         raise DataError(

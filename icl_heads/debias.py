@@ -4,7 +4,7 @@
 :func:`correct_recency_bias` fix its ``bias``) takes a method from the registry of
 :mod:`icl_heads.correction_methods`, (1) picks the heads (the in-context heads by
 default, found on the tuning prompts), (2) chooses the correction's
-hyperparameter with :func:`tune_correction` on prompts drawn with ``tune_seed``, never
+hyperparameter with :func:`~icl_heads.tuning.tune_correction` on prompts drawn with ``tune_seed``, never
 on the test prompts, and (3) measures the bias and the accuracy on balanced prompts
 before and after the correction on prompts drawn with ``seed``. The result reports the
 bias with 95% bootstrap intervals, the relative reduction (with a paired bootstrap
@@ -16,26 +16,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from icl_heads.bias import (
-    _check_task,
-    resolve_heads,
-)
+from icl_heads._bias_common import check_task, resolve_heads
 from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
-from icl_heads.engine import RunOptions, run_options, takes_run_options
+from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import RECENCY_SHOTS
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.tuning import (  # noqa: F401 - BiasCorrection and tune_correction: importable from here as before
-    BiasCorrection,
-    evaluate_correction,
-    tune_correction,
-)
+from icl_heads.tuning import BiasCorrection, evaluate_correction
 from icl_heads.tuning_checks import read_at_for
 
 _MEASURE_ONLY = {"skews": "majority", "n_random_orders": "recency"}
 
 
-@takes_run_options
 def correct_bias(
     model: Any,
     task: ICLTask,
@@ -105,6 +97,7 @@ def correct_bias(
             prior's reference prompts), bad heads, a method the model cannot take
             (``"unrotated"`` without rotary embeddings), or no bias to reduce.
     """
+    options = run_options(options)
     spec = correction_method(bias, method if method is not None else DEFAULT_METHODS.get(bias, ""))
     for name, value in (("skews", skews), ("n_random_orders", n_random_orders)):
         if value is not None and _MEASURE_ONLY[name] != bias:
@@ -112,7 +105,7 @@ def correct_bias(
     grid = spec.grid if grid is None else tuple(float(g) for g in grid)
     if not grid:
         raise ValueError(f"grid is empty; pass values of {spec.parameter} to try, with 0 (no correction) among them")
-    task = _check_task(task)
+    task = check_task(task)
     if seed == tune_seed:
         raise ValueError(
             f"seed and tune_seed are both {seed}; hyperparameters must be chosen on prompts other than the test prompts"
@@ -139,7 +132,6 @@ def correct_bias(
     )  # fmt: skip
 
 
-@takes_run_options
 def correct_majority_bias(
     model: Any,
     task: ICLTask,
@@ -192,6 +184,7 @@ def correct_majority_bias(
     >>> res.value in (0, 4, 12), res.reduction <= 100
     (True, True)
     """
+    options = run_options(options)
     return correct_bias(
         model, task, bias="majority", method=method, heads=heads, shots=shots, n=n, seed=seed, tune_n=tune_n,
         tune_seed=tune_seed, grid=grid, skews=skews, max_accuracy_drop=max_accuracy_drop, read_at=read_at,
@@ -199,7 +192,6 @@ def correct_majority_bias(
     )  # fmt: skip
 
 
-@takes_run_options
 def correct_recency_bias(
     model: Any,
     task: ICLTask,
@@ -225,7 +217,7 @@ def correct_recency_bias(
     The headline recency bias is the block gap (accuracy when the query's class forms
     the last block of demonstrations minus when it forms the first; it does not cancel
     over query classes, see :mod:`icl_heads.recency`); the spread of accuracy over
-    orders beyond chance (:func:`~icl_heads.bias.order_spread`), the raw spread, the
+    orders beyond chance (:func:`~icl_heads.order_bias.order_spread`), the raw spread, the
     per-prompt order sensitivity, the excess rate of predicting the last demonstration's
     label and the probability pull of the last label are reported too. The arguments not
     listed here are documented in :func:`correct_bias`.
@@ -254,6 +246,7 @@ def correct_recency_bias(
         ValueError: an unknown method, ``"unrotated"`` on a model without rotary
             embeddings, ``seed == tune_seed`` or ``tune_seed + 1``, bad heads, or no bias to reduce.
     """
+    options = run_options(options)
     return correct_bias(
         model, task, bias="recency", method=method, heads=heads, shots=shots, n=n, seed=seed, tune_n=tune_n,
         tune_seed=tune_seed, grid=grid, n_random_orders=n_random_orders, max_accuracy_drop=max_accuracy_drop,

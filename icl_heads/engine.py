@@ -2,7 +2,7 @@
 
 How prompts are run (:class:`~icl_heads.options.RunOptions`) lives in :mod:`icl_heads.options`.
 
-Every analysis runs the model through :meth:`icl_heads.models.ModelAccess.run`, and
+Every analysis runs the model through :meth:`icl_heads.access.ModelAccess.run`, and
 every pass is recorded in the active :class:`CostLedger`s: forward passes, prompt
 rows, padded tokens and layer×token evaluations (the work a pass does: its padded
 tokens times the layers it runs). Open a ledger with :func:`count_cost`::
@@ -28,16 +28,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from icl_heads.options import (  # noqa: F401 - re-exported: the engine is where analyses find them
-    LEGACY_RUN_KEYWORDS,
-    PADDING_SIDES,
-    RunOptions,
-    run_options,
-    takes_run_options,
-)
+from icl_heads.options import RunOptions, run_options
 
 if TYPE_CHECKING:
-    from icl_heads.models import ModelAccess
+    from icl_heads.access import ModelAccess
     from icl_heads.prompts import PromptBatch, TokenizedPrompts
 
 T = TypeVar("T")
@@ -58,7 +52,7 @@ def batches(
     batches then come in length order, and each batch's ``index`` says which prompts it
     holds, so the caller must place per-prompt results by ``batch.index``.
     """
-    options = options or RunOptions()
+    options = run_options(options)
     parts = list(access.batches(tp, options.batch_size, options.padding_side, by_length=by_length))
     yield from tqdm(parts, desc=desc, disable=not options.progress)
 
@@ -226,7 +220,7 @@ def per_model(cache: weakref.WeakKeyDictionary, model: Any, compute: Callable[[]
     return hit[1]
 
 
-def _model_state(model: Any) -> tuple | None:
+def model_state(model: Any) -> tuple | None:
     """Weights and permanent hooks of ``model``; ``None`` while temporary hooks are attached (nothing is reused)."""
     if any(not getattr(h, "is_permanent", False) for _, h in _forward_hooks(model)):
         return None
@@ -274,7 +268,7 @@ def _memo_table(model: Any, key: tuple) -> collections.OrderedDict | None:
     """The model's table of reusable results, or ``None`` when ``key`` or the model's state rules reuse out."""
     if not _REUSE.get():
         return None
-    state = _model_state(model)
+    state = model_state(model)
     if state is None or any(k is None for k in key):
         return None
     table = _MEMO.get(model)

@@ -15,7 +15,7 @@ right when, on this model:
 
 :func:`check_faithfulness` measures each identity on a short random probe the first
 time a model is analysed (cached per model until its weights change);
-:class:`~icl_heads.models.ModelAccess` calls it, so every analysis refuses a model
+:class:`~icl_heads.access.ModelAccess` calls it, so every analysis refuses a model
 whose identities fail with an :class:`UnfaithfulModelError` naming the architecture,
 the identity and its size.
 """
@@ -172,7 +172,7 @@ def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, se
     >>> ih.check_faithfulness(ih.load_model("organism")).passed
     True
     """
-    from icl_heads.models import ModelAccess
+    from icl_heads.access import ModelAccess
 
     access = model if isinstance(model, ModelAccess) else ModelAccess(model, check=False)
     L = access.n_layers

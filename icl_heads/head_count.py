@@ -24,12 +24,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import HeadCountConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.heads import _accuracy_row, random_head_sets
+from icl_heads.heads import accuracy_row, random_head_sets
 from icl_heads.interventions import HeadAblation, check_heads
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
@@ -79,7 +79,6 @@ class HeadCount(Result):
         return out
 
 
-@takes_run_options
 def heads_needed(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -116,6 +115,7 @@ def heads_needed(
     Raises:
         ValueError: ``margin`` outside (0, 1), scores of the wrong shape, or ``max_k`` below 1.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="heads_needed")
     tp = access.tokenize(prompts)
     if hasattr(scores, "score_table"):
@@ -214,7 +214,6 @@ def heads_needed(
     )
 
 
-@takes_run_options
 def ablation_curve(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -241,6 +240,7 @@ def ablation_curve(
     Raises:
         ValueError: a ``k`` larger than the number of heads.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="ablation_curve")
     tp = access.tokenize(prompts)
     total = access.n_layers * access.n_heads
@@ -249,7 +249,7 @@ def ablation_curve(
         n_selected(total, None, k)
         heads = check_heads(access, top_heads(scores, k))
         pred = predict(access, tp, hooks=HeadAblation(heads), options=quiet)
-        rows.append(_accuracy_row("found", pred) | {"k": k, "kind": "found"})
+        rows.append(accuracy_row("found", pred) | {"k": k, "kind": "found"})
         accs = [
             float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
             for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)

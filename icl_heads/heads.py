@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import InContextHeadsConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
 from icl_heads.interventions import HeadAblation
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, n_prompts, provenance
@@ -194,7 +194,7 @@ def random_head_sets(n_layers: int, n_heads: int, size: int, n_sets: int, seed: 
     return [tuple(divmod(int(i), n_heads) for i in rng.choice(total, size, replace=False)) for _ in range(n_sets)]
 
 
-def _accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
+def accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
     correct = pred.correct.float().numpy()
     acc = wilson(int(correct.sum()), int(correct.size))
     return {
@@ -207,7 +207,6 @@ def _accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
     }
 
 
-@takes_run_options
 def verify_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -229,6 +228,7 @@ def verify_heads(
         interval over sets), and ``{label} heads`` (with per-gold-label accuracy
         columns), and the accuracies of the random sets.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="verify_heads")
     tp = access.tokenize(prompts)
     words = tp.prompts.task.label_words
@@ -255,8 +255,8 @@ def verify_heads(
     )
     random_acc = from_samples(float(rand.mean()), rand.numpy())
     rows = [
-        _accuracy_row("none", base, **per_gold(base)),
-        _accuracy_row(
+        accuracy_row("none", base, **per_gold(base)),
+        accuracy_row(
             "found heads",
             found,
             rank_p=empirical_p(float(found.correct.float().mean()), rand.numpy()),
@@ -272,11 +272,10 @@ def verify_heads(
     ]
     for label, hs in heads_by_label.items():
         pred = run(HeadAblation(hs))
-        rows.append(_accuracy_row(f"{label} heads", pred, **per_gold(pred)))
+        rows.append(accuracy_row(f"{label} heads", pred, **per_gold(pred)))
     return pd.DataFrame(rows), rand
 
 
-@takes_run_options
 def find_in_context_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -326,6 +325,7 @@ def find_in_context_heads(
     >>> found.heads, found.names
     (((1, 1),), ['L1H1'])
     """
+    options = run_options(options)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if k is not None:

@@ -29,8 +29,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads import _checks
-from icl_heads.engine import RunOptions, batches, digest, takes_run_options
-from icl_heads.models import Head, HookFn, Hooks, ModelAccess
+from icl_heads.access import Head, HookFn, Hooks, ModelAccess
+from icl_heads.engine import batches, digest
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
 HOWS = ("zero", "mean")
@@ -84,7 +85,6 @@ def check_heads(access: ModelAccess, heads: Iterable[Sequence[int]] | Any) -> tu
     return tuple(out)
 
 
-@takes_run_options
 def head_means(
     model: Any, prompts: ICLPrompts | TokenizedPrompts, *, where: str = "all", options: RunOptions | None = None
 ) -> Float[Tensor, "layer head d_head"]:
@@ -97,7 +97,8 @@ def head_means(
         options: how prompts are run: batch size, padding side, progress bar; does not
             change the result (a :class:`~icl_heads.options.RunOptions`).
     """
-    from icl_heads.models import Capture
+    options = run_options(options)
+    from icl_heads.access import Capture
 
     access = ModelAccess(model, analysis="head_means")
     tp = access.tokenize(prompts)

@@ -1,7 +1,6 @@
 """Loading models: :func:`load_model` returns a ready model for the installed TransformerLens.
 
-:class:`~icl_heads.access.ModelAccess` (importable from here too) wraps any supported
-model object for the analyses.
+:class:`~icl_heads.access.ModelAccess` wraps any supported model object for the analyses.
 """
 
 from __future__ import annotations
@@ -13,16 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from icl_heads.access import (  # noqa: F401 - the analyses' model interface, importable from here as before
-    _POST_ATTN_SCALE,
-    Capture,
-    Head,
-    HookFn,
-    Hooks,
-    ModelAccess,
-    _supported_classes,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +99,7 @@ def load_model(
         if not (folder / "config.json").exists():
             raise FileNotFoundError(
                 f"the {name_or_path} checkpoint is missing from {folder}; reinstall icl-heads or retrain it with "
-                "`python -m icl_heads.organism.train --out DIR` and load_model(DIR)"
+                "`python scripts/organism/train.py --out DIR` (in the repository) and load_model(DIR)"
             )
         name_or_path = folder
     if transformer_lens_major() >= 4:

@@ -18,22 +18,23 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._bias_common import _check_task, _with_demos, check_heads_choice, resolve_heads
+from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads, with_demos
+from icl_heads.access import Capture, Head, Hooks, ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.configs import RecencyBiasConfig
-from icl_heads.engine import RunOptions, batches, digest, intervention_key, memoised, run_options, takes_run_options
-from icl_heads.models import Capture, Head, Hooks, ModelAccess
+from icl_heads.engine import batches, digest, intervention_key, memoised
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import (
-    _last_label_prob_pull,
     block_gaps,
     block_table,
+    last_label_prob_pull,
     order_permutation_p,
     order_spread,
 )
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 
 #: demonstrations per prompt of a recency measurement and its correction, by default (one default for both)
 RECENCY_SHOTS = 8
@@ -69,21 +70,20 @@ def recency_prompts(
         TypeError: ``task`` is not an ICLTask.
         ValueError: ``shots < 2`` or too few examples per class.
     """
-    task = _check_task(task)
+    task = check_task(task)
     if shots < 2:
         raise ValueError(f"recency needs at least 2 demonstrations to reorder, got shots={shots}")
     base = task.prompts(n, shots=shots, seed=seed, order="random")
     rng = np.random.default_rng(seed)
     perms = [demo_orders([y for _, y in p.demos], n_random_orders, rng) for p in base.prompts]
     return {
-        name: _with_demos(
+        name: with_demos(
             base, [[p.demos[i] for i in perm[name]] for p, perm in zip(base.prompts, perms, strict=True)], name
         )
         for name in perms[0]
     }
 
 
-@takes_run_options
 def recency_block_gap(
     model: Any,
     task: ICLTask,
@@ -112,6 +112,7 @@ def recency_block_gap(
     Raises:
         TypeError, ValueError: see :func:`recency_prompts`.
     """
+    options = run_options(options)
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     names = ["blocked", "blocked_reversed"]
     logits = torch.stack([predict(model, orders[k], hooks=hooks, options=options).label_logits for k in names])
@@ -136,8 +137,7 @@ class RecencyBias(Result):
             the prompts' sampling noise removed (see :func:`order_spread`; 0: accuracy
             does not depend on the order). The headline recency bias.
             Every headline number here is an :class:`~icl_heads.stats.Estimate` carrying
-            its 95% bootstrap interval over prompts (``bias.low, bias.high``); ``bias_ci``
-            and the other ``*_ci`` properties give ``(low, high)``.
+            its 95% bootstrap interval over prompts (``bias.low, bias.high``, ``bias.ci``).
         order_std: the raw standard deviation of accuracy over orders; ``order_p`` its
             permutation p-value against shuffling each prompt's results over orders
             (small: accuracy depends on the order).
@@ -178,26 +178,19 @@ class RecencyBias(Result):
     blocks: pd.DataFrame | None = None
     _title: ClassVar[str] = "Recency bias"
 
-    bias_ci = interval_of("bias")
-    order_std_ci = interval_of("order_std")
-    last_label_excess_ci = interval_of("last_label_excess")
-    last_label_pull_ci = interval_of("last_label_pull")
-    sensitivity_ci = interval_of("sensitivity")
-    block_gap_ci = interval_of("block_gap")
-
     def summary(self) -> dict[str, Any]:
         return {
             "block gap (accuracy, query's class block last minus first)": self.block_gap,
-            "block gap 95% CI": tuple(self.block_gap_ci),
+            "block gap 95% CI": self.block_gap.ci,
             "recency bias (accuracy spread over orders beyond chance)": self.bias,
-            "95% CI": tuple(self.bias_ci),
+            "95% CI": self.bias.ci,
             "accuracy std over orders": self.order_std,
-            "std 95% CI": tuple(self.order_std_ci),
+            "std 95% CI": self.order_std.ci,
             "order permutation p": self.order_p,
             "excess last-label predictions": self.last_label_excess,
-            "last-label 95% CI": tuple(self.last_label_excess_ci),
+            "last-label 95% CI": self.last_label_excess.ci,
             "last-label probability pull": self.last_label_pull,
-            "pull 95% CI": tuple(self.last_label_pull_ci),
+            "pull 95% CI": self.last_label_pull.ci,
             "n prompts": len(self.golds),
         }
 
@@ -208,7 +201,6 @@ class RecencyBias(Result):
         return plot_recency_bias(self)
 
 
-@takes_run_options
 def recency_bias(
     model: Any,
     task: ICLTask,
@@ -248,6 +240,7 @@ def recency_bias(
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
         ValueError: ``shots < 2``, bad heads (``None`` included), or too few examples per class.
     """
+    options = run_options(options)
     check_heads_choice(heads)
     access = ModelAccess(model, analysis="recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back
@@ -296,7 +289,7 @@ def _recency_bias(
     pred = label_logits.argmax(-1)
     correct = (pred == golds[None]).float()
     per_prompt = ((pred == last_labels).float() - (golds[None] == last_labels).float()).mean(0)
-    per_prompt_prob = _last_label_prob_pull(label_logits.softmax(-1), last_labels)
+    per_prompt_prob = last_label_prob_pull(label_logits.softmax(-1), last_labels)
     accs = correct.mean(1)
     boot = resamples(n, n_boot=n_boot, seed=seed)
     resampled = correct.numpy()[:, boot]  # [order, boot, prompt]

@@ -25,10 +25,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_heads._deprecation import renamed
+from icl_heads.access import Capture, Head, ModelAccess
 from icl_heads.configs import ReadingRolesConfig
-from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
-from icl_heads.models import Capture, Head, ModelAccess
+from icl_heads.engine import batches
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
@@ -132,8 +132,6 @@ class ReadingRoles(Result):
 
         return plot_reading_roles(self)
 
-    heatmap = renamed(plot, "heatmap", "heads by token roles, not a layer x head grid: .heatmap() is kept for those")
-
 
 def _head_list(shares: Tensor, heads: Any) -> list[Head]:
     if heads is None:
@@ -151,7 +149,6 @@ def pick_read_at(label: float, after_label: float) -> str:
     return "slot"
 
 
-@takes_run_options
 @torch.inference_mode()
 def reading_roles(
     model: Any,
@@ -176,7 +173,7 @@ def reading_roles(
 
     Raises:
         ValueError: no prompts, prompts without token roles, or the checks of
-            :class:`~icl_heads.models.ModelAccess`.
+            :class:`~icl_heads.access.ModelAccess`.
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih
@@ -185,6 +182,7 @@ def reading_roles(
     >>> rr.reads([(1, 7)]).read_at.item()
     'label'
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="reading_roles")
     tp = access.tokenize(prompts)
     shares = _shares(access, tp, range(access.n_layers), options)
@@ -235,7 +233,6 @@ def _tidy(shares: Tensor, n_boot: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@takes_run_options
 def resolve_read_at(
     access: ModelAccess,
     tp: TokenizedPrompts,
@@ -269,6 +266,7 @@ def resolve_read_at(
     Raises:
         ValueError: an unknown ``read_at``.
     """
+    options = run_options(options)
     check_read_at(read_at)
     sub = _subset(tp, n_prompts)
     shares = _shares(access, sub, sorted({a for a, _ in heads}), run_options(options, progress=False))

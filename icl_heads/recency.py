@@ -114,7 +114,7 @@ def order_permutation_p(correct: np.ndarray, *, n_perm: int = 1000, seed: int = 
     return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm))
 
 
-def _last_label_prob_pull(
+def last_label_prob_pull(
     probs: Float[Tensor, "order prompt label"], last: Int[Tensor, "order prompt"]
 ) -> Float[Tensor, " prompt"]:
     """Per prompt: mean over labels of p(label | it is last) - p(label | it is not), over that prompt's orders."""

@@ -172,15 +172,47 @@ def check_choice(record: Record, name: str, choices: tuple[Any, ...]) -> None:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Provenance(Record):
-    """Where a result came from: model, versions, time, and the prompts and task it ran on.
+class ModelIdentity(Record):
+    """A loaded model: its reference, architecture, class (key ``"class"``), size, device and dtype."""
 
-    Built by :func:`icl_heads.results.provenance`. Every key is optional (absent when not
-    known, e.g. the prompt keys of a result computed without prompts); an analysis's own
-    extras (``n_queries``, ``templates``, ...) are kept in ``extra``.
+    reference: str
+    architecture: str
+    class_: str = renamed("class")
+    n_layers: int | None = None
+    n_heads: int | None = None
+    d_model: int | None = None
+    parameters: int = 0
+    device: str = "unknown"
+    dtype: str = "unknown"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class TaskIdentity(Record):
+    """A task: name, template, classes, label words and size; its data file and SHA-256 if it came from one."""
+
+    name: str
+    template: str
+    classes: list[str]
+    label_words: list[str]
+    examples: int
+    data: str = UNSET
+    data_sha256: str = UNSET
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Provenance(Record):
+    """Where numbers came from: the one provenance type, of a result and of a run.
+
+    A result's is built by :func:`icl_heads.results.provenance` (model name, versions, time,
+    the prompts and task); a run's of ``icl-heads analyze`` by
+    :func:`icl_heads._provenance.run_provenance` (command, versions, the model and task as
+    :class:`ModelIdentity` and :class:`TaskIdentity`, seeds, threads, platform, cost).
+    Every key is optional (absent when not known); an analysis's own extras
+    (``n_queries``, ``templates``, ...) are kept in ``extra``.
 
     Attributes:
-        model: the model's name.
+        command, versions: the run's command line and the versions of the packages it used.
+        model: the model's name (a :class:`ModelIdentity` for a run).
         icl_heads, transformer_lens, torch: package versions.
         created: UTC time, ISO 8601.
         n_prompts, prompt_config: the number of prompts and how they were sampled.
@@ -189,16 +221,19 @@ class Provenance(Record):
         architecture: the model's architecture.
         first_token: whether multi-token label words were scored by their first token.
         method: the correction method.
+        seeds, torch_threads, platform, python_executable, cost: of a run.
     """
 
-    model: str = UNSET
+    command: str = UNSET
+    versions: dict[str, str] = UNSET
+    model: str | ModelIdentity = UNSET
     icl_heads: str = UNSET
     transformer_lens: str = UNSET
     torch: str = UNSET
     created: str = UNSET
     n_prompts: int = UNSET
     prompt_config: dict[str, Any] = UNSET
-    task: str = UNSET
+    task: str | TaskIdentity = UNSET
     label_words: list[str] = UNSET
     template: str = UNSET
     classes: dict[str, str] = UNSET
@@ -206,3 +241,10 @@ class Provenance(Record):
     architecture: str | None = UNSET
     first_token: bool = UNSET
     method: str = UNSET
+    seeds: dict[str, int] = UNSET
+    torch_threads: Any = UNSET
+    platform: str = UNSET
+    python_executable: str = UNSET
+    cost: dict[str, Any] = UNSET
+
+    _nested: ClassVar[dict[str, type[Record]]] = {"model": ModelIdentity, "task": TaskIdentity}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from icl_heads._format import fmt
+from icl_heads._format import fmt, show
 from icl_heads.plots._style import fit_titles
 
 if TYPE_CHECKING:
@@ -149,7 +148,7 @@ class Report:
     @staticmethod
     def numbers(parts: list[str], values: dict[str, Any]) -> None:
         rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in values.items()
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(show(v))}</td></tr>" for k, v in values.items()
         )
         parts.append(f"<table>{rows}</table>")
 
@@ -184,7 +183,7 @@ class Report:
         if not self.provenance:
             return ""
         rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(show(v))}</td></tr>"
             for k, v in _flatten(self.provenance).items()
         )
         return f"<section id='provenance'><h2>Provenance</h2><table>{rows}</table></section>"
@@ -226,16 +225,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return fmt(v)
-    if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
-        return "[" + ", ".join(fmt(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return json.dumps(v, default=str)
-    return str(v)
 
 
 def agreement_part(agreement: ScoreAgreement) -> Section:

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
+from icl_heads._format import fmt, show
 from icl_heads._version import __version__
 from icl_heads.records import Provenance, Record, plain
 from icl_heads.stats import Estimate, as_estimate
@@ -266,14 +267,10 @@ class Result:
 
     def _repr_html_(self) -> str:
         rows = "".join(
-            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in self._shown().items()
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(show(v))}</td></tr>" for k, v in self._shown().items()
         )
         table = getattr(self, self._main_table, None)
-        body = (
-            table.head(12).to_html(index=False, float_format=lambda v: f"{v:.4g}")
-            if isinstance(table, pd.DataFrame)
-            else ""
-        )
+        body = table.head(12).to_html(index=False, float_format=fmt) if isinstance(table, pd.DataFrame) else ""
         warns = "".join(
             f'<p style="color:#b00020;font-weight:bold">&#9888; {html.escape(str(w))}</p>'
             for w in tuple(getattr(self, "warnings", ()) or ())
@@ -281,7 +278,7 @@ class Result:
         return f"<div><b>{html.escape(self._title)}</b>{warns}<table>{rows}</table>{body}</div>"
 
     def __repr__(self) -> str:
-        items = ", ".join(f"{k}={_fmt(v)}" for k, v in self._shown().items())
+        items = ", ".join(f"{k}={show(v)}" for k, v in self._shown().items())
         return f"{type(self).__name__}({items})"
 
 
@@ -346,13 +343,3 @@ def _read_table(file: Path, dtypes: dict[str, str]) -> pd.DataFrame:
         except (TypeError, ValueError) as err:
             raise ValueError(f"{file}: column {column!r} does not hold {dtype} values ({err}); save it again") from None
     return df
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, Estimate) and v.low == v.low:  # an interval (not NaN)
-        return f"{v:.4g} [{v.low:.4g}, {v.high:.4g}]"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, float) for x in v):
-        return f"[{v[0]:.4g}, {v[1]:.4g}]"
-    return str(v)

@@ -30,10 +30,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads.access import Capture, Head, ModelAccess
 from icl_heads.attribution import largest_heads, per_prompt_attribution
-from icl_heads.engine import RunOptions, batches, digest, memo_get, memo_put, run_options, takes_run_options
+from icl_heads.engine import batches, digest, memo_get, memo_put
 from icl_heads.interventions import HOWS, WHERE, head_means
-from icl_heads.models import Capture, Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
 METHODS = ("logprob_increase", "dla", "ablation", "attribution")
@@ -84,7 +85,7 @@ def _per_prompt_fast(
     return lpi, dla
 
 
-def _per_prompt_ablation(
+def per_prompt_ablation(
     access: ModelAccess,
     batch: PromptBatch,
     label_ids: Tensor,
@@ -156,7 +157,6 @@ def _per_prompt_ablation(
     return out
 
 
-@takes_run_options
 def score_heads(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -190,8 +190,9 @@ def score_heads(
         ``{method: [prompt, layer, head]}`` tensors.
 
     Raises:
-        ValueError: an unknown method, or the checks of :class:`~icl_heads.models.ModelAccess`.
+        ValueError: an unknown method, or the checks of :class:`~icl_heads.access.ModelAccess`.
     """
+    options = run_options(options)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown scoring methods {unknown or list(methods)}; choose from {METHODS}")
@@ -216,7 +217,7 @@ def score_heads(
             if "dla" in methods:
                 put("dla", batch, dla)
         if "ablation" in methods:
-            drop = _per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
+            drop = per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
             put("ablation", batch, drop)
         if "attribution" in methods:
             first = "attribution" not in out
@@ -227,7 +228,7 @@ def score_heads(
         chosen = largest_heads(out["attribution"].mean(0), min(rescore, access.n_layers * access.n_heads))
         exact = torch.zeros_like(out["attribution"])
         for batch in batches(access, tp, run_options(options, progress=False), by_length=True):
-            exact[batch.index] = _per_prompt_ablation(
+            exact[batch.index] = per_prompt_ablation(
                 access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
             )
         for layer, h in chosen:

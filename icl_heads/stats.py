@@ -16,7 +16,7 @@ Intervals are 95% unless asked otherwise. The ways they are computed:
 - :func:`bootstrap_mean`: percentile bootstrap of a mean over prompts;
 - :func:`bootstrap`: percentile bootstrap of any statistic of resampled rows (paired
   designs resample the same rows for every column);
-- :func:`wilson`: Wilson score interval of a proportion (vectorised :func:`wilson_interval`);
+- :func:`wilson`: Wilson score interval of a proportion (the one Wilson function);
 - :func:`from_samples`: the central interval of a set of samples (random head sets,
   resampled statistics computed elsewhere).
 """
@@ -139,16 +139,6 @@ class Estimate(float):
         p.text(repr(self))
 
 
-def interval_of(name: str) -> property:
-    """A read-only ``<name>_ci`` property: ``(low, high)`` of the :class:`Estimate` field ``name``.
-
-    Results keep their old ``*_ci`` pairs this way (``bias_ci = interval_of("bias")``).
-    """
-    return property(
-        lambda self: getattr(self, name).ci, doc=f"``({name}.low, {name}.high)``: the interval of :attr:`{name}`."
-    )
-
-
 def as_estimate(x: Any) -> Estimate:
     """``x`` as an :class:`Estimate` (a plain number becomes a point estimate without interval)."""
     return x if isinstance(x, Estimate) else Estimate(float(x))
@@ -257,28 +247,22 @@ def from_samples(
     return Estimate(value, lo, hi, s.size if n is None else n, method, level)
 
 
-def wilson_interval(k: Any, n: int, z: float = 1.96) -> tuple[Any, Any]:
-    """Wilson 95% interval of a proportion ``k / n`` (vectorised over ``k``; clipped to [0, 1]).
+def wilson(successes: float, n: int, z: float = 1.96) -> Estimate:
+    """The proportion ``successes / n`` with its Wilson score interval (95% with ``z=1.96``; clipped to [0, 1]).
+
+    ``successes`` may be fractional (a share times ``n``). The interval is ``.ci``
+    (``.low``, ``.high``).
 
     Raises:
         ValueError: ``n`` is not positive.
     """
     if n <= 0:
         raise ValueError(f"need at least one trial, got n={n}")
-    p = np.asarray(k, dtype=float) / n
+    p = float(successes) / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
-
-
-def wilson(successes: float, n: int) -> Estimate:
-    """The proportion ``successes / n`` with its 95% Wilson score interval.
-
-    Raises:
-        ValueError: ``n`` is not positive.
-    """
-    lo, hi = wilson_interval(successes, n)
-    return Estimate(successes / n, float(lo), float(hi), n, "wilson")
+    low, high = np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    return Estimate(successes / n, float(low), float(high), n, "wilson")
 
 
 def empirical_p(observed: float, baseline: Sequence[float] | np.ndarray, *, lower_is_extreme: bool = True) -> float:

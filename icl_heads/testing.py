@@ -75,7 +75,7 @@ def tiny_llama_dir(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from icl_heads.organism.train import build_tokenizer
+    from icl_heads.organism.vocab import build_tokenizer
 
     path = Path(path)
     tok = build_tokenizer()
@@ -122,7 +122,7 @@ def majority_copier_gpt2_dir(path: str | Path, *, copier: tuple[int, int] = (1, 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from icl_heads.organism.train import build_tokenizer
+    from icl_heads.organism.vocab import build_tokenizer
 
     path = Path(path)
     tok = build_tokenizer()

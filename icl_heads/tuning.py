@@ -18,21 +18,16 @@ import pandas as pd
 import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
+from icl_heads.access import Hooks, ModelAccess
 from icl_heads.accuracy import icl_accuracy
-from icl_heads.bias import (
-    MajorityBias,
-    RecencyBias,
-    majority_bias,
-    recency_bias,
-    recency_block_gap,
-)
+from icl_heads.bias import MajorityBias, majority_bias
 from icl_heads.configs import BiasCorrectionConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.models import Hooks, ModelAccess
+from icl_heads.options import RunOptions, run_options
+from icl_heads.order_bias import RecencyBias, recency_bias, recency_block_gap
 from icl_heads.prompts import ICLTask
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, interval_of, resamples
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 from icl_heads.tuning_checks import no_change_reason
 
 logger = logging.getLogger("icl_heads")
@@ -67,7 +62,6 @@ def _measure(kind: str, model: Any, task: ICLTask, hooks: Hooks, **kw: Any) -> M
     return recency_bias(model, task, hooks=hooks, **kw)
 
 
-@takes_run_options
 def tune_correction(
     model: Any,
     task: ICLTask,
@@ -105,7 +99,7 @@ def tune_correction(
         noop: the value at which ``build`` changes nothing (every built-in correction: 0);
             that value is measured on the uncorrected model.
         **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
-            :func:`~icl_heads.bias.recency_bias`.
+            :func:`~icl_heads.order_bias.recency_bias`.
 
     Returns:
         The chosen value and the table of the search.
@@ -113,6 +107,7 @@ def tune_correction(
     Raises:
         ValueError: an unknown ``kind`` or an empty grid.
     """
+    options = run_options(options)
     if kind not in ("majority", "recency"):
         raise ValueError(f"kind must be 'majority' or 'recency', got {kind!r}")
     if not len(grid):
@@ -199,9 +194,9 @@ class BiasCorrection(Result):
             ``100 * (1 - |after| / |before|)`` (a correction that overshoots to the
             opposite bias counts the overshoot as remaining bias); an
             :class:`~icl_heads.stats.Estimate` with its 95% paired bootstrap interval over
-            test prompts (``reduction_ci`` is ``(reduction.low, reduction.high)``).
+            test prompts (``reduction.ci`` is ``(reduction.low, reduction.high)``).
         accuracy_change: balanced accuracy after minus before (same prompts), with its
-            paired 95% interval (``accuracy_change_ci``).
+            paired 95% interval (``accuracy_change.ci``).
         config, provenance: arguments and origin; ``config["read_at"]`` is where the
             correction acted (label tokens, the tokens after them, or whole slots).
         warnings: why the result may not mean what it seems: the heads do not read the
@@ -223,9 +218,6 @@ class BiasCorrection(Result):
     _title: ClassVar[str] = "Bias correction"
     _legacy_methods: ClassVar[dict[str, str]] = {"reduction": "paired bootstrap", "accuracy_change": "paired bootstrap"}
 
-    reduction_ci = interval_of("reduction")
-    accuracy_change_ci = interval_of("accuracy_change")
-
     def _row(self, metric: str) -> pd.Series:
         return self.df.set_index("metric").loc[metric]
 
@@ -242,11 +234,11 @@ class BiasCorrection(Result):
             "bias after": float(b.after),
             "after 95% CI": (float(b.after_ci_low), float(b.after_ci_high)),
             "reduction %": self.reduction,
-            "reduction 95% CI": tuple(self.reduction_ci),
+            "reduction 95% CI": self.reduction.ci,
             **self._imbalanced(),
             "balanced accuracy before": float(a.before),
             "balanced accuracy after": float(a.after),
-            "accuracy change 95% CI": tuple(self.accuracy_change_ci),
+            "accuracy change 95% CI": self.accuracy_change.ci,
         }
 
     def _imbalanced(self) -> dict[str, Any]:
@@ -266,7 +258,6 @@ class BiasCorrection(Result):
         return plot_correction(self)
 
 
-@takes_run_options
 def evaluate_correction(
     kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks], grid, heads,
     *, shots: int, n: int, seed: int, tune_n: int, tune_seed: int, max_accuracy_drop: float, n_boot: int,
@@ -305,6 +296,7 @@ def evaluate_correction(
     Raises:
         ValueError: no bias to reduce on the test prompts.
     """
+    options = run_options(options)
     value, tuning = tune_correction(
         model, task, build, grid, kind=kind, shots=shots, n=tune_n, seed=tune_seed,
         max_accuracy_drop=max_accuracy_drop, options=options, noop=0.0, **measure,
@@ -327,18 +319,16 @@ def evaluate_correction(
     metrics: list[tuple[str, float, tuple, float, tuple]] = []
     if isinstance(before, MajorityBias) and isinstance(after, MajorityBias):
         headline = "excess majority-label predictions"
-        metrics.append(("bias", before.bias, before.bias_ci, after.bias, after.bias_ci))
-        metrics.append(("probability_bias", before.prob_bias, before.prob_bias_ci, after.prob_bias, after.prob_bias_ci))
+        metrics.append(("bias", before.bias, before.bias.ci, after.bias, after.bias.ci))
+        metrics.append(("probability_bias", before.prob_bias, before.prob_bias.ci, after.prob_bias, after.prob_bias.ci))
         stat_b, stat_a, stat = before.per_prompt.numpy(), after.per_prompt.numpy(), lambda x: x.mean(-1)
     else:
         assert isinstance(before, RecencyBias) and isinstance(after, RecencyBias)
         headline = "block gap: accuracy when the query's class block is last minus first"
-        metrics.append(("bias", before.block_gap, before.block_gap_ci, after.block_gap, after.block_gap_ci))
-        metrics.append(("order_spread", before.bias, before.bias_ci, after.bias, after.bias_ci))
+        metrics.append(("bias", before.block_gap, before.block_gap.ci, after.block_gap, after.block_gap.ci))
+        metrics.append(("order_spread", before.bias, before.bias.ci, after.bias, after.bias.ci))
         for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull"):
-            metrics.append(
-                (m, getattr(before, m), getattr(before, f"{m}_ci"), getattr(after, m), getattr(after, f"{m}_ci"))
-            )
+            metrics.append((m, getattr(before, m), getattr(before, m).ci, getattr(after, m), getattr(after, m).ci))
         assert before.block_gaps is not None and after.block_gaps is not None
         stat_b, stat_a = before.block_gaps.numpy(), after.block_gaps.numpy()
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from icl_heads.models import ModelAccess
+from icl_heads.access import ModelAccess
 from icl_heads.reading import resolve_read_at
 
 

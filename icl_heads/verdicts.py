@@ -352,7 +352,7 @@ def components_verdict(
     # the discordance rate, whose Wilson upper end stands in for the t interval's zero width
     for j in np.flatnonzero(sd == 0):
         discordant = int((d[:, j] != 0).sum())
-        half[j] = sps.binomtest(discordant, n).proportion_ci(corrected, method="wilson").high
+        half[j] = wilson(discordant, n, z=float(sps.norm.ppf(0.5 + corrected / 2))).high
     lows, highs = mean - half, mean + half
     best = int(np.argmax(mean))
     n_good = int((lows > 0).sum())

@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
 from icl_heads._families import FAMILIES, QUIRKS, tiny_family_dir
-from icl_heads.models import ModelAccess, transformer_lens_major
+from icl_heads.access import ModelAccess
+from icl_heads.models import transformer_lens_major
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 BEGIN, END = "<!-- supported-models:begin -->", "<!-- supported-models:end -->"

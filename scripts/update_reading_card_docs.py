@@ -1,13 +1,13 @@
 """Write the bias-correction numbers of the reading cards into docs/organism.md between markers.
 
-The numbers are generated from the JSON of ``python -m icl_heads.organism.reading_card``,
+The numbers are generated from the JSON of ``python scripts/organism/reading_card.py``,
 never copied by hand. Each card fills the block between
 ``<!-- reading-card:MODEL:start -->`` and ``<!-- reading-card:MODEL:end -->``.
 
 Usage::
 
-    python -m icl_heads.organism.reading_card --model organism --out docs/data/reading_card_organism.json
-    python -m icl_heads.organism.reading_card --model organism-slot --out docs/data/reading_card_organism-slot.json
+    python scripts/organism/reading_card.py --model organism --out docs/data/reading_card_organism.json
+    python scripts/organism/reading_card.py --model organism-slot --out docs/data/reading_card_organism-slot.json
     python scripts/update_reading_card_docs.py docs/data/reading_card_organism.json docs/data/reading_card_organism-slot.json
 """
 

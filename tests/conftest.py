@@ -31,7 +31,7 @@ def _native(root):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
-    from icl_heads.organism.train import build_tokenizer
+    from icl_heads.organism.vocab import build_tokenizer
 
     # TransformerLens re-loads tokenizers by name_or_path, so give it one saved to disk
     build_tokenizer().save_pretrained(root / "native_tokenizer")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads.access import ModelAccess
 from icl_heads.accuracy import predict
-from icl_heads.engine import RunOptions
-from icl_heads.models import ModelAccess
+from icl_heads.options import RunOptions
 from icl_heads.organism import organism_task
 from icl_heads.prompts import LabelTokenError
 from icl_heads.testing import majority_copier_gpt2_dir

@@ -6,8 +6,8 @@ import icl_heads as ih
 import icl_heads.attribution as attribution
 from icl_heads.agreement import resolved_from_zero, split_half_spearman
 from icl_heads.attribution import head_estimates, largest_heads
-from icl_heads.engine import RunOptions
 from icl_heads.interventions import HeadAblation, head_means
+from icl_heads.options import RunOptions
 
 #: bundled organisms and their tasks' layouts
 ORGANISMS = {"organism": "separator", "organism-slot": "slot"}
@@ -57,7 +57,7 @@ def _scaled_effects(access, batch, label_ids, eps):
 
 def test_estimate_is_the_first_order_effect_of_every_head(any_model, task):
     # zero-ablation estimate = g . z; scaling z by (1 - eps) changes log p by eps * g . z to first order
-    access = ih.models.ModelAccess(any_model)
+    access = ih.access.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(6, 3, seed=11))
     label_ids = torch.tensor(tp.label_token_ids)
     batch = next(access.batches(tp, 6, "left"))
@@ -71,11 +71,11 @@ def test_estimate_is_the_first_order_effect_of_every_head(any_model, task):
 
 def test_final_position_mean_ablation_estimate_is_exact_to_first_order(any_model, task):
     # one prompt, replacement = its own final-position z plus a small step: the exact effect is linear in the step
-    access = ih.models.ModelAccess(any_model)
+    access = ih.access.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(1, 3, seed=12))
     label_ids = torch.tensor(tp.label_token_ids)
     batch = next(access.batches(tp, 1))
-    from icl_heads.models import Capture
+    from icl_heads.access import Capture
 
     caps = [Capture(access.hook(layer, "z")) for layer in range(access.n_layers)]
     _, got = access.run(batch, capture=caps)
@@ -83,14 +83,14 @@ def test_final_position_mean_ablation_estimate_is_exact_to_first_order(any_model
     step = torch.randn(z.shape, generator=torch.Generator().manual_seed(0)) * 1e-2 * z.abs().mean()
     means = z + step
     est = attribution.per_prompt_attribution(access, batch, label_ids, how="mean", where="final", means=means)
-    exact = ih.scoring._per_prompt_ablation(access, batch, label_ids, 8, how="mean", where="final", means=means)
+    exact = ih.scoring.per_prompt_ablation(access, batch, label_ids, 8, how="mean", where="final", means=means)
     scale = float(exact.abs().max())
     assert scale > 0
     torch.testing.assert_close(est, exact, rtol=0.05, atol=0.05 * scale)
 
 
 def test_exact_variants_match_the_intervention_module(any_model, task):
-    access = ih.models.ModelAccess(any_model)
+    access = ih.access.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(5, 2, seed=13))
     label_ids = torch.tensor(tp.label_token_ids)
     batch = next(access.batches(tp, 5, "left"))
@@ -101,7 +101,7 @@ def test_exact_variants_match_the_intervention_module(any_model, task):
         for where in ("all", "final"):
             means = head_means(access, tp, where=where) if how == "mean" else None
             heads = ((0, 1), (1, 2))
-            got = ih.scoring._per_prompt_ablation(
+            got = ih.scoring.per_prompt_ablation(
                 access, batch, label_ids, 2, heads=heads, how=how, where=where, means=means
             )
             for head in heads:
@@ -145,7 +145,7 @@ def test_rescore_replaces_the_largest_estimates_by_the_exact_effect(any_model, t
 
 def test_rescoring_every_head_agrees_perfectly(models, task):
     model = models["gpt2"]
-    total = ih.models.ModelAccess(model).n_layers * ih.models.ModelAccess(model).n_heads
+    total = ih.access.ModelAccess(model).n_layers * ih.access.ModelAccess(model).n_heads
     agreement = ih.compare_head_scores(model, task.prompts(6, 2, seed=17), rescore=total, k=3)
     assert agreement.spearman == pytest.approx(1.0) and agreement.top_k_overlap == 1.0 and agreement.same_top_head
     torch.testing.assert_close(

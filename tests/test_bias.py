@@ -4,20 +4,17 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.bias import (
-    MajorityBias,
+from icl_heads.bias import MajorityBias, majority_bias, majority_conditions, majority_prompts
+from icl_heads.options import RunOptions
+from icl_heads.order_bias import (
     RecencyBias,
     demo_orders,
-    majority_bias,
-    majority_conditions,
-    majority_prompts,
+    last_label_prob_pull,
     order_permutation_p,
     order_spread,
     recency_bias,
     recency_prompts,
 )
-from icl_heads.engine import RunOptions
-from icl_heads.order_bias import _last_label_prob_pull
 from icl_heads.organism import HELDOUT_TEMPLATES
 from icl_heads.testing import majority_copier_gpt2_dir, toy_task
 
@@ -98,7 +95,7 @@ def test_last_label_probability_pull():
     # two orders of one prompt: label 0 last, then label 1 last; p(label 0) 0.8 then 0.4
     probs = torch.tensor([[[0.8, 0.2]], [[0.4, 0.6]]])
     last = torch.tensor([[0], [1]])
-    torch.testing.assert_close(_last_label_prob_pull(probs, last), torch.tensor([0.4]))
+    torch.testing.assert_close(last_label_prob_pull(probs, last), torch.tensor([0.4]))
 
 
 # ---- measurements on tiny models -------------------------------------------------------------
@@ -107,7 +104,7 @@ def test_last_label_probability_pull():
 def test_majority_bias_of_a_label_counter(copier):
     mb = majority_bias(copier, toy_task(), shots=4, n=20, seed=0, n_boot=200)
     # a model that counts labels always predicts the majority: the bias is large and certain
-    assert mb.bias > 0.3 and mb.bias_ci[0] > 0.2
+    assert mb.bias > 0.3 and mb.bias.ci[0] > 0.2
     cond = mb.conditions.set_index("counts")
     assert cond.loc["5:1", "majority_rate"] == 1.0 and cond.loc["1:5", "majority_rate"] == 1.0
     assert (mb.df.loc[mb.df.condition == "balanced", "shift"] == 0).all()
@@ -168,7 +165,7 @@ def test_bad_input(models, task):
 
 
 def test_default_heads_are_the_in_context_heads(models, task):
-    heads = ih.bias.default_heads(models["llama"], task.prompts(8, 2, seed=2))
+    heads = ih._bias_common.default_heads(models["llama"], task.prompts(8, 2, seed=2))
     found = ih.find_in_context_heads(models["llama"], task.prompts(8, 2, seed=2), verify=False)
     assert set(found.heads) <= set(heads)
     assert set(heads) == set(found.heads) | {h for hs in found.heads_by_label.values() for h in hs}
@@ -181,7 +178,7 @@ def test_default_heads_are_the_in_context_heads(models, task):
 def test_organism_has_majority_bias(organism):
     task = ih.organism_task(max_words=6, noise_rate=0.3, template=HELDOUT_TEMPLATES[1], seed=3)
     mb = majority_bias(organism, task, shots=4, n=120, seed=7, n_boot=500)
-    assert mb.bias_ci[0] > 0.05, mb.summary()
+    assert mb.bias.ci[0] > 0.05, mb.summary()
     five_one = mb.df[(mb.df.counts.isin(["5:1", "1:5"])) & (mb.df.gold != "all")]
     # the minority gold label loses accuracy, the majority gold label gains
     assert (five_one[five_one.majority != five_one.gold]["shift"] < 0).all()
@@ -201,8 +198,8 @@ def test_organism_has_order_dependence(organism):
 
 def test_block_gap_alone_equals_the_full_recency_measure():
     """Tuning measures only the two blocked orders: the same block gap as recency_bias, a quarter of the passes."""
-    from icl_heads.bias import recency_block_gap
     from icl_heads.engine import count_cost
+    from icl_heads.order_bias import recency_block_gap
     from icl_heads.organism import HELDOUT_TEMPLATES
 
     model = ih.load_model("organism")

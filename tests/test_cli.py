@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from icl_heads.cli import main
-from icl_heads.engine import RunOptions
+from icl_heads.options import RunOptions
 from icl_heads.testing import tiny_llama_dir, toy_task
 
 
@@ -118,7 +118,7 @@ def test_unknown_task_is_a_clear_error(tmp_path, capsys):
 def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(tmp_path):
     import argparse
 
-    from icl_heads.cli import Context, _organism_variant
+    from icl_heads._cli_sections import Context, _organism_variant
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
 
     task = organism_task()

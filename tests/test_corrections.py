@@ -4,26 +4,29 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.corrections import (
+from icl_heads.access import Capture, ModelAccess
+from icl_heads.correction_hooks import (
     CountNormalisation,
     OVCompensation,
     PositionalPrior,
+    count_normalise,
+    ov_compensation_delta,
+    rescore_row,
+    slot_reweight,
+)
+from icl_heads.corrections import (
     attention_scales,
     correcting,
     count_normalisation,
-    count_normalise,
     ov_compensation,
-    ov_compensation_delta,
     positional_prior,
-    rescore_row,
-    slot_reweight,
     unrotated_attention,
 )
-from icl_heads.debias import BiasCorrection, correct_majority_bias, correct_recency_bias, tune_correction
-from icl_heads.engine import RunOptions
-from icl_heads.models import Capture, ModelAccess
+from icl_heads.debias import correct_majority_bias, correct_recency_bias
+from icl_heads.options import RunOptions
 from icl_heads.organism import HELDOUT_TEMPLATES
 from icl_heads.testing import majority_copier_gpt2_dir, toy_task
+from icl_heads.tuning import BiasCorrection, tune_correction
 
 # ---- maths on hand-made rows ---------------------------------------------------------------------
 
@@ -371,7 +374,7 @@ def test_majority_corrections_reduce_bias_on_the_organism(organism, organism_tas
         grid=grid, skews=[(3, 1)], n_boot=300,
     )  # fmt: skip
     assert res.value == grid[1]
-    assert res.reduction_ci[0] > 10, res.summary()
+    assert res.reduction.ci[0] > 10, res.summary()
     acc = res.df.set_index("metric").loc["balanced_accuracy"]
     assert acc.after >= acc.before - 0.01
 

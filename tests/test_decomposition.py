@@ -3,19 +3,14 @@ import pytest
 import torch
 
 import icl_heads as ih
+from icl_heads.access import ModelAccess
 from icl_heads.accuracy import predict
-from icl_heads.decomposition import (
-    ComponentStability,
-    Decomposition,
-    balanced_sample,
-    component_stability,
-    component_table,
-    decompose,
-    fixed_demo_prompts,
-)
-from icl_heads.engine import RunOptions
-from icl_heads.models import ModelAccess
+from icl_heads.components.decompose import decompose
+from icl_heads.components.result import Decomposition, component_table
+from icl_heads.components.stability import ComponentStability, component_stability
+from icl_heads.options import RunOptions
 from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
+from icl_heads.prompts.designs import balanced_sample, fixed_demo_prompts
 from icl_heads.testing import majority_copier_gpt2_dir, tiny_gpt2_dir, toy_task
 
 

@@ -10,11 +10,7 @@ import icl_heads
 
 MODULES = [
     "icl_heads",
-    *sorted(
-        name
-        for _, name, _ in pkgutil.walk_packages(icl_heads.__path__, "icl_heads.")
-        if not name.startswith("icl_heads.organism.train")  # the training script's example trains for half an hour
-    ),
+    *sorted(name for _, name, _ in pkgutil.walk_packages(icl_heads.__path__, "icl_heads.")),
 ]
 
 

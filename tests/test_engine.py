@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.engine import CostLedger, RunOptions, count_cost, run_options
-from icl_heads.models import ModelAccess, transformer_lens_major
+from icl_heads.access import ModelAccess
+from icl_heads.engine import CostLedger, count_cost
+from icl_heads.models import transformer_lens_major
+from icl_heads.options import RunOptions, run_options
 from icl_heads.testing import toy_task
 
 MODEL_KINDS = ["gpt2", "llama"] + (["native"] if transformer_lens_major() >= 4 else [])

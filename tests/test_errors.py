@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
-from icl_heads.organism.train import build_tokenizer
+from icl_heads.organism.vocab import build_tokenizer
 from icl_heads.prompts import ICLTask, LabelTokenError, PromptTooLongError
 from icl_heads.testing import bpe_tokenizer
 
@@ -224,7 +224,7 @@ def test_prompts_of_the_wrong_type(models):
                                            ({"padding_side": "middle"}, "padding_side must be 'left' or 'right'")])  # fmt: skip
 def test_bad_batching(models, task, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ih.icl_accuracy(models["llama"], task.prompts(2, 2), **kwargs)
+        ih.icl_accuracy(models["llama"], task.prompts(2, 2), options=ih.RunOptions(**kwargs))
 
 
 def test_slow_tokenizer_is_refused(task):

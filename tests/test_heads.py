@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.engine import RunOptions
 from icl_heads.heads import random_head_sets
+from icl_heads.options import RunOptions
 from icl_heads.scoring import n_selected, top_heads
 from icl_heads.testing import majority_copier_gpt2_dir, toy_task
 
@@ -105,7 +105,7 @@ def test_unknown_method_is_refused(copier, majority_prompts):
 
 
 def test_ablate_context_manager_matches_hooks(any_model, task):
-    access = ih.models.ModelAccess(any_model)
+    access = ih.access.ModelAccess(any_model)
     tp = access.tokenize(task.prompts(4, 2, seed=7))
     batch = next(access.batches(tp, 4, "left"))
     heads = [(0, 1), (1, 2)]
@@ -118,9 +118,9 @@ def test_ablate_context_manager_matches_hooks(any_model, task):
 
 
 def test_final_position_ablation_only_touches_the_final_position(copier, majority_prompts):
-    access = ih.models.ModelAccess(copier)
+    access = ih.access.ModelAccess(copier)
     batch = next(access.batches(access.tokenize(majority_prompts), 8))
-    from icl_heads.models import Capture
+    from icl_heads.access import Capture
 
     name = access.hook(1, "z")
     _, plain = access.run(batch, capture=[Capture(name, "all")])
@@ -152,7 +152,7 @@ def test_organism_heads_carry_icl(organism):
     base = ih.icl_accuracy(organism, held_out).accuracy
     assert base >= 0.95
     # a few heads carry ICL: one head's ablation brings accuracy near chance, the median head costs nothing
-    access = ih.models.ModelAccess(organism)
+    access = ih.access.ModelAccess(organism)
     drops = sorted(
         base - ih.icl_accuracy(organism, held_out, hooks=ih.interventions.HeadAblation(((layer, head),))).accuracy
         for layer in range(access.n_layers)

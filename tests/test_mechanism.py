@@ -17,8 +17,8 @@ import torch
 
 import icl_heads as ih
 from icl_heads import mechanism as mech
-from icl_heads.engine import RunOptions
-from icl_heads.models import ModelAccess
+from icl_heads.access import ModelAccess
+from icl_heads.options import RunOptions
 from icl_heads.organism.vocab import TOPICS
 from icl_heads.plots.mechanism import plot_auc_heatmap, plot_flip, plot_label_attention, plot_ov_logit_diff
 
@@ -37,7 +37,7 @@ def two_tower_gpt2_dir(path: str | Path, *, sharpness: float = 1.0, strength: fl
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from icl_heads.organism.train import build_tokenizer
+    from icl_heads.organism.vocab import build_tokenizer
 
     path = Path(path)
     tok = build_tokenizer()
@@ -159,8 +159,8 @@ def test_per_position_ov_sums_to_the_head_output(any_model, task):
     positions = torch.arange(width).repeat(3, 1)
     heads = [(layer, h) for layer in range(access.n_layers) for h in range(access.n_heads)]
     vecs, attn, scale = mech.per_position_ov(any_model, batch, heads, positions)
-    caps = [ih.models.Capture(access.hook(layer, "z")) for layer in range(access.n_layers)]
-    caps += [ih.models.Capture(access.hook(layer, "attn_out")) for layer in range(access.n_layers)]
+    caps = [ih.access.Capture(access.hook(layer, "z")) for layer in range(access.n_layers)]
+    caps += [ih.access.Capture(access.hook(layer, "attn_out")) for layer in range(access.n_layers)]
     _, got = access.run(batch, capture=caps)
     weighted = (attn[..., None] * vecs).sum(2)  # [b, head, d_model]; padding and future keys have zero weight
     for i, (layer, h) in enumerate(heads):

@@ -3,7 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
-from icl_heads.models import ModelAccess, transformer_lens_major
+from icl_heads.access import ModelAccess
+from icl_heads.models import transformer_lens_major
 
 TL_MAJOR = transformer_lens_major()
 
@@ -36,7 +37,7 @@ def test_final_norm_reproduces_logits(any_model, task):
     tp = access.tokenize(task.prompts(6, 3, seed=1))
     batch = next(access.batches(tp, 6))
     last = f"blocks.{access.n_layers - 1}.hook_resid_post"
-    from icl_heads.models import Capture
+    from icl_heads.access import Capture
 
     logits, got = access.run(batch, capture=[Capture(last), Capture("ln_final.hook_scale")])
     rebuilt = (
@@ -50,7 +51,7 @@ def test_final_norm_reproduces_logits(any_model, task):
 def test_bridge_booted_by_the_user_without_compatibility_mode(kind, model_dirs, task):
     from transformer_lens.model_bridge import TransformerBridge
 
-    from icl_heads.models import Capture
+    from icl_heads.access import Capture
 
     raw = TransformerBridge.boot_transformers(str(model_dirs[kind]), device="cpu")
     access = ModelAccess(raw)

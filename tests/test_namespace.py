@@ -1,4 +1,4 @@
-"""The public surface: a small top-level namespace, moved names that still resolve, one naming scheme for figures."""
+"""The public surface: a small top-level namespace, one naming scheme for figures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import inspect
 import pkgutil
 import re
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
@@ -29,36 +28,29 @@ def test_namespace_is_small_and_every_name_resolves_and_is_documented():
             assert f"`{name}`" in overview, f"docs/api/overview.md does not list {name}"
 
 
-@pytest.mark.parametrize("name", sorted(ih.MOVED))
-def test_moved_names_resolve_with_a_warning_naming_their_module(name):
-    module = importlib.import_module(ih.MOVED[name])
-    with pytest.warns(DeprecationWarning, match=rf"from {re.escape(ih.MOVED[name])} import {name}"):
-        obj = getattr(ih, name)
-    assert obj is getattr(module, name)
-    assert name not in ih.__all__
-    assert f"`{name}`" in (ROOT / "docs" / "api" / "overview.md").read_text()
-
-
 def test_unknown_names_raise_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'find_heads'"):
         ih.find_heads  # noqa: B018
 
 
-def test_the_project_itself_uses_no_moved_name():
+def test_the_project_uses_only_names_the_top_level_namespace_has():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    pattern = re.compile(r"\bih\.(" + "|".join(ih.MOVED) + r")\b")
-    hits = [
-        f"{f}: {m.group(0)}"
-        for f in files
-        if f.endswith((".py", ".md", ".ipynb")) and f != "tests/test_namespace.py"
-        for m in pattern.finditer((ROOT / f).read_text(encoding="utf-8"))
-    ]
-    assert not hits, f"moved names used through the top-level namespace: {hits}"
+    pattern = re.compile(r"\bih\.([A-Za-z_]\w*)")
+    hits = sorted(
+        {
+            f"{f}: ih.{m.group(1)}"
+            for f in files
+            if f.endswith((".py", ".md", ".ipynb")) and f != "tests/test_namespace.py"
+            for m in pattern.finditer((ROOT / f).read_text(encoding="utf-8"))
+            if not hasattr(ih, m.group(1))
+        }
+    )
+    assert not hits, f"names used through the top-level namespace that it does not have: {hits}"
 
 
 def _figure_methods(cls):
     for name, fn in inspect.getmembers(cls, inspect.isfunction):
-        if name.startswith("_") or (fn.__doc__ or "").startswith("Deprecated"):
+        if name.startswith("_"):
             continue
         if "Figure" in str(inspect.signature(fn).return_annotation):
             yield name
@@ -84,20 +76,9 @@ def test_every_plotting_function_is_named_plot():
             continue
         module = importlib.import_module(f"icl_heads.plots.{info.name}")
         for name, fn in inspect.getmembers(module, inspect.isfunction):
-            if fn.__module__ != module.__name__ or name.startswith("_") or (fn.__doc__ or "").startswith("Deprecated"):
+            if fn.__module__ != module.__name__ or name.startswith("_"):
                 continue
             assert name.startswith("plot_"), f"icl_heads.plots.{info.name}.{name} should be named plot_<what>"
-
-
-def test_old_figure_names_still_draw_with_a_warning():
-    from icl_heads.plots import components
-
-    assert components.stability_scatter.__wrapped__ is components.plot_stability
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(AttributeError):  # reached the new function, which needs a real result
-            components.stability_scatter(object())
-    assert any("stability_scatter is now plot_stability" in str(w.message) for w in caught)
 
 
 def test_load_result_reads_back_any_result(models, tmp_path):
@@ -112,13 +93,3 @@ def test_load_result_reads_back_any_result(models, tmp_path):
         ih.load_result(tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="no saved result"):
         ih.load_result(tmp_path / "missing")
-
-
-def test_old_method_names_warn_naming_their_class():
-    from icl_heads.components.stability import ComponentStability
-    from icl_heads.reading import ReadingRoles
-
-    for cls, old, new in ((ReadingRoles, "heatmap", "plot"), (ComponentStability, "scatter", "plot")):
-        warned = pytest.warns(DeprecationWarning, match=rf"{cls.__name__}\.{old} is now {cls.__name__}\.{new} \(")
-        with warned, pytest.raises(AttributeError):  # reached the new method, which needs a real result
-            getattr(cls, old)(object())

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from icl_heads.organism import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, organism_task
-from icl_heads.organism.train import build_tokenizer
-from icl_heads.organism.vocab import LABEL_WORDS
+from icl_heads.organism.vocab import LABEL_WORDS, build_tokenizer
 from icl_heads.prompts import ICLTask, LabelTokenError, render
 from icl_heads.testing import bpe_tokenizer
 

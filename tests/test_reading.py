@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads.engine import RunOptions
-from icl_heads.models import ModelAccess
+from icl_heads.access import ModelAccess
+from icl_heads.options import RunOptions
 from icl_heads.recency import block_gaps, block_table
 from icl_heads.slots import ROLES, read_positions
 from icl_heads.tuning_checks import no_change_reason
@@ -113,7 +113,7 @@ def test_recency_bias_reports_the_block_gap(models, task):
     res = ih.recency_bias(models["llama"], task, shots=4, n=12, n_random_orders=0, heads=[(0, 0)], n_boot=50)
     assert res.block_gaps is not None and len(res.block_gaps) == 12
     assert res.block_gap == pytest.approx(float(res.block_gaps.mean()))
-    assert res.block_gap_ci[0] <= res.block_gap <= res.block_gap_ci[1]
+    assert res.block_gap.ci[0] <= res.block_gap <= res.block_gap.ci[1]
     assert "block gap" in next(iter(res.summary()))
 
 

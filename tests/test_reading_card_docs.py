@@ -8,19 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from icl_heads.organism.reading_card import CORRECTIONS, SETTINGS
-
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = sorted((ROOT / "docs" / "data").glob("reading_card_*.json"))
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "update_reading_card_docs", ROOT / "scripts" / "update_reading_card_docs.py"
-    )
+def _load(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return _load("scripts/update_reading_card_docs.py")
+
+
+_card = _load("scripts/organism/reading_card.py")
+CORRECTIONS, SETTINGS = _card.CORRECTIONS, _card.SETTINGS
 
 
 def test_both_organisms_have_a_card():

@@ -2,16 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from icl_heads.decomposition import Decomposition, decompose
+from icl_heads.components.decompose import decompose
+from icl_heads.components.estimators import CalibPlus, ComponentReweighting, NotFittedError, loss_and_grad
+from icl_heads.components.protocol import ReweightingComparison, compare_reweighting
+from icl_heads.components.result import Decomposition
 from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
-from icl_heads.reweighting import (
-    CalibPlus,
-    ComponentReweighting,
-    NotFittedError,
-    ReweightingComparison,
-    compare_reweighting,
-    loss_and_grad,
-)
 
 
 def _synthetic(n: int, seed: int, n_noise: int = 6) -> tuple[np.ndarray, np.ndarray]:

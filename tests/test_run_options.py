@@ -1,28 +1,22 @@
-"""One ``options: RunOptions`` keyword for how prompts are run; the legacy keywords; one meaning of ``heads=None``."""
+"""One ``options: RunOptions`` keyword for how prompts are run; one meaning of ``heads=None``."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import pkgutil
-import warnings
 
 import pytest
-import torch
 
 import icl_heads as ih
-from icl_heads.bias import majority_bias, recency_bias
 from icl_heads.debias import correct_majority_bias, correct_recency_bias
-from icl_heads.engine import LEGACY_RUN_KEYWORDS, RunOptions, count_cost, takes_run_options
-
-# organism.train's batch_size is a training hyperparameter, not how prompts are run
-NOT_ANALYSES = {"icl_heads.organism.train"}
+from icl_heads.engine import count_cost
+from icl_heads.options import RunOptions, run_options
+from icl_heads.order_bias import recency_bias
 
 
 def _package_modules() -> list:
-    names = [m.name for m in pkgutil.walk_packages(ih.__path__, "icl_heads.")]
-    return [importlib.import_module(n) for n in names if n not in NOT_ANALYSES]
+    return [importlib.import_module(m.name) for m in pkgutil.walk_packages(ih.__path__, "icl_heads.")]
 
 
 def _public_functions() -> dict[str, object]:
@@ -34,13 +28,13 @@ def _public_functions() -> dict[str, object]:
     return out
 
 
-def test_no_public_function_takes_the_legacy_keywords():
+def test_every_public_analysis_takes_one_options_keyword():
     functions = _public_functions()
     assert len(functions) > 100  # the walk reached the analysis modules
-    legacy = {
-        name: sorted(set(inspect.signature(fn).parameters) & set(LEGACY_RUN_KEYWORDS)) for name, fn in functions.items()
-    }
-    assert {k: v for k, v in legacy.items() if v} == {}
+    old = {"batch_size", "padding_side", "progress"}
+    taking_old = {name: old & set(inspect.signature(fn).parameters) for name, fn in functions.items()}
+    # keywords of RunOptions appear only on RunOptions itself and the helper that replaces them
+    assert {k: v for k, v in taking_old.items() if v and k != "icl_heads.options.run_options"} == {}
     with_options = {
         name: fn
         for name, fn in functions.items()
@@ -55,68 +49,25 @@ def test_no_public_function_takes_the_legacy_keywords():
             continue  # the engine's own machinery and helpers of private modules take options as they are
         param = inspect.signature(fn).parameters["options"]
         assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
-        # every one accepts the legacy keywords and says so
-        assert "legacy keywords ``batch_size``" in (fn.__doc__ or ""), name
         assert "options: how prompts are run" in fn.__doc__, name
 
 
-def test_legacy_keywords_warn_and_give_the_same_result(models, task, fresh):
-    model, prompts = models["gpt2"], task.prompts(10, 2, seed=4100)
-    new = ih.find_in_context_heads(model, prompts, verify=False, options=RunOptions(batch_size=3, progress=True))
-    with pytest.warns(DeprecationWarning, match=r"options=RunOptions\(batch_size=3, progress=True\)"):
-        old = ih.find_in_context_heads(model, prompts, verify=False, batch_size=3, progress=True)
-    assert old.heads == new.heads
-    for key, value in new.scores.items():
-        torch.testing.assert_close(old.scores[key], value, rtol=0, atol=0)
-    with pytest.warns(DeprecationWarning, match="padding_side='left'"):
-        left = ih.icl_accuracy(model, prompts, padding_side="left", batch_size=4)
-    torch.testing.assert_close(left.label_logits, ih.icl_accuracy(model, prompts).label_logits, atol=1e-4, rtol=1e-4)
-
-
-def test_legacy_batch_size_is_applied(models, task, fresh):
-    model, prompts = models["gpt2"], task.prompts(10, 2, seed=4101)
-    with pytest.warns(DeprecationWarning), count_cost() as ledger:
-        ih.icl_accuracy(model, prompts, batch_size=3)
-    assert ledger.total.passes == math.ceil(10 / 3)
-
-
-def test_legacy_keywords_that_disagree_with_options_are_refused(models, task):
+def test_options_of_the_wrong_type_are_refused_and_the_old_keywords_do_not_exist(models, task):
     model, prompts = models["gpt2"], task.prompts(6, 2, seed=4102)
-    with pytest.raises(TypeError, match="batch_size=8.*disagree"):
-        ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=4), batch_size=8)
-    with pytest.raises(TypeError, match="must be a RunOptions"):
-        ih.icl_accuracy(model, prompts, options={"batch_size": 4})
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        ih.icl_accuracy(model, prompts, batch_size=0)
+    for call in (lambda: run_options({"batch_size": 4}), lambda: ih.icl_accuracy(model, prompts, options={})):
+        with pytest.raises(TypeError, match="RunOptions"):  # ours, or the test-time type check's, naming the type
+            call()
+    with pytest.raises(TypeError, match="batch_size"):
+        ih.icl_accuracy(model, prompts, batch_size=4)
     with pytest.raises((ValueError, TypeError), match="progress"):  # the test-time type check may answer first
         RunOptions(progress="yes")  # type: ignore[arg-type]
-    with pytest.warns(DeprecationWarning):  # the same value twice is not a conflict
-        ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=4), batch_size=4)
 
 
-def test_calls_with_options_pass_no_legacy_keyword_inside(models, task):
-    model = models["llama"]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*RunOptions", category=DeprecationWarning)
-        ih.find_in_context_heads(model, task.prompts(8, 2, seed=4103), n_random=2, options=RunOptions(batch_size=5))
-        recency_bias(model, task, shots=2, n=4, n_random_orders=1, n_boot=20, options=RunOptions(batch_size=3))
-        majority_bias(model, task, shots=2, n=4, skews=[(2, 1)], n_boot=20, options=RunOptions(batch_size=3))
-
-
-def test_takes_run_options_needs_a_keyword_only_options():
-    def positional(model, options=None):
-        return options
-
-    with pytest.raises(TypeError, match="keyword-only options"):
-        takes_run_options(positional)
-
-    @takes_run_options
-    def fine(model, *, options: RunOptions | None = None) -> RunOptions:
-        """Doc."""
-        return options
-
-    assert fine(None) == RunOptions()
-    assert list(inspect.signature(fine).parameters) == ["model", "options"]
+def test_batch_size_is_applied(models, task, fresh):
+    model, prompts = models["gpt2"], task.prompts(10, 2, seed=4101)
+    with count_cost() as ledger:
+        ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=3))
+    assert ledger.total.passes == 4  # ceil(10 / 3)
 
 
 # ---- heads=None ---------------------------------------------------------------------------------
@@ -141,8 +92,8 @@ def test_found_heads_and_a_result_are_accepted(models, task):
     model = models["llama"]
     kw = dict(shots=2, n=6, seed=3, n_random_orders=1, n_boot=20)
     found = recency_bias(model, task, **kw)  # heads="found": the in-context heads on the original-order prompts
-    base = ih.bias.recency_prompts(task, shots=2, n=6, seed=3, n_random_orders=1)["original"]
-    heads = ih.bias.default_heads(model, base)
+    base = ih.order_bias.recency_prompts(task, shots=2, n=6, seed=3, n_random_orders=1)["original"]
+    heads = ih._bias_common.default_heads(model, base)
     slots = list(zip(found.attention["layer"], found.attention["head"], strict=True))
     assert slots == [h for h in heads for _ in range(2)]  # two slots per head
     result = ih.find_in_context_heads(model, base, verify=False)

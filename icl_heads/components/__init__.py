@@ -10,6 +10,4 @@ Modules, in the order they import each other:
 * :mod:`~icl_heads.components.estimators`: the estimators fitted on a decomposition (component
   reweighting, Calib+);
 * :mod:`~icl_heads.components.protocol`: the reweighting protocol against K-shot ICL and Calib+.
-
-:mod:`icl_heads.decomposition` and :mod:`icl_heads.reweighting` re-export these names at their old paths.
 """

@@ -27,11 +27,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads.access import Capture, ModelAccess
 from icl_heads.components.result import Decomposition, component_table
 from icl_heads.configs import DecompositionConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
+from icl_heads.engine import batches
 from icl_heads.faithfulness import tolerance_for
-from icl_heads.models import Capture, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import provenance
 
@@ -60,7 +61,6 @@ def _default_atol(dtype: torch.dtype, scale: float) -> float:
     return tolerance_for(dtype) * max(1.0, scale)
 
 
-@takes_run_options
 def decompose(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -98,6 +98,7 @@ def decompose(
     (('embed', 'L0H0', 'L0H1'), 29)
     >>> better = dec.kinds().query("good").component.tolist()  # components that beat the whole model
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="decompose")
     tp = access.tokenize(prompts)
     L, H = access.n_layers, access.n_heads

@@ -197,7 +197,7 @@ class ComponentReweighting(_Estimator):
 
         Args:
             X: ``[example, component, label]`` component logits (array, tensor or a
-                :class:`~icl_heads.decomposition.Decomposition`).
+                :class:`~icl_heads.components.result.Decomposition`).
             y: class index per example (default: the Decomposition's gold labels).
 
         Returns:

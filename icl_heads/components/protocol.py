@@ -20,12 +20,12 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
+from icl_heads.access import ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.components.decompose import decompose
 from icl_heads.components.estimators import CalibPlus, ComponentReweighting
 from icl_heads.configs import ReweightingComparisonConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.models import ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
@@ -99,7 +99,6 @@ class ReweightingComparison(Result):
         return plot_reweighting(self)
 
 
-@takes_run_options
 def compare_reweighting(
     model: Any,
     task: ICLTask,
@@ -146,6 +145,7 @@ def compare_reweighting(
         PromptTooLongError: ``k`` demonstrations do not fit the model's context
             and ``icl_k`` is True.
     """
+    options = run_options(options)
     if not 1 <= k_demo < k:
         raise ValueError(f"need 1 <= k_demo < k to leave training examples, got k={k}, k_demo={k_demo}")
     if not seeds:

@@ -23,7 +23,7 @@ from torch import Tensor
 from icl_heads.configs import DecompositionConfig
 from icl_heads.records import Provenance
 from icl_heads.results import Result
-from icl_heads.stats import Estimate, wilson, wilson_interval  # wilson_interval re-exported by decomposition
+from icl_heads.stats import Estimate, wilson
 
 KINDS = ("label-biased", "good", "bad", "other")
 
@@ -53,10 +53,9 @@ def component_accuracy_table(
     n, _, n_labels = logits.shape
     correct = (pred == golds[:, None]).sum(0).numpy()
     counts = torch.stack([(pred == c).sum(0) for c in range(n_labels)], -1).numpy()  # [component, label]
-    lo, hi = wilson_interval(correct, n)
     df = meta.copy()
     df["accuracy"] = correct / n
-    df["ci_low"], df["ci_high"] = lo, hi
+    df["ci_low"], df["ci_high"] = zip(*(wilson(int(c), n).ci for c in correct), strict=True)
     df["top_label"] = counts.argmax(-1)
     df["top_label_share"] = counts.max(-1) / n
     df["n"] = n

@@ -22,11 +22,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._deprecation import renamed
+from icl_heads.access import ModelAccess
 from icl_heads.components.decompose import decompose
 from icl_heads.configs import ComponentStabilityConfig
-from icl_heads.engine import RunOptions, run_options, takes_run_options
-from icl_heads.models import ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
@@ -85,8 +84,6 @@ class ComponentStability(Result):
 
         return plot_stability(self, axis=axis, pair=pair)
 
-    scatter = renamed(plot, "scatter", ".plot() is every result's main figure")
-
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     if x.std() == 0 or y.std() == 0:
@@ -99,7 +96,6 @@ def _top(acc: np.ndarray, k: int) -> set[int]:
     return set(np.argsort(-acc, kind="stable")[:k].tolist())
 
 
-@takes_run_options
 def component_stability(
     model: Any,
     task: ICLTask,
@@ -135,6 +131,7 @@ def component_stability(
     Raises:
         ValueError: fewer than two runs to compare along any axis, ``top < 1``, or too few examples.
     """
+    options = run_options(options)
     templates = tuple(templates) if templates is not None else (task.template,)
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")

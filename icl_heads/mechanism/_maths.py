@@ -175,7 +175,7 @@ def bilinear_probe_r2(
     return float(1 - resid.pow(2).sum() / total.pow(2).sum())
 
 
-def _mean(values: pd.Series, mask: np.ndarray, what: str) -> float:
+def masked_mean(values: pd.Series, mask: np.ndarray, what: str) -> float:
     if not mask.any():
         raise ValueError(
             f"no demonstration {what} in any prompt, so that mean is undefined; "
@@ -189,7 +189,7 @@ def visible_scores(scores: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
     return torch.where(torch.isfinite(scores) & (scores > -1e30), scores, torch.full_like(scores, float("nan")))
 
 
-def _ratio(num: float | np.floating, den: float | np.floating) -> float:
+def safe_ratio(num: float | np.floating, den: float | np.floating) -> float:
     if den == 0:
         return 0.0 if num == 0 else float("inf")
     return float(num / den)

@@ -10,12 +10,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads.access import Capture, Head, ModelAccess
 from icl_heads.interventions import check_heads
-from icl_heads.models import Capture, Head, ModelAccess
 from icl_heads.prompts import PromptBatch
 
 
-def _heads(access: ModelAccess, heads: Any) -> tuple[Head, ...]:
+def heads_of(access: ModelAccess, heads: Any) -> tuple[Head, ...]:
     """``None``: every head; an object with ``.heads`` (e.g. InContextHeads); or (layer, head) pairs."""
     if heads is None:
         return tuple((layer, h) for layer in range(access.n_layers) for h in range(access.n_heads))
@@ -32,7 +32,7 @@ def _rows_at(act: Tensor, positions: Tensor) -> Tensor:
     return act[rows, positions.clamp(min=0).to(dev)].detach().float()
 
 
-def _gather(
+def gather_heads(
     access: ModelAccess,
     batch: PromptBatch,
     layers: Sequence[int],
@@ -68,13 +68,13 @@ def _gather(
     return logits, out
 
 
-def _at_keys(row: Float[Tensor, "batch head key"], positions: Tensor) -> Float[Tensor, "batch head n"]:
+def at_keys(row: Float[Tensor, "batch head key"], positions: Tensor) -> Float[Tensor, "batch head n"]:
     idx = positions.clamp(min=0).to(row.device)[:, None, :].expand(-1, row.shape[1], -1)
     return row.gather(2, idx)
 
 
-def _ov_at(access: ModelAccess, got: dict[str, Tensor], layer: int, h: int) -> Tensor:
-    """Per-position value-output vectors ``v_p W_O`` of head ``(layer, h)`` from ``_gather(..., values=True)``.
+def ov_at(access: ModelAccess, got: dict[str, Tensor], layer: int, h: int) -> Tensor:
+    """Per-position value-output vectors ``v_p W_O`` of head ``(layer, h)`` from ``gather_heads(..., values=True)``.
 
     With grouped-query attention head ``h`` reads key/value head ``h // (n_heads / n_kv)``.
     Where the layer has a post-attention norm the vectors go through it with the final
@@ -85,7 +85,7 @@ def _ov_at(access: ModelAccess, got: dict[str, Tensor], layer: int, h: int) -> T
     return access.head_write(layer, v[:, :, kv] @ access.W_O(layer)[h].float().to(v.device), got, expand=1)
 
 
-def _label_and_control(batch: PromptBatch, offset: int, lp: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def label_and_control(batch: PromptBatch, offset: int, lp: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Positions ``[b, 2*n]`` (read positions ``lp``, default the labels, then each + offset), kind (0 read, 1 control), validity."""
     lp = batch.label_positions if lp is None else lp
     ctrl = lp + offset
@@ -99,7 +99,7 @@ def _label_and_control(batch: PromptBatch, offset: int, lp: Tensor | None = None
     return torch.cat([lp, ctrl], 1), kind, valid
 
 
-def _reading(
+def reading_positions(
     access: ModelAccess, tp: Any, heads: Sequence[Head], read_at: str, min_read_share: float
 ) -> tuple[str, dict[str, Any], tuple[str, ...]]:
     """Resolve ``read_at`` for ``heads`` (see :func:`icl_heads.reading.resolve_read_at`)."""
@@ -108,7 +108,7 @@ def _reading(
     return resolve_read_at(access, tp, list(heads), read_at, min_share=min_read_share)
 
 
-def _per_demo(values: Tensor, demo: Tensor, n_demo: int, how: str = "sum") -> Tensor:
+def per_demo(values: Tensor, demo: Tensor, n_demo: int, how: str = "sum") -> Tensor:
     """Combine per-position ``values [b, h, n]`` into ``[b, h, demo]`` (``sum``, or ``lse`` for scores).
 
     ``demo [b, n]`` is each position's demonstration (``-1``: ignore). A demonstration with no
@@ -123,22 +123,22 @@ def _per_demo(values: Tensor, demo: Tensor, n_demo: int, how: str = "sum") -> Te
     return torch.where(onehot, v, float("-inf")).logsumexp(2)
 
 
-def _shift(batch: PromptBatch) -> Tensor:
+def label_shift(batch: PromptBatch) -> Tensor:
     """Left-padding offset of each prompt (0 for right padding)."""
     return batch.attention_mask.argmax(1)
 
 
-def _token_str(tokenizer, i: int) -> str:
+def token_str(tokenizer, i: int) -> str:
     return tokenizer.decode([i]) or str(tokenizer.convert_ids_to_tokens(i))
 
 
-def _decode(tokenizer, ids) -> dict[int, str]:
-    return {int(i): _token_str(tokenizer, int(i)) for i in np.unique(np.asarray(ids))}
+def decode_ids(tokenizer, ids) -> dict[int, str]:
+    return {int(i): token_str(tokenizer, int(i)) for i in np.unique(np.asarray(ids))}
 
 
-def _label_word_columns(words: Sequence[str], values: Tensor, prefix: str) -> dict[str, np.ndarray]:
+def label_word_columns(words: Sequence[str], values: Tensor, prefix: str) -> dict[str, np.ndarray]:
     return {f"{prefix}{w}": values[:, i].cpu().numpy() for i, w in enumerate(words)}
 
 
-def _predictions(logits: Tensor, label_ids: Tensor) -> Tensor:
+def predicted_labels(logits: Tensor, label_ids: Tensor) -> Tensor:
     return logits[:, label_ids.to(logits.device)].argmax(-1).cpu()

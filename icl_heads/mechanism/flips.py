@@ -11,11 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import FlipAnalysisConfig
-from icl_heads.engine import RunOptions, batches, run_options, takes_run_options
-from icl_heads.mechanism._maths import _ratio
-from icl_heads.mechanism._run import _at_keys, _gather, _heads, _ov_at, _predictions, _reading
-from icl_heads.models import Head, ModelAccess
+from icl_heads.engine import batches
+from icl_heads.mechanism._maths import safe_ratio
+from icl_heads.mechanism._run import at_keys, gather_heads, heads_of, ov_at, predicted_labels, reading_positions
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -124,7 +125,6 @@ class FlipAnalysis(Result):
         return plot_flip(self, heads)
 
 
-@takes_run_options
 def flip_analysis(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -161,6 +161,7 @@ def flip_analysis(
         ValueError: misaligned prompt sets, or no pair whose prediction flips.
         TypeError: an unsupported model.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="flip_analysis")
     tp_a = access.tokenize(prompts)
     own_flipped = flipped is not None
@@ -172,8 +173,8 @@ def flip_analysis(
             "flipped must align with prompts: the same number of prompts, each with the same demonstration labels; "
             "build it with flip_prompts(prompts)"
         )
-    heads = _heads(access, heads)
-    used, info, warnings = _reading(access, tp_a, heads, read_at, min_read_share)
+    heads = heads_of(access, heads)
+    used, info, warnings = reading_positions(access, tp_a, heads, read_at, min_read_share)
     words = tuple(tp_a.prompts.task.label_words)
     label_ids = torch.tensor(tp_a.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
@@ -187,8 +188,8 @@ def flip_analysis(
         runs, reads = [], []
         for batch in (ba, bb):
             read, read_labels = positions_with_labels(batch, used)
-            logits, got = _gather(access, batch, layers, read, values=True)
-            runs.append((_predictions(logits, label_ids), got))
+            logits, got = gather_heads(access, batch, layers, read, values=True)
+            runs.append((predicted_labels(logits, label_ids), got))
             reads.append(read)
         (pa, ga), (pb, gb) = runs
         flip = pa != pb
@@ -212,8 +213,8 @@ def flip_analysis(
         for layer, h in heads:
             attn, ov = [], []
             for read, got in zip(reads, (ga, gb), strict=True):
-                ov.append(_ov_at(access, got, layer, h).cpu() * valid[..., None])
-                attn.append(_at_keys(got[access.hook(layer, "pattern")], read)[:, h].cpu() * valid)
+                ov.append(ov_at(access, got, layer, h).cpu() * valid[..., None])
+                attn.append(at_keys(got[access.hook(layer, "pattern")], read)[:, h].cpu() * valid)
             w = [a[..., None] * o for a, o in zip(attn, ov, strict=True)]
             frames.append(
                 pd.DataFrame(
@@ -256,9 +257,9 @@ def flip_analysis(
                     c: float(part[c].mean())
                     for c in ("old_label_before", "old_label_after", "new_label_before", "new_label_after")
                 },
-                "attention_rel_change": _ratio(part.attention_change.sum(), part.attention_norm.sum()),
-                "ov_rel_change": _ratio(part.ov_change.sum(), part.ov_norm.sum()),
-                "weighted_ov_rel_change": _ratio(part.weighted_ov_change.sum(), part.weighted_ov_norm.sum()),
+                "attention_rel_change": safe_ratio(part.attention_change.sum(), part.attention_norm.sum()),
+                "ov_rel_change": safe_ratio(part.ov_change.sum(), part.ov_norm.sum()),
+                "weighted_ov_rel_change": safe_ratio(part.weighted_ov_change.sum(), part.weighted_ov_norm.sum()),
             }
         )
     config = FlipAnalysisConfig(resample_demos=resample_demos, seed=seed, own_flipped_prompts=own_flipped, **info)

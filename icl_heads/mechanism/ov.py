@@ -22,23 +22,24 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import OVLabelFeaturesConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
+from icl_heads.engine import batches
 from icl_heads.interventions import check_heads
 from icl_heads.mechanism._maths import label_metrics, own_vs_rest
 from icl_heads.mechanism._run import (
-    _at_keys,
-    _decode,
-    _gather,
-    _heads,
-    _label_and_control,
-    _label_word_columns,
-    _ov_at,
-    _reading,
-    _shift,
-    _token_str,
+    at_keys,
+    decode_ids,
+    gather_heads,
+    heads_of,
+    label_and_control,
+    label_shift,
+    label_word_columns,
+    ov_at,
+    reading_positions,
+    token_str,
 )
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -53,7 +54,7 @@ def per_position_ov(
     """Per-position value-output vectors ``v_p W_O`` of ``heads`` and the attention ``A[t, p]`` from the final position.
 
     Args:
-        model: a TransformerLens model or :class:`~icl_heads.models.ModelAccess`.
+        model: a TransformerLens model or :class:`~icl_heads.access.ModelAccess`.
         batch: one batch from :func:`icl_heads.engine.batches`.
         heads: ``(layer, head)`` pairs.
         positions: source positions per prompt (in the batch's padded coordinates).
@@ -69,11 +70,11 @@ def per_position_ov(
     access = ModelAccess(model, analysis="per_position_ov")
     heads = check_heads(access, heads)
     layers = sorted({layer for layer, _ in heads})
-    _, got = _gather(access, batch, layers, positions, values=True)
+    _, got = gather_heads(access, batch, layers, positions, values=True)
     vecs, attn = [], []
     for layer, h in heads:
-        vecs.append(_ov_at(access, got, layer, h))
-        attn.append(_at_keys(got[access.hook(layer, "pattern")], positions)[:, h])
+        vecs.append(ov_at(access, got, layer, h))
+        attn.append(at_keys(got[access.hook(layer, "pattern")], positions)[:, h])
     return torch.stack(vecs, 1), torch.stack(attn, 1), got["ln_final.hook_scale"]
 
 
@@ -143,7 +144,6 @@ class OVLabelFeatures(Result):
         return plot_ov_logit_diff(self, head)
 
 
-@takes_run_options
 def ov_label_features(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -195,14 +195,15 @@ def ov_label_features(
     >>> bool(ov.share("label")["L1H1"] > 0.9)  # label positions promote their own label
     True
     """
+    options = run_options(options)
     if control_offset == 0:
         raise ValueError("control_offset must not be 0 (that is the label position); use e.g. -1 for the separator")
     if top_k < 1 or top_rank < 1:
         raise ValueError(f"top_k and top_rank must be at least 1, got {top_k} and {top_rank}")
     access = ModelAccess(model, analysis="ov_label_features")
     tp = access.tokenize(prompts)
-    heads = _heads(access, heads)
-    used, info, warnings = _reading(access, tp, heads, read_at, min_read_share)
+    heads = heads_of(access, heads)
+    used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)
     words = tuple(tp.prompts.task.label_words)
     label_ids = torch.tensor(tp.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
@@ -213,28 +214,28 @@ def ov_label_features(
     for batch in batches(access, tp, options, desc="OV features"):
         read, read_labels = positions_with_labels(batch, used)
         _, read_demo = read_positions(batch, used)
-        positions, kind, valid = _label_and_control(batch, control_offset, read)
+        positions, kind, valid = label_and_control(batch, control_offset, read)
         own = read_labels.repeat(1, 2)
         demo_of = read_demo.repeat(1, 2)
-        _, got = _gather(access, batch, layers, positions, values=True)
+        _, got = gather_heads(access, batch, layers, positions, values=True)
         scale = got["ln_final.hook_scale"]
         bi, ni = valid.nonzero(as_tuple=True)
         tok_ids = batch.tokens[bi, positions[bi, ni]]
-        strings = _decode(access.tokenizer, tok_ids)
+        strings = decode_ids(access.tokenizer, tok_ids)
         base = {
             "prompt": batch.index[bi].numpy(),
             "demo": demo_of[bi, ni].numpy(),
             "role": np.asarray(ROLES, dtype=object)[batch.roles[bi, positions[bi, ni]].clamp(min=0).numpy()]
             if batch.roles is not None
             else "label",
-            "position": (positions[bi, ni] - _shift(batch)[bi]).numpy(),
+            "position": (positions[bi, ni] - label_shift(batch)[bi]).numpy(),
             "kind": np.where(kind[bi, ni].numpy() == 0, "label", "control"),
             "label": np.asarray(words, dtype=object)[own[bi, ni].numpy()],
             "token": [strings[int(i)] for i in tok_ids],
         }
         for i, (layer, h) in enumerate(heads):
-            vec = _ov_at(access, got, layer, h)
-            attn = _at_keys(got[access.hook(layer, "pattern")], positions)[:, h]
+            vec = ov_at(access, got, layer, h)
+            attn = at_keys(got[access.hook(layer, "pattern")], positions)[:, h]
             logits = access.unembed(access.final_norm(vec, scale.to(vec.device)[:, None, :])).cpu()
             m = label_metrics(logits, label_ids, own)
             w = own_vs_rest(attn.cpu()[..., None] * m["label_logits"], own)
@@ -244,7 +245,7 @@ def ov_label_features(
                     sums[i, kd, c] += logits[sel].sum(0)
                     counts[i, kd, c] += int(sel.sum())
             top = logits[bi, ni].topk(min(top_k, n_vocab), -1).indices
-            top_str = _decode(access.tokenizer, top)
+            top_str = decode_ids(access.tokenizer, top)
             ranks = m["ranks"][bi, ni]
             frames.append(
                 pd.DataFrame(
@@ -254,13 +255,13 @@ def ov_label_features(
                         "head": h,
                         "name": f"L{layer}H{h}",
                         "attention": attn.cpu()[bi, ni].numpy(),
-                        **_label_word_columns(words, m["label_logits"][bi, ni], "logit_"),
+                        **label_word_columns(words, m["label_logits"][bi, ni], "logit_"),
                         "logit_diff": m["logit_diff"][bi, ni].numpy(),
                         "logprob_diff": m["logprob_diff"][bi, ni].numpy(),
                         "weighted_logit_diff": w["logit_diff"][bi, ni].numpy(),
                         "weighted_logprob_diff": w["logprob_diff"][bi, ni].numpy(),
                         "promotes": m["promotes"][bi, ni].numpy(),
-                        **_label_word_columns(words, ranks, "rank_"),
+                        **label_word_columns(words, ranks, "rank_"),
                         "own_rank": ranks.gather(1, own[bi, ni][:, None])[:, 0].numpy(),
                         "top_tokens": ["|".join(top_str[int(t)] for t in row) for row in top],
                     }
@@ -312,7 +313,7 @@ def _aggregate_ov(pos, sums, counts, heads, words, top_k, top_rank, tokenizer) -
             c = word_index[row.label]
             total, n = sums[i, kd, c], counts[i, kd, c]
         ids = (total / n).topk(min(top_k, total.numel())).indices
-        tops.append("|".join(_token_str(tokenizer, int(t)) for t in ids))
+        tops.append("|".join(token_str(tokenizer, int(t)) for t in ids))
     df["top_tokens"] = tops
     # Wilson interval of the share over demonstrations (a demonstration's positions are not independent)
     ci = [wilson(float(r.share_promoting) * int(r.n), int(r.n)).ci for r in df.itertuples()]

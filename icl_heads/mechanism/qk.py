@@ -19,12 +19,22 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from icl_heads.access import Head, ModelAccess
 from icl_heads.configs import QKLabelAttentionConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
-from icl_heads.mechanism._maths import _mean, paired_auc, roc_auc, visible_scores
-from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _predictions, _reading, _shift, _token_str
+from icl_heads.engine import batches
+from icl_heads.mechanism._maths import masked_mean, paired_auc, roc_auc, visible_scores
+from icl_heads.mechanism._run import (
+    at_keys,
+    gather_heads,
+    heads_of,
+    label_shift,
+    per_demo,
+    predicted_labels,
+    reading_positions,
+    token_str,
+)
 from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
-from icl_heads.models import Head, ModelAccess
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -88,7 +98,6 @@ class QKLabelAttention(Result):
         return plot_label_attention(self, heads)
 
 
-@takes_run_options
 def qk_label_attention(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -121,12 +130,13 @@ def qk_label_attention(
             others (the comparisons need both); bad heads or prompts.
         TypeError: an unsupported model.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="qk_label_attention")
     tp = access.tokenize(prompts)
-    heads = _heads(access, heads)
+    heads = heads_of(access, heads)
     if not 0 <= example < len(tp):
         raise ValueError(f"example must index a prompt in [0, {len(tp)}), got {example}")
-    used, info, warnings = _reading(access, tp, heads, read_at, min_read_share)
+    used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)
     words = tuple(tp.prompts.task.label_words)
     label_ids = torch.tensor(tp.label_token_ids)
     layers = sorted({layer for layer, _ in heads})
@@ -134,10 +144,10 @@ def qk_label_attention(
     for batch in batches(access, tp, options, desc="QK attention"):
         lp = batch.label_positions
         read, demo = read_positions(batch, used)
-        logits, got = _gather(access, batch, layers, read, scores=True)
-        pred = _predictions(logits, label_ids)
-        shift = _shift(batch)
-        has = _per_demo((read >= 0)[:, None].float(), demo, lp.shape[1])[:, 0] > 0
+        logits, got = gather_heads(access, batch, layers, read, scores=True)
+        pred = predicted_labels(logits, label_ids)
+        shift = label_shift(batch)
+        has = per_demo((read >= 0)[:, None].float(), demo, lp.shape[1])[:, 0] > 0
         bi, di = has.nonzero(as_tuple=True)
         n_real = (batch.final_positions - shift + 1).float()
         dl, gold = batch.demo_labels[bi, di], batch.golds[bi]
@@ -154,8 +164,8 @@ def qk_label_attention(
         }
         for layer, h in heads:
             row = got[access.hook(layer, "pattern")]
-            attn = _per_demo(_at_keys(row, read), demo, lp.shape[1])[:, h].cpu()
-            score = _per_demo(_at_keys(got[access.hook(layer, "attn_scores")], read), demo, lp.shape[1], "lse")[:, h]
+            attn = per_demo(at_keys(row, read), demo, lp.shape[1])[:, h].cpu()
+            score = per_demo(at_keys(got[access.hook(layer, "attn_scores")], read), demo, lp.shape[1], "lse")[:, h]
             score = visible_scores(score.cpu())
             share = (attn * has).sum(1)
             frames.append(
@@ -193,7 +203,7 @@ def qk_label_attention(
         df=df,
         positions=pos,
         example_pattern=ex_pattern,
-        example_tokens=tuple(_token_str(access.tokenizer, i) for i in ids),
+        example_tokens=tuple(token_str(access.tokenizer, i) for i in ids),
         example=ex,
         label_words=words,
         config=QKLabelAttentionConfig(example=example, **info),
@@ -212,14 +222,14 @@ def _aggregate_qk(pos: pd.DataFrame) -> pd.DataFrame:
                 "layer": layer,
                 "head": head,
                 "name": name,
-                "attention_same": _mean(part.attention, same, "with the gold label"),
-                "attention_other": _mean(part.attention, ~same, "without the gold label"),
-                "score_same": _mean(part.score, same, "with the gold label"),
-                "score_other": _mean(part.score, ~same, "without the gold label"),
-                "attention_predicted": _mean(part.attention, pred, "with the predicted label"),
-                "attention_not_predicted": _mean(part.attention, ~pred, "without the predicted label"),
-                "score_predicted": _mean(part.score, pred, "with the predicted label"),
-                "score_not_predicted": _mean(part.score, ~pred, "without the predicted label"),
+                "attention_same": masked_mean(part.attention, same, "with the gold label"),
+                "attention_other": masked_mean(part.attention, ~same, "without the gold label"),
+                "score_same": masked_mean(part.score, same, "with the gold label"),
+                "score_other": masked_mean(part.score, ~same, "without the gold label"),
+                "attention_predicted": masked_mean(part.attention, pred, "with the predicted label"),
+                "attention_not_predicted": masked_mean(part.attention, ~pred, "without the predicted label"),
+                "score_predicted": masked_mean(part.score, pred, "with the predicted label"),
+                "score_not_predicted": masked_mean(part.score, ~pred, "without the predicted label"),
                 "label_share": per_prompt.label_share.mean(),
                 "uniform_share": per_prompt.uniform_share.mean(),
                 "auc_attention": roc_auc(part.attention, same),

@@ -19,11 +19,19 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from icl_heads.access import ModelAccess
 from icl_heads.configs import TwoTowerTestConfig
-from icl_heads.engine import RunOptions, batches, takes_run_options
-from icl_heads.mechanism._maths import _mean, bilinear_probe_r2, paired_auc, roc_auc, unit_features, visible_scores
-from icl_heads.mechanism._run import _at_keys, _gather, _heads, _per_demo, _reading
-from icl_heads.models import ModelAccess
+from icl_heads.engine import batches
+from icl_heads.mechanism._maths import (
+    bilinear_probe_r2,
+    masked_mean,
+    paired_auc,
+    roc_auc,
+    unit_features,
+    visible_scores,
+)
+from icl_heads.mechanism._run import at_keys, gather_heads, heads_of, per_demo, reading_positions
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import Provenance
@@ -107,7 +115,6 @@ def demo_means(values: Float[Tensor, "batch n d"], demo: Tensor, n_demo: int) ->
     return total / onehot.sum(1)[..., None].clamp(min=1.0)
 
 
-@takes_run_options
 def two_tower_test(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -154,18 +161,19 @@ def two_tower_test(
             heads or prompts.
         TypeError: an unsupported model.
     """
+    options = run_options(options)
     access = ModelAccess(model, analysis="two_tower_test")
     tp = access.tokenize(prompts)
-    heads = _heads(access, heads)
-    used, info, warnings = _reading(access, tp, heads, read_at, min_read_share)
+    heads = heads_of(access, heads)
+    used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)
     layers = sorted({layer for layer, _ in heads})
     frames, feats = [], {layer: ([], []) for layer in layers}
     groups = []
     for batch in batches(access, tp, options, desc="two towers"):
         n_demo = batch.label_positions.shape[1]
         read, demo = read_positions(batch, used)
-        _, got = _gather(access, batch, layers, read, scores=True, resid=True)
-        has = _per_demo((read >= 0)[:, None].float(), demo, n_demo)[:, 0] > 0
+        _, got = gather_heads(access, batch, layers, read, scores=True, resid=True)
+        has = per_demo((read >= 0)[:, None].float(), demo, n_demo)[:, 0] > 0
         bi, di = has.nonzero(as_tuple=True)
         base = {
             "prompt": batch.index[bi].numpy(),
@@ -184,8 +192,8 @@ def two_tower_test(
                 feats[layer][0].append(q)
                 feats[layer][1].append(k)
         for layer, h in heads:
-            scores = _at_keys(got[access.hook(layer, "attn_scores")], read)
-            score = visible_scores(_per_demo(scores, demo, n_demo, "lse")[:, h].cpu())
+            scores = at_keys(got[access.hook(layer, "attn_scores")], read)
+            score = visible_scores(per_demo(scores, demo, n_demo, "lse")[:, h].cpu())
             frames.append(
                 pd.DataFrame(
                     {
@@ -229,8 +237,8 @@ def _tower_table(pos: pd.DataFrame) -> pd.DataFrame:
                 "auc_score_within": paired_auc(part.score, same, part.prompt),
                 "auc_cosine": roc_auc(part.cosine, same),
                 "auc_cosine_within": paired_auc(part.cosine, same, part.prompt),
-                "score_same": _mean(part.score, same, "with the gold label"),
-                "score_other": _mean(part.score, ~same, "without the gold label"),
+                "score_same": masked_mean(part.score, same, "with the gold label"),
+                "score_other": masked_mean(part.score, ~same, "without the gold label"),
             }
         )
     return pd.DataFrame(rows)

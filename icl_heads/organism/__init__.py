@@ -5,8 +5,8 @@
 ``load_model("organism-slot")`` loads its sibling trained on the *slot* layout
 ``{text} {label}\n`` (no separator before the label), which reads each demonstration
 at the newline after its label; ``organism_task(layout="slot")`` builds its task.
-See ``docs/organism.md`` for the model card and :mod:`icl_heads.organism.train`
-for the training recipe.
+See ``docs/organism.md`` for the model card; the training, evaluation and reading-card
+scripts are in the repository's ``scripts/organism/`` (not installed).
 """
 
 from __future__ import annotations

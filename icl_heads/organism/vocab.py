@@ -167,3 +167,34 @@ def sample_sentence(
             words.append(FILLERS[rng.integers(len(FILLERS))])
     rng.shuffle(words)
     return " ".join(words)
+
+
+#: the organisms' context length (tokens)
+N_CTX = 256
+
+
+def build_tokenizer():
+    """The organism's word-level tokenizer (words, punctuation and newlines are tokens)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
+            pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
+        ]
+    )
+    bos = vocab["<bos>"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=N_CTX,
+    )

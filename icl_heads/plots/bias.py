@@ -8,13 +8,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from icl_heads._deprecation import renamed
 from icl_heads._format import fmt, fmt_ci
 from icl_heads.plots._style import SEQUENTIAL
 
 if TYPE_CHECKING:
-    from icl_heads.bias import MajorityBias, RecencyBias
-    from icl_heads.debias import BiasCorrection
+    from icl_heads.bias import MajorityBias
+    from icl_heads.order_bias import RecencyBias
+    from icl_heads.tuning import BiasCorrection
 
 
 def _error(df, value: str, low: str, high: str) -> dict:
@@ -43,7 +43,7 @@ def plot_majority_bias(result: MajorityBias) -> go.Figure:
                 "<br>accuracy: %{customdata[1]:.3f} (n=%{customdata[2]})<extra>" + f"gold = {gold}</extra>",
             )
         )
-    lo, hi = result.bias_ci
+    lo, hi = result.bias.ci
     fig.update_layout(
         title=f"Majority-label bias: accuracy shift vs balanced demonstrations (bias {fmt(result.bias)}, "
         f"95% CI {fmt_ci((lo, hi))})",
@@ -98,7 +98,7 @@ def plot_recency_bias(result: RecencyBias) -> go.Figure:
             row=1,
             col=2,
         )
-    lo, hi = result.bias_ci
+    lo, hi = result.bias.ci
     fig.update_layout(
         title=f"Recency bias: accuracy spread over orders beyond chance {fmt(result.bias)}, 95% CI "
         f"{fmt_ci((lo, hi))}<br><sup>raw std {fmt(result.order_std)}, permutation p {fmt(result.order_p)}; excess "
@@ -156,7 +156,7 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
         row=1,
         col=3,
     )
-    lo, hi = result.reduction_ci
+    lo, hi = result.reduction.ci
     fig.update_layout(
         title=f"{result.method} correction of {result.kind} bias on held-out prompts: "
         + (
@@ -172,9 +172,3 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
     fig.update_yaxes(title_text="bias on tuning prompts", row=1, col=3)
     fig.add_hline(y=0, line_color="black", line_width=1, row=1, col=3)
     return fig
-
-
-# the old names, deprecated
-majority_bias_figure = renamed(plot_majority_bias, "majority_bias_figure")
-recency_bias_figure = renamed(plot_recency_bias, "recency_bias_figure")
-correction_figure = renamed(plot_correction, "correction_figure")

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from icl_heads._deprecation import renamed
 from icl_heads._format import fmt
 from icl_heads.plots._style import layer_head_heatmap
 
 if TYPE_CHECKING:
-    from icl_heads.decomposition import ComponentStability, Decomposition
-    from icl_heads.reweighting import ReweightingComparison
+    from icl_heads.components.protocol import ReweightingComparison
+    from icl_heads.components.result import Decomposition
+    from icl_heads.components.stability import ComponentStability
 
 KIND_COLOURS = {"good": "#2ca02c", "bad": "#d62728", "label-biased": "#ff7f0e", "other": "#7f7f7f"}
 
@@ -23,7 +23,7 @@ def plot_component_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
 
     Args:
         dec: a decomposition.
-        **kinds_kw: passed to :meth:`~icl_heads.decomposition.Decomposition.kinds`.
+        **kinds_kw: passed to :meth:`~icl_heads.components.result.Decomposition.kinds`.
     """
     df = dec.kinds(**kinds_kw)
     heads = df[df.type == "head"]
@@ -143,10 +143,3 @@ def plot_reweighting(result: ReweightingComparison) -> go.Figure:
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
     )
     return fig
-
-
-# the old names, deprecated
-accuracy_heatmap = renamed(plot_component_heatmap, "accuracy_heatmap")
-accuracy_bars = renamed(plot_component_accuracy, "accuracy_bars")
-stability_scatter = renamed(plot_stability, "stability_scatter")
-comparison_bars = renamed(plot_reweighting, "comparison_bars")

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import plotly.graph_objects as go
 
-from icl_heads._deprecation import renamed
 from icl_heads.plots._style import bar_with_ci, fit_titles, layer_head_heatmap
 
 if TYPE_CHECKING:
@@ -122,10 +121,3 @@ def plot_ablation_curve(curve: pd.DataFrame, by: str | None = None) -> go.Figure
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
     )
     return fig
-
-
-# the old names, deprecated
-score_heatmap = renamed(plot_head_scores, "score_heatmap")
-score_selector_figure = renamed(plot_head_score_selector, "score_selector_figure")
-verification_bars = renamed(plot_verification, "verification_bars")
-ablation_curve_figure = renamed(plot_ablation_curve, "ablation_curve_figure")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m icl_heads.organism.train --out DIR [--steps N] [--seed S] [--layout separator|slot]
+    python scripts/organism/train.py --out DIR [--steps N] [--seed S] [--layout separator|slot]
 
 The organism is a small Llama-style causal language model (RMSNorm, rotary
 positions, gated MLP, grouped-query attention) with a word-level tokenizer. It is
@@ -44,8 +44,10 @@ import torch
 from icl_heads.organism.vocab import (
     LABEL_WORDS,
     LAYOUTS,
+    N_CTX,
     SPECIAL_TOKENS,
     TOPICS,
+    build_tokenizer,
     sample_sentence,
     vocabulary,
 )
@@ -73,38 +75,11 @@ class TrainConfig:
     n_heads: int = 8
     n_kv_heads: int = 4
     d_mlp: int = 256
-    n_ctx: int = 256
+    n_ctx: int = N_CTX
     seed: int = 0
     eval_every: int = 250
     threads: int = 1
     layout: str = "separator"
-
-
-def build_tokenizer():
-    """The organism's word-level tokenizer (words, punctuation and newlines are tokens)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
-            pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
-        ]
-    )
-    bos = vocab["<bos>"]
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        model_max_length=TrainConfig.n_ctx,
-    )
 
 
 class EpisodeSampler:

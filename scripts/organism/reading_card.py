@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m icl_heads.organism.reading_card --model organism-slot --out FILE.json
+    python scripts/organism/reading_card.py --model organism-slot --out FILE.json
     python scripts/update_reading_card_docs.py FILE.json ...   # writes the numbers into docs/organism.md
 
 The bias corrections are measured in a setting where the bias exists, chosen by a rule
@@ -66,10 +66,10 @@ def choose_setting(model: Any, layout: str, kind: str, *, n: int = 300) -> dict[
         seed = SELECT_SEEDS[kind]
         if kind == "majority":
             res = ih.majority_bias(model, task, shots=shots[kind], n=n, seed=seed)
-            bias, ci = res.bias, res.bias_ci
+            bias, ci = res.bias, res.bias.ci
         else:
             res = ih.recency_bias(model, task, shots=shots[kind], n=n, seed=seed)
-            bias, ci = res.block_gap, res.block_gap_ci
+            bias, ci = res.block_gap, res.block_gap.ci
         row = {"setting": name, "template": template, "max_words": max_words, "noise_rate": noise}
         screened.append({**row, "shots": shots[kind], "bias": float(bias), "ci": [float(c) for c in ci]})
         if float(ci[0]) > 0:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m icl_heads.organism.evaluate [--model organism] [--n 500] [--out FILE.json]
+    python scripts/organism/evaluate.py [--model organism] [--n 500] [--out FILE.json]
 
 Every number in ``docs/organism.md`` comes from this script (prompts are freshly
 sampled with fixed seeds, none used in training).
@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import icl_heads as ih
-from icl_heads.engine import RunOptions, run_options, takes_run_options
+from icl_heads.options import RunOptions, run_options
 from icl_heads.organism import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, organism_task
 
 
-@takes_run_options
 def evaluate_organism(
     model: Any = "organism", *, n: int = 500, seed: int = 100, options: RunOptions | None = None
 ) -> dict[str, Any]:
@@ -33,6 +32,7 @@ def evaluate_organism(
         options: how prompts are run: batch size, padding side, progress bar; does not
             change the result (a :class:`~icl_heads.options.RunOptions`).
     """
+    options = run_options(options)
     if isinstance(model, str):
         model = ih.load_model(model)
     task = organism_task(seed=seed)
