@@ -34,7 +34,7 @@ from icl_heads.recency import (
 )
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples, wilson
 
 #: demonstrations per prompt of a recency measurement and its correction, by default (one default for both)
 RECENCY_SHOTS = 8
@@ -126,7 +126,7 @@ class RecencyBias(Result):
     """Recency bias: the same demonstrations in several orders.
 
     Attributes:
-        df: one row per order: ``order, accuracy, ci_low, ci_high, last_label_rate``
+        df: one row per order: ``order, accuracy, ci_low, ci_high`` (Wilson), ``last_label_rate``
             (how often the last demonstration's label is predicted) and ``last_label_gold``
             (how often it is gold).
         attention: one row per in-context head and demonstration slot: ``layer, head,
@@ -298,7 +298,7 @@ def _recency_bias(
     per_prompt_sens = p_gold.std(0)
     rows = []
     for o, name in enumerate(order_names):
-        lo, hi = bootstrap_ci(correct[o].numpy(), n_boot=n_boot, seed=seed)
+        lo, hi = wilson(int(correct[o].sum()), int(correct[o].numel())).ci  # a proportion: never zero width
         rows.append(
             {
                 "order": name, "accuracy": float(accs[o]), "ci_low": lo, "ci_high": hi,

@@ -92,6 +92,7 @@ def check_no_zero_width_proportion(run: Path) -> None:
         "components.csv": ("ci_low", "ci_high"),
         "ov_label_features.csv": ("share_ci_low", "share_ci_high"),
         "ablation_curve.csv": ("ci_low", "ci_high"),
+        "recency_bias.csv": ("ci_low", "ci_high"),
     }.items():
         if not (results / name).exists():
             continue
