@@ -97,7 +97,7 @@ def main() -> None:
         f"model: random Llama shape, {args.layers} layers x 8 heads, d_model {args.d_model}; {args.n} prompts "
         f"(4-shot), batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}"
     )
-    print(f"resumes exactly: {resume.support(ih.access.ModelAccess(model, check=False))}")
+    print(f"resumes exactly: {resume.support(ih.access.ModelAccess(model))}")
     print()
     print("| pass | seconds | time / forward | layer×token evaluations / forward |")
     print("|---|---:|---:|---:|")

@@ -16,6 +16,7 @@ corrections and plotting functions live in their modules (``icl_heads.heads``,
 
 from icl_heads import testing
 from icl_heads._version import __version__
+from icl_heads.access import UnfaithfulModelError
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.agreement import compare_head_scores
 from icl_heads.bias import majority_bias
@@ -24,7 +25,7 @@ from icl_heads.components.estimators import CalibPlus, ComponentReweighting, Not
 from icl_heads.components.protocol import compare_reweighting
 from icl_heads.components.stability import component_stability
 from icl_heads.debias import correct_majority_bias, correct_recency_bias
-from icl_heads.faithfulness import UnfaithfulModelError, check_faithfulness
+from icl_heads.faithfulness import check_faithfulness
 from icl_heads.head_count import ablation_curve, heads_needed
 from icl_heads.heads import find_in_context_heads
 from icl_heads.interventions import ablate, intervening

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from icl_heads.access import Head, ModelAccess
+from icl_heads.access import Head
+from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import check_heads
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
@@ -66,7 +67,7 @@ def resolve_heads(
     """
     if isinstance(check_heads_choice(heads), str):  # "found"
         return default_heads(model, prompts, options=options)
-    out = check_heads(ModelAccess(model, analysis="resolve_heads"), heads)
+    out = check_heads(faithful_access(model, "resolve_heads"), heads)
     if not out:
         raise ValueError('heads is empty; pass (layer, head) pairs or "found" to find the in-context heads')
     return out

@@ -40,6 +40,31 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_grid(name: str, values: Any, *, limits: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, ...]:
+    """``values`` as a tuple of floats, each a finite number within ``limits`` (inclusive).
+
+    Raises:
+        TypeError: not a sequence of real numbers (a string, a bool, ...).
+        ValueError: empty, or a value that is NaN, infinite or outside ``limits`` (its position named).
+    """
+    values = check_sequence(name, values)
+    if not values:
+        raise ValueError(f"{name} is empty; give the values to try")
+    out = []
+    for i, v in enumerate(values):
+        if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+            v = v.item()
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name}[{i}] must be a number, got {v!r} ({type(v).__name__})")
+        v = float(v)
+        if not (math.isfinite(v) and limits[0] <= v <= limits[1]):
+            raise ValueError(
+                f"{name}[{i}] is {v}; every value must be a finite number in [{limits[0]:g}, {limits[1]:g}]"
+            )
+        out.append(v)
+    return tuple(out)
+
+
 def check_sequence(name: str, value: Any) -> list:
     """``value`` as a list; refuses strings (which would split into letters) and unordered collections.
 

@@ -13,7 +13,6 @@ import difflib
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,15 +52,21 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+#: the largest ``--seed``: the run derives seeds up to ``--seed + 15``, and every random generator takes 32 bits
+MAX_SEED = 2**32 - 16
+
+
 def check_numbers(args: argparse.Namespace) -> None:
-    for flag, value, low in (
-        ("--n-prompts", args.n_prompts, 8),
-        ("--seed", args.seed, 0),
-        ("--threads", args.threads, 1),
-        ("--shots", args.shots, 1),
+    for flag, value, low, high in (
+        ("--n-prompts", args.n_prompts, 8, 10**6),
+        ("--seed", args.seed, 0, MAX_SEED),
+        ("--threads", args.threads, 1, 1024),
+        ("--shots", args.shots, 1, 1000),
     ):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be at least {low}, got {value}")
+        if value is not None and value > high:
+            raise UsageError(f"{flag} must be at most {high}, got {value}")
 
 
 def check_skip(value: str, sections: list[str]) -> set[str]:
@@ -86,27 +91,13 @@ def check_dtype(dtype: str | None) -> None:
 
 
 def check_device(device: str | None) -> str:
-    import torch
+    from icl_heads.models import resolve_device
 
     name = device or "cpu"
     try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cpu":
-        return name
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(
-                f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
-        return name
-    backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
-    if backend is None or not backend.is_available():
-        raise UsageError(f"--device {name}: {dev.type} is not available on this machine; use --device cpu")
-    return name
+        return resolve_device(name) or name
+    except ValueError as err:
+        raise UsageError(f"--device {err.args[0].removeprefix('device ')}") from None
 
 
 def _path_like(ref: str) -> bool:
@@ -144,9 +135,13 @@ def resolve_model(ref: str) -> tuple[str, Any, int | None]:
         return str(folder) if ref != "organism" else ref, tokenizer, _context(config)
     if not _HUB_NAME.match(ref):
         raise UsageError(f"--model {ref!r} is neither a local folder nor a hub name like 'gpt2' or 'org/name'")
-    offline = any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    from icl_heads.models import check_hub_name, hub_offline
+
+    try:
+        check_hub_name(ref)  # offline or unknown: fails in a second or two, not after the hub client's retries
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {ref}: {err}") from None
+    offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=offline)
         config = AutoConfig.from_pretrained(ref, local_files_only=offline)
@@ -174,9 +169,13 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
     """The task from ``--data`` (or the organism's), with its classes and label words checked."""
     from icl_heads.data import DataError, read_labelled_file
     from icl_heads.prompts import ICLTask
+    from icl_heads.prompts.text import SeparatorInTextError
 
     notes: list[str] = []
     classes = _split(args.classes) or None
+    twice = [c for i, c in enumerate(classes or []) if c in classes[:i]]
+    if twice:
+        raise UsageError(f"--classes {args.classes} lists {twice[0]!r} twice; list every class once")
     if args.data is None:
         if args.task != "organism":
             raise UsageError(f"unknown --task {args.task!r}; use 'organism' or give --data FILE.csv|.jsonl")
@@ -189,7 +188,10 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
                 f"--classes: the organism has no topic {unknown[0]!r}; topics: {', '.join(sorted(TOPICS))}"
             )
         words = _label_words(args.label_words, topics)
-        return organism_task(tuple(topics), label_words=words, seed=args.seed), notes
+        try:
+            return organism_task(tuple(topics), label_words=words, seed=args.seed), notes
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"--classes {','.join(topics)}: {err}") from None
     try:
         data = read_labelled_file(
             args.data,
@@ -225,6 +227,12 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
     words = _label_words(args.label_words, list(order))
     try:
         task = ICLTask.from_pairs(data.texts, data.labels, label_words=words, classes=order, name=Path(args.data).stem)
+    except SeparatorInTextError as err:
+        raise UsageError(
+            f"--data {args.data}: line {data.lines[err.index]}: the text contains {err.separator!r}, which the "
+            "prompt template uses to end a text (before its label) or a demonstration, so the prompts would not "
+            "read as intended; remove it from the texts (e.g. replace newlines by spaces)"
+        ) from None
     except (TypeError, ValueError) as err:
         raise UsageError(f"--data {args.data}: {err}") from None
     return task, notes

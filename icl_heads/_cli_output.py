@@ -4,12 +4,17 @@
 writes their CSV tables, summary entries and results. The output folder is written
 beside ``--out`` and moved into place only when the run succeeds.
 
-A run writes into ``OUT.incomplete`` (a folder beside ``OUT`` holding an
-``INCOMPLETE`` marker). On success the files move into ``OUT`` together with
-``manifest.json``, the list of the files the run wrote; a failed or interrupted run
-removes its folder, and a run killed outright leaves only ``OUT.incomplete``, which
-the next run replaces. With ``--force`` the files listed in the previous manifest
-are replaced (stale ones deleted) and nothing else in ``OUT`` is touched.
+A run writes into ``OUT.incomplete``, a folder beside ``OUT`` that it creates
+atomically (``mkdir``) before anything else, with an ``INCOMPLETE`` marker inside that
+it holds locked (``flock``) for as long as it runs: that folder is the lock, so two
+runs on one ``--out`` never race (the second one stops with a one-line error). On
+success the files move into ``OUT`` together with ``manifest.json``, the list of the
+files the run wrote; a failed or interrupted run removes its folder, and a run killed
+outright leaves only ``OUT.incomplete`` with an unlocked marker, which the next run
+replaces. A file or folder named ``OUT.incomplete`` without the marker is the user's
+and is never deleted. With ``--force`` the files listed in the previous manifest are
+replaced (stale ones deleted) and nothing else in ``OUT`` is touched; a manifest that
+names a path outside ``OUT`` is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,11 +32,18 @@ from typing import TYPE_CHECKING, Any
 
 from icl_heads._version import __version__
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the marker's process id is checked instead
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from icl_heads.report import Report, Section
 
 MANIFEST = "manifest.json"
 MARKER = "INCOMPLETE"
+#: the first words after the process id in every marker, so that a file of the user's is never taken for one
+_SIGNATURE = "An icl-heads run"
 #: files at the top of ``OUT`` that every run writes (results go under ``results/``)
 TOP_FILES = ("report.html", "summary.json", MANIFEST)
 
@@ -77,23 +90,18 @@ def read_manifest(out: Path) -> set[str]:
     try:
         files = json.loads(file.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{file} is not a manifest written by icl-heads; move it or choose another --out") from None
+        files = None
+    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+        raise UsageError(f"{file} is not a manifest written by icl-heads; move it or choose another --out")
+    root = out.resolve()
+    for rel in files:
+        target = (out / rel).resolve()
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or root not in target.parents:
+            raise UsageError(
+                f"{file} lists {rel!r}, which is not a file inside {out}; an icl-heads run only writes inside --out, "
+                "so this manifest was edited: fix or remove it"
+            )
     return {str(f) for f in files} | {MANIFEST}
-
-
-def _live_writer(out: Path) -> int | None:
-    """The process id of another run still writing ``OUT.incomplete``, if any."""
-    try:
-        pid = int((incomplete_path(out) / MARKER).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return pid
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -106,9 +114,6 @@ def check_out(out: Path, force: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
-    pid = _live_writer(out)
-    if pid is not None:
-        raise UsageError(f"another icl-heads run (process {pid}) is writing {out}; wait for it or choose another --out")
     if out.is_dir() and any(out.iterdir()):
         owned = read_manifest(out)
         if not force:
@@ -136,8 +141,13 @@ def check_out(out: Path, force: bool) -> None:
 class OutputFolder:
     """Context manager: a run's output folder that appears in ``out`` only when :meth:`commit` is called.
 
-    ``with OutputFolder(out, force) as tmp:`` gives the folder to write into; leaving the
-    block by an exception or an interrupt removes it (and the parents it created).
+    ``with OutputFolder(out, force) as tmp:`` first takes the lock of ``out`` (creates
+    ``OUT.incomplete`` with a locked marker), then gives that folder to write into;
+    leaving the block by an exception or an interrupt removes it (and the parents it created).
+
+    Raises:
+        UsageError: (on entering) another run is writing ``out``, ``OUT.incomplete`` is a
+            file or folder of the user's, or it cannot be created.
     """
 
     def __init__(self, out: Path, force: bool, command: list[str] | None = None):
@@ -148,20 +158,74 @@ class OutputFolder:
         self.tmp = incomplete_path(out)
         self.created: list[Path] = []
         self.committed = False
+        self._lock: int | None = None  # the open, locked marker while the run holds ``out``
+        self._made = False  # this run created ``OUT.incomplete``
 
     def __enter__(self) -> Path:
+        try:
+            self._make_parents()
+            for _ in range(2):
+                try:
+                    os.mkdir(self.tmp)  # atomic: of two runs, one creates the folder, the other sees it
+                except FileExistsError:
+                    self._remove_stale()
+                    continue
+                self._made = True
+                self._lock = _write_marker(self.tmp / MARKER, self.out)
+                (self.tmp / "results").mkdir()
+                return self.tmp
+            raise UsageError(f"another icl-heads run is writing {self.shown}; wait for it or choose another --out")
+        except OSError as err:
+            self.__exit__()
+            raise UsageError(f"--out {self.shown}: cannot create {self.tmp} ({err.strerror or err})") from None
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _make_parents(self) -> None:
         missing = [p for p in [self.out.parent, *self.out.parent.parents] if not p.exists()]
         for parent in reversed(missing):
-            parent.mkdir()
+            try:
+                parent.mkdir()
+            except FileExistsError:  # made by another run at the same moment: not ours to remove
+                continue
             self.created.append(parent)
-        if self.tmp.exists():  # left by a run that was killed outright
-            shutil.rmtree(self.tmp)
-        (self.tmp / "results").mkdir(parents=True)
-        (self.tmp / MARKER).write_text(
-            f"{os.getpid()}\nAn icl-heads run is writing here, or was stopped before it finished: these results are "
-            f"incomplete. A successful run moves its files to {self.out} and removes this folder.\n"
-        )
-        return self.tmp
+
+    def _remove_stale(self) -> None:
+        """Remove ``OUT.incomplete`` left by a run that was killed; refuse anything else found there."""
+        tmp, marker = self.tmp, self.tmp / MARKER
+        if tmp.is_symlink() or not tmp.is_dir():
+            raise UsageError(
+                f"{tmp} exists and is not a folder an icl-heads run made (it is a file or a link); it is never "
+                "deleted: move or rename it, or choose another --out"
+            )
+        deadline = time.monotonic() + 1.0  # a run that has just made the folder writes its marker next
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        text = _marker_text(marker)
+        if text is None or _SIGNATURE not in text:
+            raise UsageError(
+                f"{tmp} exists but an icl-heads run did not make it (no {MARKER} marker of a run inside); it is never "
+                "deleted: move or rename it, or choose another --out"
+            )
+        fd = os.open(marker, os.O_RDWR)
+        try:
+            if not _try_lock(fd, text) or os.fstat(fd).st_ino != os.stat(marker).st_ino:
+                pid = text.split()[0]
+                raise UsageError(
+                    f"another icl-heads run (process {pid}) is writing {self.shown}; wait for it or choose another "
+                    "--out"
+                )
+            if "not moved" in text:
+                raise UsageError(
+                    f"{tmp} holds the finished results of an earlier run that could not be moved into "
+                    f"{self.shown}; move them out (or delete the folder) first"
+                )
+            shutil.rmtree(tmp)  # ours, from a run that was killed: its lock is free
+        except FileNotFoundError:  # removed by another run at the same moment
+            pass
+        finally:
+            os.close(fd)
 
     def commit(self) -> Path:
         """Move the finished results into ``out``; returns ``out``.
@@ -169,6 +233,7 @@ class OutputFolder:
         Raises:
             UsageError: a file of the user's appeared where a result goes (the results stay in ``OUT.incomplete``).
         """
+        self._unlock()
         (self.tmp / MARKER).unlink()
         files = sorted(str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*") if p.is_file())
         manifest = {
@@ -189,9 +254,14 @@ class OutputFolder:
 
     def _replace(self, files: list[str]) -> None:
         owned = read_manifest(self.out)
-        clash = [f for f in files if (self.out / f).exists() and f not in owned]
+        root = self.out.resolve()
+        outside = [f for f in files if root not in (self.out / f).resolve().parents]
+        clash = outside or [f for f in files if (self.out / f).exists() and f not in owned]
         if clash:
-            (self.tmp / MARKER).write_text(f"{os.getpid()}\nnot moved: {self.out / clash[0]} is a file of yours\n")
+            (self.tmp / MARKER).write_text(
+                f"{os.getpid()}\n{_SIGNATURE} finished but its results were not moved: {self.out / clash[0]} is a "
+                "file of yours (or a link out of --out)\n"
+            )
             self.committed = True  # keep the finished results for the user to move
             raise UsageError(
                 f"{self.out / clash[0]} appeared during the run and is not a file of an earlier run; the results "
@@ -210,13 +280,74 @@ class OutputFolder:
             os.replace(self.tmp / rel, self.out / rel)
         shutil.rmtree(self.tmp)
 
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
     def __exit__(self, *exc: object) -> None:
-        if self.committed:
-            return
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        for parent in reversed(self.created):
-            if parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
+        previous = ignore_interrupts()  # a second Ctrl-C must not stop the cleanup half-way
+        try:
+            if not self.committed and self._made:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            self._unlock()
+            for parent in reversed(self.created):
+                if parent.is_dir() and not any(parent.iterdir()):
+                    parent.rmdir()
+            self.created = []
+        finally:
+            restore_interrupts(previous)
+
+
+def _write_marker(marker: Path, out: Path) -> int:
+    """Create the marker of a running run, locked while the returned descriptor stays open."""
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(
+        fd,
+        f"{os.getpid()}\n{_SIGNATURE} is writing here, or was stopped before it finished: these results are "
+        f"incomplete. A successful run moves its files to {out} and removes this folder.\n".encode(),
+    )
+    return fd
+
+
+def _marker_text(marker: Path) -> str | None:
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        return marker.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return None
+
+
+def _try_lock(fd: int, text: str) -> bool:
+    """Lock a marker of another run; False if that run still holds it (it is alive)."""
+    if fcntl is None:  # pragma: no cover - without flock: alive if its process is
+        try:
+            os.kill(int(text.split()[0]), 0)
+        except (OSError, ValueError, IndexError):
+            return True
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def ignore_interrupts() -> Any:
+    """Ignore Ctrl-C (SIGINT) from now on; returns the previous handler (``None`` outside the main thread)."""
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        return None
+
+
+def restore_interrupts(previous: Any) -> None:
+    """Put back the Ctrl-C handler :func:`ignore_interrupts` returned."""
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Terminated(BaseException):

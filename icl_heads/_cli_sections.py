@@ -56,10 +56,10 @@ def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
     and the components section the same with a held-out template (the full model is
     imperfect), as in docs/organism.md.
     """
-    return _variant(ctx.args, ctx.task, kind)
+    return task_variant(ctx.args, ctx.task, kind)
 
 
-def _variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str | None]:
+def task_variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str | None]:
     if args.data is not None or args.task != "organism":
         return task, None
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task

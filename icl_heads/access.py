@@ -10,21 +10,25 @@ pass of every analysis goes through :meth:`ModelAccess.run`, so the cost ledger
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import importlib
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from icl_heads._norms import NormMap, fit_norm
+from icl_heads.engine import HookFn, Hooks, as_intervention, per_model
+from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, PromptTooLongError, TokenizedPrompts
 
 Head = tuple[int, int]
-HookFn = Callable[[Tensor, Any], Tensor | None]
-#: Forward hooks: a list of ``(hook_name, fn)``, or a callable building them for a ``PromptBatch``.
-Hooks = Sequence[tuple[str, HookFn]] | Callable[[PromptBatch], Sequence[tuple[str, HookFn]]]
 
 # the scale of the norm a post-norm layer (Gemma-2/3, OLMo-2) applies to its attention output
 _POST_ATTN_SCALE = "blocks.{layer}.ln1_post.hook_scale"
@@ -32,18 +36,12 @@ _POST_ATTN_SCALE = "blocks.{layer}.ln1_post.hook_scale"
 
 def _supported_classes() -> tuple[type, ...]:
     classes: list[type] = []
-    try:
-        from transformer_lens import HookedTransformer
-
-        classes.append(HookedTransformer)
-    except ImportError:
-        pass
-    try:
-        from transformer_lens.model_bridge import TransformerBridge
-
-        classes.append(TransformerBridge)
-    except ImportError:
-        pass
+    for module, name in (
+        ("transformer_lens", "HookedTransformer"),
+        ("transformer_lens.model_bridge", "TransformerBridge"),
+    ):
+        with contextlib.suppress(ImportError):
+            classes.append(getattr(importlib.import_module(module), name))
     return tuple(classes)
 
 
@@ -59,21 +57,17 @@ class ModelAccess:
     """Uniform access to a TransformerLens 3 ``HookedTransformer`` or 4 ``TransformerBridge``.
 
     Args:
-        model: the model (or another ``ModelAccess``).
-        check: check the linear identities the analyses rely on
-            (:func:`~icl_heads.faithfulness.check_faithfulness`, once per model) and
-            refuse a model that breaks one. Only code that reads nothing but the
-            model's logits (accuracy) passes ``False``.
-        analysis: the analysis's name, for the refusal message.
+        model: the model (or another ``ModelAccess``). It is not checked here: analyses
+            that rest on the linear identities get theirs from
+            :func:`~icl_heads.faithfulness.faithful_access`.
 
     Raises:
         TypeError: the object is not a supported model.
         ValueError: a ``TransformerBridge`` without TransformerLens hook names (call
             ``enable_compatibility_mode()`` first).
-        UnfaithfulModelError: ``check`` and the model breaks an identity.
     """
 
-    def __init__(self, model: Any, *, check: bool = True, analysis: str = "this analysis"):
+    def __init__(self, model: Any):
         if isinstance(model, ModelAccess):
             model = model.model
         classes = _supported_classes()
@@ -108,10 +102,6 @@ class ModelAccess:
         self._norms: dict[str, NormMap] = {}
         # keyed by id(prompts); each entry holds its prompts so that the id cannot be reused while cached
         self._tok_cache: dict[tuple, tuple[ICLPrompts, TokenizedPrompts]] = {}
-        if check:
-            from icl_heads.faithfulness import require_faithful
-
-            require_faithful(self, analysis)
 
     # ---- weights -------------------------------------------------------------------
     @property
@@ -333,17 +323,14 @@ class ModelAccess:
     ) -> tuple[Float[Tensor, "batch d_vocab"], dict[str, Tensor]]:
         """One forward pass: final-position logits (float32) and the captured activations.
 
-        ``hooks`` are extra forward hooks (interventions) that run before captures: a
-        list of ``(hook_name, fn)`` or a callable that builds them for this batch.
+        ``hooks`` (an :class:`~icl_heads.engine.Intervention` or ``(hook_name, fn)`` pairs)
+        run before the captures.
         """
-        if getattr(hooks, "edits_pattern", False):
-            from icl_heads.faithfulness import require_pattern_edits
-
-            require_pattern_edits(self, type(hooks).__name__)
+        intervention = as_intervention(hooks)
+        if intervention.edits_pattern:
+            require_pattern_edits(self, type(intervention).__name__)
         from icl_heads._resume import forward as resume_forward
 
-        if callable(hooks):
-            hooks = hooks(batch)
         stored: dict[str, Tensor] = {}
         rows = torch.arange(len(batch.golds))
         finals = batch.final_positions
@@ -359,7 +346,7 @@ class ModelAccess:
 
             return fn
 
-        fwd = [*hooks, *((c.name, make(c)) for c in capture)]
+        fwd = [*intervention.hooks_for(batch), *((c.name, make(c)) for c in capture)]
         tokens = batch.tokens.to(self.device)
         kw: dict[str, Any] = {}
         if batch.has_padding:
@@ -367,3 +354,93 @@ class ModelAccess:
         logits = resume_forward(self, tokens, fwd, kw)
         final_logits = logits[rows.to(logits.device), finals.to(logits.device)].float()
         return final_logits, stored
+
+
+def batches(
+    access: ModelAccess,
+    tp: TokenizedPrompts,
+    options: RunOptions | None = None,
+    *,
+    desc: str = "running",
+    by_length: bool = False,
+) -> Iterator[PromptBatch]:
+    """The batches of ``tp`` under ``options``, with a progress bar named ``desc`` when asked for.
+
+    This is the one loop over prompts: analyses map their per-batch work over it.
+    ``by_length`` groups prompts of similar length (less padding, the same results):
+    batches then come in length order, and each batch's ``index`` says which prompts it
+    holds, so the caller must place per-prompt results by ``batch.index``.
+    """
+    options = run_options(options)
+    parts = list(access.batches(tp, options.batch_size, options.padding_side, by_length=by_length))
+    yield from tqdm(parts, desc=desc, disable=not options.progress)
+
+
+class UnfaithfulModelError(RuntimeError):
+    """The model breaks an identity the analyses rely on, so they refuse to return numbers."""
+
+
+_PATTERN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def probe_tokens(access: Any, n_prompts: int, n_tokens: int, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    tok = access.model.tokenizer
+    vocab = min(int(access.W_U.shape[1]), len(tok)) if tok is not None else int(access.W_U.shape[1])
+    tokens = torch.randint(0, vocab, (n_prompts, n_tokens), generator=gen)
+    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    if bos is not None and getattr(access.cfg, "default_prepend_bos", True):
+        tokens[:, 0] = bos
+    return tokens
+
+
+def pattern_edits_apply(access: Any) -> bool:
+    """Whether editing ``hook_pattern`` changes what the heads read, measured on the first and last layer.
+
+    TransformerLens 4 reimplements attention for most families, but for some (GPT-J,
+    GPT-Neo, OPT) it delegates to the Hugging Face module and discards edits of the
+    pattern; a correction that rescales attention would then silently do nothing.
+    """
+    return per_model(_PATTERN_CACHE, access.model, lambda: _probe_pattern_edits(access))
+
+
+def _probe_pattern_edits(access: Any) -> bool:
+    tokens = probe_tokens(access, 1, min(12, access.n_ctx), seed=1).to(access.device)
+    ok = True
+    for layer in sorted({0, access.n_layers - 1}):
+        names = {k: access.hook(layer, k) for k in ("v", "pattern", "z")}
+        got: dict[str, Tensor] = {}
+
+        def keep(act: Tensor, hook: Any, key: str = "", got: dict[str, Tensor] = got) -> None:
+            got[key] = act.detach().float().clone()
+
+        def first_only(pattern: Tensor, hook: Any) -> Tensor:
+            # every query attends to the first position only: z must then equal that position's value
+            edited = torch.zeros_like(pattern)
+            edited[..., 0] = 1
+            return edited
+
+        fwd = [(names["v"], lambda a, hook: keep(a, hook, "v")), (names["pattern"], first_only),
+               (names["z"], lambda a, hook: keep(a, hook, "z"))]  # fmt: skip
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            access.model.run_with_hooks(tokens, fwd_hooks=fwd)
+        v, z = got["v"], got["z"]  # [batch, pos, kv, d_head], [batch, pos, head, d_head]
+        kv = torch.arange(z.shape[2], device=v.device) // (z.shape[2] // v.shape[2])
+        expected = v[:, :1, kv].expand_as(z)
+        ok = ok and torch.allclose(z, expected, atol=1e-4 * max(1.0, float(v.abs().max())), rtol=1e-3)
+    return ok
+
+
+def require_pattern_edits(access: Any, analysis: str = "this correction") -> None:
+    """Refuse to build or run a correction that edits attention patterns on a model that discards such edits.
+
+    Raises:
+        UnfaithfulModelError: edits of ``hook_pattern`` do not change the heads' outputs.
+    """
+    if not pattern_edits_apply(access):
+        raise UnfaithfulModelError(
+            f"{analysis} refuses this {access.architecture} model: its attention is computed inside the Hugging Face "
+            "module, which discards edits of hook_pattern, so a correction that rescales attention would silently "
+            "change nothing. Use the OV-compensation correction (method='ov'), which edits hook_z and works here"
+        )

@@ -11,8 +11,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.access import Hooks, ModelAccess
-from icl_heads.engine import batches, intervention_key, memoised, prompt_key
+from icl_heads.access import ModelAccess, batches
+from icl_heads.engine import Hooks, intervention_key, memoised, prompt_key
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
@@ -67,7 +67,7 @@ def predict(
         TypeError, ValueError: see :class:`~icl_heads.access.ModelAccess`.
     """
     options = run_options(options)
-    access = ModelAccess(model, check=False)
+    access = ModelAccess(model)
     tp = access.tokenize(prompts, first_token=first_token)
     label_ids = torch.tensor(tp.label_token_ids)
 
@@ -185,7 +185,7 @@ def icl_accuracy(
         LabelTokenError: a label word that is not one token (unless ``first_token``).
     """
     options = run_options(options)
-    access = ModelAccess(model, check=False)
+    access = ModelAccess(model)
     tp = access.tokenize(prompts, first_token=first_token)
     pred = predict(access, tp, hooks=hooks, options=options)
     df = accuracy_table(pred, tp.prompts.task.label_words)

@@ -25,16 +25,33 @@ from jaxtyping import Float
 from scipy.stats import spearmanr
 from torch import Tensor
 
-from icl_heads.access import Head, ModelAccess
-from icl_heads.configs import ScoreAgreementConfig
-from icl_heads.engine import batches
+from icl_heads.access import Head, batches
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.scoring import METHODS, ablation_means, check_ablation_args, per_prompt_ablation, score_heads
 
 CHEAP_METHODS = tuple(m for m in METHODS if m != "ablation")
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class ScoreAgreementConfig(Record):
+    """Arguments of :func:`~icl_heads.agreement.score_agreement`."""
+
+    method: str = UNSET
+    sample: int = UNSET
+    seed: int = UNSET
+    k: int = UNSET
+    how: str = UNSET
+    where: str = UNSET
+    mean_reference: bool = UNSET
+    rescore: Any = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "k")
 
 
 @dataclass(frozen=True, repr=False)
@@ -224,7 +241,7 @@ def compare_head_scores(
     if method not in CHEAP_METHODS:
         raise ValueError(f"method must be a cheap score, one of {CHEAP_METHODS}; got {method!r}")
     check_ablation_args(how, where, rescore)
-    access = ModelAccess(model, analysis="compare_head_scores")
+    access = faithful_access(model, "compare_head_scores")
     total = access.n_layers * access.n_heads
     n = total if sample is None else sample
     if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= total:

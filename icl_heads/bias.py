@@ -34,14 +34,30 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import check_task, with_demos
-from icl_heads.access import Hooks, ModelAccess
+from icl_heads._checks import check_int
 from icl_heads.accuracy import predict
-from icl_heads.configs import MajorityBiasConfig
+from icl_heads.engine import Hooks
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class MajorityBiasConfig(Record):
+    """Arguments of :func:`~icl_heads.majority_bias`."""
+
+    shots: int = UNSET
+    n: int = UNSET
+    seed: int = UNSET
+    skews: list[list[int]] = UNSET
+    hooked: bool = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "shots", "n")
 
 
 def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
@@ -194,7 +210,7 @@ def majority_bias(
 
     Raises:
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
-        ValueError: bad ``shots``/``skews``, or too few examples per class.
+        ValueError: bad ``shots``/``skews``, ``n_boot < 10``, or too few examples per class.
 
     >>> import icl_heads as ih
     >>> mb = majority_bias(ih.load_model("organism"), ih.organism_task(), shots=4, n=40)
@@ -203,12 +219,13 @@ def majority_bias(
     """
     options = run_options(options)
     task = check_task(task)
+    check_int("n_boot", n_boot, minimum=10)
     if n < len(task.classes):
         raise ValueError(
             f"n={n} prompts cannot cover all {len(task.classes)} gold labels; use n >= {len(task.classes)}"
         )
     conditions = majority_prompts(task, shots=shots, n=n, seed=seed, skews=skews)
-    access = ModelAccess(model, analysis="majority_bias")
+    access = faithful_access(model, "majority_bias")
     logits = [
         predict(access, prompts, hooks=hooks, options=run_options(options, progress=False)).label_logits
         for prompts in tqdm(conditions.values(), desc="majority-bias conditions", disable=not options.progress)

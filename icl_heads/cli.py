@@ -28,18 +28,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
-from icl_heads._cli_output import OutputFolder, Terminated, sigterm_raises, write_sections
+from icl_heads._cli_output import (
+    OutputFolder,
+    Terminated,
+    ignore_interrupts,
+    restore_interrupts,
+    sigterm_raises,
+    write_sections,
+)
+from icl_heads._cli_progress import LONG_RUN, ProgressLedger, estimate, seconds_per_pass
 from icl_heads._cli_sections import (
     Context,
-    _variant,
     section_accuracy,
     section_bias,
     section_components,
     section_heads,
     section_mechanism,
+    task_variant,
 )
 from icl_heads._version import __version__
-from icl_heads.engine import CostLedger, count_cost
+from icl_heads.engine import count_cost
 from icl_heads.options import RunOptions
 from icl_heads.report import Section
 
@@ -143,7 +151,7 @@ def check_bias(plan: Plan) -> None:
             f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
             f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
         )
-    task, _ = _variant(plan.args, plan.task, "bias")
+    task, _ = task_variant(plan.args, plan.task, "bias")
     try:
         majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
     except ValueError as err:
@@ -154,7 +162,7 @@ def check_bias(plan: Plan) -> None:
 
 def check_components(plan: Plan) -> None:
     """Before the model loads: each class has the examples the reweighting protocol draws (test queries + 24)."""
-    task, _ = _variant(plan.args, plan.task, "components")
+    task, _ = task_variant(plan.args, plan.task, "components")
     k, n_test, labelled = len(task.classes), max(plan.args.n_prompts // 2, 8), 24
     need = math.ceil(n_test / k) + math.ceil(labelled / k)
     for c, word in enumerate(task.classes):
@@ -202,8 +210,8 @@ def _seeds(seed: int) -> dict[str, int]:
     }
 
 
-def run(plan: Plan, argv: list[str]) -> dict:
-    """Load the model and run every section into a temporary folder, moved to ``--out`` on success."""
+def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
+    """Load the model and run every section into ``folder`` (``OUT.incomplete``), moved to ``--out`` on success."""
     import torch
 
     import icl_heads as ih
@@ -217,68 +225,84 @@ def run(plan: Plan, argv: list[str]) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.time()
-    folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
-    with sigterm_raises(), folder as tmp:
-        try:
-            model = ih.load_model(plan.model, device=plan.device, dtype=args.dtype)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
-        faithfulness = ih.check_faithfulness(model)
-        ctx = Context(
-            args=args,
-            model=model,
-            task=plan.task,
-            prompts=plan.prompts,
-            held_out=plan.held_out,
-            out=tmp,
-            summary={
-                "model": args.model,
-                "task": plan.task.name,
-                "shots": plan.shots,
-                "n_prompts": args.n_prompts,
-                "classes": summary_of_classes(plan),
-                "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
-                "unknown_token_share": plan.unknown_token_share,
-                "notes": plan.notes,
-            },
-            options=RunOptions(progress=not args.quiet),
-        )
-        ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
-        prov = run_provenance(
-            argv=argv, model=model, reference=args.model, architecture=faithfulness.architecture, task=plan.task,
-            data=args.data,
-            seeds=_seeds(args.seed), threads=args.threads,
-        )  # fmt: skip
-        report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
-        report.add(_data_section(plan))
-        ledger = CostLedger()
-        for name, fn in SECTIONS:
-            if name in plan.skip:
-                continue
-            t = time.time()
-            logger.info("section %s", name)
-            with count_cost(ledger), ledger.section(name):
-                write_sections(fn(ctx), report, ctx.out, ctx.summary, ctx.results)
-            ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
-        ctx.summary["total_seconds"] = round(time.time() - start, 2)
-        ctx.summary["icl_heads_version"] = ih.__version__
-        verdicts = collect_verdicts(ctx.results)
-        ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
-        ctx.summary["cost"] = ledger.as_dict()
-        cost = {
-            "seconds per section": ctx.summary.get("seconds", {}),
-            "total seconds": ctx.summary["total_seconds"],
-            "forward passes": ledger.total.passes,
-            "layer x token evaluations": ledger.total.layer_tokens,
-        }
-        ctx.summary["provenance"] = {**prov.to_dict(), "cost": cost}
-        ctx.summary["faithfulness"] = faithfulness.summary()
-        report.verdicts, report.provenance, report.cost = verdicts, ctx.summary["provenance"], ledger.df
-        ctx.summary["n_figures"] = report.n_figures
-        report.write(tmp / "report.html")
-        (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
-        folder.commit()
+    tmp = folder.tmp
+    try:
+        model = ih.load_model(plan.model, device=plan.device, dtype=args.dtype)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
+    faithfulness = ih.check_faithfulness(model)
+    ctx = Context(
+        args=args,
+        model=model,
+        task=plan.task,
+        prompts=plan.prompts,
+        held_out=plan.held_out,
+        out=tmp,
+        summary={
+            "model": args.model,
+            "task": plan.task.name,
+            "shots": plan.shots,
+            "n_prompts": args.n_prompts,
+            "classes": summary_of_classes(plan),
+            "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
+            "unknown_token_share": plan.unknown_token_share,
+            "notes": plan.notes,
+        },
+        options=RunOptions(progress=not args.quiet),
+    )
+    ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
+    prov = run_provenance(
+        argv=argv, model=model, reference=args.model, architecture=faithfulness.architecture, task=plan.task,
+        data=args.data,
+        seeds=_seeds(args.seed), threads=args.threads,
+    )  # fmt: skip
+    report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
+    report.add(_data_section(plan))
+    expected = _announce(plan, model)
+    ledger = ProgressLedger(show=not args.quiet)
+    ctx.options = RunOptions(progress=False)  # one bar per section, in prompt passes, instead of batch bars
+    for name, fn in SECTIONS:
+        if name in plan.skip:
+            continue
+        t = time.time()
+        logger.info("section %s", name)
+        with count_cost(ledger), ledger.progress(name, expected[name]):
+            write_sections(fn(ctx), report, ctx.out, ctx.summary, ctx.results)
+        ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
+    ctx.summary["total_seconds"] = round(time.time() - start, 2)
+    ctx.summary["icl_heads_version"] = ih.__version__
+    verdicts = collect_verdicts(ctx.results)
+    ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
+    ctx.summary["cost"] = ledger.as_dict()
+    cost = {
+        "seconds per section": ctx.summary.get("seconds", {}),
+        "total seconds": ctx.summary["total_seconds"],
+        "forward passes": ledger.total.passes,
+        "layer x token evaluations": ledger.total.layer_tokens,
+    }
+    ctx.summary["provenance"] = {**prov.to_dict(), "cost": cost}
+    ctx.summary["faithfulness"] = faithfulness.summary()
+    report.verdicts, report.provenance, report.cost = verdicts, ctx.summary["provenance"], ledger.df
+    ctx.summary["n_figures"] = report.n_figures
+    report.write(tmp / "report.html")
+    (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
+    folder.commit()
     return ctx.summary
+
+
+def _announce(plan: Plan, model: object) -> dict[str, int]:
+    """Log an estimate of the whole run before its first section; the prompt passes expected of each section."""
+    from icl_heads.access import ModelAccess
+    from icl_heads.engine import no_reuse
+
+    access = ModelAccess(model)
+    with no_reuse():  # the timing pass is neither kept nor counted
+        per_pass = seconds_per_pass(model, plan.prompts)
+    names = [name for name, _ in SECTIONS if name not in plan.skip]
+    expected, text = estimate(names, plan.args.n_prompts, access.n_layers * access.n_heads, per_pass)
+    total = sum(expected.values()) * per_pass
+    logger.log(logging.WARNING if total > LONG_RUN else logging.INFO, "%s", text)
+    return expected
 
 
 def headline(summary: dict, out: Path) -> list[str]:
@@ -298,12 +322,15 @@ def headline(summary: dict, out: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 success, 2 bad input, 130/143 interrupted)."""
+    from_command = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
-        plan = validate(args, [name for name, _ in SECTIONS], SECTION_CHECKS)
-        summary = run(plan, argv)
+        folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
+        with sigterm_raises(), folder:  # the lock on --out comes first: two runs on one --out never race
+            plan = validate(args, [name for name, _ in SECTIONS], SECTION_CHECKS)
+            summary = run(plan, argv, folder)
     except UsageError as err:
         if args.debug:
             raise
@@ -312,8 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Terminated) as err:
         if args.debug:
             raise
+        previous = ignore_interrupts()  # a second Ctrl-C while we say so must not print a traceback
         why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
         print(f"icl-heads: {why}; no results written ({args.out} is unchanged)", file=sys.stderr)
+        if not from_command:  # called from Python: give Ctrl-C back; the command keeps ignoring it until it exits
+            restore_interrupts(previous)
         return 130 if isinstance(err, KeyboardInterrupt) else 143
     for line in headline(summary, args.out):
         print(line)

@@ -15,7 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.access import Head, HookFn, ModelAccess
+from icl_heads.access import Head, ModelAccess
+from icl_heads.engine import HookFn, Intervention
 from icl_heads.prompts import PromptBatch
 from icl_heads.slots import positions_with_labels
 
@@ -114,7 +115,7 @@ def _kv_index(heads: list[int], n_heads: int, n_kv: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Correction:
+class Correction(Intervention):
     """Base: chosen heads, final position only; subclasses build hooks for one batch.
 
     ``read_at`` picks the positions of each demonstration the correction acts on when
@@ -143,8 +144,6 @@ class Correction:
         """Forward hooks for ``batch``: its reading positions, demonstration labels and final positions."""
         positions, labels = positions_with_labels(batch, self.read_at)
         return self.hooks(positions, labels, batch.final_positions)
-
-    __call__ = hooks_for
 
     def hooks(
         self,
@@ -282,7 +281,7 @@ class OVCompensation(Correction):
 
         def add(z: Tensor, hook: Any) -> Tensor:
             if "att" not in store or "v" not in store:
-                from icl_heads.faithfulness import UnfaithfulModelError
+                from icl_heads.access import UnfaithfulModelError
 
                 raise UnfaithfulModelError(
                     f"OVCompensation cannot run on this model: layer {layer}'s attention pattern and values reach "

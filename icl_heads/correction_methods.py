@@ -6,7 +6,8 @@ reading position are known. The four methods of the package are registered here;
 register your own with :func:`register_correction_method`::
 
     from icl_heads.correction_methods import CorrectionMethod, register_correction_method
-    from icl_heads.corrections import count_normalisation
+    from icl_heads._checks import check_grid
+from icl_heads.corrections import count_normalisation
 
     register_correction_method(CorrectionMethod(
         bias="majority", name="count_sqrt", parameter="strength", grid=(0.0, 1.0, 4.0),
@@ -21,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from icl_heads.access import Head, Hooks
+from icl_heads._checks import check_grid
+from icl_heads.access import Head
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
+from icl_heads.engine import Hooks
 from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import RECENCY_SHOTS
 from icl_heads.prompts import ICLTask
@@ -62,9 +65,12 @@ class CorrectionMethod:
         reference_seed_offset: the method fits on prompts drawn with ``tune_seed`` plus this
             offset (the positional prior uses 1), so the test ``seed`` must differ from it;
             ``None`` when it fits on nothing else.
+        limits: the range of sensible hyperparameter values (inclusive); every grid value,
+            the default and a caller's, must be finite and within it.
 
     Raises:
-        ValueError: an unknown bias, an empty name or grid, or a grid without the no-op value 0.
+        ValueError: an unknown bias, an empty name or grid, a grid value that is not finite
+            or outside ``limits``, or a grid without the no-op value 0.
     """
 
     bias: str
@@ -74,13 +80,15 @@ class CorrectionMethod:
     prepare: Callable[[CorrectionSetup], Callable[[float], Hooks]]
     description: str = ""
     reference_seed_offset: int | None = None
+    limits: tuple[float, float] = (0.0, 100.0)
 
     def __post_init__(self) -> None:
         if self.bias not in BIASES:
             raise ValueError(f"bias must be one of {sorted(BIASES)}, got {self.bias!r}")
         if not self.name or not self.parameter:
             raise ValueError("a correction method needs a name and a parameter name")
-        if not self.grid or 0.0 not in self.grid:
+        check_grid(f"the grid of {self.name!r}", self.grid, limits=self.limits)
+        if 0.0 not in self.grid:
             raise ValueError(
                 f"the grid of {self.name!r} must hold 0.0, the value that changes nothing; got {self.grid}"
             )
@@ -157,6 +165,6 @@ for _method in (
                      "divide each slot's attention by its positional prior (fitted on prompts drawn with tune_seed + 1)",
                      reference_seed_offset=1),
     CorrectionMethod("recency", "unrotated", "mix", (0.0, 0.25, 0.5, 0.75, 1.0), _unrotated,
-                     "scores at label keys from un-rotated q and k (rotary models only)"),
+                     "scores at label keys from un-rotated q and k (rotary models only)", limits=(0.0, 1.0)),
 ):  # fmt: skip
     register_correction_method(_method)

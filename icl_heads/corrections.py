@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from icl_heads.access import Capture, ModelAccess
+from icl_heads.access import Capture, ModelAccess, batches, require_pattern_edits
 from icl_heads.correction_hooks import (
     Correction,
     CountNormalisation,
@@ -45,8 +45,7 @@ from icl_heads.correction_hooks import (
     PositionalPrior,
     UnrotatedAttention,
 )
-from icl_heads.engine import batches
-from icl_heads.faithfulness import require_pattern_edits
+from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import check_heads
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
@@ -76,7 +75,7 @@ def count_normalisation(
         UnfaithfulModelError: the model discards edits of attention patterns (TransformerLens 4
             on GPT-J, GPT-Neo, OPT), so this correction would change nothing.
     """
-    access = ModelAccess(model, analysis="count_normalisation")
+    access = faithful_access(model, "count_normalisation")
     require_pattern_edits(access, "count_normalisation")
     return CountNormalisation(check_heads(access, heads), strength=float(strength), read_at=read_at)
 
@@ -90,7 +89,7 @@ def ov_compensation(
         ValueError: heads outside the model or none, or a bad ``read_at``.
     """
     return OVCompensation(
-        check_heads(ModelAccess(model, analysis="ov_compensation"), heads), a_c=float(a_c), read_at=read_at
+        check_heads(faithful_access(model, "ov_compensation"), heads), a_c=float(a_c), read_at=read_at
     )
 
 
@@ -103,7 +102,7 @@ def unrotated_attention(
         ValueError: the model has no rotary embeddings (use :func:`positional_prior`),
             or heads outside the model.
     """
-    access = ModelAccess(model, analysis="unrotated_attention")
+    access = faithful_access(model, "unrotated_attention")
     require_pattern_edits(access, "unrotated_attention")
     if not access.rotary:
         raise ValueError(
@@ -158,7 +157,7 @@ def positional_prior(
         ValueError: heads outside the model, or the checks of :class:`~icl_heads.access.ModelAccess`.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="positional_prior")
+    access = faithful_access(model, "positional_prior")
     require_pattern_edits(access, "positional_prior")
     heads = check_heads(access, heads)
     tp = access.tokenize(prompts)
@@ -206,6 +205,6 @@ def correcting(
         UnfaithfulModelError: a correction that edits attention patterns, on a model that discards such edits.
     """
     if correction.edits_pattern:
-        require_pattern_edits(ModelAccess(model, analysis="correcting"), type(correction).__name__)
+        require_pattern_edits(faithful_access(model, "correcting"), type(correction).__name__)
     with model.hooks(fwd_hooks=correction.hooks(label_positions, demo_labels, final_positions)):
         yield correction

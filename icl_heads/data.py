@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 _INT = re.compile(r"^[+-]?\d+$")
+_KEYS = "\x00keys"  # where a JSON object with a repeated key keeps the list of its keys, until it is checked
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -82,13 +83,27 @@ def _sniff(path: Path, text: str) -> str:
     return fmt
 
 
-def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
+def _pairs_kept(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict that remembers every key, so that a repeated key can be refused."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        obj[_KEYS] = [k for k, _ in pairs]
+    return obj
+
+
+def _checked_object(path: Path, obj: Any, line: int, wanted: tuple[str, ...]) -> Any:
+    if isinstance(obj, dict) and _KEYS in obj:
+        _check_unique(path, obj.pop(_KEYS), line, wanted, what="object")
+    return obj
+
+
+def _read_jsonl(path: Path, text: str, wanted: tuple[str, ...]) -> list[tuple[int, dict]]:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = _checked_object(path, json.loads(line, object_pairs_hook=_pairs_kept), number, wanted)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: line {number} is not valid JSON ({err.msg} at column {err.colno})") from None
         if not isinstance(obj, dict):
@@ -97,17 +112,30 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
+def _read_json(path: Path, text: str, wanted: tuple[str, ...]) -> list[tuple[int, dict]]:
     try:
-        objs = json.loads(text)
+        objs = json.loads(text, object_pairs_hook=_pairs_kept)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
         raise DataError(f'{path}: a .json file must hold a list of objects like [{{"text": ...}}]; use JSON lines')
-    return [(i + 1, o) for i, o in enumerate(objs)]  # item numbers: a JSON array has no meaningful line per item
+    return [
+        (i + 1, _checked_object(path, o, i + 1, wanted)) for i, o in enumerate(objs)
+    ]  # item numbers: a JSON array has no meaningful line per item
 
 
-def _read_csv(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
+def _check_unique(path: Path, names: list[str], line: int, wanted: tuple[str, ...], what: str = "header") -> None:
+    """Refuse a repeated column name among the columns the caller reads (``wanted``): which one is meant is unclear."""
+    for name in wanted:
+        at = [i + 1 for i, n in enumerate(names) if n == name]
+        if len(at) > 1:
+            raise DataError(
+                f"{path}: line {line}: the {what} names {name!r} twice ({'columns' if what == 'header' else 'keys'} "
+                f"{at[0]} and {at[1]}); rename one of them so that the column to read is unambiguous"
+            )
+
+
+def _read_csv(path: Path, text: str, delimiter: str, wanted: tuple[str, ...]) -> list[tuple[int, dict]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
@@ -115,6 +143,7 @@ def _read_csv(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
             header = next(reader, None)
         if header is None:
             raise DataError(f"{path} is empty: it has no header line and no rows")
+        _check_unique(path, header, reader.line_num, wanted)
         rows, start = [], reader.line_num + 1
         for cells in reader:
             if any(cell.strip() for cell in cells):
@@ -163,7 +192,8 @@ def read_labelled_file(
 
     Raises:
         DataError: the file is missing, unreadable, empty, not UTF-8, malformed (the
-            line is named), lacks a column, has missing cells (without ``dropna``),
+            line is named), lacks a column, names a column it reads twice, reads texts and
+            labels from one column, has missing cells (without ``dropna``),
             non-string texts or labels of mixed kinds.
     """
     path = Path(path)
@@ -180,13 +210,19 @@ def read_labelled_file(
     text = _decode(path, raw)
     if not text.strip():
         raise DataError(f"{path} is empty")
+    if text_col == label_col:
+        raise DataError(
+            f"{path}: the text and the label would both be read from the column {text_col!r} (the label would leak "
+            f"into the prompt); give different columns with {options[0]} and {options[1]}"
+        )
     fmt = _sniff(path, text)
+    wanted = (text_col, label_col)
     if fmt == "jsonl":
-        rows = _read_jsonl(path, text)
+        rows = _read_jsonl(path, text, wanted)
     elif fmt == "json":
-        rows = _read_json(path, text)
+        rows = _read_json(path, text, wanted)
     else:
-        rows = _read_csv(path, text, "\t" if fmt == "tsv" else ",")
+        rows = _read_csv(path, text, "\t" if fmt == "tsv" else ",", wanted)
     if not rows:
         raise DataError(f"{path} has a header but no rows")
     columns = list(dict.fromkeys(k for _, row in rows for k in row))

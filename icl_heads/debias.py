@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from icl_heads._bias_common import check_task, resolve_heads
+from icl_heads._checks import check_grid
 from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
 from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import RECENCY_SHOTS
@@ -95,16 +96,15 @@ def correct_bias(
         ValueError: an unknown bias or method, a measurement option of the other bias,
             ``seed == tune_seed`` (or, for recency, ``seed == tune_seed + 1``, the
             prior's reference prompts), bad heads, a method the model cannot take
-            (``"unrotated"`` without rotary embeddings), or no bias to reduce.
+            (``"unrotated"`` without rotary embeddings), a grid value that is not finite or
+            outside the method's ``limits``, or no bias to reduce.
     """
     options = run_options(options)
     spec = correction_method(bias, method if method is not None else DEFAULT_METHODS.get(bias, ""))
     for name, value in (("skews", skews), ("n_random_orders", n_random_orders)):
         if value is not None and _MEASURE_ONLY[name] != bias:
             raise ValueError(f"{name} applies to the {_MEASURE_ONLY[name]} bias only, not to bias={bias!r}")
-    grid = spec.grid if grid is None else tuple(float(g) for g in grid)
-    if not grid:
-        raise ValueError(f"grid is empty; pass values of {spec.parameter} to try, with 0 (no correction) among them")
+    grid = spec.grid if grid is None else check_grid("grid", grid, limits=spec.limits)
     task = check_task(task)
     if seed == tune_seed:
         raise ValueError(

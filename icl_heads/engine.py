@@ -20,41 +20,17 @@ import contextvars
 import dataclasses
 import hashlib
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
-
-from icl_heads.options import RunOptions, run_options
 
 if TYPE_CHECKING:
-    from icl_heads.access import ModelAccess
     from icl_heads.prompts import PromptBatch, TokenizedPrompts
 
 T = TypeVar("T")
-
-
-def batches(
-    access: ModelAccess,
-    tp: TokenizedPrompts,
-    options: RunOptions | None = None,
-    *,
-    desc: str = "running",
-    by_length: bool = False,
-) -> Iterator[PromptBatch]:
-    """The batches of ``tp`` under ``options``, with a progress bar named ``desc`` when asked for.
-
-    This is the one loop over prompts: analyses map their per-batch work over it.
-    ``by_length`` groups prompts of similar length (less padding, the same results):
-    batches then come in length order, and each batch's ``index`` says which prompts it
-    holds, so the caller must place per-prompt results by ``batch.index``.
-    """
-    options = run_options(options)
-    parts = list(access.batches(tp, options.batch_size, options.padding_side, by_length=by_length))
-    yield from tqdm(parts, desc=desc, disable=not options.progress)
 
 
 # ---- the cost ledger --------------------------------------------------------------------------
@@ -181,22 +157,79 @@ def digest(*values: Any) -> str | None:
     return h.hexdigest()
 
 
-def intervention_key(hooks: Any) -> str | None:
-    """A content key of an intervention (``"clean"`` for none); ``None`` when it has no stable identity.
+HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
 
-    Frozen dataclasses (head ablation, every correction) are keyed by their type and
-    fields; raw hook lists and functions are not keyed, so their results are never reused.
-    """
-    if isinstance(hooks, (list, tuple)) and not hooks:
-        return "clean"
-    own = getattr(hooks, "cache_key", None)
-    if callable(own):
-        return own()
-    params = getattr(hooks, "__dataclass_params__", None)
+
+def content_key(obj: Any) -> str | None:
+    """A content key of a frozen dataclass (its type and fields); ``None`` for anything else."""
+    params = getattr(obj, "__dataclass_params__", None)
     if params is None or not params.frozen:
         return None
-    fields = {f.name: getattr(hooks, f.name) for f in dataclasses.fields(hooks)}
-    return digest(type(hooks).__module__, type(hooks).__qualname__, fields)
+    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return digest(type(obj).__module__, type(obj).__qualname__, fields)
+
+
+class Intervention:
+    """The one form of intervention: an object whose :meth:`hooks_for` gives its forward hooks for one batch.
+
+    Head ablation, every correction and ``combine(...)`` of them derive from it. A plain
+    list of ``(hook name, function)`` pairs is wrapped once where it enters
+    (:meth:`~icl_heads.access.ModelAccess.run`, :func:`intervention_key`) by :func:`as_intervention`.
+    """
+
+    #: whether it edits ``hook_pattern`` (refused on models that discard such edits)
+    edits_pattern: ClassVar[bool] = False
+    #: whether it leaves prompts with balanced label counts exactly unchanged (tuning skips measuring them)
+    balanced_noop: ClassVar[bool] = False
+
+    def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+        """The forward hooks for ``batch`` (its own final positions, label positions, ...)."""
+        raise NotImplementedError(f"{type(self).__name__} must define hooks_for(batch)")
+
+    def cache_key(self) -> str | None:
+        """The content key under which identical passes are reused (frozen dataclasses: type and fields)."""
+        return content_key(self)
+
+
+class HookList(Intervention):
+    """Plain ``(hook name, function)`` pairs: the same hooks for every batch; never reused (functions have no content key)."""
+
+    def __init__(self, hooks: Sequence[tuple[str, HookFn]] = ()) -> None:
+        self.hooks = tuple(hooks)
+
+    def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
+        return list(self.hooks)
+
+    def cache_key(self) -> str | None:
+        return None if self.hooks else "clean"
+
+
+#: What ``hooks=`` takes: an intervention or plain ``(hook name, function)`` pairs.
+Hooks = Intervention | Sequence[tuple[str, HookFn]]
+
+
+def as_intervention(hooks: Hooks | None) -> Intervention:
+    """``hooks`` as an :class:`Intervention` (plain hook pairs wrapped in a :class:`HookList`).
+
+    Raises:
+        TypeError: neither an intervention nor a list of ``(hook name, function)`` pairs.
+    """
+    if isinstance(hooks, Intervention):
+        return hooks
+    pairs = () if hooks is None else hooks
+    if isinstance(pairs, (list, tuple)) and all(
+        isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and callable(h[1]) for h in pairs
+    ):
+        return HookList(pairs)
+    raise TypeError(
+        f"hooks must be an intervention (a HeadAblation, a correction, combine(...) of them) or a list of "
+        f"(hook name, function) pairs, got {type(hooks).__name__}"
+    )
+
+
+def intervention_key(hooks: Hooks | None) -> str | None:
+    """The content key of an intervention (``"clean"`` for none); ``None`` when its results are never reused."""
+    return as_intervention(hooks).cache_key()
 
 
 def _forward_hooks(model: Any) -> list[tuple[str, Any]]:

@@ -22,7 +22,6 @@ the identity and its size.
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,19 +30,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from icl_heads.configs import FaithfulnessConfig
+from icl_heads.access import ModelAccess, UnfaithfulModelError, pattern_edits_apply, probe_tokens
 from icl_heads.engine import per_model
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Result, json_type, provenance
 
-__all__ = [
-    "Faithfulness",
-    "UnfaithfulModelError",
-    "check_faithfulness",
-    "pattern_edits_apply",
-    "require_pattern_edits",
-    "tolerance_for",
-]
+__all__ = ["Faithfulness", "check_faithfulness", "faithful_access", "require_faithful", "tolerance_for"]
 
 IDENTITIES = (
     "final norm",
@@ -63,13 +55,22 @@ _EXPLAIN = {
 TOLERANCES = {torch.float64: 1e-6, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class FaithfulnessConfig(Record):
+    """The shape and seed of :func:`~icl_heads.faithfulness.check_faithfulness`'s probe."""
+
+    n_prompts: int = UNSET
+    n_tokens: int = UNSET
+    seed: int = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "n_prompts", "n_tokens")
+
+
 def tolerance_for(dtype: torch.dtype) -> float:
     """Relative tolerance of the identities for weights of ``dtype`` (documented in docs/models.md)."""
     return TOLERANCES.get(dtype, 1e-4)
-
-
-class UnfaithfulModelError(RuntimeError):
-    """The model breaks an identity the analyses rely on, so they refuse to return numbers."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -133,18 +134,6 @@ class Faithfulness(Result):
 
 # model -> (weights key, report): the probe runs once per model until its weights change
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_PATTERN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _probe_tokens(access: Any, n_prompts: int, n_tokens: int, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    tok = access.model.tokenizer
-    vocab = min(int(access.W_U.shape[1]), len(tok)) if tok is not None else int(access.W_U.shape[1])
-    tokens = torch.randint(0, vocab, (n_prompts, n_tokens), generator=gen)
-    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
-    if bos is not None and getattr(access.cfg, "default_prepend_bos", True):
-        tokens[:, 0] = bos
-    return tokens
 
 
 def _rel(a: Tensor, b: Tensor) -> tuple[float, float]:
@@ -172,11 +161,9 @@ def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, se
     >>> ih.check_faithfulness(ih.load_model("organism")).passed
     True
     """
-    from icl_heads.access import ModelAccess
-
-    access = model if isinstance(model, ModelAccess) else ModelAccess(model, check=False)
+    access = model if isinstance(model, ModelAccess) else ModelAccess(model)
     L = access.n_layers
-    tokens = _probe_tokens(access, n_prompts, min(n_tokens, access.n_ctx), seed).to(access.device)
+    tokens = probe_tokens(access, n_prompts, min(n_tokens, access.n_ctx), seed).to(access.device)
     names = {
         "blocks.0.hook_resid_pre",
         access.hook(L - 1, "resid_post"),
@@ -247,58 +234,6 @@ def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, se
     )
 
 
-def pattern_edits_apply(access: Any) -> bool:
-    """Whether editing ``hook_pattern`` changes what the heads read, measured on the first and last layer.
-
-    TransformerLens 4 reimplements attention for most families, but for some (GPT-J,
-    GPT-Neo, OPT) it delegates to the Hugging Face module and discards edits of the
-    pattern; a correction that rescales attention would then silently do nothing.
-    """
-    return per_model(_PATTERN_CACHE, access.model, lambda: _probe_pattern_edits(access))
-
-
-def _probe_pattern_edits(access: Any) -> bool:
-    tokens = _probe_tokens(access, 1, min(12, access.n_ctx), seed=1).to(access.device)
-    ok = True
-    for layer in sorted({0, access.n_layers - 1}):
-        names = {k: access.hook(layer, k) for k in ("v", "pattern", "z")}
-        got: dict[str, Tensor] = {}
-
-        def keep(act: Tensor, hook: Any, key: str = "", got: dict[str, Tensor] = got) -> None:
-            got[key] = act.detach().float().clone()
-
-        def first_only(pattern: Tensor, hook: Any) -> Tensor:
-            # every query attends to the first position only: z must then equal that position's value
-            edited = torch.zeros_like(pattern)
-            edited[..., 0] = 1
-            return edited
-
-        fwd = [(names["v"], lambda a, hook: keep(a, hook, "v")), (names["pattern"], first_only),
-               (names["z"], lambda a, hook: keep(a, hook, "z"))]  # fmt: skip
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            access.model.run_with_hooks(tokens, fwd_hooks=fwd)
-        v, z = got["v"], got["z"]  # [batch, pos, kv, d_head], [batch, pos, head, d_head]
-        kv = torch.arange(z.shape[2], device=v.device) // (z.shape[2] // v.shape[2])
-        expected = v[:, :1, kv].expand_as(z)
-        ok = ok and torch.allclose(z, expected, atol=1e-4 * max(1.0, float(v.abs().max())), rtol=1e-3)
-    return ok
-
-
-def require_pattern_edits(access: Any, analysis: str = "this correction") -> None:
-    """Refuse to build or run a correction that edits attention patterns on a model that discards such edits.
-
-    Raises:
-        UnfaithfulModelError: edits of ``hook_pattern`` do not change the heads' outputs.
-    """
-    if not pattern_edits_apply(access):
-        raise UnfaithfulModelError(
-            f"{analysis} refuses this {access.architecture} model: its attention is computed inside the Hugging Face "
-            "module, which discards edits of hook_pattern, so a correction that rescales attention would silently "
-            "change nothing. Use the OV-compensation correction (method='ov'), which edits hook_z and works here"
-        )
-
-
 def require_faithful(access: Any, analysis: str = "this analysis") -> Faithfulness:
     """The cached :func:`check_faithfulness` report of ``access``'s model, raising if an identity fails.
 
@@ -308,3 +243,18 @@ def require_faithful(access: Any, analysis: str = "this analysis") -> Faithfulne
     report = per_model(_CACHE, access.model, lambda: check_faithfulness(access))
     report.raise_if_failed(analysis)
     return report
+
+
+def faithful_access(model: Any, analysis: str = "this analysis") -> ModelAccess:
+    """``model`` as a :class:`~icl_heads.access.ModelAccess`, once its identities are checked (once per model).
+
+    Every analysis that rests on the linear identities starts here; only code that reads
+    nothing but the model's logits (accuracy) uses a plain ``ModelAccess``.
+
+    Raises:
+        TypeError: not a supported model.
+        UnfaithfulModelError: the model breaks an identity (the message names ``analysis``).
+    """
+    access = model if isinstance(model, ModelAccess) else ModelAccess(model)
+    require_faithful(access, analysis)
+    return access

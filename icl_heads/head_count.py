@@ -24,17 +24,33 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads.access import Head, ModelAccess
+from icl_heads.access import Head
 from icl_heads.accuracy import predict
-from icl_heads.configs import HeadCountConfig
+from icl_heads.faithfulness import faithful_access
 from icl_heads.heads import accuracy_row, random_head_sets
 from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_choice
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.scoring import n_selected, top_heads
 from icl_heads.stats import from_samples, wilson
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class HeadCountConfig(Record):
+    """Arguments of :func:`~icl_heads.head_count.heads_needed`."""
+
+    margin: float = UNSET
+    max_k: int | None = UNSET
+    greedy: bool = UNSET
+    n_random: int = UNSET
+    random_for: str = UNSET
+    seed: int = UNSET
+
+    def __post_init__(self) -> None:
+        check_choice(self, "random_for", ("every", "last"))
 
 
 @dataclass(frozen=True, repr=False)
@@ -116,7 +132,7 @@ def heads_needed(
         ValueError: ``margin`` outside (0, 1), scores of the wrong shape, or ``max_k`` below 1.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="heads_needed")
+    access = faithful_access(model, "heads_needed")
     tp = access.tokenize(prompts)
     if hasattr(scores, "score_table"):
         scores = scores.score_table()
@@ -241,7 +257,7 @@ def ablation_curve(
         ValueError: a ``k`` larger than the number of heads.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="ablation_curve")
+    access = faithful_access(model, "ablation_curve")
     tp = access.tokenize(prompts)
     total = access.n_layers * access.n_heads
     rows, quiet = [], run_options(options, progress=False)

@@ -12,16 +12,39 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads.access import Head, ModelAccess
+from icl_heads._checks import check_int
+from icl_heads.access import Head
 from icl_heads.accuracy import predict
-from icl_heads.configs import InContextHeadsConfig
+from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import HeadAblation
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.records import Provenance
-from icl_heads.results import Result, n_prompts, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Result, json_type, n_prompts, provenance
 from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
 from icl_heads.stats import Estimate, empirical_p, from_samples, wilson
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class InContextHeadsConfig(Record):
+    """Arguments of :func:`~icl_heads.find_in_context_heads`."""
+
+    method: str = UNSET
+    fraction: float | None = UNSET
+    k: int = UNSET
+    also: list[str] | tuple[str, ...] = UNSET
+    verify: bool = UNSET
+    held_out_verification: bool = UNSET
+    n_verify: int = UNSET
+    n_random: int = UNSET
+    seed: int = UNSET
+    rescore: Any = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "k")
+        if isinstance(self.fraction, float) and not 0 < self.fraction <= 1:
+            raise ValueError(f"InContextHeadsConfig: fraction must be in (0, 1], got {self.fraction!r}")
 
 
 class NotVerifiedError(ValueError, AttributeError):
@@ -229,7 +252,7 @@ def verify_heads(
         columns), and the accuracies of the random sets.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="verify_heads")
+    access = faithful_access(model, "verify_heads")
     tp = access.tokenize(prompts)
     words = tp.prompts.task.label_words
     quiet = run_options(options, progress=False)
@@ -316,7 +339,9 @@ def find_in_context_heads(
         An :class:`InContextHeads` result.
 
     Raises:
-        ValueError: an unknown method, a bad ``fraction``/``k``, or bad prompts.
+        ValueError: an unknown method, a bad ``fraction``/``k``, ``n_random < 2`` (with
+            ``verify``), or bad prompts (0-shot prompts included: the heads are found from
+            the demonstrations).
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih
@@ -330,8 +355,16 @@ def find_in_context_heads(
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     if k is not None:
         fraction = None
-    access = ModelAccess(model, analysis="find_in_context_heads")
+    if verify:
+        check_int("n_random", n_random, minimum=2)  # the random-heads interval needs two sets or more
+    access = faithful_access(model, "find_in_context_heads")
     tp = access.tokenize(prompts)
+    zero_shot = [i for i, p in enumerate(tp.prompts.prompts) if not p.demos]
+    if zero_shot:
+        raise ValueError(
+            f"prompt {zero_shot[0]} (and {len(zero_shot) - 1} more) has no demonstrations; in-context heads are found "
+            "from what the model reads in the demonstrations: give few-shot prompts (shots >= 1)"
+        )
     n = n_selected(access.n_layers * access.n_heads, fraction, k)
     methods = tuple(dict.fromkeys((method, *also)))
     rescore = max(4, 4 * n) if rescore is None and "attribution" in methods else rescore or 0
@@ -372,12 +405,3 @@ def find_in_context_heads(
         config=config,
         provenance=provenance(access.name, tp),
     )
-
-
-def __getattr__(name: str) -> Any:
-    """``ablation_curve`` lives in :mod:`icl_heads.head_count`; this old path still finds it."""
-    if name == "ablation_curve":
-        from icl_heads.head_count import ablation_curve
-
-        return ablation_curve
-    raise AttributeError(f"module 'icl_heads.heads' has no attribute {name!r}")

@@ -22,15 +22,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads import _checks
-from icl_heads.access import Head, HookFn, Hooks, ModelAccess
-from icl_heads.engine import batches, digest
+from icl_heads.access import Head, ModelAccess, batches
+from icl_heads.engine import HookFn, Hooks, Intervention, as_intervention, digest
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
@@ -100,7 +101,7 @@ def head_means(
     options = run_options(options)
     from icl_heads.access import Capture
 
-    access = ModelAccess(model, analysis="head_means")
+    access = faithful_access(model, "head_means")
     tp = access.tokenize(prompts)
     total = torch.zeros(access.n_layers, access.n_heads, access.d_head)
     count = 0
@@ -118,7 +119,7 @@ def head_means(
 
 
 @dataclass(frozen=True)
-class HeadAblation:
+class HeadAblation(Intervention):
     """Replace chosen heads' outputs (``hook_z``) by zero or by a mean, at all or final positions.
 
     Attributes:
@@ -192,8 +193,6 @@ class HeadAblation:
         """Forward hooks for ``batch`` (its own final positions with ``where="final"``)."""
         return self.hooks(batch.final_positions if self.where == "final" else None)
 
-    __call__ = hooks_for
-
     def cache_key(self) -> str | None:
         """Content key of the ablation (the order of the heads does not matter)."""
         return digest("HeadAblation", tuple(sorted(self.heads)), self.how, self.where, self.means)
@@ -213,7 +212,7 @@ def ablation(
         ValueError: no heads, heads outside the model or not integer pairs, an unknown
             ``how``/``where``, or ``how="mean"`` without ``reference``.
     """
-    access = ModelAccess(model, analysis="ablation")
+    access = faithful_access(model, "ablation")
     heads = check_heads(access, heads)
     if not heads:
         raise ValueError("no heads to ablate; pass at least one (layer, head) pair, e.g. found.heads")
@@ -246,39 +245,22 @@ def ablate(
         yield abl
 
 
-def resolve_hooks(hooks: Hooks, batch: PromptBatch) -> list[tuple[str, HookFn]]:
-    """Turn a static hook list or a batch-aware hook provider into hooks for ``batch``."""
-    if callable(hooks):
-        return list(hooks(batch))
-    return list(hooks)
-
-
-class Intervention(Protocol):
-    """What every intervention implements (head ablation and every correction): its hooks for one batch."""
-
-    def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]: ...
-
-
-class Combined:
+class Combined(Intervention):
     """Several interventions (or hook lists) applied together, in order: itself an intervention.
 
     Its results are reused like its parts' (its key is made of theirs) and it refuses
     models that discard attention-pattern edits when one of its parts edits patterns.
     """
 
-    def __init__(self, *providers: Hooks) -> None:
-        self.providers = providers
-        self.edits_pattern = any(getattr(p, "edits_pattern", False) for p in providers)
+    def __init__(self, *parts: Hooks) -> None:
+        self.parts = tuple(as_intervention(p) for p in parts)
+        self.edits_pattern = any(p.edits_pattern for p in self.parts)  # type: ignore[misc]
 
     def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
-        return [h for p in self.providers for h in resolve_hooks(p, batch)]
-
-    __call__ = hooks_for
+        return [h for p in self.parts for h in p.hooks_for(batch)]
 
     def cache_key(self) -> str | None:
-        from icl_heads.engine import intervention_key
-
-        keys = [intervention_key(p) for p in self.providers]
+        keys = [p.cache_key() for p in self.parts]
         return None if any(k is None for k in keys) else digest("Combined", keys)
 
 
@@ -297,22 +279,22 @@ def intervening(model: Any, *interventions: Any, batch: PromptBatch) -> Iterator
 
     Raises:
         ValueError: no interventions.
-        TypeError: an object without ``hooks_for``.
+        TypeError: an object that is not an :class:`~icl_heads.engine.Intervention`.
         UnfaithfulModelError: a correction that edits attention patterns, on a model that discards such edits.
     """
-    from icl_heads.faithfulness import require_pattern_edits
+    from icl_heads.access import require_pattern_edits
 
     if not interventions:
         raise ValueError("no interventions given; pass e.g. ih.interventions.ablation(model, heads) or a correction")
     hooks: list[tuple[str, HookFn]] = []
     for iv in interventions:
-        if not hasattr(iv, "hooks_for"):
+        if not isinstance(iv, Intervention):
             raise TypeError(
-                f"{type(iv).__name__} is not an intervention (it has no hooks_for(batch)); pass a HeadAblation, a "
-                "correction or combine(...) of them"
+                f"{type(iv).__name__} is not an intervention (an Intervention with hooks_for(batch)); pass a "
+                "HeadAblation, a correction or combine(...) of them"
             )
-        if getattr(iv, "edits_pattern", False):
-            require_pattern_edits(ModelAccess(model, check=False), type(iv).__name__)
+        if iv.edits_pattern:
+            require_pattern_edits(ModelAccess(model), type(iv).__name__)
         hooks += iv.hooks_for(batch)
     with model.hooks(fwd_hooks=hooks):
         yield

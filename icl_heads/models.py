@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -50,6 +52,130 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[key]
 
 
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: seconds the one request that checks a hub name may take (no retries: an unknown name fails fast)
+HUB_TIMEOUT = 5.0
+
+
+def resolve_device(device: str | None) -> str | None:
+    """``device`` checked against this machine: a device torch knows and that is available here.
+
+    Raises:
+        TypeError: not a string.
+        ValueError: not a device name, or a device (CUDA, MPS, ...) this machine does not have.
+    """
+    if device is None:
+        return None
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a name such as 'cpu' or 'cuda', got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device}: CUDA is not available on this machine (torch {torch.__version__}); use cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+        return device
+    backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+    if backend is None or not backend.is_available():
+        raise ValueError(f"device {device}: {dev.type} is not available on this machine; use cpu")
+    return device
+
+
+def hub_offline() -> bool:
+    """The Hugging Face hub is switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def check_hub_name(name: str, *, timeout: float = HUB_TIMEOUT) -> None:
+    """Fail fast when the hub model ``name`` cannot be loaded: one look in the cache, then one short request.
+
+    A name in the local cache passes at once; offline, any other name fails at once; online,
+    a single request (no retries, ``timeout`` seconds) asks the hub whether the model exists.
+
+    Raises:
+        ValueError: ``name`` is not a hub name, or the hub has no such model.
+        FileNotFoundError: offline and the model is not in the local cache.
+        ConnectionError: the hub cannot be reached within ``timeout`` seconds.
+    """
+    if not _HUB_NAME.match(name):
+        raise ValueError(f"{name!r} is neither a local model folder (with config.json) nor a hub name like 'gpt2'")
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    repo = _official_name(name)
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return
+    if hub_offline():
+        raise FileNotFoundError(
+            f"{name!r} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set); "
+            "give a local model folder, or download it once online"
+        )
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, "config.json"), timeout=timeout, retry_on_errors=False)
+    except GatedRepoError:
+        return  # exists; loading says what access it needs
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        raise ValueError(
+            f"the Hugging Face hub has no model {name!r} (or it is private); check the name, or give a local folder"
+        ) from None
+    except HfHubHTTPError as err:
+        raise ConnectionError(
+            f"the Hugging Face hub refused the request for {name!r} ({err}); try again later"
+        ) from None
+    except Exception as err:  # the HTTP client's own connection and timeout errors
+        raise ConnectionError(
+            f"cannot reach the Hugging Face hub to fetch {name!r} ({type(err).__name__}: {err}); check the network, "
+            "or set HF_HUB_OFFLINE=1 and give a local folder"
+        ) from None
+
+
+def _official_name(name: str) -> str:
+    """The hub repository of a TransformerLens alias such as ``gpt2-small`` (the name itself otherwise)."""
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        return get_official_model_name(name)
+    except Exception:  # not an alias TransformerLens knows, or a TransformerLens without the table
+        return name
+
+
+def _check_reference(name_or_path: Any) -> None:
+    """A model reference that can be loaded: a bundled name, a local folder with ``config.json``, or a hub name."""
+    from icl_heads.organism import BUNDLED
+
+    if not isinstance(name_or_path, (str, Path)) or isinstance(name_or_path, bool):
+        raise TypeError(
+            f"load_model needs a model name or folder (a str or Path), got {type(name_or_path).__name__}; "
+            "e.g. load_model('organism')"
+        )
+    ref = str(name_or_path)
+    if ref in BUNDLED:
+        return
+    path = Path(ref).expanduser()
+    path_like = isinstance(name_or_path, Path) or ref.startswith((".", "/", "~")) or "\\" in ref
+    if path.exists() or path_like or ref.count("/") > 1:
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"load_model({ref!r}): no such folder; give a local model folder (with config.json) or a hub name"
+            )
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"load_model({ref!r}): the folder has no config.json; give a Hugging Face model folder"
+            )
+        return
+    check_hub_name(ref)
+
+
 # TransformerLens warns that it cannot fold some norms; the faithfulness check measures what matters instead
 _NOT_APPLICABLE = r".*does not support fold_ln.*"
 
@@ -87,11 +213,17 @@ def load_model(
         A ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3).
 
     Raises:
-        FileNotFoundError: ``"organism"`` requested but its checkpoint is missing.
-        ValueError: an unknown dtype name, options the installed TransformerLens does
-            not support, or a local folder of an architecture TL 3 loading does not support.
+        TypeError: ``name_or_path`` is not a str or Path.
+        FileNotFoundError: ``"organism"`` requested but its checkpoint is missing; no such
+            local folder, or one without ``config.json``; offline and not in the cache.
+        ValueError: an unknown dtype name, a device this machine does not have, a hub name
+            the hub does not know, options the installed TransformerLens does not
+            support, or a local folder of an architecture TL 3 loading does not support.
+        ConnectionError: a hub name, and the hub cannot be reached (one short attempt).
     """
     torch_dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
+    _check_reference(name_or_path)
     from icl_heads.organism import BUNDLED
 
     if str(name_or_path) in BUNDLED:

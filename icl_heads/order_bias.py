@@ -19,10 +19,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads, with_demos
-from icl_heads.access import Capture, Head, Hooks, ModelAccess
+from icl_heads._checks import check_int
+from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.accuracy import predict
-from icl_heads.configs import RecencyBiasConfig
-from icl_heads.engine import batches, digest, intervention_key, memoised
+from icl_heads.engine import Hooks, content_key, digest, intervention_key, memoised
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.recency import (
@@ -32,8 +33,8 @@ from icl_heads.recency import (
     order_permutation_p,
     order_spread,
 )
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples, wilson
 
 #: demonstrations per prompt of a recency measurement and its correction, by default (one default for both)
@@ -41,6 +42,21 @@ RECENCY_SHOTS = 8
 
 #: the block gap of a result saved before it was measured
 _NO_GAP = Estimate(float("nan"))
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class RecencyBiasConfig(Record):
+    """Arguments of :func:`~icl_heads.recency_bias`."""
+
+    shots: int = UNSET
+    n: int = UNSET
+    seed: int = UNSET
+    n_random_orders: int = UNSET
+    hooked: bool = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "shots", "n")
 
 
 def demo_orders(labels: Sequence[int], n_random: int, rng: np.random.Generator) -> dict[str, list[int]]:
@@ -238,15 +254,16 @@ def recency_bias(
 
     Raises:
         TypeError: ``task`` is not an :class:`~icl_heads.prompts.ICLTask`.
-        ValueError: ``shots < 2``, bad heads (``None`` included), or too few examples per class.
+        ValueError: ``shots < 2``, ``n_boot < 10``, bad heads (``None`` included), or too few examples per class.
     """
     options = run_options(options)
     check_heads_choice(heads)
-    access = ModelAccess(model, analysis="recency_bias")
+    check_int("n_boot", n_boot, minimum=10)
+    access = faithful_access(model, "recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back
     key = (
         "recency_bias",
-        intervention_key(task),
+        content_key(task),
         shots,
         n,
         seed,

@@ -25,13 +25,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_heads.access import Capture, Head, ModelAccess
-from icl_heads.configs import ReadingRolesConfig
-from icl_heads.engine import batches
+from icl_heads.access import Capture, Head, ModelAccess, batches
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_choice, check_positive
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.slots import AFTER_LABEL, BOS, LABEL, ROLES, check_read_at
 from icl_heads.stats import bootstrap_ci
 
@@ -43,6 +42,49 @@ MIN_READ_SHARE = 0.2
 #: ``read_at="auto"`` picks ``"label"`` (``"after_label"``) when that role holds at least
 #: this share of the heads' attention on label and after-label tokens, else ``"slot"``.
 AUTO_DOMINANCE = 0.8
+
+
+#: where an analysis reads the demonstrations (see :func:`icl_heads.reading.resolve_read_at`)
+READ_AT = ("label", "after_label", "slot")
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ReadingInfo(Record):
+    """Where an analysis read the demonstrations, and how much its heads attend there.
+
+    Attributes:
+        read_at_requested: the ``read_at`` argument (``"auto"`` or a position).
+        read_at: the position used: ``"label"``, ``"after_label"`` or ``"slot"``.
+        attention_by_role: the heads' mean attention by position role.
+        share_at_read_positions: each head's attention share at the positions read.
+        min_read_share: the share below which a head is reported as not reading there.
+    """
+
+    read_at_requested: str = UNSET
+    read_at: str = UNSET
+    attention_by_role: dict[str, float] = UNSET
+    share_at_read_positions: dict[str, float] = UNSET
+    min_read_share: float = UNSET
+
+    _last: ClassVar[tuple[str, ...]] = (
+        "read_at_requested", "read_at", "attention_by_role", "share_at_read_positions", "min_read_share"
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_choice(self, "read_at", READ_AT)
+        check_choice(self, "read_at_requested", ("auto", *READ_AT))
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class ReadingRolesConfig(Record):
+    """Arguments of :func:`~icl_heads.reading.reading_roles`."""
+
+    n_boot: int = UNSET
+    seed: int = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "n_boot")
 
 
 def role_shares(
@@ -183,7 +225,7 @@ def reading_roles(
     'label'
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="reading_roles")
+    access = faithful_access(model, "reading_roles")
     tp = access.tokenize(prompts)
     shares = _shares(access, tp, range(access.n_layers), options)
     df = _tidy(shares, n_boot, seed)

@@ -3,14 +3,18 @@
 A result is a frozen dataclass whose fields are tensors, pandas DataFrames and plain
 JSON values (numbers, strings, lists, dicts). ``save(path)`` writes tensors to
 ``tensors.safetensors``, each DataFrame to ``<field>.csv`` and the rest to
-``meta.json``; ``load(path)`` rebuilds the object. ``_repr_html_`` shows a summary
-and the main table in Jupyter.
+``meta.json``; ``load(path)`` rebuilds the object. ``meta.json`` records the format
+version (:data:`FORMAT`), each file's row count and checksum, and a checksum of its own
+content: a result saved in another format, or a file that was damaged or edited since,
+is refused with a message naming the file. ``_repr_html_`` shows a summary and the main
+table in Jupyter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import html
 import json
 from importlib.metadata import PackageNotFoundError, version
@@ -23,10 +27,14 @@ from safetensors.torch import load_file, save_file
 
 from icl_heads._format import fmt, show
 from icl_heads._version import __version__
-from icl_heads.records import Provenance, Record, plain
-from icl_heads.stats import Estimate, as_estimate
+from icl_heads.records import Provenance, plain
+from icl_heads.stats import Estimate
 
 R = TypeVar("R", bound="Result")
+
+#: the version of the saved format; a result saved in another format is refused (re-run the analysis)
+FORMAT = 2
+TENSORS = "tensors.safetensors"
 T = TypeVar("T")
 
 #: typed values kept in ``meta.json`` as ``{"__type__": name, "data": value.to_dict()}``, rebuilt with ``from_dict``
@@ -163,7 +171,8 @@ class Result:
             raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True or choose a new folder")
         path.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {"__class__": type(self).__name__, "fields": {}, "tables": {}}
+        meta: dict[str, Any] = {"__class__": type(self).__name__, "format": FORMAT, "fields": {}, "tables": {}}
+        files: dict[str, dict[str, Any]] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
@@ -171,6 +180,7 @@ class Result:
             elif isinstance(value, pd.DataFrame):
                 value.to_csv(path / f"{f.name}.csv", index=False)
                 meta["tables"][f.name] = {str(c): str(t) for c, t in value.dtypes.items()}
+                files[f"{f.name}.csv"] = {"rows": len(value), "sha256": _sha256(path / f"{f.name}.csv")}
             elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
                 for k, v in value.items():
                     tensors[f"{f.name}::{k}"] = v.detach().cpu().contiguous()
@@ -178,7 +188,10 @@ class Result:
                 meta["fields"][f.name] = _jsonable(value)
         meta["tensors"] = sorted(tensors)
         if tensors:
-            save_file(tensors, str(path / "tensors.safetensors"))
+            save_file(tensors, str(path / TENSORS))
+            files[TENSORS] = {"sha256": _sha256(path / TENSORS)}
+        meta["files"] = files
+        meta["checksum"] = _meta_checksum(meta)
         (path / "meta.json").write_text(json.dumps(meta, indent=2))
         return path
 
@@ -186,68 +199,54 @@ class Result:
     def load(cls: type[R], path: str | Path) -> R:
         """Read a result written by :meth:`save`.
 
+        Every file is checked against the row counts and checksums recorded in ``meta.json``
+        (and ``meta.json`` against its own checksum), so a damaged or edited result is
+        refused rather than read as different numbers.
+
         Raises:
             FileNotFoundError: no saved result at ``path``, or a file the result needs is missing (named).
-            ValueError: the folder holds a different kind of result, or a file is
-                corrupt or does not match what was saved (the file is named).
+            ValueError: the folder holds a different kind of result, was saved in another format
+                (re-run the analysis), or a file is corrupt or does not match what was saved (the file is named).
         """
         path = Path(path)
         meta = _read_meta(path)
         if meta.get("__class__") != cls.__name__:
             raise ValueError(f"{path} holds a {meta.get('__class__')}, not a {cls.__name__}; load it with that class")
-        tensors = _read_tensors(path, meta)
-        tables = meta.get("tables")
+        try:
+            return cls._load(path, meta)
+        except (FileNotFoundError, ValueError):
+            raise
+        except Exception as err:  # a damaged file can fail in many ways; name the folder either way
+            raise ValueError(
+                f"{path} does not hold a valid {cls.__name__} ({type(err).__name__}: {err}); save the result again"
+            ) from None
+
+    @classmethod
+    def _load(cls: type[R], path: Path, meta: dict[str, Any]) -> R:
+        files = meta["files"]
+        tensors = _read_tensors(path, meta["tensors"], files)
+        tables = meta["tables"]
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in tensors:
                 kwargs[f.name] = tensors[f.name]
-            elif tables is not None and f.name in tables:
-                kwargs[f.name] = _read_table(path / f"{f.name}.csv", tables[f.name])
-            elif tables is None and (path / f"{f.name}.csv").exists():  # saved before dtypes were recorded
-                kwargs[f.name] = pd.read_csv(path / f"{f.name}.csv")
+            elif f.name in tables:
+                kwargs[f.name] = _read_table(path / f"{f.name}.csv", tables[f.name], files)
             elif any(k.startswith(f"{f.name}::") for k in tensors):
                 kwargs[f.name] = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{f.name}::")}
             elif f.name in meta["fields"]:
                 value = _decode(meta["fields"][f.name])
                 kwargs[f.name] = _tuplify(value) if f.name != "config" else value
-                record = f.default_factory  # a plain-dict config or provenance, saved before they were typed
-                if isinstance(record, type) and issubclass(record, Record) and not isinstance(value, Record):
-                    kwargs[f.name] = record.from_dict(value)
-                if _is_estimate_field(f) and not isinstance(value, Estimate):
-                    kwargs[f.name] = cls._legacy_estimate(f.name, value, meta["fields"])
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs]  # type: ignore[arg-type]
         if missing:
             raise ValueError(
-                f"{path} is incomplete: {cls.__name__} needs {missing}, found in none of meta.json, "
+                f"{path / 'meta.json'}: {cls.__name__} needs {missing}, found in none of meta.json, "
                 f"tensors.safetensors or {', '.join(m + '.csv' for m in missing)}; save the result again"
             )
         try:
             return cls(**kwargs)
         except (TypeError, ValueError, AttributeError, KeyError) as err:
             raise ValueError(f"{path} does not hold a valid {cls.__name__} ({err}); save the result again") from err
-
-    #: how the interval of each :class:`~icl_heads.stats.Estimate` field was computed, for
-    #: results saved before the field was an Estimate (default ``"bootstrap"``)
-    _legacy_methods: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def _legacy_estimate(cls, name: str, value: Any, fields: dict[str, Any]) -> Any:
-        """An Estimate field saved as a plain number, rebuilt from it and its old ``<name>_ci`` pair.
-
-        ``n`` is the provenance's ``n_prompts`` when recorded; without a ``<name>_ci`` the
-        number becomes a point estimate.
-        """
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return value
-        ci = fields.get(f"{name}_ci")
-        if not (isinstance(ci, list) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci)):
-            return as_estimate(value)
-        n = n_prompts(_decode(fields.get("provenance")))
-        return Estimate(value, ci[0], ci[1], n, cls._legacy_methods.get(name, "bootstrap"))
 
     def _shown(self) -> dict[str, Any]:
         """The summary as shown: an ``Estimate`` carries its interval, so an interval entry repeating it is left out."""
@@ -288,58 +287,105 @@ def n_prompts(prov: Any) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) else 0
 
 
-def _is_estimate_field(f: dataclasses.Field) -> bool:
-    """The field is annotated as an :class:`~icl_heads.stats.Estimate` (annotations may be strings)."""
-    return f.type is Estimate or (isinstance(f.type, str) and f.type.split("|")[0].strip() == "Estimate")
+def _sha256(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def _meta_checksum(meta: dict[str, Any]) -> str:
+    """The checksum of ``meta.json``'s content (everything but the checksum itself)."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    if not (path / "meta.json").exists():
+    """``meta.json`` of a saved result, refused unless it is of this format and unchanged since it was saved."""
+    file = path / "meta.json"
+    if not file.is_file():
         raise FileNotFoundError(f"no saved result in {path} (meta.json missing)")
     try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / 'meta.json'} is corrupt ({err}); save the result again") from None
+        raise ValueError(f"{file} is corrupt ({err}); save the result again") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("fields"), dict):
-        raise ValueError(f"{path / 'meta.json'} is not the metadata of a saved result; save the result again")
+        raise ValueError(f"{file} is not the metadata of a saved result; save the result again")
+    saved = meta.get("format")
+    if saved != FORMAT:
+        when = "a newer" if isinstance(saved, int) and saved > FORMAT else "an older"
+        raise ValueError(
+            f"{file}: this result was saved in {when} format of icl_heads (format {saved}, this version reads "
+            f"format {FORMAT}); re-run the analysis to get it in this format"
+        )
+    if meta.get("checksum") != _meta_checksum(meta):
+        raise ValueError(f"{file} was changed after the result was saved (its content does not match its checksum)")
+    kinds = {"tables": dict, "tensors": list, "files": dict}
+    if any(not isinstance(meta.get(k), t) for k, t in kinds.items()):
+        raise ValueError(f"{file} is not the metadata of a saved result; save the result again")
     return meta
 
 
-def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    file = path / "tensors.safetensors"
-    expected = meta.get("tensors")
-    if not file.exists():
-        if expected:
-            raise FileNotFoundError(f"{file} is missing; it should hold {expected}")
+def _check_file(file: Path, files: dict[str, Any], rows: int | None = None) -> None:
+    """Refuse ``file`` unless its row count and checksum are those recorded when it was saved."""
+    saved = files.get(file.name)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{file}: meta.json records no checksum for it; save the result again")
+    if rows is not None and rows != saved.get("rows"):
+        raise ValueError(
+            f"{file} has {rows} rows but meta.json records {saved.get('rows')}: one of them was changed or replaced after "
+            "the result was saved; save it again"
+        )
+    if _sha256(file) != saved.get("sha256"):
+        raise ValueError(
+            f"{file} was changed after the result was saved (its checksum is not the one meta.json records); "
+            "save it again"
+        )
+
+
+def _read_tensors(path: Path, expected: list[str], files: dict[str, Any]) -> dict[str, torch.Tensor]:
+    file = path / TENSORS
+    if not expected:
         return {}
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is missing; meta.json records the tensors {expected} in it")
     try:
         tensors = load_file(str(file))
     except Exception as err:  # safetensors raises its own error types for a truncated or garbled file
         raise ValueError(f"{file} is corrupt ({type(err).__name__}: {err}); save the result again") from None
-    absent = sorted(set(expected or ()) - set(tensors))
-    if absent:
-        raise ValueError(f"{file} lacks the tensors {absent}; save the result again")
+    if sorted(tensors) != sorted(expected):
+        raise ValueError(
+            f"{file} holds the tensors {sorted(tensors)}, not the {expected} meta.json records; save it again"
+        )
+    _check_file(file, files)
     return tensors
 
 
-def _read_table(file: Path, dtypes: dict[str, str]) -> pd.DataFrame:
-    """A DataFrame written by ``to_csv``, with the columns and dtypes recorded when it was saved."""
+def _read_table(file: Path, dtypes: dict[str, str], files: dict[str, Any] | None = None) -> pd.DataFrame:
+    """A DataFrame written by ``to_csv``, with the columns and dtypes recorded when it was saved.
+
+    With ``files`` (the row counts and checksums of ``meta.json``) the file must also match those.
+    """
     if not file.exists():
-        raise FileNotFoundError(f"{file} is missing; it holds the table {file.stem!r} of the result")
+        raise FileNotFoundError(f"{file} is missing; meta.json records the table {file.stem!r} of the result in it")
+    if not isinstance(dtypes, dict):
+        raise ValueError(f"{file.parent / 'meta.json'} does not record the columns of {file.name}; save it again")
     try:
         df = pd.read_csv(file, dtype={c: str for c, t in dtypes.items() if t == "object"}, keep_default_na=False,
                          na_values={c: [""] for c in dtypes})  # fmt: skip
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         if not dtypes and isinstance(err, pd.errors.EmptyDataError):
-            return pd.DataFrame()
-        raise ValueError(f"{file} cannot be read as CSV ({err}); save the result again") from None
+            df = pd.DataFrame()
+        else:
+            raise ValueError(f"{file} cannot be read as CSV ({err}); save the result again") from None
     if list(df.columns) != list(dtypes):
-        raise ValueError(f"{file} has columns {list(df.columns)} but the result saved {list(dtypes)}; save it again")
+        raise ValueError(f"{file} has columns {list(df.columns)} but meta.json records {list(dtypes)}; save it again")
     for column, dtype in dtypes.items():
         if str(df[column].dtype) == dtype:
             continue
         try:
             df[column] = df[column].astype(dtype)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{file}: column {column!r} does not hold {dtype} values ({err}); save it again") from None
+            raise ValueError(
+                f"{file}: column {column!r} does not hold the {dtype} values meta.json records ({err}); save it again"
+            ) from None
+    if files is not None:
+        _check_file(file, files, rows=len(df))
     return df

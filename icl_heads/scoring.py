@@ -30,9 +30,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_heads.access import Capture, Head, ModelAccess
+from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.attribution import largest_heads, per_prompt_attribution
-from icl_heads.engine import batches, digest, memo_get, memo_put
+from icl_heads.engine import digest, memo_get, memo_put
+from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import HOWS, WHERE, head_means
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
@@ -197,7 +198,7 @@ def score_heads(
     if unknown or not methods:
         raise ValueError(f"unknown scoring methods {unknown or list(methods)}; choose from {METHODS}")
     check_ablation_args(how, where, rescore)
-    access = ModelAccess(model, analysis="score_heads")
+    access = faithful_access(model, "score_heads")
     tp = access.tokenize(prompts)
     label_ids = torch.tensor(tp.label_token_ids)
     means = ablation_means(access, tp, how, where, reference) if {"ablation", "attribution"} & set(methods) else None

@@ -18,36 +18,56 @@ import pandas as pd
 import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
-from icl_heads.access import Hooks, ModelAccess
+from icl_heads._checks import check_grid
+from icl_heads.access import ModelAccess
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.bias import MajorityBias, majority_bias
-from icl_heads.configs import BiasCorrectionConfig
+from icl_heads.engine import Hooks, Intervention, as_intervention
 from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import RecencyBias, recency_bias, recency_block_gap
 from icl_heads.prompts import ICLTask
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.reading import ReadingInfo
+from icl_heads.records import UNSET, Provenance, check_positive
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 from icl_heads.tuning_checks import no_change_reason
 
 logger = logging.getLogger("icl_heads")
 
 
-def _built(build: Callable[[float], Hooks], value: float) -> Hooks:
-    """``build(value)``, refused with a clear error when it is not an intervention or a hook list."""
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class BiasCorrectionConfig(ReadingInfo):
+    """Arguments of :func:`~icl_heads.correct_majority_bias` / :func:`~icl_heads.correct_recency_bias`."""
+
+    headline: str = UNSET
+    shots: int = UNSET
+    n: int = UNSET
+    seed: int = UNSET
+    tune_n: int = UNSET
+    tune_seed: int = UNSET
+    max_accuracy_drop: float = UNSET
+    grid: list[float] = UNSET
+    skews: Any = UNSET
+    n_random_orders: int = UNSET
+    heads: Any = UNSET
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "shots", "n", "tune_n")
+
+
+def _built(build: Callable[[float], Hooks], value: float) -> Intervention:
+    """``build(value)`` as an intervention, refused with a clear error when it is not one or a hook list."""
     hooks = build(value)
-    ok = (
-        callable(hooks)
-        or hasattr(hooks, "hooks_for")
-        or (isinstance(hooks, (list, tuple)) and all(isinstance(h, tuple) and len(h) == 2 for h in hooks))
-    )
-    if not ok:
+    try:
+        return as_intervention(hooks)
+    except TypeError:
         raise TypeError(
             f"the correction built for the value {value:g} is a {type(hooks).__name__}, not an intervention: a "
             "correction method's build must return a correction, a HeadAblation, combine(...) of them, or a list "
             "of (hook name, function) pairs"
-        )
-    return hooks
+        ) from None
 
 
 def headline_bias(result: Any) -> float:
@@ -105,13 +125,12 @@ def tune_correction(
         The chosen value and the table of the search.
 
     Raises:
-        ValueError: an unknown ``kind`` or an empty grid.
+        ValueError: an unknown ``kind``, an empty grid or one with a value that is not finite.
     """
     options = run_options(options)
     if kind not in ("majority", "recency"):
         raise ValueError(f"kind must be 'majority' or 'recency', got {kind!r}")
-    if not len(grid):
-        raise ValueError("grid is empty; give hyperparameter values to try")
+    grid = check_grid("grid", grid)
     balanced = task.prompts(n, shots, seed=seed)
     quiet = run_options(options, progress=False)
     base_acc = icl_accuracy(model, balanced, options=quiet).accuracy
@@ -130,7 +149,7 @@ def tune_correction(
             bias = headline_bias(
                 _measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, options=quiet, **measure)
             )
-        if not hooks or (getattr(hooks, "balanced_noop", False) and all_balanced):
+        if not hooks or (isinstance(hooks, Intervention) and hooks.balanced_noop and all_balanced):
             acc = base_acc  # the correction changes nothing on these prompts (exactly: see balanced_noop)
         else:
             acc = icl_accuracy(model, balanced, hooks=hooks, options=quiet).accuracy
@@ -216,7 +235,6 @@ class BiasCorrection(Result):
     provenance: Provenance = field(default_factory=Provenance)
     warnings: tuple = ()
     _title: ClassVar[str] = "Bias correction"
-    _legacy_methods: ClassVar[dict[str, str]] = {"reduction": "paired bootstrap", "accuracy_change": "paired bootstrap"}
 
     def _row(self, metric: str) -> pd.Series:
         return self.df.set_index("metric").loc[metric]
@@ -383,8 +401,6 @@ def evaluate_correction(
         reduction=_reduction(stat_b, stat_a, stat, n_boot, seed),
         accuracy_change=bootstrap_mean(diff.numpy(), n_boot=n_boot, seed=seed, value=float(diff.mean()), paired=True),
         config=config,
-        provenance=provenance(
-            ModelAccess(model, check=False).name, balanced, heads=[list(h) for h in heads], method=method
-        ),
+        provenance=provenance(ModelAccess(model).name, balanced, heads=[list(h) for h in heads], method=method),
         warnings=warnings,
     )

@@ -6,13 +6,13 @@ from typing import Any
 
 import pandas as pd
 
-from icl_heads.access import ModelAccess
+from icl_heads.faithfulness import faithful_access
 from icl_heads.reading import resolve_read_at
 
 
 def read_at_for(model: Any, prompts: Any, heads, read_at: str, min_read_share: float) -> tuple:
     """``(read_at, info, warnings)`` for the corrected heads on the tuning prompts (see :func:`resolve_read_at`)."""
-    access = ModelAccess(model, analysis="read_at_for")
+    access = faithful_access(model, "read_at_for")
     return resolve_read_at(access, access.tokenize(prompts), list(heads), read_at, min_share=min_read_share)
 
 

@@ -36,7 +36,7 @@ def row(family: str, root: Path) -> str:
     with torch.inference_mode():
         logit_err = float((hf(tokens).logits - model(tokens)).abs().max())
     report = ih.check_faithfulness(model)
-    access = ModelAccess(model, check=False)
+    access = ModelAccess(model)
     worst = float(report.df.relative_error.max())
     notes = "; ".join(report.notes) or "—"
     status = "exact" if report.passed else "refused"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -9,7 +11,11 @@ from icl_heads.models import load_model, transformer_lens_major
 from icl_heads.testing import tiny_gpt2_dir, tiny_llama_dir, toy_task
 
 TL_MAJOR = transformer_lens_major()
-torch.set_num_threads(1)  # tiny models: one thread is as fast and leaves the other core free
+# One torch thread per process, here and in the processes the tests start (notebook kernels, the CLI):
+# tiny models gain nothing from more, and `pytest -n` runs one worker per core. Several threads per
+# process on a busy machine spin against each other (benchmarks/README.md, "Torch threads").
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,10 +17,9 @@ from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
 from icl_heads._families import FAMILIES, tiny_family_dir
-from icl_heads.access import ModelAccess
+from icl_heads.access import ModelAccess, pattern_edits_apply
 from icl_heads.accuracy import predict
 from icl_heads.corrections import count_normalisation, ov_compensation
-from icl_heads.faithfulness import pattern_edits_apply
 from icl_heads.mechanism.ov import per_position_ov
 from icl_heads.models import transformer_lens_major
 from icl_heads.options import RunOptions

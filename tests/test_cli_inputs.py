@@ -202,7 +202,7 @@ def test_bad_model_and_task_references(argv, message, workdir, capsys, monkeypat
 def test_hub_name_offline_says_so(workdir, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, err = _refused(["analyze", "--out", "out", "--model", "no-such-org/no-such-model"], capsys, monkeypatch)
-    assert code == 2 and "offline (HF_HUB_OFFLINE is set) and it is not in the local cache" in err
+    assert code == 2 and "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set)" in err
 
 
 def test_argparse_errors_are_one_line_with_code_2(capsys):
@@ -303,7 +303,7 @@ def test_a_killed_run_leaves_a_marked_incomplete_folder_that_a_rerun_replaces(wo
     (workdir / "d.csv").write_text(GOOD)
     stale = workdir / "out.incomplete"
     (stale / "results").mkdir(parents=True)
-    (stale / "INCOMPLETE").write_text("999999999\n")  # no such process
+    (stale / "INCOMPLETE").write_text("999999999\nAn icl-heads run is writing here\n")  # no such process
     (stale / "results" / "accuracy.csv").write_text("stale")
     assert main(["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", *FAST]) == 0
     assert not stale.exists() and (workdir / "out" / "results" / "accuracy.csv").read_text() != "stale"

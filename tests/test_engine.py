@@ -38,7 +38,7 @@ def test_run_options_refuse_bad_values():
 def test_ledger_counts_every_pass_row_token_and_layer(models, task, batch_size, fresh):
     model = models["gpt2"]
     prompts = task.prompts(10, 2, seed=100 + batch_size)  # fresh prompts: nothing to reuse
-    access = ModelAccess(model, check=False)
+    access = ModelAccess(model)
     tp = access.tokenize(prompts)
     with count_cost() as ledger:
         ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=batch_size))
@@ -176,7 +176,7 @@ def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task
     from icl_heads._resume import support
 
     model = ih.load_model(tiny_family_dir("bloom", tmp_path / "bloom"))
-    assert not support(ModelAccess(model, check=False)).resume
+    assert not support(ModelAccess(model)).resume
     prompts = task.prompts(6, 2, seed=9023)
     with count_cost() as ledger:
         ih.icl_accuracy(model, prompts, options=RunOptions(batch_size=6))

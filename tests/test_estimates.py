@@ -1,18 +1,11 @@
-"""Every result's headline number with an interval is an Estimate, and results saved before still load."""
+"""Every result's headline number with an interval is an Estimate."""
 
 from __future__ import annotations
-
-import json
-import math
-from dataclasses import dataclass, field
 
 import pytest
 
 import icl_heads as ih
-from icl_heads.bias import MajorityBias
-from icl_heads.order_bias import RecencyBias
 from icl_heads.organism import HELDOUT_TEMPLATES
-from icl_heads.results import Result
 from icl_heads.stats import Estimate
 from icl_heads.tuning import BiasCorrection
 
@@ -89,67 +82,6 @@ def test_accuracy_heads_and_decomposition_estimates(organism):
     dec = ih.decompose(organism, prompts)
     _check(dec.full_accuracy, 40, "wilson")
     assert dec.full_accuracy.low >= 0 and dec.full_accuracy.high <= 1
-
-
-def test_majority_bias_saved_before_estimates_loads(majority, tmp_path):
-    """A result written before the headline was an Estimate: ``bias`` a number beside ``bias_ci``."""
-    path = majority.save(tmp_path / "new")
-    meta = json.loads((path / "meta.json").read_text())
-    for name in ("bias", "prob_bias"):
-        e = getattr(majority, name)
-        meta["fields"][name] = float(e)
-        meta["fields"][f"{name}_ci"] = [e.low, e.high]
-    (path / "meta.json").write_text(json.dumps(meta))
-    old = MajorityBias.load(path)
-    for name in ("bias", "prob_bias"):
-        got, want = getattr(old, name), getattr(majority, name)
-        assert isinstance(got, Estimate) and got.ci == want.ci and float(got) == float(want)
-        assert got.n == majority.provenance["n_prompts"] and got.method == "bootstrap"
-
-
-@dataclass(frozen=True, repr=False)
-class _Scored(Result):
-    score: Estimate
-    gap: Estimate = Estimate(math.nan)  # noqa: RUF009
-    note: str = ""
-    provenance: dict = field(default_factory=dict)
-
-
-def test_hand_written_old_meta_rebuilds_estimates(tmp_path):
-    (tmp_path / "meta.json").write_text(
-        json.dumps(
-            {
-                "__class__": "_Scored",
-                "fields": {
-                    "score": 0.2,
-                    "score_ci": [0.1, 0.3],
-                    "gap": 1.5,  # no interval was saved: a point estimate
-                    "note": "old",
-                    "provenance": {"model": "m", "n_prompts": 12},
-                },
-                "tables": {},
-                "tensors": [],
-            }
-        )
-    )
-    old = _Scored.load(tmp_path)
-    assert old.score.to_dict() == Estimate(0.2, 0.1, 0.3, 12, "bootstrap").to_dict()
-    assert old.gap == 1.5 and math.isnan(old.gap.low) and old.gap.method == "point"
-    assert old.note == "old"
-
-
-def test_recency_bias_saved_before_estimates_loads(recency, tmp_path):
-    path = recency.save(tmp_path / "r")
-    meta = json.loads((path / "meta.json").read_text())
-    names = ("bias", "order_std", "last_label_excess", "last_label_pull", "sensitivity", "block_gap")
-    for name in names:
-        e = getattr(recency, name)
-        meta["fields"][name], meta["fields"][f"{name}_ci"] = float(e), [e.low, e.high]
-    (path / "meta.json").write_text(json.dumps(meta))
-    old = RecencyBias.load(path)
-    for name in names:
-        assert getattr(old, name).ci == getattr(recency, name).ci
-        assert float(getattr(old, name)) == float(getattr(recency, name))
 
 
 def test_unverified_heads_have_no_verification_numbers(organism):

@@ -19,7 +19,7 @@ def test_every_identity_is_measured_and_holds_on_the_test_models(any_model):
     report = ih.check_faithfulness(any_model)
     assert set(report.df.identity) == set(IDENTITIES)
     # one row per layer for the per-layer identity
-    n_layers = ModelAccess(any_model, check=False).n_layers
+    n_layers = ModelAccess(any_model).n_layers
     assert (report.df.identity == "heads sum to attention output").sum() == n_layers
     assert report.passed and (report.df.relative_error < 1e-5).all(), report.df
 
@@ -140,8 +140,8 @@ def test_tokenized_prompts_are_refused_by_a_model_with_another_tokenizer(models,
 
 def test_pattern_edits_are_detected_even_where_a_layer_writes_nothing(tmp_path):
     """The hand-built copier has all-zero values in layer 0: halving its pattern changes nothing, editing it applies."""
-    from icl_heads.faithfulness import pattern_edits_apply
+    from icl_heads.access import pattern_edits_apply
     from icl_heads.testing import majority_copier_gpt2_dir
 
     model = ih.load_model(majority_copier_gpt2_dir(tmp_path / "copier"))
-    assert pattern_edits_apply(ModelAccess(model, check=False))
+    assert pattern_edits_apply(ModelAccess(model))

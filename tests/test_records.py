@@ -1,45 +1,66 @@
 """Typed config and provenance records: dict-like access, JSON round trips, old saved results, validation."""
 
 import dataclasses
+import importlib
 import json
+import pkgutil
 
 import pytest
 
 import icl_heads as ih
-from icl_heads import configs
+from icl_heads.agreement import ScoreAgreementConfig
+from icl_heads.bias import MajorityBiasConfig
+from icl_heads.components.protocol import ReweightingComparisonConfig
+from icl_heads.components.result import DecompositionConfig
+from icl_heads.components.stability import ComponentStabilityConfig
+from icl_heads.faithfulness import FaithfulnessConfig
+from icl_heads.head_count import HeadCountConfig
+from icl_heads.heads import InContextHeadsConfig
+from icl_heads.mechanism.flips import FlipAnalysisConfig
+from icl_heads.mechanism.ov import OVLabelFeaturesConfig
+from icl_heads.mechanism.qk import QKLabelAttentionConfig
+from icl_heads.mechanism.towers import TwoTowerTestConfig
+from icl_heads.order_bias import RecencyBiasConfig
+from icl_heads.reading import ReadingRolesConfig
 from icl_heads.records import UNSET, ModelIdentity, Provenance, Record, TaskIdentity
 from icl_heads.results import JSON_TYPES, _decode, _jsonable, provenance
+from icl_heads.tuning import BiasCorrectionConfig
 
-CONFIGS = [
+# every config record of the package, each defined beside its result
+CONFIGS = {
     cls
-    for cls in vars(configs).values()
-    if isinstance(cls, type) and issubclass(cls, Record) and cls.__name__.endswith("Config")
-]
+    for info in pkgutil.walk_packages(ih.__path__, "icl_heads.")
+    for cls in vars(importlib.import_module(info.name)).values()
+    if isinstance(cls, type)
+    and issubclass(cls, Record)
+    and cls.__name__.endswith("Config")
+    and cls.__name__ != "PromptConfig"
+}
 
 # one valid record of each class, with values as the analyses write them
 EXAMPLES = {
-    configs.InContextHeadsConfig: {"method": "dla", "fraction": 0.01, "k": 2, "also": ["dla"], "verify": True,
+    InContextHeadsConfig: {"method": "dla", "fraction": 0.01, "k": 2, "also": ["dla"], "verify": True,
                                    "held_out_verification": False, "n_random": 20, "seed": 0, "rescore": None},
-    configs.HeadCountConfig: {"margin": 0.05, "max_k": None, "greedy": True, "n_random": 20, "random_for": "every",
+    HeadCountConfig: {"margin": 0.05, "max_k": None, "greedy": True, "n_random": 20, "random_for": "every",
                               "seed": 0},
-    configs.MajorityBiasConfig: {"shots": 4, "n": 10, "seed": 0, "skews": [[3, 1]], "hooked": False},
-    configs.RecencyBiasConfig: {"shots": 4, "n": 10, "seed": 0, "n_random_orders": 4, "hooked": True},
-    configs.BiasCorrectionConfig: {"headline": "excess", "shots": 4, "n": 10, "seed": 0, "tune_n": 8, "tune_seed": 1,
+    MajorityBiasConfig: {"shots": 4, "n": 10, "seed": 0, "skews": [[3, 1]], "hooked": False},
+    RecencyBiasConfig: {"shots": 4, "n": 10, "seed": 0, "n_random_orders": 4, "hooked": True},
+    BiasCorrectionConfig: {"headline": "excess", "shots": 4, "n": 10, "seed": 0, "tune_n": 8, "tune_seed": 1,
                                    "max_accuracy_drop": 0.01, "grid": [0.5, 1.0], "skews": [[3, 1]],
                                    "read_at_requested": "auto", "read_at": "label"},
-    configs.OVLabelFeaturesConfig: {"control_offset": 1, "top_k": 5, "top_rank": 10, "read_at": "after_label",
+    OVLabelFeaturesConfig: {"control_offset": 1, "top_k": 5, "top_rank": 10, "read_at": "after_label",
                                     "attention_by_role": {"label": 0.5}, "min_read_share": 0.1},
-    configs.QKLabelAttentionConfig: {"example": 0, "read_at": "slot", "share_at_read_positions": {"L0H1": 0.4}},
-    configs.FlipAnalysisConfig: {"resample_demos": True, "seed": 0, "own_flipped_prompts": True, "read_at": "label"},
-    configs.TwoTowerTestConfig: {"probe_rank": None, "probe_components": 8, "probe_ridge": 1.0, "seed": 0},
-    configs.ReadingRolesConfig: {"n_boot": 100, "seed": 0},
-    configs.DecompositionConfig: {"batch_size": 8, "padding_side": "right", "logit_soft_cap": None},
-    configs.ComponentStabilityConfig: {"n_demo_sets": 3, "shots": 4, "n": 10, "top": 5, "seed": 0},
-    configs.ReweightingComparisonConfig: {"k": 24, "k_demo": 4, "seeds": [0, 1], "n_test": 50, "reweighting": {},
+    QKLabelAttentionConfig: {"example": 0, "read_at": "slot", "share_at_read_positions": {"L0H1": 0.4}},
+    FlipAnalysisConfig: {"resample_demos": True, "seed": 0, "own_flipped_prompts": True, "read_at": "label"},
+    TwoTowerTestConfig: {"probe_rank": None, "probe_components": 8, "probe_ridge": 1.0, "seed": 0},
+    ReadingRolesConfig: {"n_boot": 100, "seed": 0},
+    DecompositionConfig: {"batch_size": 8, "padding_side": "right", "logit_soft_cap": None},
+    ComponentStabilityConfig: {"n_demo_sets": 3, "shots": 4, "n": 10, "top": 5, "seed": 0},
+    ReweightingComparisonConfig: {"k": 24, "k_demo": 4, "seeds": [0, 1], "n_test": 50, "reweighting": {},
                                           "icl_k_skipped": "not requested (icl_k=False)"},
-    configs.ScoreAgreementConfig: {"method": "dla", "sample": 8, "seed": 0, "k": 3, "how": "zero", "where": "final",
+    ScoreAgreementConfig: {"method": "dla", "sample": 8, "seed": 0, "k": 3, "how": "zero", "where": "final",
                                    "mean_reference": False, "rescore": None},
-    configs.FaithfulnessConfig: {"n_prompts": 2, "n_tokens": 7, "seed": 0},
+    FaithfulnessConfig: {"n_prompts": 2, "n_tokens": 7, "seed": 0},
 }  # fmt: skip
 
 
@@ -67,11 +88,11 @@ def test_config_reads_like_the_dict_and_round_trips(cls):
 
 
 def test_unknown_keys_go_to_extra_and_missing_keys_stay_absent():
-    record = configs.ReadingRolesConfig.from_dict({"seed": 3, "from_a_newer_version": [1, 2]})
+    record = ReadingRolesConfig.from_dict({"seed": 3, "from_a_newer_version": [1, 2]})
     assert record.extra == {"from_a_newer_version": [1, 2]} and record["from_a_newer_version"] == [1, 2]
     assert record.n_boot is UNSET and "n_boot" not in record and record.get("n_boot", 1000) == 1000
     assert record.to_dict() == {"seed": 3, "from_a_newer_version": [1, 2]}
-    assert configs.ReadingRolesConfig() == {} and len(configs.ReadingRolesConfig()) == 0
+    assert ReadingRolesConfig() == {} and len(ReadingRolesConfig()) == 0
 
 
 def test_records_of_a_run_need_their_keys():
@@ -84,11 +105,11 @@ def test_records_of_a_run_need_their_keys():
 @pytest.mark.parametrize(
     ("cls", "kwargs", "match"),
     [
-        (configs.OVLabelFeaturesConfig, {"read_at": "query"}, r"read_at must be one of \['label', 'after_label', 'slot'\]"),
-        (configs.InContextHeadsConfig, {"fraction": 1.5}, r"fraction must be in \(0, 1\]"),
-        (configs.MajorityBiasConfig, {"shots": 0}, "shots must be at least 1, got 0"),
-        (configs.HeadCountConfig, {"random_for": "first"}, r"random_for must be one of \['every', 'last'\]"),
-        (configs.DecompositionConfig, {"padding_side": "middle"}, "padding_side must be one of"),
+        (OVLabelFeaturesConfig, {"read_at": "query"}, r"read_at must be one of \['label', 'after_label', 'slot'\]"),
+        (InContextHeadsConfig, {"fraction": 1.5}, r"fraction must be in \(0, 1\]"),
+        (MajorityBiasConfig, {"shots": 0}, "shots must be at least 1, got 0"),
+        (HeadCountConfig, {"random_for": "first"}, r"random_for must be one of \['every', 'last'\]"),
+        (DecompositionConfig, {"padding_side": "middle"}, "padding_side must be one of"),
     ],
 )  # fmt: skip
 def test_invalid_values_raise_a_clear_error(cls, kwargs, match):
@@ -136,27 +157,12 @@ class _Model:
 
 def test_result_save_load_keeps_typed_records(task, models, tmp_path):
     result = ih.reading_roles(models["gpt2"], task.prompts(6, 4, seed=0), n_boot=50)
-    assert isinstance(result.config, configs.ReadingRolesConfig) and isinstance(result.provenance, Provenance)
+    assert isinstance(result.config, ReadingRolesConfig) and isinstance(result.provenance, Provenance)
     meta = json.loads((result.save(tmp_path / "r") / "meta.json").read_text())
     assert meta["fields"]["config"] == {"__type__": "ReadingRolesConfig", "data": {"n_boot": 50, "seed": 0}}
     loaded = type(result).load(tmp_path / "r")
-    assert type(loaded.config) is configs.ReadingRolesConfig and loaded.config == result.config
+    assert type(loaded.config) is ReadingRolesConfig and loaded.config == result.config
     assert type(loaded.provenance) is Provenance and loaded.provenance == result.provenance
-
-
-def test_result_saved_with_plain_dicts_loads_typed(task, models, tmp_path):
-    """A meta.json written before config and provenance were typed (plain dicts) still loads, as records."""
-    result = ih.reading_roles(models["gpt2"], task.prompts(6, 4, seed=0), n_boot=50)
-    path = result.save(tmp_path / "old")
-    meta = json.loads((path / "meta.json").read_text())
-    meta["fields"]["config"] = {"n_boot": 50, "seed": 0, "dropped_since": True}
-    meta["fields"]["provenance"] = {"model": "tiny", "n_prompts": 6, "label_words": ["foo", "bar"]}
-    (path / "meta.json").write_text(json.dumps(meta))
-    loaded = type(result).load(path)
-    assert type(loaded.config) is configs.ReadingRolesConfig and loaded.config["n_boot"] == 50
-    assert loaded.config.extra == {"dropped_since": True}
-    assert type(loaded.provenance) is Provenance and loaded.provenance["n_prompts"] == 6
-    assert loaded.provenance.get("task") is None
 
 
 def test_prompt_sets_carry_a_typed_config_that_reads_like_the_old_dict():

@@ -69,7 +69,24 @@ def _drop_tensors(path):
 
 def _drop_field(path):
     meta = json.loads((path / "meta.json").read_text())
-    del meta["fields"]["label_words"]
+    del meta["fields"]["provenance"]
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def _drop_last_row(path):
+    lines = (path / "df.csv").read_text().splitlines(keepends=True)
+    (path / "df.csv").write_text("".join(lines[:-1]))
+
+
+def _edit_a_number(path):
+    df = pd.read_csv(path / "df.csv")
+    df.loc[0, "attention_same"] = df.loc[0, "attention_same"] + 0.5
+    df.to_csv(path / "df.csv", index=False)
+
+
+def _older_format(path):
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["format"]
     (path / "meta.json").write_text(json.dumps(meta))
 
 
@@ -79,11 +96,22 @@ def _drop_field(path):
         (_corrupt_meta, ValueError, r"meta\.json is corrupt"),
         (_meta_not_a_result, ValueError, r"meta\.json is not the metadata of a saved result"),
         (_drop_table, FileNotFoundError, r"df\.csv is missing"),
-        (_garbage_table, ValueError, r"df\.csv has columns \['garbage'\] but the result saved"),
-        (_wrong_values, ValueError, r"df\.csv: column 'attention_same' does not hold float\d+ values"),
+        (_garbage_table, ValueError, r"df\.csv has columns \['garbage'\] but meta\.json records"),
+        (
+            _wrong_values,
+            ValueError,
+            r"df\.csv: column 'attention_same' does not hold the float\d+ values meta\.json records",
+        ),
         (_truncate_tensors, ValueError, r"tensors\.safetensors is corrupt"),
-        (_drop_tensors, FileNotFoundError, r"tensors\.safetensors is missing; it should hold \['example_pattern'\]"),
-        (_drop_field, ValueError, r"is incomplete: QKLabelAttention needs \['label_words'\]"),
+        (
+            _drop_tensors,
+            FileNotFoundError,
+            r"tensors\.safetensors is missing; meta\.json records the tensors \['example_pattern'\]",
+        ),
+        (_drop_field, ValueError, r"meta\.json was changed after the result was saved"),
+        (_drop_last_row, ValueError, r"df\.csv has \d+ rows but meta\.json records \d+"),
+        (_edit_a_number, ValueError, r"df\.csv was changed after the result was saved"),
+        (_older_format, ValueError, r"meta\.json: this result was saved in an older format .*re-run the analysis"),
     ],
 )
 def test_damaged_folder_names_the_file(saved, damage, error, match):

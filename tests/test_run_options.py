@@ -43,10 +43,10 @@ def test_every_public_analysis_takes_one_options_keyword():
     for name in ("find_in_context_heads", "icl_accuracy", "decompose", "recency_bias", "correct_majority_bias"):
         assert f"icl_heads.{name}" in with_options
     for name, fn in with_options.items():
-        if name.startswith(("icl_heads.engine.", "icl_heads.options.")) or any(
+        if name in ("icl_heads.access.batches", "icl_heads.options.run_options") or any(
             part.startswith("_") for part in name.split(".")[1:-1]
         ):
-            continue  # the engine's own machinery and helpers of private modules take options as they are
+            continue  # the batch loop, the options helper and helpers of private modules take options as they are
         param = inspect.signature(fn).parameters["options"]
         assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is None, name
         assert "options: how prompts are run" in fn.__doc__, name

@@ -116,7 +116,7 @@ class _Summarised(Result):
 
 def test_a_result_shows_an_estimate_with_its_interval_once():
     shown = repr(_Summarised(Estimate(0.3, 0.2, 0.4, 10, "wilson")))
-    assert shown == "_Summarised(score=0.3 [0.2, 0.4], other CI=[0, 1])"
+    assert shown == "_Summarised(score=0.300 [0.200, 0.400], other CI=[0.000, 1.000])"
     assert "95% CI" not in _Summarised(Estimate(0.3, 0.2, 0.4, 10, "wilson"))._repr_html_()
 
 

@@ -27,11 +27,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_heads.access import Capture, ModelAccess
-from icl_heads.components.result import Decomposition, component_table
-from icl_heads.configs import DecompositionConfig
-from icl_heads.engine import batches
-from icl_heads.faithfulness import tolerance_for
+from icl_heads.access import Capture, ModelAccess, batches
+from icl_heads.components.result import Decomposition, DecompositionConfig, component_table
+from icl_heads.faithfulness import faithful_access, tolerance_for
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import provenance
@@ -99,7 +97,7 @@ def decompose(
     >>> better = dec.kinds().query("good").component.tolist()  # components that beat the whole model
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="decompose")
+    access = faithful_access(model, "decompose")
     tp = access.tokenize(prompts)
     L, H = access.n_layers, access.n_heads
     meta = component_table(L, H)

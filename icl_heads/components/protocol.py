@@ -20,17 +20,32 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from icl_heads.access import ModelAccess
 from icl_heads.accuracy import predict
 from icl_heads.components.decompose import decompose
 from icl_heads.components.estimators import CalibPlus, ComponentReweighting
-from icl_heads.configs import ReweightingComparisonConfig
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Result, json_type, provenance
 
 logger = logging.getLogger("icl_heads")
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class ReweightingComparisonConfig(Record):
+    """Arguments of :func:`~icl_heads.compare_reweighting`; ``icl_k_skipped`` says why K-shot ICL did not run."""
+
+    k: int = UNSET
+    k_demo: int = UNSET
+    seeds: list[int] = UNSET
+    n_test: int = UNSET
+    reweighting: dict[str, Any] = UNSET
+    icl_k_skipped: str = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "k", "k_demo", "n_test")
 
 
 @dataclass(frozen=True, repr=False)
@@ -152,7 +167,7 @@ def compare_reweighting(
         raise ValueError("give at least one seed")
     templates = tuple(templates) if templates is not None else (task.template,)
     labels = np.asarray(task.labels)
-    access = ModelAccess(model, analysis="compare_reweighting")
+    access = faithful_access(model, "compare_reweighting")
     rows, weights, names, skipped = [], [], (), None
     quiet = run_options(options, progress=False)
     for seed in tqdm(list(seeds), desc="reweighting runs", disable=not options.progress):

@@ -20,12 +20,25 @@ from jaxtyping import Float, Int
 from scipy.stats import binom
 from torch import Tensor
 
-from icl_heads.configs import DecompositionConfig
-from icl_heads.records import Provenance
-from icl_heads.results import Result
+from icl_heads.records import UNSET, Provenance, Record, check_choice, check_positive
+from icl_heads.results import Result, json_type
 from icl_heads.stats import Estimate, wilson
 
 KINDS = ("label-biased", "good", "bad", "other")
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class DecompositionConfig(Record):
+    """How :func:`~icl_heads.decompose` ran, and the final-logit soft cap it decomposed before."""
+
+    batch_size: int = UNSET
+    padding_side: str = UNSET
+    logit_soft_cap: float | None = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "batch_size")
+        check_choice(self, "padding_side", ("left", "right"))
 
 
 def component_table(n_layers: int, n_heads: int) -> pd.DataFrame:

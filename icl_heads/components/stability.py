@@ -22,15 +22,29 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads.access import ModelAccess
 from icl_heads.components.decompose import decompose
-from icl_heads.configs import ComponentStabilityConfig
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.results import Result, json_type, provenance
 
 logger = logging.getLogger(__name__)
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class ComponentStabilityConfig(Record):
+    """Arguments of :func:`~icl_heads.component_stability`."""
+
+    n_demo_sets: int = UNSET
+    shots: int = UNSET
+    n: int = UNSET
+    top: int = UNSET
+    seed: int = UNSET
+
+    def __post_init__(self) -> None:
+        check_positive(self, "n_demo_sets", "shots", "n", "top")
 
 
 @dataclass(frozen=True, repr=False)
@@ -170,7 +184,7 @@ def component_stability(
             pairs.append(
                 _pair("template", d, templates[t1], templates[t2], a[t1, d], a[t2, d], full[t1, d], full[t2, d], top)
             )
-    access = ModelAccess(model, analysis="component_stability")
+    access = faithful_access(model, "component_stability")
     return ComponentStability(
         df=pd.DataFrame(pairs),
         runs=pd.DataFrame(rows),

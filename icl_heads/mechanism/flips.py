@@ -11,17 +11,26 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from icl_heads.access import Head, ModelAccess
-from icl_heads.configs import FlipAnalysisConfig
-from icl_heads.engine import batches
+from icl_heads.access import Head, batches
+from icl_heads.faithfulness import faithful_access
 from icl_heads.mechanism._maths import safe_ratio
 from icl_heads.mechanism._run import at_keys, gather_heads, heads_of, ov_at, predicted_labels, reading_positions
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.records import UNSET, Provenance
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.slots import positions_with_labels
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class FlipAnalysisConfig(ReadingInfo):
+    """Arguments of :func:`~icl_heads.mechanism.flips.flip_analysis`, and where it read."""
+
+    resample_demos: Any = UNSET
+    seed: int = UNSET
+    own_flipped_prompts: bool = UNSET
 
 
 def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool = False, seed: int = 0) -> ICLPrompts:
@@ -162,7 +171,7 @@ def flip_analysis(
         TypeError: an unsupported model.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="flip_analysis")
+    access = faithful_access(model, "flip_analysis")
     tp_a = access.tokenize(prompts)
     own_flipped = flipped is not None
     if flipped is None:

@@ -22,9 +22,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from icl_heads.access import Head, ModelAccess
-from icl_heads.configs import OVLabelFeaturesConfig
-from icl_heads.engine import batches
+from icl_heads.access import Head, batches
+from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import check_heads
 from icl_heads.mechanism._maths import label_metrics, own_vs_rest
 from icl_heads.mechanism._run import (
@@ -41,11 +40,21 @@ from icl_heads.mechanism._run import (
 )
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.records import UNSET, Provenance
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.slots import ROLES, positions_with_labels, read_positions
 from icl_heads.stats import wilson
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class OVLabelFeaturesConfig(ReadingInfo):
+    """Arguments of :func:`~icl_heads.ov_label_features`, and where it read."""
+
+    control_offset: int = UNSET
+    top_k: int = UNSET
+    top_rank: int = UNSET
 
 
 def per_position_ov(
@@ -55,7 +64,7 @@ def per_position_ov(
 
     Args:
         model: a TransformerLens model or :class:`~icl_heads.access.ModelAccess`.
-        batch: one batch from :func:`icl_heads.engine.batches`.
+        batch: one batch from :func:`icl_heads.access.batches`.
         heads: ``(layer, head)`` pairs.
         positions: source positions per prompt (in the batch's padded coordinates).
 
@@ -67,7 +76,7 @@ def per_position_ov(
     Raises:
         ValueError: heads outside the model.
     """
-    access = ModelAccess(model, analysis="per_position_ov")
+    access = faithful_access(model, "per_position_ov")
     heads = check_heads(access, heads)
     layers = sorted({layer for layer, _ in heads})
     _, got = gather_heads(access, batch, layers, positions, values=True)
@@ -200,7 +209,7 @@ def ov_label_features(
         raise ValueError("control_offset must not be 0 (that is the label position); use e.g. -1 for the separator")
     if top_k < 1 or top_rank < 1:
         raise ValueError(f"top_k and top_rank must be at least 1, got {top_k} and {top_rank}")
-    access = ModelAccess(model, analysis="ov_label_features")
+    access = faithful_access(model, "ov_label_features")
     tp = access.tokenize(prompts)
     heads = heads_of(access, heads)
     used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)

@@ -2,9 +2,7 @@
 
 * :func:`qk_label_attention`: attention and pre-softmax scores from the final position to
   each label position, by whether the demonstration's label is the gold label or the prediction.
-* :func:`two_tower_test` (defined in :mod:`.towers`, importable from here): how well the
-  score separates same-class demonstrations (ROC AUC) next to the cosine of the residual
-  streams, and an optional low-rank bilinear probe.
+The two-tower test of the same scores is :func:`~icl_heads.mechanism.towers.two_tower_test`.
 """
 
 from __future__ import annotations
@@ -19,9 +17,8 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from icl_heads.access import Head, ModelAccess
-from icl_heads.configs import QKLabelAttentionConfig
-from icl_heads.engine import batches
+from icl_heads.access import Head, batches
+from icl_heads.faithfulness import faithful_access
 from icl_heads.mechanism._maths import masked_mean, paired_auc, roc_auc, visible_scores
 from icl_heads.mechanism._run import (
     at_keys,
@@ -33,15 +30,20 @@ from icl_heads.mechanism._run import (
     reading_positions,
     token_str,
 )
-from icl_heads.mechanism.towers import TwoTowerTest, two_tower_test
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.records import UNSET, Provenance
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.slots import read_positions
 
-__all__ = ["QKLabelAttention", "TwoTowerTest", "qk_label_attention", "two_tower_test"]
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class QKLabelAttentionConfig(ReadingInfo):
+    """Arguments of :func:`~icl_heads.qk_label_attention`, and where it read."""
+
+    example: int = UNSET
 
 
 @dataclass(frozen=True, repr=False)
@@ -131,7 +133,7 @@ def qk_label_attention(
         TypeError: an unsupported model.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="qk_label_attention")
+    access = faithful_access(model, "qk_label_attention")
     tp = access.tokenize(prompts)
     heads = heads_of(access, heads)
     if not 0 <= example < len(tp):

@@ -19,9 +19,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from icl_heads.access import ModelAccess
-from icl_heads.configs import TwoTowerTestConfig
-from icl_heads.engine import batches
+from icl_heads.access import batches
+from icl_heads.faithfulness import faithful_access
 from icl_heads.mechanism._maths import (
     bilinear_probe_r2,
     masked_mean,
@@ -33,10 +32,21 @@ from icl_heads.mechanism._maths import (
 from icl_heads.mechanism._run import at_keys, gather_heads, heads_of, per_demo, reading_positions
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.records import Provenance
-from icl_heads.results import Result, provenance
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.records import UNSET, Provenance
+from icl_heads.results import Result, json_type, provenance
 from icl_heads.slots import read_positions
+
+
+@json_type
+@dataclass(frozen=True, eq=False, repr=False)
+class TwoTowerTestConfig(ReadingInfo):
+    """Arguments of :func:`~icl_heads.two_tower_test`, and where it read."""
+
+    probe_rank: int | None = UNSET
+    probe_components: int = UNSET
+    probe_ridge: float = UNSET
+    seed: int = UNSET
 
 
 @dataclass(frozen=True, repr=False)
@@ -162,7 +172,7 @@ def two_tower_test(
         TypeError: an unsupported model.
     """
     options = run_options(options)
-    access = ModelAccess(model, analysis="two_tower_test")
+    access = faithful_access(model, "two_tower_test")
     tp = access.tokenize(prompts)
     heads = heads_of(access, heads)
     used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)

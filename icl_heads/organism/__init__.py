@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from icl_heads._checks import check_sequence
 from icl_heads.organism.vocab import (
     HELDOUT_SLOT_TEMPLATES,
     HELDOUT_TEMPLATES,
@@ -75,7 +76,8 @@ def organism_task(
         An :class:`~icl_heads.prompts.ICLTask` with ``classes == tuple(topics)``.
 
     Raises:
-        ValueError: an unknown topic or layout, or fewer than two topics.
+        TypeError: ``topics`` is a string, not a sequence of topics.
+        ValueError: an unknown or repeated topic, an unknown layout, or fewer than two topics.
 
     >>> task = organism_task()
     >>> task.classes, task.label_words, len(task.texts)
@@ -84,6 +86,9 @@ def organism_task(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
     template = LAYOUTS[layout][0] if template is None else template
+    topics = check_sequence("topics", topics)
+    if len(set(topics)) != len(topics):
+        raise ValueError(f"topics {topics} repeat a topic; list each topic once")
     unknown = [t for t in topics if t not in TOPICS]
     if unknown:
         raise ValueError(f"unknown topics {unknown}; choose from {sorted(TOPICS)}")

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from icl_heads.prompts.task import ICLPrompts
 
 
 class PromptTooLongError(ValueError):
@@ -40,7 +37,7 @@ class TokenizedPrompts:
     demo_labels: tuple[tuple[int, ...], ...]
     golds: tuple[int, ...]
     label_token_ids: tuple[int, ...]
-    prompts: ICLPrompts
+    prompts: Any  # the ICLPrompts they came from (prompts.task builds on this module)
     tokenizer_fingerprint: str = ""
     roles: tuple[tuple[int, ...], ...] = ()
     demo_index: tuple[tuple[int, ...], ...] = ()

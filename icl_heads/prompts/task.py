@@ -14,7 +14,7 @@ from torch import Tensor
 
 from icl_heads import _checks
 from icl_heads.prompts.batch import TokenizedPrompts
-from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, check_template, render
+from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, check_separators, check_template, render
 from icl_heads.prompts.tokenization import tokenize_prompts
 from icl_heads.records import UNSET, Record
 
@@ -38,7 +38,9 @@ class ICLTask:
 
     Raises:
         ValueError: empty data, a missing or empty text, texts and labels of different
-            lengths, a bad template, or label words that do not match the classes.
+            lengths, a bad template, label words that do not match the classes, or a text
+            that contains a separator of the template
+            (:class:`~icl_heads.prompts.text.SeparatorInTextError`).
         TypeError: a string where a sequence is expected, or a text that is not a string.
 
     >>> task = ICLTask.from_pairs(["goal", "soup", "team", "bread"], ["sport", "food", "sport", "food"])
@@ -86,6 +88,7 @@ class ICLTask:
                 "use ICLTask.from_pairs(texts, labels) to build a task from label names"
             )
         check_template(self.template)
+        check_separators(self.texts, self.template)
 
     @classmethod
     def from_pairs(
@@ -177,8 +180,13 @@ class ICLTask:
         return cls.from_pairs(data.texts, data.labels, **kw)
 
     def with_label_words(self, label_words: Sequence[str]) -> ICLTask:
-        """The same task showing other label words."""
-        return replace(self, label_words=tuple(label_words))
+        """The same task showing other label words.
+
+        Raises:
+            TypeError: a string instead of a sequence of words (it would split into letters).
+            ValueError: the checks of :class:`ICLTask`.
+        """
+        return replace(self, label_words=tuple(_checks.check_sequence("label_words", label_words)))
 
     def with_template(self, template: str) -> ICLTask:
         """The same task rendered with another template."""

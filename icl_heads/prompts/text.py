@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from icl_heads.prompts.task import ICLTask
+from typing import Any
 
 DEFAULT_TEMPLATE = "{text} : {label}\n"
 
@@ -27,6 +24,50 @@ def check_template(template: str) -> None:
         ) from None
 
 
+def template_separators(template: str) -> tuple[str, ...]:
+    """The strings that end a text in a rendered prompt: the template between ``{text}`` and ``{label}``, and after it.
+
+    A text that contains one of them would read as the end of its demonstration (the
+    ``" : "`` before the label, the newline between demonstrations). A part with a
+    newline counts as the newline itself; a part of whitespace only (a space) is no separator.
+    """
+    mid, after = template.split("{text}")[1].split("{label}")
+    out = []
+    for part in (mid, after):
+        if "\n" in part:
+            out.append("\n")
+        elif part.strip():
+            out.append(part)
+    return tuple(dict.fromkeys(out))
+
+
+class SeparatorInTextError(ValueError):
+    """A text contains a separator of the template; ``index`` is the text's position in the task."""
+
+    def __init__(self, message: str, index: int, separator: str):
+        super().__init__(message)
+        self.index = index
+        self.separator = separator
+
+
+def check_separators(texts: tuple[str, ...], template: str) -> None:
+    """Refuse a text that contains one of the template's separators (it would change the prompt's structure).
+
+    Raises:
+        SeparatorInTextError: the first such text, with its index and the separator.
+    """
+    for sep in template_separators(template):
+        at = next((i for i, t in enumerate(texts) if sep in t), None)
+        if at is not None:
+            raise SeparatorInTextError(
+                f"text {at} ({texts[at][:40]!r}) contains {sep!r}, which the template {template!r} uses to separate "
+                "a text from its label and the demonstrations from each other, so the prompt would not read as "
+                "intended; remove it from the texts (e.g. replace newlines by spaces) or use another template",
+                at,
+                sep,
+            )
+
+
 @dataclass(frozen=True)
 class ICLPrompt:
     """One prompt in text: demonstrations ``(text, class)`` then a query."""
@@ -36,7 +77,7 @@ class ICLPrompt:
     gold: int
 
 
-def render(prompt: ICLPrompt, task: ICLTask) -> tuple[str, list[tuple[int, int]], str]:
+def render(prompt: ICLPrompt, task: Any) -> tuple[str, list[tuple[int, int]], str]:
     """The prompt string, the character span of every demonstration label, the query prefix."""
     before, after = task.template.split("{label}")
     parts: list[str] = []

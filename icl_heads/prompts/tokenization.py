@@ -6,14 +6,11 @@ import contextlib
 import hashlib
 import json
 import weakref
-from typing import TYPE_CHECKING
+from typing import Any
 
 from icl_heads.prompts.batch import TokenizedPrompts
 from icl_heads.prompts.text import render
 from icl_heads.slots import BOS, char_roles, token_roles
-
-if TYPE_CHECKING:
-    from icl_heads.prompts.task import ICLPrompts, ICLTask
 
 
 class LabelTokenError(ValueError):
@@ -36,7 +33,7 @@ def _token_at(offsets: list[tuple[int, int]], span: tuple[int, int]) -> list[int
     return [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
 
 
-def label_token_ids(task: ICLTask, tokenizer, *, first_token: bool = False) -> tuple[int, ...]:
+def label_token_ids(task: Any, tokenizer, *, first_token: bool = False) -> tuple[int, ...]:
     """The token each label word is in context (e.g. ``' foo'`` for GPT-2).
 
     Raises:
@@ -88,7 +85,7 @@ def label_token_ids(task: ICLTask, tokenizer, *, first_token: bool = False) -> t
 
 
 def tokenize_prompts(
-    prompts: ICLPrompts, tokenizer, *, prepend_bos: bool = True, first_token: bool = False
+    prompts: Any, tokenizer, *, prepend_bos: bool = True, first_token: bool = False
 ) -> TokenizedPrompts:
     """See :meth:`icl_heads.prompts.ICLPrompts.tokenize`."""
     task = prompts.task

@@ -1,0 +1,115 @@
+"""The command's progress: an estimate of the whole run before it starts, and one bar per section in prompt passes.
+
+A section's model work is counted by the cost ledger in *prompt passes* (one prompt
+through the model once, a ledger ``row``). Before the first section the command
+predicts the prompt passes of each section it will run, from the ledger of a reference
+run (:data:`REFERENCE_PASSES`: the organism, ``--n-prompts 200``, 24 heads) scaled to this
+run's number of prompts (and of heads, for the heads section, which ablates heads one by
+one), times the seconds one prompt pass takes on this model (measured on a few of the
+run's own prompts, outside the ledger). It logs that estimate with the ways to shrink it.
+During the run, :class:`ProgressLedger` moves one bar per section by every pass the
+ledger records, so a long section shows work moving, not a batch counter standing still.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from icl_heads.engine import Cost, CostLedger
+
+logger = logging.getLogger("icl_heads")
+
+#: prompt passes per section of the reference run (its cost ledger's ``rows``)
+REFERENCE_PASSES = {"accuracy": 200, "heads": 25001, "mechanism": 1256, "bias": 20928, "components": 1160}
+REFERENCE_PROMPTS = 200
+REFERENCE_HEADS = 24
+#: sections whose work grows with the number of heads (one ablation pass per head sampled or searched)
+PER_HEAD = frozenset({"heads"})
+#: a run predicted to take longer than this many seconds gets its estimate shown even with --quiet
+LONG_RUN = 600.0
+
+
+def predicted_passes(section: str, n_prompts: int, n_heads: int) -> int:
+    """The prompt passes ``section`` is expected to make on ``n_prompts`` prompts of a model with ``n_heads`` heads."""
+    scale = n_prompts / REFERENCE_PROMPTS
+    if section in PER_HEAD:
+        scale *= n_heads / REFERENCE_HEADS
+    return max(1, round(REFERENCE_PASSES.get(section, 0) * scale))
+
+
+def seconds_per_pass(model: Any, prompts: Any, n: int = 16) -> float:
+    """Seconds one prompt pass takes on ``model``, timed on the first ``n`` of ``prompts`` (outside any ledger).
+
+    The first pass warms the model up and is not timed.
+    """
+    from icl_heads.accuracy import predict
+    from icl_heads.options import RunOptions
+
+    sample = prompts[: min(n, len(prompts))]
+    quiet = RunOptions(progress=False)
+    predict(model, sample[:1], options=quiet)
+    start = time.perf_counter()
+    predict(model, sample, options=quiet)
+    return (time.perf_counter() - start) / len(sample)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate(sections: list[str], n_prompts: int, n_heads: int, per_pass: float) -> tuple[dict[str, int], str]:
+    """The predicted passes of each section and a one-paragraph estimate of the whole run, with how to shrink it."""
+    passes = {name: predicted_passes(name, n_prompts, n_heads) for name in sections}
+    total = sum(passes.values()) * per_pass
+    parts = ", ".join(f"{name} {n:,}" for name, n in passes.items())
+    longest = max(passes, key=passes.__getitem__) if passes else None
+    text = (
+        f"estimate: about {_duration(total)} for {sum(passes.values()):,} prompt passes ({parts}) at "
+        f"{per_pass * 1000:.1f} ms per prompt pass on this model"
+    )
+    if longest is not None:
+        text += (
+            f"; to shrink it, lower --n-prompts (the time scales with it; now {n_prompts}) or skip the longest "
+            f"section with --skip {longest}; Ctrl-C stops the run and leaves --out unchanged"
+        )
+    return passes, text
+
+
+class ProgressLedger(CostLedger):
+    """A cost ledger that moves a progress bar by the prompt passes it records, one bar per section."""
+
+    def __init__(self, show: bool = True) -> None:
+        super().__init__()
+        self.show = show
+        self.done = 0  #: prompt passes recorded in the current section (what its bar shows)
+        self._bar: Any = None
+
+    @contextlib.contextmanager
+    def progress(self, name: str, expected: int) -> Iterator[ProgressLedger]:
+        """Record the block's passes under ``name``, with a bar of ``expected`` prompt passes."""
+        bar = tqdm(total=expected, desc=name, unit=" passes", unit_scale=True, disable=not self.show, leave=False)
+        self._bar, self.done = bar, 0
+        try:
+            with self.section(name):
+                yield self
+        finally:
+            self._bar = None
+            bar.close()
+
+    def record(self, cost: Cost) -> None:
+        super().record(cost)
+        if self._bar is not None:
+            self.done += cost.rows
+            if self.done > self._bar.total:  # more work than predicted: the bar keeps moving
+                self._bar.total = self.done
+            self._bar.update(cost.rows)
