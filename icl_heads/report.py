@@ -160,7 +160,7 @@ class Report:
             f"{_STATE_CLASS[v.state]}'>{html.escape(v.state)}</span> ({html.escape(v.detail)})</li>"
             for v in self.verdicts
         )
-        from icl_heads.verdicts import legend
+        from icl_heads.verdict_rules import legend
 
         first = next((v for v in self.verdicts if getattr(v, "key", "") == "icl"), None)
         no_icl = ""

@@ -12,9 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from icl_heads._verdict_inputs import prompt_wins
 from icl_heads.stats import bootstrap_mean
-from icl_heads.verdicts import (
+from icl_heads.verdict_rules import (
     CLAIMS,
     CONTRADICTED,
     HOLDS,
@@ -35,6 +34,7 @@ from icl_heads.verdicts import (
     qk_verdict,
     reweighting_verdict,
 )
+from icl_heads.verdicts import prompt_wins
 
 N_SIM = 1000
 N_PROMPTS, SHOTS, N_SETS, N_COMPONENTS, N_RUNS = 200, 4, 20, 29, 5

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icl_heads._verdict_inputs import extract, ov_units
 from icl_heads.cli import main
 from icl_heads.stats import wilson
 from icl_heads.testing import tiny_llama_dir
-from icl_heads.verdicts import HOLDS, ICL_CLAIMS, NOT_APPLICABLE, judge, ov_verdict, reweighting_verdict
+from icl_heads.verdict_rules import HOLDS, ICL_CLAIMS, NOT_APPLICABLE, judge, ov_verdict, reweighting_verdict
+from icl_heads.verdicts import collect_verdicts, ov_units
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +163,10 @@ def test_ov_counts_demonstrations_and_a_promoter_from_anywhere_is_no_label_reade
     units = ov_units(reader)
     assert units["label"][1] == 800 and units["control"][1] == 800  # 200 prompts x 4 demonstrations, not 1600 tokens
     results = {"ov": reader, "n_labels": 2}
-    (ov,) = [v for v in extract(results) if v.key == "ov"]
+    (ov,) = [v for v in collect_verdicts(results) if v.key == "ov"]
     assert ov.state == HOLDS and "of 800 demonstrations" in ov.detail
     promoter = _ov_like(1.0, 1.0)  # the control positions promote the demonstration's label as often
-    (ov,) = [v for v in extract({"ov": promoter, "n_labels": 2}) if v.key == "ov"]
+    (ov,) = [v for v in collect_verdicts({"ov": promoter, "n_labels": 2}) if v.key == "ov"]
     assert ov.state != HOLDS
 
 
@@ -178,7 +178,7 @@ def test_a_model_at_chance_makes_every_icl_claim_not_applicable_from_synthetic_r
     import torch
 
     acc = SimpleNamespace(label_logits=torch.tensor(logits), golds=torch.tensor(golds))
-    out = {v.key: v for v in extract({"accuracy": acc, "ov": _ov_like(0.95, 0.4), "n_labels": 2, "shots": 4})}
+    out = {v.key: v for v in collect_verdicts({"accuracy": acc, "ov": _ov_like(0.95, 0.4), "n_labels": 2, "shots": 4})}
     assert out["icl"].state != HOLDS and "4-shot accuracy 0.480" in out["icl"].detail
     for key in ICL_CLAIMS:
         assert out[key].state == NOT_APPLICABLE
