@@ -27,9 +27,10 @@ from icl_heads.access import Head
 from icl_heads.corrections import count_normalisation, ov_compensation, positional_prior, unrotated_attention
 from icl_heads.engine import Hooks
 from icl_heads.options import RunOptions, run_options
-from icl_heads.order_bias import RECENCY_SHOTS
 from icl_heads.prompts import ICLTask
 
+#: demonstrations per prompt of a recency measurement and its correction, by default (one default for both)
+RECENCY_SHOTS = 8
 #: the biases a correction can target, with the shots their measurement uses by default
 BIASES = {"majority": 4, "recency": RECENCY_SHOTS}
 #: the method :func:`~icl_heads.debias.correct_bias` uses for each bias when none is named

@@ -18,9 +18,8 @@ from typing import Any
 
 from icl_heads._bias_common import check_task, resolve_heads
 from icl_heads._checks import check_grid
-from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
+from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, RECENCY_SHOTS, CorrectionSetup, correction_method
 from icl_heads.options import RunOptions, run_options
-from icl_heads.order_bias import RECENCY_SHOTS
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.tuning import BiasCorrection, evaluate_correction

@@ -22,6 +22,7 @@ from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads
 from icl_heads._checks import check_int
 from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.accuracy import predict
+from icl_heads.correction_methods import RECENCY_SHOTS
 from icl_heads.engine import Hooks, content_key, digest, intervention_key, memoised
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
@@ -36,9 +37,6 @@ from icl_heads.recency import (
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples, wilson
-
-#: demonstrations per prompt of a recency measurement and its correction, by default (one default for both)
-RECENCY_SHOTS = 8
 
 #: the block gap of a result saved before it was measured
 _NO_GAP = Estimate(float("nan"))
@@ -235,8 +233,8 @@ def recency_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task to sample prompts from.
-        shots: demonstrations per prompt (balanced counts); the default, :data:`RECENCY_SHOTS`, is also
-            the recency correction's.
+        shots: demonstrations per prompt (balanced counts); the default,
+            :data:`~icl_heads.correction_methods.RECENCY_SHOTS`, is also the recency correction's.
         n: number of prompts.
         seed: seed of the prompts and of the random orders.
         n_random_orders: random orders besides original, reversed and the two label blocks.

@@ -87,8 +87,16 @@ def test_load_result_reads_back_any_result(models, tmp_path):
     result = ih.check_faithfulness(models["gpt2"], n_prompts=2)
     back = ih.load_result(result.save(tmp_path / "faith"))
     assert type(back) is Faithfulness and back.df.equals(result.df)
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "meta.json").write_text('{"__class__": "Nothing", "fields": {}}')
+    import json
+    import shutil
+
+    from icl_heads.results import _meta_checksum
+
+    shutil.copytree(tmp_path / "faith", tmp_path / "other")
+    meta = json.loads((tmp_path / "other" / "meta.json").read_text())
+    meta["__class__"] = "Nothing"
+    meta["checksum"] = _meta_checksum(meta)
+    (tmp_path / "other" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="'Nothing', which is not a result"):
         ih.load_result(tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="no saved result"):
