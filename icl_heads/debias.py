@@ -18,7 +18,7 @@ from typing import Any
 
 from icl_heads._bias_common import check_task, resolve_heads
 from icl_heads._checks import check_grid, check_real
-from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
+from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, RECENCY_SHOTS, CorrectionSetup, correction_method
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
@@ -198,7 +198,7 @@ def correct_recency_bias(
     *,
     method: str = "prior",
     heads: Any = "found",
-    shots: int = 8,
+    shots: int = RECENCY_SHOTS,
     n: int = 300,
     seed: int = 0,
     tune_n: int = 200,
