@@ -46,7 +46,7 @@ _NO_GAP = Estimate(float("nan"))
 class RecencyBiasConfig(Record):
     """Arguments of :func:`~icl_heads.recency_bias`."""
 
-    shots: int = 4
+    shots: int = RECENCY_SHOTS
     n: int = 200
     seed: int = 0
     n_random_orders: int = 4
