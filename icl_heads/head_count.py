@@ -154,9 +154,11 @@ def heads_needed(
     target = chance + margin
     quiet = run_options(options, progress=False)
 
+    def run(heads: tuple[Head, ...]):
+        return predict(access, tp, hooks=HeadAblation(heads) if heads else (), options=quiet)
+
     def acc(heads: tuple[Head, ...]) -> np.ndarray:
-        pred = predict(access, tp, hooks=HeadAblation(heads) if heads else (), options=quiet)
-        return pred.correct.float().numpy()
+        return run(heads).correct.float().numpy()
 
     rows: list[dict[str, Any]] = []
 
@@ -199,11 +201,14 @@ def heads_needed(
     if greedy:
         all_heads = [(a, b) for a in range(access.n_layers) for b in range(access.n_heads)]
         for _ in tqdm(range(min(max_k, 16, total)), desc="greedy", disable=not options.progress):
-            trials = {h: acc((*chosen, h)) for h in all_heads if h not in chosen}
-            best = min(trials, key=lambda h: (trials[h].mean(), all_heads.index(h)))
+            trials = {h: run((*chosen, h)) for h in all_heads if h not in chosen}
+            # accuracy ties (backup heads: each sufficient alone) go to the head whose loss most lowers the gold
+            # label's probability, so a redundant pair is found rather than the first head by index
+            best = min(trials, key=lambda h: (*_damage(trials[h]), all_heads.index(h)))
+            correct = trials[best].correct.float().numpy()
             chosen.append(best)
-            record("greedy", tuple(chosen), trials[best])
-            if trials[best].mean() <= target:
+            record("greedy", tuple(chosen), correct)
+            if correct.mean() <= target:
                 k_greedy = len(chosen)
                 break
         close("greedy")
@@ -228,6 +233,11 @@ def heads_needed(
         provenance=provenance(access.name, tp),
         warnings=warnings,
     )
+
+
+def _damage(pred: Any) -> tuple[float, float]:
+    """Accuracy, then mean gold log-probability over the label set: lower is more damage."""
+    return float(pred.correct.float().mean()), float(pred.gold_logprob.mean())
 
 
 def ablation_curve(

@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -34,8 +33,8 @@ from icl_heads.recency import (
     order_permutation_p,
     order_spread,
 )
-from icl_heads.records import UNSET, Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.records import Provenance, Record, check_positive
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples, wilson
 
 #: the block gap of a result saved before it was measured
@@ -47,11 +46,11 @@ _NO_GAP = Estimate(float("nan"))
 class RecencyBiasConfig(Record):
     """Arguments of :func:`~icl_heads.recency_bias`."""
 
-    shots: int = UNSET
-    n: int = UNSET
-    seed: int = UNSET
-    n_random_orders: int = UNSET
-    hooked: bool = UNSET
+    shots: int = 4
+    n: int = 200
+    seed: int = 0
+    n_random_orders: int = 4
+    hooked: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "shots", "n")
@@ -208,11 +207,9 @@ class RecencyBias(Result):
             "n prompts": len(self.golds),
         }
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Accuracy per order with intervals, and attention per demonstration slot."""
-        from icl_heads.plots.bias import plot_recency_bias
-
-        return plot_recency_bias(self)
+        return self._draw("plot")
 
 
 def recency_bias(

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -30,7 +29,7 @@ from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_choice, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import AFTER_LABEL, BOS, LABEL, ROLES, check_read_at
 from icl_heads.stats import bootstrap_ci
 
@@ -80,8 +79,8 @@ class ReadingInfo(Record):
 class ReadingRolesConfig(Record):
     """Arguments of :func:`~icl_heads.reading.reading_roles`."""
 
-    n_boot: int = UNSET
-    seed: int = UNSET
+    n_boot: int = 1000
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "n_boot")
@@ -168,11 +167,9 @@ class ReadingRoles(Result):
             out[f"heads reading mostly {role}"] = int(n)
         return out
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
-        from icl_heads.plots.reading import plot_reading_roles
-
-        return plot_reading_roles(self)
+        return self._draw("plot")
 
 
 def _head_list(shares: Tensor, heads: Any) -> list[Head]:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { max-width: 100%; display: block; overflow-x: auto; } td { word-break: break-word; }
+table { max-width: 100%; display: block; overflow-x: auto; } td, th { word-break: normal; overflow-wrap: normal; }
 .warning { background: #fff4e5; border-left: 4px solid #e67e22; padding: 0.5em 1em; margin: 1em 0; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
@@ -41,15 +41,34 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { bac
 # so that a browser (or the test suite) can read the layout's health off the DOM
 _LAYOUT_CHECK = """
 window.addEventListener('load', function () { setTimeout(function () {
-  var bad = [];
+  var bad = [], clipped = [], covered = [], split = [];
+  function meets(a, b) { return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom; }
   document.querySelectorAll('.js-plotly-plot').forEach(function (p) {
-    var box = p.getBoundingClientRect();
+    var box = p.getBoundingClientRect(), bar = p.querySelector('.modebar');
+    var mode = bar ? bar.getBoundingClientRect() : null;
     p.querySelectorAll('.gtitle, .annotation-text').forEach(function (t) {
       var r = t.getBoundingClientRect();
-      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1)) { bad.push(p.id + ': ' + t.textContent); }
+      if (!r.width) { return; }
+      if (r.left < box.left - 1 || r.right > box.right + 1) { bad.push(p.id + ': ' + t.textContent); }
+      if (r.top < box.top - 1 || r.bottom > box.bottom + 1) { clipped.push(p.id + ': ' + t.textContent); }
+      if (mode && mode.width && meets(r, mode)) { covered.push(p.id + ': ' + t.textContent); }
     });
   });
+  document.querySelectorAll('td, th').forEach(function (cell) {
+    var walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT), node, m, re = /[^\\s-]+/g, range = document.createRange();
+    while ((node = walk.nextNode())) {
+      while ((m = re.exec(node.data))) {
+        range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+        var tops = {};
+        Array.prototype.forEach.call(range.getClientRects(), function (r) { if (r.width) { tops[Math.round(r.top)] = 1; } });
+        if (Object.keys(tops).length > 1) { split.push(m[0]); }
+      }
+    }
+  });
   document.body.setAttribute('data-overflowing-titles', JSON.stringify(bad));
+  document.body.setAttribute('data-clipped-titles', JSON.stringify(clipped));
+  document.body.setAttribute('data-modebar-over-titles', JSON.stringify(covered));
+  document.body.setAttribute('data-split-words', JSON.stringify(split));
   document.body.setAttribute('data-page-overflow',
     String(document.documentElement.scrollWidth > document.documentElement.clientWidth + 1));
   document.body.setAttribute('data-layout-checked', String(window.innerWidth));

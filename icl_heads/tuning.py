@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from icl_heads._checks import check_grid
@@ -28,7 +27,7 @@ from icl_heads.order_bias import RecencyBias, recency_bias, recency_block_gap
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import ReadingInfo
 from icl_heads.records import UNSET, Provenance, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 from icl_heads.tuning_checks import no_change_reason
 
@@ -269,11 +268,9 @@ class BiasCorrection(Result):
             out["imbalanced accuracy change 95% CI"] = (float(r.change_ci_low), float(r.change_ci_high))
         return out
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Bias and balanced accuracy before and after, with 95% intervals."""
-        from icl_heads.plots.bias import plot_correction
-
-        return plot_correction(self)
+        return self._draw("plot")
 
 
 def evaluate_correction(

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -42,7 +41,7 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
 from icl_heads.records import UNSET, Provenance
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import ROLES, positions_with_labels, read_positions
 from icl_heads.stats import wilson
 
@@ -146,11 +145,9 @@ class OVLabelFeatures(Result):
             out[f"mean over {len(label)} heads: label positions promoting their label"] = float(label.mean())
         return out
 
-    def plot(self, head: Head | None = None) -> go.Figure:
+    def plot(self, head: Head | None = None) -> Figure:
         """Label logit difference of the OV vector at each demonstration slot, by the label there."""
-        from icl_heads.plots.mechanism import plot_ov_logit_diff
-
-        return plot_ov_logit_diff(self, head)
+        return self._draw("plot", head)
 
 
 def ov_label_features(
