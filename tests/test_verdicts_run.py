@@ -2,8 +2,8 @@
 has a zero-width interval, and a model at chance gets no verdict on how in-context learning works.
 
 The checks take a run folder. They run on one small run of the command on a tiny random
-model (a model at chance), and on the organism's main job when ``ICL_HEADS_MAIN_RUN`` names
-the folder of one (``icl-heads analyze --model organism --task organism --out DIR``).
+model (a model at chance), and on the organism's main job: run once here, or the folder
+``ICL_HEADS_MAIN_RUN`` names (``icl-heads analyze --model organism --task organism --out DIR``).
 """
 
 import json
@@ -33,11 +33,16 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
-def _main_run() -> Path:
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory) -> Path:
+    """The organism's main job (the README's command): the folder ``ICL_HEADS_MAIN_RUN`` names, or one run here."""
     path = os.environ.get("ICL_HEADS_MAIN_RUN")
-    if not path:
-        pytest.skip("set ICL_HEADS_MAIN_RUN to the folder of an organism main-job run to check it")
-    return Path(path)
+    if path:
+        return Path(path)
+    out = tmp_path_factory.mktemp("main_job") / "run"
+    argv = ["analyze", "--model", "organism", "--task", "organism", "--threads", "1", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    return out
 
 
 def check_states_follow_intervals(run: Path) -> None:
@@ -135,8 +140,9 @@ def test_a_model_at_chance_gets_no_verdict_on_how_icl_works(tiny_run):
     assert first < html.index("a few heads carry ICL")  # said before any claim
 
 
-def test_organism_main_job_states_intervals_and_counts():
-    run = _main_run()
+@pytest.mark.slow
+def test_organism_main_job_states_intervals_and_counts(main_run):
+    run = main_run
     check_states_follow_intervals(run)
     check_no_zero_width_proportion(run)
     check_counts(run)
