@@ -1,6 +1,8 @@
 """Write the verdicts of a run into README.md and docs/reproducing.md between the ``verdicts`` markers.
 
-The numbers are generated from a run's ``summary.json``, never copied by hand.
+The numbers are generated from a run's ``summary.json``, never copied by hand. A copy of that
+``summary.json`` is kept in ``docs/data/summary_organism.json``, so ``tests/test_doc_numbers.py`` can
+re-render the blocks from it and fail when a block is stale.
 
 Usage::
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = (ROOT / "README.md", ROOT / "docs" / "reproducing.md")
+SOURCE = ROOT / "docs" / "data" / "summary_organism.json"
 START, END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 
 
@@ -40,13 +43,21 @@ def block(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def current(text: str) -> str:
+    """The block between the markers of a page's text."""
+    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+
+
 def main(path: str) -> None:
-    summary = json.loads(Path(path).read_text(encoding="utf-8"))
+    raw = Path(path).read_text(encoding="utf-8")
+    summary = json.loads(raw)
     for file in FILES:
         text = file.read_text(encoding="utf-8")
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
         file.write_text(f"{head}{START}\n{block(summary)}\n{END}{tail}", encoding="utf-8")
+    if Path(path).resolve() != SOURCE:
+        SOURCE.write_text(raw, encoding="utf-8")
 
 
 if __name__ == "__main__":
