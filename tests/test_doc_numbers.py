@@ -31,6 +31,7 @@ GENERATED_PAGES = {"docs/validation.md": "scripts/recovery_page.py"}
 # Generated blocks, by marker name, and the test that re-renders each from its committed source.
 GENERATED_BLOCKS = {
     "verdicts": "tests/test_doc_numbers.py (from docs/data/summary_organism.json)",
+    "organism-card": "tests/test_doc_numbers.py (from docs/data/organism_card.json)",
     "reading-card:organism": "tests/test_reading_card_docs.py (from docs/data/reading_card_organism.json)",
     "reading-card:organism-slot": "tests/test_reading_card_docs.py (from docs/data/reading_card_organism-slot.json)",
     "supported-models": "tests/test_architectures.py (from the tiny checkpoints of every family)",
@@ -152,13 +153,15 @@ def test_the_scan_finds_a_hand_copied_number():
         quoted_numbers([("d.md:1", "<!-- numbers:start -->"), ("d.md:2", "0.873"), ("d.md:3", "<!-- numbers:end -->")])
 
 
-def _readme_script():
-    spec = importlib.util.spec_from_file_location(
-        "update_readme_numbers", ROOT / "scripts" / "update_readme_numbers.py"
-    )
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _readme_script():
+    return _script("update_readme_numbers")
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/reproducing.md"])
@@ -168,6 +171,14 @@ def test_verdict_blocks_are_rendered_from_the_committed_summary(page):
     summary = json.loads(script.SOURCE.read_text(encoding="utf-8"))
     assert script.current((ROOT / page).read_text(encoding="utf-8")) == script.block(summary), (
         f"{page}'s verdicts are stale: run scripts/update_readme_numbers.py on the run's summary.json"
+    )
+
+
+def test_organism_card_block_is_rendered_from_the_committed_card():
+    script = _script("update_organism_card_docs")
+    card = json.loads(script.SOURCE.read_text(encoding="utf-8"))
+    assert script.current(script.DOC.read_text(encoding="utf-8")) == script.block(card), (
+        "docs/organism.md's model card is stale: run scripts/update_organism_card_docs.py on evaluate.py's JSON"
     )
 
 

@@ -4,8 +4,9 @@ Usage::
 
     python scripts/organism/evaluate.py [--model organism] [--n 500] [--out FILE.json]
 
-Every number in ``docs/organism.md`` comes from this script (prompts are freshly
-sampled with fixed seeds, none used in training).
+Prompts are freshly sampled with fixed seeds, none used in training. The model card in
+``docs/organism.md`` (the ``organism-card`` block) is written from this JSON by
+``scripts/update_organism_card_docs.py``.
 """
 
 from __future__ import annotations
