@@ -42,7 +42,6 @@ GENERATED_BLOCKS = {
 # not yet generated; strict xfail keeps that visible and fails once a page is clean, so it
 # must then leave this list.
 PENDING = {
-    "docs/organism.md": "hand-written measurement tables and paragraphs outside the reading-card blocks",
     "docs/methods.md": "the estimator-validation table and the cost figures are hand-copied",
 }
 
@@ -68,6 +67,20 @@ ALLOWED = [
     r"\b\d+(\.\d+)? GB",
 ]
 
+# Per page: the organism's recipe (the data mix and optimiser settings of
+# scripts/organism/train.py and the checkpoint's size) is a setting, not a measurement.
+PAGE_ALLOWED = {
+    "docs/organism.md": [
+        r"\d+(\.\d+)? (M parameters|MB)",
+        r"weight decay 0\.01",
+        r"drawn from the topic \(50%\)",
+        r"probability 10% \(0–20% in training\)",
+        r"\(50%, then (75% after 40% of training|25%)\)",
+        r"\(75%\) or 3 classes, balanced \(45%\), i\.i\.d\. \(40%\) or in label blocks \(15%\)",
+        r"with 30% recall",
+    ],
+}
+
 NUMBER = re.compile(r"(?<![\w.\-/])\d+\.\d+%?|(?<![\w.\-/])\d+%")
 MARKER = re.compile(r"<!-- ([\w:-]+):(start|begin|end) -->")
 
@@ -90,8 +103,8 @@ def _pages() -> list[tuple[str, list[tuple[str, str]]]]:
     return pages
 
 
-def quoted_numbers(lines: list[tuple[str, str]]) -> list[str]:
-    """'where: number | line' for every number in prose outside generated blocks, code and ALLOWED."""
+def quoted_numbers(lines: list[tuple[str, str]], allowed: tuple[str, ...] = ()) -> list[str]:
+    """'where: number | line' for every number in prose outside generated blocks, code, ALLOWED and ``allowed``."""
     found, fenced, block = [], False, None
     for where, line in lines:
         stripped = line.strip()
@@ -114,7 +127,7 @@ def quoted_numbers(lines: list[tuple[str, str]]) -> list[str]:
         prose = re.sub(r"\]\([^)]*\)", "]", prose)  # link targets
         prose = re.sub(r"arXiv:\d+\.\d+", "", prose)
         prose = re.sub(r"\$[^$]*\$", "", prose) if "$" in prose else prose  # formulas state methods
-        for pattern in ALLOWED:
+        for pattern in (*ALLOWED, *allowed):
             prose = re.sub(pattern, "", prose)
         found += [f"{where}: {m.group()} | {stripped[:100]}" for m in NUMBER.finditer(prose)]
     assert block is None, f"block {block!r} is not closed"
@@ -135,7 +148,7 @@ PAGES = _pages()
     ids=[name for name, _ in PAGES],
 )
 def test_prose_quotes_no_hand_copied_number(name, lines):
-    found = quoted_numbers(lines)
+    found = quoted_numbers(lines, tuple(PAGE_ALLOWED.get(name, ())))
     assert not found, (
         f"{name} quotes numbers no generated text produced; put them in a generated block, let a code "
         "cell print them, or point to where they are computed:\n" + "\n".join(found)
@@ -196,5 +209,5 @@ def test_generated_pages_name_their_script():
         assert page in (ROOT / script).read_text(), f"{script} does not say it writes {page}"
 
 
-def test_pending_pages_exist():
-    assert set(PENDING) <= {name for name, _ in PAGES}
+def test_pending_and_page_allowed_pages_exist():
+    assert set(PENDING) | set(PAGE_ALLOWED) <= {name for name, _ in PAGES}
