@@ -42,7 +42,10 @@ GENERATED_BLOCKS = {
 # not yet generated; strict xfail keeps that visible and fails once a page is clean, so it
 # must then leave this list.
 PENDING = {
-    "docs/methods.md": "the estimator-validation table and the cost figures are hand-copied",
+    "docs/methods.md": (
+        "the estimator-validation study (Where the linear estimate fails, Refinement) quotes a one-off "
+        "measurement that no committed data or script reproduces"
+    ),
 }
 
 # Numbers that are not results of this package, each with the words that make it so.
@@ -78,6 +81,17 @@ PAGE_ALLOWED = {
         r"\(50%, then (75% after 40% of training|25%)\)",
         r"\(75%\) or 3 classes, balanced \(45%\), i\.i\.d\. \(40%\) or in label blocks \(15%\)",
         r"with 30% recall",
+    ],
+    # the methods' stated thresholds, margins (the verdict rules' constants) and hyperparameters
+    "docs/methods.md": [
+        r"^least 80% of it",
+        r"less than\s+\(20%\) there",  # `min_read_share` (20%), inline code removed
+        r"\(lr 0\.05",
+        r"\| (0\.10|0\.05|10%) \|$",
+        r"AUC minus 0\.5",
+        r"level 1 − 0\.05/29",
+        r"in at most 5% of them",
+        r"^least 80%, and with no effect",
     ],
 }
 
