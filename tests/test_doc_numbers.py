@@ -95,7 +95,7 @@ PAGE_ALLOWED = {
     ],
 }
 
-NUMBER = re.compile(r"(?<![\w.\-/])\d+\.\d+%?|(?<![\w.\-/])\d+%")
+NUMBER = re.compile(r"(?<![\w./])\d+\.\d+%?|(?<![\w./])\d+%")
 MARKER = re.compile(r"<!-- ([\w:-]+):(start|begin|end) -->")
 
 
@@ -170,8 +170,10 @@ def test_prose_quotes_no_hand_copied_number(name, lines):
 
 
 def test_the_scan_finds_a_hand_copied_number():
-    lines = [("a.md:1", "Reweighting reaches 0.873 against 0.804 (ICL-4), a 12% gain; see `0.5`.")]
-    assert [f.split(" |")[0] for f in quoted_numbers(lines)] == ["a.md:1: 0.873", "a.md:1: 0.804", "a.md:1: 12%"]
+    lines = [("a.md:1", "Reweighting reaches 0.873 against 0.804 (ICL-4), a 12% gain, -0.5 drop; see `0.5`, L1H1.")]
+    found = [f.split(" |")[0] for f in quoted_numbers(lines)]
+    assert found == ["a.md:1: 0.873", "a.md:1: 0.804", "a.md:1: 12%", "a.md:1: 0.5"]
+    assert quoted_numbers(lines, (r"reaches 0\.873",))[0].startswith("a.md:1: 0.804")
     fenced = [("b.md:1", "```"), ("b.md:2", "x = 0.873"), ("b.md:3", "```"), ("b.md:4", "the 95% interval")]
     assert quoted_numbers(fenced) == []
     generated = [("c.md:1", "<!-- verdicts:start -->"), ("c.md:2", "0.873"), ("c.md:3", "<!-- verdicts:end -->")]
