@@ -37,10 +37,9 @@ GENERATED_BLOCKS = {
     "supported-models": "tests/test_architectures.py (from the tiny checkpoints of every family)",
 }
 
-# Pages that still quote hand-copied measurements (from scripts/organism/evaluate.py,
-# scripts/make_doc_figures.py, the benchmarks, earlier estimator studies). Their numbers are
-# not yet generated; strict xfail keeps that visible and fails once a page is clean, so it
-# must then leave this list.
+# Pages that still quote hand-copied measurements. Their numbers are not yet generated;
+# strict xfail keeps that visible and fails once a page is clean, so it must then leave
+# this list.
 PENDING = {
     "docs/methods.md": (
         "the estimator-validation study (Where the linear estimate fails, Refinement) quotes a one-off "
