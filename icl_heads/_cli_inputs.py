@@ -117,6 +117,13 @@ def resolve_model(ref: str) -> tuple[str, Any, int | None]:
         from icl_heads.organism import CHECKPOINT_DIR
 
         folder: Path | None = CHECKPOINT_DIR
+    elif ref.startswith("validation:"):
+        from icl_heads.validation import validation_dir
+
+        try:
+            folder = validation_dir(ref)
+        except ValueError as err:
+            raise UsageError(f"--model {ref}: {err}") from None
     else:
         path = Path(ref).expanduser()
         folder = path if path.exists() or _path_like(ref) else None
@@ -176,9 +183,18 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
     twice = [c for i, c in enumerate(classes or []) if c in classes[:i]]
     if twice:
         raise UsageError(f"--classes {args.classes} lists {twice[0]!r} twice; list every class once")
+    if args.data is None and args.task.startswith("validation:"):
+        from icl_heads.validation import validation_task
+
+        try:
+            return validation_task(args.task, label_words=_label_words(args.label_words, ["sport", "food"])), notes
+        except ValueError as err:
+            raise UsageError(f"--task {args.task}: {err}") from None
     if args.data is None:
         if args.task != "organism":
-            raise UsageError(f"unknown --task {args.task!r}; use 'organism' or give --data FILE.csv|.jsonl")
+            raise UsageError(
+                f"unknown --task {args.task!r}; use 'organism', 'validation:NAME' or give --data FILE.csv|.jsonl"
+            )
         from icl_heads.organism import TOPICS, organism_task
 
         topics = classes or ["sport", "food"]

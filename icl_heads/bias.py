@@ -39,7 +39,7 @@ from icl_heads.engine import Hooks
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
-from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.records import Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
 
@@ -49,11 +49,11 @@ from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
 class MajorityBiasConfig(Record):
     """Arguments of :func:`~icl_heads.majority_bias`."""
 
-    shots: int = UNSET
-    n: int = UNSET
-    seed: int = UNSET
-    skews: list[list[int]] = UNSET
-    hooked: bool = UNSET
+    shots: int = 4
+    n: int = 200
+    seed: int = 0
+    skews: list[list[int]] = field(default_factory=lambda: [[3, 1], [5, 1]])
+    hooked: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "shots", "n")

@@ -78,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     a.add_argument("--model", default="organism", help="'organism' (bundled, offline), a hub name, or a local folder")
-    a.add_argument("--task", default="organism", help="'organism' (the organism's topic task); ignored with --data")
+    a.add_argument(
+        "--task",
+        default="organism",
+        help="'organism' (the organism's topic task) or 'validation:NAME' (the task of a validation model); "
+        "ignored with --data",
+    )
     a.add_argument("--data", type=Path, help="a .csv or .jsonl file of labelled texts (instead of --task)")
     a.add_argument("--text-col", default="text", help="text column of --data (default: text)")
     a.add_argument("--label-col", default="label", help="label column of --data (default: label)")

@@ -140,7 +140,12 @@ def check_hub_name(name: str, *, timeout: float = HUB_TIMEOUT) -> None:
 
 
 def _official_name(name: str) -> str:
-    """The hub repository of a TransformerLens alias such as ``gpt2-small`` (the name itself otherwise)."""
+    """The hub repository of a TransformerLens 3 alias such as ``gpt2-small`` (the name itself otherwise).
+
+    TransformerLens 4 boots hub names as they are, so its (slow to import) alias table is not read.
+    """
+    if transformer_lens_major() >= 4:
+        return name
     try:
         from transformer_lens.loading_from_pretrained import get_official_model_name
 
@@ -159,7 +164,7 @@ def _check_reference(name_or_path: Any) -> None:
             "e.g. load_model('organism')"
         )
     ref = str(name_or_path)
-    if ref in BUNDLED:
+    if ref in BUNDLED or ref.startswith("validation:"):  # a validation name is checked when its folder is written
         return
     path = Path(ref).expanduser()
     path_like = isinstance(name_or_path, Path) or ref.startswith((".", "/", "~")) or "\\" in ref
@@ -199,7 +204,8 @@ def load_model(
 
     Args:
         name_or_path: ``"organism"`` or ``"organism-slot"`` (the bundled models, offline;
-            see ``docs/organism.md``), a hub name, or a
+            see ``docs/organism.md``), ``"validation:NAME"`` (a model with a hand-set
+            mechanism, see :mod:`icl_heads.validation`), a hub name, or a
             local folder with ``config.json``, weights and a tokenizer.
         device: e.g. ``"cpu"`` or ``"cuda"``; default CPU for local folders.
         dtype: a ``torch.dtype`` or its name: ``"bfloat16"``, ``"float16"``,
@@ -234,6 +240,10 @@ def load_model(
                 "`python scripts/organism/train.py --out DIR` (in the repository) and load_model(DIR)"
             )
         name_or_path = folder
+    elif str(name_or_path).startswith("validation:"):
+        from icl_heads.validation import validation_dir
+
+        name_or_path = validation_dir(str(name_or_path))
     if transformer_lens_major() >= 4:
         from transformer_lens.model_bridge import TransformerBridge
 

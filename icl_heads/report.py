@@ -77,8 +77,8 @@ window.addEventListener('load', function () { setTimeout(function () {
 
 _STATE_CLASS = {
     "holds": "state-holds",
-    "does not hold on this model": "state-fails",
-    "not significant": "state-ns",
+    "contradicted": "state-fails",
+    "inconclusive": "state-ns",
     "not applicable": "state-na",
 }
 
@@ -179,11 +179,23 @@ class Report:
             f"{_STATE_CLASS[v.state]}'>{html.escape(v.state)}</span> ({html.escape(v.detail)})</li>"
             for v in self.verdicts
         )
+        from icl_heads.verdict_rules import legend
+
+        first = next((v for v in self.verdicts if getattr(v, "key", "") == "icl"), None)
+        no_icl = ""
+        if first is not None and first.state not in ("holds", "not applicable"):
+            no_icl = (
+                "<p class='warning'><b>The model does not learn this task in context</b> (its accuracy's 95% "
+                f"interval reaches chance: {html.escape(first.detail)}). Every claim about how in-context "
+                "learning works is therefore <i>not applicable</i>.</p>"
+            )
+        keys = "".join(f"<li>{html.escape(line)}</li>" for line in legend())
         return (
-            "<section id='verdicts'><h2>Verdicts on this model</h2><p class='note'>Each claim of the two papers, "
-            "judged from the numbers below: <i>holds</i> when its 95% interval excludes no effect, <i>not "
-            "significant</i> when the interval crosses it.</p>"
-            f"<ul>{items}</ul></section>"
+            f"<section id='verdicts'><h2>Verdicts on this model</h2>{no_icl}<p class='note'>Each claim of the two "
+            "papers, judged from one 95% interval of its effect (the paper's direction positive) against the "
+            "smallest effect that would count as the claim (its margin):</p>"
+            f"<ul>{items}</ul><details><summary class='note'>What the states mean, and each claim's margin"
+            f"</summary><ul class='note'>{keys}</ul></details></section>"
         )
 
     def _provenance_block(self) -> str:

@@ -175,6 +175,8 @@ class Result:
     def _warning_summary(self) -> dict[str, Any]:
         """``{"WARNING": ...}`` entries for the result's ``warnings`` field (empty without warnings)."""
         warns = tuple(getattr(self, "warnings", ()) or ())
+        if warns and all(w.startswith("NOT READ by ") for w in warns):  # scoped to the heads it names
+            return {w.split(":", 1)[0]: w.split(":", 1)[1].strip() for w in warns}
         if len(warns) == 1:
             return {"WARNING": warns[0]}
         return {f"WARNING {i + 1}": w for i, w in enumerate(warns)}

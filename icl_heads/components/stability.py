@@ -25,7 +25,7 @@ from icl_heads.components.decompose import decompose
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
-from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.records import Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 
 logger = logging.getLogger(__name__)
@@ -36,11 +36,11 @@ logger = logging.getLogger(__name__)
 class ComponentStabilityConfig(Record):
     """Arguments of :func:`~icl_heads.component_stability`."""
 
-    n_demo_sets: int = UNSET
-    shots: int = UNSET
-    n: int = UNSET
-    top: int = UNSET
-    seed: int = UNSET
+    n_demo_sets: int = 5
+    shots: int = 4
+    n: int = 200
+    top: int = 5
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "n_demo_sets", "shots", "n", "top")

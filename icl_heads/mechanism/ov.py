@@ -43,6 +43,7 @@ from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
 from icl_heads.records import UNSET, Provenance
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import ROLES, positions_with_labels, read_positions
+from icl_heads.stats import wilson
 
 
 @json_type
@@ -96,8 +97,11 @@ class OVLabelFeatures(Result):
     Attributes:
         heads: the analysed heads.
         df: one row per head, position ``kind`` (``"label"``, ``"control"``) and
-            ``label`` (each label word, and ``"all"``): ``n``, ``share_promoting``
-            (share of positions whose vector ranks its own label above every other label),
+            ``label`` (each label word, and ``"all"``): ``n`` (demonstrations, the
+            independent units; a slot's tokens count once), ``n_positions`` (tokens),
+            ``share_promoting`` (share of positions whose vector ranks its own label above
+            every other label) and its 95% Wilson interval over demonstrations
+            ``share_ci_low, share_ci_high``,
             ``mean_logit_diff`` and ``mean_logprob_diff`` (own label vs the rest; for the
             unweighted vector ``v_p W_O``), their ``weighted_`` versions (for
             ``A[t, p] v_p W_O``), ``median_own_rank`` (own label's rank in the whole
@@ -286,9 +290,11 @@ def ov_label_features(
 
 
 def _aggregate_ov(pos, sums, counts, heads, words, top_k, top_rank, tokenizer) -> pd.DataFrame:
-    pos = pos.assign(in_top=pos.own_rank <= top_rank)
+    # n counts demonstrations (the independent units): a slot of two tokens is one demonstration
+    pos = pos.assign(in_top=pos.own_rank <= top_rank, _unit=pos.prompt.astype(np.int64) * 100_000 + pos.demo)
     agg = {
-        "n": ("prompt", "size"),
+        "n": ("_unit", "nunique"),
+        "n_positions": ("prompt", "size"),
         "share_promoting": ("promotes", "mean"),
         "mean_logit_diff": ("logit_diff", "mean"),
         "mean_logprob_diff": ("logprob_diff", "mean"),
@@ -315,6 +321,10 @@ def _aggregate_ov(pos, sums, counts, heads, words, top_k, top_rank, tokenizer) -
         ids = (total / n).topk(min(top_k, total.numel())).indices
         tops.append("|".join(token_str(tokenizer, int(t)) for t in ids))
     df["top_tokens"] = tops
+    # Wilson interval of the share over demonstrations (a demonstration's positions are not independent)
+    ci = [wilson(float(r.share_promoting) * int(r.n), int(r.n)).ci for r in df.itertuples()]
+    df.insert(df.columns.get_loc("share_promoting") + 1, "share_ci_low", [c[0] for c in ci])
+    df.insert(df.columns.get_loc("share_promoting") + 2, "share_ci_high", [c[1] for c in ci])
     order = {"label": 0, "control": 1}
     rank = {w: c for c, w in enumerate((*words, "all"))}
     return (
