@@ -14,7 +14,10 @@ corrections and plotting functions live in their modules (``icl_heads.heads``,
 8
 """
 
-from icl_heads import testing
+from icl_heads import (
+    plots,  # noqa: F401 - registers the figures that result.plot() draws
+    testing,
+)
 from icl_heads._version import __version__
 from icl_heads.access import UnfaithfulModelError
 from icl_heads.accuracy import icl_accuracy

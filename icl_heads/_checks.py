@@ -40,6 +40,23 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_real(name: str, value: Any, *, limits: tuple[float, float] = (-math.inf, math.inf)) -> float:
+    """``value`` as a float: a real number (not a bool), finite and within ``limits`` (inclusive).
+
+    Raises:
+        TypeError: not a real number.
+        ValueError: NaN, infinite or outside ``limits``.
+    """
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not (math.isfinite(value) and limits[0] <= value <= limits[1]):
+        raise ValueError(f"{name} is {value}; it must be a finite number in [{limits[0]:g}, {limits[1]:g}]")
+    return value
+
+
 def check_grid(name: str, values: Any, *, limits: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, ...]:
     """``values`` as a tuple of floats, each a finite number within ``limits`` (inclusive).
 

@@ -233,8 +233,7 @@ class OutputFolder:
         Raises:
             UsageError: a file of the user's appeared where a result goes (the results stay in ``OUT.incomplete``).
         """
-        self._unlock()
-        (self.tmp / MARKER).unlink()
+        (self.tmp / MARKER).unlink()  # still locked until the files are in place: no other run takes the folder
         files = sorted(str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*") if p.is_file())
         manifest = {
             "files": [*files, MANIFEST],
@@ -250,6 +249,7 @@ class OutputFolder:
         else:
             self._replace(files)
         self.committed = True
+        self._unlock()
         return self.out
 
     def _replace(self, files: list[str]) -> None:

@@ -78,8 +78,9 @@ def task_variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, s
 def section_accuracy(ctx: Context) -> list[Section]:
     import icl_heads as ih
 
-    sec = Section("ICL accuracy")
+    sec = Section(f"ICL accuracy ({ctx.args.shots}-shot prompts)")
     acc = ih.icl_accuracy(ctx.model, ctx.held_out, options=ctx.options)
+    sec.results.update(accuracy=acc, shots=ctx.args.shots)
     sec.text(f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
     sec.table(acc.df)
     sec.csv["accuracy"] = acc.df
@@ -94,7 +95,7 @@ def section_heads(ctx: Context) -> list[Section]:
     from icl_heads.plots.heads import plot_ablation_curve, plot_head_score_selector
     from icl_heads.report import agreement_part
 
-    sec = Section("In-context heads")
+    sec = Section(f"In-context heads ({ctx.args.shots}-shot prompts)")
     access = ih.access.ModelAccess(ctx.model)
     total = access.n_layers * access.n_heads
     # the ablation score costs one forward pass per head: the ground truth on small models, optional on large ones
@@ -137,9 +138,14 @@ def section_heads(ctx: Context) -> list[Section]:
         )
     # where the heads read (token roles at the final position) and how many heads it takes to collapse ICL
     reading = ih.reading_roles(ctx.model, ctx.held_out)
-    sec.text("Where each head reads: its final-position attention by token role (mean over prompts).")
+    sec.text(
+        "Where each head reads: its final-position attention by token role (mean over prompts). In the table, "
+        "'read_at' is the reading position every analysis of this report names the same way ('label', "
+        "'after_label' or 'slot', both tokens of a demonstration's label slot); 'most attended role' is the single "
+        "token role with the most attention.",
+    )
     sec.figure(reading.plot())
-    sec.table(reading.reads(found.heads))
+    sec.table(reading.reads(found.heads).rename(columns={"role": "most attended role"}))
     count = ih.heads_needed(
         ctx.model, ctx.held_out, found, greedy=False, n_random=10, max_k=min(total, 16), seed=ctx.args.seed,
         random_for="last",  # the random sets of other sizes are on the ablation curve above
@@ -172,7 +178,7 @@ def section_mechanism(ctx: Context) -> list[Section]:
     import icl_heads as ih
     from icl_heads.plots.mechanism import plot_auc_heatmap
 
-    sec = Section("Mechanism: OV label features and QK two towers")
+    sec = Section(f"Mechanism: OV label features and QK two towers ({ctx.args.shots}-shot prompts)")
     heads = ctx.found.heads if ctx.found is not None else None
     ov = ih.ov_label_features(ctx.model, ctx.held_out, heads, options=ctx.options)
     qk = ih.qk_label_attention(ctx.model, ctx.held_out, heads, options=ctx.options)
@@ -223,13 +229,17 @@ def section_bias(ctx: Context) -> list[Section]:
     from icl_heads.debias import correct_majority_bias, correct_recency_bias
     from icl_heads.order_bias import recency_bias
 
-    sec = Section("Majority-label and recency bias, and their corrections")
     task, note = _organism_variant(ctx, "bias")
-    if note:
-        sec.text(note)
     n, seed = ctx.args.n_prompts, ctx.args.seed
     # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
     recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
+    shots = (
+        f"{ctx.args.shots}-shot prompts" if recency_shots == ctx.args.shots
+        else f"majority {ctx.args.shots}-shot, recency {recency_shots}-shot prompts"
+    )  # fmt: skip
+    sec = Section(f"Majority-label and recency bias, and their corrections ({shots})")
+    if note:
+        sec.text(note)
     heads = ctx.found.heads if ctx.found is not None else "found"
     # measured on the corrections' test prompts (their seeds), so that "bias before" is this very number
     major = majority_bias(ctx.model, task, shots=ctx.args.shots, n=n, seed=seed + 12, options=ctx.options)
@@ -280,12 +290,15 @@ def section_bias(ctx: Context) -> list[Section]:
     sec.text(
         "Corrections: hyperparameters tuned on held-out prompts, measured on the same test prompts as the biases "
         "above (so 'bias before' repeats them). Their 'balanced accuracy' is measured on balanced prompts drawn "
-        "for the correction, a different sample from the majority measurement's balanced condition.",
+        "for the correction, a different sample from the majority measurement's balanced condition; count "
+        "normalisation leaves balanced prompts unchanged by construction, so the majority correction is judged by "
+        "its accuracy on imbalanced prompts. Each correction's 'read at' is resolved from the corrected heads' "
+        "attention on its own prompts (this section's setting), so it can differ from the mechanism section's.",
     )
     for key, fix in zip(("majority_correction", "recency_correction"), fixes.items(), strict=True):
         sec.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])
-    for name, fix in fixes.items():
-        sec.text(name)
+    for (name, fix), k in zip(fixes.items(), (ctx.args.shots, recency_shots), strict=True):
+        sec.text(f"{name}, {k}-shot prompts")
         if fix is None:
             sec.text(f"Not applicable on these prompts: {skipped[name]}.")
             continue
@@ -311,7 +324,7 @@ def section_components(ctx: Context) -> list[Section]:
     from icl_heads.components.protocol import compare_reweighting
     from icl_heads.components.stability import component_stability
 
-    sec = Section("Components: decomposition, component kinds, stability, reweighting")
+    sec = Section(f"Components: decomposition, component kinds, stability, reweighting ({ctx.args.shots}-shot prompts)")
     task, note = _organism_variant(ctx, "components")
     if note:
         sec.text(note)
@@ -328,8 +341,15 @@ def section_components(ctx: Context) -> list[Section]:
     )
     sec.numbers(stability.summary())
     sec.figure(stability.plot("demo set"))
+    # five runs: the verdict's t interval over runs has 4 degrees of freedom (3 runs would leave 2)
     comparison = compare_reweighting(
-        ctx.model, task, seeds=(0, 1, 2), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
+        ctx.model, task, seeds=(0, 1, 2, 3, 4), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
+    )
+    sec.text(
+        f"Reweighting against its baselines over {comparison.df.groupby(['seed', 'template']).ngroups} runs "
+        f"(seeds x templates; {comparison.df.template.nunique()} template), each with its own demonstrations, "
+        "training examples and test prompts; the verdict compares the methods run by run (paired) with a t "
+        "interval over runs."
     )
     sec.results["reweighting"] = comparison
     sec.numbers(comparison.summary())

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, SupportsFloat
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
+def fmt(x: SupportsFloat | None, digits: int = 3) -> str:
     """A number with ``digits`` decimals; tiny non-zero values in scientific notation; ``"nan"`` if missing.
 
     >>> fmt(0.87766), fmt(2e-07), fmt(12.0)
     ('0.878', '2.0e-07', '12.000')
     """
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if x is None or math.isnan(float(x)):
         return "nan"
     if x != 0 and abs(x) < 0.5 * 10.0**-digits:
         return f"{x:.1e}"
@@ -30,7 +30,7 @@ def show(v: Any, digits: int = 3) -> str:
     """Any value as the report and the results' reprs show it.
 
     A number with an interval (an :class:`~icl_heads.stats.Estimate`) with its interval,
-    numbers with :func:`fmt`, lists of numbers in brackets, dicts as JSON, anything else as ``str``.
+    numbers with :func:`fmt`, lists of numbers in brackets, dicts with text keys as JSON, anything else as ``str``.
 
     >>> from icl_heads.stats import wilson
     >>> show(wilson(40, 50)), show(0.5), show((0.25, 0.75)), show({"a": 1}), show("x")
@@ -43,6 +43,6 @@ def show(v: Any, digits: int = 3) -> str:
         return fmt(v, digits)
     if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
         return "[" + ", ".join(fmt(x, digits) for x in v) + "]"
-    if isinstance(v, dict):
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
         return json.dumps(v, default=str)
     return str(v)

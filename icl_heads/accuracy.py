@@ -1,4 +1,4 @@
-"""ICL accuracy over the label set and over the whole vocabulary, with bootstrap intervals."""
+"""ICL accuracy over the label set and over the whole vocabulary, with Wilson intervals."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import Provenance
 from icl_heads.results import Result, provenance
-from icl_heads.stats import Estimate, bootstrap_mean
+from icl_heads.stats import Estimate, wilson
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class AccuracyResult(Result):
 
     Attributes:
         df: one row per scope (``all`` and each gold label) with ``accuracy``,
-            ``strict_accuracy``, their 95% bootstrap intervals and ``n``.
+            ``strict_accuracy``, their 95% Wilson intervals and ``n``.
         label_logits: ``[prompt, label]`` logits of the label tokens.
         golds: gold class per prompt.
         strict_correct: 1 where the whole-vocabulary argmax is the gold token.
@@ -105,15 +105,15 @@ class AccuracyResult(Result):
 
     @property
     def accuracy(self) -> Estimate:
-        """Label-set accuracy over all prompts, with its 95% bootstrap interval."""
+        """Label-set accuracy over all prompts, with its 95% Wilson interval."""
         row = self.df.loc[self.df.scope == "all"].iloc[0]
-        return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n), "bootstrap")
+        return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n), "wilson")
 
     @property
     def strict_accuracy(self) -> Estimate:
-        """Whole-vocabulary accuracy over all prompts, with its 95% bootstrap interval."""
+        """Whole-vocabulary accuracy over all prompts, with its 95% Wilson interval."""
         row = self.df.loc[self.df.scope == "all"].iloc[0]
-        return Estimate(row.strict_accuracy, row.strict_ci_low, row.strict_ci_high, int(row.n), "bootstrap")
+        return Estimate(row.strict_accuracy, row.strict_ci_low, row.strict_ci_high, int(row.n), "wilson")
 
     @property
     def ci(self) -> tuple[float, float]:
@@ -130,7 +130,7 @@ class AccuracyResult(Result):
 
 
 def accuracy_table(pred: Predictions, label_words: Sequence[str], *, seed: int = 0) -> pd.DataFrame:
-    """Accuracy, strict accuracy and bootstrap intervals overall and per gold label."""
+    """Accuracy, strict accuracy and their Wilson intervals overall and per gold label."""
     rows = []
     correct, strict, golds = pred.correct.float(), pred.strict_correct.float(), pred.golds
     scopes = [("all", torch.ones_like(golds, dtype=torch.bool))]
@@ -139,8 +139,8 @@ def accuracy_table(pred: Predictions, label_words: Sequence[str], *, seed: int =
         if not mask.any():
             continue
         c, s = correct[mask], strict[mask]
-        acc = bootstrap_mean(c.numpy(), seed=seed, value=c.mean().item())
-        strict_acc = bootstrap_mean(s.numpy(), seed=seed, value=s.mean().item())
+        acc = wilson(int(c.sum().item()), int(c.numel()))
+        strict_acc = wilson(int(s.sum().item()), int(s.numel()))
         rows.append(
             {
                 "scope": scope,

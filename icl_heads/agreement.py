@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from scipy.stats import spearmanr
@@ -30,7 +29,7 @@ from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.scoring import METHODS, ablation_means, check_ablation_args, per_prompt_ablation, score_heads
 
 CHEAP_METHODS = tuple(m for m in METHODS if m != "ablation")
@@ -111,25 +110,9 @@ class ScoreAgreement(Result):
             "spearman over resolved heads": self.spearman_resolved,
         }
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Scatter of the cheap score against the exact ablation effect, one point per sampled head."""
-        fig = go.Figure(
-            go.Scatter(
-                x=self.df.exact, y=self.df.estimate, mode="markers", text=self.df.name,
-                hovertemplate="%{text}<br>exact %{x:.4g}<br>estimate %{y:.4g}<extra></extra>",
-            )
-        )  # fmt: skip
-        lo = float(min(self.df.exact.min(), self.df.estimate.min()))
-        hi = float(max(self.df.exact.max(), self.df.estimate.max()))
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot"}, name="y = x"))
-        fig.update_layout(
-            title=f"{self.method} vs exact ablation ({len(self.heads)} heads): Spearman {self.spearman:.3f}, "
-            f"top-{self.k} overlap {self.top_k_overlap:.2f}",
-            xaxis_title="exact ablation effect (drop in gold log-prob)",
-            yaxis_title=self.method,
-            showlegend=False,
-        )
-        return fig
+        return self._draw("plot")
 
 
 def split_half_spearman(per_prompt: Float[Tensor, "prompt head"], n_splits: int = 20, seed: int = 0) -> float:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -40,8 +39,8 @@ from icl_heads.engine import Hooks
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
-from icl_heads.records import UNSET, Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.records import Provenance, Record, check_positive
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
 
 
@@ -50,11 +49,11 @@ from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
 class MajorityBiasConfig(Record):
     """Arguments of :func:`~icl_heads.majority_bias`."""
 
-    shots: int = UNSET
-    n: int = UNSET
-    seed: int = UNSET
-    skews: list[list[int]] = UNSET
-    hooked: bool = UNSET
+    shots: int = 4
+    n: int = 200
+    seed: int = 0
+    skews: list[list[int]] = field(default_factory=lambda: [[3, 1], [5, 1]])
+    hooked: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "shots", "n")
@@ -130,11 +129,9 @@ class MajorityBias(Result):
             "n prompts": len(self.golds),
         }
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Accuracy shift per gold label in each condition, with 95% intervals."""
-        from icl_heads.plots.bias import plot_majority_bias
-
-        return plot_majority_bias(self)
+        return self._draw("plot")
 
 
 def _condition_name(counts: Sequence[int], words: Sequence[str]) -> str:

@@ -29,8 +29,10 @@ from icl_heads.engine import Hooks
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
 
+#: demonstrations per prompt of a recency measurement and its correction, by default (one default for both)
+RECENCY_SHOTS = 8
 #: the biases a correction can target, with the shots their measurement uses by default
-BIASES = {"majority": 4, "recency": 8}
+BIASES = {"majority": 4, "recency": RECENCY_SHOTS}
 #: the method :func:`~icl_heads.debias.correct_bias` uses for each bias when none is named
 DEFAULT_METHODS = {"majority": "count", "recency": "prior"}
 

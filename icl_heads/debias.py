@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from icl_heads._bias_common import check_task, resolve_heads
-from icl_heads._checks import check_grid
-from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, CorrectionSetup, correction_method
+from icl_heads._checks import check_grid, check_real
+from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, RECENCY_SHOTS, CorrectionSetup, correction_method
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
@@ -104,6 +104,7 @@ def correct_bias(
         if value is not None and _MEASURE_ONLY[name] != bias:
             raise ValueError(f"{name} applies to the {_MEASURE_ONLY[name]} bias only, not to bias={bias!r}")
     grid = spec.grid if grid is None else check_grid("grid", grid, limits=spec.limits)
+    check_real("max_accuracy_drop", max_accuracy_drop, limits=(0.0, 1.0))
     task = check_task(task)
     if seed == tune_seed:
         raise ValueError(
@@ -197,7 +198,7 @@ def correct_recency_bias(
     *,
     method: str = "prior",
     heads: Any = "found",
-    shots: int = 8,
+    shots: int = RECENCY_SHOTS,
     n: int = 300,
     seed: int = 0,
     tune_n: int = 200,

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from icl_heads.access import ModelAccess, UnfaithfulModelError, pattern_edits_apply, probe_tokens
 from icl_heads.engine import per_model
-from icl_heads.records import UNSET, Provenance, Record, check_positive
+from icl_heads.records import Provenance, Record, check_positive
 from icl_heads.results import Result, json_type, provenance
 
 __all__ = ["Faithfulness", "check_faithfulness", "faithful_access", "require_faithful", "tolerance_for"]
@@ -60,9 +60,9 @@ TOLERANCES = {torch.float64: 1e-6, torch.float32: 1e-4, torch.bfloat16: 5e-2, to
 class FaithfulnessConfig(Record):
     """The shape and seed of :func:`~icl_heads.faithfulness.check_faithfulness`'s probe."""
 
-    n_prompts: int = UNSET
-    n_tokens: int = UNSET
-    seed: int = UNSET
+    n_prompts: int = 2
+    n_tokens: int = 24
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "n_prompts", "n_tokens")

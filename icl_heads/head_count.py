@@ -34,7 +34,7 @@ from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_choice
 from icl_heads.results import Result, json_type, provenance
 from icl_heads.scoring import n_selected, top_heads
-from icl_heads.stats import bootstrap_mean, from_samples
+from icl_heads.stats import from_samples, wilson
 
 
 @json_type
@@ -60,7 +60,7 @@ class HeadCount(Result):
     Attributes:
         df: one row per search (``"score order"``, ``"greedy"``) and size ``k``:
             ``search, k, heads, accuracy, ci_low, ci_high`` (held-out accuracy after
-            ablating that set, bootstrap over prompts) and ``random_accuracy,
+            ablating that set, Wilson over prompts) and ``random_accuracy,
             random_ci_low, random_ci_high`` (random sets of the same size).
         k_score: smallest ``k`` in score order reaching the target (None: not within ``max_k``).
         k_greedy: the same for the greedy search.
@@ -85,6 +85,8 @@ class HeadCount(Result):
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self._warning_summary(), "chance": self.chance, "target accuracy": self.target}
         for search, k in (("score order", self.k_score), ("greedy", self.k_greedy)):
+            if not (self.df.search == search).any():
+                continue  # the search did not run: no row
             out[f"heads needed ({search})"] = k if k is not None else f"> {self.config.get('max_k')}"
             if k is not None:
                 row = self.df[(self.df.search == search) & (self.df.k == k)].iloc[0]
@@ -169,7 +171,7 @@ def heads_needed(
         row.update(random_accuracy=random_acc.value, random_ci_low=random_acc.low, random_ci_high=random_acc.high)
 
     def record(search: str, heads: tuple[Head, ...], correct: np.ndarray) -> None:
-        accuracy = bootstrap_mean(correct, seed=seed, value=float(correct.mean()))
+        accuracy = wilson(int(correct.sum()), int(correct.size))
         row = {
             "search": search, "k": len(heads), "heads": ",".join(f"L{a}H{b}" for a, b in heads),
             "accuracy": accuracy.value, "ci_low": accuracy.low, "ci_high": accuracy.high,

@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -20,9 +19,9 @@ from icl_heads.interventions import HeadAblation
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, n_prompts, provenance
+from icl_heads.results import Figure, Result, json_type, n_prompts, provenance
 from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
-from icl_heads.stats import Estimate, bootstrap_mean, empirical_p, from_samples
+from icl_heads.stats import Estimate, empirical_p, from_samples, wilson
 
 
 @json_type
@@ -98,11 +97,11 @@ class InContextHeads(Result):
         n = self.config.get("n_verify")
         if n is None:
             n = 0 if self.config.get("held_out_verification") else n_prompts(self.provenance)
-        return Estimate(row.accuracy, row.ci_low, row.ci_high, n, "bootstrap")
+        return Estimate(row.accuracy, row.ci_low, row.ci_high, n, "wilson")
 
     @property
     def accuracy(self) -> Estimate:
-        """Label-set accuracy without ablation, with its 95% bootstrap interval over prompts.
+        """Label-set accuracy without ablation, with its 95% Wilson interval over prompts.
 
         Raises:
             NotVerifiedError: the heads were not verified (a ``ValueError``).
@@ -111,7 +110,7 @@ class InContextHeads(Result):
 
     @property
     def ablated_accuracy(self) -> Estimate:
-        """Accuracy with the found heads ablated, with its 95% bootstrap interval over prompts.
+        """Accuracy with the found heads ablated, with its 95% Wilson interval over prompts.
 
         Raises:
             NotVerifiedError: the heads were not verified (a ``ValueError``).
@@ -167,21 +166,17 @@ class InContextHeads(Result):
             out["found heads read at"] = ", ".join(f"{n}: {top.loc[n, 'role']}" for n in self.names if n in top.index)
         return out
 
-    def heatmap(self, method: str | None = None, label: str = "all") -> go.Figure:
+    def heatmap(self, method: str | None = None, label: str = "all") -> Figure:
         """Layer x head heatmap of one score; selected heads outlined; hover shows name, score, rank."""
-        from icl_heads.plots.heads import plot_head_scores
+        return self._draw("heatmap", method=method, label=label)
 
-        return plot_head_scores(self, method=method, label=label)
-
-    def plot(self, method: str | None = None, label: str = "all") -> go.Figure:
+    def plot(self, method: str | None = None, label: str = "all") -> Figure:
         """The main figure: the layer x head heatmap of :meth:`heatmap`."""
         return self.heatmap(method=method, label=label)
 
-    def plot_verification(self) -> go.Figure:
+    def plot_verification(self) -> Figure:
         """Accuracy with no ablation, the found heads ablated, and random head sets ablated."""
-        from icl_heads.plots.heads import plot_verification
-
-        return plot_verification(self)
+        return self._draw("plot_verification")
 
 
 def _tidy(scores: dict[str, Tensor], heads: tuple[Head, ...]) -> pd.DataFrame:
@@ -219,7 +214,7 @@ def random_head_sets(n_layers: int, n_heads: int, size: int, n_sets: int, seed: 
 
 def accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
     correct = pred.correct.float().numpy()
-    acc = bootstrap_mean(correct, value=float(correct.mean()))
+    acc = wilson(int(correct.sum()), int(correct.size))
     return {
         "condition": condition,
         "accuracy": acc.value,
@@ -357,6 +352,8 @@ def find_in_context_heads(
         fraction = None
     if verify:
         check_int("n_random", n_random, minimum=2)  # the random-heads interval needs two sets or more
+        if check_int("seed", seed, minimum=0) >= 2**63:  # torch's generator of the random head sets takes 64 bits
+            raise ValueError(f"seed must be below 2**63, got {seed}")
     access = faithful_access(model, "find_in_context_heads")
     tp = access.tokenize(prompts)
     zero_shot = [i for i, p in enumerate(tp.prompts.prompts) if not p.demos]

@@ -140,7 +140,12 @@ def check_hub_name(name: str, *, timeout: float = HUB_TIMEOUT) -> None:
 
 
 def _official_name(name: str) -> str:
-    """The hub repository of a TransformerLens alias such as ``gpt2-small`` (the name itself otherwise)."""
+    """The hub repository of a TransformerLens 3 alias such as ``gpt2-small`` (the name itself otherwise).
+
+    TransformerLens 4 boots hub names as they are, so its (slow to import) alias table is not read.
+    """
+    if transformer_lens_major() >= 4:
+        return name
     try:
         from transformer_lens.loading_from_pretrained import get_official_model_name
 
@@ -211,7 +216,7 @@ def load_model(
         max_memory: TransformerLens 4 only: memory per device for ``device_map="auto"``.
 
     Returns:
-        A ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3).
+        model (TransformerBridge | HookedTransformer): a ``TransformerBridge`` (TL 4) or ``HookedTransformer`` (TL 3).
 
     Raises:
         TypeError: ``name_or_path`` is not a str or Path.

@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -22,6 +21,7 @@ from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads
 from icl_heads._checks import check_int
 from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.accuracy import predict
+from icl_heads.correction_methods import RECENCY_SHOTS
 from icl_heads.engine import Hooks, content_key, digest, intervention_key, memoised
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
@@ -33,9 +33,9 @@ from icl_heads.recency import (
     order_permutation_p,
     order_spread,
 )
-from icl_heads.records import UNSET, Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, provenance
-from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
+from icl_heads.records import Provenance, Record, check_positive
+from icl_heads.results import Figure, Result, json_type, provenance
+from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples, wilson
 
 #: the block gap of a result saved before it was measured
 _NO_GAP = Estimate(float("nan"))
@@ -46,11 +46,11 @@ _NO_GAP = Estimate(float("nan"))
 class RecencyBiasConfig(Record):
     """Arguments of :func:`~icl_heads.recency_bias`."""
 
-    shots: int = UNSET
-    n: int = UNSET
-    seed: int = UNSET
-    n_random_orders: int = UNSET
-    hooked: bool = UNSET
+    shots: int = RECENCY_SHOTS
+    n: int = 200
+    seed: int = 0
+    n_random_orders: int = 4
+    hooked: bool = False
 
     def __post_init__(self) -> None:
         check_positive(self, "shots", "n")
@@ -117,7 +117,10 @@ def recency_block_gap(
     Args:
         model: the model.
         task: the task to sample prompts from.
-        shots, n, seed, n_random_orders: as for :func:`recency_bias`.
+        shots: as for :func:`recency_bias`.
+        n: as for :func:`recency_bias`.
+        seed: as for :func:`recency_bias`.
+        n_random_orders: as for :func:`recency_bias`.
         hooks: forward hooks applied in both orders (e.g. a correction).
         options: how prompts are run: batch size, padding side, progress bar; does not
             change the result (a :class:`~icl_heads.options.RunOptions`).
@@ -139,7 +142,7 @@ class RecencyBias(Result):
     """Recency bias: the same demonstrations in several orders.
 
     Attributes:
-        df: one row per order: ``order, accuracy, ci_low, ci_high, last_label_rate``
+        df: one row per order: ``order, accuracy, ci_low, ci_high`` (Wilson), ``last_label_rate``
             (how often the last demonstration's label is predicted) and ``last_label_gold``
             (how often it is gold).
         attention: one row per in-context head and demonstration slot: ``layer, head,
@@ -207,18 +210,16 @@ class RecencyBias(Result):
             "n prompts": len(self.golds),
         }
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Accuracy per order with intervals, and attention per demonstration slot."""
-        from icl_heads.plots.bias import plot_recency_bias
-
-        return plot_recency_bias(self)
+        return self._draw("plot")
 
 
 def recency_bias(
     model: Any,
     task: ICLTask,
     *,
-    shots: int = 4,
+    shots: int = RECENCY_SHOTS,
     n: int = 200,
     seed: int = 0,
     n_random_orders: int = 4,
@@ -232,7 +233,8 @@ def recency_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task to sample prompts from.
-        shots: demonstrations per prompt (balanced counts).
+        shots: demonstrations per prompt (balanced counts); the default,
+            :data:`~icl_heads.correction_methods.RECENCY_SHOTS`, is also the recency correction's.
         n: number of prompts.
         seed: seed of the prompts and of the random orders.
         n_random_orders: random orders besides original, reversed and the two label blocks.
@@ -311,7 +313,7 @@ def _recency_bias(
     per_prompt_sens = p_gold.std(0)
     rows = []
     for o, name in enumerate(order_names):
-        lo, hi = bootstrap_ci(correct[o].numpy(), n_boot=n_boot, seed=seed)
+        lo, hi = wilson(int(correct[o].sum()), int(correct[o].numel())).ci  # a proportion: never zero width
         rows.append(
             {
                 "order": name, "accuracy": float(accs[o]), "ci_low": lo, "ci_high": hi,

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -30,7 +29,7 @@ from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_choice, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import AFTER_LABEL, BOS, LABEL, ROLES, check_read_at
 from icl_heads.stats import bootstrap_ci
 
@@ -80,8 +79,8 @@ class ReadingInfo(Record):
 class ReadingRolesConfig(Record):
     """Arguments of :func:`~icl_heads.reading.reading_roles`."""
 
-    n_boot: int = UNSET
-    seed: int = UNSET
+    n_boot: int = 1000
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "n_boot")
@@ -168,11 +167,9 @@ class ReadingRoles(Result):
             out[f"heads reading mostly {role}"] = int(n)
         return out
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
-        from icl_heads.plots.reading import plot_reading_roles
-
-        return plot_reading_roles(self)
+        return self._draw("plot")
 
 
 def _head_list(shares: Tensor, heads: Any) -> list[Head]:
@@ -327,21 +324,27 @@ def resolve_read_at(
         "min_read_share": min_share,
     }
     warnings = []
-    low = [f"{n} {float(s):.3g}" for n, s in zip(names, at, strict=True) if s < min_share]
+    low = [i for i, s in enumerate(at) if s < min_share]
     if low:
-        no_bos = pooled.clone()
-        no_bos[BOS] = -1
-        best = ROLES[int(no_bos.argmax())]
+        # where each of these heads reads, from its own attention by role (never the pool of every head)
+        no_bos = per_head.clone()
+        no_bos[:, BOS] = -1
+        best = [ROLES[int(no_bos[i].argmax())] for i in low]
+        where = "; ".join(
+            f"{names[i]} {float(at[i]):.3g} here, mostly on '{b}' ({float(per_head[i, ROLES.index(b)]):.3g})"
+            for i, b in zip(low, best, strict=True)
+        )
+        label_readers = sorted({b for b in best if b in ("label", "after_label")})
         hint = (
-            f"pass read_at='{best}'" + ("" if read_at == "auto" else " or 'auto'")
-            if best in ("label", "after_label")
+            f"pass read_at='{label_readers[0]}'" + ("" if read_at == "auto" else " or 'auto'") + " for those"
+            if label_readers
             else "they do not read the demonstrations' labels, so this analysis does not describe them"
         )
+        heads_named = ", ".join(names[i] for i in low)
         warnings.append(
-            f"NOT READ: the analysed heads put less than {min_share:.0%} of their attention (outside the first token) "
-            f"on the '{used}' positions this result reads ({', '.join(low)}); its numbers describe positions these "
-            f"heads do not read. They read mostly at '{best}' (mean attention {float(pooled[ROLES.index(best)]):.3g}); "
-            f"{hint}"
+            f"NOT READ by {heads_named}: these heads put less than {min_share:.0%} of their attention (outside the "
+            f"first token) on the '{used}' positions this result reads ({where}); its numbers for them describe "
+            f"positions they do not read (the other heads are unaffected); {hint}"
         )
         logger.warning(warnings[-1])
     return used, info, tuple(warnings)

@@ -7,7 +7,7 @@ are its fields (a field whose default is :data:`UNSET` only once it is set) and 
 keys of its ``extra`` mapping, which holds whatever the class does not name.
 
 ``to_dict()`` gives the JSON-ready dict; ``from_dict()`` rebuilds the record, keeps
-unknown keys in ``extra`` (so results saved by an older or newer version still load)
+unknown keys in ``extra`` (an analysis's extras)
 and lets missing keys take their defaults.
 
 >>> from dataclasses import dataclass
@@ -78,7 +78,7 @@ class Record(Mapping[str, Any]):
     record equals a dict with the same items) and may validate in ``__post_init__``.
 
     Attributes:
-        extra: keys the class does not name (an older or newer version's, or an analysis's extras).
+        extra: keys the class does not name (an analysis's extras).
     """
 
     extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
@@ -118,7 +118,7 @@ class Record(Mapping[str, Any]):
 
     @classmethod
     def from_dict(cls: type[RecordT], data: Mapping[str, Any]) -> RecordT:
-        """Rebuild a record from :meth:`to_dict`'s output (or an old plain-dict config or provenance).
+        """Rebuild a record from :meth:`to_dict`'s output.
 
         Keys the class does not name are kept in ``extra``; missing keys take the fields' defaults.
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-table { max-width: 100%; display: block; overflow-x: auto; } td { word-break: break-word; }
+table { max-width: 100%; display: block; overflow-x: auto; } td, th { word-break: normal; overflow-wrap: normal; }
 .warning { background: #fff4e5; border-left: 4px solid #e67e22; padding: 0.5em 1em; margin: 1em 0; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
@@ -41,15 +41,34 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { bac
 # so that a browser (or the test suite) can read the layout's health off the DOM
 _LAYOUT_CHECK = """
 window.addEventListener('load', function () { setTimeout(function () {
-  var bad = [];
+  var bad = [], clipped = [], covered = [], split = [];
+  function meets(a, b) { return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom; }
   document.querySelectorAll('.js-plotly-plot').forEach(function (p) {
-    var box = p.getBoundingClientRect();
+    var box = p.getBoundingClientRect(), bar = p.querySelector('.modebar');
+    var mode = bar ? bar.getBoundingClientRect() : null;
     p.querySelectorAll('.gtitle, .annotation-text').forEach(function (t) {
       var r = t.getBoundingClientRect();
-      if (r.width && (r.left < box.left - 1 || r.right > box.right + 1)) { bad.push(p.id + ': ' + t.textContent); }
+      if (!r.width) { return; }
+      if (r.left < box.left - 1 || r.right > box.right + 1) { bad.push(p.id + ': ' + t.textContent); }
+      if (r.top < box.top - 1 || r.bottom > box.bottom + 1) { clipped.push(p.id + ': ' + t.textContent); }
+      if (mode && mode.width && meets(r, mode)) { covered.push(p.id + ': ' + t.textContent); }
     });
   });
+  document.querySelectorAll('td, th').forEach(function (cell) {
+    var walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT), node, m, re = /[^\\s-]+/g, range = document.createRange();
+    while ((node = walk.nextNode())) {
+      while ((m = re.exec(node.data))) {
+        range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+        var tops = {};
+        Array.prototype.forEach.call(range.getClientRects(), function (r) { if (r.width) { tops[Math.round(r.top)] = 1; } });
+        if (Object.keys(tops).length > 1) { split.push(m[0]); }
+      }
+    }
+  });
   document.body.setAttribute('data-overflowing-titles', JSON.stringify(bad));
+  document.body.setAttribute('data-clipped-titles', JSON.stringify(clipped));
+  document.body.setAttribute('data-modebar-over-titles', JSON.stringify(covered));
+  document.body.setAttribute('data-split-words', JSON.stringify(split));
   document.body.setAttribute('data-page-overflow',
     String(document.documentElement.scrollWidth > document.documentElement.clientWidth + 1));
   document.body.setAttribute('data-layout-checked', String(window.innerWidth));
@@ -58,8 +77,8 @@ window.addEventListener('load', function () { setTimeout(function () {
 
 _STATE_CLASS = {
     "holds": "state-holds",
-    "does not hold on this model": "state-fails",
-    "not significant": "state-ns",
+    "contradicted": "state-fails",
+    "inconclusive": "state-ns",
     "not applicable": "state-na",
 }
 
@@ -160,11 +179,23 @@ class Report:
             f"{_STATE_CLASS[v.state]}'>{html.escape(v.state)}</span> ({html.escape(v.detail)})</li>"
             for v in self.verdicts
         )
+        from icl_heads.verdict_rules import legend
+
+        first = next((v for v in self.verdicts if getattr(v, "key", "") == "icl"), None)
+        no_icl = ""
+        if first is not None and first.state not in ("holds", "not applicable"):
+            no_icl = (
+                "<p class='warning'><b>The model does not learn this task in context</b> (its accuracy's 95% "
+                f"interval reaches chance: {html.escape(first.detail)}). Every claim about how in-context "
+                "learning works is therefore <i>not applicable</i>.</p>"
+            )
+        keys = "".join(f"<li>{html.escape(line)}</li>" for line in legend())
         return (
-            "<section id='verdicts'><h2>Verdicts on this model</h2><p class='note'>Each claim of the two papers, "
-            "judged from the numbers below: <i>holds</i> when its 95% interval excludes no effect, <i>not "
-            "significant</i> when the interval crosses it.</p>"
-            f"<ul>{items}</ul></section>"
+            f"<section id='verdicts'><h2>Verdicts on this model</h2>{no_icl}<p class='note'>Each claim of the two "
+            "papers, judged from one 95% interval of its effect (the paper's direction positive) against the "
+            "smallest effect that would count as the claim (its margin):</p>"
+            f"<ul>{items}</ul><details><summary class='note'>What the states mean, and each claim's margin"
+            f"</summary><ul class='note'>{keys}</ul></details></section>"
         )
 
     def _provenance_block(self) -> str:

@@ -17,9 +17,10 @@ import datetime
 import hashlib
 import html
 import json
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 
 import pandas as pd
 import torch
@@ -29,6 +30,12 @@ from icl_heads._format import fmt, show
 from icl_heads._version import __version__
 from icl_heads.records import Provenance, plain
 from icl_heads.stats import Estimate
+
+if TYPE_CHECKING:
+    import plotly.graph_objects
+
+#: what figure methods return, named here so that results never import plotly (:mod:`icl_heads.plots` draws)
+Figure: TypeAlias = "plotly.graph_objects.Figure"
 
 R = TypeVar("R", bound="Result")
 
@@ -131,6 +138,25 @@ def load_result(path: str | Path) -> Result:
     return RESULT_TYPES[name].load(path)
 
 
+#: the figures of every result class, ``(class, view) -> function``; filled by :mod:`icl_heads.plots`
+FIGURES: dict[tuple[type, str], Callable[..., Figure]] = {}
+
+
+def draws(cls: type[Result], *views: str) -> Callable[[Callable[..., Figure]], Callable[..., Figure]]:
+    """Decorator for a figure function of :mod:`icl_heads.plots`: it draws ``views`` (default ``"plot"``) of ``cls``.
+
+    A result never imports its figures: ``result.plot()`` looks its function up here, so
+    the import goes one way only (plots import results).
+    """
+
+    def register(fn: Callable[..., Figure]) -> Callable[..., Figure]:
+        for view in views or ("plot",):
+            FIGURES[cls, view] = fn
+        return fn
+
+    return register
+
+
 class Result:
     """Mixin for frozen dataclass results: ``save``, ``load`` and a notebook repr."""
 
@@ -149,9 +175,23 @@ class Result:
     def _warning_summary(self) -> dict[str, Any]:
         """``{"WARNING": ...}`` entries for the result's ``warnings`` field (empty without warnings)."""
         warns = tuple(getattr(self, "warnings", ()) or ())
+        if warns and all(w.startswith("NOT READ by ") for w in warns):  # scoped to the heads it names
+            return {w.split(":", 1)[0]: w.split(":", 1)[1].strip() for w in warns}
         if len(warns) == 1:
             return {"WARNING": warns[0]}
         return {f"WARNING {i + 1}": w for i, w in enumerate(warns)}
+
+    def _draw(self, view: str = "plot", /, *args: Any, **kwargs: Any) -> Figure:
+        """The figure ``view`` of this result (``.plot()`` and the other figure methods call this).
+
+        Raises:
+            ValueError: no figure of that name for this result.
+        """
+        for cls in type(self).__mro__:  # a subclass draws as the result it extends
+            if (cls, view) in FIGURES:
+                return FIGURES[cls, view](self, *args, **kwargs)
+        known = sorted({v for c, v in FIGURES if isinstance(self, c)})
+        raise ValueError(f"{type(self).__name__} has no figure {view!r}; its figures: {known}")
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the result to the folder ``path``.

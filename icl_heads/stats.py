@@ -37,9 +37,10 @@ class Estimate(float):
     """A number with its interval: ``value`` (the float itself), ``low``, ``high``, ``n`` and ``method``.
 
     Arithmetic on an estimate gives a plain ``float`` (a derived number has no interval
-    of its own). Two estimates compare equal when their values are equal.
+    of its own). Two estimates compare equal when their values are equal. Built as
+    ``Estimate(value, low, high, n=..., method=..., level=...)``.
 
-    Args:
+    Attributes:
         value: the point estimate.
         low: lower end of the interval (NaN when there is none).
         high: upper end of the interval.

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 from tqdm.auto import tqdm
 
 from icl_heads._checks import check_grid
@@ -28,7 +27,7 @@ from icl_heads.order_bias import RecencyBias, recency_bias, recency_block_gap
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import ReadingInfo
 from icl_heads.records import UNSET, Provenance, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
 from icl_heads.tuning_checks import no_change_reason
 
@@ -253,20 +252,30 @@ class BiasCorrection(Result):
             "after 95% CI": (float(b.after_ci_low), float(b.after_ci_high)),
             "reduction %": self.reduction,
             "reduction 95% CI": self.reduction.ci,
+            **self._imbalanced(),
             "balanced accuracy before": float(a.before),
             "balanced accuracy after": float(a.after),
             "accuracy change 95% CI": self.accuracy_change.ci,
         }
 
-    def plot(self) -> go.Figure:
-        """Bias and balanced accuracy before and after, with 95% intervals."""
-        from icl_heads.plots.bias import plot_correction
+    def _imbalanced(self) -> dict[str, Any]:
+        """Majority: the accuracy where the bias acts (imbalanced prompts); balanced prompts are neutral to it."""
+        if self.kind != "majority" or "imbalanced_accuracy" not in set(self.df.metric):
+            return {}
+        r = self._row("imbalanced_accuracy")
+        out = {"imbalanced accuracy before": float(r.before), "imbalanced accuracy after": float(r.after)}
+        if "change_ci_low" in r.index:
+            out["imbalanced accuracy change 95% CI"] = (float(r.change_ci_low), float(r.change_ci_high))
+        return out
 
-        return plot_correction(self)
+    def plot(self) -> Figure:
+        """Bias and balanced accuracy before and after, with 95% intervals."""
+        return self._draw("plot")
 
 
 def evaluate_correction(
-    kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks], grid, heads,
+    kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks],
+    grid: Sequence[float], heads: Sequence[tuple[int, int]],
     *, shots: int, n: int, seed: int, tune_n: int, tune_seed: int, max_accuracy_drop: float, n_boot: int,
     measure: dict, reading: tuple = ("label", {}, ()), options: RunOptions | None = None,
 ) -> BiasCorrection:  # fmt: skip
@@ -349,16 +358,23 @@ def evaluate_correction(
     name = "imbalanced_accuracy" if kind == "majority" else "accuracy_over_orders"
     metrics.append((name, float(acc_biased[0].mean()), ci[0], float(acc_biased[1].mean()), ci[1]))
     metrics.append(("balanced_accuracy", acc_b.accuracy, acc_b.ci, acc_a.accuracy, acc_a.ci))
-    df = pd.DataFrame(
-        [
-            {"metric": m, "before": b, "before_ci_low": bci[0], "before_ci_high": bci[1], "after": a,
-             "after_ci_low": aci[0], "after_ci_high": aci[1], "change": a - b}
-            for m, b, bci, a, aci in metrics
-        ]
-    )  # fmt: skip
     diff = (acc_a.label_logits.argmax(-1) == acc_a.golds).float() - (
         acc_b.label_logits.argmax(-1) == acc_b.golds
     ).float()
+    # the change of each accuracy, paired over prompts (the same prompts before and after)
+    change_ci = {
+        name: bootstrap_ci(acc_biased[1] - acc_biased[0], n_boot=n_boot, seed=seed),
+        "balanced_accuracy": bootstrap_ci(diff.numpy(), n_boot=n_boot, seed=seed),
+    }
+    nan2 = (float("nan"), float("nan"))
+    df = pd.DataFrame(
+        [
+            {"metric": m, "before": b, "before_ci_low": bci[0], "before_ci_high": bci[1], "after": a,
+             "after_ci_low": aci[0], "after_ci_high": aci[1], "change": a - b,
+             "change_ci_low": change_ci.get(m, nan2)[0], "change_ci_high": change_ci.get(m, nan2)[1]}
+            for m, b, bci, a, aci in metrics
+        ]
+    )  # fmt: skip
     config = BiasCorrectionConfig(
         headline=headline, shots=shots, n=n, seed=seed, tune_n=tune_n, tune_seed=tune_seed,
         max_accuracy_drop=max_accuracy_drop, grid=[float(g) for g in grid], **measure, **reading[1],

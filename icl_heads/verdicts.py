@@ -1,275 +1,242 @@
-"""One-line verdicts on the papers' claims, computed from the numbers of the result objects.
+"""One-line verdicts on the papers' claims, from the result objects of a run.
 
-Each claim of the two papers gets a :class:`Verdict` in one of four states:
-
-* ``"holds"``: the effect is there and its 95% interval excludes no effect;
-* ``"does not hold on this model"``: the measurement shows the opposite, or no effect at all;
-* ``"not significant"``: the point estimate goes the paper's way but the interval
-  crosses zero (or chance): never headlined as an effect;
-* ``"not applicable"``: the analysis did not run, or what it would correct is absent.
-
-The functions named ``*_verdict`` are pure: they take plain numbers (so tests build
-them by hand); :func:`collect_verdicts` reads those numbers off the result objects.
-Every figure in a verdict is formatted by :func:`icl_heads._format.fmt` (3 decimals),
-the one rounding rule of the report.
+:func:`collect_verdicts` reads the plain quantities each rule of
+:mod:`icl_heads.verdict_rules` needs off the results and judges every claim.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from icl_heads._format import fmt, fmt_ci
 from icl_heads.stats import wilson
-
-HOLDS = "holds"
-FAILS = "does not hold on this model"
-NOT_SIGNIFICANT = "not significant"
-NOT_APPLICABLE = "not applicable"
-STATES = (HOLDS, FAILS, NOT_SIGNIFICANT, NOT_APPLICABLE)
-
-#: a baseline whose accuracy interval reaches chance, or whose mean is within this of chance, is "at chance"
-CHANCE_MARGIN = 0.05
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One claim, its state and the figure behind it.
-
-    Attributes:
-        claim: the paper's claim in a few words.
-        state: one of :data:`STATES`.
-        detail: the numbers, with their 95% intervals.
-    """
-
-    claim: str
-    state: str
-    detail: str
-
-    def __post_init__(self) -> None:
-        if self.state not in STATES:
-            raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
-
-    def line(self) -> str:
-        """``claim: state (detail)``."""
-        return f"{self.claim}: {self.state} ({self.detail})"
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+from icl_heads.verdict_rules import (
+    CLAIMS,
+    HOLDS,
+    ICL_CLAIMS,
+    MARGINS,
+    NOT_APPLICABLE,
+    Verdict,
+    bias_verdict,
+    components_verdict,
+    correction_verdict,
+    faithfulness_verdict,
+    heads_verdict,
+    icl_verdict,
+    judge,
+    not_applicable,
+    ov_verdict,
+    qk_verdict,
+    reweighting_verdict,
+)
 
 
-def sign_state(ci: Sequence[float], estimate: float) -> str:
-    """Holds when the interval is above zero, fails when the estimate is not above zero, else not significant."""
-    if ci[0] > 0:
-        return HOLDS
-    return FAILS if estimate <= 0 else NOT_SIGNIFICANT
+def prompt_wins(
+    scores: np.ndarray, same: np.ndarray, groups: np.ndarray, prompts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, the same-class vs other-class pairs of positions won by the same-class score, and all pairs.
 
-
-def wilson_ci(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (:func:`icl_heads.stats.wilson`).
+    A group is one prompt seen by one head; pairs are formed within a group; ties count
+    half; a prompt's wins and pairs are summed over its groups.
 
     Raises:
-        ValueError: ``n`` is not positive.
+        ValueError: no group has both a same-class and an other-class position.
     """
-    lo, hi = wilson(successes, n, z).ci
-    return float(lo), float(hi)
+    wins: dict = {}
+    pairs: dict = {}
+    for g in np.unique(groups):
+        sel = groups == g
+        pos, neg = scores[sel & same], scores[sel & ~same]
+        pos, neg = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+        if pos.size and neg.size:
+            diff = pos[:, None] - neg[None, :]
+            p = prompts[sel][0]
+            wins[p] = wins.get(p, 0.0) + float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+            pairs[p] = pairs.get(p, 0) + diff.size
+    if not pairs:
+        raise ValueError("no prompt has demonstrations of both the query's class and another class")
+    return np.asarray(list(wins.values())), np.asarray([pairs[p] for p in wins], dtype=float)
 
 
-def faithfulness_verdict(worst_relative_error: float, tolerance: float, worst_identity: str) -> Verdict:
-    """The linear identities every analysis rests on (:func:`icl_heads.check_faithfulness`)."""
-    detail = f"worst relative error {worst_relative_error:.1e} in '{worst_identity}', tolerance {tolerance:.0e}"
-    return Verdict("the linear identities hold", HOLDS if worst_relative_error <= tolerance else FAILS, detail)
+def _missing(name: str, why: str = "section skipped") -> Verdict:
+    return not_applicable(name, CLAIMS[name], why)
 
 
-def heads_verdict(
-    heads: Sequence[str],
-    accuracy: float,
-    accuracy_ablated: float,
-    random_mean: float,
-    random_ci: Sequence[float],
-    rank_p: float,
-    alpha: float = 0.05,
-) -> Verdict:
-    """A few heads carry ICL: ablating the found heads hurts more than ablating random heads of the same number.
+def _faithfulness(f: Any) -> Verdict:
+    w = f.worst()
+    where = f" (layer {int(w.layer)})" if w.layer >= 0 else ""
+    return faithfulness_verdict(float(w.relative_error), float(w.tolerance), w.identity + where)
 
-    Holds when fewer than ``alpha`` of the random sets hurt as much (``rank_p``); does not
-    hold when the found heads hurt no more than random heads on average.
-    """
-    detail = (
-        f"ablating {', '.join(heads)}: accuracy {fmt(accuracy)} → {fmt(accuracy_ablated)}; random heads "
-        f"{fmt(random_mean)}, 95% of sets in {fmt_ci(random_ci)}; rank p {fmt(rank_p)}"
+
+def _icl(acc: Any, n_labels: int, shots: int | None) -> Verdict:
+    correct = acc.label_logits.argmax(-1) == acc.golds
+    return icl_verdict(int(correct.sum()), int(correct.numel()), 1 / n_labels, shots)
+
+
+def _heads(found: Any) -> Verdict:
+    if found.verification is None or found.random_accuracies is None:
+        return _missing("heads", "not verified by ablation")
+    v = found.verification.set_index("condition")
+    n = int(found.ablated_accuracy.n)
+    if n == 0:
+        return _missing("heads", "the number of verification prompts was not recorded")
+    return heads_verdict(
+        found.names,
+        float(v.loc["none", "accuracy"]),
+        round(float(found.ablated_accuracy) * n),
+        n,
+        np.asarray(found.random_accuracies, dtype=float).ravel(),
     )
-    if rank_p < alpha and accuracy_ablated < random_ci[0]:
-        state = HOLDS
-    elif accuracy_ablated >= random_mean:
-        state = FAILS
-    else:
-        state = NOT_SIGNIFICANT
-    return Verdict("a few heads carry ICL", state, detail)
 
 
-def ov_verdict(share: float, n: int, n_labels: int) -> Verdict:
-    """OV reads labels: the in-context heads' value-output vectors at label positions promote the label there.
+def ov_units(ov: Any) -> dict[str, tuple[float, int]]:
+    """Per kind (``label``, ``control``): share of demonstrations promoting their label and their number.
 
-    Args:
-        share: share of label positions whose vector ranks its own label first among the labels.
-        n: number of label positions (pooled over the heads).
-        n_labels: number of labels (chance is ``1 / n_labels``).
+    A demonstration is one unit: a slot of two tokens counts once, with the mean of its
+    positions (pooled over the heads as head x demonstration units).
     """
-    chance = 1 / n_labels
-    ci = wilson_ci(share * n, n)
-    detail = f"{fmt(share)} of {n} label positions promote their own label, 95% {fmt_ci(ci)}; chance {fmt(chance)}"
-    return Verdict("OV reads labels", sign_state((ci[0] - chance, ci[1] - chance), share - chance), detail)
+    pos = ov.positions
+    out = {}
+    for kind in ("label", "control"):
+        per_demo = pos[pos.kind == kind].groupby(["layer", "head", "prompt", "demo"]).promotes.mean()
+        out[kind] = (float(per_demo.mean()) if len(per_demo) else math.nan, len(per_demo))
+    return out
 
 
-def qk_verdict(auc: float, ci: Sequence[float], heads: Sequence[str]) -> Verdict:
-    """QK compares query and demonstrations: the pre-softmax score is higher at same-class demonstrations.
+def _ov(ov: Any) -> Verdict:
+    units = ov_units(ov)
+    (label, n_label), (control, n_control) = units["label"], units["control"]
+    if n_control == 0:
+        return _missing("ov", "no control positions to compare with")
+    return ov_verdict(label, n_label, control, n_control, len(ov.label_words), [f"L{a}H{b}" for a, b in ov.heads])
 
-    Args:
-        auc: within-prompt ROC AUC of the score, same-class vs other-class label positions (0.5 = chance).
-        ci: its 95% interval.
-        heads: the heads it was measured on.
-    """
-    detail = (
-        f"score AUC same vs other class within prompts {fmt(auc)}, 95% {fmt_ci(ci)} ({', '.join(heads)}; 0.5 = chance)"
+
+def _qk(qk: Any) -> Verdict:
+    pos = qk.positions
+    prompt = pos.prompt.to_numpy()
+    group = prompt * 100_000 + pos.layer.to_numpy() * 1000 + pos["head"].to_numpy()
+    wins, pairs = prompt_wins(pos.score.to_numpy(float), pos.same_as_gold.to_numpy(bool), group, prompt)
+    return qk_verdict(wins, pairs, list(qk.df.name))
+
+
+def _correction(kind: str, fix: Any) -> Verdict:
+    if fix is None or isinstance(fix, str):
+        return correction_verdict(kind, None, NOT_APPLICABLE, skipped=fix or "section skipped")
+    s = fix.summary()
+    before = s["bias before"]
+    lo, hi = s["before 95% CI"]
+    grid = fix.config.get("grid") or []
+    extra = ""
+    if kind == "majority" and "imbalanced accuracy before" in s:
+        extra = (
+            f"; accuracy on imbalanced prompts {fmt(s['imbalanced accuracy before'])} → "
+            f"{fmt(s['imbalanced accuracy after'])}, change 95% {fmt_ci(s['imbalanced accuracy change 95% CI'])}"
+        )
+    return correction_verdict(
+        kind,
+        fix.method,
+        str(judge(lo, hi, MARGINS[kind])) if before == before else NOT_APPLICABLE,
+        reduction=fix.reduction.value,
+        ci=fix.reduction.ci,
+        before=before,
+        after=s["bias after"],
+        at_grid_edge=bool(grid) and fix.value >= max(grid) and fix.value > 0,
+        grid_size=len(grid),
+        extra=extra,
     )
-    return Verdict("QK compares query and demonstrations", sign_state((ci[0] - 0.5, ci[1] - 0.5), auc - 0.5), detail)
 
 
-def bias_verdict(kind: str, bias: float, ci: Sequence[float], measure: str) -> Verdict:
-    """A bias exists: its measure's 95% interval is above zero."""
-    return Verdict(f"{kind} bias exists", sign_state(ci, bias), f"{measure} {fmt(bias)}, 95% {fmt_ci(ci)}")
+def _components(dec: Any) -> Verdict:
+    golds = dec.golds
+    component_correct = (dec.logits.argmax(-1) == golds[:, None]).numpy()
+    full_correct = (dec.full_logits.argmax(-1) == golds).numpy()
+    return components_verdict(list(dec.names), component_correct, full_correct)
 
 
-def correction_verdict(
-    kind: str,
-    method: str | None,
-    bias_state: str,
-    reduction: float | None = None,
-    ci: Sequence[float] | None = None,
-    before: float | None = None,
-    after: float | None = None,
-    at_grid_edge: bool = False,
-    skipped: str | None = None,
-) -> Verdict:
-    """A correction reduces the bias: the reduction's 95% interval is above zero.
+def reweighting_accuracies(comparison: Any) -> dict[str, np.ndarray]:
+    """Per method, its test accuracy in each run (seed x template), runs in one order for every method."""
+    wide = comparison.df.pivot_table(index=["seed", "template"], columns="method", values="accuracy")
+    return {m: wide[m].to_numpy(float) for m in wide.columns if wide[m].notna().all()}
 
-    Not applicable when the correction did not run (``skipped`` says why) or the bias
-    itself is not established (``bias_state`` is not :data:`HOLDS`).
 
-    Args:
-        kind: ``"majority"`` or ``"recency"``.
-        method: the correction's name.
-        bias_state: the state of the bias's own verdict (on the correction's test prompts).
-        reduction: relative reduction of the bias, in percent.
-        ci: its 95% interval, in percent.
-        before: bias before, on the correction's test prompts.
-        after: bias after.
-        at_grid_edge: the tuned strength is the largest value searched.
-        skipped: why the correction did not run.
+_MEASURES = {
+    "majority": "excess majority predictions",
+    "recency": "accuracy spread over orders beyond chance",
+}
+
+
+def _bias(kind: str, b: Any) -> Verdict:
+    """The headline of a bias; recency's block gap (it does not cancel over query classes) beside the classic measures."""
+    gap = float(getattr(b, "block_gap", float("nan")))
+    if kind == "recency" and gap == gap:
+        extra = (
+            f"; classic measures: excess last-label predictions {fmt(b.last_label_excess)} "
+            f"{fmt_ci(b.last_label_excess.ci)}, accuracy spread over orders {fmt(b.bias)} {fmt_ci(b.bias.ci)}"
+        )
+        shots = getattr(b.config, "shots", None)
+        measure = "accuracy gap, query's class block last minus first"
+        if shots:
+            measure = f"{shots}-shot prompts: {measure}"
+        return bias_verdict(kind, gap, _not_degenerate(b.block_gap.ci, len(b.golds)), measure, extra)
+    return bias_verdict(kind, float(b.bias), b.bias.ci, _MEASURES[kind])
+
+
+def _not_degenerate(ci: tuple[float, float], n: int) -> tuple[float, float]:
+    """A bootstrap interval of zero width (every prompt's gap the same, e.g. all 0) widened to what n prompts allow.
+
+    A per-prompt gap lies in [-1, 1], so the mean gap is at most the share of prompts whose
+    gap is not zero; with none among ``n`` prompts, that share's Wilson upper end bounds it.
     """
-    claim = f"{kind} correction{f' ({method})' if method else ''} reduces the bias"
-    if skipped is not None or reduction is None or ci is None:
-        return Verdict(claim, NOT_APPLICABLE, f"not run: {skipped or 'no result'}")
-    detail = (
-        f"reduction {fmt(reduction, 0)}%, 95% [{fmt(ci[0], 0)}%, {fmt(ci[1], 0)}%]; "
-        f"bias {fmt(before)} → {fmt(after)} on its test prompts"
-    )
-    if at_grid_edge:
-        detail += "; the tuned strength is the largest searched"
-    if bias_state != HOLDS:
-        return Verdict(claim, NOT_APPLICABLE, f"no significant {kind} bias to reduce; {detail}")
-    return Verdict(claim, sign_state(ci, reduction), detail)
-
-
-def components_verdict(
-    best: str, best_accuracy: float, full_accuracy: float, n_good: int, n_components: int, n_prompts: int
-) -> Verdict:
-    """Components beat the whole: some single component classifies better than the full model.
-
-    The best component's 95% Wilson interval must clear the full model's accuracy; it is
-    the best of ``n_components`` selected on the same prompts, so the test is optimistic.
-    """
-    ci = wilson_ci(best_accuracy * n_prompts, n_prompts)
-    detail = (
-        f"{n_good} of {n_components} components beat the full model's {fmt(full_accuracy)}; best {best} "
-        f"{fmt(best_accuracy)}, 95% {fmt_ci(ci)} over {n_prompts} prompts (selected on them)"
-    )
-    if n_good == 0 or best_accuracy <= full_accuracy:
-        return Verdict("components beat the whole", FAILS, detail)
-    return Verdict("components beat the whole", HOLDS if ci[0] > full_accuracy else NOT_SIGNIFICANT, detail)
-
-
-@dataclass(frozen=True)
-class MethodScore:
-    """Test accuracy of one method over ``runs`` runs (seeds x templates)."""
-
-    mean: float
-    std: float
-    runs: int
-
-    def ci(self) -> tuple[float, float]:
-        """Normal 95% interval of the mean over runs."""
-        half = 1.96 * self.std / math.sqrt(self.runs) if self.runs > 1 else 0.0
-        return self.mean - half, self.mean + half
-
-
-def at_chance(score: MethodScore, chance: float) -> bool:
-    """A baseline at chance: its interval reaches chance, or its mean is within :data:`CHANCE_MARGIN` of it."""
-    lo, _ = score.ci()
-    return score.mean - chance < CHANCE_MARGIN or lo <= chance
-
-
-def reweighting_verdict(
-    scores: Mapping[str, MethodScore], margins: Mapping[str, MethodScore], chance: float, method: str = "reweighting"
-) -> Verdict:
-    """Reweighting beats the baselines: compared with the strongest baseline that is above chance.
-
-    Baselines at chance (e.g. ICL with more demonstrations than the model handles) are
-    named and left out of the comparison.
-
-    Args:
-        scores: accuracy of each method (the reweighting and its baselines).
-        margins: ``accuracy(method) - accuracy(baseline)`` per baseline, paired over runs.
-        chance: accuracy of guessing (``1 / n_labels``).
-        method: the name of the reweighting in ``scores``.
-    """
-    claim = "reweighting beats the baselines"
-    baselines = {b: s for b, s in scores.items() if b != method and b in margins}
-    flagged = [b for b, s in baselines.items() if at_chance(s, chance)]
-    fair = {b: s for b, s in baselines.items() if b not in flagged}
-    note = f"; {', '.join(flagged)} at chance ({fmt(chance)}), left out" if flagged else ""
-    if method not in scores or not fair:
-        return Verdict(claim, NOT_APPLICABLE, f"no baseline above chance to compare with{note}")
-    strongest = max(fair, key=lambda b: fair[b].mean)
-    m = margins[strongest]
-    ci = m.ci()
-    detail = (
-        f"{method} {fmt(scores[method].mean)} vs strongest baseline {strongest} {fmt(fair[strongest].mean)}: "
-        f"{'+' if m.mean >= 0 else ''}{fmt(m.mean)}, 95% {fmt_ci(ci)} over {m.runs} runs{note}"
-    )
-    return Verdict(claim, sign_state(ci, m.mean), detail)
-
-
-def verdict_table(verdicts: Sequence[Verdict]) -> list[dict[str, str]]:
-    """JSON-ready rows ``claim, state, detail``."""
-    return [v.to_dict() for v in verdicts]
+    if ci[1] > ci[0]:
+        return ci
+    bound = wilson(0, n).high
+    return (max(ci[0] - bound, -1.0), min(ci[1] + bound, 1.0))
 
 
 def collect_verdicts(results: Mapping[str, Any]) -> list[Verdict]:
     """The verdicts of every claim, from the result objects of a run.
 
     Args:
-        results: result objects by name, any of ``faithfulness``, ``heads``, ``ov``, ``qk``,
-            ``majority``, ``recency``, ``majority_correction``, ``recency_correction``
-            (each a correction result or a string saying why it was skipped),
-            ``decomposition`` and ``reweighting``. A missing one gives "not applicable".
+        results: result objects by name, any of ``faithfulness``, ``accuracy``, ``heads``,
+            ``ov``, ``qk``, ``majority``, ``recency``, ``majority_correction``,
+            ``recency_correction`` (each a correction result or a string saying why it was
+            skipped), ``decomposition`` and ``reweighting``, and ``n_labels`` and ``shots``.
+            A missing one gives "not applicable".
 
     Returns:
-        One verdict per claim, the faithfulness check first.
+        One verdict per claim, the faithfulness check and in-context learning first.
     """
-    from icl_heads._verdict_inputs import extract
+    out: dict[str, Verdict] = {}
+    n_labels = int(results.get("n_labels", 2))
 
-    return extract(results)
+    def add(name: str, make: Any, source: str | None = None) -> None:
+        value = results.get(source or name)
+        out[name] = _missing(name) if value is None else make(value)
+
+    add("faithfulness", _faithfulness)
+    add("icl", lambda a: _icl(a, n_labels, results.get("shots")), "accuracy")
+    add("heads", _heads)
+    add("ov", _ov)
+    add("qk", _qk)
+    for kind in ("majority", "recency"):
+        add(kind, lambda b, kind=kind: _bias(kind, b))
+        fix = results.get(f"{kind}_correction")
+        out[f"{kind}_correction"] = _correction(kind, fix) if kind in results else _missing(f"{kind}_correction")
+    add("decomposition", _components)
+    add("reweighting", lambda c: reweighting_verdict(reweighting_accuracies(c), chance=1 / n_labels))
+    if "accuracy" in results and out["icl"].state != HOLDS:
+        icl = out["icl"]
+        for name in ICL_CLAIMS:
+            if out[name].state != NOT_APPLICABLE:
+                why = f"the model does not learn the task in context ({icl.detail}); measured: {out[name].detail}"
+                out[name] = _missing(name, why)
+    return list(out.values())
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
+    """JSON-ready rows ``claim, state, detail, key, effect, low, high, margin``."""
+    return [v.to_dict() for v in verdicts]

@@ -1,4 +1,5 @@
-"""Check a built docs site: every notebook has a page with its plotly figures, and plotly.js is in the site.
+"""Check a built docs site: every notebook has a page with its plotly figures, plotly.js and MathJax are in the
+site, and no page loads a script or style sheet from the network.
 
 Usage: ``python scripts/check_docs_site.py SITE_DIR`` (exit 1 with the problems listed).
 """
@@ -14,6 +15,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 _FIGURE_DIV = re.compile(r'<div [^>]*class="plotly-graph-div"[^>]*>')
 _ID = re.compile(r'id="([^"]+)"')
 _SCRIPT = re.compile(r'<script src="([^"]*plotly[^"]*\.js)"></script>')
+_REMOTE = re.compile(r'<(?:script|link)\b[^>]*\b(?:src|href)="((?:https?:)?//[^"]+)"')
+_MATHJAX = re.compile(r'<script src="([^"]*mathjax/tex-mml-chtml\.js)"')
 
 
 def site_problems(site: Path, names: list[str] | None = None) -> list[str]:
@@ -47,16 +50,42 @@ def site_problems(site: Path, names: list[str] | None = None) -> list[str]:
     return problems
 
 
+def offline_problems(site: Path) -> list[str]:
+    """Pages of ``site`` that load a script or style sheet from the network, or MathJax from anywhere but the site.
+
+    Args:
+        site: the built site folder.
+
+    Returns:
+        One line per problem.
+    """
+    problems = []
+    pages = sorted(site.rglob("*.html"))
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        name = str(page.relative_to(site))
+        problems += [f"{name}: loads {url} from the network" for url in dict.fromkeys(_REMOTE.findall(html))]
+        for src in _MATHJAX.findall(html):
+            file = site / src.lstrip("/") if src.startswith("/") else page.parent / src
+            if not file.resolve().is_file():
+                problems.append(f"{name}: MathJax ({src}) is not a file in the site")
+    if pages and not any(_MATHJAX.search(p.read_text(encoding="utf-8")) for p in pages):
+        problems.append("no page loads MathJax from the site (javascripts/mathjax/tex-mml-chtml.js)")
+    if pages and not (site / "javascripts" / "mathjax" / "output" / "chtml" / "fonts").is_dir():
+        problems.append("MathJax's fonts are not in the site (javascripts/mathjax/output/chtml/fonts)")
+    return problems
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     site = Path(argv[0])
-    problems = site_problems(site)
+    problems = site_problems(site) + offline_problems(site)
     for p in problems:
         print(f"docs site {site}: {p}", file=sys.stderr)
     if not problems:
-        print(f"docs site {site}: {len(NOTEBOOKS)} notebook pages with plotly figures")
+        print(f"docs site {site}: {len(NOTEBOOKS)} notebook pages with plotly figures, MathJax from the site")
     return 1 if problems else 0
 
 

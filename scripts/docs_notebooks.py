@@ -15,12 +15,19 @@ Each copy is prepared for a static page: a plotly figure (stored as plotly JSON)
 HTML rendering drawn by one plotly.js file that the build copies from the installed
 plotly package into the site (no network needed, as for the rest of the docs); progress
 bar widgets, which would need a widget manager from the network, are dropped.
+
+The maths of every page is typeset by MathJax 3, which the build also copies into the
+site, from the ``django-static-mathjax`` package (a plain copy of MathJax's files; the
+``docs`` extra installs it), and code is coloured by pygments with a style sheet the build
+writes, so that no page loads anything from the network.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,12 +38,17 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 from mkdocs.utils import get_relative_url
 from plotly.offline import get_plotlyjs
+from pygments.formatters import HtmlFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "notebooks"
 PAGES = "notebooks"  # folder of the notebook pages in the site
 PLOTLY_JS = "javascripts/plotly.min.js"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+PYGMENTS_CSS = "css/pygments.css"
+MATHJAX = "javascripts/mathjax"  # MathJax 3's es5 folder in the site; mkdocs.yml loads MATHJAX/tex-mml-chtml.js
+# what the page's MathJax loads: the bundle, its fonts, and the TeX extensions and menu it may fetch on demand
+_MATHJAX_PARTS = ("tex-mml-chtml.js", "output/chtml", "input/tex/extensions", "ui", "a11y", "adaptors")
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # nbconvert's page loads MathJax 2 from a CDN; the site already loads MathJax 3 (docs/javascripts/mathjax.js)
 _MATHJAX_2 = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S)
@@ -130,9 +142,35 @@ def on_page_content(html: str, page, config, files) -> str:
     return f'<script src="{get_relative_url(PLOTLY_JS, page.url)}"></script>\n{html}'
 
 
+def mathjax_source() -> Path:
+    """MathJax 3's ``es5`` folder in the installed ``django-static-mathjax`` package.
+
+    Raises:
+        PluginError: the package is not installed.
+    """
+    spec = importlib.util.find_spec("mathjax")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static" / "mathjax" / "es5" if spec else None
+    if folder is None or not (folder / "tex-mml-chtml.js").is_file():
+        raise PluginError(
+            "the docs serve MathJax from the site and copy it from the django-static-mathjax package, which is "
+            "not installed: pip install -e '.[docs]'"
+        )
+    return folder
+
+
 def on_post_build(config) -> None:
     path = Path(config["site_dir"]) / PLOTLY_JS
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(get_plotlyjs(), encoding="utf-8")
+    css = Path(config["site_dir"]) / PYGMENTS_CSS
+    css.parent.mkdir(parents=True, exist_ok=True)
+    css.write_text(HtmlFormatter().get_style_defs(".highlight"), encoding="utf-8")
+    source, target = mathjax_source(), Path(config["site_dir"]) / MATHJAX
+    for part in _MATHJAX_PARTS:
+        if (source / part).is_dir():
+            shutil.copytree(source / part, target / part, dirs_exist_ok=True)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / part, target / part)
     while _pages:
         _pages.pop().cleanup()

@@ -1,7 +1,7 @@
 """Redraw the figures in ``docs/figures/`` from the bundled organism.
 
-Run from the repository root (needs ``pip install kaleido`` and a Chrome or Chromium
-on the PATH for the PNG export)::
+Run from the repository root (needs ``pip install -e '.[export]'``, which installs kaleido,
+and a Chrome or Chromium on the PATH for the PNG export)::
 
     python scripts/make_doc_figures.py [--n 300] [--only heads,mechanism,bias,components]
 
@@ -28,7 +28,9 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "figures"
 
 def save(fig, name: str, result=None) -> None:
     """Write ``fig`` as ``docs/figures/{name}.png``; print ``result``'s summary (the numbers the figure shows)."""
-    fig.write_image(OUT / f"{name}.png", width=900, height=520, scale=1.5)
+    fig.write_image(
+        OUT / f"{name}.png", width=900, height=fig.layout.height or 520, scale=1.5
+    )  # short heatmaps stay short
     print(f"  wrote docs/figures/{name}.png")
     if result is not None:
         for key, value in result.summary().items():

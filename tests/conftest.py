@@ -24,6 +24,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs TransformerLens 4.x; CI runs it in the 4.x environment"))
         if "tl3" in item.keywords and TL_MAJOR >= 4:
             item.add_marker(pytest.mark.skip(reason="needs TransformerLens 3.x; CI runs it in the 3.x environment"))
+    # the longest files first (the notebooks, then the browser check), so that `pytest -n` workers finish together
+    rank: dict = {}
+    for item in items:
+        first = 0 if "notebook" in item.keywords else 1 if "browser" in item.keywords else 2
+        rank[item.path] = min(first, rank.get(item.path, 2))
+    items.sort(key=lambda item: rank[item.path])
 
 
 @pytest.fixture(scope="session")

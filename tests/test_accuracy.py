@@ -115,7 +115,8 @@ def test_accuracy_follows_the_majority_label(copier, task):
     for counts, gold, expected in [((3, 1), 0, 1.0), ((3, 1), 1, 0.0), ((1, 3), 1, 1.0), ((1, 3), 0, 0.0)]:
         result = ih.icl_accuracy(copier, task.prompts(12, 4, seed=1, counts=counts, gold=gold))
         assert result.accuracy == expected
-        assert result.ci == (expected, expected)
+        lo, hi = result.ci  # Wilson: never zero width, even at 0 or 1 (12 prompts)
+        assert lo <= expected <= hi and 0.2 < hi - lo < 0.3 and result.accuracy.method == "wilson"
     mixed = ih.icl_accuracy(copier, task.prompts(40, 4, seed=2, counts=(3, 1)))
     df = mixed.df.set_index("scope")
     assert df.loc["gold=foo", "accuracy"] == 1.0 and df.loc["gold=bar", "accuracy"] == 0.0

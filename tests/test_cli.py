@@ -64,11 +64,12 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
         "ablation_curve_by_ablation_score.csv",
     }
     assert "top heads by ablation" in html
-    # verdicts first (faithfulness check, then the heads; skipped sections are "not applicable")
+    # verdicts first (faithfulness check, in-context learning, then the heads; skipped sections are "not applicable")
     verdicts = summary["verdicts"]
     assert verdicts[0]["claim"] == "the linear identities hold" and verdicts[0]["state"] == "holds"
-    assert verdicts[1]["claim"] == "a few heads carry ICL"
-    assert {v["state"] for v in verdicts[2:]} == {"not applicable"}
+    assert verdicts[1]["claim"] == "the model learns the task in context" and verdicts[1]["low"] is not None
+    assert verdicts[2]["claim"] == "a few heads carry ICL"
+    assert {v["state"] for v in verdicts[3:]} == {"not applicable"}
     assert html.index("id='verdicts'") < html.index("<h2>Task and data</h2>") < html.index("id='provenance'")
     prov = summary["provenance"]
     assert prov["command"].startswith("icl-heads analyze --model ") and "--threads 2" in prov["command"]

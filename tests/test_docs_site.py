@@ -68,3 +68,34 @@ def test_site_check_passes_only_with_drawn_figures_and_plotly_js(tmp_path):
     assert "plotly.js is not loaded" in check(no_js, ["01_a"])[0]
     late_js = _site(tmp_path / "late_js", {"01_a": figure + script})
     assert "after the first figure" in check(late_js, ["01_a"])[0]
+
+
+def test_site_check_refuses_pages_that_load_from_the_network_or_lack_mathjax(tmp_path):
+    check = _script("check_docs_site").offline_problems
+    local = '<script src="../javascripts/mathjax/tex-mml-chtml.js"></script>'
+    site = _site(tmp_path / "good", {"01_a": local.replace("../", "../../")})
+    (site / "javascripts" / "mathjax" / "output" / "chtml" / "fonts").mkdir(parents=True)
+    (site / "javascripts" / "mathjax" / "tex-mml-chtml.js").write_text("/* mathjax */")
+    assert check(site) == []
+
+    cdn = '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+    (site / "index.html").write_text(cdn + '<link rel="stylesheet" href="//cdnjs.example/x.css">')
+    problems = check(site)
+    assert any("index.html: loads https://cdn.jsdelivr.net" in p for p in problems)
+    assert any("loads //cdnjs.example/x.css" in p for p in problems)
+
+    bare = _site(tmp_path / "bare", {"01_a": local.replace("../", "../../")})
+    assert [p.split(":")[0] for p in check(bare)] == [
+        "notebooks/01_a/index.html",
+        "MathJax's fonts are not in the site (javascripts/mathjax/output/chtml/fonts)",
+    ]
+
+
+def test_the_docs_hook_copies_mathjax_and_a_code_style_into_the_site(tmp_path):
+    pytest.importorskip("mkdocs")
+    hook = _script("docs_notebooks")
+    hook.on_post_build({"site_dir": str(tmp_path)})
+    assert (tmp_path / "javascripts" / "mathjax" / "tex-mml-chtml.js").stat().st_size > 500_000
+    assert any((tmp_path / "javascripts" / "mathjax" / "output" / "chtml" / "fonts").rglob("*.woff"))
+    assert ".highlight" in (tmp_path / "css" / "pygments.css").read_text()
+    assert _script("check_docs_site").offline_problems(tmp_path) == []  # no page, nothing loaded from outside

@@ -67,18 +67,18 @@ def test_accuracy_heads_and_decomposition_estimates(organism):
     task = ih.organism_task()
     prompts = task.prompts(40, 4, seed=0)
     acc = ih.icl_accuracy(organism, prompts)
-    _check(acc.accuracy, 40, "bootstrap")
-    _check(acc.strict_accuracy, 40, "bootstrap")
+    _check(acc.accuracy, 40, "wilson")
+    _check(acc.strict_accuracy, 40, "wilson")
     assert acc.ci == acc.accuracy.ci
     found = ih.find_in_context_heads(organism, prompts, n_random=6)
-    _check(found.accuracy, 40, "bootstrap")
-    _check(found.ablated_accuracy, 40, "bootstrap")
+    _check(found.accuracy, 40, "wilson")
+    _check(found.ablated_accuracy, 40, "wilson")
     _check(found.random_ablated_accuracy, 6, "samples")
     v = found.verification.set_index("condition")
     assert found.ablated_accuracy == v.loc["found heads", "accuracy"]
     held_out = ih.find_in_context_heads(organism, prompts, verify_prompts=task.prompts(24, 4, seed=9), n_random=6)
-    _check(held_out.ablated_accuracy, 24, "bootstrap")  # n counts the prompts the verification ran on
-    _check(held_out.accuracy, 24, "bootstrap")
+    _check(held_out.ablated_accuracy, 24, "wilson")  # n counts the prompts the verification ran on
+    _check(held_out.accuracy, 24, "wilson")
     dec = ih.decompose(organism, prompts)
     _check(dec.full_accuracy, 40, "wilson")
     assert dec.full_accuracy.low >= 0 and dec.full_accuracy.high <= 1

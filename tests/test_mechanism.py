@@ -424,7 +424,7 @@ def test_analyses_warn_loudly_where_the_head_does_not_read(two_tower, word_promp
     assert ov.config["read_at"] == "after_label"
     assert len(ov.warnings) == 1 and ov.warnings[0].startswith("NOT READ") and "'label'" in ov.warnings[0]
     assert any("NOT READ" in r.message for r in caplog.records)
-    assert ov.summary()["WARNING"] == ov.warnings[0]
+    assert ov.summary()["NOT READ by L0H0"] in ov.warnings[0]  # scoped to the head it concerns
     assert "NOT READ" in ov._repr_html_() and "NOT READ" in repr(ov)
     share = ov.config["share_at_read_positions"]["L0H0"]
     assert share < ov.config["min_read_share"]
@@ -450,7 +450,8 @@ def test_two_tower_test_follows_read_at_and_warns_where_the_head_does_not_read(
     assert after.config["read_at"] == "after_label"
     assert len(after.warnings) == 1 and after.warnings[0].startswith("NOT READ") and "'label'" in after.warnings[0]
     assert any("NOT READ" in r.message for r in caplog.records)
-    assert after.summary()["WARNING"] == after.warnings[0] and "NOT READ" in after._repr_html_()
+    assert after.summary()["NOT READ by L0H0"] in after.warnings[0] and "NOT READ" in after._repr_html_()
+    assert "L0H0 " in after.warnings[0] and "mostly on 'label'" in after.warnings[0]  # where this head reads
     assert after.config["share_at_read_positions"]["L0H0"] < after.config["min_read_share"]
     assert mech.TwoTowerTest.load(after.save(tmp_path / "tt")).warnings == after.warnings
     # the newline's key holds no label, so its score cannot separate the classes

@@ -203,6 +203,12 @@ def test_correction_grid_values_must_be_finite_and_in_range(grid, organism):
         ih.correct_majority_bias(organism, task, heads=[(1, 1)], n=20, tune_n=10, grid=grid)
 
 
+@pytest.mark.parametrize("drop", [float("nan"), -0.1, 2.0])
+def test_max_accuracy_drop_must_be_a_share(drop, organism):
+    with pytest.raises(ValueError, match=r"max_accuracy_drop is .*finite number in \[0, 1\]"):
+        ih.correct_majority_bias(organism, ih.organism_task(), heads=[(1, 1)], n=20, tune_n=10, max_accuracy_drop=drop)
+
+
 def test_a_registered_method_grid_is_checked_too():
     from icl_heads.correction_methods import CorrectionMethod
 
@@ -220,6 +226,8 @@ def test_n_random_is_named_and_zero_shot_prompts_are_refused(organism):
     prompts = ih.organism_task().prompts(8, 4, seed=0)
     with pytest.raises(ValueError, match="n_random must be an integer >= 2, got 0"):
         ih.find_in_context_heads(organism, prompts, n_random=0)
+    with pytest.raises(ValueError, match=r"seed must be below 2\*\*63, got 18446744073709551616"):
+        ih.find_in_context_heads(organism, prompts, seed=2**64)
     with pytest.raises(ValueError, match="has no demonstrations.*shots >= 1"):
         ih.find_in_context_heads(organism, ih.organism_task().prompts(8, 0, seed=0), verify=False)
 
@@ -375,3 +383,16 @@ def test_the_command_logs_the_estimate_before_the_first_section(workdir, model_d
     messages = [r.getMessage() for r in caplog.records]
     first = next(i for i, m in enumerate(messages) if m.startswith("section "))
     assert any(m.startswith("estimate: about") and "prompt passes" in m for m in messages[:first]), messages
+
+
+def test_results_kept_after_a_clash_are_not_replaced_by_the_next_run(workdir, model_dir, capsys, monkeypatch):
+    (workdir / "d.csv").write_text(GOOD)
+    kept = workdir / "out.incomplete"
+    (kept / "results").mkdir(parents=True)
+    (kept / "INCOMPLETE").write_text("1\nAn icl-heads run finished but its results were not moved: out/report.html\n")
+    (kept / "report.html").write_text("finished")
+    before = _tree(workdir)
+    argv = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", *FAST]
+    code, err = _refused(argv, capsys, monkeypatch)
+    _one_line(code, err, r"out\.incomplete holds the finished results of an earlier run")
+    assert _tree(workdir) == before

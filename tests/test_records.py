@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import inspect
 import json
 import pkgutil
 
@@ -87,12 +88,28 @@ def test_config_reads_like_the_dict_and_round_trips(cls):
         record.seed = 1  # type: ignore[misc]
 
 
-def test_unknown_keys_go_to_extra_and_missing_keys_stay_absent():
+def test_unknown_keys_go_to_extra_and_missing_keys_take_the_defaults():
     record = ReadingRolesConfig.from_dict({"seed": 3, "from_a_newer_version": [1, 2]})
     assert record.extra == {"from_a_newer_version": [1, 2]} and record["from_a_newer_version"] == [1, 2]
-    assert record.n_boot is UNSET and "n_boot" not in record and record.get("n_boot", 1000) == 1000
-    assert record.to_dict() == {"seed": 3, "from_a_newer_version": [1, 2]}
-    assert ReadingRolesConfig() == {} and len(ReadingRolesConfig()) == 0
+    assert record.n_boot == 1000 and record.to_dict() == {"n_boot": 1000, "seed": 3, "from_a_newer_version": [1, 2]}
+    assert ReadingRolesConfig() == {"n_boot": 1000, "seed": 0}
+    where = QKLabelAttentionConfig.from_dict({"example": 0})  # where it read: recorded only when known
+    assert where.read_at is UNSET and "read_at" not in where and where.get("read_at", "label") == "label"
+
+
+@pytest.mark.parametrize(
+    "cls, analysis",
+    [(ReadingRolesConfig, ih.reading_roles), (FaithfulnessConfig, ih.check_faithfulness),
+     (ComponentStabilityConfig, ih.component_stability), (MajorityBiasConfig, ih.majority_bias),
+     (RecencyBiasConfig, ih.recency_bias)],
+)  # fmt: skip
+def test_config_defaults_are_the_analysis_defaults(cls, analysis):
+    params = inspect.signature(analysis).parameters
+    shared = {k: v for k, v in cls().items() if k in params}
+    assert len(shared) >= 2
+    for key, value in shared.items():
+        default = params[key].default
+        assert value == ([list(s) for s in default] if key == "skews" else default), (cls.__name__, key)
 
 
 def test_records_of_a_run_need_their_keys():

@@ -83,7 +83,8 @@ def _dom(browser: str, profile: Path, url: str, width: int) -> str:
 @pytest.mark.browser
 @pytest.mark.slow
 def test_report_layout_verdicts_and_provenance(tmp_path, report_dir):
-    """The verdicts come first, provenance is there, and no title or table overflows at a wide and a narrow window."""
+    """The verdicts come first, provenance is there, and at a wide and a narrow window no title overflows, is clipped
+    or lies under the modebar, and no table cell breaks a number or word across lines."""
     import html
     import json
 
@@ -97,6 +98,13 @@ def test_report_layout_verdicts_and_provenance(tmp_path, report_dir):
         assert f'data-layout-checked="{width}"' in body, body  # the layout check ran at this width
         overflowing = json.loads(html.unescape(re.search(r'data-overflowing-titles="([^"]*)"', body).group(1)))
         assert overflowing == [], f"titles wider than their figure at {width} px: {overflowing}"
+        for check, what in (
+            ("clipped-titles", "titles cut at the top or bottom of their figure"),
+            ("modebar-over-titles", "titles under plotly's modebar"),
+            ("split-words", "numbers or words broken across lines in a table"),
+        ):
+            found = json.loads(html.unescape(re.search(rf'data-{check}="([^"]*)"', body).group(1)))
+            assert found == [], f"{what} at {width} px: {found}"
         assert 'data-page-overflow="false"' in body, f"the page is wider than a {width} px window"
         verdicts = page.index('id="verdicts"')
         assert verdicts < page.index("<h2>Task and data</h2>")  # at the top, before every section

@@ -19,39 +19,20 @@ OVERSIZED: dict[str, int] = {}
 
 #: The layers, bottom first, as docs/contributing.md lists them: a module imports only from its own layer or
 #: below (an entry names a module or a package with everything in it; ``""`` is the package's namespace,
-#: ``icl_heads/__init__.py``, which gathers the workflow from the layers up to the analyses).
+#: ``icl_heads/__init__.py``, which gathers the workflow from the layers below and imports ``plots`` so that
+#: every result finds its figures).
 LAYERS: list[tuple[str, list[str]]] = [
     ("records, stats, format", ["_version", "_checks", "records", "stats", "_format", "options", "results"]),
     ("prompts", ["prompts", "slots", "data", "organism", "validation"]),
     ("model access", ["engine", "_norms", "_resume", "access", "faithfulness", "models", "testing", "_families"]),
     ("interventions", ["interventions", "correction_hooks", "corrections", "correction_methods"]),
-    ("analyses", ["", "accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "reading",
+    ("analyses", ["accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "reading",
                   "mechanism", "bias", "order_bias", "_bias_common", "recency", "tuning", "tuning_checks",
                   "debias", "components"]),
-    ("plots", ["plots"]),
-    ("verdicts and report", ["verdicts", "_verdict_inputs", "report", "recovery"]),
+    ("plots", ["plots", ""]),
+    ("verdicts and report", ["verdict_rules", "verdicts", "report", "recovery"]),
     ("CLI", ["cli", "_cli_inputs", "_cli_sections", "_cli_output", "_cli_progress", "_provenance"]),
 ]  # fmt: skip
-
-#: TEMPORARY: the import edges that close cycles (and point up the layers) and are being removed in
-#: other changes of today: each analysis -> its plot module (figures will be built by ``plots`` from the
-#: results), and verdicts <-> _verdict_inputs. Empty it once those are merged; nothing else belongs here.
-PENDING_CYCLE_EDGES: set[tuple[str, str]] = {
-    ("icl_heads.bias", "icl_heads.plots.bias"),
-    ("icl_heads.order_bias", "icl_heads.plots.bias"),
-    ("icl_heads.tuning", "icl_heads.plots.bias"),
-    ("icl_heads.heads", "icl_heads.plots.heads"),
-    ("icl_heads.reading", "icl_heads.plots.reading"),
-    ("icl_heads.components.result", "icl_heads.plots.components"),
-    ("icl_heads.components.stability", "icl_heads.plots.components"),
-    ("icl_heads.components.protocol", "icl_heads.plots.components"),
-    ("icl_heads.mechanism.ov", "icl_heads.plots.mechanism"),
-    ("icl_heads.mechanism.qk", "icl_heads.plots.mechanism"),
-    ("icl_heads.mechanism.towers", "icl_heads.plots.mechanism"),
-    ("icl_heads.mechanism.flips", "icl_heads.plots.mechanism"),
-    ("icl_heads.verdicts", "icl_heads._verdict_inputs"),
-    ("icl_heads._verdict_inputs", "icl_heads.verdicts"),
-}
 
 
 def module_files(package: Path) -> dict[str, Path]:
@@ -103,13 +84,6 @@ def layer_of(module: str) -> int:
         if any(rel == n or (n and rel.startswith(n + ".")) for n in names):
             return i
     raise KeyError(f"{module} is in no layer; add it to LAYERS and to docs/contributing.md's layer list")
-
-
-def _graph_without_pending() -> dict[str, set[str]]:
-    graph = import_graph(PACKAGE)
-    gone = sorted(e for e in PENDING_CYCLE_EDGES if e[1] not in graph.get(e[0], set()))
-    assert not gone, f"these imports no longer exist: remove them from PENDING_CYCLE_EDGES: {gone}"
-    return {m: {t for t in targets if (m, t) not in PENDING_CYCLE_EDGES} for m, targets in graph.items()}
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -174,14 +148,14 @@ def test_no_module_is_over_the_line_limit_and_the_oversized_ones_do_not_grow():
 
 
 def test_the_package_has_no_import_cycles_of_any_kind():
-    graph = _graph_without_pending()
+    graph = import_graph(PACKAGE)
     assert len(graph) > 40 and "icl_heads.prompts.tokenization" in graph["icl_heads.prompts.task"]
     cycles = find_cycles(graph)
     assert not cycles, "import cycles among icl_heads modules: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
 def test_every_import_points_down_the_layers():
-    graph = _graph_without_pending()
+    graph = import_graph(PACKAGE)
     up = sorted(
         f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
         for m, targets in graph.items()

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
@@ -27,7 +26,7 @@ from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
 from icl_heads.records import UNSET, Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 
 logger = logging.getLogger("icl_heads")
 
@@ -107,11 +106,9 @@ class ReweightingComparison(Result):
                 out[f"reweighting - {baseline}"] = f"{m:+.3f} ± {s:.3f}"
         return out
 
-    def plot(self) -> go.Figure:
+    def plot(self) -> Figure:
         """Bars of test accuracy per method, mean ± std."""
-        from icl_heads.plots.components import plot_reweighting
-
-        return plot_reweighting(self)
+        return self._draw("plot")
 
 
 def compare_reweighting(

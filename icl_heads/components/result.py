@@ -14,14 +14,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from scipy.stats import binom
 from torch import Tensor
 
 from icl_heads.records import UNSET, Provenance, Record, check_choice, check_positive
-from icl_heads.results import Result, json_type
+from icl_heads.results import Figure, Result, json_type
 from icl_heads.stats import Estimate, wilson
 
 KINDS = ("label-biased", "good", "bad", "other")
@@ -56,9 +55,12 @@ def component_table(n_layers: int, n_heads: int) -> pd.DataFrame:
 
 
 def component_accuracy_table(
-    logits: Float[Tensor, "prompt component label"], golds: Int[Tensor, " prompt"], meta: pd.DataFrame
+    logits: Float[Tensor, "prompt component label"],
+    golds: Int[Tensor, " prompt"],
+    meta: pd.DataFrame,
+    label_words: Sequence[str],
 ) -> pd.DataFrame:
-    """Accuracy of each component alone, its Wilson interval and its most predicted label.
+    """Accuracy of each component alone, its Wilson interval and its most predicted label (a label word).
 
     ``meta`` is the :func:`component_table` of the components, in the order of ``logits``.
     """
@@ -69,7 +71,7 @@ def component_accuracy_table(
     df = meta.copy()
     df["accuracy"] = correct / n
     df["ci_low"], df["ci_high"] = zip(*(wilson(int(c), n).ci for c in correct), strict=True)
-    df["top_label"] = counts.argmax(-1)
+    df["top_label"] = [label_words[i] for i in counts.argmax(-1)]
     df["top_label_share"] = counts.max(-1) / n
     df["n"] = n
     return df
@@ -134,16 +136,17 @@ class Decomposition(Result):
                 f"[prompt] for {n_layers} layers x {n_heads} heads; got {tuple(logits.shape)}, "
                 f"{tuple(full_logits.shape)}, {tuple(golds.shape)}"
             )
+        words = tuple(label_words) if label_words is not None else tuple(f"label{i}" for i in range(k))
         return cls(
             logits=logits,
             full_logits=full_logits,
             golds=golds,
             names=tuple(meta.component),
-            label_words=tuple(label_words) if label_words is not None else tuple(f"label{i}" for i in range(k)),
+            label_words=words,
             n_layers=n_layers,
             n_heads=n_heads,
             reconstruction_error=float((logits.sum(1) - full_logits).abs().max()),
-            df=component_accuracy_table(logits, golds, meta),
+            df=component_accuracy_table(logits, golds, meta, words),
             config=DecompositionConfig.from_dict(config or {}),
             provenance=Provenance.from_dict(provenance or {}),
         )
@@ -267,18 +270,14 @@ class Decomposition(Result):
             ),
         }
 
-    def heatmap(self, **kinds_kw: Any) -> go.Figure:
+    def heatmap(self, **kinds_kw: Any) -> Figure:
         """Layer x head heatmap of each head's accuracy alone, centred at chance; good heads outlined."""
-        from icl_heads.plots.components import plot_component_heatmap
+        return self._draw("heatmap", **kinds_kw)
 
-        return plot_component_heatmap(self, **kinds_kw)
-
-    def plot(self, **kinds_kw: Any) -> go.Figure:
+    def plot(self, **kinds_kw: Any) -> Figure:
         """The main figure: the layer x head heatmap of :meth:`heatmap`."""
         return self.heatmap(**kinds_kw)
 
-    def plot_accuracy(self, **kinds_kw: Any) -> go.Figure:
+    def plot_accuracy(self, **kinds_kw: Any) -> Figure:
         """All components sorted by accuracy, coloured by kind, with the whole model and chance marked."""
-        from icl_heads.plots.components import plot_component_accuracy
-
-        return plot_component_accuracy(self, **kinds_kw)
+        return self._draw("plot_accuracy", **kinds_kw)

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -26,8 +25,8 @@ from icl_heads.components.decompose import decompose
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
-from icl_heads.records import UNSET, Provenance, Record, check_positive
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.records import Provenance, Record, check_positive
+from icl_heads.results import Figure, Result, json_type, provenance
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +36,11 @@ logger = logging.getLogger(__name__)
 class ComponentStabilityConfig(Record):
     """Arguments of :func:`~icl_heads.component_stability`."""
 
-    n_demo_sets: int = UNSET
-    shots: int = UNSET
-    n: int = UNSET
-    top: int = UNSET
-    seed: int = UNSET
+    n_demo_sets: int = 5
+    shots: int = 4
+    n: int = 200
+    top: int = 5
+    seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive(self, "n_demo_sets", "shots", "n", "top")
@@ -58,13 +57,14 @@ class ComponentStability(Result):
             ``full_accuracy_a``, ``full_accuracy_b``.
         runs: one row per (template, demo set): ``template, demo_set, full_accuracy,
             best_component, best_accuracy``.
-        (:meth:`summary` gives mean Pearson and IoU per axis next to the standard
-        deviation, ``ddof=0``, of full-model and of component accuracies.)
         accuracies: ``[template, demo_set, component]`` accuracy of each component alone.
         names: component names.
         templates: the templates.
         config: the arguments that produced this result.
         provenance: model, versions.
+
+    :meth:`summary` gives the mean Pearson and IoU per axis next to the standard
+    deviation (``ddof=0``) of full-model and of component accuracies.
     """
 
     df: pd.DataFrame
@@ -92,11 +92,9 @@ class ComponentStability(Result):
             out["component accuracy std across templates"] = float(self.accuracies.std(0, correction=0).mean())
         return out
 
-    def plot(self, axis: str = "demo set", pair: int = 0) -> go.Figure:
+    def plot(self, axis: str = "demo set", pair: int = 0) -> Figure:
         """Component accuracy in one run against another (one pair of ``axis``), names on hover."""
-        from icl_heads.plots.components import plot_stability
-
-        return plot_stability(self, axis=axis, pair=pair)
+        return self._draw("plot", axis=axis, pair=pair)
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:

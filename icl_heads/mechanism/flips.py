@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 
 from icl_heads.access import Head, batches
@@ -19,7 +18,7 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
 from icl_heads.records import UNSET, Provenance
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import positions_with_labels
 
 
@@ -127,11 +126,9 @@ class FlipAnalysis(Result):
             )
         return out
 
-    def plot(self, heads: Sequence[Head] | None = None) -> go.Figure:
+    def plot(self, heads: Sequence[Head] | None = None) -> Figure:
         """Attention on the old and new label's positions before and after the flip, per head."""
-        from icl_heads.plots.mechanism import plot_flip
-
-        return plot_flip(self, heads)
+        return self._draw("plot", heads)
 
 
 def flip_analysis(

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -42,8 +41,9 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
 from icl_heads.records import UNSET, Provenance
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import ROLES, positions_with_labels, read_positions
+from icl_heads.stats import wilson
 
 
 @json_type
@@ -97,8 +97,11 @@ class OVLabelFeatures(Result):
     Attributes:
         heads: the analysed heads.
         df: one row per head, position ``kind`` (``"label"``, ``"control"``) and
-            ``label`` (each label word, and ``"all"``): ``n``, ``share_promoting``
-            (share of positions whose vector ranks its own label above every other label),
+            ``label`` (each label word, and ``"all"``): ``n`` (demonstrations, the
+            independent units; a slot's tokens count once), ``n_positions`` (tokens),
+            ``share_promoting`` (share of positions whose vector ranks its own label above
+            every other label) and its 95% Wilson interval over demonstrations
+            ``share_ci_low, share_ci_high``,
             ``mean_logit_diff`` and ``mean_logprob_diff`` (own label vs the rest; for the
             unweighted vector ``v_p W_O``), their ``weighted_`` versions (for
             ``A[t, p] v_p W_O``), ``median_own_rank`` (own label's rank in the whole
@@ -142,11 +145,9 @@ class OVLabelFeatures(Result):
             out[f"mean over {len(label)} heads: label positions promoting their label"] = float(label.mean())
         return out
 
-    def plot(self, head: Head | None = None) -> go.Figure:
+    def plot(self, head: Head | None = None) -> Figure:
         """Label logit difference of the OV vector at each demonstration slot, by the label there."""
-        from icl_heads.plots.mechanism import plot_ov_logit_diff
-
-        return plot_ov_logit_diff(self, head)
+        return self._draw("plot", head)
 
 
 def ov_label_features(
@@ -289,9 +290,11 @@ def ov_label_features(
 
 
 def _aggregate_ov(pos, sums, counts, heads, words, top_k, top_rank, tokenizer) -> pd.DataFrame:
-    pos = pos.assign(in_top=pos.own_rank <= top_rank)
+    # n counts demonstrations (the independent units): a slot of two tokens is one demonstration
+    pos = pos.assign(in_top=pos.own_rank <= top_rank, _unit=pos.prompt.astype(np.int64) * 100_000 + pos.demo)
     agg = {
-        "n": ("prompt", "size"),
+        "n": ("_unit", "nunique"),
+        "n_positions": ("prompt", "size"),
         "share_promoting": ("promotes", "mean"),
         "mean_logit_diff": ("logit_diff", "mean"),
         "mean_logprob_diff": ("logprob_diff", "mean"),
@@ -318,6 +321,10 @@ def _aggregate_ov(pos, sums, counts, heads, words, top_k, top_rank, tokenizer) -
         ids = (total / n).topk(min(top_k, total.numel())).indices
         tops.append("|".join(token_str(tokenizer, int(t)) for t in ids))
     df["top_tokens"] = tops
+    # Wilson interval of the share over demonstrations (a demonstration's positions are not independent)
+    ci = [wilson(float(r.share_promoting) * int(r.n), int(r.n)).ci for r in df.itertuples()]
+    df.insert(df.columns.get_loc("share_promoting") + 1, "share_ci_low", [c[0] for c in ci])
+    df.insert(df.columns.get_loc("share_promoting") + 2, "share_ci_high", [c[1] for c in ci])
     order = {"label": 0, "control": 1}
     rank = {w: c for c, w in enumerate((*words, "all"))}
     return (

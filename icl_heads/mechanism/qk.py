@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
@@ -34,7 +33,7 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
 from icl_heads.records import UNSET, Provenance
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import read_positions
 
 
@@ -93,11 +92,9 @@ class QKLabelAttention(Result):
             out[f"{row.name}: attention on label positions"] = float(row.label_share)
         return out
 
-    def plot(self, heads: Sequence[Head] | None = None) -> go.Figure:
+    def plot(self, heads: Sequence[Head] | None = None) -> Figure:
         """Attention from the final position of the example prompt to every token, per head."""
-        from icl_heads.plots.mechanism import plot_label_attention
-
-        return plot_label_attention(self, heads)
+        return self._draw("plot", heads)
 
 
 def qk_label_attention(

@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -34,7 +33,7 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
 from icl_heads.records import UNSET, Provenance
-from icl_heads.results import Result, json_type, provenance
+from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import read_positions
 
 
@@ -103,13 +102,11 @@ class TwoTowerTest(Result):
         out[self.df.layer.to_numpy(), self.df["head"].to_numpy()] = self.df[column].to_numpy()
         return out
 
-    def heatmap(self, column: str = "auc_score") -> go.Figure:
+    def heatmap(self, column: str = "auc_score") -> Figure:
         """Layer x head heatmap of an AUC column, centred at 0.5 (chance)."""
-        from icl_heads.plots.mechanism import plot_auc_heatmap
+        return self._draw("heatmap", column)
 
-        return plot_auc_heatmap(self, column)
-
-    def plot(self, column: str = "auc_score") -> go.Figure:
+    def plot(self, column: str = "auc_score") -> Figure:
         """The main figure: the layer x head heatmap of :meth:`heatmap`."""
         return self.heatmap(column)
 

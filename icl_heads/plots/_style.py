@@ -11,48 +11,90 @@ DIVERGING = "RdBu_r"
 SEQUENTIAL = "Viridis"
 
 
+#: how a subtitle line is written once wrapped
+SMALL = ('<span style="font-size:12px">', "</span>")
+
+
 def wrap(text: str, width: int) -> str:
-    """Break ``text`` into lines of at most ``width`` characters with ``<br>`` (existing breaks are kept)."""
+    """Break ``text`` into lines of at most ``width`` characters with ``<br>`` (existing breaks are kept).
+
+    A line in ``<sup>...</sup>`` (a subtitle) stays small on every line it wraps onto: it becomes
+    ``<span style="font-size:12px">`` lines, as plotly raises a second ``<sup>`` line out of place.
+    """
     out = []
     for para in text.split("<br>"):
+        small = para.startswith(SMALL[0]) and para.endswith(SMALL[1])
+        sup = para.startswith("<sup>") and para.endswith("</sup>")
+        if sup or small:
+            para = para[len(SMALL[0] if small else "<sup>") : -len(SMALL[1] if small else "</sup>")]
+        lines: list[str] = []
         line = ""
         for word in para.split(" "):
             if line and len(line) + 1 + len(word) > width:
-                out.append(line)
+                lines.append(line)
                 line = word
             else:
                 line = f"{line} {word}" if line else word
-        out.append(line)
+        lines.append(line)
+        out += [f"{SMALL[0]}{line}{SMALL[1]}" for line in lines] if sup or small else lines
     return "<br>".join(out)
 
 
 #: characters per title line: fits a figure 700 px wide at plotly's default title size
 TITLE_WIDTH = 70
+#: pixels per line of a title and of a subplot title; the band at the top of a figure kept for the modebar
+TITLE_LINE, SUBTITLE_LINE, MODEBAR_BAND = 22, 17, 30
+#: plotly's default top margin
+DEFAULT_TOP = 100
 
 
 def fit_titles(fig: go.Figure, width: int = TITLE_WIDTH) -> go.Figure:
     """Wrap the figure's title and subplot titles so that they fit at narrow widths; grow the top margin to match.
 
-    Returns the same figure (changed in place).
+    The title hangs below a band at the top left free for plotly's modebar, above the subplot titles, so that
+    nothing clips or covers it at any width (plotly lifts a multi-line title by half a line per extra line: the
+    padding makes up for it). Returns the same figure (changed in place).
     """
-    title = fig.layout.title.text
-    lines = 0
-    if title:
-        wrapped = wrap(title, width)
-        lines = wrapped.count("<br>") + 1
-        fig.update_layout(
-            title={"text": wrapped, "x": 0.02, "xanchor": "left", "y": 0.98, "yanchor": "top", "yref": "container"}
-        )
     subplot_titles = [a for a in fig.layout.annotations if a.text and a.yref == "paper" and a.yanchor == "bottom"]
     n_cols = max(1, len({round(a.x or 0, 3) for a in subplot_titles}))
     sub_lines = 0
     for ann in subplot_titles:
         ann.text = wrap(ann.text, max(20, int(width * 0.85) // n_cols))
         sub_lines = max(sub_lines, ann.text.count("<br>") + 1)
-    top = 40 + 22 * lines + 16 * max(0, sub_lines - 1)
+    sub_height = SUBTITLE_LINE * sub_lines + 6 if sub_lines else 0
+    title = fig.layout.title.text
+    height = 0
+    if title:
+        wrapped = wrap(title, width)
+        lines = wrapped.count("<br>") + 1
+        height = TITLE_LINE * lines + TITLE_LINE // 2 * (lines - 1) + 6
+        fig.update_layout(
+            title={"text": wrapped, "x": 0.02, "xanchor": "left", "xref": "container", "y": 1, "yanchor": "top",
+                   "yref": "container", "pad": {"t": MODEBAR_BAND + TITLE_LINE // 2 * (lines - 1)}}
+        )  # fmt: skip
+    top = MODEBAR_BAND + height + sub_height + 6
     if fig.layout.margin.t is None or fig.layout.margin.t < top:
+        if fig.layout.height:  # a figure drawn at a set height keeps its plot area: the margin adds to it
+            fig.update_layout(height=fig.layout.height + top - (fig.layout.margin.t or DEFAULT_TOP))
         fig.update_layout(margin={"t": top})
     return fig
+
+
+#: the colour of each label word in every figure: the task's i-th label word gets the i-th colour
+LABEL_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+#: the colour of what belongs to no label (all prompts, control positions)
+NEUTRAL = "#7f7f7f"
+
+
+def label_colour(word: str, words: Sequence[str]) -> str:
+    """The colour of label word ``word`` among the task's ``words`` (grey for anything else, e.g. ``"all"``)."""
+    words = list(words)
+    return LABEL_COLOURS[words.index(word) % len(LABEL_COLOURS)] if word in words else NEUTRAL
+
+
+def heatmap_height(rows: int) -> int | None:
+    """A figure height that keeps a heatmap's rows short (None: plotly's default height suits ``rows``)."""
+    return 200 + 45 * rows if rows < 6 else None
 
 
 def head_name(layer: int, head: int) -> str:
@@ -131,8 +173,9 @@ def layer_head_heatmap(
         xaxis={"title": "head", "dtick": 1},
         yaxis={"title": "layer", "dtick": 1, "autorange": "reversed"},
         legend={"orientation": "h", "y": -0.15},
+        height=heatmap_height(n_layers),
     )
-    return fig
+    return fit_titles(fig)
 
 
 def bar_with_ci(

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from icl_heads._format import fmt, fmt_ci
-from icl_heads.plots._style import SEQUENTIAL
-
-if TYPE_CHECKING:
-    from icl_heads.bias import MajorityBias
-    from icl_heads.order_bias import RecencyBias
-    from icl_heads.tuning import BiasCorrection
+from icl_heads.bias import MajorityBias
+from icl_heads.order_bias import RecencyBias
+from icl_heads.plots._style import NEUTRAL, SEQUENTIAL, fit_titles, heatmap_height, label_colour, wrap
+from icl_heads.results import draws
+from icl_heads.tuning import BiasCorrection
 
 
 def _error(df, value: str, low: str, high: str) -> dict:
@@ -26,17 +23,30 @@ def _error(df, value: str, low: str, high: str) -> dict:
     }
 
 
+def _skew(counts: str) -> tuple[float, int]:
+    """Sort key of a condition ``"3:1"``: how skewed it is (majority over minority count), then its majority label."""
+    n = [int(c) for c in str(counts).split(":")]
+    return max(n) / min(n), n.index(max(n))
+
+
+@draws(MajorityBias)
 def plot_majority_bias(result: MajorityBias) -> go.Figure:
-    """Accuracy shift (vs balanced, same queries) per gold label in each imbalanced condition, 95% intervals."""
+    """Accuracy shift (vs balanced, same queries) per gold label in each imbalanced condition, 95% intervals.
+
+    Conditions run from the least to the most skewed; each label word keeps its colour of every figure.
+    """
     df = result.df[result.df.condition != "balanced"]
+    order = list(dict.fromkeys(df.sort_values("counts", key=lambda c: c.map(_skew), kind="stable").condition))
+    words = result.provenance.get("label_words") or [g for g in dict.fromkeys(df.gold) if g != "all"]
     fig = go.Figure()
-    for gold in df.gold.unique():
+    for gold in dict.fromkeys(df.gold):
         part = df[df.gold == gold]
         fig.add_trace(
             go.Bar(
                 x=part.condition,
                 y=part["shift"],
                 name=f"gold = {gold}",
+                marker_color=label_colour(gold, words),
                 error_y=_error(part, "shift", "shift_ci_low", "shift_ci_high"),
                 customdata=np.stack([part.majority, part.accuracy, part.n], axis=-1),
                 hovertemplate="%{x}<br>majority: %{customdata[0]}<br>accuracy shift: %{y:.3f}"
@@ -47,14 +57,15 @@ def plot_majority_bias(result: MajorityBias) -> go.Figure:
     fig.update_layout(
         title=f"Majority-label bias: accuracy shift vs balanced demonstrations (bias {fmt(result.bias)}, "
         f"95% CI {fmt_ci((lo, hi))})",
-        xaxis_title="demonstration counts per label",
-        yaxis_title="accuracy minus balanced accuracy (same queries)",
+        xaxis={"title": "demonstration counts per label", "categoryorder": "array", "categoryarray": order},
+        yaxis_title="accuracy minus balanced accuracy<br>(same queries)",
         barmode="group",
     )
     fig.add_hline(y=0, line_color="black", line_width=1)
-    return fig
+    return fit_titles(fig)
 
 
+@draws(RecencyBias)
 def plot_recency_bias(result: RecencyBias) -> go.Figure:
     """Left: accuracy per demonstration order (95% intervals). Right: attention per head and demonstration slot."""
     fig = make_subplots(
@@ -105,12 +116,14 @@ def plot_recency_bias(result: RecencyBias) -> go.Figure:
         f"last-label predictions {fmt(result.last_label_excess)}</sup>"
     )
     fig.update_xaxes(title_text="demonstration order", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy over the label set", range=[0, 1], row=1, col=1)
+    fig.update_yaxes(title_text="accuracy<br>over the label set", range=[0, 1], row=1, col=1)
     fig.update_xaxes(title_text="demonstration slot (1 = first)", row=1, col=2)
     fig.update_yaxes(title_text="head", autorange="reversed", row=1, col=2)
-    return fig
+    fig.update_layout(height=max(heatmap_height(len(set(att.name))) or 450, 400), margin={"l": 70})
+    return fit_titles(fig)
 
 
+@draws(BiasCorrection)
 def plot_correction(result: BiasCorrection) -> go.Figure:
     """Bias and balanced accuracy before and after the correction, 95% intervals; tuning curve."""
     fig = make_subplots(
@@ -122,7 +135,7 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
     df = result.df.set_index("metric")
     for col, metric in ((1, "bias"), (2, "balanced_accuracy")):
         row = df.loc[metric]
-        for stage, colour in (("before", "#7f7f7f"), ("after", "#d62728")):
+        for stage, colour in (("before", NEUTRAL), ("after", "#000000")):
             v = float(row[stage])
             fig.add_trace(
                 go.Bar(
@@ -147,7 +160,7 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
             x=tune.value,
             y=tune.bias,
             mode="lines+markers",
-            marker={"color": np.where(tune.chosen, "#d62728", np.where(tune.allowed, "#1f77b4", "#bbbbbb"))},
+            marker={"color": np.where(tune.chosen, "#000000", np.where(tune.allowed, NEUTRAL, "#cccccc"))},
             customdata=tune.accuracy_drop,
             hovertemplate=f"{result.parameter}=%{{x:g}}<br>bias: %{{y:.4f}}<br>balanced accuracy drop: "
             "%{customdata:.3f}<extra></extra>",
@@ -166,9 +179,10 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
         )
     )
     headline = result.config.get("headline", "")
-    fig.update_yaxes(title_text=f"{headline}<br>(0 = no bias)" if headline else "bias (0 = none)", row=1, col=1)
+    fig.update_yaxes(title_text=wrap(f"{headline} (0 = no bias)" if headline else "bias (0 = none)", 34), row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=2)
     fig.update_xaxes(title_text=result.parameter, row=1, col=3)
     fig.update_yaxes(title_text="bias on tuning prompts", row=1, col=3)
     fig.add_hline(y=0, line_color="black", line_width=1, row=1, col=3)
-    return fig
+    fig.update_layout(margin={"l": 90})
+    return fit_titles(fig)

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
 from icl_heads._format import fmt
-from icl_heads.plots._style import layer_head_heatmap
-
-if TYPE_CHECKING:
-    from icl_heads.components.protocol import ReweightingComparison
-    from icl_heads.components.result import Decomposition
-    from icl_heads.components.stability import ComponentStability
+from icl_heads.components.protocol import ReweightingComparison
+from icl_heads.components.result import Decomposition
+from icl_heads.components.stability import ComponentStability
+from icl_heads.plots._style import fit_titles, layer_head_heatmap
+from icl_heads.results import draws
 
 KIND_COLOURS = {"good": "#2ca02c", "bad": "#d62728", "label-biased": "#ff7f0e", "other": "#7f7f7f"}
 
 
+@draws(Decomposition, "heatmap", "plot")
 def plot_component_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     """Layer x head heatmap of each head's accuracy alone, diverging around chance; good heads outlined.
 
@@ -45,8 +45,10 @@ def plot_component_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     )
 
 
+@draws(Decomposition, "plot_accuracy")
 def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
-    """Every component's accuracy alone, sorted, coloured by kind, with the full model and chance as lines."""
+    """Every component's accuracy alone with its 95% Wilson interval, sorted, coloured by kind; full model and chance
+    as lines."""
     df = dec.kinds(**kinds_kw).sort_values("accuracy", ascending=False, kind="stable")
     fig = go.Figure()
     for kind, colour in KIND_COLOURS.items():
@@ -57,24 +59,36 @@ def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
                 y=part.accuracy,
                 name=kind,
                 marker_color=colour,
-                customdata=np.stack([part.top_label_share, part.p_below_chance], -1) if len(part) else None,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": (part.ci_high - part.accuracy).to_numpy(),
+                    "arrayminus": (part.accuracy - part.ci_low).to_numpy(),
+                },
+                customdata=np.stack(
+                    [part.top_label, part.top_label_share, part.p_below_chance, part.ci_low, part.ci_high], -1
+                )
+                if len(part)
+                else None,
                 hovertemplate=(
-                    "<b>%{x}</b><br>accuracy: %{y:.3f}<br>share of most predicted label: %{customdata[0]:.2f}"
-                    "<br>p (below chance): %{customdata[1]:.2g}<extra>" + kind + "</extra>"
+                    "<b>%{x}</b><br>accuracy: %{y:.3f} (95% CI [%{customdata[3]:.3f}, %{customdata[4]:.3f}])"
+                    "<br>most predicted label: %{customdata[0]} (%{customdata[1]:.2f} of prompts)"
+                    "<br>p (below chance): %{customdata[2]:.2g}<extra>" + kind + "</extra>"
                 ),
             )
         )
     fig.add_hline(y=dec.full_accuracy, line_dash="dash", annotation_text=f"full model {dec.full_accuracy:.3f}")
     fig.add_hline(y=dec.chance, line_dash="dot", annotation_text="chance")
     fig.update_layout(
-        title=f"Accuracy of each component alone ({dec.n_prompts} prompts)",
+        title=f"Accuracy of each component alone ({dec.n_prompts} prompts, 95% Wilson intervals)",
         xaxis={"title": "component", "categoryorder": "array", "categoryarray": df.component.tolist()},
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
         legend={"title": "kind", "orientation": "h", "y": -0.25},
     )
-    return fig
+    return fit_titles(fig)
 
 
+@draws(ComponentStability)
 def plot_stability(stab: ComponentStability, axis: str = "demo set", pair: int = 0) -> go.Figure:
     """Accuracy of every component in run ``a`` against run ``b`` of one pair along ``axis``.
 
@@ -121,12 +135,17 @@ def plot_stability(stab: ComponentStability, axis: str = "demo set", pair: int =
         xaxis={"title": f"accuracy alone, {xlab}", "range": [0, 1]},
         yaxis={"title": f"accuracy alone, {ylab}", "range": [0, 1]},
     )
-    return fig
+    return fit_titles(fig)
 
 
+@draws(ReweightingComparison)
 def plot_reweighting(result: ReweightingComparison) -> go.Figure:
-    """Test accuracy of each method, mean ± std over seeds and templates."""
+    """Test accuracy of each method, mean ± std over the runs (the seeds and templates the comparison used)."""
     table = result.table()
+    n_seeds, n_templates = result.df.seed.nunique(), result.df.template.nunique()
+    runs = f"{n_seeds} seed{'s' * (n_seeds != 1)}" + (
+        f" x {n_templates} templates" if n_templates > 1 else ", one template"
+    )
     fig = go.Figure(
         go.Bar(
             x=table.method,
@@ -138,8 +157,8 @@ def plot_reweighting(result: ReweightingComparison) -> go.Figure:
     )
     fig.add_hline(y=1 / len(result.label_words), line_dash="dot", annotation_text="chance")
     fig.update_layout(
-        title=f"Test accuracy with K={result.config['k']} labelled examples (mean ± std over seeds and templates)",
+        title=f"Test accuracy with K={result.config['k']} labelled examples (mean ± std over {runs})",
         xaxis_title="method",
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
     )
-    return fig
+    return fit_titles(fig)

@@ -1,16 +1,14 @@
-"""Figures for in-context heads: score heatmaps, ablation against random heads, ablation curves."""
+"""Figures for in-context heads: score heatmaps, ablation against random heads, ablation curves, score agreement."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from icl_heads.plots._style import bar_with_ci, fit_titles, layer_head_heatmap
-
-if TYPE_CHECKING:
-    from icl_heads.heads import InContextHeads
+from icl_heads.agreement import ScoreAgreement
+from icl_heads.heads import InContextHeads
+from icl_heads.plots._style import NEUTRAL, bar_with_ci, fit_titles, label_colour, layer_head_heatmap
+from icl_heads.results import draws
 
 _UNITS = {
     "logprob_increase": "log-prob increase of gold label",
@@ -19,6 +17,7 @@ _UNITS = {
 }
 
 
+@draws(InContextHeads, "heatmap", "plot")
 def plot_head_scores(found: InContextHeads, method: str | None = None, label: str = "all") -> go.Figure:
     """Layer x head heatmap of ``found``'s scores, selected heads outlined."""
     method = method or found.method
@@ -70,10 +69,12 @@ def plot_head_score_selector(found: InContextHeads) -> go.Figure:
         updatemenus=[{"buttons": buttons, "direction": "up", "x": 1.0, "xanchor": "right", "y": -0.08,
                       "yanchor": "top", "showactive": True}],
         margin=first.layout.margin,
+        height=first.layout.height,
     )  # fmt: skip
     return fig
 
 
+@draws(InContextHeads, "plot_verification")
 def plot_verification(found: InContextHeads) -> go.Figure:
     """ICL accuracy with no ablation, the found heads, random sets (95% interval) and each label's heads."""
     if found.verification is None:
@@ -89,15 +90,16 @@ def plot_verification(found: InContextHeads) -> go.Figure:
         yaxis_title="accuracy over the label set",
         yaxis_range=[0, 1],
     )
-    n_labels = len(found.heads_by_label) or 2
-    fig.add_hline(y=1 / n_labels, line_dash="dot", annotation_text="chance")
-    return fig
+    words = list(found.heads_by_label)
+    fig.update_traces(marker_color=[label_colour(c.removesuffix(" heads"), words) for c in v.condition])
+    fig.add_hline(y=1 / (len(words) or 2), line_dash="dot", annotation_text="chance")
+    return fit_titles(fig)
 
 
 def plot_ablation_curve(curve: pd.DataFrame, by: str | None = None) -> go.Figure:
     """Accuracy against the number of ablated heads: top-scoring (by the score ``by``) vs random (95% band)."""
     fig = go.Figure()
-    for kind, colour in (("found", "#d62728"), ("random", "#1f77b4")):
+    for kind, colour in (("found", "#000000"), ("random", NEUTRAL)):
         part = curve[curve.kind == kind].sort_values("k")
         fig.add_trace(
             go.Scatter(
@@ -120,4 +122,27 @@ def plot_ablation_curve(curve: pd.DataFrame, by: str | None = None) -> go.Figure
         xaxis={"title": "heads ablated (k)", "type": "log", "tickvals": sorted(curve.k.unique())},
         yaxis={"title": "accuracy over the label set", "range": [0, 1]},
     )
-    return fig
+    return fit_titles(fig)
+
+
+@draws(ScoreAgreement)
+def plot_score_agreement(agreement: ScoreAgreement) -> go.Figure:
+    """Scatter of the cheap score against the exact ablation effect, one point per sampled head."""
+    df = agreement.df
+    fig = go.Figure(
+        go.Scatter(
+            x=df.exact, y=df.estimate, mode="markers", text=df.name,
+            hovertemplate="%{text}<br>exact %{x:.4g}<br>estimate %{y:.4g}<extra></extra>",
+        )
+    )  # fmt: skip
+    lo = float(min(df.exact.min(), df.estimate.min()))
+    hi = float(max(df.exact.max(), df.estimate.max()))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot"}, name="y = x"))
+    fig.update_layout(
+        title=f"{agreement.method} vs exact ablation ({len(agreement.heads)} heads): Spearman "
+        f"{agreement.spearman:.3f}, top-{agreement.k} overlap {agreement.top_k_overlap:.2f}",
+        xaxis_title="exact ablation effect (drop in gold log-prob)",
+        yaxis_title=agreement.method,
+        showlegend=False,
+    )
+    return fit_titles(fig)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 
-from icl_heads.plots._style import SEQUENTIAL, head_name, layer_head_heatmap
+from icl_heads.mechanism.flips import FlipAnalysis
+from icl_heads.mechanism.ov import OVLabelFeatures
+from icl_heads.mechanism.qk import QKLabelAttention
+from icl_heads.mechanism.towers import TwoTowerTest
+from icl_heads.plots._style import SEQUENTIAL, fit_titles, head_name, heatmap_height, label_colour, layer_head_heatmap
+from icl_heads.results import draws
 
-if TYPE_CHECKING:
-    from icl_heads.mechanism import FlipAnalysis, OVLabelFeatures, QKLabelAttention, TwoTowerTest
-
-_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+#: controls are drawn in greys, one per label of their demonstration
+_GREYS = ("#7f7f7f", "#bcbcbc", "#5f5f5f", "#a0a0a0")
 
 
 def _pick(available: Sequence[tuple[int, int]], heads) -> list[tuple[int, int]]:
@@ -26,6 +28,7 @@ def _pick(available: Sequence[tuple[int, int]], heads) -> list[tuple[int, int]]:
     return chosen
 
 
+@draws(QKLabelAttention)
 def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] | None = None) -> go.Figure:
     """Heatmap of attention from the final position of one prompt to every token (x), per head (y).
 
@@ -68,10 +71,12 @@ def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] 
         " bold: label positions",
         xaxis={"title": "token", "tickmode": "array", "tickvals": list(range(z.shape[1])), "ticktext": ticks},
         yaxis={"title": "head", "autorange": "reversed"},
+        height=heatmap_height(len(names)),
     )
-    return fig
+    return fit_titles(fig)
 
 
+@draws(OVLabelFeatures)
 def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None) -> go.Figure:
     """Box plot of the OV vectors' label logit difference at each demonstration slot, by the label there.
 
@@ -95,7 +100,7 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
         y_all = part.logit_diff
         y_title = "logit(label shown) - mean logit(other labels) of v_p W_O"
     fig = go.Figure()
-    for kind, colours in (("label", _PALETTE), ("control", ("#7f7f7f", "#bcbcbc", "#5f5f5f", "#a0a0a0"))):
+    for kind in ("label", "control"):
         for i, word in enumerate(words):
             sel = (part.kind == kind) & (part.label == word)
             if not sel.any():
@@ -105,7 +110,7 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
                     x=[f"demo {d + 1}" for d in part.demo[sel]],
                     y=y_all[sel],
                     name=f"{word} position" if kind == "label" else f"control ({word} demo)",
-                    marker_color=colours[i % len(colours)],
+                    marker_color=label_colour(word, words) if kind == "label" else _GREYS[i % len(_GREYS)],
                     boxpoints="outliers",
                     hovertemplate=f"{head_name(layer, h)} {kind} {word}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
                 )
@@ -118,9 +123,10 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
         yaxis={"title": y_title},
         boxmode="group",
     )
-    return fig
+    return fit_titles(fig)
 
 
+@draws(TwoTowerTest, "heatmap", "plot")
 def plot_auc_heatmap(tt: TwoTowerTest, column: str = "auc_score") -> go.Figure:
     """Layer x head heatmap of a two-tower AUC (0.5 = chance), the baseline's AUC in the hover.
 
@@ -143,6 +149,7 @@ def plot_auc_heatmap(tt: TwoTowerTest, column: str = "auc_score") -> go.Figure:
     )
 
 
+@draws(FlipAnalysis)
 def plot_flip(flip: FlipAnalysis, heads: Sequence[tuple[int, int]] | None = None) -> go.Figure:
     """Grouped bars per head: attention on the old and the new predicted label's positions, before and after.
 
@@ -155,10 +162,10 @@ def plot_flip(flip: FlipAnalysis, heads: Sequence[tuple[int, int]] | None = None
     names = [head_name(*h) for h in chosen]
     fig = go.Figure()
     bars = (
-        ("old_label_before", "old label, before", "#1f77b4", ""),
-        ("old_label_after", "old label, after", "#1f77b4", "/"),
-        ("new_label_before", "new label, before", "#d62728", ""),
-        ("new_label_after", "new label, after", "#d62728", "/"),
+        ("old_label_before", "old label, before", "#7f7f7f", ""),
+        ("old_label_after", "old label, after", "#7f7f7f", "/"),
+        ("new_label_before", "new label, before", "#000000", ""),
+        ("new_label_after", "new label, after", "#000000", "/"),
     )
     for column, name, colour, pattern in bars:
         fig.add_trace(
@@ -181,4 +188,4 @@ def plot_flip(flip: FlipAnalysis, heads: Sequence[tuple[int, int]] | None = None
         yaxis={"title": "attention from final position (summed)"},
         barmode="group",
     )
-    return fig
+    return fit_titles(fig)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import plotly.graph_objects as go
 
-from icl_heads.plots._style import SEQUENTIAL
+from icl_heads.plots._style import SEQUENTIAL, fit_titles
+from icl_heads.reading import ReadingRoles
+from icl_heads.results import draws
 
-if TYPE_CHECKING:
-    from icl_heads.reading import ReadingRoles
 
-
+@draws(ReadingRoles)
 def plot_reading_roles(result: ReadingRoles) -> go.Figure:
     """Heatmap: heads (rows, ``L{layer}H{head}``) by token roles (columns), mean attention from the final position.
 
@@ -44,4 +42,4 @@ def plot_reading_roles(result: ReadingRoles) -> go.Figure:
         yaxis={"title": "head", "autorange": "reversed"},
         height=max(300, 18 * len(names) + 120),
     )
-    return fig
+    return fit_titles(fig)

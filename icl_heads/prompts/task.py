@@ -348,7 +348,7 @@ class ICLPrompts:
         """Gold class index of every prompt."""
         return torch.tensor([p.gold for p in self.prompts])
 
-    def tokenize(self, tokenizer, *, prepend_bos: bool = True, first_token: bool = False) -> TokenizedPrompts:
+    def tokenize(self, tokenizer: Any, *, prepend_bos: bool = True, first_token: bool = False) -> TokenizedPrompts:
         """Token ids, label positions and final positions for ``tokenizer``.
 
         Args:

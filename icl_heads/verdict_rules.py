@@ -1,0 +1,421 @@
+"""The rules of the verdicts on the papers' claims: each claim a test with a stated margin.
+
+Every claim is judged from one 95% interval of its effect, oriented so that the
+paper's direction is positive, by one rule (:func:`judge`):
+
+* ``"holds"``: the interval excludes no effect (its low end is above zero);
+* ``"contradicted"``: the interval excludes the smallest effect that would count as the
+  claim (its high end is below the claim's margin, :data:`MARGINS`), which includes an
+  interval entirely in the opposite direction;
+* ``"inconclusive"``: anything else (the data cannot tell);
+* ``"not applicable"``: the analysis did not run, or what it is about is absent (no
+  in-context learning to explain, no bias to correct).
+
+A point estimate alone never decides a state: "no effect found" is *inconclusive* unless
+the interval rules out every effect that would matter.
+
+The functions named ``*_verdict`` are pure: they read plain quantities (counts, per-run
+accuracies, interval ends), so tests feed them simulated data;
+:func:`icl_heads.verdicts.collect_verdicts` reads those quantities off the result objects of a run. Every
+figure in a verdict is formatted by :func:`icl_heads._format.fmt` (3 decimals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from icl_heads._format import fmt, fmt_ci
+from icl_heads.stats import wilson
+
+HOLDS = "holds"
+CONTRADICTED = "contradicted"
+INCONCLUSIVE = "inconclusive"
+NOT_APPLICABLE = "not applicable"
+STATES = (HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_APPLICABLE)
+
+#: each claim in a few words, by key
+CLAIMS = {
+    "faithfulness": "the linear identities hold",
+    "icl": "the model learns the task in context",
+    "heads": "a few heads carry ICL",
+    "ov": "OV reads labels",
+    "qk": "QK compares query and demonstrations",
+    "majority": "majority bias exists",
+    "majority_correction": "majority correction reduces the bias",
+    "recency": "recency bias exists",
+    "recency_correction": "recency correction reduces the bias",
+    "decomposition": "components beat the whole",
+    "reweighting": "reweighting beats the baselines",
+}
+
+#: the smallest effect that counts as each claim, in the units of its effect (the legend prints them)
+MARGINS: dict[str, float] = {
+    "icl": 0.10,  # accuracy above chance
+    "heads": 0.10,  # accuracy drop beyond random head sets of the same size
+    "ov": 0.10,  # share of label slots promoting their label, above the control positions and chance
+    "qk": 0.05,  # within-prompt AUC above 0.5
+    "majority": 0.05,  # excess majority-label predictions
+    "recency": 0.10,  # accuracy gap, query's class block last minus first
+    "majority_correction": 10.0,  # relative reduction of the bias, percent
+    "recency_correction": 10.0,
+    "decomposition": 0.10,  # accuracy of the best component above the full model's
+    "reweighting": 0.05,  # accuracy above every baseline that is above chance
+}
+
+#: what each margin is measured in, for the legend
+MARGIN_UNITS: dict[str, str] = {
+    "icl": "accuracy above chance",
+    "heads": "accuracy drop beyond the mean of random head sets of the same size",
+    "ov": "share of demonstrations promoting their label, above the control positions and above chance",
+    "qk": "within-prompt AUC above 0.5",
+    "majority": "excess majority-label predictions",
+    "recency": "accuracy gap, query's class block last minus first",
+    "majority_correction": "relative reduction of the bias, in %",
+    "recency_correction": "relative reduction of the bias, in %",
+    "decomposition": "accuracy of a component above the full model's (Bonferroni over components)",
+    "reweighting": "accuracy above each baseline above chance (t interval over runs)",
+}
+
+#: the claims about how ICL works: not applicable when the model does not learn the task in context
+ICL_CLAIMS = ("heads", "ov", "qk")
+
+#: a baseline whose mean is within this of chance, or whose interval reaches chance, is "at chance"
+CHANCE_MARGIN = 0.05
+
+LEVEL = 0.95
+
+
+def judge(low: Any, high: Any, margin: float) -> Any:
+    """The state of a claim from the interval ``[low, high]`` of its effect (paper's direction positive).
+
+    Vectorised: arrays of interval ends give an array of states.
+
+    Raises:
+        ValueError: a margin that is not positive.
+    """
+    if not margin > 0:
+        raise ValueError(f"a claim's margin must be positive, got {margin}")
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    out = np.where(low > 0, HOLDS, np.where(high < margin, CONTRADICTED, INCONCLUSIVE))
+    return str(out) if out.ndim == 0 else out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One claim, its state, and the interval it was judged from.
+
+    Attributes:
+        claim: the paper's claim in a few words.
+        state: one of :data:`STATES`.
+        detail: the numbers, with their 95% intervals.
+        key: the claim's key in :data:`MARGINS`.
+        effect: the effect (paper's direction positive), NaN when none was measured.
+        low: low end of its 95% interval.
+        high: high end.
+        margin: the smallest effect that counts as the claim.
+    """
+
+    claim: str
+    state: str
+    detail: str
+    key: str = ""
+    effect: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    margin: float = math.nan
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
+
+    def line(self) -> str:
+        """``claim: state (detail)``."""
+        return f"{self.claim}: {self.state} ({self.detail})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def _judged(key: str, claim: str, effect: float, ci: Sequence[float], detail: str) -> Verdict:
+    margin = MARGINS[key]
+    lo, hi = float(ci[0]), float(ci[1])
+    return Verdict(claim, judge(lo, hi, margin), detail, key, float(effect), lo, hi, margin)
+
+
+def not_applicable(key: str, claim: str, why: str) -> Verdict:
+    return Verdict(claim, NOT_APPLICABLE, why, key)
+
+
+def t_interval(values: Any, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean of ``values`` and its t interval (``n - 1`` degrees of freedom); NaN ends for one value."""
+    x = np.asarray(values, dtype=float).ravel()
+    m = float(x.mean())
+    if x.size < 2:
+        return m, math.nan, math.nan
+    half = float(sps.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return m, m - half, m + half
+
+
+def difference_interval(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) -> tuple[float, float]:
+    """Interval of ``a - b`` from the intervals of two independent estimates (Newcombe's square-and-add)."""
+    lo = (a - b) - math.hypot(a - a_ci[0], b_ci[1] - b)
+    hi = (a - b) + math.hypot(a_ci[1] - a, b - b_ci[0])
+    return lo, hi
+
+
+# ---- the claims -------------------------------------------------------------------------------------------
+
+
+def faithfulness_verdict(worst_relative_error: float, tolerance: float, worst_identity: str) -> Verdict:
+    """The linear identities every analysis rests on (:func:`icl_heads.check_faithfulness`): exact, no interval."""
+    detail = f"worst relative error {worst_relative_error:.1e} in '{worst_identity}', tolerance {tolerance:.0e}"
+    state = HOLDS if worst_relative_error <= tolerance else CONTRADICTED
+    return Verdict("the linear identities hold", state, detail, "faithfulness")
+
+
+def icl_verdict(correct: int, n: int, chance: float, shots: int | None = None) -> Verdict:
+    """The model learns the task in context: accuracy's Wilson interval above chance.
+
+    Args:
+        correct: prompts answered correctly.
+        n: prompts.
+        chance: accuracy of guessing (``1 / n_labels``).
+        shots: demonstrations per prompt, for the text.
+    """
+    acc = wilson(correct, n)
+    setting = f"{shots}-shot " if shots is not None else ""
+    detail = f"{setting}accuracy {fmt(acc.value)}, 95% {fmt_ci(acc.ci)} over {n} prompts; chance {fmt(chance)}"
+    return _judged("icl", "the model learns the task in context", acc.value - chance,
+                   (acc.low - chance, acc.high - chance), detail)  # fmt: skip
+
+
+def heads_verdict(
+    heads: Sequence[str], accuracy: float, ablated_correct: int, n: int, random_accuracies: Any
+) -> Verdict:
+    """A few heads carry ICL: ablating the found heads lowers accuracy more than random heads of the same number.
+
+    The effect is the mean accuracy of the random sets minus the found heads' ablated
+    accuracy; its interval combines the ablated accuracy's Wilson interval (``n`` prompts)
+    with the t interval of the random sets' mean.
+    """
+    ablated = wilson(ablated_correct, n)
+    r_mean, r_lo, r_hi = t_interval(random_accuracies)
+    if math.isnan(r_lo):
+        r_lo = r_hi = r_mean
+    r_lo, r_hi = max(r_lo, 0.0), min(r_hi, 1.0)  # a mean accuracy lies in [0, 1]
+    lo, hi = difference_interval(r_mean, (r_lo, r_hi), ablated.value, ablated.ci)
+    effect = r_mean - ablated.value
+    detail = (
+        f"ablating {', '.join(heads)}: accuracy {fmt(accuracy)} → {fmt(ablated.value)} {fmt_ci(ablated.ci)}; "
+        f"mean of {len(random_accuracies)} random sets {fmt(r_mean)} {fmt_ci((r_lo, r_hi))}; drop beyond random "
+        f"{fmt(effect)}, 95% {fmt_ci((lo, hi))} over {n} prompts"
+    )
+    return _judged("heads", "a few heads carry ICL", effect, (lo, hi), detail)
+
+
+def ov_verdict(
+    label_share: float, n_label: int, control_share: float, n_control: int, n_labels: int, heads: Sequence[str] = ()
+) -> Verdict:
+    """OV reads labels: at label slots the in-context heads' OV vectors promote the label shown there.
+
+    Compared with both the control positions (a head promoting the demonstration's label
+    from anywhere is no label reader) and chance: the effect is the smaller of the two
+    differences and its interval the smaller ends of theirs (an intersection-union test),
+    each difference from the Wilson intervals of its shares (square-and-add).
+
+    Args:
+        label_share: share of demonstrations whose label slot promotes their label.
+        n_label: demonstrations (independent units, not tokens).
+        control_share: the same at the control positions.
+        n_control: demonstrations with a control position.
+        n_labels: number of labels (chance is ``1 / n_labels``).
+        heads: the heads, for the text.
+    """
+    chance = 1 / n_labels
+    lab, ctl = wilson(label_share * n_label, n_label), wilson(control_share * n_control, n_control)
+    vs_control = difference_interval(lab.value, lab.ci, ctl.value, ctl.ci)
+    vs_chance = (lab.low - chance, lab.high - chance)
+    effect = min(lab.value - ctl.value, lab.value - chance)
+    ci = (min(vs_control[0], vs_chance[0]), min(vs_control[1], vs_chance[1]))
+    who = f" ({', '.join(heads)})" if heads else ""
+    detail = (
+        f"label slots promote their label in {fmt(lab.value)} of {n_label} demonstrations {fmt_ci(lab.ci)}, "
+        f"control positions {fmt(ctl.value)} {fmt_ci(ctl.ci)}{who}; label minus control "
+        f"{fmt(lab.value - ctl.value)} {fmt_ci(vs_control)}; chance {fmt(chance)}"
+    )
+    return _judged("ov", "OV reads labels", effect, ci, detail)
+
+
+def ratio_bootstrap(wins: Any, pairs: Any, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """``sum(wins) / sum(pairs)`` and its percentile bootstrap interval over units (rows resampled)."""
+    w, p = np.asarray(wins, dtype=float), np.asarray(pairs, dtype=float)
+    if w.size == 0 or p.sum() == 0:
+        raise ValueError("no prompt has demonstrations of both the query's class and another class")
+    idx = np.random.default_rng(seed).integers(0, w.size, size=(n_boot, w.size))
+    samples = w[idx].sum(1) / p[idx].sum(1)
+    lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return float(w.sum() / p.sum()), float(lo), float(hi)
+
+
+def qk_verdict(wins: Any, pairs: Any, heads: Sequence[str], seed: int = 0) -> Verdict:
+    """QK compares query and demonstrations: the pre-softmax score is higher at same-class demonstrations.
+
+    Args:
+        wins: per prompt, the same-class vs other-class pairs of label positions where the
+            same-class score is higher (ties count half), summed over the heads.
+        pairs: per prompt, the number of such pairs.
+        heads: the heads it was measured on.
+        seed: of the bootstrap over prompts.
+    """
+    auc, lo, hi = ratio_bootstrap(wins, pairs, seed=seed)
+    detail = (
+        f"score AUC same vs other class within prompts {fmt(auc)}, 95% {fmt_ci((lo, hi))} over "
+        f"{len(np.asarray(wins))} prompts ({', '.join(heads)}; 0.5 = chance)"
+    )
+    return _judged("qk", "QK compares query and demonstrations", auc - 0.5, (lo - 0.5, hi - 0.5), detail)
+
+
+def bias_verdict(kind: str, bias: float, ci: Sequence[float], measure: str, extra: str = "") -> Verdict:
+    """A bias exists: its measure's 95% interval (a bootstrap over prompts) is above zero."""
+    detail = f"{measure} {fmt(bias)}, 95% {fmt_ci(ci)}{extra}"
+    return _judged(kind, f"{kind} bias exists", bias, ci, detail)
+
+
+def correction_verdict(
+    kind: str,
+    method: str | None,
+    bias_state: str,
+    reduction: float | None = None,
+    ci: Sequence[float] | None = None,
+    before: float | None = None,
+    after: float | None = None,
+    at_grid_edge: bool = False,
+    skipped: str | None = None,
+    grid_size: int = 0,
+    extra: str = "",
+) -> Verdict:
+    """A correction reduces the bias: the relative reduction's 95% interval is above zero.
+
+    Not applicable when the correction did not run (``skipped`` says why) or the bias
+    itself is not established (``bias_state`` is not :data:`HOLDS`). The strength is tuned
+    on prompts other than the test prompts (a held-out selection), which the text says.
+    """
+    key = f"{kind}_correction"
+    claim = f"{kind} correction{f' ({method})' if method else ''} reduces the bias"
+    if skipped is not None or reduction is None or ci is None:
+        return not_applicable(key, claim, f"not run: {skipped or 'no result'}")
+    detail = (
+        f"reduction {fmt(reduction, 0)}%, 95% [{fmt(ci[0], 0)}%, {fmt(ci[1], 0)}%]; "
+        f"bias {fmt(before)} → {fmt(after)} on its test prompts"
+    )
+    if grid_size:
+        detail += f"; strength chosen from {grid_size} values on separate tuning prompts"
+    if at_grid_edge:
+        detail += "; the tuned strength is the largest searched"
+    detail += extra
+    if bias_state != HOLDS:
+        return not_applicable(key, claim, f"no established {kind} bias to reduce; {detail}")
+    return _judged(key, claim, reduction, ci, detail)
+
+
+def components_verdict(
+    names: Sequence[str], component_correct: Any, full_correct: Any, level: float = LEVEL
+) -> Verdict:
+    """Components beat the whole: some single component classifies better than the full model.
+
+    Each component's accuracy minus the full model's, paired over prompts (a t interval of
+    the per-prompt differences), at level ``1 - (1 - level) / n_components`` (Bonferroni:
+    the best of many is selected on the same prompts). The claim's interval is the largest
+    low and high end over the components: it holds when some component's corrected
+    interval is above zero, and is contradicted when every component's is below the margin.
+
+    Args:
+        names: component names.
+        component_correct: ``[prompt, component]`` 0/1, each component alone correct.
+        full_correct: ``[prompt]`` 0/1, the full model correct.
+    """
+    c = np.asarray(component_correct, dtype=float)
+    f = np.asarray(full_correct, dtype=float)
+    n, k = c.shape
+    d = c - f[:, None]
+    mean = d.mean(0)
+    sd = d.std(0, ddof=1) if n > 1 else np.zeros(k)
+    corrected = 1 - (1 - level) / k
+    half = sps.t.ppf(0.5 + corrected / 2, max(n - 1, 1)) * sd / math.sqrt(n)
+    # a difference that never varies (the component agrees with the full model on every prompt) is bounded by
+    # the discordance rate, whose Wilson upper end stands in for the t interval's zero width
+    for j in np.flatnonzero(sd == 0):
+        discordant = int((d[:, j] != 0).sum())
+        half[j] = wilson(discordant, n, z=float(sps.norm.ppf(0.5 + corrected / 2))).high
+    lows, highs = mean - half, mean + half
+    best = int(np.argmax(mean))
+    n_good = int((lows > 0).sum())
+    detail = (
+        f"{n_good} of {k} components more accurate than the full model's {fmt(f.mean())} "
+        f"(Bonferroni, {fmt(corrected * 100, 2)}% intervals, paired over {n} prompts); best {names[best]} "
+        f"{fmt(c[:, best].mean())}, difference {fmt(mean[best])} {fmt_ci((lows[best], highs[best]))}"
+    )
+    return _judged("decomposition", "components beat the whole", float(mean.max()),
+                   (float(lows.max()), float(highs.max())), detail)  # fmt: skip
+
+
+def at_chance(accuracies: Any, chance: float) -> bool:
+    """A baseline at chance: its t interval over runs reaches chance, or its mean is within :data:`CHANCE_MARGIN`."""
+    m, lo, _ = t_interval(accuracies)
+    return m - chance < CHANCE_MARGIN or (lo == lo and lo <= chance)
+
+
+def reweighting_verdict(accuracies: Mapping[str, Any], chance: float, method: str = "reweighting") -> Verdict:
+    """Reweighting beats the baselines: the paired difference with every baseline above chance.
+
+    Each run (seed x template) scores every method on the same test prompts, so the
+    per-run differences are paired; their mean gets a t interval with ``runs - 1``
+    degrees of freedom. The claim needs every fair baseline beaten (its interval is the
+    smallest ends over the baselines); baselines at chance (e.g. ICL with more
+    demonstrations than the model handles) are named and left out.
+
+    Args:
+        accuracies: per method, its test accuracy in each run (runs in the same order).
+        chance: accuracy of guessing (``1 / n_labels``).
+        method: the reweighting's name in ``accuracies``.
+    """
+    claim = "reweighting beats the baselines"
+    baselines = {b: np.asarray(a, dtype=float) for b, a in accuracies.items() if b != method}
+    flagged = [b for b, a in baselines.items() if at_chance(a, chance)]
+    fair = {b: a for b, a in baselines.items() if b not in flagged}
+    note = f"; {', '.join(flagged)} at chance ({fmt(chance)}), left out" if flagged else ""
+    if method not in accuracies or not fair:
+        return not_applicable("reweighting", claim, f"no baseline above chance to compare with{note}")
+    mine = np.asarray(accuracies[method], dtype=float)
+    runs = mine.size
+    if runs < 2:
+        return Verdict(claim, INCONCLUSIVE, f"one run: no interval over runs{note}", "reweighting")
+    diffs = {b: t_interval(mine - a) for b, a in fair.items()}
+    parts = [f"{b} {'+' if d[0] >= 0 else ''}{fmt(d[0])} {fmt_ci(d[1:])}" for b, d in diffs.items()]
+    effect = min(d[0] for d in diffs.values())
+    ci = (min(d[1] for d in diffs.values()), min(d[2] for d in diffs.values()))
+    detail = (
+        f"{method} {fmt(mine.mean())}; minus each baseline, 95% t interval over {runs} runs "
+        f"({runs - 1} df): {'; '.join(parts)}{note}"
+    )
+    return _judged("reweighting", claim, effect, ci, detail)
+
+
+def legend() -> list[str]:
+    """The meaning of each state and each claim's margin, as written in the report."""
+    lines = [
+        "holds: the 95% interval of the effect excludes no effect, in the paper's direction.",
+        "contradicted: the interval excludes the smallest effect that would count as the claim (its margin), "
+        "or lies in the opposite direction.",
+        "inconclusive: anything else; the data cannot tell (no effect found is not no effect).",
+        "not applicable: the analysis did not run, or what it is about is absent (the claims about how ICL works "
+        "need the model to learn the task in context; a correction needs an established bias).",
+    ]
+    lines += [f"margin of '{CLAIMS[k]}': {fmt(v, 2 if v < 1 else 0)} ({MARGIN_UNITS[k]})" for k, v in MARGINS.items()]
+    return lines
