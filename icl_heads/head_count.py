@@ -161,11 +161,12 @@ def heads_needed(
         return run(heads).correct.float().numpy()
 
     rows: list[dict[str, Any]] = []
+    row_heads: list[tuple[Head, ...]] = []  # the heads of each row, excluded from its random sets
 
-    def with_random(row: dict[str, Any]) -> None:
+    def with_random(row: dict[str, Any], heads: tuple[Head, ...]) -> None:
         # drawn as ablation_curve and verify_heads draw them (one seed for every size): with the same seed and
         # prompts, the sets they share are run once (the first n_random of a larger draw are the same sets)
-        sets = random_head_sets(access.n_layers, access.n_heads, row["k"], n_random, seed)
+        sets = random_head_sets(access.n_layers, access.n_heads, row["k"], n_random, seed, exclude=heads)
         rand = np.array([acc(s).mean() for s in sets])
         random_acc = from_samples(float(rand.mean()), rand)
         row.update(random_accuracy=random_acc.value, random_ci_low=random_acc.low, random_ci_high=random_acc.high)
@@ -178,14 +179,15 @@ def heads_needed(
             "random_accuracy": float("nan"), "random_ci_low": float("nan"), "random_ci_high": float("nan"),
         }  # fmt: skip
         if random_for == "every":
-            with_random(row)
+            with_random(row, heads)
         rows.append(row)
+        row_heads.append(heads)
 
     def close(search: str) -> None:
         """With ``random_for="last"``: the random comparison of the search's last set."""
-        last = [r for r in rows if r["search"] == search]
+        last = [i for i, r in enumerate(rows) if r["search"] == search]
         if random_for == "last" and last:
-            with_random(last[-1])
+            with_random(rows[last[-1]], row_heads[last[-1]])
 
     order = top_heads(scores, total)
     k_score = None
@@ -278,7 +280,7 @@ def ablation_curve(
         rows.append(accuracy_row("found", pred) | {"k": k, "kind": "found"})
         accs = [
             float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
-            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed)
+            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed, exclude=heads)
         ]
         random_acc = from_samples(float(np.mean(accs)), accs)
         rows.append(

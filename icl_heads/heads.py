@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -205,11 +206,26 @@ def _tidy(scores: dict[str, Tensor], heads: tuple[Head, ...]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def random_head_sets(n_layers: int, n_heads: int, size: int, n_sets: int, seed: int) -> list[tuple[Head, ...]]:
-    """``n_sets`` random sets of ``size`` distinct heads."""
+def random_head_sets(
+    n_layers: int, n_heads: int, size: int, n_sets: int, seed: int, exclude: Sequence[Head] = ()
+) -> list[tuple[Head, ...]]:
+    """``n_sets`` random sets of ``size`` distinct heads, drawn from the heads not in ``exclude``.
+
+    The heads being tested are excluded, so a random set is never the tested set itself
+    (with one head among 64 and 20 sets, one set in four would otherwise contain it).
+
+    Raises:
+        ValueError: fewer than ``size`` heads left to draw from.
+    """
     rng = np.random.default_rng(seed)
-    total = n_layers * n_heads
-    return [tuple(divmod(int(i), n_heads) for i in rng.choice(total, size, replace=False)) for _ in range(n_sets)]
+    skip = {layer * n_heads + head for layer, head in exclude}
+    pool = np.array([i for i in range(n_layers * n_heads) if i not in skip])
+    if pool.size < size:
+        raise ValueError(
+            f"cannot draw random sets of {size} heads from the {pool.size} heads outside the {len(skip)} tested; "
+            "test fewer heads"
+        )
+    return [tuple(divmod(int(i), n_heads) for i in rng.choice(pool, size, replace=False)) for _ in range(n_sets)]
 
 
 def accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
@@ -264,7 +280,7 @@ def verify_heads(
 
     base = run()
     found = run(HeadAblation(heads))
-    sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed)
+    sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed, exclude=heads)
     rand = torch.tensor(
         [
             float(run(HeadAblation(s)).correct.float().mean())

@@ -117,7 +117,10 @@ def recency_block_gap(
     Args:
         model: the model.
         task: the task to sample prompts from.
-        shots, n, seed, n_random_orders: as for :func:`recency_bias`.
+        shots: as for :func:`recency_bias`.
+        n: as for :func:`recency_bias`.
+        seed: as for :func:`recency_bias`.
+        n_random_orders: as for :func:`recency_bias`.
         hooks: forward hooks applied in both orders (e.g. a correction).
         options: how prompts are run: batch size, padding side, progress bar; does not
             change the result (a :class:`~icl_heads.options.RunOptions`).

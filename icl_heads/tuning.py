@@ -274,7 +274,8 @@ class BiasCorrection(Result):
 
 
 def evaluate_correction(
-    kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks], grid, heads,
+    kind: str, method: str, parameter: str, model: Any, task: ICLTask, build: Callable[[float], Hooks],
+    grid: Sequence[float], heads: Sequence[tuple[int, int]],
     *, shots: int, n: int, seed: int, tune_n: int, tune_seed: int, max_accuracy_drop: float, n_boot: int,
     measure: dict, reading: tuple = ("label", {}, ()), options: RunOptions | None = None,
 ) -> BiasCorrection:  # fmt: skip

@@ -82,9 +82,9 @@ NOTES = """
   attribution and the direct scores for heads that write the answer, not for heads that
   steer later attention.
 * **top-1% verdict**: "a few heads carry ICL" for the finder's top 1% (one head of 64 or
-  96) against {n_random} random sets of one head. Random singletons are drawn from all heads,
-  so a random set is the planted head itself about a quarter of the time with 20 sets;
-  then the verdict reads *not significant* although one head carries everything.
+  96) against {n_random} random sets of one head, drawn from the heads outside the tested set
+  (a random set drawn from all heads would be the planted head itself about a quarter of
+  the time with 20 sets, and hide an effect that is there).
 * **heads_needed (greedy)**: the greedy search's set must be as small as the truth
   (`needed`: two for the redundant pair, else one) and made of planted heads.
 * **reading role / OV / QK**: `ih.reading_roles(...).reads(...)` and the `read at` of

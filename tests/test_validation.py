@@ -190,6 +190,17 @@ def test_finder_top_one_percent_is_the_planted_head_on_sparse(models, method):
     assert _verdict(found) == "holds"
 
 
+def test_random_sets_never_hold_the_planted_head_so_the_claim_holds_after_the_label(models):
+    """With 20 random one-head sets from all 64 heads, seed 0 draws the planted head itself; drawn from the others, never."""
+    truth, task = ground_truth("after_label"), validation_task("after_label")
+    found = ih.find_in_context_heads(
+        models["after_label"], task.prompts(n=48, shots=4, seed=0), also=(), options=OPTIONS
+    )
+    assert found.heads == truth.heads
+    assert found.random_ablated_accuracy.value > 0.99
+    assert _verdict(found) == "holds"
+
+
 def test_heads_needed_finds_exactly_the_redundant_pair(models):
     model, truth, task = models["redundant"], ground_truth("redundant"), validation_task("redundant")
     found = ih.find_in_context_heads(model, task.prompts(n=48, shots=4, seed=3), also=(), options=OPTIONS)
