@@ -212,20 +212,21 @@ def random_head_sets(
     """``n_sets`` random sets of ``size`` distinct heads, drawn from the heads not in ``exclude``.
 
     The heads being tested are excluded, so a random set is never the tested set itself
-    (with one head among 64 and 20 sets, one set in four would otherwise contain it).
-
-    Raises:
-        ValueError: fewer than ``size`` heads left to draw from.
+    (with one head among 64 and 20 sets, one set in four would otherwise contain it). When
+    fewer than ``size`` heads lie outside, a set holds all of them and the rest is drawn
+    from ``exclude``: as few tested heads as the size allows.
     """
     rng = np.random.default_rng(seed)
     skip = {layer * n_heads + head for layer, head in exclude}
-    pool = np.array([i for i in range(n_layers * n_heads) if i not in skip])
-    if pool.size < size:
-        raise ValueError(
-            f"cannot draw random sets of {size} heads from the {pool.size} heads outside the {len(skip)} tested; "
-            "test fewer heads"
-        )
-    return [tuple(divmod(int(i), n_heads) for i in rng.choice(pool, size, replace=False)) for _ in range(n_sets)]
+    pool = np.array([i for i in range(n_layers * n_heads) if i not in skip], dtype=np.int64)
+    tested = np.array(sorted(skip), dtype=np.int64)
+
+    def draw() -> np.ndarray:
+        if pool.size >= size:
+            return rng.choice(pool, size, replace=False)
+        return np.concatenate([pool, rng.choice(tested, size - pool.size, replace=False)])
+
+    return [tuple(divmod(int(i), n_heads) for i in draw()) for _ in range(n_sets)]
 
 
 def accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
