@@ -209,24 +209,31 @@ def _tidy(scores: dict[str, Tensor], heads: tuple[Head, ...]) -> pd.DataFrame:
 def random_head_sets(
     n_layers: int, n_heads: int, size: int, n_sets: int, seed: int, exclude: Sequence[Head] = ()
 ) -> list[tuple[Head, ...]]:
-    """``n_sets`` random sets of ``size`` distinct heads, drawn from the heads not in ``exclude``.
+    """``n_sets`` random sets of ``size`` distinct heads, none of them in ``exclude``.
 
     The heads being tested are excluded, so a random set is never the tested set itself
-    (with one head among 64 and 20 sets, one set in four would otherwise contain it). When
-    fewer than ``size`` heads lie outside, a set holds all of them and the rest is drawn
-    from ``exclude``: as few tested heads as the size allows.
+    (with one head among 64 and 20 sets, one set in four would otherwise contain it). The
+    sets are drawn from all heads with ``seed`` (so analyses that test different heads
+    share, and reuse, most of their random sets), and a set that meets ``exclude`` is drawn
+    again from the other heads: each set is uniform over the sets of other heads. When
+    fewer than ``size`` heads lie outside ``exclude``, such a set holds all of them and the
+    rest is drawn from ``exclude``: as few tested heads as the size allows.
     """
     rng = np.random.default_rng(seed)
+    draws = [rng.choice(n_layers * n_heads, size, replace=False) for _ in range(n_sets)]
     skip = {layer * n_heads + head for layer, head in exclude}
-    pool = np.array([i for i in range(n_layers * n_heads) if i not in skip], dtype=np.int64)
-    tested = np.array(sorted(skip), dtype=np.int64)
-
-    def draw() -> np.ndarray:
-        if pool.size >= size:
-            return rng.choice(pool, size, replace=False)
-        return np.concatenate([pool, rng.choice(tested, size - pool.size, replace=False)])
-
-    return [tuple(divmod(int(i), n_heads) for i in draw()) for _ in range(n_sets)]
+    if skip:
+        pool = np.array([i for i in range(n_layers * n_heads) if i not in skip], dtype=np.int64)
+        tested = np.array(sorted(skip), dtype=np.int64)
+        again = np.random.default_rng([seed, 1])  # its own stream: the other sets stay as drawn
+        for k, d in enumerate(draws):
+            if skip.isdisjoint(d.tolist()):
+                continue
+            if pool.size >= size:
+                draws[k] = again.choice(pool, size, replace=False)
+            else:
+                draws[k] = np.concatenate([pool, again.choice(tested, size - pool.size, replace=False)])
+    return [tuple(divmod(int(i), n_heads) for i in d) for d in draws]
 
 
 def accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:

@@ -101,6 +101,9 @@ def test_selection_arguments():
     others = random_head_sets(3, 8, 2, 200, seed=1, exclude=tested)
     assert not any(h in tested for s in others for h in s)  # the tested heads are never a random draw
     assert len({h for s in others for h in s}) == 24 - 3  # every other head can be drawn
+    plain = random_head_sets(3, 8, 2, 200, seed=1)
+    kept = [o == p for o, p in zip(others, plain, strict=True) if not set(p) & set(tested)]
+    assert kept and all(kept)  # sets that miss the tested heads are the plain draw's (shared across analyses)
     crowded = random_head_sets(2, 2, 3, 4, seed=0, exclude=[(0, 0), (0, 1), (1, 0)])
     assert all(len(set(s)) == 3 and (1, 1) in s for s in crowded)  # the one head outside, then tested ones
 
