@@ -172,6 +172,9 @@ def test_figures_and_round_trip(tmp_path):
     assert [t.text[0] for t in fig.data[1:]] == ["L0H0"]  # the good head is outlined
     bars = dec.plot_accuracy()
     assert {t.name for t in bars.data} == {"good", "bad", "label-biased", "other"}
+    hover = {t.name: [c[2] for c in t.customdata] for t in bars.data}
+    assert hover["good"] == [""]  # the test for 'below chance' is shown only below chance
+    assert all(line.startswith("<br>p (below chance): ") for line in hover["bad"])
     back = Decomposition.load(dec.save(tmp_path / "dec"))
     torch.testing.assert_close(back.logits, dec.logits)
     assert back.names == dec.names and back.label_words == ("foo", "bar")

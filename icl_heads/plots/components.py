@@ -45,6 +45,14 @@ def plot_component_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     )
 
 
+def _below_chance(part: Any, chance: float) -> list[str]:
+    """The hover line of the test for 'below chance', only for components below chance (above, it says nothing)."""
+    return [
+        f"<br>p (below chance): {p:.2g}" if acc < chance else ""
+        for acc, p in zip(part.accuracy, part.p_below_chance, strict=True)
+    ]
+
+
 @draws(Decomposition, "plot_accuracy")
 def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     """Every component's accuracy alone with its 95% Wilson interval, sorted, coloured by kind; full model and chance
@@ -66,14 +74,15 @@ def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
                     "arrayminus": (part.accuracy - part.ci_low).to_numpy(),
                 },
                 customdata=np.stack(
-                    [part.top_label, part.top_label_share, part.p_below_chance, part.ci_low, part.ci_high], -1
+                    [part.top_label, part.top_label_share, _below_chance(part, dec.chance), part.ci_low, part.ci_high],
+                    -1,
                 )
                 if len(part)
                 else None,
                 hovertemplate=(
                     "<b>%{x}</b><br>accuracy: %{y:.3f} (95% CI [%{customdata[3]:.3f}, %{customdata[4]:.3f}])"
                     "<br>most predicted label: %{customdata[0]} (%{customdata[1]:.2f} of prompts)"
-                    "<br>p (below chance): %{customdata[2]:.2g}<extra>" + kind + "</extra>"
+                    "%{customdata[2]}<extra>" + kind + "</extra>"
                 ),
             )
         )
