@@ -46,6 +46,7 @@ from icl_heads._cli_sections import (
     section_mechanism,
     task_variant,
 )
+from icl_heads._section_head_definitions import section_head_definitions
 from icl_heads._version import __version__
 from icl_heads.engine import count_cost
 from icl_heads.options import RunOptions
@@ -140,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 SECTIONS: list[tuple[str, Callable[[Context], list[Section]]]] = [
     ("accuracy", section_accuracy),
     ("heads", section_heads),
+    ("head_definitions", section_head_definitions),
     ("mechanism", section_mechanism),
     ("bias", section_bias),
     ("components", section_components),
