@@ -26,11 +26,12 @@ from icl_heads.engine import Cost, CostLedger
 logger = logging.getLogger("icl_heads")
 
 #: prompt passes per section of the reference run (its cost ledger's ``rows``)
-REFERENCE_PASSES = {"accuracy": 200, "heads": 25001, "mechanism": 1256, "bias": 20928, "components": 1160}
+REFERENCE_PASSES = {"accuracy": 200, "heads": 25001, "head_definitions": 1048, "mechanism": 1256, "bias": 20928,
+                    "components": 1160}  # fmt: skip
 REFERENCE_PROMPTS = 200
 REFERENCE_HEADS = 24
 #: sections whose work grows with the number of heads (one ablation pass per head sampled or searched)
-PER_HEAD = frozenset({"heads"})
+PER_HEAD = frozenset({"heads", "head_definitions"})
 #: a run predicted to take longer than this many seconds gets its estimate shown even with --quiet
 LONG_RUN = 600.0
 

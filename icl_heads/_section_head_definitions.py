@@ -16,20 +16,24 @@ def section_head_definitions(ctx: Any) -> list[Section]:
 
     shots = ctx.args.shots
     sec = Section(f"Head definitions side by side: function-vector, induction and in-context heads ({shots}-shot)")
-    if shots < 2:
-        sec.text("Skipped: the function-vector score shuffles the demonstrations' labels, which needs 2 shots or more.")
-        return [sec]
     found = ctx.found
+    if found is None or shots < 2:
+        sec.text(
+            "Skipped: this comparison sets its top sets to the size of the in-context heads' and reads back their "
+            "ablations, so it runs with the heads section (without --skip heads)."
+            if found is None
+            else "Skipped: the function-vector score shuffles the demonstrations' labels, which needs 2 shots or more."
+        )
+        return [sec]
     result = compare_head_definitions(
         ctx.model, ctx.task, n=ctx.args.n_prompts, shots=shots, n_trials=min(N_TRIALS, ctx.args.n_prompts),
-        method=found.method if found is not None else "logprob_increase",
-        n_random=found.config.get("n_random", 20) if found is not None else 20, seed=ctx.args.seed, options=ctx.options,
+        method=found.method, n_random=found.config.get("n_random", 20), seed=ctx.args.seed, options=ctx.options,
     )  # fmt: skip
     sec.text(
         f"Three definitions of the heads that matter, each scoring every head: in-context heads ({result.config['method']} "
         f"on the {ctx.args.n_prompts} scored prompts), function-vector heads (the average indirect effect of each head's "
-        f"mean output at the final position, patched into {result.config['n_trials']} of these prompts with their "
-        "demonstration labels shuffled; probabilities over the label words) and induction heads (prefix-matching "
+        f"mean output at the final position over {result.config['n_trials']} prompts drawn like them, patched into "
+        "the same prompts with their demonstration labels shuffled; probabilities over the label words) and induction heads (prefix-matching "
         f"attention on {result.config['n_seqs']} repeated random sequences). Top sets of {result.k} head(s), the size "
         "of the in-context top set; each ablated on the held-out prompts against random sets of the same size."
     )
