@@ -36,6 +36,7 @@ from icl_heads._cli_output import (
 )
 from icl_heads._cli_progress import LONG_RUN, ProgressLedger, estimate, seconds_per_pass
 from icl_heads._cli_sections import ACCURACY, BIAS, COMPONENTS, HEADS, MECHANISM, AnalysisSection, Context
+from icl_heads._section_head_definitions import HEAD_DEFINITIONS
 from icl_heads._version import __version__
 from icl_heads.engine import count_cost
 from icl_heads.options import RunOptions
@@ -126,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 #: the sections of the report, in order: one line registers a section (see docs/contributing.md)
-SECTIONS: list[AnalysisSection] = [ACCURACY, HEADS, MECHANISM, BIAS, COMPONENTS]
+SECTIONS: list[AnalysisSection] = [ACCURACY, HEADS, HEAD_DEFINITIONS, MECHANISM, BIAS, COMPONENTS]
 
 
 def _intro(plan: Plan) -> str:

@@ -2,8 +2,9 @@
 
 :func:`recovery_table` runs the package's analyses unchanged on the models of
 :mod:`icl_heads.validation` and compares each answer with the ground truth: head
-scores by AUROC and precision at the planted set's size (as InterpBench,
-arXiv 2407.14494, scores circuit discovery), the greedy :func:`~icl_heads.head_count.heads_needed`
+scores and the three head definitions of :mod:`~icl_heads.head_definitions` by AUROC and
+precision at the planted set's size (as InterpBench, arXiv 2407.14494, scores circuit
+discovery), the greedy :func:`~icl_heads.head_count.heads_needed`
 set, the reading role, the "a few heads carry ICL" verdict, each planted bias's 95%
 interval (coverage over seeds) and the share of it the targeting correction removes.
 ``scripts/recovery_page.py`` writes ``docs/validation.md`` from one run.
@@ -21,6 +22,7 @@ from scipy.stats import mannwhitneyu
 from icl_heads.bias import majority_bias
 from icl_heads.debias import correct_majority_bias, correct_recency_bias
 from icl_heads.head_count import heads_needed
+from icl_heads.head_definitions import compare_head_definitions
 from icl_heads.heads import find_in_context_heads
 from icl_heads.mechanism import ov_label_features, qk_label_attention
 from icl_heads.models import load_model
@@ -84,6 +86,14 @@ def _heads_rows(name: str, n: int, options: RunOptions) -> list[dict[str, Any]]:
         rec = head_recovery(per_prompt[method].mean(0), truth.heads)
         rows.append(
             _row(name, "head scores", rec["auroc"], planted, rec["precision"] == 1, method,
+                 precision=rec["precision"], recovered=", ".join(rec["recovered"]) or "none",
+                 missed=", ".join(rec["missed"]) or "none")
+        )  # fmt: skip
+    # the function-vector and induction definitions beside the in-context score (its ablations are read back below)
+    for d, table in compare_head_definitions(model, task, n=n, seed=0, options=options).scores.items():
+        rec = head_recovery(table, truth.heads)
+        rows.append(
+            _row(name, "head definitions", rec["auroc"], planted, rec["precision"] == 1, d,
                  precision=rec["precision"], recovered=", ".join(rec["recovered"]) or "none",
                  missed=", ".join(rec["missed"]) or "none")
         )  # fmt: skip

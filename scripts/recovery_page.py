@@ -75,6 +75,19 @@ NOTES = """
   set's size, with the planted heads it recovers and misses, as InterpBench
   (arXiv 2407.14494) scores circuit discovery. A miss is a property of the method on that
   mechanism, not noise: the models are deterministic.
+* **Head definitions**: the three scores of `compare_head_definitions` (the in-context
+  score `logprob_increase`, the function-vector AIE on 32 prompts with shuffled labels,
+  prefix matching on repeated random tokens), ranked against the planted heads the same
+  way (the method column names the definition). Read them with the construction in mind.
+  Every head that is not planted has no query or key weights and attends uniformly, so any
+  head with peaked attention ranks first by prefix matching: a planted head does because it
+  attends to the few label and class tokens a random sequence holds, not because it matches
+  prefixes (no head is built to). The planted heads copy the label of the matching
+  demonstration, a per-query answer: their mean output at the final position carries
+  little, so their function-vector AIE is small (hundredths of probability at most), and
+  where two heads each carry the whole answer, patching one into shuffled prompts restores
+  almost nothing and the movers rank first. On `deep` the AIE, an intervention on the
+  forward pass rather than a direct effect, finds L1H12, which the in-context score misses.
 * **deep** is the case first-order methods cannot see: L1H12 writes nothing the
   unembedding reads (its direct effect is 0, so `logprob_increase` and `dla` miss it),
   and it acts through the query of L2H3, whose softmax is saturated, so attribution
@@ -124,13 +137,15 @@ def main(argv: list[str] | None = None) -> None:
         t = ground_truth(name)
         page.append(f"| `{name}` | {', '.join(f'L{a}H{b}' for a, b in t.heads)} | {t.description} |\n")
     page.append(NOTES.format(n=args.n, n_random=20, weak=WEAK_STRENGTH))
-    scores = table[table.check == "head scores"].copy()
-    for key in ("precision", "recovered", "missed"):
-        scores[key] = scores.detail.str.extract(rf"{key} ([^;]+)")[0]
-    scores["AUROC"] = scores.value.map(_fmt)
-    page.append("\n## Head scores against the planted heads\n\n")
-    page.append(_md(scores.to_dict("records"), ["model", "method", "AUROC", "precision", "recovered", "missed"]))
-    other = table[(table.check != "head scores") & ~table.check.str.contains("bias|correction")].copy()
+    for check, heading in (("head scores", "Head scores"), ("head definitions", "Head definitions")):
+        scores = table[table.check == check].copy()
+        for key in ("precision", "recovered", "missed"):
+            scores[key] = scores.detail.str.extract(rf"{key} ([^;]+)")[0]
+        scores["AUROC"] = scores.value.map(_fmt)
+        page.append(f"\n## {heading} against the planted heads\n\n")
+        page.append(_md(scores.to_dict("records"), ["model", "method", "AUROC", "precision", "recovered", "missed"]))
+    other = table[~table.check.isin(["head scores", "head definitions"]) & ~table.check.str.contains("bias|correction")]
+    other = other.copy()
     other["value"] = other.value.map(_fmt)
     page.append("\n## Head counts, verdicts and reading positions\n\n")
     page.append(_md(other.to_dict("records"), ["model", "check", "value", "truth", "ok"]))

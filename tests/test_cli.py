@@ -62,6 +62,7 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
         "head_verification.csv",
         "ablation_curve.csv",
         "ablation_curve_by_ablation_score.csv",
+        "head_definitions.csv",
     }
     assert "top heads by ablation" in html
     # verdicts first (faithfulness check, in-context learning, then the heads; skipped sections are "not applicable")
@@ -75,13 +76,14 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
     assert prov["command"].startswith("icl-heads analyze --model ") and "--threads 2" in prov["command"]
     assert set(prov["versions"]) >= {"python", "torch", "transformer-lens", "transformers", "icl_heads"}
     assert prov["model"]["device"] == "cpu" and prov["model"]["dtype"] == "float32"
-    assert prov["task"]["data_sha256"] and set(prov["cost"]["seconds per section"]) == {"accuracy", "heads"}
+    assert prov["task"]["data_sha256"]
+    assert set(prov["cost"]["seconds per section"]) == {"accuracy", "heads", "head_definitions"}
     # the cost ledger: every section's model work, adding up to the total, also in the report
     cost = summary["cost"]
-    assert set(cost) == {"accuracy", "heads", "total"}
+    assert set(cost) == {"accuracy", "heads", "head_definitions", "total"}
     assert cost["accuracy"]["rows"] == 16 and cost["accuracy"]["passes"] >= 1
     for key in ("passes", "rows", "tokens", "layer_tokens"):
-        assert cost["total"][key] == cost["accuracy"][key] + cost["heads"][key]
+        assert cost["total"][key] == cost["accuracy"][key] + cost["heads"][key] + cost["head_definitions"][key]
     # the tiny model has two layers; passes resumed at layer 1 run one of them
     assert cost["total"]["tokens"] < cost["total"]["layer_tokens"] <= cost["total"]["tokens"] * 2
     assert prov["cost"]["forward passes"] == cost["total"]["passes"]

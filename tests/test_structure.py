@@ -26,12 +26,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("prompts", ["prompts", "slots", "data", "organism", "validation"]),
     ("model access", ["engine", "_norms", "_resume", "access", "faithfulness", "models", "testing", "_families"]),
     ("interventions", ["interventions", "correction_hooks", "corrections", "correction_methods"]),
-    ("analyses", ["accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "reading",
+    ("analyses", ["accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "head_definitions", "reading",
                   "mechanism", "bias", "order_bias", "_bias_common", "recency", "tuning", "tuning_checks",
                   "debias", "components"]),
     ("plots", ["plots", ""]),
     ("verdicts and report", ["verdict_rules", "verdicts", "report", "recovery"]),
-    ("CLI", ["cli", "_cli_inputs", "_cli_sections", "_cli_output", "_cli_progress", "_provenance"]),
+    ("CLI", ["cli", "_cli_inputs", "_cli_sections", "_section_head_definitions", "_cli_output", "_cli_progress",
+             "_provenance"]),
 ]  # fmt: skip
 
 

@@ -4,6 +4,6 @@ Each module registers its functions as the figures of the results they draw (:fu
 so that ``result.plot()`` finds them while no result imports this package.
 """
 
-from icl_heads.plots import bias, components, heads, mechanism, reading
+from icl_heads.plots import bias, components, head_definitions, heads, mechanism, reading
 
-__all__ = ["bias", "components", "heads", "mechanism", "reading"]
+__all__ = ["bias", "components", "head_definitions", "heads", "mechanism", "reading"]

@@ -1,0 +1,72 @@
+"""Figures of the head definitions side by side: three layer x head heatmaps and their agreement, ablations."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from icl_heads.head_definitions import DEFINITIONS, HeadDefinitions
+from icl_heads.plots._style import DIVERGING, NEUTRAL, bar_with_ci, fit_titles, head_name
+from icl_heads.results import draws
+
+_UNITS = {
+    "in_context": "in-context score",
+    "function_vector": "AIE (P patched - P shuffled)",
+    "induction": "prefix-matching attention",
+}
+
+
+@draws(HeadDefinitions)
+def plot_head_definitions(result: HeadDefinitions) -> go.Figure:
+    """One heatmap per definition (each on its own colour scale, top set outlined) and their rank correlations."""
+    titles = [f"{d} (top {result.k} outlined)" for d in DEFINITIONS] + ["Spearman ρ (Jaccard of top sets)"]
+    fig = make_subplots(rows=1, cols=4, subplot_titles=titles, horizontal_spacing=0.06)
+    for col, d in enumerate(DEFINITIONS, 1):
+        v = result.scores[d].numpy()
+        span = float(np.abs(v).max()) or 1.0
+        text = [
+            [f"{head_name(a, b)}<br>{_UNITS[d]}: {v[a, b]:.4g}" for b in range(v.shape[1])] for a in range(v.shape[0])
+        ]
+        fig.add_trace(go.Heatmap(z=v, text=text, hoverinfo="text", colorscale=DIVERGING, zmid=0, zmin=-span,
+                                 zmax=span, showscale=False), 1, col)  # fmt: skip
+        marked = result.top[d]
+        fig.add_trace(go.Scatter(x=[h for _, h in marked], y=[a for a, _ in marked], mode="markers", showlegend=False,
+                                 marker={"symbol": "square-open", "size": 14, "color": "black", "line": {"width": 2}},
+                                 text=[head_name(*h) for h in marked], hoverinfo="text"), 1, col)  # fmt: skip
+        fig.update_xaxes(title_text="head", row=1, col=col)
+        fig.update_yaxes(title_text="layer" if col == 1 else None, autorange="reversed", dtick=1, row=1, col=col)
+    rho, jac = np.eye(len(DEFINITIONS)), np.eye(len(DEFINITIONS))
+    for row in result.overlap.itertuples():
+        i, j = DEFINITIONS.index(row.a), DEFINITIONS.index(row.b)
+        rho[i, j] = rho[j, i] = row.spearman
+        jac[i, j] = jac[j, i] = row.jaccard
+    short = ["in-context", "FV", "induction"]
+    fig.add_trace(go.Heatmap(z=rho, x=short, y=short, zmin=-1, zmax=1, colorscale=DIVERGING,
+                             text=np.vectorize(lambda r, j: f"{r:.2f} ({j:.2f})")(rho, jac), texttemplate="%{text}",
+                             hovertemplate="%{y} vs %{x}: Spearman %{z:.3f}<extra></extra>",
+                             colorbar={"title": {"text": "Spearman ρ"}}), 1, 4)  # fmt: skip
+    fig.update_yaxes(autorange="reversed", row=1, col=4)
+    fig.update_layout(
+        title=f"Three head definitions on {result.provenance.get('model', 'the model')}: scores per head and agreement",
+        height=200 + 40 * max(3, result.scores[DEFINITIONS[0]].shape[0]),
+    )
+    return fit_titles(fig)
+
+
+@draws(HeadDefinitions, "plot_ablation")
+def plot_definition_ablation(result: HeadDefinitions) -> go.Figure:
+    """Held-out accuracy with each definition's top set ablated (Wilson 95%) and with random sets (95% of sets)."""
+    abl = result.ablation
+    names, means, lows, highs, colours = [], [], [], [], []
+    for row in abl.itertuples():
+        names.append("no ablation" if row.condition == "none" else f"top {row.condition}")
+        means.append(row.accuracy), lows.append(row.ci_low), highs.append(row.ci_high), colours.append("#000000")
+        if row.condition != "none":
+            names.append(f"random {result.k} (vs {row.condition})")
+            means.append(row.random_accuracy), lows.append(row.random_ci_low), highs.append(row.random_ci_high)
+            colours.append(NEUTRAL)
+    fig = bar_with_ci(names, means, lows, highs, yaxis_range=[0, 1], yaxis_title="accuracy over the label set",
+                      title=f"Accuracy with each definition's top {result.k} heads ablated vs random sets of {result.k}")  # fmt: skip
+    fig.update_traces(marker_color=colours)
+    return fit_titles(fig)
