@@ -97,11 +97,6 @@ class NamedTask:
         """The data set's fields that make the text."""
         return tuple(f for _, f, _, _ in string.Formatter().parse(self.text) if f)
 
-    @property
-    def reference(self) -> str:
-        """``hf:PATH[:CONFIG]``, or ``local`` for a data set that is not on the hub."""
-        return "local" if self.hub is None else f"hf:{self.hub}" + (f":{self.config}" if self.config else "")
-
 
 _SENTIMENT = {"values": (0, 1), "classes": ("negative", "positive"), "label_words": ("negative", "positive")}
 _YES_NO = {"values": (False, True), "classes": ("false", "true"), "label_words": ("no", "yes")}
@@ -244,6 +239,11 @@ def _read_local(path: Path, split: str | None, source: str) -> Any:
                 "or state.json); give such a folder or a .parquet, .arrow, .jsonl or .csv file"
             )
         return _datasets().load_from_disk(str(path))
+    if path.suffix.lower() not in DATASET_SUFFIXES:
+        raise TaskDataError(
+            f"cannot read {path}: use a .csv or .jsonl file (got suffix {path.suffix!r}), a .parquet or .arrow "
+            "file, or a folder saved with save_to_disk"
+        )
     ds = _datasets().Dataset
     read = {".parquet": ds.from_parquet, ".arrow": ds.from_file}.get(path.suffix.lower(), ds.from_json)
     return read(str(path))
@@ -406,25 +406,18 @@ def load_task(
                                       name=task.name)  # fmt: skip
     _datasets()
     where = data_dir(folder)
-    local = (_local_copy(spec.name, where) if spec else None) if spec or name.startswith("hf:") else path
+    local = _local_copy(spec.name, where) if spec else None if name.startswith("hf:") else path
+    read = split or (spec.split if spec else None)
     if local is not None:
-        read = split or (spec.split if spec else None)
-        return _task(
-            _read_local(local, read, str(local)), spec, str(local), text_col=text_col, label_col=label_col, **opts
-        )
+        data = _read_local(local, read, str(local))
+        return _task(data, spec, str(local), text_col=text_col, label_col=label_col, **opts)
     if spec is not None and spec.hub is None:
         raise TaskDataError(f"{spec.name} is not on the Hugging Face hub and not in {where}: {spec.where}; "
                             f"{_where_to_put(spec, where)}")  # fmt: skip
     hub, config = (spec.hub, spec.config) if spec else tuple(name[3:].partition(":")[::2])
-    read = split or (spec.split if spec else None)
-    fix = (
-        f"; {_where_to_put(spec, where)}"
-        if spec
-        else "; save it with save_to_disk where you are online and give the folder"
-    )
-    _probe_hub(
-        hub, f"{name} is not in {where} and cannot be downloaded" if spec else f"{name} cannot be downloaded", fix
-    )
+    what = f"{name} is not in {where} and cannot be downloaded" if spec else f"{name} cannot be downloaded"
+    fix = f"; {_where_to_put(spec, where)}" if spec else "; save it with save_to_disk where the hub is reachable"
+    _probe_hub(hub, what, fix)
     data = _datasets().load_dataset(hub, config or None, split=read)
     data = data[_pick(list(data), None, name)] if read is None else data
     return _task(data, spec, name, text_col=text_col, label_col=label_col, **opts)

@@ -2,14 +2,15 @@
 
 import sys
 import time
+from pathlib import Path
 
+import datasets  # the extra icl-heads[datasets], which the dev extra installs
 import pytest
 
-datasets = pytest.importorskip("datasets")
-datasets.disable_progress_bars()
+import icl_heads as ih
+from icl_heads.named_tasks import MEANINGLESS_WORDS, NAMED_TASKS, TaskDataError, load_task
 
-import icl_heads as ih  # noqa: E402
-from icl_heads.named_tasks import MEANINGLESS_WORDS, NAMED_TASKS, TaskDataError, load_task  # noqa: E402
+datasets.disable_progress_bars()
 
 V = datasets.Value
 CL = datasets.ClassLabel
@@ -202,3 +203,9 @@ def test_a_missing_split_or_column_or_label_is_one_line(folder, tmp_path):
 def test_without_the_datasets_package_the_message_says_what_to_install(folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     _fails_fast(r"pip install 'icl-heads\[datasets\]'", source="sst2", folder=folder)
+
+
+def test_the_docs_list_every_named_task_with_its_hub_path():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reproducing.md").read_text()
+    for name, spec in NAMED_TASKS.items():
+        assert f"`{name}`" in page and (spec.hub is None or f"`{spec.hub}`" in page), name
