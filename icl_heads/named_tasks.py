@@ -18,6 +18,7 @@ demonstration, demonstrations follow one another line by line) with our wording.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -169,11 +170,19 @@ def data_dir(folder: str | Path | None = None) -> Path:
     return Path(folder or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
-def _datasets() -> Any:
+def _require_datasets() -> None:
+    """Refuse at once, without importing it (a second), when the ``datasets`` package is not installed."""
     try:
-        return importlib.import_module("datasets")
-    except ImportError:
-        raise ImportError(f"reading data sets needs the datasets package: {INSTALL}") from None
+        found = importlib.util.find_spec("datasets") is not None
+    except ValueError:  # imported before and removed
+        found = False
+    if not found:
+        raise ImportError(f"reading data sets needs the datasets package: {INSTALL}")
+
+
+def _datasets() -> Any:
+    _require_datasets()
+    return importlib.import_module("datasets")
 
 
 def _local_copy(name: str, folder: Path) -> Path | None:
@@ -404,7 +413,7 @@ def load_task(
             words = _words(label_words, (), len(task.classes))
             return ICLTask.from_pairs(texts, labels, label_words=words, template=task.template, classes=task.classes,
                                       name=task.name)  # fmt: skip
-    _datasets()
+    _require_datasets()
     where = data_dir(folder)
     local = _local_copy(spec.name, where) if spec else None if name.startswith("hf:") else path
     read = split or (spec.split if spec else None)
