@@ -300,6 +300,10 @@ def _natural(labels: Any) -> tuple[Any, ...]:
 
 
 def _label_words(value: str | None, classes: list[Any]) -> tuple[str, ...]:
+    from icl_heads.named_tasks import MEANINGLESS_WORDS
+
+    if value == "meaningless":
+        value = ",".join(MEANINGLESS_WORDS[: len(classes)])
     words = _split(value) if value is not None else (["foo", "bar"] if len(classes) == 2 else [])
     if len(words) != len(classes):
         names = ", ".join(map(str, classes))

@@ -104,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--label-words",
         default=None,
-        help="comma-separated label words, one per class in class order (default: foo,bar for 2 classes)",
+        help="comma-separated label words, one per class in class order, or 'meaningless' (foo,bar,...) (default: "
+        "a named task's words; foo,bar for 2 classes)",
     )
     a.add_argument(
         "--classes",

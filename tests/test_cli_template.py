@@ -91,3 +91,16 @@ def test_a_template_given_for_the_organism_is_used_by_every_section():
     args = argparse.Namespace(data=None, task="organism", seed=0, template="{text} -> {label}\n")
     assert task_variant(args, task, "bias") == (task, None)
     assert task_variant(argparse.Namespace(**{**vars(args), "template": None}), task, "bias")[0] != task
+
+
+def test_meaningless_label_words_on_the_command_line(tmp_path):
+    import argparse
+
+    from icl_heads._cli_inputs import load_task
+
+    data = tmp_path / "three.csv"
+    data.write_text("text,label\n" + "".join(f"t{i},{'abc'[i % 3]}\n" for i in range(12)))
+    keys = {"data": str(data), "text_col": "text", "label_col": "label", "dropna": False, "classes": None,
+            "template": None, "split": None, "task": "organism", "seed": 0}  # fmt: skip
+    task, _ = load_task(argparse.Namespace(**keys, label_words="meaningless"))
+    assert task.label_words == ("foo", "bar", "baz")
