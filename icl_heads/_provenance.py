@@ -17,6 +17,7 @@ PACKAGES = {
     "torch": "torch",
     "transformer-lens": "transformer-lens",
     "transformers": "transformers",
+    "datasets": "datasets",
     "icl_heads": "icl-heads",
 }
 
