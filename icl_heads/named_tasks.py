@@ -198,11 +198,14 @@ def _where_to_put(spec: NamedTask, folder: Path) -> str:
 
 
 def _probe_hub(repo: str, what: str, fix: str, timeout: float = HUB_TIMEOUT) -> None:
-    """One short request for ``repo``'s card: fails fast offline, instead of the ``datasets`` library's retries."""
+    """One short request for ``repo``'s card: fails fast offline, instead of the ``datasets`` library's retries.
+
+    Offline (``HF_HUB_OFFLINE``), a copy in the Hugging Face cache passes: ``datasets`` reads it.
+    """
     if hub_offline():
+        if _cached(repo):
+            return
         raise TaskDataError(f"{what}: the hub is offline (HF_HUB_OFFLINE is set){fix}")
-    if _cached(repo):
-        return
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
@@ -213,7 +216,8 @@ def _probe_hub(repo: str, what: str, fix: str, timeout: float = HUB_TIMEOUT) -> 
     except RepositoryNotFoundError:
         raise TaskDataError(f"{what}: the Hugging Face hub has no data set {repo!r}; check the name{fix}") from None
     except Exception as err:  # the HTTP client's own connection and timeout errors
-        raise TaskDataError(f"{what}: cannot reach the Hugging Face hub ({type(err).__name__}){fix}") from None
+        cache = "; a copy is in the Hugging Face cache: set HF_HUB_OFFLINE=1 to read it" if _cached(repo) else ""
+        raise TaskDataError(f"{what}: cannot reach the Hugging Face hub ({type(err).__name__}){cache}{fix}") from None
 
 
 def _named(source: str) -> NamedTask | None:
@@ -345,7 +349,7 @@ def _task(data: Any, spec: NamedTask | None, source: str, *, template: int | str
     k = len(classes) if classes else len(set(labels))
     return ICLTask.from_pairs(
         texts, labels, label_words=_words(label_words, default, k), template=_template(template, spec),
-        classes=classes, name=spec.name if spec else Path(source.removeprefix("hf:")).stem,
+        classes=classes, name=spec.name if spec else source[3:] if source.startswith("hf:") else Path(source).stem,
     )  # fmt: skip
 
 

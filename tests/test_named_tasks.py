@@ -209,3 +209,32 @@ def test_the_docs_list_every_named_task_with_its_hub_path():
     page = (Path(__file__).resolve().parents[1] / "docs" / "reproducing.md").read_text()
     for name, spec in NAMED_TASKS.items():
         assert f"`{name}`" in page and (spec.hub is None or f"`{spec.hub}`" in page), name
+
+
+def test_from_the_hub_a_named_task_asks_for_its_path_configuration_and_split(tmp_path, monkeypatch):
+    """The hub branch, with the hub replaced by data built here: what ``datasets`` is asked for."""
+    from icl_heads import named_tasks
+
+    asked = []
+    monkeypatch.setattr(named_tasks, "_probe_hub", lambda repo, what, fix: asked.append(repo))
+
+    def load_dataset(path, config=None, split=None):
+        asked.append((path, config, split))
+        ds = build("mnli")
+        return ds if split else datasets.DatasetDict(train=ds.select(range(3)), validation=ds)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert load_task("mnli", folder=tmp_path).classes == ("entailment", "neutral", "contradiction")
+    assert asked == ["nyu-mll/glue", ("nyu-mll/glue", "mnli", "validation_matched")]
+    task = load_task("hf:someone/nli:plain", text_col="premise")  # no split given: validation before train
+    assert asked[-1] == ("someone/nli", "plain", None) and len(task.texts) == 18 and task.name == "someone/nli:plain"
+
+
+def test_offline_a_copy_in_the_hugging_face_cache_is_read(tmp_path, monkeypatch):
+    from icl_heads import named_tasks
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(named_tasks, "_cached", lambda repo: repo == "google/boolq")
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, config=None, split=None: build("boolq"))
+    assert load_task("boolq", folder=tmp_path).classes == ("false", "true")
+    _fails_fast("offline", source="qqp", folder=tmp_path)
