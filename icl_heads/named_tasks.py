@@ -32,6 +32,7 @@ import numpy as np
 
 from icl_heads import _checks
 from icl_heads.data import SUFFIXES as TEXT_SUFFIXES
+from icl_heads.data import read_labelled_file
 from icl_heads.models import HUB_TIMEOUT, hub_offline
 from icl_heads.prompts import ICLTask
 from icl_heads.prompts.text import DEFAULT_TEMPLATE
@@ -283,10 +284,8 @@ def _rows(data: Any, spec: NamedTask | None, text_col: str, label_col: str, sour
         )
     texts, labels, dropped = [], [], 0
     for row in data.select_columns(wanted):
-        if (
-            spec and "choices" in row and len(row["choices"]["label"]) != len(spec.values)
-        ):  # ARC: 3- and 5-choice questions
-            dropped += 1
+        if spec and "choices" in row and len(row["choices"]["label"]) != len(spec.values):
+            dropped += 1  # ARC's questions with three or five choices
             continue
         texts.append(" ".join(str(_text(spec, row, text_col)).split()))
         y = row[label_col]
@@ -295,6 +294,8 @@ def _rows(data: Any, spec: NamedTask | None, text_col: str, label_col: str, sour
         logger.info("%s: left out %d questions without %d choices", source, dropped, len(spec.values))
     if labels and all(y == -1 for y in labels):
         raise TaskDataError(f"{source}: every label is -1 (a hidden test split); use split='validation'")
+    if spec is None and hasattr(data.features.get(label_col), "names") and -1 in labels:  # a ClassLabel's "no label"
+        raise TaskDataError(f"{source}: {labels.count(-1)} rows have no label (-1); drop them (Dataset.filter)")
     return texts, labels
 
 
@@ -328,29 +329,29 @@ def _template(template: int | str | None, spec: NamedTask | None) -> str:
     return spec.templates[template]
 
 
-def _task(data: Any, spec: NamedTask | None, source: str, *, template: int | str | None,
-          label_words: Sequence[str] | str | None, text_col: str, label_col: str,
-          max_examples: int | None, seed: int) -> ICLTask:  # fmt: skip
+def _task(data: Any, spec: NamedTask | None, source: str, *, text_col: str, label_col: str, **opts: Any) -> ICLTask:
     texts, labels = _rows(data, spec, text_col, spec.label if spec else label_col, source)
-    if spec is not None:
-        unknown = sorted({repr(y) for y in labels if y not in spec.values or type(y) is not type(spec.values[0])})
-        if unknown:
-            raise TaskDataError(
-                f"{source}: labels {', '.join(unknown[:5])} are not among {spec.name}'s label values "
-                f"{list(spec.values)} ({', '.join(spec.classes)}); is this the right data set?"
-            )
-        names = dict(zip(spec.values, spec.classes, strict=True))
-        labels, classes, default = [names[y] for y in labels], spec.classes, spec.label_words
-    else:
+    if spec is None:
         names = getattr(data.features.get(label_col), "names", None)  # a ClassLabel column
-        labels = [names[y] for y in labels] if names else labels
-        classes, default = (tuple(names) if names else None), ()
+        name = source[3:] if source.startswith("hf:") else Path(source).stem
+        return _build([names[y] for y in labels] if names else labels, texts, names, None, name, **opts)
+    unknown = sorted({repr(y) for y in labels if y not in spec.values or type(y) is not type(spec.values[0])})
+    if unknown:
+        raise TaskDataError(
+            f"{source}: labels {', '.join(unknown[:5])} are not among {spec.name}'s label values "
+            f"{list(spec.values)} ({', '.join(spec.classes)}); is this the right data set?"
+        )
+    names = dict(zip(spec.values, spec.classes, strict=True))
+    return _build([names[y] for y in labels], texts, spec.classes, spec, spec.name, **opts)
+
+
+def _build(labels: list, texts: list, classes: Sequence[Any] | None, spec: NamedTask | None, name: str, *,
+           template: int | str | None, label_words: Sequence[str] | str | None, max_examples: int | None,
+           seed: int) -> ICLTask:  # fmt: skip
     texts, labels = _sample(texts, labels, max_examples, seed)
-    k = len(classes) if classes else len(set(labels))
-    return ICLTask.from_pairs(
-        texts, labels, label_words=_words(label_words, default, k), template=_template(template, spec),
-        classes=classes, name=spec.name if spec else source[3:] if source.startswith("hf:") else Path(source).stem,
-    )  # fmt: skip
+    words = _words(label_words, spec.label_words if spec else (), len(classes) if classes else len(set(labels)))
+    return ICLTask.from_pairs(texts, labels, label_words=words, template=_template(template, spec),
+                              classes=None if classes is None else tuple(classes), name=name)  # fmt: skip
 
 
 def _cached(repo: str) -> bool:
@@ -412,11 +413,8 @@ def load_task(
                 "or hf:PATH[:CONFIG] for a data set on the Hugging Face hub"
             )
         if path.suffix.lower() in TEXT_SUFFIXES and path.suffix.lower() not in DATASET_SUFFIXES:  # .csv, .tsv
-            task = ICLTask.from_file(path, text_col, label_col, template=_template(template, None))
-            texts, labels = _sample(list(task.texts), [task.classes[y] for y in task.labels], max_examples, seed)
-            words = _words(label_words, (), len(task.classes))
-            return ICLTask.from_pairs(texts, labels, label_words=words, template=task.template, classes=task.classes,
-                                      name=task.name)  # fmt: skip
+            data = read_labelled_file(path, text_col, label_col)
+            return _build(list(data.labels), list(data.texts), None, None, path.stem, **opts)
     _require_datasets()
     where = data_dir(folder)
     local = _local_copy(spec.name, where) if spec else None if name.startswith("hf:") else path

@@ -198,6 +198,9 @@ def test_a_missing_split_or_column_or_label_is_one_line(folder, tmp_path):
         {**LAYOUT["sst2"], "label": V("int64")}))  # fmt: skip
     hidden.to_parquet(str(tmp_path / "hidden.parquet"))
     _fails_fast("every label is -1", source=tmp_path / "hidden.parquet", text_col="sentence")
+    partly = build("sst2").map(lambda r, i: {"label": -1 if i == 2 else r["label"]}, with_indices=True)
+    partly.to_parquet(str(tmp_path / "partly.parquet"))
+    _fails_fast("1 rows have no label", source=tmp_path / "partly.parquet", text_col="sentence")
 
 
 def test_without_the_datasets_package_the_message_says_what_to_install(folder, monkeypatch):
