@@ -34,6 +34,7 @@ from icl_heads.heads import find_in_context_heads
 from icl_heads.interventions import ablate, intervening
 from icl_heads.mechanism import flip_analysis, ov_label_features, qk_label_attention, two_tower_test
 from icl_heads.models import load_model
+from icl_heads.named_tasks import load_task
 from icl_heads.options import RunOptions
 from icl_heads.order_bias import recency_bias
 from icl_heads.organism import organism_task
@@ -47,6 +48,7 @@ __all__ = [  # noqa: RUF022 - grouped by step of the workflow
     # models, tasks and prompts
     "load_model",
     "organism_task",
+    "load_task",
     "ICLTask",
     "ICLPrompts",
     "RunOptions",

@@ -113,10 +113,10 @@ def resolve_model(ref: str) -> tuple[str, Any, int | None]:
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    if ref == "organism":
-        from icl_heads.organism import CHECKPOINT_DIR
+    from icl_heads.organism import BUNDLED
 
-        folder: Path | None = CHECKPOINT_DIR
+    if ref in BUNDLED:
+        folder: Path | None = BUNDLED[ref]
     elif ref.startswith("validation:"):
         from icl_heads.validation import validation_dir
 
@@ -139,7 +139,7 @@ def resolve_model(ref: str) -> tuple[str, Any, int | None]:
             config = AutoConfig.from_pretrained(str(folder))
         except (OSError, ValueError, KeyError) as err:
             raise UsageError(f"--model {ref}: cannot read its tokenizer or config ({_first_line(err)})") from None
-        return str(folder) if ref != "organism" else ref, tokenizer, _context(config)
+        return str(folder) if ref not in BUNDLED else ref, tokenizer, _context(config)
     if not _HUB_NAME.match(ref):
         raise UsageError(f"--model {ref!r} is neither a local folder nor a hub name like 'gpt2' or 'org/name'")
     from icl_heads.models import check_hub_name, hub_offline
@@ -172,13 +172,50 @@ def _context(config: Any) -> int | None:
     return None
 
 
+def template_of(value: str | None) -> str | int | None:
+    """``--template`` as typed: ``\\n`` and ``\\t`` become a newline and a tab; ``0``-``9`` a format index.
+
+    Raises:
+        UsageError: a template without ``{text}`` then ``{label}`` (or with other braces).
+    """
+    from icl_heads.prompts.text import check_template
+
+    if value is None or value.isdigit():
+        return None if value is None else int(value)
+    template = value.replace("\\n", "\n").replace("\\t", "\t")
+    try:
+        check_template(template)
+    except ValueError as err:
+        raise UsageError(f"--template: {err}") from None
+    return template
+
+
+def _named_task(args: argparse.Namespace, template: str | int | None) -> Any:
+    """``--data`` that is not a .csv/.jsonl file: a named task, a hub data set or a local ``datasets`` file."""
+    from icl_heads.named_tasks import load_task as load_data_set
+
+    if args.classes is not None:
+        raise UsageError(f"--classes: --data {args.data} has its own classes; --classes orders a file's labels")
+    words = args.label_words if args.label_words in (None, "meaningless") else _split(args.label_words)
+    try:
+        return load_data_set(args.data, split=args.split, template=template, label_words=words,
+                             text_col=args.text_col, label_col=args.label_col)  # fmt: skip
+    except (ValueError, ImportError) as err:
+        raise UsageError(f"--data {args.data}: {err}") from None
+
+
 def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
     """The task from ``--data`` (or the organism's), with its classes and label words checked."""
-    from icl_heads.data import DataError, read_labelled_file
+    from icl_heads.data import SUFFIXES, DataError, read_labelled_file
     from icl_heads.prompts import ICLTask
     from icl_heads.prompts.text import SeparatorInTextError
 
     notes: list[str] = []
+    template = template_of(args.template)
+    if args.data is not None and Path(args.data).suffix.lower() not in SUFFIXES:
+        return _named_task(args, template), notes
+    if isinstance(template, int):
+        raise UsageError(f"--template {template}: a format number is for a named task (--data sst2); give a template")
     classes = _split(args.classes) or None
     twice = [c for i, c in enumerate(classes or []) if c in classes[:i]]
     if twice:
@@ -187,7 +224,8 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
         from icl_heads.validation import validation_task
 
         try:
-            return validation_task(args.task, label_words=_label_words(args.label_words, ["sport", "food"])), notes
+            task = validation_task(args.task, label_words=_label_words(args.label_words, ["sport", "food"]))
+            return (task if template is None else task.with_template(template)), notes
         except ValueError as err:
             raise UsageError(f"--task {args.task}: {err}") from None
     if args.data is None:
@@ -205,7 +243,7 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
             )
         words = _label_words(args.label_words, topics)
         try:
-            return organism_task(tuple(topics), label_words=words, seed=args.seed), notes
+            return organism_task(tuple(topics), label_words=words, seed=args.seed, template=template), notes
         except (TypeError, ValueError) as err:
             raise UsageError(f"--classes {','.join(topics)}: {err}") from None
     try:
@@ -242,7 +280,8 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
         )
     words = _label_words(args.label_words, list(order))
     try:
-        task = ICLTask.from_pairs(data.texts, data.labels, label_words=words, classes=order, name=Path(args.data).stem)
+        task = ICLTask.from_pairs(data.texts, data.labels, label_words=words, classes=order, name=Path(args.data).stem,
+                                  **({} if template is None else {"template": template}))  # fmt: skip
     except SeparatorInTextError as err:
         raise UsageError(
             f"--data {args.data}: line {data.lines[err.index]}: the text contains {err.separator!r}, which the "
@@ -261,6 +300,10 @@ def _natural(labels: Any) -> tuple[Any, ...]:
 
 
 def _label_words(value: str | None, classes: list[Any]) -> tuple[str, ...]:
+    from icl_heads.named_tasks import MEANINGLESS_WORDS
+
+    if value == "meaningless":
+        value = ",".join(MEANINGLESS_WORDS[: len(classes)])
     words = _split(value) if value is not None else (["foo", "bar"] if len(classes) == 2 else [])
     if len(words) != len(classes):
         names = ", ".join(map(str, classes))

@@ -91,7 +91,7 @@ def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
 
 
 def task_variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str | None]:
-    if args.data is not None or args.task != "organism":
+    if args.data is not None or args.task != "organism" or args.template is not None:
         return task, None
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
 

@@ -17,6 +17,7 @@ PACKAGES = {
     "torch": "torch",
     "transformer-lens": "transformer-lens",
     "transformers": "transformers",
+    "datasets": "datasets",
     "icl_heads": "icl-heads",
 }
 
@@ -67,9 +68,11 @@ def model_identity(model: Any, reference: str, architecture: str | None = None) 
     )
 
 
-def task_identity(task: Any, data: Path | None) -> TaskIdentity:
+def task_identity(task: Any, data: str | Path | None) -> TaskIdentity:
     """Name, template, classes and size of the task; the data file and its SHA-256 when it came from one."""
-    source = {} if data is None else {"data": str(data), "data_sha256": sha256(data)}
+    source = {} if data is None else {"data": str(data)}
+    if data is not None and Path(data).is_file():
+        source["data_sha256"] = sha256(Path(data))
     return TaskIdentity(
         name=task.name,
         template=task.template,
@@ -87,7 +90,7 @@ def run_provenance(
     reference: str,
     architecture: str | None,
     task: Any,
-    data: Path | None,
+    data: str | Path | None,
     seeds: dict[str, int],
     threads: Any,
 ) -> Provenance:

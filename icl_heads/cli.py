@@ -75,13 +75,28 @@ def _parser() -> argparse.ArgumentParser:
         help="'organism' (the organism's topic task) or 'validation:NAME' (the task of a validation model); "
         "ignored with --data",
     )
-    a.add_argument("--data", type=Path, help="a .csv or .jsonl file of labelled texts (instead of --task)")
+    a.add_argument(
+        "--data",
+        help="labelled texts (instead of --task): a .csv or .jsonl file; one of the papers' tasks by name (sst2, "
+        "agnews, trec, rte, boolq, qqp, wic, mnli, arc_easy, arc_challenge, yelp, mednli, boolq_contrast: local "
+        "copy in $ICL_HEADS_DATA, else the hub); hf:PATH[:CONFIG] (a hub data set); or a datasets folder "
+        "(save_to_disk), .parquet or .arrow file. Named tasks and hub data need icl-heads[datasets]",
+    )
+    a.add_argument(
+        "--template",
+        default=None,
+        help="how one demonstration is written, with {text} then {label}, e.g. '{text} -> {label}\\n' (\\n is a "
+        "newline); where the label goes is part of it. For a named task, 0, 1 or 2 picks one of its three formats "
+        "(default: its first; for files '{text} : {label}\\n'; the organism's own)",
+    )
+    a.add_argument("--split", default=None, help="split of a named task or data set (default: the task's)")
     a.add_argument("--text-col", default="text", help="text column of --data (default: text)")
     a.add_argument("--label-col", default="label", help="label column of --data (default: label)")
     a.add_argument(
         "--label-words",
         default=None,
-        help="comma-separated label words, one per class in class order (default: foo,bar for 2 classes)",
+        help="comma-separated label words, one per class in class order, or 'meaningless' (foo,bar,...) (default: "
+        "a named task's words; foo,bar for 2 classes)",
     )
     a.add_argument(
         "--classes",
@@ -133,7 +148,8 @@ SECTIONS: list[AnalysisSection] = [ACCURACY, HEADS, HEAD_DEFINITIONS, MECHANISM,
 def _intro(plan: Plan) -> str:
     mapping = ", ".join(f"{row['class']} → {row['label_word']}" for row in plan.classes)
     return (
-        f"{plan.shots}-shot prompts; classes and their label words: {mapping}. Heads are scored on "
+        f"{plan.shots}-shot prompts in the template {plan.task.template!r}; classes and their label words: "
+        f"{mapping}. Heads are scored on "
         f"{plan.args.n_prompts} prompts and every check runs on {plan.args.n_prompts} other prompts."
     )
 
@@ -196,6 +212,7 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
             "n_prompts": args.n_prompts,
             "classes": summary_of_classes(plan),
             "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
+            "template": plan.task.template,
             "unknown_token_share": plan.unknown_token_share,
             "notes": plan.notes,
         },
@@ -255,9 +272,17 @@ def _announce(plan: Plan, model: object) -> dict[str, int]:
     return expected
 
 
+#: what the report (at its top) and the final message say when the model's accuracy does not beat chance
+AT_CHANCE = "the model does not learn this task in context: its accuracy's 95% interval reaches chance"
+CHECK_PROMPTS = "check the label words (--label-words) and the template (--template), which was"
+
+
 def headline(summary: dict, out: Path) -> list[str]:
     """The lines printed at the end of a run: where the report is and the headline numbers."""
     lines = [f"report: {out / 'report.html'}", f"tables: {out / 'results'}/ and {out / 'summary.json'}"]
+    icl = next((v for v in summary.get("verdicts", []) if v.get("key") == "icl"), None)
+    if icl is not None and icl["state"] not in ("holds", "not applicable"):
+        lines.insert(0, f"warning: {AT_CHANCE} ({icl['detail']}); {CHECK_PROMPTS} {summary.get('template')!r}")
     for v in summary.get("verdicts", []):
         lines.append(f"{v['claim']}: {v['state']} ({v['detail']})")
     if "accuracy" in summary:

@@ -187,7 +187,8 @@ class Report:
             no_icl = (
                 "<p class='warning'><b>The model does not learn this task in context</b> (its accuracy's 95% "
                 f"interval reaches chance: {html.escape(first.detail)}). Every claim about how in-context "
-                "learning works is therefore <i>not applicable</i>.</p>"
+                "learning works is therefore <i>not applicable</i>. Check the label words and the template (shown "
+                "above): a model answers at chance when its prompts are not in the format it expects.</p>"
             )
         keys = "".join(f"<li>{html.escape(line)}</li>" for line in legend())
         return (

@@ -124,7 +124,7 @@ def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(t
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
 
     task = organism_task()
-    args = argparse.Namespace(data=None, task="organism", seed=3)
+    args = argparse.Namespace(data=None, task="organism", seed=3, template=None)
     ctx = Context(
         args=args, model=None, task=task, prompts=None, held_out=None, out=tmp_path, summary={}, options=RunOptions()
     )
@@ -132,7 +132,7 @@ def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(t
         harder, note = _organism_variant(ctx, kind)
         assert harder.template == template and template not in task.template and repr(template) in note
         assert harder.label_words == task.label_words and harder.classes == task.classes
-    ctx.args = argparse.Namespace(data=tmp_path / "mine.csv", task="organism", seed=3)
+    ctx.args = argparse.Namespace(data=tmp_path / "mine.csv", task="organism", seed=3, template=None)
     assert _organism_variant(ctx, "bias") == (task, None)
 
 
