@@ -162,8 +162,10 @@ def fit_anchor_reweighting(
     lr = check_real("lr", lr, limits=(1e-12, math.inf))
     if prompts is None:
         prompts = task.prompts(check_int("n_train", n_train, minimum=1), shots=shots, seed=seed)
-    if not isinstance(prompts, ICLPrompts) or prompts.task.name != task.name:
-        raise ValueError("prompts must be ICLPrompts sampled from task (task.prompts(n, shots, seed))")
+    if not isinstance(prompts, ICLPrompts):
+        raise TypeError(f"prompts must be ICLPrompts from task.prompts(n, shots, seed), got {type(prompts).__name__}")
+    if prompts.task != task:
+        raise ValueError("the training prompts come from another task; sample them with task.prompts(n, shots, seed)")
     access = ModelAccess(model)
     require_pattern_edits(access, "anchor re-weighting")
     tp = access.tokenize(prompts)

@@ -243,8 +243,10 @@ def fit_unibias(
         raise TypeError(f"expected an ICLTask, got {type(task).__name__}; e.g. icl_heads.organism_task()")
     if prompts is None:
         prompts = task.prompts(check_int("n_tune", n_tune, minimum=2), shots=shots, seed=tune_seed)
-    if not isinstance(prompts, ICLPrompts) or prompts.task.name != task.name:
-        raise ValueError("prompts must be ICLPrompts sampled from task (task.prompts(n, shots, seed))")
+    if not isinstance(prompts, ICLPrompts):
+        raise TypeError(f"prompts must be ICLPrompts from task.prompts(n, shots, seed), got {type(prompts).__name__}")
+    if prompts.task != task:
+        raise ValueError("the tuning prompts come from another task; sample them with task.prompts(n, shots, seed)")
     if len(prompts) < 2:
         raise ValueError(f"UniBias needs at least 2 tuning prompts to measure variance, got {len(prompts)}")
     access = faithful_access(model, "fit_unibias")
