@@ -146,6 +146,12 @@ def component_label_logits(
     One forward pass per batch. Head and neuron logits go through the frozen final norm
     (no bias terms); the model's are its own label logits.
 
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
+
     Raises:
         UnfaithfulModelError: the model breaks the linear identities; ValueError: a
             model with a norm after its MLP (Gemma-2/3, OLMo-2), whose neurons' writes are not linear.
