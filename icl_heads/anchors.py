@@ -17,7 +17,7 @@ fitted with uses the last slots' scales (its last demonstration is always the la
 more demonstrations than fitted slots are refused.
 
 Cost: ``n_train`` labelled prompts; ``steps`` forward and backward passes over them (the
-ledger counts each as one pass with three passes' layer work). Applying the fitted
+ledger counts each batch of a step as one pass with three passes' layer work). Applying the fitted
 re-weighting costs nothing beyond the pass it rides on.
 """
 
@@ -111,7 +111,7 @@ class AnchorReweightingFit:
     Attributes:
         intervention: the fitted :class:`AnchorReweighting` (``hooks=`` of any analysis).
         losses: the mean training cross-entropy before each step (``losses[0]``: the model unchanged).
-        n_train: labelled prompts trained on; passes: forward (and backward) passes over batches.
+        n_train: labelled prompts trained on; passes: forward-and-backward passes over them (one per step).
     """
 
     intervention: AnchorReweighting
@@ -184,7 +184,7 @@ def fit_anchor_reweighting(
         losses.append(total / len(tp))
         opt.step()
     fit = AnchorReweighting(beta.detach())
-    return AnchorReweightingFit(fit, tuple(losses), len(tp), steps * len(parts))
+    return AnchorReweightingFit(fit, tuple(losses), len(tp), steps)
 
 
 def _batch_loss(access: ModelAccess, beta: Tensor, batch: PromptBatch, label_ids: Tensor) -> float:

@@ -127,7 +127,7 @@ class UniBias:
             bias, cv`` (the criteria on the tuning prompts).
         candidates: one row per distinct candidate set: ``n_heads, n_neurons, imbalance, label_mass,
             admissible, chosen`` and the first thresholds that select it.
-        n_tune: labelled prompts used; passes: forward passes over them.
+        n_tune: labelled prompts used; passes: forward passes over all of them (``1 +`` the candidates).
     """
 
     intervention: ComponentMask

@@ -70,7 +70,7 @@ def test_fitting_reduces_the_training_loss_and_counts_its_passes(models, task):
     prompts = task.prompts(8, 2, seed=2)
     with count_cost() as ledger:
         fit = fit_anchor_reweighting(model, task, prompts=prompts, steps=6, lr=0.1, options=RunOptions(batch_size=5))
-    assert fit.passes == 6 * 2 == ledger.total.passes and fit.n_train == 8
+    assert fit.passes == 6 and ledger.total.passes == 6 * 2 and fit.n_train == 8  # two batches per step
     # the first loss is the model's own label-word cross-entropy
     logits = predict(model, prompts).label_logits
     assert fit.losses[0] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, prompts.golds)), rel=1e-4)
