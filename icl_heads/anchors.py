@@ -81,7 +81,7 @@ def anchor_hooks(beta: Float[Tensor, "layer head slot"], batch: PromptBatch) -> 
     return [(ModelAccess.hook(layer, "pattern"), hook(layer)) for layer in range(beta.shape[0])]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnchorReweighting(Intervention):
     """Scale the final position's attention to each demonstration's label word by ``exp(beta[l, h, slot])``.
 
@@ -104,7 +104,7 @@ class AnchorReweighting(Intervention):
         return anchor_hooks(self.beta, batch)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnchorReweightingFit:
     """What :func:`fit_anchor_reweighting` learned.
 

@@ -116,7 +116,7 @@ class UniBiasGrid:
         check_real("min_label_mass", self.min_label_mass, limits=(0, 1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class UniBias:
     """What :func:`fit_unibias` found.
 
