@@ -11,6 +11,7 @@ from icl_heads.accuracy import predict
 from icl_heads.anchors import AnchorReweighting, anchor_slots, fit_anchor_reweighting
 from icl_heads.engine import count_cost
 from icl_heads.options import RunOptions
+from icl_heads.order_bias import recency_block_gap
 from icl_heads.testing import toy_task
 from icl_heads.validation import validation_task
 
@@ -94,6 +95,17 @@ def test_anchor_reweighting_removes_a_fixed_layout_majority_bias():
         rates.append(float((p.predicted[p.golds == 1] == 0).float().mean()))  # minority gold, majority predicted
     assert rates[0] > 0.2 and rates[1] < 0.05, rates
     assert fit.intervention.beta[1, 17, 3] > fit.intervention.beta[1, 17, :3].max() + 0.5  # the bar slot, up
+
+
+def test_anchor_reweighting_removes_the_planted_recency_bias():
+    """validation:recency's in-context head adds a linear positional prior; the slot scales learn to undo it."""
+    model, task = ih.load_model("validation:recency"), validation_task("recency")
+    fit = fit_anchor_reweighting(model, task, n_train=32, shots=4, seed=1, steps=50, lr=0.1)
+    before = recency_block_gap(model, task, shots=4, n=100, seed=5)
+    after = recency_block_gap(model, task, shots=4, n=100, seed=5, hooks=fit.intervention)
+    assert before > 0.2 and after < 0.05, (before, after)
+    scales = fit.intervention.beta[1, 17]
+    assert (scales[:-1] > scales[1:]).all()  # earlier demonstrations weighted up, against the prior
 
 
 @pytest.mark.slow

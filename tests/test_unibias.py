@@ -160,7 +160,7 @@ def test_unibias_finds_and_masks_a_planted_label_biased_neuron(foo_pusher):
     assert gap[1] < 0.5 * gap[0], gap
 
 
-def test_unibias_misses_the_count_driven_majority_bias_of_validation_majority():
+def test_unibias_misses_the_planted_majority_and_recency_biases():
     """The planted in-context head pushes whichever label its counts favour, so its push is not consistent."""
     model, task = ih.load_model("validation:majority"), validation_task("majority")
     fit = fit_unibias(model, task, n_tune=32, shots=4, tune_seed=1)
@@ -170,6 +170,9 @@ def test_unibias_misses_the_count_driven_majority_bias_of_validation_majority():
     before = ih.majority_bias(model, task, n=40, seed=5)
     after = ih.majority_bias(model, task, n=40, seed=5, hooks=fit.intervention)
     assert before.bias.value > 0.1 and after.bias.value == before.bias.value
+    # nor the positional prior of validation:recency: no component pushes one label on every prompt
+    recency = fit_unibias(ih.load_model("validation:recency"), validation_task("recency"), n_tune=32, tune_seed=1)
+    assert recency.intervention == ComponentMask()
 
 
 def test_bad_input_is_refused_before_model_work(models, task):
