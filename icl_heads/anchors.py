@@ -72,9 +72,10 @@ def anchor_hooks(beta: Float[Tensor, "layer head slot"], batch: PromptBatch) -> 
             scale = torch.ones(b, k, h, device=dev, dtype=w.dtype).index_put(
                 (rows.to(dev), pos.to(dev)), w[:, slot.to(dev)].T
             )  # [batch, key, head]
-            mult = torch.ones(b, q, k, h, device=dev, dtype=w.dtype)
-            mult = mult.index_put((torch.arange(b, device=dev), finals.to(dev) % q), scale)
-            return pattern * mult.permute(0, 3, 1, 2).to(pattern.dtype)
+            r, f = torch.arange(b, device=dev), finals.to(dev) % q
+            out = pattern.clone()  # only the final rows change: no full-size multiplier
+            out[r, :, f] = pattern[r, :, f] * scale.transpose(1, 2).to(pattern.dtype)
+            return out
 
         return fn
 
