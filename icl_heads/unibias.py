@@ -257,22 +257,22 @@ def fit_unibias(
         raise ValueError(f"UniBias needs at least 2 tuning prompts to measure variance, got {len(prompts)}")
     access = faithful_access(model, "fit_unibias")
     g_heads, g_neurons, full = component_label_logits(access, prompts, options=options)
-    d_mlp = g_neurons.shape[1] // access.n_layers
     crit = unibias_criteria(torch.cat([g_heads, g_neurons], 1), full)
-    n_h = g_heads.shape[1]
-    table = pd.DataFrame(crit.numpy(), columns=["relatedness", "bias", "cv"])
-    table.insert(0, "index", [j % access.n_heads for j in range(n_h)] + [j % d_mlp for j in range(crit.shape[0] - n_h)])
-    table.insert(
-        0, "layer", [j // access.n_heads for j in range(n_h)] + [j // d_mlp for j in range(crit.shape[0] - n_h)]
-    )
-    table.insert(0, "kind", ["head"] * n_h + ["neuron"] * (crit.shape[0] - n_h))
-    table.insert(0, "component", [f"L{r.layer}{'H' if r.kind == 'head' else 'N'}{r.index}" for r in table.itertuples()])
+    n_h, n_n, d_mlp = g_heads.shape[1], g_neurons.shape[1], g_neurons.shape[1] // access.n_layers
+    layer = [j // access.n_heads for j in range(n_h)] + [j // d_mlp for j in range(n_n)]
+    index = [j % access.n_heads for j in range(n_h)] + [j % d_mlp for j in range(n_n)]
+    kind = ["head"] * n_h + ["neuron"] * n_n
+    table = pd.DataFrame(
+        {"component": [f"L{a}{'H' if k == 'head' else 'N'}{b}" for a, b, k in zip(layer, index, kind, strict=True)],
+         "kind": kind, "layer": layer, "index": index,
+         "relatedness": crit[:, 0].numpy(), "bias": crit[:, 1].numpy(), "cv": crit[:, 2].numpy()}
+    )  # fmt: skip
     sets: dict[tuple[int, ...], tuple[float, float, float] | None] = {(): None}
     for th in itertools.product(grid.relatedness, grid.bias, grid.cv):
         chosen = (crit[:, 0] >= th[0]) & (crit[:, 1] >= th[1]) & (crit[:, 2] <= th[2])
         sets.setdefault(tuple(torch.nonzero(chosen)[:, 0].tolist()), th)
     golds = prompts.golds
-    rows, best = [], None
+    rows = []
     for members, th in sets.items():
         mask = _mask(access, table, members)
         probs = _label_probs(access, prompts, mask, options)
