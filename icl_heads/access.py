@@ -126,6 +126,9 @@ class ModelAccess:
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
         return self.model.blocks[layer].attn.W_O.detach()
 
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:  # row n: neuron n's value vector
+        return self.model.blocks[layer].mlp.W_out.detach()
+
     def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
         attn = self.model.blocks[layer].attn
         try:
@@ -238,7 +241,7 @@ class ModelAccess:
             return name
         if name in ("z", "pattern", "attn_scores", "q", "k", "v", "rot_q", "rot_k"):
             return f"blocks.{layer}.attn.hook_{name}"
-        return f"blocks.{layer}.hook_{name}"
+        return f"blocks.{layer}.mlp.hook_post" if name == "mlp_post" else f"blocks.{layer}.hook_{name}"
 
     def q_k_hooks(self, rotated: bool = True) -> tuple[str, str]:
         """Hook names (format with layer) of the queries and keys that form the scores."""

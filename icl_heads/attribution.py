@@ -71,7 +71,7 @@ def head_estimates(
 
 
 @contextmanager
-def _frozen_parameters(model: Any) -> Iterator[None]:
+def frozen_parameters(model: Any) -> Iterator[None]:
     """Parameters stop requiring grad for the block (the graph starts at ``hook_z``), then are restored."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
@@ -162,7 +162,7 @@ def per_prompt_attribution(
     kw: dict[str, Any] = {"attention_mask": mask} if batch.has_padding else {}
     # a backward pass costs about two forward passes: the ledger counts the work of three
     record_pass(len(rows), int(tokens.numel()), 3 * n_layers)
-    with torch.inference_mode(False), torch.enable_grad(), _frozen_parameters(model):
+    with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(model):
         with suppress(_Stop):
             model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
         if "resid" not in got or len(leaves) != n_layers:

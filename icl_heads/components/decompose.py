@@ -35,7 +35,7 @@ from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.results import provenance
 
 
-def _readout(access: ModelAccess, label_ids: Tensor) -> tuple[Tensor, Tensor]:
+def label_readout(access: ModelAccess, label_ids: Tensor) -> tuple[Tensor, Tensor]:
     """The frozen final norm and unembedding at scale 1 as one matrix, and the constant logits.
 
     ``final_norm(x, s) @ W_U[:, labels] == (x @ readout) / s`` for any ``x`` (the norm is
@@ -48,7 +48,7 @@ def _readout(access: ModelAccess, label_ids: Tensor) -> tuple[Tensor, Tensor]:
     return readout, const
 
 
-def _written_W_O(access: ModelAccess, layer: int) -> Float[Tensor, "head d_head d_model"]:
+def written_W_O(access: ModelAccess, layer: int) -> Float[Tensor, "head d_head d_model"]:
     """``W_O`` of layer ``layer`` times the weight of its post-attention norm, if it has one (scale 1)."""
     W = access.W_O(layer).float()
     norm = access.post_attn_norm(layer)
@@ -102,10 +102,10 @@ def decompose(
     L, H = access.n_layers, access.n_heads
     meta = component_table(L, H)
     label_ids = torch.tensor(tp.label_token_ids, device=access.device)
-    readout, const = _readout(access, label_ids)  # [d_model, label], [label]
+    readout, const = label_readout(access, label_ids)  # [d_model, label], [label]
     # each head's readout through its W_O (and a post-attention norm's weight): [head, d_head, label],
     # so z never expands to d_model
-    head_readout = [torch.einsum("hdm,ml->hdl", _written_W_O(access, layer), readout) for layer in range(L)]
+    head_readout = [torch.einsum("hdm,ml->hdl", written_W_O(access, layer), readout) for layer in range(L)]
     caps = [Capture(access.hook(layer, name)) for layer in range(L) for name in ("z", "mlp_out")]
     caps += [Capture("blocks.0.hook_resid_pre"), Capture("ln_final.hook_scale")]
     caps += [Capture(name) for name in access.write_captures()]
