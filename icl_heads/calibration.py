@@ -91,7 +91,9 @@ def contextual_prior(
     queries = [str(q) for q in check_sequence("queries", queries)]
     if not queries:
         raise ValueError("give at least one query text to estimate the label prior from")
-    probs = torch.stack([predict(model, with_query(prompts, q), options=options).label_logits.softmax(-1) for q in queries])
+    probs = torch.stack(
+        [predict(model, with_query(prompts, q), options=options).label_logits.softmax(-1) for q in queries]
+    )
     prior = probs.mean(0)
     return prior / prior.sum(-1, keepdim=True)
 

@@ -46,6 +46,7 @@ from icl_heads._cli_sections import (
     section_mechanism,
     task_variant,
 )
+from icl_heads._section_corrections import section_corrections
 from icl_heads._version import __version__
 from icl_heads.engine import count_cost
 from icl_heads.options import RunOptions
@@ -143,6 +144,7 @@ SECTIONS: list[tuple[str, Callable[[Context], list[Section]]]] = [
     ("mechanism", section_mechanism),
     ("bias", section_bias),
     ("components", section_components),
+    ("corrections", section_corrections),
 ]
 
 
@@ -181,7 +183,11 @@ def check_components(plan: Plan) -> None:
 
 
 #: checks that run before the model loads, for the sections that need more of the data than the shared prompts
-SECTION_CHECKS: dict[str, Callable[[Plan], None]] = {"bias": check_bias, "components": check_components}
+SECTION_CHECKS: dict[str, Callable[[Plan], None]] = {
+    "bias": check_bias,
+    "components": check_components,
+    "corrections": check_bias,
+}
 
 
 def _intro(plan: Plan) -> str:
@@ -212,6 +218,8 @@ def _seeds(seed: int) -> dict[str, int]:
         "majority correction tuning prompts": seed + 13,
         "recency bias and its correction's test prompts": seed + 14,
         "recency correction tuning prompts": seed + 15,
+        "corrections compared: test prompts": seed + 16,
+        "corrections compared: tuning prompts (and + 1)": seed + 17,
     }
 
 

@@ -10,19 +10,15 @@ balanced and on imbalanced prompts, each before and after with a paired bootstra
 over prompts; the labelled queries it needs and its cost in forward passes, both measured
 by the cost ledger (each method computes afresh, nothing read back from another).
 
-A method is a :class:`ComparedMethod` whose ``fit(setup)`` returns a :class:`Fitted`:
-either an :class:`~icl_heads.engine.Intervention` (re-run on every test prompt) or a
-calibrator that maps a condition's test prompts and their label logits to calibrated
-scores. Registered here: the output calibrations of :mod:`icl_heads.calibration`, the
-attention corrections of :mod:`icl_heads.correction_methods` (each tuned on its own bias
-with :func:`~icl_heads.tuning.tune_correction`), Calib+ and component reweighting. Add
-one with :func:`register_compared_method`.
+The methods come from the registry of :mod:`icl_heads.compared_methods`: output
+calibrations, the attention corrections, Calib+, component reweighting, UniBias and anchor
+re-weighting; register more with :func:`~icl_heads.compared_methods.register_compared_method`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,11 +29,9 @@ from torch import Tensor
 from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads
 from icl_heads.accuracy import predict
 from icl_heads.bias import _majority_tables, majority_prompts
-from icl_heads.calibration import batch_calibration, contextual_calibration, domain_context_calibration
-from icl_heads.components.decompose import decompose
-from icl_heads.components.estimators import CalibPlus, ComponentReweighting
-from icl_heads.correction_methods import CORRECTION_METHODS, RECENCY_SHOTS, CorrectionSetup, correction_method
-from icl_heads.engine import Intervention, count_cost, cost_section, no_reuse
+from icl_heads.compared_methods import COMPARED_METHODS, ComparedMethod, ComparisonSetup
+from icl_heads.correction_methods import RECENCY_SHOTS
+from icl_heads.engine import Intervention, cost_section, count_cost, no_reuse
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import recency_prompts
@@ -47,152 +41,11 @@ from icl_heads.recency import block_gaps
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_mean
-from icl_heads.tuning import _reduction, tune_correction
+from icl_heads.tuning import _reduction
 from icl_heads.tuning_checks import read_at_for
 
-#: what a method's fitted form is, for the table
-FAMILIES = ("output calibration", "attention correction", "learned calibration", "intervention")
 #: the two blocked orders of the recency measurement, whose gap is its headline
 BLOCKED = ("blocked", "blocked_reversed")
-#: a calibrator: ``(model, prompts of one condition, their label logits, options) -> [prompt, label] scores``
-Calibrator = Callable[[Any, ICLPrompts, Tensor, RunOptions], Tensor]
-
-
-@dataclass(frozen=True)
-class ComparisonSetup:
-    """What a method's ``fit`` receives: the model, the task, the tuning prompts' settings and the heads."""
-
-    model: Any
-    task: ICLTask
-    heads: tuple
-    read_at: str
-    shots: int
-    recency_shots: int
-    skews: tuple
-    tune_n: int
-    tune_seed: int
-    options: RunOptions
-    #: the numbers of demonstrations of the test prompts (an intervention may be built for each)
-    demo_counts: tuple[int, ...] = ()
-
-    def tuning_prompts(self, shots: int | None = None) -> ICLPrompts:
-        """The balanced tuning prompts (``tune_n`` drawn with ``tune_seed``), labelled."""
-        return self.task.prompts(self.tune_n, self.shots if shots is None else shots, seed=self.tune_seed)
-
-
-@dataclass(frozen=True)
-class Fitted:
-    """A fitted method: an intervention (or one per number of demonstrations) or a calibrator, the labelled
-    queries its fit used, its chosen setting."""
-
-    correction: Intervention | dict[int, Intervention] | Calibrator
-    labelled: int
-    setting: str = ""
-
-
-@dataclass(frozen=True)
-class ComparedMethod:
-    """One method of the comparison.
-
-    Args:
-        name: its name (``methods=`` of :func:`compare_corrections`).
-        family: one of :data:`FAMILIES`.
-        fit: ``fit(setup) -> Fitted`` (see :class:`ComparisonSetup`).
-        description: one line for the table and errors.
-        needs_heads: whether ``fit`` reads ``setup.heads`` (the in-context heads are then found).
-        own_pass: whether its scores come from a pass of its own that replaces the plain one
-            (interventions, reweighting) rather than from the plain scores (calibrations).
-
-    Raises:
-        ValueError: an empty name or an unknown family.
-    """
-
-    name: str
-    family: str
-    fit: Callable[[ComparisonSetup], Fitted]
-    description: str = ""
-    needs_heads: bool = False
-    own_pass: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.name or self.family not in FAMILIES:
-            raise ValueError(f"a compared method needs a name and a family in {FAMILIES}, got {self.name!r}, {self.family!r}")
-
-
-COMPARED_METHODS: dict[str, ComparedMethod] = {}
-
-
-def register_compared_method(method: ComparedMethod, *, overwrite: bool = False) -> ComparedMethod:
-    """Add ``method`` to the methods :func:`compare_corrections` runs.
-
-    Raises:
-        ValueError: a method of that name is registered already (pass ``overwrite=True``).
-    """
-    if method.name in COMPARED_METHODS and not overwrite:
-        raise ValueError(f"a compared method named {method.name!r} is registered already; pass overwrite=True")
-    COMPARED_METHODS[method.name] = method
-    return method
-
-
-def _calibration(fn: Callable[..., Tensor], **kw: Any) -> Callable[[ComparisonSetup], Fitted]:
-    def fit(s: ComparisonSetup) -> Fitted:
-        return Fitted(lambda model, prompts, logits, options: fn(model, prompts, label_logits=logits, options=options, **kw), 0)
-
-    return fit
-
-
-def _domain(s: ComparisonSetup) -> Fitted:
-    return Fitted(lambda m, p, lg, o: domain_context_calibration(m, p, label_logits=lg, seed=s.tune_seed, options=o), 0, "20 texts")
-
-
-def _attention(bias: str, name: str) -> Callable[[ComparisonSetup], Fitted]:
-    def fit(s: ComparisonSetup) -> Fitted:
-        spec = correction_method(bias, name)
-        shots = s.shots if bias == "majority" else s.recency_shots
-        setup = CorrectionSetup(s.model, s.task, list(s.heads), s.read_at, shots, s.tune_n, s.tune_seed, s.options)
-        build = spec.prepare(setup)  # tuned on its own bias's prompts, then built for every test prompt length
-        measure = {"skews": list(s.skews)} if bias == "majority" else {"n_random_orders": 0}
-        value, _ = tune_correction(
-            s.model, s.task, build, spec.grid, kind=bias, shots=shots, n=s.tune_n, seed=s.tune_seed,
-            options=s.options, noop=0.0, **measure,
-        )  # fmt: skip
-        built = {k: (build if k == shots else spec.prepare(replace(setup, shots=k)))(value) for k in s.demo_counts}
-        return Fitted(built, s.tune_n, f"{spec.parameter}={value:g}")
-
-    return fit
-
-
-def _calib_plus(s: ComparisonSetup) -> Fitted:
-    tune = s.tuning_prompts()
-    cal = CalibPlus().fit(predict(s.model, tune, options=s.options).label_logits, tune.golds)
-    return Fitted(lambda m, p, logits, o: torch.as_tensor(cal.decision_function(logits)), s.tune_n)
-
-
-def _reweighting(s: ComparisonSetup) -> Fitted:
-    rw = ComponentReweighting(random_state=s.tune_seed).fit(decompose(s.model, s.tuning_prompts(), options=s.options))
-    return Fitted(
-        lambda m, p, logits, o: torch.as_tensor(rw.decision_function(decompose(m, p, options=o))),
-        s.tune_n, f"{len(rw.kept_components_)} components kept",
-    )  # fmt: skip
-
-
-for _m in (
-    ComparedMethod("contextual", "output calibration", _calibration(contextual_calibration),
-                   "contextual calibration (Zhao et al. 2021): content-free queries N/A, '', [MASK]"),
-    ComparedMethod("domain_context", "output calibration", _domain,
-                   "domain-context calibration (Fei et al. 2023): 20 queries of random in-domain words"),
-    ComparedMethod("batch", "output calibration", lambda s: Fitted(lambda m, p, lg, o: batch_calibration(lg), 0),
-                   "Batch Calibration (Zhou et al. 2023): minus the batch mean of the label log-probabilities"),
-    *(ComparedMethod(f"{bias}:{name}", "attention correction", _attention(bias, name), spec.description,
-                     needs_heads=True, own_pass=True)
-      for bias, specs in CORRECTION_METHODS.items() for name, spec in specs.items()),
-    ComparedMethod("calib_plus", "learned calibration", _calib_plus,
-                   "Calib+: per-class weights and biases on the label probabilities, fitted on labelled tuning prompts"),
-    ComparedMethod("reweighting", "learned calibration", _reweighting,
-                   "component reweighting (Chang et al. 2024), fitted on labelled tuning prompts", own_pass=True),
-):  # fmt: skip
-    register_compared_method(_m)
-# UniBias and anchor re-weighting join here with one registration each (see docs/methods.md)
 
 
 @json_type
@@ -329,9 +182,13 @@ def compare_corrections(
     if unknown or not names:
         raise ValueError(f"unknown methods {unknown or names}; choose from {sorted(COMPARED_METHODS)}")
     if n < 10 or tune_n < 10:
-        raise ValueError(f"need n >= 10 test and tune_n >= 10 tuning prompts for intervals and fits, got n={n}, tune_n={tune_n}")
+        raise ValueError(
+            f"need n >= 10 test and tune_n >= 10 tuning prompts for intervals and fits, got n={n}, tune_n={tune_n}"
+        )
     if seed in (tune_seed, tune_seed + 1):
-        raise ValueError(f"seed={seed} draws tuning prompts (tune_seed={tune_seed} or tune_seed + 1); choose another seed")
+        raise ValueError(
+            f"seed={seed} draws tuning prompts (tune_seed={tune_seed} or tune_seed + 1); choose another seed"
+        )
     check_heads_choice(heads)
     skews = tuple(tuple(int(v) for v in s) for s in skews)
     major = majority_prompts(task, shots=shots, n=n, seed=seed, skews=skews)
@@ -455,5 +312,5 @@ def _row(
                 continue
             red = _reduction(b, a, lambda x: x.mean(-1), before.n_boot, before.seed)
             row.update({f"{k}_reduction": float(red), f"{k}_reduction_low": red.low, f"{k}_reduction_high": red.high})
-    row["note"] = "; ".join(notes)
+    row["note"] = "; ".join(notes) or "-"
     return row
