@@ -28,7 +28,7 @@ from torch import Tensor
 
 from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads
 from icl_heads.accuracy import predict
-from icl_heads.bias import _majority_tables, majority_prompts
+from icl_heads.bias import majority_prompts
 from icl_heads.compared_methods import COMPARED_METHODS, ComparedMethod, ComparisonSetup
 from icl_heads.correction_methods import RECENCY_SHOTS
 from icl_heads.engine import Intervention, cost_section, count_cost, no_reuse
@@ -40,8 +40,7 @@ from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.recency import block_gaps
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
-from icl_heads.stats import Estimate, bootstrap_mean
-from icl_heads.tuning import _reduction
+from icl_heads.stats import Estimate, bootstrap, bootstrap_mean
 from icl_heads.tuning_checks import read_at_for
 
 #: the two blocked orders of the recency measurement, whose gap is its headline
@@ -260,15 +259,27 @@ class _Measure:
 
     def __call__(self, scores: dict[str, Tensor]) -> _Outcome:
         base = next(iter(self.major.values()))
-        m = torch.stack([scores[f"majority {k}"] for k in self.major])
+        m = torch.stack([scores[f"majority {k}"] for k in self.major])  # [condition, prompt, label]
         counts = torch.tensor([p.config["counts"] for p in self.major.values()])
-        words = base.task.label_words
-        excess = _majority_tables(m, counts, base.golds, list(self.major), words, 10, self.seed)[2].numpy()
-        correct = (m.argmax(-1) == base.golds[None]).float().numpy()
+        major = counts == counts.max(-1, keepdim=True).values  # [condition, label]: its majority labels
+        pred = m.argmax(-1)
+        # majority_bias's excess: a majority label of the condition predicted, minus on the balanced prompts
+        in_major = major.gather(1, pred).float() - major.gather(1, pred[:1].expand_as(pred)).float()
+        excess = in_major[~major.all(-1)].mean(0).numpy()
+        correct = (pred == base.golds[None]).float().numpy()
         r = torch.stack([scores[f"recency {k}"] for k in BLOCKED])
         orig = self.orders["original"]
         gaps, _ = block_gaps(r, orig.golds, [[y for _, y in p.demos] for p in orig.prompts], list(BLOCKED))
         return _Outcome(excess, gaps, correct[0], correct[1:].mean(0), self.n_boot, self.seed)
+
+
+def _reduction(before: np.ndarray, after: np.ndarray, n_boot: int, seed: int) -> Estimate:
+    """``100 (1 - |mean after| / |mean before|)`` with its paired bootstrap interval over prompts."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # resamples with no bias before are dropped
+        return bootstrap(
+            lambda i: 100 * (1 - abs(after[i].mean()) / abs(before[i].mean())), len(before), n_boot=n_boot,
+            seed=seed, paired=True,
+        )  # fmt: skip
 
 
 def _apply(c: Any, s: ComparisonSetup, prompts: ICLPrompts, clean: Tensor) -> Tensor:
@@ -310,7 +321,7 @@ def _row(
             if b_est.low <= 0 <= b_est.high:
                 notes.append(f"no {k} bias to reduce (its interval before includes 0)")
                 continue
-            red = _reduction(b, a, lambda x: x.mean(-1), before.n_boot, before.seed)
+            red = _reduction(b, a, before.n_boot, before.seed)
             row.update({f"{k}_reduction": float(red), f"{k}_reduction_low": red.low, f"{k}_reduction_high": red.high})
     row["note"] = "; ".join(notes) or "-"
     return row

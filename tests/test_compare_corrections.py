@@ -7,7 +7,7 @@ from icl_heads.bias import majority_prompts
 from icl_heads.compare_corrections import CorrectionComparison, check_disjoint, compare_corrections
 from icl_heads.compared_methods import COMPARED_METHODS, ComparedMethod, Fitted, register_compared_method
 from icl_heads.engine import count_cost
-from icl_heads.order_bias import recency_prompts
+from icl_heads.order_bias import recency_block_gap, recency_prompts
 from icl_heads.validation import ground_truth, validation_task
 
 
@@ -71,6 +71,16 @@ def test_the_table_reports_the_planted_majority_bias_and_count_normalisation_rem
     assert batch.fit_passes == batch.test_prompt_passes == batch.extra_passes_per_prompt == batch.labelled == 0
     assert "corrections: batch" not in ledger.sections and ledger.sections["corrections: majority:count"].rows > 0
     assert "no recency bias to reduce" in batch.note  # the majority model has no recency bias: no % is made up
+
+
+@pytest.mark.slow
+def test_the_uncorrected_row_is_what_the_bias_measurements_report(majority_run):
+    result, _, task = majority_run
+    c, base = result.config, result.baseline.set_index("metric").value
+    model = ih.load_model("validation:majority")
+    assert base["majority"] == pytest.approx(float(ih.majority_bias(model, task, n=c["n"], seed=c["seed"]).bias))
+    gap = recency_block_gap(model, task, shots=c["recency_shots"], n=c["n"], seed=c["seed"], n_random_orders=0)
+    assert base["recency"] == pytest.approx(gap)
 
 
 @pytest.mark.slow
