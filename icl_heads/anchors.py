@@ -17,7 +17,7 @@ fitted with uses the last slots' scales (its last demonstration is always the la
 more demonstrations than fitted slots are refused.
 
 Cost: ``n_train`` labelled prompts; ``steps`` forward and backward passes over them (the
-ledger counts each as one pass with three passes' layer work). Applying the fitted
+ledger counts each batch of a step as one pass with three passes' layer work). Applying the fitted
 re-weighting costs nothing beyond the pass it rides on.
 """
 
@@ -72,16 +72,17 @@ def anchor_hooks(beta: Float[Tensor, "layer head slot"], batch: PromptBatch) -> 
             scale = torch.ones(b, k, h, device=dev, dtype=w.dtype).index_put(
                 (rows.to(dev), pos.to(dev)), w[:, slot.to(dev)].T
             )  # [batch, key, head]
-            mult = torch.ones(b, q, k, h, device=dev, dtype=w.dtype)
-            mult = mult.index_put((torch.arange(b, device=dev), finals.to(dev) % q), scale)
-            return pattern * mult.permute(0, 3, 1, 2).to(pattern.dtype)
+            r, f = torch.arange(b, device=dev), finals.to(dev) % q
+            out = pattern.clone()  # only the final rows change: no full-size multiplier
+            out[r, :, f] = pattern[r, :, f] * scale.transpose(1, 2).to(pattern.dtype)
+            return out
 
         return fn
 
     return [(ModelAccess.hook(layer, "pattern"), hook(layer)) for layer in range(beta.shape[0])]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnchorReweighting(Intervention):
     """Scale the final position's attention to each demonstration's label word by ``exp(beta[l, h, slot])``.
 
@@ -104,14 +105,14 @@ class AnchorReweighting(Intervention):
         return anchor_hooks(self.beta, batch)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnchorReweightingFit:
     """What :func:`fit_anchor_reweighting` learned.
 
     Attributes:
         intervention: the fitted :class:`AnchorReweighting` (``hooks=`` of any analysis).
         losses: the mean training cross-entropy before each step (``losses[0]``: the model unchanged).
-        n_train: labelled prompts trained on; passes: forward (and backward) passes over batches.
+        n_train: labelled prompts trained on; passes: forward-and-backward passes over them (one per step).
     """
 
     intervention: AnchorReweighting
@@ -162,8 +163,10 @@ def fit_anchor_reweighting(
     lr = check_real("lr", lr, limits=(1e-12, math.inf))
     if prompts is None:
         prompts = task.prompts(check_int("n_train", n_train, minimum=1), shots=shots, seed=seed)
-    if not isinstance(prompts, ICLPrompts) or prompts.task.name != task.name:
-        raise ValueError("prompts must be ICLPrompts sampled from task (task.prompts(n, shots, seed))")
+    if not isinstance(prompts, ICLPrompts):
+        raise TypeError(f"prompts must be ICLPrompts from task.prompts(n, shots, seed), got {type(prompts).__name__}")
+    if prompts.task != task:
+        raise ValueError("the training prompts come from another task; sample them with task.prompts(n, shots, seed)")
     access = ModelAccess(model)
     require_pattern_edits(access, "anchor re-weighting")
     tp = access.tokenize(prompts)
@@ -182,7 +185,7 @@ def fit_anchor_reweighting(
         losses.append(total / len(tp))
         opt.step()
     fit = AnchorReweighting(beta.detach())
-    return AnchorReweightingFit(fit, tuple(losses), len(tp), steps * len(parts))
+    return AnchorReweightingFit(fit, tuple(losses), len(tp), steps)
 
 
 def _batch_loss(access: ModelAccess, beta: Tensor, batch: PromptBatch, label_ids: Tensor) -> float:

@@ -116,7 +116,7 @@ class UniBiasGrid:
         check_real("min_label_mass", self.min_label_mass, limits=(0, 1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class UniBias:
     """What :func:`fit_unibias` found.
 
@@ -127,7 +127,7 @@ class UniBias:
             bias, cv`` (the criteria on the tuning prompts).
         candidates: one row per distinct candidate set: ``n_heads, n_neurons, imbalance, label_mass,
             admissible, chosen`` and the first thresholds that select it.
-        n_tune: labelled prompts used; passes: forward passes over them.
+        n_tune: labelled prompts used; passes: forward passes over all of them (``1 +`` the candidates).
     """
 
     intervention: ComponentMask
@@ -145,6 +145,12 @@ def component_label_logits(
 
     One forward pass per batch. Head and neuron logits go through the frozen final norm
     (no bias terms); the model's are its own label logits.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
         UnfaithfulModelError: the model breaks the linear identities; ValueError: a
@@ -243,28 +249,30 @@ def fit_unibias(
         raise TypeError(f"expected an ICLTask, got {type(task).__name__}; e.g. icl_heads.organism_task()")
     if prompts is None:
         prompts = task.prompts(check_int("n_tune", n_tune, minimum=2), shots=shots, seed=tune_seed)
-    if not isinstance(prompts, ICLPrompts) or prompts.task.name != task.name:
-        raise ValueError("prompts must be ICLPrompts sampled from task (task.prompts(n, shots, seed))")
+    if not isinstance(prompts, ICLPrompts):
+        raise TypeError(f"prompts must be ICLPrompts from task.prompts(n, shots, seed), got {type(prompts).__name__}")
+    if prompts.task != task:
+        raise ValueError("the tuning prompts come from another task; sample them with task.prompts(n, shots, seed)")
     if len(prompts) < 2:
         raise ValueError(f"UniBias needs at least 2 tuning prompts to measure variance, got {len(prompts)}")
     access = faithful_access(model, "fit_unibias")
     g_heads, g_neurons, full = component_label_logits(access, prompts, options=options)
-    d_mlp = g_neurons.shape[1] // access.n_layers
     crit = unibias_criteria(torch.cat([g_heads, g_neurons], 1), full)
-    n_h = g_heads.shape[1]
-    table = pd.DataFrame(crit.numpy(), columns=["relatedness", "bias", "cv"])
-    table.insert(0, "index", [j % access.n_heads for j in range(n_h)] + [j % d_mlp for j in range(crit.shape[0] - n_h)])
-    table.insert(
-        0, "layer", [j // access.n_heads for j in range(n_h)] + [j // d_mlp for j in range(crit.shape[0] - n_h)]
-    )
-    table.insert(0, "kind", ["head"] * n_h + ["neuron"] * (crit.shape[0] - n_h))
-    table.insert(0, "component", [f"L{r.layer}{'H' if r.kind == 'head' else 'N'}{r.index}" for r in table.itertuples()])
+    n_h, n_n, d_mlp = g_heads.shape[1], g_neurons.shape[1], g_neurons.shape[1] // access.n_layers
+    layer = [j // access.n_heads for j in range(n_h)] + [j // d_mlp for j in range(n_n)]
+    index = [j % access.n_heads for j in range(n_h)] + [j % d_mlp for j in range(n_n)]
+    kind = ["head"] * n_h + ["neuron"] * n_n
+    table = pd.DataFrame(
+        {"component": [f"L{a}{'H' if k == 'head' else 'N'}{b}" for a, b, k in zip(layer, index, kind, strict=True)],
+         "kind": kind, "layer": layer, "index": index,
+         "relatedness": crit[:, 0].numpy(), "bias": crit[:, 1].numpy(), "cv": crit[:, 2].numpy()}
+    )  # fmt: skip
     sets: dict[tuple[int, ...], tuple[float, float, float] | None] = {(): None}
     for th in itertools.product(grid.relatedness, grid.bias, grid.cv):
         chosen = (crit[:, 0] >= th[0]) & (crit[:, 1] >= th[1]) & (crit[:, 2] <= th[2])
         sets.setdefault(tuple(torch.nonzero(chosen)[:, 0].tolist()), th)
     golds = prompts.golds
-    rows, best = [], None
+    rows = []
     for members, th in sets.items():
         mask = _mask(access, table, members)
         probs = _label_probs(access, prompts, mask, options)
