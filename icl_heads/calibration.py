@@ -84,6 +84,13 @@ def contextual_prior(
 
     One pass over the prompts per query text.
 
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts whose demonstrations are the contexts.
+        queries: the query texts that replace each prompt's query.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
+
     Raises:
         ValueError: no query texts.
     """
