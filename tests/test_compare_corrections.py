@@ -106,3 +106,13 @@ def test_the_table_reports_the_planted_recency_bias_and_the_positional_prior_rem
     assert prior.recency_reduction_low > 50 and prior.setting.startswith("strength=")
     back = ih.load_result(result.save(tmp_path / "cmp"))
     assert back.df.equals(result.df) and back.plot().data
+
+
+def test_batch_calibration_alone_costs_no_pass_and_the_result_round_trips(models, task, tmp_path):
+    with count_cost() as ledger:
+        result = compare_corrections(models["gpt2"], task, methods=["batch"], n=10, tune_n=10, n_boot=50)
+    row = result.df.iloc[0]
+    assert row.fit_passes == row.test_prompt_passes == row.extra_passes_per_prompt == 0
+    assert set(ledger.sections) == {"total"}  # only the plain passes of the test prompts, nothing under "batch"
+    back = ih.load_result(result.save(tmp_path / "cmp"))
+    assert back.df.equals(result.df) and back.baseline.equals(result.baseline) and back.plot().data
