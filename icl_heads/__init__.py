@@ -23,6 +23,7 @@ from icl_heads.access import UnfaithfulModelError
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.agreement import compare_head_scores
 from icl_heads.bias import majority_bias
+from icl_heads.compare_corrections import compare_corrections
 from icl_heads.components.decompose import decompose
 from icl_heads.components.estimators import CalibPlus, ComponentReweighting, NotFittedError
 from icl_heads.components.protocol import compare_reweighting
@@ -74,6 +75,7 @@ __all__ = [  # noqa: RUF022 - grouped by step of the workflow
     "recency_bias",
     "correct_majority_bias",
     "correct_recency_bias",
+    "compare_corrections",
     # components
     "decompose",
     "component_stability",

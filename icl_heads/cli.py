@@ -36,6 +36,7 @@ from icl_heads._cli_output import (
 )
 from icl_heads._cli_progress import LONG_RUN, ProgressLedger, estimate, seconds_per_pass
 from icl_heads._cli_sections import ACCURACY, BIAS, COMPONENTS, HEADS, MECHANISM, AnalysisSection, Context
+from icl_heads._section_corrections import CORRECTIONS
 from icl_heads._section_head_definitions import HEAD_DEFINITIONS
 from icl_heads._version import __version__
 from icl_heads.engine import count_cost
@@ -142,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 #: the sections of the report, in order: one line registers a section (see docs/contributing.md)
-SECTIONS: list[AnalysisSection] = [ACCURACY, HEADS, HEAD_DEFINITIONS, MECHANISM, BIAS, COMPONENTS]
+SECTIONS: list[AnalysisSection] = [ACCURACY, HEADS, HEAD_DEFINITIONS, MECHANISM, BIAS, COMPONENTS, CORRECTIONS]
 
 
 def _intro(plan: Plan) -> str:
@@ -174,6 +175,8 @@ def _seeds(seed: int) -> dict[str, int]:
         "majority correction tuning prompts": seed + 13,
         "recency bias and its correction's test prompts": seed + 14,
         "recency correction tuning prompts": seed + 15,
+        "corrections compared: test prompts": seed + 16,
+        "corrections compared: tuning prompts (and + 1)": seed + 17,
     }
 
 

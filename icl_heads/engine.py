@@ -107,6 +107,15 @@ def count_cost(ledger: CostLedger | None = None) -> Iterator[CostLedger]:
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def cost_section(name: str) -> Iterator[None]:
+    """Record the passes made inside the block under ``name`` in every active ledger (e.g. one method of a comparison)."""
+    with contextlib.ExitStack() as stack:
+        for ledger in _ACTIVE.get():
+            stack.enter_context(ledger.section(name))
+        yield
+
+
 def record_pass(rows: int, tokens: int, layers: int) -> None:
     """Record one forward pass of ``rows`` prompts over ``tokens`` padded tokens through ``layers`` layers."""
     ledgers = _ACTIVE.get()

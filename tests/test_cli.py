@@ -43,7 +43,17 @@ def test_analyze_writes_report_tables_and_summary(data_and_model, tmp_path):
     data, model = data_and_model
     out = tmp_path / "run"
     args = ["analyze", "--model", str(model), "--data", str(data), "--text-col", "sentence", "--label-col", "topic"]
-    args += ["--n-prompts", "16", "--shots", "2", "--out", str(out), "--quiet", "--skip", "mechanism,bias,components"]
+    args += [
+        "--n-prompts",
+        "16",
+        "--shots",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+        "--skip",
+        "mechanism,bias,components,corrections",
+    ]
     before = torch.get_num_threads()
     try:
         assert main([*args, "--threads", "2"]) == 0

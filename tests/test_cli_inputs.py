@@ -9,7 +9,7 @@ from icl_heads._cli_sections import AnalysisSection
 from icl_heads.cli import main
 from icl_heads.testing import tiny_llama_dir, toy_task
 
-FAST = ["--n-prompts", "8", "--quiet", "--skip", "heads,mechanism,bias,components"]
+FAST = ["--n-prompts", "8", "--quiet", "--skip", "heads,mechanism,bias,components,corrections"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ CASES = [
         "3 classes, shots 4",
         "d.csv",
         THREE,
-        ["--label-words", "foo,bar,the", "--shots", "4", "--skip", "heads,mechanism,components"],
+        ["--label-words", "foo,bar,the", "--shots", "4", "--skip", "heads,mechanism,components,corrections"],
         r"--shots 4 is not a multiple of the 3 classes.*--shots 6",
         ["--shots", "6"],
     ),
@@ -103,7 +103,7 @@ CASES = [
         GOOD,
         ["--skip", "heads,mechanizm,bias,components"],
         r"unknown section 'mechanizm'; did you mean 'mechanism'",
-        ["--skip", "heads,mechanism,bias,components"],
+        ["--skip", "heads,mechanism,bias,components,corrections"],
     ),
     ("no cuda", "d.csv", GOOD, ["--device", "cuda"], r"--device cuda: CUDA is not available", ["--device", "cpu"]),
     ("bad device", "d.csv", GOOD, ["--device", "gpu0"], r"--device 'gpu0' is not a device", ["--device", "cpu"]),
@@ -144,7 +144,7 @@ CASES = [
         "components need examples",
         "d.csv",
         GOOD,
-        ["--skip", "heads,mechanism,bias"],
+        ["--skip", "heads,mechanism,bias,corrections"],
         r"components section needs 16 examples of each class .* class 'sport' has 12",
         _csv(_rows(16)),
     ),
@@ -315,18 +315,18 @@ def test_a_killed_run_leaves_a_marked_incomplete_folder_that_a_rerun_replaces(wo
 def test_force_replaces_only_an_earlier_runs_files(workdir, model_dir, capsys, monkeypatch):
     (workdir / "d.csv").write_text(GOOD)
     base = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", "--n-prompts", "8", "--quiet"]
-    assert main([*base, "--skip", "mechanism,bias,components"]) == 0
+    assert main([*base, "--skip", "mechanism,bias,components,corrections"]) == 0
     out = workdir / "out"
     assert (out / "results" / "head_scores.csv").exists()
     (out / "notes.txt").write_text("mine")
     (out / "results" / "my_plot.csv").write_text("mine")
     with monkeypatch.context() as m:
-        code, err = _refused([*base, "--skip", "heads,mechanism,bias,components"], capsys, m)
+        code, err = _refused([*base, "--skip", "heads,mechanism,bias,components,corrections"], capsys, m)
         assert code == 2 and "not empty (it holds the results of an earlier run)" in err
-        code, err = _refused([*base, "--skip", "heads,mechanism,bias,components", "--force"], capsys, m)
+        code, err = _refused([*base, "--skip", "heads,mechanism,bias,components,corrections", "--force"], capsys, m)
         assert code == 2 and "holds results/my_plot.csv, which no earlier icl-heads run wrote" in err
     (out / "results" / "my_plot.csv").rename(out / "my_plot.csv")
-    assert main([*base, "--skip", "heads,mechanism,bias,components", "--force"]) == 0
+    assert main([*base, "--skip", "heads,mechanism,bias,components,corrections", "--force"]) == 0
     assert (out / "notes.txt").read_text() == "mine" and (out / "my_plot.csv").read_text() == "mine"
     assert not (out / "results" / "head_scores.csv").exists()  # stale results of the earlier run are gone
     manifest = json.loads((out / "manifest.json").read_text())

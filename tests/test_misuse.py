@@ -23,7 +23,7 @@ from icl_heads.data import DataError, read_labelled_file
 from icl_heads.prompts.text import SeparatorInTextError
 from icl_heads.testing import tiny_llama_dir, toy_task
 
-FAST = ["--n-prompts", "8", "--quiet", "--skip", "heads,mechanism,bias,components"]
+FAST = ["--n-prompts", "8", "--quiet", "--skip", "heads,mechanism,bias,components,corrections"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -380,7 +380,7 @@ def test_the_command_logs_the_estimate_before_the_first_section(workdir, model_d
     (workdir / "d.csv").write_text(GOOD)
     argv = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", "--n-prompts", "8"]
     with caplog.at_level(logging.INFO, logger="icl_heads"):
-        assert main([*argv, "--skip", "heads,mechanism,bias,components"]) == 0
+        assert main([*argv, "--skip", "heads,mechanism,bias,components,corrections"]) == 0
     messages = [r.getMessage() for r in caplog.records]
     first = next(i for i, m in enumerate(messages) if m.startswith("section "))
     assert any(m.startswith("estimate: about") and "prompt passes" in m for m in messages[:first]), messages

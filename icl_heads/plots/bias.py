@@ -1,4 +1,4 @@
-"""Figures for majority-label and recency bias and their corrections."""
+"""Figures for majority-label and recency bias, their corrections and the comparison of every correction."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 
 from icl_heads._format import fmt, fmt_ci
 from icl_heads.bias import MajorityBias
+from icl_heads.compare_corrections import CorrectionComparison
 from icl_heads.order_bias import RecencyBias
 from icl_heads.plots._style import NEUTRAL, SEQUENTIAL, fit_titles, heatmap_height, label_colour, wrap
 from icl_heads.results import draws
@@ -185,4 +186,44 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
     fig.update_yaxes(title_text="bias on tuning prompts", row=1, col=3)
     fig.add_hline(y=0, line_color="black", line_width=1, row=1, col=3)
     fig.update_layout(margin={"l": 90})
+    return fit_titles(fig)
+
+
+@draws(CorrectionComparison)
+def plot_correction_comparison(result: CorrectionComparison) -> go.Figure:
+    """Per method: the reduction of each bias (percent) and the change of each accuracy, 95% paired intervals."""
+    panels = (
+        ("majority_reduction", "majority bias reduction (%)"),
+        ("recency_reduction", "recency bias reduction (%)"),
+        ("balanced_accuracy_change", "balanced accuracy change"),
+        ("imbalanced_accuracy_change", "imbalanced accuracy change"),
+    )
+    fig = make_subplots(rows=1, cols=4, shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[t for _, t in panels])  # fmt: skip
+    df = result.df.iloc[::-1]
+    labels = [f"{m} ({int(lab)} lab., +{x:g} passes)" if lab == lab else f"{m} (not applicable)"
+              for m, lab, x in zip(df.method, df.labelled, df.extra_passes_per_prompt, strict=True)]  # fmt: skip
+    for col, (key, title) in enumerate(panels, start=1):
+        fig.add_trace(
+            go.Scatter(
+                x=df[key], y=labels, mode="markers", marker={"color": "#000000"}, showlegend=False,
+                error_x={"type": "data", "symmetric": False, "array": (df[f"{key}_high"] - df[key]).to_numpy(),
+                         "arrayminus": (df[key] - df[f"{key}_low"]).to_numpy()},
+                customdata=np.stack([df.family, df.setting.fillna(""), df.note.fillna("")], axis=-1),
+                hovertemplate="%{y}<br>" + title + ": %{x:.3f}<br>%{customdata[0]} %{customdata[1]}"
+                "<br>%{customdata[2]}<extra></extra>",
+            ),
+            row=1, col=col,
+        )  # fmt: skip
+        fig.add_vline(x=100 if "reduction" in key else 0, line_color=NEUTRAL, line_dash="dot", row=1, col=col)
+        fig.add_vline(x=0, line_color="black", line_width=1, row=1, col=col)
+    base = result.baseline.set_index("metric")
+    fig.update_layout(
+        title="Bias corrections and calibrations on the same held-out prompts<br><sup>uncorrected: majority bias "
+        f"{fmt(base.value['majority'])}, recency block gap {fmt(base.value['recency'])}, balanced accuracy "
+        f"{fmt(base.value['balanced_accuracy'])}, imbalanced {fmt(base.value['imbalanced_accuracy'])}; "
+        "labelled queries and extra passes per test prompt in brackets</sup>",
+        height=max(400, 40 * len(df) + 160),
+        margin={"l": 230},
+    )
     return fit_titles(fig)

@@ -1,0 +1,186 @@
+"""Output calibrations of the label scores: contextual, domain-context and Batch Calibration.
+
+Each maps the label scores of test prompts (log-probabilities over the label words,
+``log_softmax`` of the label logits) to calibrated scores whose argmax is the prediction:
+
+* **contextual calibration** (Zhao et al. 2021, "Calibrate before use"): the label
+  probabilities ``p_cf`` of each prompt's demonstrations followed by content-free queries
+  (``"N/A"``, ``""``, ``"[MASK]"``), averaged over them and renormalised; calibrated
+  probabilities ``W p`` with ``W = diag(p_cf)^-1`` (renormalised). One extra pass per
+  content-free query.
+* **domain-context calibration** (Fei et al. 2023, "Mitigating label biases for in-context
+  learning"): the same with ``n_texts`` (20) queries of random in-domain words, drawn from
+  the task's texts, each as long as the task's average text (in words).
+* **Batch Calibration** (Zhou et al. 2023, arXiv 2309.17249): subtract from each prompt's
+  log-probabilities their mean over the batch of test prompts (the contextual prior
+  estimated from the test inputs themselves): ``log p(y|x_i) - mean_j log p(y|x_j)``. No
+  extra pass: it reads the scores the test prompts already have.
+
+Scores are returned as ``[prompt, label]`` tensors; the first two are normalised
+log-probabilities, Batch Calibration's are centred log-probabilities (only their argmax
+and differences matter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from icl_heads._checks import check_int, check_sequence
+from icl_heads.accuracy import predict
+from icl_heads.options import RunOptions, run_options
+from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
+
+#: the content-free queries of Zhao et al. (2021)
+CONTENT_FREE = ("N/A", "", "[MASK]")
+
+
+def divide_prior(
+    label_logits: Float[Tensor, "prompt label"], prior: Float[Tensor, "prompt label"]
+) -> Float[Tensor, "prompt label"]:
+    """``log`` of ``W p`` renormalised, with ``W = diag(prior)^-1`` per prompt: ``log p - log prior``, renormalised.
+
+    Args:
+        label_logits: the label logits of the test prompts (``p`` is their softmax).
+        prior: each prompt's estimated label prior (probabilities, one row per prompt).
+    """
+    return (label_logits.log_softmax(-1) - prior.log()).log_softmax(-1)
+
+
+def batch_calibration(label_logits: Float[Tensor, "prompt label"]) -> Float[Tensor, "prompt label"]:
+    """Batch Calibration: each prompt's label log-probabilities minus their mean over the batch.
+
+    Args:
+        label_logits: the label logits of one batch of test prompts sharing a prompt format
+            (in :func:`~icl_heads.compare_corrections.compare_corrections`, the prompts of one condition).
+
+    Raises:
+        ValueError: fewer than 2 prompts (the mean would remove each prompt's own scores).
+    """
+    if label_logits.ndim != 2 or len(label_logits) < 2:
+        raise ValueError(
+            f"Batch Calibration needs [prompt, label] scores of 2 or more prompts, got shape {tuple(label_logits.shape)}"
+        )
+    logp = label_logits.log_softmax(-1)
+    return logp - logp.mean(0, keepdim=True)
+
+
+def with_query(prompts: ICLPrompts, query: str) -> ICLPrompts:
+    """``prompts`` with every query replaced by ``query`` (demonstrations and golds kept)."""
+    out = tuple(ICLPrompt(demos=p.demos, query=query, gold=p.gold) for p in prompts.prompts)
+    return replace(prompts, prompts=out, config=prompts.config.updated(condition=f"query={query!r}"))
+
+
+def contextual_prior(
+    model: Any, prompts: ICLPrompts, queries: Sequence[str], *, options: RunOptions | None = None
+) -> Float[Tensor, "prompt label"]:
+    """Each prompt's label probabilities with its query replaced by each of ``queries``, averaged and renormalised.
+
+    One pass over the prompts per query text.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts whose demonstrations are the contexts.
+        queries: the query texts that replace each prompt's query.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
+
+    Raises:
+        ValueError: no query texts.
+    """
+    options = run_options(options)
+    queries = [str(q) for q in check_sequence("queries", queries)]
+    if not queries:
+        raise ValueError("give at least one query text to estimate the label prior from")
+    probs = torch.stack(
+        [predict(model, with_query(prompts, q), options=options).label_logits.softmax(-1) for q in queries]
+    )
+    prior = probs.mean(0)
+    return prior / prior.sum(-1, keepdim=True)
+
+
+def _scores(model: Any, prompts: ICLPrompts, label_logits: Tensor | None, options: RunOptions) -> Tensor:
+    return predict(model, prompts, options=options).label_logits if label_logits is None else label_logits
+
+
+def contextual_calibration(
+    model: Any,
+    prompts: ICLPrompts,
+    *,
+    label_logits: Float[Tensor, "prompt label"] | None = None,
+    content_free: Sequence[str] = CONTENT_FREE,
+    options: RunOptions | None = None,
+) -> Float[Tensor, "prompt label"]:
+    """Contextual calibration (Zhao et al. 2021): divide by the label prior of content-free queries.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the test prompts; each prompt's demonstrations are its context.
+        label_logits: their label logits when already computed (default: one pass).
+        content_free: the content-free query texts (one extra pass each).
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
+
+    Returns:
+        ``[prompt, label]`` calibrated log-probabilities.
+
+    Raises:
+        ValueError: no content-free texts.
+    """
+    options = run_options(options)
+    prior = contextual_prior(model, prompts, content_free, options=options)
+    return divide_prior(_scores(model, prompts, label_logits, options), prior)
+
+
+def domain_texts(task: ICLTask, n: int = 20, seed: int = 0) -> tuple[str, ...]:
+    """``n`` texts of random words from the task's texts, each of the task's average length in words.
+
+    Raises:
+        TypeError: ``task`` is not an ICLTask.
+        ValueError: ``n < 1``.
+    """
+    if not isinstance(task, ICLTask):
+        raise TypeError(f"expected an ICLTask, got {type(task).__name__}")
+    n = check_int("n", n, minimum=1)
+    words = [w for t in task.texts for w in t.split()]
+    length = max(1, round(len(words) / len(task.texts)))
+    rng = np.random.default_rng(seed)
+    return tuple(" ".join(rng.choice(words, length)) for _ in range(n))
+
+
+def domain_context_calibration(
+    model: Any,
+    prompts: ICLPrompts,
+    *,
+    label_logits: Float[Tensor, "prompt label"] | None = None,
+    n_texts: int = 20,
+    seed: int = 0,
+    options: RunOptions | None = None,
+) -> Float[Tensor, "prompt label"]:
+    """Domain-context calibration (Fei et al. 2023): divide by the label prior of random in-domain texts.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the test prompts; each prompt's demonstrations are its context.
+        label_logits: their label logits when already computed (default: one pass).
+        n_texts: random in-domain query texts (:func:`domain_texts`; one extra pass each).
+        seed: seed of the random texts.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
+
+    Returns:
+        ``[prompt, label]`` calibrated log-probabilities.
+
+    Raises:
+        ValueError: ``n_texts < 1``.
+    """
+    options = run_options(options)
+    texts = domain_texts(prompts.task, n_texts, seed)
+    prior = contextual_prior(model, prompts, texts, options=options)
+    return divide_prior(_scores(model, prompts, label_logits, options), prior)
