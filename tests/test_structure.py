@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("interventions", ["interventions", "correction_hooks", "corrections", "correction_methods"]),
     ("analyses", ["accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "reading",
                   "mechanism", "bias", "order_bias", "_bias_common", "recency", "tuning", "tuning_checks",
-                  "debias", "components"]),
+                  "debias", "components", "protocols"]),
     ("plots", ["plots", ""]),
     ("verdicts and report", ["verdict_rules", "verdicts", "report", "recovery"]),
     ("CLI", ["cli", "_cli_inputs", "_cli_sections", "_cli_output", "_cli_progress", "_provenance"]),
