@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
 
             folder = Path(args.data) if args.data else None
             tok = AutoTokenizer.from_pretrained(args.model)
+        log.info(
+            "estimating: the protocol on a downsized random %s model first, at a small scale", config["model_type"]
+        )
         tiny = ih.load_model(tiny_model_dir(Path(tmp) / "tiny", config, tok))
         dry_results, ledgers = run_tables(tiny, args.tables, DRY, folder, options)
         est = estimate(ledgers, DRY, FULL, config, args.dtype, args.tflops, args.batch_size)

@@ -54,8 +54,14 @@ def test_the_llama_style_tokenizer_has_llamas_layout():
     assert tok.decode(ids) == "alpha beta\ngamma é" and tok.bos_token == "<s>"
 
 
-def test_parameter_count_of_llama_2_7b():
+def test_parameter_count_of_llama_2_7b_and_of_a_checkpoint(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from icl_heads.testing import tiny_llama_dir
+
     assert abs(R.parameters(R.KNOWN_CONFIGS[R.DEFAULT_MODEL]) - 6.74e9) < 0.01e9
+    path = tiny_llama_dir(tmp_path / "llama")  # grouped-query attention
+    assert R.parameters(R.target_config(str(path))) == AutoModelForCausalLM.from_pretrained(path).num_parameters()
 
 
 def test_estimate_scales_the_ledger_to_the_full_run():
