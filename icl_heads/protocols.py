@@ -1,24 +1,14 @@
 """The two papers' protocols, one call each, with results laid out as the papers' tables.
 
 Chang, Thomason & Jia (2024, arXiv 2406.13131), over prompt formats × seeds:
-
-* :func:`chang_reweighting` (their Table 4): ``K'``-shot ICL (4, or one per class when
-  that is fewer than 4 but divides it: 3 for three classes) against 24-shot ICL, Calib+ and
-  component reweighting with the same 24 labelled examples
-  (:func:`~icl_heads.components.protocol.compare_reweighting`);
-* :func:`chang_components` (Table 1): the full model against its best and worst single
-  component (``Oracle-T1``, ``Oracle-B1``) on the same prompts;
-* :func:`chang_transfer` (Table 3): out-of-distribution transfer, demonstrations from the
-  source task and queries from its pair: the full model, the best component chosen on the
-  source task (``Transfer-1``), the best one on the target (``Oracle-1``), and a component
-  reweighting fitted on the source task (``CompRW transfer 24``).
-
+:func:`chang_reweighting` (Table 4: ``K'``-shot ICL against 24-shot ICL, Calib+ and component
+reweighting with the same 24 labelled examples, through
+:func:`~icl_heads.components.protocol.compare_reweighting`), :func:`chang_components` (Table 1:
+the full model against its best and worst single component) and :func:`chang_transfer` (Table 3:
+out-of-distribution transfer, demonstrations from a source task, queries from its pair).
 Yu & Ananiadou (2024, arXiv 2402.02872), with meaningless labels (``foo``/``bar``):
-
-* :func:`yu_heads`: ICL accuracy, and with the in-context heads (top 1%) or random head
-  sets of the same size ablated (:func:`~icl_heads.heads.find_in_context_heads`);
-* :func:`yu_bias`: majority and recency bias before and after their correction
-  (:func:`~icl_heads.debias.correct_bias`), and the share of each bias removed.
+:func:`yu_heads` (accuracy, and with the in-context heads or random head sets ablated) and
+:func:`yu_bias` (majority and recency bias before and after their correction).
 
 Each returns a :class:`PaperTable`: one row per run (task, method, seed, format); its
 :meth:`PaperTable.table` gives mean ± sd over the runs with a t interval (``n`` counts the
@@ -49,8 +39,6 @@ from icl_heads.stats import t_interval
 
 logger = logging.getLogger("icl_heads")
 
-#: the out-of-distribution pairs of Chang et al. (target: source), as in their code's ``Demo_Dataset_Map``
-CHANG_PAIRS = {"yelp": "sst2", "mednli": "mnli", "boolq_contrast": "boolq"}
 AVERAGE = "Avg."
 
 
@@ -185,7 +173,8 @@ def chang_reweighting(
         seeds: one run per seed and format, each with its own labelled examples and test queries.
         k: labelled examples per run (the 24 of the paper).
         n_test: test queries per run.
-        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`PaperTable` of test accuracies. ``Standard 24`` prompts longer than the
@@ -235,10 +224,18 @@ def chang_components(
     queries). Both oracles are chosen on the test queries themselves, as in the paper (a
     best-of-many selection: an upper bound, not a held-out accuracy).
 
-    Args and Raises: as :func:`chang_reweighting`.
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        tasks, templates, seeds, k, n_test: as :func:`chang_reweighting`.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`PaperTable` of test accuracies.
+
+    Raises:
+        TypeError: ``tasks`` are not ICLTasks.
+        ValueError: repeated task names, or a task with too few examples per class.
     """
     options = run_options(options)
     access = faithful_access(model, "chang_components")
@@ -298,7 +295,9 @@ def chang_transfer(
         pairs: ``(source, target)`` tasks with the same classes in the same order (the
             target is shown with the source's label words and formats).
         templates: the formats of each source task, by name (default: its own template).
-        seeds, k, n_test, options: as :func:`chang_reweighting`.
+        seeds, k, n_test: as :func:`chang_reweighting`.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
         reweighting: hyperparameters of :class:`~icl_heads.components.estimators.ComponentReweighting`.
 
     Returns:
@@ -364,6 +363,16 @@ def yu_heads(
     ``n_random`` random sets of the same size), all with ``foo``/``bar`` labels
     (:func:`meaningless_labels`).
 
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        tasks: the tasks (their first two classes are kept).
+        seeds: one run per seed (its prompts, verification prompts and random head sets).
+        n: prompts to find the heads on, and as many to verify them on.
+        shots: demonstrations per prompt.
+        n_random: random head sets per run.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
+
     Returns:
         A :class:`PaperTable` of accuracies on the held-out prompts.
 
@@ -401,8 +410,20 @@ def yu_bias(
     (the headline bias before and after, same test prompts) and ``{bias} bias reduction
     (%)``. A run where the model shows no bias to correct has no value and says why.
 
+    Args:
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        tasks: the tasks (their first two classes are kept).
+        seeds: one run per seed (its test and tuning prompts).
+        n: test prompts per run.
+        tune_n: tuning prompts per run.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`).
+
     Returns:
         A :class:`PaperTable` of bias sizes and reductions.
+
+    Raises:
+        TypeError, ValueError: as :func:`~icl_heads.debias.correct_bias` (other than "no bias to reduce").
     """
     options = run_options(options)
     rows = []
