@@ -79,6 +79,9 @@ class NamedTask:
         templates: three prompt formats, each with ``{text}`` and ``{label}``.
         transfer_from: for an out-of-distribution task, the task whose demonstrations it is tested with.
         where: how to get the data when it is not on the hub.
+
+    >>> NAMED_TASKS["rte"].fields, NAMED_TASKS["yelp"].transfer_from
+    (('sentence1', 'sentence2'), 'sst2')
     """
 
     name: str

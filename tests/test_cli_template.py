@@ -31,7 +31,6 @@ def _run(tmp_path, capsys, *args, model="organism-slot"):
     return json.loads((out / "summary.json").read_text()), (out / "report.html").read_text(), capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_the_command_with_the_training_template_gives_the_api_accuracy(slot_csv, tmp_path, capsys):
     assert SLOT_TEMPLATES[0] == "{text} {label}\n"
     summary, html, printed = _run(tmp_path, capsys, "--data", str(slot_csv), "--template", "{text} {label}\\n")
@@ -43,7 +42,6 @@ def test_the_command_with_the_training_template_gives_the_api_accuracy(slot_csv,
     assert "warning" not in printed and "does not learn" not in html
 
 
-@pytest.mark.slow
 def test_a_run_at_chance_says_so_at_the_top_and_in_the_final_message(tmp_path, capsys):
     """A template that puts a word of each topic between the text and its label leaves the organism at chance."""
     task = organism_task(n_per_class=60)
@@ -104,3 +102,23 @@ def test_meaningless_label_words_on_the_command_line(tmp_path):
             "template": None, "split": None, "task": "organism", "seed": 0}  # fmt: skip
     task, _ = load_task(argparse.Namespace(**keys, label_words="meaningless"))
     assert task.label_words == ("foo", "bar", "baz")
+
+
+def test_a_named_task_on_the_command_line_is_the_api_task(tmp_path, capsys, monkeypatch):
+    """``--data sst2`` reads the local copy of SST-2 (here the organism's sentences in SST-2's layout)."""
+    import datasets
+
+    task = organism_task(n_per_class=60)
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])})  # fmt: skip
+    rows = {"sentence": list(task.texts), "label": list(task.labels)}
+    datasets.DatasetDict(validation=datasets.Dataset.from_dict(rows, features=features)).save_to_disk(tmp_path / "sst2")
+    monkeypatch.setenv("ICL_HEADS_DATA", str(tmp_path))
+    args = ["--data", "sst2", "--label-words", "foo,bar", "--template", "{text} : {label}\\n"]
+    summary, _, _ = _run(tmp_path, capsys, *args, model="organism")
+    api = ih.load_task("sst2", label_words=["foo", "bar"], template="{text} : {label}\n")
+    acc = ih.icl_accuracy(ih.load_model("organism"), api.prompts(N, 4, seed=1))
+    assert summary["accuracy"] == float(acc.accuracy) > 0.9 and summary["task"] == "sst2"
+    assert summary["classes"] == [
+        {"class": "negative", "label_word": "foo", "examples": 60},
+        {"class": "positive", "label_word": "bar", "examples": 60},
+    ]

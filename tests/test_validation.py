@@ -289,8 +289,12 @@ def test_cli_takes_a_validation_model_and_its_task():
     ref, tokenizer, n_ctx = resolve_model("validation:sparse")
     assert Path(ref).name.startswith("sparse-") and (Path(ref) / "config.json").exists()
     assert tokenizer.convert_tokens_to_ids("foo") != tokenizer.unk_token_id and n_ctx == 256
-    args = argparse.Namespace(data=None, task="validation:sparse", classes=None, label_words=None, seed=0)
+    args = argparse.Namespace(
+        data=None, task="validation:sparse", classes=None, label_words=None, seed=0, template=None
+    )
     task, _ = load_task(args)
     assert task.label_words == ("foo", "bar") and len(task.texts) == 20
     with pytest.raises(UsageError, match="unknown validation model"):
-        load_task(argparse.Namespace(data=None, task="validation:nope", classes=None, label_words=None, seed=0))
+        load_task(
+            argparse.Namespace(data=None, task="validation:nope", classes=None, label_words=None, seed=0, template=None)
+        )
