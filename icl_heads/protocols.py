@@ -31,6 +31,7 @@ from icl_heads.components.protocol import compare_reweighting, reweighting_split
 from icl_heads.debias import correct_bias
 from icl_heads.faithfulness import faithful_access
 from icl_heads.heads import find_in_context_heads
+from icl_heads.named_tasks import MEANINGLESS_WORDS
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
 from icl_heads.records import UNSET, Provenance, Record
@@ -87,7 +88,8 @@ class PaperTable(Result):
         return pd.DataFrame(rows, columns=["task", "method", "mean", "sd", "n", "ci_low", "ci_high", "note"])
 
     def paired(self, method: str, baseline: str) -> pd.DataFrame:
-        """``task, mean, sd, n, ci_low, ci_high`` of ``method - baseline`` over runs both have (paired t interval).
+        """``task, mean, sd, n, ci_low, ci_high`` of ``method - baseline`` over runs both have (paired t interval),
+        tasks then ``Avg.`` (each run's difference averaged over its tasks).
 
         Raises:
             KeyError: a method that is not in the table.
@@ -97,15 +99,15 @@ class PaperTable(Result):
                 raise KeyError(f"no method {m!r}; methods are {sorted(set(self.df.method))}")
         wide = self.df.pivot_table(index=["task", "seed", "template"], columns="method", values="value")
         diff = (wide[method] - wide[baseline]).dropna().rename("value").reset_index()
-        rows = [_stats(t, f"{method} - {baseline}", g.value) for t, g in diff.groupby("task", sort=False)]
+        rows = [_stats(t, "", g.value) for t, g in diff.groupby("task", sort=False)]
+        if diff.task.nunique() > 1:
+            rows.append(_stats(AVERAGE, "", diff.groupby(["seed", "template"]).value.mean()))
         return pd.DataFrame(rows).drop(columns=["method", "note"])
 
     def summary(self) -> dict[str, Any]:
-        table = self.table()
-        avg = table[table.task == AVERAGE] if (table.task == AVERAGE).any() else table
-        out: dict[str, Any] = {"paper": self.config.get("paper"), "table": self.config.get("table")}
-        out.update({f"{r.task} {r.method}": f"{r.mean:.3f} ± {r.sd:.3f} (n={r.n})" for r in avg.itertuples() if r.n})
-        return out
+        t = self.table()
+        shown = t[t.task == AVERAGE] if (t.task == AVERAGE).any() else t
+        return {f"{r.task} {r.method}": f"{r.mean:.3f} ± {r.sd:.3f} (n={r.n})" for r in shown.itertuples() if r.n}
 
 
 def _missing(group: pd.DataFrame) -> str:
@@ -134,9 +136,8 @@ def _check_tasks(tasks: Sequence[ICLTask]) -> list[ICLTask]:
     tasks = list(tasks)
     if not tasks or not all(isinstance(t, ICLTask) for t in tasks):
         raise TypeError(f"tasks must be a non-empty sequence of ICLTask, got {tasks!r:.200}")
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise ValueError(f"task names {names} repeat; give each task its own name (ICLTask(name=...))")
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ValueError(f"task names {[t.name for t in tasks]} repeat; give each its own (ICLTask(name=...))")
     return tasks
 
 
@@ -150,8 +151,7 @@ def demo_shots(n_classes: int, shots: int = 4) -> int:
     return shots if shots % n_classes == 0 or n_classes > shots else n_classes
 
 
-CHANG = "Chang, Thomason & Jia 2024 (arXiv 2406.13131)"
-YU = "Yu & Ananiadou 2024 (arXiv 2402.02872)"
+CHANG, YU = "Chang, Thomason & Jia 2024 (arXiv 2406.13131)", "Yu & Ananiadou 2024 (arXiv 2402.02872)"
 
 
 def chang_reweighting(
@@ -331,7 +331,7 @@ def chang_transfer(
     return _table(access.name, rows, CHANG, "Table 3", "accuracy", seeds=list(seeds), k=k, n_test=n_test)
 
 
-def meaningless_labels(task: ICLTask, words: Sequence[str] = ("foo", "bar")) -> ICLTask:
+def meaningless_labels(task: ICLTask, words: Sequence[str] = MEANINGLESS_WORDS[:2]) -> ICLTask:
     """``task`` with label words that carry no meaning; a task with more classes keeps its first ``len(words)``.
 
     Raises:

@@ -56,6 +56,10 @@ CHANG_TASKS = ("sst2", "boolq", "qqp", "wic", "rte", "mnli", "agnews", "arc_easy
 TRANSFER = ("yelp", "mednli", "boolq_contrast")
 YU_TASKS = ("sst2", "agnews")
 TABLES = ("reweighting", "components", "transfer", "heads", "bias")
+#: the paired differences written beside each table (method minus baseline, over the runs both have)
+PAIRED = {"reweighting": [("CompRW 24", "Standard 24"), ("CompRW 24", "Calib+ 24"), ("CompRW 24", "Standard 3,4")],
+          "components": [("Oracle-T1", "Full")], "transfer": [("Transfer-1", "Full"), ("CompRW transfer 24", "Full")],
+          "heads": [("in-context heads ablated", "random heads ablated"), ("in-context heads ablated", "ICL")]}  # fmt: skip
 #: the architecture of models the estimate knows offline (the hub's config.json of each)
 KNOWN_CONFIGS = {
     DEFAULT_MODEL: {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -334,6 +338,13 @@ def write(results, model_name: str, out: Path, est: dict, ledgers, title: str) -
         result.df.to_csv(out / f"{key}_runs.csv", index=False)
         parts.append(f"## {result.config['paper']}: {result.config['table']} ({result.config['metric']})\n")
         parts.append(markdown(table.drop(columns=["published_source"])) + "\n")
+        paired = [result.paired(m, b).assign(difference=f"{m} - {b}") for m, b in PAIRED.get(key, [])
+                  if {m, b} <= set(result.df.dropna(subset=["value"]).method)]  # fmt: skip
+        if paired:
+            paired = pd.concat(paired)[["difference", "task", "mean", "sd", "n", "ci_low", "ci_high"]]
+            paired.to_csv(out / f"{key}_paired.csv", index=False)
+            parts.append("Paired differences (95% t interval over the runs both methods have):\n")
+            parts.append(markdown(paired) + "\n")
     (out / "tables.md").write_text("\n".join(parts))
     cost = {k: asdict(v) for k, v in ledgers.items()}
     (out / "estimate.json").write_text(

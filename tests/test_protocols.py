@@ -74,6 +74,8 @@ def test_table_gives_mean_sd_and_t_interval_over_runs_and_an_average_over_tasks(
     b = diff[diff.task == "b"].iloc[0]
     assert b.n == 6 and np.isclose(b["mean"], d.mean())
     assert np.allclose([b.ci_low, b.ci_high], sps.t.interval(0.95, 5, loc=d.mean(), scale=sps.sem(d)))
+    avg_d = [np.mean([values[t, "x", s, f] - values[t, "y", s, f] for t in "ab"]) for s in range(3) for f in "pq"]
+    assert np.isclose(diff[diff.task == P.AVERAGE].iloc[0]["mean"], np.mean(avg_d))
     with pytest.raises(KeyError, match="no method 'z'"):
         result.paired("z", "x")
 

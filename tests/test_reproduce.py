@@ -38,6 +38,9 @@ def test_the_dry_run_writes_every_table_with_the_published_numbers_of_the_data_f
         np.testing.assert_array_equal(merged.published_mean.to_numpy(), merged["mean_y"].to_numpy())
         np.testing.assert_array_equal(merged.published_sd.to_numpy(), merged["sd_y"].to_numpy())
         assert table.published_mean.notna().any(), f"{key}: no published number beside the table"
+    for key, pairs in R.PAIRED.items():
+        paired = pd.read_csv(dry / f"{key}_paired.csv")
+        assert set(paired.difference) == {f"{m} - {b}" for m, b in pairs} and (paired.n > 0).all()
     md = (dry / "tables.md").read_text()
     assert md.count("## ") == len(R.TABLES) and "published_mean" in md
     est = json.loads((dry / "estimate.json").read_text())
