@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         fits = est["memory_gb"] * 1e9 < torch.cuda.get_device_properties(0).total_memory
         device_map = None if fits else "auto"
     model = ih.load_model(args.model, dtype=args.dtype, device=None if device_map else device, device_map=device_map)
-    results, _ = run_tables(model, args.tables, FULL, folder, options)
+    results, _ = run_tables(model, args.tables, FULL, folder, ih.RunOptions(batch_size=args.batch_size, progress=True))
     write(results, args.model, args.out, est, ledgers, args.model)
     log.info("done in %.1f h; tables in %s", (time.perf_counter() - start) / 3600, args.out)
     return 0
