@@ -18,7 +18,8 @@ Intervals are 95% unless asked otherwise. The ways they are computed:
   designs resample the same rows for every column);
 - :func:`wilson`: Wilson score interval of a proportion (the one Wilson function);
 - :func:`from_samples`: the central interval of a set of samples (random head sets,
-  resampled statistics computed elsewhere).
+  resampled statistics computed elsewhere);
+- :func:`t_interval`: the t interval of a mean over a few independent runs (or of paired differences).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 #: how each kind of interval was computed, as written in ``Estimate.method``
 METHODS = ("bootstrap", "paired bootstrap", "wilson", "samples", "point")
@@ -188,6 +190,16 @@ def bootstrap_ci(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed: 
         ValueError: ``values`` is empty.
     """
     return bootstrap_mean(values, n_boot=n_boot, level=level, seed=seed).ci
+
+
+def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of ``values`` and its t interval (``n - 1`` degrees of freedom); NaN ends for one value."""
+    x = np.asarray(values, dtype=float).ravel()
+    m = float(x.mean())
+    if x.size < 2:
+        return m, math.nan, math.nan
+    half = float(sps.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return m, m - half, m + half
 
 
 def resamples(n: int, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats as sps
 
 from icl_heads._format import fmt, fmt_ci
-from icl_heads.stats import wilson
+from icl_heads.stats import t_interval, wilson
 
 HOLDS = "holds"
 CONTRADICTED = "contradicted"
@@ -150,16 +150,6 @@ def _judged(key: str, claim: str, effect: float, ci: Sequence[float], detail: st
 
 def not_applicable(key: str, claim: str, why: str) -> Verdict:
     return Verdict(claim, NOT_APPLICABLE, why, key)
-
-
-def t_interval(values: Any, level: float = LEVEL) -> tuple[float, float, float]:
-    """Mean of ``values`` and its t interval (``n - 1`` degrees of freedom); NaN ends for one value."""
-    x = np.asarray(values, dtype=float).ravel()
-    m = float(x.mean())
-    if x.size < 2:
-        return m, math.nan, math.nan
-    half = float(sps.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return m, m - half, m + half
 
 
 def difference_interval(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) -> tuple[float, float]:

@@ -35,6 +35,7 @@ GENERATED_BLOCKS = {
     "reading-card:organism": "tests/test_reading_card_docs.py (from docs/data/reading_card_organism.json)",
     "reading-card:organism-slot": "tests/test_reading_card_docs.py (from docs/data/reading_card_organism-slot.json)",
     "supported-models": "tests/test_architectures.py (from the tiny checkpoints of every family)",
+    "reproduce-estimate": "tests/test_reproduce.py (from docs/data/reproduce_estimate.json)",
 }
 
 # Pages that still quote hand-copied measurements. Their numbers are not yet generated;

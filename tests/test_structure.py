@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("analyses", ["accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "head_definitions", "reading",
                   "mechanism", "bias", "order_bias", "_bias_common", "recency", "tuning", "tuning_checks",
                   "debias", "components", "unibias", "anchors", "calibration", "compared_methods",
-                  "compare_corrections"]),
+                  "compare_corrections", "protocols"]),
     ("plots", ["plots", ""]),
     ("verdicts and report", ["verdict_rules", "verdicts", "report", "recovery"]),
     ("CLI", ["cli", "_cli_inputs", "_cli_sections", "_section_head_definitions", "_section_corrections", "_cli_output",

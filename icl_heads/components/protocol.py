@@ -24,7 +24,7 @@ from icl_heads.components.decompose import decompose
 from icl_heads.components.estimators import CalibPlus, ComponentReweighting
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
-from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts
+from icl_heads.prompts import ICLTask, PromptTooLongError, balanced_sample, fixed_demo_prompts, last_two_differ
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 
@@ -111,6 +111,23 @@ class ReweightingComparison(Result):
         return self._draw("plot")
 
 
+def reweighting_split(
+    labels: np.ndarray, *, k: int, k_demo: int, n_test: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One run's examples: ``test`` queries, ``k`` ``labelled`` ones, of which ``demos`` (ordered so the
+    last two differ in label) and the ``train`` rest; every set balanced and drawn from ``seed``.
+
+    Raises:
+        ValueError: a class has too few examples.
+    """
+    rng = np.random.default_rng(seed)
+    test = balanced_sample(labels, n_test, rng)
+    labelled = balanced_sample(labels, k, rng, exclude=test)
+    demos = balanced_sample(labels, k_demo, rng, exclude=np.setdiff1d(np.arange(len(labels)), labelled))
+    demos = last_two_differ(demos, labels)
+    return test, labelled, demos, np.setdiff1d(labelled, demos, assume_unique=True)  # keeps labelled's order
+
+
 def compare_reweighting(
     model: Any,
     task: ICLTask,
@@ -128,7 +145,9 @@ def compare_reweighting(
 
     For each seed: ``n_test`` balanced test queries and ``k`` balanced labelled
     examples (disjoint); ``k_demo`` balanced labelled examples become the
-    demonstrations and the other ``k - k_demo`` train the reweighting (and Calib+).
+    demonstrations, ordered (as the ``k`` of ``ICL-{k}``) so the last two differ in label
+    (:func:`~icl_heads.prompts.last_two_differ`, as Chang et al. do), and the other
+    ``k - k_demo`` train the reweighting (and Calib+).
     For each template, the test accuracy of ``ICL-{k_demo}`` (the demonstrations
     alone), ``ICL-{k}`` (all ``k`` labelled examples as demonstrations), ``Calib+``
     and ``reweighting``.
@@ -168,11 +187,7 @@ def compare_reweighting(
     rows, weights, names, skipped = [], [], (), None
     quiet = run_options(options, progress=False)
     for seed in tqdm(list(seeds), desc="reweighting runs", disable=not options.progress):
-        rng = np.random.default_rng(seed)
-        test = balanced_sample(labels, n_test, rng)
-        labelled = balanced_sample(labels, k, rng, exclude=test)
-        demos = balanced_sample(labels, k_demo, rng, exclude=np.setdiff1d(np.arange(len(labels)), labelled))
-        train = np.setdiff1d(labelled, demos, assume_unique=True)  # keeps the order of labelled
+        test, labelled, demos, train = reweighting_split(labels, k=k, k_demo=k_demo, n_test=n_test, seed=seed)
         for template in templates:
             t_task = task.with_template(template)
             dec_train = decompose(access, fixed_demo_prompts(t_task, demos, train), options=quiet)
@@ -183,7 +198,9 @@ def compare_reweighting(
             rows.append({**base, "method": f"ICL-{k_demo}", "accuracy": dec_test.full_accuracy})
             if icl_k is not False and skipped is None:
                 try:
-                    many = predict(access, fixed_demo_prompts(t_task, labelled, test), options=quiet)
+                    many = predict(
+                        access, fixed_demo_prompts(t_task, last_two_differ(labelled, labels), test), options=quiet
+                    )
                     rows.append({**base, "method": f"ICL-{k}", "accuracy": float(many.correct.float().mean())})
                 except PromptTooLongError as err:
                     if icl_k:

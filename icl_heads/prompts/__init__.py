@@ -17,7 +17,7 @@ The package, in the order its modules import each other:
 """
 
 from icl_heads.prompts.batch import PromptBatch, PromptTooLongError, TokenizedPrompts
-from icl_heads.prompts.designs import balanced_sample, fixed_demo_prompts
+from icl_heads.prompts.designs import balanced_sample, fixed_demo_prompts, last_two_differ
 from icl_heads.prompts.task import ORDERS, ICLPrompts, ICLTask, PromptConfig
 from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, render
 from icl_heads.prompts.tokenization import LabelTokenError, label_token_ids, tokenize_prompts, tokenizer_fingerprint
@@ -36,6 +36,7 @@ __all__ = [
     "balanced_sample",
     "fixed_demo_prompts",
     "label_token_ids",
+    "last_two_differ",
     "render",
     "tokenize_prompts",
     "tokenizer_fingerprint",

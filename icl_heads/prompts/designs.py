@@ -59,3 +59,22 @@ def balanced_sample(
             raise ValueError(f"class {c} has {len(pool)} unused examples but {per[c]} are needed; use a larger task")
         picks.append(rng.choice(pool, per[c], replace=False))
     return rng.permutation(np.concatenate(picks))
+
+
+def last_two_differ(demos: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``demos`` with the last two in different classes (Chang et al.'s guard against recency bias).
+
+    When the last two share a class, the latest earlier demonstration of another class takes
+    the second-to-last place (swapped); otherwise ``demos`` is returned unchanged.
+
+    Raises:
+        ValueError: fewer than two demonstrations or only one class among them.
+    """
+    demos = np.asarray(demos).copy()
+    classes = np.asarray(labels)[demos]
+    if len(demos) < 2 or len(set(classes.tolist())) < 2:
+        raise ValueError(f"need two demonstrations of different classes to end on two labels, got classes {classes}")
+    if classes[-1] == classes[-2]:
+        j = int(np.flatnonzero(classes[:-2] != classes[-1])[-1])
+        demos[[j, -2]] = demos[[-2, j]]
+    return demos
