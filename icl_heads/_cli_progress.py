@@ -3,9 +3,8 @@
 A section's model work is counted by the cost ledger in *prompt passes* (one prompt
 through the model once, a ledger ``row``). Before the first section the command
 predicts the prompt passes of each section it will run, from the ledger of a reference
-run (:data:`REFERENCE_PASSES`: the organism, ``--n-prompts 200``, 24 heads) scaled to this
-run's number of prompts (and of heads, for the heads section, which ablates heads one by
-one), times the seconds one prompt pass takes on this model (measured on a few of the
+run (each section's ``reference_passes``: the organism, ``--n-prompts 200``, 24 heads) scaled
+to this run's number of prompts (and of heads, for a section whose work is per head), times the seconds one prompt pass takes on this model (measured on a few of the
 run's own prompts, outside the ledger). It logs that estimate with the ways to shrink it.
 During the run, :class:`ProgressLedger` moves one bar per section by every pass the
 ledger records, so a long section shows work moving, not a batch counter standing still.
@@ -21,27 +20,24 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from icl_heads._cli_sections import AnalysisSection
 from icl_heads.engine import Cost, CostLedger
 
 logger = logging.getLogger("icl_heads")
 
-#: prompt passes per section of the reference run (its cost ledger's ``rows``)
-REFERENCE_PASSES = {"accuracy": 200, "heads": 25001, "head_definitions": 1048, "mechanism": 1256, "bias": 20928,
-                    "components": 1160}  # fmt: skip
+#: the reference run behind every section's ``reference_passes`` (its cost ledger's ``rows``)
 REFERENCE_PROMPTS = 200
 REFERENCE_HEADS = 24
-#: sections whose work grows with the number of heads (one ablation pass per head sampled or searched)
-PER_HEAD = frozenset({"heads", "head_definitions"})
 #: a run predicted to take longer than this many seconds gets its estimate shown even with --quiet
 LONG_RUN = 600.0
 
 
-def predicted_passes(section: str, n_prompts: int, n_heads: int) -> int:
+def predicted_passes(section: AnalysisSection, n_prompts: int, n_heads: int) -> int:
     """The prompt passes ``section`` is expected to make on ``n_prompts`` prompts of a model with ``n_heads`` heads."""
     scale = n_prompts / REFERENCE_PROMPTS
-    if section in PER_HEAD:
+    if section.per_head:
         scale *= n_heads / REFERENCE_HEADS
-    return max(1, round(REFERENCE_PASSES.get(section, 0) * scale))
+    return max(1, round(section.reference_passes * scale))
 
 
 def seconds_per_pass(model: Any, prompts: Any, n: int = 16) -> float:
@@ -68,9 +64,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate(sections: list[str], n_prompts: int, n_heads: int, per_pass: float) -> tuple[dict[str, int], str]:
+def estimate(
+    sections: list[AnalysisSection], n_prompts: int, n_heads: int, per_pass: float
+) -> tuple[dict[str, int], str]:
     """The predicted passes of each section and a one-paragraph estimate of the whole run, with how to shrink it."""
-    passes = {name: predicted_passes(name, n_prompts, n_heads) for name in sections}
+    passes = {s.name: predicted_passes(s, n_prompts, n_heads) for s in sections}
     total = sum(passes.values()) * per_pass
     parts = ", ".join(f"{name} {n:,}" for name, n in passes.items())
     longest = max(passes, key=passes.__getitem__) if passes else None

@@ -1,23 +1,29 @@
-"""The analysis sections of the ``icl-heads analyze`` report: one function ``section_NAME(ctx)`` each.
+"""The sections of the ``icl-heads analyze`` report, each declared as an :class:`AnalysisSection`.
 
-Each section runs its analyses and returns what they produced as data: one or more
+A section runs its analyses and returns what they produced as data: one or more
 :class:`~icl_heads.report.Section` (its text, numbers, figures and tables in reading
 order, its CSV tables, its summary entries and its result objects, from which
 :func:`icl_heads.verdicts.collect_verdicts` judges the claims). It draws no HTML and
 writes no file: one writer (:func:`icl_heads._cli_output.write_sections`) does both.
+Its declaration also says what to check before the model loads, how much model work
+to expect and, for an analysis with claims of its own, how to judge them; the command
+lists the declarations once, in :data:`icl_heads.cli.SECTIONS`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from icl_heads._cli_inputs import Plan, UsageError
 from icl_heads.options import RunOptions
 from icl_heads.report import Section
+from icl_heads.verdict_rules import Verdict
 
 logger = logging.getLogger("icl_heads")
 
@@ -41,6 +47,31 @@ class Context:
     found: Any = None
     #: result objects by name, read by :func:`icl_heads.verdicts.collect_verdicts`
     results: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AnalysisSection:
+    """One section of the report, declared beside the function that runs it.
+
+    Attributes:
+        name: its name (``--skip NAME``, its section of the cost ledger, ``seconds`` in the summary).
+        run: ``run(ctx) -> list[Section]``: runs its analyses and returns what they produced.
+        reference_passes: its prompt passes in the reference run (the organism, ``--n-prompts 200``,
+            24 heads), from which the command predicts its work before it starts.
+        per_head: its work grows with the number of heads (one ablation pass per head).
+        check: ``check(plan)``, run before the model loads: raises :class:`UsageError`
+            (with the fix) when the data cannot serve this section.
+        verdicts: ``verdicts(results) -> list[Verdict]``: the verdicts on claims of its own,
+            judged with :func:`icl_heads.verdict_rules.judge` from the run's result objects
+            (the papers' claims are judged by :func:`icl_heads.verdicts.collect_verdicts`).
+    """
+
+    name: str
+    run: Callable[[Context], list[Section]]
+    reference_passes: int
+    per_head: bool = False
+    check: Callable[[Plan], None] | None = None
+    verdicts: Callable[[Mapping[str, object]], list[Verdict]] | None = None
 
 
 def records(df) -> list[dict]:
@@ -364,3 +395,44 @@ def section_components(ctx: Context) -> list[Section]:
         "reweighting": comparison.summary(),
     }
     return [sec]
+
+
+def _check_bias(plan: Plan) -> None:
+    """Before the model loads: the bias section's balanced and skewed prompts can be drawn."""
+    from icl_heads.bias import majority_prompts
+
+    k = len(plan.task.classes)
+    if plan.shots % k:
+        raise UsageError(
+            f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
+            f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
+        )
+    task, _ = task_variant(plan.args, plan.task, "bias")
+    try:
+        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
+    except ValueError as err:
+        raise UsageError(
+            f"--shots {plan.shots}: the bias section cannot draw its prompts ({err}); or --skip bias"
+        ) from None
+
+
+def _check_components(plan: Plan) -> None:
+    """Before the model loads: each class has the examples the reweighting protocol draws (test queries + 24)."""
+    task, _ = task_variant(plan.args, plan.task, "components")
+    k, n_test, labelled = len(task.classes), max(plan.args.n_prompts // 2, 8), 24
+    need = math.ceil(n_test / k) + math.ceil(labelled / k)
+    for c, word in enumerate(task.classes):
+        have = task.labels.count(c)
+        if have < need:
+            raise UsageError(
+                f"the components section needs {need} examples of each class ({n_test} test queries and {labelled} "
+                f"labelled examples for reweighting) but class {word!r} has {have}; add examples, lower --n-prompts "
+                "or --skip components"
+            )
+
+
+ACCURACY = AnalysisSection("accuracy", section_accuracy, reference_passes=200)
+HEADS = AnalysisSection("heads", section_heads, reference_passes=25001, per_head=True)
+MECHANISM = AnalysisSection("mechanism", section_mechanism, reference_passes=1256)
+BIAS = AnalysisSection("bias", section_bias, reference_passes=20928, check=_check_bias)
+COMPONENTS = AnalysisSection("components", section_components, reference_passes=1160, check=_check_components)

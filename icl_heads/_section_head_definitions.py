@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from icl_heads._cli_sections import AnalysisSection, Context
 from icl_heads.report import Section
 
 #: prompts of the function-vector AIE in the report: one batch, so ``1 + L·H`` passes
 N_TRIALS = 32
 
 
-def section_head_definitions(ctx: Any) -> list[Section]:
+def section_head_definitions(ctx: Context) -> list[Section]:
     """Score every head three ways on the run's prompts; their overlap and each top set's ablation (read back)."""
     from icl_heads.head_definitions import compare_head_definitions
 
@@ -48,3 +47,7 @@ def section_head_definitions(ctx: Any) -> list[Section]:
                    head_definitions_ablation=result.ablation, head_definitions_cost=result.cost)  # fmt: skip
     sec.summary["head_definitions"] = result.summary()
     return [sec]
+
+
+#: after the heads section, whose in-context heads it compares with; its work grows with the heads (FV: 1 + L·H passes)
+HEAD_DEFINITIONS = AnalysisSection("head_definitions", section_head_definitions, reference_passes=1048, per_head=True)

@@ -9,8 +9,8 @@ Every input is checked before the model loads (:mod:`icl_heads._cli_inputs`); a 
 ends the command with a one-line message and exit code 2 (``--debug`` shows the
 traceback). Results are written beside ``--out`` and moved into place only when the
 run succeeds (:mod:`icl_heads._cli_output`). The command is argument parsing plus a
-pipeline: a section is a function ``section_NAME(ctx)`` listed in :data:`SECTIONS` (with
-an optional check in :data:`SECTION_CHECKS` that runs before the model loads); it
+pipeline: a section is an :class:`~icl_heads._cli_sections.AnalysisSection` listed in
+:data:`SECTIONS` (its function, its check before the model loads, its expected work); it
 returns its results as :class:`~icl_heads.report.Section` data, and one writer
 (:func:`~icl_heads._cli_output.write_sections`) renders them into the report, the CSV
 tables and the summary.
@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
@@ -37,16 +35,8 @@ from icl_heads._cli_output import (
     write_sections,
 )
 from icl_heads._cli_progress import LONG_RUN, ProgressLedger, estimate, seconds_per_pass
-from icl_heads._cli_sections import (
-    Context,
-    section_accuracy,
-    section_bias,
-    section_components,
-    section_heads,
-    section_mechanism,
-    task_variant,
-)
-from icl_heads._section_head_definitions import section_head_definitions
+from icl_heads._cli_sections import ACCURACY, BIAS, COMPONENTS, HEADS, MECHANISM, AnalysisSection, Context
+from icl_heads._section_head_definitions import HEAD_DEFINITIONS
 from icl_heads._version import __version__
 from icl_heads.engine import count_cost
 from icl_heads.options import RunOptions
@@ -132,58 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    a.add_argument(
-        "--skip", default="", help="comma-separated sections to skip: " + ",".join(name for name, _ in SECTIONS)
-    )
+    a.add_argument("--skip", default="", help="comma-separated sections to skip: " + ",".join(s.name for s in SECTIONS))
     return parser
 
 
-SECTIONS: list[tuple[str, Callable[[Context], list[Section]]]] = [
-    ("accuracy", section_accuracy),
-    ("heads", section_heads),
-    ("head_definitions", section_head_definitions),
-    ("mechanism", section_mechanism),
-    ("bias", section_bias),
-    ("components", section_components),
-]
-
-
-def check_bias(plan: Plan) -> None:
-    """Before the model loads: the bias section's balanced and skewed prompts can be drawn."""
-    from icl_heads.bias import majority_prompts
-
-    k = len(plan.task.classes)
-    if plan.shots % k:
-        raise UsageError(
-            f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
-            f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
-        )
-    task, _ = task_variant(plan.args, plan.task, "bias")
-    try:
-        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
-    except ValueError as err:
-        raise UsageError(
-            f"--shots {plan.shots}: the bias section cannot draw its prompts ({err}); or --skip bias"
-        ) from None
-
-
-def check_components(plan: Plan) -> None:
-    """Before the model loads: each class has the examples the reweighting protocol draws (test queries + 24)."""
-    task, _ = task_variant(plan.args, plan.task, "components")
-    k, n_test, labelled = len(task.classes), max(plan.args.n_prompts // 2, 8), 24
-    need = math.ceil(n_test / k) + math.ceil(labelled / k)
-    for c, word in enumerate(task.classes):
-        have = task.labels.count(c)
-        if have < need:
-            raise UsageError(
-                f"the components section needs {need} examples of each class ({n_test} test queries and {labelled} "
-                f"labelled examples for reweighting) but class {word!r} has {have}; add examples, lower --n-prompts "
-                "or --skip components"
-            )
-
-
-#: checks that run before the model loads, for the sections that need more of the data than the shared prompts
-SECTION_CHECKS: dict[str, Callable[[Plan], None]] = {"bias": check_bias, "components": check_components}
+#: the sections of the report, in order: one line registers a section (see docs/contributing.md)
+SECTIONS: list[AnalysisSection] = [ACCURACY, HEADS, HEAD_DEFINITIONS, MECHANISM, BIAS, COMPONENTS]
 
 
 def _intro(plan: Plan) -> str:
@@ -268,17 +212,16 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
     expected = _announce(plan, model)
     ledger = ProgressLedger(show=not args.quiet)
     ctx.options = RunOptions(progress=False)  # one bar per section, in prompt passes, instead of batch bars
-    for name, fn in SECTIONS:
-        if name in plan.skip:
-            continue
+    run_sections = [s for s in SECTIONS if s.name not in plan.skip]
+    for section in run_sections:
         t = time.time()
-        logger.info("section %s", name)
-        with count_cost(ledger), ledger.progress(name, expected[name]):
-            write_sections(fn(ctx), report, ctx.out, ctx.summary, ctx.results)
-        ctx.summary.setdefault("seconds", {})[name] = round(time.time() - t, 2)
+        logger.info("section %s", section.name)
+        with count_cost(ledger), ledger.progress(section.name, expected[section.name]):
+            write_sections(section.run(ctx), report, ctx.out, ctx.summary, ctx.results)
+        ctx.summary.setdefault("seconds", {})[section.name] = round(time.time() - t, 2)
     ctx.summary["total_seconds"] = round(time.time() - start, 2)
     ctx.summary["icl_heads_version"] = ih.__version__
-    verdicts = collect_verdicts(ctx.results)
+    verdicts = collect_verdicts(ctx.results) + [v for s in run_sections if s.verdicts for v in s.verdicts(ctx.results)]
     ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
     ctx.summary["cost"] = ledger.as_dict()
     cost = {
@@ -305,8 +248,8 @@ def _announce(plan: Plan, model: object) -> dict[str, int]:
     access = ModelAccess(model)
     with no_reuse():  # the timing pass is neither kept nor counted
         per_pass = seconds_per_pass(model, plan.prompts)
-    names = [name for name, _ in SECTIONS if name not in plan.skip]
-    expected, text = estimate(names, plan.args.n_prompts, access.n_layers * access.n_heads, per_pass)
+    sections = [s for s in SECTIONS if s.name not in plan.skip]
+    expected, text = estimate(sections, plan.args.n_prompts, access.n_layers * access.n_heads, per_pass)
     total = sum(expected.values()) * per_pass
     logger.log(logging.WARNING if total > LONG_RUN else logging.INFO, "%s", text)
     return expected
@@ -336,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
         with sigterm_raises(), folder:  # the lock on --out comes first: two runs on one --out never race
-            plan = validate(args, [name for name, _ in SECTIONS], SECTION_CHECKS)
+            plan = validate(args, [s.name for s in SECTIONS], {s.name: s.check for s in SECTIONS if s.check})
             summary = run(plan, argv, folder)
     except UsageError as err:
         if args.debug:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 import icl_heads
+from icl_heads._cli_sections import AnalysisSection
 from icl_heads.cli import main
 from icl_heads.testing import tiny_llama_dir, toy_task
 
@@ -267,7 +268,7 @@ def test_failed_or_interrupted_run_leaves_nothing_and_a_rerun_works(exc, code, w
 
     (workdir / "d.csv").write_text(GOOD)
     argv = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "new/out", *FAST]
-    monkeypatch.setattr(cli, "SECTIONS", [*cli.SECTIONS, ("boom", _boom(exc))])
+    monkeypatch.setattr(cli, "SECTIONS", [*cli.SECTIONS, AnalysisSection("boom", _boom(exc), 1)])
     if code is None:
         with pytest.raises(RuntimeError, match="bug"):
             main(argv)
@@ -275,7 +276,9 @@ def test_failed_or_interrupted_run_leaves_nothing_and_a_rerun_works(exc, code, w
         assert main(argv) == code
         assert "no results written" in capsys.readouterr().err
     assert sorted(p.name for p in workdir.iterdir()) == ["d.csv"]  # not even the parent folder it created
-    monkeypatch.setattr(cli, "SECTIONS", [*cli.SECTIONS[:-1], ("boom", _boom(Terminated("terminated by SIGTERM")))])
+    monkeypatch.setattr(
+        cli, "SECTIONS", [*cli.SECTIONS[:-1], AnalysisSection("boom", _boom(Terminated("terminated by SIGTERM")), 1)]
+    )
     assert main(argv) == 143 and not (workdir / "new").exists()
     monkeypatch.setattr(cli, "SECTIONS", cli.SECTIONS[:-1])
     assert main(argv) == 0 and (workdir / "new" / "out" / "summary.json").exists()
@@ -292,7 +295,7 @@ def test_sigterm_is_turned_into_cleanup(workdir, model_dir, monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)
 
     (workdir / "d.csv").write_text(GOOD)
-    monkeypatch.setattr(cli, "SECTIONS", [*cli.SECTIONS, ("killed", killed)])
+    monkeypatch.setattr(cli, "SECTIONS", [*cli.SECTIONS, AnalysisSection("killed", killed, 1)])
     argv = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", *FAST]
     assert main(argv) == 143
     assert sorted(p.name for p in workdir.iterdir()) == ["d.csv"]

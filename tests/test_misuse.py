@@ -349,13 +349,14 @@ def test_ctrl_c_never_prints_a_traceback(when, workdir, model_dir):
 
 
 def test_the_estimate_scales_with_prompts_and_heads_and_says_how_to_shrink():
-    from icl_heads._cli_progress import REFERENCE_PASSES, estimate, predicted_passes
+    from icl_heads._cli_progress import estimate, predicted_passes
+    from icl_heads._cli_sections import ACCURACY, BIAS, HEADS
 
-    assert predicted_passes("heads", 200, 24) == REFERENCE_PASSES["heads"]
-    assert predicted_passes("heads", 40, 144) == round(REFERENCE_PASSES["heads"] * 40 / 200 * 144 / 24)
-    assert predicted_passes("bias", 100, 144) == round(REFERENCE_PASSES["bias"] / 2)  # no heads loop
-    passes, text = estimate(["accuracy", "heads"], 40, 144, per_pass=0.05)
-    assert passes == {"accuracy": 40, "heads": predicted_passes("heads", 40, 144)}
+    assert predicted_passes(HEADS, 200, 24) == HEADS.reference_passes
+    assert predicted_passes(HEADS, 40, 144) == round(HEADS.reference_passes * 40 / 200 * 144 / 24)
+    assert predicted_passes(BIAS, 100, 144) == round(BIAS.reference_passes / 2)  # no heads loop
+    passes, text = estimate([ACCURACY, HEADS], 40, 144, per_pass=0.05)
+    assert passes == {"accuracy": 40, "heads": predicted_passes(HEADS, 40, 144)}
     assert "about 25 min" in text and "--n-prompts" in text and "--skip heads" in text
 
 
