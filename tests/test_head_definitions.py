@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -165,6 +166,8 @@ def test_result_saves_reloads_and_draws(sparse, tmp_path):
     result, _ = sparse
     back = load_result(result.save(tmp_path / "defs"))
     assert back.top == result.top and back.summary() == result.summary()
+    for name in ("df", "overlap", "ablation", "cost"):
+        pd.testing.assert_frame_equal(getattr(back, name), getattr(result, name), check_exact=True)
     torch.testing.assert_close(back.scores["function_vector"], result.scores["function_vector"])
     assert len(result.plot().data) == 7 and len(result.plot_ablation().data) == 1
 
