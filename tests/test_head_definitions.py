@@ -76,6 +76,13 @@ def test_function_vector_aie_equals_a_direct_loop_over_heads(any_model, task, pr
         assert want.abs().max() > 1e-6
 
 
+def test_function_vector_scores_do_not_depend_on_batch_size_or_padding(models, task, fresh):
+    prompts = task.prompts(n=5, shots=4, seed=4)
+    right = function_vector_scores(models["gpt2"], prompts, options=RunOptions(batch_size=5))
+    left = function_vector_scores(models["gpt2"], prompts, options=RunOptions(batch_size=3, padding_side="left"))
+    torch.testing.assert_close(left, right, atol=1e-6, rtol=0)
+
+
 def test_shuffled_labels_permute_each_prompts_labels_and_keep_the_rest(task):
     prompts = task.prompts(n=40, shots=4, seed=0)
     shuffled = shuffled_labels(prompts, seed=0)
