@@ -49,4 +49,5 @@ def section_head_definitions(ctx: Context) -> list[Section]:
     return [sec]
 
 
+#: after the heads section, whose in-context heads it compares with; its work grows with the heads (FV: 1 + L·H passes)
 HEAD_DEFINITIONS = AnalysisSection("head_definitions", section_head_definitions, reference_passes=1048, per_head=True)

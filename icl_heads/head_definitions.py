@@ -191,7 +191,8 @@ def induction_scores(
         n_seqs: random sequences.
         length: tokens per copy (default 32, or fewer if the context or vocabulary is smaller).
         seed: seed of the tokens.
-        options: how sequences are run (batch size); does not change the result.
+        options: how prompts are run: batch size, padding side, progress bar; does not
+            change the result (a :class:`~icl_heads.options.RunOptions`; sequences have no padding).
 
     Returns:
         ``[seq, layer, head]`` scores in [0, 1].

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -73,6 +74,13 @@ def test_function_vector_aie_equals_a_direct_loop_over_heads(any_model, task, pr
     else:  # a random model spreads ~1/vocab over every token: the effects are tiny, compared relative to their size
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-3)
         assert want.abs().max() > 1e-6
+
+
+def test_function_vector_scores_do_not_depend_on_batch_size_or_padding(models, task, fresh):
+    prompts = task.prompts(n=5, shots=4, seed=4)
+    right = function_vector_scores(models["gpt2"], prompts, options=RunOptions(batch_size=5))
+    left = function_vector_scores(models["gpt2"], prompts, options=RunOptions(batch_size=3, padding_side="left"))
+    torch.testing.assert_close(left, right, atol=1e-6, rtol=0)
 
 
 def test_shuffled_labels_permute_each_prompts_labels_and_keep_the_rest(task):
@@ -165,6 +173,8 @@ def test_result_saves_reloads_and_draws(sparse, tmp_path):
     result, _ = sparse
     back = load_result(result.save(tmp_path / "defs"))
     assert back.top == result.top and back.summary() == result.summary()
+    for name in ("df", "overlap", "ablation", "cost"):
+        pd.testing.assert_frame_equal(getattr(back, name), getattr(result, name), check_exact=True)
     torch.testing.assert_close(back.scores["function_vector"], result.scores["function_vector"])
     assert len(result.plot().data) == 7 and len(result.plot_ablation().data) == 1
 

@@ -48,7 +48,7 @@ def plot_head_definitions(result: HeadDefinitions) -> go.Figure:
                              colorbar={"title": {"text": "Spearman ρ"}}), 1, 4)  # fmt: skip
     fig.update_yaxes(autorange="reversed", row=1, col=4)
     fig.update_layout(
-        title=f"Three head definitions on {result.provenance.get('model', 'the model')}: scores per head and agreement",
+        title="Three head definitions: every head's score (each on its own colour scale) and their agreement",
         height=200 + 40 * max(3, result.scores[DEFINITIONS[0]].shape[0]),
     )
     return fit_titles(fig)
@@ -67,6 +67,6 @@ def plot_definition_ablation(result: HeadDefinitions) -> go.Figure:
             means.append(row.random_accuracy), lows.append(row.random_ci_low), highs.append(row.random_ci_high)
             colours.append(NEUTRAL)
     fig = bar_with_ci(names, means, lows, highs, yaxis_range=[0, 1], yaxis_title="accuracy over the label set",
-                      title=f"Accuracy with each definition's top {result.k} heads ablated vs random sets of {result.k}")  # fmt: skip
+                      title=f"Accuracy with each definition's top {result.k} head(s) ablated vs random sets of the same size")  # fmt: skip
     fig.update_traces(marker_color=colours)
     return fit_titles(fig)
