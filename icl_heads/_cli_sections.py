@@ -432,7 +432,7 @@ def _check_components(plan: Plan) -> None:
 
 
 ACCURACY = AnalysisSection("accuracy", section_accuracy, reference_passes=200)
-HEADS = AnalysisSection("heads", section_heads, reference_passes=25001, per_head=True)
+HEADS = AnalysisSection("heads", section_heads, reference_passes=32401, per_head=True)
 MECHANISM = AnalysisSection("mechanism", section_mechanism, reference_passes=1256)
 BIAS = AnalysisSection("bias", section_bias, reference_passes=20928, check=_check_bias)
-COMPONENTS = AnalysisSection("components", section_components, reference_passes=1160, check=_check_components)
+COMPONENTS = AnalysisSection("components", section_components, reference_passes=1600, check=_check_components)

@@ -150,6 +150,18 @@ def test_organism_main_job_states_intervals_and_counts(main_run):
     assert "over 5 runs" in verdicts["reweighting"]["detail"]
 
 
+@pytest.mark.slow
+def test_each_sections_reference_passes_are_the_main_jobs(main_run):
+    """The run's estimate scales each section's reference passes: they must be this job's ledger rows."""
+    from icl_heads.cli import SECTIONS
+
+    cost = json.loads((main_run / "summary.json").read_text())["cost"]
+    rows = {
+        name: sum(c["rows"] for key, c in cost.items() if key == name or key.startswith(f"{name}: ")) for name in cost
+    }
+    assert {s.name: s.reference_passes for s in SECTIONS} == {s.name: rows[s.name] for s in SECTIONS}
+
+
 def _ov_like(label_promotes: float, control_promotes: float, n_prompts: int = 200, shots: int = 4, seed: int = 0):
     """An OV result's positions: slots of two tokens (label, newline) and one control position per demonstration."""
     rng = np.random.default_rng(seed)
