@@ -11,17 +11,20 @@ import pytest
 import icl_heads as ih
 from icl_heads.agreement import ScoreAgreementConfig
 from icl_heads.bias import MajorityBiasConfig
+from icl_heads.compare_corrections import CorrectionComparisonConfig
 from icl_heads.components.protocol import ReweightingComparisonConfig
 from icl_heads.components.result import DecompositionConfig
 from icl_heads.components.stability import ComponentStabilityConfig
 from icl_heads.faithfulness import FaithfulnessConfig
 from icl_heads.head_count import HeadCountConfig
+from icl_heads.head_definitions import HeadDefinitionsConfig
 from icl_heads.heads import InContextHeadsConfig
 from icl_heads.mechanism.flips import FlipAnalysisConfig
 from icl_heads.mechanism.ov import OVLabelFeaturesConfig
 from icl_heads.mechanism.qk import QKLabelAttentionConfig
 from icl_heads.mechanism.towers import TwoTowerTestConfig
 from icl_heads.order_bias import RecencyBiasConfig
+from icl_heads.protocols import PaperTableConfig
 from icl_heads.reading import ReadingRolesConfig
 from icl_heads.records import UNSET, ModelIdentity, Provenance, Record, TaskIdentity
 from icl_heads.results import JSON_TYPES, _decode, _jsonable, provenance
@@ -62,6 +65,13 @@ EXAMPLES = {
     ScoreAgreementConfig: {"method": "dla", "sample": 8, "seed": 0, "k": 3, "how": "zero", "where": "final",
                                    "mean_reference": False, "rescore": None},
     FaithfulnessConfig: {"n_prompts": 2, "n_tokens": 7, "seed": 0},
+    HeadDefinitionsConfig: {"n": 16, "shots": 4, "n_trials": 8, "n_seqs": 8, "k": 1, "method": "logprob_increase",
+                            "probs": "labels", "n_random": 2, "seed": 0},
+    CorrectionComparisonConfig: {"methods": ["batch", "contextual"], "shots": 4, "recency_shots": 8,
+                                 "skews": [[3, 1]], "n": 20, "seed": 16, "tune_n": 20, "tune_seed": 17,
+                                 "heads": [[1, 1]], "read_at": "label", "n_boot": 100},
+    PaperTableConfig: {"paper": "Chang et al. 2024", "table": "4", "metric": "accuracy",
+                       "settings": {"k": 24, "seeds": [0, 1]}},
 }  # fmt: skip
 
 

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import icl_heads as ih
+from icl_heads.head_definitions import compare_head_definitions
 from icl_heads.organism import HELDOUT_TEMPLATES
+from icl_heads.protocols import yu_heads
 from icl_heads.results import RESULT_TYPES, load_result
 
 HEADS = [(1, 1), (1, 7)]
@@ -47,6 +49,12 @@ def _build(model):
             model, hard, heads=HEADS, n=24, tune_n=12, seed=21, tune_seed=22, grid=[0.0, 3.0], skews=[(3, 1)],
             n_boot=20,
         ),
+        compare_head_definitions(model, task, n=8, n_trials=4, n_seqs=2, n_random=2),
+        ih.compare_corrections(
+            model, hard, methods=["batch", "majority:count"], heads=HEADS, n=10, tune_n=10, seed=21, tune_seed=22,
+            n_boot=20,
+        ),
+        yu_heads(model, [task], seeds=[0], n=8, n_random=2),
     ]  # fmt: skip
 
 
