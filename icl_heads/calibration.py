@@ -54,7 +54,12 @@ def divide_prior(
 
 
 def batch_calibration(label_logits: Float[Tensor, "prompt label"]) -> Float[Tensor, "prompt label"]:
-    """Batch Calibration: each prompt's label log-probabilities minus their mean over the batch.
+    """Batch Calibration: each prompt's label probabilities divided by their mean over the batch.
+
+    Zhou et al. (2023) estimate the contextual prior as the mean of the label probabilities
+    over the batch of test inputs, ``pbar = mean_i p(y | x_i)``, and divide by it (a shift of
+    the log-probabilities by ``log pbar``): contextual calibration with a prior that costs no
+    extra pass. Returns ``log p - log pbar``, renormalised over the labels.
 
     Args:
         label_logits: the label logits of one batch of test prompts sharing a prompt format
@@ -67,8 +72,8 @@ def batch_calibration(label_logits: Float[Tensor, "prompt label"]) -> Float[Tens
         raise ValueError(
             f"Batch Calibration needs [prompt, label] scores of 2 or more prompts, got shape {tuple(label_logits.shape)}"
         )
-    logp = label_logits.log_softmax(-1)
-    return logp - logp.mean(0, keepdim=True)
+    prior = label_logits.softmax(-1).mean(0, keepdim=True)
+    return divide_prior(label_logits, prior.expand_as(label_logits))
 
 
 def with_query(prompts: ICLPrompts, query: str) -> ICLPrompts:

@@ -168,7 +168,7 @@ for _m in (
     ComparedMethod("domain_context", "output calibration", _domain,
                    "domain-context calibration (Fei et al. 2023): 20 queries of random in-domain words"),
     ComparedMethod("batch", "output calibration", lambda s: Fitted(lambda m, p, lg, o: batch_calibration(lg), 0, "one condition per batch"),
-                   "Batch Calibration (Zhou et al. 2023): minus the batch mean of the label log-probabilities"),
+                   "Batch Calibration (Zhou et al. 2023): divided by the batch's mean label probabilities"),
     *(ComparedMethod(f"{bias}:{name}", "attention correction", _attention(bias, name), spec.description,
                      needs_heads=True, own_pass=True)
       for bias, specs in CORRECTION_METHODS.items() for name, spec in specs.items()),
