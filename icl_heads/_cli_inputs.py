@@ -201,7 +201,11 @@ def _named_task(args: argparse.Namespace, template: str | int | None) -> Any:
         return load_data_set(args.data, split=args.split, template=template, label_words=words,
                              text_col=args.text_col, label_col=args.label_col)  # fmt: skip
     except (ValueError, ImportError) as err:
-        raise UsageError(f"--data {args.data}: {err}") from None
+        flags = {"text_col=": "--text-col", "label_col=": "--label-col", "split=": "--split"}
+        message = str(err)
+        for keyword, flag in flags.items():  # the API's keyword names are the command's flags here
+            message = message.replace(f"with {keyword}", f"with {flag}").replace(f"and {keyword}", f"and {flag}")
+        raise UsageError(f"--data {args.data}: {message}") from None
 
 
 def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:

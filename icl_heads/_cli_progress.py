@@ -34,6 +34,8 @@ LONG_RUN = 600.0
 
 def predicted_passes(section: AnalysisSection, n_prompts: int, n_heads: int) -> int:
     """The prompt passes ``section`` is expected to make on ``n_prompts`` prompts of a model with ``n_heads`` heads."""
+    if section.predict is not None:
+        return max(1, section.predict(n_prompts, n_heads))
     scale = n_prompts / REFERENCE_PROMPTS
     if section.per_head:
         scale *= n_heads / REFERENCE_HEADS

@@ -59,6 +59,8 @@ class AnalysisSection:
         reference_passes: its prompt passes in the reference run (the organism, ``--n-prompts 200``,
             24 heads), from which the command predicts its work before it starts.
         per_head: its work grows with the number of heads (one ablation pass per head).
+        predict: ``predict(n_prompts, n_heads) -> prompt passes``, for a section whose work is not
+            proportional to ``--n-prompts`` (it replaces the scaling of ``reference_passes``).
         check: ``check(plan)``, run before the model loads: raises :class:`UsageError`
             (with the fix) when the data cannot serve this section.
         verdicts: ``verdicts(results) -> list[Verdict]``: the verdicts on claims of its own,
@@ -70,6 +72,7 @@ class AnalysisSection:
     run: Callable[[Context], list[Section]]
     reference_passes: int
     per_head: bool = False
+    predict: Callable[[int, int], int] | None = None
     check: Callable[[Plan], None] | None = None
     verdicts: Callable[[Mapping[str, object]], list[Verdict]] | None = None
 

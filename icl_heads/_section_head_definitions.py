@@ -7,6 +7,8 @@ from icl_heads.report import Section
 
 #: prompts of the function-vector AIE in the report: one batch, so ``1 + L·H`` passes
 N_TRIALS = 32
+#: repeated random sequences of the induction score in the report
+N_SEQS = 16
 
 
 def section_head_definitions(ctx: Context) -> list[Section]:
@@ -25,7 +27,7 @@ def section_head_definitions(ctx: Context) -> list[Section]:
         )
         return [sec]
     result = compare_head_definitions(
-        ctx.model, ctx.task, n=ctx.args.n_prompts, shots=shots, n_trials=min(N_TRIALS, ctx.args.n_prompts),
+        ctx.model, ctx.task, n=ctx.args.n_prompts, shots=shots, n_trials=min(N_TRIALS, ctx.args.n_prompts), n_seqs=N_SEQS,
         method=found.method, n_random=found.config.get("n_random", 20), seed=ctx.args.seed, options=ctx.options,
     )  # fmt: skip
     sec.text(
@@ -50,4 +52,12 @@ def section_head_definitions(ctx: Context) -> list[Section]:
 
 
 #: after the heads section, whose in-context heads it compares with; its work grows with the heads (FV: 1 + L·H passes)
-HEAD_DEFINITIONS = AnalysisSection("head_definitions", section_head_definitions, reference_passes=1048, per_head=True)
+def _passes(n_prompts: int, n_heads: int) -> int:
+    """Prompt passes: the in-context scores (n), the function vectors (clean and shuffled, then one per head, on
+    ``min(N_TRIALS, n)`` trials) and the induction sequences; the ablations are read back from the heads section."""
+    return n_prompts + (2 + n_heads) * min(N_TRIALS, n_prompts) + N_SEQS
+
+
+HEAD_DEFINITIONS = AnalysisSection(
+    "head_definitions", section_head_definitions, reference_passes=1048, per_head=True, predict=_passes
+)

@@ -179,7 +179,8 @@ def compare_corrections(
     names = list(COMPARED_METHODS) if methods is None else [str(m) for m in methods]
     unknown = [m for m in names if m not in COMPARED_METHODS]
     if unknown or not names:
-        raise ValueError(f"unknown methods {unknown or names}; choose from {sorted(COMPARED_METHODS)}")
+        what = f"unknown methods {unknown}" if unknown else "no methods to compare (methods is empty)"
+        raise ValueError(f"{what}; choose from {sorted(COMPARED_METHODS)}, or methods=None for all")
     if n < 10 or tune_n < 10:
         raise ValueError(
             f"need n >= 10 test and tune_n >= 10 tuning prompts for intervals and fits, got n={n}, tune_n={tune_n}"

@@ -431,6 +431,8 @@ def load_task(
     hub, config = (spec.hub, spec.config) if spec else tuple(name[3:].partition(":")[::2])
     what = f"{name} is not in {where} and cannot be downloaded" if spec else f"{name} cannot be downloaded"
     fix = f"; {_where_to_put(spec, where)}" if spec else "; save it with save_to_disk where the hub is reachable"
+    if spec and Path(name).exists():  # a copy in the current folder is data, not the named task, unless moved there
+        fix += f" (the {name!r} in the current folder counts once it is there: ICL_HEADS_DATA=. does that)"
     _probe_hub(hub, what, fix)
     data = _datasets().load_dataset(hub, config or None, split=read)
     data = data[_pick(list(data), None, name)] if read is None else data

@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -352,22 +353,49 @@ def write(results, model_name: str, out: Path, est: dict, ledgers, title: str) -
     )
 
 
+class LoadError(SystemExit):
+    """The model named by --model cannot be read: one line saying why and what to do."""
+
+
+def _loading(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, with a failure to read ``--model`` turned into a one-line exit."""
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LoadError(
+            f"reproduce_papers: cannot read --model {name} ({first}); pass a local Hugging Face folder with "
+            "--model PATH (gated models such as meta-llama/* need `huggingface-cli login` and accepted terms), "
+            "or run --dry-run to check the pipeline offline"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="hub name or local folder (default %(default)s)")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(BYTES))
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(BYTES), help="weights' dtype (default %(default)s)")
     p.add_argument("--device", default=None, help="e.g. cuda (default: cuda when there is one)")
     p.add_argument("--device-map", default=None, help="'auto' splits the model over GPUs (default: when it does "
                    "not fit one GPU by the memory estimate)")  # fmt: skip
-    p.add_argument("--tables", nargs="+", default=list(TABLES), choices=TABLES)
+    p.add_argument(
+        "--tables",
+        nargs="+",
+        default=list(TABLES),
+        choices=TABLES,
+        help="the tables to run (default: all); see docs/reproducing.md for the data sets each needs",
+    )
     p.add_argument("--data", default=None, help="the local data folder (default $ICL_HEADS_DATA or the cache)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default %(default)s)")
     p.add_argument("--tflops", type=float, default=50.0, help="assumed sustained TFLOP/s for the estimate")
-    p.add_argument("--dry-run", action="store_true", help="offline, a downsized random model and data built here")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="offline, a downsized random model and data built here (a few minutes on a CPU)",
+    )
     p.add_argument("--words", type=float, default=1.0, help="dry run: scale of its texts' typical lengths")
     p.add_argument("--update-docs", action="store_true", help="dry run: write its estimate into the README and docs")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, type=Path, help="folder for the tables, tables.md and estimate.json")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("reproduce")
@@ -376,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     import icl_heads as ih
 
     options = ih.RunOptions(batch_size=args.batch_size)
-    config = target_config(args.model)
+    config = _loading(args.model, target_config, args.model)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.dry_run:
@@ -386,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             from transformers import AutoTokenizer
 
             folder = Path(args.data) if args.data else None
-            tok = AutoTokenizer.from_pretrained(args.model)
+            tok = _loading(args.model, AutoTokenizer.from_pretrained, args.model)
         log.info(
             "estimating: the protocol on a downsized random %s model first, at a small scale", config["model_type"]
         )
@@ -406,7 +434,14 @@ def main(argv: list[str] | None = None) -> int:
     if device_map is None and device == "cuda" and torch.cuda.device_count() > 1:
         fits = est["memory_gb"] * 1e9 < torch.cuda.get_device_properties(0).total_memory
         device_map = None if fits else "auto"
-    model = ih.load_model(args.model, dtype=args.dtype, device=None if device_map else device, device_map=device_map)
+    model = _loading(
+        args.model,
+        ih.load_model,
+        args.model,
+        dtype=args.dtype,
+        device=None if device_map else device,
+        device_map=device_map,
+    )
     results, _ = run_tables(model, args.tables, FULL, folder, ih.RunOptions(batch_size=args.batch_size, progress=True))
     write(results, args.model, args.out, est, ledgers, args.model)
     log.info("done in %.1f h; tables in %s", (time.perf_counter() - start) / 3600, args.out)

@@ -15,7 +15,7 @@ from icl_heads.validation import ground_truth, validation_task
     ("kw", "match"),
     [
         ({"methods": ["nope"]}, "unknown methods.*choose from.*batch"),
-        ({"methods": []}, "unknown methods"),
+        ({"methods": []}, "no methods to compare.*choose from"),
         ({"n": 5}, "n >= 10"),
         ({"tune_n": 3}, "tune_n >= 10"),
         ({"seed": 1, "tune_seed": 1}, "draws tuning prompts"),

@@ -355,6 +355,11 @@ def test_the_estimate_scales_with_prompts_and_heads_and_says_how_to_shrink():
     assert predicted_passes(HEADS, 200, 24) == HEADS.reference_passes
     assert predicted_passes(HEADS, 40, 144) == round(HEADS.reference_passes * 40 / 200 * 144 / 24)
     assert predicted_passes(BIAS, 100, 144) == round(BIAS.reference_passes / 2)  # no heads loop
+    from icl_heads._section_head_definitions import HEAD_DEFINITIONS
+
+    # function vectors run on at most 32 trials whatever --n-prompts is: 40 prompts on the organism made 888
+    assert predicted_passes(HEAD_DEFINITIONS, 40, 24) == 888
+    assert predicted_passes(HEAD_DEFINITIONS, 200, 24) == HEAD_DEFINITIONS.reference_passes
     passes, text = estimate([ACCURACY, HEADS], 40, 144, per_pass=0.05)
     assert passes == {"accuracy": 40, "heads": predicted_passes(HEADS, 40, 144)}
     minutes = round(sum(passes.values()) * 0.05 / 60)

@@ -241,3 +241,26 @@ def test_offline_a_copy_in_the_hugging_face_cache_is_read(tmp_path, monkeypatch)
     monkeypatch.setattr(datasets, "load_dataset", lambda path, config=None, split=None: build("boolq"))
     assert load_task("boolq", folder=tmp_path).classes == ("false", "true")
     _fails_fast("offline", source="qqp", folder=tmp_path)
+
+
+def test_a_copy_in_the_current_folder_is_named_in_the_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    build("sst2").save_to_disk("sst2")
+    message = _fails_fast("offline", source="sst2", folder=tmp_path / "elsewhere")
+    assert "'sst2' in the current folder" in message and "ICL_HEADS_DATA=." in message
+
+
+def test_the_command_names_its_flags_not_the_api_keywords(tmp_path, monkeypatch, capsys):
+    from icl_heads.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    build("sst2").to_parquet("reviews.parquet")  # a plain data set whose text column is 'sentence'
+    assert main(["analyze", "--model", "organism", "--data", "reviews.parquet", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "--text-col" in err and "--label-col" in err and "text_col=" not in err
+    datasets.DatasetDict({"validation": build("sst2")}).save_to_disk("reviews")
+    argv = ["analyze", "--model", "organism", "--data", "reviews", "--split", "test", "--text-col", "sentence"]
+    assert main([*argv, "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "has no split 'test'" in err and "--split" in err and "split=" not in err

@@ -160,6 +160,7 @@ def test_each_sections_reference_passes_are_the_main_jobs(main_run):
         name: sum(c["rows"] for key, c in cost.items() if key == name or key.startswith(f"{name}: ")) for name in cost
     }
     assert {s.name: s.reference_passes for s in SECTIONS} == {s.name: rows[s.name] for s in SECTIONS}
+    assert all(s.predict(200, 24) == s.reference_passes for s in SECTIONS if s.predict)
 
 
 def _ov_like(label_promotes: float, control_promotes: float, n_prompts: int = 200, shots: int = 4, seed: int = 0):
