@@ -45,6 +45,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _marked_block
+
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "scripts" / "paper_numbers.csv"
 #: the committed dry-run estimate the README and docs/reproducing.md quote (``--update-docs`` rewrites both)
@@ -296,15 +299,14 @@ def estimate_block(est: dict) -> str:
 
 def current_block(text: str) -> str:
     """The generated lines between the markers of ``text``."""
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    return _marked_block.current(text, BEGIN, END)
 
 
 def update_docs(est: dict) -> None:
     """Commit the estimate and rewrite the pages' blocks from it."""
     ESTIMATE.write_text(json.dumps(est, indent=2) + "\n")
     for page in PAGES:
-        head, rest = page.read_text().split(BEGIN, 1)
-        page.write_text(f"{head}{BEGIN}\n{estimate_block(est)}\n{END}{rest.split(END, 1)[1]}")
+        page.write_text(_marked_block.replace(page.read_text(), BEGIN, END, estimate_block(est)))
 
 
 def target_config(name: str) -> dict:

@@ -15,6 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _marked_block
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "organism.md"
 SOURCE = ROOT / "docs" / "data" / "organism_card.json"
@@ -72,15 +75,13 @@ def block(card: dict) -> str:
 
 def current(text: str) -> str:
     """The block between the markers of the page's text."""
-    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+    return _marked_block.current(text, START, END)
 
 
 def main(path: str) -> None:
     raw = Path(path).read_text(encoding="utf-8")
     text = DOC.read_text(encoding="utf-8")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{START}\n{block(json.loads(raw))}\n{END}{tail}", encoding="utf-8")
+    DOC.write_text(_marked_block.replace(text, START, END, block(json.loads(raw))), encoding="utf-8")
     if Path(path).resolve() != SOURCE:
         SOURCE.write_text(raw, encoding="utf-8")
 

@@ -17,6 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _marked_block
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "organism.md"
 #: The paper's average reductions (Yu & Ananiadou 2024), the must-hold thresholds.
@@ -126,11 +129,7 @@ def main(paths: list[str]) -> None:
     for path in paths:
         card = json.loads(Path(path).read_text(encoding="utf-8"))
         start, end = f"<!-- reading-card:{card['model']}:start -->", f"<!-- reading-card:{card['model']}:end -->"
-        if start not in text or end not in text:
-            raise SystemExit(f"{DOC} has no {start} ... {end} block for {path}")
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = f"{head}{start}\n{block(card)}\n{end}{tail}"
+        text = _marked_block.replace(text, start, end, block(card))
     DOC.write_text(text, encoding="utf-8")
 
 

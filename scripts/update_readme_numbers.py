@@ -17,6 +17,9 @@ import shlex
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _marked_block
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES = (ROOT / "README.md", ROOT / "docs" / "reproducing.md")
 SOURCE = ROOT / "docs" / "data" / "summary_organism.json"
@@ -45,7 +48,7 @@ def block(summary: dict) -> str:
 
 def current(text: str) -> str:
     """The block between the markers of a page's text."""
-    return text.split(START, 1)[1].split(END, 1)[0].strip("\n")
+    return _marked_block.current(text, START, END)
 
 
 def main(path: str) -> None:
@@ -53,9 +56,7 @@ def main(path: str) -> None:
     summary = json.loads(raw)
     for file in FILES:
         text = file.read_text(encoding="utf-8")
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        file.write_text(f"{head}{START}\n{block(summary)}\n{END}{tail}", encoding="utf-8")
+        file.write_text(_marked_block.replace(text, START, END, block(summary)), encoding="utf-8")
     if Path(path).resolve() != SOURCE:
         SOURCE.write_text(raw, encoding="utf-8")
 
