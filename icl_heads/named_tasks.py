@@ -1,18 +1,7 @@
 """The papers' tasks by name, and labelled data sets from the Hugging Face hub or local files, as :class:`ICLTask`.
 
-:func:`load_task` reads ``"sst2"`` (a name of :data:`NAMED_TASKS`), ``"hf:glue/sst2"`` (a data set on the
-hub, through the ``datasets`` library), or a local path: a ``save_to_disk`` folder, a Parquet, Arrow or
-JSON-lines file, or a ``.csv``. A named task is looked for first in the local data folder
-(``$ICL_HEADS_DATA``, default ``~/.cache/icl_heads/data``: ``NAME/`` saved with ``save_to_disk``, or
-``NAME.parquet``, ``NAME.arrow``, ``NAME.jsonl``), then on the hub. Offline, or when the hub cannot be
-reached, the error says where to put the data, within a second: the hub gets one short request, never the
-``datasets`` library's retries.
-
-The registry holds each task's hub path, configuration and split, how its fields make one text (pairs are
-joined into one sentence, as in Chang et al.'s data, where each example is one line that ends in its label),
-its classes, label words and three prompt formats. Chang et al.'s public code reads its formats from data
-files it does not publish; the three formats here follow its layout (the label is the last word of a
-demonstration, demonstrations follow one another line by line) with our wording.
+Named tasks are looked for first in the local data folder (:func:`data_dir`), then on the hub (one short
+request, never the ``datasets`` library's retries); see docs/reproducing.md.
 """
 
 from __future__ import annotations
@@ -71,7 +60,7 @@ class NamedTask:
         hub: the data set on the Hugging Face hub (``None``: local files only, see ``where``).
         config: its configuration (``None``: the default).
         split: the split the papers evaluate on (GLUE's test labels are hidden: its validation split).
-        text: how a row's fields make one text, a format string (``"{sentence1} Question: {sentence2}"``).
+        text: a format string of the row's fields making one text (``"{sentence1} Question: {sentence2}"``).
         label: the field holding the label.
         values: the label values in class order.
         classes: the class names, in that order.
@@ -174,19 +163,15 @@ def data_dir(folder: str | Path | None = None) -> Path:
     return Path(folder or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
-def _require_datasets() -> None:
-    """Refuse at once, without importing it (a second), when the ``datasets`` package is not installed."""
+def _datasets(load: bool = True) -> Any:
+    """The ``datasets`` module; refused at once, without importing it (a second), when it is not installed."""
     try:
         found = importlib.util.find_spec("datasets") is not None
     except ValueError:  # imported before and removed
         found = False
     if not found:
         raise ImportError(f"reading data sets needs the datasets package: {INSTALL}")
-
-
-def _datasets() -> Any:
-    _require_datasets()
-    return importlib.import_module("datasets")
+    return importlib.import_module("datasets") if load else None
 
 
 def _local_copy(name: str, folder: Path) -> Path | None:
@@ -202,10 +187,7 @@ def _where_to_put(spec: NamedTask, folder: Path) -> str:
 
 
 def _probe_hub(repo: str, what: str, fix: str, timeout: float = HUB_TIMEOUT) -> None:
-    """One short request for ``repo``'s card: fails fast offline, instead of the ``datasets`` library's retries.
-
-    Offline (``HF_HUB_OFFLINE``), a copy in the Hugging Face cache passes: ``datasets`` reads it.
-    """
+    """One short request for ``repo``'s card (offline, a copy in the Hugging Face cache passes)."""
     if hub_offline():
         if _cached(repo):
             return
@@ -418,7 +400,7 @@ def load_task(
         if path.suffix.lower() in TEXT_SUFFIXES and path.suffix.lower() not in DATASET_SUFFIXES:  # .csv, .tsv
             data = read_labelled_file(path, text_col, label_col)
             return _build(list(data.labels), list(data.texts), None, None, path.stem, **opts)
-    _require_datasets()
+    _datasets(load=False)
     where = data_dir(folder)
     local = _local_copy(spec.name, where) if spec else None if name.startswith("hf:") else path
     read = split or (spec.split if spec else None)
