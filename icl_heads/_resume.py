@@ -5,9 +5,7 @@ Exact, and probed once per model (a model that fails the probe always runs in fu
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import functools
 import logging
 import re
 import weakref
@@ -18,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from icl_heads.engine import digest, model_state, per_model, record_pass, reuse_allowed
+from icl_heads.engine import digest, per_model, record_pass, state_cache
 
 logger = logging.getLogger(__name__)
 
@@ -141,49 +139,14 @@ def support(access: Any) -> Support:
     return per_model(_SUPPORT, access.model, probe)
 
 
-class _Kept:
-    """Clean residuals entering each block, by batch: ``(batch key, layer) -> [batch, pos, d_model]``."""
-
-    def __init__(self, state: tuple) -> None:
-        self.state = state
-        self.entries: collections.OrderedDict[tuple[str, int], Tensor] = collections.OrderedDict()
-        self.bytes = 0
-
-    def get(self, key: str, layer: int) -> Tensor | None:
-        hit = self.entries.get((key, layer))
-        if hit is not None:
-            self.entries.move_to_end((key, layer))
-        return hit
-
-    def put(self, key: str, layer: int, value: Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if size > CACHE_BYTES or (key, layer) in self.entries:
-            return
-        while self.bytes + size > CACHE_BYTES and self.entries:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
-        self.entries[(key, layer)] = value
-        self.bytes += size
-
-
-def _kept(model: Any) -> _Kept | None:
-    state = model_state(model) if reuse_allowed() else None
-    if state is None:
-        return None
-    table = _CACHE.get(model)
-    if table is None or table.state != state:
-        table = _CACHE[model] = _Kept(state)
-    return table
-
-
 def forward(access: Any, tokens: Tensor, fwd: list[tuple[str, Any]], kw: dict[str, Any]) -> Tensor:
     """The model's logits for ``tokens`` with hooks ``fwd``, resumed from kept clean residuals where possible."""
     model, n_layers = access.model, access.n_layers
     first = min((layer_of(name, n_layers) for name, _ in fwd), default=n_layers - 1)
-    kept = _kept(model) if first >= 1 else None
+    kept = state_cache(_CACHE, model, CACHE_BYTES, lambda t: t.numel() * t.element_size()) if first >= 1 else None
     sup = support(access) if kept is not None else None
     key = digest(tokens, kw.get("attention_mask")) if sup is not None and sup.resume else None
-    resid = kept.get(key, first) if kept is not None and key is not None else None
+    resid = kept.get((key, first)) if kept is not None and key is not None else None
     rows, n_tokens = int(tokens.shape[0]), int(tokens.numel())
     if resid is not None and sup is not None:
         record_pass(rows, n_tokens, n_layers - first if sup.skip or not _is_bridge(model) else n_layers)
@@ -191,7 +154,7 @@ def forward(access: Any, tokens: Tensor, fwd: list[tuple[str, Any]], kw: dict[st
             return model.run_with_hooks(resid, start_at_layer=first, fwd_hooks=fwd, **kw)
     record_pass(rows, n_tokens, n_layers)
     # hooks on a layer run in order: keep the residual before any intervention at that layer touches it
-    put = functools.partial(kept.put, key) if kept is not None and key is not None else None
+    put = None if kept is None or key is None else (lambda layer, value: kept.put((key, layer), value))
     hooks = [(f"blocks.{la}.hook_resid_pre", _keep(put, la)) for la in range(1, first + 1) if put] + fwd
     with torch.inference_mode():
         return model.run_with_hooks(tokens, fwd_hooks=hooks, **kw) if hooks else model(tokens, **kw)

@@ -242,13 +242,6 @@ def per_model(cache: weakref.WeakKeyDictionary, model: Any, compute: Callable[[]
     return hit[1]
 
 
-def model_state(model: Any) -> tuple | None:
-    """Weights and permanent hooks of ``model``; ``None`` while temporary hooks are attached (nothing is reused)."""
-    if any(not getattr(h, "is_permanent", False) for h in _forward_hooks(model)):
-        return None
-    return weights_key(model)
-
-
 _PROMPT_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -272,42 +265,60 @@ def no_reuse() -> Iterator[None]:
         yield
 
 
-def reuse_allowed() -> bool:
-    """Whether results may be read back and kept (see :func:`no_reuse`)."""
-    return _REUSE.get()
+class StateCache:
+    """Least recently used entries for one model state, within ``budget`` (entry sizes from ``size``)."""
+
+    def __init__(self, state: tuple, budget: int, size: Callable[[Any], int]) -> None:
+        self.state, self.budget, self.size, self.used = state, budget, size, 0
+        self.entries: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        return self.entries.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        n = self.size(value)
+        if n > self.budget or key in self.entries:
+            return
+        while self.used + n > self.budget and self.entries:
+            self.used -= self.size(self.entries.popitem(last=False)[1])
+        self.entries[key] = value
+        self.used += n
+
+
+def state_cache(
+    tables: weakref.WeakKeyDictionary, model: Any, budget: int, size: Callable[[Any], int] = lambda v: 1
+) -> StateCache | None:
+    """``model``'s cache for its current state; ``None`` when reuse is off or temporary hooks are attached."""
+    if not _REUSE.get() or any(not getattr(h, "is_permanent", False) for h in _forward_hooks(model)):
+        return None
+    state = weights_key(model)
+    table = tables.get(model)
+    if table is None or table.state != state:
+        table = tables[model] = StateCache(state, budget, size)
+    return table
 
 
 _MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MEMO_ENTRIES = 4096
 
 
-def _memo_table(model: Any, key: tuple) -> collections.OrderedDict | None:
-    """The model's table of reusable results, or ``None`` when ``key`` or the model's state rules reuse out."""
-    state = model_state(model) if _REUSE.get() else None
-    if state is None or any(k is None for k in key):
-        return None
-    table = _MEMO.get(model)
-    if table is None or table[0] != state:
-        table = _MEMO[model] = (state, collections.OrderedDict())
-    return table[1]
+def _memo(model: Any, key: tuple) -> StateCache | None:
+    return None if any(k is None for k in key) else state_cache(_MEMO, model, MEMO_ENTRIES)
 
 
 def memo_get(model: Any, key: tuple) -> Any:
     """An earlier result stored under ``key`` for this model state (``None`` if there is none)."""
-    entries = _memo_table(model, key)
-    if entries is None or key not in entries:
-        return None
-    entries.move_to_end(key)
-    return entries[key]
+    table = _memo(model, key)
+    return None if table is None else table.get(key)
 
 
 def memo_put(model: Any, key: tuple, value: Any) -> None:
     """Store ``value`` under ``key`` for this model state (nothing is stored when reuse is ruled out)."""
-    entries = _memo_table(model, key)
-    if entries is not None:
-        entries[key] = value
-        if len(entries) > MEMO_ENTRIES:
-            entries.popitem(last=False)
+    table = _memo(model, key)
+    if table is not None:
+        table.put(key, value)
 
 
 def memoised(model: Any, key: tuple, compute: Callable[[], T]) -> T:
