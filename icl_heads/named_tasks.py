@@ -284,25 +284,6 @@ def _rows(data: Any, spec: NamedTask | None, text_col: str, label_col: str, sour
     return texts, labels
 
 
-def _sample(texts: list, labels: list, max_examples: int | None, seed: int) -> tuple[list, list]:
-    if max_examples is None or max_examples >= len(texts):
-        return texts, labels
-    keep = np.sort(
-        np.random.default_rng(seed).choice(
-            len(texts), _checks.check_int("max_examples", max_examples, minimum=1), replace=False
-        )
-    )
-    return [texts[i] for i in keep], [labels[i] for i in keep]
-
-
-def _words(label_words: Sequence[str] | str | None, default: Sequence[str], k: int) -> Sequence[str]:
-    if label_words == "meaningless" or (label_words is None and not default):
-        if k > len(MEANINGLESS_WORDS):
-            raise ValueError(f"{k} classes but {len(MEANINGLESS_WORDS)} meaningless label words; give label_words")
-        return MEANINGLESS_WORDS[:k]
-    return default if label_words is None else label_words
-
-
 def _template(template: int | str | None, spec: NamedTask | None) -> str:
     if isinstance(template, str):
         return template
@@ -333,10 +314,19 @@ def _task(data: Any, spec: NamedTask | None, source: str, *, text_col: str, labe
 def _build(labels: list, texts: list, classes: Sequence[Any] | None, spec: NamedTask | None, name: str, *,
            template: int | str | None, label_words: Sequence[str] | str | None, max_examples: int | None,
            seed: int) -> ICLTask:  # fmt: skip
-    texts, labels = _sample(texts, labels, max_examples, seed)
-    words = _words(label_words, spec.label_words if spec else (), len(classes) if classes else len(set(labels)))
-    return ICLTask.from_pairs(texts, labels, label_words=words, template=_template(template, spec),
-                              classes=None if classes is None else tuple(classes), name=name)  # fmt: skip
+    if max_examples is not None and max_examples < len(texts):
+        n = _checks.check_int("max_examples", max_examples, minimum=1)
+        keep = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    k, words = len(classes) if classes else len(set(labels)), spec.label_words if spec else ()
+    if label_words == "meaningless" or (label_words is None and not words):
+        if k > len(MEANINGLESS_WORDS):
+            raise ValueError(f"{k} classes but {len(MEANINGLESS_WORDS)} meaningless label words; give label_words")
+        label_words = MEANINGLESS_WORDS[:k]
+    words, classes = words if label_words is None else label_words, None if classes is None else tuple(classes)
+    return ICLTask.from_pairs(
+        texts, labels, label_words=words, template=_template(template, spec), classes=classes, name=name
+    )
 
 
 def _cached(repo: str) -> bool:
