@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
@@ -11,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 
 def transformer_lens_major() -> int:
@@ -272,14 +269,8 @@ def _load_hooked(name_or_path: str | Path, *, device: str | None, dtype: torch.d
             f"loading a local {arch} folder needs TransformerLens 4 (TransformerBridge); on TransformerLens 3 "
             "local folders of LlamaForCausalLM and GPT2LMHeadModel are supported"
         )
-    cfg = HookedTransformerConfig(
-        **fields,
-        original_architecture=arch,
-        device=device or "cpu",
-        default_prepend_bos=True,
-        dtype=dtype or torch.float32,
-        n_devices=n_devices or 1,
-    )
+    run = dict(device=device or "cpu", dtype=dtype or torch.float32, n_devices=n_devices or 1)
+    cfg = HookedTransformerConfig(**fields, **run, original_architecture=arch, default_prepend_bos=True)
     model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(str(name_or_path)))
     model.load_and_process_state_dict(
         convert(hf, cfg), fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False

@@ -121,88 +121,55 @@ def majority_copier_gpt2_dir(path: str | Path, *, copier: tuple[int, int] = (1, 
 
 D_MODEL, N_HEADS, N_LAYERS, N_CTX = 64, 4, 2, 128
 
-# family -> (config class, model class, config fields); fields use D_MODEL etc.
-_FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=N_CTX)),
-    "gpt_neo": ("GPTNeoConfig", "GPTNeoForCausalLM", dict(
+_STD: dict[str, Any] = dict(hidden_size=D_MODEL, intermediate_size=128, max_position_embeddings=N_CTX)
+_STD.update(num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS)
+# family -> (what its checkpoint exercises, config class, model class, config fields)
+_FAMILIES: dict[str, tuple[str, str, str, dict[str, Any]]] = {
+    "gpt2": ("learned positions, LayerNorm with biases", "GPT2Config", "GPT2LMHeadModel",
+             dict(n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=N_CTX)),
+    "gpt_neo": ("local attention (window 16) in every other layer", "GPTNeoConfig", "GPTNeoForCausalLM", dict(
         hidden_size=D_MODEL, num_layers=N_LAYERS, num_heads=N_HEADS, max_position_embeddings=N_CTX,
         attention_types=[[["global", "local"], 1]], window_size=16)),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(
-        hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, intermediate_size=128,
-        max_position_embeddings=N_CTX, rotary_pct=0.25, use_parallel_residual=True)),
-    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(
-        n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=N_CTX, rotary_dim=8)),
-    "opt": ("OPTConfig", "OPTForCausalLM", dict(
+    "gpt_neox": ("partial rotary (25%), parallel attention and MLP", "GPTNeoXConfig", "GPTNeoXForCausalLM",
+                 dict(_STD, rotary_pct=0.25, use_parallel_residual=True)),
+    "gptj": ("partial rotary (8 of 16 dims), parallel attention and MLP", "GPTJConfig", "GPTJForCausalLM",
+             dict(n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_positions=N_CTX, rotary_dim=8)),
+    "opt": ("learned positions with an offset", "OPTConfig", "OPTForCausalLM", dict(
         hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, ffn_dim=128,
         max_position_embeddings=N_CTX, word_embed_proj_dim=D_MODEL)),
-    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS)),
-    "falcon": ("FalconConfig", "FalconForCausalLM", dict(
+    "bloom": ("ALiBi, LayerNorm on the embeddings", "BloomConfig", "BloomForCausalLM",
+              dict(hidden_size=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS)),
+    "falcon": ("one key-value head (multi-query), parallel attention and MLP", "FalconConfig", "FalconForCausalLM", dict(
         hidden_size=D_MODEL, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, multi_query=True,
         new_decoder_architecture=False, parallel_attn=True, bias=True, alibi=False, max_position_embeddings=N_CTX)),
-    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=2, max_position_embeddings=N_CTX)),
-    "mistral": ("MistralConfig", "MistralForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=2, max_position_embeddings=N_CTX, sliding_window=12)),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=2, max_position_embeddings=N_CTX)),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=N_CTX)),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=N_CTX)),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=N_CTX, sliding_window=64,
-        final_logit_softcapping=30.0, attn_logit_softcapping=50.0, query_pre_attn_scalar=16)),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=N_CTX, sliding_window=64,
-        query_pre_attn_scalar=16)),
-    "phi": ("PhiConfig", "PhiForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        max_position_embeddings=N_CTX, partial_rotary_factor=0.5)),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=N_HEADS, max_position_embeddings=N_CTX, original_max_position_embeddings=N_CTX)),
-    "olmo": ("OlmoConfig", "OlmoForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        max_position_embeddings=N_CTX)),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        max_position_embeddings=N_CTX)),
-    "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(
-        hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS,
-        num_key_value_heads=N_HEADS, max_position_embeddings=N_CTX, partial_rotary_factor=0.25)),
+    "llama": ("grouped-query attention (2 key-value heads)", "LlamaConfig", "LlamaForCausalLM",
+              dict(_STD, num_key_value_heads=2)),
+    "mistral": ("sliding window of 12 tokens, active on the prompts", "MistralConfig", "MistralForCausalLM",
+                dict(_STD, num_key_value_heads=2, sliding_window=12)),
+    "qwen2": ("query/key/value biases, grouped-query attention", "Qwen2Config", "Qwen2ForCausalLM",
+              dict(_STD, num_key_value_heads=2)),
+    "qwen3": ("query/key norms", "Qwen3Config", "Qwen3ForCausalLM", dict(_STD, num_key_value_heads=2, head_dim=16)),
+    "gemma": ("RMSNorm scaling by 1 + w, embeddings scaled by sqrt(d_model), one key-value head", "GemmaConfig",
+              "GemmaForCausalLM", dict(_STD, num_key_value_heads=1, head_dim=16)),
+    "gemma2": ("post-attention and post-MLP norms, attention and final-logit soft caps", "Gemma2Config",
+               "Gemma2ForCausalLM", dict(_STD, num_key_value_heads=2, head_dim=16, sliding_window=64,
+                                         final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                                         query_pre_attn_scalar=16)),
+    "gemma3": ("post-attention and post-MLP norms, query/key norms", "Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(_STD, num_key_value_heads=2, head_dim=16, sliding_window=64, query_pre_attn_scalar=16)),
+    "phi": ("partial rotary (50%), parallel attention and MLP", "PhiConfig", "PhiForCausalLM",
+            dict(_STD, partial_rotary_factor=0.5)),
+    "phi3": ("fused query/key/value and gate/up projections", "Phi3Config", "Phi3ForCausalLM",
+             dict(_STD, num_key_value_heads=N_HEADS, original_max_position_embeddings=N_CTX)),
+    "olmo": ("LayerNorm without parameters", "OlmoConfig", "OlmoForCausalLM", dict(_STD)),
+    "olmo2": ("post-attention and post-MLP norms only, query/key norms", "Olmo2Config", "Olmo2ForCausalLM", dict(_STD)),
+    "stablelm": ("partial rotary (25%)", "StableLmConfig", "StableLmForCausalLM",
+                 dict(_STD, num_key_value_heads=N_HEADS, partial_rotary_factor=0.25)),
 }  # fmt: skip
 
 FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
-
 #: what each family's checkpoint exercises
-QUIRKS: dict[str, str] = {
-    "gpt2": "learned positions, LayerNorm with biases",
-    "gpt_neo": "local attention (window 16) in every other layer",
-    "gpt_neox": "partial rotary (25%), parallel attention and MLP",
-    "gptj": "partial rotary (8 of 16 dims), parallel attention and MLP",
-    "opt": "learned positions with an offset",
-    "bloom": "ALiBi, LayerNorm on the embeddings",
-    "falcon": "one key-value head (multi-query), parallel attention and MLP",
-    "llama": "grouped-query attention (2 key-value heads)",
-    "mistral": "sliding window of 12 tokens, active on the prompts",
-    "qwen2": "query/key/value biases, grouped-query attention",
-    "qwen3": "query/key norms",
-    "gemma": "RMSNorm scaling by 1 + w, embeddings scaled by sqrt(d_model), one key-value head",
-    "gemma2": "post-attention and post-MLP norms, attention and final-logit soft caps",
-    "gemma3": "post-attention and post-MLP norms, query/key norms",
-    "phi": "partial rotary (50%), parallel attention and MLP",
-    "phi3": "fused query/key/value and gate/up projections",
-    "olmo": "LayerNorm without parameters",
-    "olmo2": "post-attention and post-MLP norms only, query/key norms",
-    "stablelm": "partial rotary (25%)",
-}
+QUIRKS: dict[str, str] = {family: spec[0] for family, spec in _FAMILIES.items()}
 
 
 def _scramble(model, seed: int) -> None:
@@ -234,7 +201,7 @@ def tiny_family_dir(family: str, path: str | Path, *, seed: int = 0) -> Path:
     """
     if family not in _FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
-    config_cls, model_cls, fields = _FAMILIES[family]
+    _, config_cls, model_cls, fields = _FAMILIES[family]
     tok = bpe_tokenizer()
     model = _model(tok, config_cls, model_cls, seed, pad_token_id=tok.eos_token_id, tie_word_embeddings=False, **fields)
     model.config.architectures = [model_cls]
