@@ -351,20 +351,16 @@ def load_task(
     """A labelled data set as a task: one of the papers' tasks by name, a data set on the hub, or local files.
 
     Args:
-        source: a name of :data:`NAMED_TASKS` (``"sst2"``, ``"mnli"``, ...); ``"hf:PATH[:CONFIG]"`` for a data
-            set on the Hugging Face hub (``"hf:glue/sst2"`` is the named task ``sst2``); or a local path: a
-            folder saved with ``save_to_disk`` (a ``Dataset`` or ``DatasetDict``), a ``.parquet``, ``.arrow``
-            or ``.jsonl`` file, or a ``.csv`` (read by :meth:`ICLTask.from_file`).
-        split: the split to read (default: the named task's; for other data, validation, test or train, the
-            first that exists).
-        template: for a named task, the index of one of its formats (``0``, ``1``, ``2``; default ``0``); or a
-            template string with ``{text}`` and ``{label}`` (default for other data: the library's).
-        label_words: one word per class; ``"meaningless"`` for Yu & Ananiadou's ``foo``, ``bar``, ...
-            (default: the named task's words; the meaningless ones for other data).
+        source: a name of :data:`NAMED_TASKS` (``"sst2"``, ...); ``"hf:PATH[:CONFIG]"``, a data set on the hub
+            (``"hf:glue/sst2"`` is the named task); or a ``save_to_disk`` folder, ``.parquet``, ``.arrow``,
+            ``.jsonl`` or ``.csv`` file (read by :meth:`ICLTask.from_file`).
+        split: the split to read (default: the named task's; else validation, test or train, the first that exists).
+        template: a named task's format index (``0``, ``1``, ``2``; default ``0``), or a template string with
+            ``{text}`` and ``{label}`` (default for other data: the library's).
+        label_words: one word per class, or ``"meaningless"`` (``foo``, ``bar``, ...; the default for other data).
         text_col: the text column of data that is not a named task.
         label_col: its label column (a ``ClassLabel`` column gives the class names).
-        folder: where named tasks are stored locally (default ``$ICL_HEADS_DATA``, else
-            ``~/.cache/icl_heads/data``), looked at before the hub.
+        folder: where named tasks are stored locally, looked at before the hub (default :func:`data_dir`).
         max_examples: keep at most this many examples, drawn at random with ``seed`` (in the data's order).
         seed: the seed of that draw.
 
@@ -372,8 +368,8 @@ def load_task(
         The task, named after the named task or the file.
 
     Raises:
-        TaskDataError: the data is neither local nor reachable on the hub (the message says where to put it),
-            a missing split or column, or labels outside the named task's values (a ``ValueError``).
+        TaskDataError: data neither local nor reachable on the hub (the message says where to put it), a missing
+            split or column, or labels outside the named task's values (a ``ValueError``).
         ImportError: reading needs the ``datasets`` package, which is not installed (``icl-heads[datasets]``).
         ValueError: a bad template, format index or label words (and the checks of :class:`ICLTask`).
     """
