@@ -29,11 +29,7 @@ _BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_
 def layer_of(name: str, n_layers: int) -> int:
     """The first block a hook named ``name`` needs to run (embeddings 0; final norm and unembedding the last)."""
     m = _BLOCK.match(name)
-    if m:
-        return int(m.group(1))
-    if name.startswith(_BEFORE_BLOCKS):
-        return 0
-    return n_layers - 1
+    return int(m.group(1)) if m else 0 if name.startswith(_BEFORE_BLOCKS) else n_layers - 1
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,6 @@ logger = logging.getLogger(__name__)
 MEANINGLESS_WORDS = ("foo", "bar", "baz", "qux", "quux", "corge")
 #: the environment variable naming the local data folder
 DATA_ENV = "ICL_HEADS_DATA"
-DEFAULT_DATA_DIR = "~/.cache/icl_heads/data"
-INSTALL = "pip install 'icl-heads[datasets]'"
 #: file suffixes read through the ``datasets`` library
 DATASET_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
 _CHOICE_LETTERS = {"1": "A", "2": "B", "3": "C", "4": "D"}
@@ -160,7 +158,7 @@ NAMED_TASKS: dict[str, NamedTask] = {
 
 def data_dir(folder: str | Path | None = None) -> Path:
     """The local data folder: ``folder``, else ``$ICL_HEADS_DATA``, else ``~/.cache/icl_heads/data``."""
-    return Path(folder or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
+    return Path(folder or os.environ.get(DATA_ENV) or "~/.cache/icl_heads/data").expanduser()
 
 
 def _datasets(load: bool = True) -> Any:
@@ -170,7 +168,7 @@ def _datasets(load: bool = True) -> Any:
     except ValueError:  # imported before and removed
         found = False
     if not found:
-        raise ImportError(f"reading data sets needs the datasets package: {INSTALL}")
+        raise ImportError("reading data sets needs the datasets package: pip install 'icl-heads[datasets]'")
     return importlib.import_module("datasets") if load else None
 
 

@@ -51,7 +51,7 @@ def _model(tok: Any, config_cls: str, model_cls: str, seed: int | None, **fields
     return getattr(transformers, model_cls)(config)
 
 
-def save_checkpoint(model: Any, tok: Any, path: str | Path) -> Path:
+def _save(model: Any, tok: Any, path: str | Path) -> Path:
     """Save ``model`` and ``tok`` to the folder ``path`` and return it."""
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -62,7 +62,7 @@ def tiny_gpt2_dir(path: str | Path, *, n_layer: int = 2, n_head: int = 4, n_embd
     """Write a random GPT-2-style checkpoint with a BPE tokenizer to ``path``."""
     tok = bpe_tokenizer()
     fields = dict(n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
-    return save_checkpoint(_model(tok, "GPT2Config", "GPT2LMHeadModel", seed, **fields), tok, path)
+    return _save(_model(tok, "GPT2Config", "GPT2LMHeadModel", seed, **fields), tok, path)
 
 
 def tiny_llama_dir(
@@ -74,7 +74,7 @@ def tiny_llama_dir(
     heads = dict(num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads)
     fields = dict(**sizes, **heads, tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
     model = _model(tok, "LlamaConfig", "LlamaForCausalLM", seed, **fields)
-    return save_checkpoint(model, tok, path)
+    return _save(model, tok, path)
 
 
 def toy_task(n_per_class: int = 40, seed: int = 0) -> ICLTask:
@@ -114,7 +114,7 @@ def majority_copier_gpt2_dir(path: str | Path, *, copier: tuple[int, int] = (1, 
         attn.c_attn.weight[1, v0 + 1] = 1.0
         attn.c_proj.weight[head * dh, 0] = strength
         attn.c_proj.weight[head * dh + 1, 1] = strength
-    return save_checkpoint(model, tok, path)
+    return _save(model, tok, path)
 
 
 # ---- one tiny checkpoint per model family, at O(1) weight scale ----
@@ -206,4 +206,4 @@ def tiny_family_dir(family: str, path: str | Path, *, seed: int = 0) -> Path:
     model = _model(tok, config_cls, model_cls, seed, pad_token_id=tok.eos_token_id, tie_word_embeddings=False, **fields)
     model.config.architectures = [model_cls]
     _scramble(model.eval(), seed)
-    return save_checkpoint(model, tok, path)
+    return _save(model, tok, path)
