@@ -6,6 +6,7 @@ Every forward pass of every analysis goes through :meth:`ModelAccess.run`, so th
 from __future__ import annotations
 
 import contextlib
+import importlib
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,14 +31,12 @@ _POST_ATTN_SCALE = "blocks.{layer}.ln1_post.hook_scale"
 
 def _supported_classes() -> tuple[type, ...]:
     classes: list[type] = []
-    with contextlib.suppress(ImportError):
-        from transformer_lens import HookedTransformer
-
-        classes.append(HookedTransformer)
-    with contextlib.suppress(ImportError):
-        from transformer_lens.model_bridge import TransformerBridge
-
-        classes.append(TransformerBridge)
+    for module, name in (
+        ("transformer_lens", "HookedTransformer"),
+        ("transformer_lens.model_bridge", "TransformerBridge"),
+    ):
+        with contextlib.suppress(ImportError):
+            classes.append(getattr(importlib.import_module(module), name))
     return tuple(classes)
 
 

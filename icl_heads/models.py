@@ -159,10 +159,6 @@ def _check_reference(name_or_path: Any) -> None:
     check_hub_name(ref)
 
 
-# TransformerLens warns that it cannot fold some norms; the faithfulness check measures what matters instead
-_NOT_APPLICABLE = r".*does not support fold_ln.*"
-
-
 def load_model(
     name_or_path: str | Path = "organism",
     *,
@@ -218,7 +214,8 @@ def load_model(
         opts = {"dtype": torch_dtype, "device_map": device_map, "n_devices": n_devices, "max_memory": max_memory}
         kw.update({k: v for k, v in opts.items() if v is not None})
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_NOT_APPLICABLE)
+            # TransformerLens warns that it cannot fold some norms; the faithfulness check measures what matters
+            warnings.filterwarnings("ignore", message=r".*does not support fold_ln.*")
             model = TransformerBridge.boot_transformers(str(name_or_path), **kw)
             model.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
         return model.eval()
