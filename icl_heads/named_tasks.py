@@ -92,28 +92,13 @@ class NamedTask:
 
 _SENTIMENT = {"values": (0, 1), "classes": ("negative", "positive"), "label_words": ("negative", "positive")}
 _YES_NO = {"values": (False, True), "classes": ("false", "true"), "label_words": ("no", "yes")}
-_NLI = {
-    "values": (0, 1, 2),
-    "classes": ("entailment", "neutral", "contradiction"),
-    "label_words": ("yes", "maybe", "no"),
-    "templates": _formats("Premise", "Answer"),
-}
-_ARC = {
-    "split": "test",
-    "text": "{question} {choices}",
-    "label": "answerKey",
-    "values": ("A", "B", "C", "D"),
-    "classes": ("A", "B", "C", "D"),
-    "label_words": ("A", "B", "C", "D"),
-    "templates": _formats("Question", "Answer"),
-}
-_BOOLQ = {
-    "split": "validation",
-    "text": "{passage} Question: {question}?",
-    "label": "answer",
-    **_YES_NO,
-    "templates": _formats("Passage", "Answer"),
-}
+_NLI: dict[str, Any] = dict(values=(0, 1, 2), classes=("entailment", "neutral", "contradiction"))
+_NLI.update(label_words=("yes", "maybe", "no"), templates=_formats("Premise", "Answer"))
+_ABCD = ("A", "B", "C", "D")
+_ARC: dict[str, Any] = dict(split="test", text="{question} {choices}", label="answerKey", values=_ABCD, classes=_ABCD)
+_ARC.update(label_words=_ABCD, templates=_formats("Question", "Answer"))
+_BOOLQ = dict(split="validation", text="{passage} Question: {question}?", label="answer", **_YES_NO)
+_BOOLQ["templates"] = _formats("Passage", "Answer")
 
 #: the papers' tasks by name (Chang et al.: the first nine and the out-of-distribution three; Yu & Ananiadou:
 #: SST-2 and AGNews with meaningless labels)
