@@ -356,6 +356,7 @@ def _probe_pattern_edits(access: Any) -> bool:
         return torch.zeros_like(pattern).index_fill_(-1, torch.tensor([0], device=pattern.device), 1)
 
     for layer in sorted({0, access.n_layers - 1}):
+        got.clear()
         fwd = [(access.hook(layer, "v"), keep("v")), (access.hook(layer, "pattern"), first_only)]
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

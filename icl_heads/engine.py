@@ -257,10 +257,7 @@ def prompt_key(tp: TokenizedPrompts) -> str | None:
 
 @contextlib.contextmanager
 def no_reuse() -> Iterator[None]:
-    """Inside the block every result is computed afresh: nothing earlier is read back, nothing is kept.
-
-    For checking that reuse changes nothing, and for tests that compare two runs of the same analysis.
-    """
+    """Inside the block every result is computed afresh (nothing earlier is read back, nothing is kept)."""
     with _set(_REUSE, False):
         yield
 
@@ -322,10 +319,9 @@ def memo_put(model: Any, key: tuple, value: Any) -> None:
 
 
 def memoised(model: Any, key: tuple, compute: Callable[[], T]) -> T:
-    """``compute()``, or its earlier value for the same model state and ``key``.
+    """``compute()``, or its earlier value for the same model state and ``key`` (see docs/methods.md).
 
-    Nothing is reused when a part of ``key`` is ``None`` or the model carries temporary hooks
-    (e.g. inside ``ablate(...)``); entries are dropped when the weights change in place.
+    Nothing is reused when a part of ``key`` is ``None`` or the model carries temporary hooks (e.g. in ``ablate``).
     """
     hit = memo_get(model, key)
     if hit is None:
