@@ -1,34 +1,22 @@
-"""Compute only what changes: a pass whose first hook is at layer ℓ resumes the clean pass there.
+"""Compute only what changes: a pass whose first hook is at layer ℓ resumes the kept clean residual entering block ℓ.
 
-Nothing before an intervention's first hooked layer ℓ differs from the clean forward
-pass, so the residual stream entering block ℓ is the clean one. Every forward pass
-keeps the clean residual entering each block up to its first hooked layer (all blocks
-for a pass without hooks) for its batch; a later pass over the same batch whose hooks
-and captures all sit at layer ℓ or later starts at block ℓ from it
-(``start_at_layer``) and runs ``n_layers - ℓ`` blocks instead of ``n_layers``.
-
-This is exact, and checked once per model: a probe compares resumed logits with the
-full pass (TransformerLens 4 runs the blocks before ℓ anyway unless they are skipped,
-so skipping is probed too). A model that fails the probe is always run in full.
-Nothing is kept or reused while the model carries temporary hooks (e.g. inside
-``ablate(...)``), and the kept residuals are dropped when the weights change in place.
+Exact, and probed once per model (a model that fails the probe always runs in full); see docs/methods.md.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from icl_heads.engine import digest, model_state, per_model, record_pass, reuse_allowed
+from icl_heads.engine import digest, per_model, record_pass, state_cache
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +29,7 @@ _BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "hook_tokens", "embed.", "pos_
 def layer_of(name: str, n_layers: int) -> int:
     """The first block a hook named ``name`` needs to run (embeddings 0; final norm and unembedding the last)."""
     m = _BLOCK.match(name)
-    if m:
-        return int(m.group(1))
-    if name.startswith(_BEFORE_BLOCKS):
-        return 0
-    return n_layers - 1
+    return int(m.group(1)) if m else 0 if name.startswith(_BEFORE_BLOCKS) else n_layers - 1
 
 
 @dataclass(frozen=True)
@@ -87,48 +71,38 @@ def _skipping(model: Any, start: int, support: Support) -> Iterator[None]:
             del c.forward
 
 
+def _keep(put: Callable[[int, Tensor], None], layer: int) -> Callable[[Tensor, Any], None]:
+    return lambda act, hook: put(layer, act.detach().clone())
+
+
 def _probe(access: Any) -> Support:
     """Resume a padded probe batch at every layer and compare with the full pass."""
     model, n_layers = access.model, access.n_layers
     if n_layers < 2:
         return Support(False, False, reason="one layer: nothing to skip")
-    gen = torch.Generator().manual_seed(0)
-    vocab = int(access.W_U.shape[1])
-    tokens = torch.randint(1, max(2, min(vocab, 1000)), (2, 10), generator=gen).to(access.device)
+    high = max(2, min(int(access.W_U.shape[1]), 1000))
+    tokens = torch.randint(1, high, (2, 10), generator=torch.Generator().manual_seed(0)).to(access.device)
     mask = torch.ones_like(tokens)
     mask[0, 7:] = 0
     kept: dict[int, Tensor] = {}
-
-    def keep(layer: int):
-        def fn(act: Tensor, hook: Any) -> None:
-            kept[layer] = act.detach().clone()
-
-        return fn
-
     out: dict[str, Any] = {}
-    handle = None
-    if _is_bridge(model):
-        handle = model.blocks[0].original_component.register_forward_hook(
-            lambda mod, args, output: out.setdefault("block", output)
-        )
+    bridge = _is_bridge(model)
+    handle = (
+        model.blocks[0].original_component.register_forward_hook(lambda m, a, output: out.setdefault("block", output))
+        if bridge
+        else None
+    )
     try:
         with torch.inference_mode():
-            full = model.run_with_hooks(
-                tokens,
-                attention_mask=mask,
-                fwd_hooks=[(f"blocks.{la}.hook_resid_pre", keep(la)) for la in range(n_layers)],
-            )
+            hooks = [(f"blocks.{la}.hook_resid_pre", _keep(kept.__setitem__, la)) for la in range(n_layers)]
+            full = model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=hooks)
     finally:
         if handle is not None:
             handle.remove()
-    tuple_output = isinstance(out.get("block"), tuple)
-    if tuple_output and len(out["block"]) != 1:
-        tuple_output = False
-        skip_ok = False
-    else:
-        skip_ok = _is_bridge(model)
-    scale = float(full.abs().max()) or 1.0
-    tol = {torch.float32: 1e-5, torch.float64: 1e-9}.get(full.dtype, 1e-2) * scale
+    block = out.get("block")
+    several = isinstance(block, tuple) and len(block) != 1  # a block that returns more than its hidden states
+    tuple_output = isinstance(block, tuple) and not several
+    tol = {torch.float32: 1e-5, torch.float64: 1e-9}.get(full.dtype, 1e-2) * (float(full.abs().max()) or 1.0)
 
     def close(start: int, support: Support) -> bool:
         with torch.inference_mode(), _skipping(model, start, support):
@@ -140,6 +114,7 @@ def _probe(access: Any) -> Support:
             return Support(False, False, reason="resumed logits differ from the full pass")
     except Exception as err:
         return Support(False, False, reason=f"start_at_layer failed ({type(err).__name__}: {err})")
+    skip_ok = bridge and not several
     if skip_ok:
         try:
             skip_ok = all(close(s, Support(True, True, tuple_output)) for s in range(1, n_layers))
@@ -160,74 +135,22 @@ def support(access: Any) -> Support:
     return per_model(_SUPPORT, access.model, probe)
 
 
-class _Kept:
-    """Clean residuals entering each block, by batch: ``(batch key, layer) -> [batch, pos, d_model]``."""
-
-    def __init__(self, state: tuple) -> None:
-        self.state = state
-        self.entries: collections.OrderedDict[tuple[str, int], Tensor] = collections.OrderedDict()
-        self.bytes = 0
-
-    def get(self, key: str, layer: int) -> Tensor | None:
-        hit = self.entries.get((key, layer))
-        if hit is not None:
-            self.entries.move_to_end((key, layer))
-        return hit
-
-    def put(self, key: str, layer: int, value: Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if size > CACHE_BYTES or (key, layer) in self.entries:
-            return
-        while self.bytes + size > CACHE_BYTES and self.entries:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
-        self.entries[(key, layer)] = value
-        self.bytes += size
-
-
-def _kept(model: Any) -> _Kept | None:
-    if not reuse_allowed():
-        return None
-    state = model_state(model)
-    if state is None:
-        return None
-    table = _CACHE.get(model)
-    if table is None or table.state != state:
-        table = _Kept(state)
-        _CACHE[model] = table
-    return table
-
-
 def forward(access: Any, tokens: Tensor, fwd: list[tuple[str, Any]], kw: dict[str, Any]) -> Tensor:
     """The model's logits for ``tokens`` with hooks ``fwd``, resumed from kept clean residuals where possible."""
     model, n_layers = access.model, access.n_layers
     first = min((layer_of(name, n_layers) for name, _ in fwd), default=n_layers - 1)
-    kept = _kept(model) if first >= 1 else None
+    kept = state_cache(_CACHE, model, CACHE_BYTES, lambda t: t.numel() * t.element_size()) if first >= 1 else None
     sup = support(access) if kept is not None else None
     key = digest(tokens, kw.get("attention_mask")) if sup is not None and sup.resume else None
-    resid = kept.get(key, first) if kept is not None and key is not None else None
-    if resid is not None:
-        assert sup is not None
-        record_pass(
-            int(tokens.shape[0]),
-            int(tokens.numel()),
-            n_layers - first if sup.skip or not _is_bridge(model) else n_layers,
-        )
+    resid = kept.get((key, first)) if kept is not None and key is not None else None
+    rows, n_tokens = int(tokens.shape[0]), int(tokens.numel())
+    if resid is not None and sup is not None:
+        record_pass(rows, n_tokens, n_layers - first if sup.skip or not _is_bridge(model) else n_layers)
         with torch.inference_mode(), _skipping(model, first, sup):
             return model.run_with_hooks(resid, start_at_layer=first, fwd_hooks=fwd, **kw)
-    record_pass(int(tokens.shape[0]), int(tokens.numel()), n_layers)
-    extra: list[tuple[str, Any]] = []
-    if key is not None:
-        assert kept is not None
-
-        def keep(layer: int):
-            def fn(act: Tensor, hook: Any) -> None:
-                kept.put(key, layer, act.detach().clone())
-
-            return fn
-
-        # hooks on a layer run in order: keep the residual before any intervention at that layer touches it
-        extra = [(f"blocks.{la}.hook_resid_pre", keep(la)) for la in range(1, first + 1)]
-    hooks = extra + fwd
+    record_pass(rows, n_tokens, n_layers)
+    # hooks on a layer run in order: keep the residual before any intervention at that layer touches it
+    put = None if kept is None or key is None else (lambda layer, value: kept.put((key, layer), value))
+    hooks = [(f"blocks.{la}.hook_resid_pre", _keep(put, la)) for la in range(1, first + 1) if put] + fwd
     with torch.inference_mode():
         return model.run_with_hooks(tokens, fwd_hooks=hooks, **kw) if hooks else model(tokens, **kw)

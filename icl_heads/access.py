@@ -1,11 +1,6 @@
 """Model access: the one place that knows TransformerLens 3 ``HookedTransformer`` from 4 ``TransformerBridge``.
 
-:class:`ModelAccess` wraps any supported model object and gives the rest of the
-package hook names, weights, the frozen final norm, tokenization and a forward pass
-that captures only what an analysis asks for, at the final position. Every forward
-pass of every analysis goes through :meth:`ModelAccess.run`, so the cost ledger
-(:mod:`icl_heads.engine`) sees it and a pass can resume at its first hooked layer
-(:mod:`icl_heads._resume`).
+Every forward pass of every analysis goes through :meth:`ModelAccess.run`, so the cost ledger sees it.
 """
 
 from __future__ import annotations
@@ -57,9 +52,8 @@ class ModelAccess:
     """Uniform access to a TransformerLens 3 ``HookedTransformer`` or 4 ``TransformerBridge``.
 
     Args:
-        model: the model (or another ``ModelAccess``). It is not checked here: analyses
-            that rest on the linear identities get theirs from
-            :func:`~icl_heads.faithfulness.faithful_access`.
+        model: the model (or another ``ModelAccess``), not checked for faithfulness here
+            (see :func:`~icl_heads.faithfulness.faithful_access`).
 
     Raises:
         TypeError: the object is not a supported model.
@@ -77,17 +71,13 @@ class ModelAccess:
                 f"expected a TransformerLens model ({names}), got {type(model).__name__}; "
                 "load one with icl_heads.load_model(name_or_path)"
             )
-        self.model = model
-        self.kind = (
-            "hooked" if type(model).__name__ == "HookedTransformer" or not hasattr(model, "adapter") else "bridge"
-        )
         if "blocks.0.attn.hook_z" not in model.hook_dict:
             raise ValueError(
                 "this TransformerBridge has no TransformerLens hook names (blocks.0.attn.hook_z); "
                 "call model.enable_compatibility_mode(center_unembed=False) first, or use icl_heads.load_model"
             )
-        cfg = model.cfg
-        self.cfg = cfg
+        self.model = model
+        self.cfg = cfg = model.cfg
         self.n_layers: int = cfg.n_layers
         self.n_heads: int = cfg.n_heads
         self.d_model: int = cfg.d_model
@@ -103,7 +93,6 @@ class ModelAccess:
         # keyed by id(prompts); each entry holds its prompts so that the id cannot be reused while cached
         self._tok_cache: dict[tuple, tuple[ICLPrompts, TokenizedPrompts]] = {}
 
-    # ---- weights -------------------------------------------------------------------
     @property
     def tokenizer(self):
         if self.model.tokenizer is None:
@@ -117,11 +106,7 @@ class ModelAccess:
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         b = getattr(self.model, "b_U", None)
-        return (
-            b.detach()
-            if b is not None
-            else torch.zeros(self.W_U.shape[1], device=self.W_U.device, dtype=self.W_U.dtype)
-        )
+        return torch.zeros_like(self.W_U[0]) if b is None else b.detach()
 
     def W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
         return self.model.blocks[layer].attn.W_O.detach()
@@ -130,17 +115,9 @@ class ModelAccess:
         return self.model.blocks[layer].mlp.W_out.detach()
 
     def b_O(self, layer: int) -> Float[Tensor, " d_model"]:
-        attn = self.model.blocks[layer].attn
-        try:
-            b = attn.b_O
-        except AttributeError:
-            b = None
-        if b is None:
-            w = self.W_O(layer)
-            return torch.zeros(self.d_model, device=w.device, dtype=w.dtype)
-        return b.detach()
+        b = getattr(self.model.blocks[layer].attn, "b_O", None)
+        return torch.zeros_like(self.W_O(layer)[0, 0]) if b is None else b.detach()
 
-    # ---- norms and what each component writes -----------------------------------------
     def _norm_map(self, key: str, module: Any, centred: bool) -> NormMap:
         if key not in self._norms:
             self._norms[key] = fit_norm(module, self.d_model, centred=centred, device=self.device, dtype=self.W_U.dtype)
@@ -162,10 +139,7 @@ class ModelAccess:
         return self.final_norm_map.bias.to(self.W_U.device)
 
     def post_attn_norm(self, layer: int) -> NormMap | None:
-        """The norm applied to layer ``layer``'s attention output before it joins the residual stream, if any.
-
-        Gemma-2/3 and OLMo-2 have one: the layer writes ``w * attn_out / rms(attn_out)``.
-        """
+        """The norm a layer applies to its attention output before the residual stream (Gemma-2/3, OLMo-2), if any."""
         if _POST_ATTN_SCALE.format(layer=layer) not in self.model.hook_dict:
             return None
         return self._norm_map(f"ln1_post.{layer}", self.model.blocks[layer].ln1_post, centred=False)
@@ -176,20 +150,15 @@ class ModelAccess:
 
     def post_attn_scale(self, layer: int, got: dict[str, Tensor]) -> Tensor | None:
         """The post-attention norm's scale of layer ``layer`` from captured activations (``None`` without one)."""
-        if self.post_attn_norm(layer) is None:
-            return None
-        return got[_POST_ATTN_SCALE.format(layer=layer)]
+        return None if self.post_attn_norm(layer) is None else got[_POST_ATTN_SCALE.format(layer=layer)]
 
     def head_write(
         self, layer: int, out: Float[Tensor, "... d_model"], got: dict[str, Tensor], *, expand: int = 0
     ) -> Float[Tensor, "... d_model"]:
         """Turn head outputs ``z W_O`` of layer ``layer`` into what they add to the residual stream.
 
-        The identity for models without a post-attention norm. With one, the
-        contribution is ``w * (z_h W_O^h) / scale``, exact because ``scale`` (from
-        ``got``, captured at the same positions through :meth:`write_captures`) is the
-        one of the real sum. ``expand`` inserts that many axes after the batch axis of
-        the scale (e.g. 1 for ``[batch, head, d_model]`` outputs).
+        With a post-attention norm that is ``w * (z_h W_O^h) / scale``, with the real sum's ``scale``
+        from ``got`` (see :meth:`write_captures`); ``expand`` inserts that many axes after its batch axis.
         """
         norm, scale = self.post_attn_norm(layer), self.post_attn_scale(layer, got)
         if norm is None or scale is None:
@@ -209,15 +178,12 @@ class ModelAccess:
     @property
     def logit_soft_cap(self) -> float:
         """Final-logit soft cap ``c`` (logits are ``c tanh(x / c)``; Gemma-2), or 0 when there is none."""
-        cap = getattr(self.cfg, "output_logits_soft_cap", None) or 0.0
-        return float(cap) if cap > 0 else 0.0
+        return max(float(getattr(self.cfg, "output_logits_soft_cap", None) or 0.0), 0.0)
 
     def uncap(self, logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
         """The pre-cap logits ``c atanh(logits / c)`` (computed in float64); the logits themselves without a cap."""
-        cap = self.logit_soft_cap
-        if not cap:
-            return logits
-        return (cap * torch.atanh((logits.double() / cap).clamp(-1 + 1e-15, 1 - 1e-15))).to(logits.dtype)
+        c = self.logit_soft_cap
+        return (c * torch.atanh((logits.double() / c).clamp(-1 + 1e-15, 1 - 1e-15))).to(logits.dtype) if c else logits
 
     def cap(self, logits: Float[Tensor, "... vocab"]) -> Float[Tensor, "... vocab"]:
         """Apply the model's final-logit soft cap (identity without one)."""
@@ -225,16 +191,11 @@ class ModelAccess:
         return c * torch.tanh(logits / c) if c else logits
 
     def unembed(self, x: Float[Tensor, "... d_model"], tokens: Tensor | None = None) -> Float[Tensor, "... d_vocab"]:
-        """``x @ W_U`` in float32 on ``W_U``'s device (no bias); only the ``tokens`` columns if given.
-
-        ``x`` is made contiguous first: a strided ``x`` (e.g. an einsum's output) makes
-        the matrix product several times slower on CPU.
-        """
+        """``x @ W_U`` in float32 on ``W_U``'s device (no bias); only the ``tokens`` columns if given."""
         w = self.W_U if tokens is None else self.W_U[:, tokens.to(self.W_U.device)]
-        x = x.float().to(w.device).contiguous()
+        x = x.float().to(w.device).contiguous()  # a strided x makes the product several times slower on CPU
         return (x.reshape(-1, x.shape[-1]) @ w.float()).reshape(*x.shape[:-1], w.shape[-1])
 
-    # ---- hook names ------------------------------------------------------------------
     @staticmethod
     def hook(layer: int | None, name: str) -> str:
         if layer is None:
@@ -243,13 +204,6 @@ class ModelAccess:
             return f"blocks.{layer}.attn.hook_{name}"
         return f"blocks.{layer}.mlp.hook_post" if name == "mlp_post" else f"blocks.{layer}.hook_{name}"
 
-    def q_k_hooks(self, rotated: bool = True) -> tuple[str, str]:
-        """Hook names (format with layer) of the queries and keys that form the scores."""
-        if self.rotary and rotated:
-            return "rot_q", "rot_k"
-        return "q", "k"
-
-    # ---- prompts ---------------------------------------------------------------------
     def tokenize(self, prompts: ICLPrompts | TokenizedPrompts, *, first_token: bool = False) -> TokenizedPrompts:
         """Tokenize (memoised) and check every prompt fits the context.
 
@@ -265,8 +219,10 @@ class ModelAccess:
             key = (id(prompts), first_token)
             if key not in self._tok_cache:
                 prepend = bool(getattr(self.cfg, "default_prepend_bos", True))
-                tokenized = prompts.tokenize(self.tokenizer, prepend_bos=prepend, first_token=first_token)
-                self._tok_cache[key] = (prompts, tokenized)
+                self._tok_cache[key] = (
+                    prompts,
+                    prompts.tokenize(self.tokenizer, prepend_bos=prepend, first_token=first_token),
+                )
             tp = self._tok_cache[key][1]
         else:
             raise TypeError(
@@ -302,61 +258,45 @@ class ModelAccess:
 
     def pad_id(self) -> int:
         tok = self.tokenizer
-        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
-            if cand is not None:
-                return int(cand)
-        return 0
+        return int(next((c for c in (tok.pad_token_id, tok.eos_token_id) if c is not None), 0))
 
     def batches(
         self, tp: TokenizedPrompts, batch_size: int, padding_side: str = "right", *, by_length: bool = False
     ) -> Iterable[PromptBatch]:
         return tp.batches(batch_size, padding_side, self.pad_id(), by_length=by_length)
 
-    # ---- running ---------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.W_U.device
 
     def run(
-        self,
-        batch: PromptBatch,
-        *,
-        hooks: Hooks = (),
-        capture: Sequence[Capture] = (),
+        self, batch: PromptBatch, *, hooks: Hooks = (), capture: Sequence[Capture] = ()
     ) -> tuple[Float[Tensor, "batch d_vocab"], dict[str, Tensor]]:
         """One forward pass: final-position logits (float32) and the captured activations.
 
-        ``hooks`` (an :class:`~icl_heads.engine.Intervention` or ``(hook_name, fn)`` pairs)
-        run before the captures.
+        ``hooks`` (an :class:`~icl_heads.engine.Intervention` or ``(hook_name, fn)`` pairs) run before the captures.
         """
+        from icl_heads._resume import forward
+
         intervention = as_intervention(hooks)
         if intervention.edits_pattern:
             require_pattern_edits(self, type(intervention).__name__)
-        from icl_heads._resume import forward as resume_forward
-
         stored: dict[str, Tensor] = {}
         rows = torch.arange(len(batch.golds))
         finals = batch.final_positions
 
         def make(c: Capture) -> HookFn:
             def fn(act: Tensor, hook: Any) -> None:
-                if c.where == "final":
-                    stored[c.name] = act[rows.to(act.device), finals.to(act.device)].detach().float()
-                elif c.where == "pattern_final":
-                    stored[c.name] = act[rows.to(act.device), :, finals.to(act.device)].detach().float()
-                else:
-                    stored[c.name] = act.detach().float()
+                r, f = rows.to(act.device), finals.to(act.device)
+                where = {"final": (r, f), "pattern_final": (r, slice(None), f)}.get(c.where, ...)
+                stored[c.name] = act[where].detach().float()
 
             return fn
 
         fwd = [*intervention.hooks_for(batch), *((c.name, make(c)) for c in capture)]
-        tokens = batch.tokens.to(self.device)
-        kw: dict[str, Any] = {}
-        if batch.has_padding:
-            kw["attention_mask"] = batch.attention_mask.to(self.device)
-        logits = resume_forward(self, tokens, fwd, kw)
-        final_logits = logits[rows.to(logits.device), finals.to(logits.device)].float()
-        return final_logits, stored
+        kw = {"attention_mask": batch.attention_mask.to(self.device)} if batch.has_padding else {}
+        logits = forward(self, batch.tokens.to(self.device), fwd, kw)
+        return logits[rows.to(logits.device), finals.to(logits.device)].float(), stored
 
 
 def batches(
@@ -369,10 +309,8 @@ def batches(
 ) -> Iterator[PromptBatch]:
     """The batches of ``tp`` under ``options``, with a progress bar named ``desc`` when asked for.
 
-    This is the one loop over prompts: analyses map their per-batch work over it.
-    ``by_length`` groups prompts of similar length (less padding, the same results):
-    batches then come in length order, and each batch's ``index`` says which prompts it
-    holds, so the caller must place per-prompt results by ``batch.index``.
+    This is the one loop over prompts. ``by_length`` groups prompts of similar length (less padding, the
+    same results); batches then come in length order, so place per-prompt results by ``batch.index``.
     """
     options = run_options(options)
     parts = list(access.batches(tp, options.batch_size, options.padding_side, by_length=by_length))
@@ -387,11 +325,11 @@ _PATTERN_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def probe_tokens(access: Any, n_prompts: int, n_tokens: int, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
+    """Random probe tokens from the model's vocabulary, starting with BOS where the model prepends one."""
     tok = access.model.tokenizer
-    vocab = min(int(access.W_U.shape[1]), len(tok)) if tok is not None else int(access.W_U.shape[1])
-    tokens = torch.randint(0, vocab, (n_prompts, n_tokens), generator=gen)
-    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    vocab = int(access.W_U.shape[1]) if tok is None else min(int(access.W_U.shape[1]), len(tok))
+    tokens = torch.randint(0, vocab, (n_prompts, n_tokens), generator=torch.Generator().manual_seed(seed))
+    bos = getattr(tok, "bos_token_id", None)
     if bos is not None and getattr(access.cfg, "default_prepend_bos", True):
         tokens[:, 0] = bos
     return tokens
@@ -400,38 +338,32 @@ def probe_tokens(access: Any, n_prompts: int, n_tokens: int, seed: int) -> Tenso
 def pattern_edits_apply(access: Any) -> bool:
     """Whether editing ``hook_pattern`` changes what the heads read, measured on the first and last layer.
 
-    TransformerLens 4 reimplements attention for most families, but for some (GPT-J,
-    GPT-Neo, OPT) it delegates to the Hugging Face module and discards edits of the
-    pattern; a correction that rescales attention would then silently do nothing.
+    TransformerLens 4 delegates attention to the Hugging Face module for some families (GPT-J,
+    GPT-Neo, OPT) and discards edits of the pattern there.
     """
     return per_model(_PATTERN_CACHE, access.model, lambda: _probe_pattern_edits(access))
 
 
 def _probe_pattern_edits(access: Any) -> bool:
+    """Make every query attend to the first position only: ``z`` must then equal that position's value."""
     tokens = probe_tokens(access, 1, min(12, access.n_ctx), seed=1).to(access.device)
-    ok = True
+    ok, got = True, {}
+
+    def keep(key: str) -> HookFn:
+        return lambda act, hook: got.__setitem__(key, act.detach().float().clone())
+
+    def first_only(pattern: Tensor, hook: Any) -> Tensor:
+        return torch.zeros_like(pattern).index_fill_(-1, torch.tensor([0], device=pattern.device), 1)
+
     for layer in sorted({0, access.n_layers - 1}):
-        names = {k: access.hook(layer, k) for k in ("v", "pattern", "z")}
-        got: dict[str, Tensor] = {}
-
-        def keep(act: Tensor, hook: Any, key: str = "", got: dict[str, Tensor] = got) -> None:
-            got[key] = act.detach().float().clone()
-
-        def first_only(pattern: Tensor, hook: Any) -> Tensor:
-            # every query attends to the first position only: z must then equal that position's value
-            edited = torch.zeros_like(pattern)
-            edited[..., 0] = 1
-            return edited
-
-        fwd = [(names["v"], lambda a, hook: keep(a, hook, "v")), (names["pattern"], first_only),
-               (names["z"], lambda a, hook: keep(a, hook, "z"))]  # fmt: skip
+        got.clear()
+        fwd = [(access.hook(layer, "v"), keep("v")), (access.hook(layer, "pattern"), first_only)]
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            access.model.run_with_hooks(tokens, fwd_hooks=fwd)
+            access.model.run_with_hooks(tokens, fwd_hooks=[*fwd, (access.hook(layer, "z"), keep("z"))])
         v, z = got["v"], got["z"]  # [batch, pos, kv, d_head], [batch, pos, head, d_head]
         kv = torch.arange(z.shape[2], device=v.device) // (z.shape[2] // v.shape[2])
-        expected = v[:, :1, kv].expand_as(z)
-        ok = ok and torch.allclose(z, expected, atol=1e-4 * max(1.0, float(v.abs().max())), rtol=1e-3)
+        ok = ok and torch.allclose(z, v[:, :1, kv].expand_as(z), atol=1e-4 * max(1.0, float(v.abs().max())), rtol=1e-3)
     return ok
 
 

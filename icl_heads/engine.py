@@ -1,15 +1,6 @@
-"""The batch engine: the one loop over batches, the cost ledger and the reuse of identical passes.
+"""The batch engine: the cost ledger, the :class:`Intervention` base and the reuse of identical passes.
 
-How prompts are run (:class:`~icl_heads.options.RunOptions`) lives in :mod:`icl_heads.options`.
-
-Every analysis runs the model through :meth:`icl_heads.access.ModelAccess.run`, and
-every pass is recorded in the active :class:`CostLedger`s: forward passes, prompt
-rows, padded tokens and layer×token evaluations (the work a pass does: its padded
-tokens times the layers it runs). Open a ledger with :func:`count_cost`::
-
-    with count_cost() as ledger:
-        ih.find_in_context_heads(model, prompts)
-    ledger.df            # one row per section (here "total")
+Open a ledger with :func:`count_cost`: ``with count_cost() as ledger: ...``, then ``ledger.df`` (one row per section).
 """
 
 from __future__ import annotations
@@ -31,9 +22,6 @@ if TYPE_CHECKING:
     from icl_heads.prompts import PromptBatch, TokenizedPrompts
 
 T = TypeVar("T")
-
-
-# ---- the cost ledger --------------------------------------------------------------------------
 
 
 @dataclass
@@ -88,23 +76,28 @@ class CostLedger:
         return pd.DataFrame(rows, columns=["section", "passes", "rows", "tokens", "layer_tokens"])
 
     def as_dict(self) -> dict[str, dict[str, int]]:
-        out = {k: c.as_dict() for k, c in self.sections.items()}
-        out["total"] = self.total.as_dict()
-        return out
+        return {**{k: c.as_dict() for k, c in self.sections.items()}, "total": self.total.as_dict()}
 
 
 _ACTIVE: contextvars.ContextVar[tuple[CostLedger, ...]] = contextvars.ContextVar("icl_heads_ledgers", default=())
+_REUSE: contextvars.ContextVar[bool] = contextvars.ContextVar("icl_heads_reuse", default=True)
+
+
+@contextlib.contextmanager
+def _set(var: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
 
 
 @contextlib.contextmanager
 def count_cost(ledger: CostLedger | None = None) -> Iterator[CostLedger]:
     """Count the model work done inside the block (ledgers nest: an outer one sees the inner ones' work)."""
     ledger = ledger or CostLedger()
-    token = _ACTIVE.set((*_ACTIVE.get(), ledger))
-    try:
+    with _set(_ACTIVE, (*_ACTIVE.get(), ledger)):
         yield ledger
-    finally:
-        _ACTIVE.reset(token)
 
 
 @contextlib.contextmanager
@@ -118,18 +111,8 @@ def cost_section(name: str) -> Iterator[None]:
 
 def record_pass(rows: int, tokens: int, layers: int) -> None:
     """Record one forward pass of ``rows`` prompts over ``tokens`` padded tokens through ``layers`` layers."""
-    ledgers = _ACTIVE.get()
-    if not ledgers:
-        return
-    cost = Cost(passes=1, rows=rows, tokens=tokens, layer_tokens=tokens * layers)
-    for ledger in ledgers:
-        ledger.record(cost)
-
-
-# ---- results shared between analyses -------------------------------------------------------------
-
-_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-MEMO_ENTRIES = 4096
+    for ledger in _ACTIVE.get():
+        ledger.record(Cost(passes=1, rows=rows, tokens=tokens, layer_tokens=tokens * layers))
 
 
 def _digest(value: Any, h: Any) -> None:
@@ -159,8 +142,7 @@ def digest(*values: Any) -> str | None:
     """A content hash of ``values``; ``None`` when one of them cannot be hashed by content."""
     h = hashlib.blake2b(digest_size=16)
     try:
-        for v in values:
-            _digest(v, h)
+        _digest(values, h)
     except TypeError:
         return None
     return h.hexdigest()
@@ -181,9 +163,8 @@ def content_key(obj: Any) -> str | None:
 class Intervention:
     """The one form of intervention: an object whose :meth:`hooks_for` gives its forward hooks for one batch.
 
-    Head ablation, every correction and ``combine(...)`` of them derive from it. A plain
-    list of ``(hook name, function)`` pairs is wrapped once where it enters
-    (:meth:`~icl_heads.access.ModelAccess.run`, :func:`intervention_key`) by :func:`as_intervention`.
+    Head ablation, every correction and ``combine(...)`` of them derive from it; plain
+    ``(hook name, function)`` pairs are wrapped once where they enter, by :func:`as_intervention`.
     """
 
     #: whether it edits ``hook_pattern`` (refused on models that discard such edits)
@@ -201,7 +182,7 @@ class Intervention:
 
 
 class HookList(Intervention):
-    """Plain ``(hook name, function)`` pairs: the same hooks for every batch; never reused (functions have no content key)."""
+    """Plain ``(hook name, function)`` pairs, the same for every batch; never reused (functions have no content)."""
 
     def __init__(self, hooks: Sequence[tuple[str, HookFn]] = ()) -> None:
         self.hooks = tuple(hooks)
@@ -241,14 +222,14 @@ def intervention_key(hooks: Hooks | None) -> str | None:
     return as_intervention(hooks).cache_key()
 
 
-def _forward_hooks(model: Any) -> list[tuple[str, Any]]:
-    return [(name, h) for name, hp in getattr(model, "hook_dict", {}).items() for h in getattr(hp, "fwd_hooks", ())]
+def _forward_hooks(model: Any) -> list[Any]:
+    return [h for hp in getattr(model, "hook_dict", {}).values() for h in getattr(hp, "fwd_hooks", ())]
 
 
 def weights_key(model: Any) -> tuple:
     """Changes when a weight is modified in place or a permanent hook is added or removed."""
     params = list(model.parameters())
-    permanent = tuple((name, id(h)) for name, h in _forward_hooks(model) if getattr(h, "is_permanent", False))
+    permanent = tuple(id(h) for h in _forward_hooks(model) if getattr(h, "is_permanent", False))
     return (len(params), sum(p._version for p in params), permanent)
 
 
@@ -257,16 +238,8 @@ def per_model(cache: weakref.WeakKeyDictionary, model: Any, compute: Callable[[]
     key = weights_key(model)
     hit = cache.get(model)
     if hit is None or hit[0] != key:
-        hit = (key, compute())
-        cache[model] = hit
+        hit = cache[model] = (key, compute())
     return hit[1]
-
-
-def model_state(model: Any) -> tuple | None:
-    """Weights and permanent hooks of ``model``; ``None`` while temporary hooks are attached (nothing is reused)."""
-    if any(not getattr(h, "is_permanent", False) for _, h in _forward_hooks(model)):
-        return None
-    return weights_key(model)
 
 
 _PROMPT_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -274,81 +247,84 @@ _PROMPT_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def prompt_key(tp: TokenizedPrompts) -> str | None:
     """A content key of tokenized prompts: their tokens and every position and label the analyses read."""
-    try:
+    with contextlib.suppress(KeyError, TypeError):
         return _PROMPT_KEYS[tp]
-    except (KeyError, TypeError):
-        pass
     key = digest(tp.tokens, tp.label_positions, tp.demo_labels, tp.golds, tp.label_token_ids, tp.roles, tp.demo_index)
     with contextlib.suppress(TypeError):
         _PROMPT_KEYS[tp] = key
     return key
 
 
-_REUSE: contextvars.ContextVar[bool] = contextvars.ContextVar("icl_heads_reuse", default=True)
-
-
 @contextlib.contextmanager
 def no_reuse() -> Iterator[None]:
-    """Inside the block every result is computed afresh: nothing earlier is read back, nothing is kept.
-
-    For checking that reuse changes nothing, and for tests that compare two runs of the
-    same analysis (batch sizes, padding) which would otherwise read the first one back.
-    """
-    token = _REUSE.set(False)
-    try:
+    """Inside the block every result is computed afresh (nothing earlier is read back, nothing is kept)."""
+    with _set(_REUSE, False):
         yield
-    finally:
-        _REUSE.reset(token)
 
 
-def reuse_allowed() -> bool:
-    """Whether results may be read back and kept (see :func:`no_reuse`)."""
-    return _REUSE.get()
+class StateCache:
+    """Least recently used entries for one model state, within ``budget`` (entry sizes from ``size``)."""
+
+    def __init__(self, state: tuple, budget: int, size: Callable[[Any], int]) -> None:
+        self.state, self.budget, self.size, self.used = state, budget, size, 0
+        self.entries: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        return self.entries.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        n = self.size(value)
+        if n > self.budget or key in self.entries:
+            return
+        while self.used + n > self.budget and self.entries:
+            self.used -= self.size(self.entries.popitem(last=False)[1])
+        self.entries[key] = value
+        self.used += n
 
 
-def _memo_table(model: Any, key: tuple) -> collections.OrderedDict | None:
-    """The model's table of reusable results, or ``None`` when ``key`` or the model's state rules reuse out."""
-    if not _REUSE.get():
+def state_cache(
+    tables: weakref.WeakKeyDictionary, model: Any, budget: int, size: Callable[[Any], int] = lambda v: 1
+) -> StateCache | None:
+    """``model``'s cache for its current state; ``None`` when reuse is off or temporary hooks are attached."""
+    if not _REUSE.get() or any(not getattr(h, "is_permanent", False) for h in _forward_hooks(model)):
         return None
-    state = model_state(model)
-    if state is None or any(k is None for k in key):
-        return None
-    table = _MEMO.get(model)
-    if table is None or table[0] != state:
-        table = (state, collections.OrderedDict())
-        _MEMO[model] = table
-    return table[1]
+    state = weights_key(model)
+    table = tables.get(model)
+    if table is None or table.state != state:
+        table = tables[model] = StateCache(state, budget, size)
+    return table
+
+
+_MEMO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+MEMO_ENTRIES = 4096
+
+
+def _memo(model: Any, key: tuple) -> StateCache | None:
+    return None if any(k is None for k in key) else state_cache(_MEMO, model, MEMO_ENTRIES)
 
 
 def memo_get(model: Any, key: tuple) -> Any:
     """An earlier result stored under ``key`` for this model state (``None`` if there is none)."""
-    entries = _memo_table(model, key)
-    if entries is None or key not in entries:
-        return None
-    entries.move_to_end(key)
-    return entries[key]
+    table = _memo(model, key)
+    return None if table is None else table.get(key)
 
 
 def memo_put(model: Any, key: tuple, value: Any) -> None:
     """Store ``value`` under ``key`` for this model state (nothing is stored when reuse is ruled out)."""
-    entries = _memo_table(model, key)
-    if entries is None:
-        return
-    entries[key] = value
-    if len(entries) > MEMO_ENTRIES:
-        entries.popitem(last=False)
+    table = _memo(model, key)
+    if table is not None:
+        table.put(key, value)
 
 
 def memoised(model: Any, key: tuple, compute: Callable[[], T]) -> T:
-    """``compute()``, or its earlier value for the same model state and ``key``.
+    """``compute()``, or its earlier value for the same model state and ``key`` (see docs/methods.md).
 
-    Nothing is reused when a part of ``key`` is ``None`` (no stable identity) or the
-    model carries temporary hooks (e.g. inside ``ablate(...)``), whose effect the key
-    cannot see. Entries are dropped when the weights change in place.
+    Nothing is reused when a part of ``key`` is ``None`` or the model carries temporary hooks (e.g. in ``ablate``).
     """
     hit = memo_get(model, key)
-    if hit is not None:
-        return hit
-    value = compute()
-    memo_put(model, key, value)
-    return value
+    if hit is None:
+        hit = compute()
+        memo_put(model, key, hit)
+    return hit

@@ -1,28 +1,11 @@
-"""The linear identities every analysis rests on, checked once per model.
-
-Head scores, the OV analysis and the decomposition all read a head's contribution
-to the logits as ``W_U . norm(write_h)``, with ``write_h`` what the head adds to the
-residual stream and the final norm's scale frozen from the real pass. That is only
-right when, on this model:
-
-* **final norm**: ``W_U . norm(resid_final) + b`` reproduces the (pre-cap) logits;
-* **heads sum to attention output**: the heads' writes (``z_h W_O^h``, through a
-  post-attention norm where the model has one) plus the bias terms equal what the
-  attention layer adds to the residual stream (``hook_attn_out``), at every layer;
-* **residual stream adds up**: the final residual stream is the embeddings plus every
-  attention and MLP output;
-* **components sum to logits**: the three together, read through the unembedding.
-
-:func:`check_faithfulness` measures each identity on a short random probe the first
-time a model is analysed (cached per model until its weights change);
-:class:`~icl_heads.access.ModelAccess` calls it, so every analysis refuses a model
-whose identities fail with an :class:`UnfaithfulModelError` naming the architecture,
-the identity and its size.
+"""The linear identities every analysis rests on (final norm, heads sum to attention output, residual stream
+adds up, components sum to logits), measured on a short random probe once per model; see docs/models.md.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,12 +20,6 @@ from icl_heads.results import Result, json_type, provenance
 
 __all__ = ["Faithfulness", "check_faithfulness", "faithful_access", "require_faithful", "tolerance_for"]
 
-IDENTITIES = (
-    "final norm",
-    "heads sum to attention output",
-    "residual stream adds up",
-    "components sum to logits",
-)
 _EXPLAIN = {
     "final norm": "the final norm applied by hand does not reproduce the model's logits",
     "heads sum to attention output": "the heads' outputs (z W_O plus biases) do not add up to what the attention "
@@ -51,6 +28,7 @@ _EXPLAIN = {
     "components sum to logits": "the components read through the final norm and unembedding do not add up to the "
     "logits",
 }
+IDENTITIES = tuple(_EXPLAIN)
 #: relative tolerance of every identity, by the dtype of the model's weights
 TOLERANCES = {torch.float64: 1e-6, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
@@ -78,11 +56,9 @@ class Faithfulness(Result):
     """How well the identities the analyses rely on hold on one model.
 
     Attributes:
-        df: one row per identity (and layer): ``identity, layer, error, scale,
-            relative_error, tolerance, passed``.
+        df: one row per identity (and layer): ``identity, layer, error, scale, relative_error, tolerance, passed``.
         architecture: the model's architecture (e.g. ``Gemma2ForCausalLM``).
-        notes: what the library models specially on this architecture (e.g. a
-            post-attention norm, a final-logit soft cap).
+        notes: what the library models specially on this architecture (e.g. a post-attention norm).
         config: the probe's shape and seed.
         provenance: model and versions.
     """
@@ -101,8 +77,7 @@ class Faithfulness(Result):
 
     def worst(self) -> pd.Series:
         """The row of the identity that fails by most (relative to its tolerance)."""
-        ratio = self.df.relative_error / self.df.tolerance
-        return self.df.loc[ratio.idxmax()]
+        return self.df.loc[(self.df.relative_error / self.df.tolerance).idxmax()]
 
     def summary(self) -> dict[str, Any]:
         w = self.worst()
@@ -136,12 +111,6 @@ class Faithfulness(Result):
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _rel(a: Tensor, b: Tensor) -> tuple[float, float]:
-    err = float((a.double() - b.double()).abs().max())
-    scale = max(1.0, float(b.abs().max()))
-    return err, scale
-
-
 def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, seed: int = 0) -> Faithfulness:
     """Measure the identities the analyses rely on, on a short random probe.
 
@@ -164,53 +133,40 @@ def check_faithfulness(model: Any, *, n_prompts: int = 2, n_tokens: int = 24, se
     access = model if isinstance(model, ModelAccess) else ModelAccess(model)
     L = access.n_layers
     tokens = probe_tokens(access, n_prompts, min(n_tokens, access.n_ctx), seed).to(access.device)
-    names = {
-        "blocks.0.hook_resid_pre",
-        access.hook(L - 1, "resid_post"),
-        "ln_final.hook_scale",
-        *access.write_captures(),
-    }
-    for layer in range(L):
-        names |= {access.hook(layer, "z"), access.hook(layer, "attn_out"), access.hook(layer, "mlp_out")}
+    names = {"blocks.0.hook_resid_pre", access.hook(L - 1, "resid_post"), "ln_final.hook_scale"}
+    names |= {access.hook(ly, n) for ly in range(L) for n in ("z", "attn_out", "mlp_out")} | {*access.write_captures()}
     got: dict[str, Tensor] = {}
 
-    def keep(name: str):
-        def fn(act: Tensor, hook: Any) -> None:
-            got[name] = act.detach().float()
-
-        return fn
+    def keep(name: str) -> Callable[[Tensor, Any], None]:
+        return lambda act, hook: got.__setitem__(name, act.detach().float().to(access.device))
 
     with torch.inference_mode():
-        logits = access.model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)])
-    logits = access.uncap(logits.float())
+        logits = access.uncap(
+            access.model.run_with_hooks(tokens, fwd_hooks=[(n, keep(n)) for n in sorted(names)]).float()
+        )
     rows: list[dict[str, Any]] = []
     tol = tolerance_for(access.W_U.dtype)
 
     def add(identity: str, layer: int, ours: Tensor, ref: Tensor) -> None:
-        err, scale = _rel(ours, ref)
+        err, scale = float((ours.double() - ref.double()).abs().max()), max(1.0, float(ref.abs().max()))
         rows.append(dict(identity=identity, layer=layer, error=err, scale=scale, relative_error=err / scale,
                          tolerance=tol, passed=err / scale <= tol))  # fmt: skip
 
-    dev = access.device
-    scale = got["ln_final.hook_scale"].to(dev)
     const = access.unembed(access.final_norm_bias()) + access.b_U.float()
 
     def read(x: Tensor) -> Tensor:
-        return access.unembed(access.final_norm(x.to(dev), scale)) + const
+        return access.unembed(access.final_norm(x, got["ln_final.hook_scale"])) + const
 
-    add("final norm", -1, read(got[access.hook(L - 1, "resid_post")]), logits)
-    total = got["blocks.0.hook_resid_pre"].to(dev)
-    from_parts = total.clone()
+    resid = got[access.hook(L - 1, "resid_post")]
+    add("final norm", -1, read(resid), logits)
+    total = from_parts = got["blocks.0.hook_resid_pre"]
     for layer in range(L):
-        z = got[access.hook(layer, "z")].to(dev)
-        heads = torch.einsum("bphd,hdm->bpm", z, access.W_O(layer).float().to(dev))
-        written = access.head_write(layer, heads, got) + access.bias_write(layer, got).to(dev)
-        attn_out = got[access.hook(layer, "attn_out")].to(dev)
+        heads = torch.einsum("bphd,hdm->bpm", got[access.hook(layer, "z")], access.W_O(layer).float().to(access.device))
+        written = access.head_write(layer, heads, got) + access.bias_write(layer, got).to(access.device)
+        attn_out, mlp = got[access.hook(layer, "attn_out")], got[access.hook(layer, "mlp_out")]
         add("heads sum to attention output", layer, written, attn_out)
-        mlp = got[access.hook(layer, "mlp_out")].to(dev)
-        total = total + attn_out + mlp
-        from_parts = from_parts + written + mlp
-    add("residual stream adds up", -1, total, got[access.hook(L - 1, "resid_post")].to(dev))
+        total, from_parts = total + attn_out + mlp, from_parts + written + mlp
+    add("residual stream adds up", -1, total, resid)
     add("components sum to logits", -1, read(from_parts), logits)
     notes = []
     if any(access.post_attn_norm(layer) for layer in range(L)):
@@ -247,9 +203,6 @@ def require_faithful(access: Any, analysis: str = "this analysis") -> Faithfulne
 
 def faithful_access(model: Any, analysis: str = "this analysis") -> ModelAccess:
     """``model`` as a :class:`~icl_heads.access.ModelAccess`, once its identities are checked (once per model).
-
-    Every analysis that rests on the linear identities starts here; only code that reads
-    nothing but the model's logits (accuracy) uses a plain ``ModelAccess``.
 
     Raises:
         TypeError: not a supported model.

@@ -1,11 +1,7 @@
-"""Loading models: :func:`load_model` returns a ready model for the installed TransformerLens.
-
-:class:`~icl_heads.access.ModelAccess` wraps any supported model object for the analyses.
-"""
+"""Loading models: :func:`load_model` returns a ready model for the installed TransformerLens."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import warnings
@@ -15,16 +11,10 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
-
 
 def transformer_lens_major() -> int:
     """Major version of the installed TransformerLens."""
     return int(version("transformer-lens").split(".")[0])
-
-
-def _is_local_dir(name: str | Path) -> bool:
-    return Path(name).is_dir() and (Path(name) / "config.json").exists()
 
 
 DTYPES: dict[str, torch.dtype] = {
@@ -72,18 +62,12 @@ def resolve_device(device: str | None) -> str | None:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
         raise ValueError(f"device {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cpu":
-        return device
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device}: CUDA is not available on this machine (torch {torch.__version__}); use cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
-        return device
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available on this machine (torch {torch.__version__}); use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
     backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
-    if backend is None or not backend.is_available():
+    if dev.type not in ("cpu", "cuda") and (backend is None or not backend.is_available()):
         raise ValueError(f"device {device}: {dev.type} is not available on this machine; use cpu")
     return device
 
@@ -98,9 +82,6 @@ def hub_offline() -> bool:
 
 def check_hub_name(name: str, *, timeout: float = HUB_TIMEOUT) -> None:
     """Fail fast when the hub model ``name`` cannot be loaded: one look in the cache, then one short request.
-
-    A name in the local cache passes at once; offline, any other name fails at once; online,
-    a single request (no retries, ``timeout`` seconds) asks the hub whether the model exists.
 
     Raises:
         ValueError: ``name`` is not a hub name, or the hub has no such model.
@@ -140,10 +121,7 @@ def check_hub_name(name: str, *, timeout: float = HUB_TIMEOUT) -> None:
 
 
 def _official_name(name: str) -> str:
-    """The hub repository of a TransformerLens 3 alias such as ``gpt2-small`` (the name itself otherwise).
-
-    TransformerLens 4 boots hub names as they are, so its (slow to import) alias table is not read.
-    """
+    """The hub repository of a TransformerLens 3 alias such as ``gpt2-small`` (TransformerLens 4: ``name``)."""
     if transformer_lens_major() >= 4:
         return name
     try:
@@ -181,10 +159,6 @@ def _check_reference(name_or_path: Any) -> None:
     check_hub_name(ref)
 
 
-# TransformerLens warns that it cannot fold some norms; the faithfulness check measures what matters instead
-_NOT_APPLICABLE = r".*does not support fold_ln.*"
-
-
 def load_model(
     name_or_path: str | Path = "organism",
     *,
@@ -194,24 +168,14 @@ def load_model(
     n_devices: int | None = None,
     max_memory: dict[Any, Any] | None = None,
 ):
-    """Load a model ready for analysis, for the installed TransformerLens.
-
-    On TransformerLens 4.x this is a ``TransformerBridge`` booted from a hub name or a
-    local Hugging Face folder with compatibility mode enabled (``center_unembed=False``
-    so logits match Hugging Face's). On 3.x it is a ``HookedTransformer``
-    (``from_pretrained`` for hub names; a local Llama or GPT-2 folder is converted with
-    TransformerLens' own weight converters).
+    """Load a model ready for analysis, for the installed TransformerLens (see docs/models.md).
 
     Args:
-        name_or_path: ``"organism"`` or ``"organism-slot"`` (the bundled models, offline;
-            see ``docs/organism.md``), ``"validation:NAME"`` (a model with a hand-set
-            mechanism, see :mod:`icl_heads.validation`), a hub name, or a
-            local folder with ``config.json``, weights and a tokenizer.
+        name_or_path: ``"organism"`` or ``"organism-slot"`` (bundled, offline), ``"validation:NAME"`` (a
+            hand-set mechanism, :mod:`icl_heads.validation`), a hub name, or a local folder with ``config.json``.
         device: e.g. ``"cpu"`` or ``"cuda"``; default CPU for local folders.
-        dtype: a ``torch.dtype`` or its name: ``"bfloat16"``, ``"float16"``,
-            ``"float32"``; default the checkpoint's (float32 here).
-        device_map: TransformerLens 4 only: an accelerate device map (``"auto"`` or a
-            dict from module names to devices) to split a model over several GPUs.
+        dtype: a ``torch.dtype`` or its name (``"bfloat16"``, ``"float16"``, ``"float32"``); default the checkpoint's.
+        device_map: TransformerLens 4 only: an accelerate device map (``"auto"`` or module -> device) over GPUs.
         n_devices: number of GPUs to split the layers over (TransformerLens 3 and 4).
         max_memory: TransformerLens 4 only: memory per device for ``device_map="auto"``.
 
@@ -220,11 +184,10 @@ def load_model(
 
     Raises:
         TypeError: ``name_or_path`` is not a str or Path.
-        FileNotFoundError: ``"organism"`` requested but its checkpoint is missing; no such
-            local folder, or one without ``config.json``; offline and not in the cache.
-        ValueError: an unknown dtype name, a device this machine does not have, a hub name
-            the hub does not know, options the installed TransformerLens does not
-            support, or a local folder of an architecture TL 3 loading does not support.
+        FileNotFoundError: a bundled checkpoint is missing; no such folder, or none with ``config.json``; offline
+            and not in the cache.
+        ValueError: an unknown dtype name, a device this machine lacks, a hub name the hub does not know, options
+            or a local architecture the installed TransformerLens does not support.
         ConnectionError: a hub name, and the hub cannot be reached (one short attempt).
     """
     torch_dtype = resolve_dtype(dtype)
@@ -248,13 +211,11 @@ def load_model(
         from transformer_lens.model_bridge import TransformerBridge
 
         kw: dict[str, Any] = {"device": device or ("cpu" if device_map is None and n_devices is None else None)}
-        if torch_dtype is not None:
-            kw["dtype"] = torch_dtype
-        for key, value in (("device_map", device_map), ("n_devices", n_devices), ("max_memory", max_memory)):
-            if value is not None:
-                kw[key] = value
+        opts = {"dtype": torch_dtype, "device_map": device_map, "n_devices": n_devices, "max_memory": max_memory}
+        kw.update({k: v for k, v in opts.items() if v is not None})
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_NOT_APPLICABLE)
+            # TransformerLens warns that it cannot fold some norms; the faithfulness check measures what matters
+            warnings.filterwarnings("ignore", message=r".*does not support fold_ln.*")
             model = TransformerBridge.boot_transformers(str(name_or_path), **kw)
             model.enable_compatibility_mode(disable_warnings=True, center_unembed=False)
         return model.eval()
@@ -269,13 +230,9 @@ def load_model(
 def _load_hooked(name_or_path: str | Path, *, device: str | None, dtype: torch.dtype | None, n_devices: int | None):
     from transformer_lens import HookedTransformer
 
-    if not _is_local_dir(name_or_path):
-        kw: dict[str, Any] = {"center_unembed": False, "device": device}
-        if dtype is not None:
-            kw["dtype"] = dtype
-        if n_devices is not None:
-            kw["n_devices"] = n_devices
-        return HookedTransformer.from_pretrained(str(name_or_path), **kw).eval()
+    if not (Path(name_or_path) / "config.json").exists():
+        kw = {k: v for k, v in (("dtype", dtype), ("n_devices", n_devices)) if v is not None}
+        return HookedTransformer.from_pretrained(str(name_or_path), center_unembed=False, device=device, **kw).eval()
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights, convert_llama_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -309,14 +266,8 @@ def _load_hooked(name_or_path: str | Path, *, device: str | None, dtype: torch.d
             f"loading a local {arch} folder needs TransformerLens 4 (TransformerBridge); on TransformerLens 3 "
             "local folders of LlamaForCausalLM and GPT2LMHeadModel are supported"
         )
-    cfg = HookedTransformerConfig(
-        **fields,
-        original_architecture=arch,
-        device=device or "cpu",
-        default_prepend_bos=True,
-        dtype=dtype or torch.float32,
-        n_devices=n_devices or 1,
-    )
+    run = dict(device=device or "cpu", dtype=dtype or torch.float32, n_devices=n_devices or 1)
+    cfg = HookedTransformerConfig(**fields, **run, original_architecture=arch, default_prepend_bos=True)
     model = HookedTransformer(cfg, tokenizer=AutoTokenizer.from_pretrained(str(name_or_path)))
     model.load_and_process_state_dict(
         convert(hf, cfg), fold_ln=True, center_writing_weights=False, center_unembed=False, fold_value_biases=False

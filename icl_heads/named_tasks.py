@@ -1,18 +1,7 @@
 """The papers' tasks by name, and labelled data sets from the Hugging Face hub or local files, as :class:`ICLTask`.
 
-:func:`load_task` reads ``"sst2"`` (a name of :data:`NAMED_TASKS`), ``"hf:glue/sst2"`` (a data set on the
-hub, through the ``datasets`` library), or a local path: a ``save_to_disk`` folder, a Parquet, Arrow or
-JSON-lines file, or a ``.csv``. A named task is looked for first in the local data folder
-(``$ICL_HEADS_DATA``, default ``~/.cache/icl_heads/data``: ``NAME/`` saved with ``save_to_disk``, or
-``NAME.parquet``, ``NAME.arrow``, ``NAME.jsonl``), then on the hub. Offline, or when the hub cannot be
-reached, the error says where to put the data, within a second: the hub gets one short request, never the
-``datasets`` library's retries.
-
-The registry holds each task's hub path, configuration and split, how its fields make one text (pairs are
-joined into one sentence, as in Chang et al.'s data, where each example is one line that ends in its label),
-its classes, label words and three prompt formats. Chang et al.'s public code reads its formats from data
-files it does not publish; the three formats here follow its layout (the label is the last word of a
-demonstration, demonstrations follow one another line by line) with our wording.
+Named tasks are looked for first in the local data folder (:func:`data_dir`), then on the hub (one short
+request, never the ``datasets`` library's retries); see docs/reproducing.md.
 """
 
 from __future__ import annotations
@@ -43,8 +32,6 @@ logger = logging.getLogger(__name__)
 MEANINGLESS_WORDS = ("foo", "bar", "baz", "qux", "quux", "corge")
 #: the environment variable naming the local data folder
 DATA_ENV = "ICL_HEADS_DATA"
-DEFAULT_DATA_DIR = "~/.cache/icl_heads/data"
-INSTALL = "pip install 'icl-heads[datasets]'"
 #: file suffixes read through the ``datasets`` library
 DATASET_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
 _CHOICE_LETTERS = {"1": "A", "2": "B", "3": "C", "4": "D"}
@@ -71,7 +58,7 @@ class NamedTask:
         hub: the data set on the Hugging Face hub (``None``: local files only, see ``where``).
         config: its configuration (``None``: the default).
         split: the split the papers evaluate on (GLUE's test labels are hidden: its validation split).
-        text: how a row's fields make one text, a format string (``"{sentence1} Question: {sentence2}"``).
+        text: a format string of the row's fields making one text (``"{sentence1} Question: {sentence2}"``).
         label: the field holding the label.
         values: the label values in class order.
         classes: the class names, in that order.
@@ -105,28 +92,13 @@ class NamedTask:
 
 _SENTIMENT = {"values": (0, 1), "classes": ("negative", "positive"), "label_words": ("negative", "positive")}
 _YES_NO = {"values": (False, True), "classes": ("false", "true"), "label_words": ("no", "yes")}
-_NLI = {
-    "values": (0, 1, 2),
-    "classes": ("entailment", "neutral", "contradiction"),
-    "label_words": ("yes", "maybe", "no"),
-    "templates": _formats("Premise", "Answer"),
-}
-_ARC = {
-    "split": "test",
-    "text": "{question} {choices}",
-    "label": "answerKey",
-    "values": ("A", "B", "C", "D"),
-    "classes": ("A", "B", "C", "D"),
-    "label_words": ("A", "B", "C", "D"),
-    "templates": _formats("Question", "Answer"),
-}
-_BOOLQ = {
-    "split": "validation",
-    "text": "{passage} Question: {question}?",
-    "label": "answer",
-    **_YES_NO,
-    "templates": _formats("Passage", "Answer"),
-}
+_NLI: dict[str, Any] = dict(values=(0, 1, 2), classes=("entailment", "neutral", "contradiction"))
+_NLI.update(label_words=("yes", "maybe", "no"), templates=_formats("Premise", "Answer"))
+_ABCD = ("A", "B", "C", "D")
+_ARC: dict[str, Any] = dict(split="test", text="{question} {choices}", label="answerKey", values=_ABCD, classes=_ABCD)
+_ARC.update(label_words=_ABCD, templates=_formats("Question", "Answer"))
+_BOOLQ = dict(split="validation", text="{passage} Question: {question}?", label="answer", **_YES_NO)
+_BOOLQ["templates"] = _formats("Passage", "Answer")
 
 #: the papers' tasks by name (Chang et al.: the first nine and the out-of-distribution three; Yu & Ananiadou:
 #: SST-2 and AGNews with meaningless labels)
@@ -171,22 +143,18 @@ NAMED_TASKS: dict[str, NamedTask] = {
 
 def data_dir(folder: str | Path | None = None) -> Path:
     """The local data folder: ``folder``, else ``$ICL_HEADS_DATA``, else ``~/.cache/icl_heads/data``."""
-    return Path(folder or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
+    return Path(folder or os.environ.get(DATA_ENV) or "~/.cache/icl_heads/data").expanduser()
 
 
-def _require_datasets() -> None:
-    """Refuse at once, without importing it (a second), when the ``datasets`` package is not installed."""
+def _datasets(load: bool = True) -> Any:
+    """The ``datasets`` module; refused at once, without importing it (a second), when it is not installed."""
     try:
         found = importlib.util.find_spec("datasets") is not None
     except ValueError:  # imported before and removed
         found = False
     if not found:
-        raise ImportError(f"reading data sets needs the datasets package: {INSTALL}")
-
-
-def _datasets() -> Any:
-    _require_datasets()
-    return importlib.import_module("datasets")
+        raise ImportError("reading data sets needs the datasets package: pip install 'icl-heads[datasets]'")
+    return importlib.import_module("datasets") if load else None
 
 
 def _local_copy(name: str, folder: Path) -> Path | None:
@@ -202,10 +170,7 @@ def _where_to_put(spec: NamedTask, folder: Path) -> str:
 
 
 def _probe_hub(repo: str, what: str, fix: str, timeout: float = HUB_TIMEOUT) -> None:
-    """One short request for ``repo``'s card: fails fast offline, instead of the ``datasets`` library's retries.
-
-    Offline (``HF_HUB_OFFLINE``), a copy in the Hugging Face cache passes: ``datasets`` reads it.
-    """
+    """One short request for ``repo``'s card (offline, a copy in the Hugging Face cache passes)."""
     if hub_offline():
         if _cached(repo):
             return
@@ -302,25 +267,6 @@ def _rows(data: Any, spec: NamedTask | None, text_col: str, label_col: str, sour
     return texts, labels
 
 
-def _sample(texts: list, labels: list, max_examples: int | None, seed: int) -> tuple[list, list]:
-    if max_examples is None or max_examples >= len(texts):
-        return texts, labels
-    keep = np.sort(
-        np.random.default_rng(seed).choice(
-            len(texts), _checks.check_int("max_examples", max_examples, minimum=1), replace=False
-        )
-    )
-    return [texts[i] for i in keep], [labels[i] for i in keep]
-
-
-def _words(label_words: Sequence[str] | str | None, default: Sequence[str], k: int) -> Sequence[str]:
-    if label_words == "meaningless" or (label_words is None and not default):
-        if k > len(MEANINGLESS_WORDS):
-            raise ValueError(f"{k} classes but {len(MEANINGLESS_WORDS)} meaningless label words; give label_words")
-        return MEANINGLESS_WORDS[:k]
-    return default if label_words is None else label_words
-
-
 def _template(template: int | str | None, spec: NamedTask | None) -> str:
     if isinstance(template, str):
         return template
@@ -351,10 +297,19 @@ def _task(data: Any, spec: NamedTask | None, source: str, *, text_col: str, labe
 def _build(labels: list, texts: list, classes: Sequence[Any] | None, spec: NamedTask | None, name: str, *,
            template: int | str | None, label_words: Sequence[str] | str | None, max_examples: int | None,
            seed: int) -> ICLTask:  # fmt: skip
-    texts, labels = _sample(texts, labels, max_examples, seed)
-    words = _words(label_words, spec.label_words if spec else (), len(classes) if classes else len(set(labels)))
-    return ICLTask.from_pairs(texts, labels, label_words=words, template=_template(template, spec),
-                              classes=None if classes is None else tuple(classes), name=name)  # fmt: skip
+    if max_examples is not None and max_examples < len(texts):
+        n = _checks.check_int("max_examples", max_examples, minimum=1)
+        keep = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    k, words = len(classes) if classes else len(set(labels)), spec.label_words if spec else ()
+    if label_words == "meaningless" or (label_words is None and not words):
+        if k > len(MEANINGLESS_WORDS):
+            raise ValueError(f"{k} classes but {len(MEANINGLESS_WORDS)} meaningless label words; give label_words")
+        label_words = MEANINGLESS_WORDS[:k]
+    words, classes = words if label_words is None else label_words, None if classes is None else tuple(classes)
+    return ICLTask.from_pairs(
+        texts, labels, label_words=words, template=_template(template, spec), classes=classes, name=name
+    )
 
 
 def _cached(repo: str) -> bool:
@@ -379,20 +334,16 @@ def load_task(
     """A labelled data set as a task: one of the papers' tasks by name, a data set on the hub, or local files.
 
     Args:
-        source: a name of :data:`NAMED_TASKS` (``"sst2"``, ``"mnli"``, ...); ``"hf:PATH[:CONFIG]"`` for a data
-            set on the Hugging Face hub (``"hf:glue/sst2"`` is the named task ``sst2``); or a local path: a
-            folder saved with ``save_to_disk`` (a ``Dataset`` or ``DatasetDict``), a ``.parquet``, ``.arrow``
-            or ``.jsonl`` file, or a ``.csv`` (read by :meth:`ICLTask.from_file`).
-        split: the split to read (default: the named task's; for other data, validation, test or train, the
-            first that exists).
-        template: for a named task, the index of one of its formats (``0``, ``1``, ``2``; default ``0``); or a
-            template string with ``{text}`` and ``{label}`` (default for other data: the library's).
-        label_words: one word per class; ``"meaningless"`` for Yu & Ananiadou's ``foo``, ``bar``, ...
-            (default: the named task's words; the meaningless ones for other data).
+        source: a name of :data:`NAMED_TASKS` (``"sst2"``, ...); ``"hf:PATH[:CONFIG]"``, a data set on the hub
+            (``"hf:glue/sst2"`` is the named task); or a ``save_to_disk`` folder, ``.parquet``, ``.arrow``,
+            ``.jsonl`` or ``.csv`` file (read by :meth:`ICLTask.from_file`).
+        split: the split to read (default: the named task's; else validation, test or train, the first that exists).
+        template: a named task's format index (``0``, ``1``, ``2``; default ``0``), or a template string with
+            ``{text}`` and ``{label}`` (default for other data: the library's).
+        label_words: one word per class, or ``"meaningless"`` (``foo``, ``bar``, ...; the default for other data).
         text_col: the text column of data that is not a named task.
         label_col: its label column (a ``ClassLabel`` column gives the class names).
-        folder: where named tasks are stored locally (default ``$ICL_HEADS_DATA``, else
-            ``~/.cache/icl_heads/data``), looked at before the hub.
+        folder: where named tasks are stored locally, looked at before the hub (default :func:`data_dir`).
         max_examples: keep at most this many examples, drawn at random with ``seed`` (in the data's order).
         seed: the seed of that draw.
 
@@ -400,8 +351,8 @@ def load_task(
         The task, named after the named task or the file.
 
     Raises:
-        TaskDataError: the data is neither local nor reachable on the hub (the message says where to put it),
-            a missing split or column, or labels outside the named task's values (a ``ValueError``).
+        TaskDataError: data neither local nor reachable on the hub (the message says where to put it), a missing
+            split or column, or labels outside the named task's values (a ``ValueError``).
         ImportError: reading needs the ``datasets`` package, which is not installed (``icl-heads[datasets]``).
         ValueError: a bad template, format index or label words (and the checks of :class:`ICLTask`).
     """
@@ -418,7 +369,7 @@ def load_task(
         if path.suffix.lower() in TEXT_SUFFIXES and path.suffix.lower() not in DATASET_SUFFIXES:  # .csv, .tsv
             data = read_labelled_file(path, text_col, label_col)
             return _build(list(data.labels), list(data.texts), None, None, path.stem, **opts)
-    _require_datasets()
+    _datasets(load=False)
     where = data_dir(folder)
     local = _local_copy(spec.name, where) if spec else None if name.startswith("hf:") else path
     read = split or (spec.split if spec else None)

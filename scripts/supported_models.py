@@ -4,7 +4,7 @@ Usage::
 
     python scripts/supported_models.py            # rewrites the table between the markers
 
-For every family of :mod:`icl_heads._families` it builds the tiny random checkpoint
+For every family of :mod:`icl_heads.testing` it builds the tiny random checkpoint
 the tests use, loads it with ``load_model`` and records the faithfulness check: the
 largest relative error of the identities, and what is modelled specially.
 """
@@ -20,9 +20,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
-from icl_heads._families import FAMILIES, QUIRKS, tiny_family_dir
 from icl_heads.access import ModelAccess
 from icl_heads.models import transformer_lens_major
+from icl_heads.testing import FAMILIES, QUIRKS, tiny_family_dir
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 BEGIN, END = "<!-- supported-models:begin -->", "<!-- supported-models:end -->"

@@ -16,7 +16,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import icl_heads as ih
-from icl_heads._families import FAMILIES, tiny_family_dir
 from icl_heads.access import ModelAccess, pattern_edits_apply
 from icl_heads.accuracy import predict
 from icl_heads.corrections import count_normalisation, ov_compensation
@@ -24,6 +23,7 @@ from icl_heads.mechanism.ov import per_position_ov
 from icl_heads.models import transformer_lens_major
 from icl_heads.options import RunOptions
 from icl_heads.scoring import score_heads
+from icl_heads.testing import FAMILIES, tiny_family_dir
 
 TL_MAJOR = transformer_lens_major()
 # TransformerLens 3 loads local folders of these two families (hub names of many more)

@@ -172,8 +172,8 @@ def test_nothing_is_kept_under_temporary_hooks(models, task):
 @pytest.mark.tl4
 def test_a_model_that_does_not_resume_exactly_always_runs_in_full(tmp_path, task):
     """Bloom's embedding LayerNorm is applied to a resumed residual too: the probe sees it and nothing is skipped."""
-    from icl_heads._families import tiny_family_dir
     from icl_heads._resume import support
+    from icl_heads.testing import tiny_family_dir
 
     model = ih.load_model(tiny_family_dir("bloom", tmp_path / "bloom"))
     assert not support(ModelAccess(model)).resume

@@ -6,11 +6,10 @@ import pytest
 import torch
 
 import icl_heads as ih
-from icl_heads._families import tiny_family_dir
 from icl_heads.access import ModelAccess
 from icl_heads.faithfulness import IDENTITIES, tolerance_for
 from icl_heads.models import resolve_dtype, transformer_lens_major
-from icl_heads.testing import tiny_gpt2_dir, toy_task
+from icl_heads.testing import tiny_family_dir, tiny_gpt2_dir, toy_task
 
 TL_MAJOR = transformer_lens_major()
 

@@ -104,7 +104,7 @@ def test_a_model_dispatched_block_by_block_gives_the_same_numbers(model_dirs, mo
 def test_transformer_lens_fold_warning_does_not_reach_the_user(tmp_path, recwarn):
     if TL_MAJOR < 4:
         pytest.skip("the warning comes from TransformerBridge")
-    from icl_heads._families import tiny_family_dir
+    from icl_heads.testing import tiny_family_dir
 
     ih.load_model(tiny_family_dir("olmo2", tmp_path / "olmo2"))
     assert not [w for w in recwarn if "fold_ln" in str(w.message)]

@@ -24,7 +24,7 @@ OVERSIZED: dict[str, int] = {}
 LAYERS: list[tuple[str, list[str]]] = [
     ("records, stats, format", ["_version", "_checks", "records", "stats", "_format", "options", "results"]),
     ("prompts", ["prompts", "slots", "data", "organism", "validation"]),
-    ("model access", ["engine", "_norms", "_resume", "access", "faithfulness", "models", "named_tasks", "testing", "_families"]),
+    ("model access", ["engine", "_norms", "_resume", "access", "faithfulness", "models", "named_tasks", "testing"]),
     ("interventions", ["interventions", "correction_hooks", "corrections", "correction_methods"]),
     ("analyses", ["accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "head_definitions", "reading",
                   "mechanism", "bias", "order_bias", "_bias_common", "recency", "tuning", "tuning_checks",
