@@ -66,11 +66,15 @@ def check_sequence(name: str, value: Any) -> list:
     return list(value)
 
 
+def listed(items: Sequence[Any], limit: int = 5) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    return ", ".join(map(str, items[:limit])) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def _refuse(name: str, indices: list[int], problem: str) -> None:
-    """Raise a ValueError naming the indices (at most five) of the items that are ``problem``."""
+    """Raise a ValueError naming the indices of the items that are ``problem``."""
     if indices:
-        shown = ", ".join(map(str, indices[:5])) + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
-        raise ValueError(f"{name} at indices {shown} are {problem}; drop those examples or fill them in")
+        raise ValueError(f"{name} at indices {listed(indices)} are {problem}; drop those examples or fill them in")
 
 
 def check_texts(texts: Any, name: str = "texts") -> tuple[str, ...]:
