@@ -233,8 +233,7 @@ class Result:
                 kwargs[f.name] = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
             elif f.name in meta["fields"]:
                 kwargs[f.name] = _decode(meta["fields"][f.name], tuples=f.name != "config")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs]  # type: ignore[arg-type]
-        if missing:
+        if missing := [f.name for f in dataclasses.fields(cls) if f.name not in kwargs]:  # type: ignore[arg-type]
             raise ValueError(
                 f"{path / 'meta.json'}: {cls.__name__} needs {missing}, found in none of meta.json, "
                 f"tensors.safetensors or {', '.join(m + '.csv' for m in missing)}; save the result again"

@@ -13,6 +13,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from icl_heads import _checks
+from icl_heads.data import read_labelled_file
 from icl_heads.prompts.batch import TokenizedPrompts
 from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, check_separators, check_template, render
 from icl_heads.prompts.tokenization import tokenize_prompts
@@ -79,8 +80,7 @@ class ICLTask:
                 f"label_words {self.label_words} start or end with whitespace; give bare words "
                 "(the template supplies the spacing)"
             )
-        bad = [y for y in self.labels if not (isinstance(y, (int, np.integer)) and 0 <= y < len(self.classes))]
-        if bad:
+        if bad := [y for y in self.labels if not (isinstance(y, (int, np.integer)) and 0 <= y < len(self.classes))]:
             raise ValueError(
                 f"labels {bad[:5]} are not class indices in [0, {len(self.classes)}); "
                 "use ICLTask.from_pairs(texts, labels) to build a task from label names"
@@ -122,8 +122,7 @@ class ICLTask:
         found = _checks.natural_order(labels)
         classes = tuple(_checks.check_sequence("classes", classes)) if classes is not None else found
         label_words = _checks.check_sequence("label_words", label_words)
-        unknown = [y for y in found if y not in classes]
-        if unknown:
+        if unknown := [y for y in found if y not in classes]:
             raise ValueError(f"labels {unknown} are not among the task's classes {list(classes)}")
         index = {c: i for i, c in enumerate(classes)}
         labels = tuple(index[y] for y in labels)
@@ -161,8 +160,6 @@ class ICLTask:
                 each naming the file and line (a ``ValueError``).
             ValueError: the checks of :meth:`from_pairs`.
         """
-        from icl_heads.data import read_labelled_file
-
         data = read_labelled_file(path, text_col, label_col, dropna=dropna)
         kw.setdefault("name", Path(path).stem)
         return cls.from_pairs(data.texts, data.labels, **kw)
