@@ -9,10 +9,7 @@ The namespace holds the workflow; results, interventions, corrections and plots 
 8
 """
 
-from icl_heads import (
-    plots,  # noqa: F401 - registers the figures that result.plot() draws
-    testing,
-)
+from icl_heads import plots, testing  # noqa: F401 - plots registers the figures that result.plot() draws
 from icl_heads._version import __version__
 from icl_heads.access import UnfaithfulModelError
 from icl_heads.accuracy import icl_accuracy

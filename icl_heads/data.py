@@ -126,9 +126,7 @@ def _check_unique(path: Path, names: list[str], line: int, wanted: tuple[str, ..
 def _read_csv(path: Path, text: str, wanted: tuple[str, ...], delimiter: str) -> list[tuple[int, dict]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        header = next(reader, None)
-        while header is not None and not any(cell.strip() for cell in header):
-            header = next(reader, None)
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
         if header is None:
             raise DataError(f"{path} is empty: it has no header line and no rows")
         _check_unique(path, header, reader.line_num, wanted)
@@ -149,10 +147,9 @@ def _read_csv(path: Path, text: str, wanted: tuple[str, ...], delimiter: str) ->
 
 def _typed_labels(values: list[str]) -> list[Any]:
     """CSV cells hold text: labels become numbers when every one of them is a number."""
-    if all(_INT.match(v.strip()) for v in values):
-        return [int(v) for v in values]
-    if all(_FLOAT.match(v.strip()) for v in values):
-        return [float(v) for v in values]
+    for pattern, number in ((_INT, int), (_FLOAT, float)):
+        if all(pattern.match(v.strip()) for v in values):
+            return [number(v) for v in values]
     return values
 
 

@@ -246,16 +246,11 @@ class Result:
     def _shown(self) -> dict[str, Any]:
         """The summary as shown: an interval entry that repeats the ``Estimate`` before it is left out."""
         items = list(self.summary().items())
+        before = [None] + [v for _, v in items[:-1]]
         return {
-            key: value
-            for i, (key, value) in enumerate(items)
-            if not (
-                i > 0
-                and isinstance(items[i - 1][1], Estimate)
-                and isinstance(value, (tuple, list))
-                and len(value) == 2
-                and tuple(float(v) for v in value) == items[i - 1][1].ci
-            )
+            k: v
+            for (k, v), prev in zip(items, before, strict=True)
+            if not (isinstance(prev, Estimate) and isinstance(v, (tuple, list)) and tuple(v) == prev.ci)
         }
 
     def _repr_html_(self) -> str:

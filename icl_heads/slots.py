@@ -59,11 +59,7 @@ def char_roles(template: str, demos: list[tuple[str, str]], query: str) -> tuple
 def token_roles(
     roles: list[int], demo_of: list[int], offsets: list[tuple[int, int]], label_tokens: list[list[int]]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Role and demonstration of every token, from character roles and token offsets.
-
-    A token overlapping a label word is a label token; any other token takes the role of
-    its last character (so ``" foo"`` and ``" :"`` are judged by their text, not their space).
-    """
+    """Role and demonstration of every token: a label token if it overlaps a label word, else its last character's."""
     last = [min(max(a, b - 1), len(roles) - 1) for a, b in offsets]
     out_role = [roles[c] if roles else QUERY for c in last]
     out_demo = [demo_of[c] if demo_of else -1 for c in last]
@@ -87,15 +83,12 @@ def read_positions(batch, read_at: str) -> tuple[Int[Tensor, "batch n"], Int[Ten
 
     Args:
         batch: a :class:`~icl_heads.prompts.PromptBatch`.
-        read_at: ``"label"`` (each demonstration's label position), ``"after_label"``
-            (the last token of each slot, e.g. the newline after the label; ``-1`` when the
-            template has nothing after the label) or ``"slot"`` (every label and
-            after-label token of each demonstration, several per demonstration).
+        read_at: ``"label"`` (each label position), ``"after_label"`` (the last token of each slot, ``-1`` when
+            the template has nothing after the label) or ``"slot"`` (every label and after-label token).
 
     Returns:
-        ``positions [batch, n]`` in the batch's padded coordinates and ``demo [batch, n]``
-        (index of the demonstration each position belongs to); both ``-1`` for padding.
-        Valid entries come first in each row.
+        ``positions [batch, n]`` (padded coordinates) and ``demo [batch, n]`` (each position's demonstration),
+        ``-1`` for padding; valid entries come first in each row.
 
     Raises:
         ValueError: an unknown ``read_at`` (``"auto"`` must be resolved first).

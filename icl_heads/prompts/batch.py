@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from icl_heads.options import RunOptions
 from icl_heads.slots import AFTER_LABEL, LABEL
 
 
@@ -71,10 +72,7 @@ class TokenizedPrompts:
         Raises:
             ValueError: ``batch_size < 1`` or an unknown ``padding_side``.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        RunOptions(batch_size=batch_size, padding_side=padding_side)  # checks both
         order = sorted(range(len(self)), key=lambda i: len(self.tokens[i])) if by_length else range(len(self))
         for start in range(0, len(self), batch_size):
             yield PromptBatch.build(self, order[start : start + batch_size], padding_side, pad_id)
