@@ -172,17 +172,13 @@ class Provenance(Record):
     :func:`icl_heads._provenance.run_provenance`; an analysis's own extras are kept in ``extra``.
 
     Attributes:
-        command, versions: the run's command line and the versions of the packages it used.
-        model: the model's name (a :class:`ModelIdentity` for a run).
-        icl_heads, transformer_lens, torch: package versions.
-        created: UTC time, ISO 8601.
+        command, versions, seeds, torch_threads, platform, python_executable, cost: of a run.
+        model, task: the model's and task's names (a :class:`ModelIdentity`, :class:`TaskIdentity` for a run).
+        icl_heads, transformer_lens, torch, created: package versions and the UTC time (ISO 8601).
         n_prompts, prompt_config: the number of prompts and how they were sampled.
-        task, label_words, template, classes: the task (``classes`` maps each class to its label word).
-        heads: the heads the analysis looked at, as ``[layer, head]`` pairs.
-        architecture: the model's architecture.
-        first_token: whether multi-token label words were scored by their first token.
-        method: the correction method.
-        seeds, torch_threads, platform, python_executable, cost: of a run.
+        label_words, template, classes: the task's (``classes`` maps each class to its label word).
+        heads, architecture: the heads looked at (``[layer, head]`` pairs) and the model's architecture.
+        first_token, method: multi-token label words scored by their first token; the correction method.
     """
 
     command: str = UNSET

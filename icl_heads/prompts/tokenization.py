@@ -121,17 +121,9 @@ def tokenize_prompts(
         demos = tuple(y for _, y in p.demos)
         rows.append((tuple(bos + tokens), positions, demos, (BOS,) * len(bos) + roles, (-1,) * len(bos) + demo_index))
     tokens, positions, demos, roles, demo_index = (tuple(r[i] for r in rows) for i in range(5))
-    return TokenizedPrompts(
-        tokens=tokens,
-        label_positions=positions,
-        demo_labels=demos,
-        golds=tuple(p.gold for p in prompts.prompts),
-        label_token_ids=labels,
-        prompts=prompts,
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        roles=roles,
-        demo_index=demo_index,
-    )
+    golds = tuple(p.gold for p in prompts.prompts)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    return TokenizedPrompts(tokens, positions, demos, golds, labels, prompts, fingerprint, roles, demo_index)
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -139,10 +131,8 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A short hash of the tokenizer's full definition (vocabulary, merges, normalisation), memoised per object."""
-    try:
+    with contextlib.suppress(KeyError, TypeError):
         return _FINGERPRINTS[tokenizer]
-    except (KeyError, TypeError):
-        pass
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     special = json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id])
