@@ -1,11 +1,6 @@
 """icl_heads: find, explain and use the components that carry in-context learning.
 
-The top-level namespace holds the workflow: load a model, build prompts, find the
-in-context heads, explain them, measure and correct the biases they cause, decompose
-the logits into components and reweight them. Result classes, interventions,
-corrections and plotting functions live in their modules (``icl_heads.heads``,
-``icl_heads.interventions``, ``icl_heads.corrections``, ``icl_heads.plots``, ...);
-:func:`load_result` reads back any saved result.
+The namespace holds the workflow; results, interventions, corrections and plots live in their modules.
 
 >>> import icl_heads as ih
 >>> task = ih.organism_task()
@@ -14,10 +9,7 @@ corrections and plotting functions live in their modules (``icl_heads.heads``,
 8
 """
 
-from icl_heads import (
-    plots,  # noqa: F401 - registers the figures that result.plot() draws
-    testing,
-)
+from icl_heads import plots, testing  # noqa: F401 - plots registers the figures that result.plot() draws
 from icl_heads._version import __version__
 from icl_heads.access import UnfaithfulModelError
 from icl_heads.accuracy import icl_accuracy

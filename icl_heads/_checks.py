@@ -1,8 +1,4 @@
-"""Checks of user input shared by the public functions: integers, sequences, texts, labels and class order.
-
-Each check raises a ``TypeError`` or ``ValueError`` that names the argument, what was
-received and how to fix it, so that bad input fails before any model runs.
-"""
+"""Checks of user input shared by the public functions; each error names the argument, the value and the fix."""
 
 from __future__ import annotations
 
@@ -13,8 +9,6 @@ from typing import Any
 
 import numpy as np
 
-_UNORDERED = (set, frozenset, dict)
-
 
 def is_missing(value: Any) -> bool:
     """True for None, NaN (float or numpy) and pandas' NA/NaT."""
@@ -23,101 +17,70 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    """``value`` as an ``int``; integral numbers only (no floats, no bools).
+def _scalar(value: Any) -> Any:
+    """A 0-d numpy array or torch tensor as its Python value."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
 
-    Raises:
-        TypeError: ``value`` is not an integer.
-        ValueError: ``value`` is below ``minimum``.
-    """
-    if hasattr(value, "ndim") and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
-        value = value.item()  # a 0-d numpy array or torch tensor
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """``value`` as an ``int``; integral numbers only (no floats, no bools), at least ``minimum``."""
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {int(value)}")
+    return int(value)
 
 
-def check_real(name: str, value: Any, *, limits: tuple[float, float] = (-math.inf, math.inf)) -> float:
-    """``value`` as a float: a real number (not a bool), finite and within ``limits`` (inclusive).
-
-    Raises:
-        TypeError: not a real number.
-        ValueError: NaN, infinite or outside ``limits``.
-    """
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
-        value = value.item()
+def check_real(
+    name: str, value: Any, *, limits: tuple[float, float] = (-math.inf, math.inf), must: str = "it must"
+) -> float:
+    """``value`` as a float: a real number (not a bool), finite and within ``limits`` (inclusive)."""
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    value = float(value)
     if not (math.isfinite(value) and limits[0] <= value <= limits[1]):
-        raise ValueError(f"{name} is {value}; it must be a finite number in [{limits[0]:g}, {limits[1]:g}]")
-    return value
+        raise ValueError(f"{name} is {float(value)}; {must} be a finite number in [{limits[0]:g}, {limits[1]:g}]")
+    return float(value)
 
 
 def check_grid(name: str, values: Any, *, limits: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, ...]:
-    """``values`` as a tuple of floats, each a finite number within ``limits`` (inclusive).
-
-    Raises:
-        TypeError: not a sequence of real numbers (a string, a bool, ...).
-        ValueError: empty, or a value that is NaN, infinite or outside ``limits`` (its position named).
-    """
+    """``values`` as a non-empty tuple of floats, each checked by :func:`check_real` (its position named)."""
     values = check_sequence(name, values)
     if not values:
         raise ValueError(f"{name} is empty; give the values to try")
-    out = []
-    for i, v in enumerate(values):
-        if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
-            v = v.item()
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{name}[{i}] must be a number, got {v!r} ({type(v).__name__})")
-        v = float(v)
-        if not (math.isfinite(v) and limits[0] <= v <= limits[1]):
-            raise ValueError(
-                f"{name}[{i}] is {v}; every value must be a finite number in [{limits[0]:g}, {limits[1]:g}]"
-            )
-        out.append(v)
-    return tuple(out)
+    return tuple(check_real(f"{name}[{i}]", v, limits=limits, must="every value must") for i, v in enumerate(values))
 
 
 def check_sequence(name: str, value: Any) -> list:
-    """``value`` as a list; refuses strings (which would split into letters) and unordered collections.
-
-    Raises:
-        TypeError: a string, bytes, a set/dict, or something that is not iterable.
-    """
+    """``value`` as a list; refuses strings (which would split into letters) and unordered collections."""
     if isinstance(value, (str, bytes)):
         raise TypeError(
             f"{name} must be a sequence, got the string {value!r} (it would split into letters); "
             f"wrap it in a list: [{value!r}]"
         )
-    if isinstance(value, _UNORDERED):
+    if isinstance(value, (set, frozenset, dict)):
         raise TypeError(f"{name} must be an ordered sequence (list or tuple), got a {type(value).__name__}")
     if not isinstance(value, Iterable):
         raise TypeError(f"{name} must be a sequence (list or tuple), got {type(value).__name__}")
     return list(value)
 
 
-def _positions(indices: Sequence[int], limit: int = 5) -> str:
-    shown = ", ".join(str(i) for i in indices[:limit])
-    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+def listed(items: Sequence[Any], limit: int = 5) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    return ", ".join(map(str, items[:limit])) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _refuse(name: str, indices: list[int], problem: str) -> None:
+    """Raise a ValueError naming the indices of the items that are ``problem``."""
+    if indices:
+        raise ValueError(f"{name} at indices {listed(indices)} are {problem}; drop those examples or fill them in")
 
 
 def check_texts(texts: Any, name: str = "texts") -> tuple[str, ...]:
-    """Texts as a tuple of non-empty strings (whitespace is text: a test may use it).
-
-    Raises:
-        TypeError: not a sequence, or an item that is not a string.
-        ValueError: a missing (None/NaN) or empty text, named by its index.
-    """
+    """Texts as a tuple of non-empty strings (whitespace is text: a test may use it)."""
     items = check_sequence(name, texts)
-    missing = [i for i, t in enumerate(items) if is_missing(t)]
-    if missing:
-        raise ValueError(
-            f"{name} at indices {_positions(missing)} are missing (None or NaN); drop those examples or fill them in"
-        )
+    _refuse(name, [i for i, t in enumerate(items) if is_missing(t)], "missing (None or NaN)")
     wrong = [i for i, t in enumerate(items) if not isinstance(t, str)]
     if wrong:
         i = wrong[0]
@@ -125,38 +88,25 @@ def check_texts(texts: Any, name: str = "texts") -> tuple[str, ...]:
             f"{name}[{i}] is {items[i]!r} ({type(items[i]).__name__}), not a string; "
             f"{len(wrong)} texts are not strings: convert them with str() if that is meant"
         )
-    empty = [i for i, t in enumerate(items) if not t]
-    if empty:
-        raise ValueError(f"{name} at indices {_positions(empty)} are empty; drop those examples or fill them in")
+    _refuse(name, [i for i, t in enumerate(items) if not t], "empty")
     return tuple(items)
 
 
 def kind_of(value: Any) -> str:
+    """``"bool"``, ``"number"``, ``"string"`` or the type's name."""
     if isinstance(value, (bool, np.bool_)):
         return "bool"
-    if isinstance(value, numbers.Number):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return type(value).__name__
+    return (
+        "number" if isinstance(value, numbers.Number) else "string" if isinstance(value, str) else type(value).__name__
+    )
 
 
 def check_labels(labels: Any, name: str = "labels") -> list:
-    """Labels as a list of hashable values of one kind (all numbers, or all strings, ...).
-
-    Raises:
-        TypeError: not a sequence, or an unhashable label.
-        ValueError: a missing (None/NaN) label, or labels of mixed kinds such as ``1`` and ``"1"``.
-    """
+    """Labels as a list of hashable values of one kind (all numbers, or all strings, ...)."""
     items = check_sequence(name, labels)
-    missing = [i for i, y in enumerate(items) if is_missing(y)]
-    if missing:
-        raise ValueError(
-            f"{name} at indices {_positions(missing)} are missing (None or NaN); drop those examples or fill them in"
-        )
-    unhashable = [i for i, y in enumerate(items) if not isinstance(y, Hashable)]
-    if unhashable:
-        i = unhashable[0]
+    _refuse(name, [i for i, y in enumerate(items) if is_missing(y)], "missing (None or NaN)")
+    i = next((i for i, y in enumerate(items) if not isinstance(y, Hashable)), None)
+    if i is not None:
         raise TypeError(f"{name}[{i}] is {items[i]!r} ({type(items[i]).__name__}); labels must be hashable values")
     first: dict[str, int] = {}
     for i, y in enumerate(items):
@@ -177,6 +127,4 @@ def natural_order(labels: Sequence[Any]) -> tuple[Any, ...]:
     ((2, 10), ('sport', 'food'))
     """
     distinct = tuple(dict.fromkeys(labels))
-    if distinct and all(kind_of(y) == "number" for y in distinct):
-        return tuple(sorted(distinct))
-    return distinct
+    return tuple(sorted(distinct)) if distinct and all(kind_of(y) == "number" for y in distinct) else distinct

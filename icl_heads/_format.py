@@ -16,9 +16,7 @@ def fmt(x: SupportsFloat | None, digits: int = 3) -> str:
     """
     if x is None or math.isnan(float(x)):
         return "nan"
-    if x != 0 and abs(x) < 0.5 * 10.0**-digits:
-        return f"{x:.1e}"
-    return f"{x:.{digits}f}"
+    return f"{x:.1e}" if x != 0 and abs(x) < 0.5 * 10.0**-digits else f"{x:.{digits}f}"
 
 
 def fmt_ci(ci: Sequence[float], digits: int = 3) -> str:
@@ -27,20 +25,16 @@ def fmt_ci(ci: Sequence[float], digits: int = 3) -> str:
 
 
 def show(v: Any, digits: int = 3) -> str:
-    """Any value as the report and the results' reprs show it.
-
-    A number with an interval (an :class:`~icl_heads.stats.Estimate`) with its interval,
-    numbers with :func:`fmt`, lists of numbers in brackets, dicts with text keys as JSON, anything else as ``str``.
+    """Any value as the report and the results' reprs show it: an ``Estimate`` with its interval, numbers with
+    :func:`fmt`, lists of numbers in brackets, dicts with text keys as JSON, anything else as ``str``.
 
     >>> from icl_heads.stats import wilson
     >>> show(wilson(40, 50)), show(0.5), show((0.25, 0.75)), show({"a": 1}), show("x")
     ('0.800 [0.670, 0.888]', '0.500', '[0.250, 0.750]', '{"a": 1}', 'x')
     """
-    low = getattr(v, "low", math.nan)
-    if isinstance(v, float) and low == low:  # an Estimate with an interval (not NaN)
-        return f"{fmt(v, digits)} {fmt_ci((low, v.high), digits)}"
-    if isinstance(v, float):
-        return fmt(v, digits)
+    if isinstance(v, float):  # an Estimate with an interval (not NaN) shows it
+        low = getattr(v, "low", math.nan)
+        return f"{fmt(v, digits)} {fmt_ci((low, v.high), digits)}" if low == low else fmt(v, digits)
     if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
         return "[" + ", ".join(fmt(x, digits) for x in v) + "]"
     if isinstance(v, dict) and all(isinstance(k, str) for k in v):

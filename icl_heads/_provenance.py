@@ -10,51 +10,27 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from icl_heads.records import ModelIdentity, Provenance, TaskIdentity
+import torch
 
-#: distributions whose versions a run records, by the name shown
-PACKAGES = {
-    "torch": "torch",
-    "transformer-lens": "transformer-lens",
-    "transformers": "transformers",
-    "datasets": "datasets",
-    "icl_heads": "icl-heads",
-}
+from icl_heads._version import __version__
+from icl_heads.records import ModelIdentity, Provenance, TaskIdentity
 
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the packages the numbers depend on (``"not installed"`` if absent)."""
-    from icl_heads._version import __version__
-
     out = {"python": platform.python_version()}
-    for shown, dist in PACKAGES.items():
+    for dist in ("torch", "transformer-lens", "transformers", "datasets"):
         try:
-            out[shown] = version(dist)
+            out[dist] = version(dist)
         except PackageNotFoundError:
-            out[shown] = "not installed"
-    out["icl_heads"] = __version__  # the code that ran, even from a source tree
-    return out
-
-
-def command_line(argv: list[str]) -> str:
-    """The exact command, quoted so that it can be pasted into a shell."""
-    return shlex.join(["icl-heads", *argv])
-
-
-def sha256(path: Path) -> str:
-    """Hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+            out[dist] = "not installed"
+    return {**out, "icl_heads": __version__}  # the code that ran, even from a source tree
 
 
 def model_identity(model: Any, reference: str, architecture: str | None = None) -> ModelIdentity:
     """Name, architecture, size, device and dtype of a loaded model (read off its weights)."""
     cfg = getattr(model, "cfg", None)
     params = list(model.parameters())
-    first = params[0] if params else None
     return ModelIdentity(
         reference=reference,
         architecture=architecture or getattr(cfg, "original_architecture", None) or type(model).__name__,
@@ -63,8 +39,8 @@ def model_identity(model: Any, reference: str, architecture: str | None = None) 
         n_heads=getattr(cfg, "n_heads", None),
         d_model=getattr(cfg, "d_model", None),
         parameters=int(sum(p.numel() for p in params)),
-        device=str(first.device) if first is not None else "unknown",
-        dtype=str(first.dtype).removeprefix("torch.") if first is not None else "unknown",
+        device=str(params[0].device) if params else "unknown",
+        dtype=str(params[0].dtype).removeprefix("torch.") if params else "unknown",
     )
 
 
@@ -72,7 +48,7 @@ def task_identity(task: Any, data: str | Path | None) -> TaskIdentity:
     """Name, template, classes and size of the task; the data file and its SHA-256 when it came from one."""
     source = {} if data is None else {"data": str(data)}
     if data is not None and Path(data).is_file():
-        source["data_sha256"] = sha256(Path(data))
+        source["data_sha256"] = hashlib.sha256(Path(data).read_bytes()).hexdigest()
     return TaskIdentity(
         name=task.name,
         template=task.template,
@@ -95,10 +71,8 @@ def run_provenance(
     threads: Any,
 ) -> Provenance:
     """Everything a reader needs to reproduce the run (the cost is added when it ends, with ``replace``)."""
-    import torch
-
     return Provenance(
-        command=command_line(argv),
+        command=shlex.join(["icl-heads", *argv]),
         versions=versions(),
         model=model_identity(model, reference, architecture),
         task=task_identity(task, data),

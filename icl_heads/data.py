@@ -1,11 +1,6 @@
-"""Read labelled texts from a CSV or JSON-lines file, with errors that name the file and the line.
+"""Read labelled texts from a CSV, TSV, JSON-lines or JSON file, with errors that name the file and the line.
 
-:func:`read_labelled_file` decides the format from the content (a first character
-``{`` means JSON lines, ``[`` a JSON array of objects, anything else CSV), accepts any
-case of the suffix, reads UTF-8 (with or without a byte-order mark) and checks every
-row: the columns exist, no text or label is missing (or, with ``dropna``, rows with
-a missing cell are dropped and counted), texts are strings and labels are of one
-kind. Every error says which line of the file is at fault.
+The format comes from the content (``{``: JSON lines, ``[``: a JSON array, else CSV), the encoding is UTF-8.
 """
 
 from __future__ import annotations
@@ -19,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icl_heads._checks import is_missing, kind_of
+from icl_heads._checks import is_missing, kind_of, listed
 
 logger = logging.getLogger(__name__)
 
-SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
+SUFFIXES = tuple(_FORMATS)
 _INT = re.compile(r"^[+-]?\d+$")
 _KEYS = "\x00keys"  # where a JSON object with a repeated key keeps the list of its keys, until it is checked
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -52,13 +48,8 @@ class LabelledData:
     format: str
 
 
-def _lines(lines: list[int], limit: int = 8) -> str:
-    shown = ", ".join(str(i) for i in lines[:limit])
-    return (
-        ("line " if len(lines) == 1 else "lines ")
-        + shown
-        + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
-    )
+def _lines(lines: list[int]) -> str:
+    return ("line " if len(lines) == 1 else "lines ") + listed(lines, 8)
 
 
 def _decode(path: Path, raw: bytes) -> str:
@@ -76,8 +67,7 @@ def _decode(path: Path, raw: bytes) -> str:
 def _sniff(path: Path, text: str) -> str:
     first = text.lstrip()[:1]
     fmt = "jsonl" if first == "{" else "json" if first == "[" else "tsv" if path.suffix.lower() == ".tsv" else "csv"
-    by_suffix = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-    expected = by_suffix[path.suffix.lower()]
+    expected = _FORMATS[path.suffix.lower()]
     if {fmt, expected} - {"json", "jsonl"} and fmt != expected:
         logger.warning("%s holds %s, not what its suffix says; reading it as %s", path, fmt.upper(), fmt.upper())
     return fmt
@@ -119,9 +109,7 @@ def _read_json(path: Path, text: str, wanted: tuple[str, ...]) -> list[tuple[int
         raise DataError(f"{path}: line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
         raise DataError(f'{path}: a .json file must hold a list of objects like [{{"text": ...}}]; use JSON lines')
-    return [
-        (i + 1, _checked_object(path, o, i + 1, wanted)) for i, o in enumerate(objs)
-    ]  # item numbers: a JSON array has no meaningful line per item
+    return [(i, _checked_object(path, o, i, wanted)) for i, o in enumerate(objs, 1)]  # item numbers, not lines
 
 
 def _check_unique(path: Path, names: list[str], line: int, wanted: tuple[str, ...], what: str = "header") -> None:
@@ -135,12 +123,10 @@ def _check_unique(path: Path, names: list[str], line: int, wanted: tuple[str, ..
             )
 
 
-def _read_csv(path: Path, text: str, delimiter: str, wanted: tuple[str, ...]) -> list[tuple[int, dict]]:
+def _read_csv(path: Path, text: str, wanted: tuple[str, ...], delimiter: str) -> list[tuple[int, dict]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        header = next(reader, None)
-        while header is not None and not any(cell.strip() for cell in header):
-            header = next(reader, None)
+        header = next((row for row in reader if any(cell.strip() for cell in row)), None)
         if header is None:
             raise DataError(f"{path} is empty: it has no header line and no rows")
         _check_unique(path, header, reader.line_num, wanted)
@@ -161,10 +147,9 @@ def _read_csv(path: Path, text: str, delimiter: str, wanted: tuple[str, ...]) ->
 
 def _typed_labels(values: list[str]) -> list[Any]:
     """CSV cells hold text: labels become numbers when every one of them is a number."""
-    if all(_INT.match(v.strip()) for v in values):
-        return [int(v) for v in values]
-    if all(_FLOAT.match(v.strip()) for v in values):
-        return [float(v) for v in values]
+    for pattern, number in ((_INT, int), (_FLOAT, float)):
+        if all(pattern.match(v.strip()) for v in values):
+            return [number(v) for v in values]
     return values
 
 
@@ -182,19 +167,16 @@ def read_labelled_file(
         path: the file (any case of the suffix).
         text_col: the column (key) holding the texts.
         label_col: the column (key) holding the labels.
-        dropna: drop rows whose text or label is missing (logged with a count and
-            their lines) instead of refusing them.
-        options: how the caller names the text column, label column and drop
-            options, for the hints in error messages.
+        dropna: drop rows whose text or label is missing (logged with their lines) instead of refusing them.
+        options: how the caller names the text column, label column and drop options, for the error messages.
 
     Returns:
         The texts, labels and the line of each.
 
     Raises:
-        DataError: the file is missing, unreadable, empty, not UTF-8, malformed (the
-            line is named), lacks a column, names a column it reads twice, reads texts and
-            labels from one column, has missing cells (without ``dropna``),
-            non-string texts or labels of mixed kinds.
+        DataError: the file is missing, unreadable, empty, not UTF-8, malformed (the line is named), lacks a
+            column, names a column it reads twice, reads texts and labels from one column, has missing cells
+            (without ``dropna``), non-string texts or labels of mixed kinds.
     """
     path = Path(path)
     if not path.exists():
@@ -217,17 +199,14 @@ def read_labelled_file(
         )
     fmt = _sniff(path, text)
     wanted = (text_col, label_col)
-    if fmt == "jsonl":
-        rows = _read_jsonl(path, text, wanted)
-    elif fmt == "json":
-        rows = _read_json(path, text, wanted)
+    if fmt in ("csv", "tsv"):
+        rows = _read_csv(path, text, wanted, "\t" if fmt == "tsv" else ",")
     else:
-        rows = _read_csv(path, text, "\t" if fmt == "tsv" else ",", wanted)
+        rows = (_read_jsonl if fmt == "jsonl" else _read_json)(path, text, wanted)
     if not rows:
         raise DataError(f"{path} has a header but no rows")
     columns = list(dict.fromkeys(k for _, row in rows for k in row))
-    missing_cols = [c for c in (text_col, label_col) if c not in columns]
-    if missing_cols:
+    if missing_cols := [c for c in (text_col, label_col) if c not in columns]:
         raise DataError(
             f"{path} has no column {', '.join(map(repr, missing_cols))}; its columns are {columns}. "
             f"Choose them with {options[0]} and {options[1]}"
@@ -247,10 +226,8 @@ def read_labelled_file(
         rows = [(n, row) for n, row in rows if n not in set(bad)]
         if not rows:
             raise DataError(f"{path}: every row has a missing text or label")
-    lines = [n for n, _ in rows]
-    texts = [row[text_col] for _, row in rows]
-    not_text = [n for n, t in zip(lines, texts, strict=True) if not isinstance(t, str)]
-    if not_text:
+    lines, texts = [n for n, _ in rows], [row[text_col] for _, row in rows]
+    if not_text := [n for n, t in zip(lines, texts, strict=True) if not isinstance(t, str)]:
         raise DataError(f"{path}: the {text_col!r} of {_lines(not_text)} is not a string (quote it in the file)")
     labels = [row[label_col] for _, row in rows]
     labels = _typed_labels(labels) if fmt in ("csv", "tsv") else labels

@@ -1,7 +1,4 @@
-"""How prompts are run: :class:`RunOptions` (batch size, padding side, progress bar), passed as ``options=``.
-
-Every public analysis takes one keyword ``options`` and never changes its result with it (tested).
-"""
+"""How prompts are run: :class:`RunOptions`, passed as ``options=``; it never changes a result (tested)."""
 
 from __future__ import annotations
 
@@ -9,14 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-PADDING_SIDES = ("right", "left")
-
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How prompts are run: batch size, padding side and a progress bar.
-
-    Results do not depend on these (tested): they trade memory for speed.
+    """How prompts are run: batch size, padding side and a progress bar (they trade memory for speed).
 
     Raises:
         ValueError: ``batch_size`` is not a positive integer, ``padding_side`` is unknown or
@@ -32,7 +25,7 @@ class RunOptions:
             raise ValueError(f"batch_size must be an integer of at least 1, got {self.batch_size!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.padding_side not in PADDING_SIDES:
+        if self.padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True or False, got {self.progress!r}")
@@ -49,6 +42,5 @@ def run_options(options: RunOptions | None = None, **overrides: Any) -> RunOptio
             f"options must be a RunOptions, got {type(options).__name__}; "
             "build one with ih.RunOptions(batch_size=..., padding_side=..., progress=...)"
         )
-    options = options or RunOptions()
     changes = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(options, **changes) if changes else options
+    return dataclasses.replace(options or RunOptions(), **changes) if changes else options or RunOptions()

@@ -1,14 +1,6 @@
-"""Typed records: the config and provenance of every result, as frozen dataclasses that read like dicts.
+"""Typed records: the config and provenance of every result, as frozen dataclasses that read like read-only dicts.
 
-A :class:`Record` is a frozen dataclass that is also a read-only mapping, so
-``result.config["read_at"]``, ``"seed" in result.config``, ``result.config.get("top", 5)``
-and ``dict(result.provenance)`` work as they did when these were plain dicts. Its keys
-are its fields (a field whose default is :data:`UNSET` only once it is set) and then the
-keys of its ``extra`` mapping, which holds whatever the class does not name.
-
-``to_dict()`` gives the JSON-ready dict; ``from_dict()`` rebuilds the record, keeps
-unknown keys in ``extra`` (an analysis's extras)
-and lets missing keys take their defaults.
+A record's keys are its fields (one whose default is :data:`UNSET` only once set), then those of ``extra``.
 
 >>> from dataclasses import dataclass
 >>> @dataclass(frozen=True, eq=False, repr=False)
@@ -44,17 +36,8 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
-def renamed(key: str, **kwargs: Any) -> Any:
-    """A field shown under ``key`` (for keys that are not Python names, such as ``"class"``)."""
-    return field(metadata={"key": key}, **kwargs)
-
-
 def plain(x: Any, encode: Callable[[Any], Any] | None = None) -> Any:
-    """``x`` JSON-ready: records and mappings as dicts, tuples as lists, tensor or numpy scalars as numbers.
-
-    ``encode`` may give the JSON form of a value it knows (``None`` for the others): results
-    save their typed values this way (see :func:`icl_heads.results.json_type`).
-    """
+    """``x`` JSON-ready (records and mappings as dicts, tuples as lists, scalars as numbers); ``encode`` goes first."""
     if encode is not None and (known := encode(x)) is not None:
         return known
     if isinstance(x, Record):
@@ -65,17 +48,14 @@ def plain(x: Any, encode: Callable[[Any], Any] | None = None) -> Any:
         return [plain(v, encode) for v in x]
     if isinstance(x, torch.Tensor):
         return x.tolist()
-    if hasattr(x, "item") and callable(x.item):
-        return x.item()
-    return x
+    return x.item() if hasattr(x, "item") and callable(x.item) else x
 
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Record(Mapping[str, Any]):
     """Base of typed config and provenance records: a frozen dataclass that reads like a read-only dict.
 
-    Subclasses are ``@dataclass(frozen=True, eq=False, repr=False)`` (equality and repr are the mapping's: a
-    record equals a dict with the same items) and may validate in ``__post_init__``.
+    Subclasses are ``@dataclass(frozen=True, eq=False, repr=False)`` (a record equals a dict with the same items).
 
     Attributes:
         extra: keys the class does not name (an analysis's extras).
@@ -86,28 +66,22 @@ class Record(Mapping[str, Any]):
     _nested: ClassVar[dict[str, type[Record]]] = {}  # field name -> record class, rebuilt from dicts by from_dict
     _last: ClassVar[tuple[str, ...]] = ()  # inherited fields whose keys come after the subclass's own
 
-    def _fields(self) -> Iterator[tuple[str, Any]]:
-        fields = dataclasses.fields(self)
-        for f in sorted(fields, key=lambda f: f.name in self._last):
-            value = getattr(self, f.name)
-            if f.name != "extra" and value is not UNSET:
-                yield f.metadata.get("key", f.name), value
+    def _fields(self) -> dict[str, Any]:
+        fields = sorted(dataclasses.fields(self), key=lambda f: f.name in self._last)
+        items = ((f.metadata.get("key", f.name), getattr(self, f.name)) for f in fields if f.name != "extra")
+        return {k: v for k, v in items if v is not UNSET}
 
     def __getitem__(self, key: str) -> Any:
-        for k, v in self._fields():
-            if k == key:
-                return v
-        return self.extra[key]
+        fields = self._fields()
+        return fields[key] if key in fields else self.extra[key]
 
     def __iter__(self) -> Iterator[str]:
-        yield from (k for k, _ in self._fields())
-        yield from (k for k in self.extra if k not in self._names())
+        fields = self._fields()
+        yield from fields
+        yield from (k for k in self.extra if k not in fields)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-    def _names(self) -> set[str]:
-        return {k for k, _ in self._fields()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
@@ -118,9 +92,7 @@ class Record(Mapping[str, Any]):
 
     @classmethod
     def from_dict(cls: type[RecordT], data: Mapping[str, Any]) -> RecordT:
-        """Rebuild a record from :meth:`to_dict`'s output.
-
-        Keys the class does not name are kept in ``extra``; missing keys take the fields' defaults.
+        """Rebuild a record from :meth:`to_dict`'s output; unknown keys go to ``extra``, missing ones take defaults.
 
         Raises:
             TypeError: ``data`` is not a mapping.
@@ -138,10 +110,11 @@ class Record(Mapping[str, Any]):
                 kwargs[by_key[key].name] = nested.from_dict(value) if is_dict else value  # type: ignore[union-attr]
             elif key != "extra":
                 extra[key] = value
+        missing = dataclasses.MISSING
         required = [
             k
             for k, f in by_key.items()
-            if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.name not in kwargs and f.default is missing and f.default_factory is missing
         ]
         if required:
             raise ValueError(f"{cls.__name__}.from_dict: missing the keys {required}; give them (found {list(data)})")
@@ -149,11 +122,7 @@ class Record(Mapping[str, Any]):
 
 
 def check_positive(record: Record, *names: str) -> None:
-    """Raise a ``ValueError`` naming the first of ``names`` that is set to a number below 1.
-
-    Raises:
-        ValueError: a named field holds a number below 1.
-    """
+    """Raise a ``ValueError`` naming the first of ``names`` that is set to a number below 1."""
     for name in names:
         value = getattr(record, name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
@@ -161,11 +130,7 @@ def check_positive(record: Record, *names: str) -> None:
 
 
 def check_choice(record: Record, name: str, choices: tuple[Any, ...]) -> None:
-    """Raise a ``ValueError`` if the field ``name`` is set to a value outside ``choices``.
-
-    Raises:
-        ValueError: the field holds a value not in ``choices``; the message lists the valid ones.
-    """
+    """Raise a ``ValueError`` listing ``choices`` if the field ``name`` is set to another value."""
     value = getattr(record, name)
     if value is not UNSET and value not in choices:
         raise ValueError(f"{type(record).__name__}: {name} must be one of {list(choices)}, got {value!r}")
@@ -177,7 +142,7 @@ class ModelIdentity(Record):
 
     reference: str
     architecture: str
-    class_: str = renamed("class")
+    class_: str = field(metadata={"key": "class"})
     n_layers: int | None = None
     n_heads: int | None = None
     d_model: int | None = None
@@ -201,27 +166,19 @@ class TaskIdentity(Record):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Provenance(Record):
-    """Where numbers came from: the one provenance type, of a result and of a run.
+    """Where numbers came from: the one provenance type, of a result and of a run; every key is optional.
 
-    A result's is built by :func:`icl_heads.results.provenance` (model name, versions, time,
-    the prompts and task); a run's of ``icl-heads analyze`` by
-    :func:`icl_heads._provenance.run_provenance` (command, versions, the model and task as
-    :class:`ModelIdentity` and :class:`TaskIdentity`, seeds, threads, platform, cost).
-    Every key is optional (absent when not known); an analysis's own extras
-    (``n_queries``, ``templates``, ...) are kept in ``extra``.
+    A result's is built by :func:`icl_heads.results.provenance`, a run's by
+    :func:`icl_heads._provenance.run_provenance`; an analysis's own extras are kept in ``extra``.
 
     Attributes:
-        command, versions: the run's command line and the versions of the packages it used.
-        model: the model's name (a :class:`ModelIdentity` for a run).
-        icl_heads, transformer_lens, torch: package versions.
-        created: UTC time, ISO 8601.
+        command, versions, seeds, torch_threads, platform, python_executable, cost: of a run.
+        model, task: the model's and task's names (a :class:`ModelIdentity`, :class:`TaskIdentity` for a run).
+        icl_heads, transformer_lens, torch, created: package versions and the UTC time (ISO 8601).
         n_prompts, prompt_config: the number of prompts and how they were sampled.
-        task, label_words, template, classes: the task (``classes`` maps each class to its label word).
-        heads: the heads the analysis looked at, as ``[layer, head]`` pairs.
-        architecture: the model's architecture.
-        first_token: whether multi-token label words were scored by their first token.
-        method: the correction method.
-        seeds, torch_threads, platform, python_executable, cost: of a run.
+        label_words, template, classes: the task's (``classes`` maps each class to its label word).
+        heads, architecture: the heads looked at (``[layer, head]`` pairs) and the model's architecture.
+        first_token, method: multi-token label words scored by their first token; the correction method.
     """
 
     command: str = UNSET

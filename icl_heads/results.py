@@ -1,13 +1,7 @@
-"""The base of every result object: frozen, tidy, saved and reloaded as a folder.
+"""The base of every result object: a frozen dataclass saved as a folder and reloaded, refused if damaged.
 
-A result is a frozen dataclass whose fields are tensors, pandas DataFrames and plain
-JSON values (numbers, strings, lists, dicts). ``save(path)`` writes tensors to
-``tensors.safetensors``, each DataFrame to ``<field>.csv`` and the rest to
-``meta.json``; ``load(path)`` rebuilds the object. ``meta.json`` records the format
-version (:data:`FORMAT`), each file's row count and checksum, and a checksum of its own
-content: a result saved in another format, or a file that was damaged or edited since,
-is refused with a message naming the file. ``_repr_html_`` shows a summary and the main
-table in Jupyter.
+``save(path)`` writes tensors to ``tensors.safetensors``, each DataFrame to ``<field>.csv`` and the rest to
+``meta.json``, which records the format version (:data:`FORMAT`), each file's row count and checksum and its own.
 """
 
 from __future__ import annotations
@@ -38,14 +32,18 @@ if TYPE_CHECKING:
 Figure: TypeAlias = "plotly.graph_objects.Figure"
 
 R = TypeVar("R", bound="Result")
+T = TypeVar("T")
 
 #: the version of the saved format; a result saved in another format is refused (re-run the analysis)
 FORMAT = 2
 TENSORS = "tensors.safetensors"
-T = TypeVar("T")
 
 #: typed values kept in ``meta.json`` as ``{"__type__": name, "data": value.to_dict()}``, rebuilt with ``from_dict``
 JSON_TYPES: dict[str, Any] = {"Estimate": Estimate, "Provenance": Provenance}
+#: every result class by name, so that :func:`load_result` can rebuild any saved result
+RESULT_TYPES: dict[str, type[Result]] = {}
+#: the figures of every result class, ``(class, view) -> function``; filled by :mod:`icl_heads.plots`
+FIGURES: dict[tuple[type, str], Callable[..., Figure]] = {}
 
 
 def json_type(cls: type[T]) -> type[T]:
@@ -60,69 +58,44 @@ def provenance(model_name: str, prompts: Any = None, **extra: Any) -> Provenance
         tl = version("transformer-lens")
     except PackageNotFoundError:  # pragma: no cover
         tl = "unknown"
-    out: dict[str, Any] = {
-        "model": model_name,
-        "icl_heads": __version__,
-        "transformer_lens": tl,
-        "torch": torch.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out: dict[str, Any] = dict(
+        model=model_name, icl_heads=__version__, transformer_lens=tl, torch=torch.__version__, created=created
+    )
     if prompts is not None:
-        cfg = dict(getattr(getattr(prompts, "prompts", prompts), "config", {}) or {})
-        task = getattr(getattr(prompts, "prompts", prompts), "task", None)
-        out.update(n_prompts=len(prompts), prompt_config=_jsonable(cfg))
+        inner = getattr(prompts, "prompts", prompts)
+        task = getattr(inner, "task", None)
+        out.update(n_prompts=len(prompts), prompt_config=_jsonable(dict(getattr(inner, "config", {}) or {})))
         if task is not None:
-            out.update(
-                task=task.name,
-                label_words=list(task.label_words),
-                template=task.template,
-                classes={str(c): w for c, w in zip(task.classes, task.label_words, strict=True)},
-            )
-    out.update(_jsonable(extra))
-    return Provenance.from_dict(out)
+            classes = {str(c): w for c, w in zip(task.classes, task.label_words, strict=True)}
+            out.update(task=task.name, label_words=list(task.label_words), template=task.template, classes=classes)
+    return Provenance.from_dict({**out, **_jsonable(extra)})
 
 
 def _jsonable(x: Any) -> Any:
     """``x`` JSON-ready, with the values of :data:`JSON_TYPES` tagged so that :func:`_decode` rebuilds them."""
-    return plain(x, _tagged)
+
+    def tagged(x: Any) -> dict[str, Any] | None:
+        if type(x).__name__ in JSON_TYPES and hasattr(x, "to_dict"):
+            return {"__type__": type(x).__name__, "data": _jsonable(x.to_dict())}
+        return None
+
+    return plain(x, tagged)
 
 
-def _tagged(x: Any) -> dict[str, Any] | None:
-    if type(x).__name__ in JSON_TYPES and hasattr(x, "to_dict"):
-        return {"__type__": type(x).__name__, "data": _jsonable(x.to_dict())}
-    return None
-
-
-def _decode(x: Any) -> Any:
-    """Rebuild the typed values :func:`_jsonable` tagged (see :data:`JSON_TYPES`)."""
+def _decode(x: Any, tuples: bool = False) -> Any:
+    """Rebuild the typed values :func:`_jsonable` tagged (see :data:`JSON_TYPES`); lists as tuples if ``tuples``."""
     if isinstance(x, dict):
         if set(x) == {"__type__", "data"} and x["__type__"] in JSON_TYPES:
             return JSON_TYPES[x["__type__"]].from_dict(_decode(x["data"]))
-        return {k: _decode(v) for k, v in x.items()}
+        return {k: _decode(v, tuples) for k, v in x.items()}
     if isinstance(x, list):
-        return [_decode(v) for v in x]
+        return (tuple if tuples else list)(_decode(v, tuples) for v in x)
     return x
-
-
-def _tuplify(x: Any) -> Any:
-    if type(x).__name__ in JSON_TYPES:
-        return x
-    if isinstance(x, list):
-        return tuple(_tuplify(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _tuplify(v) for k, v in x.items()}
-    return x
-
-
-#: every result class by name, so that :func:`load_result` can rebuild any saved result
-RESULT_TYPES: dict[str, type[Result]] = {}
 
 
 def load_result(path: str | Path) -> Result:
     """Read any result written by ``save``, whatever its kind (the folder records its class).
-
-    ``ih.load_result("runs/heads")`` gives back the ``InContextHeads`` (or any other result)
-    saved there, without naming its class.
 
     Raises:
         FileNotFoundError: no saved result at ``path``.
@@ -138,20 +111,14 @@ def load_result(path: str | Path) -> Result:
     return RESULT_TYPES[name].load(path)
 
 
-#: the figures of every result class, ``(class, view) -> function``; filled by :mod:`icl_heads.plots`
-FIGURES: dict[tuple[type, str], Callable[..., Figure]] = {}
-
-
 def draws(cls: type[Result], *views: str) -> Callable[[Callable[..., Figure]], Callable[..., Figure]]:
     """Decorator for a figure function of :mod:`icl_heads.plots`: it draws ``views`` (default ``"plot"``) of ``cls``.
 
-    A result never imports its figures: ``result.plot()`` looks its function up here, so
-    the import goes one way only (plots import results).
+    A result never imports its figures: ``result.plot()`` looks its function up in :data:`FIGURES`.
     """
 
     def register(fn: Callable[..., Figure]) -> Callable[..., Figure]:
-        for view in views or ("plot",):
-            FIGURES[cls, view] = fn
+        FIGURES.update({(cls, view): fn for view in views or ("plot",)})
         return fn
 
     return register
@@ -176,28 +143,25 @@ class Result:
         """``{"WARNING": ...}`` entries for the result's ``warnings`` field (empty without warnings)."""
         warns = tuple(getattr(self, "warnings", ()) or ())
         if warns and all(w.startswith("NOT READ by ") for w in warns):  # scoped to the heads it names
-            return {w.split(":", 1)[0]: w.split(":", 1)[1].strip() for w in warns}
+            return {key: text.strip() for key, text in (w.split(":", 1) for w in warns)}
         if len(warns) == 1:
             return {"WARNING": warns[0]}
         return {f"WARNING {i + 1}": w for i, w in enumerate(warns)}
 
     def _draw(self, view: str = "plot", /, *args: Any, **kwargs: Any) -> Figure:
-        """The figure ``view`` of this result (``.plot()`` and the other figure methods call this).
+        """The figure ``view`` of this result, drawn as the first class in its MRO that has one.
 
         Raises:
             ValueError: no figure of that name for this result.
         """
-        for cls in type(self).__mro__:  # a subclass draws as the result it extends
+        for cls in type(self).__mro__:
             if (cls, view) in FIGURES:
                 return FIGURES[cls, view](self, *args, **kwargs)
         known = sorted({v for c, v in FIGURES if isinstance(self, c)})
         raise ValueError(f"{type(self).__name__} has no figure {view!r}; its figures: {known}")
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the result to the folder ``path``.
-
-        Every DataFrame's columns and dtypes are recorded in ``meta.json`` so that
-        :meth:`load` rebuilds them exactly (a float32 column stays float32).
+        """Write the result to the folder ``path`` (DataFrames keep their columns and dtypes).
 
         Raises:
             FileExistsError: ``path`` exists and is not empty, unless ``overwrite``.
@@ -220,8 +184,7 @@ class Result:
                 meta["tables"][f.name] = {str(c): str(t) for c, t in value.dtypes.items()}
                 files[f"{f.name}.csv"] = {"rows": len(value), "sha256": _sha256(path / f"{f.name}.csv")}
             elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
-                for k, v in value.items():
-                    tensors[f"{f.name}::{k}"] = v.detach().cpu().contiguous()
+                tensors.update({f"{f.name}::{k}": v.detach().cpu().contiguous() for k, v in value.items()})
             else:
                 meta["fields"][f.name] = _jsonable(value)
         meta["tensors"] = sorted(tensors)
@@ -235,11 +198,7 @@ class Result:
 
     @classmethod
     def load(cls: type[R], path: str | Path) -> R:
-        """Read a result written by :meth:`save`.
-
-        Every file is checked against the row counts and checksums recorded in ``meta.json``
-        (and ``meta.json`` against its own checksum), so a damaged or edited result is
-        refused rather than read as different numbers.
+        """Read a result written by :meth:`save`, refused if a file does not match what ``meta.json`` records.
 
         Raises:
             FileNotFoundError: no saved result at ``path``, or a file the result needs is missing (named).
@@ -261,22 +220,20 @@ class Result:
 
     @classmethod
     def _load(cls: type[R], path: Path, meta: dict[str, Any]) -> R:
-        files = meta["files"]
+        files, tables = meta["files"], meta["tables"]
         tensors = _read_tensors(path, meta["tensors"], files)
-        tables = meta["tables"]
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            prefix = f"{f.name}::"
             if f.name in tensors:
                 kwargs[f.name] = tensors[f.name]
             elif f.name in tables:
                 kwargs[f.name] = _read_table(path / f"{f.name}.csv", tables[f.name], files)
-            elif any(k.startswith(f"{f.name}::") for k in tensors):
-                kwargs[f.name] = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{f.name}::")}
+            elif any(k.startswith(prefix) for k in tensors):
+                kwargs[f.name] = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
             elif f.name in meta["fields"]:
-                value = _decode(meta["fields"][f.name])
-                kwargs[f.name] = _tuplify(value) if f.name != "config" else value
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs]  # type: ignore[arg-type]
-        if missing:
+                kwargs[f.name] = _decode(meta["fields"][f.name], tuples=f.name != "config")
+        if missing := [f.name for f in dataclasses.fields(cls) if f.name not in kwargs]:  # type: ignore[arg-type]
             raise ValueError(
                 f"{path / 'meta.json'}: {cls.__name__} needs {missing}, found in none of meta.json, "
                 f"tensors.safetensors or {', '.join(m + '.csv' for m in missing)}; save the result again"
@@ -287,20 +244,14 @@ class Result:
             raise ValueError(f"{path} does not hold a valid {cls.__name__} ({err}); save the result again") from err
 
     def _shown(self) -> dict[str, Any]:
-        """The summary as shown: an ``Estimate`` carries its interval, so an interval entry repeating it is left out."""
-        out: dict[str, Any] = {}
-        previous: Any = None
-        for key, value in self.summary().items():
-            repeats = (
-                isinstance(previous, Estimate)
-                and isinstance(value, (tuple, list))
-                and len(value) == 2
-                and tuple(float(v) for v in value) == previous.ci
-            )
-            if not repeats:
-                out[key] = value
-            previous = value
-        return out
+        """The summary as shown: an interval entry that repeats the ``Estimate`` before it is left out."""
+        items = list(self.summary().items())
+        before = [None] + [v for _, v in items[:-1]]
+        return {
+            k: v
+            for (k, v), prev in zip(items, before, strict=True)
+            if not (isinstance(prev, Estimate) and isinstance(v, (tuple, list)) and tuple(v) == prev.ci)
+        }
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -315,8 +266,7 @@ class Result:
         return f"<div><b>{html.escape(self._title)}</b>{warns}<table>{rows}</table>{body}</div>"
 
     def __repr__(self) -> str:
-        items = ", ".join(f"{k}={show(v)}" for k, v in self._shown().items())
-        return f"{type(self).__name__}({items})"
+        return f"{type(self).__name__}({', '.join(f'{k}={show(v)}' for k, v in self._shown().items())})"
 
 
 def n_prompts(prov: Any) -> int:
@@ -355,8 +305,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
         )
     if meta.get("checksum") != _meta_checksum(meta):
         raise ValueError(f"{file} was changed after the result was saved (its content does not match its checksum)")
-    kinds = {"tables": dict, "tensors": list, "files": dict}
-    if any(not isinstance(meta.get(k), t) for k, t in kinds.items()):
+    if any(not isinstance(meta.get(k), t) for k, t in {"tables": dict, "tensors": list, "files": dict}.items()):
         raise ValueError(f"{file} is not the metadata of a saved result; save the result again")
     return meta
 
@@ -397,27 +346,21 @@ def _read_tensors(path: Path, expected: list[str], files: dict[str, Any]) -> dic
 
 
 def _read_table(file: Path, dtypes: dict[str, str], files: dict[str, Any] | None = None) -> pd.DataFrame:
-    """A DataFrame written by ``to_csv``, with the columns and dtypes recorded when it was saved.
-
-    With ``files`` (the row counts and checksums of ``meta.json``) the file must also match those.
-    """
+    """A DataFrame written by ``to_csv`` with the recorded columns and dtypes (and, given ``files``, checksum)."""
     if not file.exists():
         raise FileNotFoundError(f"{file} is missing; meta.json records the table {file.stem!r} of the result in it")
     if not isinstance(dtypes, dict):
         raise ValueError(f"{file.parent / 'meta.json'} does not record the columns of {file.name}; save it again")
+    text = {c: str for c, t in dtypes.items() if t == "object"}
     try:
-        df = pd.read_csv(file, dtype={c: str for c, t in dtypes.items() if t == "object"}, keep_default_na=False,
-                         na_values={c: [""] for c in dtypes})  # fmt: skip
+        df = pd.read_csv(file, dtype=text, keep_default_na=False, na_values={c: [""] for c in dtypes})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        if not dtypes and isinstance(err, pd.errors.EmptyDataError):
-            df = pd.DataFrame()
-        else:
+        if dtypes or not isinstance(err, pd.errors.EmptyDataError):
             raise ValueError(f"{file} cannot be read as CSV ({err}); save the result again") from None
+        df = pd.DataFrame()
     if list(df.columns) != list(dtypes):
         raise ValueError(f"{file} has columns {list(df.columns)} but meta.json records {list(dtypes)}; save it again")
-    for column, dtype in dtypes.items():
-        if str(df[column].dtype) == dtype:
-            continue
+    for column, dtype in ((c, t) for c, t in dtypes.items() if str(df[c].dtype) != t):
         try:
             df[column] = df[column].astype(dtype)
         except (TypeError, ValueError) as err:

@@ -1,15 +1,8 @@
 """Token roles and label slots: which tokens of a prompt are labels, the template after them, text, query.
 
-A demonstration's **slot** is its label token(s) and the template tokens after them up to
-the next demonstration (e.g. the ``\\n`` of ``{text} : {label}\\n``). Models read a
-demonstration's label at different places: the bundled organism at the label token, the
-``organism-slot`` model (``{text} {label}\\n``) at the ``\\n`` after it. Every token of a
-tokenized prompt gets one role (:data:`ROLES`) and, inside demonstrations, the index of
-its demonstration, from the tokenizer's character offsets (right for any fast
-tokenizer, labels of several tokens and any template).
-
-:func:`read_positions` turns a batch and a reading position (:data:`READ_AT`) into the
-positions an analysis reads or corrects, each tagged with its demonstration.
+A demonstration's **slot** is its label token(s) and the template tokens after them (e.g. the ``\\n`` of
+``{text} : {label}\\n``); roles come from the tokenizer's character offsets. :func:`read_positions` gives the
+positions an analysis reads (:data:`READ_AT`), each tagged with its demonstration.
 """
 
 from __future__ import annotations
@@ -36,15 +29,9 @@ def check_read_at(read_at: str) -> str:
 
 
 def char_roles(template: str, demos: list[tuple[str, str]], query: str) -> tuple[list[int], list[int], str]:
-    """Role and demonstration index of every character of a rendered prompt, and the prompt text.
+    """Role and demonstration (``-1`` in the query) of every character of a prompt, and the prompt's text.
 
-    Args:
-        template: the task template (``{text}`` then ``{label}``).
-        demos: ``(text, label word)`` of each demonstration.
-        query: the query text.
-
-    Returns:
-        Per character: the role code and the demonstration index (``-1`` in the query), and the text.
+    ``demos`` holds ``(text, label word)`` of each demonstration.
     """
     before, after = template.split("{label}")
     pre, sep = before.split("{text}")
@@ -72,17 +59,10 @@ def char_roles(template: str, demos: list[tuple[str, str]], query: str) -> tuple
 def token_roles(
     roles: list[int], demo_of: list[int], offsets: list[tuple[int, int]], label_tokens: list[list[int]]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Role and demonstration of every token, from character roles and token offsets.
-
-    A token overlapping a label word is a label token; any other token takes the role of
-    its last character (so ``" foo"`` and ``" :"`` are judged by their text, not their space).
-    """
-    out_role, out_demo = [], []
-    for a, b in offsets:
-        c = max(a, b - 1)
-        c = min(c, len(roles) - 1)
-        out_role.append(roles[c] if roles else QUERY)
-        out_demo.append(demo_of[c] if demo_of else -1)
+    """Role and demonstration of every token: a label token if it overlaps a label word, else its last character's."""
+    last = [min(max(a, b - 1), len(roles) - 1) for a, b in offsets]
+    out_role = [roles[c] if roles else QUERY for c in last]
+    out_demo = [demo_of[c] if demo_of else -1 for c in last]
     for i, hit in enumerate(label_tokens):
         for t in hit:
             out_role[t], out_demo[t] = LABEL, i
@@ -93,9 +73,7 @@ def slot_mask(
     roles: Int[Tensor, "batch pos"], demo_index: Int[Tensor, "batch pos"], n_demo: int, which: tuple[int, ...]
 ) -> Tensor:
     """``[batch, demo, pos]`` mask of the tokens of each demonstration whose role is in ``which``."""
-    in_role = torch.zeros_like(roles, dtype=torch.bool)
-    for r in which:
-        in_role |= roles == r
+    in_role = torch.isin(roles, torch.tensor(which, dtype=roles.dtype))
     demos = torch.arange(n_demo)[None, :, None]
     return (demo_index[:, None, :] == demos) & in_role[:, None, :]
 
@@ -105,15 +83,12 @@ def read_positions(batch, read_at: str) -> tuple[Int[Tensor, "batch n"], Int[Ten
 
     Args:
         batch: a :class:`~icl_heads.prompts.PromptBatch`.
-        read_at: ``"label"`` (each demonstration's label position), ``"after_label"``
-            (the last token of each slot, e.g. the newline after the label; ``-1`` when the
-            template has nothing after the label) or ``"slot"`` (every label and
-            after-label token of each demonstration, several per demonstration).
+        read_at: ``"label"`` (each label position), ``"after_label"`` (the last token of each slot, ``-1`` when
+            the template has nothing after the label) or ``"slot"`` (every label and after-label token).
 
     Returns:
-        ``positions [batch, n]`` in the batch's padded coordinates and ``demo [batch, n]``
-        (index of the demonstration each position belongs to); both ``-1`` for padding.
-        Valid entries come first in each row.
+        ``positions [batch, n]`` (padded coordinates) and ``demo [batch, n]`` (each position's demonstration),
+        ``-1`` for padding; valid entries come first in each row.
 
     Raises:
         ValueError: an unknown ``read_at`` (``"auto"`` must be resolved first).

@@ -1,8 +1,6 @@
-"""One statistics module: the :class:`Estimate` type and every interval the package reports.
+"""One statistics module: the :class:`Estimate` type and every interval the package reports (95% by default).
 
-An :class:`Estimate` is a number that carries its uncertainty: it *is* a ``float``
-(arithmetic, comparisons, formatting and pandas treat it as its value) and also
-holds ``low``, ``high``, ``n`` and ``method``::
+An :class:`Estimate` *is* a ``float`` that also holds ``low``, ``high``, ``n`` and ``method``::
 
     >>> from icl_heads.stats import bootstrap_mean, wilson
     >>> e = wilson(40, 50)
@@ -10,16 +8,6 @@ holds ``low``, ``high``, ``n`` and ``method``::
     (0.8, 50, 'wilson')
     >>> e.excludes(0.5)
     True
-
-Intervals are 95% unless asked otherwise. The ways they are computed:
-
-- :func:`bootstrap_mean`: percentile bootstrap of a mean over prompts;
-- :func:`bootstrap`: percentile bootstrap of any statistic of resampled rows (paired
-  designs resample the same rows for every column);
-- :func:`wilson`: Wilson score interval of a proportion (the one Wilson function);
-- :func:`from_samples`: the central interval of a set of samples (random head sets,
-  resampled statistics computed elsewhere);
-- :func:`t_interval`: the t interval of a mean over a few independent runs (or of paired differences).
 """
 
 from __future__ import annotations
@@ -33,14 +21,14 @@ from scipy import stats as sps
 
 #: how each kind of interval was computed, as written in ``Estimate.method``
 METHODS = ("bootstrap", "paired bootstrap", "wilson", "samples", "point")
+_FIELDS = ("value", "low", "high", "n", "method", "level")
 
 
 class Estimate(float):
     """A number with its interval: ``value`` (the float itself), ``low``, ``high``, ``n`` and ``method``.
 
-    Arithmetic on an estimate gives a plain ``float`` (a derived number has no interval
-    of its own). Two estimates compare equal when their values are equal. Built as
-    ``Estimate(value, low, high, n=..., method=..., level=...)``.
+    Arithmetic gives a plain ``float``; two estimates are equal when their values are. The value need not lie
+    inside its interval (a percentile bootstrap of a spread or a ratio can exclude it).
 
     Attributes:
         value: the point estimate.
@@ -52,11 +40,7 @@ class Estimate(float):
 
     Raises:
         ValueError: ``method`` is unknown, ``n`` is not a count, ``level`` is not in (0, 1),
-            only one end of the interval is given, ``low > high``, or a ``"point"``
-            estimate has an interval.
-
-    The value need not lie inside its interval: a percentile bootstrap of a spread or a
-    ratio can exclude the point estimate.
+            only one end of the interval is given, ``low > high``, or a ``"point"`` estimate has an interval.
     """
 
     __slots__ = ("high", "level", "low", "method", "n")
@@ -79,8 +63,7 @@ class Estimate(float):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if isinstance(n, bool) or not float(n).is_integer() or n < 0:
             raise ValueError(f"n must be a count of at least 0, got {n!r}")
-        if not 0 < float(level) < 1:
-            raise ValueError(f"level must be between 0 and 1 (e.g. 0.95), got {level!r}")
+        _check_level(float(level))
         low, high = float(low), float(high)
         if math.isnan(low) != math.isnan(high):
             raise ValueError(f"an interval needs both ends or neither (NaN), got [{low}, {high}]")
@@ -89,7 +72,7 @@ class Estimate(float):
         if method == "point" and not math.isnan(low):
             raise ValueError("a point estimate has no interval; name the method that computed it")
         self = super().__new__(cls, float(value))
-        for name, v in (("low", low), ("high", high), ("n", int(n)), ("method", method), ("level", float(level))):
+        for name, v in zip(_FIELDS[1:], (low, high, int(n), method, float(level)), strict=True):
             object.__setattr__(self, name, v)
         return self
 
@@ -97,7 +80,7 @@ class Estimate(float):
         raise AttributeError(f"an Estimate is immutable; build a new one instead of setting {name!r}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Estimate, (float(self), self.low, self.high, self.n, self.method, self.level))
+        return (Estimate, tuple(self.to_dict().values()))
 
     @property
     def value(self) -> float:
@@ -115,20 +98,13 @@ class Estimate(float):
 
     def to_dict(self) -> dict[str, Any]:
         """The plain values (``value, low, high, n, method, level``)."""
-        return {
-            "value": float(self),
-            "low": self.low,
-            "high": self.high,
-            "n": self.n,
-            "method": self.method,
-            "level": self.level,
-        }
+        return {k: getattr(self, k) for k in _FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Estimate:
         """Inverse of :meth:`to_dict`."""
-        return cls(d["value"], d.get("low", math.nan), d.get("high", math.nan), d.get("n", 0), d.get("method", "point"),
-                   d.get("level", 0.95))  # fmt: skip
+        defaults = {"low": math.nan, "high": math.nan, "n": 0, "method": "point", "level": 0.95}
+        return cls(d["value"], *(d.get(k, v) for k, v in defaults.items()))
 
     def __repr__(self) -> str:
         if math.isnan(self.low):
@@ -142,12 +118,8 @@ class Estimate(float):
         p.text(repr(self))
 
 
-def as_estimate(x: Any) -> Estimate:
-    """``x`` as an :class:`Estimate` (a plain number becomes a point estimate without interval)."""
-    return x if isinstance(x, Estimate) else Estimate(float(x))
-
-
 def _check_level(level: float) -> float:
+    """The tail probability ``(1 - level) / 2``, or a ValueError if ``level`` is not in (0, 1)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1 (e.g. 0.95), got {level}")
     return (1 - level) / 2
@@ -164,31 +136,22 @@ def bootstrap_mean(
 ) -> Estimate:
     """The mean of ``values`` with its percentile bootstrap interval.
 
-    ``value`` replaces the point estimate when the caller computed the mean already (e.g.
-    in float32 from a tensor) and must report exactly that number; the interval is the same.
-    ``paired`` marks ``values`` as per-unit differences of a paired design (same prompts
-    before and after): the method reads ``"paired bootstrap"``.
+    ``value`` replaces the point estimate when the caller computed the mean already (e.g. in float32);
+    ``paired`` marks per-unit differences of a paired design (method ``"paired bootstrap"``).
 
     Raises:
         ValueError: ``values`` is empty.
     """
     x = np.asarray(values, dtype=float).ravel()
-    if x.size == 0:
-        raise ValueError("cannot bootstrap an empty set of values")
+    means = x[resamples(x.size, n_boot=n_boot, seed=seed)].mean(axis=1)
     alpha = _check_level(level)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
     point = x.mean() if value is None else value
-    return Estimate(point, np.quantile(means, alpha), np.quantile(means, 1 - alpha), x.size,
-                    "paired bootstrap" if paired else "bootstrap", level)  # fmt: skip
+    low, high = np.quantile(means, alpha), np.quantile(means, 1 - alpha)
+    return Estimate(point, low, high, x.size, "paired bootstrap" if paired else "bootstrap", level)
 
 
 def bootstrap_ci(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (the interval of :func:`bootstrap_mean`).
-
-    Raises:
-        ValueError: ``values`` is empty.
-    """
+    """The interval of :func:`bootstrap_mean`."""
     return bootstrap_mean(values, n_boot=n_boot, level=level, seed=seed).ci
 
 
@@ -203,10 +166,7 @@ def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
 
 
 def resamples(n: int, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """``[n_boot, n]`` row indices drawn with replacement: one bootstrap resample per row.
-
-    Use the same indices for every quantity of a paired design.
-    """
+    """``[n_boot, n]`` row indices drawn with replacement; use the same for every quantity of a paired design."""
     if n < 1:
         raise ValueError("cannot bootstrap an empty set of values")
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
@@ -223,8 +183,7 @@ def bootstrap(
 ) -> Estimate:
     """``statistic(index)`` on all ``n`` rows, with the percentile interval of its value on bootstrap resamples.
 
-    ``statistic`` receives an integer array of row indices (all rows in order for the point
-    estimate) and returns a number; resamples where it is not finite are dropped.
+    ``statistic`` maps an integer array of row indices to a number; resamples where it is not finite are dropped.
 
     Raises:
         ValueError: ``n`` is not positive, or the statistic is never finite.
@@ -243,9 +202,7 @@ def from_samples(
 ) -> Estimate:
     """``value`` with the central ``level`` interval of ``samples`` (e.g. random head sets, resampled statistics).
 
-    ``n`` is the number of independent units (default: the number of samples); ``method``
-    names how the samples were drawn (``"bootstrap"`` or ``"paired bootstrap"`` when they
-    are statistics of :func:`resamples` computed by the caller).
+    ``n`` is the number of independent units (default: the number of samples); ``method`` how they were drawn.
 
     Raises:
         ValueError: ``samples`` is empty.
@@ -261,10 +218,7 @@ def from_samples(
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> Estimate:
-    """The proportion ``successes / n`` with its Wilson score interval (95% with ``z=1.96``; clipped to [0, 1]).
-
-    ``successes`` may be fractional (a share times ``n``). The interval is ``.ci``
-    (``.low``, ``.high``).
+    """The proportion ``successes / n`` (``successes`` may be fractional) with its Wilson interval, clipped to [0, 1].
 
     Raises:
         ValueError: ``n`` is not positive.

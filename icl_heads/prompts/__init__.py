@@ -1,19 +1,7 @@
-"""Few-shot classification tasks and prompts whose label positions are known exactly.
+"""Few-shot classification tasks (:class:`ICLTask`) and prompts (:class:`ICLPrompts`) whose label positions are known.
 
-An :class:`ICLTask` holds labelled sentences, the label words the prompts show for
-each class (default ``("foo", "bar")``) and a template. :meth:`ICLTask.prompts`
-samples an :class:`ICLPrompts` set: demonstrations and a query per prompt, in text.
-:meth:`ICLPrompts.tokenize` turns them into :class:`TokenizedPrompts` for one
-tokenizer, where every prompt knows its token ids, each demonstration's label
-position and label, the gold label and the final position.
-
-The package, in the order its modules import each other:
-
-* :mod:`~icl_heads.prompts.text`: the template's rules, one prompt in text (:class:`ICLPrompt`), :func:`render`;
-* :mod:`~icl_heads.prompts.batch`: :class:`TokenizedPrompts` and their padded :class:`PromptBatch`;
-* :mod:`~icl_heads.prompts.tokenization`: text to token ids, label positions and roles (:func:`tokenize_prompts`);
-* :mod:`~icl_heads.prompts.task`: :class:`ICLTask` and its sampling into :class:`ICLPrompts`;
-* :mod:`~icl_heads.prompts.designs`: other prompt designs (:func:`fixed_demo_prompts`, :func:`balanced_sample`).
+Modules, in import order: ``text`` (one prompt in text), ``batch`` (token ids and padded batches),
+``tokenization`` (text to token ids, label positions and roles), ``task`` (the task and its sampling), ``designs``.
 """
 
 from icl_heads.prompts.batch import PromptBatch, PromptTooLongError, TokenizedPrompts

@@ -10,6 +10,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from icl_heads.options import RunOptions
+from icl_heads.slots import AFTER_LABEL, LABEL
+
 
 class PromptTooLongError(ValueError):
     """A prompt has more tokens than the model's context."""
@@ -26,8 +29,7 @@ class TokenizedPrompts:
         golds: gold class per prompt.
         label_token_ids: the token the model must predict for each class.
         prompts: the text prompts these came from.
-        tokenizer_fingerprint: a hash of the tokenizer that made the ids; a model with
-            another tokenizer refuses them.
+        tokenizer_fingerprint: a hash of the tokenizer that made the ids (another tokenizer's model refuses them).
         roles: role code of every token (:data:`icl_heads.slots.ROLES`), per prompt.
         demo_index: demonstration each token belongs to (``-1`` outside demonstrations), per prompt.
     """
@@ -48,16 +50,15 @@ class TokenizedPrompts:
     @property
     def slot_positions(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
         """Positions of each demonstration's slot (label tokens and template tokens after them), per prompt."""
-        from icl_heads.slots import AFTER_LABEL, LABEL
-
-        out = []
-        for roles, index, labels in zip(self.roles, self.demo_index, self.label_positions, strict=True):
-            slots: list[list[int]] = [[] for _ in labels]
-            for pos, (r, d) in enumerate(zip(roles, index, strict=True)):
-                if r in (LABEL, AFTER_LABEL) and d >= 0:
-                    slots[d].append(pos)
-            out.append(tuple(tuple(s) for s in slots))
-        return tuple(out)
+        return tuple(
+            tuple(
+                tuple(
+                    p for p, (r, d) in enumerate(zip(roles, index, strict=True)) if d == k and r in (LABEL, AFTER_LABEL)
+                )
+                for k in range(len(labels))
+            )
+            for roles, index, labels in zip(self.roles, self.demo_index, self.label_positions, strict=True)
+        )
 
     @property
     def final_positions(self) -> tuple[int, ...]:
@@ -66,18 +67,12 @@ class TokenizedPrompts:
     def batches(
         self, batch_size: int = 32, padding_side: str = "right", pad_id: int = 0, *, by_length: bool = False
     ) -> Iterator[PromptBatch]:
-        """Padded batches in prompt order, or (``by_length``) of prompts of similar length, shortest first.
-
-        With ``by_length`` each batch's ``index`` says which prompts it holds: place
-        per-prompt results by it.
+        """Padded batches in prompt order, or (``by_length``) shortest first; each batch's ``index`` names its prompts.
 
         Raises:
             ValueError: ``batch_size < 1`` or an unknown ``padding_side``.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        RunOptions(batch_size=batch_size, padding_side=padding_side)  # checks both
         order = sorted(range(len(self)), key=lambda i: len(self.tokens[i])) if by_length else range(len(self))
         for start in range(0, len(self), batch_size):
             yield PromptBatch.build(self, order[start : start + batch_size], padding_side, pad_id)
@@ -85,11 +80,8 @@ class TokenizedPrompts:
 
 @dataclass(frozen=True)
 class PromptBatch:
-    """One padded batch: ``tokens`` and ``attention_mask`` ``[batch, pos]``, positions shifted for padding.
-
-    ``roles`` and ``demo_index`` (``[batch, pos]``, ``-1`` at padding) give each token's
-    role and demonstration (see :mod:`icl_heads.slots`); None when the prompts carry no roles.
-    """
+    """One padded batch ``[batch, pos]``, positions shifted for padding; ``roles`` and ``demo_index`` (``-1`` at
+    padding, see :mod:`icl_heads.slots`) are None when the prompts carry no roles."""
 
     index: Int[Tensor, " batch"]
     tokens: Int[Tensor, "batch pos"]
@@ -108,46 +100,37 @@ class PromptBatch:
 
     def rows(self, start: int, stop: int) -> PromptBatch:
         """The prompts ``start:stop`` of this batch, every per-prompt tensor sliced alike (padding kept)."""
-        sl = slice(start, stop)
-        return replace(
-            self,
-            **{f.name: getattr(self, f.name)[sl] for f in fields(self) if isinstance(getattr(self, f.name), Tensor)},
-        )
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: v[start:stop] for k, v in tensors.items() if isinstance(v, Tensor)})
 
     @classmethod
     def build(cls, tp: TokenizedPrompts, index: Sequence[int], padding_side: str, pad_id: int) -> PromptBatch:
-        rows = [tp.tokens[i] for i in index]
-        width = max(map(len, rows))
+        """The prompts ``index`` of ``tp``, padded on ``padding_side`` with ``pad_id``."""
+        index = list(index)
+        lengths = [len(tp.tokens[i]) for i in index]
+        width = max(lengths)
+        shifts = [width - n if padding_side == "left" else 0 for n in lengths]
+
+        def pad(rows: list[Sequence[int]], fill: int, size: int, at: Sequence[int] = shifts) -> Tensor:
+            out = torch.full((len(rows), size), fill, dtype=torch.long)
+            for b, (row, s) in enumerate(zip(rows, at, strict=True)):
+                out[b, s : s + len(row)] = torch.tensor(row, dtype=torch.long)
+            return out
+
         n_demo = max((len(tp.label_positions[i]) for i in index), default=0)
-        tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        label_pos = torch.full((len(rows), n_demo), -1, dtype=torch.long)
-        demo_labels = torch.full((len(rows), n_demo), -1, dtype=torch.long)
-        finals = torch.zeros(len(rows), dtype=torch.long)
+        left = [0] * len(index)
         has_roles = len(tp.roles) == len(tp.tokens)
-        roles = torch.full((len(rows), width), -1, dtype=torch.long)
-        demo_index = torch.full((len(rows), width), -1, dtype=torch.long)
-        for b, i in enumerate(index):
-            ids = tp.tokens[i]
-            shift = width - len(ids) if padding_side == "left" else 0
-            tokens[b, shift : shift + len(ids)] = torch.tensor(ids)
-            mask[b, shift : shift + len(ids)] = 1
-            finals[b] = shift + len(ids) - 1
-            m = len(tp.label_positions[i])
-            label_pos[b, :m] = torch.tensor(tp.label_positions[i], dtype=torch.long) + shift
-            demo_labels[b, :m] = torch.tensor(tp.demo_labels[i], dtype=torch.long)
-            if has_roles:
-                roles[b, shift : shift + len(ids)] = torch.tensor(tp.roles[i], dtype=torch.long)
-                demo_index[b, shift : shift + len(ids)] = torch.tensor(tp.demo_index[i], dtype=torch.long)
         return cls(
-            index=torch.tensor(list(index)),
-            tokens=tokens,
-            attention_mask=mask,
-            final_positions=finals,
-            label_positions=label_pos,
-            demo_labels=demo_labels,
+            index=torch.tensor(index),
+            tokens=pad([tp.tokens[i] for i in index], pad_id, width),
+            attention_mask=pad([[1] * n for n in lengths], 0, width),
+            final_positions=torch.tensor([s + n - 1 for s, n in zip(shifts, lengths, strict=True)]),
+            label_positions=pad(
+                [[p + s for p in tp.label_positions[i]] for i, s in zip(index, shifts, strict=True)], -1, n_demo, left
+            ),
+            demo_labels=pad([tp.demo_labels[i] for i in index], -1, n_demo, left),
             golds=torch.tensor([tp.golds[i] for i in index]),
             padding_side=padding_side,
-            roles=roles if has_roles else None,
-            demo_index=demo_index if has_roles else None,
+            roles=pad([tp.roles[i] for i in index], -1, width) if has_roles else None,
+            demo_index=pad([tp.demo_index[i] for i in index], -1, width) if has_roles else None,
         )

@@ -29,8 +29,7 @@ def fixed_demo_prompts(
     demos, queries = [int(i) for i in demos], [int(i) for i in queries]
     if not queries:
         raise ValueError("no queries given; pass at least one example index as a query")
-    bad = [i for i in demos + queries if not 0 <= i < len(task.texts)]
-    if bad:
+    if bad := [i for i in demos + queries if not 0 <= i < len(task.texts)]:
         raise ValueError(f"example indices {bad[:5]} are outside the task's {len(task.texts)} examples")
     if set(demos) & set(queries):
         raise ValueError(f"examples {sorted(set(demos) & set(queries))[:5]} are both demonstrations and queries")
@@ -64,8 +63,7 @@ def balanced_sample(
 def last_two_differ(demos: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``demos`` with the last two in different classes (Chang et al.'s guard against recency bias).
 
-    When the last two share a class, the latest earlier demonstration of another class takes
-    the second-to-last place (swapped); otherwise ``demos`` is returned unchanged.
+    If the last two share a class, the latest earlier demonstration of another class swaps into second-to-last.
 
     Raises:
         ValueError: fewer than two demonstrations or only one class among them.

@@ -13,6 +13,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from icl_heads import _checks
+from icl_heads.data import read_labelled_file
 from icl_heads.prompts.batch import TokenizedPrompts
 from icl_heads.prompts.text import DEFAULT_TEMPLATE, ICLPrompt, check_separators, check_template, render
 from icl_heads.prompts.tokenization import tokenize_prompts
@@ -30,16 +31,14 @@ class ICLTask:
         labels: the class index of each sentence, in ``[0, len(classes))``
             (:meth:`from_pairs` builds a task from label names).
         label_words: the word shown for each class, in the order of ``classes``.
-        template: how one demonstration is rendered; must contain ``{text}`` then
-            ``{label}``. The query is the template cut before ``{label}``, with trailing
-            spaces removed (so BPE tokenizers predict the label with its leading space).
+        template: one demonstration, ``{text}`` then ``{label}``; the query is the template cut before
+            ``{label}``, trailing spaces removed (so BPE tokenizers predict the label with its leading space).
         classes: the class names, in order.
         name: a name for reports.
 
     Raises:
-        ValueError: empty data, a missing or empty text, texts and labels of different
-            lengths, a bad template, label words that do not match the classes, or a text
-            that contains a separator of the template
+        ValueError: empty data, a missing or empty text, texts and labels of different lengths, a bad template,
+            label words that do not match the classes, or a text that contains a separator of the template
             (:class:`~icl_heads.prompts.text.SeparatorInTextError`).
         TypeError: a string where a sequence is expected, or a text that is not a string.
 
@@ -81,8 +80,7 @@ class ICLTask:
                 f"label_words {self.label_words} start or end with whitespace; give bare words "
                 "(the template supplies the spacing)"
             )
-        bad = [y for y in self.labels if not (isinstance(y, (int, np.integer)) and 0 <= y < len(self.classes))]
-        if bad:
+        if bad := [y for y in self.labels if not (isinstance(y, (int, np.integer)) and 0 <= y < len(self.classes))]:
             raise ValueError(
                 f"labels {bad[:5]} are not class indices in [0, {len(self.classes)}); "
                 "use ICLTask.from_pairs(texts, labels) to build a task from label names"
@@ -105,12 +103,10 @@ class ICLTask:
 
         Args:
             texts: the sentences (strings).
-            labels: the label of each sentence: numbers, or strings, or other hashable
-                values of one kind.
+            labels: the label of each sentence: hashable values of one kind (numbers, strings, ...).
             label_words: the word shown for each class, in the order of ``classes``.
             template: how one demonstration is rendered (see :class:`ICLTask`).
-            classes: the class order; default the labels' natural order: numeric
-                order for numbers, order of first appearance otherwise.
+            classes: the class order; default numeric order for numbers, order of first appearance otherwise.
             name: a name for reports.
 
         Returns:
@@ -118,27 +114,19 @@ class ICLTask:
 
         Raises:
             TypeError: a string where a sequence is expected, or a text that is not a string.
-            ValueError: a missing (None/NaN) or empty text or label, labels of mixed
-                kinds (``1`` and ``"1"``), a label outside ``classes``, or the checks
-                of :class:`ICLTask`.
+            ValueError: a missing (None/NaN) or empty text or label, labels of mixed kinds (``1`` and ``"1"``),
+                a label outside ``classes``, or the checks of :class:`ICLTask`.
         """
         texts = _checks.check_texts(texts)
         labels = _checks.check_labels(labels)
         found = _checks.natural_order(labels)
         classes = tuple(_checks.check_sequence("classes", classes)) if classes is not None else found
         label_words = _checks.check_sequence("label_words", label_words)
-        unknown = [y for y in found if y not in classes]
-        if unknown:
+        if unknown := [y for y in found if y not in classes]:
             raise ValueError(f"labels {unknown} are not among the task's classes {list(classes)}")
         index = {c: i for i, c in enumerate(classes)}
-        return cls(
-            texts=texts,
-            labels=tuple(index[y] for y in labels),
-            classes=classes,
-            label_words=tuple(label_words),
-            template=template,
-            name=name,
-        )
+        labels = tuple(index[y] for y in labels)
+        return cls(texts, labels, classes, label_words=tuple(label_words), template=template, name=name)
 
     @classmethod
     def from_dataframe(cls, df, text_col: str = "text", label_col: str = "label", **kw: Any) -> ICLTask:
@@ -147,8 +135,7 @@ class ICLTask:
         Raises:
             ValueError: a missing column, or the checks of :meth:`from_pairs`.
         """
-        missing = [c for c in (text_col, label_col) if c not in df.columns]
-        if missing:
+        if missing := [c for c in (text_col, label_col) if c not in df.columns]:
             raise ValueError(f"columns {missing} not in the data; it has {list(df.columns)}")
         return cls.from_pairs(df[text_col].tolist(), df[label_col].tolist(), **kw)
 
@@ -169,12 +156,10 @@ class ICLTask:
             The task, named after the file unless ``name`` is given.
 
         Raises:
-            icl_heads.data.DataError: a missing, unreadable, empty or malformed file, a
-                missing column or cell, each naming the file and line (a ``ValueError``).
+            icl_heads.data.DataError: a missing, unreadable, empty or malformed file, a missing column or cell,
+                each naming the file and line (a ``ValueError``).
             ValueError: the checks of :meth:`from_pairs`.
         """
-        from icl_heads.data import read_labelled_file
-
         data = read_labelled_file(path, text_col, label_col, dropna=dropna)
         kw.setdefault("name", Path(path).stem)
         return cls.from_pairs(data.texts, data.labels, **kw)
@@ -207,10 +192,8 @@ class ICLTask:
             n: number of prompts.
             shots: demonstrations per prompt.
             seed: random seed; the same seed gives the same prompts.
-            counts: demonstrations per class (sums to ``shots``); default balanced
-                (an odd remainder goes to a random class per prompt).
-            order: ``"random"``, ``"blocked"`` (class 0 first), ``"blocked_reversed"``,
-                ``"alternating"``, or an explicit sequence of class indices.
+            counts: demonstrations per class (sums to ``shots``); default balanced (a remainder to random classes).
+            order: one of :data:`ORDERS` (``"blocked"``: class 0 first) or an explicit sequence of class indices.
             gold: fix every query's class; default alternates classes over prompts.
 
         Returns:
@@ -218,8 +201,8 @@ class ICLTask:
 
         Raises:
             TypeError: ``n``, ``shots``, ``seed``, ``gold``, counts or order that are not integers.
-            ValueError: ``n < 1``, negative ``shots`` or ``seed``, counts that do not sum to
-                ``shots``, too few examples of a class, or an unknown order.
+            ValueError: ``n < 1``, negative ``shots`` or ``seed``, counts that do not sum to ``shots``, too few
+                examples of a class, or an unknown order.
         """
         n, shots = _checks.check_int("n", n), _checks.check_int("shots", shots)
         seed = _checks.check_int("seed", seed, minimum=0)
@@ -290,13 +273,10 @@ class ICLTask:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class PromptConfig(Record):
-    """How a prompt set was drawn (it reads like a dict: ``prompts.config["shots"]``).
+    """How a prompt set was drawn (``prompts.config["shots"]``); every key is optional, others go to ``extra``.
 
-    Every key is optional: a design records what defines it. Random sampling
-    (:meth:`ICLTask.prompts`) records ``n, shots, seed, counts, order, gold``; one fixed
-    demonstration set (:func:`~icl_heads.prompts.designs.fixed_demo_prompts`) ``n, shots,
-    demos, fixed_demos``; flipped queries add ``flipped``; a bias condition ``condition``.
-    Other keys are kept in ``extra``.
+    :meth:`ICLTask.prompts` records ``n, shots, seed, counts, order, gold``; :func:`.fixed_demo_prompts`
+    ``n, shots, demos, fixed_demos``; flipped queries add ``flipped``; a bias condition ``condition``.
     """
 
     n: int = UNSET
@@ -317,10 +297,8 @@ class PromptConfig(Record):
 
 @dataclass(frozen=True)
 class ICLPrompts:
-    """A set of prompts in text, tied to their task. Tokenize with :meth:`tokenize`.
-
-    ``config`` says how they were drawn (a :class:`PromptConfig`; a plain dict is converted).
-    """
+    """A set of prompts in text, tied to their task; ``config`` (a dict becomes a :class:`PromptConfig`) says how
+    they were drawn. Tokenize with :meth:`tokenize`."""
 
     prompts: tuple[ICLPrompt, ...]
     task: ICLTask
@@ -354,8 +332,7 @@ class ICLPrompts:
         Args:
             tokenizer: a Hugging Face fast tokenizer (``model.tokenizer``).
             prepend_bos: put the tokenizer's beginning-of-sequence token first.
-            first_token: accept label words of several tokens and use their first
-                token (off by default: such labels raise :class:`LabelTokenError`).
+            first_token: accept label words of several tokens and use their first token.
 
         Raises:
             LabelTokenError: a label word is not one token in context.

@@ -9,6 +9,7 @@ DEFAULT_TEMPLATE = "{text} : {label}\n"
 
 
 def check_template(template: str) -> None:
+    """Refuse a template without exactly one ``{text}`` before one ``{label}``, or with other braces."""
     if not isinstance(template, str) or template.count("{text}") != 1 or template.count("{label}") != 1:
         raise ValueError(
             f"template must contain '{{text}}' and '{{label}}' exactly once each, got {template!r}; "
@@ -25,20 +26,12 @@ def check_template(template: str) -> None:
 
 
 def template_separators(template: str) -> tuple[str, ...]:
-    """The strings that end a text in a rendered prompt: the template between ``{text}`` and ``{label}``, and after it.
+    """The parts of the template after ``{text}`` and after ``{label}`` that end a text in a prompt.
 
-    A text that contains one of them would read as the end of its demonstration (the
-    ``" : "`` before the label, the newline between demonstrations). A part with a
-    newline counts as the newline itself; a part of whitespace only (a space) is no separator.
+    A part with a newline counts as the newline itself; a part of whitespace only is no separator.
     """
-    mid, after = template.split("{text}")[1].split("{label}")
-    out = []
-    for part in (mid, after):
-        if "\n" in part:
-            out.append("\n")
-        elif part.strip():
-            out.append(part)
-    return tuple(dict.fromkeys(out))
+    parts = template.split("{text}")[1].split("{label}")
+    return tuple(dict.fromkeys("\n" if "\n" in part else part for part in parts if part.strip() or "\n" in part))
 
 
 class SeparatorInTextError(ValueError):
@@ -51,11 +44,7 @@ class SeparatorInTextError(ValueError):
 
 
 def check_separators(texts: tuple[str, ...], template: str) -> None:
-    """Refuse a text that contains one of the template's separators (it would change the prompt's structure).
-
-    Raises:
-        SeparatorInTextError: the first such text, with its index and the separator.
-    """
+    """Raise :class:`SeparatorInTextError` for the first text that contains one of the template's separators."""
     for sep in template_separators(template):
         at = next((i for i, t in enumerate(texts) if sep in t), None)
         if at is not None:
@@ -80,15 +69,10 @@ class ICLPrompt:
 def render(prompt: ICLPrompt, task: Any) -> tuple[str, list[tuple[int, int]], str]:
     """The prompt string, the character span of every demonstration label, the query prefix."""
     before, after = task.template.split("{label}")
-    parts: list[str] = []
-    spans: list[tuple[int, int]] = []
-    offset = 0
-    for text, y in prompt.demos:
-        head = before.format(text=text)
-        word = task.label_words[y]
-        spans.append((offset + len(head), offset + len(head) + len(word)))
-        piece = head + word + after
-        parts.append(piece)
-        offset += len(piece)
+    text, spans = "", []
+    for demo, y in prompt.demos:
+        head, word = text + before.format(text=demo), task.label_words[y]
+        spans.append((len(head), len(head) + len(word)))
+        text = head + word + after
     query = before.format(text=prompt.query).rstrip(" ")
-    return "".join(parts) + query, spans, query
+    return text + query, spans, query

@@ -29,8 +29,7 @@ def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
 
 def _token_at(offsets: list[tuple[int, int]], span: tuple[int, int]) -> list[int]:
     """Indices of the tokens that overlap the character span."""
-    start, end = span
-    return [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+    return [i for i, (a, b) in enumerate(offsets) if a < span[1] and b > span[0]]
 
 
 def label_token_ids(task: Any, tokenizer, *, first_token: bool = False) -> tuple[int, ...]:
@@ -91,23 +90,20 @@ def tokenize_prompts(
     task = prompts.task
     labels = label_token_ids(task, tokenizer, first_token=first_token)
     bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
-    all_tokens, all_pos, all_demo, all_roles, all_index = [], [], [], [], []
+    before, after = task.template.split("{label}")
+    rows = []
     for p in prompts.prompts:
         text, spans, query = render(p, task)
         tokens, offsets = _encode(tokenizer, text)
-        positions, hits = [], []
-        for (_, y), span in zip(p.demos, spans, strict=True):
-            hit = _token_at(offsets, span)
-            hits.append(hit)
+        hits = [_token_at(offsets, span) for span in spans]
+        for (_, y), hit in zip(p.demos, hits, strict=True):
             if not hit or tokens[hit[0]] != labels[y]:
                 got = tokenizer.convert_ids_to_tokens(tokens[hit[0]]) if hit else None
                 raise LabelTokenError(
                     f"label {task.label_words[y]!r} became token {got!r} inside the prompt, not the expected "
                     f"{tokenizer.convert_ids_to_tokens(labels[y])!r}; the template's text around the label merges with it"
                 )
-            positions.append(len(bos) + hit[0])
         # the label the model must predict is the token it would read after the query
-        before, after = task.template.split("{label}")
         full_text = text[: len(text) - len(query)] + before.format(text=p.query) + task.label_words[p.gold] + after
         full, _ = _encode(tokenizer, full_text)
         if full[: len(tokens)] != tokens or full[len(tokens)] != labels[p.gold]:
@@ -121,22 +117,13 @@ def tokenize_prompts(
         if rendered != text:  # pragma: no cover - render and char_roles build the same string
             raise RuntimeError(f"internal error: token roles were computed for {rendered!r}, not {text!r}")
         roles, demo_index = token_roles(char_role, char_demo, offsets, hits)
-        all_roles.append((BOS,) * len(bos) + roles)
-        all_index.append((-1,) * len(bos) + demo_index)
-        all_tokens.append(tuple(bos + tokens))
-        all_pos.append(tuple(positions))
-        all_demo.append(tuple(y for _, y in p.demos))
-    return TokenizedPrompts(
-        tokens=tuple(all_tokens),
-        label_positions=tuple(all_pos),
-        demo_labels=tuple(all_demo),
-        golds=tuple(p.gold for p in prompts.prompts),
-        label_token_ids=labels,
-        prompts=prompts,
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        roles=tuple(all_roles),
-        demo_index=tuple(all_index),
-    )
+        positions = tuple(len(bos) + hit[0] for hit in hits)
+        demos = tuple(y for _, y in p.demos)
+        rows.append((tuple(bos + tokens), positions, demos, (BOS,) * len(bos) + roles, (-1,) * len(bos) + demo_index))
+    tokens, positions, demos, roles, demo_index = (tuple(r[i] for r in rows) for i in range(5))
+    golds = tuple(p.gold for p in prompts.prompts)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    return TokenizedPrompts(tokens, positions, demos, golds, labels, prompts, fingerprint, roles, demo_index)
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -144,10 +131,8 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A short hash of the tokenizer's full definition (vocabulary, merges, normalisation), memoised per object."""
-    try:
+    with contextlib.suppress(KeyError, TypeError):
         return _FINGERPRINTS[tokenizer]
-    except (KeyError, TypeError):
-        pass
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     special = json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id])
