@@ -1,11 +1,4 @@
-"""The reweighting protocol: component reweighting against K-shot ICL and Calib+ over seeds and templates.
-
-:func:`compare_reweighting` splits ``K`` labelled examples into ``K'`` balanced
-demonstrations and ``K - K'`` training examples, fits
-:class:`~icl_heads.components.estimators.ComponentReweighting` and
-:class:`~icl_heads.components.estimators.CalibPlus` on the training examples'
-decomposition, and compares them on a test set with ``K'``-shot and ``K``-shot ICL.
-"""
+"""The reweighting protocol: component reweighting against K-shot ICL and Calib+ over seeds and templates."""
 
 from __future__ import annotations
 
@@ -184,23 +177,21 @@ def compare_reweighting(
     templates = tuple(templates) if templates is not None else (task.template,)
     labels = np.asarray(task.labels)
     access = faithful_access(model, "compare_reweighting")
-    rows, weights, names, skipped = [], [], (), None
+    rows, weights, skipped = [], [], "not requested (icl_k=False)" if icl_k is False else None
     quiet = run_options(options, progress=False)
     for seed in tqdm(list(seeds), desc="reweighting runs", disable=not options.progress):
         test, labelled, demos, train = reweighting_split(labels, k=k, k_demo=k_demo, n_test=n_test, seed=seed)
         for template in templates:
-            t_task = task.with_template(template)
-            dec_train = decompose(access, fixed_demo_prompts(t_task, demos, train), options=quiet)
-            dec_test = decompose(access, fixed_demo_prompts(t_task, demos, test), options=quiet)
+            t_task, base = task.with_template(template), {"seed": seed, "template": template}
+            dec_train, dec_test = (
+                decompose(access, fixed_demo_prompts(t_task, demos, q), options=quiet) for q in (train, test)
+            )
             rw = ComponentReweighting(**{"random_state": seed, **(reweighting or {})}).fit(dec_train)
-            cal = CalibPlus().fit(dec_train)
-            base = {"seed": seed, "template": template}
             rows.append({**base, "method": f"ICL-{k_demo}", "accuracy": dec_test.full_accuracy})
-            if icl_k is not False and skipped is None:
+            if skipped is None:
                 try:
-                    many = predict(
-                        access, fixed_demo_prompts(t_task, last_two_differ(labelled, labels), test), options=quiet
-                    )
+                    prompts = fixed_demo_prompts(t_task, last_two_differ(labelled, labels), test)
+                    many = predict(access, prompts, options=quiet)
                     rows.append({**base, "method": f"ICL-{k}", "accuracy": float(many.correct.float().mean())})
                 except PromptTooLongError as err:
                     if icl_k:
@@ -209,21 +200,16 @@ def compare_reweighting(
                     logger.warning("ICL-%d baseline skipped: %s", k, err)
                     rows = [r for r in rows if r["method"] != f"ICL-{k}"]
             rows += [
-                {**base, "method": "Calib+", "accuracy": cal.score(dec_test)},
+                {**base, "method": "Calib+", "accuracy": CalibPlus().fit(dec_train).score(dec_test)},
                 {**base, "method": "reweighting", "accuracy": rw.score(dec_test), "kept": len(rw.kept_components_)},
             ]
             weights.append(torch.tensor(rw.weights_, dtype=torch.float32))
-            names = dec_test.names
     config = {"k": k, "k_demo": k_demo, "seeds": list(seeds), "n_test": n_test, "reweighting": reweighting or {}}
-    if icl_k is False:
-        skipped = "not requested (icl_k=False)"
-    if skipped is not None:
-        config["icl_k_skipped"] = skipped
     return ReweightingComparison(
         df=pd.DataFrame(rows),
         weights=torch.stack(weights),
-        names=tuple(names),
+        names=dec_test.names,
         label_words=tuple(task.label_words),
-        config=ReweightingComparisonConfig.from_dict(config),
+        config=ReweightingComparisonConfig.from_dict({**config, **({"icl_k_skipped": skipped} if skipped else {})}),
         provenance=provenance(access.name, None, task=task.name, templates=list(templates)),
     )
