@@ -50,8 +50,8 @@ class PaperTable(Result):
     """A paper's table reproduced: one row per run.
 
     Attributes:
-        df: one row per task, method and run: ``task, method, seed, template, value, note``
-            (``value`` empty and ``note`` saying why when a run could not be made).
+        df: one row per task, method and run: ``task, method, seed, template, value, note`` (``value`` empty and
+            ``note`` saying why when a run could not be made).
         config: the paper, the table, what ``value`` measures and the run settings.
         provenance: model and versions.
     """
@@ -64,10 +64,10 @@ class PaperTable(Result):
     def table(self) -> pd.DataFrame:
         """``task, method, mean, sd, n, ci_low, ci_high, note``, tasks in run order then ``Avg.``.
 
-        ``sd`` is over runs (``ddof=1``, the spread the papers report as ±); the interval is
-        a 95% t interval of the mean over the ``n`` seed × format runs. ``Avg.`` averages
-        each run over the tasks that have it (a run is one seed and format), then takes
-        the same statistics over those runs. ``note`` counts the runs that could not be made, and says why.
+        ``sd`` is over runs (``ddof=1``, the spread the papers report as ±); the interval is a 95% t interval of the
+        mean over the ``n`` seed × format runs. ``Avg.`` averages each run over the tasks that have it (a run is one
+        seed and format), then takes the same statistics over those runs. ``note`` counts the runs that could not be
+        made, and says why.
         """
         groups = self.df.groupby(["task", "method"], sort=False)
         rows = [_stats(t, m, g.value.dropna(), _missing(g)) for (t, m), g in groups]
@@ -195,8 +195,8 @@ def chang_reweighting(
 ) -> PaperTable:
     """Chang et al.'s Table 4: ``Standard 3,4``, ``Standard 24``, ``Calib+ 24`` and ``CompRW 24`` per task.
 
-    ``K'``-shot ICL against 24-shot ICL, Calib+ and component reweighting with the same 24 labelled examples,
-    through :func:`~icl_heads.components.protocol.compare_reweighting`.
+    ``K'``-shot ICL against 24-shot ICL, Calib+ and component reweighting with the same 24 labelled examples, through
+    :func:`~icl_heads.components.protocol.compare_reweighting`.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -205,8 +205,7 @@ def chang_reweighting(
         seeds: one run per seed and format, each with its own labelled examples and test queries.
         k: labelled examples per run (the 24 of the paper).
         n_test: test queries per run.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`PaperTable` of test accuracies. ``Standard 24`` prompts longer than the
@@ -231,12 +230,13 @@ def chang_components(
 ) -> PaperTable:
     """Chang et al.'s Table 1: ``Full`` against the best (``Oracle-T1``) and worst (``Oracle-B1``) single component.
 
-    The prompts are those of :func:`chang_reweighting` (same seeds, demonstrations and test
-    queries). Both oracles are chosen on the test queries themselves, as in the paper (a
-    best-of-many selection: an upper bound, not a held-out accuracy).
+    The prompts are those of :func:`chang_reweighting` (same seeds, demonstrations and test queries). Both oracles are
+    chosen on the test queries themselves, as in the paper (a best-of-many selection: an upper bound, not a held-out
+    accuracy).
 
     Args:
-        model, tasks, templates, seeds, k, n_test, options: as :func:`chang_reweighting`.
+        model, tasks, templates, seeds, k, n_test: as :func:`chang_reweighting`.
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`PaperTable` of test accuracies.
@@ -276,22 +276,20 @@ def chang_transfer(
 ) -> PaperTable:
     """Chang et al.'s Table 3: out-of-distribution transfer from each source task to its target.
 
-    Per seed and format of the source: demonstrations and labelled examples from the source
-    (as :func:`chang_reweighting` draws them), test queries from the source and the target.
-    ``Full``: the model on the target queries; ``Transfer-1``: the single component most
-    accurate on the source queries, on the target; ``Oracle-1``: the best component on the
-    target itself (selected on its test queries, as in the paper); ``CompRW transfer 24``:
-    a component reweighting fitted on the source's ``k - k'`` training examples, on the target.
+    Per seed and format of the source: demonstrations and labelled examples from the source (as
+    :func:`chang_reweighting` draws them), test queries from the source and the target. ``Full``: the model on the
+    target queries; ``Transfer-1``: the single component most accurate on the source queries, on the target;
+    ``Oracle-1``: the best component on the target itself (selected on its test queries, as in the paper); ``CompRW
+    transfer 24``: a component reweighting fitted on the source's ``k - k'`` training examples, on the target.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
-        pairs: ``(source, target)`` tasks with the same classes in the same order (the
-            target is shown with the source's label words and formats).
+        pairs: ``(source, target)`` tasks with the same classes in the same order (the target is shown with the
+            source's label words and formats).
         templates: the formats of each source task, by name (default: its own template).
         seeds, k, n_test: as :func:`chang_reweighting`.
         reweighting: hyperparameters of :class:`~icl_heads.components.estimators.ComponentReweighting`.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`PaperTable` of target accuracies, rows named by the target task.
@@ -354,10 +352,9 @@ def yu_heads(
 ) -> PaperTable:
     """Yu & Ananiadou's in-context heads with meaningless labels: ICL accuracy, and with the heads ablated.
 
-    Per task and seed: the heads are found on ``n`` prompts and verified on ``n`` other
-    prompts (``ICL``, ``in-context heads ablated``, ``random heads ablated``: the mean of
-    ``n_random`` random sets of the same size), all with ``foo``/``bar`` labels
-    (:func:`meaningless_labels`).
+    Per task and seed: the heads are found on ``n`` prompts and verified on ``n`` other prompts (``ICL``, ``in-context
+    heads ablated``, ``random heads ablated``: the mean of ``n_random`` random sets of the same size), all with
+    ``foo``/``bar`` labels (:func:`meaningless_labels`).
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -366,8 +363,7 @@ def yu_heads(
         n: prompts to find the heads on, and as many to verify them on.
         shots: demonstrations per prompt.
         n_random: random head sets per run.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`PaperTable` of accuracies on the held-out prompts.
@@ -400,10 +396,10 @@ def yu_bias(
 ) -> PaperTable:
     """Yu & Ananiadou's bias conditions with meaningless labels: majority and recency bias, corrected.
 
-    Per task, seed and bias: :func:`~icl_heads.debias.correct_bias` with its default method
-    and heads found on the tuning prompts; rows ``{bias} bias``, ``{bias} bias corrected``
-    (the headline bias before and after, same test prompts) and ``{bias} bias reduction
-    (%)``. A run where the model shows no bias to correct has no value and says why.
+    Per task, seed and bias: :func:`~icl_heads.debias.correct_bias` with its default method and heads found on the
+    tuning prompts; rows ``{bias} bias``, ``{bias} bias corrected`` (the headline bias before and after, same test
+    prompts) and ``{bias} bias reduction (%)``. A run where the model shows no bias to correct has no value and says
+    why.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -411,8 +407,7 @@ def yu_bias(
         seeds: one run per seed (its test and tuning prompts).
         n: test prompts per run.
         tune_n: tuning prompts per run.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`PaperTable` of bias sizes and reductions.

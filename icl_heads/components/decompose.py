@@ -1,7 +1,7 @@
 """Decompose the label logits into every head, MLP, the embeddings and the bias terms.
 
-With the final norm's scale frozen from the real pass the readout is linear, so the label logits are exactly the
-sum of each component's ``g_j = W_U[:, labels] . norm(c_j)`` (docs/methods.md).
+With the final norm's scale frozen from the real pass the readout is linear, so the label logits are exactly the sum
+of each component's ``g_j = W_U[:, labels] . norm(c_j)`` (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from icl_heads.results import provenance
 def label_readout(access: ModelAccess, label_ids: Tensor) -> tuple[Tensor, Tensor]:
     """The frozen final norm and unembedding at scale 1 as one matrix, and the constant logits.
 
-    ``final_norm(x, s) @ W_U[:, labels] == (x @ readout) / s`` for any ``x``; ``const`` is the final norm's
-    bias and ``b_U``.
+    ``final_norm(x, s) @ W_U[:, labels] == (x @ readout) / s`` for any ``x``; ``const`` is the final norm's bias and
+    ``b_U``.
     """
     W_UL = access.W_U[:, label_ids].float()
     eye = torch.eye(access.d_model, device=W_UL.device)
@@ -48,17 +48,16 @@ def decompose(
 ) -> Decomposition:
     """Label logits of every head, MLP, the embeddings and the bias terms at each prompt's final position.
 
-    One forward pass per batch keeps only ``hook_z`` and ``hook_mlp_out`` of every
-    layer, the embeddings and ``ln_final.hook_scale``, at the final position.
+    One forward pass per batch keeps only ``hook_z`` and ``hook_mlp_out`` of every layer, the embeddings and
+    ``ln_final.hook_scale``, at the final position.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts` or :func:`fixed_demo_prompts`.
-        atol: largest accepted ``|sum_j g_j - model label logits|``; default the
-            identities' tolerance for the model's dtype times ``max(1, |logits|)``
-            (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16; docs/models.md).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        atol: largest accepted ``|sum_j g_j - model label logits|``; default the identities' tolerance for the model's
+            dtype times ``max(1, |logits|)`` (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16;
+            docs/models.md).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`Decomposition`.

@@ -1,7 +1,7 @@
 """Component reweighting and Calib+ (Chang, Thomason & Jia, 2024): estimators fitted on a decomposition.
 
-Both follow scikit-learn's contract (``fit`` returns ``self``, learned state ends in ``_``,
-:class:`NotFittedError` before ``fit``) without depending on scikit-learn.
+Both follow scikit-learn's contract (``fit`` returns ``self``, learned state ends in ``_``, :class:`NotFittedError`
+before ``fit``) without depending on scikit-learn.
 """
 
 from __future__ import annotations
@@ -111,10 +111,9 @@ def loss_and_grad(w: np.ndarray, A: np.ndarray, Y: np.ndarray, l1: float) -> tup
 class ComponentReweighting(_Estimator):
     """Reweight the components of a decomposition to classify better than the whole model.
 
-    ``logits = sum_j clip(w_j, 0, 1) g_j``; ``w`` starts at 1 (the whole model) and is
-    trained by full-batch gradient descent on cross-entropy ``+ l1 * ||w||_1``, stopping
-    when the monitored loss has not improved by ``tol`` for ``n_iter_no_change`` epochs
-    (the weights with the best monitored loss are kept).
+    ``logits = sum_j clip(w_j, 0, 1) g_j``; ``w`` starts at 1 (the whole model) and is trained by full-batch gradient
+    descent on cross-entropy ``+ l1 * ||w||_1``, stopping when the monitored loss has not improved by ``tol`` for
+    ``n_iter_no_change`` epochs (the weights with the best monitored loss are kept).
 
     Args:
         l1: L1 penalty on the weights (λ).
@@ -122,8 +121,8 @@ class ComponentReweighting(_Estimator):
         max_epochs: most full-batch epochs.
         tol: smallest improvement of the monitored loss that resets early stopping.
         n_iter_no_change: epochs without improvement before stopping.
-        validation_fraction: share of the training examples held out to monitor
-            (cross-entropy) for early stopping; None monitors the training loss.
+        validation_fraction: share of the training examples held out to monitor (cross-entropy) for early stopping;
+            None monitors the training loss.
         random_state: seed of the validation split (the fit is otherwise deterministic).
 
     Attributes:
@@ -246,8 +245,8 @@ class ComponentReweighting(_Estimator):
 class CalibPlus(_Estimator):
     """Learned calibration of the model's label probabilities: ``logits = W * p + b`` per class.
 
-    ``p`` is the softmax of the model's label logits; ``W`` (initialised to 1) and ``b``
-    (to 0) are fitted by L-BFGS on cross-entropy plus ``l2 * (||W - 1||^2 + ||b||^2)``.
+    ``p`` is the softmax of the model's label logits; ``W`` (initialised to 1) and ``b`` (to 0) are fitted by L-BFGS
+    on cross-entropy plus ``l2 * (||W - 1||^2 + ||b||^2)``.
 
     Args:
         l2: pull of the weights toward the identity calibration.

@@ -45,8 +45,8 @@ class ReweightingComparison(Result):
     """Reweighting against K-shot ICL and Calib+ over seeds and templates.
 
     Attributes:
-        df: one row per run and method: ``seed, template, method, accuracy`` (and
-            ``kept`` components for reweighting).
+        df: one row per run and method: ``seed, template, method, accuracy`` (and ``kept`` components for
+            reweighting).
         weights: ``[run, component]`` learned weights of each run (runs in ``df`` order).
         names: component names.
         label_words: the label words.
@@ -136,14 +136,11 @@ def compare_reweighting(
 ) -> ReweightingComparison:
     """Run the reweighting protocol and its baselines over seeds and templates.
 
-    For each seed: ``n_test`` balanced test queries and ``k`` balanced labelled
-    examples (disjoint); ``k_demo`` balanced labelled examples become the
-    demonstrations, ordered (as the ``k`` of ``ICL-{k}``) so the last two differ in label
-    (:func:`~icl_heads.prompts.last_two_differ`, as Chang et al. do), and the other
-    ``k - k_demo`` train the reweighting (and Calib+).
-    For each template, the test accuracy of ``ICL-{k_demo}`` (the demonstrations
-    alone), ``ICL-{k}`` (all ``k`` labelled examples as demonstrations), ``Calib+``
-    and ``reweighting``.
+    For each seed: ``n_test`` balanced test queries and ``k`` balanced labelled examples (disjoint); ``k_demo``
+    balanced labelled examples become the demonstrations, ordered (as the ``k`` of ``ICL-{k}``) so the last two differ
+    in label (:func:`~icl_heads.prompts.last_two_differ`, as Chang et al. do), and the other ``k - k_demo`` train the
+    reweighting (and Calib+). For each template, the test accuracy of ``ICL-{k_demo}`` (the demonstrations alone),
+    ``ICL-{k}`` (all ``k`` labelled examples as demonstrations), ``Calib+`` and ``reweighting``.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -154,20 +151,17 @@ def compare_reweighting(
         templates: templates to run.
         n_test: test queries.
         reweighting: hyperparameters for :class:`ComponentReweighting` (``random_state`` defaults to the seed).
-        icl_k: run the ``ICL-{k}`` baseline: True (its prompts must fit the
-            context), False (skip it), or None (run it where its prompts fit the
-            context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and
-            compare against ``ICL-{k_demo}``).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        icl_k: run the ``ICL-{k}`` baseline: True (its prompts must fit the context), False (skip it), or None (run it
+            where its prompts fit the context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and compare
+            against ``ICL-{k_demo}``).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`ReweightingComparison`.
 
     Raises:
         ValueError: ``k_demo`` not in ``[1, k)`` or too few examples.
-        PromptTooLongError: ``k`` demonstrations do not fit the model's context
-            and ``icl_k`` is True.
+        PromptTooLongError: ``k`` demonstrations do not fit the model's context and ``icl_k`` is True.
     """
     options = run_options(options)
     if not 1 <= k_demo < k:

@@ -37,8 +37,8 @@ class DecompositionConfig(Record):
 def component_table(n_layers: int, n_heads: int) -> pd.DataFrame:
     """Names and places of all components, in decomposition order.
 
-    Order: ``embed``, then for each layer its heads ``L{l}H{h}`` and ``MLP{l}``, then
-    ``bias``. ``layer``/``head`` are ``-1`` where they do not apply.
+    Order: ``embed``, then for each layer its heads ``L{l}H{h}`` and ``MLP{l}``, then ``bias``. ``layer``/``head`` are
+    ``-1`` where they do not apply.
     """
     rows = [("embed", "embed", -1, -1)]
     for layer in range(n_layers):
@@ -77,8 +77,8 @@ class Decomposition(Result):
         n_layers: layers of the model.
         n_heads: heads per layer.
         reconstruction_error: largest ``|sum_j g_j - full_logits|`` over prompts and labels.
-        df: one row per component: ``component, type, layer, head, accuracy, ci_low,
-            ci_high, top_label, top_label_share, n``.
+        df: one row per component: ``component, type, layer, head, accuracy, ci_low, ci_high, top_label,
+            top_label_share, n``.
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
     """
@@ -124,19 +124,10 @@ class Decomposition(Result):
                 f"{tuple(full_logits.shape)}, {tuple(golds.shape)}"
             )
         words = tuple(label_words) if label_words is not None else tuple(f"label{i}" for i in range(k))
-        return cls(
-            logits,
-            full_logits,
-            golds,
-            tuple(meta.component),
-            words,
-            n_layers,
-            n_heads,
-            reconstruction_error=float((logits.sum(1) - full_logits).abs().max()),
-            df=component_accuracy_table(logits, golds, meta, words),
-            config=DecompositionConfig.from_dict(config or {}),
-            provenance=Provenance.from_dict(provenance or {}),
-        )
+        error = float((logits.sum(1) - full_logits).abs().max())
+        df = component_accuracy_table(logits, golds, meta, words)
+        cfg, prov = DecompositionConfig.from_dict(config or {}), Provenance.from_dict(provenance or {})
+        return cls(logits, full_logits, golds, tuple(meta.component), words, n_layers, n_heads, error, df, cfg, prov)
 
     @property
     def n_prompts(self) -> int:
@@ -178,12 +169,11 @@ class Decomposition(Result):
         """Classify every component as good, bad, label-biased or other.
 
         * good: accuracy above the whole model's;
-        * bad: accuracy significantly below chance (one-sided binomial test against
-          ``1 / n_labels``, p < ``alpha``);
+        * bad: accuracy significantly below chance (one-sided binomial test against ``1 / n_labels``, p < ``alpha``);
         * label-biased: predicts one label on at least ``bias_threshold`` of prompts.
 
-        The ``kind`` column takes the first that applies in the order label-biased,
-        good, bad, other; the boolean columns are independent.
+        The ``kind`` column takes the first that applies in the order label-biased, good, bad, other; the boolean
+        columns are independent.
 
         Args:
             bias_threshold: share of prompts on one label that makes a component label-biased.
@@ -220,19 +210,11 @@ class Decomposition(Result):
         df, rows = self.kinds(**kinds_kw), []
         for kind in KINDS:
             part = df[df.kind == kind].sort_values("accuracy", ascending=kind == "bad", kind="stable")
-            rows.append(
-                {
-                    "kind": kind,
-                    "n": len(part),
-                    "heads": int((part.type == "head").sum()),
-                    "mlps": int((part.type == "mlp").sum()),
-                    "other_components": int(part.type.isin(["embed", "bias"]).sum()),
-                    "min_accuracy": float(part.accuracy.min()),  # NaN when no component is of this kind
-                    "max_accuracy": float(part.accuracy.max()),
-                    "examples": ", ".join(part.component.head(5)),
-                }
-            )
-        return pd.DataFrame(rows)
+            t, acc = part.type, part.accuracy  # min and max are NaN when no component is of this kind
+            n_types = [int((t == "head").sum()), int((t == "mlp").sum()), int(t.isin(["embed", "bias"]).sum())]
+            rows.append([kind, len(part), *n_types, acc.min(), acc.max(), ", ".join(part.component.head(5))])
+        columns = ["kind", "n", "heads", "mlps", "other_components", "min_accuracy", "max_accuracy", "examples"]
+        return pd.DataFrame(rows, columns=columns)
 
     def summary(self) -> dict[str, Any]:
         df = self.kinds()

@@ -45,20 +45,18 @@ class ComponentStability(Result):
     """How stable component accuracies are across demonstration sets and templates.
 
     Attributes:
-        df: one row per pair of runs that differ in one factor: ``axis`` ("demo set"
-            or "template"), ``fixed`` (the shared factor), ``a``, ``b``, ``pearson``
-            (of component accuracies), ``top_iou`` (of the top components),
+        df: one row per pair of runs that differ in one factor: ``axis`` ("demo set" or "template"), ``fixed`` (the
+            shared factor), ``a``, ``b``, ``pearson`` (of component accuracies), ``top_iou`` (of the top components),
             ``full_accuracy_a``, ``full_accuracy_b``.
-        runs: one row per (template, demo set): ``template, demo_set, full_accuracy,
-            best_component, best_accuracy``.
+        runs: one row per (template, demo set): ``template, demo_set, full_accuracy, best_component, best_accuracy``.
         accuracies: ``[template, demo_set, component]`` accuracy of each component alone.
         names: component names.
         templates: the templates.
         config: the arguments that produced this result.
         provenance: model, versions.
 
-    :meth:`summary` gives the mean Pearson and IoU per axis next to the standard
-    deviation (``ddof=0``) of full-model and of component accuracies.
+    :meth:`summary` gives the mean Pearson and IoU per axis next to the standard deviation (``ddof=0``) of full-model
+    and of component accuracies.
     """
 
     df: pd.DataFrame
@@ -118,10 +116,9 @@ def component_stability(
 ) -> ComponentStability:
     """Compare component accuracies across demonstration sets and templates.
 
-    Every run shares one set of ``n`` balanced queries; each demonstration set is
-    ``shots`` balanced examples (disjoint from the queries) prepended to every query.
-    Runs that differ in one factor are compared by the Pearson correlation of their
-    component accuracies and the overlap (IoU) of their top components.
+    Every run shares one set of ``n`` balanced queries; each demonstration set is ``shots`` balanced examples
+    (disjoint from the queries) prepended to every query. Runs that differ in one factor are compared by the Pearson
+    correlation of their component accuracies and the overlap (IoU) of their top components.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -132,8 +129,7 @@ def component_stability(
         n: queries.
         top: size of the top-component sets compared by IoU.
         seed: seed of the queries and demonstration sets.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`ComponentStability` result.
