@@ -156,9 +156,8 @@ class ComponentReweighting(_Estimator):
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if int(self.max_epochs) < 1 or int(self.n_iter_no_change) < 1:
-            raise ValueError(
-                f"max_epochs and n_iter_no_change must be >= 1, got {self.max_epochs}, {self.n_iter_no_change}"
-            )
+            got = f"{self.max_epochs}, {self.n_iter_no_change}"
+            raise ValueError(f"max_epochs and n_iter_no_change must be >= 1, got {got}")
         if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be None or in (0, 1), got {self.validation_fraction}")
 
@@ -183,8 +182,7 @@ class ComponentReweighting(_Estimator):
         """Learn the component weights.
 
         Args:
-            X: ``[example, component, label]`` component logits (array, tensor or a
-                :class:`~icl_heads.components.result.Decomposition`).
+            X: ``[example, component, label]`` component logits (array, tensor or a :class:`Decomposition`).
             y: class index per example (default: the Decomposition's gold labels).
 
         Returns:

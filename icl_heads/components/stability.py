@@ -85,21 +85,13 @@ class ComponentStability(Result):
         return self._draw("plot", axis=axis, pair=pair)
 
 
-def _pair(axis: str, fixed: Any, a: Any, b: Any, x: np.ndarray, y: np.ndarray, fa: float, fb: float, top: int) -> dict:
+def _pair(axis: str, fixed: Any, a: Any, b: Any, x: np.ndarray, y: np.ndarray, fa: float, fb: float, top: int) -> tuple:
     """One row of :attr:`ComponentStability.df`: runs ``a`` and ``b`` (accuracies ``x``, ``y``) compared."""
     if constant := x.std() == 0 or y.std() == 0:
         logger.warning("component accuracies are constant in one run; their correlation is undefined (NaN)")
     ta, tb = (set(np.argsort(-acc, kind="stable")[:top].tolist()) for acc in (x, y))
-    return {
-        "axis": axis,
-        "fixed": str(fixed),
-        "a": str(a),
-        "b": str(b),
-        "pearson": float("nan") if constant else float(np.corrcoef(x, y)[0, 1]),
-        "top_iou": len(ta & tb) / len(ta | tb),
-        "full_accuracy_a": float(fa),
-        "full_accuracy_b": float(fb),
-    }
+    pearson = float("nan") if constant else float(np.corrcoef(x, y)[0, 1])
+    return axis, str(fixed), str(a), str(b), pearson, len(ta & tb) / len(ta | tb), float(fa), float(fb)
 
 
 def component_stability(
@@ -170,7 +162,9 @@ def component_stability(
         for t1, t2 in combinations(range(T), 2)
     ]
     return ComponentStability(
-        df=pd.DataFrame(pairs),
+        df=pd.DataFrame(
+            pairs, columns=["axis", "fixed", "a", "b", "pearson", "top_iou", "full_accuracy_a", "full_accuracy_b"]
+        ),
         runs=runs,
         accuracies=torch.tensor(a, dtype=torch.float32),
         names=dec.names,
