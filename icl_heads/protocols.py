@@ -144,8 +144,7 @@ def demo_shots(n_classes: int, shots: int = 4) -> int:
 def _component_accuracy(dec: Any) -> pd.Series:
     """Accuracy of each head and MLP alone (the paper's components), by name."""
     correct = (dec.logits.argmax(-1) == dec.golds[:, None]).float().mean(0).numpy()
-    acc = pd.Series(correct, index=list(dec.names))
-    return acc[dec.df.set_index("component").loc[list(dec.names), "type"].isin(["head", "mlp"]).to_numpy()]
+    return pd.Series(correct, index=list(dec.names))[dec.df.type.isin(["head", "mlp"]).to_numpy()]
 
 
 def _chang(
