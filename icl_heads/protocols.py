@@ -1,7 +1,6 @@
-"""The two papers' protocols, one call each, with results laid out as the papers' tables.
+"""The two papers' protocols, one call each, each returning a :class:`PaperTable` laid out as the paper's table.
 
-Chang, Thomason & Jia (2024, arXiv 2406.13131): Tables 4, 1 and 3; Yu & Ananiadou (2024, arXiv 2402.02872): the
-in-context heads and bias corrections with meaningless labels. Each returns a :class:`PaperTable` (one row per run).
+Chang, Thomason & Jia (2024, arXiv 2406.13131), Tables 4, 1, 3; Yu & Ananiadou (2024, arXiv 2402.02872), heads and bias.
 """
 
 from __future__ import annotations

@@ -65,8 +65,7 @@ class ReweightingComparison(Result):
     def table(self) -> pd.DataFrame:
         """``method, mean, std, runs``: test accuracy over all runs (std with ``ddof=1``)."""
         g = self.df.groupby("method", sort=False).accuracy
-        out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "runs": g.size()})
-        return out.reset_index()
+        return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "runs": g.size()}).reset_index()
 
     def margin(self, method: str = "reweighting", baseline: str | None = None) -> tuple[float, float]:
         """Mean and std over runs of ``accuracy(method) - accuracy(baseline)`` (default baseline ``ICL-{k}``).
