@@ -83,9 +83,8 @@ class PaperTable(Result):
         Raises:
             KeyError: a method that is not in the table.
         """
-        for m in (method, baseline):
-            if m not in set(self.df.method):
-                raise KeyError(f"no method {m!r}; methods are {sorted(set(self.df.method))}")
+        if missing := [m for m in (method, baseline) if m not in set(self.df.method)]:
+            raise KeyError(f"no method {missing[0]!r}; methods are {sorted(set(self.df.method))}")
         wide = self.df.pivot_table(index=["task", "seed", "template"], columns="method", values="value")
         diff = (wide[method] - wide[baseline]).dropna().rename("value").reset_index()
         rows = [_stats(t, "", g.value) for t, g in diff.groupby("task", sort=False)]
@@ -328,14 +327,9 @@ def meaningless_labels(task: ICLTask, words: Sequence[str] = MEANINGLESS_WORDS[:
         raise ValueError(f"give at least two label words, got {list(words)}")
     keep = [i for i, y in enumerate(task.labels) if y < len(words)]
     n = min(len(words), len(task.classes))
-    return ICLTask.from_pairs(
-        [task.texts[i] for i in keep],
-        [task.classes[task.labels[i]] for i in keep],
-        label_words=tuple(words[:n]),
-        template=task.template,
-        classes=task.classes[:n],
-        name=task.name,
-    )
+    texts, classes = [task.texts[i] for i in keep], [task.classes[task.labels[i]] for i in keep]
+    kw = {"label_words": tuple(words[:n]), "template": task.template, "classes": task.classes[:n], "name": task.name}
+    return ICLTask.from_pairs(texts, classes, **kw)
 
 
 def yu_heads(

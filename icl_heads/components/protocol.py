@@ -75,9 +75,8 @@ class ReweightingComparison(Result):
         """
         baseline = baseline or self.baseline
         wide = self.df.pivot_table(index=["seed", "template"], columns="method", values="accuracy")
-        for m in (method, baseline):
-            if m not in wide:
-                raise KeyError(f"no method {m!r}; methods are {list(wide.columns)}")
+        if missing := [m for m in (method, baseline) if m not in wide]:
+            raise KeyError(f"no method {missing[0]!r}; methods are {list(wide.columns)}")
         diff = (wide[method] - wide[baseline]).to_numpy()
         return float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
 
