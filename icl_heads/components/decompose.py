@@ -1,7 +1,8 @@
 """Decompose the label logits into every head, MLP, the embeddings and the bias terms.
 
-With the final norm's scale frozen from the real pass the readout is linear, so the label logits are exactly the sum
-of each component's ``g_j = W_U[:, labels] . norm(c_j)`` (docs/methods.md).
+With the final norm's scale frozen from the real pass, the label logits are exactly the sum of each component's
+``g_j = W_U[:, labels] . norm(c_j)`` (docs/methods.md); both sides use the model's own ``W_U``, so a centred
+unembedding (one constant shift per prompt) changes neither the identity nor the label-set argmax and softmax.
 """
 
 from __future__ import annotations

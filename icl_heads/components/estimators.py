@@ -206,10 +206,10 @@ class ComponentReweighting(_Estimator):
                 )
             perm = np.random.default_rng(self.random_state).permutation(n)
             train, val = np.sort(perm[n_val:]), np.sort(perm[:n_val])
-        w = np.ones(C)
+        A_train, Y_train, w = A[train], Y[train], np.ones(C)
         best, best_w, stale, curve, epoch = np.inf, w.copy(), 0, [], 0
         for epoch in range(1, int(self.max_epochs) + 1):  # noqa: B007
-            loss, grad = loss_and_grad(w, A[train], Y[train], self.l1)
+            loss, grad = loss_and_grad(w, A_train, Y_train, self.l1)
             curve.append(loss)
             monitor = loss if val is None else loss_and_grad(w, A[val], Y[val], 0.0)[0]
             if monitor < best - self.tol:
