@@ -1,22 +1,8 @@
 """Decompose the label logits into every head, MLP, the embeddings and the bias terms.
 
-With the final norm's scale frozen from the real forward pass (``ln_final.hook_scale``
-at the final position) the map from the residual stream to the logits is linear, so
-the label logits at the final position are exactly the sum over components ``j`` of
-
-``g_j = W_U[:, labels] . norm(c_j)``
-
-where ``c_j`` is a head's output ``z W_O`` (from ``hook_z``), an MLP's output
-(``hook_mlp_out``), the embeddings (``hook_embed`` plus ``hook_pos_embed`` for learned
-positions) or the bias terms (every layer's ``b_O``; the final norm's bias and ``b_U``
-are added to this component's logits). Both sides use the model's own ``W_U``, so
-the identity is exact even for a centred unembedding (which shifts all of a
-prompt's logits by one constant relative to the uncentred model, changing neither
-the label-set argmax nor the label-set softmax). Each component alone is a classifier (argmax
-of ``g_j``); :meth:`Decomposition.kinds` sorts them into good (better than the whole
-model), bad (significantly below chance) and label-biased (almost always one label).
-:func:`component_stability` compares component accuracies across demonstration sets
-and templates (Chang, Thomason & Jia, 2024).
+With the final norm's scale frozen from the real pass, the label logits are exactly the sum of each component's
+``g_j = W_U[:, labels] . norm(c_j)`` (docs/methods.md); both sides use the model's own ``W_U``, so a centred
+unembedding (one constant shift per prompt) changes neither the identity nor the label-set argmax and softmax.
 """
 
 from __future__ import annotations
@@ -28,7 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads.access import Capture, ModelAccess, batches
-from icl_heads.components.result import Decomposition, DecompositionConfig, component_table
+from icl_heads.components.result import Decomposition, DecompositionConfig
 from icl_heads.faithfulness import faithful_access, tolerance_for
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
@@ -38,14 +24,13 @@ from icl_heads.results import provenance
 def label_readout(access: ModelAccess, label_ids: Tensor) -> tuple[Tensor, Tensor]:
     """The frozen final norm and unembedding at scale 1 as one matrix, and the constant logits.
 
-    ``final_norm(x, s) @ W_U[:, labels] == (x @ readout) / s`` for any ``x`` (the norm is
-    linear once its scale is frozen); ``const`` is the final norm's bias and ``b_U``.
+    ``final_norm(x, s) @ W_U[:, labels] == (x @ readout) / s`` for any ``x``; ``const`` is the final norm's bias and
+    ``b_U``.
     """
     W_UL = access.W_U[:, label_ids].float()
     eye = torch.eye(access.d_model, device=W_UL.device)
     readout = access.final_norm(eye, torch.ones(access.d_model, 1, device=W_UL.device)) @ W_UL
-    const = access.final_norm_bias().to(W_UL.device) @ W_UL + access.b_U[label_ids].float()
-    return readout, const
+    return readout, access.final_norm_bias().to(W_UL.device) @ W_UL + access.b_U[label_ids].float()
 
 
 def written_W_O(access: ModelAccess, layer: int) -> Float[Tensor, "head d_head d_model"]:
@@ -53,10 +38,6 @@ def written_W_O(access: ModelAccess, layer: int) -> Float[Tensor, "head d_head d
     W = access.W_O(layer).float()
     norm = access.post_attn_norm(layer)
     return W if norm is None else norm.linear(W, torch.ones(1, device=W.device))
-
-
-def _default_atol(dtype: torch.dtype, scale: float) -> float:
-    return tolerance_for(dtype) * max(1.0, scale)
 
 
 def decompose(
@@ -68,17 +49,16 @@ def decompose(
 ) -> Decomposition:
     """Label logits of every head, MLP, the embeddings and the bias terms at each prompt's final position.
 
-    One forward pass per batch keeps only ``hook_z`` and ``hook_mlp_out`` of every
-    layer, the embeddings and ``ln_final.hook_scale``, at the final position.
+    One forward pass per batch keeps only ``hook_z`` and ``hook_mlp_out`` of every layer, the embeddings and
+    ``ln_final.hook_scale``, at the final position.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts` or :func:`fixed_demo_prompts`.
-        atol: largest accepted ``|sum_j g_j - model label logits|``; default the
-            identities' tolerance for the model's dtype times ``max(1, |logits|)``
-            (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16; docs/models.md).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        atol: largest accepted ``|sum_j g_j - model label logits|``; default the identities' tolerance for the model's
+            dtype times ``max(1, |logits|)`` (``1e-4`` in float32, ``1e-2`` in float16, ``5e-2`` in bfloat16;
+            docs/models.md).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`Decomposition`.
@@ -100,38 +80,30 @@ def decompose(
     access = faithful_access(model, "decompose")
     tp = access.tokenize(prompts)
     L, H = access.n_layers, access.n_heads
-    meta = component_table(L, H)
     label_ids = torch.tensor(tp.label_token_ids, device=access.device)
     readout, const = label_readout(access, label_ids)  # [d_model, label], [label]
-    # each head's readout through its W_O (and a post-attention norm's weight): [head, d_head, label],
-    # so z never expands to d_model
+    # each head's readout through its W_O: [head, d_head, label], so z never expands to d_model
     head_readout = [torch.einsum("hdm,ml->hdl", written_W_O(access, layer), readout) for layer in range(L)]
     caps = [Capture(access.hook(layer, name)) for layer in range(L) for name in ("z", "mlp_out")]
-    caps += [Capture("blocks.0.hook_resid_pre"), Capture("ln_final.hook_scale")]
-    caps += [Capture(name) for name in access.write_captures()]
+    caps += [Capture(name) for name in ("blocks.0.hook_resid_pre", "ln_final.hook_scale", *access.write_captures())]
     parts, fulls = [], []
     for batch in batches(access, tp, options, desc="decomposing"):
         logits, got = access.run(batch, capture=caps)
         got = {k: v.to(readout.device) for k, v in got.items()}
         scale = got["ln_final.hook_scale"]  # [b, 1]
-        g = torch.empty(len(batch.golds), len(meta), len(label_ids), device=readout.device)
-        # the embeddings as they enter the first block (learned positions, embedding norms and scales included)
-        g[:, 0] = got["blocks.0.hook_resid_pre"] @ readout / scale
+        g = [got["blocks.0.hook_resid_pre"] @ readout / scale]  # embeddings as they enter the first block
         bias = torch.zeros(len(batch.golds), access.d_model, device=readout.device)
         for layer in range(L):
-            start = 1 + layer * (H + 1)
-            z = got[access.hook(layer, "z")]  # [b, head, d_head]
-            heads = torch.einsum("bhd,hdl->bhl", z, head_readout[layer]) / scale[:, None]
+            heads = torch.einsum("bhd,hdl->bhl", got[access.hook(layer, "z")], head_readout[layer]) / scale[:, None]
             post = access.post_attn_scale(layer, got)
-            g[:, start : start + H] = heads if post is None else heads / post[:, None]
-            g[:, start + H] = got[access.hook(layer, "mlp_out")] @ readout / scale
+            g += [*(heads if post is None else heads / post[:, None]).unbind(1)]
+            g.append(got[access.hook(layer, "mlp_out")] @ readout / scale)
             bias = bias + access.bias_write(layer, got).to(readout.device)
-        g[:, -1] = bias @ readout / scale + const
-        parts.append(g.cpu())
+        parts.append(torch.stack([*g, bias @ readout / scale + const], 1).cpu())
         fulls.append(access.uncap(logits[:, label_ids.to(logits.device)]).cpu())
     g_all, full = torch.cat(parts), torch.cat(fulls)
     error = float((g_all.sum(1) - full).abs().max())
-    tol = atol if atol is not None else _default_atol(access.W_U.dtype, float(full.abs().max()))
+    tol = atol if atol is not None else tolerance_for(access.W_U.dtype) * max(1.0, float(full.abs().max()))
     if error > tol:
         raise RuntimeError(
             f"decompose refuses: on this {access.architecture} model the components add up to the label logits only "
@@ -139,6 +111,7 @@ def decompose(
             "probe (ih.check_faithfulness(model)); the per-component numbers would be wrong. Check the prompts' "
             "padding and the model's dtype (half-precision tolerances are in docs/models.md)"
         )
+    config = DecompositionConfig(options.batch_size, options.padding_side, access.logit_soft_cap)
     return Decomposition.from_tensors(
         g_all,
         full,
@@ -146,8 +119,6 @@ def decompose(
         n_layers=L,
         n_heads=H,
         label_words=tp.prompts.task.label_words,
-        config=DecompositionConfig(
-            batch_size=options.batch_size, padding_side=options.padding_side, logit_soft_cap=access.logit_soft_cap
-        ),
+        config=config,
         provenance=provenance(access.name, tp, architecture=access.architecture),
     )

@@ -1,24 +1,19 @@
-"""Component reweighting and Calib+: learn from a few labelled examples on top of a decomposition.
+"""Component reweighting and Calib+ (Chang, Thomason & Jia, 2024): estimators fitted on a decomposition.
 
-:class:`ComponentReweighting` learns one weight per component, ``logits = sum_j w_j g_j``
-with ``w`` initialised to 1 and clipped to ``[0, 1]`` in the forward pass, by full-batch
-gradient descent on cross-entropy plus ``l1 * ||w||_1`` (Chang, Thomason & Jia, 2024).
-:class:`CalibPlus` learns per-class weights and biases on the model's label
-probabilities. Both follow scikit-learn's estimator contract (``fit`` returns
-``self``, learned state ends in ``_``, :class:`NotFittedError` before ``fit``) without
-depending on scikit-learn. :func:`compare_reweighting` runs the whole protocol: ``K``
-labelled examples become ``K'`` balanced demonstrations and ``K - K'`` training
-examples, compared on a test set with ``K``-shot ICL and Calib+.
+Both follow scikit-learn's contract (``fit`` returns ``self``, learned state ends in ``_``, :class:`NotFittedError`
+before ``fit``) without depending on scikit-learn.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import minimize
+from scipy.special import log_softmax
 
 from icl_heads.components.result import Decomposition
 
@@ -28,13 +23,11 @@ class NotFittedError(ValueError, AttributeError):
 
 
 class _Estimator:
-    """``get_params``/``set_params`` from the keyword-only ``__init__`` signature, and a readable repr."""
+    """``get_params``/``set_params`` from the dataclass fields, and what every estimator derives from its logits."""
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The hyperparameters, by name."""
-        return {
-            name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters if name != "self"
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     def set_params(self, **params: Any):
         """Set hyperparameters; returns ``self``.
@@ -49,12 +42,27 @@ class _Estimator:
             setattr(self, name, value)
         return self
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
-
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``[example, label]`` class probabilities (softmax of :meth:`decision_function`)."""
+        return np.exp(log_softmax(self.decision_function(X), axis=-1))  # type: ignore[attr-defined]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted class index per example."""
+        return self.decision_function(X).argmax(-1)  # type: ignore[attr-defined]
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Accuracy on ``(X, y)`` (``y`` defaults to a Decomposition's gold labels).
+
+        Raises:
+            NotFittedError: before :meth:`fit`.
+            ValueError: bad shapes or labels.
+        """
+        pred = self.predict(X)
+        return float((pred == _check_y(X, y, len(pred), self.n_labels_)).mean())  # type: ignore[attr-defined]
 
 
 def _as_array(X: Any, what: str) -> np.ndarray:
@@ -69,12 +77,13 @@ def _as_array(X: Any, what: str) -> np.ndarray:
     return arr
 
 
-def _check_y(y: Any, n: int, n_labels: int) -> np.ndarray:
+def _check_y(X: Any, y: Any, n: int, n_labels: int) -> np.ndarray:
+    """``y``, or the gold labels of a Decomposition ``X``, checked as ``n`` class indices."""
+    if y is None and isinstance(X, Decomposition):
+        y = X.golds
     if y is None:
         raise ValueError("y is required (class indices, one per example) unless X is a Decomposition")
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    y = np.asarray(y)
+    y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y)
     if y.ndim != 1 or len(y) != n:
         raise ValueError(f"y must be a 1-D array of {n} class indices (one per example), got shape {y.shape}")
     if y.dtype.kind not in "iub" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
@@ -85,34 +94,26 @@ def _check_y(y: Any, n: int, n_labels: int) -> np.ndarray:
     return y
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
 def loss_and_grad(w: np.ndarray, A: np.ndarray, Y: np.ndarray, l1: float) -> tuple[float, np.ndarray]:
     """Cross-entropy of ``softmax(sum_j clip(w_j) g_j)`` plus ``l1 * ||clip(w)||_1``, and its gradient in ``w``.
 
-    ``A`` is ``[example, label, component]`` (the component logits with the last two
-    axes swapped, contiguous, so both products are matrix-vector products); ``Y`` is
-    one-hot ``[example, label]``. The clip to ``[0, 1]`` passes gradient where
-    ``0 <= w <= 1`` (as ``torch.clamp`` does).
+    ``A`` is ``[example, label, component]`` (contiguous, so both products are matrix-vector products); ``Y`` is
+    one-hot ``[example, label]``. The clip to ``[0, 1]`` passes gradient where ``0 <= w <= 1`` (as ``torch.clamp``).
     """
     wc = np.clip(w, 0.0, 1.0)
-    logp = _log_softmax(A @ wc)
-    n = len(A)
-    loss = -(logp * Y).sum() / n + l1 * wc.sum()
-    grad = np.tensordot(np.exp(logp) - Y, A, axes=([0, 1], [0, 1])) / n + l1 * (wc > 0)
+    logp = log_softmax(A @ wc, axis=-1)
+    loss = -(logp * Y).sum() / len(A) + l1 * wc.sum()
+    grad = np.tensordot(np.exp(logp) - Y, A, axes=([0, 1], [0, 1])) / len(A) + l1 * (wc > 0)
     return float(loss), grad * ((w >= 0) & (w <= 1))
 
 
+@dataclass(kw_only=True, eq=False)
 class ComponentReweighting(_Estimator):
     """Reweight the components of a decomposition to classify better than the whole model.
 
-    ``logits = sum_j clip(w_j, 0, 1) g_j``; ``w`` starts at 1 (the whole model) and is
-    trained by full-batch gradient descent on cross-entropy ``+ l1 * ||w||_1``, stopping
-    when the monitored loss has not improved by ``tol`` for ``n_iter_no_change`` epochs
-    (the weights with the best monitored loss are kept).
+    ``logits = sum_j clip(w_j, 0, 1) g_j``; ``w`` starts at 1 (the whole model) and is trained by full-batch gradient
+    descent on cross-entropy ``+ l1 * ||w||_1``, stopping when the monitored loss has not improved by ``tol`` for
+    ``n_iter_no_change`` epochs (the weights with the best monitored loss are kept).
 
     Args:
         l1: L1 penalty on the weights (λ).
@@ -120,8 +121,8 @@ class ComponentReweighting(_Estimator):
         max_epochs: most full-batch epochs.
         tol: smallest improvement of the monitored loss that resets early stopping.
         n_iter_no_change: epochs without improvement before stopping.
-        validation_fraction: share of the training examples held out to monitor
-            (cross-entropy) for early stopping; None monitors the training loss.
+        validation_fraction: share of the training examples held out to monitor (cross-entropy) for early stopping;
+            None monitors the training loss.
         random_state: seed of the validation split (the fit is otherwise deterministic).
 
     Attributes:
@@ -141,24 +142,13 @@ class ComponentReweighting(_Estimator):
     True
     """
 
-    def __init__(
-        self,
-        *,
-        l1: float = 0.01,
-        learning_rate: float = 0.05,
-        max_epochs: int = 2000,
-        tol: float = 1e-4,
-        n_iter_no_change: int = 50,
-        validation_fraction: float | None = None,
-        random_state: int | None = None,
-    ):
-        self.l1 = l1
-        self.learning_rate = learning_rate
-        self.max_epochs = max_epochs
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.validation_fraction = validation_fraction
-        self.random_state = random_state
+    l1: float = 0.01
+    learning_rate: float = 0.05
+    max_epochs: int = 2000
+    tol: float = 1e-4
+    n_iter_no_change: int = 50
+    validation_fraction: float | None = None
+    random_state: int | None = None
 
     def _validate_params(self) -> None:
         if not self.l1 >= 0:
@@ -166,17 +156,13 @@ class ComponentReweighting(_Estimator):
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if int(self.max_epochs) < 1 or int(self.n_iter_no_change) < 1:
-            raise ValueError(
-                f"max_epochs and n_iter_no_change must be >= 1, got {self.max_epochs}, {self.n_iter_no_change}"
-            )
+            got = f"{self.max_epochs}, {self.n_iter_no_change}"
+            raise ValueError(f"max_epochs and n_iter_no_change must be >= 1, got {got}")
         if self.validation_fraction is not None and not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be None or in (0, 1), got {self.validation_fraction}")
 
-    def _X(self, X: Any, fitting: bool = False) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
-        golds, names = None, None
-        if isinstance(X, Decomposition):
-            X, golds, names = X.logits, X.golds.numpy(), X.names
-        arr = _as_array(X, "X")
+    def _X(self, X: Any, fitting: bool = False) -> np.ndarray:
+        arr = _as_array(X.logits if isinstance(X, Decomposition) else X, "X")
         if arr.ndim != 3:
             raise ValueError(
                 f"X must be [example, component, label] component logits (e.g. decompose(...).logits), got shape {arr.shape}"
@@ -190,14 +176,13 @@ class ComponentReweighting(_Estimator):
                     f"X has {arr.shape[1]} components and {arr.shape[2]} labels but the estimator was fitted on "
                     f"{self.n_components_in_} and {self.n_labels_}; decompose the same model with the same label words"
                 )
-        return arr, golds, names
+        return arr
 
     def fit(self, X: Any, y: Any = None) -> ComponentReweighting:
         """Learn the component weights.
 
         Args:
-            X: ``[example, component, label]`` component logits (array, tensor or a
-                :class:`~icl_heads.components.result.Decomposition`).
+            X: ``[example, component, label]`` component logits (array, tensor or a :class:`Decomposition`).
             y: class index per example (default: the Decomposition's gold labels).
 
         Returns:
@@ -208,11 +193,10 @@ class ComponentReweighting(_Estimator):
             TypeError: ``X`` is not numeric.
         """
         self._validate_params()
-        X, golds, names = self._X(X, fitting=True)
-        n, C, L = X.shape
-        y = _check_y(golds if y is None else y, n, L)
-        Y = np.eye(L)[y]
-        A = np.ascontiguousarray(X.transpose(0, 2, 1))
+        arr = self._X(X, fitting=True)
+        n, C, L = arr.shape
+        Y = np.eye(L)[_check_y(X, y, n, L)]
+        A = np.ascontiguousarray(arr.transpose(0, 2, 1))
         train, val = np.arange(n), None
         if self.validation_fraction is not None:
             n_val = round(self.validation_fraction * n)
@@ -222,27 +206,20 @@ class ComponentReweighting(_Estimator):
                 )
             perm = np.random.default_rng(self.random_state).permutation(n)
             train, val = np.sort(perm[n_val:]), np.sort(perm[:n_val])
-        A_train, Y_train = A[train], Y[train]
-        w = np.ones(C)
-        best, best_w, stale, curve = np.inf, w.copy(), 0, []
-        epoch = 0
+        A_train, Y_train, w = A[train], Y[train], np.ones(C)
+        best, best_w, stale, curve, epoch = np.inf, w.copy(), 0, [], 0
         for epoch in range(1, int(self.max_epochs) + 1):  # noqa: B007
             loss, grad = loss_and_grad(w, A_train, Y_train, self.l1)
             curve.append(loss)
             monitor = loss if val is None else loss_and_grad(w, A[val], Y[val], 0.0)[0]
             if monitor < best - self.tol:
                 best, best_w, stale = monitor, w.copy(), 0
-            else:
-                stale += 1
-                if stale >= self.n_iter_no_change:
-                    break
+            elif (stale := stale + 1) >= self.n_iter_no_change:
+                break
             w = w - self.learning_rate * grad
-        self.weights_ = np.clip(best_w, 0.0, 1.0)
-        self.component_names_ = tuple(names) if names is not None else tuple(f"c{j}" for j in range(C))
-        self.n_components_in_, self.n_labels_ = C, L
-        self.classes_ = np.arange(L)
-        self.n_epochs_ = epoch
-        self.loss_curve_ = np.asarray(curve)
+        self.weights_, self.n_epochs_, self.loss_curve_ = np.clip(best_w, 0.0, 1.0), epoch, np.asarray(curve)
+        names = X.names if isinstance(X, Decomposition) else [f"c{j}" for j in range(C)]
+        self.component_names_, self.n_components_in_, self.n_labels_, self.classes_ = tuple(names), C, L, np.arange(L)
         return self
 
     @property
@@ -259,34 +236,15 @@ class ComponentReweighting(_Estimator):
             NotFittedError: before :meth:`fit`.
             ValueError: a shape that does not match the fit.
         """
-        arr, _, _ = self._X(X)
-        return np.einsum("ncl,c->nl", arr, self.weights_)
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """``[example, label]`` class probabilities (softmax of :meth:`decision_function`)."""
-        return np.exp(_log_softmax(self.decision_function(X)))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted class index per example."""
-        return self.decision_function(X).argmax(-1)
-
-    def score(self, X: Any, y: Any = None) -> float:
-        """Accuracy on ``(X, y)`` (``y`` defaults to a Decomposition's gold labels).
-
-        Raises:
-            NotFittedError: before :meth:`fit`.
-            ValueError: bad shapes or labels.
-        """
-        arr, golds, _ = self._X(X)
-        y = _check_y(golds if y is None else y, len(arr), self.n_labels_)
-        return float((self.predict(arr) == y).mean())
+        return np.einsum("ncl,c->nl", self._X(X), self.weights_)
 
 
+@dataclass(kw_only=True, eq=False)
 class CalibPlus(_Estimator):
     """Learned calibration of the model's label probabilities: ``logits = W * p + b`` per class.
 
-    ``p`` is the softmax of the model's label logits; ``W`` (initialised to 1) and ``b``
-    (to 0) are fitted by L-BFGS on cross-entropy plus ``l2 * (||W - 1||^2 + ||b||^2)``.
+    ``p`` is the softmax of the model's label logits; ``W`` (initialised to 1) and ``b`` (to 0) are fitted by L-BFGS
+    on cross-entropy plus ``l2 * (||W - 1||^2 + ||b||^2)``.
 
     Args:
         l2: pull of the weights toward the identity calibration.
@@ -298,22 +256,18 @@ class CalibPlus(_Estimator):
         n_labels_: number of classes.
     """
 
-    def __init__(self, *, l2: float = 1e-3, max_iter: int = 500):
-        self.l2 = l2
-        self.max_iter = max_iter
+    l2: float = 1e-3
+    max_iter: int = 500
 
-    def _X(self, X: Any, fitting: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        golds = None
-        if isinstance(X, Decomposition):
-            X, golds = X.full_logits, X.golds.numpy()
-        arr = _as_array(X, "X")
+    def _X(self, X: Any, fitting: bool = False) -> np.ndarray:
+        arr = _as_array(X.full_logits if isinstance(X, Decomposition) else X, "X")
         if arr.ndim != 2 or (fitting and (arr.shape[0] < 1 or arr.shape[1] < 2)):
             raise ValueError(f"X must be [example, label] label logits with 2+ labels, got shape {arr.shape}")
         if not fitting:
             self._check_fitted()
             if arr.shape[1] != self.n_labels_:
                 raise ValueError(f"X has {arr.shape[1]} labels but the estimator was fitted on {self.n_labels_}")
-        return np.exp(_log_softmax(arr)), golds
+        return np.exp(log_softmax(arr, axis=-1))
 
     def fit(self, X: Any, y: Any = None) -> CalibPlus:
         """Fit the per-class weights and biases.
@@ -330,37 +284,22 @@ class CalibPlus(_Estimator):
         """
         if not self.l2 >= 0 or int(self.max_iter) < 1:
             raise ValueError(f"l2 must be >= 0 and max_iter >= 1, got {self.l2}, {self.max_iter}")
-        P, golds = self._X(X, fitting=True)
+        P = self._X(X, fitting=True)
         n, L = P.shape
-        Y = np.eye(L)[_check_y(golds if y is None else y, n, L)]
+        Y = np.eye(L)[_check_y(X, y, n, L)]
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             W, b = theta[:L], theta[L:]
-            logp = _log_softmax(P * W + b)
+            logp = log_softmax(P * W + b, axis=-1)
             d = (np.exp(logp) - Y) / n
             loss = -(logp * Y).sum() / n + self.l2 * (((W - 1) ** 2).sum() + (b**2).sum())
             return float(loss), np.concatenate([(d * P).sum(0) + 2 * self.l2 * (W - 1), d.sum(0) + 2 * self.l2 * b])
 
-        res = minimize(objective, np.concatenate([np.ones(L), np.zeros(L)]), jac=True, method="L-BFGS-B",
-                       options={"maxiter": int(self.max_iter)})  # fmt: skip
-        self.weights_, self.bias_, self.n_labels_ = res.x[:L], res.x[L:], L
-        self.classes_ = np.arange(L)
+        theta = np.concatenate([np.ones(L), np.zeros(L)])
+        res = minimize(objective, theta, jac=True, method="L-BFGS-B", options={"maxiter": int(self.max_iter)})
+        self.weights_, self.bias_, self.n_labels_, self.classes_ = res.x[:L], res.x[L:], L, np.arange(L)
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
         """``[example, label]`` calibrated logits ``W * p + b``."""
-        P, _ = self._X(X)
-        return P * self.weights_ + self.bias_
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """``[example, label]`` calibrated probabilities."""
-        return np.exp(_log_softmax(self.decision_function(X)))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted class index per example."""
-        return self.decision_function(X).argmax(-1)
-
-    def score(self, X: Any, y: Any = None) -> float:
-        """Accuracy on ``(X, y)`` (``y`` defaults to a Decomposition's gold labels)."""
-        P, golds = self._X(X)
-        return float((self.predict(X) == _check_y(golds if y is None else y, len(P), self.n_labels_)).mean())
+        return self._X(X) * self.weights_ + self.bias_

@@ -1,11 +1,4 @@
-"""The reweighting protocol: component reweighting against K-shot ICL and Calib+ over seeds and templates.
-
-:func:`compare_reweighting` splits ``K`` labelled examples into ``K'`` balanced
-demonstrations and ``K - K'`` training examples, fits
-:class:`~icl_heads.components.estimators.ComponentReweighting` and
-:class:`~icl_heads.components.estimators.CalibPlus` on the training examples'
-decomposition, and compares them on a test set with ``K'``-shot and ``K``-shot ICL.
-"""
+"""The reweighting protocol: component reweighting against K-shot ICL and Calib+ over seeds and templates."""
 
 from __future__ import annotations
 
@@ -52,8 +45,8 @@ class ReweightingComparison(Result):
     """Reweighting against K-shot ICL and Calib+ over seeds and templates.
 
     Attributes:
-        df: one row per run and method: ``seed, template, method, accuracy`` (and
-            ``kept`` components for reweighting).
+        df: one row per run and method: ``seed, template, method, accuracy`` (and ``kept`` components for
+            reweighting).
         weights: ``[run, component]`` learned weights of each run (runs in ``df`` order).
         names: component names.
         label_words: the label words.
@@ -72,8 +65,7 @@ class ReweightingComparison(Result):
     def table(self) -> pd.DataFrame:
         """``method, mean, std, runs``: test accuracy over all runs (std with ``ddof=1``)."""
         g = self.df.groupby("method", sort=False).accuracy
-        out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "runs": g.size()})
-        return out.reset_index()
+        return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "runs": g.size()}).reset_index()
 
     def margin(self, method: str = "reweighting", baseline: str | None = None) -> tuple[float, float]:
         """Mean and std over runs of ``accuracy(method) - accuracy(baseline)`` (default baseline ``ICL-{k}``).
@@ -83,9 +75,8 @@ class ReweightingComparison(Result):
         """
         baseline = baseline or self.baseline
         wide = self.df.pivot_table(index=["seed", "template"], columns="method", values="accuracy")
-        for m in (method, baseline):
-            if m not in wide:
-                raise KeyError(f"no method {m!r}; methods are {list(wide.columns)}")
+        if missing := [m for m in (method, baseline) if m not in wide]:
+            raise KeyError(f"no method {missing[0]!r}; methods are {list(wide.columns)}")
         diff = (wide[method] - wide[baseline]).to_numpy()
         return float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
 
@@ -143,14 +134,11 @@ def compare_reweighting(
 ) -> ReweightingComparison:
     """Run the reweighting protocol and its baselines over seeds and templates.
 
-    For each seed: ``n_test`` balanced test queries and ``k`` balanced labelled
-    examples (disjoint); ``k_demo`` balanced labelled examples become the
-    demonstrations, ordered (as the ``k`` of ``ICL-{k}``) so the last two differ in label
-    (:func:`~icl_heads.prompts.last_two_differ`, as Chang et al. do), and the other
-    ``k - k_demo`` train the reweighting (and Calib+).
-    For each template, the test accuracy of ``ICL-{k_demo}`` (the demonstrations
-    alone), ``ICL-{k}`` (all ``k`` labelled examples as demonstrations), ``Calib+``
-    and ``reweighting``.
+    For each seed: ``n_test`` balanced test queries and ``k`` balanced labelled examples (disjoint); ``k_demo``
+    balanced labelled examples become the demonstrations, ordered (as the ``k`` of ``ICL-{k}``) so the last two differ
+    in label (:func:`~icl_heads.prompts.last_two_differ`, as Chang et al. do), and the other ``k - k_demo`` train the
+    reweighting (and Calib+). For each template, the test accuracy of ``ICL-{k_demo}`` (the demonstrations alone),
+    ``ICL-{k}`` (all ``k`` labelled examples as demonstrations), ``Calib+`` and ``reweighting``.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -161,20 +149,17 @@ def compare_reweighting(
         templates: templates to run.
         n_test: test queries.
         reweighting: hyperparameters for :class:`ComponentReweighting` (``random_state`` defaults to the seed).
-        icl_k: run the ``ICL-{k}`` baseline: True (its prompts must fit the
-            context), False (skip it), or None (run it where its prompts fit the
-            context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and
-            compare against ``ICL-{k_demo}``).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        icl_k: run the ``ICL-{k}`` baseline: True (its prompts must fit the context), False (skip it), or None (run it
+            where its prompts fit the context; otherwise skip it, say why in ``config["icl_k_skipped"]`` and compare
+            against ``ICL-{k_demo}``).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`ReweightingComparison`.
 
     Raises:
         ValueError: ``k_demo`` not in ``[1, k)`` or too few examples.
-        PromptTooLongError: ``k`` demonstrations do not fit the model's context
-            and ``icl_k`` is True.
+        PromptTooLongError: ``k`` demonstrations do not fit the model's context and ``icl_k`` is True.
     """
     options = run_options(options)
     if not 1 <= k_demo < k:
@@ -184,23 +169,21 @@ def compare_reweighting(
     templates = tuple(templates) if templates is not None else (task.template,)
     labels = np.asarray(task.labels)
     access = faithful_access(model, "compare_reweighting")
-    rows, weights, names, skipped = [], [], (), None
+    rows, weights, skipped = [], [], "not requested (icl_k=False)" if icl_k is False else None
     quiet = run_options(options, progress=False)
     for seed in tqdm(list(seeds), desc="reweighting runs", disable=not options.progress):
         test, labelled, demos, train = reweighting_split(labels, k=k, k_demo=k_demo, n_test=n_test, seed=seed)
         for template in templates:
-            t_task = task.with_template(template)
-            dec_train = decompose(access, fixed_demo_prompts(t_task, demos, train), options=quiet)
-            dec_test = decompose(access, fixed_demo_prompts(t_task, demos, test), options=quiet)
+            t_task, base = task.with_template(template), {"seed": seed, "template": template}
+            dec_train, dec_test = (
+                decompose(access, fixed_demo_prompts(t_task, demos, q), options=quiet) for q in (train, test)
+            )
             rw = ComponentReweighting(**{"random_state": seed, **(reweighting or {})}).fit(dec_train)
-            cal = CalibPlus().fit(dec_train)
-            base = {"seed": seed, "template": template}
             rows.append({**base, "method": f"ICL-{k_demo}", "accuracy": dec_test.full_accuracy})
-            if icl_k is not False and skipped is None:
+            if skipped is None:
                 try:
-                    many = predict(
-                        access, fixed_demo_prompts(t_task, last_two_differ(labelled, labels), test), options=quiet
-                    )
+                    prompts = fixed_demo_prompts(t_task, last_two_differ(labelled, labels), test)
+                    many = predict(access, prompts, options=quiet)
                     rows.append({**base, "method": f"ICL-{k}", "accuracy": float(many.correct.float().mean())})
                 except PromptTooLongError as err:
                     if icl_k:
@@ -209,21 +192,16 @@ def compare_reweighting(
                     logger.warning("ICL-%d baseline skipped: %s", k, err)
                     rows = [r for r in rows if r["method"] != f"ICL-{k}"]
             rows += [
-                {**base, "method": "Calib+", "accuracy": cal.score(dec_test)},
+                {**base, "method": "Calib+", "accuracy": CalibPlus().fit(dec_train).score(dec_test)},
                 {**base, "method": "reweighting", "accuracy": rw.score(dec_test), "kept": len(rw.kept_components_)},
             ]
             weights.append(torch.tensor(rw.weights_, dtype=torch.float32))
-            names = dec_test.names
     config = {"k": k, "k_demo": k_demo, "seeds": list(seeds), "n_test": n_test, "reweighting": reweighting or {}}
-    if icl_k is False:
-        skipped = "not requested (icl_k=False)"
-    if skipped is not None:
-        config["icl_k_skipped"] = skipped
     return ReweightingComparison(
         df=pd.DataFrame(rows),
         weights=torch.stack(weights),
-        names=tuple(names),
+        names=dec_test.names,
         label_words=tuple(task.label_words),
-        config=ReweightingComparisonConfig.from_dict(config),
+        config=ReweightingComparisonConfig.from_dict({**config, **({"icl_k_skipped": skipped} if skipped else {})}),
         provenance=provenance(access.name, None, task=task.name, templates=list(templates)),
     )

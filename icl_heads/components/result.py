@@ -1,10 +1,4 @@
-"""The result of a decomposition: each component's label logits, its accuracy alone and its kind.
-
-:class:`Decomposition` holds the ``[prompt, component, label]`` logits that
-:func:`~icl_heads.components.decompose.decompose` computes, in :func:`component_table`
-order; each component alone is a classifier, whose accuracy has a Wilson interval
-and whose kind (good, bad, label-biased, other) :meth:`Decomposition.kinds` decides.
-"""
+"""The result of a decomposition: each component's label logits, its accuracy alone (Wilson interval) and its kind."""
 
 from __future__ import annotations
 
@@ -43,15 +37,13 @@ class DecompositionConfig(Record):
 def component_table(n_layers: int, n_heads: int) -> pd.DataFrame:
     """Names and places of all components, in decomposition order.
 
-    Order: ``embed``, then for each layer its heads ``L{l}H{h}`` and ``MLP{l}``, then
-    ``bias``. ``layer``/``head`` are ``-1`` where they do not apply.
+    Order: ``embed``, then for each layer its heads ``L{l}H{h}`` and ``MLP{l}``, then ``bias``. ``layer``/``head`` are
+    ``-1`` where they do not apply.
     """
-    rows = [{"component": "embed", "type": "embed", "layer": -1, "head": -1}]
+    rows = [("embed", "embed", -1, -1)]
     for layer in range(n_layers):
-        rows += [{"component": f"L{layer}H{h}", "type": "head", "layer": layer, "head": h} for h in range(n_heads)]
-        rows.append({"component": f"MLP{layer}", "type": "mlp", "layer": layer, "head": -1})
-    rows.append({"component": "bias", "type": "bias", "layer": -1, "head": -1})
-    return pd.DataFrame(rows)
+        rows += [(f"L{layer}H{h}", "head", layer, h) for h in range(n_heads)] + [(f"MLP{layer}", "mlp", layer, -1)]
+    return pd.DataFrame([*rows, ("bias", "bias", -1, -1)], columns=["component", "type", "layer", "head"])
 
 
 def component_accuracy_table(
@@ -64,17 +56,12 @@ def component_accuracy_table(
 
     ``meta`` is the :func:`component_table` of the components, in the order of ``logits``.
     """
-    pred = logits.argmax(-1)  # [prompt, component]
-    n, _, n_labels = logits.shape
+    pred, n = logits.argmax(-1), len(logits)  # [prompt, component]
     correct = (pred == golds[:, None]).sum(0).numpy()
-    counts = torch.stack([(pred == c).sum(0) for c in range(n_labels)], -1).numpy()  # [component, label]
-    df = meta.copy()
-    df["accuracy"] = correct / n
+    counts = torch.stack([(pred == c).sum(0) for c in range(logits.shape[2])], -1).numpy()  # [component, label]
+    df = meta.assign(accuracy=correct / n)
     df["ci_low"], df["ci_high"] = zip(*(wilson(int(c), n).ci for c in correct), strict=True)
-    df["top_label"] = [label_words[i] for i in counts.argmax(-1)]
-    df["top_label_share"] = counts.max(-1) / n
-    df["n"] = n
-    return df
+    return df.assign(top_label=[label_words[i] for i in counts.argmax(-1)], top_label_share=counts.max(-1) / n, n=n)
 
 
 @dataclass(frozen=True, repr=False)
@@ -90,8 +77,8 @@ class Decomposition(Result):
         n_layers: layers of the model.
         n_heads: heads per layer.
         reconstruction_error: largest ``|sum_j g_j - full_logits|`` over prompts and labels.
-        df: one row per component: ``component, type, layer, head, accuracy, ci_low,
-            ci_high, top_label, top_label_share, n``.
+        df: one row per component: ``component, type, layer, head, accuracy, ci_low, ci_high, top_label,
+            top_label_share, n``.
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
     """
@@ -137,19 +124,10 @@ class Decomposition(Result):
                 f"{tuple(full_logits.shape)}, {tuple(golds.shape)}"
             )
         words = tuple(label_words) if label_words is not None else tuple(f"label{i}" for i in range(k))
-        return cls(
-            logits=logits,
-            full_logits=full_logits,
-            golds=golds,
-            names=tuple(meta.component),
-            label_words=words,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            reconstruction_error=float((logits.sum(1) - full_logits).abs().max()),
-            df=component_accuracy_table(logits, golds, meta, words),
-            config=DecompositionConfig.from_dict(config or {}),
-            provenance=Provenance.from_dict(provenance or {}),
-        )
+        error = float((logits.sum(1) - full_logits).abs().max())
+        df = component_accuracy_table(logits, golds, meta, words)
+        cfg, prov = DecompositionConfig.from_dict(config or {}), Provenance.from_dict(provenance or {})
+        return cls(logits, full_logits, golds, tuple(meta.component), words, n_layers, n_heads, error, df, cfg, prov)
 
     @property
     def n_prompts(self) -> int:
@@ -191,12 +169,11 @@ class Decomposition(Result):
         """Classify every component as good, bad, label-biased or other.
 
         * good: accuracy above the whole model's;
-        * bad: accuracy significantly below chance (one-sided binomial test against
-          ``1 / n_labels``, p < ``alpha``);
+        * bad: accuracy significantly below chance (one-sided binomial test against ``1 / n_labels``, p < ``alpha``);
         * label-biased: predicts one label on at least ``bias_threshold`` of prompts.
 
-        The ``kind`` column takes the first that applies in the order label-biased,
-        good, bad, other; the boolean columns are independent.
+        The ``kind`` column takes the first that applies in the order label-biased, good, bad, other; the boolean
+        columns are independent.
 
         Args:
             bias_threshold: share of prompts on one label that makes a component label-biased.
@@ -216,14 +193,10 @@ class Decomposition(Result):
         if correction not in ("none", "bonferroni"):
             raise ValueError(f"correction must be 'none' or 'bonferroni', got {correction!r}")
         df = self.accuracy()
-        n = self.n_prompts
-        k = np.rint(df.accuracy.to_numpy() * n).astype(int)
-        p = binom.cdf(k, n, self.chance)  # one-sided binomial test: P(X <= k) under chance
-        if correction == "bonferroni":
-            p = np.minimum(1.0, p * len(p))
-        df["p_below_chance"] = p
-        df["good"] = df.accuracy > self.full_accuracy
-        df["bad"] = p < alpha
+        # one-sided binomial test: P(X <= k) under chance
+        p = binom.cdf(np.rint(df.accuracy.to_numpy() * self.n_prompts).astype(int), self.n_prompts, self.chance)
+        df["p_below_chance"] = np.minimum(1.0, p * len(p)) if correction == "bonferroni" else p
+        df["good"], df["bad"] = df.accuracy > self.full_accuracy, df.p_below_chance < alpha
         df["label_biased"] = df.top_label_share >= bias_threshold
         df["kind"] = np.select([df.label_biased, df.good, df.bad], list(KINDS[:3]), default="other")
         return df
@@ -234,27 +207,19 @@ class Decomposition(Result):
         Args:
             **kinds_kw: passed to :meth:`kinds`.
         """
-        df = self.kinds(**kinds_kw)
-        rows = []
+        df, rows = self.kinds(**kinds_kw), []
         for kind in KINDS:
             part = df[df.kind == kind].sort_values("accuracy", ascending=kind == "bad", kind="stable")
-            rows.append(
-                {
-                    "kind": kind,
-                    "n": len(part),
-                    "heads": int((part.type == "head").sum()),
-                    "mlps": int((part.type == "mlp").sum()),
-                    "other_components": int(part.type.isin(["embed", "bias"]).sum()),
-                    "min_accuracy": float(part.accuracy.min()) if len(part) else float("nan"),
-                    "max_accuracy": float(part.accuracy.max()) if len(part) else float("nan"),
-                    "examples": ", ".join(part.component.head(5)),
-                }
-            )
-        return pd.DataFrame(rows)
+            t, acc = part.type, part.accuracy  # min and max are NaN when no component is of this kind
+            n_types = [int((t == "head").sum()), int((t == "mlp").sum()), int(t.isin(["embed", "bias"]).sum())]
+            rows.append([kind, len(part), *n_types, acc.min(), acc.max(), ", ".join(part.component.head(5))])
+        columns = ["kind", "n", "heads", "mlps", "other_components", "min_accuracy", "max_accuracy", "examples"]
+        return pd.DataFrame(rows, columns=columns)
 
     def summary(self) -> dict[str, Any]:
         df = self.kinds()
         best, worst = df.loc[df.accuracy.idxmax()], df.loc[df.accuracy.idxmin()]
+        cap = self.config.get("logit_soft_cap")
         return {
             "prompts": self.n_prompts,
             "components": len(self.names),
@@ -263,11 +228,7 @@ class Decomposition(Result):
             "worst component": f"{worst.component} ({worst.accuracy:.3f})",
             "good / bad / label-biased": f"{int(df.good.sum())} / {int(df.bad.sum())} / {int(df.label_biased.sum())}",
             "reconstruction error": self.reconstruction_error,
-            **(
-                {"logits": f"before the final soft cap at {self.config['logit_soft_cap']:g} (same predictions)"}
-                if self.config.get("logit_soft_cap")
-                else {}
-            ),
+            **({"logits": f"before the final soft cap at {cap:g} (same predictions)"} if cap else {}),
         }
 
     def heatmap(self, **kinds_kw: Any) -> Figure:

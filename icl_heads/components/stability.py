@@ -1,10 +1,4 @@
-"""How stable component accuracies are across demonstration sets and templates (Chang, Thomason & Jia, 2024).
-
-Every run decomposes one shared set of balanced queries behind one demonstration
-set and template; :func:`component_stability` compares the runs that differ in one
-factor by the Pearson correlation of their component accuracies and the overlap
-(IoU) of their top components.
-"""
+"""How stable component accuracies are across demonstration sets and templates (Chang, Thomason & Jia, 2024)."""
 
 from __future__ import annotations
 
@@ -51,20 +45,18 @@ class ComponentStability(Result):
     """How stable component accuracies are across demonstration sets and templates.
 
     Attributes:
-        df: one row per pair of runs that differ in one factor: ``axis`` ("demo set"
-            or "template"), ``fixed`` (the shared factor), ``a``, ``b``, ``pearson``
-            (of component accuracies), ``top_iou`` (of the top components),
+        df: one row per pair of runs that differ in one factor: ``axis`` ("demo set" or "template"), ``fixed`` (the
+            shared factor), ``a``, ``b``, ``pearson`` (of component accuracies), ``top_iou`` (of the top components),
             ``full_accuracy_a``, ``full_accuracy_b``.
-        runs: one row per (template, demo set): ``template, demo_set, full_accuracy,
-            best_component, best_accuracy``.
+        runs: one row per (template, demo set): ``template, demo_set, full_accuracy, best_component, best_accuracy``.
         accuracies: ``[template, demo_set, component]`` accuracy of each component alone.
         names: component names.
         templates: the templates.
         config: the arguments that produced this result.
         provenance: model, versions.
 
-    :meth:`summary` gives the mean Pearson and IoU per axis next to the standard
-    deviation (``ddof=0``) of full-model and of component accuracies.
+    :meth:`summary` gives the mean Pearson and IoU per axis next to the standard deviation (``ddof=0``) of full-model
+    and of component accuracies.
     """
 
     df: pd.DataFrame
@@ -78,18 +70,14 @@ class ComponentStability(Result):
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for axis in ("demo set", "template"):
-            part = self.df[self.df.axis == axis]
-            if len(part):
-                out[f"pearson across {axis}s"] = float(part.pearson.mean())
-                out[f"top-{self.config.get('top', 5)} IoU across {axis}s"] = float(part.top_iou.mean())
+        for axis, part in self.df.groupby("axis", sort=False):
+            out[f"pearson across {axis}s"] = float(part.pearson.mean())
+            out[f"top-{self.config.get('top', 5)} IoU across {axis}s"] = float(part.top_iou.mean())
         full = self.runs.pivot(index="template", columns="demo_set", values="full_accuracy")
         out["full-model accuracy (mean)"] = float(full.values.mean())
-        out["full-model accuracy std across demo sets"] = float(full.std(axis=1, ddof=0).mean())
-        out["component accuracy std across demo sets"] = float(self.accuracies.std(1, correction=0).mean())
-        if len(full) > 1:
-            out["full-model accuracy std across templates"] = float(full.std(axis=0, ddof=0).mean())
-            out["component accuracy std across templates"] = float(self.accuracies.std(0, correction=0).mean())
+        for axis, dim in [("demo sets", 1), ("templates", 0)][: 1 + (len(full) > 1)]:
+            out[f"full-model accuracy std across {axis}"] = float(full.std(axis=dim, ddof=0).mean())
+            out[f"component accuracy std across {axis}"] = float(self.accuracies.std(dim, correction=0).mean())
         return out
 
     def plot(self, axis: str = "demo set", pair: int = 0) -> Figure:
@@ -97,15 +85,13 @@ class ComponentStability(Result):
         return self._draw("plot", axis=axis, pair=pair)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if x.std() == 0 or y.std() == 0:
+def _pair(axis: str, fixed: Any, a: Any, b: Any, x: np.ndarray, y: np.ndarray, fa: float, fb: float, top: int) -> tuple:
+    """One row of :attr:`ComponentStability.df`: runs ``a`` and ``b`` (accuracies ``x``, ``y``) compared."""
+    if constant := x.std() == 0 or y.std() == 0:
         logger.warning("component accuracies are constant in one run; their correlation is undefined (NaN)")
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def _top(acc: np.ndarray, k: int) -> set[int]:
-    return set(np.argsort(-acc, kind="stable")[:k].tolist())
+    ta, tb = (set(np.argsort(-acc, kind="stable")[:top].tolist()) for acc in (x, y))
+    pearson = float("nan") if constant else float(np.corrcoef(x, y)[0, 1])
+    return axis, str(fixed), str(a), str(b), pearson, len(ta & tb) / len(ta | tb), float(fa), float(fb)
 
 
 def component_stability(
@@ -122,8 +108,9 @@ def component_stability(
 ) -> ComponentStability:
     """Compare component accuracies across demonstration sets and templates.
 
-    Every run shares one set of ``n`` balanced queries; each demonstration set is
-    ``shots`` balanced examples (disjoint from the queries) prepended to every query.
+    Every run shares one set of ``n`` balanced queries; each demonstration set is ``shots`` balanced examples
+    (disjoint from the queries) prepended to every query. Runs that differ in one factor are compared by the Pearson
+    correlation of their component accuracies and the overlap (IoU) of their top components.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -134,8 +121,7 @@ def component_stability(
         n: queries.
         top: size of the top-component sets compared by IoU.
         seed: seed of the queries and demonstration sets.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (batch size, padding side, progress bar); does not change the result.
 
     Returns:
         A :class:`ComponentStability` result.
@@ -154,49 +140,35 @@ def component_stability(
     demo_sets = [
         balanced_sample(labels, shots, np.random.default_rng([seed, 1, d]), queries) for d in range(n_demo_sets)
     ]
-    acc: dict[tuple[int, int], np.ndarray] = {}
-    rows: list[dict[str, Any]] = []
-    names: tuple[str, ...] = ()
-    steps = [(t, d) for t in range(len(templates)) for d in range(n_demo_sets)]
+    T, rows, acc = len(templates), [], []
+    steps = [(t, d) for t in range(T) for d in range(n_demo_sets)]
     for t, d in tqdm(steps, desc="component stability", disable=not options.progress):
-        dec = decompose(
-            model,
-            fixed_demo_prompts(task.with_template(templates[t]), demo_sets[d], queries),
-            options=run_options(options, progress=False),
-        )
-        names = dec.names
-        acc[t, d] = dec.df.accuracy.to_numpy()
+        prompts = fixed_demo_prompts(task.with_template(templates[t]), demo_sets[d], queries)
+        dec = decompose(model, prompts, options=run_options(options, progress=False))
+        acc.append(dec.df.accuracy.to_numpy())
         best = dec.df.loc[dec.df.accuracy.idxmax()]
-        rows.append(
-            {"template": templates[t], "demo_set": d, "full_accuracy": dec.full_accuracy,
-             "best_component": best.component, "best_accuracy": float(best.accuracy)}
-        )  # fmt: skip
-    a = np.stack([np.stack([acc[t, d] for d in range(n_demo_sets)]) for t in range(len(templates))])
-    full = np.array([r["full_accuracy"] for r in rows]).reshape(len(templates), n_demo_sets)
-    pairs = []
-    for t in range(len(templates)):
-        for d1, d2 in combinations(range(n_demo_sets), 2):
-            pairs.append(_pair("demo set", templates[t], d1, d2, a[t, d1], a[t, d2], full[t, d1], full[t, d2], top))
-    for d in range(n_demo_sets):
-        for t1, t2 in combinations(range(len(templates)), 2):
-            pairs.append(
-                _pair("template", d, templates[t1], templates[t2], a[t1, d], a[t2, d], full[t1, d], full[t2, d], top)
-            )
-    access = faithful_access(model, "component_stability")
+        rows.append((templates[t], d, dec.full_accuracy, best.component, float(best.accuracy)))
+    runs = pd.DataFrame(rows, columns=["template", "demo_set", "full_accuracy", "best_component", "best_accuracy"])
+    a = np.stack(acc).reshape(T, n_demo_sets, -1)
+    full = runs.full_accuracy.to_numpy().reshape(T, n_demo_sets)
+    pairs = [
+        _pair("demo set", templates[t], d1, d2, a[t, d1], a[t, d2], full[t, d1], full[t, d2], top)
+        for t in range(T)
+        for d1, d2 in combinations(range(n_demo_sets), 2)
+    ]
+    pairs += [
+        _pair("template", d, templates[t1], templates[t2], a[t1, d], a[t2, d], full[t1, d], full[t2, d], top)
+        for d in range(n_demo_sets)
+        for t1, t2 in combinations(range(T), 2)
+    ]
     return ComponentStability(
-        df=pd.DataFrame(pairs),
-        runs=pd.DataFrame(rows),
+        df=pd.DataFrame(
+            pairs, columns=["axis", "fixed", "a", "b", "pearson", "top_iou", "full_accuracy_a", "full_accuracy_b"]
+        ),
+        runs=runs,
         accuracies=torch.tensor(a, dtype=torch.float32),
-        names=tuple(names),
+        names=dec.names,
         templates=templates,
         config=ComponentStabilityConfig(n_demo_sets=n_demo_sets, shots=shots, n=n, top=top, seed=seed),
-        provenance=provenance(access.name, None, task=task.name, n_queries=n),
+        provenance=provenance(faithful_access(model, "component_stability").name, None, task=task.name, n_queries=n),
     )
-
-
-def _pair(axis: str, fixed: Any, a: Any, b: Any, x: np.ndarray, y: np.ndarray, fa: float, fb: float, top: int) -> dict:
-    ta, tb = _top(x, top), _top(y, top)
-    return {
-        "axis": axis, "fixed": str(fixed), "a": str(a), "b": str(b), "pearson": _pearson(x, y),
-        "top_iou": len(ta & tb) / len(ta | tb), "full_accuracy_a": float(fa), "full_accuracy_b": float(fb),
-    }  # fmt: skip
