@@ -26,18 +26,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads
 from icl_heads.accuracy import predict
-from icl_heads.bias import majority_prompts
+from icl_heads.bias import check_heads_choice, check_task, majority_prompts, resolve_heads
 from icl_heads.compared_methods import COMPARED_METHODS, ComparedMethod, ComparisonSetup
 from icl_heads.correction_methods import RECENCY_SHOTS
 from icl_heads.engine import Intervention, cost_section, count_cost, no_reuse
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
-from icl_heads.order_bias import recency_prompts
+from icl_heads.order_bias import block_gaps, recency_prompts
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.recency import block_gaps
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap, bootstrap_mean

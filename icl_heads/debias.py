@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from icl_heads._bias_common import check_task, resolve_heads
 from icl_heads._checks import check_grid, check_real
+from icl_heads.bias import check_task, resolve_heads
 from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, RECENCY_SHOTS, CorrectionSetup, correction_method
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
@@ -216,7 +216,7 @@ def correct_recency_bias(
     :func:`correct_bias` with ``bias="recency"``; its arguments are documented there.
     The headline recency bias is the block gap (accuracy when the query's class forms
     the last block of demonstrations minus when it forms the first; it does not cancel
-    over query classes, see :mod:`icl_heads.recency`); the spread of accuracy over
+    over query classes, see :mod:`icl_heads.order_bias`); the spread of accuracy over
     orders beyond chance (:func:`~icl_heads.order_bias.order_spread`), the raw spread, the
     per-prompt order sensitivity, the excess rate of predicting the last demonstration's
     label and the probability pull of the last label are reported too. The arguments not

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model access", ["engine", "_norms", "_resume", "access", "faithfulness", "models", "named_tasks", "testing", "_families"]),
     ("interventions", ["interventions", "correction_hooks", "corrections", "correction_methods"]),
     ("analyses", ["accuracy", "scoring", "attribution", "heads", "agreement", "head_count", "head_definitions", "reading",
-                  "mechanism", "bias", "order_bias", "_bias_common", "recency", "tuning", "tuning_checks",
+                  "mechanism", "bias", "order_bias", "tuning", "tuning_checks",
                   "debias", "components", "unibias", "anchors", "calibration", "compared_methods",
                   "compare_corrections", "protocols"]),
     ("plots", ["plots", ""]),
