@@ -22,8 +22,7 @@ from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, RECENCY_SHOTS,
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.tuning import BiasCorrection, evaluate_correction
-from icl_heads.tuning_checks import read_at_for
+from icl_heads.tuning import BiasCorrection, evaluate_correction, read_at_for
 
 _MEASURE_ONLY = {"skews": "majority", "n_random_orders": "recency"}
 

@@ -1,9 +1,5 @@
-"""Tuning a correction and measuring it: the hyperparameter is chosen on tuning prompts, never the test prompts.
-
-:func:`tune_correction` picks the value; ``evaluate_correction`` measures the bias and the accuracy
-before and after on the test prompts and builds the :class:`BiasCorrection` that
-:func:`icl_heads.debias.correct_bias` returns.
-"""
+"""Tuning a correction on tuning prompts (never the test prompts), measuring it on test prompts, and the checks
+around it: where its heads read, and why it chose "no change"."""
 
 from __future__ import annotations
 
@@ -22,16 +18,51 @@ from icl_heads.access import ModelAccess
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.bias import MajorityBias, majority_bias
 from icl_heads.engine import Hooks, Intervention, as_intervention
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import RecencyBias, recency_bias, recency_block_gap
 from icl_heads.prompts import ICLTask
-from icl_heads.reading import ReadingInfo
+from icl_heads.reading import ReadingInfo, resolve_read_at
 from icl_heads.records import UNSET, Provenance, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
-from icl_heads.tuning_checks import no_change_reason
 
 logger = logging.getLogger("icl_heads")
+
+
+def read_at_for(model: Any, prompts: Any, heads, read_at: str, min_read_share: float) -> tuple:
+    """``(read_at, info, warnings)`` for the corrected heads on the tuning prompts (see :func:`resolve_read_at`)."""
+    access = faithful_access(model, "read_at_for")
+    return resolve_read_at(access, access.tokenize(prompts), list(heads), read_at, min_share=min_read_share)
+
+
+def no_change_reason(
+    tuning: pd.DataFrame, value: float, parameter: str, max_drop: float, read_warnings
+) -> tuple[str, ...]:
+    """Why the tuning chose the no-op value (0), or nothing when it chose a real correction."""
+    if value != 0:
+        return ()
+    base = tuning[tuning.value == 0]
+    others = tuning[tuning.value != 0]
+    if base.empty or others.empty:
+        return (f"NO CHANGE: {parameter}=0 was chosen because the grid holds no other value to try",)
+    b0 = float(base.bias.abs().iloc[0])
+    allowed = others[others.allowed]
+    if allowed.empty:
+        best = others.loc[others.accuracy_drop.idxmin()]
+        why = (
+            f"every other value lowered balanced accuracy on the tuning prompts by more than {max_drop:g} "
+            f"(the smallest drop is {best.accuracy_drop:.3g} at {parameter}={best.value:g})"
+        )
+    else:
+        best = allowed.loc[allowed.bias.abs().idxmin()]
+        why = (
+            f"no allowed value reduced the bias on the tuning prompts (|bias| {b0:.3g} uncorrected, "
+            f"{abs(best.bias):.3g} at best, {parameter}={best.value:g})"
+        )
+    if read_warnings:
+        why += "; the corrected heads do not read the positions it changes (see the other warning)"
+    return (f"NO CHANGE: the correction was tuned to {parameter}=0 (no correction) because {why}",)
 
 
 @json_type
@@ -139,11 +170,8 @@ def tune_correction(
         # the no-op value is the uncorrected model itself: its measurements are the clean ones
         hooks = () if noop is not None and float(value) == noop else _built(build, float(value))
         if kind == "recency":  # the block gap alone: its two orders, not every order recency_bias reports
-            keep = ("n_random_orders",)
-            bias = recency_block_gap(
-                model, task, hooks=hooks, shots=shots, n=n, seed=seed, options=quiet,
-                **{k: measure[k] for k in keep if k in measure},
-            )  # fmt: skip
+            extra = {k: v for k, v in measure.items() if k == "n_random_orders"}
+            bias = recency_block_gap(model, task, hooks=hooks, shots=shots, n=n, seed=seed, options=quiet, **extra)
         else:
             bias = headline_bias(
                 _measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, options=quiet, **measure)
@@ -152,14 +180,7 @@ def tune_correction(
             acc = base_acc  # the correction changes nothing on these prompts (exactly: see balanced_noop)
         else:
             acc = icl_accuracy(model, balanced, hooks=hooks, options=quiet).accuracy
-        rows.append(
-            {
-                "value": float(value),
-                "bias": bias,
-                "balanced_accuracy": acc,
-                "accuracy_drop": base_acc - acc,
-            }
-        )
+        rows.append({"value": float(value), "bias": bias, "balanced_accuracy": acc, "accuracy_drop": base_acc - acc})
     table = pd.DataFrame(rows)
     table["allowed"] = table.accuracy_drop <= max_accuracy_drop + 1e-9
     pool = table[table.allowed] if table.allowed.any() else table.nsmallest(1, "accuracy_drop")
@@ -337,7 +358,7 @@ def evaluate_correction(
         headline = "excess majority-label predictions"
         metrics.append(("bias", before.bias, before.bias.ci, after.bias, after.bias.ci))
         metrics.append(("probability_bias", before.prob_bias, before.prob_bias.ci, after.prob_bias, after.prob_bias.ci))
-        stat_b, stat_a, stat = before.per_prompt.numpy(), after.per_prompt.numpy(), lambda x: x.mean(-1)
+        stat_b, stat_a = before.per_prompt.numpy(), after.per_prompt.numpy()
     else:
         assert isinstance(before, RecencyBias) and isinstance(after, RecencyBias)
         headline = "block gap: accuracy when the query's class block is last minus first"
@@ -347,10 +368,6 @@ def evaluate_correction(
             metrics.append((m, getattr(before, m), getattr(before, m).ci, getattr(after, m), getattr(after, m).ci))
         assert before.block_gaps is not None and after.block_gaps is not None
         stat_b, stat_a = before.block_gaps.numpy(), after.block_gaps.numpy()
-
-        def stat(x: np.ndarray) -> Any:
-            return x.mean(-1)
-
     # accuracy where the bias acts: imbalanced conditions (majority) or all orders (recency)
     cond = slice(1, None) if kind == "majority" else slice(None)
     acc_biased = [(r.label_logits[cond].argmax(-1) == r.golds[None]).float().mean(0).numpy() for r in (before, after)]
@@ -396,7 +413,7 @@ def evaluate_correction(
         parameter=parameter,
         value=value,
         heads=tuple(heads),
-        reduction=_reduction(stat_b, stat_a, stat, n_boot, seed),
+        reduction=_reduction(stat_b, stat_a, lambda x: x.mean(-1), n_boot, seed),
         accuracy_change=bootstrap_mean(diff.numpy(), n_boot=n_boot, seed=seed, value=float(diff.mean()), paired=True),
         config=config,
         provenance=provenance(ModelAccess(model).name, balanced, heads=[list(h) for h in heads], method=method),
