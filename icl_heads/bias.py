@@ -56,8 +56,7 @@ def default_heads(model: Any, prompts: ICLPrompts, *, options: RunOptions | None
     Args:
         model: the model.
         prompts: the prompts the heads are found on.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
     """
     from icl_heads.heads import find_in_context_heads
 
@@ -69,6 +68,12 @@ def resolve_heads(
     model: Any, heads: Any, prompts: ICLPrompts, *, options: RunOptions | None = None
 ) -> tuple[Head, ...]:
     """``heads`` (``"found"``, ``(layer, head)`` pairs or a result with ``.heads``) checked against the model.
+
+    Args:
+        model: the model.
+        heads: the heads; ``"found"`` is :func:`default_heads` on ``prompts``.
+        prompts: the prompts the heads are found on.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
         ValueError: ``None`` or an unknown string, a head outside the model, or an empty list of heads.
@@ -136,12 +141,12 @@ def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, i
 def majority_excess(
     pred: Int[Tensor, "condition prompt"], counts: Int[Tensor, "condition label"]
 ) -> Float[Tensor, "imbalanced prompt"]:
-    """Per imbalanced condition and prompt: a majority label predicted, minus on the balanced prompts (condition 0).
+    """Per imbalanced condition and prompt: a majority label predicted, minus on the balanced prompts.
 
     Its mean over conditions is :func:`majority_bias`'s ``per_prompt``.
 
     Args:
-        pred: predicted labels, the balanced condition first.
+        pred: predicted labels, the balanced condition (0) first.
         counts: demonstrations per label of each condition.
 
     Returns:
@@ -162,19 +167,15 @@ class MajorityBias(Result):
     """Majority-label bias: accuracy and predictions under balanced and imbalanced label counts.
 
     Attributes:
-        df: one row per condition and gold label (``gold`` is ``"all"`` or a label
-            word): ``condition, counts, majority, gold, n, accuracy, shift,
-            shift_ci_low, shift_ci_high`` (``shift`` = accuracy minus accuracy on the
-            balanced prompts with the same queries).
-        conditions: one row per imbalanced condition: ``majority_rate`` (how often a
-            majority label is predicted when the gold label is a minority label),
-            ``majority_rate_balanced`` (the same queries with balanced counts), and
-            ``excess`` (increase in predicting a majority label, all queries) with its interval.
-        bias: the excess rate of predicting a majority label, averaged over imbalanced
-            conditions (0: no bias), an :class:`~icl_heads.stats.Estimate` with its 95%
-            bootstrap interval over prompts (``bias.ci`` is ``(bias.low, bias.high)``).
-        prob_bias: the same in label-set probability of the majority labels, with its
-            interval (``prob_bias.ci``).
+        df: one row per condition and gold label (``"all"`` or a label word): ``condition, counts,
+            majority, gold, n, accuracy, shift, shift_ci_low, shift_ci_high`` (``shift``: accuracy
+            minus that on the balanced prompts with the same queries).
+        conditions: one row per imbalanced condition: ``majority_rate`` (a majority label predicted
+            when gold is a minority label), ``majority_rate_balanced`` (the same queries, balanced),
+            ``excess`` (more majority predictions, all queries) with its interval.
+        bias: the excess rate of predicting a majority label, averaged over imbalanced conditions
+            (0: no bias), an :class:`~icl_heads.stats.Estimate` with its 95% bootstrap interval over prompts.
+        prob_bias: the same in label-set probability of the majority labels, with its interval.
         label_logits: ``[condition, prompt, label]`` label logits.
         counts: ``[condition, label]`` demonstrations per label of each condition.
         golds: ``[prompt]`` gold labels.
@@ -215,9 +216,8 @@ def majority_prompts(
 ) -> dict[str, ICLPrompts]:
     """The paired prompt sets of :func:`majority_bias`, by condition name (``"balanced"`` first).
 
-    Every set has the same queries; each prompt's demonstrations are the first
-    ``count`` demonstrations of each label from one shared pool, in pool order. Each
-    set's ``config["counts"]`` gives its counts per label.
+    Every set has the same queries; each prompt keeps the first ``count`` demonstrations of each
+    label from one shared pool, in pool order (``config["counts"]``: the counts per label).
 
     Raises:
         TypeError: ``task`` is not an ICLTask.
@@ -253,9 +253,8 @@ def majority_bias(
 ) -> MajorityBias:
     """Measure majority-label bias with paired balanced and imbalanced demonstrations.
 
-    Conditions (see :func:`majority_prompts`): balanced (``shots`` in all), balanced minus
-    one demonstration of each label in turn, and each skew ``(a, b)`` with each label in
-    turn having ``a`` and the others ``b``.
+    Conditions (:func:`majority_prompts`): balanced, minus one of each label in turn, and each
+    skew ``(a, b)`` with each label in turn having ``a`` and the others ``b``.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -266,8 +265,7 @@ def majority_bias(
         skews: ``(majority count, minority count)`` pairs.
         hooks: forward hooks applied in every condition (e.g. a correction).
         n_boot: bootstrap resamples for the intervals.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`MajorityBias`.

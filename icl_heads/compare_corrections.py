@@ -308,8 +308,7 @@ def compare_corrections(
         tune_seed: seed of the tuning prompts (the positional prior also uses ``tune_seed + 1``).
         read_at: where the attention corrections act (see :func:`~icl_heads.debias.correct_bias`).
         n_boot: bootstrap resamples.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`CorrectionComparison`.

@@ -41,15 +41,13 @@ def block_gaps(
     """Per prompt: correct when the query's class block is last minus when it is first.
 
     Args:
-        label_logits: label logits of every order (must include ``"blocked"`` and
-            ``"blocked_reversed"``, the label blocks in ascending and descending class order).
+        label_logits: of every order, including ``"blocked"`` and ``"blocked_reversed"`` (classes up, down).
         golds: gold class per prompt.
         demo_labels: the classes of each prompt's demonstrations (any order).
         order_names: names of the orders, in the order of ``label_logits``.
 
     Returns:
-        ``(gap, gold)``: the gap (-1, 0 or 1) of every prompt whose query class is the
-        first or last block, and those prompts' gold classes.
+        ``(gap, gold)``: the gap (-1, 0 or 1) of each prompt whose query class is a first or last block, its gold.
 
     Raises:
         ValueError: the two blocked orders are missing.
@@ -90,10 +88,8 @@ def block_table(
 def order_spread(correct: np.ndarray) -> np.ndarray | np.floating:
     """Standard deviation of accuracy over orders with the sampling noise of the prompts removed.
 
-    ``correct`` is ``[order, ..., prompt]`` (0/1). With ``S2`` the variance of accuracy
-    over orders and ``s2_i`` that of prompt ``i``'s correctness,
-    ``sqrt((S2 - sum_i s2_i / n**2) / (1 - 1/n))`` (clipped at 0) estimates the spread of
-    the expected accuracy without bias. Reduces over the first and last axes.
+    ``correct`` is ``[order, ..., prompt]`` (0/1); with ``S2`` the variance of accuracy over orders and
+    ``s2_i`` that of prompt ``i``'s correctness: ``sqrt((S2 - sum_i s2_i / n**2) / (1 - 1/n))``, clipped at 0.
 
     Raises:
         ValueError: fewer than 2 orders or 2 prompts.
@@ -130,10 +126,6 @@ def last_label_prob_pull(
         out += torch.where(ok, diff, torch.zeros_like(diff))
         used += ok.float()
     return out / used.clamp(min=1)
-
-
-#: the block gap of a result saved before it was measured
-_NO_GAP = Estimate(float("nan"))
 
 
 @json_type
@@ -203,21 +195,14 @@ def recency_block_gap(
     hooks: Hooks = (),
     options: RunOptions | None = None,
 ) -> float:
-    """The block gap of :func:`recency_bias` alone, from the two blocked orders only.
-
-    Equal to ``recency_bias(...).block_gap`` with the same arguments, at a quarter of its
-    passes with the default four random orders: what tuning a correction needs.
+    """``recency_bias(...).block_gap`` from the two blocked orders alone (a quarter of the passes): for tuning.
 
     Args:
         model: the model.
         task: the task to sample prompts from.
-        shots: as for :func:`recency_bias`.
-        n: as for :func:`recency_bias`.
-        seed: as for :func:`recency_bias`.
-        n_random_orders: as for :func:`recency_bias`.
+        shots, n, seed, n_random_orders: as for :func:`recency_bias`.
         hooks: forward hooks applied in both orders (e.g. a correction).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
         TypeError, ValueError: see :func:`recency_prompts`.
@@ -233,32 +218,23 @@ def recency_block_gap(
 class RecencyBias(Result):
     """Recency bias: the same demonstrations in several orders.
 
-    Every headline number is an :class:`~icl_heads.stats.Estimate` with its 95% bootstrap
-    interval over prompts (``bias.low, bias.high``, ``bias.ci``).
+    Every headline number is an :class:`~icl_heads.stats.Estimate` with its 95% bootstrap interval over prompts.
 
     Attributes:
         df: one row per order: ``order, accuracy, ci_low, ci_high`` (Wilson), ``last_label_rate``
-            (how often the last demonstration's label is predicted) and ``last_label_gold``
-            (how often it is gold).
-        attention: one row per in-context head and demonstration slot: ``layer, head,
-            name, slot, attention`` (mean attention from the final position to that
-            slot's label token, over prompts and orders) with its interval, and
-            ``share`` (its share of the head's attention on all label tokens).
-        bias: the spread (standard deviation) of accuracy over orders beyond chance
-            (:func:`order_spread`; 0: accuracy does not depend on the order).
+            (the last demonstration's label predicted) and ``last_label_gold`` (it is gold).
+        attention: one row per in-context head and demonstration slot: ``layer, head, name, slot,
+            attention`` (mean attention from the final position to the slot's label token) with its
+            interval, and ``share`` (of the head's attention on all label tokens).
+        bias: the spread of accuracy over orders beyond chance (:func:`order_spread`; 0: none).
         order_std: the raw standard deviation of accuracy over orders; ``order_p`` its
             permutation p-value against shuffling each prompt's results over orders.
-        last_label_excess: excess rate of predicting the last demonstration's label
-            (predicted minus gold rate, 0: none).
-        last_label_pull: a label's probability when it is last minus when it is not
-            (same query and demonstrations), averaged over labels and prompts.
-        sensitivity: mean over prompts of the standard deviation over orders of the
-            gold label's probability.
-        block_gap: accuracy when the query's class forms the last block of
-            demonstrations minus when it forms the first; unlike ``bias`` it does not
-            cancel over query classes: the headline corrections are tuned and judged on.
-            ``block_gaps`` the per-prompt gaps, ``blocks`` the gap per query label
-            (``query_label, n, block_gap, ci_low, ci_high``).
+        last_label_excess: rate of predicting the last demonstration's label minus its gold rate.
+        last_label_pull: a label's probability when it is last minus when it is not, averaged.
+        sensitivity: mean over prompts of the standard deviation over orders of p(gold).
+        block_gap: accuracy when the query's class block is last minus first: the headline
+            corrections are tuned and judged on (it does not cancel over query classes);
+            ``block_gaps`` per prompt, ``blocks`` per query label (``query_label, n, block_gap, ci_low, ci_high``).
         label_logits: ``[order, prompt, label]``; ``last_labels``: ``[order, prompt]``.
         golds: ``[prompt]`` gold labels.
         heads: the heads whose attention is reported.
@@ -276,12 +252,12 @@ class RecencyBias(Result):
     label_logits: Tensor
     last_labels: Tensor
     golds: Tensor
+    block_gap: Estimate
+    block_gaps: Tensor
+    blocks: pd.DataFrame
     heads: tuple = ()
     config: RecencyBiasConfig = field(default_factory=RecencyBiasConfig)
     provenance: Provenance = field(default_factory=Provenance)
-    block_gap: Estimate = _NO_GAP
-    block_gaps: Tensor | None = None
-    blocks: pd.DataFrame | None = None
     _title: ClassVar[str] = "Recency bias"
 
     def summary(self) -> dict[str, Any]:
@@ -323,18 +299,15 @@ def recency_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task to sample prompts from.
-        shots: demonstrations per prompt (balanced counts); the default,
-            :data:`~icl_heads.correction_methods.RECENCY_SHOTS`, is also the recency correction's.
+        shots: demonstrations per prompt (balanced counts; the default is the recency correction's).
         n: number of prompts.
         seed: seed of the prompts and of the random orders.
         n_random_orders: random orders besides original, reversed and the two label blocks.
-        heads: heads whose attention per slot is reported: ``"found"`` (default: the
-            in-context heads found on the original-order prompts), ``(layer, head)`` pairs,
-            or an ``InContextHeads`` result. ``None`` is refused: elsewhere it means every head.
+        heads: heads whose attention per slot is reported: ``"found"`` (default: found on the original
+            order), ``(layer, head)`` pairs, or an ``InContextHeads``; ``None`` (every head elsewhere) is refused.
         hooks: forward hooks applied in every order (e.g. a correction).
         n_boot: bootstrap resamples for the intervals.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`RecencyBias`.

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from icl_heads._checks import check_grid
@@ -42,8 +43,7 @@ def no_change_reason(
     """Why the tuning chose the no-op value (0), or nothing when it chose a real correction."""
     if value != 0:
         return ()
-    base = tuning[tuning.value == 0]
-    others = tuning[tuning.value != 0]
+    base, others = tuning[tuning.value == 0], tuning[tuning.value != 0]
     if base.empty or others.empty:
         return (f"NO CHANGE: {parameter}=0 was chosen because the grid holds no other value to try",)
     b0 = float(base.bias.abs().iloc[0])
@@ -129,10 +129,9 @@ def tune_correction(
 ) -> tuple[float, pd.DataFrame]:
     """Choose a correction's hyperparameter on tuning prompts (never the test prompts).
 
-    For each value, measures the headline bias (majority: excess majority predictions;
-    recency: the block gap, accuracy when the query's class block is last minus first) and the accuracy on balanced prompts, both on
-    prompts drawn with ``seed``; picks the value with the smallest absolute bias among
-    those whose balanced accuracy drops by at most ``max_accuracy_drop``.
+    For each value, measures the headline bias (majority: excess majority predictions; recency:
+    the block gap) and the balanced accuracy on prompts drawn with ``seed``; picks the value with
+    the smallest absolute bias among those whose balanced accuracy drops by at most ``max_accuracy_drop``.
 
     Args:
         model: the model.
@@ -144,8 +143,7 @@ def tune_correction(
         n: tuning prompts.
         seed: seed of the tuning prompts (use one you do not test on).
         max_accuracy_drop: largest allowed drop of balanced accuracy (0.01 = 1 point).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
         noop: the value at which ``build`` changes nothing (every built-in correction: 0);
             that value is measured on the uncorrected model.
         **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
@@ -219,27 +217,20 @@ class BiasCorrection(Result):
     """A bias correction evaluated on held-out prompts.
 
     Attributes:
-        df: one row per metric (the headline ``bias`` first, then secondary bias
-            measures, the accuracy where the bias acts (``imbalanced_accuracy`` or
-            ``accuracy_over_orders``) and ``balanced_accuracy``): ``metric, before,
-            before_ci_low, before_ci_high, after, after_ci_low, after_ci_high, change``.
-        tuning: the hyperparameter search on the tuning prompts: ``value, bias,
-            balanced_accuracy, accuracy_drop, allowed, chosen``.
+        df: one row per metric (the headline ``bias``, secondary bias measures, the accuracy where the
+            bias acts (``imbalanced_accuracy`` or ``accuracy_over_orders``), ``balanced_accuracy``):
+            ``metric, before, before_ci_low, before_ci_high, after, after_ci_low, after_ci_high, change``.
+        tuning: the search on the tuning prompts: ``value, bias, balanced_accuracy, accuracy_drop, allowed, chosen``.
         kind: ``"majority"`` or ``"recency"``.
         method: the correction (``"count"``, ``"ov"``, ``"prior"``, ``"unrotated"``).
         parameter: the tuned hyperparameter's name; ``value``: its chosen value.
         heads: the corrected heads.
-        reduction: how much of the headline bias's size is removed, in percent:
-            ``100 * (1 - |after| / |before|)`` (a correction that overshoots to the
-            opposite bias counts the overshoot as remaining bias); an
-            :class:`~icl_heads.stats.Estimate` with its 95% paired bootstrap interval over
-            test prompts (``reduction.ci`` is ``(reduction.low, reduction.high)``).
-        accuracy_change: balanced accuracy after minus before (same prompts), with its
-            paired 95% interval (``accuracy_change.ci``).
-        config, provenance: arguments and origin; ``config["read_at"]`` is where the
-            correction acted (label tokens, the tokens after them, or whole slots).
-        warnings: why the result may not mean what it seems: the heads do not read the
-            corrected positions, or the tuning chose "no change" (and why).
+        reduction: the headline bias removed, in percent: ``100 * (1 - |after| / |before|)`` (an overshoot
+            counts as remaining bias), an :class:`~icl_heads.stats.Estimate` (95% paired bootstrap over prompts).
+        accuracy_change: balanced accuracy after minus before (same prompts), with its paired 95% interval.
+        config, provenance: arguments and origin; ``config["read_at"]`` is where the correction acted.
+        warnings: why the result may not mean what it seems: the heads do not read the corrected
+            positions, or the tuning chose "no change" (and why).
     """
 
     df: pd.DataFrame
@@ -281,13 +272,14 @@ class BiasCorrection(Result):
 
     def _imbalanced(self) -> dict[str, Any]:
         """Majority: the accuracy where the bias acts (imbalanced prompts); balanced prompts are neutral to it."""
-        if self.kind != "majority" or "imbalanced_accuracy" not in set(self.df.metric):
+        if self.kind != "majority":
             return {}
         r = self._row("imbalanced_accuracy")
-        out = {"imbalanced accuracy before": float(r.before), "imbalanced accuracy after": float(r.after)}
-        if "change_ci_low" in r.index:
-            out["imbalanced accuracy change 95% CI"] = (float(r.change_ci_low), float(r.change_ci_high))
-        return out
+        return {
+            "imbalanced accuracy before": float(r.before),
+            "imbalanced accuracy after": float(r.after),
+            "imbalanced accuracy change 95% CI": (float(r.change_ci_low), float(r.change_ci_high)),
+        }
 
     def plot(self) -> Figure:
         """Bias and balanced accuracy before and after, with 95% intervals."""
@@ -302,30 +294,18 @@ def evaluate_correction(
 ) -> BiasCorrection:  # fmt: skip
     """Tune ``build``'s value over ``grid`` on tuning prompts, then measure bias and accuracy before and after.
 
-    The engine behind :func:`icl_heads.debias.correct_bias`, which checks the arguments
-    and picks the heads and where they read (``reading``: the position, its settings and
-    warnings) first.
+    The engine behind :func:`icl_heads.debias.correct_bias`, which checks the arguments first.
 
     Args:
-        kind: ``"majority"`` or ``"recency"``.
-        method: the method's name, recorded in the result.
-        parameter: the name of its hyperparameter.
-        model: the model.
-        task: the task.
-        build: the correction for a value.
-        grid: the values tried.
-        heads: the heads corrected.
-        shots: demonstrations per prompt.
-        n: test prompts (drawn with ``seed``).
-        seed: seed of the test prompts.
-        tune_n: tuning prompts (drawn with ``tune_seed``).
-        tune_seed: seed of the tuning prompts.
-        max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
+        kind, method, parameter: ``"majority"`` or ``"recency"``, the method's and its hyperparameter's names.
+        model, task: the model and the task.
+        build, grid, heads: the correction for a value, the values tried, the heads corrected.
+        shots, n, seed: demonstrations per prompt, test prompts and their seed.
+        tune_n, tune_seed, max_accuracy_drop: as for :func:`tune_correction`'s ``n``, ``seed`` and limit.
         n_boot: bootstrap resamples.
         measure: keyword arguments of the bias measurement (skews, or random orders and heads).
         reading: ``(read_at, its config entries, its warnings)``.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -349,25 +329,19 @@ def evaluate_correction(
         )
     after = _measure(kind, model, task, hooks, **kw)
     balanced = task.prompts(n, shots, seed=seed)
-    acc_b, acc_a = (
-        icl_accuracy(model, balanced, options=quiet),
-        icl_accuracy(model, balanced, hooks=hooks, options=quiet),
-    )
-    metrics: list[tuple[str, float, tuple, float, tuple]] = []
-    if isinstance(before, MajorityBias) and isinstance(after, MajorityBias):
-        headline = "excess majority-label predictions"
-        metrics.append(("bias", before.bias, before.bias.ci, after.bias, after.bias.ci))
-        metrics.append(("probability_bias", before.prob_bias, before.prob_bias.ci, after.prob_bias, after.prob_bias.ci))
-        stat_b, stat_a = before.per_prompt.numpy(), after.per_prompt.numpy()
+    acc_b, acc_a = (icl_accuracy(model, balanced, hooks=h, options=quiet) for h in ((), hooks))
+    if kind == "majority":
+        headline, per_prompt = "excess majority-label predictions", "per_prompt"
+        attrs = {"bias": "bias", "probability_bias": "prob_bias"}
     else:
-        assert isinstance(before, RecencyBias) and isinstance(after, RecencyBias)
-        headline = "block gap: accuracy when the query's class block is last minus first"
-        metrics.append(("bias", before.block_gap, before.block_gap.ci, after.block_gap, after.block_gap.ci))
-        metrics.append(("order_spread", before.bias, before.bias.ci, after.bias, after.bias.ci))
-        for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull"):
-            metrics.append((m, getattr(before, m), getattr(before, m).ci, getattr(after, m), getattr(after, m).ci))
-        assert before.block_gaps is not None and after.block_gaps is not None
-        stat_b, stat_a = before.block_gaps.numpy(), after.block_gaps.numpy()
+        headline, per_prompt = "block gap: accuracy when the query's class block is last minus first", "block_gaps"
+        attrs = {"bias": "block_gap", "order_spread": "bias"}
+        attrs |= {m: m for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull")}
+    metrics = [
+        (m, getattr(before, a), getattr(before, a).ci, getattr(after, a), getattr(after, a).ci)
+        for m, a in attrs.items()
+    ]
+    stat_b, stat_a = (getattr(r, per_prompt).numpy() for r in (before, after))
     # accuracy where the bias acts: imbalanced conditions (majority) or all orders (recency)
     cond = slice(1, None) if kind == "majority" else slice(None)
     acc_biased = [(r.label_logits[cond].argmax(-1) == r.golds[None]).float().mean(0).numpy() for r in (before, after)]
@@ -375,9 +349,7 @@ def evaluate_correction(
     name = "imbalanced_accuracy" if kind == "majority" else "accuracy_over_orders"
     metrics.append((name, float(acc_biased[0].mean()), ci[0], float(acc_biased[1].mean()), ci[1]))
     metrics.append(("balanced_accuracy", acc_b.accuracy, acc_b.ci, acc_a.accuracy, acc_a.ci))
-    diff = (acc_a.label_logits.argmax(-1) == acc_a.golds).float() - (
-        acc_b.label_logits.argmax(-1) == acc_b.golds
-    ).float()
+    diff = torch.sub(*((r.label_logits.argmax(-1) == r.golds).float() for r in (acc_a, acc_b)))
     # the change of each accuracy, paired over prompts (the same prompts before and after)
     change_ci = {
         name: bootstrap_ci(acc_biased[1] - acc_biased[0], n_boot=n_boot, seed=seed),
