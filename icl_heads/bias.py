@@ -1,9 +1,7 @@
 """Majority-label bias on paired prompts (DESIGN §2a), and what it shares with recency bias.
 
-:func:`majority_bias` keeps nested subsets of one pool of demonstrations per prompt
-(balanced, minus one, skewed), so conditions differ only in label counts; its bias is
-the excess rate of predicting a majority label over the balanced prompts with the same queries.
-"""
+:func:`majority_bias`'s conditions are nested subsets of one pool of demonstrations per prompt, so they differ
+only in label counts; its bias is the excess rate of predicting a majority label over the balanced prompts."""
 
 from __future__ import annotations
 
@@ -228,11 +226,11 @@ def majority_prompts(
     pool = max(max(c) for c in conds)
     base = task.prompts(n, shots=pool * k, seed=seed, counts=(pool,) * k, order="random")
     out = {}
-    for counts in conds:
-        demos = []
-        for p in base.prompts:
-            rank = [sum(1 for _, y2 in p.demos[:i] if y2 == y) for i, (_, y) in enumerate(p.demos)]
-            demos.append([d for d, r in zip(p.demos, rank, strict=True) if r < counts[d[1]]])
+    for counts in conds:  # each label's first counts[label] demonstrations of the pool
+        demos = [
+            [d for i, d in enumerate(p.demos) if [y for _, y in p.demos[:i]].count(d[1]) < counts[d[1]]]
+            for p in base.prompts
+        ]
         name = "balanced" if len(set(counts)) == 1 else f"{':'.join(map(str, counts))} ({'/'.join(task.label_words)})"
         prompts = with_demos(base, demos, name)
         out[name] = replace(prompts, config=prompts.config.updated(shots=sum(counts), counts=list(counts)))

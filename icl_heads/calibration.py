@@ -1,8 +1,7 @@
 """Output calibrations of the label scores: contextual, domain-context and Batch Calibration.
 
-Each maps the label logits of test prompts to ``[prompt, label]`` calibrated log-probabilities
-(Batch Calibration's are centred) whose argmax is the prediction; docs/methods.md gives the formulas.
-"""
+Each maps test prompts' label logits to ``[prompt, label]`` calibrated log-probabilities whose argmax is the
+prediction (Batch Calibration's are centred); docs/methods.md gives the formulas."""
 
 from __future__ import annotations
 
@@ -82,10 +81,6 @@ def contextual_prior(
     return prior / prior.sum(-1, keepdim=True)
 
 
-def _scores(model: Any, prompts: ICLPrompts, label_logits: Tensor | None, options: RunOptions) -> Tensor:
-    return predict(model, prompts, options=options).label_logits if label_logits is None else label_logits
-
-
 def contextual_calibration(
     model: Any,
     prompts: ICLPrompts,
@@ -111,7 +106,9 @@ def contextual_calibration(
     """
     options = run_options(options)
     prior = contextual_prior(model, prompts, content_free, options=options)
-    return divide_prior(_scores(model, prompts, label_logits, options), prior)
+    if label_logits is None:
+        label_logits = predict(model, prompts, options=options).label_logits
+    return divide_prior(label_logits, prior)
 
 
 def domain_texts(task: ICLTask, n: int = 20, seed: int = 0) -> tuple[str, ...]:
@@ -154,6 +151,5 @@ def domain_context_calibration(
     Raises:
         ValueError: ``n_texts < 1``.
     """
-    options = run_options(options)
-    prior = contextual_prior(model, prompts, domain_texts(prompts.task, n_texts, seed), options=options)
-    return divide_prior(_scores(model, prompts, label_logits, options), prior)
+    texts = domain_texts(prompts.task, n_texts, seed)
+    return contextual_calibration(model, prompts, label_logits=label_logits, content_free=texts, options=options)

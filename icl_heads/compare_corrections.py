@@ -1,8 +1,7 @@
 """Every bias correction and calibration side by side: one registry of methods and one table.
 
-:func:`compare_corrections` fits each registered method (:class:`ComparedMethod`) on tuning
-prompts and measures it on disjoint test prompts; add one with :func:`register_compared_method`.
-"""
+Each registered method (:class:`ComparedMethod`, add one with :func:`register_compared_method`) is fitted on
+tuning prompts and measured on disjoint test prompts by :func:`compare_corrections`."""
 
 from __future__ import annotations
 

@@ -138,9 +138,8 @@ def correct_majority_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task.
-        method: ``"count"`` (attention count-normalisation at label positions,
-            hyperparameter ``strength``), ``"ov"`` (the paper's OV compensation,
-            hyperparameter ``a_c``) or a registered method.
+        method: ``"count"`` (count-normalised attention at label positions, ``strength``), ``"ov"``
+            (the paper's OV compensation, ``a_c``) or a registered method.
         heads: heads to correct: ``"found"`` (default), pairs or a result, as for :func:`correct_bias`.
         skews: skewed counts measured besides minus-one (see :func:`~icl_heads.bias.majority_bias`).
         options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
@@ -194,11 +193,9 @@ def correct_recency_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task.
-        method: ``"prior"`` (divide each slot's attention by its positional prior from
-            content-shuffled prompts drawn with ``tune_seed + 1``; any model;
-            hyperparameter ``strength``), ``"unrotated"`` (scores at label keys from
-            un-rotated q and k; rotary models only; hyperparameter ``mix``) or a
-            registered method.
+        method: ``"prior"`` (each slot's attention divided by its positional prior from content-shuffled
+            prompts drawn with ``tune_seed + 1``, ``strength``), ``"unrotated"`` (label keys' scores from
+            un-rotated q and k, rotary models only, ``mix``) or a registered method.
         heads: heads to correct: ``"found"`` (default), pairs or a result, as for :func:`correct_bias`.
         n_random_orders: random orders besides original, reversed and the label blocks.
         options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
@@ -208,8 +205,8 @@ def correct_recency_bias(
 
     Raises:
         TypeError: ``task`` is not an ICLTask.
-        ValueError: an unknown method, ``"unrotated"`` on a model without rotary
-            embeddings, ``seed == tune_seed`` or ``tune_seed + 1``, bad heads, or no bias to reduce.
+        ValueError: an unknown method, ``"unrotated"`` without rotary embeddings, ``seed == tune_seed``
+            or ``tune_seed + 1``, bad heads, or no bias to reduce.
     """
     return correct_bias(
         model, task, bias="recency", method=method, heads=heads, shots=shots, n=n, seed=seed, tune_n=tune_n,

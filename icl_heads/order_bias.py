@@ -1,9 +1,7 @@
 """Recency bias: the same balanced demonstrations in several orders, and the maths of its measures.
 
-The headline is the *block gap*: accuracy when the query's class forms the last block of
-demonstrations minus when it forms the first (same query and demonstrations). Unlike the
-mean accuracy of an order, it does not cancel over query classes.
-"""
+The headline, the *block gap*, is accuracy when the query's class block comes last minus first (same query and
+demonstrations); unlike the mean accuracy of an order, it does not cancel over query classes."""
 
 from __future__ import annotations
 
@@ -261,20 +259,17 @@ class RecencyBias(Result):
     _title: ClassVar[str] = "Recency bias"
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "block gap (accuracy, query's class block last minus first)": self.block_gap,
-            "block gap 95% CI": self.block_gap.ci,
-            "recency bias (accuracy spread over orders beyond chance)": self.bias,
-            "95% CI": self.bias.ci,
-            "accuracy std over orders": self.order_std,
-            "std 95% CI": self.order_std.ci,
-            "order permutation p": self.order_p,
-            "excess last-label predictions": self.last_label_excess,
-            "last-label 95% CI": self.last_label_excess.ci,
-            "last-label probability pull": self.last_label_pull,
-            "pull 95% CI": self.last_label_pull.ci,
-            "n prompts": len(self.golds),
-        }
+        out: dict[str, Any] = {}
+        for name, ci, e in (
+            ("block gap (accuracy, query's class block last minus first)", "block gap 95% CI", self.block_gap),
+            ("recency bias (accuracy spread over orders beyond chance)", "95% CI", self.bias),
+            ("accuracy std over orders", "std 95% CI", self.order_std),
+            ("order permutation p", None, self.order_p),
+            ("excess last-label predictions", "last-label 95% CI", self.last_label_excess),
+            ("last-label probability pull", "pull 95% CI", self.last_label_pull),
+        ):
+            out |= {name: e} if ci is None else {name: e, ci: e.ci}
+        return out | {"n prompts": len(self.golds)}
 
     def plot(self) -> Figure:
         """Accuracy per order with intervals, and attention per demonstration slot."""
@@ -358,8 +353,7 @@ def _recency_bias(
     per_prompt_prob = last_label_prob_pull(label_logits.softmax(-1), last_labels)
     accs = correct.mean(1)
     resampled = correct.numpy()[:, resamples(n, n_boot=n_boot, seed=seed)]  # [order, boot, prompt]
-    p_gold = label_logits.softmax(-1).gather(2, golds[None, :, None].expand(len(names), -1, 1))[..., 0]
-    per_prompt_sens = p_gold.std(0)
+    per_prompt_sens = label_logits.softmax(-1).gather(2, golds[None, :, None].expand(len(names), -1, 1))[..., 0].std(0)
     cis = [wilson(int(c.sum()), int(c.numel())).ci for c in correct]  # a proportion: never zero width
     df = pd.DataFrame(
         {
