@@ -144,10 +144,8 @@ def tune_correction(
         seed: seed of the tuning prompts (use one you do not test on).
         max_accuracy_drop: largest allowed drop of balanced accuracy (0.01 = 1 point).
         options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
-        noop: the value at which ``build`` changes nothing (every built-in correction: 0);
-            that value is measured on the uncorrected model.
-        **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
-            :func:`~icl_heads.order_bias.recency_bias`.
+        noop: the value at which ``build`` changes nothing (built-in corrections: 0), measured uncorrected.
+        **measure: more arguments for :func:`~icl_heads.bias.majority_bias` / :func:`~icl_heads.recency_bias`.
 
     Returns:
         The chosen value and the table of the search.
@@ -193,22 +191,20 @@ def tune_correction(
     return best, table
 
 
-def _reduction(
-    before: np.ndarray, after: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int
-) -> Estimate:
-    """``100 * (1 - |stat(after)| / |stat(before)|)`` with its paired bootstrap interval (prompts on the last axis).
+def _reduction(before: np.ndarray, after: np.ndarray, n_boot: int, seed: int) -> Estimate:
+    """``100 * (1 - |mean(after)| / |mean(before)|)`` with its paired bootstrap interval over prompts.
 
     Raises:
         ValueError: the bias before is zero in every resample.
     """
     n = before.shape[-1]
     idx = resamples(n, n_boot=n_boot, seed=seed)
-    b, a = stat(before[..., idx]), stat(after[..., idx])
+    b, a = before[..., idx].mean(-1), after[..., idx].mean(-1)
     red = 100 * (1 - np.abs(a) / np.where(b == 0, np.nan, np.abs(b)))
     red = red[np.isfinite(red)]
     if red.size == 0:
         raise ValueError("the bias before correction is zero in every resample; there is nothing to reduce")
-    value = 100 * (1 - abs(float(stat(after))) / abs(float(stat(before))))
+    value = 100 * (1 - abs(float(after.mean(-1))) / abs(float(before.mean(-1))))
     return from_samples(value, red, n=n, method="paired bootstrap")
 
 
@@ -385,7 +381,7 @@ def evaluate_correction(
         parameter=parameter,
         value=value,
         heads=tuple(heads),
-        reduction=_reduction(stat_b, stat_a, lambda x: x.mean(-1), n_boot, seed),
+        reduction=_reduction(stat_b, stat_a, n_boot, seed),
         accuracy_change=bootstrap_mean(diff.numpy(), n_boot=n_boot, seed=seed, value=float(diff.mean()), paired=True),
         config=config,
         provenance=provenance(ModelAccess(model).name, balanced, heads=[list(h) for h in heads], method=method),
