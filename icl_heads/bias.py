@@ -1,24 +1,7 @@
-"""Measure majority-label bias and recency bias of in-context learning (DESIGN §2a).
+"""Majority-label bias on paired prompts (DESIGN §2a), and what it shares with recency bias.
 
-Both measurements are *paired*: every condition reuses the same queries and the
-same demonstrations, so a difference between conditions is the effect of the label
-counts (majority) or of the order (recency), not of different sentences.
-
-* :func:`majority_bias` draws a pool of demonstrations per prompt and keeps nested
-  subsets of it: balanced counts, balanced minus one of a label (that label becomes
-  the minority), and skewed counts (e.g. 3:1 and 5:1, both ways round). Its bias
-  number is the excess rate of predicting a majority label over the balanced prompts
-  with the same queries.
-* :func:`~icl_heads.order_bias.recency_bias` (in :mod:`icl_heads.order_bias`) shows the same demonstrations in several orders (original,
-  reversed, label blocks AABB and BBAA, random). Its bias number is the spread of
-  accuracy over orders beyond chance (:func:`~icl_heads.order_bias.order_spread`); it also reports the raw
-  spread with a permutation test, the excess rate of predicting the last
-  demonstration's label, and the attention each demonstration slot gets in the
-  in-context heads.
-
-Both take ``hooks=`` (e.g. a correction from :mod:`icl_heads.corrections`) so the
-same measurement runs before and after an intervention.
-"""
+:func:`majority_bias`'s conditions are nested subsets of one pool of demonstrations per prompt, so they differ
+only in label counts; its bias is the excess rate of predicting a majority label over the balanced prompts."""
 
 from __future__ import annotations
 
@@ -28,20 +11,92 @@ from typing import Any, ClassVar
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._bias_common import check_task, with_demos
 from icl_heads._checks import check_int
+from icl_heads.access import Head
 from icl_heads.accuracy import predict
 from icl_heads.engine import Hooks
 from icl_heads.faithfulness import faithful_access
+from icl_heads.interventions import check_heads
 from icl_heads.options import RunOptions, run_options
-from icl_heads.prompts import ICLPrompts, ICLTask
+from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask
 from icl_heads.records import Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean
+
+#: ``heads="found"``: run the head finder on the prompts and use its heads (the bias functions' default).
+FOUND = "found"
+
+
+def check_heads_choice(heads: Any) -> Any:
+    """Refuse ``heads=None`` and unknown strings before any work (the bias and correction functions).
+
+    Raises:
+        ValueError: ``None`` (which means every head elsewhere) or a string other than ``"found"``.
+    """
+    if heads is None:
+        raise ValueError(
+            "heads=None means every head elsewhere in icl_heads, but this measurement or correction acts on the "
+            'in-context heads: pass heads="found" (run find_in_context_heads on the prompts, the default), '
+            "a list of (layer, head) pairs, or an InContextHeads result"
+        )
+    if isinstance(heads, str) and heads != FOUND:
+        raise ValueError(f'heads must be "found", (layer, head) pairs or an InContextHeads result, got {heads!r}')
+    return heads
+
+
+def default_heads(model: Any, prompts: ICLPrompts, *, options: RunOptions | None = None) -> tuple[Head, ...]:
+    """The in-context heads on ``prompts``: the union of ``find_in_context_heads``'s heads and heads by label.
+
+    Args:
+        model: the model.
+        prompts: the prompts the heads are found on.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
+    """
+    from icl_heads.heads import find_in_context_heads
+
+    found = find_in_context_heads(model, prompts, verify=False, options=run_options(options))
+    return tuple(dict.fromkeys([*found.heads, *(h for hs in found.heads_by_label.values() for h in hs)]))
+
+
+def resolve_heads(
+    model: Any, heads: Any, prompts: ICLPrompts, *, options: RunOptions | None = None
+) -> tuple[Head, ...]:
+    """``heads`` (``"found"``, ``(layer, head)`` pairs or a result with ``.heads``) checked against the model.
+
+    Args:
+        model: the model.
+        heads: the heads; ``"found"`` is :func:`default_heads` on ``prompts``.
+        prompts: the prompts the heads are found on.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
+
+    Raises:
+        ValueError: ``None`` or an unknown string, a head outside the model, or an empty list of heads.
+    """
+    if isinstance(check_heads_choice(heads), str):
+        return default_heads(model, prompts, options=options)
+    out = check_heads(faithful_access(model, "resolve_heads"), heads)
+    if not out:
+        raise ValueError('heads is empty; pass (layer, head) pairs or "found" to find the in-context heads')
+    return out
+
+
+def check_task(task: Any) -> ICLTask:
+    if not isinstance(task, ICLTask):
+        raise TypeError(
+            f"expected an ICLTask (the measurement samples its own prompt conditions), got {type(task).__name__}; "
+            "build one with icl_heads.ICLTask.from_pairs(texts, labels) or icl_heads.organism_task()"
+        )
+    return task
+
+
+def with_demos(base: ICLPrompts, demos: Sequence[Sequence[tuple[str, int]]], name: str) -> ICLPrompts:
+    """``base`` with each prompt's demonstrations replaced (queries and golds kept)."""
+    prompts = tuple(ICLPrompt(tuple(d), p.query, p.gold) for p, d in zip(base.prompts, demos, strict=True))
+    return replace(base, prompts=prompts, config=base.config.updated(condition=name))
 
 
 @json_type
@@ -70,15 +125,39 @@ def majority_conditions(n_classes: int, shots: int, skews: Sequence[tuple[int, i
             f"shots={shots} must be a positive multiple of the {n_classes} classes so the balanced prompts are balanced"
         )
     b = shots // n_classes
-    out: list[tuple[int, ...]] = [(b,) * n_classes]
-    if b > 1:
-        out += [tuple(b - 1 if j == c else b for j in range(n_classes)) for c in range(n_classes)]
+    pairs = [(b, b - 1)] if b > 1 else []
     for skew in skews:
         major, minor = (int(v) for v in skew)
         if not major > minor >= 1:
             raise ValueError(f"a skew is (majority count, minority count) with majority > minority >= 1, got {skew}")
-        out += [tuple(major if j == c else minor for j in range(n_classes)) for c in range(n_classes)]
+        pairs.append((minor, major))
+    out = [(b,) * n_classes]
+    out += [tuple(a if j == c else o for j in range(n_classes)) for o, a in pairs for c in range(n_classes)]
     return list(dict.fromkeys(out))
+
+
+def majority_excess(
+    pred: Int[Tensor, "condition prompt"], counts: Int[Tensor, "condition label"]
+) -> Float[Tensor, "imbalanced prompt"]:
+    """Per imbalanced condition and prompt: a majority label predicted, minus on the balanced prompts.
+
+    Its mean over conditions is :func:`majority_bias`'s ``per_prompt``.
+
+    Args:
+        pred: predicted labels, the balanced condition (0) first.
+        counts: demonstrations per label of each condition.
+
+    Returns:
+        ``[imbalanced condition, prompt]`` values in -1, 0, 1.
+
+    Raises:
+        ValueError: no imbalanced condition.
+    """
+    major = counts == counts.max(-1, keepdim=True).values  # [condition, label]
+    if major.all():
+        raise ValueError("no imbalanced condition to measure; use shots >= 2 per class or give skews")
+    in_major = major.gather(1, pred).float() - major.gather(1, pred[:1].expand_as(pred)).float()
+    return in_major[~major.all(-1)]
 
 
 @dataclass(frozen=True, repr=False)
@@ -86,19 +165,15 @@ class MajorityBias(Result):
     """Majority-label bias: accuracy and predictions under balanced and imbalanced label counts.
 
     Attributes:
-        df: one row per condition and gold label (``gold`` is ``"all"`` or a label
-            word): ``condition, counts, majority, gold, n, accuracy, shift,
-            shift_ci_low, shift_ci_high`` (``shift`` = accuracy minus accuracy on the
-            balanced prompts with the same queries).
-        conditions: one row per imbalanced condition: ``majority_rate`` (how often a
-            majority label is predicted when the gold label is a minority label),
-            ``majority_rate_balanced`` (the same queries with balanced counts), and
-            ``excess`` (increase in predicting a majority label, all queries) with its interval.
-        bias: the excess rate of predicting a majority label, averaged over imbalanced
-            conditions (0: no bias), an :class:`~icl_heads.stats.Estimate` with its 95%
-            bootstrap interval over prompts (``bias.ci`` is ``(bias.low, bias.high)``).
-        prob_bias: the same in label-set probability of the majority labels, with its
-            interval (``prob_bias.ci``).
+        df: one row per condition and gold label (``"all"`` or a label word): ``condition, counts,
+            majority, gold, n, accuracy, shift, shift_ci_low, shift_ci_high`` (``shift``: accuracy
+            minus that on the balanced prompts with the same queries).
+        conditions: one row per imbalanced condition: ``majority_rate`` (a majority label predicted
+            when gold is a minority label), ``majority_rate_balanced`` (the same queries, balanced),
+            ``excess`` (more majority predictions, all queries) with its interval.
+        bias: the excess rate of predicting a majority label, averaged over imbalanced conditions
+            (0: no bias), an :class:`~icl_heads.stats.Estimate` with its 95% bootstrap interval over prompts.
+        prob_bias: the same in label-set probability of the majority labels, with its interval.
         label_logits: ``[condition, prompt, label]`` label logits.
         counts: ``[condition, label]`` demonstrations per label of each condition.
         golds: ``[prompt]`` gold labels.
@@ -134,37 +209,29 @@ class MajorityBias(Result):
         return self._draw("plot")
 
 
-def _condition_name(counts: Sequence[int], words: Sequence[str]) -> str:
-    if len(set(counts)) == 1:
-        return "balanced"
-    return ":".join(str(c) for c in counts) + f" ({'/'.join(words)})"
-
-
 def majority_prompts(
     task: ICLTask, *, shots: int = 4, n: int = 200, seed: int = 0, skews: Sequence[tuple[int, int]] = ((3, 1), (5, 1))
 ) -> dict[str, ICLPrompts]:
     """The paired prompt sets of :func:`majority_bias`, by condition name (``"balanced"`` first).
 
-    Every set has the same queries; each prompt's demonstrations are the first
-    ``count`` demonstrations of each label from one shared pool, in pool order. Each
-    set's ``config["counts"]`` gives its counts per label.
+    Every set has the same queries; each prompt keeps the first ``count`` demonstrations of each
+    label from one shared pool, in pool order (``config["counts"]``: the counts per label).
 
     Raises:
         TypeError: ``task`` is not an ICLTask.
         ValueError: bad ``shots``/``skews``, or too few examples per class.
     """
-    task = check_task(task)
-    k = len(task.classes)
+    k = len(check_task(task).classes)
     conds = majority_conditions(k, shots, skews)
     pool = max(max(c) for c in conds)
     base = task.prompts(n, shots=pool * k, seed=seed, counts=(pool,) * k, order="random")
     out = {}
-    for counts in conds:
-        demos = []
-        for p in base.prompts:
-            rank = [sum(1 for _, y2 in p.demos[:i] if y2 == y) for i, (_, y) in enumerate(p.demos)]
-            demos.append([d for d, r in zip(p.demos, rank, strict=True) if r < counts[d[1]]])
-        name = _condition_name(counts, task.label_words)
+    for counts in conds:  # each label's first counts[label] demonstrations of the pool
+        demos = [
+            [d for i, d in enumerate(p.demos) if [y for _, y in p.demos[:i]].count(d[1]) < counts[d[1]]]
+            for p in base.prompts
+        ]
+        name = "balanced" if len(set(counts)) == 1 else f"{':'.join(map(str, counts))} ({'/'.join(task.label_words)})"
         prompts = with_demos(base, demos, name)
         out[name] = replace(prompts, config=prompts.config.updated(shots=sum(counts), counts=list(counts)))
     return out
@@ -184,11 +251,8 @@ def majority_bias(
 ) -> MajorityBias:
     """Measure majority-label bias with paired balanced and imbalanced demonstrations.
 
-    Each prompt gets a pool of demonstrations per label (in random order) and a query;
-    every condition keeps the first ``count`` demonstrations of each label from that
-    pool, in pool order. Conditions: balanced (``shots`` in all), balanced minus one
-    demonstration of each label in turn, and each skew ``(a, b)`` with each label in
-    turn having ``a`` and the others ``b``.
+    Conditions (:func:`majority_prompts`): balanced, minus one of each label in turn, and each
+    skew ``(a, b)`` with each label in turn having ``a`` and the others ``b``.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -199,8 +263,7 @@ def majority_bias(
         skews: ``(majority count, minority count)`` pairs.
         hooks: forward hooks applied in every condition (e.g. a correction).
         n_boot: bootstrap resamples for the intervals.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`MajorityBias`.
@@ -223,17 +286,17 @@ def majority_bias(
         )
     conditions = majority_prompts(task, shots=shots, n=n, seed=seed, skews=skews)
     access = faithful_access(model, "majority_bias")
-    logits = [
-        predict(access, prompts, hooks=hooks, options=run_options(options, progress=False)).label_logits
-        for prompts in tqdm(conditions.values(), desc="majority-bias conditions", disable=not options.progress)
-    ]
+    label_logits = torch.stack(
+        [
+            predict(access, prompts, hooks=hooks, options=run_options(options, progress=False)).label_logits
+            for prompts in tqdm(conditions.values(), desc="majority-bias conditions", disable=not options.progress)
+        ]
+    )  # [condition, prompt, label]
     base = next(iter(conditions.values()))
-    names = list(conditions)
-    conds = [tuple(int(v) for v in p.config["counts"]) for p in conditions.values()]
-    label_logits = torch.stack(logits)  # [condition, prompt, label]
-    golds = base.golds
-    tables = _majority_tables(label_logits, torch.tensor(conds), golds, names, task.label_words, n_boot, seed)
-    df, cond_df, per_prompt, per_prompt_prob = tables
+    counts = torch.tensor([[int(v) for v in p.config["counts"]] for p in conditions.values()])
+    df, cond_df, per_prompt, per_prompt_prob = _majority_tables(
+        label_logits, counts, base.golds, list(conditions), task.label_words, n_boot, seed
+    )
     config = MajorityBiasConfig(shots=shots, n=n, seed=seed, skews=[list(s) for s in skews], hooked=bool(hooks))
     return MajorityBias(
         df=df,
@@ -243,8 +306,8 @@ def majority_bias(
             per_prompt_prob.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt_prob.mean())
         ),
         label_logits=label_logits,
-        counts=torch.tensor(conds),
-        golds=golds,
+        counts=counts,
+        golds=base.golds,
         per_prompt=per_prompt,
         config=config,
         provenance=provenance(access.name, base, **config),
@@ -261,50 +324,39 @@ def _majority_tables(
     seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Tensor, Tensor]:
     pred = label_logits.argmax(-1)  # [condition, prompt]
-    probs = label_logits.softmax(-1)
     correct = (pred == golds[None]).float()
-    rows, cond_rows, excess, excess_p = [], [], [], []
+    excess = majority_excess(pred, counts)
+    rows, cond_rows, excess_p = [], [], []
+    scopes = [("all", torch.ones_like(golds, dtype=torch.bool)), *((w, golds == i) for i, w in enumerate(words))]
     for c, name in enumerate(names):
         major = counts[c] == counts[c].max()
         is_bal = bool(major.all())
-        majority = "-" if is_bal else "/".join(w for w, m in zip(words, major.tolist(), strict=True) if m)
-        scopes = [("all", torch.ones_like(golds, dtype=torch.bool))]
-        scopes += [(w, golds == i) for i, w in enumerate(words)]
+        row = {
+            "condition": name,
+            "counts": ":".join(map(str, counts[c].tolist())),
+            "majority": "-" if is_bal else "/".join(w for w, m in zip(words, major.tolist(), strict=True) if m),
+        }
         for gold, mask in scopes:
-            if not mask.any():
-                continue
-            diff = (correct[c, mask] - correct[0, mask]).numpy()
-            lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-            rows.append(
-                {
-                    "condition": name, "counts": ":".join(map(str, counts[c].tolist())), "majority": majority,
-                    "gold": gold, "n": int(mask.sum()), "accuracy": float(correct[c, mask].mean()),
-                    "shift": float(diff.mean()), "shift_ci_low": lo, "shift_ci_high": hi,
-                }
-            )  # fmt: skip
+            if mask.any():
+                diff = (correct[c, mask] - correct[0, mask]).numpy()
+                lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+                acc = float(correct[c, mask].mean())
+                rows.append(
+                    {**row, "gold": gold, "n": int(mask.sum()), "accuracy": acc, "shift": float(diff.mean())}
+                    | {"shift_ci_low": lo, "shift_ci_high": hi}
+                )
         if is_bal:
             continue
         in_major = major[pred].float()  # [condition, prompt]: predicted label is a majority label
-        p_major = probs[:, :, major].sum(-1)
-        ex = in_major[c] - in_major[0]
-        ex_p = p_major[c] - p_major[0]
-        excess.append(ex)
-        excess_p.append(ex_p)
+        p_major = label_logits.softmax(-1)[:, :, major].sum(-1)
+        ex = excess[len(cond_rows)]
+        excess_p.append(p_major[c] - p_major[0])
         minority_gold = ~major[golds]
         lo, hi = bootstrap_ci(ex.numpy(), n_boot=n_boot, seed=seed)
         cond_rows.append(
-            {
-                "condition": name, "counts": ":".join(map(str, counts[c].tolist())), "majority": majority,
-                "n_minority_gold": int(minority_gold.sum()),
-                "majority_rate": float(in_major[c, minority_gold].mean()),
-                "majority_rate_balanced": float(in_major[0, minority_gold].mean()),
-                "excess": float(ex.mean()), "excess_ci_low": lo, "excess_ci_high": hi,
-                "prob_excess": float(ex_p.mean()),
-            }
-        )  # fmt: skip
-    if not excess:
-        raise ValueError("no imbalanced condition to measure; use shots >= 2 per class or give skews")
-    return pd.DataFrame(rows), pd.DataFrame(cond_rows), torch.stack(excess).mean(0), torch.stack(excess_p).mean(0)
-
-
-# ---- recency bias ---------------------------------------------------------------------------
+            {**row, "n_minority_gold": int(minority_gold.sum())}
+            | {"majority_rate": float(in_major[c, minority_gold].mean())}
+            | {"majority_rate_balanced": float(in_major[0, minority_gold].mean()), "excess": float(ex.mean())}
+            | {"excess_ci_low": lo, "excess_ci_high": hi, "prob_excess": float(excess_p[-1].mean())}
+        )
+    return pd.DataFrame(rows), pd.DataFrame(cond_rows), excess.mean(0), torch.stack(excess_p).mean(0)

@@ -1,25 +1,7 @@
 """Output calibrations of the label scores: contextual, domain-context and Batch Calibration.
 
-Each maps the label scores of test prompts (log-probabilities over the label words,
-``log_softmax`` of the label logits) to calibrated scores whose argmax is the prediction:
-
-* **contextual calibration** (Zhao et al. 2021, "Calibrate before use"): the label
-  probabilities ``p_cf`` of each prompt's demonstrations followed by content-free queries
-  (``"N/A"``, ``""``, ``"[MASK]"``), averaged over them and renormalised; calibrated
-  probabilities ``W p`` with ``W = diag(p_cf)^-1`` (renormalised). One extra pass per
-  content-free query.
-* **domain-context calibration** (Fei et al. 2023, "Mitigating label biases for in-context
-  learning"): the same with ``n_texts`` (20) queries of random in-domain words, drawn from
-  the task's texts, each as long as the task's average text (in words).
-* **Batch Calibration** (Zhou et al. 2023, arXiv 2309.17249): subtract from each prompt's
-  log-probabilities their mean over the batch of test prompts (the contextual prior
-  estimated from the test inputs themselves): ``log p(y|x_i) - mean_j log p(y|x_j)``. No
-  extra pass: it reads the scores the test prompts already have.
-
-Scores are returned as ``[prompt, label]`` tensors; the first two are normalised
-log-probabilities, Batch Calibration's are centred log-probabilities (only their argmax
-and differences matter).
-"""
+Each maps test prompts' label logits to ``[prompt, label]`` calibrated log-probabilities whose argmax is the
+prediction (Batch Calibration's are centred); docs/methods.md gives the formulas."""
 
 from __future__ import annotations
 
@@ -44,7 +26,7 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 def divide_prior(
     label_logits: Float[Tensor, "prompt label"], prior: Float[Tensor, "prompt label"]
 ) -> Float[Tensor, "prompt label"]:
-    """``log`` of ``W p`` renormalised, with ``W = diag(prior)^-1`` per prompt: ``log p - log prior``, renormalised.
+    """``log p - log prior``, renormalised: the log of ``W p`` with ``W = diag(prior)^-1`` per prompt.
 
     Args:
         label_logits: the label logits of the test prompts (``p`` is their softmax).
@@ -54,16 +36,10 @@ def divide_prior(
 
 
 def batch_calibration(label_logits: Float[Tensor, "prompt label"]) -> Float[Tensor, "prompt label"]:
-    """Batch Calibration: each prompt's label probabilities divided by their mean over the batch.
-
-    Zhou et al. (2023) estimate the contextual prior as the mean of the label probabilities
-    over the batch of test inputs, ``pbar = mean_i p(y | x_i)``, and divide by it (a shift of
-    the log-probabilities by ``log pbar``): contextual calibration with a prior that costs no
-    extra pass. Returns ``log p - log pbar``, renormalised over the labels.
+    """Batch Calibration (Zhou et al. 2023): ``log p - log pbar`` renormalised, ``pbar`` the batch's mean probabilities.
 
     Args:
-        label_logits: the label logits of one batch of test prompts sharing a prompt format
-            (in :func:`~icl_heads.compare_corrections.compare_corrections`, the prompts of one condition).
+        label_logits: the label logits of one batch of test prompts sharing a prompt format.
 
     Raises:
         ValueError: fewer than 2 prompts (the mean would remove each prompt's own scores).
@@ -85,16 +61,13 @@ def with_query(prompts: ICLPrompts, query: str) -> ICLPrompts:
 def contextual_prior(
     model: Any, prompts: ICLPrompts, queries: Sequence[str], *, options: RunOptions | None = None
 ) -> Float[Tensor, "prompt label"]:
-    """Each prompt's label probabilities with its query replaced by each of ``queries``, averaged and renormalised.
-
-    One pass over the prompts per query text.
+    """Each prompt's label probabilities with its query replaced by each of ``queries`` (one pass each), averaged.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: the prompts whose demonstrations are the contexts.
         queries: the query texts that replace each prompt's query.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
         ValueError: no query texts.
@@ -103,15 +76,9 @@ def contextual_prior(
     queries = [str(q) for q in check_sequence("queries", queries)]
     if not queries:
         raise ValueError("give at least one query text to estimate the label prior from")
-    probs = torch.stack(
-        [predict(model, with_query(prompts, q), options=options).label_logits.softmax(-1) for q in queries]
-    )
-    prior = probs.mean(0)
+    probs = [predict(model, with_query(prompts, q), options=options).label_logits.softmax(-1) for q in queries]
+    prior = torch.stack(probs).mean(0)
     return prior / prior.sum(-1, keepdim=True)
-
-
-def _scores(model: Any, prompts: ICLPrompts, label_logits: Tensor | None, options: RunOptions) -> Tensor:
-    return predict(model, prompts, options=options).label_logits if label_logits is None else label_logits
 
 
 def contextual_calibration(
@@ -129,8 +96,7 @@ def contextual_calibration(
         prompts: the test prompts; each prompt's demonstrations are its context.
         label_logits: their label logits when already computed (default: one pass).
         content_free: the content-free query texts (one extra pass each).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         ``[prompt, label]`` calibrated log-probabilities.
@@ -140,7 +106,9 @@ def contextual_calibration(
     """
     options = run_options(options)
     prior = contextual_prior(model, prompts, content_free, options=options)
-    return divide_prior(_scores(model, prompts, label_logits, options), prior)
+    if label_logits is None:
+        label_logits = predict(model, prompts, options=options).label_logits
+    return divide_prior(label_logits, prior)
 
 
 def domain_texts(task: ICLTask, n: int = 20, seed: int = 0) -> tuple[str, ...]:
@@ -154,8 +122,7 @@ def domain_texts(task: ICLTask, n: int = 20, seed: int = 0) -> tuple[str, ...]:
         raise TypeError(f"expected an ICLTask, got {type(task).__name__}")
     n = check_int("n", n, minimum=1)
     words = [w for t in task.texts for w in t.split()]
-    length = max(1, round(len(words) / len(task.texts)))
-    rng = np.random.default_rng(seed)
+    length, rng = max(1, round(len(words) / len(task.texts))), np.random.default_rng(seed)
     return tuple(" ".join(rng.choice(words, length)) for _ in range(n))
 
 
@@ -176,8 +143,7 @@ def domain_context_calibration(
         label_logits: their label logits when already computed (default: one pass).
         n_texts: random in-domain query texts (:func:`domain_texts`; one extra pass each).
         seed: seed of the random texts.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         ``[prompt, label]`` calibrated log-probabilities.
@@ -185,7 +151,5 @@ def domain_context_calibration(
     Raises:
         ValueError: ``n_texts < 1``.
     """
-    options = run_options(options)
     texts = domain_texts(prompts.task, n_texts, seed)
-    prior = contextual_prior(model, prompts, texts, options=options)
-    return divide_prior(_scores(model, prompts, label_logits, options), prior)
+    return contextual_calibration(model, prompts, label_logits=label_logits, content_free=texts, options=options)

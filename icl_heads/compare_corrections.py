@@ -1,24 +1,13 @@
 """Every bias correction and calibration side by side: one registry of methods and one table.
 
-:func:`compare_corrections` fits each registered method on tuning prompts (drawn with
-``tune_seed``) and measures it on test prompts (drawn with ``seed``; the two sets are
-checked disjoint): the majority-label bias as :func:`~icl_heads.bias.majority_bias`
-measures it (excess majority-label predictions over paired balanced and imbalanced
-prompts), the recency bias as :func:`~icl_heads.order_bias.recency_bias`'s headline (the
-block gap: accuracy when the query's class block comes last minus first), and accuracy on
-balanced and on imbalanced prompts, each before and after with a paired bootstrap interval
-over prompts; the labelled queries it needs and its cost in forward passes, both measured
-by the cost ledger (each method computes afresh, nothing read back from another).
-
-The methods come from the registry of :mod:`icl_heads.compared_methods`: output
-calibrations, the attention corrections, Calib+, component reweighting, UniBias and anchor
-re-weighting; register more with :func:`~icl_heads.compared_methods.register_compared_method`.
-"""
+Each registered method (:class:`ComparedMethod`, add one with :func:`register_compared_method`) is fitted on
+tuning prompts and measured on disjoint test prompts by :func:`compare_corrections`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,25 +15,180 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads
 from icl_heads.accuracy import predict
-from icl_heads.bias import majority_prompts
-from icl_heads.compared_methods import COMPARED_METHODS, ComparedMethod, ComparisonSetup
-from icl_heads.correction_methods import RECENCY_SHOTS
+from icl_heads.anchors import fit_anchor_reweighting
+from icl_heads.bias import check_heads_choice, check_task, majority_excess, majority_prompts, resolve_heads
+from icl_heads.calibration import CONTENT_FREE, batch_calibration, contextual_calibration, domain_context_calibration
+from icl_heads.components.decompose import decompose
+from icl_heads.components.estimators import CalibPlus, ComponentReweighting
+from icl_heads.correction_methods import CORRECTION_METHODS, RECENCY_SHOTS, CorrectionSetup, correction_method
 from icl_heads.engine import Intervention, cost_section, count_cost, no_reuse
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
-from icl_heads.order_bias import recency_prompts
+from icl_heads.order_bias import block_gaps, recency_prompts
 from icl_heads.prompts import ICLPrompts, ICLTask
 from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.recency import block_gaps
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap, bootstrap_mean
-from icl_heads.tuning_checks import read_at_for
+from icl_heads.tuning import read_at_for, tune_correction
+from icl_heads.unibias import fit_unibias
 
 #: the two blocked orders of the recency measurement, whose gap is its headline
 BLOCKED = ("blocked", "blocked_reversed")
+#: what a method's fitted form is, for the table
+FAMILIES = ("output calibration", "attention correction", "learned calibration", "intervention")
+#: a calibrator: ``(model, prompts of one condition, their label logits, options) -> [prompt, label] scores``
+Calibrator = Callable[[Any, ICLPrompts, Tensor, RunOptions], Tensor]
+
+
+@dataclass(frozen=True)
+class ComparisonSetup:
+    """What a method's ``fit`` receives: the model, the task, the tuning prompts' settings and the heads."""
+
+    model: Any
+    task: ICLTask
+    heads: tuple
+    read_at: str
+    shots: int
+    recency_shots: int
+    skews: tuple
+    tune_n: int
+    tune_seed: int
+    options: RunOptions
+    #: the numbers of demonstrations of the test prompts (an intervention may be built for each)
+    demo_counts: tuple[int, ...] = ()
+
+    def tuning_prompts(self, shots: int | None = None) -> ICLPrompts:
+        """The balanced tuning prompts (``tune_n`` drawn with ``tune_seed``), labelled."""
+        return self.task.prompts(self.tune_n, self.shots if shots is None else shots, seed=self.tune_seed)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted method: an intervention (or one per demonstration count) or a calibrator, labelled queries, setting."""
+
+    correction: Intervention | dict[int, Intervention] | Calibrator
+    labelled: int
+    setting: str = "-"
+
+
+@dataclass(frozen=True)
+class ComparedMethod:
+    """One method of the comparison.
+
+    Args:
+        name: its name (``methods=`` of :func:`compare_corrections`).
+        family: one of :data:`FAMILIES`.
+        fit: ``fit(setup) -> Fitted`` (see :class:`ComparisonSetup`).
+        description: one line for the table and errors.
+        needs_heads: whether ``fit`` reads ``setup.heads`` (the in-context heads are then found).
+        own_pass: whether its scores come from a pass of its own that replaces the plain one
+            (interventions, reweighting) rather than from the plain scores (calibrations).
+
+    Raises:
+        ValueError: an empty name or an unknown family.
+    """
+
+    name: str
+    family: str
+    fit: Callable[[ComparisonSetup], Fitted]
+    description: str = ""
+    needs_heads: bool = False
+    own_pass: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or self.family not in FAMILIES:
+            raise ValueError(
+                f"a compared method needs a name and a family in {FAMILIES}, got {self.name!r}, {self.family!r}"
+            )
+
+
+COMPARED_METHODS: dict[str, ComparedMethod] = {}
+
+
+def register_compared_method(method: ComparedMethod, *, overwrite: bool = False) -> ComparedMethod:
+    """Add ``method`` to the methods :func:`compare_corrections` runs.
+
+    Raises:
+        ValueError: a method of that name is registered already (pass ``overwrite=True``).
+    """
+    if method.name in COMPARED_METHODS and not overwrite:
+        raise ValueError(f"a compared method named {method.name!r} is registered already; pass overwrite=True")
+    COMPARED_METHODS[method.name] = method
+    return method
+
+
+def _contextual(s: ComparisonSetup) -> Fitted:
+    setting = f"{len(CONTENT_FREE)} content-free queries"
+    return Fitted(lambda m, p, lg, o: contextual_calibration(m, p, label_logits=lg, options=o), 0, setting)
+
+
+def _domain(s: ComparisonSetup) -> Fitted:
+    cal = domain_context_calibration
+    return Fitted(lambda m, p, lg, o: cal(m, p, label_logits=lg, seed=s.tune_seed, options=o), 0, "20 texts")
+
+
+def _attention(bias: str, name: str) -> Callable[[ComparisonSetup], Fitted]:
+    def fit(s: ComparisonSetup) -> Fitted:
+        spec = correction_method(bias, name)
+        shots = s.shots if bias == "majority" else s.recency_shots
+        setup = CorrectionSetup(s.model, s.task, list(s.heads), s.read_at, shots, s.tune_n, s.tune_seed, s.options)
+        build = spec.prepare(setup)  # tuned on its own bias's prompts, then built for every test prompt length
+        measure = {"skews": list(s.skews)} if bias == "majority" else {"n_random_orders": 0}
+        value, _ = tune_correction(
+            s.model, s.task, build, spec.grid, kind=bias, shots=shots, n=s.tune_n, seed=s.tune_seed,
+            options=s.options, noop=0.0, **measure,
+        )  # fmt: skip
+        built = {k: (build if k == shots else spec.prepare(replace(setup, shots=k)))(value) for k in s.demo_counts}
+        return Fitted(built, s.tune_n, f"{spec.parameter}={value:g}")
+
+    return fit
+
+
+def _calib_plus(s: ComparisonSetup) -> Fitted:
+    tune = s.tuning_prompts()
+    cal = CalibPlus().fit(predict(s.model, tune, options=s.options).label_logits, tune.golds)
+    return Fitted(lambda m, p, logits, o: torch.as_tensor(cal.decision_function(logits)), s.tune_n)
+
+
+def _reweighting(s: ComparisonSetup) -> Fitted:
+    rw = ComponentReweighting(random_state=s.tune_seed).fit(decompose(s.model, s.tuning_prompts(), options=s.options))
+    return Fitted(
+        lambda m, p, logits, o: torch.as_tensor(rw.decision_function(decompose(m, p, options=o))),
+        s.tune_n, f"{len(rw.kept_components_)} components kept",
+    )  # fmt: skip
+
+
+def _unibias(s: ComparisonSetup) -> Fitted:
+    return Fitted(fit_unibias(s.model, s.task, prompts=s.tuning_prompts(), options=s.options).intervention, s.tune_n)
+
+
+def _anchors(s: ComparisonSetup) -> Fitted:
+    prompts = s.tuning_prompts(max(s.demo_counts))
+    return Fitted(fit_anchor_reweighting(s.model, s.task, prompts=prompts, options=s.options).intervention, s.tune_n)
+
+
+for _m in (
+    ComparedMethod("contextual", "output calibration", _contextual,
+                   "contextual calibration (Zhao et al. 2021): content-free queries N/A, '', [MASK]"),
+    ComparedMethod("domain_context", "output calibration", _domain,
+                   "domain-context calibration (Fei et al. 2023): 20 queries of random in-domain words"),
+    ComparedMethod("batch", "output calibration", lambda s: Fitted(lambda m, p, lg, o: batch_calibration(lg), 0, "one condition per batch"),
+                   "Batch Calibration (Zhou et al. 2023): divided by the batch's mean label probabilities"),
+    *(ComparedMethod(f"{bias}:{name}", "attention correction", _attention(bias, name), spec.description,
+                     needs_heads=True, own_pass=True)
+      for bias, specs in CORRECTION_METHODS.items() for name, spec in specs.items()),
+    ComparedMethod("calib_plus", "learned calibration", _calib_plus,
+                   "Calib+: per-class weights and biases on the label probabilities, fitted on labelled tuning prompts"),
+    ComparedMethod("reweighting", "learned calibration", _reweighting,
+                   "component reweighting (Chang et al. 2024), fitted on labelled tuning prompts", own_pass=True),
+    ComparedMethod("unibias", "intervention", _unibias,
+                   "UniBias (Zhou et al. 2024): biased heads and FFN neurons found on labelled tuning prompts, masked"),
+    ComparedMethod("anchors", "intervention", _anchors,
+                   "anchor re-weighting (Wang et al. 2023): a learned scale per head and demonstration slot"),
+):  # fmt: skip
+    register_compared_method(_m)
 
 
 @json_type
@@ -73,17 +217,14 @@ class CorrectionComparison(Result):
     """Every correction and calibration on the same test prompts.
 
     Attributes:
-        df: one row per method: ``method, family, setting, labelled`` (labelled queries its
-            fit used, beside the demonstrations), ``fit_passes, fit_prompt_passes`` (forward
-            passes and prompt passes of its fit or tuning), ``test_prompt_passes`` (prompt
-            passes it made on the test prompts, given their plain scores),
-            ``extra_passes_per_prompt`` (passes per test prompt beyond the plain one); for
-            ``majority`` and ``recency`` (the bias) and ``balanced_accuracy``,
-            ``imbalanced_accuracy``: ``{m}_after`` with ``_low``/``_high``, ``{m}_change``
-            (after minus before, paired over prompts) with its interval; for the two biases
-            ``{m}_reduction`` in percent (``100 (1 - |after| / |before|)``, paired bootstrap),
-            missing where the bias before has an interval that includes 0 (nothing to
-            reduce: ``note`` says so); ``note``: why a number is missing or a method did not run.
+        df: one row per method: ``method, family, setting, labelled`` (labelled queries of its fit),
+            ``fit_passes, fit_prompt_passes`` (of its fit or tuning), ``test_prompt_passes`` (on the
+            test prompts, given their plain scores), ``extra_passes_per_prompt`` (beyond the plain
+            one); for ``majority``, ``recency`` (the biases), ``balanced_accuracy`` and
+            ``imbalanced_accuracy``: ``{m}_after`` and ``{m}_change`` (paired over prompts), each with
+            ``_low``/``_high``; for the biases ``{m}_reduction`` in percent (``100 (1 - |after| /
+            |before|)``, paired bootstrap), missing where the bias before has an interval that
+            includes 0; ``note``: why a number is missing or a method did not run.
         baseline: the uncorrected model: ``metric, value, ci_low, ci_high`` per metric.
         config, provenance: arguments and origin.
     """
@@ -146,6 +287,10 @@ def compare_corrections(
 ) -> CorrectionComparison:
     """Compare every registered bias correction and calibration on the same test prompts.
 
+    Each method is fitted on tuning prompts; on disjoint test prompts, the majority bias (as
+    :func:`~icl_heads.bias.majority_bias`), the recency block gap and balanced and imbalanced
+    accuracy are measured before and after; labelled queries and passes come from the cost ledger.
+
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task.
@@ -162,8 +307,7 @@ def compare_corrections(
         tune_seed: seed of the tuning prompts (the positional prior also uses ``tune_seed + 1``).
         read_at: where the attention corrections act (see :func:`~icl_heads.debias.correct_bias`).
         n_boot: bootstrap resamples.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`CorrectionComparison`.
@@ -200,18 +344,19 @@ def compare_corrections(
     access = faithful_access(model, "compare_corrections")
     quiet = run_options(options, progress=False)
     clean = {k: predict(access, p, options=quiet).label_logits for k, p in tests.items()}
-    heads_ = ()
-    read = "label"
+    heads_, read = (), "label"
     if any(COMPARED_METHODS[m].needs_heads for m in names):
         heads_ = resolve_heads(access, heads, tune, options=quiet)
         read = read_at_for(access, tune, heads_, read_at, MIN_READ_SHARE)[0]
     counts = tuple(sorted({len(p.prompts[0].demos) for p in tests.values()}))
     setup = ComparisonSetup(access, task, heads_, read, shots, recency_shots, skews, tune_n, tune_seed, quiet, counts)
-    measure = _Measure(major, orders, n_boot, seed)
+    boot = partial(bootstrap_mean, n_boot=n_boot, seed=seed)
+    measure = partial(_outcomes, major=major, orders=orders)
     before = measure(clean)
-    rows = [_row(COMPARED_METHODS[m], setup, tests, clean, before, measure) for m in names]
+    base = {k: boot(v) for k, v in before.items()}
+    rows = [_row(COMPARED_METHODS[m], setup, tests, clean, before, base, measure, boot) for m in names]
     baseline = pd.DataFrame(
-        [{"metric": k, "value": float(e), "ci_low": e.low, "ci_high": e.high} for k, e in before.estimates().items()]
+        [{"metric": k, "value": float(e), "ci_low": e.low, "ci_high": e.high} for k, e in base.items()]
     )
     config = CorrectionComparisonConfig(
         methods=names, shots=shots, recency_shots=recency_shots, skews=[list(s) for s in skews], n=n, seed=seed,
@@ -221,21 +366,6 @@ def compare_corrections(
         df=pd.DataFrame(rows).reindex(columns=COLUMNS), baseline=baseline, config=config,
         provenance=provenance(access.name, tune, **config),
     )  # fmt: skip
-
-
-@dataclass
-class _Outcome:
-    """Per-prompt outcomes of one set of scores: the two biases and the two accuracies."""
-
-    majority: np.ndarray
-    recency: np.ndarray
-    balanced_accuracy: np.ndarray
-    imbalanced_accuracy: np.ndarray
-    n_boot: int
-    seed: int
-
-    def estimates(self) -> dict[str, Estimate]:
-        return {k: bootstrap_mean(getattr(self, k), n_boot=self.n_boot, seed=self.seed) for k in _METRICS}
 
 
 _METRICS = ("majority", "recency", "balanced_accuracy", "imbalanced_accuracy")
@@ -249,32 +379,18 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-@dataclass
-class _Measure:
-    """Turns the scores of every test condition into per-prompt outcomes (the bias measurements' own statistics)."""
-
-    major: dict
-    orders: dict
-    n_boot: int
-    seed: int
-
-    def __call__(self, scores: dict[str, Tensor]) -> _Outcome:
-        base = next(iter(self.major.values()))
-        m = torch.stack([scores[f"majority {k}"] for k in self.major])  # [condition, prompt, label]
-        counts = torch.tensor([p.config["counts"] for p in self.major.values()])
-        major = counts == counts.max(-1, keepdim=True).values  # [condition, label]: its majority labels
-        pred = m.argmax(-1)
-        # majority_bias's excess: a majority label of the condition predicted, minus on the balanced prompts
-        in_major = major.gather(1, pred).float() - major.gather(1, pred[:1].expand_as(pred)).float()
-        excess = in_major[~major.all(-1)].mean(0).numpy()
-        correct = (pred == base.golds[None]).float().numpy()
-        r = torch.stack([scores[f"recency {k}"] for k in BLOCKED])
-        orig = self.orders["original"]
-        gaps, _ = block_gaps(r, orig.golds, [[y for _, y in p.demos] for p in orig.prompts], list(BLOCKED))
-        return _Outcome(excess, gaps, correct[0], correct[1:].mean(0), self.n_boot, self.seed)
+def _outcomes(scores: dict[str, Tensor], major: dict, orders: dict) -> dict[str, np.ndarray]:
+    """Per-prompt outcomes of one set of scores: the two biases and the two accuracies."""
+    pred = torch.stack([scores[f"majority {k}"] for k in major]).argmax(-1)  # [condition, prompt]
+    correct = (pred == next(iter(major.values())).golds[None]).float().numpy()
+    excess = majority_excess(pred, torch.tensor([p.config["counts"] for p in major.values()])).mean(0).numpy()
+    orig = orders["original"]
+    r = torch.stack([scores[f"recency {k}"] for k in BLOCKED])
+    gaps, _ = block_gaps(r, orig.golds, [[y for _, y in p.demos] for p in orig.prompts], list(BLOCKED))
+    return dict(zip(_METRICS, (excess, gaps, correct[0], correct[1:].mean(0)), strict=True))
 
 
-def _reduction(before: np.ndarray, after: np.ndarray, n_boot: int, seed: int) -> Estimate:
+def _reduction(before: np.ndarray, after: np.ndarray, *, n_boot: int, seed: int) -> Estimate:
     """``100 (1 - |mean after| / |mean before|)`` with its paired bootstrap interval over prompts."""
     with np.errstate(divide="ignore", invalid="ignore"):  # resamples with no bias before are dropped
         return bootstrap(
@@ -293,10 +409,16 @@ def _apply(c: Any, s: ComparisonSetup, prompts: ICLPrompts, clean: Tensor) -> Te
 
 
 def _row(
-    method: ComparedMethod, s: ComparisonSetup, tests: dict, clean: dict, before: _Outcome, measure: _Measure
+    method: ComparedMethod,
+    s: ComparisonSetup,
+    tests: dict,
+    clean: dict,
+    before: dict,
+    base: dict,
+    measure: Callable[[dict], dict],
+    boot: partial[Estimate],
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"method": method.name, "family": method.family, "description": method.description}
-    rows_plain = sum(len(p) for p in tests.values())
     try:
         with cost_section(f"corrections: {method.name}"), no_reuse():
             with count_cost() as fit_cost:
@@ -309,20 +431,18 @@ def _row(
     row.update(
         setting=fitted.setting, labelled=fitted.labelled, fit_passes=fit_cost.total.passes,
         fit_prompt_passes=fit_cost.total.rows, test_prompt_passes=test_cost.total.rows,
-        extra_passes_per_prompt=test_cost.total.rows / rows_plain - own,
+        extra_passes_per_prompt=test_cost.total.rows / sum(len(p) for p in tests.values()) - own,
     )  # fmt: skip
     after, notes = measure(scores), []
-    for k, est in after.estimates().items():
-        b, a = getattr(before, k), getattr(after, k)
-        change = bootstrap_mean(a - b, n_boot=before.n_boot, seed=before.seed, paired=True)
-        row.update({f"{k}_after": float(est), f"{k}_after_low": est.low, f"{k}_after_high": est.high,
-                    f"{k}_change": float(change), f"{k}_change_low": change.low, f"{k}_change_high": change.high})  # fmt: skip
+    for k, a in after.items():
+        b = before[k]
+        for part, e in (("after", boot(a)), ("change", boot(a - b, paired=True))):
+            row.update({f"{k}_{part}": float(e), f"{k}_{part}_low": e.low, f"{k}_{part}_high": e.high})
         if k in ("majority", "recency"):
-            b_est = bootstrap_mean(b, n_boot=before.n_boot, seed=before.seed)
-            if b_est.low <= 0 <= b_est.high:
+            if base[k].low <= 0 <= base[k].high:
                 notes.append(f"no {k} bias to reduce (its interval before includes 0)")
                 continue
-            red = _reduction(b, a, before.n_boot, before.seed)
+            red = _reduction(b, a, **boot.keywords)
             row.update({f"{k}_reduction": float(red), f"{k}_reduction_low": red.low, f"{k}_reduction_high": red.high})
     row["note"] = "; ".join(notes) or "-"
     return row

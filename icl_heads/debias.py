@@ -1,14 +1,6 @@
-"""Correct majority-label and recency bias and measure the effect on held-out prompts.
+"""Correct majority-label and recency bias: tune a registered method on tuning prompts, measure it on test prompts.
 
-:func:`correct_bias` (the one engine; :func:`correct_majority_bias` and
-:func:`correct_recency_bias` fix its ``bias``) takes a method from the registry of
-:mod:`icl_heads.correction_methods`, (1) picks the heads (the in-context heads by
-default, found on the tuning prompts), (2) chooses the correction's
-hyperparameter with :func:`~icl_heads.tuning.tune_correction` on prompts drawn with ``tune_seed``, never
-on the test prompts, and (3) measures the bias and the accuracy on balanced prompts
-before and after the correction on prompts drawn with ``seed``. The result reports the
-bias with 95% bootstrap intervals, the relative reduction (with a paired bootstrap
-interval) and the balanced accuracy before and after.
+:func:`correct_bias` is the one engine; :func:`correct_majority_bias` and :func:`correct_recency_bias` fix its ``bias``.
 """
 
 from __future__ import annotations
@@ -16,14 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from icl_heads._bias_common import check_task, resolve_heads
 from icl_heads._checks import check_grid, check_real
+from icl_heads.bias import check_task, resolve_heads
 from icl_heads.correction_methods import BIASES, DEFAULT_METHODS, RECENCY_SHOTS, CorrectionSetup, correction_method
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLTask
 from icl_heads.reading import MIN_READ_SHARE
-from icl_heads.tuning import BiasCorrection, evaluate_correction
-from icl_heads.tuning_checks import read_at_for
+from icl_heads.tuning import BiasCorrection, evaluate_correction, read_at_for
 
 _MEASURE_ONLY = {"skews": "majority", "n_random_orders": "recency"}
 
@@ -51,52 +42,41 @@ def correct_bias(
 ) -> BiasCorrection:
     """Tune a bias correction on held-out prompts and measure it on test prompts: the one engine of every method.
 
-    The method comes from the registry (:mod:`icl_heads.correction_methods`): ``"count"``
-    and ``"ov"`` for the majority bias, ``"prior"`` and ``"unrotated"`` for recency, and
-    any method registered with :func:`~icl_heads.correction_methods.register_correction_method`.
-    :func:`correct_majority_bias` and :func:`correct_recency_bias` are this function with
-    ``bias`` fixed.
+    Picks the heads (found on the tuning prompts by default) and where they read, chooses the
+    hyperparameter with :func:`~icl_heads.tuning.tune_correction` on prompts drawn with
+    ``tune_seed``, then measures bias and accuracy before and after on prompts drawn with ``seed``.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task.
         bias: ``"majority"`` or ``"recency"``.
-        method: a registered method of that bias (default: ``"count"`` for majority,
-            ``"prior"`` for recency).
-        heads: heads to correct: ``"found"`` (default: run
-            :func:`~icl_heads.heads.find_in_context_heads` on the tuning prompts and use
-            its heads), ``(layer, head)`` pairs, or an ``InContextHeads`` result (its
-            ``heads``). ``None`` is refused: elsewhere it means every head.
+        method: a method of that bias in :mod:`icl_heads.correction_methods` (default:
+            ``"count"`` for majority, ``"prior"`` for recency).
+        heads: heads to correct: ``"found"`` (default: found on the tuning prompts), ``(layer, head)``
+            pairs, or an ``InContextHeads``; ``None`` (every head elsewhere) is refused.
         shots: demonstrations per prompt (default 4 for majority, 8 for recency).
         n: test prompts (drawn with ``seed``).
         seed: seed of the test prompts.
         tune_n: tuning prompts (drawn with ``tune_seed``).
         tune_seed: seed of the tuning prompts; must differ from ``seed``.
         grid: hyperparameter values to try (default: the method's grid).
-        skews: majority only: skewed counts measured besides minus-one (default
-            ``((3, 1), (5, 1))``; see :func:`~icl_heads.bias.majority_bias`).
-        n_random_orders: recency only: random orders besides original, reversed and the
-            label blocks (default 4).
+        skews: majority only: skewed counts (default ``((3, 1), (5, 1))``; see :func:`~icl_heads.bias.majority_bias`).
+        n_random_orders: recency only: random orders besides original, reversed and the blocks (default 4).
         max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
-        read_at: the positions of each demonstration the correction acts on:
-            ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (where the heads put
-            their attention on the tuning prompts; see :func:`~icl_heads.reading.resolve_read_at`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on those positions, the result carries a warning.
+        read_at: where in each demonstration the correction acts: ``"label"``, ``"after_label"``, ``"slot"``
+            or ``"auto"`` (where the heads attend on the tuning prompts; :func:`~icl_heads.reading.resolve_read_at`).
+        min_read_share: below this share of the heads' attention on those positions, a warning.
         n_boot: bootstrap resamples.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
 
     Raises:
         TypeError: ``task`` is not an ICLTask.
-        ValueError: an unknown bias or method, a measurement option of the other bias,
-            ``seed == tune_seed`` (or, for recency, ``seed == tune_seed + 1``, the
-            prior's reference prompts), bad heads, a method the model cannot take
-            (``"unrotated"`` without rotary embeddings), a grid value that is not finite or
-            outside the method's ``limits``, or no bias to reduce.
+        ValueError: an unknown bias or method, a measurement option of the other bias, ``seed == tune_seed``
+            (or, for the prior, ``tune_seed + 1``), bad heads, a method the model cannot take (``"unrotated"``
+            without rotary embeddings), a grid value not finite or outside the method's ``limits``, or no bias.
     """
     options = run_options(options)
     spec = correction_method(bias, method if method is not None else DEFAULT_METHODS.get(bias, ""))
@@ -120,11 +100,10 @@ def correct_bias(
     heads = resolve_heads(model, heads, tune_prompts, options=run_options(options, progress=False))
     reading = read_at_for(model, tune_prompts, heads, read_at, min_read_share)
     build = spec.prepare(CorrectionSetup(model, task, list(heads), reading[0], shots, tune_n, tune_seed, options))
-    measure: dict[str, Any] = (
-        {"skews": [tuple(s) for s in (skews if skews is not None else ((3, 1), (5, 1)))]}
-        if bias == "majority"
-        else {"n_random_orders": 4 if n_random_orders is None else n_random_orders, "heads": list(heads)}
-    )
+    if bias == "majority":
+        measure: dict[str, Any] = {"skews": [tuple(s) for s in (((3, 1), (5, 1)) if skews is None else skews)]}
+    else:
+        measure = {"n_random_orders": 4 if n_random_orders is None else n_random_orders, "heads": list(heads)}
     return evaluate_correction(
         bias, spec.name, spec.parameter, model, task, build, grid, heads, shots=shots, n=n, seed=seed,
         tune_n=tune_n, tune_seed=tune_seed, max_accuracy_drop=max_accuracy_drop, n_boot=n_boot,
@@ -159,16 +138,11 @@ def correct_majority_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task.
-        method: ``"count"`` (attention count-normalisation at label positions,
-            hyperparameter ``strength``), ``"ov"`` (the paper's OV compensation,
-            hyperparameter ``a_c``) or a registered method.
-        heads: heads to correct: ``"found"`` (default: run
-            :func:`~icl_heads.heads.find_in_context_heads` on the tuning prompts and use
-            its heads), ``(layer, head)`` pairs, or an ``InContextHeads`` result (its
-            ``heads``). ``None`` is refused: elsewhere it means every head.
+        method: ``"count"`` (count-normalised attention at label positions, ``strength``), ``"ov"``
+            (the paper's OV compensation, ``a_c``) or a registered method.
+        heads: heads to correct: ``"found"`` (default), pairs or a result, as for :func:`correct_bias`.
         skews: skewed counts measured besides minus-one (see :func:`~icl_heads.bias.majority_bias`).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -184,7 +158,6 @@ def correct_majority_bias(
     >>> res.value in (0, 4, 12), res.reduction <= 100
     (True, True)
     """
-    options = run_options(options)
     return correct_bias(
         model, task, bias="majority", method=method, heads=heads, shots=shots, n=n, seed=seed, tune_n=tune_n,
         tune_seed=tune_seed, grid=grid, skews=skews, max_accuracy_drop=max_accuracy_drop, read_at=read_at,
@@ -213,40 +186,28 @@ def correct_recency_bias(
 ) -> BiasCorrection:
     """Tune a recency-bias correction on held-out prompts and measure it on test prompts.
 
-    :func:`correct_bias` with ``bias="recency"``; its arguments are documented there.
-    The headline recency bias is the block gap (accuracy when the query's class forms
-    the last block of demonstrations minus when it forms the first; it does not cancel
-    over query classes, see :mod:`icl_heads.recency`); the spread of accuracy over
-    orders beyond chance (:func:`~icl_heads.order_bias.order_spread`), the raw spread, the
-    per-prompt order sensitivity, the excess rate of predicting the last demonstration's
-    label and the probability pull of the last label are reported too. The arguments not
-    listed here are documented in :func:`correct_bias`.
+    :func:`correct_bias` with ``bias="recency"``; the arguments not listed here are documented
+    there. The headline is the block gap (:mod:`icl_heads.order_bias`); the other order
+    statistics of :func:`~icl_heads.order_bias.recency_bias` are reported too.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task.
-        method: ``"prior"`` (divide each slot's attention by its positional prior from
-            content-shuffled prompts drawn with ``tune_seed + 1``; any model;
-            hyperparameter ``strength``), ``"unrotated"`` (scores at label keys from
-            un-rotated q and k; rotary models only; hyperparameter ``mix``) or a
-            registered method.
-        heads: heads to correct: ``"found"`` (default: run
-            :func:`~icl_heads.heads.find_in_context_heads` on the tuning prompts and use
-            its heads), ``(layer, head)`` pairs, or an ``InContextHeads`` result (its
-            ``heads``). ``None`` is refused: elsewhere it means every head.
+        method: ``"prior"`` (each slot's attention divided by its positional prior from content-shuffled
+            prompts drawn with ``tune_seed + 1``, ``strength``), ``"unrotated"`` (label keys' scores from
+            un-rotated q and k, rotary models only, ``mix``) or a registered method.
+        heads: heads to correct: ``"found"`` (default), pairs or a result, as for :func:`correct_bias`.
         n_random_orders: random orders besides original, reversed and the label blocks.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
 
     Raises:
         TypeError: ``task`` is not an ICLTask.
-        ValueError: an unknown method, ``"unrotated"`` on a model without rotary
-            embeddings, ``seed == tune_seed`` or ``tune_seed + 1``, bad heads, or no bias to reduce.
+        ValueError: an unknown method, ``"unrotated"`` without rotary embeddings, ``seed == tune_seed``
+            or ``tune_seed + 1``, bad heads, or no bias to reduce.
     """
-    options = run_options(options)
     return correct_bias(
         model, task, bias="recency", method=method, heads=heads, shots=shots, n=n, seed=seed, tune_n=tune_n,
         tune_seed=tune_seed, grid=grid, n_random_orders=n_random_orders, max_accuracy_drop=max_accuracy_drop,

@@ -1,9 +1,7 @@
-"""Recency bias: the same balanced demonstrations in several orders (see :mod:`icl_heads.bias`).
+"""Recency bias: the same balanced demonstrations in several orders, and the maths of its measures.
 
-:func:`recency_bias` shows the same demonstrations in several orders (original,
-reversed, label blocks AABB and BBAA, random); :func:`recency_block_gap` measures
-its headline, the block gap, alone.
-"""
+The headline, the *block gap*, is accuracy when the query's class block comes last minus first (same query and
+demonstrations); unlike the mean accuracy of an order, it does not cancel over query classes."""
 
 from __future__ import annotations
 
@@ -14,31 +12,118 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from icl_heads._bias_common import check_heads_choice, check_task, resolve_heads, with_demos
 from icl_heads._checks import check_int
 from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.accuracy import predict
+from icl_heads.bias import check_heads_choice, check_task, resolve_heads, with_demos
 from icl_heads.correction_methods import RECENCY_SHOTS
 from icl_heads.engine import Hooks, content_key, digest, intervention_key, memoised
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask
-from icl_heads.recency import (
-    block_gaps,
-    block_table,
-    last_label_prob_pull,
-    order_permutation_p,
-    order_spread,
-)
 from icl_heads.records import Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples, wilson
 
-#: the block gap of a result saved before it was measured
-_NO_GAP = Estimate(float("nan"))
+
+def block_gaps(
+    label_logits: Float[Tensor, "order prompt label"],
+    golds: Int[Tensor, " prompt"],
+    demo_labels: Sequence[Sequence[int]],
+    order_names: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: correct when the query's class block is last minus when it is first.
+
+    Args:
+        label_logits: of every order, including ``"blocked"`` and ``"blocked_reversed"`` (classes up, down).
+        golds: gold class per prompt.
+        demo_labels: the classes of each prompt's demonstrations (any order).
+        order_names: names of the orders, in the order of ``label_logits``.
+
+    Returns:
+        ``(gap, gold)``: the gap (-1, 0 or 1) of each prompt whose query class is a first or last block, its gold.
+
+    Raises:
+        ValueError: the two blocked orders are missing.
+    """
+    names = list(order_names)
+    if "blocked" not in names or "blocked_reversed" not in names:
+        raise ValueError(f"the block gap needs the orders 'blocked' and 'blocked_reversed', got {names}")
+    correct = (label_logits.argmax(-1) == golds[None]).float().numpy()
+    up, down = correct[names.index("blocked")], correct[names.index("blocked_reversed")]
+    gaps, kept = [], []
+    for i, (g, labels) in enumerate(zip(golds.tolist(), demo_labels, strict=True)):
+        first, last = min(labels), max(labels)
+        if first != last and g in (first, last):  # the last block in "blocked" or the first
+            gaps.append(up[i] - down[i] if g == last else down[i] - up[i])
+            kept.append(g)
+    return np.asarray(gaps, dtype=float), np.asarray(kept, dtype=int)
+
+
+def block_table(
+    gap: np.ndarray, gold: np.ndarray, words: Sequence[str], *, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Block gap per query class and over all prompts, with bootstrap intervals.
+
+    Raises:
+        ValueError: no prompt whose query class is a first or last block.
+    """
+    if gap.size == 0:
+        raise ValueError("no prompt has its query's class as the first or last block; use 2 or more classes")
+    rows = []
+    for c, word in [*enumerate(words), (-1, "all")]:
+        sel = gold == c if c >= 0 else np.ones_like(gold, dtype=bool)
+        if sel.any():
+            e = bootstrap_mean(gap[sel], n_boot=n_boot, seed=seed)
+            rows.append({"query_label": word, "n": e.n, "block_gap": e.value, "ci_low": e.low, "ci_high": e.high})
+    return pd.DataFrame(rows)
+
+
+def order_spread(correct: np.ndarray) -> np.ndarray | np.floating:
+    """Standard deviation of accuracy over orders with the sampling noise of the prompts removed.
+
+    ``correct`` is ``[order, ..., prompt]`` (0/1); with ``S2`` the variance of accuracy over orders and
+    ``s2_i`` that of prompt ``i``'s correctness: ``sqrt((S2 - sum_i s2_i / n**2) / (1 - 1/n))``, clipped at 0.
+
+    Raises:
+        ValueError: fewer than 2 orders or 2 prompts.
+    """
+    c = np.asarray(correct, dtype=float)
+    n = c.shape[-1]
+    if c.shape[0] < 2 or n < 2:
+        raise ValueError(f"the spread over orders needs at least 2 orders and 2 prompts, got {c.shape[0]} and {n}")
+    total = c.mean(-1).var(0, ddof=1)
+    noise = c.var(0, ddof=1).sum(-1) / n**2
+    return np.sqrt(np.clip((total - noise) / (1 - 1 / n), 0, None))
+
+
+def order_permutation_p(correct: np.ndarray, *, n_perm: int = 1000, seed: int = 0) -> float:
+    """P-value of the std of accuracy over orders when each prompt's ``[order, prompt]`` results are shuffled over orders."""
+    c = np.asarray(correct, dtype=float)
+    observed = c.mean(-1).std(ddof=1)
+    keys = np.random.default_rng(seed).random((n_perm, *c.shape)).argsort(1)
+    null = np.take_along_axis(np.broadcast_to(c, keys.shape), keys, 1).mean(-1).std(1, ddof=1)
+    return float((1 + (null >= observed - 1e-12).sum()) / (1 + n_perm))
+
+
+def last_label_prob_pull(
+    probs: Float[Tensor, "order prompt label"], last: Int[Tensor, "order prompt"]
+) -> Float[Tensor, " prompt"]:
+    """Per prompt: mean over labels of p(label | it is last) - p(label | it is not), over that prompt's orders."""
+    out, used = torch.zeros(probs.shape[1]), torch.zeros(probs.shape[1])
+    for c in range(probs.shape[-1]):
+        is_last = (last == c).float()
+        n_last, n_not = is_last.sum(0), (1 - is_last).sum(0)
+        ok = (n_last > 0) & (n_not > 0)
+        p = probs[..., c]
+        diff = (p * is_last).sum(0) / n_last.clamp(min=1) - (p * (1 - is_last)).sum(0) / n_not.clamp(min=1)
+        out += torch.where(ok, diff, torch.zeros_like(diff))
+        used += ok.float()
+    return out / used.clamp(min=1)
 
 
 @json_type
@@ -59,16 +144,13 @@ class RecencyBiasConfig(Record):
 def demo_orders(labels: Sequence[int], n_random: int, rng: np.random.Generator) -> dict[str, list[int]]:
     """Permutations of one prompt's demonstrations: original, reversed, label blocks both ways, random."""
     idx = list(range(len(labels)))
-    blocked = sorted(idx, key=lambda i: (labels[i], i))
     out = {
         "original": idx,
         "reversed": idx[::-1],
-        "blocked": blocked,
+        "blocked": sorted(idx, key=lambda i: (labels[i], i)),
         "blocked_reversed": sorted(idx, key=lambda i: (-labels[i], i)),
     }
-    for r in range(n_random):
-        out[f"random_{r}"] = [int(i) for i in rng.permutation(len(idx))]
-    return out
+    return out | {f"random_{r}": [int(i) for i in rng.permutation(len(idx))] for r in range(n_random)}
 
 
 def recency_prompts(
@@ -90,11 +172,14 @@ def recency_prompts(
     rng = np.random.default_rng(seed)
     perms = [demo_orders([y for _, y in p.demos], n_random_orders, rng) for p in base.prompts]
     return {
-        name: with_demos(
-            base, [[p.demos[i] for i in perm[name]] for p, perm in zip(base.prompts, perms, strict=True)], name
-        )
+        name: with_demos(base, [[p.demos[i] for i in o[name]] for p, o in zip(base.prompts, perms, strict=True)], name)
         for name in perms[0]
     }
+
+
+def _gaps(logits: Tensor, orders: dict[str, ICLPrompts], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    base = orders["original"]
+    return block_gaps(logits, base.golds, [[y for _, y in p.demos] for p in base.prompts], names)
 
 
 def recency_block_gap(
@@ -108,22 +193,14 @@ def recency_block_gap(
     hooks: Hooks = (),
     options: RunOptions | None = None,
 ) -> float:
-    """The block gap of :func:`recency_bias` alone, from the two blocked orders only.
-
-    Equal to ``recency_bias(...).block_gap`` with the same arguments (the same prompts),
-    at a quarter of its passes with the default four random orders: what tuning a
-    correction needs for every value it tries.
+    """``recency_bias(...).block_gap`` from the two blocked orders alone (a quarter of the passes): for tuning.
 
     Args:
         model: the model.
         task: the task to sample prompts from.
-        shots: as for :func:`recency_bias`.
-        n: as for :func:`recency_bias`.
-        seed: as for :func:`recency_bias`.
-        n_random_orders: as for :func:`recency_bias`.
+        shots, n, seed, n_random_orders: as for :func:`recency_bias`.
         hooks: forward hooks applied in both orders (e.g. a correction).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Raises:
         TypeError, ValueError: see :func:`recency_prompts`.
@@ -132,43 +209,30 @@ def recency_block_gap(
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     names = ["blocked", "blocked_reversed"]
     logits = torch.stack([predict(model, orders[k], hooks=hooks, options=options).label_logits for k in names])
-    base = orders["original"]
-    gaps, _ = block_gaps(logits, base.golds, [[y for _, y in p.demos] for p in base.prompts], names)
-    return float(gaps.mean())
+    return float(_gaps(logits, orders, names)[0].mean())
 
 
 @dataclass(frozen=True, repr=False)
 class RecencyBias(Result):
     """Recency bias: the same demonstrations in several orders.
 
+    Every headline number is an :class:`~icl_heads.stats.Estimate` with its 95% bootstrap interval over prompts.
+
     Attributes:
         df: one row per order: ``order, accuracy, ci_low, ci_high`` (Wilson), ``last_label_rate``
-            (how often the last demonstration's label is predicted) and ``last_label_gold``
-            (how often it is gold).
-        attention: one row per in-context head and demonstration slot: ``layer, head,
-            name, slot, attention`` (mean attention from the final position to that
-            slot's label token, over prompts and orders) with its interval, and
-            ``share`` (its share of the head's attention on all label tokens).
-        bias: the spread (standard deviation) of accuracy over orders beyond chance, with
-            the prompts' sampling noise removed (see :func:`order_spread`; 0: accuracy
-            does not depend on the order). The headline recency bias.
-            Every headline number here is an :class:`~icl_heads.stats.Estimate` carrying
-            its 95% bootstrap interval over prompts (``bias.low, bias.high``, ``bias.ci``).
+            (the last demonstration's label predicted) and ``last_label_gold`` (it is gold).
+        attention: one row per in-context head and demonstration slot: ``layer, head, name, slot,
+            attention`` (mean attention from the final position to the slot's label token) with its
+            interval, and ``share`` (of the head's attention on all label tokens).
+        bias: the spread of accuracy over orders beyond chance (:func:`order_spread`; 0: none).
         order_std: the raw standard deviation of accuracy over orders; ``order_p`` its
-            permutation p-value against shuffling each prompt's results over orders
-            (small: accuracy depends on the order).
-        last_label_excess: excess rate of predicting the last demonstration's label
-            (predicted minus gold rate, 0: none).
-        last_label_pull: a label's probability when it is last minus when it is not
-            (same query and demonstrations), averaged over labels and prompts.
-        sensitivity: mean over prompts of the standard deviation over orders of the
-            gold label's probability.
-        block_gap: accuracy when the query's class forms the last block of
-            demonstrations minus when it forms the first (same query and demonstrations;
-            see :mod:`icl_heads.recency`). Unlike ``bias`` it does not cancel over query
-            classes: the recency headline that corrections are tuned and judged on.
-            ``block_gaps`` the per-prompt gaps, ``blocks``
-            the gap per query label (``query_label, n, block_gap, ci_low, ci_high``).
+            permutation p-value against shuffling each prompt's results over orders.
+        last_label_excess: rate of predicting the last demonstration's label minus its gold rate.
+        last_label_pull: a label's probability when it is last minus when it is not, averaged.
+        sensitivity: mean over prompts of the standard deviation over orders of p(gold).
+        block_gap: accuracy when the query's class block is last minus first: the headline
+            corrections are tuned and judged on (it does not cancel over query classes);
+            ``block_gaps`` per prompt, ``blocks`` per query label (``query_label, n, block_gap, ci_low, ci_high``).
         label_logits: ``[order, prompt, label]``; ``last_labels``: ``[order, prompt]``.
         golds: ``[prompt]`` gold labels.
         heads: the heads whose attention is reported.
@@ -186,29 +250,26 @@ class RecencyBias(Result):
     label_logits: Tensor
     last_labels: Tensor
     golds: Tensor
+    block_gap: Estimate
+    block_gaps: Tensor
+    blocks: pd.DataFrame
     heads: tuple = ()
     config: RecencyBiasConfig = field(default_factory=RecencyBiasConfig)
     provenance: Provenance = field(default_factory=Provenance)
-    block_gap: Estimate = _NO_GAP
-    block_gaps: Tensor | None = None
-    blocks: pd.DataFrame | None = None
     _title: ClassVar[str] = "Recency bias"
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "block gap (accuracy, query's class block last minus first)": self.block_gap,
-            "block gap 95% CI": self.block_gap.ci,
-            "recency bias (accuracy spread over orders beyond chance)": self.bias,
-            "95% CI": self.bias.ci,
-            "accuracy std over orders": self.order_std,
-            "std 95% CI": self.order_std.ci,
-            "order permutation p": self.order_p,
-            "excess last-label predictions": self.last_label_excess,
-            "last-label 95% CI": self.last_label_excess.ci,
-            "last-label probability pull": self.last_label_pull,
-            "pull 95% CI": self.last_label_pull.ci,
-            "n prompts": len(self.golds),
-        }
+        out: dict[str, Any] = {}
+        for name, ci, e in (
+            ("block gap (accuracy, query's class block last minus first)", "block gap 95% CI", self.block_gap),
+            ("recency bias (accuracy spread over orders beyond chance)", "95% CI", self.bias),
+            ("accuracy std over orders", "std 95% CI", self.order_std),
+            ("order permutation p", None, self.order_p),
+            ("excess last-label predictions", "last-label 95% CI", self.last_label_excess),
+            ("last-label probability pull", "pull 95% CI", self.last_label_pull),
+        ):
+            out |= {name: e} if ci is None else {name: e, ci: e.ci}
+        return out | {"n prompts": len(self.golds)}
 
     def plot(self) -> Figure:
         """Accuracy per order with intervals, and attention per demonstration slot."""
@@ -233,19 +294,15 @@ def recency_bias(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         task: the task to sample prompts from.
-        shots: demonstrations per prompt (balanced counts); the default,
-            :data:`~icl_heads.correction_methods.RECENCY_SHOTS`, is also the recency correction's.
+        shots: demonstrations per prompt (balanced counts; the default is the recency correction's).
         n: number of prompts.
         seed: seed of the prompts and of the random orders.
         n_random_orders: random orders besides original, reversed and the two label blocks.
-        heads: heads whose attention per slot is reported: ``"found"`` (default: run
-            :func:`~icl_heads.heads.find_in_context_heads` on the original-order prompts
-            and use its heads), ``(layer, head)`` pairs, or an ``InContextHeads`` result
-            (its ``heads``). ``None`` is refused: elsewhere it means every head.
+        heads: heads whose attention per slot is reported: ``"found"`` (default: found on the original
+            order), ``(layer, head)`` pairs, or an ``InContextHeads``; ``None`` (every head elsewhere) is refused.
         hooks: forward hooks applied in every order (e.g. a correction).
         n_boot: bootstrap resamples for the intervals.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`RecencyBias`.
@@ -259,16 +316,7 @@ def recency_bias(
     check_int("n_boot", n_boot, minimum=10)
     access = faithful_access(model, "recency_bias")
     # the same measurement asked for again (e.g. the bias before a correction) is read back
-    key = (
-        "recency_bias",
-        content_key(task),
-        shots,
-        n,
-        seed,
-        n_random_orders,
-        digest(heads),
-        intervention_key(hooks),
-    )
+    key = ("recency_bias", content_key(task), shots, n, seed, n_random_orders, digest(heads), intervention_key(hooks))
     return memoised(
         access.model,
         (*key, n_boot),
@@ -282,64 +330,59 @@ def _recency_bias(
 ) -> RecencyBias:  # fmt: skip
     orders = recency_prompts(task, shots=shots, n=n, seed=seed, n_random_orders=n_random_orders)
     base = orders["original"]
-    heads = resolve_heads(access, heads, base, options=run_options(options, progress=False))
-    layers = sorted({layer for layer, _ in heads})
+    quiet = run_options(options, progress=False)
+    heads = resolve_heads(access, heads, base, options=quiet)
     logits, lasts = [], []
     slot_att = torch.zeros(len(orders), n, len(heads), shots)
     for o, prompts in enumerate(tqdm(orders.values(), desc="recency orders", disable=not options.progress)):
         lasts.append(torch.tensor([p.demos[-1][1] for p in prompts.prompts]))
         tp = access.tokenize(prompts)
         label_ids = torch.tensor(tp.label_token_ids)
-        part = torch.zeros(len(tp), len(label_ids))
-        for batch in batches(access, tp, run_options(options, progress=False), by_length=True):
-            caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
+        logits.append(torch.zeros(len(tp), len(label_ids)))
+        for batch in batches(access, tp, quiet, by_length=True):
+            caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in sorted({ly for ly, _ in heads})]
             final, got = access.run(batch, hooks=hooks, capture=caps)
-            part[batch.index] = final[:, label_ids.to(final.device)].cpu()
+            logits[-1][batch.index] = final[:, label_ids.to(final.device)].cpu()
             for j, (layer, h) in enumerate(heads):
                 pat = got[access.hook(layer, "pattern")][:, h].cpu()  # [batch, key]
                 slot_att[o, batch.index, j] = pat.gather(1, batch.label_positions)
-        logits.append(part)
-    order_names = list(orders)
-    label_logits, last_labels, golds = torch.stack(logits), torch.stack(lasts), base.golds
+    names, label_logits, last_labels, golds = list(orders), torch.stack(logits), torch.stack(lasts), base.golds
     pred = label_logits.argmax(-1)
     correct = (pred == golds[None]).float()
     per_prompt = ((pred == last_labels).float() - (golds[None] == last_labels).float()).mean(0)
     per_prompt_prob = last_label_prob_pull(label_logits.softmax(-1), last_labels)
     accs = correct.mean(1)
-    boot = resamples(n, n_boot=n_boot, seed=seed)
-    resampled = correct.numpy()[:, boot]  # [order, boot, prompt]
-    stds, spreads = resampled.mean(-1).std(0, ddof=1), order_spread(resampled)
-    p_gold = label_logits.softmax(-1).gather(2, golds[None, :, None].expand(len(order_names), -1, 1))[..., 0]
-    per_prompt_sens = p_gold.std(0)
-    rows = []
-    for o, name in enumerate(order_names):
-        lo, hi = wilson(int(correct[o].sum()), int(correct[o].numel())).ci  # a proportion: never zero width
-        rows.append(
-            {
-                "order": name, "accuracy": float(accs[o]), "ci_low": lo, "ci_high": hi,
-                "last_label_rate": float((pred[o] == last_labels[o]).float().mean()),
-                "last_label_gold": float((golds == last_labels[o]).float().mean()),
-            }
-        )  # fmt: skip
+    resampled = correct.numpy()[:, resamples(n, n_boot=n_boot, seed=seed)]  # [order, boot, prompt]
+    per_prompt_sens = label_logits.softmax(-1).gather(2, golds[None, :, None].expand(len(names), -1, 1))[..., 0].std(0)
+    cis = [wilson(int(c.sum()), int(c.numel())).ci for c in correct]  # a proportion: never zero width
+    df = pd.DataFrame(
+        {
+            "order": names,
+            "accuracy": accs.tolist(),
+            "ci_low": [c[0] for c in cis],
+            "ci_high": [c[1] for c in cis],
+            "last_label_rate": (pred == last_labels).float().mean(1).tolist(),
+            "last_label_gold": (golds[None] == last_labels).float().mean(1).tolist(),
+        }
+    )
     config = RecencyBiasConfig(shots=shots, n=n, seed=seed, n_random_orders=n_random_orders, hooked=bool(hooks))
-    gaps, gap_gold = block_gaps(label_logits, golds, [[y for _, y in p.demos] for p in base.prompts], order_names)
-    blocks = block_table(gaps, gap_gold, base.task.label_words, n_boot=n_boot, seed=seed)
+    gaps, gap_gold = _gaps(label_logits, orders, names)
+
+    def mean(x: Any) -> Estimate:
+        return bootstrap_mean(np.asarray(x), n_boot=n_boot, seed=seed, value=float(x.mean()))
+
     return RecencyBias(
-        block_gap=bootstrap_mean(gaps, n_boot=n_boot, seed=seed, value=float(gaps.mean())),
+        block_gap=mean(gaps),
         block_gaps=torch.as_tensor(gaps, dtype=torch.float32),
-        blocks=blocks,
-        df=pd.DataFrame(rows),
+        blocks=block_table(gaps, gap_gold, base.task.label_words, n_boot=n_boot, seed=seed),
+        df=df,
         attention=_slot_table(slot_att, heads, n_boot, seed),
-        bias=from_samples(float(order_spread(correct.numpy())), spreads, n=n, method="bootstrap"),
-        order_std=from_samples(float(accs.std()), stds, n=n, method="bootstrap"),
+        bias=from_samples(float(order_spread(correct.numpy())), order_spread(resampled), n=n, method="bootstrap"),
+        order_std=from_samples(float(accs.std()), resampled.mean(-1).std(0, ddof=1), n=n, method="bootstrap"),
         order_p=order_permutation_p(correct.numpy(), n_perm=n_boot, seed=seed),
-        last_label_excess=bootstrap_mean(per_prompt.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt.mean())),
-        last_label_pull=bootstrap_mean(
-            per_prompt_prob.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt_prob.mean())
-        ),
-        sensitivity=bootstrap_mean(
-            per_prompt_sens.numpy(), n_boot=n_boot, seed=seed, value=float(per_prompt_sens.mean())
-        ),
+        last_label_excess=mean(per_prompt),
+        last_label_pull=mean(per_prompt_prob),
+        sensitivity=mean(per_prompt_sens),
         label_logits=label_logits,
         last_labels=last_labels,
         golds=golds,
@@ -357,11 +400,9 @@ def _slot_table(slot_att: Tensor, heads: tuple[Head, ...], n_boot: int, seed: in
     for j, (layer, h) in enumerate(heads):
         for s in range(slot_att.shape[-1]):
             lo, hi = bootstrap_ci(per_prompt[:, j, s].numpy(), n_boot=n_boot, seed=seed)
+            att = float(per_prompt[:, j, s].mean())
             rows.append(
-                {
-                    "layer": layer, "head": h, "name": f"L{layer}H{h}", "slot": s,
-                    "attention": float(per_prompt[:, j, s].mean()), "ci_low": lo, "ci_high": hi,
-                    "share": float(share[j, s]),
-                }
-            )  # fmt: skip
+                {"layer": layer, "head": h, "name": f"L{layer}H{h}", "slot": s, "attention": att, "ci_low": lo}
+                | {"ci_high": hi, "share": float(share[j, s])}
+            )
     return pd.DataFrame(rows)

@@ -1,9 +1,5 @@
-"""Tuning a correction and measuring it: the hyperparameter is chosen on tuning prompts, never the test prompts.
-
-:func:`tune_correction` picks the value; ``evaluate_correction`` measures the bias and the accuracy
-before and after on the test prompts and builds the :class:`BiasCorrection` that
-:func:`icl_heads.debias.correct_bias` returns.
-"""
+"""Tuning a correction on tuning prompts (never the test prompts), measuring it on test prompts, and the checks
+around it: where its heads read, and why it chose "no change"."""
 
 from __future__ import annotations
 
@@ -15,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from icl_heads._checks import check_grid
@@ -22,16 +19,50 @@ from icl_heads.access import ModelAccess
 from icl_heads.accuracy import icl_accuracy
 from icl_heads.bias import MajorityBias, majority_bias
 from icl_heads.engine import Hooks, Intervention, as_intervention
+from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
 from icl_heads.order_bias import RecencyBias, recency_bias, recency_block_gap
 from icl_heads.prompts import ICLTask
-from icl_heads.reading import ReadingInfo
+from icl_heads.reading import ReadingInfo, resolve_read_at
 from icl_heads.records import UNSET, Provenance, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap_ci, bootstrap_mean, from_samples, resamples
-from icl_heads.tuning_checks import no_change_reason
 
 logger = logging.getLogger("icl_heads")
+
+
+def read_at_for(model: Any, prompts: Any, heads, read_at: str, min_read_share: float) -> tuple:
+    """``(read_at, info, warnings)`` for the corrected heads on the tuning prompts (see :func:`resolve_read_at`)."""
+    access = faithful_access(model, "read_at_for")
+    return resolve_read_at(access, access.tokenize(prompts), list(heads), read_at, min_share=min_read_share)
+
+
+def no_change_reason(
+    tuning: pd.DataFrame, value: float, parameter: str, max_drop: float, read_warnings
+) -> tuple[str, ...]:
+    """Why the tuning chose the no-op value (0), or nothing when it chose a real correction."""
+    if value != 0:
+        return ()
+    base, others = tuning[tuning.value == 0], tuning[tuning.value != 0]
+    if base.empty or others.empty:
+        return (f"NO CHANGE: {parameter}=0 was chosen because the grid holds no other value to try",)
+    b0 = float(base.bias.abs().iloc[0])
+    allowed = others[others.allowed]
+    if allowed.empty:
+        best = others.loc[others.accuracy_drop.idxmin()]
+        why = (
+            f"every other value lowered balanced accuracy on the tuning prompts by more than {max_drop:g} "
+            f"(the smallest drop is {best.accuracy_drop:.3g} at {parameter}={best.value:g})"
+        )
+    else:
+        best = allowed.loc[allowed.bias.abs().idxmin()]
+        why = (
+            f"no allowed value reduced the bias on the tuning prompts (|bias| {b0:.3g} uncorrected, "
+            f"{abs(best.bias):.3g} at best, {parameter}={best.value:g})"
+        )
+    if read_warnings:
+        why += "; the corrected heads do not read the positions it changes (see the other warning)"
+    return (f"NO CHANGE: the correction was tuned to {parameter}=0 (no correction) because {why}",)
 
 
 @json_type
@@ -98,10 +129,9 @@ def tune_correction(
 ) -> tuple[float, pd.DataFrame]:
     """Choose a correction's hyperparameter on tuning prompts (never the test prompts).
 
-    For each value, measures the headline bias (majority: excess majority predictions;
-    recency: the block gap, accuracy when the query's class block is last minus first) and the accuracy on balanced prompts, both on
-    prompts drawn with ``seed``; picks the value with the smallest absolute bias among
-    those whose balanced accuracy drops by at most ``max_accuracy_drop``.
+    For each value, measures the headline bias (majority: excess majority predictions; recency:
+    the block gap) and the balanced accuracy on prompts drawn with ``seed``; picks the value with
+    the smallest absolute bias among those whose balanced accuracy drops by at most ``max_accuracy_drop``.
 
     Args:
         model: the model.
@@ -113,12 +143,9 @@ def tune_correction(
         n: tuning prompts.
         seed: seed of the tuning prompts (use one you do not test on).
         max_accuracy_drop: largest allowed drop of balanced accuracy (0.01 = 1 point).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
-        noop: the value at which ``build`` changes nothing (every built-in correction: 0);
-            that value is measured on the uncorrected model.
-        **measure: more arguments for :func:`~icl_heads.bias.majority_bias` /
-            :func:`~icl_heads.order_bias.recency_bias`.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
+        noop: the value at which ``build`` changes nothing (built-in corrections: 0), measured uncorrected.
+        **measure: more arguments for :func:`~icl_heads.bias.majority_bias` / :func:`~icl_heads.recency_bias`.
 
     Returns:
         The chosen value and the table of the search.
@@ -139,11 +166,8 @@ def tune_correction(
         # the no-op value is the uncorrected model itself: its measurements are the clean ones
         hooks = () if noop is not None and float(value) == noop else _built(build, float(value))
         if kind == "recency":  # the block gap alone: its two orders, not every order recency_bias reports
-            keep = ("n_random_orders",)
-            bias = recency_block_gap(
-                model, task, hooks=hooks, shots=shots, n=n, seed=seed, options=quiet,
-                **{k: measure[k] for k in keep if k in measure},
-            )  # fmt: skip
+            extra = {k: v for k, v in measure.items() if k == "n_random_orders"}
+            bias = recency_block_gap(model, task, hooks=hooks, shots=shots, n=n, seed=seed, options=quiet, **extra)
         else:
             bias = headline_bias(
                 _measure(kind, model, task, hooks, shots=shots, n=n, seed=seed, options=quiet, **measure)
@@ -152,14 +176,7 @@ def tune_correction(
             acc = base_acc  # the correction changes nothing on these prompts (exactly: see balanced_noop)
         else:
             acc = icl_accuracy(model, balanced, hooks=hooks, options=quiet).accuracy
-        rows.append(
-            {
-                "value": float(value),
-                "bias": bias,
-                "balanced_accuracy": acc,
-                "accuracy_drop": base_acc - acc,
-            }
-        )
+        rows.append({"value": float(value), "bias": bias, "balanced_accuracy": acc, "accuracy_drop": base_acc - acc})
     table = pd.DataFrame(rows)
     table["allowed"] = table.accuracy_drop <= max_accuracy_drop + 1e-9
     pool = table[table.allowed] if table.allowed.any() else table.nsmallest(1, "accuracy_drop")
@@ -174,22 +191,20 @@ def tune_correction(
     return best, table
 
 
-def _reduction(
-    before: np.ndarray, after: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int
-) -> Estimate:
-    """``100 * (1 - |stat(after)| / |stat(before)|)`` with its paired bootstrap interval (prompts on the last axis).
+def _reduction(before: np.ndarray, after: np.ndarray, n_boot: int, seed: int) -> Estimate:
+    """``100 * (1 - |mean(after)| / |mean(before)|)`` with its paired bootstrap interval over prompts.
 
     Raises:
         ValueError: the bias before is zero in every resample.
     """
     n = before.shape[-1]
     idx = resamples(n, n_boot=n_boot, seed=seed)
-    b, a = stat(before[..., idx]), stat(after[..., idx])
+    b, a = before[..., idx].mean(-1), after[..., idx].mean(-1)
     red = 100 * (1 - np.abs(a) / np.where(b == 0, np.nan, np.abs(b)))
     red = red[np.isfinite(red)]
     if red.size == 0:
         raise ValueError("the bias before correction is zero in every resample; there is nothing to reduce")
-    value = 100 * (1 - abs(float(stat(after))) / abs(float(stat(before))))
+    value = 100 * (1 - abs(float(after.mean(-1))) / abs(float(before.mean(-1))))
     return from_samples(value, red, n=n, method="paired bootstrap")
 
 
@@ -198,27 +213,20 @@ class BiasCorrection(Result):
     """A bias correction evaluated on held-out prompts.
 
     Attributes:
-        df: one row per metric (the headline ``bias`` first, then secondary bias
-            measures, the accuracy where the bias acts (``imbalanced_accuracy`` or
-            ``accuracy_over_orders``) and ``balanced_accuracy``): ``metric, before,
-            before_ci_low, before_ci_high, after, after_ci_low, after_ci_high, change``.
-        tuning: the hyperparameter search on the tuning prompts: ``value, bias,
-            balanced_accuracy, accuracy_drop, allowed, chosen``.
+        df: one row per metric (the headline ``bias``, secondary bias measures, the accuracy where the
+            bias acts (``imbalanced_accuracy`` or ``accuracy_over_orders``), ``balanced_accuracy``):
+            ``metric, before, before_ci_low, before_ci_high, after, after_ci_low, after_ci_high, change``.
+        tuning: the search on the tuning prompts: ``value, bias, balanced_accuracy, accuracy_drop, allowed, chosen``.
         kind: ``"majority"`` or ``"recency"``.
         method: the correction (``"count"``, ``"ov"``, ``"prior"``, ``"unrotated"``).
         parameter: the tuned hyperparameter's name; ``value``: its chosen value.
         heads: the corrected heads.
-        reduction: how much of the headline bias's size is removed, in percent:
-            ``100 * (1 - |after| / |before|)`` (a correction that overshoots to the
-            opposite bias counts the overshoot as remaining bias); an
-            :class:`~icl_heads.stats.Estimate` with its 95% paired bootstrap interval over
-            test prompts (``reduction.ci`` is ``(reduction.low, reduction.high)``).
-        accuracy_change: balanced accuracy after minus before (same prompts), with its
-            paired 95% interval (``accuracy_change.ci``).
-        config, provenance: arguments and origin; ``config["read_at"]`` is where the
-            correction acted (label tokens, the tokens after them, or whole slots).
-        warnings: why the result may not mean what it seems: the heads do not read the
-            corrected positions, or the tuning chose "no change" (and why).
+        reduction: the headline bias removed, in percent: ``100 * (1 - |after| / |before|)`` (an overshoot
+            counts as remaining bias), an :class:`~icl_heads.stats.Estimate` (95% paired bootstrap over prompts).
+        accuracy_change: balanced accuracy after minus before (same prompts), with its paired 95% interval.
+        config, provenance: arguments and origin; ``config["read_at"]`` is where the correction acted.
+        warnings: why the result may not mean what it seems: the heads do not read the corrected
+            positions, or the tuning chose "no change" (and why).
     """
 
     df: pd.DataFrame
@@ -260,13 +268,14 @@ class BiasCorrection(Result):
 
     def _imbalanced(self) -> dict[str, Any]:
         """Majority: the accuracy where the bias acts (imbalanced prompts); balanced prompts are neutral to it."""
-        if self.kind != "majority" or "imbalanced_accuracy" not in set(self.df.metric):
+        if self.kind != "majority":
             return {}
         r = self._row("imbalanced_accuracy")
-        out = {"imbalanced accuracy before": float(r.before), "imbalanced accuracy after": float(r.after)}
-        if "change_ci_low" in r.index:
-            out["imbalanced accuracy change 95% CI"] = (float(r.change_ci_low), float(r.change_ci_high))
-        return out
+        return {
+            "imbalanced accuracy before": float(r.before),
+            "imbalanced accuracy after": float(r.after),
+            "imbalanced accuracy change 95% CI": (float(r.change_ci_low), float(r.change_ci_high)),
+        }
 
     def plot(self) -> Figure:
         """Bias and balanced accuracy before and after, with 95% intervals."""
@@ -281,30 +290,18 @@ def evaluate_correction(
 ) -> BiasCorrection:  # fmt: skip
     """Tune ``build``'s value over ``grid`` on tuning prompts, then measure bias and accuracy before and after.
 
-    The engine behind :func:`icl_heads.debias.correct_bias`, which checks the arguments
-    and picks the heads and where they read (``reading``: the position, its settings and
-    warnings) first.
+    The engine behind :func:`icl_heads.debias.correct_bias`, which checks the arguments first.
 
     Args:
-        kind: ``"majority"`` or ``"recency"``.
-        method: the method's name, recorded in the result.
-        parameter: the name of its hyperparameter.
-        model: the model.
-        task: the task.
-        build: the correction for a value.
-        grid: the values tried.
-        heads: the heads corrected.
-        shots: demonstrations per prompt.
-        n: test prompts (drawn with ``seed``).
-        seed: seed of the test prompts.
-        tune_n: tuning prompts (drawn with ``tune_seed``).
-        tune_seed: seed of the tuning prompts.
-        max_accuracy_drop: largest balanced-accuracy drop allowed while tuning.
+        kind, method, parameter: ``"majority"`` or ``"recency"``, the method's and its hyperparameter's names.
+        model, task: the model and the task.
+        build, grid, heads: the correction for a value, the values tried, the heads corrected.
+        shots, n, seed: demonstrations per prompt, test prompts and their seed.
+        tune_n, tune_seed, max_accuracy_drop: as for :func:`tune_correction`'s ``n``, ``seed`` and limit.
         n_boot: bootstrap resamples.
         measure: keyword arguments of the bias measurement (skews, or random orders and heads).
         reading: ``(read_at, its config entries, its warnings)``.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
         A :class:`BiasCorrection`.
@@ -328,29 +325,19 @@ def evaluate_correction(
         )
     after = _measure(kind, model, task, hooks, **kw)
     balanced = task.prompts(n, shots, seed=seed)
-    acc_b, acc_a = (
-        icl_accuracy(model, balanced, options=quiet),
-        icl_accuracy(model, balanced, hooks=hooks, options=quiet),
-    )
-    metrics: list[tuple[str, float, tuple, float, tuple]] = []
-    if isinstance(before, MajorityBias) and isinstance(after, MajorityBias):
-        headline = "excess majority-label predictions"
-        metrics.append(("bias", before.bias, before.bias.ci, after.bias, after.bias.ci))
-        metrics.append(("probability_bias", before.prob_bias, before.prob_bias.ci, after.prob_bias, after.prob_bias.ci))
-        stat_b, stat_a, stat = before.per_prompt.numpy(), after.per_prompt.numpy(), lambda x: x.mean(-1)
+    acc_b, acc_a = (icl_accuracy(model, balanced, hooks=h, options=quiet) for h in ((), hooks))
+    if kind == "majority":
+        headline, per_prompt = "excess majority-label predictions", "per_prompt"
+        attrs = {"bias": "bias", "probability_bias": "prob_bias"}
     else:
-        assert isinstance(before, RecencyBias) and isinstance(after, RecencyBias)
-        headline = "block gap: accuracy when the query's class block is last minus first"
-        metrics.append(("bias", before.block_gap, before.block_gap.ci, after.block_gap, after.block_gap.ci))
-        metrics.append(("order_spread", before.bias, before.bias.ci, after.bias, after.bias.ci))
-        for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull"):
-            metrics.append((m, getattr(before, m), getattr(before, m).ci, getattr(after, m), getattr(after, m).ci))
-        assert before.block_gaps is not None and after.block_gaps is not None
-        stat_b, stat_a = before.block_gaps.numpy(), after.block_gaps.numpy()
-
-        def stat(x: np.ndarray) -> Any:
-            return x.mean(-1)
-
+        headline, per_prompt = "block gap: accuracy when the query's class block is last minus first", "block_gaps"
+        attrs = {"bias": "block_gap", "order_spread": "bias"}
+        attrs |= {m: m for m in ("order_std", "sensitivity", "last_label_excess", "last_label_pull")}
+    metrics = [
+        (m, getattr(before, a), getattr(before, a).ci, getattr(after, a), getattr(after, a).ci)
+        for m, a in attrs.items()
+    ]
+    stat_b, stat_a = (getattr(r, per_prompt).numpy() for r in (before, after))
     # accuracy where the bias acts: imbalanced conditions (majority) or all orders (recency)
     cond = slice(1, None) if kind == "majority" else slice(None)
     acc_biased = [(r.label_logits[cond].argmax(-1) == r.golds[None]).float().mean(0).numpy() for r in (before, after)]
@@ -358,9 +345,7 @@ def evaluate_correction(
     name = "imbalanced_accuracy" if kind == "majority" else "accuracy_over_orders"
     metrics.append((name, float(acc_biased[0].mean()), ci[0], float(acc_biased[1].mean()), ci[1]))
     metrics.append(("balanced_accuracy", acc_b.accuracy, acc_b.ci, acc_a.accuracy, acc_a.ci))
-    diff = (acc_a.label_logits.argmax(-1) == acc_a.golds).float() - (
-        acc_b.label_logits.argmax(-1) == acc_b.golds
-    ).float()
+    diff = torch.sub(*((r.label_logits.argmax(-1) == r.golds).float() for r in (acc_a, acc_b)))
     # the change of each accuracy, paired over prompts (the same prompts before and after)
     change_ci = {
         name: bootstrap_ci(acc_biased[1] - acc_biased[0], n_boot=n_boot, seed=seed),
@@ -396,7 +381,7 @@ def evaluate_correction(
         parameter=parameter,
         value=value,
         heads=tuple(heads),
-        reduction=_reduction(stat_b, stat_a, stat, n_boot, seed),
+        reduction=_reduction(stat_b, stat_a, n_boot, seed),
         accuracy_change=bootstrap_mean(diff.numpy(), n_boot=n_boot, seed=seed, value=float(diff.mean()), paired=True),
         config=config,
         provenance=provenance(ModelAccess(model).name, balanced, heads=[list(h) for h in heads], method=method),

@@ -165,7 +165,7 @@ def test_bad_input(models, task):
 
 
 def test_default_heads_are_the_in_context_heads(models, task):
-    heads = ih._bias_common.default_heads(models["llama"], task.prompts(8, 2, seed=2))
+    heads = ih.bias.default_heads(models["llama"], task.prompts(8, 2, seed=2))
     found = ih.find_in_context_heads(models["llama"], task.prompts(8, 2, seed=2), verify=False)
     assert set(found.heads) <= set(heads)
     assert set(heads) == set(found.heads) | {h for hs in found.heads_by_label.values() for h in hs}

@@ -4,8 +4,15 @@ import pytest
 
 import icl_heads as ih
 from icl_heads.bias import majority_prompts
-from icl_heads.compare_corrections import CorrectionComparison, check_disjoint, compare_corrections
-from icl_heads.compared_methods import COMPARED_METHODS, ComparedMethod, Fitted, register_compared_method
+from icl_heads.compare_corrections import (
+    COMPARED_METHODS,
+    ComparedMethod,
+    CorrectionComparison,
+    Fitted,
+    check_disjoint,
+    compare_corrections,
+    register_compared_method,
+)
 from icl_heads.engine import count_cost
 from icl_heads.order_bias import recency_block_gap, recency_prompts
 from icl_heads.validation import ground_truth, validation_task

@@ -316,7 +316,7 @@ def test_reduction_counts_overshoot_as_remaining_bias():
     from icl_heads.tuning import _reduction
 
     before, after = np.full(50, 0.2), np.full(50, -0.05)  # overshoot to a quarter of the bias, reversed
-    red = _reduction(before, after, lambda x: x.mean(-1), n_boot=50, seed=0)
+    red = _reduction(before, after, n_boot=50, seed=0)
     assert red == pytest.approx(75) and red.low == pytest.approx(75) and red.high == pytest.approx(75)
     assert red.n == 50 and red.method == "paired bootstrap"
 

@@ -10,9 +10,9 @@ import torch
 import icl_heads as ih
 from icl_heads.access import ModelAccess
 from icl_heads.options import RunOptions
-from icl_heads.recency import block_gaps, block_table
+from icl_heads.order_bias import block_gaps, block_table
 from icl_heads.slots import ROLES, read_positions
-from icl_heads.tuning_checks import no_change_reason
+from icl_heads.tuning import no_change_reason
 
 TEMPLATES = ["{text} : {label}\n", "{text} {label}\n", "input {text} output {label}\n", "{text} ; {label} ,\n"]
 

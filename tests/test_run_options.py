@@ -93,7 +93,7 @@ def test_found_heads_and_a_result_are_accepted(models, task):
     kw = dict(shots=2, n=6, seed=3, n_random_orders=1, n_boot=20)
     found = recency_bias(model, task, **kw)  # heads="found": the in-context heads on the original-order prompts
     base = ih.order_bias.recency_prompts(task, shots=2, n=6, seed=3, n_random_orders=1)["original"]
-    heads = ih._bias_common.default_heads(model, base)
+    heads = ih.bias.default_heads(model, base)
     slots = list(zip(found.attention["layer"], found.attention["head"], strict=True))
     assert slots == [h for h in heads for _ in range(2)]  # two slots per head
     result = ih.find_in_context_heads(model, base, verify=False)
