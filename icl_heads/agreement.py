@@ -218,26 +218,16 @@ def compare_head_scores(
     tp = access.tokenize(prompts)
     rng = np.random.default_rng(seed)
     heads = tuple(divmod(int(i), access.n_heads) for i in np.sort(rng.choice(total, n, replace=False)))
-    quiet, ablate = run_options(options, progress=False), {"how": how, "where": where}
-    scored = score_heads(
-        access,
-        tp,
-        methods=(method,),
-        reference=reference,
-        rescore=rescore,
-        heads_per_pass=heads_per_pass,
-        options=quiet,
-        **ablate,
-    )
+    quiet, ablate = run_options(options, progress=False), {"how": how, "where": where, "heads_per_pass": heads_per_pass}
+    scored = score_heads(access, tp, methods=(method,), reference=reference, rescore=rescore, options=quiet, **ablate)
     cheap, means = scored[method].mean(0), ablation_means(access, tp, how, where, reference)
     label_ids = torch.tensor(tp.label_token_ids)
     drops = torch.zeros(len(tp), access.n_layers, access.n_heads)
     # batched by length as score_heads batches them, so drops it computed on these prompts are read back
     for batch in batches(access, tp, options, desc="exact ablation", by_length=True):
-        drops[batch.index] = per_prompt_ablation(
-            access, batch, label_ids, heads_per_pass, heads=heads, means=means, **ablate
-        )
-    per_prompt = drops[:, [layer for layer, _ in heads], [h for _, h in heads]]  # [prompt, head]
+        drops[batch.index] = per_prompt_ablation(access, batch, label_ids, heads=heads, means=means, **ablate)
+    layers, hs = [la for la, _ in heads], [h for _, h in heads]
+    per_prompt = drops[:, layers, hs]  # [prompt, head]
     est = np.array([float(cheap[layer, h]) for layer, h in heads])
     ex = per_prompt.double().mean(0).numpy()
     se, resolved = resolved_from_zero(per_prompt) if len(per_prompt) > 1 else (np.full(n, np.nan), np.zeros(n, bool))
@@ -251,7 +241,7 @@ def compare_head_scores(
         )
     overlap = len(set(np.flatnonzero(rank_est <= k)) & set(np.flatnonzero(rank_ex <= k))) / k
     rho_resolved = float(spearmanr(est[resolved], ex[resolved]).statistic) if resolved.sum() >= 3 else float("nan")
-    df = pd.DataFrame({"layer": [la for la, _ in heads], "head": [h for _, h in heads], "name": head_names(heads)})
+    df = pd.DataFrame({"layer": layers, "head": hs, "name": head_names(heads)})
     df = df.assign(estimate=est, exact=ex, exact_se=se, resolved=resolved, rank_estimate=rank_est, rank_exact=rank_ex)
     config = ScoreAgreementConfig(
         method=method,

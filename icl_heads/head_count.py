@@ -204,9 +204,8 @@ def heads_needed(
         if k is None
     )
     config = HeadCountConfig(
-        margin=margin, max_k=max_k, greedy=greedy, n_random=n_random, random_for=random_for,
-        seed=seed,
-    )  # fmt: skip
+        margin=margin, max_k=max_k, greedy=greedy, n_random=n_random, random_for=random_for, seed=seed
+    )
     return HeadCount(
         df=pd.DataFrame(rows),
         k_score=k_score,

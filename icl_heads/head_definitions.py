@@ -66,8 +66,7 @@ def _fv(
             raise ValueError("a prompt tokenizes to another length once its labels are shuffled; use one-token labels")
         logits, got = access.run(stack_batches(twin, batch), capture=caps)
         b = len(batch.index)
-        for layer in range(L):
-            total[layer] += got[caps[layer].name][:b].cpu().sum(0)
+        total += torch.stack([got[cap.name][:b].cpu().sum(0) for cap in caps])
         p = _p_gold(logits.cpu(), label_ids, torch.cat([twin.golds, batch.golds]), probs)
         p_clean[batch.index], p_corrupt[batch.index] = p[:b], p[b:]
     means = total / n
@@ -214,14 +213,11 @@ class HeadDefinitions(Result):
         top: ``{definition: heads}``, each definition's top ``k`` heads, best first.
         k: the size of the top sets: the in-context heads' top set (top 1%, at least one) unless given.
         df: one row per definition and head: ``definition, layer, head, name, score, rank, top``.
-        overlap: one row per pair of definitions: ``a, b, jaccard`` (of the top sets),
-            ``spearman, spearman_p`` (of all heads' scores, ``scipy.stats.spearmanr``).
-        ablation: held-out accuracy with no ablation and with each top set zero-ablated
-            (Wilson 95% over prompts, ``n`` prompts), against ``n_random`` random sets of the
-            same size that exclude it (mean and central 95% of the sets), with ``rank_p``.
+        overlap: per pair of definitions: ``a, b, jaccard`` (top sets), ``spearman, spearman_p`` (all heads).
+        ablation: held-out accuracy with no ablation and each top set zero-ablated (Wilson over ``n``
+            prompts), against ``n_random`` random sets of its size (mean, central 95%), with ``rank_p``.
         cost: forward passes (and prompt rows) each definition made in this run, with its formula.
-        fv_baseline: mean ``P(gold)`` of the AIE's prompts, ``clean`` and with labels ``shuffled``
-            (the gap the patched heads can restore).
+        fv_baseline: mean ``P(gold)`` of the AIE's prompts, ``clean`` and with labels ``shuffled``.
         warnings: plain statements of where a comparison is undefined.
         config, provenance: arguments and origin.
     """
@@ -310,11 +306,9 @@ def compare_head_definitions(
 ) -> HeadDefinitions:
     """Score every head by the three definitions, compare their top sets and rankings, ablate each top set.
 
-    The in-context score is computed on ``task.prompts(n, shots, seed)``, the function-vector
-    AIE on ``task.prompts(n_trials, shots, seed)`` (the "trials") with shuffled labels, the
-    induction score on ``n_seqs`` repeated random sequences, and every ablation on
-    ``task.prompts(n, shots, seed + 1)`` (held out): the prompts ``icl-heads analyze`` scores
-    and checks with ``--n-prompts n --seed seed``, so its ablations are read back there.
+    Prompts: ``task.prompts(n, shots, seed)`` for the in-context score, ``task.prompts(n_trials, shots,
+    seed)`` for the AIE, ``task.prompts(n, shots, seed + 1)`` (held out) for every ablation: those of
+    ``icl-heads analyze --n-prompts n --seed seed``, so its ablations are read back there.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.

@@ -144,15 +144,10 @@ class InContextHeads(Result):
         out: dict[str, Any] = {"heads": ", ".join(self.names), "method": self.method}
         out |= {f"{label} heads": ", ".join(head_names(hs)) for label, hs in self.heads_by_label.items()}
         if self.verification is not None:
-            v = self.verification.set_index("condition")
-            out["accuracy"] = float(v.loc["none", "accuracy"])
-            out["accuracy, found heads ablated"] = float(v.loc["found heads", "accuracy"])
-            out["accuracy, random heads ablated (mean)"] = float(v.loc["random heads", "accuracy"])
-            out["random 95% interval"] = (
-                float(v.loc["random heads", "ci_low"]),
-                float(v.loc["random heads", "ci_high"]),
-            )
-            out["rank p"] = float(v.loc["found heads", "rank_p"])
+            out["accuracy"], out["accuracy, found heads ablated"] = float(self.accuracy), float(self.ablated_accuracy)
+            out["accuracy, random heads ablated (mean)"] = float(self.random_ablated_accuracy)
+            out["random 95% interval"] = self.random_ablated_accuracy.ci
+            out["rank p"] = float(self.verification.set_index("condition").loc["found heads", "rank_p"])
         if self.reading is not None:
             r = self.reading[self.reading.name.isin(self.names) & (self.reading.role != "bos")]
             top = r.loc[r.groupby("name").attention.idxmax()].set_index("name")
@@ -191,10 +186,8 @@ def random_head_sets(
 ) -> list[tuple[Head, ...]]:
     """``n_sets`` random sets of ``size`` distinct heads, none of them in ``exclude``.
 
-    Sets are drawn from all heads with ``seed`` (so analyses testing different heads share most
-    of them); a set that meets ``exclude`` is drawn again from the other heads, so each set is
-    uniform over sets of other heads. With fewer than ``size`` other heads, a set holds all of
-    them and the rest is drawn from ``exclude``.
+    Sets are drawn with ``seed`` from all heads (analyses testing other heads share most of them); a set
+    meeting ``exclude`` is drawn again from the others (or holds them all, topped up from ``exclude``).
     """
     rng = np.random.default_rng(seed)
     draws = [rng.choice(n_layers * n_heads, size, replace=False) for _ in range(n_sets)]

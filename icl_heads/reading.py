@@ -129,10 +129,15 @@ class ReadingRoles(Result):
             (share of the attention outside the first token on label and after-label tokens).
         """
         mean, rows = self.shares.mean(0), []
-        for layer, h in _head_list(self.shares, heads):
+        every = product(range(mean.shape[0]), range(mean.shape[1]))
+        for layer, h in every if heads is None else [(int(a), int(b)) for a, b in getattr(heads, "heads", heads)]:
             m = mean[layer, h]
-            outside, r = float(m.sum() - m[BOS]) or 1e-12, _top_role(m)
-            lab, after = float(m[LABEL]), float(m[AFTER_LABEL])
+            outside, r, lab, after = (
+                float(m.sum() - m[BOS]) or 1e-12,
+                _top_role(m),
+                float(m[LABEL]),
+                float(m[AFTER_LABEL]),
+            )
             row = {
                 "layer": layer,
                 "head": h,
@@ -140,10 +145,9 @@ class ReadingRoles(Result):
                 "role": ROLES[r],
                 "role_share": float(m[r]) / outside,
             }
+            slot = float(m[LABEL] + m[AFTER_LABEL]) / outside
             rows.append(
-                row
-                | {"label": lab, "after_label": after, "read_at": pick_read_at(lab, after)}
-                | {"slot_share": float(m[LABEL] + m[AFTER_LABEL]) / outside}
+                row | {"label": lab, "after_label": after, "read_at": pick_read_at(lab, after), "slot_share": slot}
             )
         return pd.DataFrame(rows)
 
@@ -154,12 +158,6 @@ class ReadingRoles(Result):
     def plot(self) -> Figure:
         """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
         return self._draw("plot")
-
-
-def _head_list(shares: Tensor, heads: Any) -> list[Head]:
-    if heads is None:
-        return [(a, b) for a in range(shares.shape[1]) for b in range(shares.shape[2])]
-    return [(int(a), int(b)) for a, b in getattr(heads, "heads", heads)]
 
 
 def _top_role(shares: Tensor) -> int:
