@@ -304,9 +304,8 @@ def find_in_context_heads(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: few-shot prompts (e.g. ``task.prompts(n=200, shots=4)``).
-        method: the score that selects heads: ``"logprob_increase"`` (default),
-            ``"dla"``, ``"ablation"`` (exact, one pass per head) or ``"attribution"``
-            (its first-order estimate from one forward and one backward pass).
+        method: the score that selects heads: ``"logprob_increase"`` (default), ``"dla"``,
+            ``"ablation"`` (exact, one pass per head) or ``"attribution"`` (its first-order estimate).
         fraction: share of all heads to select (default 1%, at least one head).
         k: number of heads to select instead of ``fraction``.
         also: other scores to compute for comparison.
@@ -324,9 +323,8 @@ def find_in_context_heads(
         An :class:`InContextHeads` result.
 
     Raises:
-        ValueError: an unknown method, a bad ``fraction``/``k``, ``n_random < 2`` (with
-            ``verify``), or bad prompts (0-shot prompts included: the heads are found from
-            the demonstrations).
+        ValueError: an unknown method, a bad ``fraction``/``k``, ``n_random < 2`` (with ``verify``),
+            or bad prompts (0-shot prompts included: the heads are found from the demonstrations).
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih

@@ -26,11 +26,9 @@ from icl_heads.stats import bootstrap_ci
 
 logger = logging.getLogger(__name__)
 
-#: Below this share of a head's attention (outside the first token) on the positions an
-#: analysis reads, its results carry a warning.
+#: below this share of a head's attention (outside the first token) on the positions read, a warning
 MIN_READ_SHARE = 0.2
-#: ``read_at="auto"`` picks ``"label"`` (``"after_label"``) when that role holds at least
-#: this share of the heads' attention on label and after-label tokens, else ``"slot"``.
+#: ``read_at="auto"`` picks a role holding this share of the label + after-label attention, else ``"slot"``
 AUTO_DOMINANCE = 0.8
 #: where an analysis reads the demonstrations (see :func:`resolve_read_at`)
 READ_AT = ("label", "after_label", "slot")
@@ -259,9 +257,8 @@ def resolve_read_at(
 ) -> tuple[str, dict[str, Any], tuple[str, ...]]:
     """The reading position to use for ``heads``, what was measured, and warnings.
 
-    ``"auto"`` picks the position where the heads (pooled) put their attention. Whatever
-    the position, when the heads put less than ``min_share`` of their attention outside the
-    first token on it, a warning says so (and is logged).
+    ``"auto"`` picks where the pooled heads attend; a head with less than ``min_share`` of its
+    attention (outside the first token) there gets a warning, also logged.
 
     Args:
         access: the model.
