@@ -58,8 +58,7 @@ def predict(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: the prompts.
         hooks: forward hooks to apply (e.g. a head ablation or a correction).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
         first_token: score the first token of label words of several tokens.
 
     Raises:
@@ -87,8 +86,7 @@ class AccuracyResult(Result):
     """Accuracy of a model on ICL prompts.
 
     Attributes:
-        df: one row per scope (``all`` and each gold label) with ``accuracy``,
-            ``strict_accuracy``, their 95% Wilson intervals and ``n``.
+        df: one row per scope (``all``, each gold label): ``accuracy``, ``strict_accuracy``, Wilson 95%, ``n``.
         label_logits: ``[prompt, label]`` logits of the label tokens.
         golds: gold class per prompt.
         strict_correct: 1 where the whole-vocabulary argmax is the gold token.
@@ -129,6 +127,11 @@ class AccuracyResult(Result):
         }
 
 
+def interval_columns(est: Estimate, prefix: str = "") -> dict[str, float]:
+    """The columns ``{prefix}accuracy``, ``{prefix}ci_low`` and ``{prefix}ci_high`` of an estimate."""
+    return {f"{prefix}accuracy": est.value, f"{prefix}ci_low": est.low, f"{prefix}ci_high": est.high}
+
+
 def accuracy_table(pred: Predictions, label_words: Sequence[str]) -> pd.DataFrame:
     """Accuracy, strict accuracy and their Wilson intervals overall and per gold label."""
     rows = []
@@ -138,8 +141,7 @@ def accuracy_table(pred: Predictions, label_words: Sequence[str]) -> pd.DataFram
         if mask.any():
             row: dict[str, Any] = {"scope": scope}
             for prefix, hits in (("", pred.correct), ("strict_", pred.strict_correct)):
-                est = wilson(int(hits[mask].sum().item()), int(mask.sum()))
-                row |= {f"{prefix}accuracy": est.value, f"{prefix}ci_low": est.low, f"{prefix}ci_high": est.high}
+                row |= interval_columns(wilson(int(hits[mask].sum().item()), int(mask.sum())), prefix)
             rows.append(row | {"n": int(mask.sum())})
     return pd.DataFrame(rows)
 
@@ -158,10 +160,8 @@ def icl_accuracy(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
         hooks: forward hooks to apply (e.g. from :func:`~icl_heads.interventions.ablate_hooks`).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
-        first_token: accept label words of several tokens and score their first
-            token (off by default: such label words raise ``LabelTokenError``).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
+        first_token: score the first token of label words of several tokens (else ``LabelTokenError``).
 
     Returns:
         An :class:`AccuracyResult` with overall and per-gold-label rows.

@@ -60,8 +60,7 @@ class ScoreAgreement(Result):
         method: the cheap score.
         heads: the sampled heads, as ``(layer, head)``.
         spearman: Spearman rank correlation of the two scores over the sample.
-        top_k_overlap: share of the exact score's top ``k`` heads (in the sample) that the
-            cheap score also ranks in its top ``k``.
+        top_k_overlap: share of the exact score's top ``k`` heads (in the sample) in the cheap score's top ``k``.
         k: the ``k`` of ``top_k_overlap``.
         df: one row per sampled head: ``layer, head, name, estimate, exact, exact_se`` (standard
             error over prompts), ``resolved`` (``|exact| > 2 exact_se``), ``rank_estimate, rank_exact``.
@@ -188,8 +187,7 @@ def compare_head_scores(
         reference: prompts for the means of ``how="mean"`` (default: ``prompts``).
         rescore: for ``"attribution"``, heads re-scored exactly (see :func:`~icl_heads.score_heads`).
         heads_per_pass: heads ablated per forward pass for the exact score.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`ScoreAgreement`.

@@ -148,14 +148,10 @@ def per_prompt_attribution(
         grads = torch.autograd.grad(metric, [leaves[layer][0] for layer in range(n_layers)])
     if check:
         _check_rebuilt_logits(access, batch, logits)
+    reps = [None if how == "zero" else means[layer] for layer in range(n_layers)]  # type: ignore[index]
+    mask = batch.attention_mask
     return torch.stack(
-        [
-            head_estimates(
-                z, grads[layer], None if how == "zero" else means[layer], batch.attention_mask, finals, where
-            )  # type: ignore[index]
-            for layer, (_, z) in sorted(leaves.items())
-        ],
-        1,
+        [head_estimates(leaves[la][1], grads[la], reps[la], mask, finals, where) for la in range(n_layers)], 1
     ).cpu()
 
 

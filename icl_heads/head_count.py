@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads.access import Head
-from icl_heads.accuracy import Predictions, predict
+from icl_heads.accuracy import Predictions, interval_columns, predict
 from icl_heads.faithfulness import faithful_access
 from icl_heads.heads import accuracy_row, random_accuracies
 from icl_heads.interventions import HeadAblation, check_heads
@@ -108,12 +108,10 @@ def heads_needed(
         max_k: largest set tried (default: every head in score order, at most 16 greedy steps).
         greedy: also run the greedy search (``n_heads`` ablations per step).
         n_random: random sets per size.
-        random_for: compare ``"every"`` set tried with random sets of its size, or only the
-            ``"last"`` set of each search (the answer; a fraction of the passes when the
-            random sets of every size are already on an ablation curve).
+        random_for: compare ``"every"`` set tried with random sets of its size, or only each search's
+            ``"last"`` (the answer; fewer passes when an ablation curve already has the other sizes).
         seed: seed of the random sets.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`HeadCount`.
@@ -139,7 +137,7 @@ def heads_needed(
         raise ValueError(f"random_for must be 'every' or 'last', got {random_for!r}")
     golds = torch.tensor(tp.golds)
     chance = float(torch.bincount(golds).max()) / len(golds)
-    target, quiet, nan = chance + margin, run_options(options, progress=False), float("nan")
+    target, quiet = chance + margin, run_options(options, progress=False)
     rows: list[dict[str, Any]] = []
     row_heads: list[tuple[Head, ...]] = []  # the heads of each row, excluded from its random sets
 
@@ -149,25 +147,16 @@ def heads_needed(
     def with_random(i: int) -> None:
         # drawn as ablation_curve and verify_heads draw them (one seed for every size): with the same seed and
         # prompts, the sets they share are run once (the first n_random of a larger draw are the same sets)
-        rand = random_accuracies(access, tp, row_heads[i], n_random, seed, quiet).numpy()
+        rand = random_accuracies(access, tp, row_heads[i], n_random, seed, options=quiet).numpy()
         r = from_samples(float(rand.mean()), rand)
-        rows[i].update(random_accuracy=r.value, random_ci_low=r.low, random_ci_high=r.high)
+        rows[i].update(interval_columns(r, "random_"))
 
     def record(search: str, heads: tuple[Head, ...], pred: Predictions) -> bool:
         """Add the row of ``heads``; True when their ablation reaches the target."""
         correct = pred.correct.float().numpy()
         acc = wilson(int(correct.sum()), int(correct.size))
-        row = {"search": search, "k": len(heads), "heads": ",".join(head_names(heads)), "accuracy": acc.value}
-        rows.append(
-            row
-            | {
-                "ci_low": acc.low,
-                "ci_high": acc.high,
-                "random_accuracy": nan,
-                "random_ci_low": nan,
-                "random_ci_high": nan,
-            }
-        )
+        row = {"search": search, "k": len(heads), "heads": ",".join(head_names(heads)), **interval_columns(acc)}
+        rows.append(row | dict.fromkeys(("random_accuracy", "random_ci_low", "random_ci_high"), float("nan")))
         row_heads.append(heads)
         if random_for == "every":
             with_random(len(rows) - 1)
@@ -241,8 +230,7 @@ def ablation_curve(
     verification's random sets.
 
     Args:
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.
@@ -261,9 +249,7 @@ def ablation_curve(
             accuracy_row("found", predict(access, tp, hooks=HeadAblation(heads), options=quiet))
             | {"k": k, "kind": "found"}
         )
-        rand = random_accuracies(access, tp, heads, n_random, seed, quiet).double().numpy()
+        rand = random_accuracies(access, tp, heads, n_random, seed, options=quiet).double().numpy()
         r = from_samples(float(rand.mean()), rand)
-        rows.append(
-            {"condition": "random", "k": k, "kind": "random", "accuracy": r.value, "ci_low": r.low, "ci_high": r.high}
-        )
+        rows.append({"condition": "random", "k": k, "kind": "random", **interval_columns(r)})
     return pd.DataFrame(rows)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from icl_heads._checks import check_int
 from icl_heads.access import Capture, Head, ModelAccess, batches
-from icl_heads.accuracy import predict
+from icl_heads.accuracy import interval_columns, predict
 from icl_heads.engine import count_cost
 from icl_heads.faithfulness import faithful_access
 from icl_heads.heads import accuracy_row, random_accuracies
@@ -92,8 +92,7 @@ def function_vector_scores(
         prompts: few-shot prompts, each with at least two demonstrations.
         seed: seed of the label shuffle.
         probs: softmax over the task's ``"labels"`` or the whole ``"vocab"`` (as ``ericwtodd/function_vectors``).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         ``[prompt, layer, head]`` effects.
@@ -157,8 +156,7 @@ def induction_scores(
         n_seqs: random sequences.
         length: tokens per copy (default 32, or fewer if the context or vocabulary is smaller).
         seed: seed of the tokens.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`; sequences have no padding).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`; sequences have no padding).
 
     Returns:
         ``[seq, layer, head]`` scores in [0, 1].
@@ -272,9 +270,9 @@ def _ablation(access, held, top, n_random, seed, options) -> pd.DataFrame:
     rows = [accuracy_row("none", predict(access, held, options=options), n=len(held))]
     for d, heads in top.items():
         found = predict(access, held, hooks=HeadAblation(heads), options=options)
-        rand = random_accuracies(access, held, heads, n_random, seed, options).double().numpy()
+        rand = random_accuracies(access, held, heads, n_random, seed, options=options).double().numpy()
         r, p = from_samples(float(rand.mean()), rand), empirical_p(float(found.correct.float().mean()), rand)
-        randoms = {"random_accuracy": r.value, "random_ci_low": r.low, "random_ci_high": r.high, "n_sets": n_random}
+        randoms = interval_columns(r, "random_") | {"n_sets": n_random}
         rows.append(accuracy_row(d, found, n=len(held), heads=", ".join(head_names(heads)), **randoms, rank_p=p))
     return pd.DataFrame(rows)
 
@@ -322,8 +320,7 @@ def compare_head_definitions(
         probs: the AIE's probabilities: over the ``"labels"`` (default) or the ``"vocab"``.
         n_random: random head sets per top set (at least 2).
         seed: seed of the prompts, the label shuffle, the random tokens and the random sets.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`HeadDefinitions`.

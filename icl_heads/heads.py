@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from icl_heads._checks import check_int
 from icl_heads.access import Head
-from icl_heads.accuracy import Predictions, predict
+from icl_heads.accuracy import Predictions, interval_columns, predict
 from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import HeadAblation
 from icl_heads.options import RunOptions, run_options
@@ -59,8 +59,7 @@ class InContextHeads(Result):
     Attributes:
         heads: the selected heads, best first, as ``(layer, head)``.
         heads_by_label: the top heads scored on prompts of each gold label (foo heads, bar heads).
-        scores: ``[layer, head]`` mean scores, keyed ``"{method}"`` (all prompts) and
-            ``"{method}:{label_word}"`` (prompts with that gold label).
+        scores: ``[layer, head]`` mean scores, keyed ``"{method}"`` and ``"{method}:{label_word}"`` (that gold).
         df: tidy scores: ``layer, head, name, method, label, score, rank, selected``.
         verification: accuracy before/after ablation (``condition`` rows), or None.
         random_accuracies: label-set accuracy after ablating each random head set.
@@ -206,27 +205,42 @@ def random_head_sets(
 
 
 def random_accuracies(
-    access: Any, tp: TokenizedPrompts, heads: tuple[Head, ...], n_random: int, seed: int, options: RunOptions
+    access: Any,
+    tp: TokenizedPrompts,
+    heads: tuple[Head, ...],
+    n_random: int,
+    seed: int,
+    *,
+    options: RunOptions | None = None,
 ) -> Tensor:
-    """Label-set accuracy with each of ``n_random`` random sets of ``len(heads)`` other heads ablated."""
+    """Label-set accuracy with each of ``n_random`` random sets of ``len(heads)`` other heads ablated.
+
+    Args:
+        access: the model.
+        tp: the prompts.
+        heads: the heads tested: the size of the sets, and excluded from them.
+        n_random: random sets.
+        seed: seed of the sets (see :func:`random_head_sets`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
+    """
+    options = run_options(options)
     sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed, exclude=heads)
-    bar = tqdm(sets, desc="random head sets", disable=not options.progress)
     quiet = run_options(options, progress=False)
     return torch.tensor(
-        [float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean()) for s in bar]
+        [
+            float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
+            for s in tqdm(sets, desc="random head sets", disable=not options.progress)
+        ]
     )
 
 
 def accuracy_row(condition: str, pred: Predictions, **extra: Any) -> dict[str, Any]:
     """A ``condition`` row: label-set accuracy with its Wilson interval, strict accuracy, and ``extra``."""
     acc = wilson(int(pred.correct.sum()), len(pred.correct))
-    strict = float(pred.strict_correct.float().mean())
     return {
         "condition": condition,
-        "accuracy": acc.value,
-        "ci_low": acc.low,
-        "ci_high": acc.high,
-        "strict_accuracy": strict,
+        **interval_columns(acc),
+        "strict_accuracy": float(pred.strict_correct.float().mean()),
     } | extra
 
 
@@ -249,8 +263,7 @@ def verify_heads(
         heads_by_label: each label's heads, also ablated.
         n_random: random head sets.
         seed: seed of the random sets.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A table with rows ``none``, ``found heads``, ``random heads`` (mean and 95%
@@ -274,12 +287,10 @@ def verify_heads(
         }
         return accuracy_row(condition, pred, **extra, **per_gold)
 
-    rand = random_accuracies(access, tp, heads, n_random, seed, options)
+    rand = random_accuracies(access, tp, heads, n_random, seed, options=options)
     r = from_samples(float(rand.mean()), rand.numpy())
     rows = [row("none"), row("found heads", heads, rand)]
-    rows.append(
-        {"condition": "random heads", "accuracy": r.value, "ci_low": r.low, "ci_high": r.high, "n_sets": n_random}
-    )
+    rows.append({"condition": "random heads", **interval_columns(r), "n_sets": n_random})
     rows += [row(f"{label} heads", hs) for label, hs in heads_by_label.items()]
     return pd.DataFrame(rows), rand
 
@@ -309,15 +320,13 @@ def find_in_context_heads(
         fraction: share of all heads to select (default 1%, at least one head).
         k: number of heads to select instead of ``fraction``.
         also: other scores to compute for comparison.
-        verify: ablate the found heads, ``n_random`` random sets of the same size and
-            each label's heads, and report accuracies.
+        verify: ablate the found heads, ``n_random`` random sets of their size and each label's heads.
         verify_prompts: held-out prompts for the verification (default: ``prompts``).
         n_random: number of random head sets.
         seed: seed of the random head sets.
         rescore: for ``"attribution"``, the heads with the largest ``|estimate|`` that are
             re-scored exactly (default: four times the number selected, at least 4).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         An :class:`InContextHeads` result.

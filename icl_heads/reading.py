@@ -191,8 +191,7 @@ def reading_roles(
         prompts: few-shot prompts.
         n_boot: bootstrap resamples of the prompts for the intervals.
         seed: seed of the bootstrap.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`ReadingRoles` result.
@@ -267,8 +266,7 @@ def resolve_read_at(
         read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"``.
         min_share: below this share of attention outside the first token, a warning.
         n_prompts: prompts measured.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         ``(read_at, info, warnings)``: the position, a JSON-ready dict (requested position,

@@ -138,16 +138,12 @@ def score_heads(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
         methods: any of ``"logprob_increase"``, ``"dla"``, ``"ablation"``, ``"attribution"``.
-        heads_per_pass: heads ablated per forward pass for ``"ablation"`` (the batch
-            is stacked this many times).
+        heads_per_pass: heads ablated per forward pass for ``"ablation"`` (copies of the batch stacked).
         how: ``"ablation"`` and ``"attribution"`` replace the head by ``"zero"`` or by its ``"mean"``.
         where: ... at ``"all"`` positions or only the ``"final"`` one.
-        reference: prompts whose mean ``hook_z`` replaces the head for ``how="mean"``
-            (default: ``prompts``).
-        rescore: for ``"attribution"``, re-score this many heads with the largest
-            ``|estimate|`` exactly (one ablation per head; see :mod:`icl_heads.attribution`).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        reference: prompts whose mean ``hook_z`` replaces the head for ``how="mean"`` (default: ``prompts``).
+        rescore: for ``"attribution"``, re-score exactly this many heads with the largest ``|estimate|``.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         ``{method: [prompt, layer, head]}`` tensors.
