@@ -278,13 +278,8 @@ def _ablation(access, held, top, n_random, seed, options) -> pd.DataFrame:
 
 
 def _cost_row(definition: str, ledger: Any, formula: str) -> dict[str, Any]:
-    total = ledger.total
-    return {
-        "definition": definition,
-        "passes": total.passes,
-        "rows": total.rows,
-        "layer_tokens": total.layer_tokens,
-    } | {"formula": formula}
+    t = ledger.total
+    return dict(definition=definition, passes=t.passes, rows=t.rows, layer_tokens=t.layer_tokens, formula=formula)
 
 
 def compare_head_definitions(
@@ -332,14 +327,8 @@ def compare_head_definitions(
         TypeError: an unsupported model, or ``task`` not an ``ICLTask``.
     """
     options = run_options(options)
-    checks = {
-        "n": (n, 1),
-        "n_trials": (n_trials, 1),
-        "n_seqs": (n_seqs, 1),
-        "shots": (shots, 2),
-        "n_random": (n_random, 2),
-    }
-    for name, (value, low) in (checks | {"seed": (seed, 0)}).items():
+    names = ("n", "n_trials", "n_seqs", "shots", "n_random", "seed")
+    for name, value, low in zip(names, (n, n_trials, n_seqs, shots, n_random, seed), (1, 1, 1, 2, 2, 0), strict=True):
         check_int(name, value, minimum=low)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
