@@ -52,15 +52,13 @@ def predict(
 ) -> Predictions:
     """Label-set logits and whole-vocabulary correctness at every prompt's final position.
 
-    ``first_token=True`` accepts label words of several tokens and scores their first
-    token (see :meth:`~icl_heads.prompts.ICLPrompts.tokenize`).
+    The same prompts under the same intervention are run once (memoised on the model).
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: the prompts.
         hooks: forward hooks to apply (e.g. a head ablation or a correction).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
         first_token: score the first token of label words of several tokens.
 
     Raises:
@@ -80,7 +78,6 @@ def predict(
             strict[batch.index] = (final.argmax(-1).cpu() == label_ids[batch.golds]).long()
         return Predictions(logits, strict, torch.tensor(tp.golds))
 
-    # the same prompts under the same intervention (e.g. a random head set drawn again) are run once
     return memoised(access.model, ("predict", prompt_key(tp), intervention_key(hooks)), compute)
 
 
@@ -89,8 +86,7 @@ class AccuracyResult(Result):
     """Accuracy of a model on ICL prompts.
 
     Attributes:
-        df: one row per scope (``all`` and each gold label) with ``accuracy``,
-            ``strict_accuracy``, their 95% Wilson intervals and ``n``.
+        df: one row per scope (``all``, each gold label): ``accuracy``, ``strict_accuracy``, Wilson 95%, ``n``.
         label_logits: ``[prompt, label]`` logits of the label tokens.
         golds: gold class per prompt.
         strict_correct: 1 where the whole-vocabulary argmax is the gold token.
@@ -103,22 +99,24 @@ class AccuracyResult(Result):
     provenance: Provenance = field(default_factory=Provenance)
     _title = "ICL accuracy"
 
+    def _overall(self, prefix: str) -> Estimate:
+        row = self.df.loc[self.df.scope == "all"].iloc[0]
+        value = row[f"{prefix}accuracy"]
+        return Estimate(value, row[f"{prefix}ci_low"], row[f"{prefix}ci_high"], int(row.n), "wilson")
+
     @property
     def accuracy(self) -> Estimate:
         """Label-set accuracy over all prompts, with its 95% Wilson interval."""
-        row = self.df.loc[self.df.scope == "all"].iloc[0]
-        return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n), "wilson")
+        return self._overall("")
 
     @property
     def strict_accuracy(self) -> Estimate:
         """Whole-vocabulary accuracy over all prompts, with its 95% Wilson interval."""
-        row = self.df.loc[self.df.scope == "all"].iloc[0]
-        return Estimate(row.strict_accuracy, row.strict_ci_low, row.strict_ci_high, int(row.n), "wilson")
+        return self._overall("strict_")
 
     @property
     def ci(self) -> tuple[float, float]:
-        row = self.df.loc[self.df.scope == "all"].iloc[0]
-        return float(row.ci_low), float(row.ci_high)
+        return self.accuracy.ci
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -129,30 +127,22 @@ class AccuracyResult(Result):
         }
 
 
-def accuracy_table(pred: Predictions, label_words: Sequence[str], *, seed: int = 0) -> pd.DataFrame:
+def interval_columns(est: Estimate, prefix: str = "") -> dict[str, float]:
+    """The columns ``{prefix}accuracy``, ``{prefix}ci_low`` and ``{prefix}ci_high`` of an estimate."""
+    return {f"{prefix}accuracy": est.value, f"{prefix}ci_low": est.low, f"{prefix}ci_high": est.high}
+
+
+def accuracy_table(pred: Predictions, label_words: Sequence[str]) -> pd.DataFrame:
     """Accuracy, strict accuracy and their Wilson intervals overall and per gold label."""
     rows = []
-    correct, strict, golds = pred.correct.float(), pred.strict_correct.float(), pred.golds
+    golds = pred.golds
     scopes = [("all", torch.ones_like(golds, dtype=torch.bool))]
-    scopes += [(f"gold={w}", golds == i) for i, w in enumerate(label_words)]
-    for scope, mask in scopes:
-        if not mask.any():
-            continue
-        c, s = correct[mask], strict[mask]
-        acc = wilson(int(c.sum().item()), int(c.numel()))
-        strict_acc = wilson(int(s.sum().item()), int(s.numel()))
-        rows.append(
-            {
-                "scope": scope,
-                "accuracy": acc.value,
-                "ci_low": acc.low,
-                "ci_high": acc.high,
-                "strict_accuracy": strict_acc.value,
-                "strict_ci_low": strict_acc.low,
-                "strict_ci_high": strict_acc.high,
-                "n": int(mask.sum()),
-            }
-        )
+    for scope, mask in scopes + [(f"gold={w}", golds == i) for i, w in enumerate(label_words)]:
+        if mask.any():
+            row: dict[str, Any] = {"scope": scope}
+            for prefix, hits in (("", pred.correct), ("strict_", pred.strict_correct)):
+                row |= interval_columns(wilson(int(hits[mask].sum().item()), int(mask.sum())), prefix)
+            rows.append(row | {"n": int(mask.sum())})
     return pd.DataFrame(rows)
 
 
@@ -170,10 +160,8 @@ def icl_accuracy(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
         hooks: forward hooks to apply (e.g. from :func:`~icl_heads.interventions.ablate_hooks`).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
-        first_token: accept label words of several tokens and score their first
-            token (off by default: such label words raise ``LabelTokenError``).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
+        first_token: score the first token of label words of several tokens (else ``LabelTokenError``).
 
     Returns:
         An :class:`AccuracyResult` with overall and per-gold-label rows.
@@ -188,9 +176,8 @@ def icl_accuracy(
     access = ModelAccess(model)
     tp = access.tokenize(prompts, first_token=first_token)
     pred = predict(access, tp, hooks=hooks, options=options)
-    df = accuracy_table(pred, tp.prompts.task.label_words)
     return AccuracyResult(
-        df=df,
+        df=accuracy_table(pred, tp.prompts.task.label_words),
         label_logits=pred.label_logits,
         golds=pred.golds,
         strict_correct=pred.strict_correct,

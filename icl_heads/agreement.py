@@ -1,15 +1,7 @@
 """Check a cheap head score against the exact ``ablation`` score on a sample of heads.
 
-:func:`compare_head_scores` computes the cheap score for every head and the exact
-ablation effect for a random sample of heads (one ablation per sampled head), and
-reports their Spearman rank correlation and top-``k`` overlap over the sample, so a
-user can see whether the cheap score can stand in for the exact one on their own model.
-
-It also reports how far the exact score itself is reproducible on these prompts: its
-split-half self-agreement (the Spearman correlation of the exact effects measured on two
-random halves of the prompts) and which heads' exact effects are resolved from zero
-(more than two standard errors over prompts). Rank agreement beyond the exact score's
-own reproducibility is agreement with the sampling noise of these prompts.
+Reports rank agreement (Spearman, top-``k`` overlap) and the exact score's own reproducibility
+(split-half self-agreement, heads resolved from zero): agreement beyond it is agreement with noise.
 """
 
 from __future__ import annotations
@@ -21,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from torch import Tensor
 
 from icl_heads.access import Head, batches
@@ -30,7 +22,14 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
-from icl_heads.scoring import METHODS, ablation_means, check_ablation_args, per_prompt_ablation, score_heads
+from icl_heads.scoring import (
+    METHODS,
+    ablation_means,
+    check_ablation_args,
+    head_names,
+    per_prompt_ablation,
+    score_heads,
+)
 
 CHEAP_METHODS = tuple(m for m in METHODS if m != "ablation")
 
@@ -38,7 +37,7 @@ CHEAP_METHODS = tuple(m for m in METHODS if m != "ablation")
 @json_type
 @dataclass(frozen=True, eq=False, repr=False)
 class ScoreAgreementConfig(Record):
-    """Arguments of :func:`~icl_heads.agreement.score_agreement`."""
+    """Arguments of :func:`~icl_heads.agreement.compare_head_scores`."""
 
     method: str = UNSET
     sample: int = UNSET
@@ -61,17 +60,12 @@ class ScoreAgreement(Result):
         method: the cheap score.
         heads: the sampled heads, as ``(layer, head)``.
         spearman: Spearman rank correlation of the two scores over the sample.
-        top_k_overlap: share of the exact score's top ``k`` heads (in the sample) that the
-            cheap score also ranks in its top ``k``.
+        top_k_overlap: share of the exact score's top ``k`` heads (in the sample) in the cheap score's top ``k``.
         k: the ``k`` of ``top_k_overlap``.
-        df: one row per sampled head: ``layer, head, name, estimate, exact, exact_se, resolved,
-            rank_estimate, rank_exact`` (``exact_se``: standard error of the exact effect over
-            prompts; ``resolved``: ``|exact| > 2 exact_se``).
-        exact_self_spearman: the exact score's split-half self-agreement (mean over random
-            halves of the prompts of the Spearman correlation between the two halves' exact
-            effects); NaN with fewer than 4 prompts.
-        spearman_resolved: the Spearman correlation over the resolved heads only (NaN when
-            fewer than 3 are resolved).
+        df: one row per sampled head: ``layer, head, name, estimate, exact, exact_se`` (standard
+            error over prompts), ``resolved`` (``|exact| > 2 exact_se``), ``rank_estimate, rank_exact``.
+        exact_self_spearman: the exact score's split-half self-agreement (NaN with fewer than 4 prompts).
+        spearman_resolved: the Spearman correlation over the resolved heads (NaN when fewer than 3).
         warnings: plain statements of where the comparison is limited by noise.
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
@@ -93,10 +87,7 @@ class ScoreAgreement(Result):
     @property
     def same_top_head(self) -> bool:
         """Whether both scores put the same head first in the sample."""
-        return bool(
-            self.df.loc[self.df.rank_estimate == 1, "name"].iloc[0]
-            == self.df.loc[self.df.rank_exact == 1, "name"].iloc[0]
-        )
+        return bool(((self.df.rank_estimate == 1) & (self.df.rank_exact == 1)).any())
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -131,11 +122,10 @@ def split_half_spearman(per_prompt: Float[Tensor, "prompt head"], n_splits: int 
     if n < 4:
         return float("nan")
     rng = np.random.default_rng(seed)
-    rhos = []
-    for _ in range(n_splits):
-        order = rng.permutation(n)
-        rhos.append(spearmanr(values[order[: n // 2]].mean(0), values[order[n // 2 :]].mean(0)).statistic)
-    return float(np.mean(rhos))
+    orders = [rng.permutation(n) for _ in range(n_splits)]
+    return float(
+        np.mean([spearmanr(values[o[: n // 2]].mean(0), values[o[n // 2 :]].mean(0)).statistic for o in orders])
+    )
 
 
 def resolved_from_zero(per_prompt: Float[Tensor, "prompt head"]) -> tuple[np.ndarray, np.ndarray]:
@@ -168,13 +158,6 @@ def _noise_warnings(self_rho: float, spearman: float, n_resolved: int, n_heads: 
     return tuple(notes)
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(-values, kind="stable")
-    ranks = np.empty(len(values), dtype=int)
-    ranks[order] = np.arange(1, len(values) + 1)
-    return ranks
-
-
 def compare_head_scores(
     model: Any,
     prompts: ICLPrompts | TokenizedPrompts,
@@ -204,8 +187,7 @@ def compare_head_scores(
         reference: prompts for the means of ``how="mean"`` (default: ``prompts``).
         rescore: for ``"attribution"``, heads re-scored exactly (see :func:`~icl_heads.score_heads`).
         heads_per_pass: heads ablated per forward pass for the exact score.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`ScoreAgreement`.
@@ -234,24 +216,21 @@ def compare_head_scores(
     tp = access.tokenize(prompts)
     rng = np.random.default_rng(seed)
     heads = tuple(divmod(int(i), access.n_heads) for i in np.sort(rng.choice(total, n, replace=False)))
-    cheap = score_heads(
-        access, tp, methods=(method,), how=how, where=where, reference=reference,
-        rescore=rescore, heads_per_pass=heads_per_pass, options=run_options(options, progress=False),
-    )[method].mean(0)  # fmt: skip
-    means = ablation_means(access, tp, how, where, reference)
+    quiet, ablate = run_options(options, progress=False), {"how": how, "where": where, "heads_per_pass": heads_per_pass}
+    scored = score_heads(access, tp, methods=(method,), reference=reference, rescore=rescore, options=quiet, **ablate)
+    cheap, means = scored[method].mean(0), ablation_means(access, tp, how, where, reference)
     label_ids = torch.tensor(tp.label_token_ids)
     drops = torch.zeros(len(tp), access.n_layers, access.n_heads)
     # batched by length as score_heads batches them, so drops it computed on these prompts are read back
     for batch in batches(access, tp, options, desc="exact ablation", by_length=True):
-        drops[batch.index] = per_prompt_ablation(
-            access, batch, label_ids, heads_per_pass, heads=heads, how=how, where=where, means=means
-        )
-    per_prompt = drops[:, [layer for layer, _ in heads], [h for _, h in heads]]  # [prompt, head]
+        drops[batch.index] = per_prompt_ablation(access, batch, label_ids, heads=heads, means=means, **ablate)
+    layers, hs = [la for la, _ in heads], [h for _, h in heads]
+    per_prompt = drops[:, layers, hs]  # [prompt, head]
     est = np.array([float(cheap[layer, h]) for layer, h in heads])
     ex = per_prompt.double().mean(0).numpy()
     se, resolved = resolved_from_zero(per_prompt) if len(per_prompt) > 1 else (np.full(n, np.nan), np.zeros(n, bool))
     self_rho = split_half_spearman(per_prompt, seed=seed)
-    rank_est, rank_ex = _ranks(est), _ranks(ex)
+    rank_est, rank_ex = rankdata(-est, method="ordinal"), rankdata(-ex, method="ordinal")
     rho = float(spearmanr(est, ex).statistic)
     if not np.isfinite(rho):
         raise ValueError(
@@ -260,25 +239,28 @@ def compare_head_scores(
         )
     overlap = len(set(np.flatnonzero(rank_est <= k)) & set(np.flatnonzero(rank_ex <= k))) / k
     rho_resolved = float(spearmanr(est[resolved], ex[resolved]).statistic) if resolved.sum() >= 3 else float("nan")
-    df = pd.DataFrame(
-        {
-            "layer": [layer for layer, _ in heads],
-            "head": [h for _, h in heads],
-            "name": [f"L{layer}H{h}" for layer, h in heads],
-            "estimate": est,
-            "exact": ex,
-            "exact_se": se,
-            "resolved": resolved,
-            "rank_estimate": rank_est,
-            "rank_exact": rank_ex,
-        }
-    )
+    df = pd.DataFrame({"layer": layers, "head": hs, "name": head_names(heads)})
+    df = df.assign(estimate=est, exact=ex, exact_se=se, resolved=resolved, rank_estimate=rank_est, rank_exact=rank_ex)
     config = ScoreAgreementConfig(
-        method=method, sample=n, seed=seed, k=k, how=how, where=where,
-        mean_reference=reference is not None, rescore=rescore,
-    )  # fmt: skip
+        method=method,
+        sample=n,
+        seed=seed,
+        k=k,
+        how=how,
+        where=where,
+        mean_reference=reference is not None,
+        rescore=rescore,
+    )
     return ScoreAgreement(
-        method=method, heads=heads, spearman=rho, top_k_overlap=overlap, k=k, df=df, exact_self_spearman=self_rho,
-        spearman_resolved=rho_resolved, warnings=_noise_warnings(self_rho, rho, int(resolved.sum()), n), config=config,
+        method=method,
+        heads=heads,
+        spearman=rho,
+        top_k_overlap=overlap,
+        k=k,
+        df=df,
+        exact_self_spearman=self_rho,
+        spearman_resolved=rho_resolved,
+        warnings=_noise_warnings(self_rho, rho, int(resolved.sum()), n),
+        config=config,
         provenance=provenance(access.name, tp),
-    )  # fmt: skip
+    )

@@ -1,32 +1,15 @@
-"""Attribution patching: every head's ablation effect estimated from one forward and one backward pass.
+"""Attribution patching (Nanda 2023; AtP, Kramár et al. 2024): every head's ablation effect from one backward pass.
 
-The ``ablation`` score of head ``(l, h)`` is ``M(z) - M(z with head h replaced)``, with
-``M`` the gold label's log-probability at the final position and ``z`` the head's
-``hook_z`` (replaced by zero or by its mean, at every position or only the final one).
-Attribution patching (Nanda 2023; Kramár et al. 2024, "AtP") linearises ``M`` in ``z``:
-
-    ablation(l, h) ~= sum over positions of  dM/dz[pos, h] . (z[pos, h] - replacement)
-
-so one backward pass gives every head's estimate. Gradients are taken only with
-respect to ``hook_z`` (a zero tensor added to each layer's ``hook_z`` is the leaf; the
-model's parameters are frozen for the pass and never receive ``.grad``), and the
-forward pass stops after the last block: the final-position logits are rebuilt from
-the last residual stream with the model's own ``ln_final`` and ``unembed`` (checked
-against the model's logits on the first prompt).
-
-Refinement (``rescore=k``): the ``k`` heads with the largest ``|estimate|`` are re-scored
-exactly (``k`` extra forward passes), AtP's use as a screen. Its limits, measured on both
-bundled organisms (``docs/methods.md``): the heads that matter there act through two
-layers of saturated attention, so their gradient is near zero and the screen misses them
-on most prompt samples; neither the AtP* fix for one saturated softmax nor integrated
-gradients along the ablation path recovers them. Check the estimate with
-:func:`~icl_heads.compare_head_scores` before trusting it.
+Gradients are taken only at each layer's ``hook_z``; ``rescore=k`` re-scores the ``k`` largest
+estimates exactly. Its limits on the organisms are in docs/methods.md; check it with
+:func:`~icl_heads.compare_head_scores`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from typing import Any
 
 import torch
@@ -91,13 +74,9 @@ def _final_logits(access: ModelAccess, resid: Float[Tensor, "batch d_model"]) ->
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
-def _rows(batch: PromptBatch, start: int, stop: int) -> PromptBatch:
-    return batch.rows(start, stop)
-
-
 def _check_rebuilt_logits(access: ModelAccess, batch: PromptBatch, rebuilt: Tensor) -> None:
     """Refuse when the rebuilt final-position logits differ from the model's (first prompt of the batch)."""
-    real, _ = access.run(_rows(batch, 0, 1))
+    real, _ = access.run(batch.rows(0, 1))
     err = float((real[0] - rebuilt[0].detach()).abs().max())
     if err > 1e-3 * max(1.0, float(real[0].abs().max())):
         raise ValueError(
@@ -120,22 +99,22 @@ def per_prompt_attribution(
 ) -> Float[Tensor, "batch layer head"]:
     """Per-prompt attribution estimate of every head's ablation effect, from one forward and one backward pass.
 
-    The batch runs ``rows_per_pass`` prompts at a time: the backward pass keeps every
-    layer's activations, so this bounds the peak memory (on a GPT-2-small shape, 16
-    prompts at once take ~7x a forward pass's peak memory; 4 take under 2x).
+    The batch runs ``rows_per_pass`` prompts at a time to bound the peak memory of the
+    backward pass (on a GPT-2-small shape, 16 prompts take ~7x a forward pass's peak; 4 under 2x).
 
     Raises:
         ValueError: with ``check``, the rebuilt final logits do not match the model's.
     """
     if len(batch.golds) > rows_per_pass:
-        parts = [
-            per_prompt_attribution(
-                access, _rows(batch, i, i + rows_per_pass), label_ids, how=how, where=where, means=means,
-                check=check and i == 0, rows_per_pass=rows_per_pass,
-            )
-            for i in range(0, len(batch.golds), rows_per_pass)
-        ]  # fmt: skip
-        return torch.cat(parts)
+        kw = {"how": how, "where": where, "means": means, "rows_per_pass": rows_per_pass}
+        return torch.cat(
+            [
+                per_prompt_attribution(
+                    access, batch.rows(i, i + rows_per_pass), label_ids, check=check and i == 0, **kw
+                )
+                for i in range(0, len(batch.golds), rows_per_pass)
+            ]
+        )
     model, n_layers = access.model, access.n_layers
     with torch.inference_mode(False):  # index tensors that autograd may save: never inference tensors
         rows = torch.arange(len(batch.golds))
@@ -145,26 +124,23 @@ def per_prompt_attribution(
     leaves: dict[int, tuple[Tensor, Tensor]] = {}
     got: dict[str, Tensor] = {}
 
-    def leaf(layer: int):
-        def fn(z: Tensor, hook: Any) -> Tensor:
-            zero = torch.zeros_like(z, requires_grad=True)  # added, not swapped in: the graph through z stays
-            leaves[layer] = (zero, z.detach())
-            return z + zero
-
-        return fn
+    def leaf(z: Tensor, hook: Any, layer: int) -> Tensor:
+        zero = torch.zeros_like(z, requires_grad=True)  # added, not swapped in: the graph through z stays
+        leaves[layer] = (zero, z.detach())
+        return z + zero
 
     def stop(resid: Tensor, hook: Any) -> None:
         got["resid"] = resid[rows.to(resid.device), finals.to(resid.device)]
         raise _Stop
 
-    hooks = [(access.hook(layer, "z"), leaf(layer)) for layer in range(n_layers)]
+    hooks = [(access.hook(layer, "z"), partial(leaf, layer=layer)) for layer in range(n_layers)]
     hooks.append((access.hook(n_layers - 1, "resid_post"), stop))
-    kw: dict[str, Any] = {"attention_mask": mask} if batch.has_padding else {}
+    pad: dict[str, Any] = {"attention_mask": mask} if batch.has_padding else {}
     # a backward pass costs about two forward passes: the ledger counts the work of three
     record_pass(len(rows), int(tokens.numel()), 3 * n_layers)
     with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(model):
         with suppress(_Stop):
-            model.run_with_hooks(tokens, fwd_hooks=hooks, **kw)
+            model.run_with_hooks(tokens, fwd_hooks=hooks, **pad)
         if "resid" not in got or len(leaves) != n_layers:
             raise RuntimeError("the forward pass did not reach every hook_z and the last block's hook_resid_post")
         logits = _final_logits(access, got.pop("resid"))
@@ -172,16 +148,15 @@ def per_prompt_attribution(
         grads = torch.autograd.grad(metric, [leaves[layer][0] for layer in range(n_layers)])
     if check:
         _check_rebuilt_logits(access, batch, logits)
-    out = torch.zeros(len(rows), n_layers, access.n_heads)
-    for layer in range(n_layers):
-        z = leaves[layer][1]
-        rep = None if how == "zero" else means[layer]  # type: ignore[index]
-        out[:, layer] = head_estimates(z, grads[layer], rep, batch.attention_mask, finals, where).cpu()
-    return out
+    reps = [None if how == "zero" else means[layer] for layer in range(n_layers)]  # type: ignore[index]
+    mask = batch.attention_mask
+    return torch.stack(
+        [head_estimates(leaves[la][1], grads[la], reps[la], mask, finals, where) for la in range(n_layers)], 1
+    ).cpu()
 
 
 def largest_heads(mean_scores: Float[Tensor, "layer head"], k: int) -> tuple[Head, ...]:
     """The ``k`` heads with the largest ``|score|`` (the candidates worth re-scoring exactly)."""
-    n_heads = mean_scores.shape[1]
-    order = torch.argsort(-mean_scores.abs().flatten(), stable=True)[:k]
-    return tuple(divmod(int(i), n_heads) for i in order)
+    return tuple(
+        divmod(int(i), mean_scores.shape[1]) for i in torch.argsort(-mean_scores.abs().flatten(), stable=True)[:k]
+    )

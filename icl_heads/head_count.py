@@ -1,23 +1,14 @@
 """How many heads carry in-context learning: the smallest set whose ablation brings accuracy near chance.
 
-The paper's top 1% can miss redundant copies: when several heads write the label,
-ablating one leaves the others. :func:`heads_needed` finds the smallest set whose
-ablation brings accuracy on held-out prompts to within ``margin`` of chance, two ways:
-
-* **in score order**: the top-``k`` heads by a score, for growing ``k``;
-* **greedy**: repeatedly add the head whose ablation (with those already chosen) lowers
-  held-out accuracy the most.
-
-Each set is compared with random sets of the same size (mean and 95% interval over sets).
-:func:`ablation_curve` draws the same comparison for a few sizes ``k`` at once.
+Two searches (top-``k`` in score order, and greedy), each set compared with random sets of its size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Any, ClassVar
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
@@ -25,15 +16,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icl_heads.access import Head
-from icl_heads.accuracy import predict
+from icl_heads.accuracy import Predictions, interval_columns, predict
 from icl_heads.faithfulness import faithful_access
-from icl_heads.heads import accuracy_row, random_head_sets
+from icl_heads.heads import accuracy_row, random_accuracies
 from icl_heads.interventions import HeadAblation, check_heads
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_choice
 from icl_heads.results import Result, json_type, provenance
-from icl_heads.scoring import n_selected, top_heads
+from icl_heads.scoring import head_names, n_selected, top_heads
 from icl_heads.stats import from_samples, wilson
 
 
@@ -58,10 +49,9 @@ class HeadCount(Result):
     """The smallest head sets whose ablation brings accuracy to within ``margin`` of chance.
 
     Attributes:
-        df: one row per search (``"score order"``, ``"greedy"``) and size ``k``:
-            ``search, k, heads, accuracy, ci_low, ci_high`` (held-out accuracy after
-            ablating that set, Wilson over prompts) and ``random_accuracy,
-            random_ci_low, random_ci_high`` (random sets of the same size).
+        df: one row per search (``"score order"``, ``"greedy"``) and size ``k``: ``search, k, heads,
+            accuracy, ci_low, ci_high`` (Wilson over prompts) and ``random_accuracy, random_ci_low,
+            random_ci_high`` (random sets of the same size).
         k_score: smallest ``k`` in score order reaching the target (None: not within ``max_k``).
         k_greedy: the same for the greedy search.
         greedy_heads: the greedy set, in the order chosen.
@@ -118,12 +108,10 @@ def heads_needed(
         max_k: largest set tried (default: every head in score order, at most 16 greedy steps).
         greedy: also run the greedy search (``n_heads`` ablations per step).
         n_random: random sets per size.
-        random_for: compare ``"every"`` set tried with random sets of its size, or only the
-            ``"last"`` set of each search (the answer; a fraction of the passes when the
-            random sets of every size are already on an ablation curve).
+        random_for: compare ``"every"`` set tried with random sets of its size, or only each search's
+            ``"last"`` (the answer; fewer passes when an ablation curve already has the other sizes).
         seed: seed of the random sets.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`HeadCount`.
@@ -134,9 +122,7 @@ def heads_needed(
     options = run_options(options)
     access = faithful_access(model, "heads_needed")
     tp = access.tokenize(prompts)
-    if hasattr(scores, "score_table"):
-        scores = scores.score_table()
-    scores = torch.as_tensor(scores, dtype=torch.float32)
+    scores = torch.as_tensor(scores.score_table() if hasattr(scores, "score_table") else scores, dtype=torch.float32)
     total = access.n_layers * access.n_heads
     if scores.shape != (access.n_layers, access.n_heads):
         raise ValueError(
@@ -151,66 +137,52 @@ def heads_needed(
         raise ValueError(f"random_for must be 'every' or 'last', got {random_for!r}")
     golds = torch.tensor(tp.golds)
     chance = float(torch.bincount(golds).max()) / len(golds)
-    target = chance + margin
-    quiet = run_options(options, progress=False)
-
-    def run(heads: tuple[Head, ...]):
-        return predict(access, tp, hooks=HeadAblation(heads) if heads else (), options=quiet)
-
-    def acc(heads: tuple[Head, ...]) -> np.ndarray:
-        return run(heads).correct.float().numpy()
-
+    target, quiet = chance + margin, run_options(options, progress=False)
     rows: list[dict[str, Any]] = []
     row_heads: list[tuple[Head, ...]] = []  # the heads of each row, excluded from its random sets
 
-    def with_random(row: dict[str, Any], heads: tuple[Head, ...]) -> None:
+    def run(heads: tuple[Head, ...]) -> Predictions:
+        return predict(access, tp, hooks=HeadAblation(heads) if heads else (), options=quiet)
+
+    def with_random(i: int) -> None:
         # drawn as ablation_curve and verify_heads draw them (one seed for every size): with the same seed and
         # prompts, the sets they share are run once (the first n_random of a larger draw are the same sets)
-        sets = random_head_sets(access.n_layers, access.n_heads, row["k"], n_random, seed, exclude=heads)
-        rand = np.array([acc(s).mean() for s in sets])
-        random_acc = from_samples(float(rand.mean()), rand)
-        row.update(random_accuracy=random_acc.value, random_ci_low=random_acc.low, random_ci_high=random_acc.high)
+        rand = random_accuracies(access, tp, row_heads[i], n_random, seed, options=quiet).numpy()
+        r = from_samples(float(rand.mean()), rand)
+        rows[i].update(interval_columns(r, "random_"))
 
-    def record(search: str, heads: tuple[Head, ...], correct: np.ndarray) -> None:
-        accuracy = wilson(int(correct.sum()), int(correct.size))
-        row = {
-            "search": search, "k": len(heads), "heads": ",".join(f"L{a}H{b}" for a, b in heads),
-            "accuracy": accuracy.value, "ci_low": accuracy.low, "ci_high": accuracy.high,
-            "random_accuracy": float("nan"), "random_ci_low": float("nan"), "random_ci_high": float("nan"),
-        }  # fmt: skip
-        if random_for == "every":
-            with_random(row, heads)
-        rows.append(row)
+    def record(search: str, heads: tuple[Head, ...], pred: Predictions) -> bool:
+        """Add the row of ``heads``; True when their ablation reaches the target."""
+        correct = pred.correct.float().numpy()
+        acc = wilson(int(correct.sum()), int(correct.size))
+        row = {"search": search, "k": len(heads), "heads": ",".join(head_names(heads)), **interval_columns(acc)}
+        rows.append(row | dict.fromkeys(("random_accuracy", "random_ci_low", "random_ci_high"), float("nan")))
         row_heads.append(heads)
+        if random_for == "every":
+            with_random(len(rows) - 1)
+        return bool(correct.mean() <= target)
 
     def close(search: str) -> None:
-        """With ``random_for="last"``: the random comparison of the search's last set."""
-        last = [i for i, r in enumerate(rows) if r["search"] == search]
-        if random_for == "last" and last:
-            with_random(rows[last[-1]], row_heads[last[-1]])
+        if random_for == "last" and rows and rows[-1]["search"] == search:
+            with_random(len(rows) - 1)
 
     order = top_heads(scores, total)
     k_score = None
     for k in tqdm(range(1, min(max_k, total) + 1), desc="score order", disable=not options.progress):
-        correct = acc(tuple(order[:k]))
-        record("score order", tuple(order[:k]), correct)
-        if correct.mean() <= target:
+        if record("score order", order[:k], run(order[:k])):
             k_score = k
             break
     close("score order")
     chosen: list[Head] = []
     k_greedy = None
     if greedy:
-        all_heads = [(a, b) for a in range(access.n_layers) for b in range(access.n_heads)]
+        all_heads = list(product(range(access.n_layers), range(access.n_heads)))
         for _ in tqdm(range(min(max_k, 16, total)), desc="greedy", disable=not options.progress):
             trials = {h: run((*chosen, h)) for h in all_heads if h not in chosen}
             # accuracy ties (backup heads: each sufficient alone) go to the head whose loss most lowers the gold
             # label's probability, so a redundant pair is found rather than the first head by index
-            best = min(trials, key=lambda h: (*_damage(trials[h]), all_heads.index(h)))
-            correct = trials[best].correct.float().numpy()
-            chosen.append(best)
-            record("greedy", tuple(chosen), correct)
-            if correct.mean() <= target:
+            chosen.append(min(trials, key=lambda h: (*_damage(trials[h]), all_heads.index(h))))
+            if record("greedy", tuple(chosen), trials[chosen[-1]]):
                 k_greedy = len(chosen)
                 break
         close("greedy")
@@ -221,9 +193,8 @@ def heads_needed(
         if k is None
     )
     config = HeadCountConfig(
-        margin=margin, max_k=max_k, greedy=greedy, n_random=n_random, random_for=random_for,
-        seed=seed,
-    )  # fmt: skip
+        margin=margin, max_k=max_k, greedy=greedy, n_random=n_random, random_for=random_for, seed=seed
+    )
     return HeadCount(
         df=pd.DataFrame(rows),
         k_score=k_score,
@@ -254,13 +225,12 @@ def ablation_curve(
 ) -> pd.DataFrame:
     """Accuracy after ablating the top-``k`` heads by ``scores`` vs ``k`` random heads, for each ``k``.
 
-    The random sets of every ``k`` are drawn with ``seed``, as :func:`verify_heads` draws
-    them: with the same ``seed``, ``n_random`` and prompts, the curve at ``k`` = the
-    number of found heads repeats the verification's random sets and accuracy.
+    The random sets are drawn as :func:`~icl_heads.heads.verify_heads` draws them: with the same
+    ``seed``, ``n_random`` and prompts, the curve at ``k`` = the number of found heads repeats the
+    verification's random sets.
 
     Args:
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         Rows ``k, kind ("found"|"random"), accuracy, ci_low, ci_high``.
@@ -271,26 +241,15 @@ def ablation_curve(
     options = run_options(options)
     access = faithful_access(model, "ablation_curve")
     tp = access.tokenize(prompts)
-    total = access.n_layers * access.n_heads
     rows, quiet = [], run_options(options, progress=False)
     for k in tqdm(ks, desc="ablation curve", disable=not options.progress):
-        n_selected(total, None, k)
+        n_selected(access.n_layers * access.n_heads, None, k)
         heads = check_heads(access, top_heads(scores, k))
-        pred = predict(access, tp, hooks=HeadAblation(heads), options=quiet)
-        rows.append(accuracy_row("found", pred) | {"k": k, "kind": "found"})
-        accs = [
-            float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
-            for s in random_head_sets(access.n_layers, access.n_heads, k, n_random, seed, exclude=heads)
-        ]
-        random_acc = from_samples(float(np.mean(accs)), accs)
         rows.append(
-            {
-                "condition": "random",
-                "k": k,
-                "kind": "random",
-                "accuracy": random_acc.value,
-                "ci_low": random_acc.low,
-                "ci_high": random_acc.high,
-            }
+            accuracy_row("found", predict(access, tp, hooks=HeadAblation(heads), options=quiet))
+            | {"k": k, "kind": "found"}
         )
+        rand = random_accuracies(access, tp, heads, n_random, seed, options=quiet).double().numpy()
+        r = from_samples(float(rand.mean()), rand)
+        rows.append({"condition": "random", "k": k, "kind": "random", **interval_columns(r)})
     return pd.DataFrame(rows)

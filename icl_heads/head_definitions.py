@@ -1,29 +1,11 @@
-"""Head definitions side by side: function-vector heads, induction heads and in-context heads.
-
-Three ways the field names the heads that carry in-context learning, each a score for every
-head ``(layer, head)`` with its cost in forward passes (as the cost ledger counts them):
-
-* ``function_vector`` (Todd et al., ICLR 2024): the average indirect effect (AIE) of a head's
-  mean output. ``z̄`` is the head's ``hook_z`` at the final position averaged over clean
-  few-shot prompts; it is patched at the final position into the same prompts with their
-  demonstration labels shuffled, and ``AIE = mean_prompts [P_patched(gold) - P_corrupted(gold)]``.
-  One pass per batch runs the clean and the shuffled prompts together (the means and the
-  corrupted baseline), then one pass per head: ``n_batches × (1 + L·H)`` passes.
-* ``induction`` (Olsson et al., 2022): prefix matching on sequences of random tokens repeated
-  twice: the attention from each token of the second copy to the token right after that
-  token's first occurrence, averaged. One pass per batch of sequences.
-* ``in_context`` (Yu & Ananiadou, 2024): the package's own score
-  (:func:`~icl_heads.scoring.score_heads`, ``logprob_increase`` by default), one pass per batch.
-
-:func:`compare_head_definitions` scores all three on one task, compares their top-``k`` sets
-(Jaccard) and full rankings (Spearman), and ablates each top set against random sets of the
-same size on held-out prompts.
+"""Head definitions side by side: function-vector (Todd et al., 2024), induction (Olsson et al., 2022)
+and in-context heads (Yu & Ananiadou, 2024), each a score per head with its cost in passes (docs/methods.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from itertools import combinations
+from dataclasses import dataclass, field, replace
+from itertools import combinations, product
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,16 +17,16 @@ from torch import Tensor
 
 from icl_heads._checks import check_int
 from icl_heads.access import Capture, Head, ModelAccess, batches
-from icl_heads.accuracy import predict
+from icl_heads.accuracy import interval_columns, predict
 from icl_heads.engine import count_cost
 from icl_heads.faithfulness import faithful_access
-from icl_heads.heads import accuracy_row, random_head_sets
+from icl_heads.heads import accuracy_row, random_accuracies
 from icl_heads.interventions import HeadAblation
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, ICLTask, PromptBatch, TokenizedPrompts
 from icl_heads.records import UNSET, Provenance, Record, check_choice
 from icl_heads.results import Figure, Result, json_type, provenance
-from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
+from icl_heads.scoring import METHODS, head_names, n_selected, score_heads, stack_batches, top_heads
 from icl_heads.stats import empirical_p, from_samples
 
 DEFINITIONS = ("in_context", "function_vector", "induction")
@@ -62,12 +44,6 @@ def shuffled_labels(prompts: ICLPrompts, seed: int = 0) -> ICLPrompts:
     return replace(prompts, prompts=tuple(out), config=prompts.config.updated(condition="shuffled labels"))
 
 
-def _stack(a: PromptBatch, b: PromptBatch) -> PromptBatch:
-    """The rows of ``a`` then those of ``b`` in one batch (both padded to the same width)."""
-    names = [f.name for f in fields(a) if isinstance(getattr(a, f.name), Tensor)]
-    return replace(a, **{k: torch.cat([getattr(a, k), getattr(b, k)]) for k in names})
-
-
 def _p_gold(logits: Tensor, label_ids: Tensor, golds: Tensor, probs: str) -> Tensor:
     rows = torch.arange(len(golds))
     if probs == "labels":
@@ -75,8 +51,9 @@ def _p_gold(logits: Tensor, label_ids: Tensor, golds: Tensor, probs: str) -> Ten
     return logits.softmax(-1)[rows, label_ids[golds]]
 
 
-def _fv(access: ModelAccess, clean: TokenizedPrompts, corrupt: TokenizedPrompts, probs: str, options: RunOptions,
-        into: dict | None = None) -> Tensor:  # fmt: skip
+def _fv(
+    access: ModelAccess, clean: TokenizedPrompts, corrupt: TokenizedPrompts, probs: str, options: RunOptions, into: dict
+) -> Tensor:
     """Per-prompt ``P_patched - P_corrupted`` ``[prompt, layer, head]``; mean ``P(gold)`` clean and shuffled ``into``."""
     L, H = access.n_layers, access.n_heads
     label_ids, n = torch.tensor(clean.label_token_ids), len(clean)
@@ -87,23 +64,17 @@ def _fv(access: ModelAccess, clean: TokenizedPrompts, corrupt: TokenizedPrompts,
         twin = PromptBatch.build(clean, batch.index.tolist(), batch.padding_side, access.pad_id())
         if twin.tokens.shape != batch.tokens.shape:
             raise ValueError("a prompt tokenizes to another length once its labels are shuffled; use one-token labels")
-        logits, got = access.run(_stack(twin, batch), capture=caps)
+        logits, got = access.run(stack_batches(twin, batch), capture=caps)
         b = len(batch.index)
-        for layer in range(L):
-            total[layer] += got[caps[layer].name][:b].cpu().sum(0)
+        total += torch.stack([got[cap.name][:b].cpu().sum(0) for cap in caps])
         p = _p_gold(logits.cpu(), label_ids, torch.cat([twin.golds, batch.golds]), probs)
         p_clean[batch.index], p_corrupt[batch.index] = p[:b], p[b:]
     means = total / n
     aie = torch.zeros(n, L, H)
-    for batch in parts:  # one pass per head, each resumed at the head's layer from the batch's clean residuals
-        for layer in range(L):
-            for head in range(H):
-                patch = HeadAblation(((layer, head),), how="mean", where="final", means=means)
-                logits, _ = access.run(batch, hooks=patch)
-                p = _p_gold(logits.cpu(), label_ids, batch.golds, probs)
-                aie[batch.index, layer, head] = p - p_corrupt[batch.index]
-    if into is not None:
-        into.update(clean=float(p_clean.mean()), shuffled=float(p_corrupt.mean()))
+    for batch, (layer, head) in product(parts, product(range(L), range(H))):  # one pass per head
+        logits, _ = access.run(batch, hooks=HeadAblation(((layer, head),), how="mean", where="final", means=means))
+        aie[batch.index, layer, head] = _p_gold(logits.cpu(), label_ids, batch.golds, probs) - p_corrupt[batch.index]
+    into.update(clean=float(p_clean.mean()), shuffled=float(p_corrupt.mean()))
     return aie
 
 
@@ -112,21 +83,16 @@ def function_vector_scores(
 ) -> Float[Tensor, "prompt layer head"]:
     """Each head's indirect effect on each prompt (Todd et al., 2024); the mean over prompts is the AIE.
 
-    The head's mean ``hook_z`` at the final position over ``prompts`` replaces its output at
-    the final position of the same prompts with their demonstration labels shuffled
-    (:func:`shuffled_labels`); the effect is ``P_patched(gold) - P_corrupted(gold)``. With
-    ``probs="labels"`` (default) probabilities are a softmax over the task's label words;
-    ``probs="vocab"`` takes the softmax over the whole vocabulary, as the reference code
-    (``ericwtodd/function_vectors``, ``compute_indirect_effect``) does for open-ended outputs.
+    The head's mean final-position ``hook_z`` over ``prompts`` is patched into the same prompts
+    with shuffled labels (:func:`shuffled_labels`): ``P_patched(gold) - P_corrupted(gold)``.
     Cost: ``n_batches × (1 + L·H)`` passes.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: few-shot prompts, each with at least two demonstrations.
         seed: seed of the label shuffle.
-        probs: ``"labels"`` or ``"vocab"``.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        probs: softmax over the task's ``"labels"`` or the whole ``"vocab"`` (as ``ericwtodd/function_vectors``).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         ``[prompt, layer, head]`` effects.
@@ -138,7 +104,7 @@ def function_vector_scores(
     """
     options = run_options(options)
     access, clean, corrupt = _fv_inputs(model, prompts, seed, probs)
-    return _fv(faithful_access(access, "function_vector_scores"), clean, corrupt, probs, options)
+    return _fv(faithful_access(access, "function_vector_scores"), clean, corrupt, probs, options, {})
 
 
 def _fv_inputs(model: Any, prompts: ICLPrompts, seed: int, probs: str) -> tuple[ModelAccess, Any, Any]:
@@ -182,17 +148,15 @@ def induction_scores(
 ) -> Float[Tensor, "seq layer head"]:
     """Prefix-matching scores (Olsson et al., 2022) on repeated random tokens (:func:`repeated_random_tokens`).
 
-    For each sequence and head: the mean over the second copy's positions ``d`` of the attention
-    from ``d`` to the token right after the first occurrence of ``d``'s token. One pass per
-    ``options.batch_size`` sequences.
+    Per sequence and head: the mean attention from each position of the second copy to the token
+    after that token's first occurrence. One pass per ``options.batch_size`` sequences.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         n_seqs: random sequences.
         length: tokens per copy (default 32, or fewer if the context or vocabulary is smaller).
         seed: seed of the tokens.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`; sequences have no padding).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`; sequences have no padding).
 
     Returns:
         ``[seq, layer, head]`` scores in [0, 1].
@@ -211,11 +175,9 @@ def induction_scores(
     out = torch.zeros(n, access.n_layers, access.n_heads)
     for lo in range(0, n, options.batch_size):
         rows = torch.arange(lo, min(n, lo + options.batch_size))
-        none = torch.zeros(len(rows), 0, dtype=torch.long)
-        batch = PromptBatch(rows, tokens[rows], torch.ones(len(rows), width, dtype=torch.long),
-                            torch.full((len(rows),), width - 1), none, none, torch.zeros(len(rows), dtype=torch.long),
-                            "right")  # fmt: skip
-        _, got = access.run(batch, capture=caps)
+        none, ones = torch.zeros(len(rows), 0, dtype=torch.long), torch.ones(len(rows), width, dtype=torch.long)
+        finals, golds = torch.full((len(rows),), width - 1), torch.zeros(len(rows), dtype=torch.long)
+        _, got = access.run(PromptBatch(rows, tokens[rows], ones, finals, none, none, golds, "right"), capture=caps)
         for layer, cap in enumerate(caps):
             out[rows, layer] = got[cap.name][:, :, dest, dest - T + 1].mean(-1).cpu()
     return out
@@ -249,14 +211,11 @@ class HeadDefinitions(Result):
         top: ``{definition: heads}``, each definition's top ``k`` heads, best first.
         k: the size of the top sets: the in-context heads' top set (top 1%, at least one) unless given.
         df: one row per definition and head: ``definition, layer, head, name, score, rank, top``.
-        overlap: one row per pair of definitions: ``a, b, jaccard`` (of the top sets),
-            ``spearman, spearman_p`` (of all heads' scores, ``scipy.stats.spearmanr``).
-        ablation: held-out accuracy with no ablation and with each top set zero-ablated
-            (Wilson 95% over prompts, ``n`` prompts), against ``n_random`` random sets of the
-            same size that exclude it (mean and central 95% of the sets), with ``rank_p``.
+        overlap: per pair of definitions: ``a, b, jaccard`` (top sets), ``spearman, spearman_p`` (all heads).
+        ablation: held-out accuracy with no ablation and each top set zero-ablated (Wilson over ``n``
+            prompts), against ``n_random`` random sets of its size (mean, central 95%), with ``rank_p``.
         cost: forward passes (and prompt rows) each definition made in this run, with its formula.
-        fv_baseline: mean ``P(gold)`` of the AIE's prompts, ``clean`` and with labels ``shuffled``
-            (the gap the patched heads can restore).
+        fv_baseline: mean ``P(gold)`` of the AIE's prompts, ``clean`` and with labels ``shuffled``.
         warnings: plain statements of where a comparison is undefined.
         config, provenance: arguments and origin.
     """
@@ -276,8 +235,7 @@ class HeadDefinitions(Result):
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self._warning_summary(), "k (top-set size)": self.k}
-        for d in DEFINITIONS:
-            out[f"top {d} heads"] = ", ".join(f"L{a}H{b}" for a, b in self.top[d])
+        out |= {f"top {d} heads": ", ".join(head_names(self.top[d])) for d in DEFINITIONS}
         for row in self.overlap.itertuples():
             out[f"{row.a} vs {row.b}: Jaccard / Spearman"] = f"{row.jaccard:.2f} / {row.spearman:.2f}"
         abl = self.ablation.set_index("condition")
@@ -299,43 +257,51 @@ class HeadDefinitions(Result):
 
 
 def _tidy(scores: dict[str, Tensor], top: dict[str, tuple[Head, ...]]) -> pd.DataFrame:
-    rows = []
-    for d, table in scores.items():
-        order = top_heads(table, table.numel())
-        for rank, (layer, head) in enumerate(order, 1):
-            rows.append({"definition": d, "layer": layer, "head": head, "name": f"L{layer}H{head}",
-                         "score": float(table[layer, head]), "rank": rank, "top": (layer, head) in top[d]})  # fmt: skip
+    rows = [
+        {"definition": d, "layer": la, "head": h, "name": f"L{la}H{h}", "score": float(table[la, h]), "rank": rank}
+        | {"top": (la, h) in top[d]}
+        for d, table in scores.items()
+        for rank, (la, h) in enumerate(top_heads(table, table.numel()), 1)
+    ]
     return pd.DataFrame(rows).sort_values(["definition", "layer", "head"], ignore_index=True)
 
 
 def _ablation(access, held, top, n_random, seed, options) -> pd.DataFrame:
-    base = predict(access, held, options=options)
-    rows = [accuracy_row("none", base, n=len(held))]
+    rows = [accuracy_row("none", predict(access, held, options=options), n=len(held))]
     for d, heads in top.items():
         found = predict(access, held, hooks=HeadAblation(heads), options=options)
-        sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed, exclude=heads)
-        rand = np.array([float(predict(access, held, hooks=HeadAblation(s), options=options).correct.float().mean())
-                         for s in sets])  # fmt: skip
-        r = from_samples(float(rand.mean()), rand)
-        acc = float(found.correct.float().mean())
-        rows.append(accuracy_row(d, found, n=len(held), heads=", ".join(f"L{a}H{b}" for a, b in heads),
-                                 random_accuracy=r.value, random_ci_low=r.low, random_ci_high=r.high,
-                                 n_sets=n_random, rank_p=empirical_p(acc, rand)))  # fmt: skip
+        rand = random_accuracies(access, held, heads, n_random, seed, options=options).double().numpy()
+        r, p = from_samples(float(rand.mean()), rand), empirical_p(float(found.correct.float().mean()), rand)
+        randoms = interval_columns(r, "random_") | {"n_sets": n_random}
+        rows.append(accuracy_row(d, found, n=len(held), heads=", ".join(head_names(heads)), **randoms, rank_p=p))
     return pd.DataFrame(rows)
 
 
+def _cost_row(definition: str, ledger: Any, formula: str) -> dict[str, Any]:
+    t = ledger.total
+    return dict(definition=definition, passes=t.passes, rows=t.rows, layer_tokens=t.layer_tokens, formula=formula)
+
+
 def compare_head_definitions(
-    model: Any, task: ICLTask, *, n: int = 64, shots: int = 4, n_trials: int = 32, n_seqs: int = 16,
-    k: int | None = None, method: str = "logprob_increase", probs: str = "labels", n_random: int = 20,
-    seed: int = 0, options: RunOptions | None = None,
-) -> HeadDefinitions:  # fmt: skip
+    model: Any,
+    task: ICLTask,
+    *,
+    n: int = 64,
+    shots: int = 4,
+    n_trials: int = 32,
+    n_seqs: int = 16,
+    k: int | None = None,
+    method: str = "logprob_increase",
+    probs: str = "labels",
+    n_random: int = 20,
+    seed: int = 0,
+    options: RunOptions | None = None,
+) -> HeadDefinitions:
     """Score every head by the three definitions, compare their top sets and rankings, ablate each top set.
 
-    The in-context score is computed on ``task.prompts(n, shots, seed)``, the function-vector
-    AIE on ``task.prompts(n_trials, shots, seed)`` (the "trials") with shuffled labels, the
-    induction score on ``n_seqs`` repeated random sequences, and every ablation on
-    ``task.prompts(n, shots, seed + 1)`` (held out): the prompts ``icl-heads analyze`` scores
-    and checks with ``--n-prompts n --seed seed``, so its ablations are read back there.
+    Prompts: ``task.prompts(n, shots, seed)`` for the in-context score, ``task.prompts(n_trials, shots,
+    seed)`` for the AIE, ``task.prompts(n, shots, seed + 1)`` (held out) for every ablation: those of
+    ``icl-heads analyze --n-prompts n --seed seed``, so its ablations are read back there.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -349,8 +315,7 @@ def compare_head_definitions(
         probs: the AIE's probabilities: over the ``"labels"`` (default) or the ``"vocab"``.
         n_random: random head sets per top set (at least 2).
         seed: seed of the prompts, the label shuffle, the random tokens and the random sets.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`HeadDefinitions`.
@@ -362,8 +327,8 @@ def compare_head_definitions(
         TypeError: an unsupported model, or ``task`` not an ``ICLTask``.
     """
     options = run_options(options)
-    for name, value, low in (("n", n, 1), ("n_trials", n_trials, 1), ("n_seqs", n_seqs, 1), ("shots", shots, 2),
-                             ("n_random", n_random, 2), ("seed", seed, 0)):  # fmt: skip
+    names = ("n", "n_trials", "n_seqs", "shots", "n_random", "seed")
+    for name, value, low in zip(names, (n, n_trials, n_seqs, shots, n_random, seed), (1, 1, 1, 2, 2, 0), strict=True):
         check_int(name, value, minimum=low)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
@@ -378,41 +343,51 @@ def compare_head_definitions(
     access = faithful_access(access, "compare_head_definitions")
     quiet, L, H = run_options(options, progress=False), access.n_layers, access.n_heads
     scores, cost, fv = {}, [], {}
-    runs = {
-        "in_context": lambda: score_heads(access, scored, methods=(method,), options=quiet)[method],
-        "function_vector": lambda: _fv(access, clean, corrupt, probs, quiet, fv),
-        "induction": lambda: induction_scores(access, n_seqs=n_seqs, seed=seed, options=quiet),
-    }
     nb = {d: -(-m // options.batch_size) for d, m in zip(DEFINITIONS, (n, n_trials, n_seqs), strict=True)}
-    formula = {
-        "in_context": "{} batches",
-        "function_vector": f"{{}} batches x (1 + {L}x{H})",
-        "induction": "{} batches",
+    runs = {
+        "in_context": (lambda: score_heads(access, scored, methods=(method,), options=quiet)[method], "{} batches"),
+        "function_vector": (lambda: _fv(access, clean, corrupt, probs, quiet, fv), f"{{}} batches x (1 + {L}x{H})"),
+        "induction": (lambda: induction_scores(access, n_seqs=n_seqs, seed=seed, options=quiet), "{} batches"),
     }
-    for d, run in runs.items():
+    for d, (run, formula) in runs.items():
         with count_cost() as ledger:
             scores[d] = run().mean(0)
-        c = ledger.total
-        cost.append({"definition": d, "passes": c.passes, "rows": c.rows, "layer_tokens": c.layer_tokens,
-                     "formula": formula[d].format(nb[d])})  # fmt: skip
+        cost.append(_cost_row(d, ledger, formula.format(nb[d])))
     top = {d: top_heads(s, k) for d, s in scores.items()}
     with count_cost() as ledger:
         ablation = _ablation(access, held, top, n_random, seed, quiet)
-    cost.append({"definition": "ablation checks", "passes": ledger.total.passes, "rows": ledger.total.rows,
-                 "layer_tokens": ledger.total.layer_tokens, "formula": f"{nb['in_context']} batches x (1 + 3 x (1 + {n_random})), less reused ones"})  # fmt: skip
+    checks_formula = f"{nb['in_context']} batches x (1 + 3 x (1 + {n_random})), less reused ones"
+    cost.append(_cost_row("ablation checks", ledger, checks_formula))
     pairs, warnings = [], []
     for a, b in combinations(DEFINITIONS, 2):
-        sa, sb = set(top[a]), set(top[b])
         if scores[a].std() == 0 or scores[b].std() == 0:
             warnings.append(f"{a if scores[a].std() == 0 else b} scores every head the same: no rank correlation")
             rho = p = float("nan")
         else:
             rho, p = spearmanr(scores[a].flatten().numpy(), scores[b].flatten().numpy())
-        pairs.append({"a": a, "b": b, "jaccard": len(sa & sb) / len(sa | sb), "spearman": float(rho),
-                      "spearman_p": float(p)})  # fmt: skip
-    config = HeadDefinitionsConfig(n=n, shots=shots, n_trials=n_trials, n_seqs=n_seqs, k=k, method=method,
-                                   probs=probs, n_random=n_random, seed=seed)  # fmt: skip
+        jaccard = len(set(top[a]) & set(top[b])) / len(set(top[a]) | set(top[b]))
+        pairs.append({"a": a, "b": b, "jaccard": jaccard, "spearman": float(rho), "spearman_p": float(p)})
+    config = HeadDefinitionsConfig(
+        n=n,
+        shots=shots,
+        n_trials=n_trials,
+        n_seqs=n_seqs,
+        k=k,
+        method=method,
+        probs=probs,
+        n_random=n_random,
+        seed=seed,
+    )
     return HeadDefinitions(
-        scores=scores, top=top, k=k, df=_tidy(scores, top), overlap=pd.DataFrame(pairs), ablation=ablation,
-        cost=pd.DataFrame(cost), fv_baseline=fv, warnings=tuple(warnings), config=config, provenance=provenance(access.name, held),
-    )  # fmt: skip
+        scores=scores,
+        top=top,
+        k=k,
+        df=_tidy(scores, top),
+        overlap=pd.DataFrame(pairs),
+        ablation=ablation,
+        cost=pd.DataFrame(cost),
+        fv_baseline=fv,
+        warnings=tuple(warnings),
+        config=config,
+        provenance=provenance(access.name, held),
+    )

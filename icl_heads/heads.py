@@ -14,14 +14,15 @@ from tqdm.auto import tqdm
 
 from icl_heads._checks import check_int
 from icl_heads.access import Head
-from icl_heads.accuracy import predict
+from icl_heads.accuracy import Predictions, interval_columns, predict
 from icl_heads.faithfulness import faithful_access
 from icl_heads.interventions import HeadAblation
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
+from icl_heads.reading import reading_roles
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, n_prompts, provenance
-from icl_heads.scoring import METHODS, n_selected, score_heads, top_heads
+from icl_heads.scoring import METHODS, head_names, n_selected, score_heads, top_heads
 from icl_heads.stats import Estimate, empirical_p, from_samples, wilson
 
 
@@ -58,22 +59,17 @@ class InContextHeads(Result):
     Attributes:
         heads: the selected heads, best first, as ``(layer, head)``.
         heads_by_label: the top heads scored on prompts of each gold label (foo heads, bar heads).
-        scores: ``[layer, head]`` mean scores, keyed ``"{method}"`` (all prompts) and
-            ``"{method}:{label_word}"`` (prompts with that gold label).
+        scores: ``[layer, head]`` mean scores, keyed ``"{method}"`` and ``"{method}:{label_word}"`` (that gold).
         df: tidy scores: ``layer, head, name, method, label, score, rank, selected``.
         verification: accuracy before/after ablation (``condition`` rows), or None.
         random_accuracies: label-set accuracy after ablating each random head set.
-        reading: where every head reads (final-position attention by token role with
-            intervals, see :func:`~icl_heads.reading.reading_roles`), or None.
+        reading: where every head reads (see :func:`~icl_heads.reading.reading_roles`), or None.
         config: the arguments that produced this result.
         provenance: model, prompts, versions.
 
-    Properties (from the verification; they raise :class:`NotVerifiedError`, a ``ValueError``
-    that ``hasattr`` treats as absent, when ``verify=False``):
-    ``accuracy`` (no ablation), ``ablated_accuracy`` (the found heads ablated) and
-    ``random_ablated_accuracy`` (random sets of the same size), each an
-    :class:`~icl_heads.stats.Estimate` whose ``n`` counts the prompts (or random sets) it
-    rests on; ``names`` (the heads as ``"L{layer}H{head}"``).
+    ``accuracy``, ``ablated_accuracy`` and ``random_ablated_accuracy`` read the verification
+    (each an :class:`~icl_heads.stats.Estimate` whose ``n`` counts its prompts or random sets);
+    they raise :class:`NotVerifiedError` (which ``hasattr`` treats as absent) when ``verify=False``.
     """
 
     heads: tuple[Head, ...]
@@ -93,12 +89,8 @@ class InContextHeads(Result):
         row = self.verification.set_index("condition").loc[condition]
         if condition == "random heads":
             return Estimate(row.accuracy, row.ci_low, row.ci_high, int(row.n_sets), "samples")
-        # the prompts the verification ran on (held out or the scored ones); 0 (unknown) for older saved
-        # results verified on held-out prompts, whose number was not recorded
-        n = self.config.get("n_verify")
-        if n is None:
-            n = 0 if self.config.get("held_out_verification") else n_prompts(self.provenance)
-        return Estimate(row.accuracy, row.ci_low, row.ci_high, n, "wilson")
+        n = self.config.get("n_verify")  # the prompts the verification ran on
+        return Estimate(row.accuracy, row.ci_low, row.ci_high, n_prompts(self.provenance) if n is None else n, "wilson")
 
     @property
     def accuracy(self) -> Estimate:
@@ -133,7 +125,7 @@ class InContextHeads(Result):
 
     @property
     def names(self) -> list[str]:
-        return [f"L{layer}H{h}" for layer, h in self.heads]
+        return head_names(self.heads)
 
     def score_table(self, method: str | None = None, label: str = "all") -> Tensor:
         """The ``[layer, head]`` scores of one method and label (``"all"`` or a label word).
@@ -149,18 +141,12 @@ class InContextHeads(Result):
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"heads": ", ".join(self.names), "method": self.method}
-        for label, hs in self.heads_by_label.items():
-            out[f"{label} heads"] = ", ".join(f"L{a}H{b}" for a, b in hs)
+        out |= {f"{label} heads": ", ".join(head_names(hs)) for label, hs in self.heads_by_label.items()}
         if self.verification is not None:
-            v = self.verification.set_index("condition")
-            out["accuracy"] = float(v.loc["none", "accuracy"])
-            out["accuracy, found heads ablated"] = float(v.loc["found heads", "accuracy"])
-            out["accuracy, random heads ablated (mean)"] = float(v.loc["random heads", "accuracy"])
-            out["random 95% interval"] = (
-                float(v.loc["random heads", "ci_low"]),
-                float(v.loc["random heads", "ci_high"]),
-            )
-            out["rank p"] = float(v.loc["found heads", "rank_p"])
+            out["accuracy"], out["accuracy, found heads ablated"] = float(self.accuracy), float(self.ablated_accuracy)
+            out["accuracy, random heads ablated (mean)"] = float(self.random_ablated_accuracy)
+            out["random 95% interval"] = self.random_ablated_accuracy.ci
+            out["rank p"] = float(self.verification.set_index("condition").loc["found heads", "rank_p"])
         if self.reading is not None:
             r = self.reading[self.reading.name.isin(self.names) & (self.reading.role != "bos")]
             top = r.loc[r.groupby("name").attention.idxmax()].set_index("name")
@@ -182,27 +168,15 @@ class InContextHeads(Result):
 
 def _tidy(scores: dict[str, Tensor], heads: tuple[Head, ...]) -> pd.DataFrame:
     rows = []
-    chosen = set(heads)
     for key, table in scores.items():
         method, _, label = key.partition(":")
         flat = table.flatten()
         rank = torch.empty_like(flat, dtype=torch.long)
         rank[torch.argsort(-flat, stable=True)] = torch.arange(1, flat.numel() + 1)
-        n_heads = table.shape[1]
         for i, value in enumerate(flat.tolist()):
-            layer, head = divmod(i, n_heads)
-            rows.append(
-                {
-                    "layer": layer,
-                    "head": head,
-                    "name": f"L{layer}H{head}",
-                    "method": method,
-                    "label": label or "all",
-                    "score": value,
-                    "rank": int(rank[i]),
-                    "selected": (layer, head) in chosen,
-                }
-            )
+            layer, head = divmod(i, table.shape[1])
+            row = {"layer": layer, "head": head, "name": f"L{layer}H{head}", "method": method, "label": label or "all"}
+            rows.append(row | {"score": value, "rank": int(rank[i]), "selected": (layer, head) in heads})
     return pd.DataFrame(rows)
 
 
@@ -211,42 +185,63 @@ def random_head_sets(
 ) -> list[tuple[Head, ...]]:
     """``n_sets`` random sets of ``size`` distinct heads, none of them in ``exclude``.
 
-    The heads being tested are excluded, so a random set is never the tested set itself
-    (with one head among 64 and 20 sets, one set in four would otherwise contain it). The
-    sets are drawn from all heads with ``seed`` (so analyses that test different heads
-    share, and reuse, most of their random sets), and a set that meets ``exclude`` is drawn
-    again from the other heads: each set is uniform over the sets of other heads. When
-    fewer than ``size`` heads lie outside ``exclude``, such a set holds all of them and the
-    rest is drawn from ``exclude``: as few tested heads as the size allows.
+    Sets are drawn with ``seed`` from all heads (analyses testing other heads share most of them); a set
+    meeting ``exclude`` is drawn again from the others (or holds them all, topped up from ``exclude``).
     """
     rng = np.random.default_rng(seed)
     draws = [rng.choice(n_layers * n_heads, size, replace=False) for _ in range(n_sets)]
     skip = {layer * n_heads + head for layer, head in exclude}
-    if skip:
-        pool = np.array([i for i in range(n_layers * n_heads) if i not in skip], dtype=np.int64)
-        tested = np.array(sorted(skip), dtype=np.int64)
-        again = np.random.default_rng([seed, 1])  # its own stream: the other sets stay as drawn
-        for k, d in enumerate(draws):
-            if skip.isdisjoint(d.tolist()):
-                continue
-            if pool.size >= size:
-                draws[k] = again.choice(pool, size, replace=False)
-            else:
-                draws[k] = np.concatenate([pool, again.choice(tested, size - pool.size, replace=False)])
+    pool = np.array([i for i in range(n_layers * n_heads) if i not in skip], dtype=np.int64)
+    tested = np.array(sorted(skip), dtype=np.int64)
+    again = np.random.default_rng([seed, 1])  # its own stream: the other sets stay as drawn
+    for k, d in enumerate(draws):
+        if skip.isdisjoint(d.tolist()):
+            continue
+        if pool.size >= size:
+            draws[k] = again.choice(pool, size, replace=False)
+        else:
+            draws[k] = np.concatenate([pool, again.choice(tested, size - pool.size, replace=False)])
     return [tuple(divmod(int(i), n_heads) for i in d) for d in draws]
 
 
-def accuracy_row(condition: str, pred, **extra: Any) -> dict[str, Any]:
-    correct = pred.correct.float().numpy()
-    acc = wilson(int(correct.sum()), int(correct.size))
+def random_accuracies(
+    access: Any,
+    tp: TokenizedPrompts,
+    heads: tuple[Head, ...],
+    n_random: int,
+    seed: int,
+    *,
+    options: RunOptions | None = None,
+) -> Tensor:
+    """Label-set accuracy with each of ``n_random`` random sets of ``len(heads)`` other heads ablated.
+
+    Args:
+        access: the model.
+        tp: the prompts.
+        heads: the heads tested: the size of the sets, and excluded from them.
+        n_random: random sets.
+        seed: seed of the sets (see :func:`random_head_sets`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
+    """
+    options = run_options(options)
+    sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed, exclude=heads)
+    quiet = run_options(options, progress=False)
+    return torch.tensor(
+        [
+            float(predict(access, tp, hooks=HeadAblation(s), options=quiet).correct.float().mean())
+            for s in tqdm(sets, desc="random head sets", disable=not options.progress)
+        ]
+    )
+
+
+def accuracy_row(condition: str, pred: Predictions, **extra: Any) -> dict[str, Any]:
+    """A ``condition`` row: label-set accuracy with its Wilson interval, strict accuracy, and ``extra``."""
+    acc = wilson(int(pred.correct.sum()), len(pred.correct))
     return {
         "condition": condition,
-        "accuracy": acc.value,
-        "ci_low": acc.low,
-        "ci_high": acc.high,
+        **interval_columns(acc),
         "strict_accuracy": float(pred.strict_correct.float().mean()),
-        **extra,
-    }
+    } | extra
 
 
 def verify_heads(
@@ -262,8 +257,13 @@ def verify_heads(
     """Accuracy before and after ablating ``heads``, random head sets, and each label's heads.
 
     Args:
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: the prompts to verify on.
+        heads: the heads tested.
+        heads_by_label: each label's heads, also ablated.
+        n_random: random head sets.
+        seed: seed of the random sets.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A table with rows ``none``, ``found heads``, ``random heads`` (mean and 95%
@@ -274,47 +274,24 @@ def verify_heads(
     access = faithful_access(model, "verify_heads")
     tp = access.tokenize(prompts)
     words = tp.prompts.task.label_words
-    quiet = run_options(options, progress=False)
 
-    def run(hooks=()):
-        return predict(access, tp, hooks=hooks, options=quiet)
-
-    def per_gold(pred) -> dict[str, float]:
-        return {
+    def row(condition: str, heads: tuple[Head, ...] = (), rand: Tensor | None = None) -> dict[str, Any]:
+        pred = predict(
+            access, tp, hooks=HeadAblation(heads) if heads else (), options=run_options(options, progress=False)
+        )
+        extra = {} if rand is None else {"rank_p": empirical_p(float(pred.correct.float().mean()), rand.numpy())}
+        per_gold = {
             f"accuracy gold={w}": float(pred.correct[pred.golds == i].float().mean())
             for i, w in enumerate(words)
             if (pred.golds == i).any()
         }
+        return accuracy_row(condition, pred, **extra, **per_gold)
 
-    base = run()
-    found = run(HeadAblation(heads))
-    sets = random_head_sets(access.n_layers, access.n_heads, len(heads), n_random, seed, exclude=heads)
-    rand = torch.tensor(
-        [
-            float(run(HeadAblation(s)).correct.float().mean())
-            for s in tqdm(sets, desc="random head sets", disable=not options.progress)
-        ]
-    )
-    random_acc = from_samples(float(rand.mean()), rand.numpy())
-    rows = [
-        accuracy_row("none", base, **per_gold(base)),
-        accuracy_row(
-            "found heads",
-            found,
-            rank_p=empirical_p(float(found.correct.float().mean()), rand.numpy()),
-            **per_gold(found),
-        ),
-        {
-            "condition": "random heads",
-            "accuracy": random_acc.value,
-            "ci_low": random_acc.low,
-            "ci_high": random_acc.high,
-            "n_sets": n_random,
-        },
-    ]
-    for label, hs in heads_by_label.items():
-        pred = run(HeadAblation(hs))
-        rows.append(accuracy_row(f"{label} heads", pred, **per_gold(pred)))
+    rand = random_accuracies(access, tp, heads, n_random, seed, options=options)
+    r = from_samples(float(rand.mean()), rand.numpy())
+    rows = [row("none"), row("found heads", heads, rand)]
+    rows.append({"condition": "random heads", **interval_columns(r), "n_sets": n_random})
+    rows += [row(f"{label} heads", hs) for label, hs in heads_by_label.items()]
     return pd.DataFrame(rows), rand
 
 
@@ -338,29 +315,25 @@ def find_in_context_heads(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: few-shot prompts (e.g. ``task.prompts(n=200, shots=4)``).
-        method: the score that selects heads: ``"logprob_increase"`` (default),
-            ``"dla"``, ``"ablation"`` (exact, one pass per head) or ``"attribution"``
-            (its first-order estimate from one forward and one backward pass).
+        method: the score that selects heads: ``"logprob_increase"`` (default), ``"dla"``,
+            ``"ablation"`` (exact, one pass per head) or ``"attribution"`` (its first-order estimate).
         fraction: share of all heads to select (default 1%, at least one head).
         k: number of heads to select instead of ``fraction``.
         also: other scores to compute for comparison.
-        verify: ablate the found heads, ``n_random`` random sets of the same size and
-            each label's heads, and report accuracies.
+        verify: ablate the found heads, ``n_random`` random sets of their size and each label's heads.
         verify_prompts: held-out prompts for the verification (default: ``prompts``).
         n_random: number of random head sets.
         seed: seed of the random head sets.
         rescore: for ``"attribution"``, the heads with the largest ``|estimate|`` that are
             re-scored exactly (default: four times the number selected, at least 4).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         An :class:`InContextHeads` result.
 
     Raises:
-        ValueError: an unknown method, a bad ``fraction``/``k``, ``n_random < 2`` (with
-            ``verify``), or bad prompts (0-shot prompts included: the heads are found from
-            the demonstrations).
+        ValueError: an unknown method, a bad ``fraction``/``k``, ``n_random < 2`` (with ``verify``),
+            or bad prompts (0-shot prompts included: the heads are found from the demonstrations).
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih
@@ -372,8 +345,7 @@ def find_in_context_heads(
     options = run_options(options)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    if k is not None:
-        fraction = None
+    fraction = None if k is not None else fraction
     if verify:
         check_int("n_random", n_random, minimum=2)  # the random-heads interval needs two sets or more
         if check_int("seed", seed, minimum=0) >= 2**63:  # torch's generator of the random head sets takes 64 bits
@@ -389,32 +361,38 @@ def find_in_context_heads(
     n = n_selected(access.n_layers * access.n_heads, fraction, k)
     methods = tuple(dict.fromkeys((method, *also)))
     rescore = max(4, 4 * n) if rescore is None and "attribution" in methods else rescore or 0
-    per_prompt = score_heads(
-        access, tp, methods=methods, rescore=rescore, options=options
-    )  # fmt: skip
     golds = torch.tensor(tp.golds)
-    words = tp.prompts.task.label_words
     scores: dict[str, Tensor] = {}
-    for m, values in per_prompt.items():
+    for m, values in score_heads(access, tp, methods=methods, rescore=rescore, options=options).items():
         scores[m] = values.mean(0)
-        for i, w in enumerate(words):
-            if (golds == i).any():
-                scores[f"{m}:{w}"] = values[golds == i].mean(0)
+        scores |= {
+            f"{m}:{w}": values[golds == i].mean(0)
+            for i, w in enumerate(tp.prompts.task.label_words)
+            if (golds == i).any()
+        }
     heads = top_heads(scores[method], n)
-    by_label = {w: top_heads(scores[f"{method}:{w}"], n) for w in words if f"{method}:{w}" in scores}
-    from icl_heads.reading import reading_roles
-
+    by_label = {
+        key.partition(":")[2]: top_heads(table, n) for key, table in scores.items() if key.startswith(f"{method}:")
+    }
     reading = reading_roles(access, tp, options=run_options(options, progress=False)).df
-    verification, rand, checked = None, None, verify_prompts if verify_prompts is not None else tp
-    if verify:
-        verification, rand = verify_heads(
-            access, checked, heads, by_label, n_random=n_random, seed=seed, options=options
-        )  # fmt: skip
+    checked = verify_prompts if verify_prompts is not None else tp
+    verification, rand = (
+        verify_heads(access, checked, heads, by_label, n_random=n_random, seed=seed, options=options)
+        if verify
+        else (None, None)
+    )
     config = InContextHeadsConfig(
-        method=method, fraction=fraction, k=n, also=list(also), verify=verify,
-        held_out_verification=verify_prompts is not None, n_random=n_random, seed=seed,
-        rescore=rescore, **({"n_verify": len(checked)} if verify else {}),
-    )  # fmt: skip
+        method=method,
+        fraction=fraction,
+        k=n,
+        also=list(also),
+        verify=verify,
+        held_out_verification=verify_prompts is not None,
+        n_random=n_random,
+        seed=seed,
+        rescore=rescore,
+        **({"n_verify": len(checked)} if verify else {}),
+    )
     return InContextHeads(
         heads=heads,
         heads_by_label=by_label,

@@ -1,21 +1,12 @@
-"""Where heads read: final-position attention by token role, with bootstrap intervals.
-
-For every head, the attention from each prompt's final position is summed over the
-tokens of each role (:data:`~icl_heads.slots.ROLES`: the first token, demonstration
-text, the separator before each label, the label tokens, the template tokens after each
-label, and the query). Means over prompts carry percentile-bootstrap intervals.
-
-* :func:`reading_roles` measures it (one forward pass per batch, final attention rows only).
-* :meth:`ReadingRoles.reads` picks, per head, the role it reads and the reading position
-  (``"label"``, ``"after_label"`` or ``"slot"``) an analysis of that head should use.
-* :func:`resolve_read_at` turns ``read_at="auto"`` into a position for a set of heads and
-  states, as a warning, when those heads put little attention there.
+"""Where heads read: final-position attention by token role (:data:`~icl_heads.slots.ROLES`), with
+bootstrap intervals; :func:`resolve_read_at` picks the reading position for a set of heads.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import product
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,15 +26,11 @@ from icl_heads.stats import bootstrap_ci
 
 logger = logging.getLogger(__name__)
 
-#: Below this share of a head's attention (outside the first token) on the positions an
-#: analysis reads, its results carry a warning.
+#: below this share of a head's attention (outside the first token) on the positions read, a warning
 MIN_READ_SHARE = 0.2
-#: ``read_at="auto"`` picks ``"label"`` (``"after_label"``) when that role holds at least
-#: this share of the heads' attention on label and after-label tokens, else ``"slot"``.
+#: ``read_at="auto"`` picks a role holding this share of the label + after-label attention, else ``"slot"``
 AUTO_DOMINANCE = 0.8
-
-
-#: where an analysis reads the demonstrations (see :func:`icl_heads.reading.resolve_read_at`)
+#: where an analysis reads the demonstrations (see :func:`resolve_read_at`)
 READ_AT = ("label", "after_label", "slot")
 
 
@@ -66,8 +53,12 @@ class ReadingInfo(Record):
     min_read_share: float = UNSET
 
     _last: ClassVar[tuple[str, ...]] = (
-        "read_at_requested", "read_at", "attention_by_role", "share_at_read_positions", "min_read_share"
-    )  # fmt: skip
+        "read_at_requested",
+        "read_at",
+        "attention_by_role",
+        "share_at_read_positions",
+        "min_read_share",
+    )
 
     def __post_init__(self) -> None:
         check_choice(self, "read_at", READ_AT)
@@ -130,52 +121,48 @@ class ReadingRoles(Result):
             heads: ``(layer, head)`` pairs or a result with ``.heads``; None for every head.
 
         Returns:
-            One row per head: ``name, role`` (largest mean attention outside the first
-            token), ``role_share`` (its share of the attention outside the first token),
-            ``label``, ``after_label`` (mean attention), ``read_at`` (``"label"``,
-            ``"after_label"`` or ``"slot"``, by :data:`AUTO_DOMINANCE`) and ``slot_share``
+            One row per head: ``layer, head, name, role`` (largest mean attention outside the first
+            token), ``role_share`` (its share of the attention outside the first token), ``label``,
+            ``after_label`` (mean attention), ``read_at`` (by :data:`AUTO_DOMINANCE`) and ``slot_share``
             (share of the attention outside the first token on label and after-label tokens).
         """
-        chosen = _head_list(self.shares, heads)
-        mean = self.shares.mean(0)
-        rows = []
-        for layer, h in chosen:
+        mean, rows = self.shares.mean(0), []
+        every = product(range(mean.shape[0]), range(mean.shape[1]))
+        for layer, h in every if heads is None else [(int(a), int(b)) for a, b in getattr(heads, "heads", heads)]:
             m = mean[layer, h]
-            outside = float(m.sum() - m[BOS]) or 1e-12
-            no_bos = m.clone()
-            no_bos[BOS] = -1
-            r = int(no_bos.argmax())
+            outside, r, lab, after = (
+                float(m.sum() - m[BOS]) or 1e-12,
+                _top_role(m),
+                float(m[LABEL]),
+                float(m[AFTER_LABEL]),
+            )
+            row = {
+                "layer": layer,
+                "head": h,
+                "name": f"L{layer}H{h}",
+                "role": ROLES[r],
+                "role_share": float(m[r]) / outside,
+            }
+            slot = float(m[LABEL] + m[AFTER_LABEL]) / outside
             rows.append(
-                {
-                    "layer": layer,
-                    "head": h,
-                    "name": f"L{layer}H{h}",
-                    "role": ROLES[r],
-                    "role_share": float(m[r]) / outside,
-                    "label": float(m[LABEL]),
-                    "after_label": float(m[AFTER_LABEL]),
-                    "read_at": pick_read_at(float(m[LABEL]), float(m[AFTER_LABEL])),
-                    "slot_share": float(m[LABEL] + m[AFTER_LABEL]) / outside,
-                }
+                row | {"label": lab, "after_label": after, "read_at": pick_read_at(lab, after), "slot_share": slot}
             )
         return pd.DataFrame(rows)
 
     def summary(self) -> dict[str, Any]:
-        reads = self.reads()
-        out: dict[str, Any] = {"prompts": int(self.shares.shape[0])}
-        for role, n in reads.role.value_counts().items():
-            out[f"heads reading mostly {role}"] = int(n)
-        return out
+        counts = self.reads().role.value_counts().items()
+        return {"prompts": int(self.shares.shape[0])} | {f"heads reading mostly {r}": int(n) for r, n in counts}
 
     def plot(self) -> Figure:
         """Heads (rows) by roles (columns): mean final-position attention, intervals on hover."""
         return self._draw("plot")
 
 
-def _head_list(shares: Tensor, heads: Any) -> list[Head]:
-    if heads is None:
-        return [(a, b) for a in range(shares.shape[1]) for b in range(shares.shape[2])]
-    return [(int(a), int(b)) for a, b in getattr(heads, "heads", heads)]
+def _top_role(shares: Tensor) -> int:
+    """The role (index) with the most attention outside the first token."""
+    no_bos = shares.clone()
+    no_bos[BOS] = -1
+    return int(no_bos.argmax())
 
 
 def pick_read_at(label: float, after_label: float) -> str:
@@ -204,8 +191,7 @@ def reading_roles(
         prompts: few-shot prompts.
         n_boot: bootstrap resamples of the prompts for the intervals.
         seed: seed of the bootstrap.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`ReadingRoles` result.
@@ -225,10 +211,9 @@ def reading_roles(
     access = faithful_access(model, "reading_roles")
     tp = access.tokenize(prompts)
     shares = _shares(access, tp, range(access.n_layers), options)
-    df = _tidy(shares, n_boot, seed)
     return ReadingRoles(
         shares=shares,
-        df=df,
+        df=_tidy(shares, n_boot, seed),
         config=ReadingRolesConfig(n_boot=n_boot, seed=seed),
         provenance=provenance(access.name, tp),
     )
@@ -238,9 +223,9 @@ def _shares(access: ModelAccess, tp: TokenizedPrompts, layers, options: RunOptio
     if len(tp.roles) != len(tp):
         raise ValueError("these prompts carry no token roles; tokenize them with ICLPrompts.tokenize")
     layers = list(layers)
+    caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
     out = torch.zeros(len(tp), access.n_layers, access.n_heads, len(ROLES))
     for batch in batches(access, tp, options, desc="reading roles"):
-        caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
         _, got = access.run(batch, capture=caps)
         for ly in layers:
             out[batch.index, ly] = role_shares(got[access.hook(ly, "pattern")], batch.roles)
@@ -248,27 +233,14 @@ def _shares(access: ModelAccess, tp: TokenizedPrompts, layers, options: RunOptio
 
 
 def _tidy(shares: Tensor, n_boot: int, seed: int) -> pd.DataFrame:
-    rows = []
-    x = shares.numpy()
+    x, rows = shares.numpy(), []
     outside = x.sum(-1) - x[..., BOS]
-    for layer in range(x.shape[1]):
-        for h in range(x.shape[2]):
-            denom = max(float(outside[:, layer, h].mean()), 1e-12)
-            for r, role in enumerate(ROLES):
-                v = x[:, layer, h, r]
-                lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
-                rows.append(
-                    {
-                        "layer": layer,
-                        "head": h,
-                        "name": f"L{layer}H{h}",
-                        "role": role,
-                        "attention": float(v.mean()),
-                        "ci_low": lo,
-                        "ci_high": hi,
-                        "share_outside_bos": float(v.mean()) / denom if role != "bos" else np.nan,
-                    }
-                )
+    for layer, h, (r, role) in product(range(x.shape[1]), range(x.shape[2]), enumerate(ROLES)):
+        v = x[:, layer, h, r]
+        lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+        share = float(v.mean()) / max(float(outside[:, layer, h].mean()), 1e-12) if role != "bos" else np.nan
+        row = {"layer": layer, "head": h, "name": f"L{layer}H{h}", "role": role, "attention": float(v.mean())}
+        rows.append(row | {"ci_low": lo, "ci_high": hi, "share_outside_bos": share})
     return pd.DataFrame(rows)
 
 
@@ -284,9 +256,8 @@ def resolve_read_at(
 ) -> tuple[str, dict[str, Any], tuple[str, ...]]:
     """The reading position to use for ``heads``, what was measured, and warnings.
 
-    ``"auto"`` picks the position where the heads (pooled) put their attention. Whatever
-    the position, when the heads put less than ``min_share`` of their attention outside the
-    first token on it, a warning says so (and is logged).
+    ``"auto"`` picks where the pooled heads attend; a head with less than ``min_share`` of its
+    attention (outside the first token) there gets a warning, also logged.
 
     Args:
         access: the model.
@@ -295,8 +266,7 @@ def resolve_read_at(
         read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"``.
         min_share: below this share of attention outside the first token, a warning.
         n_prompts: prompts measured.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         ``(read_at, info, warnings)``: the position, a JSON-ready dict (requested position,
@@ -327,9 +297,7 @@ def resolve_read_at(
     low = [i for i, s in enumerate(at) if s < min_share]
     if low:
         # where each of these heads reads, from its own attention by role (never the pool of every head)
-        no_bos = per_head.clone()
-        no_bos[:, BOS] = -1
-        best = [ROLES[int(no_bos[i].argmax())] for i in low]
+        best = [ROLES[_top_role(per_head[i])] for i in low]
         where = "; ".join(
             f"{names[i]} {float(at[i]):.3g} here, mostly on '{b}' ({float(per_head[i, ROLES.index(b)]):.3g})"
             for i, b in zip(low, best, strict=True)
@@ -340,27 +308,15 @@ def resolve_read_at(
             if label_readers
             else "they do not read the demonstrations' labels, so this analysis does not describe them"
         )
-        heads_named = ", ".join(names[i] for i in low)
         warnings.append(
-            f"NOT READ by {heads_named}: these heads put less than {min_share:.0%} of their attention (outside the "
-            f"first token) on the '{used}' positions this result reads ({where}); its numbers for them describe "
-            f"positions they do not read (the other heads are unaffected); {hint}"
+            f"NOT READ by {', '.join(names[i] for i in low)}: these heads put less than {min_share:.0%} of their "
+            f"attention (outside the first token) on the '{used}' positions this result reads ({where}); its numbers "
+            f"for them describe positions they do not read (the other heads are unaffected); {hint}"
         )
         logger.warning(warnings[-1])
     return used, info, tuple(warnings)
 
 
 def _subset(tp: TokenizedPrompts, n: int) -> TokenizedPrompts:
-    from dataclasses import replace
-
-    if len(tp) <= n:
-        return tp
-    return replace(
-        tp,
-        tokens=tp.tokens[:n],
-        label_positions=tp.label_positions[:n],
-        demo_labels=tp.demo_labels[:n],
-        golds=tp.golds[:n],
-        roles=tp.roles[:n],
-        demo_index=tp.demo_index[:n],
-    )
+    keys = ("tokens", "label_positions", "demo_labels", "golds", "roles", "demo_index")
+    return tp if len(tp) <= n else replace(tp, **{k: getattr(tp, k)[:n] for k in keys})

@@ -1,29 +1,15 @@
-"""Score every attention head for in-context learning and pick the in-context heads.
+"""Score every attention head for in-context learning (DESIGN §2a, docs/methods.md).
 
-Three scores, each per head ``(layer, head)`` at the final position, averaged over
-prompts (DESIGN §2a):
-
-* ``logprob_increase``: ``log p(w | x + o) - log p(w | x)``, ``x`` the residual
-  stream entering the head's layer, ``o`` the head's output, ``w`` the gold label,
-  ``p(.|v) = softmax(W_U norm(v) + b_U)`` with the final norm's scale frozen from the
-  real pass.
-* ``dla``: direct logit attribution, ``(W_U[:, w] - mean_label W_U[:, y']) . norm(o)``.
-* ``ablation``: the drop in ``log p(w)`` when the head alone is zeroed (slow ground truth;
-  many heads per forward pass by stacking copies of the batch).
-* ``attribution``: a first-order estimate of ``ablation`` for every head from one forward
-  and one backward pass (attribution patching, :mod:`icl_heads.attribution`).
-
-``ablation`` and ``attribution`` zero the head (``how="zero"``) or replace it by its mean
-(``how="mean"``), at every position (``where="all"``) or only the final one.
-
-``logprob_increase`` and ``dla`` come from one forward pass per batch that keeps only
-``hook_z`` (and ``resid_pre`` for ``logprob_increase``) and the final norm's scale at
-the final position.
+Scores per head ``(layer, head)`` at the final position: ``logprob_increase`` and ``dla``
+(one forward pass per batch), ``ablation`` (exact) and ``attribution`` (its estimate).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields, replace
+from functools import partial
+from itertools import product
 from typing import Any
 
 import torch
@@ -41,39 +27,37 @@ from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 METHODS = ("logprob_increase", "dla", "ablation", "attribution")
 
 
+def stack_batches(*parts: PromptBatch) -> PromptBatch:
+    """The rows of every batch in turn, in one batch (all padded to the same width)."""
+    names = [f.name for f in fields(parts[0]) if isinstance(getattr(parts[0], f.name), Tensor)]
+    return replace(parts[0], **{k: torch.cat([getattr(p, k) for p in parts]) for k in names})
+
+
 def _per_prompt_fast(
     access: ModelAccess, batch: PromptBatch, label_ids: Tensor, logprob: bool = True
 ) -> tuple[Float[Tensor, "batch layer head"] | None, Float[Tensor, "batch layer head"]]:
-    """Per-prompt ``logprob_increase`` (if ``logprob``) and ``dla`` of every head, from one forward pass.
-
-    ``dla`` needs only the label tokens' columns of ``W_U``; ``logprob_increase`` needs
-    the whole vocabulary (one ``[batch, head, vocab]`` product per layer).
-    """
+    """Per-prompt ``logprob_increase`` (if ``logprob``) and ``dla`` of every head, from one forward pass."""
     L = access.n_layers
     caps = [Capture(access.hook(layer, "z")) for layer in range(L)]
-    if logprob:
-        caps += [Capture(access.hook(layer, "resid_pre")) for layer in range(L)]
-    caps.append(Capture("ln_final.hook_scale"))
-    caps += [Capture(name) for name in access.write_captures()]
+    caps += [Capture(access.hook(layer, "resid_pre")) for layer in range(L) if logprob]
+    caps += [Capture(name) for name in ("ln_final.hook_scale", *access.write_captures())]
     _, got = access.run(batch, capture=caps)
     scale = got["ln_final.hook_scale"].to(access.device)
     lab = label_ids.to(access.device)
     golds = batch.golds.to(access.device)
     gold = lab[golds]
     rows = torch.arange(len(gold), device=access.device)
-    if logprob:
-        bias = access.unembed(access.final_norm_bias()) + access.b_U.float()
-    lpi = torch.zeros(len(gold), L, access.n_heads) if logprob else None
+    bias = access.unembed(access.final_norm_bias()) + access.b_U.float() if logprob else None
+    lpi = torch.zeros(len(gold), L, access.n_heads)
     dla = torch.zeros(len(gold), L, access.n_heads)
     for layer in range(L):
-        z = got[access.hook(layer, "z")].to(access.device)  # [b, head, d_head]
+        z = got[access.hook(layer, "z")].to(access.device)
         # what each head adds to the residual stream (through a post-attention norm where there is one)
         written = access.head_write(layer, torch.einsum("bhd,hdm->bhm", z, access.W_O(layer).float()), got, expand=1)
         o = access.final_norm(written, scale[:, None])
         if logprob:
-            assert lpi is not None
             x = got[access.hook(layer, "resid_pre")].to(access.device)
-            u_x = access.unembed(access.final_norm(x, scale.to(x.device))) + bias  # [b, vocab]
+            u_x = access.unembed(access.final_norm(x, scale.to(x.device))) + bias
             u_o = access.unembed(o)  # [b, head, vocab]
             # p(. | v) applies the model's final soft cap, if any, like the real forward pass
             base = access.cap(u_x).log_softmax(-1)[rows, gold]
@@ -83,7 +67,7 @@ def _per_prompt_fast(
         else:
             u_lab = access.unembed(o, lab)  # [b, head, label]
         dla[:, layer] = (u_lab[rows, :, golds.to(u_lab.device)] - u_lab.mean(-1)).cpu()
-    return lpi, dla
+    return (lpi if logprob else None), dla
 
 
 def per_prompt_ablation(
@@ -99,18 +83,13 @@ def per_prompt_ablation(
 ) -> Float[Tensor, "batch layer head"]:
     """Per-prompt drop in gold log-probability when each head alone is ablated (only ``heads`` if given; NaN elsewhere).
 
-    Drops computed before for the same batch and ablation (e.g. by the head search,
-    then by :func:`~icl_heads.agreement.compare_head_scores`) are read back.
+    Drops computed before for the same batch and ablation are read back from the model's memo.
     """
-    b = len(batch.golds)
-    gold = label_ids[batch.golds]
-    all_heads = (
-        list(heads) if heads is not None else [(la, h) for la in range(access.n_layers) for h in range(access.n_heads)]
-    )
+    b, gold = len(batch.golds), label_ids[batch.golds]
     out = torch.full((b, access.n_layers, access.n_heads), float("nan") if heads is not None else 0.0)
     key = ("ablation_drop", digest(batch.tokens, batch.attention_mask, gold), how, where, digest(means))
     todo = []
-    for layer, h in all_heads:
+    for layer, h in product(range(access.n_layers), range(access.n_heads)) if heads is None else heads:
         hit = memo_get(access.model, (*key, layer, h))
         if hit is None:
             todo.append((layer, h))
@@ -118,40 +97,23 @@ def per_prompt_ablation(
             out[:, layer, h] = hit
     if not todo:
         return out
-    all_heads = todo
     base_logits, _ = access.run(batch)
     base = base_logits.log_softmax(-1)[torch.arange(b), gold.to(base_logits.device)].cpu()
     step = max(1, heads_per_pass)
-    for start in range(0, len(all_heads), step):
-        chunk = all_heads[start : start + step]
-        m = len(chunk)
-        stacked = PromptBatch(
-            index=batch.index.repeat(m),
-            tokens=batch.tokens.repeat(m, 1),
-            attention_mask=batch.attention_mask.repeat(m, 1),
-            final_positions=batch.final_positions.repeat(m),
-            label_positions=batch.label_positions.repeat(m, 1),
-            demo_labels=batch.demo_labels.repeat(m, 1),
-            golds=batch.golds.repeat(m),
-            padding_side=batch.padding_side,
-        )
-        hooks = []
-        for layer in sorted({layer for layer, _ in chunk}):
-            slots = [(i, h) for i, (lay, h) in enumerate(chunk) if lay == layer]
 
-            def fn(z: Tensor, hook: Any, slots=slots, layer=layer) -> Tensor:
-                z = z.clone()
-                for i, h in slots:
-                    value = 0.0 if how == "zero" else means[layer, h].to(z.device, z.dtype)  # type: ignore[index]
-                    if where == "all":
-                        z[i * b : (i + 1) * b, :, h] = value
-                    else:
-                        z[torch.arange(i * b, (i + 1) * b), batch.final_positions.to(z.device), h] = value
-                return z
+    def fn(z: Tensor, hook: Any, layer: int, chunk: list[Head]) -> Tensor:
+        z = z.clone()
+        at = (slice(None), slice(None)) if where == "all" else (torch.arange(b), batch.final_positions.to(z.device))
+        for i, (lay, h) in enumerate(chunk):
+            if lay == layer:
+                z[i * b : (i + 1) * b][(*at, h)] = 0.0 if how == "zero" else means[layer, h].to(z.device, z.dtype)  # type: ignore[index]
+        return z
 
-            hooks.append((access.hook(layer, "z"), fn))
-        logits, _ = access.run(stacked, hooks=hooks)
-        lp = logits.log_softmax(-1)[torch.arange(m * b), gold.repeat(m).to(logits.device)].cpu().view(m, b)
+    for chunk in (todo[i : i + step] for i in range(0, len(todo), step)):
+        hooks = [(access.hook(la, "z"), partial(fn, layer=la, chunk=chunk)) for la in sorted({la for la, _ in chunk})]
+        logits, _ = access.run(stack_batches(*[batch] * len(chunk)), hooks=hooks)
+        gold_m = gold.repeat(len(chunk)).to(logits.device)
+        lp = logits.log_softmax(-1)[torch.arange(len(chunk) * b), gold_m].cpu().view(len(chunk), b)
         for i, (layer, h) in enumerate(chunk):
             out[:, layer, h] = base - lp[i]
             memo_put(access.model, (*key, layer, h), out[:, layer, h].clone())
@@ -176,16 +138,12 @@ def score_heads(
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: prompts from :meth:`~icl_heads.prompts.ICLTask.prompts`.
         methods: any of ``"logprob_increase"``, ``"dla"``, ``"ablation"``, ``"attribution"``.
-        heads_per_pass: heads ablated per forward pass for ``"ablation"`` (the batch
-            is stacked this many times).
+        heads_per_pass: heads ablated per forward pass for ``"ablation"`` (copies of the batch stacked).
         how: ``"ablation"`` and ``"attribution"`` replace the head by ``"zero"`` or by its ``"mean"``.
         where: ... at ``"all"`` positions or only the ``"final"`` one.
-        reference: prompts whose mean ``hook_z`` replaces the head for ``how="mean"``
-            (default: ``prompts``).
-        rescore: for ``"attribution"``, re-score this many heads with the largest
-            ``|estimate|`` exactly (one ablation per head; see :mod:`icl_heads.attribution`).
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        reference: prompts whose mean ``hook_z`` replaces the head for ``how="mean"`` (default: ``prompts``).
+        rescore: for ``"attribution"``, re-score exactly this many heads with the largest ``|estimate|``.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         ``{method: [prompt, layer, head]}`` tensors.
@@ -202,36 +160,24 @@ def score_heads(
     tp = access.tokenize(prompts)
     label_ids = torch.tensor(tp.label_token_ids)
     means = ablation_means(access, tp, how, where, reference) if {"ablation", "attribution"} & set(methods) else None
-    out: dict[str, Tensor] = {}
-
-    def put(method: str, batch: PromptBatch, value: Tensor) -> None:
-        # batches come grouped by length: each prompt's scores go to its own row
-        if method not in out:
-            out[method] = torch.zeros(len(tp), *value.shape[1:], dtype=value.dtype)
-        out[method][batch.index] = value
-
-    for batch in batches(access, tp, options, desc="scoring heads", by_length=True):
+    out = {m: torch.zeros(len(tp), access.n_layers, access.n_heads) for m in methods}
+    ablate = {"how": how, "where": where, "means": means}
+    for i, batch in enumerate(batches(access, tp, options, desc="scoring heads", by_length=True)):
+        got: dict[str, Tensor | None] = {}
         if "logprob_increase" in methods or "dla" in methods:
-            lpi, dla = _per_prompt_fast(access, batch, label_ids, logprob="logprob_increase" in methods)
-            if lpi is not None:
-                put("logprob_increase", batch, lpi)
-            if "dla" in methods:
-                put("dla", batch, dla)
+            fast = _per_prompt_fast(access, batch, label_ids, logprob="logprob_increase" in methods)
+            got |= dict(zip(("logprob_increase", "dla"), fast, strict=True))
         if "ablation" in methods:
-            drop = per_prompt_ablation(access, batch, label_ids, heads_per_pass, how=how, where=where, means=means)
-            put("ablation", batch, drop)
+            got["ablation"] = per_prompt_ablation(access, batch, label_ids, heads_per_pass, **ablate)
         if "attribution" in methods:
-            first = "attribution" not in out
-            est = per_prompt_attribution(access, batch, label_ids, how=how, where=where, means=means, check=first)
-            put("attribution", batch, est)
-    out = {m: out[m] for m in methods}
+            got["attribution"] = per_prompt_attribution(access, batch, label_ids, **ablate, check=i == 0)
+        for m in methods:  # batches come grouped by length: each prompt's scores go to its own row
+            out[m][batch.index] = got[m]
     if "attribution" in methods and rescore:
         chosen = largest_heads(out["attribution"].mean(0), min(rescore, access.n_layers * access.n_heads))
         exact = torch.zeros_like(out["attribution"])
         for batch in batches(access, tp, run_options(options, progress=False), by_length=True):
-            exact[batch.index] = per_prompt_ablation(
-                access, batch, label_ids, heads_per_pass, heads=chosen, how=how, where=where, means=means
-            )
+            exact[batch.index] = per_prompt_ablation(access, batch, label_ids, heads_per_pass, heads=chosen, **ablate)
         for layer, h in chosen:
             out["attribution"][:, layer, h] = exact[:, layer, h]
     return out
@@ -252,11 +198,7 @@ def check_ablation_args(how: str, where: str, rescore: int = 0) -> None:
 
 
 def ablation_means(
-    access: ModelAccess,
-    tp: TokenizedPrompts,
-    how: str,
-    where: str,
-    reference: ICLPrompts | TokenizedPrompts | None,
+    access: ModelAccess, tp: TokenizedPrompts, how: str, where: str, reference: ICLPrompts | TokenizedPrompts | None
 ) -> Tensor | None:
     """The ``[layer, head, d_head]`` means that replace heads for ``how="mean"`` (None for zero-ablation)."""
     if how != "mean":
@@ -264,12 +206,14 @@ def ablation_means(
     return head_means(access, reference if reference is not None else tp, where=where)
 
 
+def head_names(heads: Sequence[Head]) -> list[str]:
+    """The heads as ``"L{layer}H{head}"``."""
+    return [f"L{layer}H{h}" for layer, h in heads]
+
+
 def top_heads(scores: Float[Tensor, "layer head"], k: int) -> tuple[Head, ...]:
     """The ``k`` highest-scoring heads, best first (ties broken by position)."""
-    flat = scores.flatten()
-    order = torch.argsort(-flat, stable=True)[:k]
-    n_heads = scores.shape[1]
-    return tuple((int(i) // n_heads, int(i) % n_heads) for i in order)
+    return tuple(divmod(int(i), scores.shape[1]) for i in torch.argsort(-scores.flatten(), stable=True)[:k])
 
 
 def n_selected(n_total: int, fraction: float | None, k: int | None) -> int:
@@ -280,11 +224,8 @@ def n_selected(n_total: int, fraction: float | None, k: int | None) -> int:
     """
     if (fraction is None) == (k is None):
         raise ValueError("give exactly one of fraction= (e.g. 0.01) or k= (a number of heads)")
-    if k is not None:
-        if not 1 <= k <= n_total:
-            raise ValueError(f"k must be between 1 and the number of heads ({n_total}), got {k}")
-        return int(k)
-    assert fraction is not None
-    if not 0 < fraction <= 1:
+    if k is not None and not 1 <= k <= n_total:
+        raise ValueError(f"k must be between 1 and the number of heads ({n_total}), got {k}")
+    if fraction is not None and not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return max(1, round(fraction * n_total))
+    return int(k) if k is not None else max(1, round(fraction * n_total))  # type: ignore[operator]
