@@ -6,8 +6,6 @@ from icl_heads._cli_inputs import Plan, UsageError
 from icl_heads._cli_sections import AnalysisSection, Context, records, task_variant
 from icl_heads.report import Section
 
-#: prompt passes of the section in the reference run (the organism, ``--n-prompts 200``)
-REFERENCE_PASSES = 24850
 #: the table's columns shown in the report (the CSV keeps them all)
 SHOWN = [
     "method", "family", "setting", "labelled", "extra_passes_per_prompt", "majority_reduction",
@@ -60,4 +58,4 @@ def _check(plan: Plan) -> None:
         ) from None
 
 
-CORRECTIONS = AnalysisSection("corrections", section_corrections, reference_passes=REFERENCE_PASSES, check=_check)
+CORRECTIONS = AnalysisSection("corrections", section_corrections, reference_passes=24850, check=_check)
