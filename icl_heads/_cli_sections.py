@@ -123,11 +123,9 @@ def section_heads(ctx: Context) -> list[Section]:
     sec.figure(plot_head_score_selector(found))
     sec.figure(found.plot_verification())
     sec.table(found.verification)
-    ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
-    n_random = found.config.get("n_random", 20)  # the verification's random sets, so k = len(heads) repeats them
-    curve = ih.ablation_curve(
-        ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=n_random, seed=ctx.args.seed
-    )
+    # the verification's random sets, so that k = len(heads) repeats them
+    kw = {"ks": tuple(k for k in (1, 2, 4, 8) if k <= total), "n_random": found.config.get("n_random", 20)}
+    curve = ih.ablation_curve(ctx.model, ctx.held_out, found.score_table(), seed=ctx.args.seed, **kw)
     sec.text(f"Ablating the top heads by {found.method} against random heads of the same number:")
     sec.figure(plot_ablation_curve(curve, by=found.method))
     if "ablation" in found.scores:
@@ -137,7 +135,7 @@ def section_heads(ctx: Context) -> list[Section]:
             "with the largest direct effect:"
         )
         by_ablation = ih.ablation_curve(
-            ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=n_random, seed=ctx.args.seed
+            ctx.model, ctx.held_out, found.score_table("ablation"), seed=ctx.args.seed, **kw
         )
         sec.figure(plot_ablation_curve(by_ablation, by="ablation"))
         sec.csv["ablation_curve_by_ablation_score"] = by_ablation
@@ -312,15 +310,12 @@ def section_components(ctx: Context) -> list[Section]:
     kinds = dec.kinds()
     sec.table(kinds.sort_values("accuracy", ascending=False), max_rows=15)
     sec.results["decomposition"] = dec
-    stability = component_stability(
-        ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
-    )
+    n_test = max(ctx.args.n_prompts // 2, 8)
+    stability = component_stability(ctx.model, task, n_demo_sets=3, n=n_test, seed=ctx.args.seed)
     sec.numbers(stability.summary())
     sec.figure(stability.plot("demo set"))
     # five runs: the verdict's t interval over runs has 4 degrees of freedom (3 runs would leave 2)
-    comparison = compare_reweighting(
-        ctx.model, task, seeds=(0, 1, 2, 3, 4), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
-    )
+    comparison = compare_reweighting(ctx.model, task, seeds=(0, 1, 2, 3, 4), n_test=n_test, icl_k=None)
     sec.text(
         f"Reweighting against its baselines over {comparison.df.groupby(['seed', 'template']).ngroups} runs "
         f"(seeds x templates; {comparison.df.template.nunique()} template), each with its own demonstrations, "
@@ -340,23 +335,26 @@ def section_components(ctx: Context) -> list[Section]:
     return [sec]
 
 
-def _check_bias(plan: Plan) -> None:
-    """Before the model loads: the bias section's balanced and skewed prompts can be drawn."""
+def majority_prompts_drawn(plan: Plan, section: str, n: int, seed: int) -> None:
+    """Before the model loads: ``section`` can draw its ``n`` majority-bias prompts (on the bias section's task)."""
     from icl_heads.bias import majority_prompts
 
+    try:
+        majority_prompts(task_variant(plan.args, plan.task, "bias")[0], shots=plan.shots, n=n, seed=seed)
+    except ValueError as err:
+        msg = f"--shots {plan.shots}: the {section} section cannot draw its prompts ({err}); or --skip {section}"
+        raise UsageError(msg) from None
+
+
+def _check_bias(plan: Plan) -> None:
+    """Before the model loads: the bias section's balanced and skewed prompts can be drawn."""
     k = len(plan.task.classes)
     if plan.shots % k:
         raise UsageError(
             f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
             f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
         )
-    task, _ = task_variant(plan.args, plan.task, "bias")
-    try:
-        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
-    except ValueError as err:
-        raise UsageError(
-            f"--shots {plan.shots}: the bias section cannot draw its prompts ({err}); or --skip bias"
-        ) from None
+    majority_prompts_drawn(plan, "bias", plan.args.n_prompts, plan.args.seed + 12)
 
 
 def _check_components(plan: Plan) -> None:

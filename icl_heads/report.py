@@ -23,15 +23,12 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 table { max-width: 100%; display: block; overflow-x: auto; } td, th { word-break: normal; overflow-wrap: normal; }
 .warning { background: #fff4e5; border-left: 4px solid #e67e22; padding: 0.5em 1em; margin: 1em 0; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
-.note { color: #555; font-size: 0.9em; } .figure { margin: 1em 0; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; } th { background: #f4f4f4; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } .note { color: #555; font-size: 0.9em; }
 #verdicts, #provenance { border: 1px solid #bbb; border-radius: 4px; padding: 0.5em 1em; margin: 1em 0; }
-#verdicts h2, #provenance h2 { margin-top: 0.3em; }
-#verdicts li { margin: 0.3em 0; text-align: left; } .state { font-weight: bold; }
-.state-holds { color: #1a7f37; } .state-fails { color: #b42318; } .state-ns { color: #9a6700; }
-.state-na { color: #666; }
-#provenance td, #provenance th { text-align: left; }
+#verdicts h2, #provenance h2 { margin-top: 0.3em; } .figure { margin: 1em 0; } .state { font-weight: bold; }
+#verdicts li { margin: 0.3em 0; text-align: left; } #provenance td, #provenance th { text-align: left; }
+.state-holds { color: #1a7f37; } .state-fails { color: #b42318; } .state-ns { color: #9a6700; } .state-na { color: #666; }
 """
 
 # after plotly has drawn: record titles wider than their figure and a page wider than the window,
