@@ -38,11 +38,6 @@ class Plan:
     unknown_token_share: float | None = None
 
 
-def default_shots(n_classes: int, at_least: int = 4) -> int:
-    """The smallest multiple of the number of classes that is at least ``at_least``."""
-    return n_classes * math.ceil(at_least / n_classes)
-
-
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -89,10 +84,6 @@ def check_device(device: str | None, dtype: str | None) -> str:
     return name
 
 
-def _path_like(ref: str) -> bool:
-    return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or ref.endswith("/")
-
-
 def resolve_model(ref: str) -> tuple[str, Any, int | None]:
     """The model reference to load, its tokenizer and its context length, without loading weights.
 
@@ -115,7 +106,8 @@ def resolve_model(ref: str) -> tuple[str, Any, int | None]:
             raise UsageError(f"--model {ref}: {err}") from None
     else:
         path = Path(ref).expanduser()
-        folder = path if path.exists() or _path_like(ref) else None
+        path_like = ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or ref.endswith("/")
+        folder = path if path.exists() or path_like else None
     if folder is not None:
         if not folder.exists():
             raise UsageError(
@@ -355,7 +347,8 @@ def validate(args: argparse.Namespace, sections: list[str], checks: dict[str, Ca
     device = check_device(args.device, getattr(args, "dtype", None))
     model, tokenizer, n_ctx = resolve_model(args.model)
     task, notes = load_task(args)
-    shots = args.shots if args.shots is not None else default_shots(len(task.classes))
+    k = len(task.classes)
+    shots = args.shots if args.shots is not None else k * math.ceil(4 / k)  # the smallest multiple of k >= 4
     pairs = enumerate(zip(task.classes, task.label_words, strict=True))
     classes = [{"class": c, "label_word": w, "examples": task.labels.count(i)} for i, (c, w) in pairs]
     try:

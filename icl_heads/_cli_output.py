@@ -13,7 +13,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +57,6 @@ def write_sections(sections: list[Section], report: Report, out: Path, summary: 
 
 class UsageError(ValueError):
     """Bad input to the command: reported in one line with exit code 2, before any expensive work."""
-
-
-def incomplete_path(out: Path) -> Path:
-    """The folder a run writes into before it succeeds: ``OUT.incomplete`` beside ``OUT``."""
-    out = out.absolute()
-    return out.with_name(out.name + ".incomplete")
 
 
 def read_manifest(out: Path) -> set[str]:
@@ -131,7 +125,7 @@ class OutputFolder:
 
     def __init__(self, out: Path, command: list[str] | None = None):
         self.out, self.shown, self.command = out.absolute(), out, command or []
-        self.tmp = incomplete_path(out)
+        self.tmp = self.out.with_name(self.out.name + ".incomplete")  # beside ``out``
         self.created: list[Path] = []
         self.committed = False
         self._lock: int | None = None  # the open, locked marker while the run holds ``out``
@@ -289,12 +283,10 @@ def _write_marker(marker: Path, out: Path) -> int:
 
 
 def _marker_text(marker: Path) -> str | None:
-    if marker.is_symlink() or not marker.is_file():
-        return None
-    try:
-        return marker.read_text(encoding="utf-8", errors="replace")[:4096]
-    except OSError:
-        return None
+    if not marker.is_symlink() and marker.is_file():
+        with suppress(OSError):
+            return marker.read_text(encoding="utf-8", errors="replace")[:4096]
+    return None
 
 
 def _try_lock(fd: int, text: str) -> bool:

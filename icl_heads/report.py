@@ -59,10 +59,8 @@ window.addEventListener('load', function () { setTimeout(function () {
       }
     }
   });
-  document.body.setAttribute('data-overflowing-titles', JSON.stringify(bad));
-  document.body.setAttribute('data-clipped-titles', JSON.stringify(clipped));
-  document.body.setAttribute('data-modebar-over-titles', JSON.stringify(covered));
-  document.body.setAttribute('data-split-words', JSON.stringify(split));
+  var found = {'overflowing-titles': bad, 'clipped-titles': clipped, 'modebar-over-titles': covered, 'split-words': split};
+  Object.keys(found).forEach(function (k) { document.body.setAttribute('data-' + k, JSON.stringify(found[k])); });
   document.body.setAttribute('data-page-overflow',
     String(document.documentElement.scrollWidth > document.documentElement.clientWidth + 1));
   document.body.setAttribute('data-layout-checked', String(window.innerWidth));

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats as sps
 
 from icl_heads._format import fmt, fmt_ci
-from icl_heads.stats import t_interval, wilson
+from icl_heads.stats import resamples, t_interval, wilson
 
 HOLDS = "holds"
 CONTRADICTED = "contradicted"
@@ -173,23 +173,18 @@ def ov_verdict(
     return _judged("ov", CLAIMS["ov"], effect, ci, detail)
 
 
-def ratio_bootstrap(wins: Any, pairs: Any, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """``sum(wins) / sum(pairs)`` and its percentile bootstrap interval over units (rows resampled)."""
+def qk_verdict(wins: Any, pairs: Any, heads: Sequence[str], seed: int = 0) -> Verdict:
+    """QK compares query and demonstrations: per prompt, the same- vs other-class pairs of label positions the
+    same-class score wins (``wins``, ties half) of all ``pairs``, as an AUC with a percentile bootstrap over prompts."""
     w, p = np.asarray(wins, dtype=float), np.asarray(pairs, dtype=float)
     if w.size == 0 or p.sum() == 0:
         raise ValueError("no prompt has demonstrations of both the query's class and another class")
-    idx = np.random.default_rng(seed).integers(0, w.size, size=(n_boot, w.size))
-    lo, hi = np.quantile(w[idx].sum(1) / p[idx].sum(1), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return float(w.sum() / p.sum()), float(lo), float(hi)
-
-
-def qk_verdict(wins: Any, pairs: Any, heads: Sequence[str], seed: int = 0) -> Verdict:
-    """QK compares query and demonstrations: per prompt, the same- vs other-class pairs of label positions the
-    same-class score wins (``wins``, ties half) of all ``pairs``, as an AUC with a bootstrap over prompts."""
-    auc, lo, hi = ratio_bootstrap(wins, pairs, seed=seed)
+    idx = resamples(w.size, seed=seed)
+    lo, hi = (float(q) for q in np.quantile(w[idx].sum(1) / p[idx].sum(1), [(1 - LEVEL) / 2, (1 + LEVEL) / 2]))
+    auc = float(w.sum() / p.sum())
     detail = (
         f"score AUC same vs other class within prompts {fmt(auc)}, 95% {fmt_ci((lo, hi))} over "
-        f"{len(np.asarray(wins))} prompts ({', '.join(heads)}; 0.5 = chance)"
+        f"{len(w)} prompts ({', '.join(heads)}; 0.5 = chance)"
     )
     return _judged("qk", CLAIMS["qk"], auc - 0.5, (lo - 0.5, hi - 0.5), detail)
 
