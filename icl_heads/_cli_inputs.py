@@ -1,16 +1,11 @@
-"""Everything the command checks before it loads a model: numbers, sections, output, device, model, data, prompts.
-
-:func:`validate` turns parsed arguments into a :class:`Plan` or raises a
-:class:`UsageError` whose one-line message names the option at fault and the fix.
-It loads only the model's tokenizer and configuration (seconds), never its weights,
-so that a bad input never costs a run.
+"""Everything the command checks before it loads a model (only its tokenizer and configuration, never its weights):
+:func:`validate` turns parsed arguments into a :class:`Plan` or raises a one-line :class:`UsageError` naming the fix.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import logging
 import math
 import re
@@ -43,11 +38,6 @@ class Plan:
     unknown_token_share: float | None = None
 
 
-def default_shots(n_classes: int, at_least: int = 4) -> int:
-    """The smallest multiple of the number of classes that is at least ``at_least``."""
-    return n_classes * math.ceil(at_least / n_classes)
-
-
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -78,38 +68,28 @@ def check_skip(value: str, sections: list[str]) -> set[str]:
     return skip
 
 
-def check_dtype(dtype: str | None) -> None:
-    """``--dtype`` names a floating dtype that :func:`icl_heads.load_model` accepts."""
-    from icl_heads.models import resolve_dtype
+def check_device(device: str | None, dtype: str | None) -> str:
+    """``--device`` (default cpu) as :func:`icl_heads.load_model` takes it; ``--dtype`` a floating dtype it accepts."""
+    from icl_heads.models import resolve_device, resolve_dtype
 
-    if dtype is None:
-        return
     try:
-        resolve_dtype(dtype)
-    except ValueError as err:
-        raise UsageError(f"--dtype: {err}") from None
-
-
-def check_device(device: str | None) -> str:
-    from icl_heads.models import resolve_device
-
-    name = device or "cpu"
-    try:
-        return resolve_device(name) or name
+        name = resolve_device(device or "cpu") or device or "cpu"
     except ValueError as err:
         raise UsageError(f"--device {err.args[0].removeprefix('device ')}") from None
-
-
-def _path_like(ref: str) -> bool:
-    return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or ref.endswith("/")
+    try:
+        if dtype is not None:
+            resolve_dtype(dtype)
+    except ValueError as err:
+        raise UsageError(f"--dtype: {err}") from None
+    return name
 
 
 def resolve_model(ref: str) -> tuple[str, Any, int | None]:
     """The model reference to load, its tokenizer and its context length, without loading weights.
 
     Raises:
-        UsageError: a missing folder, a folder without ``config.json``, a malformed hub
-            name, or a hub model that cannot be fetched (offline).
+        UsageError: a missing folder, one without ``config.json``, a malformed hub name, or a hub model that cannot
+            be fetched (offline).
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -126,7 +106,8 @@ def resolve_model(ref: str) -> tuple[str, Any, int | None]:
             raise UsageError(f"--model {ref}: {err}") from None
     else:
         path = Path(ref).expanduser()
-        folder = path if path.exists() or _path_like(ref) else None
+        path_like = ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or ref.endswith("/")
+        folder = path if path.exists() or path_like else None
     if folder is not None:
         if not folder.exists():
             raise UsageError(
@@ -165,11 +146,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def _context(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    keys = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+    return next((v for k in keys if isinstance(v := getattr(config, k, None), int) and v > 0), None)
 
 
 def template_of(value: str | None) -> str | int | None:
@@ -210,6 +188,7 @@ def _named_task(args: argparse.Namespace, template: str | int | None) -> Any:
 
 def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
     """The task from ``--data`` (or the organism's), with its classes and label words checked."""
+    from icl_heads._checks import natural_order
     from icl_heads.data import SUFFIXES, DataError, read_labelled_file
     from icl_heads.prompts import ICLTask
     from icl_heads.prompts.text import SeparatorInTextError
@@ -251,20 +230,15 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
         except (TypeError, ValueError) as err:
             raise UsageError(f"--classes {','.join(topics)}: {err}") from None
     try:
-        data = read_labelled_file(
-            args.data,
-            args.text_col,
-            args.label_col,
-            dropna=args.dropna,
-            options=("--text-col", "--label-col", "--dropna"),
-        )
+        flags = ("--text-col", "--label-col", "--dropna")
+        data = read_labelled_file(args.data, args.text_col, args.label_col, dropna=args.dropna, options=flags)
     except DataError as err:
         raise UsageError(f"--data {err}") from None
     if data.dropped:
         notes.append(
             f"{len(data.dropped)} rows of {args.data} had a missing text or label and were dropped (--dropna)."
         )
-    found = _natural(data.labels)
+    found = natural_order(data.labels)
     if classes is not None:
         by_name = {str(c): c for c in found}
         unknown = [c for c in classes if c not in by_name]
@@ -295,12 +269,6 @@ def load_task(args: argparse.Namespace) -> tuple[Any, list[str]]:
     except (TypeError, ValueError) as err:
         raise UsageError(f"--data {args.data}: {err}") from None
     return task, notes
-
-
-def _natural(labels: Any) -> tuple[Any, ...]:
-    from icl_heads._checks import natural_order
-
-    return natural_order(labels)
 
 
 def _label_words(value: str | None, classes: list[Any]) -> tuple[str, ...]:
@@ -367,16 +335,8 @@ def unknown_tokens(texts: Any, tokenizer: Any, n_examples: int = 5) -> tuple[flo
 
 
 def validate(args: argparse.Namespace, sections: list[str], checks: dict[str, Callable[[Plan], None]]) -> Plan:
-    """Check every input of ``analyze`` without loading the model.
-
-    Args:
-        args: the parsed arguments.
-        sections: the names of all sections, in order.
-        checks: for some sections, a function that raises :class:`UsageError` when the
-            plan cannot run that section (e.g. too few examples for its prompts).
-
-    Returns:
-        The plan to run.
+    """Check every input of ``analyze`` (``args``; ``sections`` by name, in order, and ``checks`` of some of them
+    that raise :class:`UsageError` when the plan cannot run that section) without loading the model; the plan to run.
 
     Raises:
         UsageError: the first problem found, in one line naming the option.
@@ -384,17 +344,13 @@ def validate(args: argparse.Namespace, sections: list[str], checks: dict[str, Ca
     check_numbers(args)
     skip = check_skip(args.skip, sections)
     check_out(args.out, args.force)
-    device = check_device(args.device)
-    check_dtype(getattr(args, "dtype", None))
+    device = check_device(args.device, getattr(args, "dtype", None))
     model, tokenizer, n_ctx = resolve_model(args.model)
     task, notes = load_task(args)
     k = len(task.classes)
-    shots = args.shots if args.shots is not None else default_shots(k)
-    counts = [task.labels.count(c) for c in range(k)]
-    classes = [
-        {"class": c, "label_word": w, "examples": n}
-        for c, w, n in zip(task.classes, task.label_words, counts, strict=True)
-    ]
+    shots = args.shots if args.shots is not None else k * math.ceil(4 / k)  # the smallest multiple of k >= 4
+    pairs = enumerate(zip(task.classes, task.label_words, strict=True))
+    classes = [{"class": c, "label_word": w, "examples": task.labels.count(i)} for i, (c, w) in pairs]
     try:
         prompts = task.prompts(args.n_prompts, shots, seed=args.seed)
         held_out = task.prompts(args.n_prompts, shots, seed=args.seed + 1)
@@ -406,8 +362,3 @@ def validate(args: argparse.Namespace, sections: list[str], checks: dict[str, Ca
             checks[name](plan)
     check_prompts(plan, tokenizer, n_ctx)
     return plan
-
-
-def summary_of_classes(plan: Plan) -> list[dict[str, Any]]:
-    """The class ↔ label-word table, JSON-ready."""
-    return json.loads(json.dumps(plan.classes, default=str))

@@ -1,20 +1,7 @@
 """The command's output: the one writer of the report's sections, and the output folder.
 
-:func:`write_sections` renders the sections the analyses return into the report and
-writes their CSV tables, summary entries and results. The output folder is written
-beside ``--out`` and moved into place only when the run succeeds.
-
-A run writes into ``OUT.incomplete``, a folder beside ``OUT`` that it creates
-atomically (``mkdir``) before anything else, with an ``INCOMPLETE`` marker inside that
-it holds locked (``flock``) for as long as it runs: that folder is the lock, so two
-runs on one ``--out`` never race (the second one stops with a one-line error). On
-success the files move into ``OUT`` together with ``manifest.json``, the list of the
-files the run wrote; a failed or interrupted run removes its folder, and a run killed
-outright leaves only ``OUT.incomplete`` with an unlocked marker, which the next run
-replaces. A file or folder named ``OUT.incomplete`` without the marker is the user's
-and is never deleted. With ``--force`` the files listed in the previous manifest are
-replaced (stale ones deleted) and nothing else in ``OUT`` is touched; a manifest that
-names a path outside ``OUT`` is refused.
+A run writes into ``OUT.incomplete`` (created atomically, with a locked ``INCOMPLETE`` marker: the lock on ``--out``)
+and moves its files into ``OUT`` with ``manifest.json`` only when it succeeds (the README's "Output" describes it all).
 """
 
 from __future__ import annotations
@@ -26,7 +13,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +36,7 @@ TOP_FILES = ("report.html", "summary.json", MANIFEST)
 
 
 def write_sections(sections: list[Section], report: Report, out: Path, summary: dict, results: dict) -> None:
-    """Render each section into ``report``; write its tables to ``out/results/<name>.csv``; keep its numbers.
+    """Render each section into ``report``, write its tables to ``out/results/<name>.csv``, keep its numbers.
 
     Raises:
         ValueError: two sections write the same table or the same summary entry.
@@ -72,17 +59,11 @@ class UsageError(ValueError):
     """Bad input to the command: reported in one line with exit code 2, before any expensive work."""
 
 
-def incomplete_path(out: Path) -> Path:
-    """The folder a run writes into before it succeeds: ``OUT.incomplete`` beside ``OUT``."""
-    out = out.absolute()
-    return out.with_name(out.name + ".incomplete")
-
-
 def read_manifest(out: Path) -> set[str]:
-    """The files (relative paths) an earlier run wrote into ``out``; empty if it has no manifest.
+    """The files (relative paths) an earlier run wrote into ``out``; empty without a manifest.
 
     Raises:
-        UsageError: ``out/manifest.json`` exists but is not a manifest of this command.
+        UsageError: ``out/manifest.json`` is not a manifest of this command, or names a path outside ``out``.
     """
     file = out / MANIFEST
     if not file.exists():
@@ -108,9 +89,8 @@ def check_out(out: Path, force: bool) -> None:
     """Refuse an ``--out`` the run could not write without losing a file, before any work.
 
     Raises:
-        UsageError: ``out`` is a file; not empty (without ``force``); holds files of
-            the user's where the run would write (even with ``force``); is being
-            written by another run; or cannot be written.
+        UsageError: ``out`` is a file; not empty (without ``force``); holds files of the user's where the run would
+            write (even with ``force``); or cannot be written.
     """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
@@ -122,11 +102,8 @@ def check_out(out: Path, force: bool) -> None:
                 f"--out {out} is not empty (it holds {earlier}); choose a new folder, or pass --force to replace "
                 "the files an earlier run wrote (listed in its manifest.json; your own files are kept)"
             )
-        ours = [out / name for name in TOP_FILES] + (
-            [*sorted((out / "results").rglob("*"))] if (out / "results").is_dir() else []
-        )
-        if (out / "results").exists() and not (out / "results").is_dir():
-            ours.append(out / "results")
+        results = out / "results"
+        ours = [out / name for name in TOP_FILES] + (sorted(results.rglob("*")) if results.is_dir() else [results])
         foreign = [p for p in ours if p.is_file() and str(p.relative_to(out)) not in owned]
         if foreign:
             raise UsageError(
@@ -139,23 +116,16 @@ def check_out(out: Path, force: bool) -> None:
 
 
 class OutputFolder:
-    """Context manager: a run's output folder that appears in ``out`` only when :meth:`commit` is called.
-
-    ``with OutputFolder(out, force) as tmp:`` first takes the lock of ``out`` (creates
-    ``OUT.incomplete`` with a locked marker), then gives that folder to write into;
-    leaving the block by an exception or an interrupt removes it (and the parents it created).
+    """Context manager: ``with OutputFolder(out) as tmp:`` takes the lock of ``out`` and gives ``tmp`` to write
+    into, moved into ``out`` by :meth:`commit`; leaving the block otherwise removes it (and the parents it created).
 
     Raises:
-        UsageError: (on entering) another run is writing ``out``, ``OUT.incomplete`` is a
-            file or folder of the user's, or it cannot be created.
+        UsageError: (on entering) another run is writing ``out``, ``OUT.incomplete`` is the user's, or cannot be made.
     """
 
-    def __init__(self, out: Path, force: bool, command: list[str] | None = None):
-        self.out = out.absolute()
-        self.shown = out
-        self.force = force
-        self.command = command or []
-        self.tmp = incomplete_path(out)
+    def __init__(self, out: Path, command: list[str] | None = None):
+        self.out, self.shown, self.command = out.absolute(), out, command or []
+        self.tmp = self.out.with_name(self.out.name + ".incomplete")  # beside ``out``
         self.created: list[Path] = []
         self.committed = False
         self._lock: int | None = None  # the open, locked marker while the run holds ``out``
@@ -283,7 +253,7 @@ class OutputFolder:
     def _unlock(self) -> None:
         if self._lock is not None:
             os.close(self._lock)
-            self._lock = None
+        self._lock = None
 
     def __exit__(self, *exc: object) -> None:
         previous = ignore_interrupts()  # a second Ctrl-C must not stop the cleanup half-way
@@ -313,12 +283,10 @@ def _write_marker(marker: Path, out: Path) -> int:
 
 
 def _marker_text(marker: Path) -> str | None:
-    if marker.is_symlink() or not marker.is_file():
-        return None
-    try:
-        return marker.read_text(encoding="utf-8", errors="replace")[:4096]
-    except OSError:
-        return None
+    if not marker.is_symlink() and marker.is_file():
+        with suppress(OSError):
+            return marker.read_text(encoding="utf-8", errors="replace")[:4096]
+    return None
 
 
 def _try_lock(fd: int, text: str) -> bool:

@@ -1,13 +1,7 @@
 """The command's progress: an estimate of the whole run before it starts, and one bar per section in prompt passes.
 
-A section's model work is counted by the cost ledger in *prompt passes* (one prompt
-through the model once, a ledger ``row``). Before the first section the command
-predicts the prompt passes of each section it will run, from the ledger of a reference
-run (each section's ``reference_passes``: the organism, ``--n-prompts 200``, 24 heads) scaled
-to this run's number of prompts (and of heads, for a section whose work is per head), times the seconds one prompt pass takes on this model (measured on a few of the
-run's own prompts, outside the ledger). It logs that estimate with the ways to shrink it.
-During the run, :class:`ProgressLedger` moves one bar per section by every pass the
-ledger records, so a long section shows work moving, not a batch counter standing still.
+Each section's ``reference_passes`` (the cost ledger's rows in a reference run) is scaled to this run's prompts (and
+heads, for work per head) and multiplied by the seconds one prompt pass takes on this model, timed outside the ledger.
 """
 
 from __future__ import annotations
@@ -43,10 +37,7 @@ def predicted_passes(section: AnalysisSection, n_prompts: int, n_heads: int) -> 
 
 
 def seconds_per_pass(model: Any, prompts: Any, n: int = 16) -> float:
-    """Seconds one prompt pass takes on ``model``, timed on the first ``n`` of ``prompts`` (outside any ledger).
-
-    The first pass warms the model up and is not timed.
-    """
+    """Seconds one prompt pass takes on ``model``, timed on the first ``n`` of ``prompts`` after one warm-up pass."""
     from icl_heads.accuracy import predict
     from icl_heads.options import RunOptions
 
@@ -73,12 +64,12 @@ def estimate(
     passes = {s.name: predicted_passes(s, n_prompts, n_heads) for s in sections}
     total = sum(passes.values()) * per_pass
     parts = ", ".join(f"{name} {n:,}" for name, n in passes.items())
-    longest = max(passes, key=passes.__getitem__) if passes else None
     text = (
         f"estimate: about {_duration(total)} for {sum(passes.values()):,} prompt passes ({parts}) at "
         f"{per_pass * 1000:.1f} ms per prompt pass on this model"
     )
-    if longest is not None:
+    if passes:
+        longest = max(passes, key=passes.__getitem__)
         text += (
             f"; to shrink it, lower --n-prompts (the time scales with it; now {n_prompts}) or skip the longest "
             f"section with --skip {longest}; Ctrl-C stops the run and leaves --out unchanged"
@@ -91,8 +82,7 @@ class ProgressLedger(CostLedger):
 
     def __init__(self, show: bool = True) -> None:
         super().__init__()
-        self.show = show
-        self.done = 0  #: prompt passes recorded in the current section (what its bar shows)
+        self.show, self.done = show, 0  # done: prompt passes recorded in the current section (what its bar shows)
         self._bar: Any = None
 
     @contextlib.contextmanager

@@ -1,13 +1,5 @@
-"""The sections of the ``icl-heads analyze`` report, each declared as an :class:`AnalysisSection`.
-
-A section runs its analyses and returns what they produced as data: one or more
-:class:`~icl_heads.report.Section` (its text, numbers, figures and tables in reading
-order, its CSV tables, its summary entries and its result objects, from which
-:func:`icl_heads.verdicts.collect_verdicts` judges the claims). It draws no HTML and
-writes no file: one writer (:func:`icl_heads._cli_output.write_sections`) does both.
-Its declaration also says what to check before the model loads, how much model work
-to expect and, for an analysis with claims of its own, how to judge them; the command
-lists the declarations once, in :data:`icl_heads.cli.SECTIONS`.
+"""The sections of the ``icl-heads analyze`` report, each an :class:`AnalysisSection` that runs its analyses and
+returns what they produced as :class:`~icl_heads.report.Section` data (listed once in :data:`icl_heads.cli.SECTIONS`).
 """
 
 from __future__ import annotations
@@ -56,16 +48,12 @@ class AnalysisSection:
     Attributes:
         name: its name (``--skip NAME``, its section of the cost ledger, ``seconds`` in the summary).
         run: ``run(ctx) -> list[Section]``: runs its analyses and returns what they produced.
-        reference_passes: its prompt passes in the reference run (the organism, ``--n-prompts 200``,
-            24 heads), from which the command predicts its work before it starts.
+        reference_passes: its prompt passes in the reference run (the organism, ``--n-prompts 200``, 24 heads).
         per_head: its work grows with the number of heads (one ablation pass per head).
-        predict: ``predict(n_prompts, n_heads) -> prompt passes``, for a section whose work is not
-            proportional to ``--n-prompts`` (it replaces the scaling of ``reference_passes``).
-        check: ``check(plan)``, run before the model loads: raises :class:`UsageError`
-            (with the fix) when the data cannot serve this section.
-        verdicts: ``verdicts(results) -> list[Verdict]``: the verdicts on claims of its own,
-            judged with :func:`icl_heads.verdict_rules.judge` from the run's result objects
-            (the papers' claims are judged by :func:`icl_heads.verdicts.collect_verdicts`).
+        predict: ``predict(n_prompts, n_heads) -> prompt passes``, replacing the scaling of ``reference_passes``.
+        check: ``check(plan)``, run before the model loads: raises :class:`UsageError` (with the fix).
+        verdicts: ``verdicts(results) -> list[Verdict]``: claims of its own, judged with
+            :func:`icl_heads.verdict_rules.judge` from the run's result objects.
     """
 
     name: str
@@ -82,18 +70,9 @@ def records(df) -> list[dict]:
     return [{k: v for k, v in row.items() if v == v} for row in df.to_dict(orient="records")]
 
 
-def _organism_variant(ctx: Context, kind: str) -> tuple[Any, str | None]:
-    """The task a section runs on: the user's as it is; on the organism, the harder setting where the effect shows.
-
-    The default organism task is nearly solved and unbiased, so the bias section uses a
-    held-out template with longer, noisier sentences (majority and recency bias appear)
-    and the components section the same with a held-out template (the full model is
-    imperfect), as in docs/organism.md.
-    """
-    return task_variant(ctx.args, ctx.task, kind)
-
-
 def task_variant(args: argparse.Namespace, task: Any, kind: str) -> tuple[Any, str | None]:
+    """The task a section runs on and a note: the user's as given; on the organism's default task (nearly solved and
+    unbiased), a held-out template with longer, noisier sentences, where the effect shows (docs/organism.md)."""
     if args.data is not None or args.task != "organism" or args.template is not None:
         return task, None
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
@@ -118,16 +97,13 @@ def section_accuracy(ctx: Context) -> list[Section]:
     sec.text(f"{ctx.args.shots}-shot accuracy on {len(ctx.held_out)} held-out prompts.")
     sec.table(acc.df)
     sec.csv["accuracy"] = acc.df
-    sec.summary["accuracy"] = acc.accuracy
-    sec.summary["accuracy_95ci"] = list(acc.ci)
-    sec.summary["strict_accuracy"] = acc.strict_accuracy
+    sec.summary.update(accuracy=acc.accuracy, accuracy_95ci=list(acc.ci), strict_accuracy=acc.strict_accuracy)
     return [sec]
 
 
 def section_heads(ctx: Context) -> list[Section]:
     import icl_heads as ih
     from icl_heads.plots.heads import plot_ablation_curve, plot_head_score_selector
-    from icl_heads.report import agreement_part
 
     sec = Section(f"In-context heads ({ctx.args.shots}-shot prompts)")
     access = ih.access.ModelAccess(ctx.model)
@@ -141,34 +117,32 @@ def section_heads(ctx: Context) -> list[Section]:
     sec.results["heads"] = found
     sec.text(
         f"Setting: the default task, heads scored on {len(ctx.prompts)} prompts, every ablation measured on "
-        f"{len(ctx.held_out)} other prompts.",
+        f"{len(ctx.held_out)} other prompts."
     )
     sec.numbers(found.summary())
     sec.figure(plot_head_score_selector(found))
     sec.figure(found.plot_verification())
     sec.table(found.verification)
-    ks = tuple(k for k in (1, 2, 4, 8) if k <= total)
-    n_random = found.config.get("n_random", 20)  # the verification's random sets, so k = len(heads) repeats them
-    curve = ih.ablation_curve(
-        ctx.model, ctx.held_out, found.score_table(), ks=ks, n_random=n_random, seed=ctx.args.seed
-    )
+    # the verification's random sets, so that k = len(heads) repeats them
+    kw = {"ks": tuple(k for k in (1, 2, 4, 8) if k <= total), "n_random": found.config.get("n_random", 20)}
+    curve = ih.ablation_curve(ctx.model, ctx.held_out, found.score_table(), seed=ctx.args.seed, **kw)
     sec.text(f"Ablating the top heads by {found.method} against random heads of the same number:")
     sec.figure(plot_ablation_curve(curve, by=found.method))
     if "ablation" in found.scores:
         sec.text(
             "The ablation score (the drop in the gold label's log-probability when one head is zeroed) finds the "
             "heads the model cannot do without; where the label writers are redundant these differ from the heads "
-            "with the largest direct effect:",
+            "with the largest direct effect:"
         )
         by_ablation = ih.ablation_curve(
-            ctx.model, ctx.held_out, found.score_table("ablation"), ks=ks, n_random=n_random, seed=ctx.args.seed
+            ctx.model, ctx.held_out, found.score_table("ablation"), seed=ctx.args.seed, **kw
         )
         sec.figure(plot_ablation_curve(by_ablation, by="ablation"))
         sec.csv["ablation_curve_by_ablation_score"] = by_ablation
     else:
         sec.text(
             f"Ablation scores skipped: the model has {total} heads (more than {MAX_HEADS_FOR_ABLATION}) and they "
-            "cost one forward pass per head; compute them with find_in_context_heads(..., also=('ablation',)).",
+            "cost one forward pass per head; compute them with find_in_context_heads(..., also=('ablation',))."
         )
     # where the heads read (token roles at the final position) and how many heads it takes to collapse ICL
     reading = ih.reading_roles(ctx.model, ctx.held_out)
@@ -176,7 +150,7 @@ def section_heads(ctx: Context) -> list[Section]:
         "Where each head reads: its final-position attention by token role (mean over prompts). In the table, "
         "'read_at' is the reading position every analysis of this report names the same way ('label', "
         "'after_label' or 'slot', both tokens of a demonstration's label slot); 'most attended role' is the single "
-        "token role with the most attention.",
+        "token role with the most attention."
     )
     sec.figure(reading.plot())
     sec.table(reading.reads(found.heads).rename(columns={"role": "most attended role"}))
@@ -186,26 +160,35 @@ def section_heads(ctx: Context) -> list[Section]:
     )  # fmt: skip
     sec.text(
         f"How many heads carry ICL: the smallest set, in {found.method} order, whose ablation brings accuracy to "
-        "within the margin of chance, against random sets of the same size.",
+        "within the margin of chance, against random sets of the same size."
     )
-    sec.warnings(count)
-    sec.numbers(count.summary())
-    sec.csv["reading_roles"] = reading.df
-    sec.csv["heads_needed"] = count.df
-    sec.summary["heads_needed"] = count.summary()
-    # the one-backward-pass estimate of the ablation score, checked against the exact score on a sample of heads
-    # on the prompts the heads were scored on: the exact ablation score computed there is read back
+    sec.result(count)
+    # the one-backward-pass estimate of the ablation score against the exact score on a sample of heads, on the
+    # prompts the heads were scored on (the exact ablation score computed there is read back)
     agreement = ih.compare_head_scores(ctx.model, ctx.prompts, sample=min(total, 40), seed=ctx.args.seed)
-    agreement_sec = agreement_part(agreement)
-    sec.csv["attribution_agreement"] = agreement.df
-    sec.summary["attribution_agreement"] = agreement.summary()
-    sec.csv["head_scores"] = found.df
-    sec.csv["head_verification"] = found.verification
-    sec.csv["ablation_curve"] = curve
-    sec.summary["in_context_heads"] = found.names
-    sec.summary["heads_by_label"] = {w: [f"L{a}H{b}" for a, b in hs] for w, hs in found.heads_by_label.items()}
-    sec.summary["head_verification"] = records(found.verification)
-    return [sec, agreement_sec]
+    sec.csv.update(reading_roles=reading.df, heads_needed=count.df, attribution_agreement=agreement.df)
+    sec.csv.update(head_scores=found.df, head_verification=found.verification, ablation_curve=curve)
+    sec.summary.update(
+        heads_needed=count.summary(),
+        attribution_agreement=agreement.summary(),
+        in_context_heads=found.names,
+        heads_by_label={w: [f"L{a}H{b}" for a, b in hs] for w, hs in found.heads_by_label.items()},
+        head_verification=records(found.verification),
+    )
+    return [sec, agreement_part(agreement)]
+
+
+def agreement_part(agreement: Any) -> Section:
+    """The section showing how a cheap head score (:func:`icl_heads.compare_head_scores`) agrees with the exact
+    ablation score on a sample of heads."""
+    sec = Section(f"{agreement.method} score vs exact ablation ({len(agreement.heads)} heads)")
+    sec.text(
+        f"The {agreement.method} score against the exact ablation effect (the drop in the gold label's "
+        f"log-probability when one head is ablated) on {len(agreement.heads)} heads. A Spearman correlation "
+        "well below 0.9 or a different top head means the cheap score should not replace the exact one here."
+    )
+    sec.result(agreement, agreement.plot())
+    return sec
 
 
 def section_mechanism(ctx: Context) -> list[Section]:
@@ -223,37 +206,25 @@ def section_mechanism(ctx: Context) -> list[Section]:
     except ValueError as err:  # e.g. no prediction flips: the model does not learn in context
         flip = None
         logger.warning("flip analysis skipped: %s", err)
-    sec.text(
-        f"Setting: the default task, the {len(ctx.held_out)} held-out prompts, the in-context heads found above.",
-    )
+    sec.text(f"Setting: the default task, the {len(ctx.held_out)} held-out prompts, the in-context heads found above.")
     sec.text("OV: what each in-context head writes from every demonstration's label position.")
-    sec.warnings(ov)
-    sec.numbers(ov.summary())
-    sec.figure(ov.plot())
+    sec.result(ov, ov.plot())
     sec.text("QK: attention from the final position to label positions of the query's class and the other class.")
-    sec.warnings(qk)
-    sec.numbers(qk.summary())
-    sec.figure(qk.plot())
+    sec.result(qk, qk.plot())
     sec.text(
         f"Two towers: every head's QK score at the '{towers.config['read_at']}' positions as a "
-        "classifier of same-class demonstrations (ROC AUC; 0.5 = chance).",
+        "classifier of same-class demonstrations (ROC AUC; 0.5 = chance)."
     )
     sec.warnings(towers)
     sec.figure(plot_auc_heatmap(towers))
     if flip is None:
-        sec.text(
-            "Flip analysis: no prediction flipped when the query's class changed, so there is nothing to compare.",
-        )
+        sec.text("Flip analysis: no prediction flipped when the query's class changed, so there is nothing to compare.")
     else:
         sec.text("Flip: prompts with a query of the other class; how much attention and OV vectors change.")
-        sec.warnings(flip)
-        sec.numbers(flip.summary())
-        sec.figure(flip.plot())
+        sec.result(flip, flip.plot())
     sec.results.update(ov=ov, qk=qk)
     results = {"ov_label_features": ov, "qk_label_attention": qk, "two_tower": towers, "flip": flip}
-    for name, result in results.items():
-        if result is not None:
-            sec.csv[f"{name}"] = result.df
+    sec.csv.update({name: r.df for name, r in results.items() if r is not None})
     sec.summary["mechanism"] = {name: r.summary() for name, r in results.items() if r is not None}
     return [sec]
 
@@ -263,7 +234,7 @@ def section_bias(ctx: Context) -> list[Section]:
     from icl_heads.debias import correct_majority_bias, correct_recency_bias
     from icl_heads.order_bias import recency_bias
 
-    task, note = _organism_variant(ctx, "bias")
+    task, note = task_variant(ctx.args, ctx.task, "bias")
     n, seed = ctx.args.n_prompts, ctx.args.seed
     # the organism's recency bias shows with 8 demonstrations and needs more tuning prompts to measure
     recency_shots, recency_tune = (8, max(n, 400)) if note else (ctx.args.shots, n // 2)
@@ -284,66 +255,35 @@ def section_bias(ctx: Context) -> list[Section]:
     sec.numbers(recent.summary())
     sec.figure(recent.plot())
 
-    def attempt(name: str, run: Callable[[], Any]) -> Any:
+    skipped: dict[str, str] = {}
+    fixes: dict[str, Any] = {}
+    for name, correct, k, at, tune_n in (
+        ("majority (count normalisation)", correct_majority_bias, ctx.args.shots, seed + 12, n // 2),
+        ("recency (positional prior)", correct_recency_bias, recency_shots, seed + 14, recency_tune),
+    ):
         try:
-            return run()
+            fixes[name] = correct(ctx.model, task, heads=heads, shots=k, n=n, seed=at, tune_n=tune_n, tune_seed=at + 1)
         except ValueError as err:  # e.g. no bias to reduce on these prompts
             logger.warning("%s skipped: %s", name, err)
-            skipped[name] = str(err)
-            return None
-
-    skipped: dict[str, str] = {}
-    fixes = {
-        "majority (count normalisation)": attempt(
-            "majority (count normalisation)",
-            lambda: correct_majority_bias(
-                ctx.model,
-                task,
-                heads=heads,
-                shots=ctx.args.shots,
-                n=n,
-                seed=seed + 12,
-                tune_n=n // 2,
-                tune_seed=seed + 13,
-            ),
-        ),
-        "recency (positional prior)": attempt(
-            "recency (positional prior)",
-            lambda: correct_recency_bias(
-                ctx.model,
-                task,
-                heads=heads,
-                shots=recency_shots,
-                n=n,
-                seed=seed + 14,
-                tune_n=recency_tune,
-                tune_seed=seed + 15,
-            ),
-        ),
-    }
+            skipped[name], fixes[name] = str(err), None
     sec.text(
         "Corrections: hyperparameters tuned on held-out prompts, measured on the same test prompts as the biases "
         "above (so 'bias before' repeats them). Their 'balanced accuracy' is measured on balanced prompts drawn "
         "for the correction, a different sample from the majority measurement's balanced condition; count "
         "normalisation leaves balanced prompts unchanged by construction, so the majority correction is judged by "
         "its accuracy on imbalanced prompts. Each correction's 'read at' is resolved from the corrected heads' "
-        "attention on its own prompts (this section's setting), so it can differ from the mechanism section's.",
+        "attention on its own prompts (this section's setting), so it can differ from the mechanism section's."
     )
-    for key, fix in zip(("majority_correction", "recency_correction"), fixes.items(), strict=True):
-        sec.results[key] = fix[1] if fix[1] is not None else skipped.get(fix[0])
-    for (name, fix), k in zip(fixes.items(), (ctx.args.shots, recency_shots), strict=True):
+    keys = ("majority_correction", "recency_correction")
+    for key, (name, fix), k in zip(keys, fixes.items(), (ctx.args.shots, recency_shots), strict=True):
+        sec.results[key] = fix if fix is not None else skipped.get(name)
         sec.text(f"{name}, {k}-shot prompts")
         if fix is None:
             sec.text(f"Not applicable on these prompts: {skipped[name]}.")
             continue
-        sec.warnings(fix)
-        sec.numbers(fix.summary())
-        sec.figure(fix.plot())
-    sec.csv["majority_bias"] = major.df
-    sec.csv["recency_bias"] = recent.df
-    for name, fix in zip(("majority_correction", "recency_correction"), fixes.values(), strict=True):
-        if fix is not None:
-            sec.csv[f"{name}"] = fix.df
+        sec.result(fix, fix.plot())
+    sec.csv.update(majority_bias=major.df, recency_bias=recent.df)
+    sec.csv.update({key: fix.df for key, fix in zip(keys, fixes.values(), strict=True) if fix is not None})
     sec.summary["bias"] = {
         "majority": major.summary(),
         "recency": recent.summary(),
@@ -359,7 +299,7 @@ def section_components(ctx: Context) -> list[Section]:
     from icl_heads.components.stability import component_stability
 
     sec = Section(f"Components: decomposition, component kinds, stability, reweighting ({ctx.args.shots}-shot prompts)")
-    task, note = _organism_variant(ctx, "components")
+    task, note = task_variant(ctx.args, ctx.task, "components")
     if note:
         sec.text(note)
     held_out = task.prompts(ctx.args.n_prompts, ctx.args.shots, seed=ctx.args.seed + 1) if note else ctx.held_out
@@ -370,15 +310,12 @@ def section_components(ctx: Context) -> list[Section]:
     kinds = dec.kinds()
     sec.table(kinds.sort_values("accuracy", ascending=False), max_rows=15)
     sec.results["decomposition"] = dec
-    stability = component_stability(
-        ctx.model, task, n_demo_sets=3, n=max(ctx.args.n_prompts // 2, 8), seed=ctx.args.seed
-    )
+    n_test = max(ctx.args.n_prompts // 2, 8)
+    stability = component_stability(ctx.model, task, n_demo_sets=3, n=n_test, seed=ctx.args.seed)
     sec.numbers(stability.summary())
     sec.figure(stability.plot("demo set"))
     # five runs: the verdict's t interval over runs has 4 degrees of freedom (3 runs would leave 2)
-    comparison = compare_reweighting(
-        ctx.model, task, seeds=(0, 1, 2, 3, 4), n_test=max(ctx.args.n_prompts // 2, 8), icl_k=None
-    )
+    comparison = compare_reweighting(ctx.model, task, seeds=(0, 1, 2, 3, 4), n_test=n_test, icl_k=None)
     sec.text(
         f"Reweighting against its baselines over {comparison.df.groupby(['seed', 'template']).ngroups} runs "
         f"(seeds x templates; {comparison.df.template.nunique()} template), each with its own demonstrations, "
@@ -389,9 +326,7 @@ def section_components(ctx: Context) -> list[Section]:
     sec.numbers(comparison.summary())
     sec.figure(comparison.plot())
     sec.table(comparison.df)
-    sec.csv["components"] = kinds
-    sec.csv["component_stability"] = stability.df
-    sec.csv["reweighting"] = comparison.df
+    sec.csv.update(components=kinds, component_stability=stability.df, reweighting=comparison.df)
     sec.summary["components"] = {
         "decomposition": dec.summary(),
         "stability": stability.summary(),
@@ -400,23 +335,26 @@ def section_components(ctx: Context) -> list[Section]:
     return [sec]
 
 
-def _check_bias(plan: Plan) -> None:
-    """Before the model loads: the bias section's balanced and skewed prompts can be drawn."""
+def majority_prompts_drawn(plan: Plan, section: str, n: int, seed: int) -> None:
+    """Before the model loads: ``section`` can draw its ``n`` majority-bias prompts (on the bias section's task)."""
     from icl_heads.bias import majority_prompts
 
+    try:
+        majority_prompts(task_variant(plan.args, plan.task, "bias")[0], shots=plan.shots, n=n, seed=seed)
+    except ValueError as err:
+        msg = f"--shots {plan.shots}: the {section} section cannot draw its prompts ({err}); or --skip {section}"
+        raise UsageError(msg) from None
+
+
+def _check_bias(plan: Plan) -> None:
+    """Before the model loads: the bias section's balanced and skewed prompts can be drawn."""
     k = len(plan.task.classes)
     if plan.shots % k:
         raise UsageError(
             f"--shots {plan.shots} is not a multiple of the {k} classes, which the bias section needs for balanced "
             f"prompts; use --shots {k * math.ceil(plan.shots / k)} or --skip bias"
         )
-    task, _ = task_variant(plan.args, plan.task, "bias")
-    try:
-        majority_prompts(task, shots=plan.shots, n=plan.args.n_prompts, seed=plan.args.seed + 12)
-    except ValueError as err:
-        raise UsageError(
-            f"--shots {plan.shots}: the bias section cannot draw its prompts ({err}); or --skip bias"
-        ) from None
+    majority_prompts_drawn(plan, "bias", plan.args.n_prompts, plan.args.seed + 12)
 
 
 def _check_components(plan: Plan) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from icl_heads._cli_inputs import Plan, UsageError
-from icl_heads._cli_sections import AnalysisSection, Context, records, task_variant
+from icl_heads._cli_inputs import Plan
+from icl_heads._cli_sections import AnalysisSection, Context, majority_prompts_drawn, records, task_variant
 from icl_heads.report import Section
 
-#: prompt passes of the section in the reference run (the organism, ``--n-prompts 200``)
-REFERENCE_PASSES = 24850
 #: the table's columns shown in the report (the CSV keeps them all)
 SHOWN = [
     "method", "family", "setting", "labelled", "extra_passes_per_prompt", "majority_reduction",
@@ -48,16 +46,8 @@ def section_corrections(ctx: Context) -> list[Section]:
 
 
 def _check(plan: Plan) -> None:
-    """Before the model loads: the section's majority-bias test prompts can be drawn (shots a multiple of the classes)."""
-    from icl_heads.bias import majority_prompts
-
-    task, _ = task_variant(plan.args, plan.task, "bias")
-    try:
-        majority_prompts(task, shots=plan.shots, n=max(plan.args.n_prompts // 4, 10), seed=plan.args.seed + 16)
-    except ValueError as err:
-        raise UsageError(
-            f"--shots {plan.shots}: the corrections section cannot draw its prompts ({err}); or --skip corrections"
-        ) from None
+    """Before the model loads: the section's test prompts can be drawn (shots a multiple of the classes)."""
+    majority_prompts_drawn(plan, "corrections", max(plan.args.n_prompts // 4, 10), plan.args.seed + 16)
 
 
-CORRECTIONS = AnalysisSection("corrections", section_corrections, reference_passes=REFERENCE_PASSES, check=_check)
+CORRECTIONS = AnalysisSection("corrections", section_corrections, reference_passes=24850, check=_check)

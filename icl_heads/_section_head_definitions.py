@@ -38,23 +38,19 @@ def section_head_definitions(ctx: Context) -> list[Section]:
         f"attention on {result.config['n_seqs']} repeated random sequences). Top sets of {result.k} head(s), the size "
         "of the in-context top set; each ablated on the held-out prompts against random sets of the same size."
     )
-    sec.warnings(result)
-    sec.numbers(result.summary())
-    sec.figure(result.plot())
-    sec.figure(result.plot_ablation())
+    sec.result(result, result.plot(), result.plot_ablation())
     sec.table(result.overlap)
     sec.table(result.cost)
     sec.results["head_definitions"] = result
-    sec.csv.update(head_definitions=result.df, head_definitions_overlap=result.overlap,
-                   head_definitions_ablation=result.ablation, head_definitions_cost=result.cost)  # fmt: skip
+    sec.csv.update(head_definitions=result.df, head_definitions_overlap=result.overlap)
+    sec.csv.update(head_definitions_ablation=result.ablation, head_definitions_cost=result.cost)
     sec.summary["head_definitions"] = result.summary()
     return [sec]
 
 
-#: after the heads section, whose in-context heads it compares with; its work grows with the heads (FV: 1 + L·H passes)
 def _passes(n_prompts: int, n_heads: int) -> int:
-    """Prompt passes: the in-context scores (n), the function vectors (clean and shuffled, then one per head, on
-    ``min(N_TRIALS, n)`` trials) and the induction sequences; the ablations are read back from the heads section."""
+    """Prompt passes: in-context scores (n), function vectors (clean, shuffled, one per head, on ``min(N_TRIALS, n)``
+    trials) and induction sequences; the ablations are read back from the heads section."""
     return n_prompts + (2 + n_heads) * min(N_TRIALS, n_prompts) + N_SEQS
 
 

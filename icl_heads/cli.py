@@ -5,15 +5,9 @@ Examples::
     icl-heads analyze --model organism --task organism --out results/organism
     icl-heads analyze --model gpt2 --data reviews.csv --text-col text --label-col label --out results/gpt2
 
-Every input is checked before the model loads (:mod:`icl_heads._cli_inputs`); a bad one
-ends the command with a one-line message and exit code 2 (``--debug`` shows the
-traceback). Results are written beside ``--out`` and moved into place only when the
-run succeeds (:mod:`icl_heads._cli_output`). The command is argument parsing plus a
-pipeline: a section is an :class:`~icl_heads._cli_sections.AnalysisSection` listed in
-:data:`SECTIONS` (its function, its check before the model loads, its expected work); it
-returns its results as :class:`~icl_heads.report.Section` data, and one writer
-(:func:`~icl_heads._cli_output.write_sections`) renders them into the report, the CSV
-tables and the summary.
+Every input is checked before the model loads; a bad one ends the command with a one-line message and exit code 2
+(``--debug`` shows the traceback). A section is an :class:`~icl_heads._cli_sections.AnalysisSection` listed in
+:data:`SECTIONS`; results are written beside ``--out`` and moved into place only when the run succeeds.
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from icl_heads._cli_inputs import Plan, UsageError, summary_of_classes, validate
+from icl_heads._cli_inputs import Plan, UsageError, validate
 from icl_heads._cli_output import (
     OutputFolder,
     Terminated,
@@ -85,23 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--template",
-        default=None,
         help="how one demonstration is written, with {text} then {label}, e.g. '{text} -> {label}\\n' (\\n is a "
         "newline); where the label goes is part of it. For a named task, 0, 1 or 2 picks one of its three formats "
         "(default: its first; for files '{text} : {label}\\n'; the organism's own)",
     )
-    a.add_argument("--split", default=None, help="split of a named task or data set (default: the task's)")
+    a.add_argument("--split", help="split of a named task or data set (default: the task's)")
     a.add_argument("--text-col", default="text", help="text column of --data (default: text)")
     a.add_argument("--label-col", default="label", help="label column of --data (default: label)")
     a.add_argument(
         "--label-words",
-        default=None,
         help="comma-separated label words, one per class in class order, or 'meaningless' (foo,bar,...) (default: "
         "a named task's words; foo,bar for 2 classes)",
     )
     a.add_argument(
         "--classes",
-        default=None,
         help="comma-separated class order (default: numeric order for numbers, else order of first appearance; "
         "with --task organism: the topics)",
     )
@@ -111,14 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--shots",
         type=int,
-        default=None,
         help="demonstrations per prompt (default: the smallest multiple of the number of classes >= 4)",
     )
     a.add_argument("--n-prompts", type=int, default=200, help="prompts per measurement (default: 200)")
-    a.add_argument("--device", default=None, help="e.g. cpu or cuda (default: cpu)")
+    a.add_argument("--device", help="e.g. cpu or cuda (default: cpu)")
     a.add_argument(
         "--dtype",
-        default=None,
         help="weights' dtype: float32, bfloat16, float16, ... (default: the checkpoint's; bfloat16 halves a "
         "large model's memory on a GPU)",
     )
@@ -126,7 +115,6 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--threads",
         type=int,
-        default=None,
         help="CPU threads for torch (default: torch's choice; 1 is fastest for the small organism on a busy machine)",
     )
     a.add_argument("--out", type=Path, required=True, help="output folder (must be empty or new, unless --force)")
@@ -150,8 +138,8 @@ def _intro(plan: Plan) -> str:
     mapping = ", ".join(f"{row['class']} → {row['label_word']}" for row in plan.classes)
     return (
         f"{plan.shots}-shot prompts in the template {plan.task.template!r}; classes and their label words: "
-        f"{mapping}. Heads are scored on "
-        f"{plan.args.n_prompts} prompts and every check runs on {plan.args.n_prompts} other prompts."
+        f"{mapping}. Heads are scored on {plan.args.n_prompts} prompts and every check runs on {plan.args.n_prompts} "
+        "other prompts."
     )
 
 
@@ -195,32 +183,25 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.time()
-    tmp = folder.tmp
     try:
         model = ih.load_model(plan.model, device=plan.device, dtype=args.dtype)
     except (OSError, ValueError) as err:
         raise UsageError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]})") from None
     faithfulness = ih.check_faithfulness(model)
-    ctx = Context(
-        args=args,
-        model=model,
-        task=plan.task,
-        prompts=plan.prompts,
-        held_out=plan.held_out,
-        out=tmp,
-        summary={
-            "model": args.model,
-            "task": plan.task.name,
-            "shots": plan.shots,
-            "n_prompts": args.n_prompts,
-            "classes": summary_of_classes(plan),
-            "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
-            "template": plan.task.template,
-            "unknown_token_share": plan.unknown_token_share,
-            "notes": plan.notes,
-        },
-        options=RunOptions(progress=not args.quiet),
-    )
+    summary = {
+        "model": args.model,
+        "task": plan.task.name,
+        "shots": plan.shots,
+        "n_prompts": args.n_prompts,
+        "classes": json.loads(json.dumps(plan.classes, default=str)),
+        "label_words": dict(zip(map(str, plan.task.classes), plan.task.label_words, strict=True)),
+        "template": plan.task.template,
+        "unknown_token_share": plan.unknown_token_share,
+        "notes": plan.notes,
+    }
+    # one bar per section, in prompt passes (:class:`ProgressLedger`), instead of batch bars
+    options = RunOptions(progress=False)
+    ctx = Context(args, model, plan.task, plan.prompts, plan.held_out, folder.tmp, summary, options)
     ctx.results.update(faithfulness=faithfulness, n_labels=len(plan.task.classes))
     prov = run_provenance(
         argv=argv, model=model, reference=args.model, architecture=faithfulness.architecture, task=plan.task,
@@ -229,38 +210,34 @@ def run(plan: Plan, argv: list[str], folder: OutputFolder) -> dict:
     )  # fmt: skip
     report = Report(title=f"icl-heads report: {args.model} on {plan.task.name}", intro=_intro(plan))
     report.add(_data_section(plan))
-    expected = _announce(plan, model)
-    ledger = ProgressLedger(show=not args.quiet)
-    ctx.options = RunOptions(progress=False)  # one bar per section, in prompt passes, instead of batch bars
     run_sections = [s for s in SECTIONS if s.name not in plan.skip]
+    expected = _announce(plan, model, run_sections)
+    ledger = ProgressLedger(show=not args.quiet)
     for section in run_sections:
         t = time.time()
         logger.info("section %s", section.name)
         with count_cost(ledger), ledger.progress(section.name, expected[section.name]):
-            write_sections(section.run(ctx), report, ctx.out, ctx.summary, ctx.results)
-        ctx.summary.setdefault("seconds", {})[section.name] = round(time.time() - t, 2)
-    ctx.summary["total_seconds"] = round(time.time() - start, 2)
-    ctx.summary["icl_heads_version"] = ih.__version__
+            write_sections(section.run(ctx), report, ctx.out, summary, ctx.results)
+        summary.setdefault("seconds", {})[section.name] = round(time.time() - t, 2)
+    summary.update(total_seconds=round(time.time() - start, 2), icl_heads_version=ih.__version__)
     verdicts = collect_verdicts(ctx.results) + [v for s in run_sections if s.verdicts for v in s.verdicts(ctx.results)]
-    ctx.summary = {"verdicts": verdict_table(verdicts), **ctx.summary}
-    ctx.summary["cost"] = ledger.as_dict()
     cost = {
-        "seconds per section": ctx.summary.get("seconds", {}),
-        "total seconds": ctx.summary["total_seconds"],
+        "seconds per section": summary.get("seconds", {}),
+        "total seconds": summary["total_seconds"],
         "forward passes": ledger.total.passes,
         "layer x token evaluations": ledger.total.layer_tokens,
     }
-    ctx.summary["provenance"] = {**prov.to_dict(), "cost": cost}
-    ctx.summary["faithfulness"] = faithfulness.summary()
-    report.verdicts, report.provenance, report.cost = verdicts, ctx.summary["provenance"], ledger.df
-    ctx.summary["n_figures"] = report.n_figures
-    report.write(tmp / "report.html")
-    (tmp / "summary.json").write_text(json.dumps(ctx.summary, indent=2, default=str))
+    summary = {"verdicts": verdict_table(verdicts), **summary, "cost": ledger.as_dict()}
+    summary.update(provenance={**prov.to_dict(), "cost": cost}, faithfulness=faithfulness.summary())
+    report.verdicts, report.provenance, report.cost = verdicts, summary["provenance"], ledger.df
+    summary["n_figures"] = report.n_figures
+    report.write(folder.tmp / "report.html")
+    (folder.tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     folder.commit()
-    return ctx.summary
+    return summary
 
 
-def _announce(plan: Plan, model: object) -> dict[str, int]:
+def _announce(plan: Plan, model: object, sections: list[AnalysisSection]) -> dict[str, int]:
     """Log an estimate of the whole run before its first section; the prompt passes expected of each section."""
     from icl_heads.access import ModelAccess
     from icl_heads.engine import no_reuse
@@ -268,7 +245,6 @@ def _announce(plan: Plan, model: object) -> dict[str, int]:
     access = ModelAccess(model)
     with no_reuse():  # the timing pass is neither kept nor counted
         per_pass = seconds_per_pass(model, plan.prompts)
-    sections = [s for s in SECTIONS if s.name not in plan.skip]
     expected, text = estimate(sections, plan.args.n_prompts, access.n_layers * access.n_heads, per_pass)
     total = sum(expected.values()) * per_pass
     logger.log(logging.WARNING if total > LONG_RUN else logging.INFO, "%s", text)
@@ -286,8 +262,7 @@ def headline(summary: dict, out: Path) -> list[str]:
     icl = next((v for v in summary.get("verdicts", []) if v.get("key") == "icl"), None)
     if icl is not None and icl["state"] not in ("holds", "not applicable"):
         lines.insert(0, f"warning: {AT_CHANCE} ({icl['detail']}); {CHECK_PROMPTS} {summary.get('template')!r}")
-    for v in summary.get("verdicts", []):
-        lines.append(f"{v['claim']}: {v['state']} ({v['detail']})")
+    lines += [f"{v['claim']}: {v['state']} ({v['detail']})" for v in summary.get("verdicts", [])]
     if "accuracy" in summary:
         lo, hi = summary["accuracy_95ci"]
         lines.append(f"{summary['shots']}-shot accuracy: {summary['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
@@ -305,26 +280,23 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
-        folder = OutputFolder(args.out, args.force, ["icl-heads", *argv])
+        folder = OutputFolder(args.out, ["icl-heads", *argv])
         with sigterm_raises(), folder:  # the lock on --out comes first: two runs on one --out never race
             plan = validate(args, [s.name for s in SECTIONS], {s.name: s.check for s in SECTIONS if s.check})
             summary = run(plan, argv, folder)
-    except UsageError as err:
+    except (UsageError, KeyboardInterrupt, Terminated) as err:
         if args.debug:
             raise
-        print(f"icl-heads: error: {err}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, Terminated) as err:
-        if args.debug:
-            raise
+        if isinstance(err, UsageError):
+            print(f"icl-heads: error: {err}", file=sys.stderr)
+            return 2
         previous = ignore_interrupts()  # a second Ctrl-C while we say so must not print a traceback
         why = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
         print(f"icl-heads: {why}; no results written ({args.out} is unchanged)", file=sys.stderr)
         if not from_command:  # called from Python: give Ctrl-C back; the command keeps ignoring it until it exits
             restore_interrupts(previous)
         return 130 if isinstance(err, KeyboardInterrupt) else 143
-    for line in headline(summary, args.out):
-        print(line)
+    print("\n".join(headline(summary, args.out)))
     return 0
 
 

@@ -9,7 +9,7 @@ import datetime
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -18,23 +18,17 @@ from plotly.offline import get_plotlyjs
 from icl_heads._format import fmt, show
 from icl_heads.plots._style import fit_titles
 
-if TYPE_CHECKING:
-    from icl_heads.agreement import ScoreAgreement
-
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { max-width: 100%; display: block; overflow-x: auto; } td, th { word-break: normal; overflow-wrap: normal; }
 .warning { background: #fff4e5; border-left: 4px solid #e67e22; padding: 0.5em 1em; margin: 1em 0; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
-.note { color: #555; font-size: 0.9em; } .figure { margin: 1em 0; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; } th { background: #f4f4f4; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } .note { color: #555; font-size: 0.9em; }
 #verdicts, #provenance { border: 1px solid #bbb; border-radius: 4px; padding: 0.5em 1em; margin: 1em 0; }
-#verdicts h2, #provenance h2 { margin-top: 0.3em; }
-#verdicts li { margin: 0.3em 0; text-align: left; } .state { font-weight: bold; }
-.state-holds { color: #1a7f37; } .state-fails { color: #b42318; } .state-ns { color: #9a6700; }
-.state-na { color: #666; }
-#provenance td, #provenance th { text-align: left; }
+#verdicts h2, #provenance h2 { margin-top: 0.3em; } .figure { margin: 1em 0; } .state { font-weight: bold; }
+#verdicts li { margin: 0.3em 0; text-align: left; } #provenance td, #provenance th { text-align: left; }
+.state-holds { color: #1a7f37; } .state-fails { color: #b42318; } .state-ns { color: #9a6700; } .state-na { color: #666; }
 """
 
 # after plotly has drawn: record titles wider than their figure and a page wider than the window,
@@ -65,10 +59,8 @@ window.addEventListener('load', function () { setTimeout(function () {
       }
     }
   });
-  document.body.setAttribute('data-overflowing-titles', JSON.stringify(bad));
-  document.body.setAttribute('data-clipped-titles', JSON.stringify(clipped));
-  document.body.setAttribute('data-modebar-over-titles', JSON.stringify(covered));
-  document.body.setAttribute('data-split-words', JSON.stringify(split));
+  var found = {'overflowing-titles': bad, 'clipped-titles': clipped, 'modebar-over-titles': covered, 'split-words': split};
+  Object.keys(found).forEach(function (k) { document.body.setAttribute('data-' + k, JSON.stringify(found[k])); });
   document.body.setAttribute('data-page-overflow',
     String(document.documentElement.scrollWidth > document.documentElement.clientWidth + 1));
   document.body.setAttribute('data-layout-checked', String(window.innerWidth));
@@ -87,10 +79,8 @@ _STATE_CLASS = {
 class Section:
     """One section of the report as data, built by an analysis and rendered by :meth:`Report.add`.
 
-    Its ``blocks`` are what the reader sees, in order (text, numbers, warnings, figures,
-    tables); ``csv`` the tables written next to the report (``results/<name>.csv``);
-    ``summary`` its entries in ``summary.json``; ``results`` the result objects the
-    verdicts are judged from. Building a section neither draws HTML nor writes files.
+    ``blocks`` are what the reader sees, in order; ``csv`` the tables written as ``results/<name>.csv``; ``summary``
+    its entries in ``summary.json``; ``results`` the result objects the verdicts are judged from.
     """
 
     heading: str
@@ -115,6 +105,17 @@ class Section:
     def table(self, df: pd.DataFrame, max_rows: int = 30) -> None:
         self.blocks.append(("table", (df, max_rows)))
 
+    def result(self, result: Any, *figures: go.Figure) -> None:
+        """A result's warnings, its summary numbers and ``figures``."""
+        self.warnings(result)
+        self.numbers(result.summary())
+        for fig in figures:
+            self.figure(fig)
+
+
+def _rows(values: dict[str, Any]) -> str:
+    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(show(v))}</td></tr>" for k, v in values.items())
+
 
 @dataclass
 class Report:
@@ -130,57 +131,34 @@ class Report:
 
     def add(self, section: Section) -> None:
         """Render a :class:`Section`'s blocks, in order, as a new section of the page."""
-        parts = self.section(section.heading)
+        parts: list[str] = []
+        self.sections.append((section.heading, parts))
         for kind, payload in section.blocks:
             if kind == "figure":
-                self.figure(parts, payload)
+                self.n_figures += 1
+                fit_titles(payload)
+                div = payload.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{self.n_figures}")
+                parts.append(f'<div class="figure">{div}</div>')
             elif kind == "table":
-                self.table(parts, *payload)
+                parts.append(payload[0].head(payload[1]).to_html(index=False, float_format=fmt, border=0))
+            elif kind == "warnings":
+                warnings = getattr(payload, "warnings", ()) or ()
+                parts += [f'<div class="warning"><b>Warning:</b> {html.escape(str(w))}</div>' for w in warnings]
+            elif kind == "text":
+                parts.append(f"<p>{html.escape(payload)}</p>")
             else:
-                getattr(self, kind)(parts, payload)
-
-    def section(self, heading: str) -> list[str]:
-        parts: list[str] = []
-        self.sections.append((heading, parts))
-        return parts
-
-    def figure(self, parts: list[str], fig: go.Figure) -> None:
-        self.n_figures += 1
-        fit_titles(fig)
-        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{self.n_figures}")
-        parts.append(f'<div class="figure">{div}</div>')
-
-    @staticmethod
-    def table(parts: list[str], df: pd.DataFrame, max_rows: int = 30) -> None:
-        parts.append(df.head(max_rows).to_html(index=False, float_format=fmt, border=0))
-
-    @staticmethod
-    def warnings(parts: list[str], result: Any) -> None:
-        """Each of a result's warnings (``result.warnings``) in a box the reader cannot miss."""
-        for warning in getattr(result, "warnings", ()) or ():
-            parts.append(f'<div class="warning"><b>Warning:</b> {html.escape(str(warning))}</div>')
-
-    @staticmethod
-    def text(parts: list[str], text: str) -> None:
-        parts.append(f"<p>{html.escape(text)}</p>")
-
-    @staticmethod
-    def numbers(parts: list[str], values: dict[str, Any]) -> None:
-        rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(show(v))}</td></tr>" for k, v in values.items()
-        )
-        parts.append(f"<table>{rows}</table>")
+                parts.append(f"<table>{_rows(payload)}</table>")
 
     def _verdict_block(self) -> str:
         if not self.verdicts:
             return ""
+        from icl_heads.verdict_rules import legend
+
         items = "".join(
             f"<li data-state='{html.escape(v.state)}'><b>{html.escape(v.claim)}</b>: <span class='state "
             f"{_STATE_CLASS[v.state]}'>{html.escape(v.state)}</span> ({html.escape(v.detail)})</li>"
             for v in self.verdicts
         )
-        from icl_heads.verdict_rules import legend
-
         first = next((v for v in self.verdicts if getattr(v, "key", "") == "icl"), None)
         no_icl = ""
         if first is not None and first.state not in ("holds", "not applicable"):
@@ -199,32 +177,17 @@ class Report:
             f"</summary><ul class='note'>{keys}</ul></details></section>"
         )
 
-    def _provenance_block(self) -> str:
-        if not self.provenance:
-            return ""
-        rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(show(v))}</td></tr>"
-            for k, v in _flatten(self.provenance).items()
-        )
-        return f"<section id='provenance'><h2>Provenance</h2><table>{rows}</table></section>"
-
-    def _cost_block(self) -> str:
-        if self.cost is None or self.cost.empty:
-            return ""
-        table = self.cost.to_html(index=False, border=0, float_format=fmt)
-        return (
-            "<section id='cost'><h2>Cost</h2><p class='note'>The model work of each section: forward passes, "
-            "prompt rows, padded tokens, and layer×token evaluations (padded tokens times the layers a pass runs; "
-            "a backward pass counts as two).</p>"
-            f"{table}</section>"
-        )
-
     def write(self, path: str | Path) -> Path:
         path = Path(path)
-        body = self._verdict_block() + "".join(
-            f"<h2>{html.escape(h)}</h2>{''.join(parts)}" for h, parts in self.sections
-        )
-        body += self._provenance_block() + self._cost_block()
+        body = self._verdict_block() + "".join(f"<h2>{html.escape(h)}</h2>{''.join(p)}" for h, p in self.sections)
+        if self.provenance:
+            body += f"<section id='provenance'><h2>Provenance</h2><table>{_rows(_flatten(self.provenance))}</table></section>"
+        if self.cost is not None and not self.cost.empty:
+            body += (
+                "<section id='cost'><h2>Cost</h2><p class='note'>The model work of each section: forward passes, "
+                "prompt rows, padded tokens, and layer×token evaluations (padded tokens times the layers a pass runs; "
+                f"a backward pass counts as two).</p>{self.cost.to_html(index=False, border=0, float_format=fmt)}</section>"
+            )
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         page = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
@@ -240,31 +203,8 @@ class Report:
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v and len(v) > 1:
+        if isinstance(v, dict) and len(v) > 1:
             out.update(_flatten(v, f"{prefix}{k}: "))
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def agreement_part(agreement: ScoreAgreement) -> Section:
-    """The section showing how a cheap head score agrees with the exact ablation score on a sample of heads.
-
-    Args:
-        agreement: from :func:`icl_heads.compare_head_scores`.
-    """
-    sec = Section(f"{agreement.method} score vs exact ablation ({len(agreement.heads)} heads)")
-    sec.text(
-        f"The {agreement.method} score against the exact ablation effect (the drop in the gold label's "
-        f"log-probability when one head is ablated) on {len(agreement.heads)} heads. A Spearman correlation "
-        "well below 0.9 or a different top head means the cheap score should not replace the exact one here."
-    )
-    sec.warnings(agreement)
-    sec.numbers(agreement.summary())
-    sec.figure(agreement.plot())
-    return sec
-
-
-def agreement_section(report: Report, agreement: ScoreAgreement) -> None:
-    """Add :func:`agreement_part` to ``report``."""
-    report.add(agreement_part(agreement))

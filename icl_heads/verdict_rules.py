@@ -1,23 +1,7 @@
-"""The rules of the verdicts on the papers' claims: each claim a test with a stated margin.
+"""The rules of the verdicts on the papers' claims: each claim a test of one 95% interval against a stated margin.
 
-Every claim is judged from one 95% interval of its effect, oriented so that the
-paper's direction is positive, by one rule (:func:`judge`):
-
-* ``"holds"``: the interval excludes no effect (its low end is above zero);
-* ``"contradicted"``: the interval excludes the smallest effect that would count as the
-  claim (its high end is below the claim's margin, :data:`MARGINS`), which includes an
-  interval entirely in the opposite direction;
-* ``"inconclusive"``: anything else (the data cannot tell);
-* ``"not applicable"``: the analysis did not run, or what it is about is absent (no
-  in-context learning to explain, no bias to correct).
-
-A point estimate alone never decides a state: "no effect found" is *inconclusive* unless
-the interval rules out every effect that would matter.
-
-The functions named ``*_verdict`` are pure: they read plain quantities (counts, per-run
-accuracies, interval ends), so tests feed them simulated data;
-:func:`icl_heads.verdicts.collect_verdicts` reads those quantities off the result objects of a run. Every
-figure in a verdict is formatted by :func:`icl_heads._format.fmt` (3 decimals).
+The states and the rule are in :func:`judge` and docs/methods.md; the ``*_verdict`` functions read plain
+quantities (counts, per-run accuracies, interval ends), so tests feed them simulated data.
 """
 
 from __future__ import annotations
@@ -31,7 +15,7 @@ import numpy as np
 from scipy import stats as sps
 
 from icl_heads._format import fmt, fmt_ci
-from icl_heads.stats import t_interval, wilson
+from icl_heads.stats import resamples, t_interval, wilson
 
 HOLDS = "holds"
 CONTRADICTED = "contradicted"
@@ -54,47 +38,34 @@ CLAIMS = {
     "reweighting": "reweighting beats the baselines",
 }
 
-#: the smallest effect that counts as each claim, in the units of its effect (the legend prints them)
-MARGINS: dict[str, float] = {
-    "icl": 0.10,  # accuracy above chance
-    "heads": 0.10,  # accuracy drop beyond random head sets of the same size
-    "ov": 0.10,  # share of label slots promoting their label, above the control positions and chance
-    "qk": 0.05,  # within-prompt AUC above 0.5
-    "majority": 0.05,  # excess majority-label predictions
-    "recency": 0.10,  # accuracy gap, query's class block last minus first
-    "majority_correction": 10.0,  # relative reduction of the bias, percent
-    "recency_correction": 10.0,
-    "decomposition": 0.10,  # accuracy of the best component above the full model's
-    "reweighting": 0.05,  # accuracy above every baseline that is above chance
+_BIAS_REDUCTION = (10.0, "relative reduction of the bias, in %")
+#: per claim, the smallest effect that counts as the claim and what it is measured in (the legend prints both)
+_MARGINS: dict[str, tuple[float, str]] = {
+    "icl": (0.10, "accuracy above chance"),
+    "heads": (0.10, "accuracy drop beyond the mean of random head sets of the same size"),
+    "ov": (0.10, "share of demonstrations promoting their label, above the control positions and above chance"),
+    "qk": (0.05, "within-prompt AUC above 0.5"),
+    "majority": (0.05, "excess majority-label predictions"),
+    "recency": (0.10, "accuracy gap, query's class block last minus first"),
+    "majority_correction": _BIAS_REDUCTION,
+    "recency_correction": _BIAS_REDUCTION,
+    "decomposition": (0.10, "accuracy of a component above the full model's (Bonferroni over components)"),
+    "reweighting": (0.05, "accuracy above each baseline above chance (t interval over runs)"),
 }
-
-#: what each margin is measured in, for the legend
-MARGIN_UNITS: dict[str, str] = {
-    "icl": "accuracy above chance",
-    "heads": "accuracy drop beyond the mean of random head sets of the same size",
-    "ov": "share of demonstrations promoting their label, above the control positions and above chance",
-    "qk": "within-prompt AUC above 0.5",
-    "majority": "excess majority-label predictions",
-    "recency": "accuracy gap, query's class block last minus first",
-    "majority_correction": "relative reduction of the bias, in %",
-    "recency_correction": "relative reduction of the bias, in %",
-    "decomposition": "accuracy of a component above the full model's (Bonferroni over components)",
-    "reweighting": "accuracy above each baseline above chance (t interval over runs)",
-}
+MARGINS: dict[str, float] = {k: m for k, (m, _) in _MARGINS.items()}
 
 #: the claims about how ICL works: not applicable when the model does not learn the task in context
 ICL_CLAIMS = ("heads", "ov", "qk")
-
 #: a baseline whose mean is within this of chance, or whose interval reaches chance, is "at chance"
 CHANCE_MARGIN = 0.05
-
 LEVEL = 0.95
 
 
 def judge(low: Any, high: Any, margin: float) -> Any:
     """The state of a claim from the interval ``[low, high]`` of its effect (paper's direction positive).
 
-    Vectorised: arrays of interval ends give an array of states.
+    ``holds`` when the interval excludes no effect (low end above 0), ``contradicted`` when it excludes the
+    margin (high end below it), else ``inconclusive``. Vectorised: arrays of interval ends give an array of states.
 
     Raises:
         ValueError: a margin that is not positive.
@@ -108,18 +79,8 @@ def judge(low: Any, high: Any, margin: float) -> Any:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One claim, its state, and the interval it was judged from.
-
-    Attributes:
-        claim: the paper's claim in a few words.
-        state: one of :data:`STATES`.
-        detail: the numbers, with their 95% intervals.
-        key: the claim's key in :data:`MARGINS`.
-        effect: the effect (paper's direction positive), NaN when none was measured.
-        low: low end of its 95% interval.
-        high: high end.
-        margin: the smallest effect that counts as the claim.
-    """
+    """One claim (``claim`` in a few words, ``key`` in :data:`MARGINS`), its state, the numbers (``detail``) and the
+    interval ``[low, high]`` of its ``effect`` (NaN when none was measured) judged against ``margin``."""
 
     claim: str
     state: str
@@ -143,9 +104,8 @@ class Verdict:
 
 
 def _judged(key: str, claim: str, effect: float, ci: Sequence[float], detail: str) -> Verdict:
-    margin = MARGINS[key]
     lo, hi = float(ci[0]), float(ci[1])
-    return Verdict(claim, judge(lo, hi, margin), detail, key, float(effect), lo, hi, margin)
+    return Verdict(claim, judge(lo, hi, MARGINS[key]), detail, key, float(effect), lo, hi, MARGINS[key])
 
 
 def not_applicable(key: str, claim: str, why: str) -> Verdict:
@@ -154,12 +114,7 @@ def not_applicable(key: str, claim: str, why: str) -> Verdict:
 
 def difference_interval(a: float, a_ci: Sequence[float], b: float, b_ci: Sequence[float]) -> tuple[float, float]:
     """Interval of ``a - b`` from the intervals of two independent estimates (Newcombe's square-and-add)."""
-    lo = (a - b) - math.hypot(a - a_ci[0], b_ci[1] - b)
-    hi = (a - b) + math.hypot(a_ci[1] - a, b - b_ci[0])
-    return lo, hi
-
-
-# ---- the claims -------------------------------------------------------------------------------------------
+    return (a - b) - math.hypot(a - a_ci[0], b_ci[1] - b), (a - b) + math.hypot(a_ci[1] - a, b - b_ci[0])
 
 
 def faithfulness_verdict(worst_relative_error: float, tolerance: float, worst_identity: str) -> Verdict:
@@ -170,30 +125,18 @@ def faithfulness_verdict(worst_relative_error: float, tolerance: float, worst_id
 
 
 def icl_verdict(correct: int, n: int, chance: float, shots: int | None = None) -> Verdict:
-    """The model learns the task in context: accuracy's Wilson interval above chance.
-
-    Args:
-        correct: prompts answered correctly.
-        n: prompts.
-        chance: accuracy of guessing (``1 / n_labels``).
-        shots: demonstrations per prompt, for the text.
-    """
+    """The model learns the task in context: accuracy's Wilson interval (``correct`` of ``n``) above ``chance``."""
     acc = wilson(correct, n)
     setting = f"{shots}-shot " if shots is not None else ""
     detail = f"{setting}accuracy {fmt(acc.value)}, 95% {fmt_ci(acc.ci)} over {n} prompts; chance {fmt(chance)}"
-    return _judged("icl", "the model learns the task in context", acc.value - chance,
-                   (acc.low - chance, acc.high - chance), detail)  # fmt: skip
+    return _judged("icl", CLAIMS["icl"], acc.value - chance, (acc.low - chance, acc.high - chance), detail)
 
 
 def heads_verdict(
     heads: Sequence[str], accuracy: float, ablated_correct: int, n: int, random_accuracies: Any
 ) -> Verdict:
-    """A few heads carry ICL: ablating the found heads lowers accuracy more than random heads of the same number.
-
-    The effect is the mean accuracy of the random sets minus the found heads' ablated
-    accuracy; its interval combines the ablated accuracy's Wilson interval (``n`` prompts)
-    with the t interval of the random sets' mean.
-    """
+    """A few heads carry ICL: random head sets' mean accuracy (t interval) minus the found heads' ablated accuracy
+    (Wilson, ``n`` prompts), combined by square-and-add."""
     ablated = wilson(ablated_correct, n)
     r_mean, r_lo, r_hi = t_interval(random_accuracies)
     if math.isnan(r_lo):
@@ -206,27 +149,15 @@ def heads_verdict(
         f"mean of {len(random_accuracies)} random sets {fmt(r_mean)} {fmt_ci((r_lo, r_hi))}; drop beyond random "
         f"{fmt(effect)}, 95% {fmt_ci((lo, hi))} over {n} prompts"
     )
-    return _judged("heads", "a few heads carry ICL", effect, (lo, hi), detail)
+    return _judged("heads", CLAIMS["heads"], effect, (lo, hi), detail)
 
 
 def ov_verdict(
     label_share: float, n_label: int, control_share: float, n_control: int, n_labels: int, heads: Sequence[str] = ()
 ) -> Verdict:
-    """OV reads labels: at label slots the in-context heads' OV vectors promote the label shown there.
-
-    Compared with both the control positions (a head promoting the demonstration's label
-    from anywhere is no label reader) and chance: the effect is the smaller of the two
-    differences and its interval the smaller ends of theirs (an intersection-union test),
-    each difference from the Wilson intervals of its shares (square-and-add).
-
-    Args:
-        label_share: share of demonstrations whose label slot promotes their label.
-        n_label: demonstrations (independent units, not tokens).
-        control_share: the same at the control positions.
-        n_control: demonstrations with a control position.
-        n_labels: number of labels (chance is ``1 / n_labels``).
-        heads: the heads, for the text.
-    """
+    """OV reads labels: the share of ``n_label`` demonstrations whose label slot promotes their label beats both the
+    control positions' share and chance ``1 / n_labels`` (an intersection-union test of two square-and-add
+    differences of Wilson intervals)."""
     chance = 1 / n_labels
     lab, ctl = wilson(label_share * n_label, n_label), wilson(control_share * n_control, n_control)
     vs_control = difference_interval(lab.value, lab.ci, ctl.value, ctl.ci)
@@ -239,42 +170,28 @@ def ov_verdict(
         f"control positions {fmt(ctl.value)} {fmt_ci(ctl.ci)}{who}; label minus control "
         f"{fmt(lab.value - ctl.value)} {fmt_ci(vs_control)}; chance {fmt(chance)}"
     )
-    return _judged("ov", "OV reads labels", effect, ci, detail)
-
-
-def ratio_bootstrap(wins: Any, pairs: Any, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """``sum(wins) / sum(pairs)`` and its percentile bootstrap interval over units (rows resampled)."""
-    w, p = np.asarray(wins, dtype=float), np.asarray(pairs, dtype=float)
-    if w.size == 0 or p.sum() == 0:
-        raise ValueError("no prompt has demonstrations of both the query's class and another class")
-    idx = np.random.default_rng(seed).integers(0, w.size, size=(n_boot, w.size))
-    samples = w[idx].sum(1) / p[idx].sum(1)
-    lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return float(w.sum() / p.sum()), float(lo), float(hi)
+    return _judged("ov", CLAIMS["ov"], effect, ci, detail)
 
 
 def qk_verdict(wins: Any, pairs: Any, heads: Sequence[str], seed: int = 0) -> Verdict:
-    """QK compares query and demonstrations: the pre-softmax score is higher at same-class demonstrations.
-
-    Args:
-        wins: per prompt, the same-class vs other-class pairs of label positions where the
-            same-class score is higher (ties count half), summed over the heads.
-        pairs: per prompt, the number of such pairs.
-        heads: the heads it was measured on.
-        seed: of the bootstrap over prompts.
-    """
-    auc, lo, hi = ratio_bootstrap(wins, pairs, seed=seed)
+    """QK compares query and demonstrations: per prompt, the same- vs other-class pairs of label positions the
+    same-class score wins (``wins``, ties half) of all ``pairs``, as an AUC with a percentile bootstrap over prompts."""
+    w, p = np.asarray(wins, dtype=float), np.asarray(pairs, dtype=float)
+    if w.size == 0 or p.sum() == 0:
+        raise ValueError("no prompt has demonstrations of both the query's class and another class")
+    idx = resamples(w.size, seed=seed)
+    lo, hi = (float(q) for q in np.quantile(w[idx].sum(1) / p[idx].sum(1), [(1 - LEVEL) / 2, (1 + LEVEL) / 2]))
+    auc = float(w.sum() / p.sum())
     detail = (
         f"score AUC same vs other class within prompts {fmt(auc)}, 95% {fmt_ci((lo, hi))} over "
-        f"{len(np.asarray(wins))} prompts ({', '.join(heads)}; 0.5 = chance)"
+        f"{len(w)} prompts ({', '.join(heads)}; 0.5 = chance)"
     )
-    return _judged("qk", "QK compares query and demonstrations", auc - 0.5, (lo - 0.5, hi - 0.5), detail)
+    return _judged("qk", CLAIMS["qk"], auc - 0.5, (lo - 0.5, hi - 0.5), detail)
 
 
 def bias_verdict(kind: str, bias: float, ci: Sequence[float], measure: str, extra: str = "") -> Verdict:
     """A bias exists: its measure's 95% interval (a bootstrap over prompts) is above zero."""
-    detail = f"{measure} {fmt(bias)}, 95% {fmt_ci(ci)}{extra}"
-    return _judged(kind, f"{kind} bias exists", bias, ci, detail)
+    return _judged(kind, f"{kind} bias exists", bias, ci, f"{measure} {fmt(bias)}, 95% {fmt_ci(ci)}{extra}")
 
 
 def correction_verdict(
@@ -290,12 +207,8 @@ def correction_verdict(
     grid_size: int = 0,
     extra: str = "",
 ) -> Verdict:
-    """A correction reduces the bias: the relative reduction's 95% interval is above zero.
-
-    Not applicable when the correction did not run (``skipped`` says why) or the bias
-    itself is not established (``bias_state`` is not :data:`HOLDS`). The strength is tuned
-    on prompts other than the test prompts (a held-out selection), which the text says.
-    """
+    """A correction reduces the bias: the relative reduction's 95% interval is above zero; not applicable when it
+    did not run (``skipped`` says why) or the bias is not established (``bias_state`` not :data:`HOLDS`)."""
     key = f"{kind}_correction"
     claim = f"{kind} correction{f' ({method})' if method else ''} reduces the bias"
     if skipped is not None or reduction is None or ci is None:
@@ -317,19 +230,9 @@ def correction_verdict(
 def components_verdict(
     names: Sequence[str], component_correct: Any, full_correct: Any, level: float = LEVEL
 ) -> Verdict:
-    """Components beat the whole: some single component classifies better than the full model.
-
-    Each component's accuracy minus the full model's, paired over prompts (a t interval of
-    the per-prompt differences), at level ``1 - (1 - level) / n_components`` (Bonferroni:
-    the best of many is selected on the same prompts). The claim's interval is the largest
-    low and high end over the components: it holds when some component's corrected
-    interval is above zero, and is contradicted when every component's is below the margin.
-
-    Args:
-        names: component names.
-        component_correct: ``[prompt, component]`` 0/1, each component alone correct.
-        full_correct: ``[prompt]`` 0/1, the full model correct.
-    """
+    """Components beat the whole: some component (``[prompt, component]`` 0/1 correct) beats the full model
+    (``[prompt]`` 0/1), paired t intervals over prompts at the Bonferroni level ``1 - (1 - level) / n_components``;
+    the claim's interval is the largest low and high end over the components."""
     c = np.asarray(component_correct, dtype=float)
     f = np.asarray(full_correct, dtype=float)
     n, k = c.shape
@@ -338,21 +241,18 @@ def components_verdict(
     sd = d.std(0, ddof=1) if n > 1 else np.zeros(k)
     corrected = 1 - (1 - level) / k
     half = sps.t.ppf(0.5 + corrected / 2, max(n - 1, 1)) * sd / math.sqrt(n)
-    # a difference that never varies (the component agrees with the full model on every prompt) is bounded by
-    # the discordance rate, whose Wilson upper end stands in for the t interval's zero width
+    # a difference that never varies is bounded by the discordance rate, whose Wilson upper end replaces zero width
     for j in np.flatnonzero(sd == 0):
-        discordant = int((d[:, j] != 0).sum())
-        half[j] = wilson(discordant, n, z=float(sps.norm.ppf(0.5 + corrected / 2))).high
+        half[j] = wilson(int((d[:, j] != 0).sum()), n, z=float(sps.norm.ppf(0.5 + corrected / 2))).high
     lows, highs = mean - half, mean + half
     best = int(np.argmax(mean))
-    n_good = int((lows > 0).sum())
     detail = (
-        f"{n_good} of {k} components more accurate than the full model's {fmt(f.mean())} "
+        f"{int((lows > 0).sum())} of {k} components more accurate than the full model's {fmt(f.mean())} "
         f"(Bonferroni, {fmt(corrected * 100, 2)}% intervals, paired over {n} prompts); best {names[best]} "
         f"{fmt(c[:, best].mean())}, difference {fmt(mean[best])} {fmt_ci((lows[best], highs[best]))}"
     )
-    return _judged("decomposition", "components beat the whole", float(mean.max()),
-                   (float(lows.max()), float(highs.max())), detail)  # fmt: skip
+    ci = (float(lows.max()), float(highs.max()))
+    return _judged("decomposition", CLAIMS["decomposition"], float(mean.max()), ci, detail)
 
 
 def at_chance(accuracies: Any, chance: float) -> bool:
@@ -362,20 +262,9 @@ def at_chance(accuracies: Any, chance: float) -> bool:
 
 
 def reweighting_verdict(accuracies: Mapping[str, Any], chance: float, method: str = "reweighting") -> Verdict:
-    """Reweighting beats the baselines: the paired difference with every baseline above chance.
-
-    Each run (seed x template) scores every method on the same test prompts, so the
-    per-run differences are paired; their mean gets a t interval with ``runs - 1``
-    degrees of freedom. The claim needs every fair baseline beaten (its interval is the
-    smallest ends over the baselines); baselines at chance (e.g. ICL with more
-    demonstrations than the model handles) are named and left out.
-
-    Args:
-        accuracies: per method, its test accuracy in each run (runs in the same order).
-        chance: accuracy of guessing (``1 / n_labels``).
-        method: the reweighting's name in ``accuracies``.
-    """
-    claim = "reweighting beats the baselines"
+    """Reweighting beats the baselines: per method its accuracy in each run (``accuracies``, runs paired), ``method``
+    minus every baseline not at chance (those are named and left out), t intervals over runs, smallest ends."""
+    claim = CLAIMS["reweighting"]
     baselines = {b: np.asarray(a, dtype=float) for b, a in accuracies.items() if b != method}
     flagged = [b for b, a in baselines.items() if at_chance(a, chance)]
     fair = {b: a for b, a in baselines.items() if b not in flagged}
@@ -388,24 +277,21 @@ def reweighting_verdict(accuracies: Mapping[str, Any], chance: float, method: st
         return Verdict(claim, INCONCLUSIVE, f"one run: no interval over runs{note}", "reweighting")
     diffs = {b: t_interval(mine - a) for b, a in fair.items()}
     parts = [f"{b} {'+' if d[0] >= 0 else ''}{fmt(d[0])} {fmt_ci(d[1:])}" for b, d in diffs.items()]
-    effect = min(d[0] for d in diffs.values())
     ci = (min(d[1] for d in diffs.values()), min(d[2] for d in diffs.values()))
     detail = (
         f"{method} {fmt(mine.mean())}; minus each baseline, 95% t interval over {runs} runs "
         f"({runs - 1} df): {'; '.join(parts)}{note}"
     )
-    return _judged("reweighting", claim, effect, ci, detail)
+    return _judged("reweighting", claim, min(d[0] for d in diffs.values()), ci, detail)
 
 
 def legend() -> list[str]:
     """The meaning of each state and each claim's margin, as written in the report."""
-    lines = [
+    return [
         "holds: the 95% interval of the effect excludes no effect, in the paper's direction.",
         "contradicted: the interval excludes the smallest effect that would count as the claim (its margin), "
         "or lies in the opposite direction.",
         "inconclusive: anything else; the data cannot tell (no effect found is not no effect).",
         "not applicable: the analysis did not run, or what it is about is absent (the claims about how ICL works "
         "need the model to learn the task in context; a correction needs an established bias).",
-    ]
-    lines += [f"margin of '{CLAIMS[k]}': {fmt(v, 2 if v < 1 else 0)} ({MARGIN_UNITS[k]})" for k, v in MARGINS.items()]
-    return lines
+    ] + [f"margin of '{CLAIMS[k]}': {fmt(m, 2 if m < 1 else 0)} ({unit})" for k, (m, unit) in _MARGINS.items()]

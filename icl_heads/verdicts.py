@@ -1,8 +1,5 @@
-"""One-line verdicts on the papers' claims, from the result objects of a run.
-
-:func:`collect_verdicts` reads the plain quantities each rule of
-:mod:`icl_heads.verdict_rules` needs off the results and judges every claim.
-"""
+"""One-line verdicts on the papers' claims: :func:`collect_verdicts` reads the quantities each rule of
+:mod:`icl_heads.verdict_rules` needs off the result objects of a run and judges every claim."""
 
 from __future__ import annotations
 
@@ -12,27 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from icl_heads import verdict_rules as rules
 from icl_heads._format import fmt, fmt_ci
 from icl_heads.stats import wilson
-from icl_heads.verdict_rules import (
-    CLAIMS,
-    HOLDS,
-    ICL_CLAIMS,
-    MARGINS,
-    NOT_APPLICABLE,
-    Verdict,
-    bias_verdict,
-    components_verdict,
-    correction_verdict,
-    faithfulness_verdict,
-    heads_verdict,
-    icl_verdict,
-    judge,
-    not_applicable,
-    ov_verdict,
-    qk_verdict,
-    reweighting_verdict,
-)
+from icl_heads.verdict_rules import CLAIMS, NOT_APPLICABLE, Verdict
 
 
 def prompt_wins(
@@ -40,8 +20,8 @@ def prompt_wins(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt, the same-class vs other-class pairs of positions won by the same-class score, and all pairs.
 
-    A group is one prompt seen by one head; pairs are formed within a group; ties count
-    half; a prompt's wins and pairs are summed over its groups.
+    A group is one prompt seen by one head; pairs are formed within a group; ties count half; a prompt's wins and
+    pairs are summed over its groups.
 
     Raises:
         ValueError: no group has both a same-class and an other-class position.
@@ -63,30 +43,29 @@ def prompt_wins(
 
 
 def _missing(name: str, why: str = "section skipped") -> Verdict:
-    return not_applicable(name, CLAIMS[name], why)
+    return rules.not_applicable(name, CLAIMS[name], why)
 
 
 def _faithfulness(f: Any) -> Verdict:
     w = f.worst()
     where = f" (layer {int(w.layer)})" if w.layer >= 0 else ""
-    return faithfulness_verdict(float(w.relative_error), float(w.tolerance), w.identity + where)
+    return rules.faithfulness_verdict(float(w.relative_error), float(w.tolerance), w.identity + where)
 
 
 def _icl(acc: Any, n_labels: int, shots: int | None) -> Verdict:
     correct = acc.label_logits.argmax(-1) == acc.golds
-    return icl_verdict(int(correct.sum()), int(correct.numel()), 1 / n_labels, shots)
+    return rules.icl_verdict(int(correct.sum()), int(correct.numel()), 1 / n_labels, shots)
 
 
 def _heads(found: Any) -> Verdict:
     if found.verification is None or found.random_accuracies is None:
         return _missing("heads", "not verified by ablation")
-    v = found.verification.set_index("condition")
     n = int(found.ablated_accuracy.n)
     if n == 0:
         return _missing("heads", "the number of verification prompts was not recorded")
-    return heads_verdict(
+    return rules.heads_verdict(
         found.names,
-        float(v.loc["none", "accuracy"]),
+        float(found.verification.set_index("condition").loc["none", "accuracy"]),
         round(float(found.ablated_accuracy) * n),
         n,
         np.asarray(found.random_accuracies, dtype=float).ravel(),
@@ -96,8 +75,8 @@ def _heads(found: Any) -> Verdict:
 def ov_units(ov: Any) -> dict[str, tuple[float, int]]:
     """Per kind (``label``, ``control``): share of demonstrations promoting their label and their number.
 
-    A demonstration is one unit: a slot of two tokens counts once, with the mean of its
-    positions (pooled over the heads as head x demonstration units).
+    A demonstration is one unit (a slot of two tokens counts once, with the mean of its positions), pooled over the
+    heads as head x demonstration units.
     """
     pos = ov.positions
     out = {}
@@ -108,11 +87,11 @@ def ov_units(ov: Any) -> dict[str, tuple[float, int]]:
 
 
 def _ov(ov: Any) -> Verdict:
-    units = ov_units(ov)
-    (label, n_label), (control, n_control) = units["label"], units["control"]
+    (label, n_label), (control, n_control) = ov_units(ov).values()
     if n_control == 0:
         return _missing("ov", "no control positions to compare with")
-    return ov_verdict(label, n_label, control, n_control, len(ov.label_words), [f"L{a}H{b}" for a, b in ov.heads])
+    heads = [f"L{a}H{b}" for a, b in ov.heads]
+    return rules.ov_verdict(label, n_label, control, n_control, len(ov.label_words), heads)
 
 
 def _qk(qk: Any) -> Verdict:
@@ -120,15 +99,14 @@ def _qk(qk: Any) -> Verdict:
     prompt = pos.prompt.to_numpy()
     group = prompt * 100_000 + pos.layer.to_numpy() * 1000 + pos["head"].to_numpy()
     wins, pairs = prompt_wins(pos.score.to_numpy(float), pos.same_as_gold.to_numpy(bool), group, prompt)
-    return qk_verdict(wins, pairs, list(qk.df.name))
+    return rules.qk_verdict(wins, pairs, list(qk.df.name))
 
 
 def _correction(kind: str, fix: Any) -> Verdict:
     if fix is None or isinstance(fix, str):
-        return correction_verdict(kind, None, NOT_APPLICABLE, skipped=fix or "section skipped")
+        return rules.correction_verdict(kind, None, NOT_APPLICABLE, skipped=fix or "section skipped")
     s = fix.summary()
     before = s["bias before"]
-    lo, hi = s["before 95% CI"]
     grid = fix.config.get("grid") or []
     extra = ""
     if kind == "majority" and "imbalanced accuracy before" in s:
@@ -136,10 +114,10 @@ def _correction(kind: str, fix: Any) -> Verdict:
             f"; accuracy on imbalanced prompts {fmt(s['imbalanced accuracy before'])} → "
             f"{fmt(s['imbalanced accuracy after'])}, change 95% {fmt_ci(s['imbalanced accuracy change 95% CI'])}"
         )
-    return correction_verdict(
+    return rules.correction_verdict(
         kind,
         fix.method,
-        str(judge(lo, hi, MARGINS[kind])) if before == before else NOT_APPLICABLE,
+        str(rules.judge(*s["before 95% CI"], rules.MARGINS[kind])) if before == before else NOT_APPLICABLE,
         reduction=fix.reduction.value,
         ci=fix.reduction.ci,
         before=before,
@@ -151,10 +129,9 @@ def _correction(kind: str, fix: Any) -> Verdict:
 
 
 def _components(dec: Any) -> Verdict:
-    golds = dec.golds
-    component_correct = (dec.logits.argmax(-1) == golds[:, None]).numpy()
-    full_correct = (dec.full_logits.argmax(-1) == golds).numpy()
-    return components_verdict(list(dec.names), component_correct, full_correct)
+    component_correct = (dec.logits.argmax(-1) == dec.golds[:, None]).numpy()
+    full_correct = (dec.full_logits.argmax(-1) == dec.golds).numpy()
+    return rules.components_verdict(list(dec.names), component_correct, full_correct)
 
 
 def reweighting_accuracies(comparison: Any) -> dict[str, np.ndarray]:
@@ -163,34 +140,24 @@ def reweighting_accuracies(comparison: Any) -> dict[str, np.ndarray]:
     return {m: wide[m].to_numpy(float) for m in wide.columns if wide[m].notna().all()}
 
 
-_MEASURES = {
-    "majority": "excess majority predictions",
-    "recency": "accuracy spread over orders beyond chance",
-}
-
-
 def _bias(kind: str, b: Any) -> Verdict:
-    """The headline of a bias; recency's block gap (it does not cancel over query classes) beside the classic measures."""
+    """A bias's headline; recency's block gap (it does not cancel over query classes) beside the classic measures."""
     gap = float(getattr(b, "block_gap", float("nan")))
-    if kind == "recency" and gap == gap:
-        extra = (
-            f"; classic measures: excess last-label predictions {fmt(b.last_label_excess)} "
-            f"{fmt_ci(b.last_label_excess.ci)}, accuracy spread over orders {fmt(b.bias)} {fmt_ci(b.bias.ci)}"
-        )
-        shots = getattr(b.config, "shots", None)
-        measure = "accuracy gap, query's class block last minus first"
-        if shots:
-            measure = f"{shots}-shot prompts: {measure}"
-        return bias_verdict(kind, gap, _not_degenerate(b.block_gap.ci, len(b.golds)), measure, extra)
-    return bias_verdict(kind, float(b.bias), b.bias.ci, _MEASURES[kind])
+    if kind != "recency" or gap != gap:
+        measure = {"majority": "excess majority predictions", "recency": "accuracy spread over orders beyond chance"}
+        return rules.bias_verdict(kind, float(b.bias), b.bias.ci, measure[kind])
+    extra = (
+        f"; classic measures: excess last-label predictions {fmt(b.last_label_excess)} "
+        f"{fmt_ci(b.last_label_excess.ci)}, accuracy spread over orders {fmt(b.bias)} {fmt_ci(b.bias.ci)}"
+    )
+    shots = getattr(b.config, "shots", None)
+    measure = f"{shots}-shot prompts: " * bool(shots) + "accuracy gap, query's class block last minus first"
+    return rules.bias_verdict(kind, gap, _not_degenerate(b.block_gap.ci, len(b.golds)), measure, extra)
 
 
 def _not_degenerate(ci: tuple[float, float], n: int) -> tuple[float, float]:
-    """A bootstrap interval of zero width (every prompt's gap the same, e.g. all 0) widened to what n prompts allow.
-
-    A per-prompt gap lies in [-1, 1], so the mean gap is at most the share of prompts whose
-    gap is not zero; with none among ``n`` prompts, that share's Wilson upper end bounds it.
-    """
+    """A bootstrap interval of zero width (every prompt's gap the same) widened to what ``n`` prompts allow: a
+    per-prompt gap lies in [-1, 1], so the mean gap is bounded by the Wilson upper end of 0 nonzero gaps in ``n``."""
     if ci[1] > ci[0]:
         return ci
     bound = wilson(0, n).high
@@ -201,11 +168,10 @@ def collect_verdicts(results: Mapping[str, Any]) -> list[Verdict]:
     """The verdicts of every claim, from the result objects of a run.
 
     Args:
-        results: result objects by name, any of ``faithfulness``, ``accuracy``, ``heads``,
-            ``ov``, ``qk``, ``majority``, ``recency``, ``majority_correction``,
-            ``recency_correction`` (each a correction result or a string saying why it was
-            skipped), ``decomposition`` and ``reweighting``, and ``n_labels`` and ``shots``.
-            A missing one gives "not applicable".
+        results: result objects by name, any of ``faithfulness``, ``accuracy``, ``heads``, ``ov``, ``qk``,
+            ``majority``, ``recency``, ``majority_correction``, ``recency_correction`` (each a correction result or
+            a string saying why it was skipped), ``decomposition`` and ``reweighting``, and ``n_labels`` and
+            ``shots``. A missing one gives "not applicable".
 
     Returns:
         One verdict per claim, the faithfulness check and in-context learning first.
@@ -227,12 +193,13 @@ def collect_verdicts(results: Mapping[str, Any]) -> list[Verdict]:
         fix = results.get(f"{kind}_correction")
         out[f"{kind}_correction"] = _correction(kind, fix) if kind in results else _missing(f"{kind}_correction")
     add("decomposition", _components)
-    add("reweighting", lambda c: reweighting_verdict(reweighting_accuracies(c), chance=1 / n_labels))
-    if "accuracy" in results and out["icl"].state != HOLDS:
-        icl = out["icl"]
-        for name in ICL_CLAIMS:
+    add("reweighting", lambda c: rules.reweighting_verdict(reweighting_accuracies(c), chance=1 / n_labels))
+    if "accuracy" in results and out["icl"].state != rules.HOLDS:
+        for name in rules.ICL_CLAIMS:
             if out[name].state != NOT_APPLICABLE:
-                why = f"the model does not learn the task in context ({icl.detail}); measured: {out[name].detail}"
+                why = (
+                    f"the model does not learn the task in context ({out['icl'].detail}); measured: {out[name].detail}"
+                )
                 out[name] = _missing(name, why)
     return list(out.values())
 

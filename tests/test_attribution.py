@@ -164,10 +164,11 @@ def test_agreement_on_a_sample_round_trips_and_plots(models, task, tmp_path):
     assert back.heads == agreement.heads and back.spearman == agreement.spearman
     fig = agreement.plot()
     assert list(fig.data[0].text) == agreement.df.name.tolist()
-    from icl_heads.report import Report, agreement_section
+    from icl_heads._cli_sections import agreement_part
+    from icl_heads.report import Report
 
     report = Report("t")
-    agreement_section(report, agreement)
+    report.add(agreement_part(agreement))
     assert "Spearman" in "".join(report.sections[0][1]) or "spearman" in "".join(report.sections[0][1])
 
 

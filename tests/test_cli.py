@@ -130,7 +130,7 @@ def test_unknown_task_is_a_clear_error(tmp_path, capsys):
 def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(tmp_path):
     import argparse
 
-    from icl_heads._cli_sections import Context, _organism_variant
+    from icl_heads._cli_sections import Context, task_variant
     from icl_heads.organism import HELDOUT_TEMPLATES, organism_task
 
     task = organism_task()
@@ -139,11 +139,11 @@ def test_organism_sections_use_the_harder_setting_and_user_tasks_stay_as_given(t
         args=args, model=None, task=task, prompts=None, held_out=None, out=tmp_path, summary={}, options=RunOptions()
     )
     for kind, template in (("bias", HELDOUT_TEMPLATES[1]), ("components", HELDOUT_TEMPLATES[0])):
-        harder, note = _organism_variant(ctx, kind)
+        harder, note = task_variant(ctx.args, ctx.task, kind)
         assert harder.template == template and template not in task.template and repr(template) in note
         assert harder.label_words == task.label_words and harder.classes == task.classes
     ctx.args = argparse.Namespace(data=tmp_path / "mine.csv", task="organism", seed=3, template=None)
-    assert _organism_variant(ctx, "bias") == (task, None)
+    assert task_variant(ctx.args, ctx.task, "bias") == (task, None)
 
 
 def test_one_writer_renders_sections_and_refuses_clashes(tmp_path):

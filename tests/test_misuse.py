@@ -168,7 +168,7 @@ def test_a_run_holding_the_lock_stops_a_second_run(workdir, model_dir, capsys, m
     from icl_heads._cli_output import OutputFolder
 
     (workdir / "d.csv").write_text(GOOD)
-    with OutputFolder(workdir / "out", False) as tmp:
+    with OutputFolder(workdir / "out") as tmp:
         argv = ["analyze", "--model", str(model_dir), "--data", "d.csv", "--out", "out", *FAST]
         code, err = _refused(argv, capsys, monkeypatch)
         _one_line(code, err, rf"another icl-heads run \(process {os.getpid()}\) is writing out")
