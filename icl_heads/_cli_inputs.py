@@ -42,8 +42,9 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-#: the largest ``--seed``: the run derives seeds up to ``--seed + 15``, and every random generator takes 32 bits
-MAX_SEED = 2**32 - 16
+#: the largest ``--seed``: the run derives seeds up to ``--seed + 18`` (the corrections' tuning seed + 1), and every
+#: derived seed must fit in 32 bits
+MAX_SEED = 2**32 - 1 - 18
 
 
 def check_numbers(args: argparse.Namespace) -> None:

@@ -348,3 +348,15 @@ def test_out_that_is_a_file(workdir, capsys, monkeypatch):
     (workdir / "out").write_text("x")
     code, err = _refused(["analyze", "--out", "out"], capsys, monkeypatch)
     assert code == 2 and "--out out is a file" in err
+
+
+def test_the_largest_seed_keeps_every_derived_seed_in_32_bits(capsys):
+    from icl_heads._cli_inputs import MAX_SEED
+    from icl_heads.cli import _seeds
+
+    # + 1: the corrections' positional prior draws with their tuning seed + 1
+    assert max(_seeds(MAX_SEED).values()) + 1 == 2**32 - 1
+    assert (
+        main(["analyze", "--model", "organism", "--task", "organism", "--seed", str(MAX_SEED + 1), "--out", "x"]) == 2
+    )
+    assert f"--seed must be at most {MAX_SEED}" in capsys.readouterr().err
