@@ -10,18 +10,13 @@ from icl_heads._format import fmt, fmt_ci
 from icl_heads.bias import MajorityBias
 from icl_heads.compare_corrections import CorrectionComparison
 from icl_heads.order_bias import RecencyBias
-from icl_heads.plots._style import NEUTRAL, SEQUENTIAL, fit_titles, heatmap_height, label_colour, wrap
+from icl_heads.plots._style import NEUTRAL, SEQUENTIAL, error_bars, fit_titles, heatmap_height, label_colour, wrap
 from icl_heads.results import draws
 from icl_heads.tuning import BiasCorrection
 
 
 def _error(df, value: str, low: str, high: str) -> dict:
-    return {
-        "type": "data",
-        "symmetric": False,
-        "array": (df[high] - df[value]).to_numpy(),
-        "arrayminus": (df[value] - df[low]).to_numpy(),
-    }
+    return error_bars(df[value].to_numpy(), df[low].to_numpy(), df[high].to_numpy())
 
 
 def _skew(counts: str) -> tuple[float, int]:
@@ -137,18 +132,13 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
     for col, metric in ((1, "bias"), (2, "balanced_accuracy")):
         row = df.loc[metric]
         for stage, colour in (("before", NEUTRAL), ("after", "#000000")):
-            v = float(row[stage])
+            v, lo, hi = (float(row[f"{stage}{end}"]) for end in ("", "_ci_low", "_ci_high"))
             fig.add_trace(
                 go.Bar(
                     x=[stage],
                     y=[v],
                     marker_color=colour,
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": [float(row[f"{stage}_ci_high"]) - v],
-                        "arrayminus": [v - float(row[f"{stage}_ci_low"])],
-                    },
+                    error_y={"type": "data", "symmetric": False, "array": [hi - v], "arrayminus": [v - lo]},
                     hovertemplate=f"{metric} {stage}: %{{y:.4f}}<extra></extra>",
                     showlegend=False,
                 ),
@@ -198,23 +188,21 @@ def plot_correction_comparison(result: CorrectionComparison) -> go.Figure:
         ("balanced_accuracy_change", "balanced accuracy change"),
         ("imbalanced_accuracy_change", "imbalanced accuracy change"),
     )
-    fig = make_subplots(rows=1, cols=4, shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[t for _, t in panels])  # fmt: skip
+    titles = [t for _, t in panels]
+    fig = make_subplots(rows=1, cols=4, shared_yaxes=True, horizontal_spacing=0.03, subplot_titles=titles)
     df = result.df.iloc[::-1]
-    labels = [f"{m} ({int(lab)} lab., +{x:g} passes)" if lab == lab else f"{m} (not applicable)"
-              for m, lab, x in zip(df.method, df.labelled, df.extra_passes_per_prompt, strict=True)]  # fmt: skip
+    labels = [
+        f"{m} ({int(lab)} lab., +{x:g} passes)" if lab == lab else f"{m} (not applicable)"
+        for m, lab, x in zip(df.method, df.labelled, df.extra_passes_per_prompt, strict=True)
+    ]
+    notes = np.stack([df.family, df.setting.fillna(""), df.note.fillna("")], axis=-1)
     for col, (key, title) in enumerate(panels, start=1):
-        fig.add_trace(
-            go.Scatter(
-                x=df[key], y=labels, mode="markers", marker={"color": "#000000"}, showlegend=False,
-                error_x={"type": "data", "symmetric": False, "array": (df[f"{key}_high"] - df[key]).to_numpy(),
-                         "arrayminus": (df[key] - df[f"{key}_low"]).to_numpy()},
-                customdata=np.stack([df.family, df.setting.fillna(""), df.note.fillna("")], axis=-1),
-                hovertemplate="%{y}<br>" + title + ": %{x:.3f}<br>%{customdata[0]} %{customdata[1]}"
-                "<br>%{customdata[2]}<extra></extra>",
-            ),
-            row=1, col=col,
-        )  # fmt: skip
+        hover = (
+            "%{y}<br>" + title + ": %{x:.3f}<br>%{customdata[0]} %{customdata[1]}<br>%{customdata[2]}<extra></extra>"
+        )
+        points = go.Scatter(x=df[key], y=labels, mode="markers", marker={"color": "#000000"}, showlegend=False)
+        points.update(error_x=_error(df, key, f"{key}_low", f"{key}_high"), customdata=notes, hovertemplate=hover)
+        fig.add_trace(points, row=1, col=col)
         fig.add_vline(x=100 if "reduction" in key else 0, line_color=NEUTRAL, line_dash="dot", row=1, col=col)
         fig.add_vline(x=0, line_color="black", line_width=1, row=1, col=col)
     base = result.baseline.set_index("metric")
