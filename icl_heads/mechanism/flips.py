@@ -46,10 +46,8 @@ def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool
 
     Args:
         prompts: the original prompts.
-        resample_demos: also replace every demonstration's text by another text of the
-            same class (the label sequence stays). With ``False`` the demonstrations are
-            identical, so by causality the vectors ``v_p W_O`` at label positions cannot
-            change; with ``True`` they can.
+        resample_demos: also replace every demonstration's text by another of its class (without it the
+            vectors ``v_p W_O`` at label positions cannot change).
         seed: random seed.
 
     Returns:
@@ -99,17 +97,14 @@ class FlipAnalysis(Result):
 
     Attributes:
         heads: the analysed heads.
-        df: one row per head: ``n_pairs``; mean attention summed over the old label's
-            positions before/after (``old_label_before``, ``old_label_after``) and over the
-            new label's (``new_label_before``, ``new_label_after``); ``attention_rel_change``
-            (``sum ||a_after - a_before|| / sum ||a_before||`` over pairs, ``a`` the
-            attention at label positions), ``ov_rel_change`` (the same for the vectors
-            ``v_p W_O`` at label positions, Frobenius norms) and ``weighted_ov_rel_change``
-            (for ``A[t, p] v_p W_O``). 0/0 counts as no change.
+        df: one row per head: ``n_pairs``; mean attention summed over the old label's positions before/after
+            (``old_label_before``, ``old_label_after``) and the new label's (``new_label_...``);
+            ``attention_rel_change`` (``sum ||a_after - a_before|| / sum ||a_before||`` over pairs, ``a`` the
+            attention at label positions), ``ov_rel_change`` (the same for ``v_p W_O``, Frobenius norms) and
+            ``weighted_ov_rel_change`` (for ``A[t, p] v_p W_O``). 0/0 counts as no change.
         per_pair: one row per flipped pair and head with the quantities before summing.
         pairs: every pair: ``prompt``, gold and prediction before and after, ``flipped``.
-        config: the arguments that produced this result, with ``read_at`` (the positions
-            compared: label tokens, the tokens after them, or whole slots).
+        config: the arguments, with ``read_at`` (the positions compared).
         provenance: model, prompts, versions.
         warnings: why these numbers may not describe what the heads read (empty when fine).
     """
@@ -157,17 +152,13 @@ def flip_analysis(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: the prompts before the flip.
-        flipped: prompts aligned with ``prompts`` (same number of demonstrations with the
-            same labels); default :func:`flip_prompts` (a query of another class).
+        flipped: prompts aligned with ``prompts`` (same demonstration labels); default :func:`flip_prompts`.
         heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
         resample_demos: passed to :func:`flip_prompts` when ``flipped`` is None.
         seed: passed to :func:`flip_prompts` when ``flipped`` is None.
-        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see
-            :func:`~icl_heads.mechanism.ov_label_features`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on the positions read, the result carries a warning.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see :func:`ov_label_features`).
+        min_read_share: below this share of the heads' attention on the positions read, the result warns.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`FlipAnalysis` result (only pairs whose predicted label differs are analysed).

@@ -64,9 +64,8 @@ def per_position_ov(
         positions: source positions per prompt (in the batch's padded coordinates).
 
     Returns:
-        The unweighted vectors, the attention weights (``weights[..., None] * vectors``
-        summed over all positions ``p <= t`` is ``z_t W_O``) and the final norm's scale
-        at the final position.
+        The vectors, the attention weights (``weights[..., None] * vectors`` summed over all ``p <= t`` is
+        ``z_t W_O``) and the final norm's scale at the final position.
 
     Raises:
         ValueError: heads outside the model.
@@ -83,30 +82,23 @@ def per_position_ov(
 class OVLabelFeatures(Result):
     """What each head's value-output vector at label (and control) positions promotes.
 
-    The ``"label"`` positions are where each demonstration's label is read, by
-    ``config["read_at"]``: its label token, the template token after it (e.g. the newline)
-    or its whole slot; the ``role`` column of ``positions`` says which token each is.
+    The ``"label"`` positions are where each demonstration's label is read (``config["read_at"]``: its label
+    token, the template token after it or its whole slot; the ``role`` column of ``positions`` names each token).
 
     Attributes:
         heads: the analysed heads.
-        df: one row per head, position ``kind`` (``"label"``, ``"control"``) and
-            ``label`` (each label word, and ``"all"``): ``n`` (demonstrations, the
-            independent units; a slot's tokens count once), ``n_positions`` (tokens),
-            ``share_promoting`` (share of positions whose vector ranks its own label above
-            every other label) and its 95% Wilson interval over demonstrations
-            ``share_ci_low, share_ci_high``,
-            ``mean_logit_diff`` and ``mean_logprob_diff`` (own label vs the rest; for the
-            unweighted vector ``v_p W_O``), their ``weighted_`` versions (for
-            ``A[t, p] v_p W_O``), ``median_own_rank`` (own label's rank in the whole
-            vocabulary, 1 = top), ``top_rank_share`` (share with rank <= ``top_rank``),
+        df: one row per head, ``kind`` (``"label"``, ``"control"``) and ``label`` (each word, and ``"all"``): ``n``
+            (demonstrations, the independent units), ``n_positions`` (tokens), ``share_promoting`` (share of
+            positions whose vector ranks its own label above every other) with its 95% Wilson interval over
+            demonstrations ``share_ci_low, share_ci_high``, ``mean_logit_diff`` and ``mean_logprob_diff`` (own label
+            vs the rest, for ``v_p W_O``), their ``weighted_`` versions (for ``A[t, p] v_p W_O``),
+            ``median_own_rank`` (in the whole vocabulary, 1 = top), ``top_rank_share`` (rank <= ``top_rank``),
             ``mean_attention`` and ``top_tokens`` (of the mean projected vector).
-        positions: one row per prompt, demonstration, kind and head, with the position,
-            its token, ``attention``, ``logit_{word}`` and ``rank_{word}`` for each label
-            word, the differences, ``promotes``, ``own_rank`` and ``top_tokens``. Ranks and
-            top tokens do not depend on the attention weight, which only scales the vector.
+        positions: one row per prompt, demonstration, kind and head: position, token, ``attention``,
+            ``logit_{word}`` and ``rank_{word}`` per label word, the differences, ``promotes``, ``own_rank``,
+            ``top_tokens`` (ranks and top tokens do not depend on the attention weight).
         label_words: the task's label words.
-        config: the arguments that produced this result, with ``read_at`` (the position
-            used) and what the heads' attention showed.
+        config: the arguments, with ``read_at`` (the position used) and what the heads' attention showed.
         provenance: model, prompts, versions.
         warnings: why these numbers may not describe what the heads read (empty when fine).
     """
@@ -156,34 +148,26 @@ def ov_label_features(
 ) -> OVLabelFeatures:
     """Project each head's per-position value-output vectors at label positions onto the vocabulary.
 
-    For every prompt, demonstration and head, the vector ``v_p W_O`` at the label
-    position ``p`` (and at the control position ``p + control_offset``) goes through the
-    final norm with the final position's scale frozen, and the unembedding (no biases).
-    The result says whether the vector promotes the label shown at ``p``.
+    The vector ``v_p W_O`` at each label position ``p`` (and control position ``p + control_offset``) goes through
+    the final norm (the final position's scale frozen) and the unembedding: does it promote the label shown at ``p``?
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: few-shot prompts.
-        heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every
-            head (one vocabulary projection per head and position: pick heads on big models).
+        heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
         control_offset: where the control position sits relative to each label position.
         top_k: how many top tokens to list.
         top_rank: a label "ranks in the top" when its rank is at most this.
-        read_at: where each demonstration's label is read: ``"label"`` (its label token),
-            ``"after_label"`` (the last template token after it), ``"slot"`` (all of its
-            slot's tokens) or ``"auto"`` (where the heads put their attention, see
-            :func:`~icl_heads.reading.resolve_read_at`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on the positions read, the result carries a warning.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        read_at: ``"label"`` (label token), ``"after_label"`` (last template token after it), ``"slot"`` (all its
+            tokens) or ``"auto"`` (where the heads attend, see :func:`~icl_heads.reading.resolve_read_at`).
+        min_read_share: below this share of the heads' attention on the positions read, the result warns.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         An :class:`OVLabelFeatures` result.
 
     Raises:
-        ValueError: ``control_offset == 0``, ``top_k``/``top_rank`` below 1, an unknown
-            ``read_at``, bad heads or prompts.
+        ValueError: ``control_offset == 0``, ``top_k``/``top_rank`` below 1, an unknown ``read_at``, bad heads or prompts.
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih

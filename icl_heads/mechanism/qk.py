@@ -47,23 +47,19 @@ class QKLabelAttention(Result):
 
     Attributes:
         heads: the analysed heads.
-        df: one row per head: mean ``attention_same``/``attention_other`` (label
-            positions whose demonstration has / has not the gold label), ``score_same``/
-            ``score_other`` (pre-softmax scores), the same split by the model's prediction
-            (``attention_predicted``/``attention_not_predicted``, ``score_...``),
-            ``label_share`` (mean attention summed over label positions), ``uniform_share``
-            (what uniform attention would give), ``auc_attention`` and ``auc_score``
-            (same vs other class, pooled over prompts), ``auc_score_within`` (within
-            prompts only) and ``n_prompts``.
+        df: one row per head: mean ``attention_same``/``attention_other`` (label positions whose demonstration has /
+            has not the gold label), ``score_same``/``score_other`` (pre-softmax scores), the same split by the
+            prediction (``attention_predicted``/``attention_not_predicted``, ``score_...``), ``label_share`` (mean
+            attention summed over label positions), ``uniform_share`` (what uniform attention would give),
+            ``auc_attention`` and ``auc_score`` (same vs other class, pooled), ``auc_score_within`` (within prompts)
+            and ``n_prompts``.
         positions: one row per prompt, demonstration and head.
-        example_pattern: ``[head, pos]`` attention from the final position of the
-            example prompt, over its tokens.
+        example_pattern: ``[head, pos]`` attention from the final position of the example prompt.
         example_tokens: the example prompt's tokens.
         example: index, gold, prediction, label positions and demonstration labels of the example.
         label_words: the task's label words.
-        config: the arguments that produced this result, with ``read_at`` (where each
-            demonstration's label is read: label token, the token after it, or the whole
-            slot, whose attention is summed and whose score is the log-sum-exp of its scores).
+        config: the arguments, with ``read_at`` (label token, the token after it, or the whole slot, whose
+            attention is summed and whose score is the log-sum-exp of its scores).
         provenance: model, prompts, versions.
         warnings: why these numbers may not describe what the heads read (empty when fine).
     """
@@ -110,19 +106,15 @@ def qk_label_attention(
         prompts: few-shot prompts with demonstrations of several classes.
         heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
         example: index of the prompt whose full attention row is kept for plotting.
-        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see
-            :func:`~icl_heads.mechanism.ov_label_features`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on the positions read, the result carries a warning.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see :func:`ov_label_features`).
+        min_read_share: below this share of the heads' attention on the positions read, the result warns.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`QKLabelAttention` result.
 
     Raises:
-        ValueError: ``example`` out of range; no demonstrations of the query's class or no
-            others (the comparisons need both); bad heads or prompts.
+        ValueError: ``example`` out of range; no demonstrations of the query's class or no others; bad heads or prompts.
         TypeError: an unsupported model.
     """
     options = run_options(options)

@@ -46,19 +46,14 @@ class TwoTowerTest(Result):
 
     Attributes:
         heads: the analysed heads.
-        df: one row per head: ``auc_score`` (ROC AUC of the pre-softmax score at the read
-            positions for "this demonstration has the query's class", pooled over prompts),
-            ``auc_score_within`` (within prompts), the same for the baseline similarity
-            ``auc_cosine``/``auc_cosine_within`` (cosine of the residual streams entering
-            the head's layer at the final and the read position), ``score_same``,
-            ``score_other``, and ``probe_r2`` (held-out R² of a low-rank bilinear probe of
-            the score) when a probe was fitted (NaN for a head whose scores are all
-            equal, e.g. one with zero query weights: there is nothing to explain).
+        df: one row per head: ``auc_score`` (ROC AUC of the pre-softmax score at the read positions for "this
+            demonstration has the query's class", pooled), ``auc_score_within`` (within prompts), the same for the
+            cosine of the residual streams entering the layer (``auc_cosine``/``auc_cosine_within``),
+            ``score_same``, ``score_other`` and, with a probe, ``probe_r2`` (held-out R² of a low-rank bilinear
+            probe of the score; NaN for a head whose scores are all equal: nothing to explain).
         positions: one row per prompt, demonstration and head: ``same_class``, ``score``, ``cosine``.
-        config: the arguments that produced this result, with ``read_at`` (where each
-            demonstration is read: label token, the token after it, or the whole slot, whose
-            score is the log-sum-exp of its tokens' scores and whose cosine and probe
-            features are their mean over its tokens).
+        config: the arguments, with ``read_at`` (label token, the token after it, or the whole slot, whose score is
+            the log-sum-exp of its tokens' scores and whose cosine and probe features are means over its tokens).
         provenance: model, prompts, versions.
         warnings: why these numbers may not describe what the heads read (empty when fine).
     """
@@ -138,20 +133,16 @@ def two_tower_test(
         probe_components: principal components of each side the probe uses.
         probe_ridge: ridge penalty of the probe's least squares.
         seed: seed of the probe's train/test split of prompts.
-        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (where the heads
-            put their attention; see :func:`~icl_heads.mechanism.ov_label_features`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on the positions read, the result carries a NOT READ warning.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see :func:`ov_label_features`).
+        min_read_share: below this share of the heads' attention on the positions read, the result warns.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`TwoTowerTest` result.
 
     Raises:
-        ValueError: no demonstrations of the query's class or no others; a bad probe
-            setting or fewer than 4 prompts for the probe; an unknown ``read_at``; bad
-            heads or prompts.
+        ValueError: no demonstrations of the query's class or no others; a bad probe setting or fewer than 4
+            prompts for it; an unknown ``read_at``; bad heads or prompts.
         TypeError: an unsupported model.
     """
     options = run_options(options)

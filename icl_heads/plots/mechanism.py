@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import product
 
 import numpy as np
 import plotly.graph_objects as go
@@ -40,18 +41,16 @@ def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] 
     available = [tuple(h) for h in qk.heads]
     chosen = _pick(available, heads)
     z = qk.example_pattern.numpy()[[available.index(h) for h in chosen]]
-    ex = qk.example
+    ex, names = qk.example, [head_name(*h) for h in chosen]
     labels = dict(zip(ex["label_positions"], ex["demo_labels"], strict=True))
     shown = [tok.replace("\n", "\\n").strip() or "␣" for tok in qk.example_tokens]
     ticks = [f"<b>{tok}</b>" if i in labels else tok for i, tok in enumerate(shown)]
-    names = [head_name(*h) for h in chosen]
+    where = [
+        f"pos {i}: {t!r}" + (f" (label of a {labels[i]} demonstration)" if i in labels else "")
+        for i, t in enumerate(qk.example_tokens)
+    ]
     hover = [
-        [
-            f"{name}<br>pos {i}: {qk.example_tokens[i]!r}"
-            + (f" (label of a {labels[i]} demonstration)" if i in labels else "")
-            + f"<br>attention: {z[r, i]:.3f}"
-            for i in range(z.shape[1])
-        ]
+        [f"{name}<br>{w}<br>attention: {a:.3f}" for w, a in zip(where, z[r], strict=True)]
         for r, name in enumerate(names)
     ]
     fig = go.Figure(
@@ -80,10 +79,8 @@ def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] 
 def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None) -> go.Figure:
     """Box plot of the OV vectors' label logit difference at each demonstration slot, by the label there.
 
-    With two labels the y axis is ``logit(first) - logit(second)`` (e.g. foo - bar), so
-    positions showing the first label should sit above zero and the second below; with
-    more labels it is the label shown there minus the mean of the others. Control
-    positions are drawn in grey.
+    With two labels the y axis is ``logit(first) - logit(second)``; with more, the label shown
+    there minus the mean of the others. Control positions are drawn in grey.
 
     Raises:
         ValueError: a head that was not analysed.
@@ -92,8 +89,7 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
     layer, h = _pick(available, None if head is None else [head])[0]
     part = ov.positions[(ov.positions.layer == layer) & (ov.positions["head"] == h)]
     words = list(ov.label_words)
-    two = len(words) == 2
-    if two:
+    if len(words) == 2:
         y_all = part[f"logit_{words[0]}"] - part[f"logit_{words[1]}"]
         y_title = f"logit({words[0]}) - logit({words[1]}) of v_p W_O"
     else:
@@ -134,10 +130,7 @@ def plot_auc_heatmap(tt: TwoTowerTest, column: str = "auc_score") -> go.Figure:
         KeyError: an unknown column.
     """
     values = tt.table(column)
-    extra = {}
-    for other in ("auc_score", "auc_score_within", "auc_cosine"):
-        if other != column:
-            extra[other] = tt.table(other, *values.shape)
+    extra = {o: tt.table(o, *values.shape) for o in ("auc_score", "auc_score_within", "auc_cosine") if o != column}
     what = "QK score" if "score" in column else "residual cosine (baseline)"
     scope = "within prompts" if column.endswith("within") else "pooled over prompts"
     return layer_head_heatmap(
@@ -156,18 +149,14 @@ def plot_flip(flip: FlipAnalysis, heads: Sequence[tuple[int, int]] | None = None
     Raises:
         ValueError: heads that were not analysed.
     """
-    available = [(int(r.layer), int(r.head)) for r in flip.df.itertuples()]
-    chosen = _pick(available, heads)
+    chosen = _pick([(int(r.layer), int(r.head)) for r in flip.df.itertuples()], heads)
     df = flip.df.set_index(["layer", "head"]).loc[chosen]
     names = [head_name(*h) for h in chosen]
     fig = go.Figure()
-    bars = (
-        ("old_label_before", "old label, before", "#7f7f7f", ""),
-        ("old_label_after", "old label, after", "#7f7f7f", "/"),
-        ("new_label_before", "new label, before", "#000000", ""),
-        ("new_label_after", "new label, after", "#000000", "/"),
-    )
-    for column, name, colour, pattern in bars:
+    for (which, colour), (when, pattern) in product(
+        (("old", "#7f7f7f"), ("new", "#000000")), (("before", ""), ("after", "/"))
+    ):
+        column, name = f"{which}_label_{when}", f"{which} label, {when}"
         fig.add_trace(
             go.Bar(
                 x=names,
