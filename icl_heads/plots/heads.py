@@ -43,43 +43,25 @@ def plot_head_score_selector(found: InContextHeads) -> go.Figure:
     choices = [(f"{m} (all prompts)", plot_head_scores(found, method=m)) for m in methods] + [
         (f"{found.method} (gold = {word})", plot_head_scores(found, label=word)) for word in found.heads_by_label
     ]
-    fig = go.Figure()
-    buttons = []
-    for name, sub in choices:
+    fig, spans = go.Figure(), []
+    for _, sub in choices:
         fit_titles(sub)  # each choice brings its own title: wrapped like every other title
-        start = len(fig.data)
+        spans.append(range(len(fig.data), len(fig.data) + len(sub.data)))
         fig.add_traces(list(sub.data))
-        buttons.append((name, sub, range(start, len(fig.data))))
     buttons = [
         {
             "label": name,
             "method": "update",
-            "args": [{"visible": [i in ids for i in range(len(fig.data))]}, {"title": sub.layout.title}],
+            "args": [{"visible": [i in span for i in range(len(fig.data))]}, {"title": sub.layout.title}],
         }
-        for name, sub, ids in buttons
+        for (name, sub), span in zip(choices, spans, strict=True)
     ]
     for i, trace in enumerate(fig.data):
-        trace.visible = i < len(choices[0][1].data)
+        trace.visible = i in spans[0]
+    menu = {"buttons": buttons, "direction": "up", "x": 1.0, "xanchor": "right", "y": -0.08, "yanchor": "top"}
     first = choices[0][1].layout
-    fig.update_layout(
-        title=first.title,
-        xaxis=first.xaxis,
-        yaxis=first.yaxis,
-        legend=first.legend,
-        updatemenus=[
-            {
-                "buttons": buttons,
-                "direction": "up",
-                "x": 1.0,
-                "xanchor": "right",
-                "y": -0.08,
-                "yanchor": "top",
-                "showactive": True,
-            }
-        ],
-        margin=first.margin,
-        height=first.height,
-    )
+    fig.update_layout(title=first.title, xaxis=first.xaxis, yaxis=first.yaxis, legend=first.legend, margin=first.margin)
+    fig.update_layout(updatemenus=[{**menu, "showactive": True}], height=first.height)
     return fig
 
 

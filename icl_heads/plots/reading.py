@@ -17,15 +17,15 @@ def plot_reading_roles(result: ReadingRoles) -> go.Figure:
     The hover shows the 95% bootstrap interval over prompts.
     """
     df = result.df
-    roles = list(dict.fromkeys(df.role))
-    names = list(dict.fromkeys(df.name))
-    table = df.pivot(index="name", columns="role", values="attention").loc[names, roles]
-    lo = df.pivot(index="name", columns="role", values="ci_low").loc[names, roles].to_numpy()
-    hi = df.pivot(index="name", columns="role", values="ci_high").loc[names, roles].to_numpy()
+    roles, names = list(dict.fromkeys(df.role)), list(dict.fromkeys(df.name))
+    table, lo, hi = (
+        df.pivot(index="name", columns="role", values=v).loc[names, roles].to_numpy()
+        for v in ("attention", "ci_low", "ci_high")
+    )
     text = np.vectorize(lambda a, b: f"[{a:.3f}, {b:.3f}]")(lo, hi)
     fig = go.Figure(
         go.Heatmap(
-            z=table.to_numpy(),
+            z=table,
             x=roles,
             y=names,
             zmin=0,
