@@ -77,6 +77,11 @@ def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool
     )
 
 
+def _norms(x: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of each prompt's slice of ``x [batch, ...]``."""
+    return x.flatten(1).norm(dim=1)
+
+
 def _draw(rng: np.random.Generator, by_class: list[list[str]], c: int, used: set[str], task: Any) -> str:
     """A random text of class ``c`` not in ``used`` (then added to it)."""
     free = [t for t in by_class[c] if t not in used]
@@ -197,14 +202,12 @@ def flip_analysis(
             runs.append((predicted_labels(logits, label_ids), got, read))
         (pa, ga, ra), (pb, gb, rb) = runs
         flip = pa != pb
+        shown = {"gold_before": ba.golds, "gold_after": bb.golds, "prediction_before": pa, "prediction_after": pb}
         pair_frames.append(
             pd.DataFrame(
                 {
                     "prompt": ba.index.numpy(),
-                    "gold_before": words_at(words, ba.golds),
-                    "gold_after": words_at(words, bb.golds),
-                    "prediction_before": words_at(words, pa),
-                    "prediction_after": words_at(words, pb),
+                    **{k: words_at(words, v) for k, v in shown.items()},
                     "flipped": flip.numpy(),
                 }
             )
@@ -231,14 +234,9 @@ def flip_analysis(
                             for which, mask in (("old", old), ("new", new))
                             for i, when in enumerate(("before", "after"))
                         },
-                        "attention_change": (attn[1] - attn[0]).norm(dim=1)[flip].numpy(),
-                        "attention_norm": attn[0].norm(dim=1)[flip].numpy(),
                         **{
-                            f"{key}_{what}": (x[1] - x[0] if what == "change" else x[0])
-                            .flatten(1)
-                            .norm(dim=1)[flip]
-                            .numpy()
-                            for key, x in (("ov", ov), ("weighted_ov", w))
+                            f"{key}_{what}": _norms(x[1] - x[0] if what == "change" else x[0])[flip].numpy()
+                            for key, x in (("attention", attn), ("ov", ov), ("weighted_ov", w))
                             for what in ("change", "norm")
                         },
                     }

@@ -64,47 +64,38 @@ def plot_majority_bias(result: MajorityBias) -> go.Figure:
 @draws(RecencyBias)
 def plot_recency_bias(result: RecencyBias) -> go.Figure:
     """Left: accuracy per demonstration order (95% intervals). Right: attention per head and demonstration slot."""
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        column_widths=[0.45, 0.55],
-        subplot_titles=("accuracy per order", "attention from the final position to each label token"),
-    )
+    titles = ("accuracy per order", "attention from the final position to each label token")
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55], subplot_titles=titles)
     df = result.df
-    fig.add_trace(
-        go.Bar(
-            x=df.order,
-            y=df.accuracy,
-            error_y=_error(df, "accuracy", "ci_low", "ci_high"),
-            customdata=np.stack([df.last_label_rate, df.last_label_gold], axis=-1),
-            hovertemplate="%{x}: accuracy %{y:.3f}<br>last label predicted: %{customdata[0]:.3f}"
-            "<br>last label gold: %{customdata[1]:.3f}<extra></extra>",
-            showlegend=False,
-        ),
-        row=1,
-        col=1,
+    bars = go.Bar(
+        x=df.order,
+        y=df.accuracy,
+        error_y=_error(df, "accuracy", "ci_low", "ci_high"),
+        customdata=np.stack([df.last_label_rate, df.last_label_gold], axis=-1),
+        hovertemplate="%{x}: accuracy %{y:.3f}<br>last label predicted: %{customdata[0]:.3f}"
+        "<br>last label gold: %{customdata[1]:.3f}<extra></extra>",
+        showlegend=False,
     )
+    fig.add_trace(bars, 1, 1)
     att = result.attention
     if len(att):
         names = list(dict.fromkeys(att.name))
         slots = sorted(att.slot.unique())
         first = 1 - int(min(slots))  # slots are shown numbered from 1 in every figure
-        z = att.pivot(index="name", columns="slot", values="attention").loc[names, slots].to_numpy()
-        share = att.pivot(index="name", columns="slot", values="share").loc[names, slots].to_numpy()
-        fig.add_trace(
-            go.Heatmap(
-                z=z,
-                x=[f"demo {s + first}" for s in slots],
-                y=names,
-                customdata=share,
-                colorscale=SEQUENTIAL,
-                colorbar={"title": {"text": "attention"}},
-                hovertemplate="%{y}, %{x}<br>attention: %{z:.3f}<br>share of label attention: %{customdata:.3f}"
-                "<extra></extra>",
-            ),
-            row=1,
-            col=2,
+        z, share = (
+            att.pivot(index="name", columns="slot", values=v).loc[names, slots].to_numpy()
+            for v in ("attention", "share")
         )
+        heat = go.Heatmap(
+            z=z,
+            x=[f"demo {s + first}" for s in slots],
+            y=names,
+            customdata=share,
+            colorscale=SEQUENTIAL,
+            colorbar={"title": {"text": "attention"}},
+            hovertemplate="%{y}, %{x}<br>attention: %{z:.3f}<br>share of label attention: %{customdata:.3f}<extra></extra>",
+        )
+        fig.add_trace(heat, 1, 2)
     lo, hi = result.bias.ci
     fig.update_layout(
         title=f"Recency bias: accuracy spread over orders beyond chance {fmt(result.bias)}, 95% CI "
@@ -122,44 +113,28 @@ def plot_recency_bias(result: RecencyBias) -> go.Figure:
 @draws(BiasCorrection)
 def plot_correction(result: BiasCorrection) -> go.Figure:
     """Bias and balanced accuracy before and after the correction, 95% intervals; tuning curve."""
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        horizontal_spacing=0.12,
-        subplot_titles=(f"{result.kind} bias", "accuracy on balanced prompts", f"tuning {result.parameter}"),
-    )
+    titles = (f"{result.kind} bias", "accuracy on balanced prompts", f"tuning {result.parameter}")
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.12, subplot_titles=titles)
     df = result.df.set_index("metric")
     for col, metric in ((1, "bias"), (2, "balanced_accuracy")):
         row = df.loc[metric]
         for stage, colour in (("before", NEUTRAL), ("after", "#000000")):
             v, lo, hi = (float(row[f"{stage}{end}"]) for end in ("", "_ci_low", "_ci_high"))
-            fig.add_trace(
-                go.Bar(
-                    x=[stage],
-                    y=[v],
-                    marker_color=colour,
-                    error_y={"type": "data", "symmetric": False, "array": [hi - v], "arrayminus": [v - lo]},
-                    hovertemplate=f"{metric} {stage}: %{{y:.4f}}<extra></extra>",
-                    showlegend=False,
-                ),
-                row=1,
-                col=col,
-            )
+            error = {"type": "data", "symmetric": False, "array": [hi - v], "arrayminus": [v - lo]}
+            bar = go.Bar(x=[stage], y=[v], marker_color=colour, error_y=error, showlegend=False)
+            fig.add_trace(bar.update(hovertemplate=f"{metric} {stage}: %{{y:.4f}}<extra></extra>"), 1, col)
     tune = result.tuning
-    fig.add_trace(
-        go.Scatter(
-            x=tune.value,
-            y=tune.bias,
-            mode="lines+markers",
-            marker={"color": np.where(tune.chosen, "#000000", np.where(tune.allowed, NEUTRAL, "#cccccc"))},
-            customdata=tune.accuracy_drop,
-            hovertemplate=f"{result.parameter}=%{{x:g}}<br>bias: %{{y:.4f}}<br>balanced accuracy drop: "
-            "%{customdata:.3f}<extra></extra>",
-            showlegend=False,
-        ),
-        row=1,
-        col=3,
+    curve = go.Scatter(
+        x=tune.value,
+        y=tune.bias,
+        mode="lines+markers",
+        marker={"color": np.where(tune.chosen, "#000000", np.where(tune.allowed, NEUTRAL, "#cccccc"))},
+        customdata=tune.accuracy_drop,
+        hovertemplate=f"{result.parameter}=%{{x:g}}<br>bias: %{{y:.4f}}<br>balanced accuracy drop: "
+        "%{customdata:.3f}<extra></extra>",
+        showlegend=False,
     )
+    fig.add_trace(curve, 1, 3)
     lo, hi = result.reduction.ci
     fig.update_layout(
         title=f"{result.method} correction of {result.kind} bias on held-out prompts: "

@@ -59,26 +59,15 @@ def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     fig = go.Figure()
     for kind, colour in KIND_COLOURS.items():
         part = df[df.kind == kind]
-        fig.add_trace(
-            go.Bar(
-                x=part.component,
-                y=part.accuracy,
-                name=kind,
-                marker_color=colour,
-                error_y=error_bars(part.accuracy, part.ci_low, part.ci_high),
-                customdata=np.stack(
-                    [part.top_label, part.top_label_share, _below_chance(part, dec.chance), part.ci_low, part.ci_high],
-                    -1,
-                )
-                if len(part)
-                else None,
-                hovertemplate=(
-                    "<b>%{x}</b><br>accuracy: %{y:.3f} (95% CI [%{customdata[3]:.3f}, %{customdata[4]:.3f}])"
-                    "<br>most predicted label: %{customdata[0]} (%{customdata[1]:.2f} of prompts)"
-                    "%{customdata[2]}<extra>" + kind + "</extra>"
-                ),
-            )
+        hover = (
+            "<b>%{x}</b><br>accuracy: %{y:.3f} (95% CI [%{customdata[3]:.3f}, %{customdata[4]:.3f}])"
+            "<br>most predicted label: %{customdata[0]} (%{customdata[1]:.2f} of prompts)"
+            "%{customdata[2]}<extra>" + kind + "</extra>"
         )
+        columns = [part.top_label, part.top_label_share, _below_chance(part, dec.chance), part.ci_low, part.ci_high]
+        bars = go.Bar(x=part.component, y=part.accuracy, name=kind, marker_color=colour, hovertemplate=hover)
+        bars.update(error_y=error_bars(part.accuracy, part.ci_low, part.ci_high))
+        fig.add_trace(bars.update(customdata=np.stack(columns, -1) if len(part) else None))
     fig.add_hline(y=dec.full_accuracy, line_dash="dash", annotation_text=f"full model {dec.full_accuracy:.3f}")
     fig.add_hline(y=dec.chance, line_dash="dot", annotation_text="chance")
     fig.update_layout(
@@ -108,26 +97,12 @@ def plot_stability(stab: ComponentStability, axis: str = "demo set", pair: int =
     else:
         x, y = (stab.accuracies[templates.index(t), int(row.fixed)] for t in (row.a, row.b))
         xlab, ylab = f"template {row.a!r}", f"template {row.b!r}"
-    fig = go.Figure(
-        go.Scatter(
-            x=x.numpy(),
-            y=y.numpy(),
-            mode="markers",
-            text=list(stab.names),
-            name="components",
-            hovertemplate="<b>%{text}</b><br>" + xlab + ": %{x:.3f}<br>" + ylab + ": %{y:.3f}<extra></extra>",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[row.full_accuracy_a],
-            y=[row.full_accuracy_b],
-            mode="markers",
-            marker={"symbol": "star", "size": 16, "color": "black"},
-            name="full model",
-            hovertemplate="<b>full model</b><br>%{x:.3f} vs %{y:.3f}<extra></extra>",
-        )
-    )
+    hover = "<b>%{text}</b><br>" + xlab + ": %{x:.3f}<br>" + ylab + ": %{y:.3f}<extra></extra>"
+    fig = go.Figure(go.Scatter(x=x.numpy(), y=y.numpy(), mode="markers", text=list(stab.names), hovertemplate=hover))
+    fig.update_traces(name="components")
+    full = go.Scatter(x=[row.full_accuracy_a], y=[row.full_accuracy_b], mode="markers", name="full model")
+    star = {"symbol": "star", "size": 16, "color": "black"}
+    fig.add_trace(full.update(marker=star, hovertemplate="<b>full model</b><br>%{x:.3f} vs %{y:.3f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="y = x"))
     fig.update_layout(
         title=f"Component accuracy, {xlab} vs {ylab}: Pearson r = {fmt(row.pearson)}, top-{stab.config.get('top', 5)} "
@@ -145,15 +120,9 @@ def plot_reweighting(result: ReweightingComparison) -> go.Figure:
     n_seeds, n_templates = result.df.seed.nunique(), result.df.template.nunique()
     templates = f" x {n_templates} templates" if n_templates > 1 else ", one template"
     runs = f"{n_seeds} seed{'s' * (n_seeds != 1)}{templates}"
-    fig = go.Figure(
-        go.Bar(
-            x=table.method,
-            y=table["mean"],
-            error_y={"type": "data", "array": table["std"]},
-            customdata=table["runs"],
-            hovertemplate="%{x}: %{y:.3f} ± %{error_y.array:.3f} (%{customdata} runs)<extra></extra>",
-        )
-    )
+    hover = "%{x}: %{y:.3f} ± %{error_y.array:.3f} (%{customdata} runs)<extra></extra>"
+    bars = go.Bar(x=table.method, y=table["mean"], error_y={"type": "data", "array": table["std"]}, hovertemplate=hover)
+    fig = go.Figure(bars.update(customdata=table["runs"]))
     fig.add_hline(y=1 / len(result.label_words), line_dash="dot", annotation_text="chance")
     fig.update_layout(
         title=f"Test accuracy with K={result.config['k']} labelled examples (mean ± std over {runs})",
