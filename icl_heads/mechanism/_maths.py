@@ -1,4 +1,4 @@
-"""Pure tensor maths of the mechanism analyses (AUCs, label metrics, the bilinear probe), testable on hand-made tensors."""
+"""Pure maths of the mechanism analyses (AUCs, label metrics, the bilinear probe), testable on hand-made tensors."""
 
 from __future__ import annotations
 

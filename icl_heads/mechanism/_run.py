@@ -39,7 +39,7 @@ def gather_heads(
     scores: bool = False,
     resid: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One forward pass keeping, per layer, the final row of the pattern (and scores), and ``v``/``resid_pre`` at ``positions``."""
+    """One forward pass keeping per layer the pattern's final row (and scores'), and ``v``/``resid_pre`` at positions."""
     store: dict[str, Tensor] = {}
 
     def keep(key: str):

@@ -1,4 +1,4 @@
-"""What in-context heads write: their value-output vectors ``v_p W_O`` at label positions, projected onto the vocabulary.
+"""What in-context heads write: their value-output vectors ``v_p W_O`` at label positions, on the vocabulary.
 
 DESIGN §2a: weighted by attention, ``A[t, p] v_p W_O`` sums over ``p`` to the head's output ``z_t W_O``.
 """
@@ -167,7 +167,7 @@ def ov_label_features(
         An :class:`OVLabelFeatures` result.
 
     Raises:
-        ValueError: ``control_offset == 0``, ``top_k``/``top_rank`` below 1, an unknown ``read_at``, bad heads or prompts.
+        ValueError: ``control_offset == 0``, ``top_k``/``top_rank`` below 1, unknown ``read_at``, bad heads or prompts.
         TypeError: an unsupported model.
 
     >>> import icl_heads as ih
@@ -257,7 +257,7 @@ def ov_label_features(
 
 
 def _aggregate_ov(pos, means, heads, words, top_k, top_rank, tokenizer) -> pd.DataFrame:
-    """One row per head, kind and label (and ``"all"``); ``means [head, kind, label (+ all), vocab]`` give the top tokens."""
+    """One row per head, kind and label (and ``"all"``); ``means [head, kind, label + all, vocab]`` give top tokens."""
     # n counts demonstrations (the independent units): a slot of two tokens is one demonstration
     pos = pos.assign(in_top=pos.own_rank <= top_rank, _unit=pos.prompt.astype(np.int64) * 100_000 + pos.demo)
     agg = {

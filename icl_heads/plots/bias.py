@@ -93,7 +93,8 @@ def plot_recency_bias(result: RecencyBias) -> go.Figure:
             customdata=share,
             colorscale=SEQUENTIAL,
             colorbar={"title": {"text": "attention"}},
-            hovertemplate="%{y}, %{x}<br>attention: %{z:.3f}<br>share of label attention: %{customdata:.3f}<extra></extra>",
+            hovertemplate="%{y}, %{x}<br>attention: %{z:.3f}<br>share of label attention: %{customdata:.3f}"
+            "<extra></extra>",
         )
         fig.add_trace(heat, 1, 2)
     lo, hi = result.bias.ci

@@ -54,7 +54,7 @@ def _below_chance(part: Any, chance: float) -> list[str]:
 
 @draws(Decomposition, "plot_accuracy")
 def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
-    """Every component's accuracy alone (95% Wilson interval), sorted, coloured by kind; full model and chance as lines."""
+    """Every component's accuracy alone (95% Wilson interval), sorted, coloured by kind; full model, chance as lines."""
     df = dec.kinds(**kinds_kw).sort_values("accuracy", ascending=False, kind="stable")
     fig = go.Figure()
     for kind, colour in KIND_COLOURS.items():

@@ -50,21 +50,11 @@ def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] 
         for i, t in enumerate(qk.example_tokens)
     ]
     hover = [
-        [f"{name}<br>{w}<br>attention: {a:.3f}" for w, a in zip(where, z[r], strict=True)]
+        [f"{name}<br>{w}<br>attention: {a:.3f}" for w, a in zip(where, z[r], strict=False)]
         for r, name in enumerate(names)
     ]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=list(range(z.shape[1])),
-            y=names,
-            text=hover,
-            hoverinfo="text",
-            colorscale=SEQUENTIAL,
-            zmin=0,
-            colorbar={"title": {"text": "attention from final position"}},
-        )
-    )
+    style = {"colorscale": SEQUENTIAL, "zmin": 0, "colorbar": {"title": {"text": "attention from final position"}}}
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(z.shape[1])), y=names, text=hover, hoverinfo="text", **style))
     fig.update_layout(
         title=f"Attention from the final position, prompt {ex['index']} (gold {ex['gold']}, predicted {ex['prediction']});"
         " bold: label positions",
@@ -101,15 +91,11 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
             sel = (part.kind == kind) & (part.label == word)
             if not sel.any():
                 continue
+            box = go.Box(x=[f"demo {d + 1}" for d in part.demo[sel]], y=y_all[sel], boxpoints="outliers")
+            box.update(name=f"{word} position" if kind == "label" else f"control ({word} demo)")
+            box.update(marker_color=label_colour(word, words) if kind == "label" else _GREYS[i % len(_GREYS)])
             fig.add_trace(
-                go.Box(
-                    x=[f"demo {d + 1}" for d in part.demo[sel]],
-                    y=y_all[sel],
-                    name=f"{word} position" if kind == "label" else f"control ({word} demo)",
-                    marker_color=label_colour(word, words) if kind == "label" else _GREYS[i % len(_GREYS)],
-                    boxpoints="outliers",
-                    hovertemplate=f"{head_name(layer, h)} {kind} {word}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
-                )
+                box.update(hovertemplate=f"{head_name(layer, h)} {kind} {word}<br>%{{x}}: %{{y:.3f}}<extra></extra>")
             )
     fig.add_hline(y=0, line_dash="dot")
     slots = [f"demo {d + 1}" for d in sorted(part.demo.unique())]
@@ -152,24 +138,16 @@ def plot_flip(flip: FlipAnalysis, heads: Sequence[tuple[int, int]] | None = None
     chosen = _pick([(int(r.layer), int(r.head)) for r in flip.df.itertuples()], heads)
     df = flip.df.set_index(["layer", "head"]).loc[chosen]
     names = [head_name(*h) for h in chosen]
+    changes = np.stack([df.attention_rel_change, df.ov_rel_change], -1)
     fig = go.Figure()
     for (which, colour), (when, pattern) in product(
         (("old", "#7f7f7f"), ("new", "#000000")), (("before", ""), ("after", "/"))
     ):
         column, name = f"{which}_label_{when}", f"{which} label, {when}"
-        fig.add_trace(
-            go.Bar(
-                x=names,
-                y=df[column].to_numpy(),
-                name=name,
-                marker={"color": colour, "pattern": {"shape": pattern}},
-                customdata=np.stack([df.attention_rel_change, df.ov_rel_change], -1),
-                hovertemplate=(
-                    f"%{{x}} {name}: %{{y:.3f}}<br>relative change: attention %{{customdata[0]:.3f}}, "
-                    "OV %{customdata[1]:.3f}<extra></extra>"
-                ),
-            )
-        )
+        hover = f"%{{x}} {name}: %{{y:.3f}}<br>relative change: attention %{{customdata[0]:.3f}}, "
+        bars = go.Bar(x=names, y=df[column].to_numpy(), name=name, customdata=changes)
+        bars.update(marker={"color": colour, "pattern": {"shape": pattern}})
+        fig.add_trace(bars.update(hovertemplate=hover + "OV %{customdata[1]:.3f}<extra></extra>"))
     n = int(flip.pairs.flipped.sum())
     fig.update_layout(
         title=f"Attention on each label's positions before and after the prediction flips ({n} pairs)",

@@ -23,19 +23,9 @@ def plot_reading_roles(result: ReadingRoles) -> go.Figure:
         for v in ("attention", "ci_low", "ci_high")
     )
     text = np.vectorize(lambda a, b: f"[{a:.3f}, {b:.3f}]")(lo, hi)
-    fig = go.Figure(
-        go.Heatmap(
-            z=table,
-            x=roles,
-            y=names,
-            zmin=0,
-            zmax=1,
-            colorscale=SEQUENTIAL,
-            customdata=text,
-            hovertemplate="%{y} reads %{x}: %{z:.3f} (95%% CI %{customdata})<extra></extra>",
-            colorbar={"title": "attention"},
-        )
-    )
+    hover = "%{y} reads %{x}: %{z:.3f} (95%% CI %{customdata})<extra></extra>"
+    style = {"zmin": 0, "zmax": 1, "colorscale": SEQUENTIAL, "colorbar": {"title": "attention"}}
+    fig = go.Figure(go.Heatmap(z=table, x=roles, y=names, customdata=text, hovertemplate=hover, **style))
     fig.update_layout(
         title="Where each head reads: attention from the final position, by token role",
         xaxis_title="token role",
