@@ -157,17 +157,8 @@ def layer_head_heatmap(
     if centre is not None:
         span = float(np.nanmax(np.abs(v - centre))) or 1.0
         kw = {"colorscale": DIVERGING, "zmid": centre, "zmin": centre - span, "zmax": centre + span}
-    fig = go.Figure(
-        go.Heatmap(
-            z=v,
-            x=list(range(n_heads)),
-            y=list(range(n_layers)),
-            text=text,
-            hoverinfo="text",
-            colorbar={"title": {"text": colorbar}},
-            **kw,
-        )
-    )
+    kw["colorbar"] = {"title": {"text": colorbar}}
+    fig = go.Figure(go.Heatmap(z=v, x=list(range(n_heads)), y=list(range(n_layers)), text=text, hoverinfo="text", **kw))
     if marked := list(marked):
         fig.add_trace(outlined(marked, 22, name="selected"))
     fig.update_layout(

@@ -37,18 +37,11 @@ def plot_majority_bias(result: MajorityBias) -> go.Figure:
     fig = go.Figure()
     for gold in dict.fromkeys(df.gold):
         part = df[df.gold == gold]
-        fig.add_trace(
-            go.Bar(
-                x=part.condition,
-                y=part["shift"],
-                name=f"gold = {gold}",
-                marker_color=label_colour(gold, words),
-                error_y=_error(part, "shift", "shift_ci_low", "shift_ci_high"),
-                customdata=np.stack([part.majority, part.accuracy, part.n], axis=-1),
-                hovertemplate="%{x}<br>majority: %{customdata[0]}<br>accuracy shift: %{y:.3f}"
-                "<br>accuracy: %{customdata[1]:.3f} (n=%{customdata[2]})<extra>" + f"gold = {gold}</extra>",
-            )
-        )
+        hover = "%{x}<br>majority: %{customdata[0]}<br>accuracy shift: %{y:.3f}<br>accuracy: %{customdata[1]:.3f}"
+        bars = go.Bar(x=part.condition, y=part["shift"], name=f"gold = {gold}", marker_color=label_colour(gold, words))
+        bars.update(error_y=_error(part, "shift", "shift_ci_low", "shift_ci_high"))
+        bars.update(customdata=np.stack([part.majority, part.accuracy, part.n], axis=-1))
+        fig.add_trace(bars.update(hovertemplate=hover + " (n=%{customdata[2]})<extra>" + f"gold = {gold}</extra>"))
     lo, hi = result.bias.ci
     fig.update_layout(
         title=f"Majority-label bias: accuracy shift vs balanced demonstrations (bias {fmt(result.bias)}, "

@@ -89,17 +89,10 @@ def plot_ablation_curve(curve: pd.DataFrame, by: str | None = None) -> go.Figure
     fig = go.Figure()
     for kind, colour in (("found", "#000000"), ("random", NEUTRAL)):
         part = curve[curve.kind == kind].sort_values("k")
-        fig.add_trace(
-            go.Scatter(
-                x=part.k,
-                y=part.accuracy,
-                mode="lines+markers",
-                name="top-scoring heads" if kind == "found" else "random heads (mean, 95% interval)",
-                line={"color": colour},
-                error_y=error_bars(part.accuracy, part.ci_low, part.ci_high),
-                hovertemplate="k=%{x}: %{y:.3f}<extra></extra>",
-            )
-        )
+        name = "top-scoring heads" if kind == "found" else "random heads (mean, 95% interval)"
+        line = go.Scatter(x=part.k, y=part.accuracy, mode="lines+markers", name=name, line={"color": colour})
+        line.update(error_y=error_bars(part.accuracy, part.ci_low, part.ci_high))
+        fig.add_trace(line.update(hovertemplate="k=%{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(
         title="ICL accuracy vs number of ablated heads" + (f": top heads by {by} vs random" if by else ""),
         xaxis={"title": "heads ablated (k)", "type": "log", "tickvals": sorted(curve.k.unique())},
