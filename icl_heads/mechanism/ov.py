@@ -190,7 +190,7 @@ def ov_label_features(
     n_vocab = access.W_U.shape[1]
     sums = torch.zeros(len(heads), 2, len(words), n_vocab)
     counts = torch.zeros(len(heads), 2, len(words))
-    frames = []
+    frames, diffs = [], ("logit_diff", "logprob_diff")
     for batch in batches(access, tp, options, desc="OV features"):
         read, read_labels = positions_with_labels(batch, used)
         positions, kind, valid = label_and_control(batch, control_offset, read)
@@ -230,8 +230,7 @@ def ov_label_features(
                         **head_columns(layer, h),
                         "attention": attn[bi, ni].numpy(),
                         **{f"logit_{word}": m["label_logits"][bi, ni, c].numpy() for c, word in enumerate(words)},
-                        **{k: m[k][bi, ni].numpy() for k in ("logit_diff", "logprob_diff")},
-                        **{f"weighted_{k}": w[k][bi, ni].numpy() for k in ("logit_diff", "logprob_diff")},
+                        **{f"{p}{k}": d[k][bi, ni].numpy() for p, d in (("", m), ("weighted_", w)) for k in diffs},
                         "promotes": m["promotes"][bi, ni].numpy(),
                         **{f"rank_{word}": ranks[:, c].numpy() for c, word in enumerate(words)},
                         "own_rank": ranks.gather(1, own[bi, ni][:, None])[:, 0].numpy(),
