@@ -130,14 +130,9 @@ def plot_correction(result: BiasCorrection) -> go.Figure:
     )
     fig.add_trace(curve, 1, 3)
     lo, hi = result.reduction.ci
-    fig.update_layout(
-        title=f"{result.method} correction of {result.kind} bias on held-out prompts: "
-        + (
-            f"{result.reduction:.0f}% reduction (95% CI [{lo:.0f}, {hi:.0f}])"
-            if lo > 0
-            else f"no significant reduction ({result.reduction:.0f}%, 95% CI [{lo:.0f}, {hi:.0f}] includes 0)"
-        )
-    )
+    cut, ci = f"{result.reduction:.0f}%", f"95% CI [{lo:.0f}, {hi:.0f}]"
+    found = f"{cut} reduction ({ci})" if lo > 0 else f"no significant reduction ({cut}, {ci} includes 0)"
+    fig.update_layout(title=f"{result.method} correction of {result.kind} bias on held-out prompts: {found}")
     headline = result.config.get("headline", "")
     fig.update_yaxes(title_text=wrap(f"{headline} (0 = no bias)" if headline else "bias (0 = none)", 34), row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=2)
