@@ -1,8 +1,4 @@
-"""Pure tensor maths and statistics of the mechanism analyses, testable on hand-made tensors.
-
-ROC AUCs (pooled and within prompts), label logits and ranks of projected vectors, unit
-residual features and the low-rank bilinear probe of QK scores.
-"""
+"""Pure maths of the mechanism analyses (AUCs, label metrics, the bilinear probe), testable on hand-made tensors."""
 
 from __future__ import annotations
 
@@ -22,12 +18,7 @@ def roc_auc(values, positive) -> float:
     Raises:
         ValueError: lengths differ, or one of the two groups is empty.
     """
-    x = np.asarray(values, dtype=float).ravel()
-    y = np.asarray(positive, dtype=bool).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"values ({x.size}) and positive ({y.size}) must have the same length")
-    seen = ~np.isnan(x)
-    x, y = x[seen], y[seen]
+    x, y = _seen(values, positive)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(
@@ -38,25 +29,30 @@ def roc_auc(values, positive) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _seen(values, positive, groups=None) -> tuple[np.ndarray, ...]:
+    """Flat values, positives (and groups) where the value is not NaN."""
+    x, y = np.asarray(values, dtype=float).ravel(), np.asarray(positive, dtype=bool).ravel()
+    arrays = (x, y) if groups is None else (x, y, np.asarray(groups).ravel())
+    if len({a.shape for a in arrays}) > 1:
+        sizes = f"values ({x.size}), positive ({y.size})" + (
+            f" and groups ({arrays[-1].size})" if groups is not None else ""
+        )
+        raise ValueError(f"{sizes} must have the same length")
+    return tuple(a[~np.isnan(x)] for a in arrays)
+
+
 def paired_auc(values, positive, groups) -> float:
     """Within-group AUC: over all (positive, negative) pairs from the same group, P(pos > neg) + P(tie)/2.
 
-    Attention is a softmax over one prompt's keys, so only scores within a prompt compete;
-    this AUC ignores any per-prompt offset of the scores.
+    Only scores within a prompt compete in its softmax; this AUC ignores any per-prompt offset.
 
     Raises:
         ValueError: lengths differ, or no group has both a positive and a negative.
     """
-    x = np.asarray(values, dtype=float).ravel()
-    y = np.asarray(positive, dtype=bool).ravel()
-    g = np.asarray(groups).ravel()
-    if not x.shape == y.shape == g.shape:
-        raise ValueError("values, positive and groups must have the same length")
-    seen = ~np.isnan(x)
-    x, y, g = x[seen], y[seen], g[seen]
-    wins, pairs = 0.0, 0
+    x, y, g = _seen(values, positive, groups)
     order = np.argsort(g, kind="stable")
     x, y, g = x[order], y[order], g[order]
+    wins, pairs = 0.0, 0
     bounds = np.flatnonzero(np.diff(g)) + 1
     for xs, ys in zip(np.split(x, bounds), np.split(y, bounds), strict=True):
         pos, neg = xs[ys], xs[~ys]
@@ -129,11 +125,9 @@ def bilinear_probe_r2(
 ) -> float:
     """Held-out R² of a rank-``rank`` bilinear model ``y ≈ q' M k' + a·q' + b·k' + c``.
 
-    ``q'``, ``k'`` are the top ``n_components`` principal components of each side (the
-    linear terms carry what centring moves out of the bilinear form, like a key bias).
-    Groups (prompts) are split in half: the PCA, the ridge fit of the full bilinear form,
-    its truncation to ``rank`` (by SVD) and the refit of the linear terms use one half;
-    the R² is measured on the other.
+    ``q'``, ``k'`` are the top ``n_components`` principal components of each side. Groups
+    (prompts) are split in half: the PCA, the ridge fit, its truncation to ``rank`` (by SVD)
+    and the refit of the linear terms use one half; the R² is measured on the other.
 
     Raises:
         ValueError: fewer than 4 groups, or a bad ``rank``/``n_components``.
@@ -155,8 +149,7 @@ def bilinear_probe_r2(
 
     (mq, bq), (mk, bk) = basis(q), basis(k)
     qp, kp = (q - mq) @ bq, (k - mk) @ bk
-    ones = torch.ones(len(y), 1, dtype=qp.dtype)
-    linear = torch.cat([qp, kp, ones], 1)
+    linear = torch.cat([qp, kp, torch.ones(len(y), 1, dtype=qp.dtype)], 1)
     x = torch.cat([torch.einsum("ni,nj->nij", qp, kp).flatten(1), linear], 1)
 
     def ridge_fit(x: Tensor, y: Tensor) -> Tensor:
@@ -167,12 +160,10 @@ def bilinear_probe_r2(
     bilinear = torch.einsum("ni,ij,nj->n", qp, (u[:, :rank] * s[:rank]) @ vh[:rank], kp)
     # refit the linear terms and the constant around the truncated bilinear form
     fit = bilinear + linear @ ridge_fit(linear[train], (y - bilinear)[train])
-    test = ~train
-    resid = y[test] - fit[test]
-    total = y[test] - y[test].mean()
-    if float(total.pow(2).sum()) == 0.0:
+    total = (y[~train] - y[~train].mean()).pow(2).sum()
+    if float(total) == 0.0:
         raise ValueError("the scores are constant on the held-out prompts; R² is undefined")
-    return float(1 - resid.pow(2).sum() / total.pow(2).sum())
+    return float(1 - (y[~train] - fit[~train]).pow(2).sum() / total)
 
 
 def masked_mean(values: pd.Series, mask: np.ndarray, what: str) -> float:

@@ -13,10 +13,19 @@ import torch
 from icl_heads.access import Head, batches
 from icl_heads.faithfulness import faithful_access
 from icl_heads.mechanism._maths import safe_ratio
-from icl_heads.mechanism._run import at_keys, gather_heads, heads_of, ov_at, predicted_labels, reading_positions
+from icl_heads.mechanism._run import (
+    at_keys,
+    gather_heads,
+    head_columns,
+    heads_of,
+    layers_of,
+    ov_at,
+    predicted_labels,
+    words_at,
+)
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompt, ICLPrompts, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo, resolve_read_at
 from icl_heads.records import UNSET, Provenance
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import positions_with_labels
@@ -37,10 +46,8 @@ def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool
 
     Args:
         prompts: the original prompts.
-        resample_demos: also replace every demonstration's text by another text of the
-            same class (the label sequence stays). With ``False`` the demonstrations are
-            identical, so by causality the vectors ``v_p W_O`` at label positions cannot
-            change; with ``True`` they can.
+        resample_demos: also replace every demonstration's text by another of its class (without it the
+            vectors ``v_p W_O`` at label positions cannot change).
         seed: random seed.
 
     Returns:
@@ -56,16 +63,23 @@ def flip_prompts(prompts: ICLPrompts | TokenizedPrompts, *, resample_demos: bool
         raise TypeError(f"expected prompts from ICLTask.prompts(...), got {type(prompts).__name__}")
     task = prompts.task
     by_class = [[t for t, y in zip(task.texts, task.labels, strict=True) if y == c] for c in range(len(task.classes))]
-    rng = np.random.default_rng(seed)
-    out = []
+    rng, out = np.random.default_rng(seed), []
     for p in prompts.prompts:
         used = {p.query, *(t for t, _ in p.demos)}
         others = [c for c in range(len(task.classes)) if c != p.gold]
         gold = others[int(rng.integers(len(others)))]
         demos = tuple((_draw(rng, by_class, y, used, task), y) for _, y in p.demos) if resample_demos else p.demos
         out.append(ICLPrompt(demos=demos, query=_draw(rng, by_class, gold, used, task), gold=gold))
-    config = prompts.config.updated(flipped={"resample_demos": resample_demos, "seed": seed})
-    return ICLPrompts(prompts=tuple(out), task=task, config=config)
+    return ICLPrompts(
+        prompts=tuple(out),
+        task=task,
+        config=prompts.config.updated(flipped={"resample_demos": resample_demos, "seed": seed}),
+    )
+
+
+def _norms(x: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm of each prompt's slice of ``x [batch, ...]``."""
+    return x.flatten(1).norm(dim=1)
 
 
 def _draw(rng: np.random.Generator, by_class: list[list[str]], c: int, used: set[str], task: Any) -> str:
@@ -76,8 +90,7 @@ def _draw(rng: np.random.Generator, by_class: list[list[str]], c: int, used: set
             f"class {task.classes[c]!r} has no unused text left for a flipped prompt; "
             "add examples to the task or use fewer shots"
         )
-    pick = free[int(rng.integers(len(free)))]
-    used.add(pick)
+    used.add(pick := free[int(rng.integers(len(free)))])
     return pick
 
 
@@ -89,17 +102,14 @@ class FlipAnalysis(Result):
 
     Attributes:
         heads: the analysed heads.
-        df: one row per head: ``n_pairs``; mean attention summed over the old label's
-            positions before/after (``old_label_before``, ``old_label_after``) and over the
-            new label's (``new_label_before``, ``new_label_after``); ``attention_rel_change``
-            (``sum ||a_after - a_before|| / sum ||a_before||`` over pairs, ``a`` the
-            attention at label positions), ``ov_rel_change`` (the same for the vectors
-            ``v_p W_O`` at label positions, Frobenius norms) and ``weighted_ov_rel_change``
-            (for ``A[t, p] v_p W_O``). 0/0 counts as no change.
+        df: one row per head: ``n_pairs``; mean attention summed over the old label's positions before/after
+            (``old_label_before``, ``old_label_after``) and the new label's (``new_label_...``);
+            ``attention_rel_change`` (``sum ||a_after - a_before|| / sum ||a_before||`` over pairs, ``a`` the
+            attention at label positions), ``ov_rel_change`` (the same for ``v_p W_O``, Frobenius norms) and
+            ``weighted_ov_rel_change`` (for ``A[t, p] v_p W_O``). 0/0 counts as no change.
         per_pair: one row per flipped pair and head with the quantities before summing.
         pairs: every pair: ``prompt``, gold and prediction before and after, ``flipped``.
-        config: the arguments that produced this result, with ``read_at`` (the positions
-            compared: label tokens, the tokens after them, or whole slots).
+        config: the arguments, with ``read_at`` (the positions compared).
         provenance: model, prompts, versions.
         warnings: why these numbers may not describe what the heads read (empty when fine).
     """
@@ -114,17 +124,16 @@ class FlipAnalysis(Result):
     _title: ClassVar[str] = "Attention and OV change across prediction flips"
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        return {
             **self._warning_summary(),
             "read at": self.config.get("read_at", "label"),
             "flipped pairs": int(self.pairs.flipped.sum()),
             "pairs": len(self.pairs),
+            **{
+                f"{r.name}: relative change attention / OV": f"{r.attention_rel_change:.3g} / {r.ov_rel_change:.3g}"
+                for r in self.df.head(4).itertuples()
+            },
         }
-        for row in self.df.head(4).itertuples():
-            out[f"{row.name}: relative change attention / OV"] = (
-                f"{row.attention_rel_change:.3g} / {row.ov_rel_change:.3g}"
-            )
-        return out
 
     def plot(self, heads: Sequence[Head] | None = None) -> Figure:
         """Attention on the old and new label's positions before and after the flip, per head."""
@@ -148,17 +157,13 @@ def flip_analysis(
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
         prompts: the prompts before the flip.
-        flipped: prompts aligned with ``prompts`` (same number of demonstrations with the
-            same labels); default :func:`flip_prompts` (a query of another class).
+        flipped: prompts aligned with ``prompts`` (same demonstration labels); default :func:`flip_prompts`.
         heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
         resample_demos: passed to :func:`flip_prompts` when ``flipped`` is None.
         seed: passed to :func:`flip_prompts` when ``flipped`` is None.
-        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see
-            :func:`~icl_heads.mechanism.ov_label_features`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on the positions read, the result carries a warning.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see :func:`ov_label_features`).
+        min_read_share: below this share of the heads' attention on the positions read, the result warns.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`FlipAnalysis` result (only pairs whose predicted label differs are analysed).
@@ -180,10 +185,9 @@ def flip_analysis(
             "build it with flip_prompts(prompts)"
         )
     heads = heads_of(access, heads)
-    used, info, warnings = reading_positions(access, tp_a, heads, read_at, min_read_share)
+    used, info, warnings = resolve_read_at(access, tp_a, list(heads), read_at, min_share=min_read_share)
     words = tuple(tp_a.prompts.task.label_words)
     label_ids = torch.tensor(tp_a.label_token_ids)
-    layers = sorted({layer for layer, _ in heads})
     frames, pair_frames = [], []
     pairs = zip(
         batches(access, tp_a, options, desc="flips"),
@@ -191,56 +195,50 @@ def flip_analysis(
         strict=True,
     )
     for ba, bb in pairs:
-        runs, reads = [], []
+        runs = []
         for batch in (ba, bb):
             read, read_labels = positions_with_labels(batch, used)
-            logits, got = gather_heads(access, batch, layers, read, values=True)
-            runs.append((predicted_labels(logits, label_ids), got))
-            reads.append(read)
-        (pa, ga), (pb, gb) = runs
+            logits, got = gather_heads(access, batch, layers_of(heads), read, values=True)
+            runs.append((predicted_labels(logits, label_ids), got, read))
+        (pa, ga, ra), (pb, gb, rb) = runs
         flip = pa != pb
+        shown = {"gold_before": ba.golds, "gold_after": bb.golds, "prediction_before": pa, "prediction_after": pb}
         pair_frames.append(
             pd.DataFrame(
                 {
                     "prompt": ba.index.numpy(),
-                    "gold_before": np.asarray(words, dtype=object)[ba.golds.numpy()],
-                    "gold_after": np.asarray(words, dtype=object)[bb.golds.numpy()],
-                    "prediction_before": np.asarray(words, dtype=object)[pa.numpy()],
-                    "prediction_after": np.asarray(words, dtype=object)[pb.numpy()],
+                    **{k: words_at(words, v) for k, v in shown.items()},
                     "flipped": flip.numpy(),
                 }
             )
         )
         if not flip.any():
             continue
-        valid = ((reads[0] >= 0) & (reads[1] >= 0)).float()
-        dl = read_labels
-        old, new = (dl == pa[:, None]).float() * valid, (dl == pb[:, None]).float() * valid
+        valid = ((ra >= 0) & (rb >= 0)).float()
+        old, new = (read_labels == pa[:, None]).float() * valid, (read_labels == pb[:, None]).float() * valid
         for layer, h in heads:
-            attn, ov = [], []
-            for read, got in zip(reads, (ga, gb), strict=True):
-                ov.append(ov_at(access, got, layer, h).cpu() * valid[..., None])
-                attn.append(at_keys(got[access.hook(layer, "pattern")], read)[:, h].cpu() * valid)
+            ov = [ov_at(access, got, layer, h).cpu() * valid[..., None] for got in (ga, gb)]
+            attn = [
+                at_keys(got[access.hook(layer, "pattern")], r)[:, h].cpu() * valid for r, got in ((ra, ga), (rb, gb))
+            ]
             w = [a[..., None] * o for a, o in zip(attn, ov, strict=True)]
             frames.append(
                 pd.DataFrame(
                     {
                         "prompt": ba.index[flip].numpy(),
-                        "layer": layer,
-                        "head": h,
-                        "name": f"L{layer}H{h}",
-                        "old_label": np.asarray(words, dtype=object)[pa[flip].numpy()],
-                        "new_label": np.asarray(words, dtype=object)[pb[flip].numpy()],
-                        "old_label_before": (attn[0] * old).sum(1)[flip].numpy(),
-                        "old_label_after": (attn[1] * old).sum(1)[flip].numpy(),
-                        "new_label_before": (attn[0] * new).sum(1)[flip].numpy(),
-                        "new_label_after": (attn[1] * new).sum(1)[flip].numpy(),
-                        "attention_change": (attn[1] - attn[0]).norm(dim=1)[flip].numpy(),
-                        "attention_norm": attn[0].norm(dim=1)[flip].numpy(),
-                        "ov_change": (ov[1] - ov[0]).flatten(1).norm(dim=1)[flip].numpy(),
-                        "ov_norm": ov[0].flatten(1).norm(dim=1)[flip].numpy(),
-                        "weighted_ov_change": (w[1] - w[0]).flatten(1).norm(dim=1)[flip].numpy(),
-                        "weighted_ov_norm": w[0].flatten(1).norm(dim=1)[flip].numpy(),
+                        **head_columns(layer, h),
+                        "old_label": words_at(words, pa[flip]),
+                        "new_label": words_at(words, pb[flip]),
+                        **{
+                            f"{which}_label_{when}": (attn[i] * mask).sum(1)[flip].numpy()
+                            for which, mask in (("old", old), ("new", new))
+                            for i, when in enumerate(("before", "after"))
+                        },
+                        **{
+                            f"{key}_{what}": _norms(x[1] - x[0] if what == "change" else x[0])[flip].numpy()
+                            for key, x in (("attention", attn), ("ov", ov), ("weighted_ov", w))
+                            for what in ("change", "norm")
+                        },
                     }
                 )
             )
@@ -251,30 +249,28 @@ def flip_analysis(
             "use prompts the model solves (more shots) or pass your own flipped prompts"
         )
     per_pair = pd.concat(frames, ignore_index=True).sort_values(["layer", "head", "prompt"], ignore_index=True)
-    rows = []
-    for (layer, head, name), part in per_pair.groupby(["layer", "head", "name"], sort=True):
-        rows.append(
-            {
-                "layer": layer,
-                "head": head,
-                "name": name,
-                "n_pairs": len(part),
-                **{
-                    c: float(part[c].mean())
-                    for c in ("old_label_before", "old_label_after", "new_label_before", "new_label_after")
-                },
-                "attention_rel_change": safe_ratio(part.attention_change.sum(), part.attention_norm.sum()),
-                "ov_rel_change": safe_ratio(part.ov_change.sum(), part.ov_norm.sum()),
-                "weighted_ov_rel_change": safe_ratio(part.weighted_ov_change.sum(), part.weighted_ov_norm.sum()),
-            }
-        )
-    config = FlipAnalysisConfig(resample_demos=resample_demos, seed=seed, own_flipped_prompts=own_flipped, **info)
+    rows = [
+        {
+            **head_columns(layer, head),
+            "n_pairs": len(part),
+            **{
+                f"{a}_label_{b}": float(part[f"{a}_label_{b}"].mean())
+                for a in ("old", "new")
+                for b in ("before", "after")
+            },
+            **{
+                f"{key}_rel_change": safe_ratio(part[f"{key}_change"].sum(), part[f"{key}_norm"].sum())
+                for key in ("attention", "ov", "weighted_ov")
+            },
+        }
+        for (layer, head), part in per_pair.groupby(["layer", "head"], sort=True)
+    ]
     return FlipAnalysis(
         heads=heads,
         df=pd.DataFrame(rows),
         per_pair=per_pair,
         pairs=pairs_df,
-        config=config,
+        config=FlipAnalysisConfig(resample_demos=resample_demos, seed=seed, own_flipped_prompts=own_flipped, **info),
         provenance=provenance(access.name, tp_a, heads=[list(h) for h in heads]),
         warnings=warnings,
     )

@@ -1,9 +1,4 @@
-"""Where in-context heads look from the final position: attention and scores at label positions.
-
-* :func:`qk_label_attention`: attention and pre-softmax scores from the final position to
-  each label position, by whether the demonstration's label is the gold label or the prediction.
-The two-tower test of the same scores is :func:`~icl_heads.mechanism.towers.two_tower_test`.
-"""
+"""Where in-context heads look from the final position: attention and scores at label positions, by label."""
 
 from __future__ import annotations
 
@@ -11,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -22,16 +16,18 @@ from icl_heads.mechanism._maths import masked_mean, paired_auc, roc_auc, visible
 from icl_heads.mechanism._run import (
     at_keys,
     gather_heads,
+    head_columns,
     heads_of,
     label_shift,
+    layers_of,
     per_demo,
     predicted_labels,
-    reading_positions,
     token_str,
+    words_at,
 )
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo, resolve_read_at
 from icl_heads.records import UNSET, Provenance
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import read_positions
@@ -51,23 +47,19 @@ class QKLabelAttention(Result):
 
     Attributes:
         heads: the analysed heads.
-        df: one row per head: mean ``attention_same``/``attention_other`` (label
-            positions whose demonstration has / has not the gold label), ``score_same``/
-            ``score_other`` (pre-softmax scores), the same split by the model's prediction
-            (``attention_predicted``/``attention_not_predicted``, ``score_...``),
-            ``label_share`` (mean attention summed over label positions), ``uniform_share``
-            (what uniform attention would give), ``auc_attention`` and ``auc_score``
-            (same vs other class, pooled over prompts), ``auc_score_within`` (within
-            prompts only) and ``n_prompts``.
+        df: one row per head: mean ``attention_same``/``attention_other`` (label positions whose demonstration has /
+            has not the gold label), ``score_same``/``score_other`` (pre-softmax scores), the same split by the
+            prediction (``attention_predicted``/``attention_not_predicted``, ``score_...``), ``label_share`` (mean
+            attention summed over label positions), ``uniform_share`` (what uniform attention would give),
+            ``auc_attention`` and ``auc_score`` (same vs other class, pooled), ``auc_score_within`` (within prompts)
+            and ``n_prompts``.
         positions: one row per prompt, demonstration and head.
-        example_pattern: ``[head, pos]`` attention from the final position of the
-            example prompt, over its tokens.
+        example_pattern: ``[head, pos]`` attention from the final position of the example prompt.
         example_tokens: the example prompt's tokens.
         example: index, gold, prediction, label positions and demonstration labels of the example.
         label_words: the task's label words.
-        config: the arguments that produced this result, with ``read_at`` (where each
-            demonstration's label is read: label token, the token after it, or the whole
-            slot, whose attention is summed and whose score is the log-sum-exp of its scores).
+        config: the arguments, with ``read_at`` (label token, the token after it, or the whole slot, whose
+            attention is summed and whose score is the log-sum-exp of its scores).
         provenance: model, prompts, versions.
         warnings: why these numbers may not describe what the heads read (empty when fine).
     """
@@ -114,19 +106,15 @@ def qk_label_attention(
         prompts: few-shot prompts with demonstrations of several classes.
         heads: ``(layer, head)`` pairs, an ``InContextHeads`` result, or None for every head.
         example: index of the prompt whose full attention row is kept for plotting.
-        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see
-            :func:`~icl_heads.mechanism.ov_label_features`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on the positions read, the result carries a warning.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see :func:`ov_label_features`).
+        min_read_share: below this share of the heads' attention on the positions read, the result warns.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`QKLabelAttention` result.
 
     Raises:
-        ValueError: ``example`` out of range; no demonstrations of the query's class or no
-            others (the comparisons need both); bad heads or prompts.
+        ValueError: ``example`` out of range; no demonstrations of the query's class or no others; bad heads or prompts.
         TypeError: an unsupported model.
     """
     options = run_options(options)
@@ -135,48 +123,38 @@ def qk_label_attention(
     heads = heads_of(access, heads)
     if not 0 <= example < len(tp):
         raise ValueError(f"example must index a prompt in [0, {len(tp)}), got {example}")
-    used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)
+    used, info, warnings = resolve_read_at(access, tp, list(heads), read_at, min_share=min_read_share)
     words = tuple(tp.prompts.task.label_words)
     label_ids = torch.tensor(tp.label_token_ids)
-    layers = sorted({layer for layer, _ in heads})
     frames, ex_pattern, ex_pred = [], None, None
     for batch in batches(access, tp, options, desc="QK attention"):
-        lp = batch.label_positions
-        read, demo = read_positions(batch, used)
-        logits, got = gather_heads(access, batch, layers, read, scores=True)
+        lp, (read, demo) = batch.label_positions, read_positions(batch, used)
+        logits, got = gather_heads(access, batch, layers_of(heads), read, scores=True)
         pred = predicted_labels(logits, label_ids)
         shift = label_shift(batch)
         has = per_demo((read >= 0)[:, None].float(), demo, lp.shape[1])[:, 0] > 0
         bi, di = has.nonzero(as_tuple=True)
-        n_real = (batch.final_positions - shift + 1).float()
         dl, gold = batch.demo_labels[bi, di], batch.golds[bi]
         base = {
             "prompt": batch.index[bi].numpy(),
             "demo": di.numpy(),
             "position": (lp[bi, di] - shift[bi]).numpy(),
-            "label": np.asarray(words, dtype=object)[dl.numpy()],
-            "gold": np.asarray(words, dtype=object)[gold.numpy()],
-            "prediction": np.asarray(words, dtype=object)[pred[bi].numpy()],
+            **{k: words_at(words, v) for k, v in (("label", dl), ("gold", gold), ("prediction", pred[bi]))},
             "same_as_gold": (dl == gold).numpy(),
             "same_as_prediction": (dl == pred[bi]).numpy(),
-            "uniform_share": ((read >= 0).sum(1) / n_real)[bi].numpy(),
+            "uniform_share": ((read >= 0).sum(1) / (batch.final_positions - shift + 1).float())[bi].numpy(),
         }
         for layer, h in heads:
-            row = got[access.hook(layer, "pattern")]
-            attn = per_demo(at_keys(row, read), demo, lp.shape[1])[:, h].cpu()
+            attn = per_demo(at_keys(got[access.hook(layer, "pattern")], read), demo, lp.shape[1])[:, h].cpu()
             score = per_demo(at_keys(got[access.hook(layer, "attn_scores")], read), demo, lp.shape[1], "lse")[:, h]
-            score = visible_scores(score.cpu())
-            share = (attn * has).sum(1)
             frames.append(
                 pd.DataFrame(
                     {
                         **base,
-                        "layer": layer,
-                        "head": h,
-                        "name": f"L{layer}H{h}",
+                        **head_columns(layer, h),
                         "attention": attn[bi, di].numpy(),
-                        "score": score[bi, di].numpy(),
-                        "label_share": share[bi].numpy(),
+                        "score": visible_scores(score.cpu())[bi, di].numpy(),
+                        "label_share": (attn * has).sum(1)[bi].numpy(),
                     }
                 )
             )
@@ -187,23 +165,20 @@ def qk_label_attention(
             ex_pattern = torch.stack([got[access.hook(layer, "pattern")][j, h, span].cpu() for layer, h in heads])
             ex_pred = int(pred[j])
     pos = pd.concat(frames, ignore_index=True).sort_values(["layer", "head", "prompt", "demo"], ignore_index=True)
-    df = _aggregate_qk(pos)
-    assert ex_pattern is not None
-    ids = tp.tokens[example]
-    ex = {
-        "index": example,
-        "gold": words[tp.golds[example]],
-        "prediction": words[ex_pred],
-        "label_positions": list(tp.label_positions[example]),
-        "demo_labels": [words[c] for c in tp.demo_labels[example]],
-    }
+    assert ex_pattern is not None and ex_pred is not None
     return QKLabelAttention(
         heads=heads,
-        df=df,
+        df=_aggregate_qk(pos),
         positions=pos,
         example_pattern=ex_pattern,
-        example_tokens=tuple(token_str(access.tokenizer, i) for i in ids),
-        example=ex,
+        example_tokens=tuple(token_str(access.tokenizer, i) for i in tp.tokens[example]),
+        example={
+            "index": example,
+            "gold": words[tp.golds[example]],
+            "prediction": words[ex_pred],
+            "label_positions": list(tp.label_positions[example]),
+            "demo_labels": [words[c] for c in tp.demo_labels[example]],
+        },
         label_words=words,
         config=QKLabelAttentionConfig(example=example, **info),
         provenance=provenance(access.name, tp, heads=[list(h) for h in heads]),
@@ -213,22 +188,22 @@ def qk_label_attention(
 
 def _aggregate_qk(pos: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (layer, head, name), part in pos.groupby(["layer", "head", "name"], sort=True):
+    for (layer, head), part in pos.groupby(["layer", "head"], sort=True):
         same, pred = part.same_as_gold.to_numpy(), part.same_as_prediction.to_numpy()
         per_prompt = part.drop_duplicates("prompt")
+        splits = (
+            (("same", same, "with the gold label"), ("other", ~same, "without the gold label")),
+            (("predicted", pred, "with the predicted label"), ("not_predicted", ~pred, "without the predicted label")),
+        )
         rows.append(
             {
-                "layer": layer,
-                "head": head,
-                "name": name,
-                "attention_same": masked_mean(part.attention, same, "with the gold label"),
-                "attention_other": masked_mean(part.attention, ~same, "without the gold label"),
-                "score_same": masked_mean(part.score, same, "with the gold label"),
-                "score_other": masked_mean(part.score, ~same, "without the gold label"),
-                "attention_predicted": masked_mean(part.attention, pred, "with the predicted label"),
-                "attention_not_predicted": masked_mean(part.attention, ~pred, "without the predicted label"),
-                "score_predicted": masked_mean(part.score, pred, "with the predicted label"),
-                "score_not_predicted": masked_mean(part.score, ~pred, "without the predicted label"),
+                **head_columns(layer, head),
+                **{
+                    f"{col}_{key}": masked_mean(part[col], mask, what)
+                    for split in splits
+                    for col in ("attention", "score")
+                    for key, mask, what in split
+                },
                 "label_share": per_prompt.label_share.mean(),
                 "uniform_share": per_prompt.uniform_share.mean(),
                 "auc_attention": roc_auc(part.attention, same),

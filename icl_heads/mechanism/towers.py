@@ -1,11 +1,4 @@
-"""Does a head's QK score act as a learned similarity between the query and each demonstration?
-
-:func:`two_tower_test` scores each head's pre-softmax score at the positions where the
-demonstrations are read as a classifier of "this demonstration has the query's class"
-(ROC AUC), next to the cosine of the residual streams, with an optional low-rank bilinear
-probe. Like the other mechanism analyses it reads each demonstration where the heads put
-their attention (``read_at``) and says so loudly when the analysed heads do not read there.
-"""
+"""Does a head's QK score act as a learned similarity between the query and each demonstration (two towers)?"""
 
 from __future__ import annotations
 
@@ -15,7 +8,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads.access import batches
@@ -28,10 +20,10 @@ from icl_heads.mechanism._maths import (
     unit_features,
     visible_scores,
 )
-from icl_heads.mechanism._run import at_keys, gather_heads, heads_of, per_demo, reading_positions
+from icl_heads.mechanism._run import at_keys, gather_heads, head_columns, heads_of, layers_of, per_demo
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
-from icl_heads.reading import MIN_READ_SHARE, ReadingInfo
+from icl_heads.reading import MIN_READ_SHARE, ReadingInfo, resolve_read_at
 from icl_heads.records import UNSET, Provenance
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.slots import read_positions
@@ -54,19 +46,14 @@ class TwoTowerTest(Result):
 
     Attributes:
         heads: the analysed heads.
-        df: one row per head: ``auc_score`` (ROC AUC of the pre-softmax score at the read
-            positions for "this demonstration has the query's class", pooled over prompts),
-            ``auc_score_within`` (within prompts), the same for the baseline similarity
-            ``auc_cosine``/``auc_cosine_within`` (cosine of the residual streams entering
-            the head's layer at the final and the read position), ``score_same``,
-            ``score_other``, and ``probe_r2`` (held-out R² of a low-rank bilinear probe of
-            the score) when a probe was fitted (NaN for a head whose scores are all
-            equal, e.g. one with zero query weights: there is nothing to explain).
+        df: one row per head: ``auc_score`` (ROC AUC of the pre-softmax score at the read positions for "this
+            demonstration has the query's class", pooled), ``auc_score_within`` (within prompts), the same for the
+            cosine of the residual streams entering the layer (``auc_cosine``/``auc_cosine_within``),
+            ``score_same``, ``score_other`` and, with a probe, ``probe_r2`` (held-out R² of a low-rank bilinear
+            probe of the score; NaN for a head whose scores are all equal: nothing to explain).
         positions: one row per prompt, demonstration and head: ``same_class``, ``score``, ``cosine``.
-        config: the arguments that produced this result, with ``read_at`` (where each
-            demonstration is read: label token, the token after it, or the whole slot, whose
-            score is the log-sum-exp of its tokens' scores and whose cosine and probe
-            features are their mean over its tokens).
+        config: the arguments, with ``read_at`` (label token, the token after it, or the whole slot, whose score is
+            the log-sum-exp of its tokens' scores and whose cosine and probe features are means over its tokens).
         provenance: model, prompts, versions.
         warnings: why these numbers may not describe what the heads read (empty when fine).
     """
@@ -111,15 +98,11 @@ class TwoTowerTest(Result):
         return self.heatmap(column)
 
 
-def demo_means(values: Float[Tensor, "batch n d"], demo: Tensor, n_demo: int) -> Float[Tensor, "batch demo d"]:
-    """Mean of per-position vectors over each demonstration's positions (0 for one with none).
-
-    ``demo [batch, n]`` gives each position's demonstration (``-1``: ignore).
-    """
+def _demo_means(values: Tensor, demo: Tensor, n_demo: int) -> Tensor:
+    """Mean of vectors ``[b, n, d]`` over each demonstration's positions (``demo [b, n]``, -1: none; 0 if empty)."""
     onehot = torch.nn.functional.one_hot(demo.clamp(min=0), n_demo).float() * (demo >= 0)[..., None].float()
     onehot = onehot.to(values.device)  # [b, n, demo]
-    total = torch.einsum("bnd,bnk->bkd", values.float(), onehot)
-    return total / onehot.sum(1)[..., None].clamp(min=1.0)
+    return torch.einsum("bnd,bnk->bkd", values.float(), onehot) / onehot.sum(1)[..., None].clamp(min=1.0)
 
 
 def two_tower_test(
@@ -137,12 +120,10 @@ def two_tower_test(
 ) -> TwoTowerTest:
     """Score each head's QK score as a classifier of "same class as the query" at the read positions.
 
-    Hypothesis (DESIGN §2a): queries (final position) and keys (where each demonstration is
-    read) are two towers of a metric-learning model, so the score is high where the
-    demonstration has the query's class. The ROC AUC measures it; the cosine of the residual
-    streams at the two positions is the untrained baseline. With ``probe_rank``, a bilinear
-    form of rank ``probe_rank`` between the (unit-normalised) residual streams is fitted to
-    each head's scores on half the prompts, and its R² is measured on the other half.
+    Hypothesis (DESIGN §2a): queries (final position) and keys (where each demonstration is read) are two towers of
+    a metric-learning model. The ROC AUC measures it; the cosine of the residual streams is the untrained baseline.
+    With ``probe_rank``, a bilinear form of that rank between the unit residual streams is fitted to each head's
+    scores on half the prompts, and its R² is measured on the other half.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -152,63 +133,49 @@ def two_tower_test(
         probe_components: principal components of each side the probe uses.
         probe_ridge: ridge penalty of the probe's least squares.
         seed: seed of the probe's train/test split of prompts.
-        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (where the heads
-            put their attention; see :func:`~icl_heads.mechanism.ov_label_features`).
-        min_read_share: below this share of the heads' attention (outside the first
-            token) on the positions read, the result carries a NOT READ warning.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        read_at: ``"label"``, ``"after_label"``, ``"slot"`` or ``"auto"`` (see :func:`ov_label_features`).
+        min_read_share: below this share of the heads' attention on the positions read, the result warns.
+        options: how prompts are run (a :class:`~icl_heads.options.RunOptions`); does not change the result.
 
     Returns:
         A :class:`TwoTowerTest` result.
 
     Raises:
-        ValueError: no demonstrations of the query's class or no others; a bad probe
-            setting or fewer than 4 prompts for the probe; an unknown ``read_at``; bad
-            heads or prompts.
+        ValueError: no demonstrations of the query's class or no others; a bad probe setting or fewer than 4
+            prompts for it; an unknown ``read_at``; bad heads or prompts.
         TypeError: an unsupported model.
     """
     options = run_options(options)
     access = faithful_access(model, "two_tower_test")
     tp = access.tokenize(prompts)
     heads = heads_of(access, heads)
-    used, info, warnings = reading_positions(access, tp, heads, read_at, min_read_share)
-    layers = sorted({layer for layer, _ in heads})
-    frames, feats = [], {layer: ([], []) for layer in layers}
-    groups = []
+    used, info, warnings = resolve_read_at(access, tp, list(heads), read_at, min_share=min_read_share)
+    layers = layers_of(heads)
+    frames, feats, groups = [], {layer: ([], []) for layer in layers}, []
     for batch in batches(access, tp, options, desc="two towers"):
         n_demo = batch.label_positions.shape[1]
         read, demo = read_positions(batch, used)
         _, got = gather_heads(access, batch, layers, read, scores=True, resid=True)
-        has = per_demo((read >= 0)[:, None].float(), demo, n_demo)[:, 0] > 0
-        bi, di = has.nonzero(as_tuple=True)
-        base = {
-            "prompt": batch.index[bi].numpy(),
-            "demo": di.numpy(),
-            "same_class": (batch.demo_labels[bi, di] == batch.golds[bi]).numpy(),
-        }
+        bi, di = (per_demo((read >= 0)[:, None].float(), demo, n_demo)[:, 0] > 0).nonzero(as_tuple=True)
         groups.append(batch.index[bi])
         cos = {}
         for layer in layers:
             q_all = unit_features(got[access.hook(layer, "resid_pre")].cpu(), access.centred_norm)  # [b, d]
             k_pos = unit_features(got["at:" + access.hook(layer, "resid_pre")].cpu(), access.centred_norm)  # [b, n, d]
-            q, k = q_all[bi], demo_means(k_pos, demo, n_demo)[bi, di]
-            cos_pos = (q_all[:, None] * k_pos).sum(-1, keepdim=True)  # per read position
-            cos[layer] = demo_means(cos_pos, demo, n_demo)[bi, di, 0].numpy()
+            cos[layer] = _demo_means((q_all[:, None] * k_pos).sum(-1, keepdim=True), demo, n_demo)[bi, di, 0].numpy()
             if probe_rank is not None:
-                feats[layer][0].append(q)
-                feats[layer][1].append(k)
+                feats[layer][0].append(q_all[bi])
+                feats[layer][1].append(_demo_means(k_pos, demo, n_demo)[bi, di])
         for layer, h in heads:
-            scores = at_keys(got[access.hook(layer, "attn_scores")], read)
-            score = visible_scores(per_demo(scores, demo, n_demo, "lse")[:, h].cpu())
+            score = per_demo(at_keys(got[access.hook(layer, "attn_scores")], read), demo, n_demo, "lse")[:, h]
             frames.append(
                 pd.DataFrame(
                     {
-                        **base,
-                        "layer": layer,
-                        "head": h,
-                        "name": f"L{layer}H{h}",
-                        "score": score[bi, di].numpy(),
+                        "prompt": batch.index[bi].numpy(),
+                        "demo": di.numpy(),
+                        "same_class": (batch.demo_labels[bi, di] == batch.golds[bi]).numpy(),
+                        **head_columns(layer, h),
+                        "score": visible_scores(score.cpu())[bi, di].numpy(),
                         "cosine": cos[layer],
                     }
                 )
@@ -217,15 +184,13 @@ def two_tower_test(
     df = _tower_table(pos)
     if probe_rank is not None:
         df["probe_r2"] = _probe_r2(df, pos, feats, torch.cat(groups), probe_rank, probe_components, probe_ridge, seed)
-    config = TwoTowerTestConfig(
-        probe_rank=probe_rank, probe_components=probe_components, probe_ridge=probe_ridge, seed=seed,
-        **info,
-    )  # fmt: skip
     return TwoTowerTest(
         heads=heads,
         df=df,
         positions=pos,
-        config=config,
+        config=TwoTowerTestConfig(
+            probe_rank=probe_rank, probe_components=probe_components, probe_ridge=probe_ridge, seed=seed, **info
+        ),
         provenance=provenance(access.name, tp, heads=[list(h) for h in heads]),
         warnings=warnings,
     )
@@ -233,17 +198,19 @@ def two_tower_test(
 
 def _tower_table(pos: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (layer, head, name), part in pos.groupby(["layer", "head", "name"], sort=True):
+    for (layer, head), part in pos.groupby(["layer", "head"], sort=True):
         same = part.same_class.to_numpy()
         rows.append(
             {
-                "layer": layer,
-                "head": head,
-                "name": name,
-                "auc_score": roc_auc(part.score, same),
-                "auc_score_within": paired_auc(part.score, same, part.prompt),
-                "auc_cosine": roc_auc(part.cosine, same),
-                "auc_cosine_within": paired_auc(part.cosine, same, part.prompt),
+                **head_columns(layer, head),
+                **{
+                    f"auc_{col}{within}": auc
+                    for col in ("score", "cosine")
+                    for within, auc in (
+                        ("", roc_auc(part[col], same)),
+                        ("_within", paired_auc(part[col], same, part.prompt)),
+                    )
+                },
                 "score_same": masked_mean(part.score, same, "with the gold label"),
                 "score_other": masked_mean(part.score, ~same, "without the gold label"),
             }
@@ -252,14 +219,16 @@ def _tower_table(pos: pd.DataFrame) -> pd.DataFrame:
 
 
 def _probe_r2(df, pos, feats, groups, rank: int, components: int, ridge: float, seed: int) -> list[float]:
+    """Probe R² per head (NaN where the scores are constant, e.g. zero query weights: nothing to explain)."""
     r2 = []
     for row in df.itertuples():
         q, k = (torch.cat(x) for x in feats[row.layer])
-        part = pos[(pos.layer == row.layer) & (pos["head"] == row.head)]
-        # rows of `part` are sorted by prompt and demo; the features are in batch order, which is the same
-        y = torch.tensor(part.score.to_numpy())
-        if float(y.max() - y.min()) == 0.0:  # e.g. zero query weights: nothing to explain
-            r2.append(float("nan"))
-            continue
-        r2.append(bilinear_probe_r2(q, k, y, groups, rank=rank, n_components=components, ridge=ridge, seed=seed))
+        # rows of the head's part are sorted by prompt and demo; the features are in batch order, which is the same
+        y = torch.tensor(pos[(pos.layer == row.layer) & (pos["head"] == row.head)].score.to_numpy())
+        const = float(y.max() - y.min()) == 0.0
+        r2.append(
+            float("nan")
+            if const
+            else bilinear_probe_r2(q, k, y, groups, rank=rank, n_components=components, ridge=ridge, seed=seed)
+        )
     return r2

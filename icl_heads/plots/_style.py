@@ -27,8 +27,7 @@ def wrap(text: str, width: int) -> str:
         sup = para.startswith("<sup>") and para.endswith("</sup>")
         if sup or small:
             para = para[len(SMALL[0] if small else "<sup>") : -len(SMALL[1] if small else "</sup>")]
-        lines: list[str] = []
-        line = ""
+        lines, line = [], ""
         for word in para.split(" "):
             if line and len(line) + 1 + len(word) > width:
                 lines.append(line)
@@ -46,6 +45,8 @@ TITLE_WIDTH = 70
 TITLE_LINE, SUBTITLE_LINE, MODEBAR_BAND = 22, 17, 30
 #: plotly's default top margin
 DEFAULT_TOP = 100
+#: where a title hangs: at the top left of the figure, below the modebar band
+TITLE_PLACE = {"x": 0.02, "xanchor": "left", "xref": "container", "y": 1, "yanchor": "top", "yref": "container"}
 
 
 def fit_titles(fig: go.Figure, width: int = TITLE_WIDTH) -> go.Figure:
@@ -68,10 +69,8 @@ def fit_titles(fig: go.Figure, width: int = TITLE_WIDTH) -> go.Figure:
         wrapped = wrap(title, width)
         lines = wrapped.count("<br>") + 1
         height = TITLE_LINE * lines + TITLE_LINE // 2 * (lines - 1) + 6
-        fig.update_layout(
-            title={"text": wrapped, "x": 0.02, "xanchor": "left", "xref": "container", "y": 1, "yanchor": "top",
-                   "yref": "container", "pad": {"t": MODEBAR_BAND + TITLE_LINE // 2 * (lines - 1)}}
-        )  # fmt: skip
+        pad = {"t": MODEBAR_BAND + TITLE_LINE // 2 * (lines - 1)}
+        fig.update_layout(title={"text": wrapped, **TITLE_PLACE, "pad": pad})
     top = MODEBAR_BAND + height + sub_height + 6
     if fig.layout.margin.t is None or fig.layout.margin.t < top:
         if fig.layout.height:  # a figure drawn at a set height keeps its plot area: the margin adds to it
@@ -102,6 +101,24 @@ def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def error_bars(value, low, high) -> dict:
+    """Asymmetric error bars from ``low`` to ``high`` around ``value``."""
+    return {"type": "data", "symmetric": False, "array": high - value, "arrayminus": value - low}
+
+
+def outlined(heads: Sequence[tuple[int, int]], size: int, **kw) -> go.Scatter:
+    """Black open squares on the given heads of a layer x head heatmap."""
+    return go.Scatter(
+        x=[h for _, h in heads],
+        y=[layer for layer, _ in heads],
+        mode="markers",
+        marker={"symbol": "square-open", "size": size, "color": "black", "line": {"width": 2}},
+        text=[head_name(*h) for h in heads],
+        hoverinfo="text",
+        **kw,
+    )
+
+
 def layer_head_heatmap(
     values,
     *,
@@ -123,51 +140,27 @@ def layer_head_heatmap(
     """
     v = np.asarray(values, dtype=float)
     n_layers, n_heads = v.shape
-    order = (-np.nan_to_num(v, nan=-np.inf)).ravel().argsort(kind="stable")
     rank = np.empty(v.size, dtype=int)
-    rank[order] = np.arange(1, v.size + 1)
+    rank[(-np.nan_to_num(v, nan=-np.inf)).ravel().argsort(kind="stable")] = np.arange(1, v.size + 1)
     rank = rank.reshape(v.shape)
-    text = []
-    for layer in range(n_layers):
-        row = []
-        for head in range(n_heads):
-            parts = [
-                f"<b>{head_name(layer, head)}</b>",
-                f"{colorbar}: {v[layer, head]:.4g}",
-                f"rank: {rank[layer, head]}",
-            ]
-            for name, arr in (extra or {}).items():
-                parts.append(f"{name}: {np.asarray(arr)[layer, head]:.4g}")
-            row.append("<br>".join(parts))
-        text.append(row)
+    text = [
+        [
+            "<br>".join(
+                [f"<b>{head_name(layer, head)}</b>", f"{colorbar}: {v[layer, head]:.4g}", f"rank: {rank[layer, head]}"]
+                + [f"{name}: {np.asarray(arr)[layer, head]:.4g}" for name, arr in (extra or {}).items()]
+            )
+            for head in range(n_heads)
+        ]
+        for layer in range(n_layers)
+    ]
     kw: dict = {"colorscale": SEQUENTIAL}
     if centre is not None:
         span = float(np.nanmax(np.abs(v - centre))) or 1.0
         kw = {"colorscale": DIVERGING, "zmid": centre, "zmin": centre - span, "zmax": centre + span}
-    fig = go.Figure(
-        go.Heatmap(
-            z=v,
-            x=list(range(n_heads)),
-            y=list(range(n_layers)),
-            text=text,
-            hoverinfo="text",
-            colorbar={"title": {"text": colorbar}},
-            **kw,
-        )
-    )
-    marked = list(marked)
-    if marked:
-        fig.add_trace(
-            go.Scatter(
-                x=[h for _, h in marked],
-                y=[layer for layer, _ in marked],
-                mode="markers",
-                marker={"symbol": "square-open", "size": 22, "color": "black", "line": {"width": 2}},
-                name="selected",
-                text=[head_name(layer, h) for layer, h in marked],
-                hoverinfo="text",
-            )
-        )
+    kw["colorbar"] = {"title": {"text": colorbar}}
+    fig = go.Figure(go.Heatmap(z=v, x=list(range(n_heads)), y=list(range(n_layers)), text=text, hoverinfo="text", **kw))
+    if marked := list(marked):
+        fig.add_trace(outlined(marked, 22, name="selected"))
     fig.update_layout(
         title=title,
         xaxis={"title": "head", "dtick": 1},
@@ -183,18 +176,10 @@ def bar_with_ci(
 ) -> go.Figure:
     """Bars with asymmetric 95% error bars."""
     m = np.asarray(means, dtype=float)
-    fig = go.Figure(
-        go.Bar(
-            x=list(names),
-            y=m,
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": np.asarray(highs) - m,
-                "arrayminus": m - np.asarray(lows),
-            },
-            hovertemplate="%{x}: %{y:.3f}<extra></extra>",
-        )
+    bars = go.Bar(
+        x=list(names),
+        y=m,
+        error_y=error_bars(m, np.asarray(lows), np.asarray(highs)),
+        hovertemplate="%{x}: %{y:.3f}<extra></extra>",
     )
-    fig.update_layout(**layout)
-    return fig
+    return go.Figure(bars).update_layout(**layout)

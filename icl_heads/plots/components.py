@@ -11,7 +11,7 @@ from icl_heads._format import fmt
 from icl_heads.components.protocol import ReweightingComparison
 from icl_heads.components.result import Decomposition
 from icl_heads.components.stability import ComponentStability
-from icl_heads.plots._style import fit_titles, layer_head_heatmap
+from icl_heads.plots._style import error_bars, fit_titles, layer_head_heatmap
 from icl_heads.results import draws
 
 KIND_COLOURS = {"good": "#2ca02c", "bad": "#d62728", "label-biased": "#ff7f0e", "other": "#7f7f7f"}
@@ -27,8 +27,7 @@ def plot_component_heatmap(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
     """
     df = dec.kinds(**kinds_kw)
     heads = df[df.type == "head"]
-    acc = np.full((dec.n_layers, dec.n_heads), np.nan)
-    share = np.full_like(acc, np.nan)
+    acc, share = np.full((2, dec.n_layers, dec.n_heads), np.nan)
     acc[heads["layer"], heads["head"]] = heads.accuracy
     share[heads["layer"], heads["head"]] = heads.top_label_share
     good = [(int(r.layer), int(r.head)) for r in heads.itertuples() if r.good]
@@ -55,37 +54,20 @@ def _below_chance(part: Any, chance: float) -> list[str]:
 
 @draws(Decomposition, "plot_accuracy")
 def plot_component_accuracy(dec: Decomposition, **kinds_kw: Any) -> go.Figure:
-    """Every component's accuracy alone with its 95% Wilson interval, sorted, coloured by kind; full model and chance
-    as lines."""
+    """Every component's accuracy alone (95% Wilson interval), sorted, coloured by kind; full model, chance as lines."""
     df = dec.kinds(**kinds_kw).sort_values("accuracy", ascending=False, kind="stable")
     fig = go.Figure()
     for kind, colour in KIND_COLOURS.items():
         part = df[df.kind == kind]
-        fig.add_trace(
-            go.Bar(
-                x=part.component,
-                y=part.accuracy,
-                name=kind,
-                marker_color=colour,
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": (part.ci_high - part.accuracy).to_numpy(),
-                    "arrayminus": (part.accuracy - part.ci_low).to_numpy(),
-                },
-                customdata=np.stack(
-                    [part.top_label, part.top_label_share, _below_chance(part, dec.chance), part.ci_low, part.ci_high],
-                    -1,
-                )
-                if len(part)
-                else None,
-                hovertemplate=(
-                    "<b>%{x}</b><br>accuracy: %{y:.3f} (95% CI [%{customdata[3]:.3f}, %{customdata[4]:.3f}])"
-                    "<br>most predicted label: %{customdata[0]} (%{customdata[1]:.2f} of prompts)"
-                    "%{customdata[2]}<extra>" + kind + "</extra>"
-                ),
-            )
+        hover = (
+            "<b>%{x}</b><br>accuracy: %{y:.3f} (95% CI [%{customdata[3]:.3f}, %{customdata[4]:.3f}])"
+            "<br>most predicted label: %{customdata[0]} (%{customdata[1]:.2f} of prompts)"
+            "%{customdata[2]}<extra>" + kind + "</extra>"
         )
+        columns = [part.top_label, part.top_label_share, _below_chance(part, dec.chance), part.ci_low, part.ci_high]
+        bars = go.Bar(x=part.component, y=part.accuracy, name=kind, marker_color=colour, hovertemplate=hover)
+        bars.update(error_y=error_bars(part.accuracy, part.ci_low, part.ci_high))
+        fig.add_trace(bars.update(customdata=np.stack(columns, -1) if len(part) else None))
     fig.add_hline(y=dec.full_accuracy, line_dash="dash", annotation_text=f"full model {dec.full_accuracy:.3f}")
     fig.add_hline(y=dec.chance, line_dash="dot", annotation_text="chance")
     fig.update_layout(
@@ -110,33 +92,17 @@ def plot_stability(stab: ComponentStability, axis: str = "demo set", pair: int =
     row = part.iloc[pair]
     templates = list(stab.templates)
     if axis == "demo set":
-        t = templates.index(row.fixed)
-        x, y = stab.accuracies[t, int(row.a)], stab.accuracies[t, int(row.b)]
+        x, y = (stab.accuracies[templates.index(row.fixed), int(i)] for i in (row.a, row.b))
         xlab, ylab = f"demo set {row.a}", f"demo set {row.b}"
     else:
-        d = int(row.fixed)
-        x, y = stab.accuracies[templates.index(row.a), d], stab.accuracies[templates.index(row.b), d]
+        x, y = (stab.accuracies[templates.index(t), int(row.fixed)] for t in (row.a, row.b))
         xlab, ylab = f"template {row.a!r}", f"template {row.b!r}"
-    fig = go.Figure(
-        go.Scatter(
-            x=x.numpy(),
-            y=y.numpy(),
-            mode="markers",
-            text=list(stab.names),
-            name="components",
-            hovertemplate="<b>%{text}</b><br>" + xlab + ": %{x:.3f}<br>" + ylab + ": %{y:.3f}<extra></extra>",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[row.full_accuracy_a],
-            y=[row.full_accuracy_b],
-            mode="markers",
-            marker={"symbol": "star", "size": 16, "color": "black"},
-            name="full model",
-            hovertemplate="<b>full model</b><br>%{x:.3f} vs %{y:.3f}<extra></extra>",
-        )
-    )
+    hover = "<b>%{text}</b><br>" + xlab + ": %{x:.3f}<br>" + ylab + ": %{y:.3f}<extra></extra>"
+    fig = go.Figure(go.Scatter(x=x.numpy(), y=y.numpy(), mode="markers", text=list(stab.names), hovertemplate=hover))
+    fig.update_traces(name="components")
+    full = go.Scatter(x=[row.full_accuracy_a], y=[row.full_accuracy_b], mode="markers", name="full model")
+    star = {"symbol": "star", "size": 16, "color": "black"}
+    fig.add_trace(full.update(marker=star, hovertemplate="<b>full model</b><br>%{x:.3f} vs %{y:.3f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="y = x"))
     fig.update_layout(
         title=f"Component accuracy, {xlab} vs {ylab}: Pearson r = {fmt(row.pearson)}, top-{stab.config.get('top', 5)} "
@@ -152,18 +118,11 @@ def plot_reweighting(result: ReweightingComparison) -> go.Figure:
     """Test accuracy of each method, mean ± std over the runs (the seeds and templates the comparison used)."""
     table = result.table()
     n_seeds, n_templates = result.df.seed.nunique(), result.df.template.nunique()
-    runs = f"{n_seeds} seed{'s' * (n_seeds != 1)}" + (
-        f" x {n_templates} templates" if n_templates > 1 else ", one template"
-    )
-    fig = go.Figure(
-        go.Bar(
-            x=table.method,
-            y=table["mean"],
-            error_y={"type": "data", "array": table["std"]},
-            customdata=table["runs"],
-            hovertemplate="%{x}: %{y:.3f} ± %{error_y.array:.3f} (%{customdata} runs)<extra></extra>",
-        )
-    )
+    templates = f" x {n_templates} templates" if n_templates > 1 else ", one template"
+    runs = f"{n_seeds} seed{'s' * (n_seeds != 1)}{templates}"
+    hover = "%{x}: %{y:.3f} ± %{error_y.array:.3f} (%{customdata} runs)<extra></extra>"
+    bars = go.Bar(x=table.method, y=table["mean"], error_y={"type": "data", "array": table["std"]}, hovertemplate=hover)
+    fig = go.Figure(bars.update(customdata=table["runs"]))
     fig.add_hline(y=1 / len(result.label_words), line_dash="dot", annotation_text="chance")
     fig.update_layout(
         title=f"Test accuracy with K={result.config['k']} labelled examples (mean ± std over {runs})",

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from icl_heads.head_definitions import DEFINITIONS, HeadDefinitions
-from icl_heads.plots._style import DIVERGING, NEUTRAL, bar_with_ci, fit_titles, head_name
+from icl_heads.plots._style import DIVERGING, NEUTRAL, bar_with_ci, fit_titles, head_name, outlined
 from icl_heads.results import draws
 
 _UNITS = {
@@ -28,12 +28,9 @@ def plot_head_definitions(result: HeadDefinitions) -> go.Figure:
         text = [
             [f"{head_name(a, b)}<br>{_UNITS[d]}: {v[a, b]:.4g}" for b in range(v.shape[1])] for a in range(v.shape[0])
         ]
-        fig.add_trace(go.Heatmap(z=v, text=text, hoverinfo="text", colorscale=DIVERGING, zmid=0, zmin=-span,
-                                 zmax=span, showscale=False), 1, col)  # fmt: skip
-        marked = result.top[d]
-        fig.add_trace(go.Scatter(x=[h for _, h in marked], y=[a for a, _ in marked], mode="markers", showlegend=False,
-                                 marker={"symbol": "square-open", "size": 14, "color": "black", "line": {"width": 2}},
-                                 text=[head_name(*h) for h in marked], hoverinfo="text"), 1, col)  # fmt: skip
+        kw = {"colorscale": DIVERGING, "zmid": 0, "zmin": -span, "zmax": span, "showscale": False}
+        fig.add_trace(go.Heatmap(z=v, text=text, hoverinfo="text", **kw), 1, col)
+        fig.add_trace(outlined(result.top[d], 14, showlegend=False), 1, col)
         fig.update_xaxes(title_text="head", row=1, col=col)
         fig.update_yaxes(title_text="layer" if col == 1 else None, autorange="reversed", dtick=1, row=1, col=col)
     rho, jac = np.eye(len(DEFINITIONS)), np.eye(len(DEFINITIONS))
@@ -42,10 +39,13 @@ def plot_head_definitions(result: HeadDefinitions) -> go.Figure:
         rho[i, j] = rho[j, i] = row.spearman
         jac[i, j] = jac[j, i] = row.jaccard
     short = ["in-context", "FV", "induction"]
-    fig.add_trace(go.Heatmap(z=rho, x=short, y=short, zmin=-1, zmax=1, colorscale=DIVERGING,
-                             text=np.vectorize(lambda r, j: f"{r:.2f} ({j:.2f})")(rho, jac), texttemplate="%{text}",
-                             hovertemplate="%{y} vs %{x}: Spearman %{z:.3f}<extra></extra>",
-                             colorbar={"title": {"text": "Spearman ρ"}}), 1, 4)  # fmt: skip
+    agreement = go.Heatmap(z=rho, x=short, y=short, zmin=-1, zmax=1, colorscale=DIVERGING, texttemplate="%{text}")
+    agreement.update(
+        text=np.vectorize(lambda r, j: f"{r:.2f} ({j:.2f})")(rho, jac),
+        hovertemplate="%{y} vs %{x}: Spearman %{z:.3f}<extra></extra>",
+        colorbar={"title": {"text": "Spearman ρ"}},
+    )
+    fig.add_trace(agreement, 1, 4)
     fig.update_yaxes(autorange="reversed", row=1, col=4)
     fig.update_layout(
         title="Three head definitions: every head's score (each on its own colour scale) and their agreement",
@@ -57,16 +57,22 @@ def plot_head_definitions(result: HeadDefinitions) -> go.Figure:
 @draws(HeadDefinitions, "plot_ablation")
 def plot_definition_ablation(result: HeadDefinitions) -> go.Figure:
     """Held-out accuracy with each definition's top set ablated (Wilson 95%) and with random sets (95% of sets)."""
-    abl = result.ablation
-    names, means, lows, highs, colours = [], [], [], [], []
-    for row in abl.itertuples():
-        names.append("no ablation" if row.condition == "none" else f"top {row.condition}")
-        means.append(row.accuracy), lows.append(row.ci_low), highs.append(row.ci_high), colours.append("#000000")
+    bars = []  # (name, accuracy, low, high, colour)
+    for row in result.ablation.itertuples():
+        name = "no ablation" if row.condition == "none" else f"top {row.condition}"
+        bars.append((name, row.accuracy, row.ci_low, row.ci_high, "#000000"))
         if row.condition != "none":
-            names.append(f"random {result.k} (vs {row.condition})")
-            means.append(row.random_accuracy), lows.append(row.random_ci_low), highs.append(row.random_ci_high)
-            colours.append(NEUTRAL)
-    fig = bar_with_ci(names, means, lows, highs, yaxis_range=[0, 1], yaxis_title="accuracy over the label set",
-                      title=f"Accuracy with each definition's top {result.k} head(s) ablated vs random sets of the same size")  # fmt: skip
+            name = f"random {result.k} (vs {row.condition})"
+            bars.append((name, row.random_accuracy, row.random_ci_low, row.random_ci_high, NEUTRAL))
+    names, means, lows, highs, colours = zip(*bars, strict=True)
+    fig = bar_with_ci(
+        names,
+        means,
+        lows,
+        highs,
+        yaxis_range=[0, 1],
+        yaxis_title="accuracy over the label set",
+        title=f"Accuracy with each definition's top {result.k} head(s) ablated vs random sets of the same size",
+    )
     fig.update_traces(marker_color=colours)
     return fit_titles(fig)

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 
 from icl_heads.agreement import ScoreAgreement
 from icl_heads.heads import InContextHeads
-from icl_heads.plots._style import NEUTRAL, bar_with_ci, fit_titles, label_colour, layer_head_heatmap
+from icl_heads.plots._style import NEUTRAL, bar_with_ci, error_bars, fit_titles, label_colour, layer_head_heatmap
 from icl_heads.results import draws
 
 _UNITS = {
@@ -36,41 +36,32 @@ def plot_head_scores(found: InContextHeads, method: str | None = None, label: st
 def plot_head_score_selector(found: InContextHeads) -> go.Figure:
     """Every head score of ``found`` in one layer x head heatmap, with a dropdown to choose the score.
 
-    The choices are each score over all prompts (``logprob_increase``, ``dla``,
-    ``ablation``: whichever were computed) and the main score per gold label; each keeps
-    its own zero-centred colour scale, and the selected heads stay outlined.
+    The choices are each score computed over all prompts and the main score per gold label,
+    each on its own zero-centred colour scale; the selected heads stay outlined.
     """
-    choices: list[tuple[str, go.Figure]] = []
-    for method in dict.fromkeys([found.method, *(k for k in found.scores if ":" not in k)]):
-        choices.append((f"{method} (all prompts)", plot_head_scores(found, method=method)))
-    for word in found.heads_by_label:
-        choices.append((f"{found.method} (gold = {word})", plot_head_scores(found, label=word)))
-    fig = go.Figure()
-    n_traces = []
+    methods = dict.fromkeys([found.method, *(k for k in found.scores if ":" not in k)])
+    choices = [(f"{m} (all prompts)", plot_head_scores(found, method=m)) for m in methods] + [
+        (f"{found.method} (gold = {word})", plot_head_scores(found, label=word)) for word in found.heads_by_label
+    ]
+    fig, spans = go.Figure(), []
     for _, sub in choices:
         fit_titles(sub)  # each choice brings its own title: wrapped like every other title
-        n_traces.append(len(sub.data))
-        for trace in sub.data:
-            fig.add_trace(trace)
-    buttons = []
-    start = 0
-    for (name, sub), n in zip(choices, n_traces, strict=True):
-        visible = [start <= i < start + n for i in range(len(fig.data))]
-        buttons.append({"label": name, "method": "update", "args": [{"visible": visible}, {"title": sub.layout.title}]})
-        start += n
+        spans.append(range(len(fig.data), len(fig.data) + len(sub.data)))
+        fig.add_traces(list(sub.data))
+    buttons = [
+        {
+            "label": name,
+            "method": "update",
+            "args": [{"visible": [i in span for i in range(len(fig.data))]}, {"title": sub.layout.title}],
+        }
+        for (name, sub), span in zip(choices, spans, strict=True)
+    ]
     for i, trace in enumerate(fig.data):
-        trace.visible = i < n_traces[0]
-    first = choices[0][1]
-    fig.update_layout(
-        title=first.layout.title,
-        xaxis=first.layout.xaxis,
-        yaxis=first.layout.yaxis,
-        legend=first.layout.legend,
-        updatemenus=[{"buttons": buttons, "direction": "up", "x": 1.0, "xanchor": "right", "y": -0.08,
-                      "yanchor": "top", "showactive": True}],
-        margin=first.layout.margin,
-        height=first.layout.height,
-    )  # fmt: skip
+        trace.visible = i in spans[0]
+    menu = {"buttons": buttons, "direction": "up", "x": 1.0, "xanchor": "right", "y": -0.08, "yanchor": "top"}
+    first = choices[0][1].layout
+    fig.update_layout(title=first.title, xaxis=first.xaxis, yaxis=first.yaxis, legend=first.legend, margin=first.margin)
+    fig.update_layout(updatemenus=[{**menu, "showactive": True}], height=first.height)
     return fig
 
 
@@ -81,10 +72,7 @@ def plot_verification(found: InContextHeads) -> go.Figure:
         raise ValueError("this result was computed with verify=False; rerun find_in_context_heads(..., verify=True)")
     v = found.verification
     fig = bar_with_ci(
-        v.condition.tolist(),
-        v.accuracy.tolist(),
-        v.ci_low.tolist(),
-        v.ci_high.tolist(),
+        *(v[c].tolist() for c in ("condition", "accuracy", "ci_low", "ci_high")),
         title=f"ICL accuracy after ablating heads ({len(found.heads)} found vs random sets of the same size)",
         xaxis_title="heads ablated",
         yaxis_title="accuracy over the label set",
@@ -101,22 +89,10 @@ def plot_ablation_curve(curve: pd.DataFrame, by: str | None = None) -> go.Figure
     fig = go.Figure()
     for kind, colour in (("found", "#000000"), ("random", NEUTRAL)):
         part = curve[curve.kind == kind].sort_values("k")
-        fig.add_trace(
-            go.Scatter(
-                x=part.k,
-                y=part.accuracy,
-                mode="lines+markers",
-                name="top-scoring heads" if kind == "found" else "random heads (mean, 95% interval)",
-                line={"color": colour},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": part.ci_high - part.accuracy,
-                    "arrayminus": part.accuracy - part.ci_low,
-                },
-                hovertemplate="k=%{x}: %{y:.3f}<extra></extra>",
-            )
-        )
+        name = "top-scoring heads" if kind == "found" else "random heads (mean, 95% interval)"
+        line = go.Scatter(x=part.k, y=part.accuracy, mode="lines+markers", name=name, line={"color": colour})
+        line.update(error_y=error_bars(part.accuracy, part.ci_low, part.ci_high))
+        fig.add_trace(line.update(hovertemplate="k=%{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(
         title="ICL accuracy vs number of ablated heads" + (f": top heads by {by} vs random" if by else ""),
         xaxis={"title": "heads ablated (k)", "type": "log", "tickvals": sorted(curve.k.unique())},
@@ -129,12 +105,8 @@ def plot_ablation_curve(curve: pd.DataFrame, by: str | None = None) -> go.Figure
 def plot_score_agreement(agreement: ScoreAgreement) -> go.Figure:
     """Scatter of the cheap score against the exact ablation effect, one point per sampled head."""
     df = agreement.df
-    fig = go.Figure(
-        go.Scatter(
-            x=df.exact, y=df.estimate, mode="markers", text=df.name,
-            hovertemplate="%{text}<br>exact %{x:.4g}<br>estimate %{y:.4g}<extra></extra>",
-        )
-    )  # fmt: skip
+    hover = "%{text}<br>exact %{x:.4g}<br>estimate %{y:.4g}<extra></extra>"
+    fig = go.Figure(go.Scatter(x=df.exact, y=df.estimate, mode="markers", text=df.name, hovertemplate=hover))
     lo = float(min(df.exact.min(), df.estimate.min()))
     hi = float(max(df.exact.max(), df.estimate.max()))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line={"dash": "dot"}, name="y = x"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import product
 
 import numpy as np
 import plotly.graph_objects as go
@@ -40,32 +41,20 @@ def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] 
     available = [tuple(h) for h in qk.heads]
     chosen = _pick(available, heads)
     z = qk.example_pattern.numpy()[[available.index(h) for h in chosen]]
-    ex = qk.example
+    ex, names = qk.example, [head_name(*h) for h in chosen]
     labels = dict(zip(ex["label_positions"], ex["demo_labels"], strict=True))
     shown = [tok.replace("\n", "\\n").strip() or "␣" for tok in qk.example_tokens]
     ticks = [f"<b>{tok}</b>" if i in labels else tok for i, tok in enumerate(shown)]
-    names = [head_name(*h) for h in chosen]
+    where = [
+        f"pos {i}: {t!r}" + (f" (label of a {labels[i]} demonstration)" if i in labels else "")
+        for i, t in enumerate(qk.example_tokens)
+    ]
     hover = [
-        [
-            f"{name}<br>pos {i}: {qk.example_tokens[i]!r}"
-            + (f" (label of a {labels[i]} demonstration)" if i in labels else "")
-            + f"<br>attention: {z[r, i]:.3f}"
-            for i in range(z.shape[1])
-        ]
+        [f"{name}<br>{w}<br>attention: {a:.3f}" for w, a in zip(where, z[r], strict=False)]
         for r, name in enumerate(names)
     ]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=list(range(z.shape[1])),
-            y=names,
-            text=hover,
-            hoverinfo="text",
-            colorscale=SEQUENTIAL,
-            zmin=0,
-            colorbar={"title": {"text": "attention from final position"}},
-        )
-    )
+    style = {"colorscale": SEQUENTIAL, "zmin": 0, "colorbar": {"title": {"text": "attention from final position"}}}
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(z.shape[1])), y=names, text=hover, hoverinfo="text", **style))
     fig.update_layout(
         title=f"Attention from the final position, prompt {ex['index']} (gold {ex['gold']}, predicted {ex['prediction']});"
         " bold: label positions",
@@ -80,10 +69,8 @@ def plot_label_attention(qk: QKLabelAttention, heads: Sequence[tuple[int, int]] 
 def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None) -> go.Figure:
     """Box plot of the OV vectors' label logit difference at each demonstration slot, by the label there.
 
-    With two labels the y axis is ``logit(first) - logit(second)`` (e.g. foo - bar), so
-    positions showing the first label should sit above zero and the second below; with
-    more labels it is the label shown there minus the mean of the others. Control
-    positions are drawn in grey.
+    With two labels the y axis is ``logit(first) - logit(second)``; with more, the label shown
+    there minus the mean of the others. Control positions are drawn in grey.
 
     Raises:
         ValueError: a head that was not analysed.
@@ -92,8 +79,7 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
     layer, h = _pick(available, None if head is None else [head])[0]
     part = ov.positions[(ov.positions.layer == layer) & (ov.positions["head"] == h)]
     words = list(ov.label_words)
-    two = len(words) == 2
-    if two:
+    if len(words) == 2:
         y_all = part[f"logit_{words[0]}"] - part[f"logit_{words[1]}"]
         y_title = f"logit({words[0]}) - logit({words[1]}) of v_p W_O"
     else:
@@ -105,15 +91,11 @@ def plot_ov_logit_diff(ov: OVLabelFeatures, head: tuple[int, int] | None = None)
             sel = (part.kind == kind) & (part.label == word)
             if not sel.any():
                 continue
+            box = go.Box(x=[f"demo {d + 1}" for d in part.demo[sel]], y=y_all[sel], boxpoints="outliers")
+            box.update(name=f"{word} position" if kind == "label" else f"control ({word} demo)")
+            box.update(marker_color=label_colour(word, words) if kind == "label" else _GREYS[i % len(_GREYS)])
             fig.add_trace(
-                go.Box(
-                    x=[f"demo {d + 1}" for d in part.demo[sel]],
-                    y=y_all[sel],
-                    name=f"{word} position" if kind == "label" else f"control ({word} demo)",
-                    marker_color=label_colour(word, words) if kind == "label" else _GREYS[i % len(_GREYS)],
-                    boxpoints="outliers",
-                    hovertemplate=f"{head_name(layer, h)} {kind} {word}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
-                )
+                box.update(hovertemplate=f"{head_name(layer, h)} {kind} {word}<br>%{{x}}: %{{y:.3f}}<extra></extra>")
             )
     fig.add_hline(y=0, line_dash="dot")
     slots = [f"demo {d + 1}" for d in sorted(part.demo.unique())]
@@ -134,10 +116,7 @@ def plot_auc_heatmap(tt: TwoTowerTest, column: str = "auc_score") -> go.Figure:
         KeyError: an unknown column.
     """
     values = tt.table(column)
-    extra = {}
-    for other in ("auc_score", "auc_score_within", "auc_cosine"):
-        if other != column:
-            extra[other] = tt.table(other, *values.shape)
+    extra = {o: tt.table(o, *values.shape) for o in ("auc_score", "auc_score_within", "auc_cosine") if o != column}
     what = "QK score" if "score" in column else "residual cosine (baseline)"
     scope = "within prompts" if column.endswith("within") else "pooled over prompts"
     return layer_head_heatmap(
@@ -156,31 +135,19 @@ def plot_flip(flip: FlipAnalysis, heads: Sequence[tuple[int, int]] | None = None
     Raises:
         ValueError: heads that were not analysed.
     """
-    available = [(int(r.layer), int(r.head)) for r in flip.df.itertuples()]
-    chosen = _pick(available, heads)
+    chosen = _pick([(int(r.layer), int(r.head)) for r in flip.df.itertuples()], heads)
     df = flip.df.set_index(["layer", "head"]).loc[chosen]
     names = [head_name(*h) for h in chosen]
+    changes = np.stack([df.attention_rel_change, df.ov_rel_change], -1)
     fig = go.Figure()
-    bars = (
-        ("old_label_before", "old label, before", "#7f7f7f", ""),
-        ("old_label_after", "old label, after", "#7f7f7f", "/"),
-        ("new_label_before", "new label, before", "#000000", ""),
-        ("new_label_after", "new label, after", "#000000", "/"),
-    )
-    for column, name, colour, pattern in bars:
-        fig.add_trace(
-            go.Bar(
-                x=names,
-                y=df[column].to_numpy(),
-                name=name,
-                marker={"color": colour, "pattern": {"shape": pattern}},
-                customdata=np.stack([df.attention_rel_change, df.ov_rel_change], -1),
-                hovertemplate=(
-                    f"%{{x}} {name}: %{{y:.3f}}<br>relative change: attention %{{customdata[0]:.3f}}, "
-                    "OV %{customdata[1]:.3f}<extra></extra>"
-                ),
-            )
-        )
+    for (which, colour), (when, pattern) in product(
+        (("old", "#7f7f7f"), ("new", "#000000")), (("before", ""), ("after", "/"))
+    ):
+        column, name = f"{which}_label_{when}", f"{which} label, {when}"
+        hover = f"%{{x}} {name}: %{{y:.3f}}<br>relative change: attention %{{customdata[0]:.3f}}, "
+        bars = go.Bar(x=names, y=df[column].to_numpy(), name=name, customdata=changes)
+        bars.update(marker={"color": colour, "pattern": {"shape": pattern}})
+        fig.add_trace(bars.update(hovertemplate=hover + "OV %{customdata[1]:.3f}<extra></extra>"))
     n = int(flip.pairs.flipped.sum())
     fig.update_layout(
         title=f"Attention on each label's positions before and after the prediction flips ({n} pairs)",

@@ -17,25 +17,15 @@ def plot_reading_roles(result: ReadingRoles) -> go.Figure:
     The hover shows the 95% bootstrap interval over prompts.
     """
     df = result.df
-    roles = list(dict.fromkeys(df.role))
-    names = list(dict.fromkeys(df.name))
-    table = df.pivot(index="name", columns="role", values="attention").loc[names, roles]
-    lo = df.pivot(index="name", columns="role", values="ci_low").loc[names, roles].to_numpy()
-    hi = df.pivot(index="name", columns="role", values="ci_high").loc[names, roles].to_numpy()
-    text = np.vectorize(lambda a, b: f"[{a:.3f}, {b:.3f}]")(lo, hi)
-    fig = go.Figure(
-        go.Heatmap(
-            z=table.to_numpy(),
-            x=roles,
-            y=names,
-            zmin=0,
-            zmax=1,
-            colorscale=SEQUENTIAL,
-            customdata=text,
-            hovertemplate="%{y} reads %{x}: %{z:.3f} (95%% CI %{customdata})<extra></extra>",
-            colorbar={"title": "attention"},
-        )
+    roles, names = list(dict.fromkeys(df.role)), list(dict.fromkeys(df.name))
+    table, lo, hi = (
+        df.pivot(index="name", columns="role", values=v).loc[names, roles].to_numpy()
+        for v in ("attention", "ci_low", "ci_high")
     )
+    text = np.vectorize(lambda a, b: f"[{a:.3f}, {b:.3f}]")(lo, hi)
+    hover = "%{y} reads %{x}: %{z:.3f} (95%% CI %{customdata})<extra></extra>"
+    style = {"zmin": 0, "zmax": 1, "colorscale": SEQUENTIAL, "colorbar": {"title": "attention"}}
+    fig = go.Figure(go.Heatmap(z=table, x=roles, y=names, customdata=text, hovertemplate=hover, **style))
     fig.update_layout(
         title="Where each head reads: attention from the final position, by token role",
         xaxis_title="token role",
