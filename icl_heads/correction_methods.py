@@ -1,18 +1,10 @@
 """The registry of bias-correction methods that :func:`icl_heads.debias.correct_bias` tunes and measures.
 
-A method says which bias it corrects, the name and default grid of its one
-hyperparameter, and how to build the correction for a value once the heads and their
-reading position are known. The four methods of the package are registered here;
-register your own with :func:`register_correction_method`::
-
-    from icl_heads.correction_methods import CorrectionMethod, register_correction_method
-    from icl_heads._checks import check_grid
-from icl_heads.corrections import count_normalisation
+Register your own with :func:`register_correction_method`::
 
     register_correction_method(CorrectionMethod(
         bias="majority", name="count_sqrt", parameter="strength", grid=(0.0, 1.0, 4.0),
         prepare=lambda s: lambda v: count_normalisation(s.model, s.heads, v ** 0.5, read_at=s.read_at),
-        description="count normalisation with a square-root strength",
     ))
 """
 
@@ -113,7 +105,7 @@ def register_correction_method(method: CorrectionMethod, *, overwrite: bool = Fa
 
 
 def unregister_correction_method(bias: str, name: str) -> CorrectionMethod:
-    """Remove a registered method (e.g. one registered for a notebook experiment) and return it.
+    """Remove a registered method and return it.
 
     Raises:
         ValueError: an unknown bias or method (the valid choices are listed).
@@ -147,8 +139,9 @@ def _ov(s: CorrectionSetup) -> Callable[[float], Hooks]:
 
 def _prior(s: CorrectionSetup) -> Callable[[float], Hooks]:
     reference = s.task.prompts(s.tune_n, s.shots, seed=s.tune_seed + 1)
-    quiet = run_options(s.options, progress=False)
-    fitted = positional_prior(s.model, s.heads, reference, read_at=s.read_at, options=quiet)
+    fitted = positional_prior(
+        s.model, s.heads, reference, read_at=s.read_at, options=run_options(s.options, progress=False)
+    )
     return lambda value: replace(fitted, strength=value)
 
 
