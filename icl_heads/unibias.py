@@ -55,9 +55,8 @@ class ComponentMask(Intervention):
 def _zero_final(neurons: list[int], finals: Tensor) -> HookFn:
     def fn(act: Tensor, hook: Any) -> Tensor:
         rows, act = torch.arange(act.shape[0], device=act.device), act.clone()
-        act[
-            rows[:, None], (finals.to(act.device) % act.shape[1])[:, None], torch.tensor(neurons, device=act.device)
-        ] = 0
+        idx = torch.tensor(neurons, device=act.device)
+        act[rows[:, None], (finals.to(act.device) % act.shape[1])[:, None], idx] = 0
         return act
 
     return fn
