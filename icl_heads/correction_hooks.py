@@ -109,6 +109,15 @@ def _final(t: Tensor, fp: Tensor, query_dim: int) -> tuple[Tensor, Tensor]:
     return torch.arange(t.shape[0], device=t.device), fp.to(t.device) % t.shape[query_dim]
 
 
+def _keep(store: dict[str, Tensor], key: str, pick: Any = None) -> HookFn:
+    """A hook that stores its activation (or ``pick(activation)``) under ``key`` and changes nothing."""
+
+    def fn(t: Tensor, hook: Any) -> None:
+        store[key] = t if pick is None else pick(t)
+
+    return fn
+
+
 def _label_index(pattern: Tensor, heads: list[int], lp: Tensor, fp: Tensor) -> tuple[Tensor, ...]:
     """Index of ``pattern[b, heads, final, label positions]`` (``[batch, head, demo]``; padding slots at 0)."""
     rows, final = _final(pattern, fp, -2)
@@ -238,13 +247,7 @@ class OVCompensation(Correction):
     edits_pattern: ClassVar[bool] = False
 
     def _layer_hooks(self, layer, heads, lp, dl, fp):
-        store: dict[str, Any] = {}
-
-        def keep_v(v: Tensor, hook: Any) -> None:
-            store["v"] = v
-
-        def keep_pattern(pattern: Tensor, hook: Any) -> None:
-            store["att"], store["n_heads"] = pattern[_label_index(pattern, heads, lp, fp)], pattern.shape[1]
+        store: dict[str, Tensor] = {}
 
         def add(z: Tensor, hook: Any) -> Tensor:
             if "att" not in store or "v" not in store:
@@ -257,15 +260,15 @@ class OVCompensation(Correction):
                 )
             dev = z.device
             rows, final = _final(z, fp, 1)
-            vals = _at_labels(store["v"], heads, store["n_heads"], lp)
+            vals = _at_labels(store["v"], heads, z.shape[2], lp)
             delta = ov_compensation_delta(store["att"].float() * (lp.to(dev) >= 0)[:, None], vals, dl.to(dev), self.a_c)
             z = z.clone()
             z[rows[:, None], final[:, None], torch.tensor(heads, device=dev)[None, :]] += delta.to(z.dtype)
             return z
 
         return [
-            (ModelAccess.hook(layer, "v"), keep_v),
-            (ModelAccess.hook(layer, "pattern"), keep_pattern),
+            (ModelAccess.hook(layer, "v"), _keep(store, "v")),
+            (ModelAccess.hook(layer, "pattern"), _keep(store, "att", lambda p: p[_label_index(p, heads, lp, fp)])),
             (ModelAccess.hook(layer, "z"), add),
         ]
 
@@ -284,24 +287,16 @@ class UnrotatedAttention(Correction):
     mix: float = 1.0
 
     def _layer_hooks(self, layer, heads, lp, dl, fp):
-        store: dict[str, Any] = {}
+        store: dict[str, Tensor] = {}
         h_idx = torch.tensor(heads)
 
-        def keep_q(q: Tensor, hook: Any) -> None:
-            rows, final = _final(q, fp, 1)
-            store["q"], store["n_heads"] = q[rows, final][:, h_idx.to(q.device)], q.shape[2]  # [b, head, d]
-
-        def keep_k(k: Tensor, hook: Any) -> None:
-            store["k"] = k
-
-        def keep_scores(scores: Tensor, hook: Any) -> None:
-            rows, final = _final(scores, fp, -2)
-            store["scores"] = scores[rows, :, final][:, h_idx.to(scores.device)]
+        def final_row(t: Tensor, query_dim: int) -> Tensor:  # [batch, chosen head, ...] at the final query
+            return t[_final(t, fp, query_dim)][:, h_idx.to(t.device)]
 
         def replace(pattern: Tensor, hook: Any) -> Tensor:
             dev = pattern.device
             rows, final = _final(pattern, fp, -2)
-            keys = _at_labels(store["k"], heads, store["n_heads"], lp)
+            keys = _at_labels(store["k"], heads, pattern.shape[1], lp)
             new = torch.einsum("bhd,bhpd->bhp", store["q"].float(), keys) / self.attn_scale[layer]
             pattern = pattern.clone()
             row = rescore_row(store["scores"].float(), new, lp.to(dev), self.mix)
@@ -309,8 +304,8 @@ class UnrotatedAttention(Correction):
             return pattern
 
         return [
-            (ModelAccess.hook(layer, "q"), keep_q),
-            (ModelAccess.hook(layer, "k"), keep_k),
-            (ModelAccess.hook(layer, "attn_scores"), keep_scores),
+            (ModelAccess.hook(layer, "q"), _keep(store, "q", lambda q: final_row(q, 1))),  # [b, head, d]
+            (ModelAccess.hook(layer, "k"), _keep(store, "k")),
+            (ModelAccess.hook(layer, "attn_scores"), _keep(store, "scores", lambda s: final_row(s.transpose(1, 2), 1))),
             (ModelAccess.hook(layer, "pattern"), replace),
         ]
