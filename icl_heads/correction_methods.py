@@ -52,18 +52,15 @@ class CorrectionMethod:
         name: its name within that bias (``method=`` of :func:`~icl_heads.debias.correct_bias`).
         parameter: the name of its one hyperparameter.
         grid: the hyperparameter values tuned over by default; ``0.0`` must mean no change.
-        prepare: given a :class:`CorrectionSetup`, returns ``build(value) -> hooks`` (any
-            intervention); fitting that depends only on the setup happens here, once.
+        prepare: given a :class:`CorrectionSetup`, returns ``build(value) -> hooks``; fitting happens here, once.
         description: one line for listings and errors.
-        reference_seed_offset: the method fits on prompts drawn with ``tune_seed`` plus this
-            offset (the positional prior uses 1), so the test ``seed`` must differ from it;
-            ``None`` when it fits on nothing else.
-        limits: the range of sensible hyperparameter values (inclusive); every grid value,
-            the default and a caller's, must be finite and within it.
+        reference_seed_offset: it fits on prompts drawn with ``tune_seed`` plus this offset (the positional
+            prior uses 1), so the test ``seed`` must differ from it; ``None`` when it fits on nothing else.
+        limits: the range (inclusive) every grid value, the default and a caller's, must be finite and within.
 
     Raises:
-        ValueError: an unknown bias, an empty name or grid, a grid value that is not finite
-            or outside ``limits``, or a grid without the no-op value 0.
+        ValueError: an unknown bias, an empty name or grid, a grid value not finite or outside ``limits``, or
+            a grid without the no-op value 0.
     """
 
     bias: str

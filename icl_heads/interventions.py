@@ -87,8 +87,7 @@ def head_means(
         model: the model.
         prompts: the reference prompts.
         where: ``"all"`` real tokens or the ``"final"`` positions.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run: batch size, padding side, progress bar; does not change the result.
     """
     options = run_options(options)
     access = faithful_access(model, "head_means")
@@ -117,10 +116,9 @@ class HeadAblation(Intervention):
         means: ``[layer, head, d_head]`` means for ``how="mean"`` (see :func:`head_means`).
 
     Raises:
-        ValueError: no heads, a head that is not a pair of non-negative integers, an
-            unknown ``how``/``where``, or mean-ablation without means (or heads outside them).
-            Heads beyond the model's heads are refused when the hooks run; build with
-            :func:`ablation` to check them against the model up front.
+        ValueError: no heads, a head that is not a pair of non-negative integers, an unknown ``how``/``where``,
+            or mean-ablation without means (or heads outside them). Heads beyond the model's are refused when
+            the hooks run; :func:`ablation` checks them against the model up front.
     """
 
     heads: tuple[Head, ...]
