@@ -29,6 +29,8 @@ from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
 HOWS = ("zero", "mean")
 WHERE = ("all", "final")
+#: reference prompts of a mean-ablation
+Reference = ICLPrompts | TokenizedPrompts | None
 
 
 def by_layer(pairs: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
@@ -177,12 +179,7 @@ class HeadAblation(Intervention):
 
 
 def ablation(
-    model: Any,
-    heads: Iterable[Sequence[int]],
-    *,
-    how: str = "zero",
-    where: str = "all",
-    reference: ICLPrompts | TokenizedPrompts | None = None,
+    model: Any, heads: Iterable[Sequence[int]], *, how: str = "zero", where: str = "all", reference: Reference = None
 ) -> HeadAblation:
     """Build a :class:`HeadAblation` for ``model`` (mean-ablation needs ``reference`` prompts).
 
@@ -201,12 +198,7 @@ def ablation(
 
 @contextmanager
 def ablate(
-    model: Any,
-    heads: Iterable[Sequence[int]],
-    *,
-    how: str = "zero",
-    where: str = "all",
-    reference: ICLPrompts | TokenizedPrompts | None = None,
+    model: Any, heads: Iterable[Sequence[int]], *, how: str = "zero", where: str = "all", reference: Reference = None
 ) -> Iterator[HeadAblation]:
     """Context manager: every forward pass of ``model`` inside runs with the heads ablated.
 

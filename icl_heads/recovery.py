@@ -105,8 +105,7 @@ def _heads_rows(name: str, n: int, options: RunOptions) -> list[dict[str, Any]]:
     greedy = ", ".join(map(_name, count.greedy_heads))
     ok = count.k_greedy == truth.needed and set(count.greedy_heads) <= set(truth.heads)
     rows.append(_row(name, "heads_needed (greedy)", greedy, f"{truth.needed} of {planted}", ok))
-    reads = reading_roles(model, prompts, options=options).reads(list(truth.heads[:1]))
-    read_at = str(reads.read_at.iloc[0])
+    read_at = str(reading_roles(model, prompts, options=options).reads(list(truth.heads[:1])).read_at.iloc[0])
     rows.append(_row(name, "reading role", read_at, truth.read_at, read_at == truth.read_at))
     if "relay" not in str(MODELS[name][1][truth.heads[0]]):  # the deep head writes no label: nothing for OV to read
         for check, analysis in (("OV reads at", ov_label_features), ("QK reads at", qk_label_attention)):
@@ -172,8 +171,5 @@ def recovery_table(
     rows: list[dict[str, Any]] = []
     for name in models:
         ground_truth(name)
-        if name in BIAS_MODELS:
-            rows += _bias_rows(name, bias_n, seeds, options)
-        else:
-            rows += _heads_rows(name, n, options)
+        rows += _bias_rows(name, bias_n, seeds, options) if name in BIAS_MODELS else _heads_rows(name, n, options)
     return pd.DataFrame(rows)
