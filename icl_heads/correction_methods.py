@@ -126,19 +126,15 @@ def correction_method(bias: str, name: str) -> CorrectionMethod:
     return methods[name]
 
 
-def _count(s: CorrectionSetup) -> Callable[[float], Hooks]:
-    return lambda value: count_normalisation(s.model, s.heads, value, read_at=s.read_at)
-
-
-def _ov(s: CorrectionSetup) -> Callable[[float], Hooks]:
-    return lambda value: ov_compensation(s.model, s.heads, value, read_at=s.read_at)
+def _direct(build: Callable[..., Hooks]) -> Callable[[CorrectionSetup], Callable[[float], Hooks]]:
+    """A ``prepare`` that builds the correction afresh for each value."""
+    return lambda s: lambda value: build(s.model, s.heads, value, read_at=s.read_at)
 
 
 def _prior(s: CorrectionSetup) -> Callable[[float], Hooks]:
     reference = s.task.prompts(s.tune_n, s.shots, seed=s.tune_seed + 1)
-    fitted = positional_prior(
-        s.model, s.heads, reference, read_at=s.read_at, options=run_options(s.options, progress=False)
-    )
+    quiet = run_options(s.options, progress=False)
+    fitted = positional_prior(s.model, s.heads, reference, read_at=s.read_at, options=quiet)
     return lambda value: replace(fitted, strength=value)
 
 
@@ -148,9 +144,9 @@ def _unrotated(s: CorrectionSetup) -> Callable[[float], Hooks]:
 
 
 for _method in (
-    CorrectionMethod("majority", "count", "strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0), _count,
-                     "attention count normalisation at label positions"),
-    CorrectionMethod("majority", "ov", "a_c", (0.0, 0.03, 0.1, 0.3, 1.0, 2.0, 3.0, 5.0), _ov,
+    CorrectionMethod("majority", "count", "strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0),
+                     _direct(count_normalisation), "attention count normalisation at label positions"),
+    CorrectionMethod("majority", "ov", "a_c", (0.0, 0.03, 0.1, 0.3, 1.0, 2.0, 3.0, 5.0), _direct(ov_compensation),
                      "the paper's OV compensation"),
     CorrectionMethod("recency", "prior", "strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0), _prior,
                      "divide each slot's attention by its positional prior (fitted on prompts drawn with tune_seed + 1)",

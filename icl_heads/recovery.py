@@ -1,4 +1,4 @@
-"""What the methods recover: every analysis run unchanged on the :mod:`icl_heads.validation` models, against their truth.
+"""What the methods recover: every analysis run unchanged on the :mod:`icl_heads.validation` models, against truth.
 
 ``scripts/recovery_page.py`` writes ``docs/validation.md`` from one run of :func:`recovery_table`.
 """

@@ -27,8 +27,8 @@ TOPICS: dict[str, tuple[str, ...]] = {
 }
 
 FILLERS: tuple[str, ...] = tuple(
-    "the a very today we saw some new old was is big small really nice my our that this again quite great bad one more"  # noqa: SIM905
-    " and with about near after".split()
+    "the a very today we saw some new old was is big small really nice my our that this again"  # noqa: SIM905
+    " quite great bad one more and with about near after".split()
 )
 
 #: Arbitrary label words. ``foo`` and ``bar`` are the defaults of the library.
