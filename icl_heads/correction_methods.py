@@ -2,6 +2,9 @@
 
 Register your own with :func:`register_correction_method`::
 
+    from icl_heads.correction_methods import CorrectionMethod, register_correction_method
+    from icl_heads.corrections import count_normalisation
+
     register_correction_method(CorrectionMethod(
         bias="majority", name="count_sqrt", parameter="strength", grid=(0.0, 1.0, 4.0),
         prepare=lambda s: lambda v: count_normalisation(s.model, s.heads, v ** 0.5, read_at=s.read_at),
