@@ -64,12 +64,8 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 def vocabulary() -> list[str]:
     """All tokens of the organism's word-level tokenizer, specials first, deduplicated."""
-    words: list[str] = list(SPECIAL_TOKENS)
-    for group in (*TOPICS.values(), FILLERS, LABEL_WORDS, _TEMPLATE_WORDS):
-        for word in group:
-            if word not in words:
-                words.append(word)
-    return words
+    groups = (SPECIAL_TOKENS, *TOPICS.values(), FILLERS, LABEL_WORDS, _TEMPLATE_WORDS)
+    return list(dict.fromkeys(word for group in groups for word in group))
 
 
 def sample_sentence(
