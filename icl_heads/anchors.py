@@ -1,24 +1,7 @@
 """Anchor re-weighting (Wang et al., EMNLP 2023, "Label Words are Anchors"): a learned scale on attention to label words.
 
-Every head ``(l, h)`` gets one parameter per demonstration slot ``i``; the attention from
-each prompt's final position to the label word of demonstration ``i`` is multiplied by
-``exp(beta[l, h, i])``:
-
-``A'[final, p_i] = exp(beta[l, h, i]) * A[final, p_i]``
-
-after the softmax and **without renormalising** (as the authors' ``AttentionAdapter`` in
-lancopku/label-words-are-anchors does: the row then sums to more or less than one). Every
-other attention weight, and every weight of the model, is left alone. ``beta`` starts at
-zero (no change) and is trained with Adam on the cross-entropy of the label words' logits
-at the final position of a few labelled prompts, the model frozen.
-
-Slots count back from the query: a prompt with fewer demonstrations than the model was
-fitted with uses the last slots' scales (its last demonstration is always the last slot);
-more demonstrations than fitted slots are refused.
-
-Cost: ``n_train`` labelled prompts; ``steps`` forward and backward passes over them (the
-ledger counts each batch of a step as one pass with three passes' layer work). Applying the fitted
-re-weighting costs nothing beyond the pass it rides on.
+The final row's attention to each label word is scaled by ``exp(beta[l, h, slot])`` after the softmax, without
+renormalising (as the authors' ``AttentionAdapter``); ``docs/methods.md`` describes the method.
 """
 
 from __future__ import annotations
@@ -46,21 +29,18 @@ def anchor_slots(label_positions: Tensor, n_slots: int) -> Tensor:
     Raises:
         ValueError: a prompt with more demonstrations than ``n_slots``.
     """
-    valid = label_positions >= 0
-    n = valid.sum(1, keepdim=True)
+    n = (valid := label_positions >= 0).sum(1, keepdim=True)
     if n.numel() and int(n.max()) > n_slots:
         raise ValueError(
             f"a prompt has {int(n.max())} demonstrations but the re-weighting was fitted for at most {n_slots}; "
             f"fit it with shots >= {int(n.max())}"
         )
-    slots = torch.arange(label_positions.shape[1])[None] + n_slots - n
-    return torch.where(valid, slots, -1)
+    return torch.where(valid, torch.arange(label_positions.shape[1])[None] + n_slots - n, -1)
 
 
 def anchor_hooks(beta: Float[Tensor, "layer head slot"], batch: PromptBatch) -> list[tuple[str, HookFn]]:
     """``hook_pattern`` hooks scaling final-row attention to each label word by ``exp(beta[l, :, slot])``."""
-    slots = anchor_slots(batch.label_positions, beta.shape[-1])
-    valid = slots >= 0
+    valid = (slots := anchor_slots(batch.label_positions, beta.shape[-1])) >= 0
     rows = torch.arange(len(slots))[:, None].expand_as(slots)[valid]
     pos, slot, finals = batch.label_positions[valid], slots[valid], batch.final_positions
 
@@ -148,8 +128,9 @@ def fit_anchor_reweighting(
             change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
-        An :class:`AnchorReweightingFit`; its ``.intervention`` applies to prompts with at most
-        as many demonstrations as the training prompts.
+        An :class:`AnchorReweightingFit`; its ``.intervention`` applies to prompts with at most as many
+        demonstrations as the training prompts (slots count back from the query). The cost ledger counts
+        each batch of a step as one pass with three passes' layer work.
 
     Raises:
         TypeError: ``task`` is not an ICLTask; bad numbers.
@@ -184,21 +165,19 @@ def fit_anchor_reweighting(
         total = sum(_batch_loss(access, beta, batch, label_ids) for batch in parts)
         losses.append(total / len(tp))
         opt.step()
-    fit = AnchorReweighting(beta.detach())
-    return AnchorReweightingFit(fit, tuple(losses), len(tp), steps)
+    return AnchorReweightingFit(AnchorReweighting(beta.detach()), tuple(losses), len(tp), steps)
 
 
 def _batch_loss(access: ModelAccess, beta: Tensor, batch: PromptBatch, label_ids: Tensor) -> float:
     """Summed label-word cross-entropy of one batch under ``beta``; its gradient accumulates in ``beta.grad``."""
-    model = access.model
     with torch.inference_mode(False):  # index tensors autograd may save: never inference tensors
         batch = replace(batch, **{f.name: getattr(batch, f.name).clone() for f in fields(batch)
                                   if isinstance(getattr(batch, f.name), Tensor)})  # fmt: skip
     kw: dict[str, Any] = {"attention_mask": batch.attention_mask.to(access.device)} if batch.has_padding else {}
     tokens = batch.tokens.to(access.device)
     record_pass(len(batch.golds), int(tokens.numel()), 3 * access.n_layers)
-    with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(model):
-        logits = model.run_with_hooks(tokens, fwd_hooks=anchor_hooks(beta, batch), **kw)
+    with torch.inference_mode(False), torch.enable_grad(), frozen_parameters(access.model):
+        logits = access.model.run_with_hooks(tokens, fwd_hooks=anchor_hooks(beta, batch), **kw)
         rows = torch.arange(len(batch.golds), device=logits.device)
         label_logits = logits[rows, batch.final_positions.to(logits.device)][:, label_ids.to(logits.device)].float()
         loss = torch.nn.functional.cross_entropy(label_logits, batch.golds.to(logits.device), reduction="sum")

@@ -1,13 +1,10 @@
-"""The corrections' hooks (see :mod:`icl_heads.corrections`) and the maths on the final attention row.
+"""The corrections (frozen dataclasses acting on chosen heads at each prompt's final position) and their maths.
 
-Every correction is a frozen dataclass restricted to ``heads`` and to each prompt's
-final query position; ``correction(batch)`` gives its forward hooks for one batch.
-The maths lives in module-level functions tested on hand-made tensors.
+Built by :mod:`icl_heads.corrections`; the maths on the final attention row is tested on hand-made tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,10 +14,9 @@ from torch import Tensor
 
 from icl_heads.access import Head, ModelAccess
 from icl_heads.engine import HookFn, Intervention
+from icl_heads.interventions import by_layer
 from icl_heads.prompts import PromptBatch
 from icl_heads.slots import positions_with_labels
-
-# ---- pure maths on the final attention row ---------------------------------------------------
 
 
 def label_counts(demo_labels: Int[Tensor, "batch demo"], n_labels: int) -> Int[Tensor, "batch label"]:
@@ -28,6 +24,13 @@ def label_counts(demo_labels: Int[Tensor, "batch demo"], n_labels: int) -> Int[T
     valid = demo_labels >= 0
     onehot = torch.nn.functional.one_hot(demo_labels.clamp(min=0), n_labels) * valid[..., None]
     return onehot.sum(1)
+
+
+def _counts(demo_labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Real slots, demonstrations per label ``[batch, label]`` and per slot's own label ``[batch, demo]``."""
+    valid = demo_labels >= 0
+    counts = label_counts(demo_labels, int(demo_labels.max().item()) + 1 if valid.any() else 1).to(dtype)
+    return valid, counts, counts.gather(1, demo_labels.clamp(min=0))
 
 
 def _restore_mass(old: Tensor, new: Tensor) -> Tensor:
@@ -46,12 +49,9 @@ def count_normalise(
     total attention on label tokens is then restored. Rows with balanced counts, and
     padding slots (label ``-1``), are returned unchanged.
     """
-    valid = demo_labels >= 0
-    n_labels = int(demo_labels.max().item()) + 1 if valid.any() else 1
-    counts = label_counts(demo_labels, n_labels).to(attention.dtype)  # [batch, label]
+    valid, counts, own = _counts(demo_labels, attention.dtype)
     present = counts > 0
     mean = (counts * present).sum(-1, keepdim=True) / present.sum(-1, keepdim=True).clamp(min=1)
-    own = counts.gather(1, demo_labels.clamp(min=0))  # [batch, demo]
     factor = torch.where(valid, (mean / own.clamp(min=1)) ** strength, torch.ones_like(own))
     new = _restore_mass(attention * valid[:, None], attention * factor[:, None] * valid[:, None])
     new = torch.where(valid[:, None], new, attention)
@@ -70,10 +70,7 @@ def ov_compensation_delta(
     A label is a minority label when it has fewer demonstrations than the most common
     one; balanced rows get exactly zero.
     """
-    valid = demo_labels >= 0
-    n_labels = int(demo_labels.max().item()) + 1 if valid.any() else 1
-    counts = label_counts(demo_labels, n_labels).to(attention.dtype)
-    own = counts.gather(1, demo_labels.clamp(min=0))
+    valid, counts, own = _counts(demo_labels, attention.dtype)
     n_max = counts.amax(-1, keepdim=True)
     weight = torch.where(valid & (own < n_max), a_c * n_max / own.clamp(min=1), torch.zeros_like(own))
     return torch.einsum("bhp,bp,bhpd->bhd", attention, weight, values)
@@ -100,18 +97,32 @@ def rescore_row(
     return scores.scatter(2, pos, moved).softmax(-1)
 
 
-# ---- hooks ----------------------------------------------------------------------------------
+def _at_labels(t: Tensor, heads: list[int], n_heads: int, lp: Tensor) -> Tensor:
+    """``t[b, label position, kv head of each head]`` as ``[batch, head, demo, d]`` floats (grouped queries too)."""
+    kv = torch.tensor([h // (n_heads // t.shape[2]) for h in heads], device=t.device)
+    rows = torch.arange(t.shape[0], device=t.device)
+    return t[rows[:, None, None], lp.to(t.device).clamp(min=0)[:, None, :], kv[None, :, None]].float()
 
 
-def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for layer, head in heads:
-        out.setdefault(layer, []).append(head)
-    return out
+def _final(t: Tensor, fp: Tensor, query_dim: int) -> tuple[Tensor, Tensor]:
+    """Row indices of ``t`` and each row's final position along its query axis ``query_dim``."""
+    return torch.arange(t.shape[0], device=t.device), fp.to(t.device) % t.shape[query_dim]
 
 
-def _kv_index(heads: list[int], n_heads: int, n_kv: int) -> list[int]:
-    return [h // (n_heads // n_kv) for h in heads]
+def _keep(store: dict[str, Tensor], key: str, pick: Any = None) -> HookFn:
+    """A hook that stores its activation (or ``pick(activation)``) under ``key`` and changes nothing."""
+
+    def fn(t: Tensor, hook: Any) -> None:
+        store[key] = t if pick is None else pick(t)
+
+    return fn
+
+
+def _label_index(pattern: Tensor, heads: list[int], lp: Tensor, fp: Tensor) -> tuple[Tensor, ...]:
+    """Index of ``pattern[b, heads, final, label positions]`` (``[batch, head, demo]``; padding slots at 0)."""
+    rows, final = _final(pattern, fp, -2)
+    h, pos = torch.tensor(heads, device=pattern.device), lp.to(pattern.device).clamp(min=0)
+    return rows[:, None, None], h[None, :, None], final[:, None, None], pos[:, None, :]
 
 
 @dataclass(frozen=True)
@@ -126,8 +137,6 @@ class Correction(Intervention):
     heads: tuple[Head, ...]
     #: whether the correction edits ``hook_pattern`` (some models discard such edits: checked before use)
     edits_pattern: ClassVar[bool] = True
-    #: whether the correction leaves prompts with balanced label counts exactly unchanged
-    balanced_noop: ClassVar[bool] = False
     read_at: str = field(default="label", kw_only=True)
 
     def __post_init__(self) -> None:
@@ -162,35 +171,21 @@ class Correction(Intervention):
                 f"label_positions {tuple(lp.shape)} and demo_labels {tuple(dl.shape)} must both be [batch, demo]"
             )
         fp = torch.full((lp.shape[0],), -1) if final_positions is None else torch.as_tensor(final_positions)
-        return [
-            hook for layer, hs in _by_layer(self.heads).items() for hook in self._layer_hooks(layer, hs, lp, dl, fp)
-        ]
+        return [hook for layer, hs in by_layer(self.heads).items() for hook in self._layer_hooks(layer, hs, lp, dl, fp)]
 
-    def _layer_hooks(self, layer, heads, lp, dl, fp) -> list[tuple[str, HookFn]]:  # pragma: no cover
-        raise NotImplementedError
+    def _layer_hooks(self, layer, heads, lp, dl, fp) -> list[tuple[str, HookFn]]:
+        """One ``hook_pattern`` hook replacing the final row's label attention ``att`` by ``self._change(...)(att)``."""
+        change = self._change(layer, heads, lp, dl)
 
+        def fn(pattern: Tensor, hook: Any) -> Tensor:
+            idx = _label_index(pattern, heads, lp, fp)
+            valid = (lp.to(pattern.device) >= 0)[:, None, :].expand(-1, len(heads), -1)
+            new = change(torch.where(valid, pattern[idx].float(), 0.0)).to(pattern.dtype)
+            pattern = pattern.clone()
+            pattern[tuple(i.expand_as(new)[valid] for i in idx)] = new[valid]
+            return pattern
 
-def _pattern_hook(heads: list[int], lp: Tensor, fp: Tensor, change) -> HookFn:
-    """A ``hook_pattern`` hook replacing ``pattern[b, heads, final, label positions]`` by ``change(att)``.
-
-    ``att`` is ``[batch, head, demo]`` with zeros at padding slots (label position -1).
-    """
-
-    def fn(pattern: Tensor, hook: Any) -> Tensor:
-        dev = pattern.device
-        rows = torch.arange(pattern.shape[0], device=dev)
-        final = fp.to(dev) % pattern.shape[-2]
-        h = torch.tensor(heads, device=dev)
-        pos = lp.to(dev).clamp(min=0)
-        att = pattern[rows[:, None, None], h[None, :, None], final[:, None, None], pos[:, None, :]]
-        valid = (lp.to(dev) >= 0)[:, None, :].expand_as(att)
-        new = change(torch.where(valid, att.float(), 0.0)).to(pattern.dtype)
-        pattern = pattern.clone()
-        idx = (rows[:, None, None], h[None, :, None], final[:, None, None], pos[:, None, :])
-        pattern[tuple(i.expand_as(new)[valid] for i in idx)] = new[valid]
-        return pattern
-
-    return fn
+        return [(ModelAccess.hook(layer, "pattern"), fn)]
 
 
 @dataclass(frozen=True)
@@ -205,13 +200,8 @@ class CountNormalisation(Correction):
     balanced_noop: ClassVar[bool] = True
     strength: float = 1.0
 
-    def _layer_hooks(self, layer, heads, lp, dl, fp):
-        return [
-            (
-                ModelAccess.hook(layer, "pattern"),
-                _pattern_hook(heads, lp, fp, lambda a: count_normalise(a, dl.to(a.device), self.strength)),
-            )
-        ]
+    def _change(self, layer, heads, lp, dl):
+        return lambda a: count_normalise(a, dl.to(a.device), self.strength)
 
 
 @dataclass(frozen=True)
@@ -228,10 +218,9 @@ class PositionalPrior(Correction):
     prior: dict = field(default_factory=dict, repr=False)
     strength: float = 1.0
 
-    def _layer_hooks(self, layer, heads, lp, dl, fp):
+    def _change(self, layer, heads, lp, dl):
         n_demo = (lp >= 0).sum(1)
-        missing = sorted({int(d) for d in n_demo} - set(self.prior))
-        if missing:
+        if missing := sorted({int(d) for d in n_demo} - set(self.prior)):
             raise ValueError(
                 f"no positional prior for prompts with {missing} demonstrations (have {sorted(self.prior)}); "
                 "build it with positional_prior(model, heads, reference prompts with that many shots)"
@@ -240,12 +229,7 @@ class PositionalPrior(Correction):
         table = torch.ones(len(lp), len(heads), lp.shape[1])
         for b, d in enumerate(n_demo.tolist()):
             table[b, :, :d] = self.prior[d][rows]
-        return [
-            (
-                ModelAccess.hook(layer, "pattern"),
-                _pattern_hook(heads, lp, fp, lambda a: slot_reweight(a, table.to(a.device), self.strength)),
-            )
-        ]
+        return lambda a: slot_reweight(a, table.to(a.device), self.strength)
 
 
 @dataclass(frozen=True)
@@ -265,20 +249,6 @@ class OVCompensation(Correction):
     def _layer_hooks(self, layer, heads, lp, dl, fp):
         store: dict[str, Tensor] = {}
 
-        def keep_v(v: Tensor, hook: Any) -> None:
-            store["v"] = v
-
-        def keep_pattern(pattern: Tensor, hook: Any) -> None:
-            rows = torch.arange(pattern.shape[0], device=pattern.device)
-            final = fp.to(pattern.device) % pattern.shape[-2]
-            store["att"] = pattern[
-                rows[:, None, None],
-                torch.tensor(heads, device=pattern.device)[None, :, None],
-                final[:, None, None],
-                lp.to(pattern.device).clamp(min=0)[:, None, :],
-            ]
-            store["n_heads"] = torch.tensor(pattern.shape[1])
-
         def add(z: Tensor, hook: Any) -> Tensor:
             if "att" not in store or "v" not in store:
                 from icl_heads.access import UnfaithfulModelError
@@ -289,21 +259,16 @@ class OVCompensation(Correction):
                     "attention), so the attention the correction needs is not known when it must edit z"
                 )
             dev = z.device
-            v, att = store["v"], store["att"].float()
-            kv = torch.tensor(_kv_index(heads, int(store["n_heads"]), v.shape[2]), device=dev)
-            rows = torch.arange(z.shape[0], device=dev)
-            pos = lp.to(dev).clamp(min=0)
-            vals = v[rows[:, None, None], pos[:, None, :], kv[None, :, None]].float()  # [b, head, demo, d]
-            delta = ov_compensation_delta(att * (lp.to(dev) >= 0)[:, None], vals, dl.to(dev), self.a_c)
+            rows, final = _final(z, fp, 1)
+            vals = _at_labels(store["v"], heads, z.shape[2], lp)
+            delta = ov_compensation_delta(store["att"].float() * (lp.to(dev) >= 0)[:, None], vals, dl.to(dev), self.a_c)
             z = z.clone()
-            final = fp.to(dev) % z.shape[1]
-            h = torch.tensor(heads, device=dev)
-            z[rows[:, None], final[:, None], h[None, :]] += delta.to(z.dtype)
+            z[rows[:, None], final[:, None], torch.tensor(heads, device=dev)[None, :]] += delta.to(z.dtype)
             return z
 
         return [
-            (ModelAccess.hook(layer, "v"), keep_v),
-            (ModelAccess.hook(layer, "pattern"), keep_pattern),
+            (ModelAccess.hook(layer, "v"), _keep(store, "v")),
+            (ModelAccess.hook(layer, "pattern"), _keep(store, "att", lambda p: p[_label_index(p, heads, lp, fp)])),
             (ModelAccess.hook(layer, "z"), add),
         ]
 
@@ -325,35 +290,22 @@ class UnrotatedAttention(Correction):
         store: dict[str, Tensor] = {}
         h_idx = torch.tensor(heads)
 
-        def keep_q(q: Tensor, hook: Any) -> None:
-            rows = torch.arange(q.shape[0], device=q.device)
-            store["q"] = q[rows, fp.to(q.device) % q.shape[1]][:, h_idx.to(q.device)]  # [b, head, d]
-            store["n_heads"] = torch.tensor(q.shape[2])
-
-        def keep_k(k: Tensor, hook: Any) -> None:
-            store["k"] = k
-
-        def keep_scores(scores: Tensor, hook: Any) -> None:
-            rows = torch.arange(scores.shape[0], device=scores.device)
-            store["scores"] = scores[rows, :, fp.to(scores.device) % scores.shape[-2]][:, h_idx.to(scores.device)]
+        def final_row(t: Tensor, query_dim: int) -> Tensor:  # [batch, chosen head, ...] at the final query
+            return t[_final(t, fp, query_dim)][:, h_idx.to(t.device)]
 
         def replace(pattern: Tensor, hook: Any) -> Tensor:
             dev = pattern.device
-            k = store["k"]
-            kv = torch.tensor(_kv_index(heads, int(store["n_heads"]), k.shape[2]), device=dev)
-            rows = torch.arange(pattern.shape[0], device=dev)
-            pos = lp.to(dev).clamp(min=0)
-            keys = k[rows[:, None, None], pos[:, None, :], kv[None, :, None]].float()  # [b, head, demo, d]
+            rows, final = _final(pattern, fp, -2)
+            keys = _at_labels(store["k"], heads, pattern.shape[1], lp)
             new = torch.einsum("bhd,bhpd->bhp", store["q"].float(), keys) / self.attn_scale[layer]
-            row = rescore_row(store["scores"].float(), new, lp.to(dev), self.mix)
             pattern = pattern.clone()
-            final = fp.to(dev) % pattern.shape[-2]
+            row = rescore_row(store["scores"].float(), new, lp.to(dev), self.mix)
             pattern[rows[:, None], h_idx.to(dev)[None, :], final[:, None]] = row.to(pattern.dtype)
             return pattern
 
         return [
-            (ModelAccess.hook(layer, "q"), keep_q),
-            (ModelAccess.hook(layer, "k"), keep_k),
-            (ModelAccess.hook(layer, "attn_scores"), keep_scores),
+            (ModelAccess.hook(layer, "q"), _keep(store, "q", lambda q: final_row(q, 1))),  # [b, head, d]
+            (ModelAccess.hook(layer, "k"), _keep(store, "k")),
+            (ModelAccess.hook(layer, "attn_scores"), _keep(store, "scores", lambda s: final_row(s.transpose(1, 2), 1))),
             (ModelAccess.hook(layer, "pattern"), replace),
         ]

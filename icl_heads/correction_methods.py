@@ -1,18 +1,13 @@
 """The registry of bias-correction methods that :func:`icl_heads.debias.correct_bias` tunes and measures.
 
-A method says which bias it corrects, the name and default grid of its one
-hyperparameter, and how to build the correction for a value once the heads and their
-reading position are known. The four methods of the package are registered here;
-register your own with :func:`register_correction_method`::
+Register your own with :func:`register_correction_method`::
 
     from icl_heads.correction_methods import CorrectionMethod, register_correction_method
-    from icl_heads._checks import check_grid
-from icl_heads.corrections import count_normalisation
+    from icl_heads.corrections import count_normalisation
 
     register_correction_method(CorrectionMethod(
         bias="majority", name="count_sqrt", parameter="strength", grid=(0.0, 1.0, 4.0),
         prepare=lambda s: lambda v: count_normalisation(s.model, s.heads, v ** 0.5, read_at=s.read_at),
-        description="count normalisation with a square-root strength",
     ))
 """
 
@@ -60,18 +55,15 @@ class CorrectionMethod:
         name: its name within that bias (``method=`` of :func:`~icl_heads.debias.correct_bias`).
         parameter: the name of its one hyperparameter.
         grid: the hyperparameter values tuned over by default; ``0.0`` must mean no change.
-        prepare: given a :class:`CorrectionSetup`, returns ``build(value) -> hooks`` (any
-            intervention); fitting that depends only on the setup happens here, once.
+        prepare: given a :class:`CorrectionSetup`, returns ``build(value) -> hooks``; fitting happens here, once.
         description: one line for listings and errors.
-        reference_seed_offset: the method fits on prompts drawn with ``tune_seed`` plus this
-            offset (the positional prior uses 1), so the test ``seed`` must differ from it;
-            ``None`` when it fits on nothing else.
-        limits: the range of sensible hyperparameter values (inclusive); every grid value,
-            the default and a caller's, must be finite and within it.
+        reference_seed_offset: it fits on prompts drawn with ``tune_seed`` plus this offset (the positional
+            prior uses 1), so the test ``seed`` must differ from it; ``None`` when it fits on nothing else.
+        limits: the range (inclusive) every grid value, the default and a caller's, must be finite and within.
 
     Raises:
-        ValueError: an unknown bias, an empty name or grid, a grid value that is not finite
-            or outside ``limits``, or a grid without the no-op value 0.
+        ValueError: an unknown bias, an empty name or grid, a grid value not finite or outside ``limits``, or
+            a grid without the no-op value 0.
     """
 
     bias: str
@@ -113,7 +105,7 @@ def register_correction_method(method: CorrectionMethod, *, overwrite: bool = Fa
 
 
 def unregister_correction_method(bias: str, name: str) -> CorrectionMethod:
-    """Remove a registered method (e.g. one registered for a notebook experiment) and return it.
+    """Remove a registered method and return it.
 
     Raises:
         ValueError: an unknown bias or method (the valid choices are listed).
@@ -137,12 +129,9 @@ def correction_method(bias: str, name: str) -> CorrectionMethod:
     return methods[name]
 
 
-def _count(s: CorrectionSetup) -> Callable[[float], Hooks]:
-    return lambda value: count_normalisation(s.model, s.heads, value, read_at=s.read_at)
-
-
-def _ov(s: CorrectionSetup) -> Callable[[float], Hooks]:
-    return lambda value: ov_compensation(s.model, s.heads, value, read_at=s.read_at)
+def _direct(build: Callable[..., Hooks]) -> Callable[[CorrectionSetup], Callable[[float], Hooks]]:
+    """A ``prepare`` that builds the correction afresh for each value."""
+    return lambda s: lambda value: build(s.model, s.heads, value, read_at=s.read_at)
 
 
 def _prior(s: CorrectionSetup) -> Callable[[float], Hooks]:
@@ -158,9 +147,9 @@ def _unrotated(s: CorrectionSetup) -> Callable[[float], Hooks]:
 
 
 for _method in (
-    CorrectionMethod("majority", "count", "strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0), _count,
-                     "attention count normalisation at label positions"),
-    CorrectionMethod("majority", "ov", "a_c", (0.0, 0.03, 0.1, 0.3, 1.0, 2.0, 3.0, 5.0), _ov,
+    CorrectionMethod("majority", "count", "strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0),
+                     _direct(count_normalisation), "attention count normalisation at label positions"),
+    CorrectionMethod("majority", "ov", "a_c", (0.0, 0.03, 0.1, 0.3, 1.0, 2.0, 3.0, 5.0), _direct(ov_compensation),
                      "the paper's OV compensation"),
     CorrectionMethod("recency", "prior", "strength", (0.0, 0.5, 1.0, 2.0, 3.0, 4.0), _prior,
                      "divide each slot's attention by its positional prior (fitted on prompts drawn with tune_seed + 1)",

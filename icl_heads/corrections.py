@@ -1,29 +1,6 @@
-"""Corrections of majority-label and recency bias, as hooks on chosen heads at the final position.
+"""Build the corrections of majority-label and recency bias (:mod:`icl_heads.correction_hooks`) for a model.
 
-Every correction is a frozen dataclass restricted to ``heads`` and to each prompt's
-final query position; every other head, query position and layer is untouched.
-
-* :class:`CountNormalisation` (majority): at the final position, each label's total
-  attention on its label tokens is divided by how many demonstrations carry it, then
-  the label tokens' total attention is restored. Balanced counts: no change at all.
-* :class:`OVCompensation` (majority, the paper's fix): adds to the head's ``hook_z``
-  the attention-weighted values of the minority labels' positions, scaled by
-  ``a_c * n_majority / n_minority``. Balanced counts: no change at all.
-* :class:`UnrotatedAttention` (recency, rotary models only): the attention scores from
-  the final position to label tokens are recomputed from un-rotated ``hook_q`` and
-  ``hook_k`` (``mix`` interpolates), other keys keep their scores, and the row is
-  softmaxed again.
-* :class:`PositionalPrior` (recency, any model): attention on demonstration slot ``i``
-  is divided by that slot's mean share of label attention over content-shuffled
-  prompts (to the power ``strength``), then the label tokens' total attention is restored.
-
-Each is a batch-aware hook provider: ``correction(batch)`` gives forward hooks, so it
-plugs into ``icl_accuracy(model, prompts, hooks=correction)``. For a forward pass of
-your own, use :func:`correcting` with the label positions and demonstration labels.
-``read_at`` (``"label"``, ``"after_label"`` or ``"slot"``, see :mod:`icl_heads.slots`)
-says which tokens of each demonstration a correction acts on: the model's reading
-position, not necessarily the label token.
-The maths on attention rows lives in module-level functions tested on hand-made tensors.
+Each acts only on ``heads`` at each prompt's final position; pass one as ``hooks=`` to any analysis.
 """
 
 from __future__ import annotations
@@ -51,13 +28,10 @@ from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, TokenizedPrompts
 from icl_heads.slots import positions_with_labels
 
-# ---- builders ---------------------------------------------------------------------------------
-
 
 def attention_scales(access: ModelAccess) -> tuple[float, ...]:
     """The divisor of ``q . k`` in each layer's attention scores."""
-    cfg = access.cfg
-    base = 1.0
+    cfg, base = access.cfg, 1.0
     if getattr(cfg, "use_attn_scale", True):
         s = getattr(cfg, "attn_scale", -1.0)
         base = float(s) if s is not None and s > 0 else math.sqrt(access.d_head)
@@ -136,13 +110,9 @@ def positional_prior(
 ) -> PositionalPrior:
     """Fit each head's positional prior on content-shuffled prompts and return the correction.
 
-    The prior of slot ``i`` is the mean, over ``prompts``, of the share of the head's
-    final-position attention on label tokens that falls on the ``i``-th label token,
-    scaled so its mean over slots is 1. Use random-order prompts from a seed you do not
-    test on: their content is independent of the slot, so only position remains.
-
-    With ``read_at="slot"`` every slot token is a slot of its own; ``"after_label"`` uses
-    the token after each label.
+    The prior of slot ``i`` is the head's mean share of final-position label attention on
+    the ``i``-th label token (scaled to mean 1 over slots). Use random-order prompts from a
+    seed you do not test on, so that only position remains.
 
     Args:
         model: the model.
@@ -160,23 +130,17 @@ def positional_prior(
     access = faithful_access(model, "positional_prior")
     require_pattern_edits(access, "positional_prior")
     heads = check_heads(access, heads)
-    tp = access.tokenize(prompts)
-    layers = sorted({layer for layer, _ in heads})
+    caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in sorted({ly for ly, _ in heads})]
     sums: dict[int, Tensor] = {}
     counts: dict[int, int] = {}
-    for batch in batches(access, tp, options, desc="positional prior"):
-        caps = [Capture(access.hook(ly, "pattern"), "pattern_final") for ly in layers]
+    for batch in batches(access, access.tokenize(prompts), options, desc="positional prior"):
         _, got = access.run(batch, capture=caps)
         read, _ = positions_with_labels(batch, read_at)
-        n_demo = (read >= 0).sum(1)
-        for b, d in enumerate(n_demo.tolist()):
-            if d == 0:
-                continue
-            pos = read[b, :d]
-            att = torch.stack([got[access.hook(ly, "pattern")][b, h].cpu()[pos] for ly, h in heads])
-            share = att / att.sum(-1, keepdim=True).clamp(min=1e-12)
-            sums[d] = sums.get(d, torch.zeros(len(heads), d)) + share
-            counts[d] = counts.get(d, 0) + 1
+        for b, d in enumerate((read >= 0).sum(1).tolist()):
+            if d:
+                att = torch.stack([got[access.hook(ly, "pattern")][b, h].cpu()[read[b, :d]] for ly, h in heads])
+                sums[d] = sums.get(d, torch.zeros(len(heads), d)) + att / att.sum(-1, keepdim=True).clamp(min=1e-12)
+                counts[d] = counts.get(d, 0) + 1
     if not sums:
         raise ValueError("the reference prompts have no demonstrations; sample them with shots >= 1")
     prior = {d: (s / counts[d]) * d for d, s in sums.items()}

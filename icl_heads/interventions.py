@@ -1,12 +1,4 @@
-"""Interventions on attention heads: head ablation, and the protocol every intervention follows.
-
-Every intervention (a :class:`HeadAblation` here, each correction of
-:mod:`icl_heads.corrections`, or :func:`combine` of several) implements
-``hooks_for(batch)``: the forward hooks for one :class:`~icl_heads.prompts.PromptBatch`
-(this is what the package's own functions call, so "final position" means each prompt's
-own final token). Pass one as ``hooks=`` to any analysis, or apply any number at once
-around a forward pass of your own with :func:`intervening`. :func:`ablate` is the
-shorthand for ablating heads around any forward pass, with no batch needed.
+"""Head ablation, and combining interventions (each an object with ``hooks_for(batch)``).
 
 >>> import icl_heads as ih
 >>> model = ih.load_model("organism")
@@ -29,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from icl_heads import _checks
-from icl_heads.access import Head, ModelAccess, batches
+from icl_heads.access import Capture, Head, ModelAccess, batches, require_pattern_edits
 from icl_heads.engine import HookFn, Hooks, Intervention, as_intervention, digest
 from icl_heads.faithfulness import faithful_access
 from icl_heads.options import RunOptions, run_options
@@ -37,12 +29,20 @@ from icl_heads.prompts import ICLPrompts, PromptBatch, TokenizedPrompts
 
 HOWS = ("zero", "mean")
 WHERE = ("all", "final")
+#: reference prompts of a mean-ablation
+Reference = ICLPrompts | TokenizedPrompts | None
+
+
+def by_layer(pairs: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
+    """``(layer, index)`` pairs grouped by layer, in order of first appearance."""
+    out: dict[int, list[int]] = {}
+    for layer, index in pairs:
+        out.setdefault(layer, []).append(index)
+    return out
 
 
 def head_pairs(heads: Iterable[Sequence[int]] | Any) -> tuple[Head, ...]:
-    """``(layer, head)`` pairs of non-negative integers, in order, without repeats (no model needed).
-
-    A result with ``.heads`` (e.g. an ``InContextHeads``) stands for its heads.
+    """``(layer, head)`` pairs of non-negative integers, in order, without repeats (a result's ``.heads`` too).
 
     Raises:
         TypeError: ``heads`` is not a sequence of pairs.
@@ -50,12 +50,8 @@ def head_pairs(heads: Iterable[Sequence[int]] | Any) -> tuple[Head, ...]:
     """
     heads = getattr(heads, "heads", heads)
     if isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
-        hint = (
-            " ('found' is accepted by the bias measurements and corrections only; pass find_in_context_heads(...)"
-            " or its .heads here)"
-            if heads == "found"
-            else ""
-        )
+        hint = " ('found' is accepted by the bias measurements and corrections only; pass find_in_context_heads(...)"
+        hint = hint + " or its .heads here)" if heads == "found" else ""
         raise TypeError(f"heads must be a sequence of (layer, head) pairs, got {heads!r}{hint}")
     out = []
     for h in heads:
@@ -63,10 +59,9 @@ def head_pairs(heads: Iterable[Sequence[int]] | Any) -> tuple[Head, ...]:
             one = " (for one head pass [(layer, head)])" if isinstance(h, int) else ""
             raise ValueError(f"heads must be (layer, head) pairs, got {h!r}{one}")
         try:
-            layer, head = (_checks.check_int("layer and head", v, minimum=0) for v in h)
+            out.append(tuple(_checks.check_int("layer and head", v, minimum=0) for v in h))
         except (TypeError, ValueError):
-            raise ValueError(f"heads must be (layer, head) pairs of non-negative integers, got {tuple(h)!r}") from None
-        out.append((layer, head))
+            raise ValueError(f"heads must be (layer, head) pairs of non-negative integers, got {h!r}") from None
     return tuple(dict.fromkeys(out))
 
 
@@ -76,14 +71,13 @@ def check_heads(access: ModelAccess, heads: Iterable[Sequence[int]] | Any) -> tu
     Raises:
         ValueError: a pair outside the model's layers or heads, or not a pair of integers.
     """
-    out = []
-    for layer, head in head_pairs(heads):
+    out = head_pairs(heads)
+    for layer, head in out:
         if not (layer < access.n_layers and head < access.n_heads):
             raise ValueError(
                 f"head ({layer}, {head}) is outside the model: layers 0..{access.n_layers - 1}, heads 0..{access.n_heads - 1}"
             )
-        out.append((layer, head))
-    return tuple(out)
+    return out
 
 
 def head_means(
@@ -95,26 +89,21 @@ def head_means(
         model: the model.
         prompts: the reference prompts.
         where: ``"all"`` real tokens or the ``"final"`` positions.
-        options: how prompts are run: batch size, padding side, progress bar; does not
-            change the result (a :class:`~icl_heads.options.RunOptions`).
+        options: how prompts are run: batch size, padding side, progress bar; does not change the result.
     """
     options = run_options(options)
-    from icl_heads.access import Capture
-
     access = faithful_access(model, "head_means")
-    tp = access.tokenize(prompts)
+    final = where == "final"
     total = torch.zeros(access.n_layers, access.n_heads, access.d_head)
     count = 0
-    for batch in batches(access, tp, options):
-        caps = [
-            Capture(access.hook(layer, "z"), "final" if where == "final" else "all") for layer in range(access.n_layers)
-        ]
+    for batch in batches(access, access.tokenize(prompts), options):
+        caps = [Capture(access.hook(layer, "z"), "final" if final else "all") for layer in range(access.n_layers)]
         _, got = access.run(batch, capture=caps)
         mask = batch.attention_mask.bool()
         for layer in range(access.n_layers):
             z = got[access.hook(layer, "z")].cpu()
-            total[layer] += z.sum(0) if where == "final" else z[mask].sum(0)
-        count += len(batch.golds) if where == "final" else int(mask.sum())
+            total[layer] += z.sum(0) if final else z[mask].sum(0)
+        count += len(batch.golds) if final else int(mask.sum())
     return total / count
 
 
@@ -129,10 +118,9 @@ class HeadAblation(Intervention):
         means: ``[layer, head, d_head]`` means for ``how="mean"`` (see :func:`head_means`).
 
     Raises:
-        ValueError: no heads, a head that is not a pair of non-negative integers, an
-            unknown ``how``/``where``, or mean-ablation without means (or heads outside them).
-            Heads beyond the model's heads are refused when the hooks run; build with
-            :func:`ablation` to check them against the model up front.
+        ValueError: no heads, a head that is not a pair of non-negative integers, an unknown ``how``/``where``,
+            or mean-ablation without means (or heads outside them). Heads beyond the model's are refused when
+            the hooks run; :func:`ablation` checks them against the model up front.
     """
 
     heads: tuple[Head, ...]
@@ -151,18 +139,15 @@ class HeadAblation(Intervention):
         if self.how == "mean" and self.means is None:
             raise ValueError("mean-ablation needs means: pass reference prompts to ablation(...) or head_means(...)")
         if self.means is not None:
-            outside = [h for h in self.heads if not (h[0] < self.means.shape[0] and h[1] < self.means.shape[1])]
-            if outside:
-                raise ValueError(
-                    f"heads {outside} are outside the means' {self.means.shape[0]} layers and {self.means.shape[1]} heads"
-                )
+            n_layers, n_heads = self.means.shape[:2]
+            if outside := [h for h in self.heads if not (h[0] < n_layers and h[1] < n_heads)]:
+                raise ValueError(f"heads {outside} are outside the means' {n_layers} layers and {n_heads} heads")
 
     def hooks(self, positions: Tensor | None = None) -> list[tuple[str, HookFn]]:
         """Forward hooks; ``positions`` ``[batch]`` limits the ablation to one position per row (-1: last)."""
-        by_layer: dict[int, list[int]] = {}
-        for layer, head in self.heads:
-            by_layer.setdefault(layer, []).append(head)
-        return [(ModelAccess.hook(layer, "z"), self._fn(layer, heads, positions)) for layer, heads in by_layer.items()]
+        return [
+            (ModelAccess.hook(layer, "z"), self._fn(layer, hs, positions)) for layer, hs in by_layer(self.heads).items()
+        ]
 
     def _fn(self, layer: int, heads: list[int], positions: Tensor | None) -> HookFn:
         idx = torch.tensor(heads)
@@ -173,18 +158,13 @@ class HeadAblation(Intervention):
                     f"head ({layer}, {max(heads)}) is outside the model: it has {z.shape[2]} heads per layer"
                 )
             z = z.clone()
-            value = (
-                torch.zeros(len(heads), z.shape[-1], dtype=z.dtype, device=z.device)
-                if self.how == "zero"
-                else self.means[layer, idx].to(z.device, z.dtype)  # type: ignore[index]
-            )
+            value = 0.0 if self.how == "zero" else self.means[layer, idx].to(z.device, z.dtype)  # type: ignore[index]
             h = idx.to(z.device)
             if positions is None:
                 z[:, :, h] = value
             else:
                 rows = torch.arange(z.shape[0], device=z.device)
-                pos = positions.to(z.device) % z.shape[1]
-                z[rows[:, None], pos[:, None], h[None, :]] = value
+                z[rows[:, None], (positions.to(z.device) % z.shape[1])[:, None], h[None, :]] = value
             return z
 
         return fn
@@ -199,12 +179,7 @@ class HeadAblation(Intervention):
 
 
 def ablation(
-    model: Any,
-    heads: Iterable[Sequence[int]],
-    *,
-    how: str = "zero",
-    where: str = "all",
-    reference: ICLPrompts | TokenizedPrompts | None = None,
+    model: Any, heads: Iterable[Sequence[int]], *, how: str = "zero", where: str = "all", reference: Reference = None
 ) -> HeadAblation:
     """Build a :class:`HeadAblation` for ``model`` (mean-ablation needs ``reference`` prompts).
 
@@ -212,26 +187,18 @@ def ablation(
         ValueError: no heads, heads outside the model or not integer pairs, an unknown
             ``how``/``where``, or ``how="mean"`` without ``reference``.
     """
-    access = faithful_access(model, "ablation")
-    heads = check_heads(access, heads)
+    heads = check_heads(access := faithful_access(model, "ablation"), heads)
     if not heads:
         raise ValueError("no heads to ablate; pass at least one (layer, head) pair, e.g. found.heads")
-    means = None
-    if how == "mean":
-        if reference is None:
-            raise ValueError("how='mean' needs reference prompts to average over: ablation(..., reference=prompts)")
-        means = head_means(access, reference, where=where)
+    if how == "mean" and reference is None:
+        raise ValueError("how='mean' needs reference prompts to average over: ablation(..., reference=prompts)")
+    means = head_means(access, reference, where=where) if how == "mean" else None
     return HeadAblation(heads=heads, how=how, where=where, means=means)
 
 
 @contextmanager
 def ablate(
-    model: Any,
-    heads: Iterable[Sequence[int]],
-    *,
-    how: str = "zero",
-    where: str = "all",
-    reference: ICLPrompts | TokenizedPrompts | None = None,
+    model: Any, heads: Iterable[Sequence[int]], *, how: str = "zero", where: str = "all", reference: Reference = None
 ) -> Iterator[HeadAblation]:
     """Context manager: every forward pass of ``model`` inside runs with the heads ablated.
 
@@ -246,11 +213,7 @@ def ablate(
 
 
 class Combined(Intervention):
-    """Several interventions (or hook lists) applied together, in order: itself an intervention.
-
-    Its results are reused like its parts' (its key is made of theirs) and it refuses
-    models that discard attention-pattern edits when one of its parts edits patterns.
-    """
+    """Several interventions (or hook lists) applied together, in order; its key is made of its parts' keys."""
 
     def __init__(self, *parts: Hooks) -> None:
         self.parts = tuple(as_intervention(p) for p in parts)
@@ -261,7 +224,7 @@ class Combined(Intervention):
 
     def cache_key(self) -> str | None:
         keys = [p.cache_key() for p in self.parts]
-        return None if any(k is None for k in keys) else digest("Combined", keys)
+        return None if None in keys else digest("Combined", keys)
 
 
 def combine(*providers: Hooks) -> Combined:
@@ -273,17 +236,13 @@ def combine(*providers: Hooks) -> Combined:
 def intervening(model: Any, *interventions: Any, batch: PromptBatch) -> Iterator[None]:
     """Context manager: forward passes of ``model`` inside run with every intervention applied, for ``batch``.
 
-    The one way to apply any intervention to a forward pass of your own, composable:
-    ``intervening(model, ablation, correction, batch=batch)`` ablates and corrects at
-    once. Run ``model(batch.tokens, attention_mask=batch.attention_mask)`` inside.
+    Run ``model(batch.tokens, attention_mask=batch.attention_mask)`` inside.
 
     Raises:
         ValueError: no interventions.
         TypeError: an object that is not an :class:`~icl_heads.engine.Intervention`.
         UnfaithfulModelError: a correction that edits attention patterns, on a model that discards such edits.
     """
-    from icl_heads.access import require_pattern_edits
-
     if not interventions:
         raise ValueError("no interventions given; pass e.g. ih.interventions.ablation(model, heads) or a correction")
     hooks: list[tuple[str, HookFn]] = []

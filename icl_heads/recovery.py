@@ -1,13 +1,6 @@
-"""What the methods recover: every analysis scored against the validation models' planted mechanisms.
+"""What the methods recover: every analysis run unchanged on the :mod:`icl_heads.validation` models, against truth.
 
-:func:`recovery_table` runs the package's analyses unchanged on the models of
-:mod:`icl_heads.validation` and compares each answer with the ground truth: head
-scores and the three head definitions of :mod:`~icl_heads.head_definitions` by AUROC and
-precision at the planted set's size (as InterpBench, arXiv 2407.14494, scores circuit
-discovery), the greedy :func:`~icl_heads.head_count.heads_needed`
-set, the reading role, the "a few heads carry ICL" verdict, each planted bias's 95%
-interval (coverage over seeds) and the share of it the targeting correction removes.
-``scripts/recovery_page.py`` writes ``docs/validation.md`` from one run.
+``scripts/recovery_page.py`` writes ``docs/validation.md`` from one run of :func:`recovery_table`.
 """
 
 from __future__ import annotations
@@ -55,8 +48,7 @@ def head_recovery(scores: torch.Tensor, planted: Sequence[tuple[int, int]]) -> d
     planted = [tuple(h) for h in planted]
     flat = scores.flatten().double()
     is_planted = torch.zeros_like(flat, dtype=torch.bool)
-    for layer, head in planted:
-        is_planted[layer * scores.shape[1] + head] = True
+    is_planted[[layer * scores.shape[1] + head for layer, head in planted]] = True
     if not 0 < int(is_planted.sum()) < len(flat):
         raise ValueError(f"planted heads {planted} must be some but not all of the {len(flat)} heads")
     pos, neg = flat[is_planted].numpy(), flat[~is_planted].numpy()
@@ -76,27 +68,32 @@ def _row(model: str, check: str, value: Any, truth: Any, ok: bool, method: str =
     }
 
 
+def _recovery_row(name: str, check: str, method: str, scores: torch.Tensor, heads: Sequence[tuple[int, int]]) -> dict:
+    rec = head_recovery(scores, heads)
+    recovered, missed = (", ".join(rec[k]) or "none" for k in ("recovered", "missed"))
+    planted = ", ".join(map(_name, heads))
+    return _row(
+        name,
+        check,
+        rec["auroc"],
+        planted,
+        rec["precision"] == 1,
+        method,
+        precision=rec["precision"],
+        recovered=recovered,
+        missed=missed,
+    )
+
+
 def _heads_rows(name: str, n: int, options: RunOptions) -> list[dict[str, Any]]:
     truth, model, task = ground_truth(name), load_model(f"validation:{name}"), validation_task(name)
     prompts, held = task.prompts(n=n, shots=4, seed=0), task.prompts(n=n, shots=4, seed=1)
-    rows = []
     per_prompt = score_heads(model, prompts, methods=METHODS, options=options)
-    planted = ", ".join(map(_name, truth.heads))
-    for method in METHODS:
-        rec = head_recovery(per_prompt[method].mean(0), truth.heads)
-        rows.append(
-            _row(name, "head scores", rec["auroc"], planted, rec["precision"] == 1, method,
-                 precision=rec["precision"], recovered=", ".join(rec["recovered"]) or "none",
-                 missed=", ".join(rec["missed"]) or "none")
-        )  # fmt: skip
+    rows = [_recovery_row(name, "head scores", m, per_prompt[m].mean(0), truth.heads) for m in METHODS]
     # the function-vector and induction definitions beside the in-context score (its ablations are read back below)
-    for d, table in compare_head_definitions(model, task, n=n, seed=0, options=options).scores.items():
-        rec = head_recovery(table, truth.heads)
-        rows.append(
-            _row(name, "head definitions", rec["auroc"], planted, rec["precision"] == 1, d,
-                 precision=rec["precision"], recovered=", ".join(rec["recovered"]) or "none",
-                 missed=", ".join(rec["missed"]) or "none")
-        )  # fmt: skip
+    definitions = compare_head_definitions(model, task, n=n, seed=0, options=options).scores.items()
+    rows += [_recovery_row(name, "head definitions", d, table, truth.heads) for d, table in definitions]
+    planted = ", ".join(map(_name, truth.heads))
     found = find_in_context_heads(model, prompts, also=(), verify_prompts=held, options=options)
     verdict = next(v for v in collect_verdicts({"heads": found}) if v.claim == "a few heads carry ICL")
     expect = "holds" if truth.needed == 1 else "not holds"  # one head's ablation gives chance, or no single one does
@@ -108,8 +105,7 @@ def _heads_rows(name: str, n: int, options: RunOptions) -> list[dict[str, Any]]:
     greedy = ", ".join(map(_name, count.greedy_heads))
     ok = count.k_greedy == truth.needed and set(count.greedy_heads) <= set(truth.heads)
     rows.append(_row(name, "heads_needed (greedy)", greedy, f"{truth.needed} of {planted}", ok))
-    reads = reading_roles(model, prompts, options=options).reads(list(truth.heads[:1]))
-    read_at = str(reads.read_at.iloc[0])
+    read_at = str(reading_roles(model, prompts, options=options).reads(list(truth.heads[:1])).read_at.iloc[0])
     rows.append(_row(name, "reading role", read_at, truth.read_at, read_at == truth.read_at))
     if "relay" not in str(MODELS[name][1][truth.heads[0]]):  # the deep head writes no label: nothing for OV to read
         for check, analysis in (("OV reads at", ov_label_features), ("QK reads at", qk_label_attention)):
@@ -175,8 +171,5 @@ def recovery_table(
     rows: list[dict[str, Any]] = []
     for name in models:
         ground_truth(name)
-        if name in BIAS_MODELS:
-            rows += _bias_rows(name, bias_n, seeds, options)
-        else:
-            rows += _heads_rows(name, n, options)
+        rows += _bias_rows(name, bias_n, seeds, options) if name in BIAS_MODELS else _heads_rows(name, n, options)
     return pd.DataFrame(rows)

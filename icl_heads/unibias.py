@@ -1,33 +1,6 @@
-"""UniBias (Zhou et al., NeurIPS 2024): find the heads and FFN neurons that push one label whatever the prompt, and mask them.
+"""UniBias (Zhou et al., NeurIPS 2024): mask the heads and FFN neurons that push one label whatever the prompt.
 
-Every attention head ``(l, h)`` writes ``z_h W_O^h`` at the final position and every FFN
-neuron ``(l, n)`` writes its value vector scaled by its activation, ``a_n W_out[n]``
-(``hook_mlp_post`` times a row of ``W_out``). Projected through the final norm (its scale
-frozen from the real pass, as in :func:`~icl_heads.components.decompose`) onto the label
-words' unembedding, each gives label logits ``g[p, j, c]`` on tuning prompt ``p``; centred
-over the labels (only differences between labels move a prediction) they are ``d[p, j, c]``.
-A component is *biased* when it passes the paper's three criteria:
-
-* **relatedness**: ``mean_p sum_c |d|`` is at least ``relatedness`` times the model's own
-  ``mean_p sum_c |D|`` (``D`` the centred label logits of the whole model);
-* **bias**: ``sum_c |mean_p d| / mean_p sum_c |d| >= bias`` (1: it pushes the same label on
-  every prompt; 0: its pushes cancel over prompts);
-* **low variance**: ``sum_c std_p d / sum_c |mean_p d| <= cv`` (the paper's coefficient of
-  variation, weighted over labels).
-
-The thresholds are chosen by grid search: each distinct set of components the grid selects
-is masked (zeroed at the final position, :class:`ComponentMask`) on the tuning prompts, and
-the set that leaves the mean label probabilities closest to the gold label frequencies wins
-(``mean_c |log(pbar_c / sum pbar) - log(freq_c)|``, the authors' objective when the golds are
-balanced), among sets that keep at least ``min_label_mass`` of the label words' probability
-mass. Ties go to the smaller set; the empty set (no change) is always a candidate.
-
-Cost: ``n_tune`` labelled prompts; ``1 + k`` passes over them, ``k <= len(grid)`` the distinct
-candidate sets (at most 49 with the default grid). Differences from the authors' code
-(hzzhou01/UniBias): one criterion set for heads and neurons alike (their FFN step screens
-the static value vectors first), centred label logits instead of probabilities, masking at
-the final position only (theirs masks every position), and no second search over negative
-scales when masking leaves a bias.
+The criteria, the grid search and the differences from the authors' code are in ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -48,7 +21,7 @@ from icl_heads.access import Capture, Head, ModelAccess, batches
 from icl_heads.components.decompose import label_readout, written_W_O
 from icl_heads.engine import HookFn, Intervention
 from icl_heads.faithfulness import faithful_access
-from icl_heads.interventions import HeadAblation, check_heads
+from icl_heads.interventions import HeadAblation, by_layer, check_heads
 from icl_heads.options import RunOptions, run_options
 from icl_heads.prompts import ICLPrompts, ICLTask, PromptBatch
 
@@ -73,21 +46,17 @@ class ComponentMask(Intervention):
 
     def hooks_for(self, batch: PromptBatch) -> list[tuple[str, HookFn]]:
         hooks = HeadAblation(self.heads, where="final").hooks_for(batch) if self.heads else []
-        by_layer: dict[int, list[int]] = {}
-        for layer, n in self.neurons:
-            by_layer.setdefault(layer, []).append(n)
         return hooks + [
             (ModelAccess.hook(layer, "mlp_post"), _zero_final(ns, batch.final_positions))
-            for layer, ns in by_layer.items()
+            for layer, ns in by_layer(self.neurons).items()
         ]
 
 
 def _zero_final(neurons: list[int], finals: Tensor) -> HookFn:
     def fn(act: Tensor, hook: Any) -> Tensor:
-        rows = torch.arange(act.shape[0], device=act.device)
-        act = act.clone()
+        rows, act = torch.arange(act.shape[0], device=act.device), act.clone()
         idx = torch.tensor(neurons, device=act.device)
-        act[rows[:, None], (finals.to(act.device) % act.shape[1])[:, None], idx[None, :]] = 0
+        act[rows[:, None], (finals.to(act.device) % act.shape[1])[:, None], idx] = 0
         return act
 
     return fn
@@ -143,8 +112,7 @@ def component_label_logits(
 ) -> tuple[Float[Tensor, "prompt head label"], Float[Tensor, "prompt neuron label"], Float[Tensor, "prompt label"]]:
     """Label logits of every head (``layer * n_heads + head``), every neuron (``layer * d_mlp + n``) and the model.
 
-    One forward pass per batch. Head and neuron logits go through the frozen final norm
-    (no bias terms); the model's are its own label logits.
+    Head and neuron logits go through the frozen final norm (no bias terms); one forward pass per batch.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -164,22 +132,23 @@ def component_label_logits(
     tp = access.tokenize(prompts)
     label_ids = torch.tensor(tp.label_token_ids, device=access.device)
     readout, _ = label_readout(access, label_ids)
-    L = access.n_layers
-    head_ro = [torch.einsum("hdm,ml->hdl", written_W_O(access, layer), readout) for layer in range(L)]
-    neuron_ro = [access.W_out(layer).float() @ readout for layer in range(L)]  # [d_mlp, label]
-    caps = [Capture(access.hook(layer, n)) for layer in range(L) for n in ("z", "mlp_post")]
+    layers = range(access.n_layers)
+    head_ro = [torch.einsum("hdm,ml->hdl", written_W_O(access, layer), readout) for layer in layers]
+    neuron_ro = [access.W_out(layer).float() @ readout for layer in layers]  # [d_mlp, label]
+    caps = [Capture(access.hook(layer, n)) for layer in layers for n in ("z", "mlp_post")]
     caps += [Capture("ln_final.hook_scale"), *(Capture(n) for n in access.write_captures())]
     heads, neurons, full = [], [], []
     for batch in batches(access, tp, options, desc="UniBias projections"):
         logits, got = access.run(batch, capture=caps)
         scale = got["ln_final.hook_scale"].to(readout.device)
         hs, ns = [], []
-        for layer in range(L):
+        for layer in layers:
             h = torch.einsum("bhd,hdl->bhl", got[access.hook(layer, "z")].to(readout.device), head_ro[layer])
             post = access.post_attn_scale(layer, got)
             hs.append(h / scale[:, None] if post is None else h / scale[:, None] / post.to(h.device)[:, None])
-            a = got[access.hook(layer, "mlp_post")].to(readout.device)
-            ns.append(a[:, :, None] * neuron_ro[layer][None] / scale[:, None])
+            ns.append(
+                got[access.hook(layer, "mlp_post")].to(readout.device)[:, :, None] * neuron_ro[layer] / scale[:, None]
+            )
         heads.append(torch.cat(hs, 1).cpu())
         neurons.append(torch.cat(ns, 1).cpu())
         full.append(access.uncap(logits[:, label_ids.to(logits.device)]).cpu())
@@ -189,7 +158,7 @@ def component_label_logits(
 def unibias_criteria(
     g: Float[Tensor, "prompt component label"], full: Float[Tensor, "prompt label"]
 ) -> Float[Tensor, "component 3"]:
-    """Relatedness, bias and coefficient of variation of each component (see the module docstring)."""
+    """Relatedness, bias and coefficient of variation of each component (see ``docs/methods.md``)."""
     d = g - g.mean(-1, keepdim=True)
     D = full - full.mean(-1, keepdim=True)
     mag = d.abs().sum(-1).mean(0)
@@ -235,7 +204,8 @@ def fit_unibias(
             change the result (a :class:`~icl_heads.options.RunOptions`).
 
     Returns:
-        A :class:`UniBias`; ``.intervention`` goes to ``hooks=`` of any analysis.
+        A :class:`UniBias`; ``.intervention`` goes to ``hooks=`` of any analysis. Ties between the best
+        admissible candidate sets go to the smaller set; the empty set (no change) is always a candidate.
 
     Raises:
         TypeError: ``task`` is not an ICLTask, or a bad ``grid``.
@@ -271,17 +241,14 @@ def fit_unibias(
     for th in itertools.product(grid.relatedness, grid.bias, grid.cv):
         chosen = (crit[:, 0] >= th[0]) & (crit[:, 1] >= th[1]) & (crit[:, 2] <= th[2])
         sets.setdefault(tuple(torch.nonzero(chosen)[:, 0].tolist()), th)
-    golds = prompts.golds
     rows = []
     for members, th in sets.items():
         mask = _mask(access, table, members)
-        probs = _label_probs(access, prompts, mask, options)
-        imbalance, mass = label_imbalance(probs, golds)
+        imbalance, mass = label_imbalance(_label_probs(access, prompts, mask, options), prompts.golds)
         rows.append({"n_heads": len(mask.heads), "n_neurons": len(mask.neurons), "imbalance": imbalance,
                      "label_mass": mass, "thresholds": th, "mask": mask})  # fmt: skip
-    base_mass = rows[0]["label_mass"]
     for r in rows:
-        r["admissible"] = r["label_mass"] >= grid.min_label_mass * base_mass
+        r["admissible"] = r["label_mass"] >= grid.min_label_mass * rows[0]["label_mass"]
     best = min((r for r in rows if r["admissible"]), key=lambda r: (r["imbalance"], r["n_heads"] + r["n_neurons"]))
     for r in rows:
         r["chosen"] = r is best
@@ -300,8 +267,7 @@ def _label_probs(
     access: ModelAccess, prompts: ICLPrompts, mask: ComponentMask, options: RunOptions
 ) -> Float[Tensor, "prompt label"]:
     """Whole-vocabulary probabilities of the label words at the final position, under ``mask``."""
-    tp = access.tokenize(prompts)
-    ids = torch.tensor(tp.label_token_ids)
+    ids = torch.tensor((tp := access.tokenize(prompts)).label_token_ids)
     out = torch.zeros(len(tp), len(ids))
     for batch in batches(access, tp, run_options(options, progress=False)):
         logits, _ = access.run(batch, hooks=mask)

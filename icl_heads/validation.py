@@ -1,34 +1,7 @@
-"""Validation models: small transformers whose in-context mechanism is set by hand (scored in :mod:`icl_heads.recovery`).
+"""Validation models: GPT-2-style checkpoints with hand-set weights whose in-context mechanism is known.
 
-Every analysis here is exact on any model, but exact is not right: only a model whose
-mechanism is known says whether the finder finds *the* heads, whether reading roles name
-where they really read, whether a bias interval covers the true bias. Each model below is
-a GPT-2-style checkpoint with hand-set weights (no training), written to a local folder and
-loaded through :func:`~icl_heads.models.load_model` like any model
-(``load_model("validation:sparse")``), so the faithfulness check and every analysis run on
-it unchanged. Its ground truth is data (:func:`ground_truth`).
-
-The task (:func:`validation_task`): one-word texts, ten sport words and ten food words,
-labels ``foo``/``bar`` in the template ``{text} : {label}\\n``. Every word embeds its class
-as a direction (``cls_k``, and ``cls_q`` with a per-word strength) but nothing maps a class
-to a label: the model copies the label of same-class demonstrations, so swapping the label
-words leaves it as accurate. The residual stream is a set of named mean-zero directions
-(:data:`FEATURES`); layer 0 is identity-normalised. Mechanism, per model:
-
-* two redundant *mover* heads in layer 0 (L0H0, L0H1, each half the signal) attend to the
-  most recent word (a key for "is a word" plus a linear recency key) and copy its class to
-  every position (``m_k``, ``m_q``); ``after_label`` adds two label movers (L0H2, L0H3)
-  that copy the previous label's polarity (``m_pol``);
-* the in-context head(s) attend from the last position to the label tokens (or the
-  newline after them) whose moved class matches the query's, and write their label's
-  polarity to ``answer``, which the unembedding reads as ``foo`` minus ``bar``;
-* ``deep``: the in-context head writes to ``relay`` instead, which L2H3 uses as its query
-  to pick the labels of that polarity; ``majority``/``recency``: weak query words (a
-  ``cls_q`` of strength :data:`WEAK_STRENGTH`; ``cls_qc`` keeps every word's norm) leave the
-  head's attention to label counts or to a linear positional prior;
-* every other head and every MLP writes exactly nothing.
-
-``docs/validation.md`` explains the construction and what each method recovers.
+Loaded like any model (``load_model("validation:sparse")``); :func:`ground_truth` gives the planted mechanism,
+:mod:`icl_heads.recovery` scores every analysis against it, and ``docs/validation.md`` explains the construction.
 """
 
 from __future__ import annotations
@@ -173,8 +146,8 @@ def validation_task(name: str = "sparse", *, label_words: tuple[str, str] = ("fo
     ('goal', 'match')
     """
     _check_name(name)
-    texts = [w for ws in WORDS for w in ws]
     labels = [c for c, ws in zip(("sport", "food"), WORDS, strict=True) for _ in ws]
+    texts = [w for ws in WORDS for w in ws]
     return ICLTask.from_pairs(
         texts, labels, label_words=label_words, classes=("sport", "food"), name=f"validation:{name}"
     )

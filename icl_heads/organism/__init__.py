@@ -1,12 +1,6 @@
-"""The bundled model organism: a small Llama-style model trained here to learn in context.
+"""The bundled model organisms: ``load_model("organism")`` (layout ``{text} : {label}\n``) and ``"organism-slot"``.
 
-``load_model("organism")`` loads its checkpoint (shipped in this folder);
-:func:`organism_task` builds the topic-classification task it was trained for.
-``load_model("organism-slot")`` loads its sibling trained on the *slot* layout
-``{text} {label}\n`` (no separator before the label), which reads each demonstration
-at the newline after its label; ``organism_task(layout="slot")`` builds its task.
-See ``docs/organism.md`` for the model card; the training, evaluation and reading-card
-scripts are in the repository's ``scripts/organism/`` (not installed).
+:func:`organism_task` builds the topic-classification task they were trained for; see ``docs/organism.md``.
 """
 
 from __future__ import annotations
@@ -95,14 +89,12 @@ def organism_task(
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be at least 1, got {n_per_class}")
     rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for _ in range(n_per_class):
-        for topic in topics:
-            texts.append(sample_sentence(rng, topic, max_words=max_words, noise_rate=noise_rate))
-            labels.append(topic)
+    texts = [
+        sample_sentence(rng, t, max_words=max_words, noise_rate=noise_rate) for _ in range(n_per_class) for t in topics
+    ]
     return ICLTask.from_pairs(
         texts,
-        labels,
+        list(topics) * n_per_class,
         label_words=label_words,
         template=template,
         classes=tuple(topics),

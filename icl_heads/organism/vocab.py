@@ -1,10 +1,6 @@
-"""The organism's world: topics, filler words, label words, templates and sentences.
+"""The organism's world: topics (each with its own words), filler words, label words, templates and sentences.
 
-Each class of the organism's task is a latent *topic* with its own characteristic
-words. A sentence mixes topic words with shared filler words and, sometimes, a
-distracting word from another topic. Label words carry no meaning: in training they
-are drawn at random for every prompt, so the answer can only be read from the
-demonstrations.
+Label words carry no meaning: in training they are drawn at random for every prompt.
 """
 
 from __future__ import annotations
@@ -30,61 +26,14 @@ TOPICS: dict[str, tuple[str, ...]] = {
     "kitchen": ("oven", "knife", "spoon", "kettle", "pan", "fridge", "sink", "plate", "whisk", "stove"),
 }
 
-FILLERS: tuple[str, ...] = (
-    "the",
-    "a",
-    "very",
-    "today",
-    "we",
-    "saw",
-    "some",
-    "new",
-    "old",
-    "was",
-    "is",
-    "big",
-    "small",
-    "really",
-    "nice",
-    "my",
-    "our",
-    "that",
-    "this",
-    "again",
-    "quite",
-    "great",
-    "bad",
-    "one",
-    "more",
-    "and",
-    "with",
-    "about",
-    "near",
-    "after",
+FILLERS: tuple[str, ...] = tuple(
+    "the a very today we saw some new old was is big small really nice my our that this again"  # noqa: SIM905
+    " quite great bad one more and with about near after".split()
 )
 
 #: Arbitrary label words. ``foo`` and ``bar`` are the defaults of the library.
-LABEL_WORDS: tuple[str, ...] = (
-    "foo",
-    "bar",
-    "baz",
-    "qux",
-    "zip",
-    "zap",
-    "blip",
-    "blop",
-    "wug",
-    "dax",
-    "fep",
-    "lum",
-    "mip",
-    "nox",
-    "pim",
-    "rax",
-    "tov",
-    "vek",
-    "yib",
-    "zor",
+LABEL_WORDS: tuple[str, ...] = tuple(
+    "foo bar baz qux zip zap blip blop wug dax fep lum mip nox pim rax tov vek yib zor".split()  # noqa: SIM905
 )
 
 #: Templates the organism is trained on. The first is the library default.
@@ -95,11 +44,7 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
     "{text} = {label}\n",
 )
 #: Templates never used in training, for template-perturbation experiments.
-HELDOUT_TEMPLATES: tuple[str, ...] = (
-    "{text} | {label}\n",
-    "review {text} answer {label}\n",
-    "{text} ; {label} ,\n",
-)
+HELDOUT_TEMPLATES: tuple[str, ...] = ("{text} | {label}\n", "review {text} answer {label}\n", "{text} ; {label} ,\n")
 #: Templates of the *slot* layout (the ``organism-slot`` model): no separator before the
 #: label, so the label directly follows the sentence, and template tokens after it.
 SLOT_TEMPLATES: tuple[str, ...] = (
@@ -109,10 +54,7 @@ SLOT_TEMPLATES: tuple[str, ...] = (
     "{text} {label} ;\n",
 )
 #: Slot-layout templates never used in training.
-HELDOUT_SLOT_TEMPLATES: tuple[str, ...] = (
-    "review {text} {label}\n",
-    "{text} {label} |\n",
-)
+HELDOUT_SLOT_TEMPLATES: tuple[str, ...] = ("review {text} {label}\n", "{text} {label} |\n")
 #: Training templates of each prompt layout.
 LAYOUTS: dict[str, tuple[str, ...]] = {"separator": TRAIN_TEMPLATES, "slot": SLOT_TEMPLATES}
 _TEMPLATE_WORDS = (":", "->", "=", "|", ";", ",", "input", "output", "review", "answer", "\n")
@@ -122,12 +64,8 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 def vocabulary() -> list[str]:
     """All tokens of the organism's word-level tokenizer, specials first, deduplicated."""
-    words: list[str] = list(SPECIAL_TOKENS)
-    for group in (*TOPICS.values(), FILLERS, LABEL_WORDS, _TEMPLATE_WORDS):
-        for word in group:
-            if word not in words:
-                words.append(word)
-    return words
+    groups = (SPECIAL_TOKENS, *TOPICS.values(), FILLERS, LABEL_WORDS, _TEMPLATE_WORDS)
+    return list(dict.fromkeys(word for group in groups for word in group))
 
 
 def sample_sentence(
