@@ -19,39 +19,47 @@ _UNITS = {
 
 @draws(HeadDefinitions)
 def plot_head_definitions(result: HeadDefinitions) -> go.Figure:
-    """One heatmap per definition (each on its own colour scale, top set outlined) and their rank correlations."""
+    """One heatmap per definition (each with its own colour bar, top set outlined) and their rank correlations."""
     titles = [f"{d} (top {result.k} outlined)" for d in DEFINITIONS] + ["Spearman ρ (Jaccard of top sets)"]
-    fig = make_subplots(rows=1, cols=4, subplot_titles=titles, horizontal_spacing=0.06)
-    for col, d in enumerate(DEFINITIONS, 1):
+    fig = make_subplots(rows=2, cols=2, subplot_titles=titles, horizontal_spacing=0.2, vertical_spacing=0.25)
+    for i, d in enumerate(DEFINITIONS):
+        row, col = divmod(i, 2)
         v = result.scores[d].numpy()
         span = float(np.abs(v).max()) or 1.0
         text = [
             [f"{head_name(a, b)}<br>{_UNITS[d]}: {v[a, b]:.4g}" for b in range(v.shape[1])] for a in range(v.shape[0])
         ]
-        kw = {"colorscale": DIVERGING, "zmid": 0, "zmin": -span, "zmax": span, "showscale": False}
-        fig.add_trace(go.Heatmap(z=v, text=text, hoverinfo="text", **kw), 1, col)
-        fig.add_trace(outlined(result.top[d], 14, showlegend=False), 1, col)
-        fig.update_xaxes(title_text="head", row=1, col=col)
-        fig.update_yaxes(title_text="layer" if col == 1 else None, autorange="reversed", dtick=1, row=1, col=col)
+        kw = {"colorscale": DIVERGING, "zmid": 0, "zmin": -span, "zmax": span, "colorbar": _bar(fig, i + 1)}
+        fig.add_trace(go.Heatmap(z=v, text=text, hoverinfo="text", **kw), row + 1, col + 1)
+        fig.add_trace(outlined(result.top[d], 14, showlegend=False), row + 1, col + 1)
+        fig.update_xaxes(title_text="head" if row else None, row=row + 1, col=col + 1)
+        fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1, row=row + 1, col=col + 1)
     rho, jac = np.eye(len(DEFINITIONS)), np.eye(len(DEFINITIONS))
-    for row in result.overlap.itertuples():
-        i, j = DEFINITIONS.index(row.a), DEFINITIONS.index(row.b)
-        rho[i, j] = rho[j, i] = row.spearman
-        jac[i, j] = jac[j, i] = row.jaccard
+    for r in result.overlap.itertuples():
+        i, j = DEFINITIONS.index(r.a), DEFINITIONS.index(r.b)
+        rho[i, j] = rho[j, i] = r.spearman
+        jac[i, j] = jac[j, i] = r.jaccard
     short = ["in-context", "FV", "induction"]
     agreement = go.Heatmap(z=rho, x=short, y=short, zmin=-1, zmax=1, colorscale=DIVERGING, texttemplate="%{text}")
     agreement.update(
         text=np.vectorize(lambda r, j: f"{r:.2f} ({j:.2f})")(rho, jac),
+        textfont={"size": 14},
         hovertemplate="%{y} vs %{x}: Spearman %{z:.3f}<extra></extra>",
-        colorbar={"title": {"text": "Spearman ρ"}},
+        colorbar=_bar(fig, 4),
     )
-    fig.add_trace(agreement, 1, 4)
-    fig.update_yaxes(autorange="reversed", row=1, col=4)
+    fig.add_trace(agreement, 2, 2)
+    fig.update_yaxes(autorange="reversed", row=2, col=2)
     fig.update_layout(
         title="Three head definitions: every head's score (each on its own colour scale) and their agreement",
-        height=200 + 40 * max(3, result.scores[DEFINITIONS[0]].shape[0]),
+        height=200 + 2 * 40 * max(3, result.scores[DEFINITIONS[0]].shape[0]),
     )
     return fit_titles(fig)
+
+
+def _bar(fig: go.Figure, n: int) -> dict:
+    """A slim colour bar just right of subplot ``n`` and as tall as it."""
+    x, y = fig.layout[f"xaxis{n}"].domain, fig.layout[f"yaxis{n}"].domain
+    return {"x": x[1] + 0.01, "xanchor": "left", "y": sum(y) / 2, "len": y[1] - y[0], "thickness": 10}
 
 
 @draws(HeadDefinitions, "plot_ablation")
