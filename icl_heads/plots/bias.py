@@ -152,11 +152,13 @@ def plot_correction_comparison(result: CorrectionComparison) -> go.Figure:
         ("balanced_accuracy_change", "balanced accuracy change"),
         ("imbalanced_accuracy_change", "imbalanced accuracy change"),
     )
-    titles = [t for _, t in panels]
+    # two short lines per panel title and per method label, so that the four panels keep their titles apart at 700 px
+    titles = [t.replace(" reduction", "<br>reduction").replace(" accuracy", "<br>accuracy") for _, t in panels]
     fig = make_subplots(rows=1, cols=4, shared_yaxes=True, horizontal_spacing=0.03, subplot_titles=titles)
+    fig.update_annotations(font_size=13)
     df = result.df.iloc[::-1]
     labels = [
-        f"{m} ({int(lab)} lab., +{x:g} passes)" if lab == lab else f"{m} (not applicable)"
+        f"{m}<br>({int(lab)} lab., +{x:g} passes)" if lab == lab else f"{m}<br>(not applicable)"
         for m, lab, x in zip(df.method, df.labelled, df.extra_passes_per_prompt, strict=True)
     ]
     notes = np.stack([df.family, df.setting.fillna(""), df.note.fillna("")], axis=-1)
@@ -175,7 +177,7 @@ def plot_correction_comparison(result: CorrectionComparison) -> go.Figure:
         f"{fmt(base.value['majority'])}, recency block gap {fmt(base.value['recency'])}, balanced accuracy "
         f"{fmt(base.value['balanced_accuracy'])}, imbalanced {fmt(base.value['imbalanced_accuracy'])}; "
         "labelled queries and extra passes per test prompt in brackets</sup>",
-        height=max(400, 40 * len(df) + 160),
-        margin={"l": 230},
+        height=max(400, 48 * len(df) + 160),
+        margin={"l": 150},
     )
     return fit_titles(fig)
