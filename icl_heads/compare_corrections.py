@@ -31,7 +31,7 @@ from icl_heads.reading import MIN_READ_SHARE
 from icl_heads.records import UNSET, Provenance, Record, check_positive
 from icl_heads.results import Figure, Result, json_type, provenance
 from icl_heads.stats import Estimate, bootstrap, bootstrap_mean
-from icl_heads.tuning import read_at_for, tune_correction
+from icl_heads.tuning import no_bias_to_reduce, read_at_for, tune_correction
 from icl_heads.unibias import fit_unibias
 
 #: the two blocked orders of the recency measurement, whose gap is its headline
@@ -439,8 +439,8 @@ def _row(
         for part, e in (("after", boot(a)), ("change", boot(a - b, paired=True))):
             row.update({f"{k}_{part}": float(e), f"{k}_{part}_low": e.low, f"{k}_{part}_high": e.high})
         if k in ("majority", "recency"):
-            if base[k].low <= 0 <= base[k].high:
-                notes.append(f"no {k} bias to reduce (its interval before includes 0)")
+            if note := no_bias_to_reduce(k, base[k].low, base[k].high):
+                notes.append(note)
                 continue
             red = _reduction(b, a, **boot.keywords)
             row.update({f"{k}_reduction": float(red), f"{k}_reduction_low": red.low, f"{k}_reduction_high": red.high})

@@ -26,6 +26,7 @@ from icl_heads.prompts import ICLTask, balanced_sample, fixed_demo_prompts
 from icl_heads.records import UNSET, Provenance, Record
 from icl_heads.results import Result, json_type, provenance
 from icl_heads.stats import t_interval
+from icl_heads.tuning import no_bias_to_reduce
 
 logger = logging.getLogger("icl_heads")
 
@@ -390,8 +391,8 @@ def yu_bias(
 
     Per task, seed and bias: :func:`~icl_heads.debias.correct_bias` with its default method and heads found on the
     tuning prompts; rows ``{bias} bias``, ``{bias} bias corrected`` (the headline bias before and after, same test
-    prompts) and ``{bias} bias reduction (%)``. A run where the model shows no bias to correct has no value and says
-    why.
+    prompts) and ``{bias} bias reduction (%)``. A run whose bias before correction has a 95% interval that includes 0
+    has no reduction (the rule of :func:`~icl_heads.compare_corrections`), and its note says so.
 
     Args:
         model: a TransformerLens ``HookedTransformer`` or ``TransformerBridge``.
@@ -420,7 +421,9 @@ def yu_bias(
                 logger.warning("%s bias on %s (seed %d): %s", bias, task.name, seed, err)
                 rows += _rows(task.name, seed, task.template, {methods[2]: None}, note=str(err))
                 continue
-            values = (fix.df.iloc[0].before, fix.df.iloc[0].after, fix.reduction)
-            rows += _rows(task.name, seed, task.template, dict(zip(methods, values, strict=True)))
+            b = fix.df.set_index("metric").loc["bias"]
+            rows += _rows(task.name, seed, task.template, {methods[0]: b.before, methods[1]: b.after})
+            note = no_bias_to_reduce(bias, b.before_ci_low, b.before_ci_high) or ""
+            rows += _rows(task.name, seed, task.template, {methods[2]: None if note else fix.reduction}, note=note)
     name = faithful_access(model, "yu_bias").name
     return _table(name, rows, YU, "bias corrections", "bias", seeds=list(seeds), n=n, tune_n=tune_n)

@@ -208,6 +208,11 @@ def _reduction(before: np.ndarray, after: np.ndarray, n_boot: int, seed: int) ->
     return from_samples(value, red, n=n, method="paired bootstrap")
 
 
+def no_bias_to_reduce(kind: str, low: float, high: float) -> str | None:
+    """Why a reduction of the ``kind`` bias means nothing: its 95% interval before correction includes 0 (else None)."""
+    return f"no {kind} bias to reduce (its interval before includes 0)" if low <= 0 <= high else None
+
+
 @dataclass(frozen=True, repr=False)
 class BiasCorrection(Result):
     """A bias correction evaluated on held-out prompts.

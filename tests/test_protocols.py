@@ -131,3 +131,29 @@ def test_yu_heads_table_reads_the_head_finder():
     assert set(table.index) == {"ICL", "in-context heads ablated", "random heads ablated"} and (table.n == 2).all()
     assert table.loc["in-context heads ablated", "mean"] < table.loc["random heads ablated", "mean"]
     assert table.loc["in-context heads ablated", "mean"] < table.loc["ICL", "mean"]
+
+
+@pytest.mark.slow
+def test_yu_bias_gives_a_reduction_only_where_the_bias_interval_excludes_0(model):
+    from icl_heads.debias import correct_bias
+    from icl_heads.organism import HELDOUT_TEMPLATES
+
+    task = replace(ih.organism_task(template=HELDOUT_TEMPLATES[1], max_words=6, noise_rate=0.3), name="hard")
+    df = P.yu_bias(model, [task], seeds=(3,), n=8, tune_n=20).df.set_index("method")
+    seen = set()
+    for bias in ("majority", "recency"):
+        # run 3 draws its test prompts with seed 9 and its tuning prompts with seed 10
+        fix = correct_bias(model, P.meaningless_labels(task), bias=bias, n=8, seed=9, tune_n=20, tune_seed=10)
+        b, reduction = fix.df.set_index("metric").loc["bias"], df.loc[f"{bias} bias reduction (%)"]
+        assert df.loc[f"{bias} bias", "value"] == pytest.approx(b.before) and b.before != 0
+        assert df.loc[f"{bias} bias corrected", "value"] == pytest.approx(b.after)
+        if b.before_ci_low <= 0 <= b.before_ci_high:  # a bias not told apart from 0 has nothing to reduce
+            assert (
+                np.isnan(reduction.value)
+                and reduction.note == f"no {bias} bias to reduce (its interval before includes 0)"
+            )
+            seen.add("interval includes 0")
+        else:
+            assert reduction.value == pytest.approx(float(fix.reduction)) and reduction.note == ""
+            seen.add("reduced")
+    assert seen == {"interval includes 0", "reduced"}  # both rules are exercised by this run
